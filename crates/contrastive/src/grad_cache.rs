@@ -1,0 +1,112 @@
+//! Exact large-batch contrastive losses from micro-batches by gradient caching (Gao et al.
+//! 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup", GradCache).
+//!
+//! A contrastive loss couples every sample of the batch with every other, so plain gradient
+//! accumulation (summing per-micro-batch losses) changes the loss: each micro-batch would see
+//! only its own negatives. Gradient caching keeps the full-batch loss:
+//!
+//! 1. embed every micro-batch without autograd and concatenate the embeddings `z`;
+//! 2. compute the full-batch loss `L(z)` and its gradient `g = ∂L/∂z` (a small tensor);
+//! 3. re-run each micro-batch with autograd and backpropagate `g_i` through it: the gradient of
+//!    `⟨e_i, g_i⟩ = (e_i * g_i).sum()` with respect to the parameters is exactly
+//!    `(∂e_i/∂θ)ᵀ g_i`, micro-batch `i`'s share of `∂L/∂θ`.
+//!
+//! The trainer calls `PretextMethod::step()` and then `loss.backward()`, so the function
+//! returns a *surrogate* loss
+//! `L.detach() + Σ_i (⟨e_i, g_i⟩ − ⟨e_i, g_i⟩.detach())`, whose value is exactly `L` and whose
+//! gradient is exactly `∂L/∂θ`.
+//!
+//! With `eager = true` (the memory-saving mode) the micro-batches `0..M−1` are backpropagated
+//! inside this function, one at a time, each graph freed before the next is built; only the
+//! last micro-batch's graph is left in the surrogate. Parameter gradients then accumulate in
+//! `.grad()` before the trainer's `backward()`, which is correct when the trainer zeroes
+//! gradients before `step()` and backpropagates the returned loss unscaled. With
+//! `eager = false` every micro-batch stays in the surrogate (exact whatever the trainer does
+//! with the loss, e.g. fp16 loss scaling, but the memory of the whole batch).
+//!
+//! Caveats: batch norm inside `embed` normalises each micro-batch with its own statistics (as
+//! with several devices without synchronised BN), so the result equals one big batch exactly
+//! only for networks without batch norm or with BN in eval mode; and in train mode BN running
+//! statistics are updated twice per micro-batch (no-grad pass and grad pass). Anything random
+//! in `embed` (dropout) must repeat identically in both passes.
+use crate::{ContrastiveError, Result};
+use tch::{Kind, Tensor};
+
+/// The result of [`grad_cached_loss`].
+#[derive(Debug)]
+pub struct CachedLoss {
+    /// The surrogate loss: value = the full-batch loss, gradient = its parameter gradient
+    /// (minus the micro-batches already backpropagated in eager mode). Scalar.
+    pub loss: Tensor,
+    /// The embeddings of all micro-batches, concatenated and detached, `(M, D)`.
+    pub embeddings: Tensor,
+}
+
+/// Splits `x` along dimension 0 into pieces of at most `size` rows (all of `x` when `size` is
+/// 0 or at least its length).
+///
+/// # Shapes
+/// `(B, ...)` → pieces `(b_i, ...)` with `Σ b_i = B`.
+pub fn micro_batches(x: &Tensor, size: usize) -> Vec<Tensor> {
+    let b = x.size()[0];
+    if size == 0 || size as i64 >= b {
+        return vec![x.shallow_clone()];
+    }
+    x.split(size as i64, 0)
+}
+
+/// Full-batch loss over micro-batch embeddings by gradient caching (see the module docs).
+///
+/// `embed` maps one input chunk to its embeddings `(b_i, D)`; it is called twice per chunk
+/// (without and with autograd) and must be deterministic. `loss_fn` maps the concatenated
+/// embeddings `(Σ b_i, D)` to a scalar loss. Without autograd (inside `tch::no_grad`) the loss
+/// is simply computed on the no-grad embeddings.
+pub fn grad_cached_loss<E, L>(
+    chunks: &[Tensor],
+    mut embed: E,
+    loss_fn: L,
+    eager: bool,
+) -> Result<CachedLoss>
+where
+    E: FnMut(&Tensor) -> Tensor,
+    L: FnOnce(&Tensor) -> Result<Tensor>,
+{
+    if chunks.is_empty() {
+        return Err(ContrastiveError::Shape("grad_cached_loss needs at least one chunk".into()));
+    }
+    let embs: Vec<Tensor> = tch::no_grad(|| chunks.iter().map(&mut embed).collect());
+    let sizes: Vec<i64> = embs.iter().map(|e| e.size()[0]).collect();
+    let embeddings = Tensor::cat(&embs, 0).detach();
+    drop(embs);
+    if !crate::grad_enabled() {
+        let loss = loss_fn(&embeddings)?;
+        return Ok(CachedLoss { loss, embeddings });
+    }
+    let z = embeddings.copy().set_requires_grad(true);
+    let loss = loss_fn(&z)?;
+    let mut grads = Tensor::f_run_backward(&[&loss], &[&z], false, false)?;
+    let g = grads.pop().ok_or_else(|| ContrastiveError::Shape("no gradient for z".into()))?;
+    let gs = g.split_with_sizes(sizes.as_slice(), 0);
+    let last = chunks.len() - 1;
+    let mut surrogate = loss.detach();
+    for (i, (chunk, gi)) in chunks.iter().zip(gs.iter()).enumerate() {
+        let e = embed(chunk);
+        if e.size() != gi.size() {
+            return Err(ContrastiveError::Shape(format!(
+                "embed gave {:?} on the second pass, {:?} on the first",
+                e.size(),
+                gi.size()
+            )));
+        }
+        let dot = (&e * gi.to_kind(e.kind())).sum(Kind::Float);
+        if !dot.requires_grad() {
+            continue;
+        }
+        if eager && i < last {
+            dot.f_backward()?;
+        } else {
+            surrogate = surrogate + (&dot - dot.detach());
+        }
+    }
+    Ok(CachedLoss { loss: surrogate, embeddings })
+}

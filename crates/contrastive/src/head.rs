@@ -1,0 +1,110 @@
+//! The projection MLP of SimCLR and MoCo v2: `Linear → [BN] → ReLU → Linear → [BN]`.
+//!
+//! SimCLR (Chen et al. 2020; official TF code `proj_head_mode=nonlinear`) puts batch norm after
+//! both linear layers and drops their biases; MoCo v2 (Chen et al. 2020b) uses
+//! `Linear → ReLU → Linear` without BN; solo-learn's MoCo v2+ adds BN after the hidden layer.
+//! The head sits on the pooled encoder features and is thrown away after training.
+use serde::{Deserialize, Serialize};
+use tch::{nn, nn::ModuleT, Tensor};
+
+/// Projection head settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadConfig {
+    /// Hidden width; `null` means the encoder's output width (SimCLR, MoCo v2). Default null.
+    #[serde(default)]
+    pub hidden_dim: Option<i64>,
+    /// Output width. Default 128.
+    #[serde(default = "default_out_dim")]
+    pub out_dim: i64,
+    /// Batch norm after the hidden linear layer. Default true.
+    #[serde(default = "yes")]
+    pub bn_hidden: bool,
+    /// Batch norm after the output linear layer. Default true.
+    #[serde(default = "yes")]
+    pub bn_out: bool,
+}
+
+fn default_out_dim() -> i64 {
+    128
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for HeadConfig {
+    fn default() -> Self {
+        HeadConfig { hidden_dim: None, out_dim: 128, bn_hidden: true, bn_out: true }
+    }
+}
+
+impl HeadConfig {
+    /// MoCo v2's head: `Linear(C, C) → ReLU → Linear(C, 128)`, no batch norm.
+    pub fn mocov2() -> Self {
+        HeadConfig { hidden_dim: None, out_dim: 128, bn_hidden: false, bn_out: false }
+    }
+}
+
+/// The projection MLP.
+#[derive(Debug)]
+pub struct ProjectionHead {
+    fc1: nn::Linear,
+    bn1: Option<nn::BatchNorm>,
+    fc2: nn::Linear,
+    bn2: Option<nn::BatchNorm>,
+}
+
+impl ProjectionHead {
+    /// Builds the head on `p` (variables `fc1`, `bn1`, `fc2`, `bn2`) for `in_dim` input
+    /// features. Linear layers followed by batch norm have no bias (it would be cancelled).
+    pub fn new(p: &nn::Path, in_dim: i64, cfg: &HeadConfig) -> Self {
+        let hidden = cfg.hidden_dim.unwrap_or(in_dim);
+        let lin = |bias: bool| nn::LinearConfig { bias, ..Default::default() };
+        ProjectionHead {
+            fc1: nn::linear(p / "fc1", in_dim, hidden, lin(!cfg.bn_hidden)),
+            bn1: cfg.bn_hidden.then(|| nn::batch_norm1d(p / "bn1", hidden, Default::default())),
+            fc2: nn::linear(p / "fc2", hidden, cfg.out_dim, lin(!cfg.bn_out)),
+            bn2: cfg.bn_out.then(|| nn::batch_norm1d(p / "bn2", cfg.out_dim, Default::default())),
+        }
+    }
+}
+
+impl ModuleT for ProjectionHead {
+    /// # Shapes
+    /// `(N, in_dim)` → `(N, out_dim)`.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let mut h = xs.apply(&self.fc1);
+        if let Some(bn) = &self.bn1 {
+            h = h.apply_t(bn, train);
+        }
+        let mut z = h.relu().apply(&self.fc2);
+        if let Some(bn) = &self.bn2 {
+            z = z.apply_t(bn, train);
+        }
+        z
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_and_variables() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let head = ProjectionHead::new(&(vs.root() / "head"), 16, &HeadConfig::default());
+        let x = Tensor::randn([4, 16], (tch::Kind::Float, tch::Device::Cpu));
+        assert_eq!(head.forward_t(&x, true).size(), [4, 128]);
+        let names = vs.variables();
+        assert!(names.contains_key("head.fc1.weight"));
+        assert!(!names.contains_key("head.fc1.bias"));
+        assert!(names.contains_key("head.bn2.running_mean"));
+
+        let vs2 = nn::VarStore::new(tch::Device::Cpu);
+        let cfg = HeadConfig { hidden_dim: Some(8), ..HeadConfig::mocov2() };
+        let head = ProjectionHead::new(&vs2.root(), 16, &cfg);
+        assert_eq!(head.forward_t(&x, false).size(), [4, 128]);
+        assert_eq!(vs2.variables()["fc1.weight"].size(), [8, 16]);
+        assert!(vs2.variables().contains_key("fc2.bias"));
+    }
+}

@@ -1,0 +1,203 @@
+//! Checks of the contrastive losses against hand computations and PyTorch fixtures
+//! (`fixtures/make_fixtures.py`), and of gradient caching against one big batch.
+use selfsup_contrastive::grad_cache::{grad_cached_loss, micro_batches};
+use selfsup_contrastive::loss::{info_nce, nt_xent, nt_xent_joint, nt_xent_logits, top1_accuracy};
+use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
+
+fn matrix(rows: &[Vec<f64>]) -> Tensor {
+    let n = rows.len() as i64;
+    let flat: Vec<f32> = rows.iter().flatten().map(|&v| v as f32).collect();
+    Tensor::from_slice(&flat).view([n, -1])
+}
+
+fn rows(t: &Tensor) -> Vec<Vec<f64>> {
+    let t = t.to_kind(Kind::Double);
+    let (n, d) = (t.size()[0], t.size()[1]);
+    (0..n).map(|i| (0..d).map(|j| t.double_value(&[i, j])).collect()).collect()
+}
+
+/// SimCLR's Algorithm 1 with explicit loops: every one of the 2N views is an anchor once, its
+/// positive is the other view of its image, the 2N − 2 other views are its negatives.
+fn nt_xent_by_hand(z1: &[Vec<f64>], z2: &[Vec<f64>], tau: f64) -> f64 {
+    let n = z1.len();
+    let z: Vec<Vec<f64>> = z1.iter().chain(z2.iter()).cloned().collect();
+    let cos = |a: &[f64], b: &[f64]| {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+        dot / (na * nb)
+    };
+    let mut total = 0.0;
+    for i in 0..2 * n {
+        let pos = (i + n) % (2 * n);
+        let mut denom = 0.0;
+        for k in 0..2 * n {
+            if k != i {
+                denom += (cos(&z[i], &z[k]) / tau).exp();
+            }
+        }
+        total += -((cos(&z[i], &z[pos]) / tau).exp() / denom).ln();
+    }
+    total / (2 * n) as f64
+}
+
+fn fixtures() -> serde_json::Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/losses.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture file")).expect("json")
+}
+
+fn field(v: &serde_json::Value, name: &str) -> Vec<Vec<f64>> {
+    serde_json::from_value(v[name].clone()).expect("matrix field")
+}
+
+#[test]
+fn nt_xent_matches_hand_computation_and_pytorch() {
+    let fx = fixtures();
+    for case in fx["nt_xent"].as_array().unwrap() {
+        let (z1, z2) = (field(case, "z1"), field(case, "z2"));
+        let tau = case["tau"].as_f64().unwrap();
+        let want_torch = case["loss"].as_f64().unwrap();
+        let by_hand = nt_xent_by_hand(&z1, &z2, tau);
+        let got = nt_xent(&matrix(&z1), &matrix(&z2), tau).unwrap().double_value(&[]);
+        assert!((by_hand - want_torch).abs() < 1e-9, "hand {by_hand} vs torch {want_torch}");
+        assert!((got - want_torch).abs() < 1e-4 * want_torch.abs().max(1.0), "{got} vs {want_torch}");
+    }
+}
+
+#[test]
+fn info_nce_matches_pytorch() {
+    let fx = fixtures();
+    for case in fx["info_nce"].as_array().unwrap() {
+        let (q, k, queue) = (field(case, "q"), field(case, "k"), field(case, "queue"));
+        let tau = case["tau"].as_f64().unwrap();
+        let want = case["loss"].as_f64().unwrap();
+        let got = info_nce(&matrix(&q), &matrix(&k), &matrix(&queue), tau).unwrap();
+        let got = got.double_value(&[]);
+        assert!((got - want).abs() < 1e-4 * want.abs().max(1.0), "{got} vs {want}");
+    }
+}
+
+#[test]
+fn nt_xent_is_symmetric_in_the_views() {
+    tch::manual_seed(3);
+    let z1 = Tensor::randn([6, 5], (Kind::Float, Device::Cpu));
+    let z2 = Tensor::randn([6, 5], (Kind::Float, Device::Cpu));
+    let a = nt_xent(&z1, &z2, 0.3).unwrap().double_value(&[]);
+    let b = nt_xent(&z2, &z1, 0.3).unwrap().double_value(&[]);
+    assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    // Scaling the embeddings does not matter (cosine similarity).
+    let c = nt_xent(&(&z1 * 3.0), &(&z2 * 0.5), 0.3).unwrap().double_value(&[]);
+    assert!((a - c).abs() < 1e-5, "{a} vs {c}");
+}
+
+#[test]
+fn small_temperature_gives_the_hardest_negative_margin() {
+    // τ·L(τ) → mean_i max(0, max_{negatives k} s_ik − s_i,pos) as τ → 0 (the softmax becomes
+    // a max over the anchor's positive and negatives); the gap is at most τ·ln(2N − 1).
+    tch::manual_seed(11);
+    let (n, tau) = (4usize, 1e-3);
+    let z1 = Tensor::randn([n as i64, 8], (Kind::Float, Device::Cpu));
+    let z2 = &z1 + Tensor::randn([n as i64, 8], (Kind::Float, Device::Cpu)) * 2.0;
+    let (a, b) = (rows(&z1), rows(&z2));
+    let z: Vec<Vec<f64>> = a.iter().chain(b.iter()).cloned().collect();
+    let cos = |x: &[f64], y: &[f64]| {
+        let dot: f64 = x.iter().zip(y).map(|(p, q)| p * q).sum();
+        dot / (x.iter().map(|v| v * v).sum::<f64>().sqrt() * y.iter().map(|v| v * v).sum::<f64>().sqrt())
+    };
+    let mut margin = 0.0;
+    for i in 0..2 * n {
+        let pos = (i + n) % (2 * n);
+        let hardest = (0..2 * n)
+            .filter(|&k| k != i && k != pos)
+            .map(|k| cos(&z[i], &z[k]))
+            .fold(f64::NEG_INFINITY, f64::max);
+        margin += (hardest - cos(&z[i], &z[pos])).max(0.0);
+    }
+    margin /= (2 * n) as f64;
+    let scaled = tau * nt_xent(&z1, &z2, tau).unwrap().double_value(&[]);
+    let bound = tau * ((2 * n - 1) as f64).ln() + 1e-4;
+    assert!((scaled - margin).abs() <= bound, "τL = {scaled}, hardest-negative margin {margin}");
+    assert!(margin > 0.0, "the example should have at least one violated margin");
+}
+
+#[test]
+fn logits_accuracy_is_one_for_identical_views() {
+    let z = Tensor::eye(4, (Kind::Float, Device::Cpu));
+    let joint = Tensor::cat(&[&z, &z], 0);
+    let (logits, targets) = nt_xent_logits(&joint, 0.1).unwrap();
+    assert_eq!(top1_accuracy(&logits, &targets), 1.0);
+    assert_eq!(rows(&targets.view([1, -1]))[0], vec![4.0, 5.0, 6.0, 7.0, 0.0, 1.0, 2.0, 3.0]);
+}
+
+fn grads(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> =
+        vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, t)| (n, t.grad().copy())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn zero_grads(vs: &nn::VarStore) {
+    for t in vs.trainable_variables() {
+        let mut g = t.grad();
+        if g.defined() {
+            let _ = g.zero_();
+        }
+    }
+}
+
+/// One big batch vs. micro-batches of 3 (eager and lazy gradient caching): same loss, same
+/// parameter gradients to 1e-5. The network has batch norm in eval mode (micro-batch BN
+/// statistics would differ from the full batch's in train mode).
+#[test]
+fn micro_batches_match_one_big_batch() {
+    tch::manual_seed(5);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let root = vs.root();
+    let net = nn::seq_t()
+        .add(nn::linear(&root / "l1", 6, 12, Default::default()))
+        .add(nn::batch_norm1d(&root / "bn", 12, Default::default()))
+        .add_fn(|x| x.relu())
+        .add(nn::linear(&root / "l2", 12, 5, Default::default()));
+    let x1 = Tensor::randn([8, 6], (Kind::Float, Device::Cpu));
+    let x2 = Tensor::randn([8, 6], (Kind::Float, Device::Cpu));
+    let tau = 0.2;
+
+    let big = nt_xent(&net.forward_t(&x1, false), &net.forward_t(&x2, false), tau).unwrap();
+    big.backward();
+    let want = grads(&vs);
+    let want_loss = big.double_value(&[]);
+
+    for eager in [true, false] {
+        zero_grads(&vs);
+        let chunks: Vec<Tensor> =
+            micro_batches(&x1, 3).into_iter().chain(micro_batches(&x2, 3)).collect();
+        assert_eq!(chunks.len(), 6);
+        let out = grad_cached_loss(
+            &chunks,
+            |c| net.forward_t(c, false),
+            |z| nt_xent_joint(z, tau),
+            eager,
+        )
+        .unwrap();
+        assert_eq!(out.embeddings.size(), [16, 5]);
+        let got_loss = out.loss.double_value(&[]);
+        assert!((got_loss - want_loss).abs() < 1e-6, "eager={eager}: {got_loss} vs {want_loss}");
+        out.loss.backward();
+        let got = grads(&vs);
+        assert_eq!(got.len(), want.len());
+        for ((name, g), (_, w)) in got.iter().zip(want.iter()) {
+            let diff = (g - w).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "eager={eager}: gradient of {name} differs by {diff}");
+            assert!(w.abs().max().double_value(&[]) > 0.0, "{name} has a zero gradient");
+        }
+    }
+
+    // Without autograd the loss is simply the full-batch loss.
+    let chunks = micro_batches(&x1, 3).into_iter().chain(micro_batches(&x2, 3)).collect::<Vec<_>>();
+    let out = tch::no_grad(|| {
+        grad_cached_loss(&chunks, |c| net.forward_t(c, false), |z| nt_xent_joint(z, tau), true)
+    })
+    .unwrap();
+    assert!((out.loss.double_value(&[]) - want_loss).abs() < 1e-6);
+    assert!(!out.loss.requires_grad());
+}

@@ -1,0 +1,303 @@
+//! Checkpoints: a run folder's `checkpoint/` holds
+//! - `model.safetensors`: every variable of the var store by name (`encoder.block1...`),
+//! - `trainer.safetensors`: optimizer buffers and method state (MoCo queue, memory bank),
+//! - `trainer.json`: epoch and step position, the resolved config, and the SHA-256 of both
+//!   tensor files.
+//!
+//! Each file is written to a temporary name and renamed into place, `trainer.json` last, so a
+//! crash never leaves a half-written checkpoint: a checkpoint is valid exactly when both tensor
+//! files match the hashes in `trainer.json`. Random number generators need no saved state:
+//! libtorch's generator is re-seeded from `(seed, global step)` before every step and the data
+//! pipeline derives its streams from `(seed, epoch, index)`, so a resumed run continues exactly.
+use crate::config::RunConfig;
+use crate::encoders::{build_encoder, Encoder};
+use crate::{CoreError, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Tensor};
+
+/// Format version written into `trainer.json`.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The position and bookkeeping of a checkpoint (`trainer.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerState {
+    /// Checkpoint format version.
+    pub version: u32,
+    /// Epoch the next step belongs to (0-based).
+    pub epoch: u64,
+    /// Batches of `epoch` already done.
+    pub batch_in_epoch: u64,
+    /// Optimizer steps done in total.
+    pub global_step: u64,
+    /// The run's resolved config.
+    pub config: RunConfig,
+    /// Channels of the training images (the encoder's input channels).
+    pub image_channels: i64,
+    /// SHA-256 of `model.safetensors`.
+    pub model_sha256: String,
+    /// SHA-256 of `trainer.safetensors`.
+    pub trainer_sha256: String,
+}
+
+/// The `checkpoint/` folder of a run folder.
+pub fn checkpoint_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoint")
+}
+
+/// Hex SHA-256 of a file.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| CoreError::io(path, e))?;
+    Ok(hex(&Sha256::digest(&bytes)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_name(path);
+    std::fs::write(&tmp, bytes).map_err(|e| CoreError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| CoreError::io(path, e))
+}
+
+fn tmp_name(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Writes named tensors as safetensors, atomically. Tensors are moved to the CPU first.
+pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let tmp = tmp_name(path);
+    let cpu: Vec<(String, Tensor)> =
+        tensors.iter().map(|(n, t)| (n.clone(), t.to(Device::Cpu).contiguous())).collect();
+    Tensor::write_safetensors(&cpu, &tmp)
+        .map_err(|e| CoreError::checkpoint(&tmp, format!("cannot write: {e}")))?;
+    std::fs::rename(&tmp, path).map_err(|e| CoreError::io(path, e))
+}
+
+/// Reads named tensors from a safetensors file, sorted by name.
+pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    if !path.exists() {
+        return Err(CoreError::checkpoint(path, "file not found"));
+    }
+    let mut v = Tensor::read_safetensors(path)
+        .map_err(|e| CoreError::checkpoint(path, format!("unreadable: {e}")))?;
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(v)
+}
+
+/// All variables of a var store, sorted by name (the stable order optimizers see).
+pub fn sorted_variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Copies `tensors` into the var store's variables of the same names. Every variable must be
+/// present with the same shape; `prefix` (e.g. `"encoder."`) restricts both sides to the
+/// variables under it.
+pub fn load_into(
+    vs: &nn::VarStore,
+    tensors: &[(String, Tensor)],
+    prefix: &str,
+    path: &Path,
+) -> Result<()> {
+    let by_name: std::collections::HashMap<&str, &Tensor> =
+        tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    tch::no_grad(|| -> Result<()> {
+        for (name, mut var) in sorted_variables(vs) {
+            if !name.starts_with(prefix) {
+                continue;
+            }
+            let src = by_name
+                .get(name.as_str())
+                .ok_or_else(|| CoreError::checkpoint(path, format!("missing tensor `{name}`")))?;
+            if src.size() != var.size() {
+                return Err(CoreError::checkpoint(
+                    path,
+                    format!("tensor `{name}` has shape {:?}, expected {:?}", src.size(), var.size()),
+                ));
+            }
+            var.f_copy_(src)?;
+        }
+        Ok(())
+    })
+}
+
+/// Everything a checkpoint holds, in memory.
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// Position and config.
+    pub state: TrainerState,
+    /// Model variables by name.
+    pub model: Vec<(String, Tensor)>,
+    /// Optimizer and method state by name.
+    pub trainer: Vec<(String, Tensor)>,
+}
+
+/// Writes a checkpoint into `run_dir/checkpoint/`: the tensor files first, `trainer.json`
+/// (which names their hashes) last.
+pub fn save(
+    run_dir: &Path,
+    state: &TrainerState,
+    model: &[(String, Tensor)],
+    trainer: &[(String, Tensor)],
+) -> Result<()> {
+    let dir = checkpoint_dir(run_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| CoreError::io(&dir, e))?;
+    let model_path = dir.join("model.safetensors");
+    let trainer_path = dir.join("trainer.safetensors");
+    write_tensors(&model_path, model)?;
+    write_tensors(&trainer_path, trainer)?;
+    let mut state = state.clone();
+    state.model_sha256 = sha256_file(&model_path)?;
+    state.trainer_sha256 = sha256_file(&trainer_path)?;
+    let json = serde_json::to_vec_pretty(&state).expect("state serializes");
+    write_atomic(&dir.join("trainer.json"), &json)
+}
+
+/// Whether `run_dir` holds a checkpoint (its `trainer.json`).
+pub fn exists(run_dir: &Path) -> bool {
+    checkpoint_dir(run_dir).join("trainer.json").exists()
+}
+
+/// Reads the `trainer.json` of a run folder or of a `checkpoint/` folder.
+pub fn read_state(path: &Path) -> Result<TrainerState> {
+    let dir = resolve_dir(path);
+    let p = dir.join("trainer.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| CoreError::io(&p, e))?;
+    let state: TrainerState = serde_json::from_str(&text)
+        .map_err(|e| CoreError::checkpoint(&p, format!("invalid trainer.json: {e}")))?;
+    if state.version != FORMAT_VERSION {
+        return Err(CoreError::checkpoint(
+            &p,
+            format!("format version {} (this build reads {FORMAT_VERSION})", state.version),
+        ));
+    }
+    Ok(state)
+}
+
+/// A run folder or its `checkpoint/` folder → the `checkpoint/` folder.
+pub fn resolve_dir(path: &Path) -> PathBuf {
+    if path.join("trainer.json").exists() {
+        path.to_path_buf()
+    } else {
+        checkpoint_dir(path)
+    }
+}
+
+/// Loads a checkpoint, verifying the tensor files against the hashes in `trainer.json`.
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let dir = resolve_dir(path);
+    let state = read_state(&dir)?;
+    let model_path = dir.join("model.safetensors");
+    let trainer_path = dir.join("trainer.safetensors");
+    for (p, want) in [(&model_path, &state.model_sha256), (&trainer_path, &state.trainer_sha256)] {
+        let got = sha256_file(p)?;
+        if &got != want {
+            return Err(CoreError::checkpoint(
+                p,
+                format!("SHA-256 {got} does not match trainer.json ({want}): file changed or torn"),
+            ));
+        }
+    }
+    Ok(Checkpoint { model: read_tensors(&model_path)?, trainer: read_tensors(&trainer_path)?, state })
+}
+
+/// An encoder restored from a run folder.
+pub struct LoadedEncoder {
+    /// The var store holding the encoder's variables (under `encoder.`).
+    pub vs: nn::VarStore,
+    /// The encoder.
+    pub encoder: Box<dyn Encoder>,
+    /// The run's config.
+    pub config: RunConfig,
+    /// Training position of the checkpoint.
+    pub state: TrainerState,
+}
+
+impl std::fmt::Debug for LoadedEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedEncoder").field("config", &self.config).finish()
+    }
+}
+
+/// Rebuilds the encoder of a run (or checkpoint) folder on `device` and loads its weights.
+pub fn load_encoder(path: &Path, device: Device) -> Result<LoadedEncoder> {
+    let ckpt = load(path)?;
+    let vs = nn::VarStore::new(device);
+    let in_channels = ckpt.state.image_channels;
+    let encoder = build_encoder(&(vs.root() / "encoder"), &ckpt.state.config.encoder, in_channels);
+    load_into(&vs, &ckpt.model, "encoder.", &resolve_dir(path).join("model.safetensors"))?;
+    Ok(LoadedEncoder { vs, encoder, config: ckpt.state.config.clone(), state: ckpt.state })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_load_round_trip_and_tamper_detection() {
+        let dir = tempfile::tempdir().unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _enc = build_encoder(&(vs.root() / "encoder"), &Default::default(), 3);
+        let model = sorted_variables(&vs);
+        let trainer = vec![("sgd.momentum.x".to_string(), Tensor::from_slice(&[1.0f32, 2.0]))];
+        let state = TrainerState {
+            version: FORMAT_VERSION,
+            epoch: 3,
+            batch_in_epoch: 2,
+            global_step: 17,
+            config: RunConfig::default(),
+            image_channels: 3,
+            model_sha256: String::new(),
+            trainer_sha256: String::new(),
+        };
+        save(dir.path(), &state, &model, &trainer).unwrap();
+        let ck = load(dir.path()).unwrap();
+        assert_eq!(ck.state.global_step, 17);
+        assert_eq!(ck.model.len(), model.len());
+        for ((n1, t1), (n2, t2)) in model.iter().zip(ck.model.iter()) {
+            assert_eq!(n1, n2);
+            assert!(t1.equal(t2), "{n1}");
+        }
+        assert!(ck.trainer[0].1.equal(&trainer[0].1));
+        let vs2 = nn::VarStore::new(Device::Cpu);
+        let _enc2 = build_encoder(&(vs2.root() / "encoder"), &Default::default(), 3);
+        tch::no_grad(|| {
+            for (_, mut t) in vs2.variables() {
+                let _ = t.fill_(0.5);
+            }
+        });
+        load_into(&vs2, &ck.model, "", Path::new("x")).unwrap();
+        for ((_, a), (_, b)) in sorted_variables(&vs).iter().zip(sorted_variables(&vs2).iter()) {
+            assert!(a.equal(b));
+        }
+        // A changed tensor file is detected and named.
+        let p = checkpoint_dir(dir.path()).join("trainer.safetensors");
+        let mut bytes = std::fs::read(&p).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&p, bytes).unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("trainer.safetensors") && err.contains("SHA-256"), "{err}");
+        // No temporary files are left behind.
+        let names: Vec<String> = std::fs::read_dir(checkpoint_dir(dir.path()))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn missing_checkpoint_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("trainer.json"), "{err}");
+    }
+}

@@ -1,0 +1,368 @@
+//! Run configuration: one JSON document (serde) with documented defaults, `--set key=value`
+//! overrides, and unknown keys rejected by name. The resolved config is saved as `config.json`
+//! in every run folder, and `selfsup train --config` accepts that file back.
+use crate::encoders::EncoderConfig;
+use crate::optim::OptimizerConfig;
+use crate::precision::Precision;
+use crate::registry::Registry;
+use crate::schedule::ScheduleConfig;
+use crate::{CoreError, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// Everything that defines a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Registry name of the pretext method. Default `""` (must be given).
+    #[serde(default)]
+    pub method: String,
+    /// The one seed of the run: weight init, data order, augmentations. Default 0.
+    #[serde(default)]
+    pub seed: u64,
+    /// `auto`, `cpu` or `cuda:N`. Default `auto`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Training data.
+    #[serde(default)]
+    pub data: DataConfig,
+    /// The encoder the method trains. Default: the tiny test net.
+    #[serde(default)]
+    pub encoder: EncoderConfig,
+    /// Optimisation settings.
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// The method's own settings; missing keys take the method's defaults
+    /// (`selfsup methods` prints them).
+    #[serde(default)]
+    pub method_config: Value,
+}
+
+fn default_device() -> String {
+    "auto".into()
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            method: String::new(),
+            seed: 0,
+            device: default_device(),
+            data: DataConfig::default(),
+            encoder: EncoderConfig::default(),
+            train: TrainConfig::default(),
+            method_config: Value::Object(Default::default()),
+        }
+    }
+}
+
+/// Where the training images come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Dataset spec as `selfsup_data::open_dataset` takes it (`cifar10`, `stl10`,
+    /// `folder:PATH`, `synthetic:N:SIZE`, ...). Default `cifar10`.
+    #[serde(default = "default_dataset")]
+    pub dataset: String,
+    /// Split to train on. Default `train`.
+    #[serde(default = "default_split")]
+    pub split: selfsup_data::Split,
+    /// Data folder; when absent: `$SELFSUP_DATA`, then `datasets/`. Default none.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Train on the first `max_images` images of a seeded permutation. Default: all.
+    #[serde(default)]
+    pub max_images: Option<usize>,
+}
+
+fn default_dataset() -> String {
+    "cifar10".into()
+}
+
+fn default_split() -> selfsup_data::Split {
+    selfsup_data::Split::Train
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            dataset: default_dataset(),
+            split: default_split(),
+            data_dir: None,
+            max_images: None,
+        }
+    }
+}
+
+/// Optimisation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Epochs. Default 1.
+    #[serde(default = "default_epochs")]
+    pub epochs: u64,
+    /// Source images per step (a method may turn each into several inputs). Default 128.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// The optimizer. Default SGD lr 0.1, momentum 0.9.
+    #[serde(default = "default_optimizer")]
+    pub optimizer: OptimizerConfig,
+    /// Learning-rate schedule. Default constant.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// Clip the global gradient norm to this value. Default none.
+    #[serde(default)]
+    pub grad_clip: Option<f64>,
+    /// `fp32` or `bf16` (autocast on CUDA, and on CPUs with AMX/AVX512-BF16). Default `fp32`.
+    #[serde(default)]
+    pub precision: Precision,
+    /// Channels-last memory format for weights and inputs. Default false.
+    #[serde(default)]
+    pub channels_last: bool,
+    /// Save a checkpoint every this many epochs (and always at the end). Default 1.
+    #[serde(default = "default_one")]
+    pub checkpoint_every: u64,
+    /// Write a `metrics.jsonl` line every this many steps. Default 50.
+    #[serde(default = "default_log_every")]
+    pub log_every: u64,
+    /// Threads for libtorch and augmentation; 0 = all cores. Default 0.
+    #[serde(default)]
+    pub threads: usize,
+    /// Batches prepared ahead by the loader. Default 2.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: usize,
+    /// Stop (with a checkpoint) after this many steps in total; for tests. Default none.
+    #[serde(default)]
+    pub max_steps: Option<u64>,
+    /// Bit-for-bit identical results on the CPU whatever the thread count, at a cost in speed
+    /// (see [`crate::determinism`]). Default true.
+    #[serde(default = "default_true")]
+    pub deterministic: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_epochs() -> u64 {
+    1
+}
+fn default_batch_size() -> usize {
+    128
+}
+fn default_optimizer() -> OptimizerConfig {
+    OptimizerConfig::Sgd {
+        lr: 0.1,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 0.0,
+        exclude_bias_and_norm: false,
+    }
+}
+fn default_one() -> u64 {
+    1
+}
+fn default_log_every() -> u64 {
+    50
+}
+fn default_prefetch() -> usize {
+    2
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: default_epochs(),
+            batch_size: default_batch_size(),
+            optimizer: default_optimizer(),
+            schedule: ScheduleConfig::default(),
+            grad_clip: None,
+            precision: Precision::default(),
+            channels_last: false,
+            checkpoint_every: 1,
+            log_every: default_log_every(),
+            threads: 0,
+            prefetch: default_prefetch(),
+            max_steps: None,
+            deterministic: true,
+        }
+    }
+}
+
+/// Merges `over` into `base`: objects key by key (recursively), anything else replaced.
+pub fn merge(base: &mut Value, over: &Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+/// Applies one `key.path=value` override. The value is parsed as JSON when it is valid JSON
+/// (`0.1`, `true`, `[60,120]`, `{"kind":"cosine"}`), else taken as a string.
+pub fn apply_override(root: &mut Value, assignment: &str) -> Result<()> {
+    let (key, raw) = assignment.split_once('=').ok_or_else(|| {
+        CoreError::Config(format!("override `{assignment}` is not of the form key=value"))
+    })?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(CoreError::Config(format!("override `{assignment}` has an empty key")));
+    }
+    let value: Value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.into()));
+    let mut slot = root;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let obj = match slot {
+            Value::Object(m) => m,
+            Value::Null => {
+                *slot = Value::Object(Default::default());
+                slot.as_object_mut().expect("just set")
+            }
+            _ => {
+                return Err(CoreError::Config(format!(
+                    "override `{key}`: `{}` is not an object",
+                    parts[..i].join(".")
+                )))
+            }
+        };
+        if i + 1 == parts.len() {
+            obj.insert(part.to_string(), value);
+            return Ok(());
+        }
+        slot = obj.entry(part.to_string()).or_insert(Value::Null);
+    }
+    unreachable!("loop returns at the last part")
+}
+
+/// Reads a JSON config file.
+pub fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| CoreError::io(path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| CoreError::Config(format!("{}: invalid JSON: {e}", path.display())))
+}
+
+/// Deserializes `T` from a JSON value, naming the path of the offending key in errors
+/// (`train.optimizer.lr: invalid type ...`, `unknown field `lrr``).
+pub fn from_value<T: serde::de::DeserializeOwned>(value: &Value, what: &str) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            CoreError::Config(format!("{what}: {inner}"))
+        } else {
+            CoreError::Config(format!("{what}.{path}: {inner}"))
+        }
+    })
+}
+
+impl RunConfig {
+    /// Resolves a run config: the defaults, then `file` (a JSON object, e.g. an earlier run's
+    /// `config.json`), then each `key=value` of `sets`, then `method` if given; the method's
+    /// default `method_config` fills the keys not given. Unknown keys anywhere are errors that
+    /// name the key.
+    pub fn resolve(
+        registry: &Registry,
+        file: Option<&Value>,
+        sets: &[String],
+        method: Option<&str>,
+    ) -> Result<RunConfig> {
+        let mut v = serde_json::to_value(RunConfig::default()).expect("config serializes");
+        if let Some(f) = file {
+            if !f.is_object() {
+                return Err(CoreError::Config("config file must hold a JSON object".into()));
+            }
+            merge(&mut v, f);
+        }
+        for s in sets {
+            apply_override(&mut v, s)?;
+        }
+        if let Some(m) = method {
+            v["method"] = Value::String(m.to_string());
+        }
+        let name = v["method"].as_str().unwrap_or_default().to_string();
+        if name.is_empty() {
+            return Err(CoreError::Config("no method given (--method NAME)".into()));
+        }
+        let entry = registry.get(&name)?;
+        let mut mc = (entry.default_config)();
+        merge(&mut mc, &v["method_config"]);
+        v["method_config"] = mc;
+        let cfg: RunConfig = from_value(&v, "config")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that types cannot.
+    pub fn validate(&self) -> Result<()> {
+        let t = &self.train;
+        if t.batch_size == 0 {
+            return Err(CoreError::Config("train.batch_size must be at least 1".into()));
+        }
+        if t.epochs == 0 {
+            return Err(CoreError::Config("train.epochs must be at least 1".into()));
+        }
+        if t.checkpoint_every == 0 || t.log_every == 0 {
+            return Err(CoreError::Config(
+                "train.checkpoint_every and train.log_every must be at least 1".into(),
+            ));
+        }
+        let lr = t.optimizer.lr();
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(CoreError::Config(format!("train.optimizer.lr = {lr} is not a rate")));
+        }
+        if let Some(c) = t.grad_clip {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(CoreError::Config(format!("train.grad_clip = {c} must be > 0")));
+            }
+        }
+        crate::device::parse_device(&self.device).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn overrides_set_nested_values() {
+        let mut v = json!({"train": {"epochs": 1}});
+        apply_override(&mut v, "train.epochs=5").unwrap();
+        apply_override(&mut v, "train.schedule={\"kind\":\"steps\",\"milestones\":[2]}").unwrap();
+        apply_override(&mut v, "data.dataset=synthetic:64:32").unwrap();
+        assert_eq!(v["train"]["epochs"], json!(5));
+        assert_eq!(v["train"]["schedule"]["milestones"], json!([2]));
+        assert_eq!(v["data"]["dataset"], json!("synthetic:64:32"));
+        assert!(apply_override(&mut v, "train.epochs").is_err());
+        let err = apply_override(&mut v, "train.epochs.x=1").unwrap_err().to_string();
+        assert!(err.contains("train.epochs"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let v = json!({"train": {"epochs": 2, "lerning_rate": 0.1}});
+        let err = from_value::<RunConfig>(&v, "config").unwrap_err().to_string();
+        assert!(err.contains("lerning_rate"), "{err}");
+        assert!(err.contains("train"), "{err}");
+        let v = json!({"train": {"optimizer": {"kind": "sgd", "lr": "fast"}}});
+        let err = from_value::<RunConfig>(&v, "config").unwrap_err().to_string();
+        assert!(err.contains("train.optimizer"), "{err}");
+    }
+
+    #[test]
+    fn defaults_round_trip() {
+        let c = RunConfig::default();
+        let v = serde_json::to_value(&c).unwrap();
+        let back: RunConfig = from_value(&v, "config").unwrap();
+        assert_eq!(back, c);
+    }
+}

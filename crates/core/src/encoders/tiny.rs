@@ -1,0 +1,74 @@
+//! A tiny conv net for tests: fast enough to train a few steps in a unit test.
+//!
+//! `block1`: conv3×3(in→w) + BN + ReLU + max-pool 2, `(N, w, H/2, W/2)`;
+//! `block2`: conv3×3(w→2w) + BN + ReLU, `(N, 2w, H/2, W/2)`.
+use super::Encoder;
+use tch::{nn, nn::ModuleT, Tensor};
+
+/// Default width of the first stage.
+pub fn default_width() -> i64 {
+    8
+}
+
+/// The tiny encoder.
+#[derive(Debug)]
+pub struct Tiny {
+    conv1: nn::Conv2D,
+    bn1: nn::BatchNorm,
+    conv2: nn::Conv2D,
+    bn2: nn::BatchNorm,
+    width: i64,
+}
+
+impl Tiny {
+    /// Builds it on `p` (variables `conv1`, `bn1`, `conv2`, `bn2`).
+    pub fn new(p: &nn::Path, in_channels: i64, width: i64) -> Self {
+        let c = nn::ConvConfig { padding: 1, bias: false, ..Default::default() };
+        Tiny {
+            conv1: nn::conv2d(p / "conv1", in_channels, width, 3, c),
+            bn1: nn::batch_norm2d(p / "bn1", width, Default::default()),
+            conv2: nn::conv2d(p / "conv2", width, 2 * width, 3, c),
+            bn2: nn::batch_norm2d(p / "bn2", 2 * width, Default::default()),
+            width,
+        }
+    }
+}
+
+impl ModuleT for Tiny {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.features_t(xs, train).pop().expect("two taps").1
+    }
+}
+
+impl Encoder for Tiny {
+    fn tap_names(&self) -> Vec<String> {
+        vec!["block1".into(), "block2".into()]
+    }
+
+    fn features_t(&self, xs: &Tensor, train: bool) -> Vec<(String, Tensor)> {
+        let b1 = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu().max_pool2d_default(2);
+        let b2 = b1.apply(&self.conv2).apply_t(&self.bn2, train).relu();
+        vec![("block1".into(), b1), ("block2".into(), b2)]
+    }
+
+    fn out_channels(&self) -> i64 {
+        2 * self.width
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tap_shapes() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let net = Tiny::new(&vs.root(), 3, 8);
+        let x = Tensor::zeros([2, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
+        let f = net.features_t(&x, false);
+        assert_eq!(f[0].0, "block1");
+        assert_eq!(f[0].1.size(), [2, 8, 16, 16]);
+        assert_eq!(f[1].1.size(), [2, 16, 16, 16]);
+        assert_eq!(net.forward_t(&x, false).size(), [2, 16, 16, 16]);
+    }
+}

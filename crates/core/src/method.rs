@@ -1,0 +1,101 @@
+//! The [`PretextMethod`] trait: how a batch of images becomes a loss.
+//!
+//! Modelled on burn's `TrainStep`: the trainer owns the loop, optimizers, checkpoints and
+//! logging; a method builds its encoder and heads on the [`nn::Path`] it is given, says which
+//! augmented views it needs from the data pipeline, and turns a batch into a loss and metrics.
+use crate::encoders::Encoder;
+use crate::Result;
+use selfsup_data::{Batch, Pipeline};
+use tch::{nn, Device, Tensor};
+
+/// What a method may need to know when it is built.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    /// The device the variables live on.
+    pub device: Device,
+    /// The run seed (methods derive their own RNG streams from it).
+    pub seed: u64,
+    /// Number of images in the training set (instance discrimination sizes its memory bank).
+    pub num_train_images: usize,
+    /// Channels of the stored images (1 for MNIST-like data, 3 for colour).
+    pub image_channels: i64,
+    /// Side of the stored images in pixels (32 for CIFAR, 96 for STL-10).
+    pub image_size: i64,
+    /// The encoder to build under `root / "encoder"` (the run config's `encoder`).
+    pub encoder: crate::encoders::EncoderConfig,
+}
+
+/// A loss and the metrics to log with it, returned by [`PretextMethod::step`].
+#[derive(Debug)]
+pub struct StepOutput {
+    /// Scalar loss to minimise with the main optimizer.
+    pub loss: Tensor,
+    /// Scalar metrics (name, value), e.g. the pretext accuracy; computed on the batch.
+    pub metrics: Vec<(String, f64)>,
+    /// Number of encoder inputs in this step (e.g. 4 × batch for RotNet), for images/s.
+    pub inputs: i64,
+}
+
+/// An extra optimizer a method asks for, over the trainable variables whose names start with
+/// `prefix` (the context encoder's discriminator, say). Those variables are then left out of
+/// the main optimizer.
+#[derive(Debug, Clone)]
+pub struct ExtraOptimizer {
+    /// Name of the optimizer in logs and checkpoints.
+    pub name: String,
+    /// Variable-name prefix (`"discriminator."`) selecting its parameters.
+    pub prefix: String,
+    /// Its optimizer settings.
+    pub optimizer: crate::optim::OptimizerConfig,
+}
+
+/// A self-supervised pretext task.
+///
+/// Implementations put the encoder under `root / "encoder"` (so checkpoints and exports find it)
+/// and their heads elsewhere (`root / "head"`).
+pub trait PretextMethod {
+    /// The registry name (`rotnet`, `simclr`, ...).
+    fn name(&self) -> &str;
+
+    /// The views of each image the method needs from the data pipeline, one pipeline per view.
+    /// Each view arrives as `batch.views[i]` with shape `(B, C, H, W)`.
+    fn views(&self) -> Vec<Pipeline>;
+
+    /// The encoder being trained (the part that is evaluated and exported).
+    fn encoder(&self) -> &dyn Encoder;
+
+    /// Turns a batch (already on the training device) into a loss. `train` is false for
+    /// validation passes.
+    fn step(&mut self, batch: &Batch, train: bool) -> Result<StepOutput>;
+
+    /// Called after each step of the main optimizer (MoCo's momentum update and queue).
+    fn after_optimizer_step(&mut self, _step: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Losses for the extra optimizers of [`PretextMethod::extra_optimizers`], by name;
+    /// called after the main step.
+    fn extra_losses(&mut self, _batch: &Batch) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
+
+    /// Extra optimizers, each over a prefix of the variable names.
+    fn extra_optimizers(&self) -> Vec<ExtraOptimizer> {
+        Vec::new()
+    }
+
+    /// State that is not a trainable variable of the var store but must survive a checkpoint
+    /// (MoCo's key encoder and queue, a memory bank), by name.
+    fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    /// Restores what [`PretextMethod::state_tensors`] returned.
+    fn load_state_tensors(&mut self, _tensors: &[(String, Tensor)]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Builds a method on `root` from its JSON config.
+pub type BuildFn =
+    fn(root: &nn::Path, config: &serde_json::Value, ctx: &BuildContext) -> Result<Box<dyn PretextMethod>>;

@@ -1,0 +1,338 @@
+//! Numeric precision and memory format as training settings.
+//!
+//! - [`Precision::Bf16`] runs the forward pass under autocast with bfloat16, as
+//!   `torch.autocast(device_type, dtype=torch.bfloat16)` does: matmuls and convolutions run in
+//!   bf16, reductions and losses stay in fp32, parameters and their gradients stay fp32 (no loss
+//!   scaling is needed with bf16). tch 0.24's own `tch::autocast` only toggles CUDA autocast with
+//!   its default float16, so both devices go through a small C++ shim (`csrc/autocast.cpp`,
+//!   compiled by `build.rs`) over `at::autocast`'s per-device API.
+//! - On the CPU, bf16 only pays off with hardware support (AMX or AVX512-BF16); elsewhere
+//!   libtorch emulates it and is slower than fp32, so [`Precision::check`] refuses it.
+//! - Channels-last (NHWC strides on NCHW tensors) lets oneDNN and cuDNN pick their fastest
+//!   convolution kernels: [`set_channels_last`] converts the 4-d weights of a var store in place
+//!   and [`to_channels_last`] converts input batches.
+use std::os::raw::c_int;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::{CoreError, Result};
+
+/// Arithmetic precision of the forward pass (`"fp32"` or `"bf16"` in configs). Default fp32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in float32.
+    #[default]
+    Fp32,
+    /// bfloat16 autocast for the forward pass; float32 parameters, gradients and optimizer.
+    Bf16,
+}
+
+impl Precision {
+    /// Checks that `device` runs this precision at full speed: bf16 needs CUDA, or a CPU with
+    /// AMX or AVX512-BF16 (see [`cpu_supports_bf16`]). The error names the setting.
+    pub fn check(self, device: Device) -> Result<()> {
+        match (self, device) {
+            (Precision::Fp32, _) | (Precision::Bf16, Device::Cuda(_)) => Ok(()),
+            (Precision::Bf16, Device::Cpu) if cpu_supports_bf16() => Ok(()),
+            (Precision::Bf16, Device::Cpu) => Err(CoreError::Config(
+                "train.precision = \"bf16\" needs a CPU with AMX or AVX512-BF16 (this one has \
+                 neither, and emulated bf16 is slower than fp32); set train.precision = \"fp32\""
+                    .to_owned(),
+            )),
+            (Precision::Bf16, other) => Err(CoreError::Config(format!(
+                "train.precision = \"bf16\" is supported on cpu and cuda, not {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Whether this CPU computes bfloat16 natively: `/proc/cpuinfo` lists `amx_bf16` or
+/// `avx512_bf16` (false where that file does not exist). Read once per process.
+pub fn cpu_supports_bf16() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        std::fs::read_to_string("/proc/cpuinfo")
+            .map(|info| cpuinfo_has_bf16(&info))
+            .unwrap_or(false)
+    })
+}
+
+/// Whether a `/proc/cpuinfo` text lists a bf16 instruction set among its flags.
+fn cpuinfo_has_bf16(info: &str) -> bool {
+    info.lines()
+        .filter(|line| line.starts_with("flags"))
+        .flat_map(|line| line.split_whitespace())
+        .any(|flag| flag == "amx_bf16" || flag == "avx512_bf16")
+}
+
+extern "C" {
+    fn selfsup_autocast_get(device: c_int, enabled: *mut c_int, dtype: *mut c_int) -> c_int;
+    fn selfsup_autocast_enter_bf16(
+        device: c_int,
+        prev_enabled: *mut c_int,
+        prev_dtype: *mut c_int,
+    ) -> c_int;
+    fn selfsup_autocast_exit(device: c_int, prev_enabled: c_int, prev_dtype: c_int) -> c_int;
+}
+
+/// The shim's device code, or `None` for devices without autocast support here.
+fn device_code(device: Device) -> Option<c_int> {
+    match device {
+        Device::Cpu => Some(0),
+        Device::Cuda(_) => Some(1),
+        _ => None,
+    }
+}
+
+/// Restores the autocast state saved on entry, also when the closure panics.
+struct AutocastGuard {
+    device: c_int,
+    prev_enabled: c_int,
+    prev_dtype: c_int,
+}
+
+impl Drop for AutocastGuard {
+    fn drop(&mut self) {
+        // SAFETY: plain integers in; the shim catches every C++ exception.
+        let rc = unsafe { selfsup_autocast_exit(self.device, self.prev_enabled, self.prev_dtype) };
+        if rc != 0 && !std::thread::panicking() {
+            panic!("libtorch failed to leave autocast");
+        }
+    }
+}
+
+/// Runs `f` under autocast for `device` at `precision`: with [`Precision::Bf16`] on the CPU or
+/// CUDA, eligible ops (convolutions, matmuls, linear layers) compute in bfloat16 while
+/// parameters stay float32; with [`Precision::Fp32`], or on other devices, `f` runs unchanged.
+///
+/// Autocast is per thread and nests; the previous state (flag and dtype) is restored on exit,
+/// and the cast cache is cleared when the outermost level ends, as `torch.autocast` does. Run
+/// the backward pass outside, as PyTorch recommends. This does not check hardware support:
+/// call [`Precision::check`] once when a run starts.
+///
+/// # Panics
+/// If libtorch throws while toggling the autocast flags (it does not for CPU and CUDA).
+pub fn autocast<T>(device: Device, precision: Precision, f: impl FnOnce() -> T) -> T {
+    let Some(code) = device_code(device).filter(|_| precision == Precision::Bf16) else {
+        return f();
+    };
+    let (mut prev_enabled, mut prev_dtype) = (0, 0);
+    // SAFETY: the out-pointers are valid for writes; the shim catches every C++ exception.
+    let rc = unsafe { selfsup_autocast_enter_bf16(code, &mut prev_enabled, &mut prev_dtype) };
+    assert_eq!(rc, 0, "libtorch failed to enter autocast");
+    let _guard = AutocastGuard { device: code, prev_enabled, prev_dtype };
+    f()
+}
+
+/// The autocast dtype in force for `device` on this thread, or `None` when autocast is off
+/// (always `None` for devices other than the CPU and CUDA).
+pub fn autocast_dtype(device: Device) -> Result<Option<Kind>> {
+    let Some(code) = device_code(device) else {
+        return Ok(None);
+    };
+    let (mut enabled, mut dtype) = (0, 0);
+    // SAFETY: the out-pointers are valid for writes; the shim catches every C++ exception.
+    let rc = unsafe { selfsup_autocast_get(code, &mut enabled, &mut dtype) };
+    if rc != 0 {
+        return Err(CoreError::Config(format!("libtorch failed to report autocast on {device:?}")));
+    }
+    if enabled == 0 {
+        return Ok(None);
+    }
+    let kind = match dtype {
+        5 => Kind::Half,
+        6 => Kind::Float,
+        7 => Kind::Double,
+        15 => Kind::BFloat16,
+        other => {
+            return Err(CoreError::Config(format!(
+                "autocast on {device:?} uses scalar type {other}, which selfsup does not know"
+            )))
+        }
+    };
+    Ok(Some(kind))
+}
+
+/// A 4-d tensor with channels-last strides (the same values and NCHW shape, NHWC layout in
+/// memory); tensors of other ranks are returned as they are (a shallow clone). Differentiable.
+///
+/// # Shapes
+/// `(N, C, H, W)` in and out.
+pub fn to_channels_last(t: &Tensor) -> Result<Tensor> {
+    if t.dim() != 4 {
+        return Ok(t.shallow_clone());
+    }
+    Ok(t.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2])?)
+}
+
+/// Whether a 4-d tensor is laid out channels-last (strides `(H*W*C, 1, W*C, C)`, ignoring
+/// dimensions of size 1, whose stride does not matter).
+pub fn is_channels_last(t: &Tensor) -> bool {
+    if t.dim() != 4 {
+        return false;
+    }
+    let size = t.size();
+    let (c, h, w) = (size[1], size[2], size[3]);
+    let expected = [h * w * c, 1, w * c, c];
+    t.stride().iter().zip(expected).zip(&size).all(|((&s, e), &n)| n == 1 || s == e)
+}
+
+/// Converts every 4-d variable of `vs` (convolution weights) to channels-last in place,
+/// keeping the variables themselves (the optimizer and the modules hold the same tensors).
+/// Returns how many were converted. Call it before building the optimizer, so that its
+/// buffers (created with the parameters' layout) match.
+pub fn set_channels_last(vs: &nn::VarStore) -> Result<usize> {
+    let _no_grad = tch::no_grad_guard();
+    let mut converted = 0;
+    for (_, mut var) in vs.variables() {
+        if var.dim() == 4 && !is_channels_last(&var) {
+            let nhwc = to_channels_last(&var)?;
+            var.f_set_data(&nhwc)?;
+            converted += 1;
+        }
+    }
+    Ok(converted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::{Module, OptimizerConfig as _};
+
+    #[test]
+    fn serde_names_and_default() {
+        assert_eq!(Precision::default(), Precision::Fp32);
+        assert_eq!(serde_json::to_string(&Precision::Bf16).unwrap(), "\"bf16\"");
+        let p: Precision = serde_json::from_str("\"fp32\"").unwrap();
+        assert_eq!(p, Precision::Fp32);
+        assert!(serde_json::from_str::<Precision>("\"fp16\"").is_err());
+    }
+
+    #[test]
+    fn cpuinfo_flags_are_parsed() {
+        assert!(cpuinfo_has_bf16("processor: 0\nflags\t\t: fpu avx2 amx_bf16 amx_tile\n"));
+        assert!(cpuinfo_has_bf16("flags\t\t: fpu avx512f avx512_bf16\n"));
+        assert!(!cpuinfo_has_bf16("flags\t\t: fpu avx avx2 fma\nbugs\t\t: amx_bf16\n"));
+    }
+
+    #[test]
+    fn bf16_check_follows_the_cpu() {
+        assert!(Precision::Fp32.check(Device::Cpu).is_ok());
+        let res = Precision::Bf16.check(Device::Cpu);
+        if cpu_supports_bf16() {
+            assert!(res.is_ok());
+        } else {
+            let msg = res.unwrap_err().to_string();
+            assert!(msg.contains("train.precision"), "{msg}");
+            assert!(!msg.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn cpu_autocast_casts_inside_and_restores_after() {
+        let a = Tensor::randn([8, 16], (Kind::Float, Device::Cpu));
+        let b = Tensor::randn([16, 4], (Kind::Float, Device::Cpu));
+        let x = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
+        let w = Tensor::randn([5, 3, 3, 3], (Kind::Float, Device::Cpu));
+        assert_eq!(autocast_dtype(Device::Cpu).unwrap(), None);
+        let (mm, conv, sum, nested) = autocast(Device::Cpu, Precision::Bf16, || {
+            assert_eq!(autocast_dtype(Device::Cpu).unwrap(), Some(Kind::BFloat16));
+            let mm = a.matmul(&b);
+            let conv = x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
+            // Ops outside autocast's lower-precision list keep fp32 inputs in fp32.
+            let sum = a.sum(Kind::Float);
+            let nested = autocast(Device::Cpu, Precision::Bf16, || a.matmul(&b).kind());
+            assert_eq!(autocast_dtype(Device::Cpu).unwrap(), Some(Kind::BFloat16));
+            (mm, conv, sum, nested)
+        });
+        assert_eq!(mm.kind(), Kind::BFloat16);
+        assert_eq!(conv.kind(), Kind::BFloat16);
+        assert_eq!(sum.kind(), Kind::Float);
+        assert_eq!(nested, Kind::BFloat16);
+        assert_eq!(autocast_dtype(Device::Cpu).unwrap(), None);
+        assert_eq!(a.matmul(&b).kind(), Kind::Float);
+        // Fp32 leaves everything alone.
+        let k = autocast(Device::Cpu, Precision::Fp32, || a.matmul(&b).kind());
+        assert_eq!(k, Kind::Float);
+        // bf16 result is close to the fp32 one.
+        let rel = (mm.to_kind(Kind::Float) - a.matmul(&b)).norm().double_value(&[])
+            / a.matmul(&b).norm().double_value(&[]);
+        assert!(rel < 1e-2, "relative error {rel}");
+    }
+
+    #[test]
+    fn autocast_state_is_restored_after_a_panic() {
+        let res = std::panic::catch_unwind(|| {
+            autocast(Device::Cpu, Precision::Bf16, || panic!("inside"));
+        });
+        assert!(res.is_err());
+        assert_eq!(autocast_dtype(Device::Cpu).unwrap(), None);
+    }
+
+    /// A tiny conv net: conv 3→8, relu, conv 8→8, mean-pool, linear 8→4.
+    fn tiny_net(p: &nn::Path) -> impl Module {
+        let c = nn::ConvConfig { padding: 1, ..Default::default() };
+        nn::seq()
+            .add(nn::conv2d(p / "c1", 3, 8, 3, c))
+            .add_fn(|x| x.relu())
+            .add(nn::conv2d(p / "c2", 8, 8, 3, c))
+            .add_fn(|x| x.relu().mean_dim([2, 3].as_slice(), false, Kind::Float))
+            .add(nn::linear(p / "fc", 8, 4, Default::default()))
+    }
+
+    #[test]
+    fn bf16_loss_is_close_and_gradients_reach_fp32_parameters() {
+        tch::manual_seed(7);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = tiny_net(&vs.root());
+        let x = Tensor::randn([6, 3, 12, 12], (Kind::Float, Device::Cpu));
+        let y = Tensor::from_slice(&[0i64, 1, 2, 3, 0, 1]);
+        let loss_at = |p: Precision| {
+            autocast(Device::Cpu, p, || net.forward(&x).cross_entropy_for_logits(&y))
+        };
+        let fp32 = loss_at(Precision::Fp32);
+        let bf16 = loss_at(Precision::Bf16);
+        assert_eq!(fp32.kind(), Kind::Float);
+        assert_eq!(bf16.kind(), Kind::Float, "cross entropy runs in fp32 under autocast");
+        let (l32, l16) = (fp32.double_value(&[]), bf16.double_value(&[]));
+        assert!(((l16 - l32) / l32).abs() < 2e-2, "fp32 {l32} vs bf16 {l16}");
+
+        let mut opt = nn::Sgd::default().build(&vs, 0.1).unwrap();
+        opt.zero_grad();
+        bf16.backward();
+        for (name, var) in vs.variables() {
+            assert_eq!(var.kind(), Kind::Float, "{name}");
+            let g = var.grad();
+            assert!(g.defined(), "{name} has no gradient");
+            assert_eq!(g.kind(), Kind::Float, "{name}");
+            assert!(g.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{name}");
+        }
+    }
+
+    #[test]
+    fn channels_last_conversion_keeps_values_and_variables() {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = tiny_net(&vs.root());
+        let x = Tensor::randn([2, 3, 10, 10], (Kind::Float, Device::Cpu));
+        let before = net.forward(&x);
+        let c1 = vs.variables()["c1.weight"].shallow_clone();
+        assert!(!is_channels_last(&c1));
+        assert_eq!(set_channels_last(&vs).unwrap(), 2);
+        assert!(is_channels_last(&c1), "the var store's own tensor is converted");
+        assert!(c1.requires_grad());
+        assert!(!is_channels_last(&vs.variables()["fc.weight"]));
+        let xl = to_channels_last(&x).unwrap();
+        assert!(is_channels_last(&xl));
+        assert_eq!(xl.size(), x.size());
+        assert!(xl.equal(&x));
+        let after = net.forward(&xl);
+        assert!(after.allclose(&before, 1e-5, 1e-5, false));
+        assert_eq!(set_channels_last(&vs).unwrap(), 0, "already converted");
+        // Gradients still reach the converted weights.
+        after.sum(Kind::Float).backward();
+        assert!(c1.grad().defined());
+    }
+}

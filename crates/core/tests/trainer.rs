@@ -1,0 +1,247 @@
+//! End-to-end trainer tests with the tiny encoder and a dummy method (predict whether an image
+//! was flipped upside down): an interrupted and resumed run equals an uninterrupted one bit for
+//! bit, the thread count does not change the result, and bad runs fail cleanly.
+use selfsup_core::config::{RunConfig, TrainConfig};
+use selfsup_core::encoders::{build_encoder, Encoder, EncoderConfig};
+use selfsup_core::method::{BuildContext, PretextMethod, StepOutput};
+use selfsup_core::optim::OptimizerConfig;
+use selfsup_core::registry::{MethodEntry, Registry};
+use selfsup_core::schedule::ScheduleConfig;
+use selfsup_core::trainer::{train, TrainOptions};
+use selfsup_core::{checkpoint, Result};
+use selfsup_data::{Batch, ImageDataset, Pipeline};
+use std::path::Path;
+use tch::{nn, nn::Module, Kind, Tensor};
+
+/// Classifies whether each image was flipped vertically (odd dataset indices are).
+struct FlipMethod {
+    encoder: Box<dyn Encoder>,
+    head: nn::Linear,
+}
+
+impl PretextMethod for FlipMethod {
+    fn name(&self) -> &str {
+        "flip"
+    }
+    fn views(&self) -> Vec<Pipeline> {
+        vec![Pipeline::identity()]
+    }
+    fn encoder(&self) -> &dyn Encoder {
+        self.encoder.as_ref()
+    }
+    fn step(&mut self, batch: &Batch, train: bool) -> Result<StepOutput> {
+        let x = &batch.views[0];
+        let flip = batch.indices.remainder(2).to_kind(Kind::Int64);
+        let mask = flip.to_kind(Kind::Float).view([-1, 1, 1, 1]);
+        let x = x * (1.0 - &mask) + x.flip([2]) * &mask;
+        let feats = self.encoder.forward_t(&x, train).mean_dim([2i64, 3].as_slice(), false, Kind::Float);
+        let logits = self.head.forward(&feats);
+        let loss = logits.cross_entropy_for_logits(&flip);
+        let acc = logits.argmax(-1, false).eq_tensor(&flip).to_kind(Kind::Float).mean(Kind::Float);
+        Ok(StepOutput {
+            loss,
+            metrics: vec![("acc".into(), acc.double_value(&[]))],
+            inputs: x.size()[0],
+        })
+    }
+}
+
+fn build_flip(
+    root: &nn::Path,
+    cfg: &serde_json::Value,
+    ctx: &BuildContext,
+) -> Result<Box<dyn PretextMethod>> {
+    if let Some(obj) = cfg.as_object() {
+        if let Some(k) = obj.keys().next() {
+            return Err(selfsup_core::CoreError::Config(format!("method_config: unknown key `{k}`")));
+        }
+    }
+    let encoder = build_encoder(&(root / "encoder"), &ctx.encoder, ctx.image_channels);
+    let head = nn::linear(root / "head", encoder.out_channels(), 2, Default::default());
+    Ok(Box::new(FlipMethod { encoder, head }))
+}
+
+fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register(MethodEntry {
+        name: "flip",
+        description: "test method: was the image flipped upside down",
+        default_config: || serde_json::json!({}),
+        build: build_flip,
+    });
+    r
+}
+
+fn dataset() -> ImageDataset {
+    // 48 random 16×16 RGB images from a fixed linear congruential stream.
+    let mut state = 12345u32;
+    let pixels: Vec<u8> = (0..48 * 16 * 16 * 3)
+        .map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 24) as u8
+        })
+        .collect();
+    ImageDataset::from_raw("test48", 3, 16, 16, pixels, None, None).unwrap()
+}
+
+fn config(epochs: u64, threads: usize) -> RunConfig {
+    RunConfig {
+        method: "flip".into(),
+        seed: 7,
+        device: "cpu".into(),
+        encoder: EncoderConfig::Tiny { width: 4 },
+        train: TrainConfig {
+            epochs,
+            batch_size: 8,
+            optimizer: OptimizerConfig::Sgd {
+                lr: 0.05,
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 5e-4,
+                exclude_bias_and_norm: false,
+            },
+            schedule: ScheduleConfig::Steps { milestones: vec![1, 2], gamma: 0.2 },
+            log_every: 1,
+            threads,
+            ..TrainConfig::default()
+        },
+        ..RunConfig::default()
+    }
+}
+
+/// libtorch's generator and thread count are process-wide: the tests of this file train one
+/// at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn run(cfg: &RunConfig, dir: &Path, resume: bool) -> Result<selfsup_core::trainer::TrainSummary> {
+    let mut opts = TrainOptions {
+        resume,
+        progress: false,
+        dataset: Some(dataset()),
+        ..Default::default()
+    };
+    train(cfg, &registry(), dir, &mut opts)
+}
+
+fn weights(dir: &Path) -> Vec<(String, Tensor)> {
+    checkpoint::load(dir).unwrap().model
+}
+
+fn assert_same(a: &[(String, Tensor)], b: &[(String, Tensor)]) {
+    assert_eq!(a.len(), b.len());
+    for ((n1, t1), (n2, t2)) in a.iter().zip(b) {
+        assert_eq!(n1, n2);
+        assert!(t1.equal(t2), "{n1} differs");
+    }
+}
+
+#[test]
+fn resume_equals_uninterrupted_run() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let full = tempfile::tempdir().unwrap();
+    run(&config(3, 1), full.path(), false).unwrap();
+
+    // Stop in the middle of epoch 2 (6 steps per epoch), then resume to the end.
+    let part = tempfile::tempdir().unwrap();
+    let mut stopped = config(3, 1);
+    stopped.train.max_steps = Some(9);
+    let s = run(&stopped, part.path(), false).unwrap();
+    assert_eq!(s.global_step, 9);
+    let st = checkpoint::read_state(part.path()).unwrap();
+    assert_eq!((st.epoch, st.batch_in_epoch, st.global_step), (1, 3, 9));
+    let s = run(&config(3, 1), part.path(), true).unwrap();
+    assert_eq!(s.global_step, 18);
+
+    assert_same(&weights(full.path()), &weights(part.path()));
+    let a = checkpoint::load(full.path()).unwrap().trainer;
+    let b = checkpoint::load(part.path()).unwrap().trainer;
+    assert_same(&a, &b);
+    // The metrics log of the resumed run has each step once.
+    let steps: Vec<u64> = std::fs::read_to_string(part.path().join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "step")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=18).collect::<Vec<_>>());
+    // The resolved config is saved beside the run and reads back.
+    let saved: RunConfig = serde_json::from_str(
+        &std::fs::read_to_string(part.path().join("config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved, config(3, 1));
+}
+
+#[test]
+fn thread_count_does_not_change_the_result() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let one = tempfile::tempdir().unwrap();
+    let two = tempfile::tempdir().unwrap();
+    run(&config(1, 1), one.path(), false).unwrap();
+    run(&config(1, 2), two.path(), false).unwrap();
+    // Thread counts are process-wide in libtorch; restore the default for other tests.
+    tch::set_num_threads(1);
+    let mut a = weights(one.path());
+    let mut b = weights(two.path());
+    // The configs differ in train.threads only; compare the weights.
+    a.sort_by(|x, y| x.0.cmp(&y.0));
+    b.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_same(&a, &b);
+}
+
+#[test]
+fn loss_falls_and_bad_runs_fail_cleanly() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let s = run(&config(3, 1), dir.path(), false).unwrap();
+    let epochs: Vec<f64> = std::fs::read_to_string(dir.path().join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "epoch")
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect();
+    assert_eq!(epochs.len(), 3);
+    assert!(epochs[2] < epochs[0], "loss did not fall: {epochs:?}");
+    assert!(s.last_epoch_loss.is_finite());
+
+    // Running again into the same folder without --resume is refused, nothing overwritten.
+    let before = std::fs::read(checkpoint::checkpoint_dir(dir.path()).join("model.safetensors")).unwrap();
+    let err = run(&config(3, 1), dir.path(), false).unwrap_err().to_string();
+    assert!(err.contains("--resume"), "{err}");
+    let after = std::fs::read(checkpoint::checkpoint_dir(dir.path()).join("model.safetensors")).unwrap();
+    assert_eq!(before, after);
+
+    // Resuming with a different learning rate is refused.
+    let mut other = config(3, 1);
+    other.train.optimizer = OptimizerConfig::Sgd {
+        lr: 1.0,
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 5e-4,
+        exclude_bias_and_norm: false,
+    };
+    assert!(run(&other, dir.path(), true).unwrap_err().to_string().contains("config differs"));
+
+    // A diverging run stops with a one-line error and keeps no checkpoint.
+    let nan = tempfile::tempdir().unwrap();
+    let mut bad = config(1, 1);
+    bad.train.optimizer = OptimizerConfig::Sgd {
+        lr: 1e38,
+        momentum: 0.0,
+        nesterov: false,
+        weight_decay: 0.0,
+        exclude_bias_and_norm: false,
+    };
+    let err = run(&bad, nan.path(), false).unwrap_err().to_string();
+    assert!(err.contains("loss is"), "{err}");
+    assert!(!err.contains('\n'));
+    assert!(!checkpoint::exists(nan.path()));
+
+    // Unknown method keys are rejected with the key's name.
+    let mut cfg = config(1, 1);
+    cfg.method_config = serde_json::json!({"rotatons": 4});
+    let err = run(&cfg, tempfile::tempdir().unwrap().path(), false).unwrap_err().to_string();
+    assert!(err.contains("rotatons"), "{err}");
+}

@@ -1,0 +1,70 @@
+//! Errors of the data crate. Every message fits one line and names the file (and the record or
+//! byte offset) or the field at fault, without a trailing period.
+use std::path::PathBuf;
+
+/// Everything that can go wrong while reading, augmenting or loading data.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// An I/O error on a named file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A malformed file: wrong magic number, truncated record, bad header, bad label.
+    #[error("{path}: {msg}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the record or byte offset where it applies.
+        msg: String,
+    },
+    /// A dataset that is not where it should be.
+    #[error("{what} not found at {path} ({hint})")]
+    Missing {
+        /// The dataset or file that is missing.
+        what: String,
+        /// Where it was looked for.
+        path: PathBuf,
+        /// Where to get it.
+        hint: String,
+    },
+    /// A file whose SHA-256 is not the one in the manifest.
+    #[error("{path}: sha256 mismatch (expected {expected}, got {actual})")]
+    Checksum {
+        /// The file.
+        path: PathBuf,
+        /// The manifest's digest.
+        expected: String,
+        /// The file's digest.
+        actual: String,
+    },
+    /// A dataset spec, split, pipeline or loader setting that is not valid.
+    #[error("{0}")]
+    Config(String),
+    /// An error from libtorch while building a batch.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl DataError {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DataError::Io { path: path.into(), source }
+    }
+
+    /// A format error on `path`.
+    pub fn file(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
+        DataError::File { path: path.into(), msg: msg.to_string() }
+    }
+
+    /// A configuration error.
+    pub fn config(msg: impl std::fmt::Display) -> Self {
+        DataError::Config(msg.to_string())
+    }
+}
+
+/// Result with [`DataError`].
+pub type Result<T, E = DataError> = std::result::Result<T, E>;

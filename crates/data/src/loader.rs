@@ -1,0 +1,317 @@
+//! The batch loader: per-epoch seeded shuffling, rayon-parallel batch assembly (one pipeline
+//! per view, every (sample, view) seeded from (seed, epoch, index, view)), and a background
+//! producer thread feeding a bounded queue so augmentation overlaps the training step.
+//!
+//! Memory stays bounded: at most `prefetch` finished batches wait in the queue, plus the one
+//! being built.
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
+
+use crate::dataset::ImageDataset;
+use crate::error::{DataError, Result};
+use crate::pipeline::Pipeline;
+use crate::rng::{epoch_rng, sample_rng};
+
+/// A batch: one tensor per view, labels and dataset indices, all on the CPU.
+///
+/// # Shapes
+/// - `views[v]`: `(B, C, H, W)` f32, the output of view pipeline `v`
+/// - `labels`: `(B,)` i64, `-1` for unlabeled images
+/// - `indices`: `(B,)` i64, the images' indices in the dataset
+#[derive(Debug)]
+pub struct Batch {
+    /// One tensor per view.
+    pub views: Vec<Tensor>,
+    /// Labels (`-1` when unlabeled).
+    pub labels: Tensor,
+    /// Dataset indices.
+    pub indices: Tensor,
+}
+
+impl Batch {
+    /// Copies the batch to `device`.
+    pub fn to_device(&self, device: Device) -> Batch {
+        Batch {
+            views: self.views.iter().map(|v| v.to_device(device)).collect(),
+            labels: self.labels.to_device(device),
+            indices: self.indices.to_device(device),
+        }
+    }
+
+    /// Number of images in the batch.
+    pub fn len(&self) -> usize {
+        self.indices.size()[0] as usize
+    }
+
+    /// True when the batch holds no image.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Loader settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoaderConfig {
+    /// Images per batch (default 256).
+    pub batch_size: usize,
+    /// Shuffle every epoch (default true).
+    pub shuffle: bool,
+    /// Drop the last incomplete batch (default false).
+    pub drop_last: bool,
+    /// Seed of the shuffles and of every augmentation (default 0).
+    pub seed: u64,
+    /// Batches prepared ahead by the background thread; 0 builds batches on the caller's
+    /// thread (default 2).
+    pub prefetch: usize,
+    /// Worker threads that augment a batch; 0 uses every core (default 0).
+    pub threads: usize,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        LoaderConfig {
+            batch_size: 256,
+            shuffle: true,
+            drop_last: false,
+            seed: 0,
+            prefetch: 2,
+            threads: 0,
+        }
+    }
+}
+
+/// Everything the producer thread needs, shared by `Arc`.
+struct Shared {
+    dataset: ImageDataset,
+    views: Vec<Pipeline>,
+    shapes: Vec<(usize, usize, usize)>,
+    cfg: LoaderConfig,
+    pool: rayon::ThreadPool,
+}
+
+/// Iterates over a dataset in batches of augmented views. See the module docs.
+pub struct Loader {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Loader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loader")
+            .field("dataset", &self.shared.dataset)
+            .field("views", &self.shared.views.len())
+            .field("cfg", &self.shared.cfg)
+            .finish()
+    }
+}
+
+impl Loader {
+    /// Checks the view pipelines against the dataset's image shape and builds the worker pool.
+    pub fn new(dataset: ImageDataset, views: Vec<Pipeline>, cfg: LoaderConfig) -> Result<Self> {
+        if cfg.batch_size == 0 {
+            return Err(DataError::config("loader batch_size must be positive"));
+        }
+        if views.is_empty() {
+            return Err(DataError::config("loader needs at least one view pipeline"));
+        }
+        if dataset.is_empty() {
+            return Err(DataError::config(format!("dataset {} is empty", dataset.name())));
+        }
+        if cfg.drop_last && dataset.len() < cfg.batch_size {
+            return Err(DataError::config(format!(
+                "dataset {} has {} images, fewer than one batch of {} with drop_last",
+                dataset.name(),
+                dataset.len(),
+                cfg.batch_size
+            )));
+        }
+        let (c, h, w) = (dataset.channels(), dataset.height(), dataset.width());
+        let shapes = views
+            .iter()
+            .enumerate()
+            .map(|(v, p)| p.check(c, h, w).map_err(|e| DataError::config(format!("view {v}: {e}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.threads)
+            .thread_name(|i| format!("selfsup-data-{i}"))
+            .build()
+            .map_err(|e| DataError::config(format!("loader thread pool: {e}")))?;
+        Ok(Loader { shared: Arc::new(Shared { dataset, views, shapes, cfg, pool }) })
+    }
+
+    /// The dataset.
+    pub fn dataset(&self) -> &ImageDataset {
+        &self.shared.dataset
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &LoaderConfig {
+        &self.shared.cfg
+    }
+
+    /// `(C, H, W)` of each view.
+    pub fn view_shapes(&self) -> &[(usize, usize, usize)] {
+        &self.shared.shapes
+    }
+
+    /// Batches in one epoch.
+    pub fn batches_per_epoch(&self) -> usize {
+        self.shared.batches_per_epoch()
+    }
+
+    /// The dataset indices of epoch `epoch`, in the order they are served.
+    pub fn epoch_order(&self, epoch: u64) -> Vec<usize> {
+        self.shared.order(epoch)
+    }
+
+    /// Builds batch `b` of epoch `epoch` on the caller's thread (with the worker pool).
+    pub fn batch(&self, epoch: u64, b: usize) -> Result<Batch> {
+        let order = self.shared.order(epoch);
+        self.shared.make_batch(&order, epoch, b)
+    }
+
+    /// All batches of epoch `epoch`.
+    pub fn epoch(&self, epoch: u64) -> impl Iterator<Item = Result<Batch>> + '_ {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of epoch `epoch` from batch `first_batch` on (to resume mid-epoch): the
+    /// same batches, bit for bit, that [`Loader::epoch`] yields at those positions.
+    pub fn epoch_from(
+        &self,
+        epoch: u64,
+        first_batch: usize,
+    ) -> impl Iterator<Item = Result<Batch>> + '_ {
+        let shared = self.shared.clone();
+        let order = Arc::new(shared.order(epoch));
+        let end = shared.batches_per_epoch();
+        if shared.cfg.prefetch == 0 {
+            return EpochIter::Sync { shared, order, epoch, next: first_batch, end };
+        }
+        let (tx, rx) = sync_channel(shared.cfg.prefetch);
+        let producer = {
+            let shared = shared.clone();
+            std::thread::Builder::new().name("selfsup-data-prefetch".into()).spawn(move || {
+                for b in first_batch..end {
+                    let batch = shared.make_batch(&order, epoch, b);
+                    let failed = batch.is_err();
+                    if tx.send(batch).is_err() || failed {
+                        break;
+                    }
+                }
+            })
+        };
+        match producer {
+            Ok(handle) => EpochIter::Prefetch { rx: Some(rx), handle: Some(handle) },
+            Err(e) => EpochIter::Failed(Some(DataError::config(format!(
+                "cannot start the prefetch thread: {e}"
+            )))),
+        }
+    }
+}
+
+impl Shared {
+    fn batches_per_epoch(&self) -> usize {
+        let (n, b) = (self.dataset.len(), self.cfg.batch_size);
+        if self.cfg.drop_last {
+            n / b
+        } else {
+            n.div_ceil(b)
+        }
+    }
+
+    fn order(&self, epoch: u64) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.dataset.len()).collect();
+        if self.cfg.shuffle {
+            order.shuffle(&mut epoch_rng(self.cfg.seed, epoch));
+        }
+        order
+    }
+
+    fn make_batch(&self, order: &[usize], epoch: u64, b: usize) -> Result<Batch> {
+        let bs = self.cfg.batch_size;
+        let lo = b * bs;
+        let hi = ((b + 1) * bs).min(order.len());
+        if lo >= hi {
+            return Err(DataError::config(format!(
+                "batch {b} out of range ({} batches per epoch)",
+                self.batches_per_epoch()
+            )));
+        }
+        let idx = &order[lo..hi];
+        let ds = &self.dataset;
+        let (c, h, w) = (ds.channels(), ds.height(), ds.width());
+        let mut views = Vec::with_capacity(self.views.len());
+        for (v, (pipe, &(oc, oh, ow))) in self.views.iter().zip(&self.shapes).enumerate() {
+            let per = oc * oh * ow;
+            let mut buf = vec![0f32; idx.len() * per];
+            self.pool.install(|| {
+                buf.par_chunks_mut(per).zip(idx.par_iter()).for_each(|(out, &i)| {
+                    let mut rng = sample_rng(self.cfg.seed, epoch, i as u64, v as u64);
+                    pipe.apply(ds.image(i), c, h, w, &mut rng, out);
+                });
+            });
+            let t = Tensor::f_from_slice(&buf)?.f_view([
+                idx.len() as i64,
+                oc as i64,
+                oh as i64,
+                ow as i64,
+            ])?;
+            views.push(t);
+        }
+        let labels: Vec<i64> = idx.iter().map(|&i| ds.label(i).unwrap_or(-1)).collect();
+        let indices: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+        Ok(Batch {
+            views,
+            labels: Tensor::f_from_slice(&labels)?,
+            indices: Tensor::f_from_slice(&indices)?,
+        })
+    }
+}
+
+/// Iterator over one epoch's batches.
+enum EpochIter {
+    Sync { shared: Arc<Shared>, order: Arc<Vec<usize>>, epoch: u64, next: usize, end: usize },
+    Prefetch { rx: Option<Receiver<Result<Batch>>>, handle: Option<JoinHandle<()>> },
+    Failed(Option<DataError>),
+}
+
+impl Iterator for EpochIter {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            EpochIter::Sync { shared, order, epoch, next, end } => {
+                if *next >= *end {
+                    return None;
+                }
+                let b = shared.make_batch(order, *epoch, *next);
+                *next += 1;
+                if b.is_err() {
+                    *next = *end;
+                }
+                Some(b)
+            }
+            EpochIter::Prefetch { rx, .. } => rx.as_ref()?.recv().ok(),
+            EpochIter::Failed(e) => e.take().map(Err),
+        }
+    }
+}
+
+impl Drop for EpochIter {
+    fn drop(&mut self) {
+        if let EpochIter::Prefetch { rx, handle } = self {
+            // Closing the queue makes the producer's next `send` fail, so it stops.
+            drop(rx.take());
+            if let Some(h) = handle.take() {
+                let _ = h.join();
+            }
+        }
+    }
+}

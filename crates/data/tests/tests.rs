@@ -1,0 +1,5 @@
+//! Integration tests of selfsup-data, built as one binary (ripgrep's layout).
+mod augment;
+mod common;
+mod loader;
+mod readers;

@@ -1,0 +1,29 @@
+//! Evaluation of frozen (and fine-tuned) encoders, the way the self-supervised papers score
+//! them: layer-wise linear probes on ~9k-dimensional pooled taps (Zhang et al. 2017, RotNet),
+//! RotNet's non-linear probes on block features, a weighted kNN (InstDisc), few-label training
+//! (RotNet's semi-supervised table), and baselines (random init; the supervised method lives in
+//! `selfsup-supervised`).
+//!
+//! Every protocol takes an [`Encoder`](selfsup_core::Encoder), the device its variables live
+//! on, labeled train and test [`ImageDataset`](selfsup_data::ImageDataset)s, a serde config
+//! with documented defaults and a seed, and returns an [`EvalReport`] whose
+//! [`EvalReport::write`] produces `<out>/eval/<protocol>.json` and `.md`.
+#![deny(missing_docs)]
+
+pub mod baselines;
+pub mod error;
+pub mod features;
+pub mod fewshot;
+pub mod knn;
+pub mod linear;
+pub mod nonlinear;
+pub mod probe;
+pub mod report;
+
+pub use error::{EvalError, Result};
+pub use features::{Normalization, Pooling};
+pub use fewshot::{fewshot, FewShotConfig, LabelBudget};
+pub use knn::{knn_monitor, knn_probe, KnnConfig};
+pub use linear::{linear_probe, LinearProbeConfig};
+pub use nonlinear::{nonlinear_probe, HeadKind, NonLinearProbeConfig};
+pub use report::{EvalReport, ResultRow};

@@ -1,0 +1,195 @@
+//! Evaluation reports: every protocol writes `<out>/eval/<protocol>.json` (numbers, settings,
+//! seed, dataset checksums, tap names and dimensions) atomically (temporary file + rename) and
+//! a markdown table `<out>/eval/<protocol>.md` next to it.
+use crate::{EvalError, Result};
+use selfsup_data::ImageDataset;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Identity of a dataset split used in an evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetInfo {
+    /// Dataset name.
+    pub name: String,
+    /// Number of images.
+    pub len: usize,
+    /// Hex SHA-256 of pixels and labels ([`ImageDataset::checksum`]).
+    pub checksum: String,
+    /// Image shape `[C, H, W]`.
+    pub shape: [usize; 3],
+}
+
+impl DatasetInfo {
+    /// The info of `ds`.
+    pub fn of(ds: &ImageDataset) -> Self {
+        DatasetInfo {
+            name: ds.name().to_string(),
+            len: ds.len(),
+            checksum: ds.checksum(),
+            shape: [ds.channels(), ds.height(), ds.width()],
+        }
+    }
+}
+
+/// One line of results: a tap under one protocol variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultRow {
+    /// Tap name (`block2`, `conv3`, ...).
+    pub tap: String,
+    /// What was measured: `linear`, `conv_block3`, `mlp`, `knn k=200 T=0.1`,
+    /// `100/class frozen linear`, ...
+    pub variant: String,
+    /// Shape of the raw tap map `[C, H, W]`.
+    pub map_shape: Vec<i64>,
+    /// Input dimension of the classifier (after pooling).
+    pub dim: i64,
+    /// Number of labeled training images used.
+    pub train_images: usize,
+    /// Top-1 accuracy on the test split, percent.
+    pub top1: f64,
+    /// Top-5 accuracy on the test split, percent (top-K when there are K < 5 classes).
+    pub top5: f64,
+    /// Top-1 accuracy on the training images, percent, where measured.
+    pub train_top1: Option<f64>,
+}
+
+/// The result of one protocol run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Protocol name: `linear`, `nonlinear`, `knn`, `fewshot`.
+    pub protocol: String,
+    /// The seed of every random choice of the protocol.
+    pub seed: u64,
+    /// Device the evaluation ran on (`cpu`, `cuda:0`).
+    pub device: String,
+    /// Training split.
+    pub train: DatasetInfo,
+    /// Test split.
+    pub test: DatasetInfo,
+    /// The run or checkpoint evaluated (filled in by the caller).
+    pub checkpoint: Option<String>,
+    /// The encoder config (filled in by the caller).
+    pub encoder: Option<serde_json::Value>,
+    /// The protocol settings used (the resolved config).
+    pub settings: serde_json::Value,
+    /// Results, one per tap and variant.
+    pub rows: Vec<ResultRow>,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Version of selfsup-eval.
+    pub version: String,
+}
+
+impl EvalReport {
+    /// An empty report of `protocol` over `train`/`test`.
+    pub fn new(
+        protocol: &str,
+        seed: u64,
+        device: tch::Device,
+        train: &ImageDataset,
+        test: &ImageDataset,
+        settings: serde_json::Value,
+    ) -> Self {
+        EvalReport {
+            protocol: protocol.to_string(),
+            seed,
+            device: selfsup_core::device::device_name(device),
+            train: DatasetInfo::of(train),
+            test: DatasetInfo::of(test),
+            checkpoint: None,
+            encoder: None,
+            settings,
+            rows: Vec::new(),
+            seconds: 0.0,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// The markdown table: a title, the data and seed, then one row per result.
+    pub fn markdown(&self) -> String {
+        let mut s = format!("# Evaluation: {}\n\n", self.protocol);
+        if let Some(c) = &self.checkpoint {
+            s += &format!("Checkpoint: `{c}`  \n");
+        }
+        s += &format!(
+            "Train: `{}` ({} images, sha256 {}…)  \nTest: `{}` ({} images, sha256 {}…)  \n",
+            self.train.name,
+            self.train.len,
+            &self.train.checksum.get(..12).unwrap_or(&self.train.checksum),
+            self.test.name,
+            self.test.len,
+            &self.test.checksum.get(..12).unwrap_or(&self.test.checksum),
+        );
+        s += &format!("Seed: {}, device: {}, {:.1} s\n\n", self.seed, self.device, self.seconds);
+        s += "| tap | variant | map | dim | train images | top-1 (%) | top-5 (%) |\n";
+        s += "|---|---|---|---:|---:|---:|---:|\n";
+        for r in &self.rows {
+            let map = r.map_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×");
+            s += &format!(
+                "| {} | {} | {} | {} | {} | {:.2} | {:.2} |\n",
+                r.tap, r.variant, map, r.dim, r.train_images, r.top1, r.top5
+            );
+        }
+        s += &format!("\nSettings: `{}`\n", self.settings);
+        s
+    }
+
+    /// Writes `<out>/eval/<protocol>.json` and `<out>/eval/<protocol>.md` atomically and returns
+    /// their paths.
+    pub fn write(&self, out: &Path) -> Result<(PathBuf, PathBuf)> {
+        let dir = out.join("eval");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| EvalError::Io { path: dir.clone(), source: e })?;
+        let json = dir.join(format!("{}.json", self.protocol));
+        let md = dir.join(format!("{}.md", self.protocol));
+        let mut bytes = serde_json::to_vec_pretty(self)?;
+        bytes.push(b'\n');
+        selfsup_core::checkpoint::write_atomic(&json, &bytes)?;
+        selfsup_core::checkpoint::write_atomic(&md, self.markdown().as_bytes())?;
+        Ok((json, md))
+    }
+
+    /// Reads a report written by [`EvalReport::write`].
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes =
+            std::fs::read(path).map_err(|e| EvalError::Io { path: path.into(), source: e })?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| EvalError::Config(format!("{}: {e}", path.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_json_and_markdown() {
+        let ds =
+            ImageDataset::from_raw("tiny", 1, 1, 2, vec![0, 255], Some(vec![1]), Some(2)).unwrap();
+        let mut r =
+            EvalReport::new("knn", 7, tch::Device::Cpu, &ds, &ds, serde_json::json!({"k": 200}));
+        r.rows.push(ResultRow {
+            tap: "block2".into(),
+            variant: "knn k=200 T=0.1".into(),
+            map_shape: vec![16, 4, 4],
+            dim: 16,
+            train_images: 1,
+            top1: 50.0,
+            top5: 100.0,
+            train_top1: None,
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let (json, md) = r.write(dir.path()).unwrap();
+        assert_eq!(json, dir.path().join("eval/knn.json"));
+        let back = EvalReport::read(&json).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.train.checksum, ds.checksum());
+        let text = std::fs::read_to_string(md).unwrap();
+        assert!(
+            text.contains("| block2 | knn k=200 T=0.1 | 16×4×4 | 16 | 1 | 50.00 | 100.00 |"),
+            "{text}"
+        );
+        // No temporary files are left behind.
+        assert_eq!(std::fs::read_dir(dir.path().join("eval")).unwrap().count(), 2);
+    }
+}

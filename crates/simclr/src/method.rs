@@ -1,0 +1,218 @@
+//! The SimCLR method: two augmented views of every image, the encoder, a projection MLP on the
+//! pooled features, and NT-Xent over all 2N views (Chen et al. 2020, Algorithm 1).
+//!
+//! Large batches: with `micro_batch_size` set, the views are embedded in micro-batches and the
+//! loss is still the NT-Xent of the whole batch (every anchor sees all 2N − 2 negatives). With
+//! `grad_cache: true` (default) this uses gradient caching
+//! ([`selfsup_contrastive::grad_cache`]): micro-batches `1..M−1` are backpropagated inside
+//! [`PretextMethod::step`] one at a time and the returned loss is a surrogate whose value is the
+//! full-batch loss and whose `backward()` adds the last micro-batch's share, so memory is that
+//! of one micro-batch. This needs a trainer that zeroes gradients before `step` and
+//! backpropagates the returned loss unscaled (no fp16 loss scaling); with `grad_cache: false`
+//! the micro-batches are kept in one graph (exact under any trainer, memory of the full batch).
+//! Either way batch norm normalises each micro-batch (and each view) separately, like
+//! unsynchronised BN across devices; the paper's global BN over the whole batch is not
+//! reproduced on one device.
+use selfsup_contrastive::grad_cache::{grad_cached_loss, micro_batches};
+use selfsup_contrastive::head::{HeadConfig, ProjectionHead};
+use selfsup_contrastive::loss::{nt_xent_joint, nt_xent_logits, top1_accuracy};
+use selfsup_contrastive::{pooled, views, ContrastiveError};
+use selfsup_core::config::TrainConfig;
+use selfsup_core::encoders::{build_encoder, Encoder};
+use selfsup_core::optim::OptimizerConfig;
+use selfsup_core::schedule::ScheduleConfig;
+use selfsup_core::{BuildContext, PretextMethod, StepOutput};
+use selfsup_data::{Batch, Pipeline};
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+/// SimCLR settings. Every field has a default; unknown fields are rejected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimClrConfig {
+    /// NT-Xent temperature τ. Default 0.5 (the paper's CIFAR-10 setting, appendix B.9).
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// Projection head. Default: hidden = encoder width, output 128, batch norm after both
+    /// linear layers (official code, `proj_head_mode=nonlinear`). solo-learn's CIFAR recipe
+    /// uses hidden 2048, output 256 and no BN.
+    #[serde(default)]
+    pub head: HeadConfig,
+    /// Embed the views in micro-batches of this many images (per view) and still compute the
+    /// full-batch loss; `null` = the whole batch at once. Default null.
+    #[serde(default)]
+    pub micro_batch_size: Option<usize>,
+    /// With micro-batches, use gradient caching (memory of one micro-batch; see the module
+    /// docs) rather than one graph over all of them. Default true.
+    #[serde(default = "default_true")]
+    pub grad_cache: bool,
+    /// The augmentation of both views; `null` = SimCLR's for the dataset's image size and
+    /// channels ([`views::simclr_view`]). Default null.
+    #[serde(default)]
+    pub view: Option<Pipeline>,
+}
+
+fn default_temperature() -> f64 {
+    0.5
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for SimClrConfig {
+    fn default() -> Self {
+        SimClrConfig {
+            temperature: default_temperature(),
+            head: HeadConfig::default(),
+            micro_batch_size: None,
+            grad_cache: true,
+            view: None,
+        }
+    }
+}
+
+/// SimCLR's optimizer for a batch of `batch_size` images: LARS with learning rate
+/// `0.3 × batch_size / 256`, momentum 0.9, weight decay 1e-6, trust coefficient 0.001; biases
+/// and BN parameters excluded from decay and adaptation (paper section B.1).
+pub fn recommended_optimizer(batch_size: usize) -> OptimizerConfig {
+    OptimizerConfig::Lars {
+        lr: 0.3 * batch_size as f64 / 256.0,
+        momentum: 0.9,
+        weight_decay: 1e-6,
+        eta: 0.001,
+    }
+}
+
+/// SimCLR's schedule: linear warm-up for 10 epochs (or a tenth of the run if shorter), then
+/// cosine decay to 0 (paper section B.1).
+pub fn recommended_schedule(epochs: u64) -> ScheduleConfig {
+    ScheduleConfig::Cosine { warmup_epochs: (epochs as f64 / 10.0).min(10.0), final_fraction: 0.0 }
+}
+
+/// SimCLR's training settings for `batch_size` images per step over `epochs` epochs:
+/// [`recommended_optimizer`] and [`recommended_schedule`], other fields at their defaults.
+pub fn recommended_train_config(batch_size: usize, epochs: u64) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size,
+        optimizer: recommended_optimizer(batch_size),
+        schedule: recommended_schedule(epochs),
+        ..TrainConfig::default()
+    }
+}
+
+/// SimCLR: encoder (`encoder.*`) and projection head (`head.*`).
+#[derive(Debug)]
+pub struct SimClr {
+    encoder: Box<dyn Encoder>,
+    head: ProjectionHead,
+    cfg: SimClrConfig,
+    view: Pipeline,
+}
+
+impl SimClr {
+    /// Builds the encoder on `root / "encoder"` and the projection head on `root / "head"`.
+    pub fn new(root: &nn::Path, cfg: SimClrConfig, ctx: &BuildContext) -> Result<Self, ContrastiveError> {
+        if !(cfg.temperature > 0.0 && cfg.temperature.is_finite()) {
+            return Err(ContrastiveError::Config(format!(
+                "simclr temperature must be positive, got {}",
+                cfg.temperature
+            )));
+        }
+        if cfg.micro_batch_size == Some(0) {
+            return Err(ContrastiveError::Config("simclr micro_batch_size must be at least 1".into()));
+        }
+        let encoder = build_encoder(&(root / "encoder"), &ctx.encoder, ctx.image_channels);
+        let head = ProjectionHead::new(&(root / "head"), encoder.out_channels(), &cfg.head);
+        let view =
+            cfg.view.clone().unwrap_or_else(|| views::simclr_view(ctx.image_channels, ctx.image_size));
+        Ok(SimClr { encoder, head, cfg, view })
+    }
+
+    /// The config it was built with.
+    pub fn config(&self) -> &SimClrConfig {
+        &self.cfg
+    }
+
+    /// Projection of a batch of images: pooled encoder features through the head.
+    ///
+    /// # Shapes
+    /// `xs`: `(N, C, H, W)`; returns `(N, out_dim)`.
+    pub fn embed_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let h = pooled(&self.encoder.forward_t(xs, train));
+        self.head.forward_t(&h, train)
+    }
+
+    /// The NT-Xent loss of two views (a surrogate with gradient caching, see the module docs)
+    /// and the detached joint embedding.
+    ///
+    /// # Shapes
+    /// `x1`, `x2`: `(N, C, H, W)`, N ≥ 2; returns a scalar and `(2N, out_dim)`.
+    pub fn loss(&self, x1: &Tensor, x2: &Tensor, train: bool) -> Result<(Tensor, Tensor), ContrastiveError> {
+        if x1.size() != x2.size() || x1.dim() != 4 {
+            return Err(ContrastiveError::Shape(format!(
+                "the two views must be (N, C, H, W) of the same shape, got {:?} and {:?}",
+                x1.size(),
+                x2.size()
+            )));
+        }
+        let tau = self.cfg.temperature;
+        let n = x1.size()[0] as usize;
+        match self.cfg.micro_batch_size {
+            Some(m) if m < n => {
+                let chunks: Vec<Tensor> =
+                    micro_batches(x1, m).into_iter().chain(micro_batches(x2, m)).collect();
+                if self.cfg.grad_cache && train {
+                    let out = grad_cached_loss(
+                        &chunks,
+                        |c| self.embed_t(c, train),
+                        |z| nt_xent_joint(z, tau),
+                        true,
+                    )?;
+                    Ok((out.loss, out.embeddings))
+                } else {
+                    let embs: Vec<Tensor> = chunks.iter().map(|c| self.embed_t(c, train)).collect();
+                    let z = Tensor::cat(&embs, 0);
+                    Ok((nt_xent_joint(&z, tau)?, z.detach()))
+                }
+            }
+            _ => {
+                // Each view through the network on its own (BN statistics per view, as the
+                // reference implementations do).
+                let z = Tensor::cat(&[self.embed_t(x1, train), self.embed_t(x2, train)], 0);
+                Ok((nt_xent_joint(&z, tau)?, z.detach()))
+            }
+        }
+    }
+}
+
+impl PretextMethod for SimClr {
+    fn name(&self) -> &str {
+        "simclr"
+    }
+
+    fn views(&self) -> Vec<Pipeline> {
+        vec![self.view.clone(), self.view.clone()]
+    }
+
+    fn encoder(&self) -> &dyn Encoder {
+        &*self.encoder
+    }
+
+    fn step(&mut self, batch: &Batch, train: bool) -> selfsup_core::Result<StepOutput> {
+        let (x1, x2) = match batch.views.as_slice() {
+            [a, b] => (a, b),
+            other => return Err(ContrastiveError::Views { expected: 2, got: other.len() }.into()),
+        };
+        let (loss, z) = self.loss(x1, x2, train)?;
+        let acc = tch::no_grad(|| {
+            nt_xent_logits(&z, self.cfg.temperature).map(|(l, t)| top1_accuracy(&l, &t))
+        })?;
+        Ok(StepOutput {
+            loss,
+            metrics: vec![("contrastive_acc".to_string(), acc)],
+            inputs: 2 * x1.size()[0],
+        })
+    }
+}

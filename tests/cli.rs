@@ -1,0 +1,99 @@
+//! The command line: listing methods, training a tiny run end to end, resuming, inspecting a
+//! checkpoint, and one-line errors for bad input.
+use crate::util::{err, ok, selfsup};
+
+#[test]
+fn methods_lists_every_registered_method() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&selfsup(&["methods"], dir.path()));
+    for name in ["rotnet", "supervised"] {
+        assert!(out.lines().any(|l| l.starts_with(name)), "{name} missing from:\n{out}");
+    }
+}
+
+#[test]
+fn unknown_method_names_the_known_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = err(&selfsup(
+        &["train", "--method", "rotnot", "--data", "synthetic:32:16", "--out", "r"],
+        dir.path(),
+    ));
+    assert!(e.contains("rotnot") && e.contains("rotnet"), "{e}");
+    assert!(!dir.path().join("r").exists(), "a failed start must not create the run folder");
+}
+
+#[test]
+fn bad_config_values_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = ["train", "--method", "rotnet", "--data", "synthetic:32:16", "--out", "r"];
+    let with = |extra: &[&str]| {
+        let mut a: Vec<&str> = base.to_vec();
+        a.extend_from_slice(extra);
+        selfsup(&a, dir.path())
+    };
+    let e = err(&with(&["--set", "train.epocs=3"]));
+    assert!(e.contains("epocs"), "{e}");
+    let e = err(&with(&["--set", "method_config.rotations=seven"]));
+    assert!(e.contains("seven") || e.contains("rotations"), "{e}");
+    let e = err(&with(&["--set", "device=gpu"]));
+    assert!(e.contains("gpu"), "{e}");
+    let e = err(&with(&["--config", "missing.json"]));
+    assert!(e.contains("missing.json"), "{e}");
+    std::fs::write(dir.path().join("broken.json"), "{\"seed\": ").unwrap();
+    let e = err(&with(&["--config", "broken.json"]));
+    assert!(e.contains("broken.json"), "{e}");
+    let e = err(&selfsup(
+        &["train", "--method", "rotnet", "--data", "cifar11", "--out", "r2"],
+        dir.path(),
+    ));
+    assert!(e.contains("cifar11"), "{e}");
+}
+
+#[test]
+fn train_resume_and_info_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "train",
+        "--method",
+        "rotnet",
+        "--data",
+        "synthetic:64:16",
+        "--device",
+        "cpu",
+        "--out",
+        "run",
+        "--no-progress",
+        "--set",
+        "encoder={\"kind\":\"tiny\",\"width\":4}",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "train.max_steps=3",
+    ];
+    let out = ok(&selfsup(&args, dir.path()));
+    assert!(out.contains("trained 3 steps"), "{out}");
+    let run = dir.path().join("run");
+    for f in ["config.json", "metrics.jsonl", "checkpoint/model.safetensors", "checkpoint/trainer.json"]
+    {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    // Same folder again without --resume: refused, one line.
+    let e = err(&selfsup(&args, dir.path()));
+    assert!(e.contains("--resume"), "{e}");
+    // Resume from the saved config to the end of epoch 2 (4 steps per epoch).
+    let out = ok(&selfsup(
+        &["train", "--config", "run/config.json", "--set", "train.max_steps=null", "--out", "run", "--resume", "--no-progress"],
+        dir.path(),
+    ));
+    assert!(out.contains("trained 8 steps (2 epochs)"), "{out}");
+    let info = ok(&selfsup(&["info", "run"], dir.path()));
+    assert!(info.contains("method:      rotnet"), "{info}");
+    assert!(info.contains("step 8"), "{info}");
+    assert!(info.contains("tap block2"), "{info}");
+    // A damaged checkpoint is named, not a panic.
+    std::fs::write(run.join("checkpoint/model.safetensors"), b"garbage").unwrap();
+    let e = err(&selfsup(&["info", "run"], dir.path()));
+    assert!(e.contains("model.safetensors"), "{e}");
+}

@@ -1,0 +1,77 @@
+//! `cargo xtask`: the project's task runner (rust-analyzer style). It needs nothing but Rust and
+//! Python: every command that builds or runs Rust code first makes sure libtorch (torch 2.11.0
+//! from PyPI, the exact version `tch` 0.24 expects) is installed in a cache outside the
+//! checkout, then runs cargo with `LIBTORCH`, `LIBTORCH_CXX11_ABI=1` and the library path set.
+//!
+//! xtask itself never links libtorch: it is the tool that installs it.
+mod libtorch;
+mod tasks;
+
+use anyhow::Result;
+
+const HELP: &str = "\
+cargo xtask <command> [args]
+
+Commands:
+  reproduce <method> [--profile smoke|cpu|paper] [--dataset cifar10] [--force]
+                     train and evaluate a paper's tables into results/<method>/<profile>/
+                     (methods: rotnet, simclr, moco, instance-discrimination)
+  test               the whole suite: cargo fmt --check, clippy -D warnings, all tests
+  bench data         data-pipeline throughput against torchvision's DataLoader
+  fetch <dataset>    download and verify a dataset listed in datasets/manifest.json
+  build              build the release `selfsup` binary (rpath set: runs as is)
+  run -- <args>      build, then run `selfsup <args>`
+  env                print shell exports for plain `cargo build` / `cargo test`
+  setup              only install / locate libtorch and print where it is
+
+Environment:
+  SELFSUP_LIBTORCH   an existing libtorch 2.11.0 (a torch/ folder with include/ and lib/)
+  SELFSUP_PYTHON     the Python that has that torch (for reference scripts)
+  SELFSUP_CACHE      where the torch install is cached (default ~/.cache/selfsup)
+  SELFSUP_DATA       the data folder (default: ../shared/datasets if present, else datasets/)
+";
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = project_root();
+    std::env::set_current_dir(&root)?;
+    let Some(cmd) = args.first() else {
+        print!("{HELP}");
+        return Ok(());
+    };
+    let rest = &args[1..];
+    match cmd.as_str() {
+        "help" | "--help" | "-h" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        "setup" => {
+            let t = libtorch::ensure()?;
+            println!("libtorch: {}\npython:   {}", t.libtorch.display(), t.python.display());
+            Ok(())
+        }
+        "env" => tasks::env(),
+        "build" => tasks::build_release().map(|_| ()),
+        "run" => tasks::run_binary(rest),
+        "test" => tasks::test(rest),
+        "reproduce" => tasks::reproduce(rest),
+        "bench" => tasks::bench(rest),
+        "fetch" => tasks::fetch(rest),
+        other => anyhow::bail!("unknown command `{other}`; `cargo xtask help` lists them"),
+    }
+}
+
+/// The workspace root (the folder above xtask/).
+fn project_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_path_buf()
+}
