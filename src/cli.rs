@@ -38,6 +38,83 @@ enum Command {
         /// Run folder or checkpoint folder.
         checkpoint: PathBuf,
     },
+    /// Evaluate a run's frozen (or fine-tuned) encoder; writes <out>/eval/<protocol>.json and .md.
+    Eval(EvalArgs),
+    /// Export a run's encoder weights (ResNets with torchvision's tensor names).
+    Export(ExportArgs),
+    /// Reproduce a paper's tables (see `selfsup reproduce --help`).
+    Reproduce {
+        /// Method and options: `rotnet [--profile smoke|cpu|paper] [--dataset cifar10] [--force]`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Protocol {
+    /// Multinomial logistic regression on (pooled, ~9k-d) tap features.
+    Linear,
+    /// RotNet's non-linear probe (conv block or MLP) on frozen tap features.
+    Nonlinear,
+    /// Weighted kNN (k=200, T=0.1) on L2-normalised pooled features.
+    Knn,
+    /// Few labels per class: frozen probes and fine-tuning.
+    Fewshot,
+}
+
+#[derive(Debug, clap::Args)]
+struct EvalArgs {
+    /// Run folder (or checkpoint folder) whose encoder is evaluated.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Evaluation protocol.
+    #[arg(long, value_enum)]
+    protocol: Protocol,
+    /// Comma-separated tap names, or `all` (few-shot uses the first).
+    #[arg(long, default_value = "all")]
+    taps: String,
+    /// Labeled dataset spec (its train and test splits are used).
+    #[arg(long, default_value = "cifar10")]
+    data: String,
+    /// Data folder (else $SELFSUP_DATA, else datasets/).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Protocol config as JSON (fields of the protocol's config; defaults documented there).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override one protocol setting, e.g. `--set epochs=30`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Device: auto, cpu or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Seed of the protocol's random choices.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Evaluate a randomly initialised encoder of the same config instead (the baseline).
+    #[arg(long)]
+    random_init: bool,
+    /// Folder that receives eval/ (default: the run folder).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ExportFormat {
+    /// safetensors with torchvision tensor names for ResNets (loads with strict=True).
+    Safetensors,
+}
+
+#[derive(Debug, clap::Args)]
+struct ExportArgs {
+    /// Run folder (or checkpoint folder).
+    run: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Safetensors)]
+    format: ExportFormat,
+    /// Output file (default: <run>/encoder.safetensors).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -69,11 +146,20 @@ struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Run a cheap kNN monitor (k=200, T=0.1, 10,000 training images as memory, the test split
+    /// as queries) every N epochs; its top-1 goes into metrics.jsonl as `knn_top1`.
+    #[arg(long, value_name = "N")]
+    knn_every: Option<u64>,
+    /// Labeled dataset for the kNN monitor (default: the training dataset's spec).
+    #[arg(long, value_name = "SPEC")]
+    knn_data: Option<String>,
 }
 
 /// Every method this build knows, in table order.
 pub fn registry() -> Registry {
-    let r = Registry::new();
+    let mut r = Registry::new();
+    selfsup_rotnet::register(&mut r);
+    selfsup_supervised::register(&mut r);
     r
 }
 
@@ -96,6 +182,9 @@ pub fn main() -> Result<()> {
         Command::Train(a) => cmd_train(&registry, a),
         Command::Methods { json } => cmd_methods(&registry, json),
         Command::Info { checkpoint } => cmd_info(&checkpoint),
+        Command::Eval(a) => cmd_eval(a),
+        Command::Export(a) => cmd_export(a),
+        Command::Reproduce { args } => selfsup_reproduce::run(&args),
     }
 }
 
@@ -119,6 +208,21 @@ fn cmd_train(registry: &Registry, a: TrainArgs) -> Result<()> {
     }
     let cfg = RunConfig::resolve(registry, file.as_ref(), &sets, a.method.as_deref())?;
     let mut opts = TrainOptions { resume: a.resume, progress: !a.no_progress, ..Default::default() };
+    if let Some(every) = a.knn_every {
+        let spec = a.knn_data.clone().unwrap_or_else(|| cfg.data.dataset.clone());
+        let dir = selfsup_data::resolve_data_dir(cfg.data.data_dir.as_deref());
+        let train_set = selfsup_data::open_dataset(&spec, selfsup_data::Split::Train, &dir)?;
+        let test_set = selfsup_data::open_dataset(&spec, selfsup_data::Split::Test, &dir)?;
+        let device = selfsup_core::device::parse_device(&cfg.device)?;
+        opts.hook_every = every.max(1);
+        opts.epoch_hook = Some(Box::new(move |_epoch, encoder| {
+            let top1 = selfsup_eval::knn_monitor(
+                encoder, device, &train_set, &test_set, 10_000, 200, 0.1,
+            )
+            .map_err(|e| selfsup_core::CoreError::Training(format!("kNN monitor: {e}")))?;
+            Ok(vec![("knn_top1".to_string(), top1)])
+        }));
+    }
     let s = train(&cfg, registry, &a.out, &mut opts)?;
     println!(
         "trained {} steps ({} epochs) in {:.1}s, {:.1} images/s; last epoch loss {:.4}; run folder {}",
@@ -160,5 +264,94 @@ fn cmd_info(path: &std::path::Path) -> Result<()> {
         println!("tap {name:<8} {:?} (at 32x32 input)", t.size());
     }
     println!("config:      {}", serde_json::to_string(&state.config)?);
+    Ok(())
+}
+
+/// A protocol config: defaults, then `--config`, then each `--set`, then the taps; unknown
+/// keys are errors naming the key.
+fn protocol_config<T: serde::Serialize + serde::de::DeserializeOwned + Default>(
+    a: &EvalArgs,
+    taps_key: Option<&str>,
+    taps: &[String],
+) -> Result<T> {
+    let mut v = serde_json::to_value(T::default())?;
+    if let Some(p) = &a.config {
+        selfsup_core::config::merge(&mut v, &read_json(p)?);
+    }
+    for s in &a.sets {
+        selfsup_core::config::apply_override(&mut v, s)?;
+    }
+    if let Some(k) = taps_key {
+        v[k] = serde_json::to_value(taps)?;
+    }
+    Ok(selfsup_core::config::from_value(&v, "")?)
+}
+
+fn cmd_eval(a: EvalArgs) -> Result<()> {
+    let device = selfsup_core::device::parse_device(&a.device)?;
+    let loaded = selfsup_core::checkpoint::load_encoder(&a.checkpoint, device)?;
+    let random;
+    let (encoder, vs): (&dyn selfsup_core::Encoder, &tch::nn::VarStore) = if a.random_init {
+        random = selfsup_eval::baselines::random_encoder(
+            &loaded.config.encoder,
+            loaded.state.image_channels,
+            a.seed,
+            device,
+        );
+        (random.encoder.as_ref(), &random.vs)
+    } else {
+        (loaded.encoder.as_ref(), &loaded.vs)
+    };
+    let dir = selfsup_data::resolve_data_dir(a.data_dir.as_deref());
+    let train_set = selfsup_data::open_dataset(&a.data, selfsup_data::Split::Train, &dir)?;
+    let test_set = selfsup_data::open_dataset(&a.data, selfsup_data::Split::Test, &dir)?;
+    let taps: Vec<String> = if a.taps == "all" {
+        encoder.tap_names()
+    } else {
+        a.taps.split(',').map(|t| t.trim().to_string()).collect()
+    };
+    let mut report = match a.protocol {
+        Protocol::Linear => {
+            let cfg: selfsup_eval::LinearProbeConfig = protocol_config(&a, Some("taps"), &taps)?;
+            selfsup_eval::linear_probe(encoder, device, &train_set, &test_set, &cfg, a.seed)?
+        }
+        Protocol::Nonlinear => {
+            let cfg: selfsup_eval::NonLinearProbeConfig = protocol_config(&a, Some("taps"), &taps)?;
+            selfsup_eval::nonlinear_probe(encoder, device, &train_set, &test_set, &cfg, a.seed)?
+        }
+        Protocol::Knn => {
+            let cfg: selfsup_eval::KnnConfig = protocol_config(&a, Some("taps"), &taps)?;
+            selfsup_eval::knn_probe(encoder, device, &train_set, &test_set, &cfg, a.seed)?
+        }
+        Protocol::Fewshot => {
+            let mut cfg: selfsup_eval::FewShotConfig = protocol_config(&a, None, &taps)?;
+            if a.taps != "all" {
+                cfg.tap = taps[0].clone();
+            }
+            selfsup_eval::fewshot(encoder, vs, &train_set, &test_set, &cfg, a.seed)?
+        }
+    };
+    report.checkpoint = Some(a.checkpoint.display().to_string());
+    let out = a.out.clone().unwrap_or_else(|| a.checkpoint.clone());
+    let (json, md) = report.write(&out)?;
+    print!("{}", report.markdown());
+    println!("wrote {} and {}", json.display(), md.display());
+    Ok(())
+}
+
+fn cmd_export(a: ExportArgs) -> Result<()> {
+    let loaded = selfsup_core::checkpoint::load_encoder(&a.run, tch::Device::Cpu)?;
+    let state = selfsup_core::export::torchvision_state_dict(&loaded.vs, "encoder");
+    let mut meta = selfsup_core::export::torchvision_metadata(&state);
+    meta.insert("selfsup.method".into(), loaded.config.method.clone());
+    meta.insert("selfsup.encoder".into(), serde_json::to_string(&loaded.config.encoder)?);
+    meta.insert("selfsup.global_step".into(), loaded.state.global_step.to_string());
+    let out = a.out.clone().unwrap_or_else(|| a.run.join("encoder.safetensors"));
+    match a.format {
+        ExportFormat::Safetensors => {
+            selfsup_core::export::write_safetensors(&out, &state, &meta)?;
+        }
+    }
+    println!("wrote {} ({} tensors)", out.display(), state.len());
     Ok(())
 }

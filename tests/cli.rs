@@ -97,3 +97,59 @@ fn train_resume_and_info_end_to_end() {
     let e = err(&selfsup(&["info", "run"], dir.path()));
     assert!(e.contains("model.safetensors"), "{e}");
 }
+
+#[test]
+fn knn_monitor_eval_and_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&selfsup(
+        &[
+            "train",
+            "--method",
+            "rotnet",
+            "--data",
+            "synthetic:64:16",
+            "--device",
+            "cpu",
+            "--out",
+            "run",
+            "--no-progress",
+            "--knn-every",
+            "1",
+            "--set",
+            "encoder={\"kind\":\"tiny\",\"width\":4}",
+            "--set",
+            "train.batch_size=16",
+        ],
+        dir.path(),
+    ));
+    assert!(out.contains("trained 4 steps"), "{out}");
+    let metrics = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
+    let epoch: serde_json::Value =
+        serde_json::from_str(metrics.lines().find(|l| l.contains("\"epoch\",")).unwrap_or_else(
+            || metrics.lines().rfind(|l| l.contains("knn_top1")).expect("a kNN line"),
+        ))
+        .unwrap();
+    let knn = epoch["knn_top1"].as_f64().expect("knn_top1 logged");
+    assert!((0.0..=100.0).contains(&knn), "{knn}");
+
+    let e = ok(&selfsup(
+        &["eval", "--checkpoint", "run", "--protocol", "knn", "--data", "synthetic:64:16", "--device", "cpu"],
+        dir.path(),
+    ));
+    assert!(e.contains("block2"), "{e}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run/eval/knn.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["protocol"], "knn");
+    assert!(dir.path().join("run/eval/knn.md").exists());
+    let e = err(&selfsup(
+        &["eval", "--checkpoint", "run", "--protocol", "linear", "--data", "synthetic:64:16", "--set", "epoks=1"],
+        dir.path(),
+    ));
+    assert!(e.contains("epoks"), "{e}");
+
+    let x = ok(&selfsup(&["export", "run", "--out", "enc.safetensors"], dir.path()));
+    assert!(x.contains("enc.safetensors"), "{x}");
+    let bytes = std::fs::read(dir.path().join("enc.safetensors")).unwrap();
+    assert!(bytes.len() > 100);
+}

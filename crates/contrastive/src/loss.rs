@@ -35,7 +35,9 @@ fn check_tau(tau: f64) -> Result<()> {
 fn check_2d(name: &str, t: &Tensor) -> Result<(i64, i64)> {
     match t.size().as_slice() {
         &[n, d] if n > 0 && d > 0 => Ok((n, d)),
-        s => Err(ContrastiveError::Shape(format!("{name} must be (N, D) with N, D > 0, got {s:?}"))),
+        s => {
+            Err(ContrastiveError::Shape(format!("{name} must be (N, D) with N, D > 0, got {s:?}")))
+        }
     }
 }
 
@@ -140,7 +142,12 @@ pub fn info_nce(q: &Tensor, k: &Tensor, queue: &Tensor, tau: f64) -> Result<Tens
 /// `logits`: `(M, C)`; `targets`: `(M,)` i64; returns a number in `[0, 1]`.
 pub fn top1_accuracy(logits: &Tensor, targets: &Tensor) -> f64 {
     tch::no_grad(|| {
-        logits.argmax(1, false).eq_tensor(targets).to_kind(Kind::Float).mean(Kind::Float).double_value(&[])
+        logits
+            .argmax(1, false)
+            .eq_tensor(targets)
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+            .double_value(&[])
     })
 }
 

@@ -51,7 +51,11 @@ pub fn simclr_view(channels: i64, size: i64) -> Pipeline {
 pub fn mocov1_view(channels: i64, size: i64) -> Pipeline {
     let (mean, std) = stats(channels, size);
     let ops = vec![
-        Op::RandomResizedCrop { size: size.max(1) as usize, scale: [0.2, 1.0], ratio: [0.75, 4.0 / 3.0] },
+        Op::RandomResizedCrop {
+            size: size.max(1) as usize,
+            scale: [0.2, 1.0],
+            ratio: [0.75, 4.0 / 3.0],
+        },
         Op::ColorJitter { brightness: 0.4, contrast: 0.4, saturation: 0.4, hue: 0.4, p: 1.0 },
         Op::Grayscale { p: 0.2, keep_channels: true },
         Op::HorizontalFlip { p: 0.5 },
@@ -68,7 +72,10 @@ mod tests {
     fn views_keep_the_image_shape() {
         for (c, s) in [(3, 32), (3, 96), (1, 28)] {
             for p in [simclr_view(c, s), mocov1_view(c, s)] {
-                assert_eq!(p.output_shape(c as usize, s as usize, s as usize), (c as usize, s as usize, s as usize));
+                assert_eq!(
+                    p.output_shape(c as usize, s as usize, s as usize),
+                    (c as usize, s as usize, s as usize)
+                );
             }
         }
         assert!(simclr_view(3, 96).ops.iter().any(|o| matches!(o, Op::GaussianBlur { .. })));

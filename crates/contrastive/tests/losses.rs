@@ -60,7 +60,10 @@ fn nt_xent_matches_hand_computation_and_pytorch() {
         let by_hand = nt_xent_by_hand(&z1, &z2, tau);
         let got = nt_xent(&matrix(&z1), &matrix(&z2), tau).unwrap().double_value(&[]);
         assert!((by_hand - want_torch).abs() < 1e-9, "hand {by_hand} vs torch {want_torch}");
-        assert!((got - want_torch).abs() < 1e-4 * want_torch.abs().max(1.0), "{got} vs {want_torch}");
+        assert!(
+            (got - want_torch).abs() < 1e-4 * want_torch.abs().max(1.0),
+            "{got} vs {want_torch}"
+        );
     }
 }
 
@@ -102,7 +105,8 @@ fn small_temperature_gives_the_hardest_negative_margin() {
     let z: Vec<Vec<f64>> = a.iter().chain(b.iter()).cloned().collect();
     let cos = |x: &[f64], y: &[f64]| {
         let dot: f64 = x.iter().zip(y).map(|(p, q)| p * q).sum();
-        dot / (x.iter().map(|v| v * v).sum::<f64>().sqrt() * y.iter().map(|v| v * v).sum::<f64>().sqrt())
+        dot / (x.iter().map(|v| v * v).sum::<f64>().sqrt()
+            * y.iter().map(|v| v * v).sum::<f64>().sqrt())
     };
     let mut margin = 0.0;
     for i in 0..2 * n {
@@ -130,8 +134,12 @@ fn logits_accuracy_is_one_for_identical_views() {
 }
 
 fn grads(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> =
-        vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, t)| (n, t.grad().copy())).collect();
+    let mut v: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .map(|(n, t)| (n, t.grad().copy()))
+        .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }

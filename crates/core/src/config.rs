@@ -251,15 +251,17 @@ pub fn read_json(path: &Path) -> Result<Value> {
 }
 
 /// Deserializes `T` from a JSON value, naming the path of the offending key in errors
-/// (`train.optimizer.lr: invalid type ...`, `unknown field `lrr``).
+/// (`train.optimizer.lr: invalid type ...`, `unknown field `lrr``), prefixed by `what` unless
+/// it is empty.
 pub fn from_value<T: serde::de::DeserializeOwned>(value: &Value, what: &str) -> Result<T> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path == "." || path.is_empty() {
-            CoreError::Config(format!("{what}: {inner}"))
-        } else {
-            CoreError::Config(format!("{what}.{path}: {inner}"))
+        match (what.is_empty(), path == "." || path.is_empty()) {
+            (true, true) => CoreError::Config(inner.to_string()),
+            (true, false) => CoreError::Config(format!("{path}: {inner}")),
+            (false, true) => CoreError::Config(format!("{what}: {inner}")),
+            (false, false) => CoreError::Config(format!("{what}.{path}: {inner}")),
         }
     })
 }
@@ -296,7 +298,7 @@ impl RunConfig {
         let mut mc = (entry.default_config)();
         merge(&mut mc, &v["method_config"]);
         v["method_config"] = mc;
-        let cfg: RunConfig = from_value(&v, "config")?;
+        let cfg: RunConfig = from_value(&v, "")?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -12,10 +12,12 @@
 #![deny(missing_docs)]
 
 pub mod augment;
+mod cache;
 pub mod dataset;
 pub mod error;
 pub mod loader;
 pub mod pipeline;
+pub mod pretext;
 pub mod readers;
 pub mod rng;
 
@@ -86,17 +88,34 @@ pub fn resolve_data_dir(explicit: Option<&Path>) -> PathBuf {
 }
 
 /// Opens a dataset by spec:
-/// `cifar10` (`data_dir/cifar-10-batches-bin/`), `cifar100` (`data_dir/cifar-100-binary/`),
-/// `synthetic:N:SIZE` (seeded random images, 10 classes).
+/// - `cifar10` (`data_dir/cifar-10-batches-bin/`), `cifar100` (`data_dir/cifar-100-binary/`)
+/// - `stl10` (`data_dir/stl10_binary/`; the unlabeled split is cached under `data_dir/.cache/`)
+/// - `mnist` (`data_dir/mnist/`), `fashion-mnist` (`data_dir/fashion-mnist/`, else
+///   `/usr/share/datasets/fashion-mnist/` from the Debian package `dataset-fashion-mnist`)
+/// - `folder:PATH` or `folder:PATH:SIZE` (see [`readers::folder`]; cached under
+///   `data_dir/.cache/`)
+/// - `synthetic:N:SIZE` (seeded random images, 10 classes)
 pub fn open_dataset(spec: &str, split: Split, data_dir: &Path) -> Result<ImageDataset, DataError> {
     use readers::cifar::{self, Variant};
+    let cache_dir = data_dir.join(".cache");
     if let Some(args) = spec.strip_prefix("synthetic:") {
         return readers::synthetic::open(args, split);
+    }
+    if let Some(path) = spec.strip_prefix("folder:") {
+        return readers::folder::read(path, split, &cache_dir);
     }
     match spec {
         "cifar10" => cifar::read(&data_dir.join(Variant::Cifar10.folder()), Variant::Cifar10, split),
         "cifar100" => {
             cifar::read(&data_dir.join(Variant::Cifar100.folder()), Variant::Cifar100, split)
+        }
+        "stl10" => readers::stl10::read(&data_dir.join(readers::stl10::FOLDER), split, &cache_dir),
+        "mnist" => readers::idx::read(&data_dir.join("mnist"), "mnist", split),
+        "fashion-mnist" => {
+            let local = data_dir.join("fashion-mnist");
+            let system = Path::new(readers::idx::FASHION_SYSTEM_DIR);
+            let dir = if !local.is_dir() && system.is_dir() { system.to_path_buf() } else { local };
+            readers::idx::read(&dir, "fashion-mnist", split)
         }
         _ => Err(DataError::config(format!(
             "unknown dataset `{spec}` (cifar10, cifar100, stl10, mnist, fashion-mnist, folder:PATH, synthetic:N:SIZE)"

@@ -86,7 +86,7 @@ impl Normalization {
                 self.std.len()
             )));
         }
-        if let Some(s) = self.std.iter().find(|s| !(**s > 0.0)) {
+        if let Some(s) = self.std.iter().find(|s| s.is_nan() || **s <= 0.0) {
             return Err(EvalError::Config(format!("normalization std {s} is not positive")));
         }
         Ok(())
@@ -278,9 +278,11 @@ pub fn pooled_side(c: i64, h: i64, w: i64, target: usize) -> (i64, i64) {
 /// # Shapes
 /// `x`: `(N, C, H, W)` → `(N, D)` with `D` = `C·H·W` (`None`), `C` (`Global`) or `C·s·s`
 /// (`Target`).
-pub fn pool(x: &Tensor, pooling: Pooling) -> Tensor {
-    let (n, c, h, w) = x.size4().expect("tap maps are (N, C, H, W)");
-    match pooling {
+pub fn pool(x: &Tensor, pooling: Pooling) -> Result<Tensor> {
+    let (n, c, h, w) = x.size4().map_err(|_| {
+        EvalError::Config(format!("tap map has shape {:?}, expected (N, C, H, W)", x.size()))
+    })?;
+    Ok(match pooling {
         Pooling::None => x.reshape([n, c * h * w]),
         Pooling::Global => x.mean_dim([2i64, 3].as_slice(), false, Kind::Float),
         Pooling::Target(t) => {
@@ -292,7 +294,7 @@ pub fn pool(x: &Tensor, pooling: Pooling) -> Tensor {
             };
             y.reshape([n, c * ph * pw])
         }
-    }
+    })
 }
 
 /// Features of one tap over a dataset.
@@ -374,7 +376,7 @@ pub fn extract(
                 }
                 shapes[j] = [s[1], s[2], s[3]];
                 parts[j].push(match ex.pooling {
-                    Some(p) => pool(map, p),
+                    Some(p) => pool(map, p)?,
                     None => map.shallow_clone(),
                 });
             }
@@ -422,13 +424,14 @@ mod tests {
         }
         // A RotNet NIN block at 32 px: 192 × 16 × 16 (block1) and 192 × 8 × 8 (block2) → 7 × 7.
         let x = Tensor::ones([2, 192, 8, 8], (Kind::Float, Device::Cpu));
-        let p = pool(&x, Pooling::Target(9000));
+        let p = pool(&x, Pooling::Target(9000)).unwrap();
         assert_eq!(p.size(), [2, 192 * 7 * 7]);
         assert_eq!(192 * 7 * 7, 9408);
         // Small maps are kept, never upsampled.
         assert_eq!(pooled_side(16, 4, 4, 9000), (4, 4));
-        assert_eq!(pool(&x, Pooling::Global).size(), [2, 192]);
-        assert_eq!(pool(&x, Pooling::None).size(), [2, 192 * 64]);
+        assert_eq!(pool(&x, Pooling::Global).unwrap().size(), [2, 192]);
+        assert_eq!(pool(&x, Pooling::None).unwrap().size(), [2, 192 * 64]);
+        assert!(pool(&Tensor::ones([2, 3], (Kind::Float, Device::Cpu)), Pooling::Global).is_err());
     }
 
     #[test]

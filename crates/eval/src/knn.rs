@@ -87,7 +87,7 @@ pub fn knn_classify(
             test_y.size()
         )));
     }
-    if k == 0 || !(temperature > 0.0) {
+    if k == 0 || temperature.is_nan() || temperature <= 0.0 {
         return Err(EvalError::Config(format!(
             "kNN needs k > 0 and T > 0, got k {k}, T {temperature}"
         )));
@@ -241,7 +241,7 @@ mod tests {
             for &(s, i) in sims.iter().take(k) {
                 votes[ty[i] as usize] += (s / t).exp();
             }
-            ties |= votes.iter().any(|&v| v == 0.0);
+            ties |= votes.contains(&0.0);
             let mut order: Vec<usize> = (0..c).collect();
             order.sort_by(|&a, &b| votes[b].partial_cmp(&votes[a]).unwrap());
             c1 += (order[0] == y as usize) as i32;

@@ -7,7 +7,9 @@
 //! Every protocol takes an [`Encoder`](selfsup_core::Encoder), the device its variables live
 //! on, labeled train and test [`ImageDataset`](selfsup_data::ImageDataset)s, a serde config
 //! with documented defaults and a seed, and returns an [`EvalReport`] whose
-//! [`EvalReport::write`] produces `<out>/eval/<protocol>.json` and `.md`.
+//! [`EvalReport::write`] produces `<out>/eval/<protocol>.json` and `.md`. [`run_protocol`]
+//! dispatches by name with a JSON config, for the CLI. During pretraining, [`knn_monitor`] is a
+//! cheap progress signal.
 #![deny(missing_docs)]
 
 pub mod baselines;
@@ -18,6 +20,7 @@ pub mod knn;
 pub mod linear;
 pub mod nonlinear;
 pub mod probe;
+pub mod protocol;
 pub mod report;
 
 pub use error::{EvalError, Result};
@@ -26,4 +29,5 @@ pub use fewshot::{fewshot, FewShotConfig, LabelBudget};
 pub use knn::{knn_monitor, knn_probe, KnnConfig};
 pub use linear::{linear_probe, LinearProbeConfig};
 pub use nonlinear::{nonlinear_probe, HeadKind, NonLinearProbeConfig};
+pub use protocol::{run_protocol, Protocol};
 pub use report::{EvalReport, ResultRow};

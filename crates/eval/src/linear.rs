@@ -40,6 +40,9 @@ pub struct LinearProbeConfig {
     /// Mini-batch size. Default 256.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Samples per epoch; `null` (default) is one pass. RotNet's few-label runs use 50,000.
+    #[serde(default)]
+    pub epoch_size: Option<usize>,
     /// Base learning rate. Default 0.1.
     #[serde(default = "default_lr")]
     pub lr: f64,
@@ -150,7 +153,7 @@ pub fn train_linear(
     let spec = LoopSpec {
         epochs: cfg.epochs,
         batch_size: cfg.batch_size,
-        epoch_size: None,
+        epoch_size: cfg.epoch_size,
         lr: cfg.lr,
         schedule: &cfg.schedule,
         seed,

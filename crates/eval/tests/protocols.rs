@@ -69,9 +69,11 @@ fn knn_and_nonlinear_reports_are_written() {
         knn_monitor(enc.encoder.as_ref(), Device::Cpu, &train, &test, 50, 20, 0.1).unwrap();
     assert!((0.0..=100.0).contains(&monitor));
 
-    for head in ["conv_block3", "mlp"] {
+    // The MLP runs on cached maps (no augmentation), the conv block on per-batch augmented ones.
+    for (head, augment) in [("conv_block3", true), ("mlp", false)] {
         let cfg: NonLinearProbeConfig = serde_json::from_value(serde_json::json!({
-            "head": head, "taps": ["block2"], "width": 8, "hidden": 16, "epochs": 2, "batch_size": 32
+            "head": head, "taps": ["block2"], "width": 8, "hidden": 16, "epochs": 2, "batch_size": 32,
+            "augment": augment
         }))
         .unwrap();
         let r = nonlinear_probe(enc.encoder.as_ref(), Device::Cpu, &train, &test, &cfg, 0).unwrap();
@@ -110,5 +112,53 @@ fn fewshot_restores_the_encoder() {
     let again = fewshot(enc.encoder.as_ref(), &enc.vs, &train, &test, &cfg, 3).unwrap();
     for (x, y) in r.rows.iter().zip(&again.rows) {
         assert_eq!(x.top1.to_bits(), y.top1.to_bits(), "{}", x.variant);
+    }
+}
+
+#[test]
+fn pooled_dims_follow_the_9k_rule_on_nin_and_alexnet() {
+    use selfsup_eval::features::{extract, Extraction, Normalization, Pooling};
+    let cases: [(EncoderConfig, usize, Vec<i64>); 2] = [
+        // RotNet NIN at 32 px: block1 96×16×16 → 10×10 = 9,600; block2 192×8×8 → 7×7 = 9,408,
+        // and so are block3 and block4 (192×8×8).
+        (
+            serde_json::from_value(serde_json::json!({"kind": "nin", "blocks": 4, "width": 192}))
+                .unwrap(),
+            32,
+            vec![9600, 9408, 9408, 9408],
+        ),
+        // Caffe AlexNet at 224 px: conv1..conv5 → 96·10², 256·6², 384·5², 384·5², 256·6².
+        (
+            serde_json::from_value(serde_json::json!({"kind": "alexnet", "variant": "imagenet"}))
+                .unwrap(),
+            224,
+            vec![9600, 9216, 9600, 9600, 9216],
+        ),
+    ];
+    for (cfg, size, want) in cases {
+        let enc = random_encoder(&cfg, 3, 0, Device::Cpu);
+        let ds = ImageDataset::from_raw(
+            "one",
+            3,
+            size,
+            size,
+            vec![128; size * size * 3],
+            Some(vec![0]),
+            Some(1),
+        )
+        .unwrap();
+        let norm = Normalization::unit(3);
+        let ex = Extraction {
+            device: Device::Cpu,
+            norm: &norm,
+            pooling: Some(Pooling::Target(9000)),
+            batch_size: 1,
+            augment: None,
+        };
+        let feats = extract(enc.encoder.as_ref(), &ds, None, &["all".to_string()], &ex).unwrap();
+        let dims: Vec<i64> = feats.iter().map(|f| f.dim()).collect();
+        assert_eq!(dims, want, "{cfg:?}");
+        let want_map: [i64; 3] = if size == 32 { [192, 8, 8] } else { [256, 27, 27] };
+        assert_eq!(feats[1].map_shape, want_map);
     }
 }

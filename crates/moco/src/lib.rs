@@ -42,7 +42,8 @@ fn build(
 pub fn register(r: &mut Registry) {
     r.register(MethodEntry {
         name: "moco",
-        description: "MoCo v1/v2: InfoNCE against a queue of momentum-encoded keys (He et al., CVPR 2020)",
+        description:
+            "MoCo v1/v2: InfoNCE against a queue of momentum-encoded keys (He et al., CVPR 2020)",
         default_config,
         build,
     });

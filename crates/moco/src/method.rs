@@ -107,10 +107,16 @@ pub struct Moco {
 impl Moco {
     /// Builds the query network on `root` (`encoder`, `head`), the key network as its frozen
     /// copy in a var store of its own on `ctx.device`, and the queue.
-    pub fn new(root: &nn::Path, cfg: MocoConfig, ctx: &BuildContext) -> Result<Self, ContrastiveError> {
+    pub fn new(
+        root: &nn::Path,
+        cfg: MocoConfig,
+        ctx: &BuildContext,
+    ) -> Result<Self, ContrastiveError> {
         let tau = cfg.tau();
         if !(tau > 0.0 && tau.is_finite()) {
-            return Err(ContrastiveError::Config(format!("moco temperature must be positive, got {tau}")));
+            return Err(ContrastiveError::Config(format!(
+                "moco temperature must be positive, got {tau}"
+            )));
         }
         if let Some(h) = cfg.mlp_head() {
             if h.out_dim != cfg.dim {
@@ -186,7 +192,8 @@ impl Moco {
                 return self.key.embed_t(xs, train, splits);
             }
             let mut perm: Vec<i64> = (0..n).collect();
-            let s = derive_seed(self.seed, &[name_hash("moco-shuffle-bn"), self.steps as u64, stream]);
+            let s =
+                derive_seed(self.seed, &[name_hash("moco-shuffle-bn"), self.steps as u64, stream]);
             perm.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(s));
             let perm = Tensor::from_slice(&perm).to_device(xs.device());
             let k = self.key.embed_t(&xs.index_select(0, &perm), train, splits);
@@ -196,7 +203,13 @@ impl Moco {
     }
 
     /// The loss of one (query view, key view) pair, its logits and the keys.
-    fn contrast(&self, xq: &Tensor, xk: &Tensor, train: bool, stream: u64) -> Result<(Tensor, Tensor, Tensor), ContrastiveError> {
+    fn contrast(
+        &self,
+        xq: &Tensor,
+        xk: &Tensor,
+        train: bool,
+        stream: u64,
+    ) -> Result<(Tensor, Tensor, Tensor), ContrastiveError> {
         let q = self.queries_t(xq, train);
         let k = self.keys_t(xk, train, stream);
         let logits = info_nce_logits(&q, &k, self.queue.keys(), self.cfg.tau())?;

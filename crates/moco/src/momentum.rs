@@ -31,9 +31,15 @@ impl MomentumEncoder {
     /// Wraps `vs` (the key network, already built with the query network's structure) and
     /// pairs it with the query variables under `query_root`; copies every query variable into
     /// the key network (official: `param_k.data.copy_(param_q.data)`) and freezes it.
-    pub fn new(mut vs: nn::VarStore, query_root: &nn::Path, momentum: f64) -> Result<Self, ContrastiveError> {
+    pub fn new(
+        mut vs: nn::VarStore,
+        query_root: &nn::Path,
+        momentum: f64,
+    ) -> Result<Self, ContrastiveError> {
         if !(0.0..=1.0).contains(&momentum) {
-            return Err(ContrastiveError::Config(format!("momentum must be in [0, 1], got {momentum}")));
+            return Err(ContrastiveError::Config(format!(
+                "momentum must be in [0, 1], got {momentum}"
+            )));
         }
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));

@@ -103,7 +103,10 @@ impl KeyQueue {
         }
         let ptr = get("queue_ptr")?.int64_value(&[]);
         if !(0..self.len()).contains(&ptr) {
-            return Err(ContrastiveError::State(format!("`queue_ptr` {ptr} outside 0..{}", self.len())));
+            return Err(ContrastiveError::State(format!(
+                "`queue_ptr` {ptr} outside 0..{}",
+                self.len()
+            )));
         }
         tch::no_grad(|| self.keys.copy_(&keys.to_kind(Kind::Float).to_device(self.keys.device())));
         self.ptr = ptr;

@@ -2,6 +2,13 @@
 //! (and by `cargo xtask reproduce <method>`, which installs libtorch and builds the binary first).
 //!
 //! NOTE (lead, for the RotNet and contrastive helpers): put the reproduction code HERE, not in
-//! xtask/ (xtask must build without libtorch). Expose `pub fn run(args: &[String]) ->
-//! anyhow::Result<()>` where `args[0]` is the method name; add modules `rotnet.rs`,
-//! `contrastive.rs`. Add the crates you need to this Cargo.toml.
+//! xtask/ (xtask must build without libtorch). Add modules `rotnet.rs`, `contrastive.rs` and
+//! dispatch to them from [`run`]. Add the crates you need to this Cargo.toml.
+
+/// Runs `selfsup reproduce <method> [options]`; `args[0]` is the method.
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let Some(method) = args.first() else {
+        anyhow::bail!("usage: selfsup reproduce <method> [--profile smoke|cpu|paper] [--force]");
+    };
+    anyhow::bail!("no reproduction is registered for `{method}` yet")
+}

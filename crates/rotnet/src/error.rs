@@ -35,6 +35,9 @@ pub enum RotNetError {
     /// A method config value that is malformed or does not fit the data.
     #[error("rotnet config: {0}")]
     Config(String),
+    /// The encoder config is invalid (the core crate's error, passed through).
+    #[error(transparent)]
+    Encoder(Box<CoreError>),
     /// An error from libtorch.
     #[error("rotnet: libtorch: {0}")]
     Torch(#[from] tch::TchError),
@@ -44,6 +47,7 @@ impl From<RotNetError> for CoreError {
     fn from(e: RotNetError) -> Self {
         match e {
             RotNetError::Torch(t) => CoreError::Torch(t),
+            RotNetError::Encoder(e) => *e,
             other => CoreError::Config(other.to_string()),
         }
     }

@@ -12,7 +12,7 @@
 use crate::config::RotNetConfig;
 use crate::rotate::rotation_batch;
 use crate::RotNetError;
-use selfsup_core::encoders::{build_encoder, Encoder};
+use selfsup_core::encoders::{try_build_encoder, Encoder};
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Op, Pipeline};
 use tch::nn::{self, Module};
@@ -44,10 +44,11 @@ impl RotNet {
                 cfg.std.len()
             )));
         }
-        if let Some(s) = cfg.std.iter().find(|s| !(**s > 0.0)) {
+        if let Some(s) = cfg.std.iter().find(|s| s.is_nan() || **s <= 0.0) {
             return Err(RotNetError::Config(format!("std entry {s} is not positive")));
         }
-        let encoder = build_encoder(&(root / "encoder"), &ctx.encoder, ctx.image_channels);
+        let encoder = try_build_encoder(&(root / "encoder"), &ctx.encoder, ctx.image_channels)
+            .map_err(|e| RotNetError::Encoder(Box::new(e)))?;
         let head_cfg =
             nn::LinearConfig { bs_init: Some(nn::Init::Const(0.0)), ..Default::default() };
         let head = nn::linear(
@@ -189,6 +190,10 @@ mod tests {
         let err = r.build("rotnet", &vs.root(), &serde_json::json!({}), &ctx(1));
         let err = err.err().unwrap().to_string();
         assert!(err.contains("images have 1 channels"), "{err}");
+        let mut bad_encoder = ctx(3);
+        bad_encoder.encoder = EncoderConfig::Nin { blocks: 2, width: 16 };
+        let err = r.build("rotnet", &vs.root(), &serde_json::json!({}), &bad_encoder);
+        assert!(err.err().unwrap().to_string().contains("blocks"));
     }
 
     #[test]

@@ -113,7 +113,11 @@ pub struct SimClr {
 
 impl SimClr {
     /// Builds the encoder on `root / "encoder"` and the projection head on `root / "head"`.
-    pub fn new(root: &nn::Path, cfg: SimClrConfig, ctx: &BuildContext) -> Result<Self, ContrastiveError> {
+    pub fn new(
+        root: &nn::Path,
+        cfg: SimClrConfig,
+        ctx: &BuildContext,
+    ) -> Result<Self, ContrastiveError> {
         if !(cfg.temperature > 0.0 && cfg.temperature.is_finite()) {
             return Err(ContrastiveError::Config(format!(
                 "simclr temperature must be positive, got {}",
@@ -121,12 +125,16 @@ impl SimClr {
             )));
         }
         if cfg.micro_batch_size == Some(0) {
-            return Err(ContrastiveError::Config("simclr micro_batch_size must be at least 1".into()));
+            return Err(ContrastiveError::Config(
+                "simclr micro_batch_size must be at least 1".into(),
+            ));
         }
         let encoder = build_encoder(&(root / "encoder"), &ctx.encoder, ctx.image_channels);
         let head = ProjectionHead::new(&(root / "head"), encoder.out_channels(), &cfg.head);
-        let view =
-            cfg.view.clone().unwrap_or_else(|| views::simclr_view(ctx.image_channels, ctx.image_size));
+        let view = cfg
+            .view
+            .clone()
+            .unwrap_or_else(|| views::simclr_view(ctx.image_channels, ctx.image_size));
         Ok(SimClr { encoder, head, cfg, view })
     }
 
@@ -149,7 +157,12 @@ impl SimClr {
     ///
     /// # Shapes
     /// `x1`, `x2`: `(N, C, H, W)`, N ≥ 2; returns a scalar and `(2N, out_dim)`.
-    pub fn loss(&self, x1: &Tensor, x2: &Tensor, train: bool) -> Result<(Tensor, Tensor), ContrastiveError> {
+    pub fn loss(
+        &self,
+        x1: &Tensor,
+        x2: &Tensor,
+        train: bool,
+    ) -> Result<(Tensor, Tensor), ContrastiveError> {
         if x1.size() != x2.size() || x1.dim() != 4 {
             return Err(ContrastiveError::Shape(format!(
                 "the two views must be (N, C, H, W) of the same shape, got {:?} and {:?}",

@@ -109,7 +109,8 @@ fn gradient_cache_matches_one_graph_over_the_micro_batches() {
 
     // One graph: build a second method on a copy of the weights.
     let vs2 = nn::VarStore::new(Device::Cpu);
-    let plain_cfg = SimClrConfig { micro_batch_size: Some(3), grad_cache: false, ..SimClrConfig::default() };
+    let plain_cfg =
+        SimClrConfig { micro_batch_size: Some(3), grad_cache: false, ..SimClrConfig::default() };
     let mut plain = SimClr::new(&vs2.root(), plain_cfg, &ctx()).unwrap();
     let mut vs2 = vs2;
     vs2.copy(&vs).unwrap();

@@ -284,4 +284,112 @@ mod tests {
         assert_eq!(v["block1.convb1.bn.weight"], Tensor::ones([192], (Kind::Float, Device::Cpu)));
         assert_eq!(v["block1.convb1.bn.bias"], Tensor::zeros([192], (Kind::Float, Device::Cpu)));
     }
+
+    /// The official `NetworkInNetwork` (5 stages, `use_avg_on_conv3=False`, classifier block
+    /// dropped), transcribed from gidariss/FeatureLearningRotNet with `//` for Python 3.
+    const OFFICIAL_NIN_PY: &str = r#"
+import sys, torch, torch.nn as nn
+from safetensors.torch import load_file
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes, out_planes, kernel_size):
+        super().__init__()
+        padding = (kernel_size - 1) // 2
+        self.layers = nn.Sequential()
+        self.layers.add_module('Conv', nn.Conv2d(in_planes, out_planes, kernel_size=kernel_size, stride=1, padding=padding, bias=False))
+        self.layers.add_module('BatchNorm', nn.BatchNorm2d(out_planes))
+        self.layers.add_module('ReLU', nn.ReLU(inplace=True))
+    def forward(self, x):
+        return self.layers(x)
+class NetworkInNetwork(nn.Module):
+    def __init__(self, num_stages, use_avg_on_conv3=False, num_inchannels=3):
+        super().__init__()
+        nChannels, nChannels2, nChannels3 = 192, 160, 96
+        blocks = [nn.Sequential() for i in range(num_stages)]
+        blocks[0].add_module('Block1_ConvB1', BasicBlock(num_inchannels, nChannels, 5))
+        blocks[0].add_module('Block1_ConvB2', BasicBlock(nChannels, nChannels2, 1))
+        blocks[0].add_module('Block1_ConvB3', BasicBlock(nChannels2, nChannels3, 1))
+        blocks[0].add_module('Block1_MaxPool', nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+        blocks[1].add_module('Block2_ConvB1', BasicBlock(nChannels3, nChannels, 5))
+        blocks[1].add_module('Block2_ConvB2', BasicBlock(nChannels, nChannels, 1))
+        blocks[1].add_module('Block2_ConvB3', BasicBlock(nChannels, nChannels, 1))
+        blocks[1].add_module('Block2_AvgPool', nn.AvgPool2d(kernel_size=3, stride=2, padding=1))
+        blocks[2].add_module('Block3_ConvB1', BasicBlock(nChannels, nChannels, 3))
+        blocks[2].add_module('Block3_ConvB2', BasicBlock(nChannels, nChannels, 1))
+        blocks[2].add_module('Block3_ConvB3', BasicBlock(nChannels, nChannels, 1))
+        if num_stages > 3 and use_avg_on_conv3:
+            blocks[2].add_module('Block3_AvgPool', nn.AvgPool2d(kernel_size=3, stride=2, padding=1))
+        for s in range(3, num_stages):
+            blocks[s].add_module('Block'+str(s+1)+'_ConvB1', BasicBlock(nChannels, nChannels, 3))
+            blocks[s].add_module('Block'+str(s+1)+'_ConvB2', BasicBlock(nChannels, nChannels, 1))
+            blocks[s].add_module('Block'+str(s+1)+'_ConvB3', BasicBlock(nChannels, nChannels, 1))
+        self._feature_blocks = nn.ModuleList(blocks)
+d = sys.argv[1]
+m = NetworkInNetwork(5)
+ours = load_file(f"{d}/nin.safetensors")
+official = {}
+for k, v in ours.items():
+    s, j, layer, field = k.split(".")
+    s, j = int(s[len("block"):]), int(j[len("convb"):])
+    official[f"_feature_blocks.{s-1}.Block{s}_ConvB{j}.layers.{dict(conv='Conv', bn='BatchNorm')[layer]}.{field}"] = v
+m.load_state_dict(official, strict=True)
+m.eval()
+io = load_file(f"{d}/nin_io.safetensors")
+x = io["input"]
+with torch.no_grad():
+    for s, block in enumerate(m._feature_blocks):
+        x = block(x)
+        ref = io[f"block{s+1}"]
+        diff = (x - ref).abs().max().item()
+        print(f"block{s+1}: {tuple(x.shape)} max |official - selfsup| = {diff:.3e}")
+        assert x.shape == ref.shape and diff < 1e-4, diff
+print("official NIN parity ok")
+"#;
+
+    /// Our 5-block NIN against the official code on the same weights (needs
+    /// `SELFSUP_PYTHON`, a Python with torch and safetensors; prints a skip note otherwise).
+    #[test]
+    fn matches_official_code() {
+        use crate::export::{torchvision_state_dict, write_safetensors};
+        let Some(python) = std::env::var_os("SELFSUP_PYTHON") else {
+            eprintln!("skipping the official NIN comparison: SELFSUP_PYTHON is not set");
+            return;
+        };
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = Nin::new(&vs.root(), 3, 5, 192).unwrap();
+        // Non-default BN statistics so eval-mode BN is compared too.
+        tch::no_grad(|| {
+            for (name, t) in vs.variables() {
+                let n = t.size()[0];
+                let opts = (Kind::Float, Device::Cpu);
+                if name.ends_with("running_var") || name.ends_with("bn.weight") {
+                    t.shallow_clone().copy_(&(Tensor::rand([n], opts) + 0.5));
+                } else if name.ends_with("running_mean") || name.ends_with("bn.bias") {
+                    t.shallow_clone().copy_(&(Tensor::randn([n], opts) * 0.1));
+                }
+            }
+        });
+        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let mut io = tch::no_grad(|| net.features_t(&x, false));
+        io.push(("input".into(), x));
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Default::default();
+        // Includes `num_batches_tracked`, which the official BatchNorm2d has as well.
+        let state = torchvision_state_dict(&vs, "");
+        write_safetensors(&dir.path().join("nin.safetensors"), &state, &meta).unwrap();
+        write_safetensors(&dir.path().join("nin_io.safetensors"), &io, &meta).unwrap();
+        let out = std::process::Command::new(&python)
+            .arg("-c")
+            .arg(OFFICIAL_NIN_PY)
+            .arg(dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run SELFSUP_PYTHON={python:?}: {e}"));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("{text}");
+        assert!(out.status.success() && text.contains("official NIN parity ok"), "{text}");
+    }
 }

@@ -14,7 +14,7 @@
 //! `<optimizer>.<buffer>.<parameter>`, e.g. `sgd.momentum.encoder.conv1.weight`. Weight decay is
 //! skipped for parameters that [`no_weight_decay`] selects when the config asks for it (biases
 //! and normalization weights, as LARS and most SSL recipes do).
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -254,7 +254,7 @@ impl StateBuffers {
 
     fn load(&mut self, state: &[(String, Tensor)]) -> Result<()> {
         let given: HashMap<&str, &Tensor> = state.iter().map(|(k, t)| (k.as_str(), t)).collect();
-        let mut expected = Vec::new();
+        let mut expected = HashSet::new();
         for (param, tensors) in &self.buffers {
             for (slot, t) in self.slots.iter().zip(tensors) {
                 let key = self.key(slot, param);
@@ -268,10 +268,10 @@ impl StateBuffers {
                         t.size()
                     )));
                 }
-                expected.push(key);
+                expected.insert(key);
             }
         }
-        if let Some((key, _)) = state.iter().find(|(k, _)| !expected.contains(k)) {
+        if let Some((key, _)) = state.iter().find(|(k, _)| !expected.contains(k.as_str())) {
             return Err(CoreError::Optimizer(format!(
                 "state entry `{key}` is not a buffer of this {} optimizer",
                 self.prefix

@@ -2,6 +2,9 @@
 //! (fuzzed by the tests: any input yields `Ok` or a one-line error, never a panic) and a `read_*`
 //! function that opens the files.
 pub mod cifar;
+pub mod folder;
+pub mod idx;
+pub mod stl10;
 
 pub mod synthetic;
 

@@ -1,0 +1,146 @@
+//! Instance discrimination with the tiny encoder: the memory bank (only the batch's rows
+//! change, by the momentum rule), Z estimation, checkpoint state, and the loss falling.
+use selfsup_core::encoders::EncoderConfig;
+use selfsup_core::{BuildContext, PretextMethod, Registry};
+use selfsup_data::Batch;
+use selfsup_instance_discrimination::{
+    InstDiscConfig, InstanceDiscrimination, MemoryBank, Objective,
+};
+use tch::nn::{self, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+
+fn ctx(n: usize) -> BuildContext {
+    BuildContext {
+        device: Device::Cpu,
+        seed: 9,
+        num_train_images: n,
+        image_channels: 3,
+        image_size: 16,
+        encoder: EncoderConfig::Tiny { width: 4 },
+    }
+}
+
+fn batch(indices: &[i64]) -> Batch {
+    let n = indices.len() as i64;
+    Batch {
+        views: vec![Tensor::randn([n, 3, 16, 16], (Kind::Float, Device::Cpu))],
+        labels: Tensor::full([n], -1, (Kind::Int64, Device::Cpu)),
+        indices: Tensor::from_slice(indices),
+    }
+}
+
+#[test]
+fn registers_with_the_paper_defaults() {
+    let mut r = Registry::new();
+    selfsup_instance_discrimination::register(&mut r);
+    let cfg = (r.get("instance-discrimination").unwrap().default_config)();
+    assert_eq!(cfg["nce_k"], 4096);
+    assert_eq!(cfg["temperature"], 0.07);
+    assert_eq!(cfg["bank_momentum"], 0.5);
+    assert_eq!(cfg["dim"], 128);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = r.build("instance-discrimination", &vs.root(), &cfg, &ctx(50)).unwrap();
+    assert_eq!(m.views().len(), 1);
+    let state = m.state_tensors();
+    assert!(state.iter().any(|(n, t)| n == "memory_bank" && t.size() == [50, 128]));
+}
+
+#[test]
+fn bank_update_follows_the_momentum_rule_by_hand() {
+    tch::manual_seed(1);
+    let mut bank = MemoryBank::new(4, 2, 0.5, Device::Cpu).unwrap();
+    let before = bank.vectors().copy();
+    let v = Tensor::from_slice(&[0.0f32, 1.0]).view([1, 2]);
+    bank.update(&Tensor::from_slice(&[2i64]), &v).unwrap();
+    let (a, b) = (before.double_value(&[2, 0]), before.double_value(&[2, 1]));
+    let (x, y) = (0.5 * a, 0.5 * b + 0.5);
+    let norm = (x * x + y * y).sqrt();
+    assert!((bank.vectors().double_value(&[2, 0]) - x / norm).abs() < 1e-6);
+    assert!((bank.vectors().double_value(&[2, 1]) - y / norm).abs() < 1e-6);
+    for row in [0, 1, 3] {
+        assert!(bank.vectors().get(row).equal(&before.get(row)), "row {row} changed");
+    }
+}
+
+#[test]
+fn only_the_batch_rows_change_after_the_optimizer_step() {
+    tch::manual_seed(2);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = InstDiscConfig { nce_k: 8, ..InstDiscConfig::default() };
+    let mut m = InstanceDiscrimination::new(&vs.root(), cfg, &ctx(20)).unwrap();
+    let before = m.bank().vectors().copy();
+    let rows = [2i64, 5, 11, 19];
+    let out = m.step(&batch(&rows), true).unwrap();
+    assert!(m.bank().vectors().equal(&before), "the bank must wait for the optimizer step");
+    out.loss.backward();
+    m.after_optimizer_step(0).unwrap();
+    let after = m.bank().vectors();
+    for i in 0..20 {
+        let same = after.get(i).equal(&before.get(i));
+        assert_eq!(same, !rows.contains(&i), "row {i}");
+    }
+    let norms = after.norm_scalaropt_dim(2, [1i64].as_slice(), false);
+    assert!((norms - 1.0).abs().max().double_value(&[]) < 1e-5);
+    assert!(m.step(&batch(&[20]), true).is_err(), "index outside the bank");
+}
+
+#[test]
+fn z_is_estimated_once_and_saved() {
+    tch::manual_seed(3);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = InstDiscConfig { nce_k: 16, ..InstDiscConfig::default() };
+    let mut m = InstanceDiscrimination::new(&vs.root(), cfg.clone(), &ctx(30)).unwrap();
+    assert!(m.nce_z() < 0.0);
+    m.step(&batch(&[0, 1, 2]), true).unwrap();
+    let z = m.nce_z();
+    assert!(z > 0.0);
+    m.after_optimizer_step(0).unwrap();
+    m.step(&batch(&[3, 4, 5]), true).unwrap();
+    assert_eq!(m.nce_z(), z, "Z is fixed after the first batch");
+
+    let vs2 = nn::VarStore::new(Device::Cpu);
+    let mut m2 = InstanceDiscrimination::new(&vs2.root(), cfg, &ctx(30)).unwrap();
+    m2.load_state_tensors(&m.state_tensors()).unwrap();
+    assert_eq!(m2.nce_z(), z);
+    assert!(m2.bank().vectors().equal(m.bank().vectors()));
+}
+
+/// Four epochs over a fixed pool of 64 images in batches of 16: the mean loss of the last
+/// epoch is below the first's, for NCE and for the full softmax.
+#[test]
+fn loss_falls_on_a_fixed_pool() {
+    for objective in [Objective::Nce, Objective::Softmax] {
+        tch::manual_seed(4);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = InstDiscConfig { nce_k: 32, objective, ..InstDiscConfig::default() };
+        let mut m = InstanceDiscrimination::new(&vs.root(), cfg, &ctx(64)).unwrap();
+        let mut opt = nn::Sgd { momentum: 0.9, ..Default::default() }.build(&vs, 0.01).unwrap();
+        // Distinguishable images: a colour per image plus a little noise.
+        let colours = Tensor::randn([64, 3, 1, 1], (Kind::Float, Device::Cpu)) * 2.0;
+        let images = colours + Tensor::randn([64, 3, 16, 16], (Kind::Float, Device::Cpu)) * 0.2;
+        let mut epochs = Vec::new();
+        let mut step = 0;
+        for _ in 0..8 {
+            let mut total = 0.0;
+            for b in 0..4i64 {
+                let idx = Tensor::arange_start(16 * b, 16 * (b + 1), (Kind::Int64, Device::Cpu));
+                let batch = Batch {
+                    views: vec![images.index_select(0, &idx)],
+                    labels: Tensor::full([16], -1, (Kind::Int64, Device::Cpu)),
+                    indices: idx,
+                };
+                tch::manual_seed(100 + step as i64);
+                opt.zero_grad();
+                let out = m.step(&batch, true).unwrap();
+                total += out.loss.double_value(&[]);
+                out.loss.backward();
+                opt.step();
+                m.after_optimizer_step(step).unwrap();
+                step += 1;
+            }
+            epochs.push(total / 4.0);
+        }
+        eprintln!("{objective:?}: {epochs:?}");
+        assert!(epochs[7] < epochs[0], "{objective:?}: loss did not fall: {epochs:?}");
+    }
+}
