@@ -198,16 +198,14 @@ fn cmd_train(registry: &Registry, a: TrainArgs) -> Result<()> {
         sets.push(format!("data.dataset={}", serde_json::Value::String(d.clone())));
     }
     if let Some(d) = &a.data_dir {
-        sets.push(format!(
-            "data.data_dir={}",
-            serde_json::Value::String(d.display().to_string())
-        ));
+        sets.push(format!("data.data_dir={}", serde_json::Value::String(d.display().to_string())));
     }
     if let Some(d) = &a.device {
         sets.push(format!("device={}", serde_json::Value::String(d.clone())));
     }
     let cfg = RunConfig::resolve(registry, file.as_ref(), &sets, a.method.as_deref())?;
-    let mut opts = TrainOptions { resume: a.resume, progress: !a.no_progress, ..Default::default() };
+    let mut opts =
+        TrainOptions { resume: a.resume, progress: !a.no_progress, ..Default::default() };
     if let Some(every) = a.knn_every {
         let spec = a.knn_data.clone().unwrap_or_else(|| cfg.data.dataset.clone());
         let dir = selfsup_data::resolve_data_dir(cfg.data.data_dir.as_deref());
@@ -216,10 +214,9 @@ fn cmd_train(registry: &Registry, a: TrainArgs) -> Result<()> {
         let device = selfsup_core::device::parse_device(&cfg.device)?;
         opts.hook_every = every.max(1);
         opts.epoch_hook = Some(Box::new(move |_epoch, encoder| {
-            let top1 = selfsup_eval::knn_monitor(
-                encoder, device, &train_set, &test_set, 10_000, 200, 0.1,
-            )
-            .map_err(|e| selfsup_core::CoreError::Training(format!("kNN monitor: {e}")))?;
+            let top1 =
+                selfsup_eval::knn_monitor(encoder, device, &train_set, &test_set, 10_000, 200, 0.1)
+                    .map_err(|e| selfsup_core::CoreError::Training(format!("kNN monitor: {e}")))?;
             Ok(vec![("knn_top1".to_string(), top1)])
         }));
     }
@@ -251,12 +248,13 @@ fn cmd_info(path: &std::path::Path) -> Result<()> {
     let loaded = selfsup_core::checkpoint::load_encoder(path, tch::Device::Cpu)
         .with_context(|| format!("loading the encoder of {}", path.display()))?;
     let params: i64 = loaded.vs.variables().values().map(|t| t.numel() as i64).sum();
-    let x = tch::Tensor::zeros(
-        [1, state.image_channels, 32, 32],
-        (tch::Kind::Float, tch::Device::Cpu),
-    );
+    let x =
+        tch::Tensor::zeros([1, state.image_channels, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
     println!("method:      {}", state.config.method);
-    println!("position:    epoch {} (+{} batches), step {}", state.epoch, state.batch_in_epoch, state.global_step);
+    println!(
+        "position:    epoch {} (+{} batches), step {}",
+        state.epoch, state.batch_in_epoch, state.global_step
+    );
     println!("encoder:     {}", serde_json::to_string(&state.config.encoder)?);
     println!("parameters:  {params} (encoder)");
     let feats = tch::no_grad(|| loaded.encoder.features_t(&x, false));

@@ -75,7 +75,8 @@ fn train_resume_and_info_end_to_end() {
     let out = ok(&selfsup(&args, dir.path()));
     assert!(out.contains("trained 3 steps"), "{out}");
     let run = dir.path().join("run");
-    for f in ["config.json", "metrics.jsonl", "checkpoint/model.safetensors", "checkpoint/trainer.json"]
+    for f in
+        ["config.json", "metrics.jsonl", "checkpoint/model.safetensors", "checkpoint/trainer.json"]
     {
         assert!(run.join(f).exists(), "{f} missing");
     }
@@ -84,7 +85,17 @@ fn train_resume_and_info_end_to_end() {
     assert!(e.contains("--resume"), "{e}");
     // Resume from the saved config to the end of epoch 2 (4 steps per epoch).
     let out = ok(&selfsup(
-        &["train", "--config", "run/config.json", "--set", "train.max_steps=null", "--out", "run", "--resume", "--no-progress"],
+        &[
+            "train",
+            "--config",
+            "run/config.json",
+            "--set",
+            "train.max_steps=null",
+            "--out",
+            "run",
+            "--resume",
+            "--no-progress",
+        ],
         dir.path(),
     ));
     assert!(out.contains("trained 8 steps (2 epochs)"), "{out}");
@@ -133,17 +144,38 @@ fn knn_monitor_eval_and_export() {
     assert!((0.0..=100.0).contains(&knn), "{knn}");
 
     let e = ok(&selfsup(
-        &["eval", "--checkpoint", "run", "--protocol", "knn", "--data", "synthetic:64:16", "--device", "cpu"],
+        &[
+            "eval",
+            "--checkpoint",
+            "run",
+            "--protocol",
+            "knn",
+            "--data",
+            "synthetic:64:16",
+            "--device",
+            "cpu",
+        ],
         dir.path(),
     ));
     assert!(e.contains("block2"), "{e}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run/eval/knn.json")).unwrap())
-            .unwrap();
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("run/eval/knn.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(report["protocol"], "knn");
     assert!(dir.path().join("run/eval/knn.md").exists());
     let e = err(&selfsup(
-        &["eval", "--checkpoint", "run", "--protocol", "linear", "--data", "synthetic:64:16", "--set", "epoks=1"],
+        &[
+            "eval",
+            "--checkpoint",
+            "run",
+            "--protocol",
+            "linear",
+            "--data",
+            "synthetic:64:16",
+            "--set",
+            "epoks=1",
+        ],
         dir.path(),
     ));
     assert!(e.contains("epoks"), "{e}");

@@ -4,6 +4,7 @@
 //! checkout, then runs cargo with `LIBTORCH`, `LIBTORCH_CXX11_ABI=1` and the library path set.
 //!
 //! xtask itself never links libtorch: it is the tool that installs it.
+mod bench_train;
 mod libtorch;
 mod tasks;
 
@@ -18,6 +19,8 @@ Commands:
                      (methods: rotnet, simclr, moco, instance-discrimination)
   test               the whole suite: cargo fmt --check, clippy -D warnings, all tests
   bench data         data-pipeline throughput against torchvision's DataLoader
+  bench train [--width 192 --batch 32 --steps 5 --threads 2]
+                     RotNet training-step throughput against PyTorch
   fetch <dataset>    download and verify a dataset listed in datasets/manifest.json
   build              build the release `selfsup` binary (rpath set: runs as is)
   run -- <args>      build, then run `selfsup <args>`

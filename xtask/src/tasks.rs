@@ -105,8 +105,12 @@ pub fn bench(args: &[String]) -> Result<()> {
             }
             crate::bench_data::run(&args[1..])
         }
-        Some(other) => bail!("unknown benchmark `{other}` (known: data)"),
-        None => bail!("usage: cargo xtask bench data"),
+        Some("train") => {
+            let t = libtorch::ensure()?;
+            crate::bench_train::run(&t, &args[1..])
+        }
+        Some(other) => bail!("unknown benchmark `{other}` (known: data, train)"),
+        None => bail!("usage: cargo xtask bench data|train"),
     }
 }
 

@@ -120,7 +120,11 @@ pub fn load_into(
             if src.size() != var.size() {
                 return Err(CoreError::checkpoint(
                     path,
-                    format!("tensor `{name}` has shape {:?}, expected {:?}", src.size(), var.size()),
+                    format!(
+                        "tensor `{name}` has shape {:?}, expected {:?}",
+                        src.size(),
+                        var.size()
+                    ),
                 ));
             }
             var.f_copy_(src)?;
@@ -206,7 +210,11 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
             ));
         }
     }
-    Ok(Checkpoint { model: read_tensors(&model_path)?, trainer: read_tensors(&trainer_path)?, state })
+    Ok(Checkpoint {
+        model: read_tensors(&model_path)?,
+        trainer: read_tensors(&trainer_path)?,
+        state,
+    })
 }
 
 /// An encoder restored from a run folder.

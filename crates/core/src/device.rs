@@ -11,12 +11,10 @@ pub fn parse_device(s: &str) -> Result<Device> {
         "cpu" => Ok(Device::Cpu),
         "cuda" => parse_device("cuda:0"),
         other => {
-            let idx = other
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse::<usize>().ok())
-                .ok_or_else(|| {
-                    CoreError::Device(format!("`{other}` is not one of auto, cpu, cuda:N"))
-                })?;
+            let idx =
+                other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()).ok_or_else(
+                    || CoreError::Device(format!("`{other}` is not one of auto, cpu, cuda:N")),
+                )?;
             let count = tch::Cuda::device_count() as usize;
             if idx >= count {
                 return Err(CoreError::Device(format!(

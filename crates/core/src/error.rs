@@ -42,13 +42,19 @@ pub enum CoreError {
     Torch(#[from] tch::TchError),
     /// An error from the data pipeline.
     #[error(transparent)]
-    Data(#[from] selfsup_data::DataError),
+    Data(Box<selfsup_data::DataError>),
     /// An optimizer setting or saved optimizer state that does not fit the parameters.
     #[error("optimizer: {0}")]
     Optimizer(String),
     /// Training diverged or produced a non-finite value.
     #[error("training: {0}")]
     Training(String),
+}
+
+impl From<selfsup_data::DataError> for CoreError {
+    fn from(e: selfsup_data::DataError) -> Self {
+        CoreError::Data(Box::new(e))
+    }
 }
 
 impl CoreError {

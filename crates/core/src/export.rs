@@ -16,6 +16,10 @@
 //!   Replace `model.fc` (e.g. `model.fc = torch.nn.Identity()` for 512/2048-d features) before
 //!   using the model.
 //!
+//! A ResNet with the `cifar` stem exports a 3×3 `conv1.weight` `(64, C_in, 3, 3)`: in
+//! torchvision set `model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)` and
+//! `model.maxpool = nn.Identity()` before `load_state_dict(state, strict=True)`.
+//!
 //! Other encoders (NIN, AlexNet) are exported with the same rule (prefix stripped,
 //! `num_batches_tracked` added, no fc): their names are selfsup's, not those of any PyTorch
 //! model. The parity test loads exported ResNet-18/50 into torchvision with `strict=True` and

@@ -97,5 +97,8 @@ pub trait PretextMethod {
 }
 
 /// Builds a method on `root` from its JSON config.
-pub type BuildFn =
-    fn(root: &nn::Path, config: &serde_json::Value, ctx: &BuildContext) -> Result<Box<dyn PretextMethod>>;
+pub type BuildFn = fn(
+    root: &nn::Path,
+    config: &serde_json::Value,
+    ctx: &BuildContext,
+) -> Result<Box<dyn PretextMethod>>;

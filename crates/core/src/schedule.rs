@@ -4,10 +4,11 @@
 use serde::{Deserialize, Serialize};
 
 /// Schedule settings as they appear in run configs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ScheduleConfig {
     /// The base rate throughout.
+    #[default]
     Constant,
     /// Multiply by `gamma` at each milestone epoch (the rate is constant within an epoch).
     Steps {
@@ -31,12 +32,6 @@ pub enum ScheduleConfig {
 
 fn default_gamma() -> f64 {
     0.1
-}
-
-impl Default for ScheduleConfig {
-    fn default() -> Self {
-        ScheduleConfig::Constant
-    }
 }
 
 impl ScheduleConfig {

@@ -1,5 +1,3 @@
-//! NOTE (lead, for helpers): reproduction code goes in crates/reproduce (run via `selfsup
-//! reproduce`), never in xtask/, which must build without libtorch. Remove this note when merged.
 //! The trainer: owns the loop, the optimizers, schedules, precision, checkpoints and logging;
 //! the [`PretextMethod`] owns only its loss.
 //!
@@ -49,7 +47,13 @@ pub struct TrainOptions<'a> {
 
 impl Default for TrainOptions<'_> {
     fn default() -> Self {
-        TrainOptions { resume: false, progress: true, dataset: None, epoch_hook: None, hook_every: 1 }
+        TrainOptions {
+            resume: false,
+            progress: true,
+            dataset: None,
+            epoch_hook: None,
+            hook_every: 1,
+        }
     }
 }
 
@@ -98,16 +102,14 @@ pub fn open_train_set(cfg: &RunConfig) -> Result<ImageDataset> {
     })
 }
 
+/// Named parameters, sorted by name.
+type Params = Vec<(String, Tensor)>;
+
 /// The trainable variables, sorted by name, split into the main group and each extra
 /// optimizer's prefix group.
-fn param_groups(
-    vs: &nn::VarStore,
-    prefixes: &[String],
-) -> (Vec<(String, Tensor)>, Vec<Vec<(String, Tensor)>>) {
-    let trainable: Vec<(String, Tensor)> = checkpoint::sorted_variables(vs)
-        .into_iter()
-        .filter(|(_, t)| t.requires_grad())
-        .collect();
+fn param_groups(vs: &nn::VarStore, prefixes: &[String]) -> (Params, Vec<Params>) {
+    let trainable: Vec<(String, Tensor)> =
+        checkpoint::sorted_variables(vs).into_iter().filter(|(_, t)| t.requires_grad()).collect();
     let mut extra: Vec<Vec<(String, Tensor)>> = prefixes.iter().map(|_| Vec::new()).collect();
     let mut main = Vec::new();
     for (n, t) in trainable {
@@ -272,7 +274,10 @@ pub fn train(
     let prefixes: Vec<String> = extras.iter().map(|e| e.prefix.clone()).collect();
     let (params, extra_params) = param_groups(&vs, &prefixes);
     if params.is_empty() {
-        return Err(CoreError::Config(format!("method `{}` has no trainable variables", cfg.method)));
+        return Err(CoreError::Config(format!(
+            "method `{}` has no trainable variables",
+            cfg.method
+        )));
     }
     let mut optimizer: Box<dyn Optimizer> = cfg.train.optimizer.build(&params)?;
     let mut extra_opts: Vec<Box<dyn Optimizer>> = extras
@@ -351,7 +356,8 @@ pub fn train(
         let mut trainer: Vec<(String, Tensor)> =
             optimizer.state().into_iter().map(|(n, t)| (format!("optim.{n}"), t)).collect();
         for (e, opt) in extras.iter().zip(extra_opts.iter()) {
-            trainer.extend(opt.state().into_iter().map(|(n, t)| (format!("extra.{}.{n}", e.name), t)));
+            trainer
+                .extend(opt.state().into_iter().map(|(n, t)| (format!("extra.{}.{n}", e.name), t)));
         }
         trainer.extend(method.state_tensors().into_iter().map(|(n, t)| (format!("method.{n}"), t)));
         let state = TrainerState {
@@ -400,7 +406,9 @@ pub fn train(
             } else {
                 batch
             };
-            tch::manual_seed((derive_seed(cfg.seed, &[name_hash("step"), global_step]) >> 1) as i64);
+            tch::manual_seed(
+                (derive_seed(cfg.seed, &[name_hash("step"), global_step]) >> 1) as i64,
+            );
             let frac = epoch as f64 + batch_in_epoch as f64 / steps_per_epoch as f64;
             let lr = cfg.train.schedule.lr_at(base_lr, frac, cfg.train.epochs as f64);
 
@@ -425,7 +433,11 @@ pub fn train(
                     if let Some((_, l)) = losses.iter().find(|(n, _)| n == &e.name) {
                         zero_grads(&extra_params[i]);
                         l.backward();
-                        let elr = cfg.train.schedule.lr_at(e.optimizer.lr(), frac, cfg.train.epochs as f64);
+                        let elr = cfg.train.schedule.lr_at(
+                            e.optimizer.lr(),
+                            frac,
+                            cfg.train.epochs as f64,
+                        );
                         extra_opts[i].step(&extra_params[i], elr)?;
                     }
                 }
@@ -487,7 +499,14 @@ pub fn train(
         }
         let at_end = epoch == cfg.train.epochs || global_step >= stop_at;
         if at_end || (finished_epoch && epoch % cfg.train.checkpoint_every == 0) {
-            save(method.as_ref(), optimizer.as_ref(), &extra_opts, epoch, batch_in_epoch, global_step)?;
+            save(
+                method.as_ref(),
+                optimizer.as_ref(),
+                &extra_opts,
+                epoch,
+                batch_in_epoch,
+                global_step,
+            )?;
         }
     }
     pb.finish_and_clear();

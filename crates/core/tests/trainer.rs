@@ -34,7 +34,8 @@ impl PretextMethod for FlipMethod {
         let flip = batch.indices.remainder(2).to_kind(Kind::Int64);
         let mask = flip.to_kind(Kind::Float).view([-1, 1, 1, 1]);
         let x = x * (1.0 - &mask) + x.flip([2]) * &mask;
-        let feats = self.encoder.forward_t(&x, train).mean_dim([2i64, 3].as_slice(), false, Kind::Float);
+        let feats =
+            self.encoder.forward_t(&x, train).mean_dim([2i64, 3].as_slice(), false, Kind::Float);
         let logits = self.head.forward(&feats);
         let loss = logits.cross_entropy_for_logits(&flip);
         let acc = logits.argmax(-1, false).eq_tensor(&flip).to_kind(Kind::Float).mean(Kind::Float);
@@ -53,7 +54,9 @@ fn build_flip(
 ) -> Result<Box<dyn PretextMethod>> {
     if let Some(obj) = cfg.as_object() {
         if let Some(k) = obj.keys().next() {
-            return Err(selfsup_core::CoreError::Config(format!("method_config: unknown key `{k}`")));
+            return Err(selfsup_core::CoreError::Config(format!(
+                "method_config: unknown key `{k}`"
+            )));
         }
     }
     let encoder = build_encoder(&(root / "encoder"), &ctx.encoder, ctx.image_channels);
@@ -114,12 +117,8 @@ fn config(epochs: u64, threads: usize) -> RunConfig {
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn run(cfg: &RunConfig, dir: &Path, resume: bool) -> Result<selfsup_core::trainer::TrainSummary> {
-    let mut opts = TrainOptions {
-        resume,
-        progress: false,
-        dataset: Some(dataset()),
-        ..Default::default()
-    };
+    let mut opts =
+        TrainOptions { resume, progress: false, dataset: Some(dataset()), ..Default::default() };
     train(cfg, &registry(), dir, &mut opts)
 }
 
@@ -166,10 +165,9 @@ fn resume_equals_uninterrupted_run() {
         .collect();
     assert_eq!(steps, (1..=18).collect::<Vec<_>>());
     // The resolved config is saved beside the run and reads back.
-    let saved: RunConfig = serde_json::from_str(
-        &std::fs::read_to_string(part.path().join("config.json")).unwrap(),
-    )
-    .unwrap();
+    let saved: RunConfig =
+        serde_json::from_str(&std::fs::read_to_string(part.path().join("config.json")).unwrap())
+            .unwrap();
     assert_eq!(saved, config(3, 1));
 }
 
@@ -207,10 +205,12 @@ fn loss_falls_and_bad_runs_fail_cleanly() {
     assert!(s.last_epoch_loss.is_finite());
 
     // Running again into the same folder without --resume is refused, nothing overwritten.
-    let before = std::fs::read(checkpoint::checkpoint_dir(dir.path()).join("model.safetensors")).unwrap();
+    let before =
+        std::fs::read(checkpoint::checkpoint_dir(dir.path()).join("model.safetensors")).unwrap();
     let err = run(&config(3, 1), dir.path(), false).unwrap_err().to_string();
     assert!(err.contains("--resume"), "{err}");
-    let after = std::fs::read(checkpoint::checkpoint_dir(dir.path()).join("model.safetensors")).unwrap();
+    let after =
+        std::fs::read(checkpoint::checkpoint_dir(dir.path()).join("model.safetensors")).unwrap();
     assert_eq!(before, after);
 
     // Resuming with a different learning rate is refused.

@@ -31,19 +31,12 @@ pub enum DataError {
         /// Where to get it.
         hint: String,
     },
-    /// A file whose SHA-256 is not the one in the manifest.
-    #[error("{path}: sha256 mismatch (expected {expected}, got {actual})")]
-    Checksum {
-        /// The file.
-        path: PathBuf,
-        /// The manifest's digest.
-        expected: String,
-        /// The file's digest.
-        actual: String,
-    },
     /// A dataset spec, split, pipeline or loader setting that is not valid.
     #[error("{0}")]
     Config(String),
+    /// A download or verification failure (see [`crate::fetch`]).
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::FetchError),
     /// An error from libtorch while building a batch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

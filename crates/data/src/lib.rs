@@ -15,6 +15,7 @@ pub mod augment;
 mod cache;
 pub mod dataset;
 pub mod error;
+pub mod fetch;
 pub mod loader;
 pub mod pipeline;
 pub mod pretext;

@@ -1,6 +1,7 @@
 //! Integration tests of selfsup-data, built as one binary (ripgrep's layout).
 mod augment;
 mod common;
+mod fetch;
 mod formats;
 mod fuzz;
 mod loader;

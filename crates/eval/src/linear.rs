@@ -61,6 +61,15 @@ pub struct LinearProbeConfig {
     /// Images per forward pass when extracting features. Default 256.
     #[serde(default = "default_batch")]
     pub extract_batch_size: usize,
+    /// Memory budget of cached features in MiB: consecutive taps whose train and test features
+    /// fit together are extracted in one encoder pass; a tap over the budget gets a pass of its
+    /// own. Default 4096.
+    #[serde(default = "default_feature_memory")]
+    pub feature_memory_mib: usize,
+}
+
+fn default_feature_memory() -> usize {
+    4096
 }
 
 pub(crate) fn all_taps() -> Vec<String> {
@@ -203,26 +212,61 @@ pub fn linear_probe(
         batch_size: cfg.extract_batch_size,
         augment: None,
     };
-    for tap in features::resolve_taps(encoder, &cfg.taps)? {
-        let _span = tracing::info_span!("linear_probe", tap = tap.as_str()).entered();
-        let one = std::slice::from_ref(&tap);
-        let ftr = features::extract(encoder, train, None, one, &ex)?.remove(0);
-        let fte = features::extract(encoder, test, None, one, &ex)?.remove(0);
-        let score = train_linear(&ftr.features, &ytr, &fte.features, &yte, k, cfg, seed)?;
-        tracing::info!(tap = tap.as_str(), top1 = score.top1, top5 = score.top5, "linear probe");
-        report.rows.push(ResultRow {
-            tap: tap.clone(),
-            variant: "linear".into(),
-            map_shape: ftr.map_shape.to_vec(),
-            dim: ftr.dim(),
-            train_images: train.len(),
-            top1: score.top1,
-            top5: score.top5,
-            train_top1: Some(score.train_top1),
-        });
+    let taps = features::resolve_taps(encoder, &cfg.taps)?;
+    for group in tap_groups(encoder, train, test, &taps, &ex, cfg.feature_memory_mib)? {
+        let _span = tracing::info_span!("linear_probe", taps = group.join(",")).entered();
+        let ftr = features::extract(encoder, train, None, &group, &ex)?;
+        let fte = features::extract(encoder, test, None, &group, &ex)?;
+        for (a, b) in ftr.iter().zip(&fte) {
+            let score = train_linear(&a.features, &ytr, &b.features, &yte, k, cfg, seed)?;
+            tracing::info!(
+                tap = a.tap.as_str(),
+                top1 = score.top1,
+                top5 = score.top5,
+                "linear probe"
+            );
+            report.rows.push(ResultRow {
+                tap: a.tap.clone(),
+                variant: "linear".into(),
+                map_shape: a.map_shape.to_vec(),
+                dim: a.dim(),
+                train_images: train.len(),
+                top1: score.top1,
+                top5: score.top5,
+                train_top1: Some(score.train_top1),
+            });
+        }
     }
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Splits `taps` (forward order) into consecutive groups whose pooled train + test features
+/// fit in `budget_mib` together (each group at least one tap), from the tap dimensions of one
+/// image.
+fn tap_groups(
+    encoder: &dyn Encoder,
+    train: &ImageDataset,
+    test: &ImageDataset,
+    taps: &[String],
+    ex: &Extraction<'_>,
+    budget_mib: usize,
+) -> Result<Vec<Vec<String>>> {
+    let probe = features::extract(encoder, train, Some(&[0]), taps, ex)?;
+    let rows = (train.len() + test.len()) as f64;
+    let budget = budget_mib as f64 * 1024.0 * 1024.0;
+    let mut groups: Vec<Vec<String>> = Vec::new();
+    let mut used = f64::INFINITY;
+    for f in probe {
+        let bytes = rows * f.dim() as f64 * 4.0;
+        if used + bytes > budget {
+            groups.push(Vec::new());
+            used = 0.0;
+        }
+        used += bytes;
+        groups.last_mut().expect("pushed above").push(f.tap);
+    }
+    Ok(groups)
 }
 
 #[cfg(test)]

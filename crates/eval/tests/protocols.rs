@@ -27,11 +27,13 @@ fn quick_linear() -> LinearProbeConfig {
 #[test]
 fn random_init_linear_probe_is_deterministic() {
     let (train, test) = data();
-    let run = || {
+    // The second run extracts each tap in its own pass (memory budget 0): same numbers.
+    let run = |budget: usize| {
         let enc = random_encoder(&tiny(), 3, 11, Device::Cpu);
-        linear_probe(enc.encoder.as_ref(), Device::Cpu, &train, &test, &quick_linear(), 4).unwrap()
+        let cfg = LinearProbeConfig { feature_memory_mib: budget, ..quick_linear() };
+        linear_probe(enc.encoder.as_ref(), Device::Cpu, &train, &test, &cfg, 4).unwrap()
     };
-    let (a, b) = (run(), run());
+    let (a, b) = (run(4096), run(0));
     assert_eq!(a.rows.len(), 2, "one row per Tiny tap");
     for (x, y) in a.rows.iter().zip(&b.rows) {
         assert_eq!(x.top1.to_bits(), y.top1.to_bits(), "{}", x.tap);
@@ -161,4 +163,31 @@ fn pooled_dims_follow_the_9k_rule_on_nin_and_alexnet() {
         let want_map: [i64; 3] = if size == 32 { [192, 8, 8] } else { [256, 27, 27] };
         assert_eq!(feats[1].map_shape, want_map);
     }
+}
+
+/// A smoke run on real CIFAR-10 (skipped unless `--ignored`; needs
+/// `$SELFSUP_DATA/cifar-10-batches-bin` or `./datasets/...`): a random-init RotNet NIN, 2,000
+/// training and 1,000 test images, linear probe of every block for 10 epochs and kNN.
+#[test]
+#[ignore]
+fn cifar10_random_nin_smoke() {
+    let dir = selfsup_data::resolve_data_dir(None);
+    let train = open_dataset("cifar10", Split::Train, &dir).unwrap();
+    let test = open_dataset("cifar10", Split::Test, &dir).unwrap();
+    let train = train.subset(&(0..2000).collect::<Vec<_>>());
+    let test = test.subset(&(0..1000).collect::<Vec<_>>());
+    let cfg: EncoderConfig =
+        serde_json::from_value(serde_json::json!({"kind": "nin", "blocks": 4})).unwrap();
+    let enc = random_encoder(&cfg, 3, 0, Device::Cpu);
+    let t = std::time::Instant::now();
+    let lin: LinearProbeConfig =
+        serde_json::from_value(serde_json::json!({"epochs": 10, "batch_size": 128})).unwrap();
+    let r = linear_probe(enc.encoder.as_ref(), Device::Cpu, &train, &test, &lin, 0).unwrap();
+    eprintln!("{}linear: {:.1} s", r.markdown(), t.elapsed().as_secs_f64());
+    assert!(r.rows.iter().all(|row| row.top1 > 15.0), "{:?}", r.rows);
+    let t = std::time::Instant::now();
+    let k = knn_probe(enc.encoder.as_ref(), Device::Cpu, &train, &test, &KnnConfig::default(), 0)
+        .unwrap();
+    eprintln!("{}knn: {:.1} s", k.markdown(), t.elapsed().as_secs_f64());
+    assert!(k.rows[0].top1 > 12.0, "{:?}", k.rows);
 }

@@ -105,42 +105,35 @@ fn z_is_estimated_once_and_saved() {
     assert!(m2.bank().vectors().equal(m.bank().vectors()));
 }
 
-/// Four epochs over a fixed pool of 64 images in batches of 16: the mean loss of the last
-/// epoch is below the first's, for NCE and for the full softmax.
+/// The loss falls over a few steps on a fixed batch, for NCE and for the full softmax. The
+/// bank is held fixed here (`bank_momentum: 1`, so the objective is stationary; its update is
+/// checked above): with a 64-image bank, moving bank rows make NCE's loss non-stationary
+/// (Z is fixed from the first batch and the noise weight K/N is large).
 #[test]
-fn loss_falls_on_a_fixed_pool() {
+fn loss_falls_on_a_fixed_batch() {
     for objective in [Objective::Nce, Objective::Softmax] {
         tch::manual_seed(4);
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = InstDiscConfig { nce_k: 32, objective, ..InstDiscConfig::default() };
+        let cfg = InstDiscConfig {
+            nce_k: 32,
+            objective,
+            bank_momentum: 1.0,
+            ..InstDiscConfig::default()
+        };
         let mut m = InstanceDiscrimination::new(&vs.root(), cfg, &ctx(64)).unwrap();
         let mut opt = nn::Sgd { momentum: 0.9, ..Default::default() }.build(&vs, 0.01).unwrap();
-        // Distinguishable images: a colour per image plus a little noise.
-        let colours = Tensor::randn([64, 3, 1, 1], (Kind::Float, Device::Cpu)) * 2.0;
-        let images = colours + Tensor::randn([64, 3, 16, 16], (Kind::Float, Device::Cpu)) * 0.2;
-        let mut epochs = Vec::new();
-        let mut step = 0;
-        for _ in 0..8 {
-            let mut total = 0.0;
-            for b in 0..4i64 {
-                let idx = Tensor::arange_start(16 * b, 16 * (b + 1), (Kind::Int64, Device::Cpu));
-                let batch = Batch {
-                    views: vec![images.index_select(0, &idx)],
-                    labels: Tensor::full([16], -1, (Kind::Int64, Device::Cpu)),
-                    indices: idx,
-                };
-                tch::manual_seed(100 + step as i64);
-                opt.zero_grad();
-                let out = m.step(&batch, true).unwrap();
-                total += out.loss.double_value(&[]);
-                out.loss.backward();
-                opt.step();
-                m.after_optimizer_step(step).unwrap();
-                step += 1;
-            }
-            epochs.push(total / 4.0);
+        let b = batch(&[0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60]);
+        let mut losses = Vec::new();
+        for step in 0..15 {
+            tch::manual_seed(100 + step as i64);
+            opt.zero_grad();
+            let out = m.step(&b, true).unwrap();
+            losses.push(out.loss.double_value(&[]));
+            out.loss.backward();
+            opt.step();
+            m.after_optimizer_step(step).unwrap();
         }
-        eprintln!("{objective:?}: {epochs:?}");
-        assert!(epochs[7] < epochs[0], "{objective:?}: loss did not fall: {epochs:?}");
+        let (first, last) = (losses[0], *losses.last().unwrap());
+        assert!(last < 0.9 * first, "{objective:?}: loss did not fall: {losses:?}");
     }
 }

@@ -5,10 +5,15 @@
 //! xtask/ (xtask must build without libtorch). Add modules `rotnet.rs`, `contrastive.rs` and
 //! dispatch to them from [`run`]. Add the crates you need to this Cargo.toml.
 
+pub mod rotnet;
+
 /// Runs `selfsup reproduce <method> [options]`; `args[0]` is the method.
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let Some(method) = args.first() else {
         anyhow::bail!("usage: selfsup reproduce <method> [--profile smoke|cpu|paper] [--force]");
     };
-    anyhow::bail!("no reproduction is registered for `{method}` yet")
+    match method.as_str() {
+        "rotnet" => rotnet::run(&args[1..]),
+        _ => anyhow::bail!("no reproduction is registered for `{method}` yet"),
+    }
 }

@@ -24,11 +24,17 @@ impl Tiny {
     /// Builds it on `p` (variables `conv1`, `bn1`, `conv2`, `bn2`).
     pub fn new(p: &nn::Path, in_channels: i64, width: i64) -> Self {
         let c = nn::ConvConfig { padding: 1, bias: false, ..Default::default() };
+        // BN weight 1 and bias 0, as PyTorch initialises it (tch's default weight is U(0, 1)).
+        let bn = nn::BatchNormConfig {
+            ws_init: nn::Init::Const(1.0),
+            bs_init: nn::Init::Const(0.0),
+            ..Default::default()
+        };
         Tiny {
             conv1: nn::conv2d(p / "conv1", in_channels, width, 3, c),
-            bn1: nn::batch_norm2d(p / "bn1", width, Default::default()),
+            bn1: nn::batch_norm2d(p / "bn1", width, bn),
             conv2: nn::conv2d(p / "conv2", width, 2 * width, 3, c),
-            bn2: nn::batch_norm2d(p / "bn2", 2 * width, Default::default()),
+            bn2: nn::batch_norm2d(p / "bn2", 2 * width, bn),
             width,
         }
     }

@@ -1,0 +1,357 @@
+//! Downloading and verifying the datasets listed in `datasets/manifest.json` (embedded at build
+//! time). Downloads go through the `curl` program and archives are unpacked with `tar`, so the
+//! module needs only std, `serde_json` and `sha2`: `xtask` (which must build without libtorch)
+//! compiles this same file for `cargo xtask fetch`.
+//!
+//! Offline, a fetch fails with one line naming the file, its SHA-256 and the path where to put
+//! it by hand.
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+/// The manifest text, `datasets/manifest.json`.
+pub const MANIFEST: &str = include_str!("../../../datasets/manifest.json");
+
+/// What can go wrong while fetching.
+#[derive(Debug)]
+pub enum FetchError {
+    /// The manifest is malformed or does not list the dataset.
+    Manifest(String),
+    /// No source could be downloaded (offline, or every URL failed).
+    Unavailable {
+        /// The dataset.
+        dataset: String,
+        /// The file that could not be downloaded.
+        file: String,
+        /// Its expected digest.
+        sha256: String,
+        /// Where it should be put.
+        target: PathBuf,
+        /// Where the unpacked dataset belongs.
+        folder: PathBuf,
+        /// The last download error.
+        detail: String,
+    },
+    /// A file whose digest is not the manifest's.
+    Checksum {
+        /// The file.
+        path: PathBuf,
+        /// The manifest's digest.
+        expected: String,
+        /// The file's digest.
+        actual: String,
+    },
+    /// An I/O error on a named file.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// `tar` failed or the archive did not contain the expected files.
+    Extract {
+        /// The archive.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FetchError::Manifest(m) => write!(f, "datasets/manifest.json: {m}"),
+            FetchError::Unavailable { dataset, file, sha256, target, folder, detail } => write!(
+                f,
+                "{dataset}: cannot download {file} ({detail}); offline? put {file} (sha256 {sha256}) at {} or the unpacked dataset in {}",
+                target.display(),
+                folder.display()
+            ),
+            FetchError::Checksum { path, expected, actual } => write!(
+                f,
+                "{}: sha256 mismatch (expected {expected}, got {actual})",
+                path.display()
+            ),
+            FetchError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            FetchError::Extract { path, detail } => write!(f, "{}: {detail}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for FetchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FetchError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
+    move |source| FetchError::Io { path: path.to_path_buf(), source }
+}
+
+/// One downloadable file of a dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Archive {
+    /// File name.
+    pub file: String,
+    /// Canonical URL.
+    pub url: String,
+    /// Other URLs serving the same bytes, tried in order.
+    pub mirrors: Vec<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// Hex SHA-256.
+    pub sha256: String,
+    /// Digests of known repackagings of the same data (e.g. a Debian package).
+    pub alternate_sha256: Vec<String>,
+    /// `tar.gz` to unpack into the data folder, `none` to keep the file in the dataset folder.
+    pub extract: String,
+}
+
+/// One dataset of the manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Name (the `open_dataset` spec).
+    pub name: String,
+    /// One-line description.
+    pub description: String,
+    /// Folder under the data folder.
+    pub folder: String,
+    /// File layout, in words.
+    pub layout: String,
+    /// Files expected in the folder once fetched.
+    pub files: Vec<String>,
+    /// What to download.
+    pub archives: Vec<Archive>,
+}
+
+fn field<'a>(
+    v: &'a serde_json::Value,
+    key: &str,
+    ctx: &str,
+) -> Result<&'a serde_json::Value, FetchError> {
+    v.get(key).ok_or_else(|| FetchError::Manifest(format!("{ctx}: missing field `{key}`")))
+}
+
+fn string(v: &serde_json::Value, key: &str, ctx: &str) -> Result<String, FetchError> {
+    field(v, key, ctx)?
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| FetchError::Manifest(format!("{ctx}: field `{key}` is not a string")))
+}
+
+fn strings(v: &serde_json::Value, key: &str, ctx: &str) -> Result<Vec<String>, FetchError> {
+    match v.get(key) {
+        None => Ok(Vec::new()),
+        Some(a) => a
+            .as_array()
+            .and_then(|a| a.iter().map(|s| s.as_str().map(str::to_string)).collect())
+            .ok_or_else(|| {
+                FetchError::Manifest(format!("{ctx}: field `{key}` is not a list of strings"))
+            }),
+    }
+}
+
+/// Parses a manifest.
+pub fn parse_manifest(text: &str) -> Result<Vec<Entry>, FetchError> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| FetchError::Manifest(e.to_string()))?;
+    let list = field(&v, "datasets", "manifest")?
+        .as_array()
+        .ok_or_else(|| FetchError::Manifest("`datasets` is not a list".into()))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let ctx = format!("datasets[{i}]");
+            let archives = field(d, "archives", &ctx)?
+                .as_array()
+                .ok_or_else(|| FetchError::Manifest(format!("{ctx}: `archives` is not a list")))?
+                .iter()
+                .enumerate()
+                .map(|(j, a)| {
+                    let ctx = format!("{ctx}.archives[{j}]");
+                    Ok(Archive {
+                        file: string(a, "file", &ctx)?,
+                        url: string(a, "url", &ctx)?,
+                        mirrors: strings(a, "mirrors", &ctx)?,
+                        size: field(a, "size", &ctx)?.as_u64().ok_or_else(|| {
+                            FetchError::Manifest(format!("{ctx}: `size` is not an integer"))
+                        })?,
+                        sha256: string(a, "sha256", &ctx)?,
+                        alternate_sha256: strings(a, "alternate_sha256", &ctx)?,
+                        extract: string(a, "extract", &ctx)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Entry {
+                name: string(d, "name", &ctx)?,
+                description: string(d, "description", &ctx)?,
+                folder: string(d, "folder", &ctx)?,
+                layout: string(d, "layout", &ctx)?,
+                files: strings(d, "files", &ctx)?,
+                archives,
+            })
+        })
+        .collect()
+}
+
+/// The embedded manifest.
+pub fn manifest() -> Result<Vec<Entry>, FetchError> {
+    parse_manifest(MANIFEST)
+}
+
+/// The manifest entry called `name`.
+pub fn entry(name: &str) -> Result<Entry, FetchError> {
+    let all = manifest()?;
+    let known: Vec<String> = all.iter().map(|e| e.name.clone()).collect();
+    all.into_iter().find(|e| e.name == name).ok_or_else(|| {
+        FetchError::Manifest(format!("no dataset `{name}` (known: {})", known.join(", ")))
+    })
+}
+
+/// Hex SHA-256 of a file.
+pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Checks `path` against `archive`'s digest (or one of its alternates).
+pub fn verify_file(path: &Path, archive: &Archive) -> Result<(), FetchError> {
+    let actual = sha256_file(path)?;
+    if actual == archive.sha256 || archive.alternate_sha256.contains(&actual) {
+        Ok(())
+    } else {
+        Err(FetchError::Checksum {
+            path: path.to_path_buf(),
+            expected: archive.sha256.clone(),
+            actual,
+        })
+    }
+}
+
+/// Where `archive` of `entry` lives once downloaded under `data_dir`.
+pub fn archive_path(entry: &Entry, archive: &Archive, data_dir: &Path) -> PathBuf {
+    if archive.extract == "none" {
+        data_dir.join(&entry.folder).join(&archive.file)
+    } else {
+        data_dir.join(".downloads").join(&archive.file)
+    }
+}
+
+/// Outcome of [`fetch_entry`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// Every expected file was already in place (nothing downloaded).
+    AlreadyPresent(PathBuf),
+    /// Downloaded (or found), verified and unpacked into this folder.
+    Ready(PathBuf),
+}
+
+fn download(urls: &[&str], target: &Path) -> Result<(), String> {
+    let part = target.with_extension("part");
+    let mut last = String::from("no URL");
+    for url in urls {
+        let out = Command::new("curl")
+            .args(["-fsSL", "--retry", "2", "--connect-timeout", "20", "-o"])
+            .arg(&part)
+            .arg(url)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                return std::fs::rename(&part, target).map_err(|e| e.to_string());
+            }
+            Ok(o) => {
+                let err = String::from_utf8_lossy(&o.stderr);
+                last = format!("{url}: {}", err.lines().last().unwrap_or("curl failed").trim());
+            }
+            Err(e) => last = format!("cannot run curl: {e}"),
+        }
+        let _ = std::fs::remove_file(&part);
+    }
+    Err(last)
+}
+
+/// Downloads (unless present), verifies and unpacks `entry` into `data_dir`; returns the
+/// dataset folder. Files already in place are verified, not downloaded again.
+pub fn fetch_entry(entry: &Entry, data_dir: &Path) -> Result<Fetched, FetchError> {
+    let folder = data_dir.join(&entry.folder);
+    if !entry.files.is_empty() && entry.files.iter().all(|f| folder.join(f).is_file()) {
+        for a in entry.archives.iter().filter(|a| a.extract == "none") {
+            verify_file(&archive_path(entry, a, data_dir), a)?;
+        }
+        return Ok(Fetched::AlreadyPresent(folder));
+    }
+    for a in &entry.archives {
+        let target = archive_path(entry, a, data_dir);
+        if !target.is_file() {
+            let dir = target.parent().unwrap_or(data_dir);
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            let urls: Vec<&str> = std::iter::once(a.url.as_str())
+                .chain(a.mirrors.iter().map(String::as_str))
+                .collect();
+            download(&urls, &target).map_err(|detail| FetchError::Unavailable {
+                dataset: entry.name.clone(),
+                file: a.file.clone(),
+                sha256: a.sha256.clone(),
+                target: target.clone(),
+                folder: folder.clone(),
+                detail,
+            })?;
+        }
+        verify_file(&target, a)?;
+        match a.extract.as_str() {
+            "none" => {}
+            "tar.gz" => {
+                let out = Command::new("tar")
+                    .arg("-xzf")
+                    .arg(&target)
+                    .arg("-C")
+                    .arg(data_dir)
+                    .output()
+                    .map_err(|e| FetchError::Extract {
+                        path: target.clone(),
+                        detail: format!("cannot run tar: {e}"),
+                    })?;
+                if !out.status.success() {
+                    let err = String::from_utf8_lossy(&out.stderr);
+                    return Err(FetchError::Extract {
+                        path: target.clone(),
+                        detail: format!("tar failed: {}", err.lines().next().unwrap_or("").trim()),
+                    });
+                }
+            }
+            other => {
+                return Err(FetchError::Manifest(format!(
+                    "{}: unknown extract `{other}` (tar.gz, none)",
+                    a.file
+                )))
+            }
+        }
+    }
+    if let Some(missing) = entry.files.iter().find(|f| !folder.join(f).is_file()) {
+        return Err(FetchError::Extract {
+            path: folder.join(missing),
+            detail: "missing after unpacking".into(),
+        });
+    }
+    Ok(Fetched::Ready(folder))
+}
+
+/// [`fetch_entry`] for the manifest's dataset `name`.
+pub fn fetch(name: &str, data_dir: &Path) -> Result<Fetched, FetchError> {
+    fetch_entry(&entry(name)?, data_dir)
+}

@@ -1,0 +1,608 @@
+//! `selfsup reproduce rotnet [--profile smoke|cpu|paper] [--dataset cifar10] [--force]`: trains
+//! and evaluates everything behind the CIFAR-10 tables of Gidaris, Singh, Komodakis,
+//! "Unsupervised Representation Learning by Predicting Image Rotations" (ICLR 2018; official
+//! code gidariss/FeatureLearningRotNet), and writes `results/rotnet/<profile>/`.
+//!
+//! Stages, each skipped when its result file exists (unless `--force`), each training resumed
+//! from its checkpoint when it was interrupted:
+//! 1. RotNet pretraining of the NIN for each rotation set (`four`, `eight`, `two_0_180`,
+//!    `two_90_270`) and the supervised NIN baseline, under `runs/rotnet/<profile>/<name>/`;
+//! 2. probes on frozen features, under `runs/rotnet/<profile>/probes/<encoder>/<probe>/`:
+//!    the non-linear probe (RotNet §3.1: three fully connected layers with two hidden layers
+//!    of 200 units, BN and ReLU; the official `MultLayer` classifier) on every block of the
+//!    `four` RotNet, of a random-init NIN and of the supervised NIN; the linear probe on every
+//!    block of the RotNet and the random NIN; the non-linear probe on block 2 of the other
+//!    rotation sets; the conv-block probe (`NIN_ConvBlock3`) on block 2 of the RotNet, the
+//!    random NIN and the supervised NIN; the supervised NIN's own test accuracy;
+//! 3. the report: `table.md`, `results.json`, `commands.md`, `configs/`, `curves.png`,
+//!    `blocks.png`, `run.log`.
+//!
+//! Paper figures (CIFAR-10 test accuracy, %): Table 1 (RotNet, 4 blocks, non-linear probe per
+//! block) 85.07, 89.06, 86.21, 61.73; Table 2 (block 2, rotation sets) 89.06 (four),
+//! 88.51 (eight), 87.46 (0°/180°), 85.52 (90°/270°); Table 3 supervised NIN 92.80, random
+//! init + conv 72.50, RotNet + conv 91.16.
+//!
+//! Cpu profile planning (2 shared cores, AMD EPYC without bf16, measured with libtorch 2.11):
+//! a NIN-4 training step runs at about 110 inputs/s at width 32, 360 inputs/s at width 16 with
+//! oneDNN convolutions, and 7× slower with them off (the trainer's `deterministic` mode), so
+//! the cpu profile uses width 16, oneDNN on, 10,000 training images and 4 epochs; see the
+//! stage times in `results/rotnet/cpu/results.json`.
+mod plots;
+mod profile;
+mod report;
+
+use anyhow::{bail, Context, Result};
+use profile::{official_sgd, steps, Profile};
+use selfsup_core::checkpoint;
+use selfsup_core::config::{DataConfig, RunConfig, TrainConfig};
+use selfsup_core::trainer::{train, TrainOptions};
+use selfsup_core::{BuildContext, Encoder, Registry};
+use selfsup_data::{ImageDataset, Split};
+use selfsup_eval::features::Normalization;
+use selfsup_eval::EvalReport;
+use selfsup_rotnet::{RotNetConfig, RotationSet};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::Device;
+
+const USAGE: &str = "usage: selfsup reproduce rotnet [--profile smoke|cpu|paper] \
+[--dataset cifar10] [--data-dir DIR] [--device auto|cpu|cuda:N] [--runs-dir DIR] \
+[--results-dir DIR] [--force]";
+
+/// Parsed command line.
+#[derive(Debug, Clone)]
+struct Args {
+    profile: Option<String>,
+    dataset: String,
+    data_dir: Option<PathBuf>,
+    device: String,
+    runs_dir: PathBuf,
+    results_dir: PathBuf,
+    force: bool,
+}
+
+fn parse_args(args: &[String]) -> Result<Option<Args>> {
+    let mut a = Args {
+        profile: None,
+        dataset: "cifar10".into(),
+        data_dir: None,
+        device: "auto".into(),
+        runs_dir: PathBuf::from("runs"),
+        results_dir: PathBuf::from("results"),
+        force: false,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (key, inline) = match arg.split_once('=') {
+            Some((k, v)) if k.starts_with("--") => (k, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = |name: &str| -> Result<String> {
+            match inline.clone().or_else(|| it.next().cloned()) {
+                Some(v) => Ok(v),
+                None => bail!("{name} needs a value\n{USAGE}"),
+            }
+        };
+        match key {
+            "--profile" => a.profile = Some(value("--profile")?),
+            "--dataset" => a.dataset = value("--dataset")?,
+            "--data-dir" => a.data_dir = Some(PathBuf::from(value("--data-dir")?)),
+            "--device" => a.device = value("--device")?,
+            "--runs-dir" => a.runs_dir = PathBuf::from(value("--runs-dir")?),
+            "--results-dir" => a.results_dir = PathBuf::from(value("--results-dir")?),
+            "--force" => a.force = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            other => bail!("unknown argument `{other}`\n{USAGE}"),
+        }
+    }
+    Ok(Some(a))
+}
+
+/// Prints and appends to `run.log`.
+struct Log {
+    file: std::fs::File,
+}
+
+impl Log {
+    fn open(path: &Path) -> Result<Log> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("{}: cannot open the run log", path.display()))?;
+        Ok(Log { file })
+    }
+
+    fn line(&mut self, s: &str) {
+        println!("{s}");
+        let _ = writeln!(self.file, "{s}");
+    }
+}
+
+/// Where the data is: `--data-dir`, `$SELFSUP_DATA`, `datasets/` when it holds CIFAR-10, else
+/// `../shared/datasets` when that does, else `datasets/`. Returns the folder and how it was
+/// chosen.
+fn data_dir(explicit: Option<&Path>) -> (PathBuf, String) {
+    if let Some(p) = explicit {
+        return (p.to_path_buf(), "from --data-dir".into());
+    }
+    if let Some(p) = std::env::var_os("SELFSUP_DATA") {
+        return (PathBuf::from(p), "from $SELFSUP_DATA".into());
+    }
+    let local = PathBuf::from("datasets");
+    let shared = PathBuf::from("../shared/datasets");
+    if !local.join("cifar-10-batches-bin").exists() && shared.join("cifar-10-batches-bin").exists()
+    {
+        return (shared, "default: ../shared/datasets holds CIFAR-10".into());
+    }
+    (selfsup_data::resolve_data_dir(None), "default".into())
+}
+
+/// A seeded subset of `n` images (all when `None` or `n >= len`), chosen as the trainer's
+/// `data.max_images` does.
+fn subset(ds: &ImageDataset, n: Option<usize>, seed: u64, stream: &str) -> ImageDataset {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    match n {
+        Some(n) if n < ds.len() => {
+            let mut idx: Vec<usize> = (0..ds.len()).collect();
+            let s = selfsup_core::seed::derive_seed(seed, &[selfsup_core::seed::name_hash(stream)]);
+            idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(s));
+            idx.truncate(n);
+            idx.sort_unstable();
+            ds.subset(&idx)
+        }
+        _ => ds.clone(),
+    }
+}
+
+/// Shared state of one reproduction.
+struct Repro {
+    profile: Profile,
+    registry: Registry,
+    device: Device,
+    device_name: String,
+    dataset: String,
+    data_dir: PathBuf,
+    run_root: PathBuf,
+    res_root: PathBuf,
+    log: Log,
+    stages: Vec<Value>,
+    train_set: ImageDataset,
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
+}
+
+fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    }
+    let mut bytes = serde_json::to_vec_pretty(v)?;
+    bytes.push(b'\n');
+    std::fs::write(path, bytes).with_context(|| format!("{}", path.display()))
+}
+
+impl Repro {
+    fn run_config(&self, method: &str, method_config: Value, epochs: u64, ms: &[u64]) -> RunConfig {
+        let p = &self.profile;
+        RunConfig {
+            method: method.into(),
+            seed: p.seed,
+            device: self.device_name.clone(),
+            data: DataConfig {
+                dataset: self.dataset.clone(),
+                split: Split::Train,
+                data_dir: Some(self.data_dir.clone()),
+                max_images: p.train_images,
+            },
+            encoder: p.encoder.clone(),
+            train: TrainConfig {
+                epochs,
+                batch_size: p.batch_size,
+                optimizer: official_sgd(p.lr),
+                schedule: steps(ms),
+                channels_last: p.channels_last,
+                checkpoint_every: 1,
+                log_every: 10,
+                deterministic: p.deterministic,
+                ..TrainConfig::default()
+            },
+            method_config,
+        }
+    }
+
+    /// The run config of the RotNet pretraining with `set`.
+    fn rotnet_config(&self, set: RotationSet) -> Result<RunConfig> {
+        let mc = serde_json::to_value(RotNetConfig::with_rotations(set))?;
+        let p = &self.profile;
+        Ok(self.run_config("rotnet", mc, p.epochs, &p.milestones))
+    }
+
+    /// The run config of the supervised NIN.
+    fn supervised_config(&self) -> Result<RunConfig> {
+        let entry = self.registry.get("supervised")?;
+        let p = &self.profile;
+        Ok(self.run_config(
+            "supervised",
+            (entry.default_config)(),
+            p.supervised_epochs,
+            &p.supervised_milestones,
+        ))
+    }
+
+    /// Trains `cfg` into `runs/.../<name>` unless its `done.json` exists; resumes from a
+    /// checkpoint left by an interrupted run.
+    fn train_stage(&mut self, name: &str, cfg: &RunConfig) -> Result<Value> {
+        write_json(&self.res_root.join("configs").join(format!("{name}.json")), cfg)?;
+        let dir = self.run_root.join(name);
+        let done = dir.join("done.json");
+        if done.exists() {
+            self.log.line(&format!("[skip] train {name}: {} exists", done.display()));
+            let v = read_json(&done)?;
+            self.stages.push(json!({"stage": format!("train {name}"), "skipped": true,
+                "seconds": v["seconds"]}));
+            return Ok(v);
+        }
+        let resume = checkpoint::exists(&dir);
+        self.log.line(&format!(
+            "[train] {name}: {} epochs on {} images{}",
+            cfg.train.epochs,
+            self.train_set.len(),
+            if resume { " (resuming from its checkpoint)" } else { "" }
+        ));
+        let start = Instant::now();
+        let mut opts = TrainOptions {
+            resume,
+            progress: true,
+            dataset: Some(self.train_set.clone()),
+            ..TrainOptions::default()
+        };
+        let summary = train(cfg, &self.registry, &dir, &mut opts)
+            .with_context(|| format!("training {name} in {}", dir.display()))?;
+        let seconds = start.elapsed().as_secs_f64();
+        let last = last_epoch_line(&dir.join("metrics.jsonl"))?;
+        let v = json!({"summary": summary, "seconds": seconds, "last_epoch": last});
+        write_json(&done, &v)?;
+        self.log.line(&format!(
+            "[done] train {name}: {seconds:.0} s, {:.0} inputs/s, last epoch {last}",
+            summary.inputs_per_second
+        ));
+        self.stages.push(json!({"stage": format!("train {name}"), "skipped": false,
+            "seconds": seconds}));
+        Ok(v)
+    }
+
+    /// Runs `probe` on an encoder unless `runs/.../probes/<encoder>/<probe>/eval/*.json`
+    /// exists. `load` gives the encoder (only called when the probe runs).
+    fn probe_stage(
+        &mut self,
+        encoder_name: &str,
+        probe: &str,
+        cache: &mut EncoderCache,
+        sets: &ProbeSets,
+    ) -> Result<EvalReport> {
+        let out = self.run_root.join("probes").join(encoder_name).join(probe);
+        let protocol = if probe == "linear" { "linear" } else { "nonlinear" };
+        let file = out.join("eval").join(format!("{protocol}.json"));
+        let stage = format!("probe {probe} {encoder_name}");
+        if file.exists() {
+            self.log.line(&format!("[skip] {stage}: {} exists", file.display()));
+            let r = EvalReport::read(&file)?;
+            self.stages.push(json!({"stage": stage, "skipped": true, "seconds": r.seconds}));
+            return Ok(r);
+        }
+        let (cfg_name, taps) = probe_spec(probe);
+        self.log.line(&format!("[probe] {probe} on {encoder_name} ({})", taps.join(", ")));
+        let encoder = cache.get(self, encoder_name)?;
+        let seed = self.profile.seed;
+        let dev = self.device;
+        let report = match cfg_name {
+            "linear" => {
+                let mut c = self.profile.linear.clone();
+                c.taps = taps;
+                selfsup_eval::linear_probe(encoder, dev, &sets.train, &sets.test, &c, seed)?
+            }
+            _ => {
+                let mut c = if cfg_name == "mlp" {
+                    self.profile.mlp.clone()
+                } else {
+                    self.profile.conv.clone()
+                };
+                c.taps = taps;
+                selfsup_eval::nonlinear_probe(encoder, dev, &sets.train, &sets.test, &c, seed)?
+            }
+        };
+        let mut report = report;
+        report.encoder = Some(serde_json::to_value(&self.profile.encoder)?);
+        report.checkpoint = Some(encoder_name.to_string());
+        report.write(&out)?;
+        for r in &report.rows {
+            self.log.line(&format!("        {} {}: top-1 {:.2}%", encoder_name, r.tap, r.top1));
+        }
+        self.stages.push(json!({"stage": stage, "skipped": false, "seconds": report.seconds}));
+        Ok(report)
+    }
+
+    /// The supervised NIN's own test accuracy (its encoder and linear head end to end).
+    fn supervised_accuracy(&mut self, sets: &ProbeSets) -> Result<f64> {
+        let dir = self.run_root.join("supervised");
+        let file = self.run_root.join("probes").join("supervised").join("end_to_end.json");
+        if file.exists() {
+            self.log.line(&format!("[skip] supervised test accuracy: {} exists", file.display()));
+            return read_json(&file)?["top1"].as_f64().context("end_to_end.json: no top1");
+        }
+        let start = Instant::now();
+        let ck = checkpoint::load(&dir)?;
+        let vs = tch::nn::VarStore::new(self.device);
+        let ctx = BuildContext {
+            device: self.device,
+            seed: self.profile.seed,
+            num_train_images: self.train_set.len(),
+            image_channels: ck.state.image_channels,
+            image_size: sets.test.height() as i64,
+            encoder: ck.state.config.encoder.clone(),
+        };
+        let cfg: selfsup_supervised::SupervisedConfig =
+            serde_json::from_value(ck.state.config.method_config.clone())?;
+        let norm = Normalization { mean: cfg.mean.clone(), std: cfg.std.clone() };
+        let model = selfsup_supervised::Supervised::new(&vs.root(), cfg, &ctx)?;
+        let path = checkpoint::checkpoint_dir(&dir).join("model.safetensors");
+        checkpoint::load_into(&vs, &ck.model, "", &path)?;
+        let n = sets.test.len() as i64;
+        let labels = selfsup_eval::features::labels_tensor(&sets.test, Device::Cpu)?;
+        let mut correct = 0i64;
+        for lo in (0..n).step_by(256) {
+            let idx: Vec<i64> = (lo..(lo + 256).min(n)).collect();
+            let x = selfsup_eval::features::images_tensor(&sets.test, &idx, &norm, None)?;
+            let pred = tch::no_grad(|| model.logits_t(&x.to_device(self.device), false))
+                .argmax(-1, false)
+                .to_device(Device::Cpu);
+            let y = labels.narrow(0, lo, idx.len() as i64);
+            correct += pred.eq_tensor(&y).sum(tch::Kind::Int64).int64_value(&[]);
+        }
+        let top1 = 100.0 * correct as f64 / n as f64;
+        let seconds = start.elapsed().as_secs_f64();
+        write_json(&file, &json!({"top1": top1, "test_images": n, "seconds": seconds}))?;
+        self.log.line(&format!("[done] supervised NIN test accuracy {top1:.2}%"));
+        self.stages.push(json!({"stage": "supervised test accuracy", "skipped": false,
+            "seconds": seconds}));
+        Ok(top1)
+    }
+}
+
+/// Which config and taps a probe name means.
+fn probe_spec(probe: &str) -> (&'static str, Vec<String>) {
+    match probe {
+        "mlp_all" => ("mlp", vec!["all".into()]),
+        "mlp_block2" => ("mlp", vec!["block2".into()]),
+        "conv_block2" => ("conv", vec!["block2".into()]),
+        _ => ("linear", vec!["all".into()]),
+    }
+}
+
+/// The labeled train and test images of the probes.
+struct ProbeSets {
+    train: ImageDataset,
+    test: ImageDataset,
+}
+
+/// Encoders loaded on demand, kept while the probes of one encoder run.
+#[derive(Default)]
+struct EncoderCache {
+    name: String,
+    held: Option<(tch::nn::VarStore, Box<dyn Encoder>)>,
+}
+
+impl EncoderCache {
+    fn get(&mut self, r: &Repro, name: &str) -> Result<&dyn Encoder> {
+        if self.name != name || self.held.is_none() {
+            self.held = None;
+            let loaded = if name == "random" {
+                let e = selfsup_eval::baselines::random_encoder(
+                    &r.profile.encoder,
+                    r.train_set.channels() as i64,
+                    r.profile.seed,
+                    r.device,
+                );
+                (e.vs, e.encoder)
+            } else {
+                let e = checkpoint::load_encoder(&r.run_root.join(name), r.device)
+                    .with_context(|| format!("loading the encoder of {name}"))?;
+                (e.vs, e.encoder)
+            };
+            self.held = Some(loaded);
+            self.name = name.to_string();
+        }
+        Ok(&*self.held.as_ref().expect("just loaded").1)
+    }
+}
+
+/// The last `"kind": "epoch"` line of a metrics file, `null` when there is none.
+fn last_epoch_line(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    Ok(text
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["kind"] == "epoch")
+        .unwrap_or(Value::Null))
+}
+
+/// Entry point: `args` are the arguments after `reproduce rotnet`.
+pub fn run(args: &[String]) -> Result<()> {
+    let Some(args) = parse_args(args)? else {
+        return Ok(());
+    };
+    let wall = Instant::now();
+    let cuda = tch::Cuda::is_available();
+    let (profile_name, profile_why) = match &args.profile {
+        Some(p) => (p.clone(), "from --profile".to_string()),
+        None if cuda => ("paper".into(), "no --profile given and CUDA is present".into()),
+        None => ("cpu".into(), "no --profile given and no CUDA device".into()),
+    };
+    let profile = Profile::named(&profile_name)?;
+    let device = selfsup_core::device::parse_device(&args.device)?;
+    let device_name = selfsup_core::device::device_name(device);
+    let (data_dir, data_why) = data_dir(args.data_dir.as_deref());
+    let run_root = args.runs_dir.join("rotnet").join(&profile.name);
+    let res_root = args.results_dir.join("rotnet").join(&profile.name);
+    if args.force && run_root.exists() {
+        std::fs::remove_dir_all(&run_root)
+            .with_context(|| format!("--force: cannot remove {}", run_root.display()))?;
+    }
+    std::fs::create_dir_all(&res_root).with_context(|| format!("{}", res_root.display()))?;
+    std::fs::create_dir_all(&run_root).with_context(|| format!("{}", run_root.display()))?;
+    let mut log = Log::open(&res_root.join("run.log"))?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    log.line(&format!(
+        "== selfsup reproduce rotnet, profile `{}` ({profile_why}): {}",
+        profile.name, profile.summary
+    ));
+    log.line(&format!("   command: {command}"));
+    log.line(&format!(
+        "   device: {device_name}; data: {} ({data_why}); runs: {}; results: {}",
+        data_dir.display(),
+        run_root.display(),
+        res_root.display()
+    ));
+    selfsup_core::determinism::set_mkldnn_enabled(!profile.deterministic);
+
+    let full_train = selfsup_data::open_dataset(&args.dataset, Split::Train, &data_dir)
+        .with_context(|| format!("opening `{}` in {}", args.dataset, data_dir.display()))?;
+    let full_test = selfsup_data::open_dataset(&args.dataset, Split::Test, &data_dir)
+        .with_context(|| format!("opening `{}` in {}", args.dataset, data_dir.display()))?;
+    // The same seeded subset the trainer draws for `data.max_images`.
+    let train_set = subset(&full_train, profile.train_images, profile.seed, "max_images");
+    let sets = ProbeSets {
+        train: subset(&full_train, profile.probe_train_images, profile.seed, "max_images"),
+        test: subset(&full_test, profile.test_images, profile.seed, "test_images"),
+    };
+    log.line(&format!(
+        "   pretraining on {} of {} training images; probes: {} training, {} test images",
+        train_set.len(),
+        full_train.len(),
+        sets.train.len(),
+        sets.test.len()
+    ));
+
+    let mut registry = Registry::new();
+    selfsup_rotnet::register(&mut registry);
+    selfsup_supervised::register(&mut registry);
+    let mut r = Repro {
+        profile,
+        registry,
+        device,
+        device_name,
+        dataset: args.dataset.clone(),
+        data_dir: data_dir.clone(),
+        run_root,
+        res_root: res_root.clone(),
+        log,
+        stages: Vec::new(),
+        train_set,
+    };
+
+    // 1. Trainings.
+    let mut pretext = Vec::new();
+    for set in RotationSet::ALL {
+        let cfg = r.rotnet_config(set)?;
+        let v = r.train_stage(&format!("rotnet_{}", set.name()), &cfg)?;
+        pretext.push(v["last_epoch"]["rotation_acc"].as_f64());
+    }
+    let sup_cfg = r.supervised_config()?;
+    r.train_stage("supervised", &sup_cfg)?;
+    // Training may have switched oneDNN per its config; the probes follow the profile.
+    selfsup_core::determinism::set_mkldnn_enabled(!r.profile.deterministic);
+
+    // 2. Probes.
+    let mut cache = EncoderCache::default();
+    let mut reports = report::Reports::default();
+    for (enc, probes) in [
+        ("rotnet_four", &["mlp_all", "linear", "conv_block2"][..]),
+        ("random", &["mlp_all", "linear", "conv_block2"][..]),
+        ("supervised", &["mlp_all", "conv_block2"][..]),
+        ("rotnet_eight", &["mlp_block2"][..]),
+        ("rotnet_two_0_180", &["mlp_block2"][..]),
+        ("rotnet_two_90_270", &["mlp_block2"][..]),
+    ] {
+        for probe in probes {
+            let rep = r.probe_stage(enc, probe, &mut cache, &sets)?;
+            reports.add(enc, probe, &rep);
+        }
+    }
+    drop(cache);
+    reports.supervised_end_to_end = Some(r.supervised_accuracy(&sets)?);
+    reports.pretext_acc =
+        RotationSet::ALL.iter().map(|s| s.name().to_string()).zip(pretext).collect();
+
+    // 3. Report.
+    let tables = report::build(&reports);
+    let md = report::markdown(&r.profile, &tables, &reports, &r.device_name, &args.dataset);
+    std::fs::write(res_root.join("table.md"), &md)
+        .with_context(|| format!("{}", res_root.join("table.md").display()))?;
+    let wall_s = wall.elapsed().as_secs_f64();
+    let results = json!({
+        "profile": r.profile,
+        "dataset": args.dataset,
+        "data_dir": data_dir,
+        "device": r.device_name,
+        "command": command,
+        "wall_seconds_this_invocation": wall_s,
+        "tables": tables,
+        "pretext_rotation_acc_last_epoch": reports.pretext_acc,
+        "supervised_end_to_end_top1": reports.supervised_end_to_end,
+        "stages": r.stages,
+        "train_images": r.train_set.len(),
+        "probe_train_images": sets.train.len(),
+        "test_images": sets.test.len(),
+    });
+    write_json(&res_root.join("results.json"), &results)?;
+    report::write_commands(&res_root, &r.profile, &command, &args.dataset)?;
+    let curves: Vec<(String, PathBuf)> = RotationSet::ALL
+        .iter()
+        .map(|s| format!("rotnet_{}", s.name()))
+        .chain(std::iter::once("supervised".to_string()))
+        .map(|n| (n.clone(), r.run_root.join(&n).join("metrics.jsonl")))
+        .collect();
+    plots::training_curves(&curves, &res_root.join("curves.png"))?;
+    plots::block_chart(&tables, &res_root.join("blocks.png"))?;
+    println!();
+    print!("{md}");
+    r.log.line(&format!(
+        "== done in {wall_s:.0} s (this invocation; skipped stages cost nothing); results in {}",
+        res_root.display()
+    ));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_flags_in_both_forms() {
+        let a = parse_args(&s(&["--profile", "smoke", "--force", "--dataset=synthetic:64:32"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.profile.as_deref(), Some("smoke"));
+        assert!(a.force);
+        assert_eq!(a.dataset, "synthetic:64:32");
+        assert_eq!(a.runs_dir, PathBuf::from("runs"));
+        let err = parse_args(&s(&["--profil", "cpu"])).unwrap_err().to_string();
+        assert!(err.contains("unknown argument `--profil`"), "{err}");
+        assert!(parse_args(&s(&["--profile"])).unwrap_err().to_string().contains("needs a value"));
+        assert!(parse_args(&s(&["--help"])).unwrap().is_none());
+    }
+}

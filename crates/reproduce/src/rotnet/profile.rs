@@ -1,0 +1,235 @@
+//! The three profiles of `selfsup reproduce rotnet`: `paper` (the published CIFAR-10 protocol of
+//! Gidaris et al. 2018, official configs `CIFAR10_RotNet_NIN4blocks.py`,
+//! `CIFAR10_supervised_NIN.py`, `CIFAR10_{MultLayer,Conv}Classifier_on_RotNet_NIN4blocks_*`),
+//! `cpu` (the same protocol scaled to about half an hour on two CPU cores) and `smoke` (seconds;
+//! checks the pipeline, not the accuracy).
+use anyhow::{bail, Result};
+use selfsup_core::schedule::ScheduleConfig;
+use selfsup_core::EncoderConfig;
+use selfsup_eval::features::Normalization;
+use selfsup_eval::{LinearProbeConfig, NonLinearProbeConfig};
+use serde::Serialize;
+
+/// Everything a profile fixes. Serialized into `results.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Profile {
+    /// `paper`, `cpu` or `smoke`.
+    pub name: String,
+    /// One line on what the profile is for.
+    pub summary: String,
+    /// The encoder of every pretraining, the supervised baseline and the random baseline.
+    pub encoder: EncoderConfig,
+    /// Pretrain (and train the supervised baseline) on this many training images (a seeded
+    /// subset); `None` is all.
+    pub train_images: Option<usize>,
+    /// RotNet pretraining epochs.
+    pub epochs: u64,
+    /// Epochs at which the rate is multiplied by 0.2.
+    pub milestones: Vec<u64>,
+    /// Source images per step (each becomes one input per rotation).
+    pub batch_size: usize,
+    /// SGD base rate (momentum 0.9, Nesterov, weight decay 5e-4).
+    pub lr: f64,
+    /// Epochs of the supervised baseline.
+    pub supervised_epochs: u64,
+    /// Its rate milestones (×0.2).
+    pub supervised_milestones: Vec<u64>,
+    /// Labeled training images of the probes (a seeded subset of the training split); `None`
+    /// is all.
+    pub probe_train_images: Option<usize>,
+    /// Test images scored (a seeded subset of the test split); `None` is all 10,000.
+    pub test_images: Option<usize>,
+    /// The non-linear (MultLayer, 3 fully connected layers) probe of RotNet Tables 1 and 2.
+    pub mlp: NonLinearProbeConfig,
+    /// The conv-block (`NIN_ConvBlock3`) probe of RotNet Table 3.
+    pub conv: NonLinearProbeConfig,
+    /// The linear probe per block.
+    pub linear: LinearProbeConfig,
+    /// Bit-for-bit CPU determinism (disables oneDNN convolutions, several times slower).
+    pub deterministic: bool,
+    /// Channels-last memory format in training.
+    pub channels_last: bool,
+    /// The seed of every run and probe.
+    pub seed: u64,
+}
+
+/// SGD with Nesterov momentum 0.9 and weight decay 5e-4, as every official CIFAR-10 config.
+pub fn official_sgd(lr: f64) -> selfsup_core::optim::OptimizerConfig {
+    selfsup_core::optim::OptimizerConfig::Sgd {
+        lr,
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 5e-4,
+        exclude_bias_and_norm: false,
+    }
+}
+
+/// Rate ×0.2 at each milestone.
+pub fn steps(milestones: &[u64]) -> ScheduleConfig {
+    ScheduleConfig::Steps { milestones: milestones.to_vec(), gamma: 0.2 }
+}
+
+/// `milestones` of a `total`-epoch schedule moved to one of `epochs` epochs (rounded, kept
+/// strictly inside the run, duplicates dropped).
+pub fn scale_milestones(milestones: &[u64], total: u64, epochs: u64) -> Vec<u64> {
+    let mut out: Vec<u64> = milestones
+        .iter()
+        .map(|&m| ((m as f64 * epochs as f64 / total as f64).round() as u64).max(1))
+        .filter(|&m| m < epochs)
+        .collect();
+    out.dedup();
+    out
+}
+
+fn probes(
+    epochs: usize,
+    conv_width: i64,
+    augment: bool,
+) -> (NonLinearProbeConfig, NonLinearProbeConfig, LinearProbeConfig) {
+    let norm = Some(Normalization::cifar10());
+    let mut mlp = NonLinearProbeConfig::mlp_official();
+    mlp.epochs = epochs;
+    mlp.schedule = steps(&scale_milestones(&[20, 40, 45], 100, epochs as u64));
+    mlp.augment = augment;
+    mlp.normalization = norm.clone();
+    let conv = NonLinearProbeConfig {
+        epochs,
+        width: conv_width,
+        augment,
+        schedule: steps(&scale_milestones(&[35, 70, 85], 100, epochs as u64)),
+        normalization: norm.clone(),
+        ..Default::default()
+    };
+    let linear = LinearProbeConfig {
+        epochs,
+        schedule: steps(&scale_milestones(&[35, 70, 85], 100, epochs as u64)),
+        normalization: norm,
+        ..Default::default()
+    };
+    (mlp, conv, linear)
+}
+
+impl Profile {
+    /// The profile called `name`.
+    pub fn named(name: &str) -> Result<Profile> {
+        Ok(match name {
+            "paper" => Self::paper(),
+            "cpu" => Self::cpu(),
+            "smoke" => Self::smoke(),
+            other => bail!("unknown profile `{other}` (known: smoke, cpu, paper)"),
+        })
+    }
+
+    /// The published protocol: NIN with 4 blocks of width 192, 200 epochs, SGD 0.1 Nesterov,
+    /// weight decay 5e-4, ×0.2 at 60, 120, 160, batch 128, all of CIFAR-10; probes of 100
+    /// epochs with the official schedules and augmentation.
+    pub fn paper() -> Profile {
+        let (mlp, conv, linear) = probes(100, 192, true);
+        Profile {
+            name: "paper".into(),
+            summary: "the published CIFAR-10 protocol (a GPU job)".into(),
+            encoder: EncoderConfig::Nin { blocks: 4, width: 192 },
+            train_images: None,
+            epochs: 200,
+            milestones: vec![60, 120, 160],
+            batch_size: 128,
+            lr: 0.1,
+            supervised_epochs: 200,
+            supervised_milestones: vec![60, 120, 160],
+            probe_train_images: None,
+            test_images: None,
+            mlp,
+            conv,
+            linear,
+            deterministic: true,
+            channels_last: false,
+            seed: 0,
+        }
+    }
+
+    /// The paper's protocol scaled to about half an hour on two CPU cores (see the module
+    /// docs of `rotnet` for the measurements behind the numbers).
+    pub fn cpu() -> Profile {
+        let epochs = 4;
+        let (mut mlp, mut conv, mut linear) = probes(15, 32, false);
+        mlp.batch_size = 128;
+        conv.batch_size = 128;
+        linear.batch_size = 256;
+        Profile {
+            name: "cpu".into(),
+            summary: "the paper's protocol scaled to ~30 min on 2 CPU cores".into(),
+            encoder: EncoderConfig::Nin { blocks: 4, width: 16 },
+            train_images: Some(10_000),
+            epochs,
+            milestones: scale_milestones(&[60, 120, 160], 200, epochs),
+            batch_size: 128,
+            lr: 0.1,
+            supervised_epochs: epochs,
+            supervised_milestones: scale_milestones(&[60, 120, 160], 200, epochs),
+            probe_train_images: Some(10_000),
+            test_images: Some(5_000),
+            mlp,
+            conv,
+            linear,
+            deterministic: false,
+            channels_last: false,
+            seed: 0,
+        }
+    }
+
+    /// Seconds: a width-8 NIN, 256 images, one epoch of everything.
+    pub fn smoke() -> Profile {
+        let (mut mlp, mut conv, mut linear) = probes(1, 8, false);
+        mlp.batch_size = 64;
+        conv.batch_size = 64;
+        linear.batch_size = 64;
+        Profile {
+            name: "smoke".into(),
+            summary: "pipeline check in seconds (numbers mean nothing)".into(),
+            encoder: EncoderConfig::Nin { blocks: 4, width: 8 },
+            train_images: Some(256),
+            epochs: 1,
+            milestones: vec![],
+            batch_size: 32,
+            lr: 0.1,
+            supervised_epochs: 1,
+            supervised_milestones: vec![],
+            probe_train_images: Some(256),
+            test_images: Some(128),
+            mlp,
+            conv,
+            linear,
+            deterministic: false,
+            channels_last: false,
+            seed: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn milestones_scale_with_the_run() {
+        assert_eq!(scale_milestones(&[60, 120, 160], 200, 200), vec![60, 120, 160]);
+        assert_eq!(scale_milestones(&[60, 120, 160], 200, 10), vec![3, 6, 8]);
+        assert_eq!(scale_milestones(&[60, 120, 160], 200, 4), vec![1, 2, 3]);
+        assert_eq!(scale_milestones(&[60, 120, 160], 200, 1), Vec::<u64>::new());
+        assert_eq!(scale_milestones(&[35, 70, 85], 100, 15), vec![5, 11, 13]);
+    }
+
+    #[test]
+    fn paper_profile_is_the_published_protocol() {
+        let p = Profile::named("paper").unwrap();
+        assert_eq!(p.encoder, EncoderConfig::Nin { blocks: 4, width: 192 });
+        assert_eq!((p.epochs, p.batch_size, p.lr), (200, 128, 0.1));
+        assert_eq!(p.milestones, vec![60, 120, 160]);
+        assert_eq!(p.train_images, None);
+        assert_eq!(p.mlp.epochs, 100);
+        assert_eq!(p.mlp.schedule, steps(&[20, 40, 45]));
+        assert_eq!(p.conv.schedule, steps(&[35, 70, 85]));
+        assert!(p.mlp.augment && p.conv.augment);
+        assert!(Profile::named("gpu").is_err());
+    }
+}

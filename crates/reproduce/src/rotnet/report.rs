@@ -1,0 +1,343 @@
+//! The RotNet reproduction's tables: ours beside the paper's figure and the difference, as
+//! markdown (`table.md`) and JSON (`results.json`), plus `commands.md`.
+use super::profile::Profile;
+use anyhow::{Context, Result};
+use selfsup_eval::EvalReport;
+use serde::Serialize;
+use std::path::Path;
+
+/// RotNet Table 1: non-linear probe on each block of the 4-block RotNet NIN.
+pub const PAPER_BLOCKS: [f64; 4] = [85.07, 89.06, 86.21, 61.73];
+/// RotNet Table 2: non-linear probe on block 2 for the four rotation sets, in the order of
+/// `RotationSet::ALL` (four, eight, 0°/180°, 90°/270°).
+pub const PAPER_ROTATIONS: [f64; 4] = [89.06, 88.51, 87.46, 85.52];
+/// RotNet Table 3: the supervised NIN.
+pub const PAPER_SUPERVISED: f64 = 92.80;
+/// RotNet Table 3: random init + conv classifier on block 2.
+pub const PAPER_RANDOM_CONV: f64 = 72.50;
+/// RotNet Table 3: RotNet + conv classifier on block 2.
+pub const PAPER_ROTNET_CONV: f64 = 91.16;
+
+/// Every probe score, by encoder, probe and tap.
+#[derive(Debug, Default)]
+pub struct Reports {
+    rows: Vec<(String, String, String, f64)>,
+    /// The supervised NIN's own test top-1.
+    pub supervised_end_to_end: Option<f64>,
+    /// Rotation accuracy of the last pretraining epoch, by rotation set.
+    pub pretext_acc: Vec<(String, Option<f64>)>,
+}
+
+impl Reports {
+    /// Records the rows of `rep` (probe names as in `probe_spec`).
+    pub fn add(&mut self, encoder: &str, probe: &str, rep: &EvalReport) {
+        let kind = probe.split('_').next().unwrap_or(probe);
+        for r in &rep.rows {
+            self.rows.push((encoder.into(), kind.into(), r.tap.clone(), r.top1));
+        }
+    }
+
+    /// Top-1 of `kind` (`mlp`, `conv`, `linear`) on `tap` of `encoder`.
+    pub fn get(&self, encoder: &str, kind: &str, tap: &str) -> Option<f64> {
+        self.rows.iter().find(|(e, k, t, _)| e == encoder && k == kind && t == tap).map(|r| r.3)
+    }
+
+    /// Taps probed with `kind` on `encoder`, in order.
+    fn taps(&self, encoder: &str, kind: &str) -> Vec<String> {
+        self.rows
+            .iter()
+            .filter(|(e, k, _, _)| e == encoder && k == kind)
+            .map(|r| r.2.clone())
+            .collect()
+    }
+}
+
+fn diff(ours: Option<f64>, paper: Option<f64>) -> Option<f64> {
+    Some(ours? - paper?)
+}
+
+/// One block of Table 1 with our extra columns.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockRow {
+    /// Tap name (`block1`..).
+    pub block: String,
+    /// Paper, non-linear probe.
+    pub paper: Option<f64>,
+    /// RotNet (four rotations), non-linear probe.
+    pub rotnet_nonlinear: Option<f64>,
+    /// Ours minus paper.
+    pub diff: Option<f64>,
+    /// RotNet, linear probe.
+    pub rotnet_linear: Option<f64>,
+    /// Random-init NIN, non-linear probe.
+    pub random_nonlinear: Option<f64>,
+    /// Random-init NIN, linear probe.
+    pub random_linear: Option<f64>,
+    /// Supervised NIN, non-linear probe.
+    pub supervised_nonlinear: Option<f64>,
+}
+
+/// One rotation set of Table 2.
+#[derive(Debug, Clone, Serialize)]
+pub struct RotationRow {
+    /// Config name of the set.
+    pub set: String,
+    /// Its angles.
+    pub angles: Vec<u32>,
+    /// Paper, block 2 non-linear probe.
+    pub paper: f64,
+    /// Ours.
+    pub ours: Option<f64>,
+    /// Ours minus paper.
+    pub diff: Option<f64>,
+    /// Rotation-prediction accuracy of the last pretraining epoch (training batches).
+    pub pretext_acc: Option<f64>,
+}
+
+/// One row of Table 3.
+#[derive(Debug, Clone, Serialize)]
+pub struct BaselineRow {
+    /// What is measured.
+    pub row: String,
+    /// Paper figure, where the paper has one.
+    pub paper: Option<f64>,
+    /// Ours.
+    pub ours: Option<f64>,
+    /// Ours minus paper.
+    pub diff: Option<f64>,
+}
+
+/// The qualitative findings the scaled-down profiles must show.
+#[derive(Debug, Clone, Serialize)]
+pub struct Checks {
+    /// RotNet minus random init, non-linear probe, per block.
+    pub rotnet_minus_random: Vec<Option<f64>>,
+    /// The block with the best RotNet non-linear probe.
+    pub best_block: Option<String>,
+    /// Four rotations minus the better of the two-rotation sets (block 2).
+    pub four_minus_best_two: Option<f64>,
+}
+
+/// All three tables.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tables {
+    /// Table 1.
+    pub blockwise: Vec<BlockRow>,
+    /// Table 2.
+    pub rotations: Vec<RotationRow>,
+    /// Table 3.
+    pub baselines: Vec<BaselineRow>,
+    /// The findings.
+    pub checks: Checks,
+}
+
+/// Builds the tables from the probe scores.
+pub fn build(r: &Reports) -> Tables {
+    let taps = r.taps("rotnet_four", "mlp");
+    let blockwise: Vec<BlockRow> = taps
+        .iter()
+        .enumerate()
+        .map(|(i, tap)| {
+            let ours = r.get("rotnet_four", "mlp", tap);
+            let paper = PAPER_BLOCKS.get(i).copied();
+            BlockRow {
+                block: tap.clone(),
+                paper,
+                rotnet_nonlinear: ours,
+                diff: diff(ours, paper),
+                rotnet_linear: r.get("rotnet_four", "linear", tap),
+                random_nonlinear: r.get("random", "mlp", tap),
+                random_linear: r.get("random", "linear", tap),
+                supervised_nonlinear: r.get("supervised", "mlp", tap),
+            }
+        })
+        .collect();
+    let rotations: Vec<RotationRow> = selfsup_rotnet::RotationSet::ALL
+        .iter()
+        .zip(PAPER_ROTATIONS)
+        .map(|(set, paper)| {
+            let ours = r.get(&format!("rotnet_{}", set.name()), "mlp", "block2");
+            RotationRow {
+                set: set.name().into(),
+                angles: set.angles().to_vec(),
+                paper,
+                ours,
+                diff: diff(ours, Some(paper)),
+                pretext_acc: r
+                    .pretext_acc
+                    .iter()
+                    .find(|(n, _)| n == set.name())
+                    .and_then(|(_, a)| a.map(|a| 100.0 * a)),
+            }
+        })
+        .collect();
+    let row = |name: &str, paper: Option<f64>, ours: Option<f64>| BaselineRow {
+        row: name.into(),
+        paper,
+        ours,
+        diff: diff(ours, paper),
+    };
+    let baselines = vec![
+        row("Supervised NIN (end to end)", Some(PAPER_SUPERVISED), r.supervised_end_to_end),
+        row(
+            "Random init + conv probe (block 2)",
+            Some(PAPER_RANDOM_CONV),
+            r.get("random", "conv", "block2"),
+        ),
+        row(
+            "RotNet + non-linear probe (block 2)",
+            Some(PAPER_BLOCKS[1]),
+            r.get("rotnet_four", "mlp", "block2"),
+        ),
+        row(
+            "RotNet + conv probe (block 2)",
+            Some(PAPER_ROTNET_CONV),
+            r.get("rotnet_four", "conv", "block2"),
+        ),
+        row("Random init + non-linear probe (block 2)", None, r.get("random", "mlp", "block2")),
+        row(
+            "Supervised NIN + non-linear probe (block 2)",
+            None,
+            r.get("supervised", "mlp", "block2"),
+        ),
+        row("Supervised NIN + conv probe (block 2)", None, r.get("supervised", "conv", "block2")),
+    ];
+    let best_block = blockwise
+        .iter()
+        .filter_map(|b| b.rotnet_nonlinear.map(|v| (b.block.clone(), v)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|b| b.0);
+    let two = [rotations[2].ours, rotations[3].ours];
+    let best_two = two.iter().flatten().copied().max_by(f64::total_cmp);
+    let checks = Checks {
+        rotnet_minus_random: blockwise
+            .iter()
+            .map(|b| diff(b.rotnet_nonlinear, b.random_nonlinear))
+            .collect(),
+        best_block,
+        four_minus_best_two: diff(rotations[0].ours, best_two),
+    };
+    Tables { blockwise, rotations, baselines, checks }
+}
+
+fn f(v: Option<f64>) -> String {
+    v.map_or("–".into(), |v| format!("{v:.2}"))
+}
+
+fn d(v: Option<f64>) -> String {
+    v.map_or("–".into(), |v| format!("{v:+.2}"))
+}
+
+/// The tables as markdown.
+pub fn markdown(p: &Profile, t: &Tables, r: &Reports, device: &str, dataset: &str) -> String {
+    let mut s = format!("# RotNet on {dataset}: profile `{}`\n\n", p.name);
+    s += &format!(
+        "{}. Encoder `{}`, pretraining {} epochs on {} images (batch {}, SGD {} Nesterov, wd \
+         5e-4, ×0.2 at {:?}), device `{device}`. Probes: {} epochs (non-linear: official \
+         MultLayer, 200-unit hidden layers; conv: `NIN_ConvBlock3` of width {}; linear: \
+         features pooled to ~9k dims), augmentation {}. Test top-1 in %; Δ = ours − paper.\n\n",
+        p.summary,
+        serde_json::to_string(&p.encoder).unwrap_or_default(),
+        p.epochs,
+        p.train_images.map_or("all".to_string(), |n| n.to_string()),
+        p.batch_size,
+        p.lr,
+        p.milestones,
+        p.mlp.epochs,
+        p.conv.width,
+        if p.mlp.augment { "on" } else { "off (features cached)" },
+    );
+    s += "## 1. Block-wise (RotNet Table 1, 4 blocks)\n\n";
+    s += "| Block | RotNet non-linear | Paper | Δ | RotNet linear | Random non-linear | Random linear | Supervised non-linear |\n";
+    s += "|---|---:|---:|---:|---:|---:|---:|---:|\n";
+    for b in &t.blockwise {
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            b.block,
+            f(b.rotnet_nonlinear),
+            f(b.paper),
+            d(b.diff),
+            f(b.rotnet_linear),
+            f(b.random_nonlinear),
+            f(b.random_linear),
+            f(b.supervised_nonlinear)
+        );
+    }
+    s += "\n## 2. Number of rotations (RotNet Table 2, non-linear probe on block 2)\n\n";
+    s += "| Rotations | Angles | Ours | Paper | Δ | Pretext acc. (last epoch) |\n";
+    s += "|---|---|---:|---:|---:|---:|\n";
+    for x in &t.rotations {
+        let angles: Vec<String> = x.angles.iter().map(|a| format!("{a}°")).collect();
+        s += &format!(
+            "| {} | {} | {} | {:.2} | {} | {} |\n",
+            x.set,
+            angles.join(", "),
+            f(x.ours),
+            x.paper,
+            d(x.diff),
+            f(x.pretext_acc)
+        );
+    }
+    s += "\n## 3. Baselines (RotNet Table 3)\n\n| Row | Ours | Paper | Δ |\n|---|---:|---:|---:|\n";
+    for b in &t.baselines {
+        s += &format!("| {} | {} | {} | {} |\n", b.row, f(b.ours), f(b.paper), d(b.diff));
+    }
+    s += "\n## Findings\n\n";
+    let margins: Vec<String> = t
+        .blockwise
+        .iter()
+        .zip(&t.checks.rotnet_minus_random)
+        .map(|(b, m)| format!("{} {}", b.block, d(*m)))
+        .collect();
+    let beats = t.checks.rotnet_minus_random.iter().all(|m| m.is_some_and(|m| m > 0.0));
+    s += &format!(
+        "- RotNet beats random init at every block (non-linear probe): **{}** ({}).\n",
+        if beats { "yes" } else { "no" },
+        margins.join(", ")
+    );
+    s += &format!(
+        "- Best RotNet block: **{}** (paper: block2).\n",
+        t.checks.best_block.as_deref().unwrap_or("–")
+    );
+    s += &format!(
+        "- Four rotations minus the better two-rotation set (block 2): **{}** (paper: +1.60).\n",
+        d(t.checks.four_minus_best_two)
+    );
+    s += "- Few labels (RotNet Table 4): not run by this reproduction.\n";
+    let _ = r;
+    s
+}
+
+/// Writes `commands.md`: the command that produced the results and the per-stage equivalents.
+pub fn write_commands(dir: &Path, p: &Profile, command: &str, dataset: &str) -> Result<()> {
+    let mut s = String::from("# Commands\n\nThis folder was produced by:\n\n```\n");
+    s += command;
+    s += "\n```\n\n(`cargo xtask reproduce rotnet --profile ";
+    s += &p.name;
+    s += "` builds the release binary and runs the same.)\n\n";
+    s += "Each training is the run config in `configs/`, i.e. the equivalent of\n\n```\n";
+    for name in
+        ["rotnet_four", "rotnet_eight", "rotnet_two_0_180", "rotnet_two_90_270", "supervised"]
+    {
+        s += &format!(
+            "selfsup train --config results/rotnet/{0}/configs/{name}.json --out runs/rotnet/{0}/{name}\n",
+            p.name
+        );
+    }
+    s += "```\n\nThe probes use the settings in `results.json` (`profile.mlp`, `profile.conv`, \
+          `profile.linear`)";
+    if p.probe_train_images.is_some() || p.test_images.is_some() {
+        s += &format!(
+            " on seeded subsets of {dataset} ({} training, {} test images), which `selfsup eval` \
+             does not take; with all images they are `selfsup eval --checkpoint RUN --protocol \
+             nonlinear|linear --config PROBE.json`",
+            p.probe_train_images.map_or("all".to_string(), |n| n.to_string()),
+            p.test_images.map_or("all".to_string(), |n| n.to_string())
+        );
+    } else {
+        s += ": `selfsup eval --checkpoint RUN --protocol nonlinear|linear --config PROBE.json`";
+    }
+    s += ".\n";
+    let path = dir.join("commands.md");
+    std::fs::write(&path, s).with_context(|| format!("{}", path.display()))
+}
