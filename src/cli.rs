@@ -265,24 +265,17 @@ fn cmd_info(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// A protocol config: defaults, then `--config`, then each `--set`, then the taps; unknown
-/// keys are errors naming the key.
-fn protocol_config<T: serde::Serialize + serde::de::DeserializeOwned + Default>(
-    a: &EvalArgs,
-    taps_key: Option<&str>,
-    taps: &[String],
-) -> Result<T> {
-    let mut v = serde_json::to_value(T::default())?;
+/// The protocol config as JSON: `--config`, then each `--set`; the protocol fills in its
+/// defaults and rejects unknown keys by name.
+fn protocol_config(a: &EvalArgs) -> Result<serde_json::Value> {
+    let mut v = serde_json::json!({});
     if let Some(p) = &a.config {
         selfsup_core::config::merge(&mut v, &read_json(p)?);
     }
     for s in &a.sets {
         selfsup_core::config::apply_override(&mut v, s)?;
     }
-    if let Some(k) = taps_key {
-        v[k] = serde_json::to_value(taps)?;
-    }
-    Ok(selfsup_core::config::from_value(&v, "")?)
+    Ok(v)
 }
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
@@ -303,32 +296,25 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     let dir = selfsup_data::resolve_data_dir(a.data_dir.as_deref());
     let train_set = selfsup_data::open_dataset(&a.data, selfsup_data::Split::Train, &dir)?;
     let test_set = selfsup_data::open_dataset(&a.data, selfsup_data::Split::Test, &dir)?;
-    let taps: Vec<String> = if a.taps == "all" {
-        encoder.tap_names()
-    } else {
-        a.taps.split(',').map(|t| t.trim().to_string()).collect()
+    let taps: Vec<String> = a.taps.split(',').map(|t| t.trim().to_string()).collect();
+    let protocol = match a.protocol {
+        Protocol::Linear => selfsup_eval::Protocol::Linear,
+        Protocol::Nonlinear => selfsup_eval::Protocol::Nonlinear,
+        Protocol::Knn => selfsup_eval::Protocol::Knn,
+        Protocol::Fewshot => selfsup_eval::Protocol::Fewshot,
     };
-    let mut report = match a.protocol {
-        Protocol::Linear => {
-            let cfg: selfsup_eval::LinearProbeConfig = protocol_config(&a, Some("taps"), &taps)?;
-            selfsup_eval::linear_probe(encoder, device, &train_set, &test_set, &cfg, a.seed)?
-        }
-        Protocol::Nonlinear => {
-            let cfg: selfsup_eval::NonLinearProbeConfig = protocol_config(&a, Some("taps"), &taps)?;
-            selfsup_eval::nonlinear_probe(encoder, device, &train_set, &test_set, &cfg, a.seed)?
-        }
-        Protocol::Knn => {
-            let cfg: selfsup_eval::KnnConfig = protocol_config(&a, Some("taps"), &taps)?;
-            selfsup_eval::knn_probe(encoder, device, &train_set, &test_set, &cfg, a.seed)?
-        }
-        Protocol::Fewshot => {
-            let mut cfg: selfsup_eval::FewShotConfig = protocol_config(&a, None, &taps)?;
-            if a.taps != "all" {
-                cfg.tap = taps[0].clone();
-            }
-            selfsup_eval::fewshot(encoder, vs, &train_set, &test_set, &cfg, a.seed)?
-        }
-    };
+    let taps = (a.taps != "all").then_some(taps);
+    let config = protocol_config(&a)?;
+    let mut report = selfsup_eval::run_protocol(
+        protocol,
+        encoder,
+        vs,
+        &train_set,
+        &test_set,
+        &config,
+        taps.as_deref(),
+        a.seed,
+    )?;
     report.checkpoint = Some(a.checkpoint.display().to_string());
     let out = a.out.clone().unwrap_or_else(|| a.checkpoint.clone());
     let (json, md) = report.write(&out)?;

@@ -58,14 +58,18 @@ fn json_lines(mut cmd: Command) -> Result<Vec<Value>> {
 
 fn rate(rows: &[Value], size: u64) -> Option<(f64, String)> {
     rows.iter().find(|r| r["size"].as_u64() == Some(size)).map(|r| {
-        (r["images_per_sec"].as_f64().unwrap_or(0.0), r["source"].as_str().unwrap_or("").to_string())
+        (
+            r["images_per_sec"].as_f64().unwrap_or(0.0),
+            r["source"].as_str().unwrap_or("").to_string(),
+        )
     })
 }
 
 /// Entry point.
 pub fn run(args: &[String]) -> Result<()> {
     let o = parse(args)?;
-    let data_dir = std::env::var_os("SELFSUP_DATA").map_or_else(|| PathBuf::from("datasets"), PathBuf::from);
+    let data_dir =
+        std::env::var_os("SELFSUP_DATA").map_or_else(|| PathBuf::from("datasets"), PathBuf::from);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let st = Command::new(&cargo)
         .args(["build", "--release", "-p", "selfsup-data", "--example", "bench_pipeline"])
@@ -96,7 +100,10 @@ pub fn run(args: &[String]) -> Result<()> {
         eprintln!("bench data: torchvision DataLoader, {} workers ...", o.threads);
         json_lines(py)?
     };
-    println!("SimCLR two-view pipeline, images/s ({} threads vs {} DataLoader workers)", o.threads, o.threads);
+    println!(
+        "SimCLR two-view pipeline, images/s ({} threads vs {} DataLoader workers)",
+        o.threads, o.threads
+    );
     println!("{:>5}  {:>12}  {:>12}  {:>6}  source", "size", "selfsup", "torchvision", "ratio");
     let mut rows = Vec::new();
     for size in [32u64, 96] {

@@ -50,8 +50,12 @@ pub fn run(args: &[String]) -> Result<()> {
     let dir = data_dir(flag);
     for name in names {
         match manifest_fetch::fetch(&name, &dir)? {
-            manifest_fetch::Fetched::AlreadyPresent(p) => println!("{name}: already in {}", p.display()),
-            manifest_fetch::Fetched::Ready(p) => println!("{name}: verified and unpacked into {}", p.display()),
+            manifest_fetch::Fetched::AlreadyPresent(p) => {
+                println!("{name}: already in {}", p.display())
+            }
+            manifest_fetch::Fetched::Ready(p) => {
+                println!("{name}: verified and unpacked into {}", p.display())
+            }
         }
     }
     Ok(())

@@ -23,10 +23,16 @@ impl Torch {
     /// The environment cargo and the binaries need.
     pub fn envs(&self) -> Vec<(String, String)> {
         let lib = self.libtorch.join("lib");
-        let ld = match std::env::var("LD_LIBRARY_PATH") {
-            Ok(old) if !old.is_empty() => format!("{}:{old}", lib.display()),
-            _ => lib.display().to_string(),
-        };
+        // Keep the caller's entries, minus those `cargo run` adds for xtask itself (its target
+        // folder and the toolchain's libraries).
+        let old = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+        let lib = lib.display().to_string();
+        let ld = std::iter::once(lib.as_str())
+            .chain(old.split(':').filter(|p| {
+                !p.is_empty() && *p != lib && !p.contains("/.rustup/") && !p.contains("/target/")
+            }))
+            .collect::<Vec<_>>()
+            .join(":");
         vec![
             ("LIBTORCH".into(), self.libtorch.display().to_string()),
             ("LIBTORCH_CXX11_ABI".into(), "1".into()),

@@ -4,7 +4,9 @@
 //! checkout, then runs cargo with `LIBTORCH`, `LIBTORCH_CXX11_ABI=1` and the library path set.
 //!
 //! xtask itself never links libtorch: it is the tool that installs it.
+mod bench_data;
 mod bench_train;
+mod fetch;
 mod libtorch;
 mod tasks;
 

@@ -88,7 +88,7 @@ where
     let g = grads.pop().ok_or_else(|| ContrastiveError::Shape("no gradient for z".into()))?;
     let gs = g.split_with_sizes(sizes.as_slice(), 0);
     let last = chunks.len() - 1;
-    let mut surrogate = loss.detach();
+    let mut carried = Vec::new();
     for (i, (chunk, gi)) in chunks.iter().zip(gs.iter()).enumerate() {
         let e = embed(chunk);
         if e.size() != gi.size() {
@@ -105,8 +105,9 @@ where
         if eager && i < last {
             dot.f_backward()?;
         } else {
-            surrogate = surrogate + (&dot - dot.detach());
+            carried.push(&dot - dot.detach());
         }
     }
+    let surrogate = carried.iter().fold(loss.detach(), |acc, t| acc + t);
     Ok(CachedLoss { loss: surrogate, embeddings })
 }

@@ -31,6 +31,19 @@ impl FloatImage {
         FloatImage { channels, height, width, data }
     }
 
+    /// Writes `(x - mean[c]) / std[c]` in CHW order into `out` (fused normalization).
+    pub fn write_chw_normalized(&self, out: &mut [f32], mean: &[f32], std: &[f32]) {
+        let (c, hw) = (self.channels, self.height * self.width);
+        debug_assert_eq!(out.len(), c * hw);
+        for ch in 0..c {
+            let (m, inv) = (mean[ch], 1.0 / std[ch]);
+            let plane = &mut out[ch * hw..(ch + 1) * hw];
+            for (o, px) in plane.iter_mut().zip(self.data.chunks_exact(c)) {
+                *o = (px[ch] - m) * inv;
+            }
+        }
+    }
+
     /// Writes the image in CHW order into `out` (`out.len() == c * h * w`).
     pub fn write_chw(&self, out: &mut [f32]) {
         let (c, hw) = (self.channels, self.height * self.width);
@@ -100,49 +113,140 @@ pub fn uniform<R: Rng>(rng: &mut R, lo: f64, hi: f64) -> f64 {
 }
 
 /// Pillow's resampling coefficients for one axis (`precompute_coeffs` with the bilinear
-/// triangle filter, support widened by the downscale factor so downscaling is antialiased).
-/// Returns, per output position, the first input index and its normalized weights.
-fn coeffs(in_size: usize, out_size: usize) -> Vec<(usize, Vec<f32>)> {
+/// triangle filter, support widened by the downscale factor so downscaling is antialiased):
+/// output `o` reads `taps[o]` inputs from `start[o]` with weights `weights[o * stride..]`.
+struct Coeffs {
+    start: Vec<usize>,
+    taps: Vec<usize>,
+    stride: usize,
+    weights: Vec<f32>,
+}
+
+fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = filterscale;
-    (0..out_size)
-        .map(|o| {
-            let center = (o as f64 + 0.5) * scale;
-            let xmin = ((center - support + 0.5).floor().max(0.0)) as usize;
-            let xmax = (((center + support + 0.5).floor()) as usize).min(in_size);
-            let mut w: Vec<f64> = (xmin..xmax)
-                .map(|x| {
-                    let t = ((x as f64 - center + 0.5) / filterscale).abs();
-                    (1.0 - t).max(0.0)
-                })
-                .collect();
-            let sum: f64 = w.iter().sum();
-            if sum > 0.0 {
-                w.iter_mut().for_each(|v| *v /= sum);
-            }
-            // Drop zero-weight tails so the inner loops stay short.
-            let first = w.iter().position(|&v| v != 0.0).unwrap_or(0);
-            let last = w.iter().rposition(|&v| v != 0.0).map_or(first + 1, |p| p + 1);
-            (xmin + first, w[first..last].iter().map(|&v| v as f32).collect())
-        })
-        .collect()
+    let stride = (support.ceil() as usize) * 2 + 1;
+    let mut c = Coeffs {
+        start: Vec::with_capacity(out_size),
+        taps: Vec::with_capacity(out_size),
+        stride,
+        weights: vec![0.0; out_size * stride],
+    };
+    let mut w: Vec<f64> = Vec::new();
+    for o in 0..out_size {
+        let center = (o as f64 + 0.5) * scale;
+        // Pillow truncates toward zero; both bounds are non-negative here or clamped.
+        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+        let xmax = ((center + support + 0.5) as i64).max(0) as usize;
+        let xmax = xmax.min(in_size);
+        let n = xmax.saturating_sub(xmin);
+        w.clear();
+        w.resize(n, 0.0);
+        let wv = &mut w[..];
+        let mut sum = 0.0;
+        for (k, v) in wv.iter_mut().enumerate() {
+            let t = (((xmin + k) as f64 - center + 0.5) / filterscale).abs();
+            *v = (1.0 - t).max(0.0);
+            sum += *v;
+        }
+        // Drop zero-weight tails so the inner loops stay short.
+        let first = wv.iter().position(|&v| v != 0.0).unwrap_or(0);
+        let last = wv.iter().rposition(|&v| v != 0.0).map_or(first, |p| p + 1);
+        let taps = (last - first).min(stride);
+        c.start.push(xmin + first);
+        c.taps.push(taps);
+        for k in 0..taps {
+            c.weights[o * stride + k] = if sum > 0.0 { (wv[first + k] / sum) as f32 } else { 0.0 };
+        }
+    }
+    c
 }
 
 /// Pixel source for [`resample`]: uint8 or float HWC.
 pub enum Source<'a> {
-    /// uint8 pixels (scaled by 1/255 on the fly).
+    /// uint8 pixels (scaled by 1/255).
     U8(&'a [u8]),
     /// Float pixels.
     F32(&'a [f32]),
 }
 
-impl Source<'_> {
+/// A pixel value type that resampling reads.
+trait Px: Copy {
+    fn get(self) -> f32;
+}
+impl Px for u8 {
     #[inline(always)]
-    fn get(&self, i: usize) -> f32 {
-        match self {
-            Source::U8(p) => p[i] as f32 / 255.0,
-            Source::F32(p) => p[i],
+    fn get(self) -> f32 {
+        self as f32
+    }
+}
+impl Px for f32 {
+    #[inline(always)]
+    fn get(self) -> f32 {
+        self
+    }
+}
+
+/// Horizontal pass: the crop rows resampled to `out_w` columns, times `gain`.
+fn resample_rows<P: Px, const C: usize>(
+    src: &[P],
+    width: usize,
+    crop: CropBox,
+    cx: &Coeffs,
+    out_w: usize,
+    gain: f32,
+) -> Vec<f32> {
+    let mut tmp = vec![0f32; crop.height * out_w * C];
+    for y in 0..crop.height {
+        let row = &src[((crop.top + y) * width + crop.left) * C..];
+        let dst = &mut tmp[y * out_w * C..(y + 1) * out_w * C];
+        for (ox, d) in dst.chunks_exact_mut(C).enumerate() {
+            let x0 = cx.start[ox];
+            let w = &cx.weights[ox * cx.stride..ox * cx.stride + cx.taps[ox]];
+            let mut acc = [0f32; C];
+            for (k, &wk) in w.iter().enumerate() {
+                let p = &row[(x0 + k) * C..(x0 + k + 1) * C];
+                for ch in 0..C {
+                    acc[ch] += wk * p[ch].get();
+                }
+            }
+            for ch in 0..C {
+                d[ch] = acc[ch] * gain;
+            }
+        }
+    }
+    tmp
+}
+
+fn resample_rows_dyn<P: Px>(
+    src: &[P],
+    c: usize,
+    width: usize,
+    crop: CropBox,
+    cx: &Coeffs,
+    out_w: usize,
+    gain: f32,
+) -> Vec<f32> {
+    match c {
+        1 => resample_rows::<P, 1>(src, width, crop, cx, out_w, gain),
+        3 => resample_rows::<P, 3>(src, width, crop, cx, out_w, gain),
+        _ => {
+            let mut tmp = vec![0f32; crop.height * out_w * c];
+            for y in 0..crop.height {
+                let row = (crop.top + y) * width + crop.left;
+                for ox in 0..out_w {
+                    let w = &cx.weights[ox * cx.stride..ox * cx.stride + cx.taps[ox]];
+                    for ch in 0..c {
+                        let mut acc = 0f32;
+                        for (k, &wk) in w.iter().enumerate() {
+                            acc += wk * src[(row + cx.start[ox] + k) * c + ch].get();
+                        }
+                        tmp[(y * out_w + ox) * c + ch] = acc * gain;
+                    }
+                }
+            }
+            tmp
         }
     }
 }
@@ -160,26 +264,16 @@ pub fn resample(
     let c = channels;
     let cx = coeffs(crop.width, out_w);
     let cy = coeffs(crop.height, out_h);
-    // Horizontal pass over the crop rows.
-    let mut tmp = vec![0f32; crop.height * out_w * c];
-    for y in 0..crop.height {
-        let row = (crop.top + y) * width + crop.left;
-        let dst = &mut tmp[y * out_w * c..(y + 1) * out_w * c];
-        for (ox, (x0, w)) in cx.iter().enumerate() {
-            for ch in 0..c {
-                let mut acc = 0f32;
-                for (k, &wk) in w.iter().enumerate() {
-                    acc += wk * src.get((row + x0 + k) * c + ch);
-                }
-                dst[ox * c + ch] = acc;
-            }
-        }
-    }
+    let tmp = match src {
+        Source::U8(p) => resample_rows_dyn(p, c, width, crop, &cx, out_w, 1.0 / 255.0),
+        Source::F32(p) => resample_rows_dyn(p, c, width, crop, &cx, out_w, 1.0),
+    };
     // Vertical pass.
     let stride = out_w * c;
     let mut data = vec![0f32; out_h * stride];
-    for (oy, (y0, w)) in cy.iter().enumerate() {
-        let dst = &mut data[oy * stride..(oy + 1) * stride];
+    for (oy, dst) in data.chunks_exact_mut(stride).enumerate() {
+        let y0 = cy.start[oy];
+        let w = &cy.weights[oy * cy.stride..oy * cy.stride + cy.taps[oy]];
         for (k, &wk) in w.iter().enumerate() {
             let srow = &tmp[(y0 + k) * stride..(y0 + k + 1) * stride];
             for (d, &s) in dst.iter_mut().zip(srow) {
@@ -188,6 +282,16 @@ pub fn resample(
         }
     }
     FloatImage { channels: c, height: out_h, width: out_w, data }
+}
+
+impl Source<'_> {
+    #[inline(always)]
+    fn get(&self, i: usize) -> f32 {
+        match self {
+            Source::U8(p) => p[i] as f32 / 255.0,
+            Source::F32(p) => p[i],
+        }
+    }
 }
 
 /// Cuts `crop` out of the `height × width` image zero-padded by `pad` on every side (the crop's
@@ -227,10 +331,11 @@ pub fn padded_crop(
 pub fn hflip(img: &mut FloatImage) {
     let (w, c) = (img.width, img.channels);
     for row in img.data.chunks_exact_mut(w * c) {
-        for x in 0..w / 2 {
-            for ch in 0..c {
-                row.swap(x * c + ch, (w - 1 - x) * c + ch);
-            }
+        // Reversing the whole row reverses the pixels and, within each pixel, the channels;
+        // reversing each pixel back restores the channel order.
+        row.reverse();
+        if c > 1 {
+            row.chunks_exact_mut(c).for_each(|p| p.reverse());
         }
     }
 }
@@ -284,7 +389,15 @@ pub fn adjust_hue(img: &mut FloatImage, factor: f32) {
     }
     for p in img.data.chunks_exact_mut(3) {
         let (h, s, v) = rgb_to_hsv(p[0], p[1], p[2]);
-        let h = (h + factor).rem_euclid(1.0);
+        // Python's `(h + factor) % 1.0` for h in [0, 1) and factor in [-0.5, 0.5].
+        let h = h + factor;
+        let h = if h < 0.0 {
+            h + 1.0
+        } else if h >= 1.0 {
+            h - 1.0
+        } else {
+            h
+        };
         let (r, g, b) = hsv_to_rgb(h, s, v);
         p[0] = r;
         p[1] = g;
@@ -311,16 +424,20 @@ pub fn rgb_to_hsv(r: f32, g: f32, b: f32) -> (f32, f32, f32) {
     } else {
         4.0 + gc - rc
     };
-    let h = (h / 6.0 + 1.0) % 1.0;
+    // `fmod(h / 6 + 1, 1)`; the argument lies in (5/6, 2), where this is exact and avoids a
+    // libm call.
+    let h = h / 6.0 + 1.0;
+    let h = if h >= 1.0 { h - 1.0 } else { h };
     (h, s, maxc)
 }
 
 /// torchvision `_hsv2rgb` on one pixel.
 #[inline]
 pub fn hsv_to_rgb(h: f32, s: f32, v: f32) -> (f32, f32, f32) {
-    let i = (h * 6.0).floor();
-    let f = h * 6.0 - i;
-    let i = (i as i32).rem_euclid(6);
+    // h is in [0, 1), so truncation is floor (and avoids a libm call without SSE4.1).
+    let i = (h * 6.0) as i32;
+    let f = h * 6.0 - i as f32;
+    let i = i.rem_euclid(6);
     let p = (v * (1.0 - s)).clamp(0.0, 1.0);
     let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);
     let t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0);
@@ -431,37 +548,50 @@ fn reflect(i: isize, n: usize) -> usize {
     m as usize
 }
 
+/// Horizontal blur of one HWC row of `w` pixels with `c` channels: the interior as one
+/// shifted multiply-add per tap over the whole row (vectorizes), the `r` border pixels on each
+/// side with reflected indices.
+fn blur_row(row: &[f32], out: &mut [f32], k: &[f32], w: usize, c: usize) {
+    let r = k.len() / 2;
+    let border = |x: usize, out: &mut [f32]| {
+        for ch in 0..c {
+            let mut acc = 0f32;
+            for (t, &kt) in k.iter().enumerate() {
+                acc += kt * row[reflect(x as isize + t as isize - r as isize, w) * c + ch];
+            }
+            out[x * c + ch] = acc;
+        }
+    };
+    if w <= 2 * r {
+        for x in 0..w {
+            border(x, out);
+        }
+        return;
+    }
+    let inner = &mut out[r * c..(w - r) * c];
+    inner.fill(0.0);
+    for (t, &kt) in k.iter().enumerate() {
+        let src = &row[t * c..(w - 2 * r + t) * c];
+        for (d, &s) in inner.iter_mut().zip(src) {
+            *d += kt * s;
+        }
+    }
+    for x in (0..r).chain(w - r..w) {
+        border(x, out);
+    }
+}
+
 /// torchvision `gaussian_blur` with an odd `kernel_size` and one `sigma` for both axes,
 /// reflect-padded, separable.
 pub fn gaussian_blur(img: &mut FloatImage, kernel_size: usize, sigma: f32) {
     let k = gaussian_kernel(kernel_size, sigma);
     let r = (kernel_size / 2) as isize;
     let (h, w, c) = (img.height, img.width, img.channels);
-    let mut tmp = vec![0f32; img.data.len()];
-    // Rows.
-    for y in 0..h {
-        let row = &img.data[y * w * c..(y + 1) * w * c];
-        let out = &mut tmp[y * w * c..(y + 1) * w * c];
-        for x in 0..w {
-            let interior = x as isize >= r && (x as isize + r) < w as isize;
-            for ch in 0..c {
-                let mut acc = 0f32;
-                if interior {
-                    let base = x - r as usize;
-                    for (t, &kt) in k.iter().enumerate() {
-                        acc += kt * row[(base + t) * c + ch];
-                    }
-                } else {
-                    for (t, &kt) in k.iter().enumerate() {
-                        acc += kt * row[reflect(x as isize + t as isize - r, w) * c + ch];
-                    }
-                }
-                out[x * c + ch] = acc;
-            }
-        }
-    }
-    // Columns.
     let stride = w * c;
+    let mut tmp = vec![0f32; img.data.len()];
+    for (row, out) in img.data.chunks_exact(stride).zip(tmp.chunks_exact_mut(stride)) {
+        blur_row(row, out, &k, w, c);
+    }
     for y in 0..h {
         let out = &mut img.data[y * stride..(y + 1) * stride];
         out.fill(0.0);

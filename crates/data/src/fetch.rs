@@ -21,20 +21,7 @@ pub enum FetchError {
     /// The manifest is malformed or does not list the dataset.
     Manifest(String),
     /// No source could be downloaded (offline, or every URL failed).
-    Unavailable {
-        /// The dataset.
-        dataset: String,
-        /// The file that could not be downloaded.
-        file: String,
-        /// Its expected digest.
-        sha256: String,
-        /// Where it should be put.
-        target: PathBuf,
-        /// Where the unpacked dataset belongs.
-        folder: PathBuf,
-        /// The last download error.
-        detail: String,
-    },
+    Unavailable(Box<Unavailable>),
     /// A file whose digest is not the manifest's.
     Checksum {
         /// The file.
@@ -60,15 +47,37 @@ pub enum FetchError {
     },
 }
 
+/// Details of [`FetchError::Unavailable`].
+#[derive(Debug)]
+pub struct Unavailable {
+    /// The dataset.
+    pub dataset: String,
+    /// The file that could not be downloaded.
+    pub file: String,
+    /// Its expected digest.
+    pub sha256: String,
+    /// Where it should be put.
+    pub target: PathBuf,
+    /// Where the unpacked dataset belongs.
+    pub folder: PathBuf,
+    /// The last download error.
+    pub detail: String,
+}
+
 impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FetchError::Manifest(m) => write!(f, "datasets/manifest.json: {m}"),
-            FetchError::Unavailable { dataset, file, sha256, target, folder, detail } => write!(
+            FetchError::Unavailable(u) => write!(
                 f,
-                "{dataset}: cannot download {file} ({detail}); offline? put {file} (sha256 {sha256}) at {} or the unpacked dataset in {}",
-                target.display(),
-                folder.display()
+                "{}: cannot download {} ({}); offline? put {} (sha256 {}) at {} or the unpacked dataset in {}",
+                u.dataset,
+                u.file,
+                u.detail,
+                u.file,
+                u.sha256,
+                u.target.display(),
+                u.folder.display()
             ),
             FetchError::Checksum { path, expected, actual } => write!(
                 f,
@@ -303,13 +312,15 @@ pub fn fetch_entry(entry: &Entry, data_dir: &Path) -> Result<Fetched, FetchError
             let urls: Vec<&str> = std::iter::once(a.url.as_str())
                 .chain(a.mirrors.iter().map(String::as_str))
                 .collect();
-            download(&urls, &target).map_err(|detail| FetchError::Unavailable {
-                dataset: entry.name.clone(),
-                file: a.file.clone(),
-                sha256: a.sha256.clone(),
-                target: target.clone(),
-                folder: folder.clone(),
-                detail,
+            download(&urls, &target).map_err(|detail| {
+                FetchError::Unavailable(Box::new(Unavailable {
+                    dataset: entry.name.clone(),
+                    file: a.file.clone(),
+                    sha256: a.sha256.clone(),
+                    target: target.clone(),
+                    folder: folder.clone(),
+                    detail,
+                }))
             })?;
         }
         verify_file(&target, a)?;

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::dataset::ImageDataset;
 use crate::error::{DataError, Result};
@@ -250,19 +250,21 @@ impl Shared {
         let mut views = Vec::with_capacity(self.views.len());
         for (v, (pipe, &(oc, oh, ow))) in self.views.iter().zip(&self.shapes).enumerate() {
             let per = oc * oh * ow;
-            let mut buf = vec![0f32; idx.len() * per];
+            let shape = [idx.len() as i64, oc as i64, oh as i64, ow as i64];
+            // Written in place: `Tensor::from_slice` would zero-fill a new tensor through
+            // libtorch's OpenMP pool (whose spinning threads then compete with ours) and copy.
+            let t = Tensor::f_empty(shape, (Kind::Float, Device::Cpu))?;
+            let len = idx.len() * per;
+            // SAFETY: `t` is a new contiguous CPU float tensor of exactly `len` elements that
+            // nothing else references until this function returns it; the slice does not
+            // outlive this block.
+            let buf = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, len) };
             self.pool.install(|| {
                 buf.par_chunks_mut(per).zip(idx.par_iter()).for_each(|(out, &i)| {
                     let mut rng = sample_rng(self.cfg.seed, epoch, i as u64, v as u64);
                     pipe.apply(ds.image(i), c, h, w, &mut rng, out);
                 });
             });
-            let t = Tensor::f_from_slice(&buf)?.f_view([
-                idx.len() as i64,
-                oc as i64,
-                oh as i64,
-                ow as i64,
-            ])?;
             views.push(t);
         }
         let labels: Vec<i64> = idx.iter().map(|&i| ds.label(i).unwrap_or(-1)).collect();

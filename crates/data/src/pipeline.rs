@@ -295,15 +295,21 @@ impl Pipeline {
         rng: &mut R,
         out: &mut [f32],
     ) {
+        // A final normalization is fused into the CHW write.
+        let (ops, norm) = match self.ops.split_last() {
+            Some((Op::Normalize { mean, std }, rest)) => (rest, Some((mean, std))),
+            _ => (&self.ops[..], None),
+        };
         let mut cur = Cur::U8(image);
         let (mut c, mut h, mut w) = (c, h, w);
-        for op in &self.ops {
+        for op in ops {
             cur = apply_op(op, cur, c, h, w, rng);
             (c, h, w) = step_shape(op, c, h, w);
         }
-        match cur {
-            Cur::U8(px) => FloatImage::from_u8(px, c, h, w).write_chw(out),
-            Cur::F32(img) => img.write_chw(out),
+        let img = to_float(cur, c, h, w);
+        match norm {
+            Some((mean, std)) => img.write_chw_normalized(out, mean, std),
+            None => img.write_chw(out),
         }
     }
 

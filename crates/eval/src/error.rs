@@ -41,15 +41,27 @@ pub enum EvalError {
     /// An error from libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
-    /// An error from the data crate.
+    /// An error from the data crate (boxed: it is large).
     #[error(transparent)]
-    Data(#[from] selfsup_data::DataError),
-    /// An error from the core crate.
+    Data(Box<selfsup_data::DataError>),
+    /// An error from the core crate (boxed: it is large).
     #[error(transparent)]
-    Core(#[from] selfsup_core::CoreError),
+    Core(Box<selfsup_core::CoreError>),
     /// A JSON (de)serialisation error.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+impl From<selfsup_data::DataError> for EvalError {
+    fn from(e: selfsup_data::DataError) -> Self {
+        EvalError::Data(Box::new(e))
+    }
+}
+
+impl From<selfsup_core::CoreError> for EvalError {
+    fn from(e: selfsup_core::CoreError) -> Self {
+        EvalError::Core(Box::new(e))
+    }
 }
 
 impl EvalError {

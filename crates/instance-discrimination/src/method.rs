@@ -15,7 +15,7 @@ use selfsup_contrastive::{pooled, views, ContrastiveError};
 use selfsup_core::encoders::{build_encoder, Encoder};
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Pipeline};
-use tch::nn::{self, Module, ModuleT};
+use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 /// Instance discrimination: encoder (`encoder.*`), linear head (`head.*`), memory bank (in

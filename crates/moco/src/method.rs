@@ -41,13 +41,13 @@ use tch::{Kind, Tensor};
 #[derive(Debug)]
 enum Head {
     Linear(nn::Linear),
-    Mlp(ProjectionHead),
+    Mlp(Box<ProjectionHead>),
 }
 
 impl Head {
     fn new(p: &nn::Path, in_dim: i64, cfg: &MocoConfig) -> Self {
         match cfg.mlp_head() {
-            Some(h) => Head::Mlp(ProjectionHead::new(p, in_dim, &h)),
+            Some(h) => Head::Mlp(Box::new(ProjectionHead::new(p, in_dim, &h))),
             None => Head::Linear(nn::linear(p / "fc", in_dim, cfg.dim, Default::default())),
         }
     }

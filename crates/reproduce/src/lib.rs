@@ -5,6 +5,7 @@
 //! xtask/ (xtask must build without libtorch). Add modules `rotnet.rs`, `contrastive.rs` and
 //! dispatch to them from [`run`]. Add the crates you need to this Cargo.toml.
 
+pub mod contrastive;
 pub mod rotnet;
 
 /// Runs `selfsup reproduce <method> [options]`; `args[0]` is the method.
@@ -14,6 +15,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     };
     match method.as_str() {
         "rotnet" => rotnet::run(&args[1..]),
+        m if contrastive::METHODS.contains(&m) => contrastive::run(m, &args[1..]),
         _ => anyhow::bail!("no reproduction is registered for `{method}` yet"),
     }
 }

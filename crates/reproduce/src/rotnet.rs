@@ -49,7 +49,7 @@ use tch::Device;
 
 const USAGE: &str = "usage: selfsup reproduce rotnet [--profile smoke|cpu|paper] \
 [--dataset cifar10] [--data-dir DIR] [--device auto|cpu|cuda:N] [--runs-dir DIR] \
-[--results-dir DIR] [--force]";
+[--results-dir DIR] [--set PROFILE_KEY=VALUE]... [--force]";
 
 /// Parsed command line.
 #[derive(Debug, Clone)]
@@ -61,6 +61,7 @@ struct Args {
     runs_dir: PathBuf,
     results_dir: PathBuf,
     force: bool,
+    sets: Vec<String>,
 }
 
 fn parse_args(args: &[String]) -> Result<Option<Args>> {
@@ -72,6 +73,7 @@ fn parse_args(args: &[String]) -> Result<Option<Args>> {
         runs_dir: PathBuf::from("runs"),
         results_dir: PathBuf::from("results"),
         force: false,
+        sets: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -93,6 +95,7 @@ fn parse_args(args: &[String]) -> Result<Option<Args>> {
             "--runs-dir" => a.runs_dir = PathBuf::from(value("--runs-dir")?),
             "--results-dir" => a.results_dir = PathBuf::from(value("--results-dir")?),
             "--force" => a.force = true,
+            "--set" => a.sets.push(value("--set")?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(None);
@@ -211,7 +214,7 @@ impl Repro {
                 schedule: steps(ms),
                 channels_last: p.channels_last,
                 checkpoint_every: 1,
-                log_every: 10,
+                log_every: p.log_every,
                 deterministic: p.deterministic,
                 ..TrainConfig::default()
             },
@@ -448,7 +451,7 @@ pub fn run(args: &[String]) -> Result<()> {
         None if cuda => ("paper".into(), "no --profile given and CUDA is present".into()),
         None => ("cpu".into(), "no --profile given and no CUDA device".into()),
     };
-    let profile = Profile::named(&profile_name)?;
+    let profile = Profile::resolve(&profile_name, &args.sets)?;
     let device = selfsup_core::device::parse_device(&args.device)?;
     let device_name = selfsup_core::device::device_name(device);
     let (data_dir, data_why) = data_dir(args.data_dir.as_deref());

@@ -8,10 +8,12 @@ use selfsup_core::schedule::ScheduleConfig;
 use selfsup_core::EncoderConfig;
 use selfsup_eval::features::Normalization;
 use selfsup_eval::{LinearProbeConfig, NonLinearProbeConfig};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// Everything a profile fixes. Serialized into `results.json`.
-#[derive(Debug, Clone, Serialize)]
+/// Everything a profile fixes. Serialized into `results.json`; `--set key=value` overrides a
+/// field (`--set epochs=2`, `--set mlp.epochs=5`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Profile {
     /// `paper`, `cpu` or `smoke`.
     pub name: String,
@@ -51,6 +53,8 @@ pub struct Profile {
     pub channels_last: bool,
     /// The seed of every run and probe.
     pub seed: u64,
+    /// Write a training-metrics line every this many steps.
+    pub log_every: u64,
 }
 
 /// SGD with Nesterov momentum 0.9 and weight decay 5e-4, as every official CIFAR-10 config.
@@ -109,7 +113,23 @@ fn probes(
     (mlp, conv, linear)
 }
 
+/// Training-metrics interval of the paper and cpu profiles.
+const LOG_EVERY: u64 = 10;
+
 impl Profile {
+    /// The profile called `name` with the `key=value` overrides of `sets` applied.
+    pub fn resolve(name: &str, sets: &[String]) -> Result<Profile> {
+        let base = Self::named(name)?;
+        if sets.is_empty() {
+            return Ok(base);
+        }
+        let mut v = serde_json::to_value(&base)?;
+        for s in sets {
+            selfsup_core::config::apply_override(&mut v, s)?;
+        }
+        Ok(selfsup_core::config::from_value(&v, "profile")?)
+    }
+
     /// The profile called `name`.
     pub fn named(name: &str) -> Result<Profile> {
         Ok(match name {
@@ -144,6 +164,7 @@ impl Profile {
             deterministic: true,
             channels_last: false,
             seed: 0,
+            log_every: LOG_EVERY,
         }
     }
 
@@ -174,6 +195,7 @@ impl Profile {
             deterministic: false,
             channels_last: false,
             seed: 0,
+            log_every: LOG_EVERY,
         }
     }
 
@@ -202,6 +224,7 @@ impl Profile {
             deterministic: false,
             channels_last: false,
             seed: 0,
+            log_every: 1,
         }
     }
 }
@@ -231,5 +254,9 @@ mod tests {
         assert_eq!(p.conv.schedule, steps(&[35, 70, 85]));
         assert!(p.mlp.augment && p.conv.augment);
         assert!(Profile::named("gpu").is_err());
+        let q = Profile::resolve("cpu", &["epochs=2".into(), "mlp.epochs=3".into()]).unwrap();
+        assert_eq!((q.epochs, q.mlp.epochs), (2, 3));
+        let err = Profile::resolve("cpu", &["epoch=2".into()]).unwrap_err().to_string();
+        assert!(err.contains("epoch"), "{err}");
     }
 }

@@ -1,0 +1,770 @@
+//! `selfsup reproduce simclr|moco|instance-discrimination [--profile smoke|cpu|paper]
+//! [--dataset cifar10] [--force]`: pretrains one contrastive method, evaluates its encoder and a
+//! random-init encoder of the same architecture with the kNN monitor (k = 200, T = 0.1) and a
+//! linear probe on CIFAR-10, and writes `results/<method>/<profile>/`.
+//!
+//! Stages (each skipped when its result file exists unless `--force`, training resumed from its
+//! checkpoint when interrupted), following the RotNet reproduction's layout:
+//! 1. pretraining under `runs/<method>/<profile>/pretrain/`;
+//! 2. kNN and linear probes of the trained and the random encoder under
+//!    `runs/<method>/<profile>/probes/<encoder>/<protocol>/`;
+//! 3. the report: `table.md`, `results.json`, `configs/`, `commands.md`, `run.log`.
+//!
+//! Profiles:
+//! - `paper` (a GPU job): the public CIFAR-10 recipes with a CIFAR-stem ResNet-18, 200 epochs
+//!   at batch 512 — lightly's CIFAR-10 kNN benchmark setting for SimCLR (SGD, lr 0.06 × B/128,
+//!   momentum 0.9, weight decay 5e-4, cosine; τ = 0.5; reference kNN 84.8%), MoCo's official
+//!   CIFAR-10 demo for MoCo (lr 0.06, weight decay 5e-4, cosine, K = 4,096, m = 0.99, τ = 0.1,
+//!   symmetric loss, 8 BN splits; reference kNN 85.3%, lightly 84.7%), the official lemniscate
+//!   settings for instance discrimination (lr 0.03, batch 128, K = 4,096, τ = 0.07; no reference
+//!   figure recorded here). solo-learn's 1000-epoch linear probes (SimCLR 90.74%, MoCo v2+
+//!   92.94%) are listed for context only: they use 1000 epochs and other recipes.
+//! - `cpu`: the same protocol on 2 CPU cores in about half an hour (a NIN-4 of width 16, 10,000
+//!   images, 5 epochs); the point is trained vs random init, not the paper's numbers.
+//! - `smoke`: seconds; checks the pipeline (numbers mean nothing).
+use anyhow::{bail, Context, Result};
+use selfsup_core::checkpoint;
+use selfsup_core::config::{DataConfig, RunConfig, TrainConfig};
+use selfsup_core::optim::OptimizerConfig;
+use selfsup_core::schedule::ScheduleConfig;
+use selfsup_core::trainer::{train, TrainOptions};
+use selfsup_core::{EncoderConfig, Registry};
+use selfsup_data::{ImageDataset, Split};
+use selfsup_eval::features::Normalization;
+use selfsup_eval::{EvalReport, KnnConfig, LinearProbeConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::Device;
+
+/// The methods this module reproduces.
+pub const METHODS: [&str; 3] = ["simclr", "moco", "instance-discrimination"];
+
+fn usage(method: &str) -> String {
+    format!(
+        "usage: selfsup reproduce {method} [--profile smoke|cpu|paper] [--dataset cifar10] \
+         [--data-dir DIR] [--device auto|cpu|cuda:N] [--runs-dir DIR] [--results-dir DIR] \
+         [--set PROFILE_KEY=VALUE]... [--force]"
+    )
+}
+
+/// Parsed command line.
+#[derive(Debug, Clone)]
+struct Args {
+    profile: Option<String>,
+    dataset: String,
+    data_dir: Option<PathBuf>,
+    device: String,
+    runs_dir: PathBuf,
+    results_dir: PathBuf,
+    force: bool,
+    sets: Vec<String>,
+}
+
+fn parse_args(method: &str, args: &[String]) -> Result<Option<Args>> {
+    let mut a = Args {
+        profile: None,
+        dataset: "cifar10".into(),
+        data_dir: None,
+        device: "auto".into(),
+        runs_dir: PathBuf::from("runs"),
+        results_dir: PathBuf::from("results"),
+        force: false,
+        sets: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (key, inline) = match arg.split_once('=') {
+            Some((k, v)) if k.starts_with("--") => (k, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = |name: &str| -> Result<String> {
+            match inline.clone().or_else(|| it.next().cloned()) {
+                Some(v) => Ok(v),
+                None => bail!("{name} needs a value\n{}", usage(method)),
+            }
+        };
+        match key {
+            "--profile" => a.profile = Some(value("--profile")?),
+            "--dataset" => a.dataset = value("--dataset")?,
+            "--data-dir" => a.data_dir = Some(PathBuf::from(value("--data-dir")?)),
+            "--device" => a.device = value("--device")?,
+            "--runs-dir" => a.runs_dir = PathBuf::from(value("--runs-dir")?),
+            "--results-dir" => a.results_dir = PathBuf::from(value("--results-dir")?),
+            "--force" => a.force = true,
+            "--set" => a.sets.push(value("--set")?),
+            "-h" | "--help" => {
+                println!("{}", usage(method));
+                return Ok(None);
+            }
+            other => bail!("unknown argument `{other}`\n{}", usage(method)),
+        }
+    }
+    Ok(Some(a))
+}
+
+/// A published figure to compare with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reference {
+    /// Where it comes from.
+    pub source: String,
+    /// `knn` or `linear`.
+    pub protocol: String,
+    /// Top-1 test accuracy, percent.
+    pub top1: f64,
+    /// Pretraining epochs behind it.
+    pub epochs: u64,
+}
+
+/// Everything a profile fixes (overridable with `--set key=value`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// `smoke`, `cpu` or `paper`.
+    pub name: String,
+    /// One line for the log.
+    pub summary: String,
+    /// The encoder pretrained and probed.
+    pub encoder: EncoderConfig,
+    /// Pretraining images (a seeded subset); `null` = all.
+    pub train_images: Option<usize>,
+    /// Pretraining epochs.
+    pub epochs: u64,
+    /// Pretraining batch size.
+    pub batch_size: usize,
+    /// Pretraining optimizer.
+    pub optimizer: OptimizerConfig,
+    /// Pretraining schedule.
+    pub schedule: ScheduleConfig,
+    /// The method's config.
+    pub method_config: Value,
+    /// Labeled training images of the probes; `null` = all.
+    pub probe_train_images: Option<usize>,
+    /// Test images; `null` = all.
+    pub test_images: Option<usize>,
+    /// The kNN monitor.
+    pub knn: KnnConfig,
+    /// The linear probe.
+    pub linear: LinearProbeConfig,
+    /// Published figures for the same setting.
+    pub references: Vec<Reference>,
+    /// Run seed.
+    pub seed: u64,
+    /// Metrics line every this many steps.
+    pub log_every: u64,
+}
+
+fn sgd(lr: f64, weight_decay: f64) -> OptimizerConfig {
+    OptimizerConfig::Sgd {
+        lr,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay,
+        exclude_bias_and_norm: false,
+    }
+}
+
+fn cosine() -> ScheduleConfig {
+    ScheduleConfig::Cosine { warmup_epochs: 0.0, final_fraction: 0.0 }
+}
+
+fn knn(max_train: Option<usize>) -> KnnConfig {
+    KnnConfig {
+        k: 200,
+        temperature: 0.1,
+        max_train,
+        normalization: Some(Normalization::cifar10()),
+        ..KnnConfig::default()
+    }
+}
+
+fn linear(epochs: usize, batch_size: usize) -> LinearProbeConfig {
+    LinearProbeConfig {
+        epochs,
+        batch_size,
+        schedule: cosine(),
+        normalization: Some(Normalization::cifar10()),
+        ..LinearProbeConfig::default()
+    }
+}
+
+impl Profile {
+    /// The profile `name` of `method`, with `--set` overrides applied.
+    pub fn resolve(method: &str, name: &str, sets: &[String]) -> Result<Profile> {
+        let base = match name {
+            "paper" => Self::paper(method)?,
+            "cpu" => Self::cpu(method)?,
+            "smoke" => Self::smoke(method)?,
+            other => bail!("unknown profile `{other}` (known: smoke, cpu, paper)"),
+        };
+        if sets.is_empty() {
+            return Ok(base);
+        }
+        let mut v = serde_json::to_value(&base)?;
+        for s in sets {
+            selfsup_core::config::apply_override(&mut v, s)?;
+        }
+        Ok(selfsup_core::config::from_value(&v, "profile")?)
+    }
+
+    fn method_defaults(method: &str) -> Result<Value> {
+        Ok(match method {
+            "simclr" => serde_json::to_value(selfsup_simclr::SimClrConfig::default())?,
+            "moco" => serde_json::to_value(selfsup_moco::MocoConfig::cifar_demo())?,
+            "instance-discrimination" => {
+                serde_json::to_value(selfsup_instance_discrimination::InstDiscConfig::default())?
+            }
+            other => {
+                bail!("no contrastive reproduction for `{other}` (known: {})", METHODS.join(", "))
+            }
+        })
+    }
+
+    /// The public CIFAR-10 recipes (see the module docs).
+    pub fn paper(method: &str) -> Result<Profile> {
+        let method_config = Self::method_defaults(method)?;
+        let (batch_size, optimizer, references) = match method {
+            "simclr" => (
+                512,
+                sgd(0.06 * 512.0 / 128.0, 5e-4),
+                vec![
+                    Reference {
+                        source: "lightly CIFAR-10 benchmark (ResNet-18, batch 512)".into(),
+                        protocol: "knn".into(),
+                        top1: 84.8,
+                        epochs: 200,
+                    },
+                    Reference {
+                        source: "solo-learn CIFAR-10 (ResNet-18, LARS, 1000 epochs)".into(),
+                        protocol: "linear".into(),
+                        top1: 90.74,
+                        epochs: 1000,
+                    },
+                ],
+            ),
+            "moco" => (
+                512,
+                sgd(0.06, 5e-4),
+                vec![
+                    Reference {
+                        source: "official MoCo CIFAR-10 demo (ResNet-18, symmetric loss)".into(),
+                        protocol: "knn".into(),
+                        top1: 85.3,
+                        epochs: 200,
+                    },
+                    Reference {
+                        source: "lightly CIFAR-10 benchmark (ResNet-18, batch 512)".into(),
+                        protocol: "knn".into(),
+                        top1: 84.7,
+                        epochs: 200,
+                    },
+                    Reference {
+                        source: "solo-learn CIFAR-10 MoCo v2+ (ResNet-18, 1000 epochs)".into(),
+                        protocol: "linear".into(),
+                        top1: 92.94,
+                        epochs: 1000,
+                    },
+                ],
+            ),
+            _ => (128, sgd(0.03, 5e-4), Vec::new()),
+        };
+        Ok(Profile {
+            name: "paper".into(),
+            summary: "the public CIFAR-10 recipe with a CIFAR-stem ResNet-18 (a GPU job)".into(),
+            encoder: EncoderConfig::Resnet18 { stem: selfsup_core::encoders::ResnetStem::Cifar },
+            train_images: None,
+            epochs: 200,
+            batch_size,
+            optimizer,
+            schedule: cosine(),
+            method_config,
+            probe_train_images: None,
+            test_images: None,
+            knn: knn(None),
+            linear: linear(100, 256),
+            references,
+            seed: 0,
+            log_every: 50,
+        })
+    }
+
+    /// About half an hour on two CPU cores (not run by the test suite).
+    pub fn cpu(method: &str) -> Result<Profile> {
+        let mut method_config = Self::method_defaults(method)?;
+        if method == "moco" {
+            method_config["queue_size"] = json!(2048);
+        }
+        Ok(Profile {
+            name: "cpu".into(),
+            summary: "trained vs random init in ~30 min on 2 CPU cores".into(),
+            encoder: EncoderConfig::Nin { blocks: 4, width: 16 },
+            train_images: Some(10_000),
+            epochs: 5,
+            batch_size: 128,
+            optimizer: sgd(0.06, 5e-4),
+            schedule: cosine(),
+            method_config,
+            probe_train_images: Some(10_000),
+            test_images: Some(5_000),
+            knn: knn(None),
+            linear: linear(15, 256),
+            references: Vec::new(),
+            seed: 0,
+            log_every: 10,
+        })
+    }
+
+    /// A pipeline check in seconds.
+    pub fn smoke(method: &str) -> Result<Profile> {
+        let mut method_config = Self::method_defaults(method)?;
+        match method {
+            "moco" => method_config["queue_size"] = json!(64),
+            "instance-discrimination" => method_config["nce_k"] = json!(32),
+            _ => {}
+        }
+        Ok(Profile {
+            name: "smoke".into(),
+            summary: "pipeline check in seconds (numbers mean nothing)".into(),
+            encoder: EncoderConfig::Tiny { width: 8 },
+            train_images: Some(256),
+            epochs: 1,
+            batch_size: 32,
+            optimizer: sgd(0.06, 5e-4),
+            schedule: cosine(),
+            method_config,
+            probe_train_images: Some(256),
+            test_images: Some(128),
+            knn: knn(None),
+            linear: linear(1, 64),
+            references: Vec::new(),
+            seed: 0,
+            log_every: 1,
+        })
+    }
+}
+
+/// Prints and appends to `run.log`.
+struct Log {
+    file: std::fs::File,
+}
+
+impl Log {
+    fn open(path: &Path) -> Result<Log> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("{}: cannot open the run log", path.display()))?;
+        Ok(Log { file })
+    }
+
+    fn line(&mut self, s: &str) {
+        println!("{s}");
+        let _ = writeln!(self.file, "{s}");
+    }
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
+}
+
+fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    }
+    let mut bytes = serde_json::to_vec_pretty(v)?;
+    bytes.push(b'\n');
+    std::fs::write(path, bytes).with_context(|| format!("{}", path.display()))
+}
+
+/// Where the data is: `--data-dir`, `$SELFSUP_DATA`, `datasets/` when it holds CIFAR-10, else
+/// `../shared/datasets` when that does, else the data crate's default.
+fn data_dir(explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    if let Some(p) = std::env::var_os("SELFSUP_DATA") {
+        return PathBuf::from(p);
+    }
+    let local = PathBuf::from("datasets");
+    let shared = PathBuf::from("../shared/datasets");
+    if !local.join("cifar-10-batches-bin").exists() && shared.join("cifar-10-batches-bin").exists()
+    {
+        return shared;
+    }
+    selfsup_data::resolve_data_dir(None)
+}
+
+/// A seeded subset of `n` images (all when `None` or `n >= len`), chosen as the trainer's
+/// `data.max_images` does.
+fn subset(ds: &ImageDataset, n: Option<usize>, seed: u64, stream: &str) -> ImageDataset {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    match n {
+        Some(n) if n < ds.len() => {
+            let mut idx: Vec<usize> = (0..ds.len()).collect();
+            let s = selfsup_core::seed::derive_seed(seed, &[selfsup_core::seed::name_hash(stream)]);
+            idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(s));
+            idx.truncate(n);
+            idx.sort_unstable();
+            ds.subset(&idx)
+        }
+        _ => ds.clone(),
+    }
+}
+
+/// The registry of the contrastive methods.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    selfsup_simclr::register(&mut r);
+    selfsup_moco::register(&mut r);
+    selfsup_instance_discrimination::register(&mut r);
+    r
+}
+
+/// The pretraining run config of `method` under `profile`.
+pub fn run_config(
+    method: &str,
+    p: &Profile,
+    dataset: &str,
+    data_dir: &Path,
+    device: &str,
+) -> RunConfig {
+    RunConfig {
+        method: method.into(),
+        seed: p.seed,
+        device: device.into(),
+        data: DataConfig {
+            dataset: dataset.into(),
+            split: Split::Train,
+            data_dir: Some(data_dir.to_path_buf()),
+            max_images: p.train_images,
+        },
+        encoder: p.encoder.clone(),
+        train: TrainConfig {
+            epochs: p.epochs,
+            batch_size: p.batch_size,
+            optimizer: p.optimizer.clone(),
+            schedule: p.schedule.clone(),
+            checkpoint_every: 1,
+            log_every: p.log_every,
+            ..TrainConfig::default()
+        },
+        method_config: p.method_config.clone(),
+    }
+}
+
+/// One probe of one encoder, skipped when its report exists.
+#[allow(clippy::too_many_arguments)]
+fn probe(
+    log: &mut Log,
+    stages: &mut Vec<Value>,
+    out: &Path,
+    protocol: &str,
+    encoder_name: &str,
+    encoder: &dyn selfsup_core::Encoder,
+    p: &Profile,
+    device: Device,
+    train_set: &ImageDataset,
+    test_set: &ImageDataset,
+) -> Result<f64> {
+    let file = out.join("eval").join(format!("{protocol}.json"));
+    let stage = format!("{protocol} {encoder_name}");
+    let report = if file.exists() {
+        log.line(&format!("[skip] {stage}: {} exists", file.display()));
+        let r = EvalReport::read(&file)?;
+        stages.push(json!({"stage": stage, "skipped": true, "seconds": r.seconds}));
+        r
+    } else {
+        log.line(&format!("[probe] {stage}"));
+        let mut r = match protocol {
+            "knn" => selfsup_eval::knn_probe(encoder, device, train_set, test_set, &p.knn, p.seed)?,
+            _ => {
+                selfsup_eval::linear_probe(encoder, device, train_set, test_set, &p.linear, p.seed)?
+            }
+        };
+        r.encoder = Some(serde_json::to_value(&p.encoder)?);
+        r.checkpoint = Some(encoder_name.to_string());
+        r.write(out)?;
+        stages.push(json!({"stage": stage, "skipped": false, "seconds": r.seconds}));
+        r
+    };
+    let top1 = report.rows.last().map(|r| r.top1).context("probe report without rows")?;
+    log.line(&format!("        {stage}: top-1 {top1:.2}%"));
+    Ok(top1)
+}
+
+/// Entry point: `method` is `simclr`, `moco` or `instance-discrimination`; `args` are the
+/// arguments after it.
+pub fn run(method: &str, args: &[String]) -> Result<()> {
+    if !METHODS.contains(&method) {
+        bail!("no contrastive reproduction for `{method}` (known: {})", METHODS.join(", "));
+    }
+    let Some(args) = parse_args(method, args)? else {
+        return Ok(());
+    };
+    let wall = Instant::now();
+    let profile_name = match &args.profile {
+        Some(p) => p.clone(),
+        None if tch::Cuda::is_available() => "paper".into(),
+        None => "cpu".into(),
+    };
+    let p = Profile::resolve(method, &profile_name, &args.sets)?;
+    let device = selfsup_core::device::parse_device(&args.device)?;
+    let device_name = selfsup_core::device::device_name(device);
+    let data_dir = data_dir(args.data_dir.as_deref());
+    let run_root = args.runs_dir.join(method).join(&p.name);
+    let res_root = args.results_dir.join(method).join(&p.name);
+    if args.force && run_root.exists() {
+        std::fs::remove_dir_all(&run_root)
+            .with_context(|| format!("--force: cannot remove {}", run_root.display()))?;
+    }
+    std::fs::create_dir_all(&res_root).with_context(|| format!("{}", res_root.display()))?;
+    std::fs::create_dir_all(&run_root).with_context(|| format!("{}", run_root.display()))?;
+    let mut log = Log::open(&res_root.join("run.log"))?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    log.line(&format!("== selfsup reproduce {method}, profile `{}`: {}", p.name, p.summary));
+    log.line(&format!("   command: {command}"));
+    log.line(&format!(
+        "   device: {device_name}; data: {}; runs: {}; results: {}",
+        data_dir.display(),
+        run_root.display(),
+        res_root.display()
+    ));
+
+    let full_train = selfsup_data::open_dataset(&args.dataset, Split::Train, &data_dir)
+        .with_context(|| format!("opening `{}` in {}", args.dataset, data_dir.display()))?;
+    let full_test = selfsup_data::open_dataset(&args.dataset, Split::Test, &data_dir)
+        .with_context(|| format!("opening `{}` in {}", args.dataset, data_dir.display()))?;
+    let train_set = subset(&full_train, p.train_images, p.seed, "max_images");
+    let probe_train = subset(&full_train, p.probe_train_images, p.seed, "max_images");
+    let test_set = subset(&full_test, p.test_images, p.seed, "test_images");
+    let mut stages = Vec::new();
+
+    // 1. Pretraining.
+    let registry = registry();
+    let cfg = run_config(method, &p, &args.dataset, &data_dir, &device_name);
+    write_json(&res_root.join("configs").join("pretrain.json"), &cfg)?;
+    write_json(&res_root.join("configs").join("profile.json"), &p)?;
+    let dir = run_root.join("pretrain");
+    let done = dir.join("done.json");
+    let pretrain = if done.exists() {
+        log.line(&format!("[skip] pretrain: {} exists", done.display()));
+        let v = read_json(&done)?;
+        stages.push(json!({"stage": "pretrain", "skipped": true, "seconds": v["seconds"]}));
+        v
+    } else {
+        let resume = checkpoint::exists(&dir);
+        log.line(&format!(
+            "[train] {method}: {} epochs on {} images{}",
+            p.epochs,
+            train_set.len(),
+            if resume { " (resuming)" } else { "" }
+        ));
+        let start = Instant::now();
+        let mut opts = TrainOptions {
+            resume,
+            progress: true,
+            dataset: Some(train_set.clone()),
+            ..TrainOptions::default()
+        };
+        let summary = train(&cfg, &registry, &dir, &mut opts)
+            .with_context(|| format!("pretraining {method} in {}", dir.display()))?;
+        let seconds = start.elapsed().as_secs_f64();
+        let v = json!({"summary": summary, "seconds": seconds});
+        write_json(&done, &v)?;
+        log.line(&format!(
+            "[done] pretrain: {seconds:.0} s, last epoch loss {:.4}",
+            summary.last_epoch_loss
+        ));
+        stages.push(json!({"stage": "pretrain", "skipped": false, "seconds": seconds}));
+        v
+    };
+
+    // 2. Probes of the trained and the random encoder.
+    let mut scores = serde_json::Map::new();
+    for encoder_name in ["trained", "random"] {
+        let held = if encoder_name == "trained" {
+            let e = checkpoint::load_encoder(&dir, device)
+                .with_context(|| format!("loading the encoder of {}", dir.display()))?;
+            (e.vs, e.encoder)
+        } else {
+            let e = selfsup_eval::baselines::random_encoder(
+                &p.encoder,
+                train_set.channels() as i64,
+                p.seed,
+                device,
+            );
+            (e.vs, e.encoder)
+        };
+        let mut row = serde_json::Map::new();
+        for protocol in ["knn", "linear"] {
+            let out = run_root.join("probes").join(encoder_name).join(protocol);
+            let top1 = probe(
+                &mut log,
+                &mut stages,
+                &out,
+                protocol,
+                encoder_name,
+                &*held.1,
+                &p,
+                device,
+                &probe_train,
+                &test_set,
+            )?;
+            row.insert(protocol.into(), json!(top1));
+        }
+        scores.insert(encoder_name.into(), Value::Object(row));
+    }
+
+    // 3. Report.
+    let scores = Value::Object(scores);
+    let md = markdown(method, &p, &scores, &device_name, &args.dataset, &command);
+    std::fs::write(res_root.join("table.md"), &md)
+        .with_context(|| format!("{}", res_root.join("table.md").display()))?;
+    let wall_s = wall.elapsed().as_secs_f64();
+    write_json(
+        &res_root.join("results.json"),
+        &json!({
+            "method": method,
+            "profile": p,
+            "dataset": args.dataset,
+            "device": device_name,
+            "command": command,
+            "top1": scores,
+            "pretrain": pretrain,
+            "stages": stages,
+            "train_images": train_set.len(),
+            "probe_train_images": probe_train.len(),
+            "test_images": test_set.len(),
+            "wall_seconds_this_invocation": wall_s,
+        }),
+    )?;
+    std::fs::write(
+        res_root.join("commands.md"),
+        format!(
+            "# Commands\n\n```\ncargo xtask reproduce {method} --profile {}\n```\n\nThis \
+             invocation: `{command}`\n",
+            p.name
+        ),
+    )
+    .with_context(|| format!("{}", res_root.join("commands.md").display()))?;
+    println!();
+    print!("{md}");
+    log.line(&format!("== done in {wall_s:.0} s; results in {}", res_root.display()));
+    Ok(())
+}
+
+/// `table.md`: measured kNN and linear top-1 of the trained and random encoders, and the
+/// published references of the profile.
+fn markdown(
+    method: &str,
+    p: &Profile,
+    scores: &Value,
+    device: &str,
+    dataset: &str,
+    command: &str,
+) -> String {
+    let f = |enc: &str, prot: &str| {
+        scores[enc][prot].as_f64().map_or("–".to_string(), |v| format!("{v:.2}"))
+    };
+    let mut s = format!(
+        "# {method} on {dataset}, profile `{}`\n\n{}. Encoder `{}`, {} epochs at batch {}, \
+         device {device}.\n\n| encoder | kNN top-1 (%) | linear top-1 (%) |\n|---|---|---|\n",
+        p.name,
+        p.summary,
+        serde_json::to_string(&p.encoder).unwrap_or_default(),
+        p.epochs,
+        p.batch_size
+    );
+    for enc in ["trained", "random"] {
+        s.push_str(&format!("| {enc} | {} | {} |\n", f(enc, "knn"), f(enc, "linear")));
+    }
+    if !p.references.is_empty() {
+        s.push_str("\nPublished references:\n\n| source | protocol | epochs | top-1 (%) |\n|---|---|---|---|\n");
+        for r in &p.references {
+            s.push_str(&format!(
+                "| {} | {} | {} | {:.2} |\n",
+                r.source, r.protocol, r.epochs, r.top1
+            ));
+        }
+    }
+    s.push_str(&format!("\nCommand: `{command}`\n"));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn profiles_resolve_for_every_method() {
+        for m in METHODS {
+            for name in ["smoke", "cpu", "paper"] {
+                let p = Profile::resolve(m, name, &[]).unwrap();
+                assert_eq!(p.name, name);
+                // The method config must be accepted by the method's own parser.
+                let r = registry();
+                let entry = r.get(m).unwrap();
+                let mut merged = (entry.default_config)();
+                selfsup_core::config::merge(&mut merged, &p.method_config);
+                assert_eq!(merged, p.method_config, "{m}/{name}: profile config is complete");
+            }
+        }
+        let p = Profile::resolve("simclr", "smoke", &s(&["epochs=3"])).unwrap();
+        assert_eq!(p.epochs, 3);
+        assert!(Profile::resolve("simclr", "huge", &[]).is_err());
+        assert!(run("byol", &[]).is_err());
+        assert!(parse_args("moco", &s(&["--profil", "cpu"])).is_err());
+    }
+
+    /// The smoke profile end to end on a synthetic labeled dataset, into a temporary folder.
+    #[test]
+    fn smoke_profiles_run() {
+        let base =
+            std::env::temp_dir().join(format!("selfsup-contrastive-smoke-{}", std::process::id()));
+        for m in METHODS {
+            let args = s(&[
+                "--profile",
+                "smoke",
+                "--dataset",
+                "synthetic:96:32",
+                "--device",
+                "cpu",
+                "--set",
+                "train_images=64",
+                "--set",
+                "probe_train_images=64",
+                "--set",
+                "test_images=32",
+                "--runs-dir",
+                base.join("runs").to_str().unwrap(),
+                "--results-dir",
+                base.join("results").to_str().unwrap(),
+            ]);
+            run(m, &args).unwrap();
+            let res = base.join("results").join(m).join("smoke");
+            let v = read_json(&res.join("results.json")).unwrap();
+            for enc in ["trained", "random"] {
+                for prot in ["knn", "linear"] {
+                    let t = v["top1"][enc][prot].as_f64().unwrap();
+                    assert!((0.0..=100.0).contains(&t), "{m} {enc} {prot}: {t}");
+                }
+            }
+            assert!(res.join("table.md").exists());
+            // A second run skips every stage.
+            run(m, &args).unwrap();
+            let v = read_json(&res.join("results.json")).unwrap();
+            assert!(v["stages"].as_array().unwrap().iter().all(|s| s["skipped"] == true));
+        }
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}
