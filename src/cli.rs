@@ -29,9 +29,9 @@ enum Command {
     Train(TrainArgs),
     /// List the registered methods with their descriptions and default configs.
     Methods {
-        /// Print the default configs as JSON too.
+        /// Print the default configs pretty-printed (one compact line each otherwise).
         #[arg(long)]
-        json: bool,
+        pretty: bool,
     },
     /// Describe a checkpoint (run folder or its checkpoint/ folder).
     Info {
@@ -159,6 +159,9 @@ struct TrainArgs {
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     selfsup_rotnet::register(&mut r);
+    selfsup_simclr::register(&mut r);
+    selfsup_moco::register(&mut r);
+    selfsup_instance_discrimination::register(&mut r);
     selfsup_supervised::register(&mut r);
     r
 }
@@ -180,7 +183,7 @@ pub fn main() -> Result<()> {
     let registry = registry();
     match cli.command {
         Command::Train(a) => cmd_train(&registry, a),
-        Command::Methods { json } => cmd_methods(&registry, json),
+        Command::Methods { pretty } => cmd_methods(&registry, pretty),
         Command::Info { checkpoint } => cmd_info(&checkpoint),
         Command::Eval(a) => cmd_eval(a),
         Command::Export(a) => cmd_export(a),
@@ -233,11 +236,14 @@ fn cmd_train(registry: &Registry, a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_methods(registry: &Registry, json: bool) -> Result<()> {
+fn cmd_methods(registry: &Registry, pretty: bool) -> Result<()> {
     for e in registry.entries() {
         println!("{:<26} {}", e.name, e.description);
-        if json {
-            println!("{}", serde_json::to_string_pretty(&(e.default_config)())?);
+        let cfg = (e.default_config)();
+        let text =
+            if pretty { serde_json::to_string_pretty(&cfg)? } else { serde_json::to_string(&cfg)? };
+        for line in text.lines() {
+            println!("{:<26} {line}", "");
         }
     }
     Ok(())

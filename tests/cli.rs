@@ -6,7 +6,7 @@ use crate::util::{err, ok, selfsup};
 fn methods_lists_every_registered_method() {
     let dir = tempfile::tempdir().unwrap();
     let out = ok(&selfsup(&["methods"], dir.path()));
-    for name in ["rotnet", "supervised"] {
+    for name in ["rotnet", "simclr", "moco", "instance-discrimination", "supervised"] {
         assert!(out.lines().any(|l| l.starts_with(name)), "{name} missing from:\n{out}");
     }
 }

@@ -9,6 +9,24 @@
 //!   so the output does not depend on the thread count.
 //! - [`pretext`] holds pure functions on uint8 images for pretext tasks (rotations, patch
 //!   grids, tile shuffling, inpainting masks, RGB↔Lab).
+//! - [`fetch`] downloads and verifies the datasets of `datasets/manifest.json`.
+//!
+//! ```
+//! use selfsup_data::{open_dataset, Loader, LoaderConfig, Pipeline, Split};
+//! # fn main() -> Result<(), selfsup_data::DataError> {
+//! let data_dir = selfsup_data::resolve_data_dir(None);
+//! let ds = open_dataset("synthetic:64:32", Split::Train, &data_dir)?;
+//! let views = vec![Pipeline::simclr_cifar(), Pipeline::simclr_cifar()];
+//! let cfg = LoaderConfig { batch_size: 16, drop_last: true, ..Default::default() };
+//! let loader = Loader::new(ds, views, cfg)?;
+//! for batch in loader.epoch(0) {
+//!     let batch = batch?;
+//!     assert_eq!(batch.views[0].size(), [16, 3, 32, 32]);
+//!     assert_eq!(batch.labels.size(), [16]);
+//! }
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
 
 pub mod augment;

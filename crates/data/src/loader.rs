@@ -245,6 +245,7 @@ impl Shared {
             )));
         }
         let idx = &order[lo..hi];
+        let _span = tracing::trace_span!("batch", epoch, batch = b, size = idx.len()).entered();
         let ds = &self.dataset;
         let (c, h, w) = (ds.channels(), ds.height(), ds.width());
         let mut views = Vec::with_capacity(self.views.len());

@@ -286,6 +286,10 @@ impl Pipeline {
     /// Applies the pipeline to one uint8 HWC image of `c × h × w` and writes the CHW float view
     /// into `out` (length `C·H·W` of [`Pipeline::output_shape`]). Call [`Pipeline::check`]
     /// first; this function assumes a valid pipeline.
+    ///
+    /// # Shapes
+    /// - `image`: `h × w × c` uint8, HWC
+    /// - `out`: `C × H × W` f32, CHW, with `(C, H, W) = self.output_shape(c, h, w)`
     pub fn apply<R: Rng>(
         &self,
         image: &[u8],
@@ -388,14 +392,23 @@ fn apply_op<'a, R: Rng>(
             Cur::F32(augment::padded_crop(s, c, h, w, *padding, b))
         }
         Op::CenterCrop { size } => {
-            // torchvision pads symmetrically when the crop is larger than the image.
-            let pad = size.saturating_sub(h.min(w)).div_ceil(2);
-            let (ph, pw) = (h + 2 * pad, w + 2 * pad);
-            let top = ((ph - size) as f64 / 2.0).round() as usize;
-            let left = ((pw - size) as f64 / 2.0).round() as usize;
+            // torchvision `center_crop`: zero padding of (size - dim) / 2 (floor) before the
+            // image on an axis that is too small, else an offset of Python's
+            // round((dim - size) / 2) (half to even). `pad` = `size` covers every case.
+            let start = |dim: usize| -> isize {
+                if *size > dim {
+                    -(((*size - dim) / 2) as isize)
+                } else {
+                    let d = dim - size;
+                    let k = d / 2;
+                    (if d % 2 == 1 && k % 2 == 1 { k + 1 } else { k }) as isize
+                }
+            };
+            let top = (start(h) + *size as isize) as usize;
+            let left = (start(w) + *size as isize) as usize;
             let s = source(&cur);
             let b = CropBox { top, left, height: *size, width: *size };
-            Cur::F32(augment::padded_crop(s, c, h, w, pad, b))
+            Cur::F32(augment::padded_crop(s, c, h, w, *size, b))
         }
         Op::Resize { size } => {
             let Some((nh, nw)) = resize_shape(*size, h, w) else { return cur };

@@ -206,3 +206,20 @@ fn cifar_random_crop_with_padding_shifts_the_image() {
     }
     assert!(seen_pad);
 }
+
+#[test]
+fn center_crop_matches_torchvision_offsets_and_padding() {
+    // Values from torchvision.transforms.functional.center_crop on arange images (1 channel).
+    let run = |h: usize, w: usize, size: usize| -> Vec<f32> {
+        let img: Vec<u8> = (0..h * w).map(|v| v as u8).collect();
+        let p = Pipeline { ops: vec![Op::CenterCrop { size }] };
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        p.apply_to_vec(&img, 1, h, w, &mut rng).iter().map(|v| (v * 255.0).round()).collect()
+    };
+    assert_eq!(run(5, 8, 3), [10.0, 11.0, 12.0, 18.0, 19.0, 20.0, 26.0, 27.0, 28.0]);
+    assert_eq!(run(6, 9, 3), [21.0, 22.0, 23.0, 30.0, 31.0, 32.0, 39.0, 40.0, 41.0]);
+    let padded = run(5, 8, 7);
+    assert_eq!(padded[..8], [0.0; 8]);
+    assert_eq!(padded[8..14], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    assert_eq!(padded[42..], [0.0; 7]);
+}

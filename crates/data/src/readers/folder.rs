@@ -151,6 +151,12 @@ pub fn read(spec: &str, split: Split, cache_dir: &Path) -> Result<ImageDataset> 
         return Ok(ds);
     }
     let num_classes = labeled.then_some(class_dirs.len());
+    tracing::info!(
+        "decoding {} images of {} into {}",
+        files.len(),
+        root.display(),
+        cache_path.display()
+    );
     let mut writer: Option<CacheWriter> = None;
     let mut shape = (0, 0);
     for chunk in files.chunks(CHUNK) {

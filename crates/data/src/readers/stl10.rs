@@ -130,6 +130,7 @@ pub fn read(dir: &Path, split: Split, cache_dir: &Path) -> Result<ImageDataset> 
                     ),
                 ));
             }
+            tracing::info!("transposing {} into {}", ux.display(), cache_path.display());
             let mut w = CacheWriter::create(&cache_path, 3, SIDE, SIDE)?;
             if with_train {
                 let (pixels, labels) = read_labeled(dir, "train")?;

@@ -200,7 +200,6 @@ pub fn build(r: &Reports) -> Tables {
             None,
             r.get("supervised", "mlp", "block2"),
         ),
-        row("Supervised NIN + conv probe (block 2)", None, r.get("supervised", "conv", "block2")),
     ];
     let best_block = blockwise
         .iter()

@@ -1,0 +1,6 @@
+//! `cargo run -p selfsup-reproduce --example reproduce -- <method> [options]`: the same as
+//! `selfsup reproduce <method> [options]` without building the whole CLI.
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    selfsup_reproduce::run(&args)
+}

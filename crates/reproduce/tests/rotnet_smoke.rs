@@ -1,0 +1,68 @@
+//! End to end: `selfsup reproduce rotnet --profile smoke` on synthetic data trains every stage,
+//! runs every probe, writes the whole results folder, and a second invocation skips every
+//! stage (asserts the pipeline, not the accuracy).
+use serde_json::Value;
+use std::path::Path;
+
+fn args(dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "rotnet".into(),
+        "--profile".into(),
+        "smoke".into(),
+        "--dataset".into(),
+        "synthetic:320:32".into(),
+        "--device".into(),
+        "cpu".into(),
+        "--runs-dir".into(),
+        dir.join("runs").display().to_string(),
+        "--results-dir".into(),
+        dir.join("results").display().to_string(),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+#[test]
+fn smoke_profile_runs_every_stage_then_skips_them() {
+    let dir = tempfile::tempdir().unwrap();
+    selfsup_reproduce::run(&args(dir.path(), &[])).unwrap();
+    let res = dir.path().join("results/rotnet/smoke");
+    for f in ["table.md", "results.json", "commands.md", "curves.png", "blocks.png", "run.log"] {
+        let p = res.join(f);
+        assert!(p.metadata().map(|m| m.len() > 0).unwrap_or(false), "{} missing", p.display());
+    }
+    for c in ["rotnet_four", "rotnet_eight", "rotnet_two_0_180", "rotnet_two_90_270", "supervised"]
+    {
+        assert!(res.join("configs").join(format!("{c}.json")).exists(), "config {c}");
+    }
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(res.join("results.json")).unwrap()).unwrap();
+    let t = &r["tables"];
+    assert_eq!(t["blockwise"].as_array().unwrap().len(), 4);
+    for b in t["blockwise"].as_array().unwrap() {
+        for k in ["rotnet_nonlinear", "rotnet_linear", "random_nonlinear", "random_linear"] {
+            let v = b[k].as_f64().unwrap_or(-1.0);
+            assert!((0.0..=100.0).contains(&v), "{k} = {v}");
+        }
+    }
+    for x in t["rotations"].as_array().unwrap() {
+        assert!(x["ours"].as_f64().is_some(), "{x}");
+        assert!(x["pretext_acc"].as_f64().is_some(), "{x}");
+    }
+    assert!(r["supervised_end_to_end_top1"].as_f64().is_some());
+    let stages = r["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 16);
+    assert!(stages.iter().all(|s| s["skipped"] == false));
+    let md = std::fs::read_to_string(res.join("table.md")).unwrap();
+    assert!(md.contains("| block2 |") && md.contains("89.06") && md.contains("72.50"), "{md}");
+
+    // Re-running skips every finished stage.
+    selfsup_reproduce::run(&args(dir.path(), &[])).unwrap();
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(res.join("results.json")).unwrap()).unwrap();
+    let stages = r["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 16);
+    assert!(stages.iter().all(|s| s["skipped"] == true), "{stages:?}");
+    let log = std::fs::read_to_string(res.join("run.log")).unwrap();
+    assert_eq!(log.matches("== selfsup reproduce rotnet").count(), 2);
+}
