@@ -382,15 +382,30 @@ pub fn adjust_saturation(img: &mut FloatImage, factor: f32) {
 }
 
 /// torchvision `adjust_hue`: shift the HSV hue by `factor` (in `[-0.5, 0.5]`), per pixel
-/// through `_rgb2hsv` and `_hsv2rgb` (no-op on one channel).
+/// (no-op on one channel). Computes the same function as `_rgb2hsv`, the shift and `_hsv2rgb`
+/// (see [`rgb_to_hsv`], [`hsv_to_rgb`]) in a fused form with one division per pixel and no
+/// branches in the HSV→RGB step: with `V = max`, `V·S = max − min` and
+/// `channel = V − V·S·clamp(min(k, 4 − k), 0, 1)`, `k = (n + 6h) mod 6`, `n = 5, 3, 1` for
+/// R, G, B.
 pub fn adjust_hue(img: &mut FloatImage, factor: f32) {
     if img.channels != 3 {
         return;
     }
     for p in img.data.chunks_exact_mut(3) {
-        let (h, s, v) = rgb_to_hsv(p[0], p[1], p[2]);
-        // Python's `(h + factor) % 1.0` for h in [0, 1) and factor in [-0.5, 0.5].
-        let h = h + factor;
+        let (r, g, b) = (p[0], p[1], p[2]);
+        let maxc = r.max(g).max(b);
+        let cr = maxc - r.min(g).min(b);
+        let inv = if cr == 0.0 { 1.0 } else { 1.0 / cr };
+        let h6 = if maxc == r {
+            (g - b) * inv
+        } else if maxc == g {
+            2.0 + (b - r) * inv
+        } else {
+            4.0 + (r - g) * inv
+        };
+        // h = fmod(h6 / 6 + 1, 1), then Python's (h + factor) % 1, as a multiple of 6.
+        let h = h6 / 6.0 + 1.0;
+        let h = if h >= 1.0 { h - 1.0 } else { h } + factor;
         let h = if h < 0.0 {
             h + 1.0
         } else if h >= 1.0 {
@@ -398,10 +413,15 @@ pub fn adjust_hue(img: &mut FloatImage, factor: f32) {
         } else {
             h
         };
-        let (r, g, b) = hsv_to_rgb(h, s, v);
-        p[0] = r;
-        p[1] = g;
-        p[2] = b;
+        let h6 = h * 6.0;
+        let channel = |n: f32| {
+            let k = n + h6;
+            let k = if k >= 6.0 { k - 6.0 } else { k };
+            maxc - cr * k.min(4.0 - k).clamp(0.0, 1.0)
+        };
+        p[0] = channel(5.0);
+        p[1] = channel(3.0);
+        p[2] = channel(1.0);
     }
 }
 
@@ -533,6 +553,23 @@ pub fn gaussian_kernel(kernel_size: usize, sigma: f32) -> Vec<f32> {
     pdf.iter().map(|v| v / sum).collect()
 }
 
+/// [`reflect`] for indices less than `n` outside `0..n` (no division).
+#[inline(always)]
+fn reflect_near(i: isize, n: usize) -> usize {
+    let n = n as isize;
+    if n == 1 {
+        0
+    } else if i < 0 && i > -n {
+        (-i) as usize
+    } else if i >= n && i < 2 * n - 1 {
+        (2 * (n - 1) - i) as usize
+    } else if (0..n).contains(&i) {
+        i as usize
+    } else {
+        reflect(i, n as usize)
+    }
+}
+
 /// Reflect index (`torch.nn.functional.pad(mode="reflect")`: the edge is not repeated).
 #[inline(always)]
 fn reflect(i: isize, n: usize) -> usize {
@@ -557,7 +594,7 @@ fn blur_row(row: &[f32], out: &mut [f32], k: &[f32], w: usize, c: usize) {
         for ch in 0..c {
             let mut acc = 0f32;
             for (t, &kt) in k.iter().enumerate() {
-                acc += kt * row[reflect(x as isize + t as isize - r as isize, w) * c + ch];
+                acc += kt * row[reflect_near(x as isize + t as isize - r as isize, w) * c + ch];
             }
             out[x * c + ch] = acc;
         }
@@ -596,7 +633,7 @@ pub fn gaussian_blur(img: &mut FloatImage, kernel_size: usize, sigma: f32) {
         let out = &mut img.data[y * stride..(y + 1) * stride];
         out.fill(0.0);
         for (t, &kt) in k.iter().enumerate() {
-            let sy = reflect(y as isize + t as isize - r, h);
+            let sy = reflect_near(y as isize + t as isize - r, h);
             let src = &tmp[sy * stride..(sy + 1) * stride];
             for (d, &s) in out.iter_mut().zip(src) {
                 *d += kt * s;
