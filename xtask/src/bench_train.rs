@@ -34,14 +34,18 @@ fn parse(args: &[String]) -> Result<Opts> {
 }
 
 fn selfsup_seconds(bin: &std::path::Path, t: &Torch, o: &Opts, steps: u32) -> Result<f64> {
-    let dir = std::env::temp_dir().join(format!("selfsup-bench-train-{}-{steps}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("selfsup-bench-train-{}-{steps}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut c = Command::new(bin);
     t.apply(&mut c);
     c.args(["train", "--method", "rotnet", "--device", "cpu", "--no-progress", "--out"])
         .arg(&dir)
         .args(["--data", &format!("synthetic:{}:32", o.batch * (steps + 1))])
-        .args(["--set", &format!("encoder={{\"kind\":\"nin\",\"blocks\":4,\"width\":{}}}", o.width)])
+        .args([
+            "--set",
+            &format!("encoder={{\"kind\":\"nin\",\"blocks\":4,\"width\":{}}}", o.width),
+        ])
         .args(["--set", &format!("train.batch_size={}", o.batch)])
         .args(["--set", &format!("train.max_steps={steps}")])
         .args(["--set", &format!("train.threads={}", o.threads)])
@@ -74,7 +78,8 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
     if !out.status.success() {
         bail!("bench/rotnet_step.py failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("rotnet_step.py output")?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("rotnet_step.py output")?;
     let torch = v["images_per_s"].as_f64().context("images_per_s missing")?;
     println!(
         "RotNet NIN width {} batch {} (x4 rotations), {} threads, fp32, CPU:",

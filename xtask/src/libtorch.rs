@@ -63,10 +63,7 @@ fn torch_version(torch_dir: &Path) -> Result<String> {
 
 fn check_libtorch(dir: &Path) -> Result<()> {
     if !dir.join("include").is_dir() || !dir.join("lib").join("libtorch.so").exists() {
-        bail!(
-            "{} is not a libtorch folder (it needs include/ and lib/libtorch.so)",
-            dir.display()
-        );
+        bail!("{} is not a libtorch folder (it needs include/ and lib/libtorch.so)", dir.display());
     }
     if dir.join("version.py").exists() {
         let v = torch_version(dir)?;
@@ -105,7 +102,8 @@ pub fn ensure() -> Result<Torch> {
     if let Ok(dir) = std::env::var("SELFSUP_LIBTORCH") {
         let dir = PathBuf::from(dir);
         check_libtorch(&dir).context("SELFSUP_LIBTORCH")?;
-        let python = std::env::var("SELFSUP_PYTHON").map(PathBuf::from).unwrap_or_else(|_| "python3".into());
+        let python =
+            std::env::var("SELFSUP_PYTHON").map(PathBuf::from).unwrap_or_else(|_| "python3".into());
         return Ok(Torch { libtorch: dir, python });
     }
     let venv = cache_dir()?.join(format!("torch-{TORCH_VERSION}"));
@@ -117,8 +115,9 @@ pub fn ensure() -> Result<Torch> {
         }
     }
     install(&venv)?;
-    let t = find_torch_in_venv(&venv)
-        .with_context(|| format!("pip finished but {} holds no torch/lib/libtorch.so", venv.display()))?;
+    let t = find_torch_in_venv(&venv).with_context(|| {
+        format!("pip finished but {} holds no torch/lib/libtorch.so", venv.display())
+    })?;
     check_libtorch(&t)?;
     std::fs::write(&marker, TORCH_VERSION).with_context(|| marker.display().to_string())?;
     Ok(Torch { libtorch: t, python: venv.join("bin").join("python") })
