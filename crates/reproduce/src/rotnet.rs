@@ -25,8 +25,11 @@
 //! Cpu profile planning (2 shared cores, AMD EPYC without bf16, measured with libtorch 2.11):
 //! a NIN-4 training step runs at about 110 inputs/s at width 32, 360 inputs/s at width 16 with
 //! oneDNN convolutions, and 7× slower with them off (the trainer's `deterministic` mode), so
-//! the cpu profile uses width 16, oneDNN on, 5,000 training images and 5 epochs, and probes of
-//! 10 epochs on cached features; see the stage times in `results/rotnet/cpu/results.json`.
+//! the cpu profile uses width 16, oneDNN on, 10,000 training images and 6 epochs, and probes
+//! of 15 epochs on cached features, scored on the whole test set. A first cpu run with 5,000
+//! images, 5 epochs and 10-epoch probes took 8.4 min (rotnet_eight 280 s, rotnet_four 97 s,
+//! each two-rotation set 30 s, supervised 14 s, all probes 60 s); this profile is about 2.5×
+//! that. See the stage times in `results/rotnet/cpu/results.json`.
 mod plots;
 mod profile;
 mod report;
@@ -248,6 +251,16 @@ impl Repro {
         let dir = self.run_root.join(name);
         let done = dir.join("done.json");
         if done.exists() {
+            let saved: RunConfig = serde_json::from_value(read_json(&dir.join("config.json"))?)
+                .with_context(|| format!("{}/config.json", dir.display()))?;
+            if &saved != cfg {
+                bail!(
+                    "{} was trained with another config than profile `{}` now gives: pass --force \
+                     to retrain everything",
+                    dir.display(),
+                    self.profile.name
+                );
+            }
             self.log.line(&format!("[skip] train {name}: {} exists", done.display()));
             let v = read_json(&done)?;
             self.stages.push(json!({"stage": format!("train {name}"), "skipped": true,

@@ -171,8 +171,8 @@ impl Profile {
     /// The paper's protocol scaled to about half an hour on two CPU cores (see the module
     /// docs of `rotnet` for the measurements behind the numbers).
     pub fn cpu() -> Profile {
-        let epochs = 5;
-        let (mut mlp, mut conv, mut linear) = probes(10, 32, false);
+        let epochs = 6;
+        let (mut mlp, mut conv, mut linear) = probes(15, 32, false);
         mlp.batch_size = 128;
         conv.batch_size = 128;
         linear.batch_size = 256;
@@ -180,15 +180,15 @@ impl Profile {
             name: "cpu".into(),
             summary: "the paper's protocol scaled to ~30 min on 2 CPU cores".into(),
             encoder: EncoderConfig::Nin { blocks: 4, width: 16 },
-            train_images: Some(5_000),
+            train_images: Some(10_000),
             epochs,
             milestones: scale_milestones(&[60, 120, 160], 200, epochs),
             batch_size: 128,
             lr: 0.1,
             supervised_epochs: epochs,
             supervised_milestones: scale_milestones(&[60, 120, 160], 200, epochs),
-            probe_train_images: Some(5_000),
-            test_images: Some(5_000),
+            probe_train_images: Some(10_000),
+            test_images: None,
             mlp,
             conv,
             linear,
