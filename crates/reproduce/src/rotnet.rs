@@ -251,9 +251,10 @@ impl Repro {
         let dir = self.run_root.join(name);
         let done = dir.join("done.json");
         if done.exists() {
-            let saved: RunConfig = serde_json::from_value(read_json(&dir.join("config.json"))?)
-                .with_context(|| format!("{}/config.json", dir.display()))?;
-            if &saved != cfg {
+            // Compared as JSON text round trips (the saved floats went through text).
+            let saved = read_json(&dir.join("config.json"))?;
+            let now: Value = serde_json::from_str(&serde_json::to_string(cfg)?)?;
+            if saved != now {
                 bail!(
                     "{} was trained with another config than profile `{}` now gives: pass --force \
                      to retrain everything",
