@@ -1,9 +1,9 @@
 //! Paper-table reproductions, run as `selfsup reproduce <method> [--profile smoke|cpu|paper]`
 //! (and by `cargo xtask reproduce <method>`, which installs libtorch and builds the binary first).
 //!
-//! NOTE (lead, for the RotNet and contrastive helpers): put the reproduction code HERE, not in
-//! xtask/ (xtask must build without libtorch). Add modules `rotnet.rs`, `contrastive.rs` and
-//! dispatch to them from [`run`]. Add the crates you need to this Cargo.toml.
+//! The code lives here rather than in xtask because it links libtorch, which xtask installs.
+//! Each reproduction builds a registry of just the methods it trains; `rotnet` writes
+//! `results/rotnet/<profile>/`, the contrastive ones `results/<method>/<profile>/`.
 
 pub mod contrastive;
 pub mod rotnet;
