@@ -2,8 +2,9 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use selfsup_core::config::{read_json, RunConfig};
+use selfsup_core::encoders::{AlexnetVariant, ResnetStem};
 use selfsup_core::trainer::{train, TrainOptions};
-use selfsup_core::Registry;
+use selfsup_core::{EncoderConfig, Registry};
 use std::path::PathBuf;
 
 /// Self-supervised visual representation learning on libtorch.
@@ -254,8 +255,17 @@ fn cmd_info(path: &std::path::Path) -> Result<()> {
     let loaded = selfsup_core::checkpoint::load_encoder(path, tch::Device::Cpu)
         .with_context(|| format!("loading the encoder of {}", path.display()))?;
     let params: i64 = loaded.vs.variables().values().map(|t| t.numel() as i64).sum();
-    let x =
-        tch::Tensor::zeros([1, state.image_channels, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
+    // The ImageNet-sized encoders need ImageNet-sized input to reach their last tap.
+    let side = match &state.config.encoder {
+        EncoderConfig::Alexnet { variant: AlexnetVariant::Imagenet }
+        | EncoderConfig::Resnet18 { stem: ResnetStem::Imagenet }
+        | EncoderConfig::Resnet50 { stem: ResnetStem::Imagenet } => 224,
+        _ => 32,
+    };
+    let x = tch::Tensor::zeros(
+        [1, state.image_channels, side, side],
+        (tch::Kind::Float, tch::Device::Cpu),
+    );
     println!("method:      {}", state.config.method);
     println!(
         "position:    epoch {} (+{} batches), step {}",
@@ -265,7 +275,7 @@ fn cmd_info(path: &std::path::Path) -> Result<()> {
     println!("parameters:  {params} (encoder)");
     let feats = tch::no_grad(|| loaded.encoder.features_t(&x, false));
     for (name, t) in feats {
-        println!("tap {name:<8} {:?} (at 32x32 input)", t.size());
+        println!("tap {name:<8} {:?} (at {side}x{side} input)", t.size());
     }
     println!("config:      {}", serde_json::to_string(&state.config)?);
     Ok(())

@@ -185,3 +185,30 @@ fn knn_monitor_eval_and_export() {
     let bytes = std::fs::read(dir.path().join("enc.safetensors")).unwrap();
     assert!(bytes.len() > 100);
 }
+
+#[test]
+fn an_encoder_too_big_for_the_images_is_one_line() {
+    // ImageNet AlexNet on 16-pixel images: libtorch rejects the shapes inside the forward pass.
+    let dir = tempfile::tempdir().unwrap();
+    let out = selfsup(
+        &[
+            "train",
+            "--method",
+            "rotnet",
+            "--data",
+            "synthetic:32:16",
+            "--device",
+            "cpu",
+            "--out",
+            "r",
+            "--no-progress",
+            "--set",
+            "encoder={\"kind\":\"alexnet\",\"variant\":\"imagenet\"}",
+            "--set",
+            "train.batch_size=8",
+        ],
+        dir.path(),
+    );
+    let e = err(&out);
+    assert!(!dir.path().join("r/checkpoint").exists(), "{e}");
+}

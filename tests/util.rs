@@ -8,6 +8,7 @@ pub fn selfsup(args: &[&str], cwd: &Path) -> Output {
         .args(args)
         .current_dir(cwd)
         .env("RUST_LOG", "warn")
+        .env_remove("RUST_BACKTRACE")
         .output()
         .expect("selfsup runs")
 }
