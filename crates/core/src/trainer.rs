@@ -82,24 +82,28 @@ pub struct TrainSummary {
     pub images_per_second: f64,
 }
 
-/// Opens the training set of `cfg` (the seeded subset when `data.max_images` is set).
-pub fn open_train_set(cfg: &RunConfig) -> Result<ImageDataset> {
-    let dir = selfsup_data::resolve_data_dir(cfg.data.data_dir.as_deref());
-    let ds = selfsup_data::open_dataset(&cfg.data.dataset, cfg.data.split, &dir)?;
-    Ok(match cfg.data.max_images {
+/// A seeded subset of `n` images of `ds` (all of it when `n` is `None` or not smaller), drawn
+/// from the random stream `stream` of `seed` and kept in dataset order.
+pub fn seeded_subset(ds: &ImageDataset, n: Option<usize>, seed: u64, stream: &str) -> ImageDataset {
+    match n {
         Some(n) if n < ds.len() => {
             let mut idx: Vec<usize> = (0..ds.len()).collect();
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(derive_seed(
-                cfg.seed,
-                &[name_hash("max_images")],
-            ));
+            let mut rng =
+                rand_chacha::ChaCha8Rng::seed_from_u64(derive_seed(seed, &[name_hash(stream)]));
             idx.shuffle(&mut rng);
             idx.truncate(n);
             idx.sort_unstable();
             ds.subset(&idx)
         }
-        _ => ds,
-    })
+        _ => ds.clone(),
+    }
+}
+
+/// Opens the training set of `cfg` (the seeded subset when `data.max_images` is set).
+pub fn open_train_set(cfg: &RunConfig) -> Result<ImageDataset> {
+    let dir = selfsup_data::resolve_data_dir(cfg.data.data_dir.as_deref());
+    let ds = selfsup_data::open_dataset(&cfg.data.dataset, cfg.data.split, &dir)?;
+    Ok(seeded_subset(&ds, cfg.data.max_images, cfg.seed, "max_images"))
 }
 
 /// Named parameters, sorted by name.

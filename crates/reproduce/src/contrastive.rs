@@ -23,6 +23,7 @@
 //!   10,000 images, 5 epochs; sized from the RotNet cpu profile's measured NIN speed, not yet
 //!   timed for these methods); the point is trained vs random init, not the paper's numbers.
 //! - `smoke`: seconds; checks the pipeline (numbers mean nothing).
+use crate::common::{data_dir, parse_args, read_json, subset, write_json, Log};
 use anyhow::{bail, Context, Result};
 use selfsup_core::checkpoint;
 use selfsup_core::config::{DataConfig, RunConfig, TrainConfig};
@@ -35,8 +36,7 @@ use selfsup_eval::features::Normalization;
 use selfsup_eval::{EvalReport, KnnConfig, LinearProbeConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 use tch::Device;
 
@@ -49,61 +49,6 @@ fn usage(method: &str) -> String {
          [--data-dir DIR] [--device auto|cpu|cuda:N] [--runs-dir DIR] [--results-dir DIR] \
          [--set PROFILE_KEY=VALUE]... [--force]"
     )
-}
-
-/// Parsed command line.
-#[derive(Debug, Clone)]
-struct Args {
-    profile: Option<String>,
-    dataset: String,
-    data_dir: Option<PathBuf>,
-    device: String,
-    runs_dir: PathBuf,
-    results_dir: PathBuf,
-    force: bool,
-    sets: Vec<String>,
-}
-
-fn parse_args(method: &str, args: &[String]) -> Result<Option<Args>> {
-    let mut a = Args {
-        profile: None,
-        dataset: "cifar10".into(),
-        data_dir: None,
-        device: "auto".into(),
-        runs_dir: PathBuf::from("runs"),
-        results_dir: PathBuf::from("results"),
-        force: false,
-        sets: Vec::new(),
-    };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (key, inline) = match arg.split_once('=') {
-            Some((k, v)) if k.starts_with("--") => (k, Some(v.to_string())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = |name: &str| -> Result<String> {
-            match inline.clone().or_else(|| it.next().cloned()) {
-                Some(v) => Ok(v),
-                None => bail!("{name} needs a value\n{}", usage(method)),
-            }
-        };
-        match key {
-            "--profile" => a.profile = Some(value("--profile")?),
-            "--dataset" => a.dataset = value("--dataset")?,
-            "--data-dir" => a.data_dir = Some(PathBuf::from(value("--data-dir")?)),
-            "--device" => a.device = value("--device")?,
-            "--runs-dir" => a.runs_dir = PathBuf::from(value("--runs-dir")?),
-            "--results-dir" => a.results_dir = PathBuf::from(value("--results-dir")?),
-            "--force" => a.force = true,
-            "--set" => a.sets.push(value("--set")?),
-            "-h" | "--help" => {
-                println!("{}", usage(method));
-                return Ok(None);
-            }
-            other => bail!("unknown argument `{other}`\n{}", usage(method)),
-        }
-    }
-    Ok(Some(a))
 }
 
 /// A published figure to compare with.
@@ -349,77 +294,6 @@ impl Profile {
     }
 }
 
-/// Prints and appends to `run.log`.
-struct Log {
-    file: std::fs::File,
-}
-
-impl Log {
-    fn open(path: &Path) -> Result<Log> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("{}: cannot open the run log", path.display()))?;
-        Ok(Log { file })
-    }
-
-    fn line(&mut self, s: &str) {
-        println!("{s}");
-        let _ = writeln!(self.file, "{s}");
-    }
-}
-
-fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
-}
-
-fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
-    }
-    let mut bytes = serde_json::to_vec_pretty(v)?;
-    bytes.push(b'\n');
-    std::fs::write(path, bytes).with_context(|| format!("{}", path.display()))
-}
-
-/// Where the data is: `--data-dir`, `$SELFSUP_DATA`, `datasets/` when it holds CIFAR-10, else
-/// `../shared/datasets` when that does, else the data crate's default.
-fn data_dir(explicit: Option<&Path>) -> PathBuf {
-    if let Some(p) = explicit {
-        return p.to_path_buf();
-    }
-    if let Some(p) = std::env::var_os("SELFSUP_DATA") {
-        return PathBuf::from(p);
-    }
-    let local = PathBuf::from("datasets");
-    let shared = PathBuf::from("../shared/datasets");
-    if !local.join("cifar-10-batches-bin").exists() && shared.join("cifar-10-batches-bin").exists()
-    {
-        return shared;
-    }
-    selfsup_data::resolve_data_dir(None)
-}
-
-/// A seeded subset of `n` images (all when `None` or `n >= len`), chosen as the trainer's
-/// `data.max_images` does.
-fn subset(ds: &ImageDataset, n: Option<usize>, seed: u64, stream: &str) -> ImageDataset {
-    use rand::seq::SliceRandom;
-    use rand::SeedableRng;
-    match n {
-        Some(n) if n < ds.len() => {
-            let mut idx: Vec<usize> = (0..ds.len()).collect();
-            let s = selfsup_core::seed::derive_seed(seed, &[selfsup_core::seed::name_hash(stream)]);
-            idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(s));
-            idx.truncate(n);
-            idx.sort_unstable();
-            ds.subset(&idx)
-        }
-        _ => ds.clone(),
-    }
-}
-
 /// The registry of the contrastive methods.
 pub fn registry() -> Registry {
     let mut r = Registry::new();
@@ -507,7 +381,7 @@ pub fn run(method: &str, args: &[String]) -> Result<()> {
     if !METHODS.contains(&method) {
         bail!("no contrastive reproduction for `{method}` (known: {})", METHODS.join(", "));
     }
-    let Some(args) = parse_args(method, args)? else {
+    let Some(args) = parse_args(args, &usage(method))? else {
         return Ok(());
     };
     let wall = Instant::now();
@@ -519,7 +393,7 @@ pub fn run(method: &str, args: &[String]) -> Result<()> {
     let p = Profile::resolve(method, &profile_name, &args.sets)?;
     let device = selfsup_core::device::parse_device(&args.device)?;
     let device_name = selfsup_core::device::device_name(device);
-    let data_dir = data_dir(args.data_dir.as_deref());
+    let data_dir = data_dir(args.data_dir.as_deref()).0;
     let run_root = args.runs_dir.join(method).join(&p.name);
     let res_root = args.results_dir.join(method).join(&p.name);
     if args.force && run_root.exists() {
@@ -726,7 +600,7 @@ mod tests {
         assert_eq!(p.epochs, 3);
         assert!(Profile::resolve("simclr", "huge", &[]).is_err());
         assert!(run("byol", &[]).is_err());
-        assert!(parse_args("moco", &s(&["--profil", "cpu"])).is_err());
+        assert!(parse_args(&s(&["--profil", "cpu"]), &usage("moco")).is_err());
     }
 
     /// The smoke profile end to end on a synthetic labeled dataset, into a temporary folder.

@@ -5,6 +5,7 @@
 //! Each reproduction builds a registry of just the methods it trains; `rotnet` writes
 //! `results/rotnet/<profile>/`, the contrastive ones `results/<method>/<profile>/`.
 
+pub mod common;
 pub mod contrastive;
 pub mod rotnet;
 

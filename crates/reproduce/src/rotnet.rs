@@ -34,6 +34,7 @@ mod plots;
 mod profile;
 mod report;
 
+use crate::common::{data_dir, parse_args, read_json, subset, write_json, Log};
 use anyhow::{bail, Context, Result};
 use profile::{official_sgd, steps, Profile};
 use selfsup_core::checkpoint;
@@ -45,7 +46,6 @@ use selfsup_eval::features::Normalization;
 use selfsup_eval::EvalReport;
 use selfsup_rotnet::{RotNetConfig, RotationSet};
 use serde_json::{json, Value};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::Device;
@@ -53,119 +53,6 @@ use tch::Device;
 const USAGE: &str = "usage: selfsup reproduce rotnet [--profile smoke|cpu|paper] \
 [--dataset cifar10] [--data-dir DIR] [--device auto|cpu|cuda:N] [--runs-dir DIR] \
 [--results-dir DIR] [--set PROFILE_KEY=VALUE]... [--force]";
-
-/// Parsed command line.
-#[derive(Debug, Clone)]
-struct Args {
-    profile: Option<String>,
-    dataset: String,
-    data_dir: Option<PathBuf>,
-    device: String,
-    runs_dir: PathBuf,
-    results_dir: PathBuf,
-    force: bool,
-    sets: Vec<String>,
-}
-
-fn parse_args(args: &[String]) -> Result<Option<Args>> {
-    let mut a = Args {
-        profile: None,
-        dataset: "cifar10".into(),
-        data_dir: None,
-        device: "auto".into(),
-        runs_dir: PathBuf::from("runs"),
-        results_dir: PathBuf::from("results"),
-        force: false,
-        sets: Vec::new(),
-    };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (key, inline) = match arg.split_once('=') {
-            Some((k, v)) if k.starts_with("--") => (k, Some(v.to_string())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = |name: &str| -> Result<String> {
-            match inline.clone().or_else(|| it.next().cloned()) {
-                Some(v) => Ok(v),
-                None => bail!("{name} needs a value\n{USAGE}"),
-            }
-        };
-        match key {
-            "--profile" => a.profile = Some(value("--profile")?),
-            "--dataset" => a.dataset = value("--dataset")?,
-            "--data-dir" => a.data_dir = Some(PathBuf::from(value("--data-dir")?)),
-            "--device" => a.device = value("--device")?,
-            "--runs-dir" => a.runs_dir = PathBuf::from(value("--runs-dir")?),
-            "--results-dir" => a.results_dir = PathBuf::from(value("--results-dir")?),
-            "--force" => a.force = true,
-            "--set" => a.sets.push(value("--set")?),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(None);
-            }
-            other => bail!("unknown argument `{other}`\n{USAGE}"),
-        }
-    }
-    Ok(Some(a))
-}
-
-/// Prints and appends to `run.log`.
-struct Log {
-    file: std::fs::File,
-}
-
-impl Log {
-    fn open(path: &Path) -> Result<Log> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("{}: cannot open the run log", path.display()))?;
-        Ok(Log { file })
-    }
-
-    fn line(&mut self, s: &str) {
-        println!("{s}");
-        let _ = writeln!(self.file, "{s}");
-    }
-}
-
-/// Where the data is: `--data-dir`, `$SELFSUP_DATA`, `datasets/` when it holds CIFAR-10, else
-/// `../shared/datasets` when that does, else `datasets/`. Returns the folder and how it was
-/// chosen.
-fn data_dir(explicit: Option<&Path>) -> (PathBuf, String) {
-    if let Some(p) = explicit {
-        return (p.to_path_buf(), "from --data-dir".into());
-    }
-    if let Some(p) = std::env::var_os("SELFSUP_DATA") {
-        return (PathBuf::from(p), "from $SELFSUP_DATA".into());
-    }
-    let local = PathBuf::from("datasets");
-    let shared = PathBuf::from("../shared/datasets");
-    if !local.join("cifar-10-batches-bin").exists() && shared.join("cifar-10-batches-bin").exists()
-    {
-        return (shared, "default: ../shared/datasets holds CIFAR-10".into());
-    }
-    (selfsup_data::resolve_data_dir(None), "default".into())
-}
-
-/// A seeded subset of `n` images (all when `None` or `n >= len`), chosen as the trainer's
-/// `data.max_images` does.
-fn subset(ds: &ImageDataset, n: Option<usize>, seed: u64, stream: &str) -> ImageDataset {
-    use rand::seq::SliceRandom;
-    use rand::SeedableRng;
-    match n {
-        Some(n) if n < ds.len() => {
-            let mut idx: Vec<usize> = (0..ds.len()).collect();
-            let s = selfsup_core::seed::derive_seed(seed, &[selfsup_core::seed::name_hash(stream)]);
-            idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(s));
-            idx.truncate(n);
-            idx.sort_unstable();
-            ds.subset(&idx)
-        }
-        _ => ds.clone(),
-    }
-}
 
 /// Shared state of one reproduction.
 struct Repro {
@@ -180,20 +67,6 @@ struct Repro {
     log: Log,
     stages: Vec<Value>,
     train_set: ImageDataset,
-}
-
-fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
-}
-
-fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
-    }
-    let mut bytes = serde_json::to_vec_pretty(v)?;
-    bytes.push(b'\n');
-    std::fs::write(path, bytes).with_context(|| format!("{}", path.display()))
 }
 
 impl Repro {
@@ -458,7 +331,7 @@ fn last_epoch_line(path: &Path) -> Result<Value> {
 
 /// Entry point: `args` are the arguments after `reproduce rotnet`.
 pub fn run(args: &[String]) -> Result<()> {
-    let Some(args) = parse_args(args)? else {
+    let Some(args) = parse_args(args, USAGE)? else {
         return Ok(());
     };
     let wall = Instant::now();
@@ -613,16 +486,20 @@ mod tests {
 
     #[test]
     fn parses_flags_in_both_forms() {
-        let a = parse_args(&s(&["--profile", "smoke", "--force", "--dataset=synthetic:64:32"]))
-            .unwrap()
-            .unwrap();
+        let a =
+            parse_args(&s(&["--profile", "smoke", "--force", "--dataset=synthetic:64:32"]), USAGE)
+                .unwrap()
+                .unwrap();
         assert_eq!(a.profile.as_deref(), Some("smoke"));
         assert!(a.force);
         assert_eq!(a.dataset, "synthetic:64:32");
         assert_eq!(a.runs_dir, PathBuf::from("runs"));
-        let err = parse_args(&s(&["--profil", "cpu"])).unwrap_err().to_string();
+        let err = parse_args(&s(&["--profil", "cpu"]), USAGE).unwrap_err().to_string();
         assert!(err.contains("unknown argument `--profil`"), "{err}");
-        assert!(parse_args(&s(&["--profile"])).unwrap_err().to_string().contains("needs a value"));
-        assert!(parse_args(&s(&["--help"])).unwrap().is_none());
+        assert!(parse_args(&s(&["--profile"]), USAGE)
+            .unwrap_err()
+            .to_string()
+            .contains("needs a value"));
+        assert!(parse_args(&s(&["--help"]), USAGE).unwrap().is_none());
     }
 }

@@ -1,0 +1,135 @@
+//! What the reproductions share: their command line, the run log, JSON files, where the data
+//! is, and seeded subsets.
+use anyhow::{bail, Context, Result};
+use selfsup_data::ImageDataset;
+use serde::Serialize;
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Parsed command line of `selfsup reproduce <method>`.
+#[derive(Debug, Clone)]
+pub struct Args {
+    /// `--profile`; `None` picks `paper` with CUDA, else `cpu`.
+    pub profile: Option<String>,
+    /// `--dataset` (default `cifar10`).
+    pub dataset: String,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--device` (default `auto`).
+    pub device: String,
+    /// `--runs-dir` (default `runs`).
+    pub runs_dir: PathBuf,
+    /// `--results-dir` (default `results`).
+    pub results_dir: PathBuf,
+    /// `--force`: redo every stage.
+    pub force: bool,
+    /// `--set PROFILE_KEY=VALUE`, in order.
+    pub sets: Vec<String>,
+}
+
+/// Parses the options after the method name; `Ok(None)` after printing `usage` for `--help`.
+pub fn parse_args(args: &[String], usage: &str) -> Result<Option<Args>> {
+    let mut a = Args {
+        profile: None,
+        dataset: "cifar10".into(),
+        data_dir: None,
+        device: "auto".into(),
+        runs_dir: PathBuf::from("runs"),
+        results_dir: PathBuf::from("results"),
+        force: false,
+        sets: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (key, inline) = match arg.split_once('=') {
+            Some((k, v)) if k.starts_with("--") => (k, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = |name: &str| -> Result<String> {
+            match inline.clone().or_else(|| it.next().cloned()) {
+                Some(v) => Ok(v),
+                None => bail!("{name} needs a value\n{usage}"),
+            }
+        };
+        match key {
+            "--profile" => a.profile = Some(value("--profile")?),
+            "--dataset" => a.dataset = value("--dataset")?,
+            "--data-dir" => a.data_dir = Some(PathBuf::from(value("--data-dir")?)),
+            "--device" => a.device = value("--device")?,
+            "--runs-dir" => a.runs_dir = PathBuf::from(value("--runs-dir")?),
+            "--results-dir" => a.results_dir = PathBuf::from(value("--results-dir")?),
+            "--force" => a.force = true,
+            "--set" => a.sets.push(value("--set")?),
+            "-h" | "--help" => {
+                println!("{usage}");
+                return Ok(None);
+            }
+            other => bail!("unknown argument `{other}`\n{usage}"),
+        }
+    }
+    Ok(Some(a))
+}
+
+/// Prints and appends to `run.log`.
+pub struct Log {
+    file: std::fs::File,
+}
+
+impl Log {
+    /// Opens (appends to) the log at `path`.
+    pub fn open(path: &Path) -> Result<Log> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("{}: cannot open the run log", path.display()))?;
+        Ok(Log { file })
+    }
+
+    /// Prints `s` and appends it to the log.
+    pub fn line(&mut self, s: &str) {
+        println!("{s}");
+        let _ = writeln!(self.file, "{s}");
+    }
+}
+
+/// Reads a JSON file.
+pub fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
+}
+
+/// Writes pretty JSON, creating the folder.
+pub fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    }
+    let mut bytes = serde_json::to_vec_pretty(v)?;
+    bytes.push(b'\n');
+    std::fs::write(path, bytes).with_context(|| format!("{}", path.display()))
+}
+
+/// Where the data is: `--data-dir`, `$SELFSUP_DATA`, `datasets/` when it holds CIFAR-10, else
+/// `../shared/datasets` when that does, else `datasets/`. Returns the folder and how it was
+/// chosen.
+pub fn data_dir(explicit: Option<&Path>) -> (PathBuf, String) {
+    if let Some(p) = explicit {
+        return (p.to_path_buf(), "from --data-dir".into());
+    }
+    if let Some(p) = std::env::var_os("SELFSUP_DATA") {
+        return (PathBuf::from(p), "from $SELFSUP_DATA".into());
+    }
+    let local = PathBuf::from("datasets");
+    let shared = PathBuf::from("../shared/datasets");
+    if !local.join("cifar-10-batches-bin").exists() && shared.join("cifar-10-batches-bin").exists()
+    {
+        return (shared, "default: ../shared/datasets holds CIFAR-10".into());
+    }
+    (selfsup_data::resolve_data_dir(None), "default".into())
+}
+
+/// A seeded subset of `n` images, chosen as the trainer's `data.max_images` does.
+pub fn subset(ds: &ImageDataset, n: Option<usize>, seed: u64, stream: &str) -> ImageDataset {
+    selfsup_core::trainer::seeded_subset(ds, n, seed, stream)
+}
