@@ -251,9 +251,9 @@ fn cmd_methods(registry: &Registry, pretty: bool) -> Result<()> {
 }
 
 fn cmd_info(path: &std::path::Path) -> Result<()> {
-    let state = selfsup_core::checkpoint::read_state(path)?;
     let loaded = selfsup_core::checkpoint::load_encoder(path, tch::Device::Cpu)
         .with_context(|| format!("loading the encoder of {}", path.display()))?;
+    let state = &loaded.state;
     let params: i64 = loaded.vs.variables().values().map(|t| t.numel() as i64).sum();
     // The ImageNet-sized encoders need ImageNet-sized input to reach their last tap.
     let side = match &state.config.encoder {

@@ -362,19 +362,8 @@ for arch in ["resnet18", "resnet50"]:
             eprintln!("skipping the torchvision load test: SELFSUP_PYTHON is not set");
             return;
         };
-        let out = std::process::Command::new(&python)
-            .arg("-c")
-            .arg(PARITY_PY)
-            .arg(dir.path())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run SELFSUP_PYTHON={python:?}: {e}"));
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        eprintln!("{text}");
-        assert!(out.status.success(), "torchvision parity failed:\n{text}");
+        let (ok, text) = crate::test_python::run_script(&python, PARITY_PY, dir.path());
+        assert!(ok, "torchvision parity failed:\n{text}");
         assert_eq!(text.matches("strict load ok").count(), 2, "{text}");
     }
 }

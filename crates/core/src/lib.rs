@@ -21,6 +21,9 @@ pub mod schedule;
 pub mod seed;
 pub mod trainer;
 
+#[cfg(test)]
+mod test_python;
+
 pub use encoders::{build_encoder, Encoder, EncoderConfig};
 pub use error::{CoreError, Result};
 pub use method::{BuildContext, PretextMethod, StepOutput};

@@ -378,18 +378,7 @@ print("official NIN parity ok")
         let state = torchvision_state_dict(&vs, "");
         write_safetensors(&dir.path().join("nin.safetensors"), &state, &meta).unwrap();
         write_safetensors(&dir.path().join("nin_io.safetensors"), &io, &meta).unwrap();
-        let out = std::process::Command::new(&python)
-            .arg("-c")
-            .arg(OFFICIAL_NIN_PY)
-            .arg(dir.path())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run SELFSUP_PYTHON={python:?}: {e}"));
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        eprintln!("{text}");
-        assert!(out.status.success() && text.contains("official NIN parity ok"), "{text}");
+        let (ok, text) = crate::test_python::run_script(&python, OFFICIAL_NIN_PY, dir.path());
+        assert!(ok && text.contains("official NIN parity ok"), "{text}");
     }
 }
