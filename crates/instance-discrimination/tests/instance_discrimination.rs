@@ -9,6 +9,14 @@ use selfsup_instance_discrimination::{
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
+/// libtorch's random generator is process-wide and these tests seed it: they run one at a time
+/// so that a test running beside them on another thread cannot draw from the stream.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn ctx(n: usize) -> BuildContext {
     BuildContext {
         device: Device::Cpu,
@@ -31,6 +39,7 @@ fn batch(indices: &[i64]) -> Batch {
 
 #[test]
 fn registers_with_the_paper_defaults() {
+    let _serial = serial();
     let mut r = Registry::new();
     selfsup_instance_discrimination::register(&mut r);
     let cfg = (r.get("instance-discrimination").unwrap().default_config)();
@@ -47,6 +56,7 @@ fn registers_with_the_paper_defaults() {
 
 #[test]
 fn bank_update_follows_the_momentum_rule_by_hand() {
+    let _serial = serial();
     tch::manual_seed(1);
     let mut bank = MemoryBank::new(4, 2, 0.5, Device::Cpu).unwrap();
     let before = bank.vectors().copy();
@@ -64,6 +74,7 @@ fn bank_update_follows_the_momentum_rule_by_hand() {
 
 #[test]
 fn only_the_batch_rows_change_after_the_optimizer_step() {
+    let _serial = serial();
     tch::manual_seed(2);
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = InstDiscConfig { nce_k: 8, ..InstDiscConfig::default() };
@@ -86,6 +97,7 @@ fn only_the_batch_rows_change_after_the_optimizer_step() {
 
 #[test]
 fn z_is_estimated_once_and_saved() {
+    let _serial = serial();
     tch::manual_seed(3);
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = InstDiscConfig { nce_k: 16, ..InstDiscConfig::default() };
@@ -111,6 +123,7 @@ fn z_is_estimated_once_and_saved() {
 /// (Z is fixed from the first batch and the noise weight K/N is large).
 #[test]
 fn loss_falls_on_a_fixed_batch() {
+    let _serial = serial();
     for objective in [Objective::Nce, Objective::Softmax] {
         tch::manual_seed(4);
         let vs = nn::VarStore::new(Device::Cpu);
@@ -124,7 +137,7 @@ fn loss_falls_on_a_fixed_batch() {
         let mut opt = nn::Sgd { momentum: 0.9, ..Default::default() }.build(&vs, 0.01).unwrap();
         let b = batch(&[0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60]);
         let mut losses = Vec::new();
-        for step in 0..15 {
+        for step in 0..30 {
             tch::manual_seed(100 + step as i64);
             opt.zero_grad();
             let out = m.step(&b, true).unwrap();

@@ -7,6 +7,14 @@ use selfsup_moco::{HeadChoice, Moco, MocoConfig, MocoVersion};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
+/// libtorch's random generator is process-wide and these tests seed it: they run one at a time
+/// so that a test running beside them on another thread cannot draw from the stream.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn ctx() -> BuildContext {
     BuildContext {
         device: Device::Cpu,
@@ -34,6 +42,7 @@ fn batch(n: i64) -> Batch {
 
 #[test]
 fn registers_and_keeps_the_key_network_out_of_the_trainers_store() {
+    let _serial = serial();
     let mut r = Registry::new();
     selfsup_moco::register(&mut r);
     let cfg = (r.get("moco").unwrap().default_config)();
@@ -60,6 +69,7 @@ fn registers_and_keeps_the_key_network_out_of_the_trainers_store() {
 
 #[test]
 fn momentum_update_is_exact_and_key_network_gets_no_gradient() {
+    let _serial = serial();
     tch::manual_seed(4);
     let vs = nn::VarStore::new(Device::Cpu);
     let mut m = Moco::new(&vs.root(), small(false), &ctx()).unwrap();
@@ -108,6 +118,7 @@ fn momentum_update_is_exact_and_key_network_gets_no_gradient() {
 
 #[test]
 fn keys_are_enqueued_after_the_optimizer_step_only_in_training() {
+    let _serial = serial();
     tch::manual_seed(5);
     let vs = nn::VarStore::new(Device::Cpu);
     let mut m = Moco::new(&vs.root(), small(true), &ctx()).unwrap();
@@ -133,6 +144,7 @@ fn keys_are_enqueued_after_the_optimizer_step_only_in_training() {
 
 #[test]
 fn state_round_trip_restores_key_network_and_queue() {
+    let _serial = serial();
     tch::manual_seed(6);
     let vs = nn::VarStore::new(Device::Cpu);
     let mut a = Moco::new(&vs.root(), small(false), &ctx()).unwrap();
@@ -160,6 +172,7 @@ fn state_round_trip_restores_key_network_and_queue() {
 /// queue).
 #[test]
 fn loss_falls_on_a_fixed_pool() {
+    let _serial = serial();
     for symmetric in [false, true] {
         tch::manual_seed(7);
         let vs = nn::VarStore::new(Device::Cpu);

@@ -7,6 +7,14 @@ use selfsup_simclr::{recommended_train_config, SimClr, SimClrConfig};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
+/// libtorch's random generator is process-wide and these tests seed it: they run one at a time
+/// so that a test running beside them on another thread cannot draw from the stream.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn ctx() -> BuildContext {
     BuildContext {
         device: Device::Cpu,
@@ -30,6 +38,7 @@ fn batch(n: i64) -> Batch {
 
 #[test]
 fn registers_with_a_default_config_that_builds() {
+    let _serial = serial();
     let mut r = Registry::new();
     selfsup_simclr::register(&mut r);
     assert_eq!(r.names(), vec!["simclr"]);
@@ -49,6 +58,7 @@ fn registers_with_a_default_config_that_builds() {
 
 #[test]
 fn wrong_number_of_views_is_an_error() {
+    let _serial = serial();
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
     let mut m = SimClr::new(&vs.root(), SimClrConfig::default(), &ctx()).unwrap();
@@ -60,6 +70,7 @@ fn wrong_number_of_views_is_an_error() {
 
 #[test]
 fn loss_falls_on_a_fixed_batch() {
+    let _serial = serial();
     tch::manual_seed(1);
     let vs = nn::VarStore::new(Device::Cpu);
     let mut m = SimClr::new(&vs.root(), SimClrConfig::default(), &ctx()).unwrap();
@@ -93,6 +104,7 @@ fn grads(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
 /// same gradients with gradient caching (eager backward inside `step`) as in one graph.
 #[test]
 fn gradient_cache_matches_one_graph_over_the_micro_batches() {
+    let _serial = serial();
     tch::manual_seed(2);
     let vs = nn::VarStore::new(Device::Cpu);
     let cached_cfg = SimClrConfig { micro_batch_size: Some(3), ..SimClrConfig::default() };
