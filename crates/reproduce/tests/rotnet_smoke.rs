@@ -50,18 +50,27 @@ fn smoke_profile_runs_every_stage_then_skips_them() {
         assert!(x["pretext_acc"].as_f64().is_some(), "{x}");
     }
     assert!(r["supervised_end_to_end_top1"].as_f64().is_some());
+    let few = t["few_labels"].as_array().unwrap();
+    assert_eq!(few.len(), 1, "{few:?}");
+    assert_eq!(few[0]["per_class"], 2);
+    assert_eq!(few[0]["train_images"], 20);
+    for k in ["rotnet_conv", "scratch"] {
+        let v = few[0][k].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=100.0).contains(&v), "few labels {k} = {v}");
+    }
     let stages = r["stages"].as_array().unwrap();
-    assert_eq!(stages.len(), 16);
+    assert_eq!(stages.len(), 18);
     assert!(stages.iter().all(|s| s["skipped"] == false));
     let md = std::fs::read_to_string(res.join("table.md")).unwrap();
     assert!(md.contains("| block2 |") && md.contains("89.06") && md.contains("72.50"), "{md}");
+    assert!(md.contains("## 4. Few labels") && md.contains("| 2 | 20 |"), "{md}");
 
     // Re-running skips every finished stage.
     selfsup_reproduce::run(&args(dir.path(), &[])).unwrap();
     let r: Value =
         serde_json::from_slice(&std::fs::read(res.join("results.json")).unwrap()).unwrap();
     let stages = r["stages"].as_array().unwrap();
-    assert_eq!(stages.len(), 16);
+    assert_eq!(stages.len(), 18);
     assert!(stages.iter().all(|s| s["skipped"] == true), "{stages:?}");
     let log = std::fs::read_to_string(res.join("run.log")).unwrap();
     assert_eq!(log.matches("== selfsup reproduce rotnet").count(), 2);

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use selfsup_core::schedule::ScheduleConfig;
 use selfsup_core::EncoderConfig;
 use selfsup_eval::features::Normalization;
+use selfsup_eval::fewshot::FineTuneConfig;
 use selfsup_eval::{LinearProbeConfig, NonLinearProbeConfig};
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +48,17 @@ pub struct Profile {
     pub conv: NonLinearProbeConfig,
     /// The linear probe per block.
     pub linear: LinearProbeConfig,
+    /// The few-label table (RotNet §4.1 semi-supervised CIFAR-10, official configs
+    /// `*_K20` .. `*_K1000`): labeled images per class, a stratified seeded draw from the probe
+    /// training images; empty skips the table.
+    pub few_labels: Vec<usize>,
+    /// Its frozen side: the conv-block probe on block 2 of the RotNet (official: 100 epochs of
+    /// 50,000 samples whatever the budget, ×0.2 at 35, 70, 85).
+    pub few_conv: NonLinearProbeConfig,
+    /// Its supervised side: the NIN trained from scratch on the same labels, i.e. a random-init
+    /// encoder fine-tuned end to end with a linear head on its pooled output (official: 200
+    /// epochs of 50,000 samples, ×0.2 at 60, 120, 160).
+    pub few_supervised: FineTuneConfig,
     /// Bit-for-bit CPU determinism (disables oneDNN convolutions, several times slower).
     pub deterministic: bool,
     /// Channels-last memory format in training.
@@ -113,6 +125,9 @@ fn probes(
     (mlp, conv, linear)
 }
 
+/// Epochs of the cpu profile's few-label trainings.
+const FEW_EPOCHS: usize = 15;
+
 /// Training-metrics interval of the paper and cpu profiles.
 const LOG_EVERY: u64 = 10;
 
@@ -158,6 +173,14 @@ impl Profile {
             supervised_milestones: vec![60, 120, 160],
             probe_train_images: None,
             test_images: None,
+            few_labels: vec![20, 100, 400, 1000, 5000],
+            few_conv: NonLinearProbeConfig { epoch_size: Some(50_000), ..conv.clone() },
+            few_supervised: FineTuneConfig {
+                epochs: 200,
+                epoch_size: Some(50_000),
+                schedule: steps(&[60, 120, 160]),
+                ..FineTuneConfig::default()
+            },
             mlp,
             conv,
             linear,
@@ -171,7 +194,7 @@ impl Profile {
     /// The paper's protocol scaled to about half an hour on two CPU cores (see the module
     /// docs of `rotnet` for the measurements behind the numbers).
     pub fn cpu() -> Profile {
-        let epochs = 6;
+        let epochs = 5;
         let (mut mlp, mut conv, mut linear) = probes(15, 32, false);
         mlp.batch_size = 128;
         conv.batch_size = 128;
@@ -180,7 +203,7 @@ impl Profile {
             name: "cpu".into(),
             summary: "the paper's protocol scaled to ~30 min on 2 CPU cores".into(),
             encoder: EncoderConfig::Nin { blocks: 4, width: 16 },
-            train_images: Some(10_000),
+            train_images: Some(20_000),
             epochs,
             milestones: scale_milestones(&[60, 120, 160], 200, epochs),
             batch_size: 128,
@@ -189,6 +212,14 @@ impl Profile {
             supervised_milestones: scale_milestones(&[60, 120, 160], 200, epochs),
             probe_train_images: Some(10_000),
             test_images: None,
+            few_labels: vec![20, 100, 400, 1000],
+            few_conv: NonLinearProbeConfig { epoch_size: Some(10_000), ..conv.clone() },
+            few_supervised: FineTuneConfig {
+                epochs: FEW_EPOCHS,
+                epoch_size: Some(5_000),
+                schedule: steps(&scale_milestones(&[60, 120, 160], 200, FEW_EPOCHS as u64)),
+                ..FineTuneConfig::default()
+            },
             mlp,
             conv,
             linear,
@@ -218,6 +249,14 @@ impl Profile {
             supervised_milestones: vec![],
             probe_train_images: Some(256),
             test_images: Some(128),
+            few_labels: vec![2],
+            few_conv: conv.clone(),
+            few_supervised: FineTuneConfig {
+                epochs: 1,
+                batch_size: 16,
+                schedule: steps(&[]),
+                ..FineTuneConfig::default()
+            },
             mlp,
             conv,
             linear,
@@ -253,6 +292,11 @@ mod tests {
         assert_eq!(p.mlp.schedule, steps(&[20, 40, 45]));
         assert_eq!(p.conv.schedule, steps(&[35, 70, 85]));
         assert!(p.mlp.augment && p.conv.augment);
+        assert_eq!(p.few_labels, vec![20, 100, 400, 1000, 5000]);
+        assert_eq!(p.few_conv.epoch_size, Some(50_000));
+        assert_eq!(p.few_conv.schedule, steps(&[35, 70, 85]));
+        assert_eq!((p.few_supervised.epochs, p.few_supervised.epoch_size), (200, Some(50_000)));
+        assert_eq!(p.few_supervised.schedule, steps(&[60, 120, 160]));
         assert!(Profile::named("gpu").is_err());
         let q = Profile::resolve("cpu", &["epochs=2".into(), "mlp.epochs=3".into()]).unwrap();
         assert_eq!((q.epochs, q.mlp.epochs), (2, 3));

@@ -26,6 +26,8 @@ pub struct Reports {
     pub supervised_end_to_end: Option<f64>,
     /// Rotation accuracy of the last pretraining epoch, by rotation set.
     pub pretext_acc: Vec<(String, Option<f64>)>,
+    /// The few-label table, one row a budget.
+    pub few_labels: Vec<FewLabelRow>,
 }
 
 impl Reports {
@@ -40,6 +42,31 @@ impl Reports {
     /// Top-1 of `kind` (`mlp`, `conv`, `linear`) on `tap` of `encoder`.
     pub fn get(&self, encoder: &str, kind: &str, tap: &str) -> Option<f64> {
         self.rows.iter().find(|(e, k, t, _)| e == encoder && k == kind && t == tap).map(|r| r.3)
+    }
+
+    /// Records the few-label reports: `rotnet` (frozen conv-block probe) and `scratch` (the NIN
+    /// trained from scratch), one row per budget in the order of `per_class`.
+    pub fn add_few_labels(
+        &mut self,
+        per_class: &[usize],
+        rotnet: &EvalReport,
+        scratch: &EvalReport,
+    ) {
+        self.few_labels = per_class
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| {
+                let ours = rotnet.rows.get(i).map(|r| r.top1);
+                let sup = scratch.rows.get(i).map(|r| r.top1);
+                FewLabelRow {
+                    per_class: k,
+                    train_images: rotnet.rows.get(i).map(|r| r.train_images),
+                    rotnet_conv: ours,
+                    scratch: sup,
+                    diff: diff(ours, sup),
+                }
+            })
+            .collect();
     }
 
     /// Taps probed with `kind` on `encoder`, in order.
@@ -107,6 +134,22 @@ pub struct BaselineRow {
     pub diff: Option<f64>,
 }
 
+/// One label budget of the few-label table (RotNet §4.1; the paper plots it, so there is no
+/// figure to subtract).
+#[derive(Debug, Clone, Serialize)]
+pub struct FewLabelRow {
+    /// Labeled training images per class.
+    pub per_class: usize,
+    /// Labeled training images in all.
+    pub train_images: Option<usize>,
+    /// Frozen RotNet block-2 features with the conv-block probe.
+    pub rotnet_conv: Option<f64>,
+    /// The NIN trained from scratch on the same images.
+    pub scratch: Option<f64>,
+    /// RotNet minus from scratch.
+    pub diff: Option<f64>,
+}
+
 /// The qualitative findings the scaled-down profiles must show.
 #[derive(Debug, Clone, Serialize)]
 pub struct Checks {
@@ -127,6 +170,8 @@ pub struct Tables {
     pub rotations: Vec<RotationRow>,
     /// Table 3.
     pub baselines: Vec<BaselineRow>,
+    /// The few-label table (empty when the profile skips it).
+    pub few_labels: Vec<FewLabelRow>,
     /// The findings.
     pub checks: Checks,
 }
@@ -216,7 +261,7 @@ pub fn build(r: &Reports) -> Tables {
         best_block,
         four_minus_best_two: diff(rotations[0].ours, best_two),
     };
-    Tables { blockwise, rotations, baselines, checks }
+    Tables { blockwise, rotations, baselines, few_labels: r.few_labels.clone(), checks }
 }
 
 fn f(v: Option<f64>) -> String {
@@ -281,6 +326,31 @@ pub fn markdown(p: &Profile, t: &Tables, r: &Reports, device: &str, dataset: &st
     for b in &t.baselines {
         s += &format!("| {} | {} | {} | {} |\n", b.row, f(b.ours), f(b.paper), d(b.diff));
     }
+    if !t.few_labels.is_empty() {
+        s += &format!(
+            "\n## 4. Few labels (RotNet §4.1, semi-supervised; the paper plots it)\n\n\
+             Frozen RotNet block-2 features with the conv-block probe ({} epochs of {} samples) \
+             against the same NIN trained from scratch ({} epochs of {} samples, augmentation \
+             {}), both on K labeled images per class.\n\n\
+             | K per class | Labeled images | RotNet + conv | From scratch | Δ |\n\
+             |---:|---:|---:|---:|---:|\n",
+            p.few_conv.epochs,
+            p.few_conv.epoch_size.map_or("one pass".into(), |n| n.to_string()),
+            p.few_supervised.epochs,
+            p.few_supervised.epoch_size.map_or("one pass".into(), |n| n.to_string()),
+            if p.few_supervised.augment { "on" } else { "off" },
+        );
+        for x in &t.few_labels {
+            s += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                x.per_class,
+                x.train_images.map_or("–".into(), |n| n.to_string()),
+                f(x.rotnet_conv),
+                f(x.scratch),
+                d(x.diff)
+            );
+        }
+    }
     s += "\n## Findings\n\n";
     let margins: Vec<String> = t
         .blockwise
@@ -302,7 +372,18 @@ pub fn markdown(p: &Profile, t: &Tables, r: &Reports, device: &str, dataset: &st
         "- Four rotations minus the better two-rotation set (block 2): **{}** (paper: +1.60).\n",
         d(t.checks.four_minus_best_two)
     );
-    s += "- Few labels (RotNet Table 4): not run by this reproduction.\n";
+    if t.few_labels.is_empty() {
+        s += "- Few labels (RotNet §4.1): not run by this profile.\n";
+    } else {
+        let ahead: Vec<String> =
+            t.few_labels.iter().map(|x| format!("{}/class {}", x.per_class, d(x.diff))).collect();
+        s += &format!(
+            "- Few labels, RotNet + conv probe minus the NIN from scratch: {} (paper, §4.1: \
+             RotNet ahead when labels are few, the supervised NIN ahead with all 5,000 per \
+             class).\n",
+            ahead.join(", ")
+        );
+    }
     let _ = r;
     s
 }
@@ -324,7 +405,8 @@ pub fn write_commands(dir: &Path, p: &Profile, command: &str, dataset: &str) -> 
         );
     }
     s += "```\n\nThe probes use the settings in `results.json` (`profile.mlp`, `profile.conv`, \
-          `profile.linear`)";
+          `profile.linear`; the few-label table `profile.few_labels`, `profile.few_conv`, \
+          `profile.few_supervised`, as `selfsup eval --protocol fewshot`)";
     if p.probe_train_images.is_some() || p.test_images.is_some() {
         s += &format!(
             " on seeded subsets of {dataset} ({} training, {} test images), which `selfsup eval` \
