@@ -284,7 +284,7 @@ impl Repro {
             p.few_labels
         ));
         let (vs, encoder) = cache.get_with_vars(self, encoder_name)?;
-        let report = selfsup_eval::fewshot(encoder, vs, &sets.train, &sets.test, &cfg, seed)?;
+        let report = selfsup_eval::fewshot(encoder, vs, &sets.full_train, &sets.test, &cfg, seed)?;
         self.record_probe(&stage, encoder_name, &out, report, |r| r.variant.clone())
     }
 
@@ -352,6 +352,9 @@ fn probe_spec(probe: &str) -> (&'static str, Vec<String>) {
 struct ProbeSets {
     train: ImageDataset,
     test: ImageDataset,
+    /// The whole training split: the few-label budgets are drawn from it, as the official
+    /// `num_imgs_per_cat` (a probe subset may hold fewer than `K` images of a class).
+    full_train: ImageDataset,
 }
 
 /// Encoders loaded on demand, kept while the probes of one encoder run.
@@ -454,6 +457,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let sets = ProbeSets {
         train: subset(&full_train, profile.probe_train_images, profile.seed, "max_images"),
         test: subset(&full_test, profile.test_images, profile.seed, "test_images"),
+        full_train: full_train.clone(),
     };
     log.line(&format!(
         "   pretraining on {} of {} training images; probes: {} training, {} test images",

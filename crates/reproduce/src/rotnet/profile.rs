@@ -49,8 +49,8 @@ pub struct Profile {
     /// The linear probe per block.
     pub linear: LinearProbeConfig,
     /// The few-label table (RotNet §4.1 semi-supervised CIFAR-10, official configs
-    /// `*_K20` .. `*_K1000`): labeled images per class, a stratified seeded draw from the probe
-    /// training images; empty skips the table.
+    /// `*_K20` .. `*_K1000`): labeled images per class, a stratified seeded draw from the whole
+    /// training split (as the official `num_imgs_per_cat`); empty skips the table.
     pub few_labels: Vec<usize>,
     /// Its frozen side: the conv-block probe on block 2 of the RotNet (official: 100 epochs of
     /// 50,000 samples whatever the budget, ×0.2 at 35, 70, 85).
