@@ -30,12 +30,12 @@
 //! RotNet pretraining of a NIN-4 runs at about 290 source images/s (1,160 inputs/s) at width
 //! 16 and 100 at width 32; a PyTorch loop of the same NIN and schedule reaches the same
 //! rotation accuracy (42.4 and 52.3% over two epochs of 10,000 images at rate 0.1; ours 42.3
-//! and 52.1%). The cpu profile trains
-//! width 16 on 20,000 images for 5 epochs. Its findings are limited by that budget: block 1
-//! beats block 2 under the non-linear probe after short pretraining, and the gap closes as
-//! pretraining grows (probed on all 50,000 labels: −3.1 points after 60,000 source images,
-//! −2.7 after 100,000, −0.9 after 200,000; width 32 after 40,000 images: −2.5), so the paper's
-//! block-2 peak needs more than half an hour here.
+//! and 52.1%). The cpu profile trains width 16 on 20,000 images for 5 epochs. Its findings are
+//! limited by that budget: block 1 beats block 2 under the non-linear probe after short
+//! pretraining, and the gap closes as pretraining grows (block 2 minus block 1, probed on all
+//! 50,000 labels: −3.1 points after 60,000 source images, −2.7 after 100,000, −0.9 after
+//! 200,000; width 32 after 40,000 images: −2.5), so the paper's block-2 peak needs more than
+//! half an hour here.
 mod plots;
 mod profile;
 mod report;
