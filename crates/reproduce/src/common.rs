@@ -100,6 +100,22 @@ pub fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
 }
 
+/// Refuses a finished training in `dir` whose saved `config.json` differs from `cfg`, the
+/// config profile `profile` gives now (a stale run must not stand in for the new one).
+pub fn ensure_trained_with(dir: &Path, cfg: &impl Serialize, profile: &str) -> Result<()> {
+    // Compared as JSON text round trips (the saved floats went through text).
+    let saved = read_json(&dir.join("config.json"))?;
+    let now: Value = serde_json::from_str(&serde_json::to_string(cfg)?)?;
+    if saved != now {
+        bail!(
+            "{} was trained with another config than profile `{profile}` now gives: pass --force \
+             to retrain everything",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Writes pretty JSON, creating the folder.
 pub fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
     if let Some(dir) = path.parent() {

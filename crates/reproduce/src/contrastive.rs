@@ -28,7 +28,9 @@
 //!   its probes; the tables are in `results/<method>/cpu/`. Instance discrimination has no
 //!   working cpu setting yet (see `Profile::cpu_method_config`).
 //! - `smoke`: seconds; checks the pipeline (numbers mean nothing).
-use crate::common::{data_dir, parse_args, read_json, subset, write_json, Log};
+use crate::common::{
+    data_dir, ensure_trained_with, parse_args, read_json, subset, write_json, Log,
+};
 use anyhow::{bail, Context, Result};
 use selfsup_core::checkpoint;
 use selfsup_core::config::{DataConfig, RunConfig, TrainConfig};
@@ -463,17 +465,7 @@ pub fn run(method: &str, args: &[String]) -> Result<()> {
     let dir = run_root.join("pretrain");
     let done = dir.join("done.json");
     let pretrain = if done.exists() {
-        // Compared as JSON text round trips (the saved floats went through text).
-        let saved = read_json(&dir.join("config.json"))?;
-        let now: Value = serde_json::from_str(&serde_json::to_string(&cfg)?)?;
-        if saved != now {
-            bail!(
-                "{} was trained with another config than profile `{}` now gives: pass --force to \
-                 retrain",
-                dir.display(),
-                p.name
-            );
-        }
+        ensure_trained_with(&dir, &cfg, &p.name)?;
         log.line(&format!("[skip] pretrain: {} exists", done.display()));
         let v = read_json(&done)?;
         stages.push(json!({"stage": "pretrain", "skipped": true, "seconds": v["seconds"]}));

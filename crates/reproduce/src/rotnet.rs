@@ -40,8 +40,10 @@ mod plots;
 mod profile;
 mod report;
 
-use crate::common::{data_dir, parse_args, read_json, subset, write_json, Log};
-use anyhow::{bail, Context, Result};
+use crate::common::{
+    data_dir, ensure_trained_with, parse_args, read_json, subset, write_json, Log,
+};
+use anyhow::{Context, Result};
 use profile::{official_sgd, steps, Profile};
 use selfsup_core::checkpoint;
 use selfsup_core::config::{DataConfig, RunConfig, TrainConfig};
@@ -131,17 +133,7 @@ impl Repro {
         let dir = self.run_root.join(name);
         let done = dir.join("done.json");
         if done.exists() {
-            // Compared as JSON text round trips (the saved floats went through text).
-            let saved = read_json(&dir.join("config.json"))?;
-            let now: Value = serde_json::from_str(&serde_json::to_string(cfg)?)?;
-            if saved != now {
-                bail!(
-                    "{} was trained with another config than profile `{}` now gives: pass --force \
-                     to retrain everything",
-                    dir.display(),
-                    self.profile.name
-                );
-            }
+            ensure_trained_with(&dir, cfg, &self.profile.name)?;
             self.log.line(&format!("[skip] train {name}: {} exists", done.display()));
             let v = read_json(&done)?;
             self.stages.push(json!({"stage": format!("train {name}"), "skipped": true,
