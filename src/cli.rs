@@ -92,6 +92,13 @@ struct EvalArgs {
     /// Seed of the protocol's random choices.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Labeled training images: a seeded subset of this many (the stream the reproductions
+    /// use for their probes, so `--seed 0 --train-images 10000` is the cpu profiles' set).
+    #[arg(long, value_name = "N")]
+    train_images: Option<usize>,
+    /// Test images scored: a seeded subset of this many (default: the whole test split).
+    #[arg(long, value_name = "N")]
+    test_images: Option<usize>,
     /// Evaluate a randomly initialised encoder of the same config instead (the baseline).
     #[arg(long)]
     random_init: bool,
@@ -295,6 +302,11 @@ fn protocol_config(a: &EvalArgs) -> Result<serde_json::Value> {
 }
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
+    for (flag, n) in [("--train-images", a.train_images), ("--test-images", a.test_images)] {
+        if n == Some(0) {
+            anyhow::bail!("{flag} must be at least 1");
+        }
+    }
     let device = selfsup_core::device::parse_device(&a.device)?;
     let loaded = selfsup_core::checkpoint::load_encoder(&a.checkpoint, device)?;
     let random;
@@ -312,6 +324,9 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     let dir = selfsup_data::resolve_data_dir(a.data_dir.as_deref());
     let train_set = selfsup_data::open_dataset(&a.data, selfsup_data::Split::Train, &dir)?;
     let test_set = selfsup_data::open_dataset(&a.data, selfsup_data::Split::Test, &dir)?;
+    let subset = selfsup_core::trainer::seeded_subset;
+    let train_set = subset(&train_set, a.train_images, a.seed, "max_images");
+    let test_set = subset(&test_set, a.test_images, a.seed, "test_images");
     let taps: Vec<String> = a.taps.split(',').map(|t| t.trim().to_string()).collect();
     let protocol = match a.protocol {
         Protocol::Linear => selfsup_eval::Protocol::Linear,

@@ -143,27 +143,31 @@ fn knn_monitor_eval_and_export() {
     let knn = epoch["knn_top1"].as_f64().expect("knn_top1 logged");
     assert!((0.0..=100.0).contains(&knn), "{knn}");
 
-    let e = ok(&selfsup(
-        &[
-            "eval",
-            "--checkpoint",
-            "run",
-            "--protocol",
-            "knn",
-            "--data",
-            "synthetic:64:16",
-            "--device",
-            "cpu",
-        ],
-        dir.path(),
-    ));
+    // kNN eval of the run, with `extra` flags; its report is read back from `out`.
+    let knn_eval = |extra: &[&str]| {
+        let mut args =
+            vec!["eval", "--checkpoint", "run", "--protocol", "knn", "--data", "synthetic:64:16"];
+        args.extend_from_slice(&["--device", "cpu"]);
+        args.extend_from_slice(extra);
+        selfsup(&args, dir.path())
+    };
+    let report = |out: &str| -> serde_json::Value {
+        let path = dir.path().join(out).join("eval/knn.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let e = ok(&knn_eval(&[]));
     assert!(e.contains("block2"), "{e}");
-    let report: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("run/eval/knn.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(report["protocol"], "knn");
+    let r = report("run");
+    assert_eq!(r["protocol"], "knn");
+    assert_eq!(r["train"]["len"], 64);
     assert!(dir.path().join("run/eval/knn.md").exists());
+    // Seeded subsets of the labeled splits, recorded in the report; zero is refused by name.
+    ok(&knn_eval(&["--train-images", "40", "--test-images", "24", "--out", "sub"]));
+    let r = report("sub");
+    assert_eq!((r["train"]["len"].as_u64(), r["test"]["len"].as_u64()), (Some(40), Some(24)));
+    let e = err(&knn_eval(&["--train-images", "0", "--out", "sub0"]));
+    assert!(e.contains("--train-images"), "{e}");
+    assert!(!dir.path().join("sub0").exists(), "a refused eval must not write");
     let e = err(&selfsup(
         &[
             "eval",
