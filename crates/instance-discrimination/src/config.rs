@@ -33,6 +33,12 @@ pub struct InstDiscConfig {
     /// Noise samples per image for NCE. Default 4,096.
     #[serde(default = "default_nce_k")]
     pub nce_k: i64,
+    /// Batch norm (`BatchNorm1d(dim)`, variables `head_bn.*`) between the linear head and the
+    /// L2 normalisation. Default false: the paper's head is the linear layer alone. The
+    /// reproduction's cpu profile (NIN encoder) sets it; see the `reproduce` crate's
+    /// `contrastive` module for what was measured with and without it.
+    #[serde(default)]
+    pub head_bn: bool,
     /// The augmentation; `null` = the official one (MoCo v1's: random resized crop 0.2–1,
     /// colour jitter 0.4, grayscale 0.2, flip). Default null.
     #[serde(default)]
@@ -60,6 +66,7 @@ impl Default for InstDiscConfig {
             bank_momentum: default_bank_momentum(),
             objective: Objective::default(),
             nce_k: default_nce_k(),
+            head_bn: false,
             view: None,
         }
     }

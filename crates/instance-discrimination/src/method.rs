@@ -1,6 +1,7 @@
 //! The instance discrimination method: encoder, a linear layer to `dim`, L2 normalisation
-//! (official `models/resnet.py` with `low_dim` and `Normalize`), and the non-parametric softmax
-//! over the memory bank, trained with NCE or the full softmax.
+//! (official `models/resnet.py` with `low_dim` and `Normalize`; with `head_bn`, a batch norm
+//! before the normalisation), and the non-parametric softmax over the memory bank, trained with
+//! NCE or the full softmax.
 //!
 //! NCE (official `NCEAverage`): for each image, K noise indices are drawn uniformly from the
 //! training set (libtorch's generator, which the trainer reseeds every step) and the image's own
@@ -24,6 +25,7 @@ use tch::{Kind, Tensor};
 pub struct InstanceDiscrimination {
     encoder: Box<dyn Encoder>,
     head: nn::Linear,
+    head_bn: Option<nn::BatchNorm>,
     bank: MemoryBank,
     cfg: InstDiscConfig,
     view: Pipeline,
@@ -56,12 +58,23 @@ impl InstanceDiscrimination {
         }
         let encoder = build_encoder(&(root / "encoder"), &ctx.encoder, ctx.image_channels);
         let head = nn::linear(root / "head", encoder.out_channels(), cfg.dim, Default::default());
+        let head_bn =
+            cfg.head_bn.then(|| nn::batch_norm1d(root / "head_bn", cfg.dim, Default::default()));
         let bank = MemoryBank::new(ctx.num_train_images, cfg.dim, cfg.bank_momentum, ctx.device)?;
         let view = cfg
             .view
             .clone()
             .unwrap_or_else(|| views::mocov1_view(ctx.image_channels, ctx.image_size));
-        Ok(InstanceDiscrimination { encoder, head, bank, cfg, view, z: -1.0, pending: None })
+        Ok(InstanceDiscrimination {
+            encoder,
+            head,
+            head_bn,
+            bank,
+            cfg,
+            view,
+            z: -1.0,
+            pending: None,
+        })
     }
 
     /// The memory bank.
@@ -79,7 +92,11 @@ impl InstanceDiscrimination {
     /// # Shapes
     /// `xs`: `(B, C, H, W)`; returns `(B, dim)`.
     pub fn features_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        l2_normalize(&self.head.forward(&pooled(&self.encoder.forward_t(xs, train))))
+        let h = self.head.forward(&pooled(&self.encoder.forward_t(xs, train)));
+        match &self.head_bn {
+            Some(bn) => l2_normalize(&h.apply_t(bn, train)),
+            None => l2_normalize(&h),
+        }
     }
 
     /// Loss and accuracy (the own index scoring highest among the candidates) for normalised

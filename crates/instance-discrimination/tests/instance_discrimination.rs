@@ -150,3 +150,25 @@ fn loss_falls_on_a_fixed_batch() {
         assert!(last < 0.9 * first, "{objective:?}: loss did not fall: {losses:?}");
     }
 }
+
+/// `head_bn` puts batch norm between the linear head and the L2 normalisation: its variables
+/// exist, and in training mode the features of a batch are centred (each of the `dim`
+/// coordinates has zero batch mean before normalisation, so the normalised features' batch mean
+/// is small), whatever common direction the encoder's pooled features share.
+#[test]
+fn head_bn_centres_the_batch_features() {
+    let _serial = serial();
+    tch::manual_seed(5);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = InstDiscConfig { head_bn: true, dim: 16, ..InstDiscConfig::default() };
+    let m = InstanceDiscrimination::new(&vs.root(), cfg, &ctx(64)).unwrap();
+    let names: Vec<String> = vs.variables().into_keys().collect();
+    assert!(names.iter().any(|n| n == "head_bn.weight"), "{names:?}");
+    // Images sharing one large positive offset: their pooled features share a direction.
+    let x = Tensor::rand([64, 3, 16, 16], (Kind::Float, Device::Cpu)) + 3.0;
+    let v = m.features_t(&x, true);
+    let norms = v.norm_scalaropt_dim(2, [1i64].as_slice(), false);
+    assert!((norms - 1.0).abs().max().double_value(&[]) < 1e-5);
+    let centred = v.mean_dim([0i64].as_slice(), false, Kind::Float).norm().double_value(&[]);
+    assert!(centred < 0.2, "batch mean of the features has norm {centred}");
+}

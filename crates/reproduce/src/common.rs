@@ -2,8 +2,9 @@
 //! is, and seeded subsets.
 use anyhow::{bail, Context, Result};
 use selfsup_data::ImageDataset;
+use selfsup_eval::EvalReport;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -77,11 +78,14 @@ pub struct Log {
 }
 
 impl Log {
-    /// Opens (appends to) the log at `path`.
-    pub fn open(path: &Path) -> Result<Log> {
+    /// Opens the log at `path`: appends to it, or starts it afresh when `fresh` (`--force`
+    /// redoes every stage, so the log of the runs it replaces goes too).
+    pub fn open(path: &Path, fresh: bool) -> Result<Log> {
         let file = std::fs::OpenOptions::new()
             .create(true)
-            .append(true)
+            .append(!fresh)
+            .write(true)
+            .truncate(fresh)
             .open(path)
             .with_context(|| format!("{}: cannot open the run log", path.display()))?;
         Ok(Log { file })
@@ -103,10 +107,8 @@ pub fn read_json(path: &Path) -> Result<Value> {
 /// Refuses a finished training in `dir` whose saved `config.json` differs from `cfg`, the
 /// config profile `profile` gives now (a stale run must not stand in for the new one).
 pub fn ensure_trained_with(dir: &Path, cfg: &impl Serialize, profile: &str) -> Result<()> {
-    // Compared as JSON text round trips (the saved floats went through text).
     let saved = read_json(&dir.join("config.json"))?;
-    let now: Value = serde_json::from_str(&serde_json::to_string(cfg)?)?;
-    if saved != now {
+    if saved != round_trip(cfg)? {
         bail!(
             "{} was trained with another config than profile `{profile}` now gives: pass --force \
              to retrain everything",
@@ -114,6 +116,55 @@ pub fn ensure_trained_with(dir: &Path, cfg: &impl Serialize, profile: &str) -> R
         );
     }
     Ok(())
+}
+
+/// Refuses a finished probe report that was made under other settings than the ones the
+/// profile gives now: its protocol settings, the encoder config, the seed, or the labeled and
+/// test sets (name and size). `settings` is the protocol config the stage would run.
+pub fn ensure_probe_matches(
+    file: &Path,
+    report: &EvalReport,
+    settings: &impl Serialize,
+    encoder: &impl Serialize,
+    seed: u64,
+    sets: (&ImageDataset, &ImageDataset),
+    profile: &str,
+) -> Result<()> {
+    let (train, test) = sets;
+    let mut settings = round_trip(settings)?;
+    // A protocol records the normalisation it used; `null` asks it to compute one from the
+    // data, so only a given one is compared.
+    if settings.get("normalization").is_some_and(Value::is_null) {
+        settings["normalization"] = report.settings["normalization"].clone();
+    }
+    let now = json!({
+        "settings": settings,
+        "encoder": round_trip(encoder)?,
+        "seed": seed,
+        "train": [train.name(), train.len()],
+        "test": [test.name(), test.len()],
+    });
+    let saved = json!({
+        "settings": report.settings,
+        "encoder": report.encoder,
+        "seed": report.seed,
+        "train": [report.train.name, report.train.len],
+        "test": [report.test.name, report.test.len],
+    });
+    if saved != now {
+        bail!(
+            "{} was made with other probe settings, encoder, seed or data than profile \
+             `{profile}` now gives: pass --force to redo everything",
+            file.display()
+        );
+    }
+    Ok(())
+}
+
+/// `v` as JSON after a text round trip: saved files went through text, so values are compared
+/// in the form they have after reading one back.
+fn round_trip(v: &impl Serialize) -> Result<Value> {
+    Ok(serde_json::from_str(&serde_json::to_string(v)?)?)
 }
 
 /// Writes pretty JSON, creating the folder.

@@ -74,4 +74,10 @@ fn smoke_profile_runs_every_stage_then_skips_them() {
     assert!(stages.iter().all(|s| s["skipped"] == true), "{stages:?}");
     let log = std::fs::read_to_string(res.join("run.log")).unwrap();
     assert_eq!(log.matches("== selfsup reproduce rotnet").count(), 2);
+
+    // A finished probe made under other settings is refused by name, not reused.
+    let err = selfsup_reproduce::run(&args(dir.path(), &["--set", "mlp.epochs=2"]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nonlinear.json") && err.contains("--force"), "{err}");
 }

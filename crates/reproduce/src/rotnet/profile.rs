@@ -194,7 +194,7 @@ impl Profile {
     /// The paper's protocol scaled to about half an hour on two CPU cores (see the module
     /// docs of `rotnet` for the measurements behind the numbers).
     pub fn cpu() -> Profile {
-        let epochs = 5;
+        let epochs = 2;
         let (mut mlp, mut conv, mut linear) = probes(15, 32, false);
         mlp.batch_size = 128;
         conv.batch_size = 128;
@@ -203,7 +203,7 @@ impl Profile {
             name: "cpu".into(),
             summary: "the paper's protocol scaled to ~30 min on 2 CPU cores".into(),
             encoder: EncoderConfig::Nin { blocks: 4, width: 16 },
-            train_images: Some(20_000),
+            train_images: None,
             epochs,
             milestones: scale_milestones(&[60, 120, 160], 200, epochs),
             batch_size: 128,
