@@ -118,6 +118,26 @@ pub fn ensure_trained_with(dir: &Path, cfg: &impl Serialize, profile: &str) -> R
     Ok(())
 }
 
+/// The report of a probe stage that already ran, when `file` exists: `check`ed against what
+/// the profile gives now (see [`ensure_probe_matches`]), then logged and recorded in `stages`
+/// as skipped. `None` when the stage has to run.
+pub fn finished_probe(
+    log: &mut Log,
+    stages: &mut Vec<Value>,
+    stage: &str,
+    file: &Path,
+    check: impl FnOnce(&EvalReport) -> Result<()>,
+) -> Result<Option<EvalReport>> {
+    if !file.exists() {
+        return Ok(None);
+    }
+    let r = EvalReport::read(file)?;
+    check(&r)?;
+    log.line(&format!("[skip] {stage}: {} exists", file.display()));
+    stages.push(json!({"stage": stage, "skipped": true, "seconds": r.seconds}));
+    Ok(Some(r))
+}
+
 /// Refuses a finished probe report that was made under other settings than the ones the
 /// profile gives now: its protocol settings, the encoder config, the seed, or the labeled and
 /// test sets (name and size). `settings` is the protocol config the stage would run.

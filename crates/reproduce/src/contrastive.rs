@@ -30,8 +30,8 @@
 //!   1,168 s, instance discrimination 655 s; the tables are in `results/<method>/cpu/`.
 //! - `smoke`: seconds; checks the pipeline (numbers mean nothing).
 use crate::common::{
-    data_dir, ensure_probe_matches, ensure_trained_with, parse_args, read_json, subset, write_json,
-    Log,
+    data_dir, ensure_probe_matches, ensure_trained_with, finished_probe, parse_args, read_json,
+    subset, write_json, Log,
 };
 use anyhow::{bail, Context, Result};
 use selfsup_core::checkpoint;
@@ -42,7 +42,7 @@ use selfsup_core::trainer::{train, TrainOptions};
 use selfsup_core::{EncoderConfig, Registry};
 use selfsup_data::{ImageDataset, Split};
 use selfsup_eval::features::Normalization;
-use selfsup_eval::{EvalReport, KnnConfig, LinearProbeConfig};
+use selfsup_eval::{KnnConfig, LinearProbeConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -405,16 +405,15 @@ fn probe(
 ) -> Result<f64> {
     let file = out.join("eval").join(format!("{protocol}.json"));
     let stage = format!("{protocol} {encoder_name}");
-    let report = if file.exists() {
-        let r = EvalReport::read(&file)?;
-        let settings = match protocol {
-            "knn" => serde_json::to_value(&p.knn)?,
-            _ => serde_json::to_value(&p.linear)?,
-        };
-        let sets = (train_set, test_set);
-        ensure_probe_matches(&file, &r, &settings, &p.encoder, p.seed, sets, &p.name)?;
-        log.line(&format!("[skip] {stage}: {} exists", file.display()));
-        stages.push(json!({"stage": stage, "skipped": true, "seconds": r.seconds}));
+    let settings = match protocol {
+        "knn" => serde_json::to_value(&p.knn)?,
+        _ => serde_json::to_value(&p.linear)?,
+    };
+    let sets = (train_set, test_set);
+    let finished = finished_probe(log, stages, &stage, &file, |r| {
+        ensure_probe_matches(&file, r, &settings, &p.encoder, p.seed, sets, &p.name)
+    })?;
+    let report = if let Some(r) = finished {
         r
     } else {
         log.line(&format!("[probe] {stage}"));

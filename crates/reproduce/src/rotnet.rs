@@ -67,8 +67,8 @@ mod profile;
 mod report;
 
 use crate::common::{
-    data_dir, ensure_probe_matches, ensure_trained_with, parse_args, read_json, subset, write_json,
-    Log,
+    data_dir, ensure_probe_matches, ensure_trained_with, finished_probe, parse_args, read_json,
+    subset, write_json, Log,
 };
 use anyhow::{Context, Result};
 use profile::{official_sgd, steps, Profile};
@@ -245,15 +245,10 @@ impl Repro {
         settings: &Value,
         sets: (&ImageDataset, &ImageDataset),
     ) -> Result<Option<EvalReport>> {
-        if !file.exists() {
-            return Ok(None);
-        }
-        let r = EvalReport::read(file)?;
         let p = &self.profile;
-        ensure_probe_matches(file, &r, settings, &p.encoder, p.seed, sets, &p.name)?;
-        self.log.line(&format!("[skip] {stage}: {} exists", file.display()));
-        self.stages.push(json!({"stage": stage, "skipped": true, "seconds": r.seconds}));
-        Ok(Some(r))
+        finished_probe(&mut self.log, &mut self.stages, stage, file, |r| {
+            ensure_probe_matches(file, r, settings, &p.encoder, p.seed, sets, &p.name)
+        })
     }
 
     /// Writes a fresh probe report under `out`, logs each row (named by `row_name`) and records
