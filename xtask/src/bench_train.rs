@@ -61,12 +61,27 @@ fn selfsup_seconds(bin: &std::path::Path, t: &Torch, o: &Opts, steps: u32) -> Re
     Ok(secs)
 }
 
+/// Refuses a step time taken from two runs whose difference is lost in the start-up time
+/// (a small, fast configuration with few `--steps`): the `steps` timed steps must take at
+/// least a quarter of the short run's `short` seconds.
+fn check_difference(short: f64, long: f64, steps: u32) -> Result<()> {
+    let timed = long - short;
+    if timed < 0.25 * short {
+        bail!(
+            "--steps {steps}: the timed steps took {timed:.2} s against {short:.2} s of start-up \
+             and warm-up, too little for a stable difference; pass a larger --steps"
+        );
+    }
+    Ok(())
+}
+
 /// Runs the benchmark and prints both throughputs and their ratio.
 pub fn run(t: &Torch, args: &[String]) -> Result<()> {
     let o = parse(args)?;
     let bin = crate::tasks::build_release()?;
     let short = selfsup_seconds(&bin, t, &o, 2)?;
     let long = selfsup_seconds(&bin, t, &o, 2 + o.steps)?;
+    check_difference(short, long, o.steps)?;
     let step = (long - short) / o.steps as f64;
     let ours = o.batch as f64 / step;
     let out = Command::new(&t.python)
@@ -89,4 +104,17 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
     println!("  PyTorch  {torch:8.2} source images/s");
     println!("  ratio    {:8.2}x", ours / torch);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_difference_lost_in_start_up_is_refused() {
+        assert!(check_difference(2.0, 4.0, 5).is_ok());
+        let err = check_difference(2.0, 2.1, 8).unwrap_err().to_string();
+        assert!(err.contains("--steps 8") && err.contains("larger --steps"), "{err}");
+        assert!(check_difference(2.0, 1.9, 8).is_err());
+    }
 }

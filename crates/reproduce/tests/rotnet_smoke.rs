@@ -31,8 +31,9 @@ fn smoke_profile_runs_every_stage_then_skips_them() {
         let p = res.join(f);
         assert!(p.metadata().map(|m| m.len() > 0).unwrap_or(false), "{} missing", p.display());
     }
-    for c in ["rotnet_four", "rotnet_eight", "rotnet_two_0_180", "rotnet_two_90_270", "supervised"]
-    {
+    // The smoke profile, as the cpu one, gives Table 2's rotation sets their own runs.
+    let runs = ["rotnet_four", "sets_four", "sets_eight", "sets_two_0_180", "sets_two_90_270"];
+    for c in runs.iter().chain(&["supervised"]) {
         assert!(res.join("configs").join(format!("{c}.json")).exists(), "config {c}");
     }
     let r: Value =
@@ -45,7 +46,10 @@ fn smoke_profile_runs_every_stage_then_skips_them() {
             assert!((0.0..=100.0).contains(&v), "{k} = {v}");
         }
     }
-    for x in t["rotations"].as_array().unwrap() {
+    let rotations = t["rotations"].as_array().unwrap();
+    let probed: Vec<&str> = rotations.iter().map(|x| x["run"].as_str().unwrap()).collect();
+    assert_eq!(probed, runs[1..]);
+    for x in rotations {
         assert!(x["ours"].as_f64().is_some(), "{x}");
         assert!(x["pretext_acc"].as_f64().is_some(), "{x}");
     }
@@ -59,18 +63,19 @@ fn smoke_profile_runs_every_stage_then_skips_them() {
         assert!((0.0..=100.0).contains(&v), "few labels {k} = {v}");
     }
     let stages = r["stages"].as_array().unwrap();
-    assert_eq!(stages.len(), 18);
+    assert_eq!(stages.len(), 20);
     assert!(stages.iter().all(|s| s["skipped"] == false));
     let md = std::fs::read_to_string(res.join("table.md")).unwrap();
     assert!(md.contains("| block2 |") && md.contains("89.06") && md.contains("72.50"), "{md}");
     assert!(md.contains("## 4. Few labels") && md.contains("| 2 | 20 |"), "{md}");
+    assert!(md.contains("| four | 0°, 90°, 180°, 270° | `sets_four` |"), "{md}");
 
     // Re-running skips every finished stage.
     selfsup_reproduce::run(&args(dir.path(), &[])).unwrap();
     let r: Value =
         serde_json::from_slice(&std::fs::read(res.join("results.json")).unwrap()).unwrap();
     let stages = r["stages"].as_array().unwrap();
-    assert_eq!(stages.len(), 18);
+    assert_eq!(stages.len(), 20);
     assert!(stages.iter().all(|s| s["skipped"] == true), "{stages:?}");
     let log = std::fs::read_to_string(res.join("run.log")).unwrap();
     assert_eq!(log.matches("== selfsup reproduce rotnet").count(), 2);
@@ -80,4 +85,13 @@ fn smoke_profile_runs_every_stage_then_skips_them() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("nonlinear.json") && err.contains("--force"), "{err}");
+
+    // `--force` redoes everything: a fresh log, and no config of a run the profile lacks.
+    let stale = res.join("configs").join("rotnet_eight.json");
+    std::fs::write(&stale, "{}").unwrap();
+    selfsup_reproduce::run(&args(dir.path(), &["--force"])).unwrap();
+    assert!(!stale.exists(), "{} left behind", stale.display());
+    assert!(res.join("configs").join("sets_eight.json").exists());
+    let log = std::fs::read_to_string(res.join("run.log")).unwrap();
+    assert_eq!(log.matches("== selfsup reproduce rotnet").count(), 1);
 }

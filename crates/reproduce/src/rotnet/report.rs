@@ -1,6 +1,6 @@
 //! The RotNet reproduction's tables: ours beside the paper's figure and the difference, as
 //! markdown (`table.md`) and JSON (`results.json`), plus `commands.md`.
-use super::profile::Profile;
+use super::profile::{Profile, TABLE1_RUN};
 use anyhow::{Context, Result};
 use selfsup_eval::EvalReport;
 use serde::Serialize;
@@ -109,6 +109,8 @@ pub struct BlockRow {
 pub struct RotationRow {
     /// Config name of the set.
     pub set: String,
+    /// The pretraining run probed (`rotnet_four` when it is the Table 1 run).
+    pub run: String,
     /// Its angles.
     pub angles: Vec<u32>,
     /// Paper, block 2 non-linear probe.
@@ -176,21 +178,21 @@ pub struct Tables {
     pub checks: Checks,
 }
 
-/// Builds the tables from the probe scores.
-pub fn build(r: &Reports) -> Tables {
-    let taps = r.taps("rotnet_four", "mlp");
+/// Builds the tables of profile `p` from the probe scores.
+pub fn build(r: &Reports, p: &Profile) -> Tables {
+    let taps = r.taps(TABLE1_RUN, "mlp");
     let blockwise: Vec<BlockRow> = taps
         .iter()
         .enumerate()
         .map(|(i, tap)| {
-            let ours = r.get("rotnet_four", "mlp", tap);
+            let ours = r.get(TABLE1_RUN, "mlp", tap);
             let paper = PAPER_BLOCKS.get(i).copied();
             BlockRow {
                 block: tap.clone(),
                 paper,
                 rotnet_nonlinear: ours,
                 diff: diff(ours, paper),
-                rotnet_linear: r.get("rotnet_four", "linear", tap),
+                rotnet_linear: r.get(TABLE1_RUN, "linear", tap),
                 random_nonlinear: r.get("random", "mlp", tap),
                 random_linear: r.get("random", "linear", tap),
                 supervised_nonlinear: r.get("supervised", "mlp", tap),
@@ -201,9 +203,11 @@ pub fn build(r: &Reports) -> Tables {
         .iter()
         .zip(PAPER_ROTATIONS)
         .map(|(set, paper)| {
-            let ours = r.get(&format!("rotnet_{}", set.name()), "mlp", "block2");
+            let run = p.rotation_set_run(*set);
+            let ours = r.get(&run, "mlp", "block2");
             RotationRow {
                 set: set.name().into(),
+                run,
                 angles: set.angles().to_vec(),
                 paper,
                 ours,
@@ -232,12 +236,12 @@ pub fn build(r: &Reports) -> Tables {
         row(
             "RotNet + non-linear probe (block 2)",
             Some(PAPER_BLOCKS[1]),
-            r.get("rotnet_four", "mlp", "block2"),
+            r.get(TABLE1_RUN, "mlp", "block2"),
         ),
         row(
             "RotNet + conv probe (block 2)",
             Some(PAPER_ROTNET_CONV),
-            r.get("rotnet_four", "conv", "block2"),
+            r.get(TABLE1_RUN, "conv", "block2"),
         ),
         row("Random init + non-linear probe (block 2)", None, r.get("random", "mlp", "block2")),
         row(
@@ -308,14 +312,23 @@ pub fn markdown(p: &Profile, t: &Tables, r: &Reports, device: &str, dataset: &st
         );
     }
     s += "\n## 2. Number of rotations (RotNet Table 2, non-linear probe on block 2)\n\n";
-    s += "| Rotations | Angles | Ours | Paper | Δ | Pretext acc. (last epoch) |\n";
-    s += "|---|---|---:|---:|---:|---:|\n";
+    if let Some(b) = &p.rotation_sets_budget {
+        s += &format!(
+            "Each rotation set is its own pretraining of {} epochs (×0.2 at {:?}; the same \
+             images, batch and rate as Table 1), shorter than Table 1's {}-epoch run, so the \
+             `four` row is not Table 1's block 2.\n\n",
+            b.epochs, b.milestones, p.epochs
+        );
+    }
+    s += "| Rotations | Angles | Run | Ours | Paper | Δ | Pretext acc. (last epoch) |\n";
+    s += "|---|---|---|---:|---:|---:|---:|\n";
     for x in &t.rotations {
         let angles: Vec<String> = x.angles.iter().map(|a| format!("{a}°")).collect();
         s += &format!(
-            "| {} | {} | {} | {:.2} | {} | {} |\n",
+            "| {} | {} | `{}` | {} | {:.2} | {} | {} |\n",
             x.set,
             angles.join(", "),
+            x.run,
             f(x.ours),
             x.paper,
             d(x.diff),
@@ -396,9 +409,7 @@ pub fn write_commands(dir: &Path, p: &Profile, command: &str, dataset: &str) -> 
     s += &p.name;
     s += "` builds the release binary and runs the same.)\n\n";
     s += "Each training is the run config in `configs/`, i.e. the equivalent of\n\n```\n";
-    for name in
-        ["rotnet_four", "rotnet_eight", "rotnet_two_0_180", "rotnet_two_90_270", "supervised"]
-    {
+    for name in p.runs() {
         s += &format!(
             "selfsup train --config results/rotnet/{0}/configs/{name}.json --out runs/rotnet/{0}/{name}\n",
             p.name
@@ -409,11 +420,14 @@ pub fn write_commands(dir: &Path, p: &Profile, command: &str, dataset: &str) -> 
           `profile.few_supervised`, as `selfsup eval --protocol fewshot`)";
     if p.probe_train_images.is_some() || p.test_images.is_some() {
         s += &format!(
-            " on seeded subsets of {dataset} ({} training, {} test images), which `selfsup eval` \
-             does not take; with all images they are `selfsup eval --checkpoint RUN --protocol \
-             nonlinear|linear --config PROBE.json`",
+            " on seeded subsets of {dataset} ({} training, {} test images): `selfsup eval \
+             --checkpoint RUN --protocol nonlinear|linear --config PROBE.json{}{} --seed {}` \
+             draws the same ones",
             p.probe_train_images.map_or("all".to_string(), |n| n.to_string()),
-            p.test_images.map_or("all".to_string(), |n| n.to_string())
+            p.test_images.map_or("all".to_string(), |n| n.to_string()),
+            p.probe_train_images.map_or(String::new(), |n| format!(" --train-images {n}")),
+            p.test_images.map_or(String::new(), |n| format!(" --test-images {n}")),
+            p.seed
         );
     } else {
         s += ": `selfsup eval --checkpoint RUN --protocol nonlinear|linear --config PROBE.json`";
