@@ -30,6 +30,7 @@ use crate::linear::{
 use crate::probe::{eval_loop, seeded_normal, train_loop, LoopSpec, Sgd};
 use crate::report::{EvalReport, ResultRow};
 use crate::{EvalError, Result};
+use selfsup_core::encoders::{batch_norm1d, batch_norm2d};
 use selfsup_core::schedule::ScheduleConfig;
 use selfsup_core::Encoder;
 use selfsup_data::ImageDataset;
@@ -176,11 +177,7 @@ impl NonLinearHead {
                         nn::ConvConfig { padding: (ks - 1) / 2, bias: false, ..Default::default() };
                     convs.push((
                         nn::conv2d(p / format!("block{}", i + 1) / "conv", cin, width, ks, cfg),
-                        nn::batch_norm2d(
-                            p / format!("block{}", i + 1) / "bn",
-                            width,
-                            Default::default(),
-                        ),
+                        batch_norm2d(p / format!("block{}", i + 1) / "bn", width),
                     ));
                 }
                 let out = nn::linear(p / "fc", width, classes, Default::default());
@@ -196,14 +193,8 @@ impl NonLinearHead {
                 let nobias = nn::LinearConfig { bias: false, ..Default::default() };
                 let d = map.iter().product();
                 let hidden = vec![
-                    (
-                        nn::linear(p / "fc1", d, h, nobias),
-                        nn::batch_norm1d(p / "bn1", h, Default::default()),
-                    ),
-                    (
-                        nn::linear(p / "fc2", h, h, nobias),
-                        nn::batch_norm1d(p / "bn2", h, Default::default()),
-                    ),
+                    (nn::linear(p / "fc1", d, h, nobias), batch_norm1d(p / "bn1", h)),
+                    (nn::linear(p / "fc2", h, h, nobias), batch_norm1d(p / "bn2", h)),
                 ];
                 let out = nn::linear(p / "fc3", h, classes, Default::default());
                 NonLinearHead { kind, convs: Vec::new(), hidden, out }
@@ -393,6 +384,50 @@ pub fn head_name(kind: HeadKind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every variable of a head built under `seed`, by name, as bits.
+    fn head_bits(kind: HeadKind, seed: u64) -> Vec<(String, Vec<u32>)> {
+        let vs = nn::VarStore::new(Device::Cpu);
+        NonLinearHead::new(&vs.root(), kind, [4, 8, 8], 10, 8, Some(16), seed).unwrap();
+        let mut out: Vec<(String, Vec<u32>)> = vs
+            .variables()
+            .into_iter()
+            .map(|(k, t)| {
+                let v = Vec::<f32>::try_from(t.flatten(0, -1)).unwrap();
+                (k, v.into_iter().map(f32::to_bits).collect())
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn head_init_is_the_official_one_and_needs_no_libtorch_seed() {
+        for kind in [HeadKind::Mlp, HeadKind::ConvBlock3] {
+            // libtorch's global generator moves between the two builds; the heads must not.
+            let a = head_bits(kind, 5);
+            let _ = Tensor::rand([100], (Kind::Float, Device::Cpu));
+            let b = head_bits(kind, 5);
+            assert_eq!(a, b, "{kind:?}");
+            assert_ne!(a, head_bits(kind, 6), "{kind:?}: the seed must matter");
+            for (name, bits) in &a {
+                let want = if name.ends_with("bn.weight")
+                    || name.ends_with("bn1.weight")
+                    || name.ends_with("bn2.weight")
+                    || name.ends_with("running_var")
+                {
+                    Some(1f32)
+                } else if name.contains("bn") || name.ends_with("bias") {
+                    Some(0f32)
+                } else {
+                    None
+                };
+                if let Some(w) = want {
+                    assert!(bits.iter().all(|&b| b == w.to_bits()), "{kind:?} {name}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn official_head_shapes() {

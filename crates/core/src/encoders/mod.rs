@@ -174,15 +174,26 @@ pub(crate) fn conv2d(
     nn::conv2d(p, c_in, c_out, k, cfg)
 }
 
-/// BatchNorm2d as PyTorch builds it: weight 1, bias 0, eps 1e-5, momentum 0.1 (tch's default
-/// weight init is uniform, which is why this helper exists).
-pub(crate) fn batch_norm2d(p: nn::Path, c: i64) -> nn::BatchNorm {
-    let cfg = nn::BatchNormConfig {
+/// BatchNorm config as PyTorch builds it: weight 1, bias 0, eps 1e-5, momentum 0.1. tch's
+/// default draws the weight uniformly from `[0, 1)` out of libtorch's global generator, which
+/// is neither PyTorch's init nor reproducible where that generator is not seeded; this is why
+/// these helpers exist.
+fn pytorch_bn() -> nn::BatchNormConfig {
+    nn::BatchNormConfig {
         ws_init: nn::Init::Const(1.),
         bs_init: nn::Init::Const(0.),
         ..Default::default()
-    };
-    nn::batch_norm2d(p, c, cfg)
+    }
+}
+
+/// `nn.BatchNorm2d(c)` as PyTorch builds it (see [`pytorch_bn`]).
+pub fn batch_norm2d(p: nn::Path, c: i64) -> nn::BatchNorm {
+    nn::batch_norm2d(p, c, pytorch_bn())
+}
+
+/// `nn.BatchNorm1d(c)` as PyTorch builds it (see [`pytorch_bn`]).
+pub fn batch_norm1d(p: nn::Path, c: i64) -> nn::BatchNorm {
+    nn::batch_norm1d(p, c, pytorch_bn())
 }
 
 /// Pushes `(name, t)` onto `out` and says whether `name` is the tap to stop at.
