@@ -568,12 +568,7 @@ pub fn run(args: &[String]) -> Result<()> {
         ("random".into(), &["mlp_all", "linear", "conv_block2"]),
         ("supervised".into(), &["mlp_block2"]),
     ];
-    for set in RotationSet::ALL {
-        let name = r.profile.rotation_set_run(set);
-        if name != TABLE1_RUN {
-            plan.push((name, &["mlp_block2"]));
-        }
-    }
+    plan.extend(r.profile.other_set_runs().into_iter().map(|n| (n, &["mlp_block2"][..])));
     for (enc, probes) in plan {
         for probe in probes {
             let rep = r.probe_stage(&enc, probe, &mut cache, &sets)?;
@@ -613,7 +608,10 @@ pub fn run(args: &[String]) -> Result<()> {
     });
     write_json(&res_root.join("results.json"), &results)?;
     report::write_commands(&res_root, &r.profile, &command, &args.dataset)?;
-    let curves: Vec<(String, PathBuf)> = (r.profile.runs().into_iter())
+    let curves: Vec<(String, PathBuf)> = r
+        .profile
+        .runs()
+        .into_iter()
         .map(|n| (n.clone(), r.run_root.join(&n).join("metrics.jsonl")))
         .collect();
     plots::training_curves(&curves, &res_root.join("curves.png"))?;

@@ -172,16 +172,21 @@ impl Profile {
         }
     }
 
+    /// Table 2's runs other than the Table 1 run (all four sets' runs when they have a budget
+    /// of their own), in the order of `RotationSet::ALL`.
+    pub fn other_set_runs(&self) -> Vec<String> {
+        RotationSet::ALL
+            .into_iter()
+            .map(|set| self.rotation_set_run(set))
+            .filter(|name| name != TABLE1_RUN)
+            .collect()
+    }
+
     /// Every pretraining run of the profile, in training order: the Table 1 RotNet, Table 2's
     /// other runs, the supervised NIN.
     pub fn runs(&self) -> Vec<String> {
         let mut out = vec![TABLE1_RUN.to_string()];
-        for set in RotationSet::ALL {
-            let name = self.rotation_set_run(set);
-            if name != TABLE1_RUN {
-                out.push(name);
-            }
-        }
+        out.extend(self.other_set_runs());
         out.push("supervised".into());
         out
     }
