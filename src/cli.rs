@@ -163,17 +163,6 @@ struct TrainArgs {
     knn_data: Option<String>,
 }
 
-/// Every method this build knows, in table order.
-pub fn registry() -> Registry {
-    let mut r = Registry::new();
-    selfsup_rotnet::register(&mut r);
-    selfsup_simclr::register(&mut r);
-    selfsup_moco::register(&mut r);
-    selfsup_instance_discrimination::register(&mut r);
-    selfsup_supervised::register(&mut r);
-    r
-}
-
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -188,14 +177,14 @@ fn init_tracing(format: LogFormat) {
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let registry = registry();
+    let registry = selfsup_methods::registry();
     match cli.command {
         Command::Train(a) => cmd_train(&registry, a),
         Command::Methods { pretty } => cmd_methods(&registry, pretty),
         Command::Info { checkpoint } => cmd_info(&checkpoint),
         Command::Eval(a) => cmd_eval(a),
         Command::Export(a) => cmd_export(a),
-        Command::Reproduce { args } => selfsup_reproduce::run(&args),
+        Command::Reproduce { args } => selfsup_reproduce::run(&args, &registry),
     }
 }
 
@@ -224,10 +213,20 @@ fn cmd_train(registry: &Registry, a: TrainArgs) -> Result<()> {
         let test_set = selfsup_data::open_dataset(&spec, selfsup_data::Split::Test, &dir)?;
         let device = selfsup_core::device::parse_device(&cfg.device)?;
         opts.hook_every = every.max(1);
-        opts.epoch_hook = Some(Box::new(move |_epoch, encoder| {
-            let top1 =
-                selfsup_eval::knn_monitor(encoder, device, &train_set, &test_set, 10_000, 200, 0.1)
-                    .map_err(|e| selfsup_core::CoreError::Training(format!("kNN monitor: {e}")))?;
+        opts.epoch_hook = Some(Box::new(move |_epoch, encoder, norm| {
+            // The encoder sees the pixel statistics it is trained with.
+            let norm = norm.cloned().map(selfsup_eval::Normalization::from);
+            let top1 = selfsup_eval::knn_monitor(
+                encoder,
+                device,
+                &train_set,
+                &test_set,
+                10_000,
+                200,
+                0.1,
+                norm.as_ref(),
+            )
+            .map_err(|e| selfsup_core::CoreError::Training(format!("kNN monitor: {e}")))?;
             Ok(vec![("knn_top1".to_string(), top1)])
         }));
     }
@@ -335,7 +334,18 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         Protocol::Fewshot => selfsup_eval::Protocol::Fewshot,
     };
     let taps = (a.taps != "all").then_some(taps);
-    let config = protocol_config(&a)?;
+    let mut config = protocol_config(&a)?;
+    // Evaluate with the pixel normalisation the run was trained with (recorded in its
+    // checkpoint), unless the protocol config sets one.
+    if config.get("normalization").is_none_or(serde_json::Value::is_null) {
+        match &loaded.state.normalization {
+            Some(n) => config["normalization"] = serde_json::to_value(n)?,
+            None => tracing::warn!(
+                "{} records no input normalization (an older checkpoint, or a method without                  one): pixels are normalised with the evaluation images' statistics",
+                a.checkpoint.display()
+            ),
+        }
+    }
     let mut report = selfsup_eval::run_protocol(
         protocol,
         encoder,

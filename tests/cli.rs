@@ -160,6 +160,13 @@ fn knn_monitor_eval_and_export() {
     let r = report("run");
     assert_eq!(r["protocol"], "knn");
     assert_eq!(r["train"]["len"], 64);
+    // Evaluated with the normalisation the run was trained with (RotNet's CIFAR-10 mean and
+    // std, recorded in the checkpoint), not the evaluation images' own statistics.
+    let norm = &r["settings"]["normalization"];
+    let (mean, std) = (norm["mean"][0].as_f64().unwrap(), norm["std"][2].as_f64().unwrap());
+    assert!((mean - 125.3 / 255.0).abs() < 1e-6 && (std - 66.7 / 255.0).abs() < 1e-6, "{norm}");
+    let state = std::fs::read_to_string(dir.path().join("run/checkpoint/trainer.json")).unwrap();
+    assert!(state.contains("\"normalization\""), "{state}");
     assert!(dir.path().join("run/eval/knn.md").exists());
     // Seeded subsets of the labeled splits, recorded in the report; zero is refused by name.
     ok(&knn_eval(&["--train-images", "40", "--test-images", "24", "--out", "sub"]));

@@ -24,10 +24,20 @@
 //! `eager = false` every micro-batch stays in the surrogate (exact whatever the trainer does
 //! with the loss, e.g. fp16 loss scaling, but the memory of the whole batch).
 //!
-//! Caveats: batch norm inside `embed` normalises each micro-batch with its own statistics (as
-//! with several devices without synchronised BN), so the result equals one big batch exactly
-//! only for networks without batch norm or with BN in eval mode; and in train mode BN running
-//! statistics are updated twice per micro-batch (no-grad pass and grad pass). Anything random
+//! # What is exact and what is not
+//! Exact: the loss and its gradient *for the embeddings the micro-batches produce*; every
+//! anchor sees all negatives of the full batch.
+//!
+//! Not exact with batch norm in train mode: BN inside `embed` normalises each micro-batch with
+//! that micro-batch's own mean and variance, like several GPUs without synchronised BN (SyncBN),
+//! so the embeddings, the loss and the gradients differ from those of one big batch whose BN
+//! statistics cover all of it. Smaller micro-batches give noisier statistics. With BN in eval
+//! mode, or without BN, the result equals one big batch.
+//!
+//! Running statistics: each micro-batch goes through `embed` twice, but the BN running
+//! statistics are updated once per micro-batch, as one train-mode forward of each micro-batch
+//! would: the caller passes the running-mean and running-variance tensors, and they are
+//! restored after the no-grad pass (see [`grad_cached_loss`]). Anything else random or stateful
 //! in `embed` (dropout) must repeat identically in both passes.
 use crate::{ContrastiveError, Result};
 use tch::{Kind, Tensor};
@@ -60,12 +70,19 @@ pub fn micro_batches(x: &Tensor, size: usize) -> Vec<Tensor> {
 /// `embed` maps one input chunk to its embeddings `(b_i, D)`; it is called twice per chunk
 /// (without and with autograd) and must be deterministic. `loss_fn` maps the concatenated
 /// embeddings `(Σ b_i, D)` to a scalar loss. Without autograd (inside `tch::no_grad`) the loss
-/// is simply computed on the no-grad embeddings.
+/// is simply computed on the no-grad embeddings, in one pass.
+///
+/// `running_stats` are the batch-norm running statistics that `embed` updates in train mode
+/// (the `running_mean` and `running_var` tensors of every BN layer, shallow clones of the
+/// var store's): they are copied before the no-grad pass and written back after it, so that
+/// only the grad pass updates them, once per micro-batch. Pass `&[]` when `embed` has no BN in
+/// train mode.
 pub fn grad_cached_loss<E, L>(
     chunks: &[Tensor],
     mut embed: E,
     loss_fn: L,
     eager: bool,
+    running_stats: &[Tensor],
 ) -> Result<CachedLoss>
 where
     E: FnMut(&Tensor) -> Tensor,
@@ -74,11 +91,26 @@ where
     if chunks.is_empty() {
         return Err(ContrastiveError::Shape("grad_cached_loss needs at least one chunk".into()));
     }
+    let two_passes = crate::grad_enabled();
+    let saved: Vec<Tensor> = if two_passes {
+        tch::no_grad(|| running_stats.iter().map(Tensor::copy).collect())
+    } else {
+        Vec::new()
+    };
     let embs: Vec<Tensor> = tch::no_grad(|| chunks.iter().map(&mut embed).collect());
+    if two_passes {
+        tch::no_grad(|| -> Result<()> {
+            for (stat, before) in running_stats.iter().zip(&saved) {
+                stat.shallow_clone().f_copy_(before)?;
+            }
+            Ok(())
+        })?;
+    }
+    drop(saved);
     let sizes: Vec<i64> = embs.iter().map(|e| e.size()[0]).collect();
     let embeddings = Tensor::cat(&embs, 0).detach();
     drop(embs);
-    if !crate::grad_enabled() {
+    if !two_passes {
         let loss = loss_fn(&embeddings)?;
         return Ok(CachedLoss { loss, embeddings });
     }

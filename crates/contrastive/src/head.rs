@@ -4,6 +4,7 @@
 //! both linear layers and drops their biases; MoCo v2 (Chen et al. 2020b) uses
 //! `Linear → ReLU → Linear` without BN; solo-learn's MoCo v2+ adds BN after the hidden layer.
 //! The head sits on the pooled encoder features and is thrown away after training.
+use selfsup_core::encoders::{batch_norm1d, linear, LinearBias};
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::ModuleT, Tensor};
 
@@ -57,14 +58,16 @@ pub struct ProjectionHead {
 impl ProjectionHead {
     /// Builds the head on `p` (variables `fc1`, `bn1`, `fc2`, `bn2`) for `in_dim` input
     /// features. Linear layers followed by batch norm have no bias (it would be cancelled).
+    /// Initialisation is PyTorch's (`nn.Linear`: weights and biases uniform in `±1/√fan_in`;
+    /// `nn.BatchNorm1d`: weight 1, bias 0), the reference of every recipe compared here.
     pub fn new(p: &nn::Path, in_dim: i64, cfg: &HeadConfig) -> Self {
         let hidden = cfg.hidden_dim.unwrap_or(in_dim);
-        let lin = |bias: bool| nn::LinearConfig { bias, ..Default::default() };
+        let bias = |bn: bool| if bn { LinearBias::None } else { LinearBias::Default };
         ProjectionHead {
-            fc1: nn::linear(p / "fc1", in_dim, hidden, lin(!cfg.bn_hidden)),
-            bn1: cfg.bn_hidden.then(|| nn::batch_norm1d(p / "bn1", hidden, Default::default())),
-            fc2: nn::linear(p / "fc2", hidden, cfg.out_dim, lin(!cfg.bn_out)),
-            bn2: cfg.bn_out.then(|| nn::batch_norm1d(p / "bn2", cfg.out_dim, Default::default())),
+            fc1: linear(p / "fc1", in_dim, hidden, bias(cfg.bn_hidden)),
+            bn1: cfg.bn_hidden.then(|| batch_norm1d(p / "bn1", hidden)),
+            fc2: linear(p / "fc2", hidden, cfg.out_dim, bias(cfg.bn_out)),
+            bn2: cfg.bn_out.then(|| batch_norm1d(p / "bn2", cfg.out_dim)),
         }
     }
 }
@@ -106,5 +109,23 @@ mod tests {
         assert_eq!(head.forward_t(&x, false).size(), [4, 128]);
         assert_eq!(vs2.variables()["fc1.weight"].size(), [8, 16]);
         assert!(vs2.variables().contains_key("fc2.bias"));
+    }
+
+    #[test]
+    fn pytorch_initialisation() {
+        tch::manual_seed(1);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let _head = ProjectionHead::new(&vs.root(), 64, &HeadConfig::default());
+        let v = vs.variables();
+        // nn.Linear: |w| <= 1/sqrt(fan_in) (tch's default bound is 2.45x that).
+        let max = v["fc1.weight"].abs().max().double_value(&[]);
+        assert!(max <= 1.0 / 8.0 && max > 0.9 / 8.0, "{max}");
+        // nn.BatchNorm1d: weight 1, bias 0 (tch's default draws the weight from U(0, 1)).
+        for bn in ["bn1", "bn2"] {
+            let w = &v[&format!("{bn}.weight")];
+            assert!(w.eq(1.0).all().int64_value(&[]) == 1, "{bn}.weight");
+            let b = &v[&format!("{bn}.bias")];
+            assert!(b.eq(0.0).all().int64_value(&[]) == 1, "{bn}.bias");
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! - [`head`]: the projection MLP put on top of the pooled encoder features;
 //! - [`grad_cache`]: exact large-batch losses from micro-batches by gradient caching
 //!   (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited
-//!   Setup");
+//!   Setup"); batch norm still sees each micro-batch's own statistics;
 //! - [`views`]: the default augmentation views (SimCLR's, MoCo v1's);
 //! - [`pooled`]: global average pooling of an encoder's last feature map.
 #![deny(missing_docs)]

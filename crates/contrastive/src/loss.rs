@@ -10,8 +10,13 @@
 //! - [`info_nce`] follows MoCo's Algorithm 1 (He et al. 2020): query `q`, positive key `k`, the
 //!   K keys of the queue as negatives, the positive at logit index 0.
 //!
-//! Everything is computed in `f32` whatever the input precision.
+//! Everything is computed in `f32` whatever the input precision, also inside a bf16
+//! [`autocast`](selfsup_core::precision::autocast) region: the similarities, logits and
+//! cross-entropies run under [`without_autocast`], as PyTorch code computes them outside its
+//! `torch.autocast` block (a bf16 similarity matrix has only 8 significant bits, an error of
+//! ~1e-2 that the temperature then multiplies).
 use crate::{ContrastiveError, Result};
+use selfsup_core::precision::without_autocast;
 use tch::{Kind, Tensor};
 
 /// Rows divided by their L2 norm (clamped at 1e-12, as `torch.nn.functional.normalize`).
@@ -49,7 +54,7 @@ fn check_2d(name: &str, t: &Tensor) -> Result<(i64, i64)> {
 ///
 /// # Shapes
 /// `z`: `(2N, D)`, view 1 of images `0..N` then view 2 of the same images; returns logits
-/// `(2N, 2N)` (f32) and targets `(2N,)` (i64).
+/// `(2N, 2N)` (f32, computed outside autocast) and targets `(2N,)` (i64).
 pub fn nt_xent_logits(z: &Tensor, tau: f64) -> Result<(Tensor, Tensor)> {
     check_tau(tau)?;
     let (two_n, _) = check_2d("z", z)?;
@@ -60,10 +65,12 @@ pub fn nt_xent_logits(z: &Tensor, tau: f64) -> Result<(Tensor, Tensor)> {
     }
     let n = two_n / 2;
     let device = z.device();
-    let z = l2_normalize(z);
-    let sim = z.matmul(&z.tr()) / tau;
-    let self_mask = Tensor::eye(two_n, (Kind::Bool, device));
-    let logits = sim.masked_fill(&self_mask, f64::NEG_INFINITY);
+    let logits = without_autocast(device, || {
+        let z = l2_normalize(z);
+        let sim = z.matmul(&z.tr()) / tau;
+        let self_mask = Tensor::eye(two_n, (Kind::Bool, device));
+        sim.masked_fill(&self_mask, f64::NEG_INFINITY)
+    });
     let idx = Tensor::arange(two_n, (Kind::Int64, device));
     let targets = (idx + n).remainder(two_n);
     Ok((logits, targets))
@@ -75,7 +82,7 @@ pub fn nt_xent_logits(z: &Tensor, tau: f64) -> Result<(Tensor, Tensor)> {
 /// `z`: `(2N, D)` (view 1 rows first, then view 2 in the same image order); returns a scalar.
 pub fn nt_xent_joint(z: &Tensor, tau: f64) -> Result<Tensor> {
     let (logits, targets) = nt_xent_logits(z, tau)?;
-    Ok(logits.cross_entropy_for_logits(&targets))
+    Ok(without_autocast(logits.device(), || logits.cross_entropy_for_logits(&targets)))
 }
 
 /// NT-Xent of SimCLR's Algorithm 1 for two views of the same N images.
@@ -100,7 +107,8 @@ pub fn nt_xent(z1: &Tensor, z2: &Tensor, tau: f64) -> Result<Tensor> {
 /// holds normalised keys already, normalising again is a no-op).
 ///
 /// # Shapes
-/// `q`, `k`: `(N, D)`; `queue`: `(K, D)`; returns `(N, 1 + K)` (f32). The target is 0.
+/// `q`, `k`: `(N, D)`; `queue`: `(K, D)`; returns `(N, 1 + K)` (f32, computed outside
+/// autocast). The target is 0.
 pub fn info_nce_logits(q: &Tensor, k: &Tensor, queue: &Tensor, tau: f64) -> Result<Tensor> {
     check_tau(tau)?;
     let (n, d) = check_2d("q", q)?;
@@ -118,11 +126,13 @@ pub fn info_nce_logits(q: &Tensor, k: &Tensor, queue: &Tensor, tau: f64) -> Resu
             queue.size()
         )));
     }
-    let q = l2_normalize(q);
-    let k = l2_normalize(k);
-    let l_pos = (&q * &k).sum_dim_intlist([1i64].as_slice(), true, Kind::Float);
-    let l_neg = q.matmul(&queue.to_kind(Kind::Float).tr());
-    Ok(Tensor::cat(&[l_pos, l_neg], 1) / tau)
+    Ok(without_autocast(q.device(), || {
+        let q = l2_normalize(q);
+        let k = l2_normalize(k);
+        let l_pos = (&q * &k).sum_dim_intlist([1i64].as_slice(), true, Kind::Float);
+        let l_neg = q.matmul(&queue.to_kind(Kind::Float).tr());
+        Tensor::cat(&[l_pos, l_neg], 1) / tau
+    }))
 }
 
 /// InfoNCE of MoCo: cross-entropy of [`info_nce_logits`] with target 0, averaged over the N
@@ -133,7 +143,7 @@ pub fn info_nce_logits(q: &Tensor, k: &Tensor, queue: &Tensor, tau: f64) -> Resu
 pub fn info_nce(q: &Tensor, k: &Tensor, queue: &Tensor, tau: f64) -> Result<Tensor> {
     let logits = info_nce_logits(q, k, queue, tau)?;
     let targets = Tensor::zeros([logits.size()[0]], (Kind::Int64, logits.device()));
-    Ok(logits.cross_entropy_for_logits(&targets))
+    Ok(without_autocast(logits.device(), || logits.cross_entropy_for_logits(&targets)))
 }
 
 /// Fraction of rows whose largest logit is at the target index (the pretext accuracy).

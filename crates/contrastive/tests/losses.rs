@@ -1,7 +1,10 @@
 //! Checks of the contrastive losses against hand computations and PyTorch fixtures
 //! (`fixtures/make_fixtures.py`), and of gradient caching against one big batch.
 use selfsup_contrastive::grad_cache::{grad_cached_loss, micro_batches};
-use selfsup_contrastive::loss::{info_nce, nt_xent, nt_xent_joint, nt_xent_logits, top1_accuracy};
+use selfsup_contrastive::loss::{
+    info_nce, info_nce_logits, nt_xent, nt_xent_joint, nt_xent_logits, top1_accuracy,
+};
+use selfsup_core::precision::{autocast, Precision};
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 
 fn matrix(rows: &[Vec<f64>]) -> Tensor {
@@ -133,6 +136,44 @@ fn logits_accuracy_is_one_for_identical_views() {
     assert_eq!(rows(&targets.view([1, -1]))[0], vec![4.0, 5.0, 6.0, 7.0, 0.0, 1.0, 2.0, 3.0]);
 }
 
+/// Under bf16 autocast (the whole method step runs inside it) the similarities, logits and
+/// losses are still computed in fp32: the same values as without autocast, not bf16 ones
+/// (whose error would be ~1e-2).
+#[test]
+fn logits_and_losses_are_fp32_inside_bf16_autocast() {
+    tch::manual_seed(17);
+    let (z, q, k) = (
+        Tensor::randn([16, 32], (Kind::Float, Device::Cpu)),
+        Tensor::randn([8, 32], (Kind::Float, Device::Cpu)),
+        Tensor::randn([8, 32], (Kind::Float, Device::Cpu)),
+    );
+    let queue = Tensor::randn([64, 32], (Kind::Float, Device::Cpu));
+    let tau = 0.1;
+    let compute = || {
+        let (nt, targets) = nt_xent_logits(&z, tau).unwrap();
+        let moco = info_nce_logits(&q, &k, &queue, tau).unwrap();
+        let losses = [
+            nt_xent_joint(&z, tau).unwrap().double_value(&[]),
+            info_nce(&q, &k, &queue, tau).unwrap().double_value(&[]),
+        ];
+        (nt, targets, moco, losses)
+    };
+    let (nt32, t32, moco32, losses32) = compute();
+    let (nt, targets, moco, losses) = autocast(Device::Cpu, Precision::Bf16, compute);
+    assert_eq!((nt.kind(), moco.kind()), (Kind::Float, Kind::Float));
+    assert!(targets.equal(&t32));
+    assert!(nt.allclose(&nt32, 1e-6, 1e-6, false), "NT-Xent logits differ under autocast");
+    assert!(moco.allclose(&moco32, 1e-6, 1e-6, false), "InfoNCE logits differ under autocast");
+    for (got, want) in losses.iter().zip(losses32) {
+        assert!((got - want).abs() < 1e-6 * want.abs().max(1.0), "{got} vs {want}");
+    }
+    // Bf16 inputs (a bf16 projection head's output) are cast to fp32 first.
+    let bf = autocast(Device::Cpu, Precision::Bf16, || {
+        nt_xent_logits(&z.to_kind(Kind::BFloat16), tau).unwrap().0
+    });
+    assert_eq!(bf.kind(), Kind::Float);
+}
+
 fn grads(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     let mut v: Vec<(String, Tensor)> = vs
         .variables()
@@ -185,6 +226,7 @@ fn micro_batches_match_one_big_batch() {
             |c| net.forward_t(c, false),
             |z| nt_xent_joint(z, tau),
             eager,
+            &[],
         )
         .unwrap();
         assert_eq!(out.embeddings.size(), [16, 5]);
@@ -203,9 +245,94 @@ fn micro_batches_match_one_big_batch() {
     // Without autograd the loss is simply the full-batch loss.
     let chunks = micro_batches(&x1, 3).into_iter().chain(micro_batches(&x2, 3)).collect::<Vec<_>>();
     let out = tch::no_grad(|| {
-        grad_cached_loss(&chunks, |c| net.forward_t(c, false), |z| nt_xent_joint(z, tau), true)
+        grad_cached_loss(&chunks, |c| net.forward_t(c, false), |z| nt_xent_joint(z, tau), true, &[])
     })
     .unwrap();
     assert!((out.loss.double_value(&[]) - want_loss).abs() < 1e-6);
     assert!(!out.loss.requires_grad());
+}
+
+/// A linear layer and a batch norm in train mode, plus the BN's running statistics.
+fn bn_net(vs: &nn::VarStore) -> (nn::SequentialT, Vec<Tensor>) {
+    let root = vs.root();
+    let bn = nn::batch_norm1d(&root / "bn", 5, Default::default());
+    let stats = vec![bn.running_mean.shallow_clone(), bn.running_var.shallow_clone()];
+    let net = nn::seq_t().add(nn::linear(&root / "l", 6, 5, Default::default())).add(bn);
+    (net, stats)
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+/// In train mode the no-grad pass of gradient caching leaves the BN running statistics alone:
+/// after the call they are those of one train-mode forward of each micro-batch (updated once
+/// per micro-batch, not twice).
+#[test]
+fn grad_cache_updates_running_statistics_once_per_micro_batch() {
+    tch::manual_seed(9);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let (net, stats) = bn_net(&vs);
+    // The reference: the same weights, one train-mode forward per micro-batch.
+    let mut vs_once = nn::VarStore::new(Device::Cpu);
+    let (net_once, stats_once) = bn_net(&vs_once);
+    vs_once.copy(&vs).unwrap();
+    let mut vs_twice = nn::VarStore::new(Device::Cpu);
+    let (net_twice, stats_twice) = bn_net(&vs_twice);
+    vs_twice.copy(&vs).unwrap();
+
+    let x = Tensor::randn([8, 6], (Kind::Float, Device::Cpu)) * 2.0 + 1.0;
+    let chunks = micro_batches(&x, 4);
+    assert_eq!(chunks.len(), 2);
+    tch::no_grad(|| {
+        for c in &chunks {
+            let _ = net_once.forward_t(c, true);
+        }
+        // What updating twice per micro-batch (no-grad pass, then grad pass) gives.
+        for c in chunks.iter().chain(&chunks) {
+            let _ = net_twice.forward_t(c, true);
+        }
+    });
+    let gap = max_diff(&stats_once[0], &stats_twice[0]);
+    assert!(gap > 1e-2, "the example must tell one update from two ({gap})");
+
+    for eager in [true, false] {
+        let before: Vec<Tensor> = stats.iter().map(Tensor::copy).collect();
+        let out = grad_cached_loss(
+            &chunks,
+            |c| net.forward_t(c, true),
+            |z| nt_xent_joint(z, 0.5),
+            eager,
+            &stats,
+        )
+        .unwrap();
+        out.loss.backward();
+        for (name, got, want) in [
+            ("running_mean", &stats[0], &stats_once[0]),
+            ("running_var", &stats[1], &stats_once[1]),
+        ] {
+            let d = max_diff(got, want);
+            assert!(d < 1e-6, "eager={eager}: {name} differs from one update per chunk by {d}");
+        }
+        // Reset for the next mode.
+        tch::no_grad(|| {
+            for (s, b) in stats.iter().zip(&before) {
+                s.shallow_clone().copy_(b);
+            }
+        });
+    }
+
+    // Without autograd there is one pass, and it updates the statistics once.
+    tch::no_grad(|| {
+        grad_cached_loss(
+            &chunks,
+            |c| net.forward_t(c, true),
+            |z| nt_xent_joint(z, 0.5),
+            true,
+            &stats,
+        )
+    })
+    .unwrap();
+    assert!(max_diff(&stats[0], &stats_once[0]) < 1e-6);
+    assert!(max_diff(&stats[1], &stats_once[1]) < 1e-6);
 }

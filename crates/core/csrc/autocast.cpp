@@ -47,8 +47,26 @@ int selfsup_autocast_enter_bf16(int device, int* prev_enabled, int* prev_dtype) 
   }
 }
 
+// Disables autocast on `device` and enters one nesting level, as
+// `torch.autocast(device_type, enabled=False)` does: ops on that device run in their inputs'
+// precision until `selfsup_autocast_exit` restores the previous flag and dtype (written to
+// `prev_enabled` and `prev_dtype`). The dtype is left as it is.
+int selfsup_autocast_enter_disabled(int device, int* prev_enabled, int* prev_dtype) {
+  try {
+    const auto dev = device_type(device);
+    *prev_enabled = at::autocast::is_autocast_enabled(dev) ? 1 : 0;
+    *prev_dtype = static_cast<int>(at::autocast::get_autocast_dtype(dev));
+    at::autocast::set_autocast_enabled(dev, false);
+    at::autocast::increment_nesting();
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
 // Leaves one nesting level (clearing the cast cache when it was the outermost one) and restores
-// the flag and dtype saved by `selfsup_autocast_enter_bf16`.
+// the flag and dtype saved by `selfsup_autocast_enter_bf16` or
+// `selfsup_autocast_enter_disabled`.
 int selfsup_autocast_exit(int device, int prev_enabled, int prev_dtype) {
   try {
     const auto dev = device_type(device);

@@ -36,6 +36,11 @@ pub struct TrainerState {
     pub config: RunConfig,
     /// Channels of the training images (the encoder's input channels).
     pub image_channels: i64,
+    /// The pixel normalisation the encoder was trained with (the method's
+    /// [`PretextMethod::input_normalization`](crate::PretextMethod::input_normalization));
+    /// absent in checkpoints written before it was recorded, and for methods without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<crate::InputNormalization>,
     /// SHA-256 of `model.safetensors`.
     pub model_sha256: String,
     /// SHA-256 of `trainer.safetensors`.
@@ -263,6 +268,7 @@ mod tests {
             global_step: 17,
             config: RunConfig::default(),
             image_channels: 3,
+            normalization: None,
             model_sha256: String::new(),
             trainer_sha256: String::new(),
         };

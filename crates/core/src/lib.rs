@@ -26,5 +26,5 @@ mod test_python;
 
 pub use encoders::{build_encoder, Encoder, EncoderConfig};
 pub use error::{CoreError, Result};
-pub use method::{BuildContext, PretextMethod, StepOutput};
+pub use method::{BuildContext, InputNormalization, PretextMethod, StepOutput};
 pub use registry::{MethodEntry, Registry};

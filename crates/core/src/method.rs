@@ -5,8 +5,33 @@
 //! augmented views it needs from the data pipeline, and turns a batch into a loss and metrics.
 use crate::encoders::Encoder;
 use crate::Result;
-use selfsup_data::{Batch, Pipeline};
+use selfsup_data::{Batch, Op, Pipeline};
+use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
+
+/// Per-channel pixel normalisation of a method's input, `(x / 255 − mean) / std`: what the
+/// encoder saw in pretraining. Recorded in every checkpoint so that evaluation feeds the frozen
+/// encoder the same input statistics (`selfsup eval`, the kNN monitor).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputNormalization {
+    /// Per-channel mean of pixels scaled to [0, 1].
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation of pixels scaled to [0, 1].
+    pub std: Vec<f32>,
+}
+
+impl InputNormalization {
+    /// The final `Normalize` op of `view`, if the pipeline ends with one.
+    pub fn of_pipeline(view: &Pipeline) -> Option<Self> {
+        match view.ops.last() {
+            Some(Op::Normalize { mean, std }) => {
+                Some(InputNormalization { mean: mean.clone(), std: std.clone() })
+            }
+            _ => None,
+        }
+    }
+}
 
 /// What a method may need to know when it is built.
 #[derive(Debug, Clone)]
@@ -63,6 +88,23 @@ pub trait PretextMethod {
 
     /// The encoder being trained (the part that is evaluated and exported).
     fn encoder(&self) -> &dyn Encoder;
+
+    /// The pixel normalisation of the encoder's input, for evaluation. Default: the final
+    /// `Normalize` op of the first view; `None` when the views end otherwise (a method that
+    /// normalises per patch, say), and evaluation then uses the evaluation images' statistics.
+    fn input_normalization(&self) -> Option<InputNormalization> {
+        self.views().first().and_then(InputNormalization::of_pipeline)
+    }
+
+    /// The method's embedding of images for evaluation, where it has one: the L2-normalised
+    /// head output of the contrastive methods (MoCo's CIFAR demo and lemniscate run their kNN
+    /// monitor on it), computed in eval mode. `None` (default) for methods without one.
+    ///
+    /// # Shapes
+    /// `xs`: `(N, C, H, W)` normalised images; returns `(N, D)`.
+    fn embedding_t(&self, _xs: &Tensor) -> Option<Tensor> {
+        None
+    }
 
     /// Turns a batch (already on the training device) into a loss. `train` is false for
     /// validation passes.

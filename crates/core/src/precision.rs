@@ -6,6 +6,9 @@
 //!   scaling is needed with bf16). tch 0.24's own `tch::autocast` only toggles CUDA autocast with
 //!   its default float16, so both devices go through a small C++ shim (`csrc/autocast.cpp`,
 //!   compiled by `build.rs`) over `at::autocast`'s per-device API.
+//! - Losses and similarity matrices belong in fp32: [`without_autocast`] turns autocast off
+//!   for a block inside the autocast region, as `torch.autocast(device_type, enabled=False)`
+//!   does (the contrastive logits, the memory-bank similarities).
 //! - On the CPU, bf16 only pays off with hardware support (AMX or AVX512-BF16); elsewhere
 //!   libtorch emulates it and is slower than fp32, so [`Precision::check`] refuses it.
 //! - Channels-last (NHWC strides on NCHW tensors) lets oneDNN and cuDNN pick their fastest
@@ -74,6 +77,11 @@ extern "C" {
         prev_enabled: *mut c_int,
         prev_dtype: *mut c_int,
     ) -> c_int;
+    fn selfsup_autocast_enter_disabled(
+        device: c_int,
+        prev_enabled: *mut c_int,
+        prev_dtype: *mut c_int,
+    ) -> c_int;
     fn selfsup_autocast_exit(device: c_int, prev_enabled: c_int, prev_dtype: c_int) -> c_int;
 }
 
@@ -122,6 +130,34 @@ pub fn autocast<T>(device: Device, precision: Precision, f: impl FnOnce() -> T) 
     // SAFETY: the out-pointers are valid for writes; the shim catches every C++ exception.
     let rc = unsafe { selfsup_autocast_enter_bf16(code, &mut prev_enabled, &mut prev_dtype) };
     assert_eq!(rc, 0, "libtorch failed to enter autocast");
+    let _guard = AutocastGuard { device: code, prev_enabled, prev_dtype };
+    f()
+}
+
+/// Runs `f` with autocast turned off for `device`, as `torch.autocast(device_type,
+/// enabled=False)` does: inside an [`autocast`] region, ops on `device` then compute in their
+/// inputs' precision, so a similarity matrix or loss of fp32 inputs is computed in fp32 (cast
+/// bf16 inputs with `to_kind(Kind::Float)` first). The previous state is restored on exit, also
+/// when `f` panics. Outside autocast (or on devices other than the CPU and CUDA) `f` runs
+/// unchanged, without touching libtorch's autocast state.
+///
+/// # Panics
+/// If libtorch throws while toggling the autocast flags (it does not for CPU and CUDA).
+pub fn without_autocast<T>(device: Device, f: impl FnOnce() -> T) -> T {
+    let Some(code) = device_code(device) else {
+        return f();
+    };
+    let (mut enabled, mut dtype) = (0, 0);
+    // SAFETY: the out-pointers are valid for writes; the shim catches every C++ exception.
+    let rc = unsafe { selfsup_autocast_get(code, &mut enabled, &mut dtype) };
+    assert_eq!(rc, 0, "libtorch failed to report autocast");
+    if enabled == 0 {
+        return f();
+    }
+    let (mut prev_enabled, mut prev_dtype) = (0, 0);
+    // SAFETY: as above.
+    let rc = unsafe { selfsup_autocast_enter_disabled(code, &mut prev_enabled, &mut prev_dtype) };
+    assert_eq!(rc, 0, "libtorch failed to leave autocast for an fp32 block");
     let _guard = AutocastGuard { device: code, prev_enabled, prev_dtype };
     f()
 }
@@ -260,6 +296,44 @@ mod tests {
         let rel = (mm.to_kind(Kind::Float) - a.matmul(&b)).norm().double_value(&[])
             / a.matmul(&b).norm().double_value(&[]);
         assert!(rel < 1e-2, "relative error {rel}");
+    }
+
+    #[test]
+    fn without_autocast_computes_in_fp32_inside_autocast_and_restores_bf16() {
+        let a = Tensor::randn([8, 16], (Kind::Float, Device::Cpu));
+        let b = Tensor::randn([16, 4], (Kind::Float, Device::Cpu));
+        let exact = a.matmul(&b);
+        let (inside, before, after) = autocast(Device::Cpu, Precision::Bf16, || {
+            let before = a.matmul(&b).kind();
+            let inside = without_autocast(Device::Cpu, || {
+                assert_eq!(autocast_dtype(Device::Cpu).unwrap(), None);
+                // Nested autocast inside the fp32 block turns bf16 back on, and leaves again.
+                let nested = autocast(Device::Cpu, Precision::Bf16, || a.matmul(&b).kind());
+                assert_eq!(nested, Kind::BFloat16);
+                assert_eq!(autocast_dtype(Device::Cpu).unwrap(), None);
+                a.matmul(&b)
+            });
+            assert_eq!(autocast_dtype(Device::Cpu).unwrap(), Some(Kind::BFloat16));
+            (inside, before, a.matmul(&b).kind())
+        });
+        assert_eq!((before, after), (Kind::BFloat16, Kind::BFloat16));
+        assert_eq!(inside.kind(), Kind::Float);
+        assert!(inside.allclose(&exact, 1e-6, 1e-6, false), "the fp32 block runs in fp32");
+        assert_eq!(autocast_dtype(Device::Cpu).unwrap(), None);
+        // Harmless outside autocast, and on devices without autocast.
+        let k = without_autocast(Device::Cpu, || a.matmul(&b).kind());
+        assert_eq!(k, Kind::Float);
+        assert_eq!(autocast_dtype(Device::Cpu).unwrap(), None);
+        assert_eq!(without_autocast(Device::Mps, || 3), 3);
+        // A panic inside the fp32 block restores bf16 autocast.
+        autocast(Device::Cpu, Precision::Bf16, || {
+            let res = std::panic::catch_unwind(|| {
+                without_autocast(Device::Cpu, || panic!("inside"));
+            });
+            assert!(res.is_err());
+            assert_eq!(autocast_dtype(Device::Cpu).unwrap(), Some(Kind::BFloat16));
+        });
+        assert_eq!(autocast_dtype(Device::Cpu).unwrap(), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::checkpoint::{self, TrainerState, FORMAT_VERSION};
 use crate::config::RunConfig;
 use crate::device::{device_name, parse_device};
 use crate::encoders::Encoder;
-use crate::method::{BuildContext, PretextMethod};
+use crate::method::{BuildContext, InputNormalization, PretextMethod};
 use crate::optim::{clip_grad_norm, Optimizer};
 use crate::precision::{autocast, set_channels_last, to_channels_last};
 use crate::registry::Registry;
@@ -26,9 +26,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{nn, Tensor};
 
-/// A function called after each epoch (1-based epoch count) with the encoder, returning extra
-/// metrics to log (the kNN monitor).
-pub type EpochHook<'a> = Box<dyn FnMut(u64, &dyn Encoder) -> Result<Vec<(String, f64)>> + 'a>;
+/// A function called after each epoch (1-based epoch count) with the encoder and the pixel
+/// normalisation it is trained with, returning extra metrics to log (the kNN monitor).
+pub type EpochHook<'a> = Box<
+    dyn FnMut(u64, &dyn Encoder, Option<&InputNormalization>) -> Result<Vec<(String, f64)>> + 'a,
+>;
 
 /// How to run [`train`], beside the config.
 pub struct TrainOptions<'a> {
@@ -218,21 +220,177 @@ fn progress_bar(show: bool, total: u64, done: u64) -> indicatif::ProgressBar {
 
 /// Trains `cfg.method` into `run_dir` (created if needed): writes `config.json`,
 /// `metrics.jsonl` and `checkpoint/`.
+///
+/// The phases are the methods of the private `Trainer`: set-up and resume (`set_up`,
+/// `checkpoint_to_resume`, `restore`), the epoch loop (`run`), the step (`step`), end-of-epoch
+/// work (`end_of_epoch`) and checkpointing (`save`).
 pub fn train(
     cfg: &RunConfig,
     registry: &Registry,
     run_dir: &Path,
     opts: &mut TrainOptions<'_>,
 ) -> Result<TrainSummary> {
-    cfg.validate()?;
-    let device = parse_device(&cfg.device)?;
-    cfg.train.precision.check(device)?;
-    if cfg.train.threads > 0 {
-        tch::set_num_threads(cfg.train.threads as i32);
+    Trainer::set_up(cfg, registry, run_dir, opts)?.run(opts)
+}
+
+/// Where a run stands: the epoch the next step belongs to, batches of it done, steps in all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Position {
+    epoch: u64,
+    batch_in_epoch: u64,
+    global_step: u64,
+}
+
+/// What one optimizer step reports to the epoch loop.
+struct StepReport {
+    loss: f64,
+    metrics: Vec<(String, f64)>,
+    inputs: i64,
+    lr: f64,
+    grad_norm: Option<f64>,
+}
+
+/// A run being trained: everything [`train`] sets up, and the position in the run.
+struct Trainer<'a> {
+    cfg: &'a RunConfig,
+    run_dir: &'a Path,
+    device: tch::Device,
+    vs: nn::VarStore,
+    method: Box<dyn PretextMethod>,
+    /// The method's input normalisation, recorded in checkpoints and given to epoch hooks.
+    normalization: Option<InputNormalization>,
+    extras: Vec<crate::method::ExtraOptimizer>,
+    params: Params,
+    extra_params: Vec<Params>,
+    optimizer: Box<dyn Optimizer>,
+    extra_opts: Vec<Box<dyn Optimizer>>,
+    /// The batches; taken by `run` (its epochs borrow it while steps borrow the trainer).
+    loader: Option<Loader>,
+    steps_per_epoch: u64,
+    image_channels: i64,
+    images: usize,
+    pos: Position,
+    log: MetricsLog,
+}
+
+impl<'a> Trainer<'a> {
+    /// Set-up and resume: checks the config and any checkpoint in `run_dir` against it, builds
+    /// the method, optimizers and loader, and only then creates the folder, restores the
+    /// checkpoint (with `opts.resume`), writes `config.json` and opens the metrics log. Bad
+    /// input fails here, before anything is written.
+    fn set_up(
+        cfg: &'a RunConfig,
+        registry: &Registry,
+        run_dir: &'a Path,
+        opts: &mut TrainOptions<'_>,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let device = parse_device(&cfg.device)?;
+        cfg.train.precision.check(device)?;
+        if cfg.train.threads > 0 {
+            tch::set_num_threads(cfg.train.threads as i32);
+        }
+        crate::determinism::set_mkldnn_enabled(!cfg.train.deterministic);
+        let resume_from = Self::checkpoint_to_resume(cfg, run_dir, opts.resume)?;
+
+        let dataset = match opts.dataset.take() {
+            Some(d) => d,
+            None => open_train_set(cfg)?,
+        };
+        crate::seed::seed_torch(cfg.seed);
+        let vs = nn::VarStore::new(device);
+        let ctx = BuildContext {
+            device,
+            seed: cfg.seed,
+            num_train_images: dataset.len(),
+            image_channels: dataset.channels() as i64,
+            image_size: dataset.height() as i64,
+            encoder: cfg.encoder.clone(),
+        };
+        let method = registry.build(&cfg.method, &vs.root(), &cfg.method_config, &ctx)?;
+        let normalization = method.input_normalization();
+        if cfg.train.channels_last {
+            set_channels_last(&vs)?;
+        }
+        let extras = method.extra_optimizers();
+        let prefixes: Vec<String> = extras.iter().map(|e| e.prefix.clone()).collect();
+        let (params, extra_params) = param_groups(&vs, &prefixes);
+        if params.is_empty() {
+            return Err(CoreError::Config(format!(
+                "method `{}` has no trainable variables",
+                cfg.method
+            )));
+        }
+        let optimizer: Box<dyn Optimizer> = cfg.train.optimizer.build(&params)?;
+        let extra_opts: Vec<Box<dyn Optimizer>> = extras
+            .iter()
+            .zip(&extra_params)
+            .map(|(e, p)| e.optimizer.build(p))
+            .collect::<Result<_>>()?;
+
+        let loader = Loader::new(
+            dataset.clone(),
+            method.views(),
+            LoaderConfig {
+                batch_size: cfg.train.batch_size,
+                shuffle: true,
+                drop_last: true,
+                seed: cfg.seed,
+                prefetch: cfg.train.prefetch,
+                threads: cfg.train.threads,
+            },
+        )?;
+        let steps_per_epoch = loader.batches_per_epoch() as u64;
+        if steps_per_epoch == 0 {
+            return Err(CoreError::Config(format!(
+                "train.batch_size = {} exceeds the {} training images (drop_last leaves no batch)",
+                cfg.train.batch_size,
+                dataset.len()
+            )));
+        }
+
+        // Everything that can fail on bad input has been checked: only now is the folder created.
+        std::fs::create_dir_all(run_dir).map_err(|e| CoreError::io(run_dir, e))?;
+        let log = MetricsLog::open(run_dir, resume_from.as_ref().map(|c| c.state.global_step))?;
+        let mut t = Trainer {
+            cfg,
+            run_dir,
+            device,
+            vs,
+            method,
+            normalization,
+            extras,
+            params,
+            extra_params,
+            optimizer,
+            extra_opts,
+            loader: Some(loader),
+            steps_per_epoch,
+            image_channels: ctx.image_channels,
+            images: dataset.len(),
+            pos: Position::default(),
+            log,
+        };
+        if let Some(ck) = &resume_from {
+            t.restore(ck)?;
+        }
+        let config_json = serde_json::to_vec_pretty(cfg).expect("config serializes");
+        checkpoint::write_atomic(&run_dir.join("config.json"), &config_json)?;
+        Ok(t)
     }
-    crate::determinism::set_mkldnn_enabled(!cfg.train.deterministic);
-    let resume_from = if checkpoint::exists(run_dir) {
-        if !opts.resume {
+
+    /// The checkpoint in `run_dir` to continue from: `None` when there is none; an error when
+    /// there is one and `resume` is false (nothing is overwritten), or when its config differs
+    /// from `cfg` in anything but the run's length (`train.epochs`, `train.max_steps`).
+    fn checkpoint_to_resume(
+        cfg: &RunConfig,
+        run_dir: &Path,
+        resume: bool,
+    ) -> Result<Option<checkpoint::Checkpoint>> {
+        if !checkpoint::exists(run_dir) {
+            return Ok(None);
+        }
+        if !resume {
             return Err(CoreError::Config(format!(
                 "{} already holds a checkpoint: pass --resume to continue it, or choose another --out",
                 run_dir.display()
@@ -251,277 +409,234 @@ pub fn train(
                 run_dir.display()
             )));
         }
-        Some(ck)
-    } else {
-        None
-    };
-
-    let dataset = match opts.dataset.take() {
-        Some(d) => d,
-        None => open_train_set(cfg)?,
-    };
-    crate::seed::seed_torch(cfg.seed);
-    let vs = nn::VarStore::new(device);
-    let ctx = BuildContext {
-        device,
-        seed: cfg.seed,
-        num_train_images: dataset.len(),
-        image_channels: dataset.channels() as i64,
-        image_size: dataset.height() as i64,
-        encoder: cfg.encoder.clone(),
-    };
-    let mut method = registry.build(&cfg.method, &vs.root(), &cfg.method_config, &ctx)?;
-    if cfg.train.channels_last {
-        set_channels_last(&vs)?;
-    }
-    let extras = method.extra_optimizers();
-    let prefixes: Vec<String> = extras.iter().map(|e| e.prefix.clone()).collect();
-    let (params, extra_params) = param_groups(&vs, &prefixes);
-    if params.is_empty() {
-        return Err(CoreError::Config(format!(
-            "method `{}` has no trainable variables",
-            cfg.method
-        )));
-    }
-    let mut optimizer: Box<dyn Optimizer> = cfg.train.optimizer.build(&params)?;
-    let mut extra_opts: Vec<Box<dyn Optimizer>> = extras
-        .iter()
-        .zip(&extra_params)
-        .map(|(e, p)| e.optimizer.build(p))
-        .collect::<Result<_>>()?;
-
-    let loader = Loader::new(
-        dataset.clone(),
-        method.views(),
-        LoaderConfig {
-            batch_size: cfg.train.batch_size,
-            shuffle: true,
-            drop_last: true,
-            seed: cfg.seed,
-            prefetch: cfg.train.prefetch,
-            threads: cfg.train.threads,
-        },
-    )?;
-    let steps_per_epoch = loader.batches_per_epoch() as u64;
-    if steps_per_epoch == 0 {
-        return Err(CoreError::Config(format!(
-            "train.batch_size = {} exceeds the {} training images (drop_last leaves no batch)",
-            cfg.train.batch_size,
-            dataset.len()
-        )));
+        Ok(Some(ck))
     }
 
-    // Everything that can fail on bad input has been checked: only now is the folder created.
-    std::fs::create_dir_all(run_dir).map_err(|e| CoreError::io(run_dir, e))?;
-    let (mut epoch, mut batch_in_epoch, mut global_step) = (0u64, 0u64, 0u64);
-    if let Some(ck) = &resume_from {
-        let model_path = checkpoint::checkpoint_dir(run_dir).join("model.safetensors");
-        checkpoint::load_into(&vs, &ck.model, "", &model_path)?;
-        let opt_state: Vec<(String, Tensor)> = ck
-            .trainer
-            .iter()
-            .filter(|(n, _)| n.starts_with("optim."))
-            .map(|(n, t)| (n["optim.".len()..].to_string(), t.to_device(device)))
-            .collect();
-        optimizer.load_state(&opt_state)?;
-        for (e, opt) in extras.iter().zip(extra_opts.iter_mut()) {
-            let key = format!("extra.{}.", e.name);
-            let st: Vec<(String, Tensor)> = ck
-                .trainer
+    /// Loads the checkpoint's variables, optimizer buffers, extra optimizers' buffers and method
+    /// state, and its position.
+    fn restore(&mut self, ck: &checkpoint::Checkpoint) -> Result<()> {
+        let device = self.device;
+        let model_path = checkpoint::checkpoint_dir(self.run_dir).join("model.safetensors");
+        checkpoint::load_into(&self.vs, &ck.model, "", &model_path)?;
+        let with_prefix = |prefix: &str| -> Vec<(String, Tensor)> {
+            ck.trainer
                 .iter()
-                .filter(|(n, _)| n.starts_with(&key))
-                .map(|(n, t)| (n[key.len()..].to_string(), t.to_device(device)))
-                .collect();
-            opt.load_state(&st)?;
+                .filter(|(n, _)| n.starts_with(prefix))
+                .map(|(n, t)| (n[prefix.len()..].to_string(), t.to_device(device)))
+                .collect()
+        };
+        self.optimizer.load_state(&with_prefix("optim."))?;
+        for (e, opt) in self.extras.iter().zip(self.extra_opts.iter_mut()) {
+            opt.load_state(&with_prefix(&format!("extra.{}.", e.name)))?;
         }
-        let method_state: Vec<(String, Tensor)> = ck
-            .trainer
-            .iter()
-            .filter(|(n, _)| n.starts_with("method."))
-            .map(|(n, t)| (n["method.".len()..].to_string(), t.to_device(device)))
-            .collect();
-        method.load_state_tensors(&method_state)?;
-        epoch = ck.state.epoch;
-        batch_in_epoch = ck.state.batch_in_epoch;
-        global_step = ck.state.global_step;
-        tracing::info!(epoch, global_step, "resumed from {}", run_dir.display());
+        self.method.load_state_tensors(&with_prefix("method."))?;
+        self.pos = Position {
+            epoch: ck.state.epoch,
+            batch_in_epoch: ck.state.batch_in_epoch,
+            global_step: ck.state.global_step,
+        };
+        tracing::info!(
+            epoch = self.pos.epoch,
+            global_step = self.pos.global_step,
+            "resumed from {}",
+            self.run_dir.display()
+        );
+        Ok(())
     }
-    let config_json = serde_json::to_vec_pretty(cfg).expect("config serializes");
-    checkpoint::write_atomic(&run_dir.join("config.json"), &config_json)?;
-    let mut log = MetricsLog::open(run_dir, resume_from.as_ref().map(|c| c.state.global_step))?;
 
-    let save = |method: &dyn PretextMethod,
-                optimizer: &dyn Optimizer,
-                extra_opts: &[Box<dyn Optimizer>],
-                epoch: u64,
-                batch_in_epoch: u64,
-                global_step: u64|
-     -> Result<()> {
+    /// Checkpointing: writes the variables, the optimizers' buffers, the method's state and
+    /// the position atomically (see [`checkpoint::save`]).
+    fn save(&self) -> Result<()> {
         let mut trainer: Vec<(String, Tensor)> =
-            optimizer.state().into_iter().map(|(n, t)| (format!("optim.{n}"), t)).collect();
-        for (e, opt) in extras.iter().zip(extra_opts.iter()) {
+            self.optimizer.state().into_iter().map(|(n, t)| (format!("optim.{n}"), t)).collect();
+        for (e, opt) in self.extras.iter().zip(self.extra_opts.iter()) {
             trainer
                 .extend(opt.state().into_iter().map(|(n, t)| (format!("extra.{}.{n}", e.name), t)));
         }
-        trainer.extend(method.state_tensors().into_iter().map(|(n, t)| (format!("method.{n}"), t)));
+        trainer.extend(
+            self.method.state_tensors().into_iter().map(|(n, t)| (format!("method.{n}"), t)),
+        );
         let state = TrainerState {
             version: FORMAT_VERSION,
-            epoch,
-            batch_in_epoch,
-            global_step,
-            config: cfg.clone(),
-            image_channels: ctx.image_channels,
+            epoch: self.pos.epoch,
+            batch_in_epoch: self.pos.batch_in_epoch,
+            global_step: self.pos.global_step,
+            config: self.cfg.clone(),
+            image_channels: self.image_channels,
+            normalization: self.normalization.clone(),
             model_sha256: String::new(),
             trainer_sha256: String::new(),
         };
-        checkpoint::save(run_dir, &state, &checkpoint::sorted_variables(&vs), &trainer)
-    };
-
-    let total_steps = cfg.train.epochs * steps_per_epoch;
-    let stop_at = cfg.train.max_steps.map_or(total_steps, |m| m.min(total_steps));
-    let pb = progress_bar(opts.progress, stop_at, global_step);
-    let base_lr = cfg.train.optimizer.lr();
-    let started = Instant::now();
-    let (mut inputs_done, mut images_done) = (0i64, 0u64);
-    let mut last_epoch_loss = f64::NAN;
-    tracing::info!(
-        method = %cfg.method,
-        device = %device_name(device),
-        images = dataset.len(),
-        steps_per_epoch,
-        "training {} epochs into {}",
-        cfg.train.epochs,
-        run_dir.display()
-    );
-
-    while epoch < cfg.train.epochs && global_step < stop_at {
-        let _span = tracing::info_span!("epoch", epoch).entered();
-        let mut means = Means::default();
-        let epoch_start = Instant::now();
-        let mut epoch_inputs = 0i64;
-        for batch in loader.epoch_from(epoch, batch_in_epoch as usize) {
-            let batch: Batch = batch?.to_device(device);
-            let batch = if cfg.train.channels_last {
-                Batch {
-                    views: batch.views.iter().map(to_channels_last).collect::<Result<_>>()?,
-                    labels: batch.labels,
-                    indices: batch.indices,
-                }
-            } else {
-                batch
-            };
-            tch::manual_seed(
-                (derive_seed(cfg.seed, &[name_hash("step"), global_step]) >> 1) as i64,
-            );
-            let frac = epoch as f64 + batch_in_epoch as f64 / steps_per_epoch as f64;
-            let lr = cfg.train.schedule.lr_at(base_lr, frac, cfg.train.epochs as f64);
-
-            zero_grads(&params);
-            let out = autocast(device, cfg.train.precision, || method.step(&batch, true))?;
-            let loss_value = out.loss.f_double_value(&[])?;
-            if !loss_value.is_finite() {
-                return Err(CoreError::Training(format!(
-                    "loss is {loss_value} at epoch {epoch}, step {global_step} (lr {lr:.3e}); last checkpoint kept"
-                )));
-            }
-            out.loss.backward();
-            let grad_norm = match cfg.train.grad_clip {
-                Some(c) => Some(clip_grad_norm(&params, c)?),
-                None => None,
-            };
-            optimizer.step(&params, lr)?;
-            method.after_optimizer_step(global_step)?;
-            if !extras.is_empty() {
-                let losses = method.extra_losses(&batch)?;
-                for (i, e) in extras.iter().enumerate() {
-                    if let Some((_, l)) = losses.iter().find(|(n, _)| n == &e.name) {
-                        zero_grads(&extra_params[i]);
-                        l.backward();
-                        let elr = cfg.train.schedule.lr_at(
-                            e.optimizer.lr(),
-                            frac,
-                            cfg.train.epochs as f64,
-                        );
-                        extra_opts[i].step(&extra_params[i], elr)?;
-                    }
-                }
-            }
-            global_step += 1;
-            batch_in_epoch += 1;
-            epoch_inputs += out.inputs;
-            inputs_done += out.inputs;
-            images_done += cfg.train.batch_size as u64;
-            means.add(loss_value, &out.metrics);
-
-            if global_step % cfg.train.log_every == 0 || batch_in_epoch == steps_per_epoch {
-                let secs = epoch_start.elapsed().as_secs_f64().max(1e-9);
-                let mut line = serde_json::json!({
-                    "kind": "step", "epoch": epoch, "step": global_step, "lr": lr,
-                    "loss": loss_value, "inputs_per_s": epoch_inputs as f64 / secs,
-                });
-                if let Some(g) = grad_norm {
-                    line["grad_norm"] = g.into();
-                }
-                for (k, v) in &out.metrics {
-                    line[k] = (*v).into();
-                }
-                log.write(&line)?;
-            }
-            pb.set_position(global_step);
-            pb.set_message(format!(
-                "epoch {}/{} loss {loss_value:.4} {:.0} img/s",
-                epoch + 1,
-                cfg.train.epochs,
-                images_done as f64 / started.elapsed().as_secs_f64().max(1e-9)
-            ));
-            if global_step >= stop_at {
-                break;
-            }
-        }
-        let finished_epoch = batch_in_epoch == steps_per_epoch;
-        let epoch_means = means.means();
-        last_epoch_loss = epoch_means.first().map_or(f64::NAN, |m| m.1);
-        if finished_epoch {
-            epoch += 1;
-            batch_in_epoch = 0;
-            let mut line = serde_json::json!({
-                "kind": "epoch", "epoch": epoch, "step": global_step,
-                "seconds": epoch_start.elapsed().as_secs_f64(),
-            });
-            for (k, v) in &epoch_means {
-                line[k.as_str()] = (*v).into();
-            }
-            if let Some(hook) = opts.epoch_hook.as_mut() {
-                if epoch % opts.hook_every.max(1) == 0 || epoch == cfg.train.epochs {
-                    for (k, v) in hook(epoch, method.encoder())? {
-                        line[k] = v.into();
-                    }
-                }
-            }
-            tracing::info!("epoch {epoch}: {line}");
-            log.write(&line)?;
-        }
-        let at_end = epoch == cfg.train.epochs || global_step >= stop_at;
-        if at_end || (finished_epoch && epoch % cfg.train.checkpoint_every == 0) {
-            save(
-                method.as_ref(),
-                optimizer.as_ref(),
-                &extra_opts,
-                epoch,
-                batch_in_epoch,
-                global_step,
-            )?;
-        }
+        checkpoint::save(self.run_dir, &state, &checkpoint::sorted_variables(&self.vs), &trainer)
     }
-    pb.finish_and_clear();
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(TrainSummary {
-        run_dir: run_dir.to_path_buf(),
-        global_step,
-        epochs_done: epoch,
-        last_epoch_loss,
-        seconds,
-        inputs_per_second: inputs_done as f64 / seconds.max(1e-9),
-        images_per_second: images_done as f64 / seconds.max(1e-9),
-    })
+
+    /// One optimizer step on `batch` (already on the device): re-seed libtorch from `(seed,
+    /// global step)`, the method's loss under autocast, backward, clipping, the main optimizer
+    /// at the schedule's rate, the method's post-step hook, then each extra optimizer on its
+    /// loss. Advances the position by one step.
+    fn step(&mut self, batch: &Batch) -> Result<StepReport> {
+        let cfg = self.cfg;
+        let Position { epoch, batch_in_epoch, global_step } = self.pos;
+        tch::manual_seed((derive_seed(cfg.seed, &[name_hash("step"), global_step]) >> 1) as i64);
+        let frac = epoch as f64 + batch_in_epoch as f64 / self.steps_per_epoch as f64;
+        let lr = cfg.train.schedule.lr_at(cfg.train.optimizer.lr(), frac, cfg.train.epochs as f64);
+
+        zero_grads(&self.params);
+        let method = &mut self.method;
+        let out = autocast(self.device, cfg.train.precision, || method.step(batch, true))?;
+        let loss = out.loss.f_double_value(&[])?;
+        if !loss.is_finite() {
+            return Err(CoreError::Training(format!(
+                "loss is {loss} at epoch {epoch}, step {global_step} (lr {lr:.3e}); last checkpoint kept"
+            )));
+        }
+        out.loss.backward();
+        let grad_norm = match cfg.train.grad_clip {
+            Some(c) => Some(clip_grad_norm(&self.params, c)?),
+            None => None,
+        };
+        self.optimizer.step(&self.params, lr)?;
+        self.method.after_optimizer_step(global_step)?;
+        if !self.extras.is_empty() {
+            let losses = self.method.extra_losses(batch)?;
+            for (i, e) in self.extras.iter().enumerate() {
+                if let Some((_, l)) = losses.iter().find(|(n, _)| n == &e.name) {
+                    zero_grads(&self.extra_params[i]);
+                    l.backward();
+                    let elr =
+                        cfg.train.schedule.lr_at(e.optimizer.lr(), frac, cfg.train.epochs as f64);
+                    self.extra_opts[i].step(&self.extra_params[i], elr)?;
+                }
+            }
+        }
+        self.pos.global_step += 1;
+        self.pos.batch_in_epoch += 1;
+        Ok(StepReport { loss, metrics: out.metrics, inputs: out.inputs, lr, grad_norm })
+    }
+
+    /// End-of-epoch work, after the epoch's last step: the position moves to the next epoch,
+    /// the epoch hook runs when due, and the epoch line (its mean metrics) is logged.
+    fn end_of_epoch(
+        &mut self,
+        means: &Means,
+        seconds: f64,
+        opts: &mut TrainOptions<'_>,
+    ) -> Result<()> {
+        self.pos.epoch += 1;
+        self.pos.batch_in_epoch = 0;
+        let epoch = self.pos.epoch;
+        let mut line = serde_json::json!({
+            "kind": "epoch", "epoch": epoch, "step": self.pos.global_step, "seconds": seconds,
+        });
+        for (k, v) in &means.means() {
+            line[k.as_str()] = (*v).into();
+        }
+        if let Some(hook) = opts.epoch_hook.as_mut() {
+            if epoch.is_multiple_of(opts.hook_every.max(1)) || epoch == self.cfg.train.epochs {
+                for (k, v) in hook(epoch, self.method.encoder(), self.normalization.as_ref())? {
+                    line[k] = v.into();
+                }
+            }
+        }
+        tracing::info!("epoch {epoch}: {line}");
+        self.log.write(&line)
+    }
+
+    /// The epoch loop: runs epochs (from the restored position) until `train.epochs` or
+    /// `train.max_steps`, logging steps every `log_every`, and checkpoints every
+    /// `checkpoint_every` epochs and at the end.
+    fn run(mut self, opts: &mut TrainOptions<'_>) -> Result<TrainSummary> {
+        let cfg = self.cfg;
+        let loader = self.loader.take().expect("the loader is set up once and taken once");
+        let total_steps = cfg.train.epochs * self.steps_per_epoch;
+        let stop_at = cfg.train.max_steps.map_or(total_steps, |m| m.min(total_steps));
+        let pb = progress_bar(opts.progress, stop_at, self.pos.global_step);
+        let started = Instant::now();
+        let (mut inputs_done, mut images_done) = (0i64, 0u64);
+        let mut last_epoch_loss = f64::NAN;
+        tracing::info!(
+            method = %cfg.method,
+            device = %device_name(self.device),
+            images = self.images,
+            steps_per_epoch = self.steps_per_epoch,
+            "training {} epochs into {}",
+            cfg.train.epochs,
+            self.run_dir.display()
+        );
+
+        while self.pos.epoch < cfg.train.epochs && self.pos.global_step < stop_at {
+            let _span = tracing::info_span!("epoch", epoch = self.pos.epoch).entered();
+            let mut means = Means::default();
+            let epoch_start = Instant::now();
+            let mut epoch_inputs = 0i64;
+            let batches = loader.epoch_from(self.pos.epoch, self.pos.batch_in_epoch as usize);
+            for batch in batches {
+                let batch: Batch = batch?.to_device(self.device);
+                let batch = if cfg.train.channels_last {
+                    Batch {
+                        views: batch.views.iter().map(to_channels_last).collect::<Result<_>>()?,
+                        labels: batch.labels,
+                        indices: batch.indices,
+                    }
+                } else {
+                    batch
+                };
+                let r = self.step(&batch)?;
+                epoch_inputs += r.inputs;
+                inputs_done += r.inputs;
+                images_done += cfg.train.batch_size as u64;
+                means.add(r.loss, &r.metrics);
+
+                let Position { epoch, batch_in_epoch, global_step } = self.pos;
+                if global_step % cfg.train.log_every == 0 || batch_in_epoch == self.steps_per_epoch
+                {
+                    let secs = epoch_start.elapsed().as_secs_f64().max(1e-9);
+                    let mut line = serde_json::json!({
+                        "kind": "step", "epoch": epoch, "step": global_step, "lr": r.lr,
+                        "loss": r.loss, "inputs_per_s": epoch_inputs as f64 / secs,
+                    });
+                    if let Some(g) = r.grad_norm {
+                        line["grad_norm"] = g.into();
+                    }
+                    for (k, v) in &r.metrics {
+                        line[k] = (*v).into();
+                    }
+                    self.log.write(&line)?;
+                }
+                pb.set_position(global_step);
+                pb.set_message(format!(
+                    "epoch {}/{} loss {:.4} {:.0} img/s",
+                    epoch + 1,
+                    cfg.train.epochs,
+                    r.loss,
+                    images_done as f64 / started.elapsed().as_secs_f64().max(1e-9)
+                ));
+                if global_step >= stop_at {
+                    break;
+                }
+            }
+            let finished_epoch = self.pos.batch_in_epoch == self.steps_per_epoch;
+            last_epoch_loss = means.means().first().map_or(f64::NAN, |m| m.1);
+            if finished_epoch {
+                self.end_of_epoch(&means, epoch_start.elapsed().as_secs_f64(), opts)?;
+            }
+            let at_end = self.pos.epoch == cfg.train.epochs || self.pos.global_step >= stop_at;
+            if at_end
+                || (finished_epoch && self.pos.epoch.is_multiple_of(cfg.train.checkpoint_every))
+            {
+                self.save()?;
+            }
+        }
+        pb.finish_and_clear();
+        let seconds = started.elapsed().as_secs_f64();
+        Ok(TrainSummary {
+            run_dir: self.run_dir.to_path_buf(),
+            global_step: self.pos.global_step,
+            epochs_done: self.pos.epoch,
+            last_epoch_loss,
+            seconds,
+            inputs_per_second: inputs_done as f64 / seconds.max(1e-9),
+            images_per_second: images_done as f64 / seconds.max(1e-9),
+        })
+    }
 }

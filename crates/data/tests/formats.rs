@@ -219,3 +219,57 @@ fn image_folder_bad_input() {
     let e = open_dataset("folder:/does/not/exist", Split::Train, tmp.path()).unwrap_err();
     assert!(matches!(e, DataError::Missing { .. }), "{e}");
 }
+
+#[test]
+fn image_folder_without_splits_is_a_training_set_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("flat");
+    for class in ["cat", "dog"] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        write_png(&root.join(class).join("0.png"), 4, 4, class.len() as u8);
+    }
+    let spec = format!("folder:{}", root.display());
+    for split in [Split::Train, Split::TrainUnlabeled, Split::Unlabeled] {
+        assert_eq!(open_dataset(&spec, split, tmp.path()).unwrap().len(), 2, "{split:?}");
+    }
+    // Its test split would be its training images: refused, naming the missing subfolder.
+    let e = open_dataset(&spec, Split::Test, tmp.path()).unwrap_err().to_string();
+    assert!(e.starts_with(&format!("folder:{} has no test/ subfolder", root.display())), "{e}");
+    assert!(e.contains("cannot be evaluated"), "{e}");
+    assert!(e.ends_with(&format!("put the held-out images in {}/", root.join("test").display())));
+    assert!(!e.contains('\n'), "{e}");
+    // With SIZE too.
+    let e = open_dataset(&format!("{spec}:3"), Split::Test, tmp.path()).unwrap_err().to_string();
+    assert!(e.contains("has no test/ subfolder"), "{e}");
+}
+
+#[test]
+fn image_folder_with_splits_names_the_missing_split_subfolder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("split");
+    std::fs::create_dir_all(root.join("train/cat")).unwrap();
+    write_png(&root.join("train/cat/0.png"), 4, 4, 1);
+    write_png(&root.join("train/cat/1.png"), 4, 4, 2);
+    let spec = format!("folder:{}", root.display());
+    assert_eq!(open_dataset(&spec, Split::Train, tmp.path()).unwrap().len(), 2);
+    assert_eq!(open_dataset(&spec, Split::TrainUnlabeled, tmp.path()).unwrap().len(), 2);
+    let e = open_dataset(&spec, Split::Test, tmp.path()).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "folder:{} has no test/ subfolder for the test split (it has train/); put those \
+             images in {}/",
+            root.display(),
+            root.join("test").display()
+        )
+    );
+    let e = open_dataset(&spec, Split::Unlabeled, tmp.path()).unwrap_err().to_string();
+    assert!(e.contains("has no unlabeled/ subfolder for the unlabeled split (it has train/)"));
+    // A test split alone serves evaluation but not training.
+    std::fs::create_dir_all(root.join("test/cat")).unwrap();
+    write_png(&root.join("test/cat/0.png"), 4, 4, 3);
+    assert_eq!(open_dataset(&spec, Split::Test, tmp.path()).unwrap().len(), 1);
+    std::fs::rename(root.join("train"), root.join("elsewhere")).unwrap();
+    let e = open_dataset(&spec, Split::Train, tmp.path()).unwrap_err().to_string();
+    assert!(e.contains("has no train/ subfolder for the train split (it has test/)"), "{e}");
+}

@@ -30,6 +30,12 @@ pub struct Normalization {
     pub std: Vec<f32>,
 }
 
+impl From<selfsup_core::InputNormalization> for Normalization {
+    fn from(n: selfsup_core::InputNormalization) -> Self {
+        Normalization { mean: n.mean, std: n.std }
+    }
+}
+
 impl Normalization {
     /// The CIFAR-10 statistics of the official RotNet code: mean `[125.3, 123.0, 113.9] / 255`,
     /// std `[63.0, 62.1, 66.7] / 255`.
@@ -93,7 +99,9 @@ impl Normalization {
     }
 }
 
-/// Random crop after zero padding, then horizontal flip (RotNet's CIFAR training transform).
+/// Random crop after zero padding, then horizontal flip (RotNet's CIFAR training transform);
+/// or, with `resized_crop`, a random-resized crop back to the image size, then horizontal flip
+/// (the linear evaluation of SimCLR, MoCo and solo-learn).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Augment {
     /// Seed of the augmentation stream.
@@ -101,7 +109,24 @@ pub struct Augment {
     /// Epoch (each epoch draws new crops and flips).
     pub epoch: u64,
     /// Zero padding on every side before cropping back to the image size (4 for CIFAR).
+    /// Unused with `resized_crop`.
     pub padding: usize,
+    /// Area range of a random-resized crop (torchvision `RandomResizedCrop(size, scale,
+    /// ratio=(3/4, 4/3))`, Pillow's antialiased bilinear resize) instead of the padded crop.
+    pub resized_crop: Option<[f64; 2]>,
+}
+
+/// One augmented image as floats in [0, 1], HWC (the resized-crop branch of [`Augment`]).
+fn resized_crop_flip(src: &[u8], c: usize, h: usize, w: usize, a: &Augment, i: u64) -> Vec<f32> {
+    use selfsup_data::augment::{hflip, random_resized_crop_box, resample, Source};
+    let mut r = rng(a.seed, "eval-augment-resized", &[a.epoch, i]);
+    let scale = a.resized_crop.unwrap_or([1.0, 1.0]);
+    let crop = random_resized_crop_box(&mut r, h, w, scale, [3.0 / 4.0, 4.0 / 3.0]);
+    let mut img = resample(Source::U8(src), c, w, crop, h, w);
+    if r.random::<bool>() {
+        hflip(&mut img);
+    }
+    img.data
 }
 
 /// Normalised images of `ds` at `indices`.
@@ -116,6 +141,24 @@ pub fn images_tensor(
 ) -> Result<Tensor> {
     let (c, h, w) = (ds.channels(), ds.height(), ds.width());
     norm.check(c)?;
+    if let Some(a) = augment.filter(|a| a.resized_crop.is_some()) {
+        let mut buf = Vec::with_capacity(indices.len() * c * h * w);
+        for &i in indices {
+            if i < 0 || i as usize >= ds.len() {
+                return Err(EvalError::dataset(
+                    ds.name(),
+                    format!("index {i} out of range for {} images", ds.len()),
+                ));
+            }
+            buf.extend(resized_crop_flip(ds.image(i as usize), c, h, w, a, i as u64));
+        }
+        let x = Tensor::from_slice(&buf)
+            .reshape([indices.len() as i64, h as i64, w as i64, c as i64])
+            .permute([0, 3, 1, 2]);
+        let mean = Tensor::from_slice(&norm.mean).reshape([1, c as i64, 1, 1]);
+        let std = Tensor::from_slice(&norm.std).reshape([1, c as i64, 1, 1]);
+        return Ok((x - mean) / std);
+    }
     let mut buf = vec![0u8; indices.len() * c * h * w];
     for (b, &i) in indices.iter().enumerate() {
         if i < 0 || i as usize >= ds.len() {
@@ -442,7 +485,7 @@ mod tests {
         let norm = Normalization { mean: vec![0.0], std: vec![1.0 / 255.0] };
         let mut seen = std::collections::BTreeSet::new();
         for epoch in 0..16 {
-            let a = Augment { seed: 3, epoch, padding: 0 };
+            let a = Augment { seed: 3, epoch, padding: 0, resized_crop: None };
             let x = images_tensor(&ds, &[0], &norm, Some(&a)).unwrap();
             let v: Vec<f32> = x.flatten(0, -1).try_into().unwrap();
             let v: Vec<i64> = v.iter().map(|f| f.round() as i64).collect();
@@ -452,5 +495,32 @@ mod tests {
             assert!(again.equal(&x));
         }
         assert_eq!(seen.len(), 2);
+    }
+
+    #[test]
+    fn resized_crop_keeps_the_size_and_repeats_under_a_seed() {
+        // A 3-channel 8x8 gradient; a full-area crop (scale 1, ratio 1 fits) is the image or
+        // its mirror, smaller crops are zoomed in.
+        let px: Vec<u8> = (0..8 * 8 * 3).map(|i| (i % 251) as u8).collect();
+        let ds = ImageDataset::from_raw("t", 3, 8, 8, px, Some(vec![0]), Some(1)).unwrap();
+        let norm = Normalization::unit(3);
+        let a = Augment { seed: 1, epoch: 0, padding: 0, resized_crop: Some([0.08, 1.0]) };
+        let x = images_tensor(&ds, &[0], &norm, Some(&a)).unwrap();
+        assert_eq!(x.size(), [1, 3, 8, 8]);
+        assert!(images_tensor(&ds, &[0], &norm, Some(&a)).unwrap().equal(&x));
+        let other = Augment { epoch: 1, ..a };
+        let mut differ = false;
+        for e in 1..8 {
+            let y = images_tensor(&ds, &[0], &norm, Some(&Augment { epoch: e, ..other })).unwrap();
+            differ |= !y.equal(&x);
+        }
+        assert!(differ, "crops must change with the epoch");
+        let full = Augment { resized_crop: Some([1.0, 1.0]), ..a };
+        let plain = images_tensor(&ds, &[0], &norm, None).unwrap();
+        let y = images_tensor(&ds, &[0], &norm, Some(&full)).unwrap();
+        assert!(
+            y.allclose(&plain, 1e-5, 1e-5, false)
+                || y.allclose(&plain.flip([3]), 1e-5, 1e-5, false)
+        );
     }
 }

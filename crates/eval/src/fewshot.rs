@@ -285,13 +285,18 @@ pub fn finetune(
         Ok(f.linear(&w, Some(&b)))
     };
     let final_loss = train_loop(&ytr, &spec, &mut opt, |idx, epoch| {
-        let aug = cfg.augment.then_some(Augment { seed, epoch, padding: cfg.padding });
+        let aug = cfg.augment.then_some(Augment {
+            seed,
+            epoch,
+            padding: cfg.padding,
+            resized_crop: None,
+        });
         logits(train, &sel(idx), aug, true)
     })?;
     let bs = cfg.eval_batch_size;
     let (top1, top5) = eval_loop(&yte, bs, |idx| logits(test, idx, None, false))?;
     let (train_top1, _) = eval_loop(&ytr, bs, |idx| logits(train, &sel(idx), None, false))?;
-    Ok(ProbeScore { top1, top5, train_top1, final_loss })
+    Ok(ProbeScore { top1, top5, train_top1, final_loss, best: None })
 }
 
 /// The few-label protocol: for each budget and mode of `cfg`, train on the labeled subset of
@@ -395,6 +400,7 @@ pub fn fewshot(
                 top1: score.top1,
                 top5: score.top5,
                 train_top1: Some(score.train_top1),
+                best_epoch: score.best,
             });
         }
     }

@@ -182,18 +182,76 @@ pub fn knn_probe(
             top1,
             top5,
             train_top1: None,
+            best_epoch: None,
         });
     }
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }
 
+/// The kNN protocol on an embedding given as a function rather than an encoder tap (a
+/// method's L2-normalised head output, say: [`selfsup_core::PretextMethod::embedding_t`]).
+/// `embed` maps normalised images `(B, C, H, W)` on `device` to `(B, D)`; it is called under
+/// `no_grad`. One report row, tap `tap`. `cfg.taps` is ignored.
+pub fn knn_probe_embedding(
+    embed: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+    tap: &str,
+    device: Device,
+    train: &ImageDataset,
+    test: &ImageDataset,
+    cfg: &KnnConfig,
+    seed: u64,
+) -> Result<EvalReport> {
+    let start = std::time::Instant::now();
+    let classes = features::check_pair(train, test)?;
+    let norm =
+        cfg.normalization.clone().unwrap_or_else(|| Normalization::from_dataset(train, 10_000));
+    let mut settings = serde_json::to_value(cfg)?;
+    settings["normalization"] = serde_json::to_value(&norm)?;
+    settings["taps"] = serde_json::json!([tap]);
+    let mut report = EvalReport::new("knn", seed, device, train, test, settings);
+    let train_idx = evenly_spaced(train.len(), cfg.max_train);
+    let test_idx: Vec<i64> = (0..test.len() as i64).collect();
+    let mut features = |ds: &ImageDataset, idx: &[i64]| -> Result<Tensor> {
+        let parts = tch::no_grad(|| -> Result<Vec<Tensor>> {
+            idx.chunks(cfg.extract_batch_size.max(1))
+                .map(|b| embed(&features::images_tensor(ds, b, &norm, None)?.to_device(device)))
+                .collect()
+        })?;
+        Ok(Tensor::cat(&parts, 0))
+    };
+    let ftr = features(train, &train_idx)?;
+    let fte = features(test, &test_idx)?;
+    let ytr = features::labels_tensor(train, device)?
+        .index_select(0, &Tensor::from_slice(&train_idx).to_device(device));
+    let yte = features::labels_tensor(test, device)?;
+    let (top1, top5) =
+        knn_classify(&ftr, &ytr, &fte, &yte, classes, cfg.k, cfg.temperature, cfg.chunk_size)?;
+    tracing::info!(tap, top1, top5, k = cfg.k, t = cfg.temperature, "kNN (embedding)");
+    report.rows.push(ResultRow {
+        tap: tap.to_string(),
+        variant: format!("knn k={} T={}", cfg.k, cfg.temperature),
+        map_shape: vec![ftr.size()[1], 1, 1],
+        dim: ftr.size()[1],
+        train_images: train_idx.len(),
+        top1,
+        top5,
+        train_top1: None,
+        best_epoch: None,
+    });
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
 /// A cheap kNN monitor for use during pretraining: top-1 (percent) of a weighted kNN
 /// (`k`, `t`) on the encoder's pooled output, with at most `max_train` evenly spaced training
-/// images as the memory and the whole `test` split as queries. Pixels are normalised with the
-/// per-channel statistics of (up to 10,000 of) the training images; the encoder runs in eval
+/// images as the memory and the whole `test` split as queries. Pixels are normalised with
+/// `norm`, the normalisation the encoder is trained with (the trainer passes the method's to
+/// its epoch hooks), else with the per-channel statistics of (up to 10,000 of) the training
+/// images; the encoder runs in eval
 /// mode under `no_grad` on `device` (where its variables live), so training state is
 /// untouched (batch-norm running statistics are only read).
+#[allow(clippy::too_many_arguments)]
 pub fn knn_monitor(
     encoder: &dyn Encoder,
     device: Device,
@@ -202,8 +260,15 @@ pub fn knn_monitor(
     max_train: usize,
     k: usize,
     t: f64,
+    norm: Option<&Normalization>,
 ) -> Result<f64> {
-    let cfg = KnnConfig { k, temperature: t, max_train: Some(max_train), ..KnnConfig::default() };
+    let cfg = KnnConfig {
+        k,
+        temperature: t,
+        max_train: Some(max_train),
+        normalization: norm.cloned(),
+        ..KnnConfig::default()
+    };
     let report = knn_probe(encoder, device, train, test, &cfg, 0)?;
     Ok(report.rows[0].top1)
 }

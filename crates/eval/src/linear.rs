@@ -7,7 +7,7 @@
 //! without augmentation, on the encoder's device. The regression starts from zero weights (the
 //! problem is convex) and visits the data in seeded order, so results are deterministic under a
 //! seed on the CPU.
-use crate::features::{self, Extraction, Normalization, Pooling, Standardizer};
+use crate::features::{self, Augment, Extraction, Normalization, Pooling, Standardizer};
 use crate::probe::{eval_loop, train_loop, LoopSpec, Sgd};
 use crate::report::{EvalReport, ResultRow};
 use crate::{EvalError, Result};
@@ -66,6 +66,36 @@ pub struct LinearProbeConfig {
     /// own. Default 4096.
     #[serde(default = "default_feature_memory")]
     pub feature_memory_mib: usize,
+    /// Train on augmented training images, their features recomputed through the frozen
+    /// encoder every batch; `null` (default) trains on cached features of the unaugmented
+    /// images. `{"scale": [0.08, 1.0]}` is the random-resized crop and flip of the linear
+    /// evaluations of SimCLR, MoCo and solo-learn. Needs `standardize = false`.
+    #[serde(default)]
+    pub augment: Option<ResizedCrop>,
+}
+
+/// A random-resized crop back to the image size (aspect ratio 3/4 to 4/3), then a horizontal
+/// flip with probability 1/2.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizedCrop {
+    /// Range of the crop's area as a fraction of the image.
+    pub scale: [f64; 2],
+}
+
+impl LinearProbeConfig {
+    /// The linear evaluation of the contrastive papers and solo-learn: the globally pooled
+    /// last feature map (512-d for a ResNet-18), no standardisation, trained on random-resized
+    /// crops (scale 0.08 to 1) and flips. Other fields keep their defaults.
+    pub fn reference_contrastive() -> Self {
+        LinearProbeConfig {
+            taps: vec!["last".into()],
+            pooling: Pooling::Global,
+            standardize: false,
+            augment: Some(ResizedCrop { scale: [0.08, 1.0] }),
+            ..Default::default()
+        }
+    }
 }
 
 fn default_feature_memory() -> usize {
@@ -115,6 +145,8 @@ pub struct ProbeScore {
     pub train_top1: f64,
     /// Mean training loss of the last epoch.
     pub final_loss: f64,
+    /// The best epoch, where the test set was scored after every epoch.
+    pub best: Option<crate::report::BestEpoch>,
 }
 
 /// Trains a multinomial logistic regression on cached features and scores it.
@@ -182,7 +214,7 @@ pub fn train_linear(
         eval_loop(test_y, eval_bs, |idx| Ok(rows(&test_x, idx).linear(&w, Some(&b))))?;
     let (train_top1, _) =
         eval_loop(train_y, eval_bs, |idx| Ok(rows(&train_x, idx).linear(&w, Some(&b))))?;
-    Ok(ProbeScore { top1, top5, train_top1, final_loss })
+    Ok(ProbeScore { top1, top5, train_top1, final_loss, best: None })
 }
 
 /// The linear protocol: for each tap of `cfg.taps`, extract pooled frozen features of `train`
@@ -213,6 +245,34 @@ pub fn linear_probe(
         augment: None,
     };
     let taps = features::resolve_taps(encoder, &cfg.taps)?;
+    if let Some(crop) = cfg.augment {
+        if cfg.standardize {
+            return Err(EvalError::Config(
+                "linear probe: augment needs standardize = false (the statistics of augmented \
+                 features change every epoch)"
+                    .into(),
+            ));
+        }
+        for tap in &taps {
+            let _span = tracing::info_span!("linear_probe", tap = tap.as_str()).entered();
+            let (score, map_shape, dim) =
+                train_linear_augmented(encoder, train, test, tap, &ex, crop, k, cfg, seed)?;
+            tracing::info!(tap = tap.as_str(), top1 = score.top1, "linear probe (augmented)");
+            report.rows.push(ResultRow {
+                tap: tap.clone(),
+                variant: "linear, augmented".into(),
+                map_shape: map_shape.to_vec(),
+                dim,
+                train_images: train.len(),
+                top1: score.top1,
+                top5: score.top5,
+                train_top1: Some(score.train_top1),
+                best_epoch: None,
+            });
+        }
+        report.seconds = start.elapsed().as_secs_f64();
+        return Ok(report);
+    }
     for group in tap_groups(encoder, train, test, &taps, &ex, cfg.feature_memory_mib)? {
         let _span = tracing::info_span!("linear_probe", taps = group.join(",")).entered();
         let ftr = features::extract(encoder, train, None, &group, &ex)?;
@@ -234,11 +294,67 @@ pub fn linear_probe(
                 top1: score.top1,
                 top5: score.top5,
                 train_top1: Some(score.train_top1),
+                best_epoch: None,
             });
         }
     }
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The augmented protocol on one tap: a logistic regression (zero init, as [`train_linear`])
+/// trained on pooled features of random-resized crops and flips of `train`, recomputed
+/// through the frozen encoder every batch; scored on the unaugmented `test` (and `train`)
+/// features. Returns the score, the tap's map shape and the feature dimension.
+#[allow(clippy::too_many_arguments)]
+fn train_linear_augmented(
+    encoder: &dyn Encoder,
+    train: &ImageDataset,
+    test: &ImageDataset,
+    tap: &str,
+    ex: &Extraction<'_>,
+    crop: ResizedCrop,
+    num_classes: i64,
+    cfg: &LinearProbeConfig,
+    seed: u64,
+) -> Result<(ProbeScore, [i64; 3], i64)> {
+    let device = ex.device;
+    let one = [tap.to_string()];
+    let fte = features::extract(encoder, test, None, &one, ex)?.remove(0);
+    let (map_shape, d) = (fte.map_shape, fte.dim());
+    let w = Tensor::zeros([num_classes, d], (Kind::Float, device)).set_requires_grad(true);
+    let b = Tensor::zeros([num_classes], (Kind::Float, device)).set_requires_grad(true);
+    let mut opt = Sgd::new(
+        vec![w.shallow_clone(), b.shallow_clone()],
+        cfg.momentum,
+        cfg.nesterov,
+        cfg.weight_decay,
+    );
+    let spec = LoopSpec {
+        epochs: cfg.epochs,
+        batch_size: cfg.batch_size,
+        epoch_size: cfg.epoch_size,
+        lr: cfg.lr,
+        schedule: &cfg.schedule,
+        seed,
+        stream: "linear-probe",
+    };
+    let ytr = features::labels_tensor(train, device)?;
+    let yte = features::labels_tensor(test, device)?;
+    let final_loss = train_loop(&ytr, &spec, &mut opt, |idx, epoch| {
+        let augment = Some(Augment { seed, epoch, padding: 0, resized_crop: Some(crop.scale) });
+        let aug = Extraction { augment, ..ex.clone() };
+        let x = features::extract(encoder, train, Some(idx), &one, &aug)?.remove(0).features;
+        Ok(x.linear(&w, Some(&b)))
+    })?;
+    let rows =
+        |x: &Tensor, idx: &[i64]| x.index_select(0, &Tensor::from_slice(idx).to_device(device));
+    let eval_bs = cfg.batch_size.max(256);
+    let (top1, top5) =
+        eval_loop(&yte, eval_bs, |idx| Ok(rows(&fte.features, idx).linear(&w, Some(&b))))?;
+    let ftr = features::extract(encoder, train, None, &one, ex)?.remove(0).features;
+    let (train_top1, _) = eval_loop(&ytr, eval_bs, |idx| Ok(rows(&ftr, idx).linear(&w, Some(&b))))?;
+    Ok((ProbeScore { top1, top5, train_top1, final_loss, best: None }, map_shape, d))
 }
 
 /// Splits `taps` (forward order) into consecutive groups whose pooled train + test features

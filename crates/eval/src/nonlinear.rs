@@ -27,8 +27,8 @@ use crate::features::{self, Augment, Extraction, Normalization};
 use crate::linear::{
     all_taps, default_lr, default_momentum, default_schedule, default_wd, yes, ProbeScore,
 };
-use crate::probe::{eval_loop, seeded_normal, train_loop, LoopSpec, Sgd};
-use crate::report::{EvalReport, ResultRow};
+use crate::probe::{eval_loop, seeded_normal, train_loop_with, LoopSpec, Sgd};
+use crate::report::{BestEpoch, EvalReport, ResultRow};
 use crate::{EvalError, Result};
 use selfsup_core::encoders::{batch_norm1d, batch_norm2d};
 use selfsup_core::schedule::ScheduleConfig;
@@ -101,6 +101,11 @@ pub struct NonLinearProbeConfig {
     /// Images per forward pass at evaluation and extraction. Default 256.
     #[serde(default = "default_eval_batch")]
     pub eval_batch_size: usize,
+    /// Score the test set after every epoch (its tap maps extracted once and kept) and report
+    /// the best epoch beside the last, as the official RotNet code reports the best test
+    /// epoch. The last epoch stays the headline `top1`. Default false.
+    #[serde(default)]
+    pub eval_every_epoch: bool,
 }
 
 fn default_head() -> HeadKind {
@@ -308,22 +313,54 @@ pub fn train_nonlinear(
     };
     let sel = |idx: &[i64]| -> Vec<i64> { idx.iter().map(|&i| train_idx[i as usize]).collect() };
     let on_device = |idx: &[i64]| Tensor::from_slice(idx).to_device(device);
+    let bs = cfg.eval_batch_size;
+    // With a score per epoch, the test maps are extracted once and kept.
+    let test_maps = if cfg.eval_every_epoch {
+        let all: Vec<i64> = (0..test.len() as i64).collect();
+        Some(maps(test, &all, None)?.features)
+    } else {
+        None
+    };
+    let score_test = |head: &NonLinearHead| match &test_maps {
+        Some(fte) => {
+            eval_loop(&yte, bs, |idx| Ok(fte.index_select(0, &on_device(idx)).apply_t(head, false)))
+        }
+        None => eval_loop(&yte, bs, |idx| Ok(maps(test, idx, None)?.features.apply_t(head, false))),
+    };
+    let mut best: Option<BestEpoch> = None;
+    let mut after_epoch = |epoch: u64| -> Result<()> {
+        if cfg.eval_every_epoch {
+            let (top1, _) = score_test(&head)?;
+            if best.is_none_or(|b| top1 > b.top1) {
+                best = Some(BestEpoch { top1, epoch: epoch as usize + 1 });
+            }
+        }
+        Ok(())
+    };
     let (final_loss, cached) = if cfg.augment {
-        let loss = train_loop(&ytr, &spec, &mut opt, |idx, epoch| {
-            let a = Augment { seed, epoch, padding: cfg.padding };
-            Ok(maps(train, &sel(idx), Some(a))?.features.apply_t(&head, true))
-        })?;
+        let loss = train_loop_with(
+            &ytr,
+            &spec,
+            &mut opt,
+            |idx, epoch| {
+                let a = Augment { seed, epoch, padding: cfg.padding, resized_crop: None };
+                Ok(maps(train, &sel(idx), Some(a))?.features.apply_t(&head, true))
+            },
+            &mut after_epoch,
+        )?;
         (loss, None)
     } else {
         let ftr = maps(train, train_idx, None)?.features;
-        let loss = train_loop(&ytr, &spec, &mut opt, |idx, _| {
-            Ok(ftr.index_select(0, &on_device(idx)).apply_t(&head, true))
-        })?;
+        let loss = train_loop_with(
+            &ytr,
+            &spec,
+            &mut opt,
+            |idx, _| Ok(ftr.index_select(0, &on_device(idx)).apply_t(&head, true)),
+            &mut after_epoch,
+        )?;
         (loss, Some(ftr))
     };
-    let bs = cfg.eval_batch_size;
-    let (top1, top5) =
-        eval_loop(&yte, bs, |idx| Ok(maps(test, idx, None)?.features.apply_t(&head, false)))?;
+    let (top1, top5) = score_test(&head)?;
     let (train_top1, _) = match &cached {
         Some(ftr) => eval_loop(&ytr, bs, |idx| {
             Ok(ftr.index_select(0, &on_device(idx)).apply_t(&head, false))
@@ -332,7 +369,7 @@ pub fn train_nonlinear(
             Ok(maps(train, &sel(idx), None)?.features.apply_t(&head, false))
         })?,
     };
-    Ok((ProbeScore { top1, top5, train_top1, final_loss }, map_shape))
+    Ok((ProbeScore { top1, top5, train_top1, final_loss, best }, map_shape))
 }
 
 /// The non-linear protocol over every tap of `cfg.taps`. `device` is where the encoder's
@@ -367,6 +404,7 @@ pub fn nonlinear_probe(
             top1: s.top1,
             top5: s.top5,
             train_top1: Some(s.train_top1),
+            best_epoch: s.best,
         });
     }
     report.seconds = start.elapsed().as_secs_f64();

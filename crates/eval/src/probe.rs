@@ -138,7 +138,19 @@ pub fn train_loop(
     labels: &Tensor,
     spec: &LoopSpec<'_>,
     opt: &mut Sgd,
+    forward: impl FnMut(&[i64], u64) -> Result<Tensor>,
+) -> Result<f64> {
+    train_loop_with(labels, spec, opt, forward, |_| Ok(()))
+}
+
+/// [`train_loop`] with `after_epoch(epoch)` (0-based) called at the end of every epoch (to
+/// score the test set per epoch, say).
+pub fn train_loop_with(
+    labels: &Tensor,
+    spec: &LoopSpec<'_>,
+    opt: &mut Sgd,
     mut forward: impl FnMut(&[i64], u64) -> Result<Tensor>,
+    mut after_epoch: impl FnMut(u64) -> Result<()>,
 ) -> Result<f64> {
     let n = labels.size()[0] as usize;
     if spec.batch_size == 0 || spec.epochs == 0 {
@@ -174,6 +186,7 @@ pub fn train_loop(
         }
         last = sum / count.max(1) as f64;
         tracing::debug!(stream = spec.stream, epoch, lr, loss = last, "probe epoch");
+        after_epoch(epoch)?;
     }
     Ok(last)
 }

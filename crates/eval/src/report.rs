@@ -51,6 +51,20 @@ pub struct ResultRow {
     pub top5: f64,
     /// Top-1 accuracy on the training images, percent, where measured.
     pub train_top1: Option<f64>,
+    /// The best test top-1 over the training epochs and its 1-based epoch, where the protocol
+    /// scored every epoch (the official RotNet code reports this figure; choosing an epoch on
+    /// the test set is not a clean protocol, so `top1`, the last epoch, stays the headline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_epoch: Option<BestEpoch>,
+}
+
+/// The best epoch of a probe scored after every epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BestEpoch {
+    /// Its test top-1, percent.
+    pub top1: f64,
+    /// Its 1-based epoch.
+    pub epoch: usize,
 }
 
 /// The result of one protocol run.
@@ -177,6 +191,7 @@ mod tests {
             top1: 50.0,
             top5: 100.0,
             train_top1: None,
+            best_epoch: None,
         });
         let dir = tempfile::tempdir().unwrap();
         let (json, md) = r.write(dir.path()).unwrap();

@@ -68,7 +68,7 @@ fn knn_and_nonlinear_reports_are_written() {
     assert!(std::fs::read_to_string(md).unwrap().contains("| block2 | knn k=20 T=0.1 |"));
 
     let monitor =
-        knn_monitor(enc.encoder.as_ref(), Device::Cpu, &train, &test, 50, 20, 0.1).unwrap();
+        knn_monitor(enc.encoder.as_ref(), Device::Cpu, &train, &test, 50, 20, 0.1, None).unwrap();
     assert!((0.0..=100.0).contains(&monitor));
 
     // The MLP runs on cached maps (no augmentation), the conv block on per-batch augmented ones.
@@ -190,4 +190,46 @@ fn cifar10_random_nin_smoke() {
         .unwrap();
     eprintln!("{}knn: {:.1} s", k.markdown(), t.elapsed().as_secs_f64());
     assert!(k.rows[0].top1 > 12.0, "{:?}", k.rows);
+}
+
+#[test]
+fn augmented_linear_probe_on_the_pooled_output() {
+    let (train, test) = data();
+    let enc = random_encoder(&tiny(), 3, 1, Device::Cpu);
+    let cfg = LinearProbeConfig {
+        epochs: 2,
+        batch_size: 32,
+        ..LinearProbeConfig::reference_contrastive()
+    };
+    let run = || linear_probe(enc.encoder.as_ref(), Device::Cpu, &train, &test, &cfg, 2).unwrap();
+    let r = run();
+    assert_eq!(r.rows.len(), 1, "the last tap only");
+    assert_eq!(r.rows[0].tap, "block2");
+    assert_eq!(r.rows[0].dim, 8, "globally pooled to the channels");
+    assert_eq!(r.rows[0].variant, "linear, augmented");
+    assert_eq!(r.rows[0].top1.to_bits(), run().rows[0].top1.to_bits(), "seeded augmentation");
+    // Standardising augmented features is refused by name.
+    let bad = LinearProbeConfig { standardize: true, ..cfg.clone() };
+    let e = linear_probe(enc.encoder.as_ref(), Device::Cpu, &train, &test, &bad, 2).unwrap_err();
+    assert!(e.to_string().contains("standardize"), "{e}");
+}
+
+#[test]
+fn nonlinear_probe_reports_the_best_epoch_beside_the_last() {
+    let (train, test) = data();
+    let enc = random_encoder(&tiny(), 3, 1, Device::Cpu);
+    let cfg: NonLinearProbeConfig = serde_json::from_value(serde_json::json!({
+        "head": "mlp", "taps": ["block2"], "hidden": 16, "epochs": 3, "batch_size": 32,
+        "augment": false, "eval_every_epoch": true
+    }))
+    .unwrap();
+    let r = nonlinear_probe(enc.encoder.as_ref(), Device::Cpu, &train, &test, &cfg, 0).unwrap();
+    let best = r.rows[0].best_epoch.expect("scored every epoch");
+    assert!((1..=3).contains(&best.epoch), "{best:?}");
+    assert!(best.top1 >= r.rows[0].top1, "the best epoch is at least the last: {best:?}");
+    // The last-epoch headline is the same number as without per-epoch scoring.
+    let plain = NonLinearProbeConfig { eval_every_epoch: false, ..cfg };
+    let p = nonlinear_probe(enc.encoder.as_ref(), Device::Cpu, &train, &test, &plain, 0).unwrap();
+    assert_eq!(p.rows[0].top1.to_bits(), r.rows[0].top1.to_bits());
+    assert!(p.rows[0].best_epoch.is_none());
 }

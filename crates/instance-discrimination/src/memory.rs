@@ -1,7 +1,13 @@
 //! The memory bank of instance discrimination and its NCE loss (official
 //! `lib/NCEAverage.py` and `lib/NCECriterion.py`).
+//!
+//! The bank stays fp32, and the similarities with it ([`MemoryBank::similarities`],
+//! [`MemoryBank::candidate_similarities`]) and [`nce_loss`] are computed in fp32 under
+//! [`without_autocast`], also when the method step runs inside bf16 autocast (the official code
+//! is fp32 throughout; a bf16 `v·m` would have an error of ~1e-2 before the division by τ).
 use selfsup_contrastive::loss::l2_normalize;
 use selfsup_contrastive::ContrastiveError;
+use selfsup_core::precision::without_autocast;
 use tch::{Device, Kind, Tensor};
 
 /// One L2-normalised vector per training image.
@@ -51,6 +57,30 @@ impl MemoryBank {
     /// Always false (a bank has at least one row).
     pub fn is_empty(&self) -> bool {
         false
+    }
+
+    /// The similarities `v·m_j` of features `v` with every bank row (the non-parametric
+    /// softmax's logits before the division by τ), in fp32 outside autocast.
+    ///
+    /// # Shapes
+    /// `v`: `(B, dim)`; returns `(B, N)` (f32).
+    pub fn similarities(&self, v: &Tensor) -> Tensor {
+        without_autocast(v.device(), || {
+            v.to_kind(Kind::Float).matmul(&self.bank.to_kind(Kind::Float).tr())
+        })
+    }
+
+    /// The similarities `v_b·m_{c_bj}` of each feature with its own candidate rows (NCE's data
+    /// sample and noise samples), in fp32 outside autocast.
+    ///
+    /// # Shapes
+    /// `v`: `(B, dim)`; `candidates`: `(B, C)` i64 bank rows; returns `(B, C)` (f32).
+    pub fn candidate_similarities(&self, v: &Tensor, candidates: &Tensor) -> Tensor {
+        let (b, c) = (candidates.size()[0], candidates.size()[1]);
+        without_autocast(v.device(), || {
+            let rows = self.bank.to_kind(Kind::Float).index_select(0, &candidates.view([-1]));
+            rows.view([b, c, -1]).bmm(&v.to_kind(Kind::Float).unsqueeze(2)).squeeze_dim(2)
+        })
     }
 
     /// Checks that every index is a row of the bank.
@@ -133,6 +163,8 @@ impl MemoryBank {
 /// `P_n = 1/n_data`:
 /// `L = −(1/B) Σ_b [log h(pos_b) + Σ_k log(1 − h(noise_bk))]`, `h(x) = x / (x + K P_n)`.
 ///
+/// Computed in fp32 outside autocast.
+///
 /// # Shapes
 /// `scores`: `(B, 1 + K)`; returns a scalar.
 pub fn nce_loss(scores: &Tensor, n_data: i64) -> Result<Tensor, ContrastiveError> {
@@ -145,11 +177,14 @@ pub fn nce_loss(scores: &Tensor, n_data: i64) -> Result<Tensor, ContrastiveError
     let eps = 1e-7;
     let (b, k) = (size[0], size[1] - 1);
     let kpn = k as f64 / n_data as f64;
-    let pos = scores.select(1, 0);
-    let ln_pmt = (&pos / (&pos + kpn + eps)).log();
-    let neg = scores.narrow(1, 1, k);
-    let ln_pon = (neg.ones_like() * kpn / (neg + kpn + eps)).log();
-    Ok(-(ln_pmt.sum(Kind::Float) + ln_pon.sum(Kind::Float)) / b as f64)
+    Ok(without_autocast(scores.device(), || {
+        let scores = scores.to_kind(Kind::Float);
+        let pos = scores.select(1, 0);
+        let ln_pmt = (&pos / (&pos + kpn + eps)).log();
+        let neg = scores.narrow(1, 1, k);
+        let ln_pon = (neg.ones_like() * kpn / (neg + kpn + eps)).log();
+        -(ln_pmt.sum(Kind::Float) + ln_pon.sum(Kind::Float)) / b as f64
+    }))
 }
 
 #[cfg(test)]
@@ -167,6 +202,37 @@ mod tests {
             + (0.5 / (0.25 + 0.5 + 1e-7f64)).ln());
         assert!((got - want).abs() < 1e-5, "{got} vs {want}");
         assert!(nce_loss(&Tensor::ones([2, 1], (Kind::Float, Device::Cpu)), 4).is_err());
+    }
+
+    /// Under bf16 autocast (the method step runs inside it) the bank similarities and the NCE
+    /// loss are the fp32 values, not bf16 ones.
+    #[test]
+    fn similarities_and_nce_loss_are_fp32_inside_bf16_autocast() {
+        use selfsup_core::precision::{autocast, Precision};
+        tch::manual_seed(4);
+        let bank = MemoryBank::new(50, 16, 0.5, Device::Cpu).unwrap();
+        let v = l2_normalize(&Tensor::randn([6, 16], (Kind::Float, Device::Cpu)));
+        let candidates = Tensor::randint_low(0, 50, [6, 5], (Kind::Int64, Device::Cpu));
+        let compute = || {
+            let all = bank.similarities(&v);
+            let some = bank.candidate_similarities(&v, &candidates);
+            let loss = nce_loss(&(&some / 0.07).exp(), 50).unwrap();
+            (all, some, loss)
+        };
+        let (all32, some32, loss32) = compute();
+        let (all, some, loss) = autocast(Device::Cpu, Precision::Bf16, compute);
+        assert_eq!((all.kind(), some.kind(), loss.kind()), (Kind::Float, Kind::Float, Kind::Float));
+        assert_eq!((all.size(), some.size()), (vec![6, 50], vec![6, 5]));
+        assert!(all.allclose(&all32, 1e-6, 1e-6, false));
+        assert!(some.allclose(&some32, 1e-6, 1e-6, false));
+        assert!(loss.allclose(&loss32, 1e-6, 1e-6, false));
+        // The candidate similarities are the matching columns of the full ones.
+        assert!(some.allclose(&all.gather(1, &candidates, false), 1e-6, 1e-6, false));
+        // bf16 features are cast to fp32.
+        let bf = autocast(Device::Cpu, Precision::Bf16, || {
+            bank.similarities(&v.to_kind(Kind::BFloat16)).kind()
+        });
+        assert_eq!(bf, Kind::Float);
     }
 
     #[test]

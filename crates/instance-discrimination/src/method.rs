@@ -13,7 +13,7 @@ use crate::config::{InstDiscConfig, Objective};
 use crate::memory::{nce_loss, MemoryBank};
 use selfsup_contrastive::loss::{l2_normalize, top1_accuracy};
 use selfsup_contrastive::{pooled, views, ContrastiveError};
-use selfsup_core::encoders::{build_encoder, Encoder};
+use selfsup_core::encoders::{batch_norm1d, build_encoder, linear, Encoder, LinearBias};
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Pipeline};
 use tch::nn::{self, Module};
@@ -57,9 +57,9 @@ impl InstanceDiscrimination {
             )));
         }
         let encoder = build_encoder(&(root / "encoder"), &ctx.encoder, ctx.image_channels);
-        let head = nn::linear(root / "head", encoder.out_channels(), cfg.dim, Default::default());
-        let head_bn =
-            cfg.head_bn.then(|| nn::batch_norm1d(root / "head_bn", cfg.dim, Default::default()));
+        // PyTorch's initialisation (lemniscate builds its head with `nn.Linear` defaults).
+        let head = linear(root / "head", encoder.out_channels(), cfg.dim, LinearBias::Default);
+        let head_bn = cfg.head_bn.then(|| batch_norm1d(root / "head_bn", cfg.dim));
         let bank = MemoryBank::new(ctx.num_train_images, cfg.dim, cfg.bank_momentum, ctx.device)?;
         let view = cfg
             .view
@@ -111,19 +111,20 @@ impl InstanceDiscrimination {
         train: bool,
     ) -> Result<(Tensor, f64), ContrastiveError> {
         let tau = self.cfg.temperature;
-        let bank = self.bank.vectors();
         let idx = indices.to_device(v.device());
-        match self.cfg.objective {
+        // Similarities, scores and losses in fp32, outside the bf16 autocast of the step (as
+        // PyTorch code computes them outside its `torch.autocast` block).
+        let v = v.to_kind(Kind::Float);
+        selfsup_core::precision::without_autocast(v.device(), || match self.cfg.objective {
             Objective::Softmax => {
-                let logits = v.matmul(&bank.tr()) / tau;
+                let logits = self.bank.similarities(&v) / tau;
                 Ok((logits.cross_entropy_for_logits(&idx), top1_accuracy(&logits, &idx)))
             }
             Objective::Nce => {
                 let (b, k, n) = (v.size()[0], self.cfg.nce_k, self.bank.len());
                 let noise = Tensor::randint_low(0, n, [b, k], (Kind::Int64, v.device()));
                 let candidates = Tensor::cat(&[idx.unsqueeze(1), noise], 1);
-                let weights = bank.index_select(0, &candidates.view([-1])).view([b, k + 1, -1]);
-                let dots = weights.bmm(&v.unsqueeze(2)).squeeze_dim(2);
+                let dots = self.bank.candidate_similarities(&v, &candidates);
                 let scores = (&dots / tau).exp();
                 if self.z < 0.0 && train {
                     self.z = scores.mean(Kind::Float).double_value(&[]) * n as f64;
@@ -137,7 +138,7 @@ impl InstanceDiscrimination {
                 let targets = Tensor::zeros([b], (Kind::Int64, v.device()));
                 Ok((loss, top1_accuracy(&dots, &targets)))
             }
-        }
+        })
     }
 }
 
@@ -152,6 +153,11 @@ impl PretextMethod for InstanceDiscrimination {
 
     fn encoder(&self) -> &dyn Encoder {
         &*self.encoder
+    }
+
+    /// The L2-normalised 128-d feature lemniscate's kNN reads (eval mode).
+    fn embedding_t(&self, xs: &Tensor) -> Option<Tensor> {
+        Some(self.features_t(xs, false))
     }
 
     fn step(&mut self, batch: &Batch, train: bool) -> selfsup_core::Result<StepOutput> {

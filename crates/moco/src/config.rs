@@ -56,8 +56,9 @@ pub struct MocoConfig {
     #[serde(default)]
     pub symmetric: bool,
     /// Shuffling BN on one device: the batch is split into this many sub-batches that go
-    /// through the networks separately (each with its own BN statistics, the demo's
-    /// `SplitBatchNorm`), and the key batch is shuffled before splitting and unshuffled after.
+    /// through the networks separately (each normalised with its own BN statistics, the running
+    /// statistics updated once with their mean: the demo's `SplitBatchNorm`), and the key batch
+    /// is shuffled before splitting and unshuffled after.
     /// Fewer splits are used when a batch has under 2 images per split. 1 disables it.
     /// Default 8.
     #[serde(default = "default_bn_splits")]

@@ -14,23 +14,34 @@
 //! **Shuffling BN on one device.** The official code shuffles the key batch across GPUs so that
 //! the BN statistics of a query's sub-batch and of its key's sub-batch come from different
 //! images (otherwise the model can cheat through the statistics). Here both networks run the
-//! batch in `bn_splits` sub-batches, each with its own BN statistics (the CIFAR demo's
-//! `SplitBatchNorm`, realised by separate forward passes, so the running statistics are
-//! updated once per sub-batch instead of averaged), and the key batch is randomly permuted
-//! before splitting and restored after: exactly the multi-GPU Shuffling BN with one sub-batch
-//! per simulated device. The permutation is seeded by (run seed, step counter).
+//! batch in `bn_splits` sub-batches, each normalised with its own BN statistics, and the key
+//! batch is randomly permuted before splitting and restored after: exactly the multi-GPU
+//! Shuffling BN with one sub-batch per simulated device. The permutation is seeded by
+//! (run seed, step counter).
+//!
+//! The sub-batches go through the network in separate forward passes, but the BN running
+//! statistics are updated once per batch, as the CIFAR demo's `SplitBatchNorm` does it: every
+//! sub-batch starts from the same running statistics `r0` (restored before each pass), and
+//! after the last one each running buffer is set to the mean over the sub-batches of what its
+//! pass left there, `mean_k((1 − m)·r0 + m·stat_k) = (1 − m)·r0 + m·mean_k(stat_k)` (for
+//! `running_var`, `stat_k` is sub-batch k's unbiased variance, as in the demo). The outputs are
+//! those of the separate passes. One difference remains: the demo's sub-batch k holds the
+//! samples `i ≡ k (mod bn_splits)` (it views `N×C×H×W` as `(N/s)×(C·s)×H×W`), ours are
+//! contiguous chunks; the two are the same in distribution, batches (and the shuffled key
+//! batch) being in random order. In evaluation BN uses the running statistics, so the batch
+//! goes through in one pass.
 //!
 //! **Symmetric loss** (official CIFAR-10 demo): `ctr(q1, k2) + ctr(q2, k1)` (a sum, as there),
 //! with both key sets enqueued.
 use crate::config::{MocoConfig, MocoVersion};
-use crate::momentum::MomentumEncoder;
+use crate::momentum::{var_at, MomentumEncoder};
 use crate::queue::KeyQueue;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use selfsup_contrastive::head::ProjectionHead;
 use selfsup_contrastive::loss::{info_nce_logits, l2_normalize, top1_accuracy};
 use selfsup_contrastive::{pooled, views, ContrastiveError};
-use selfsup_core::encoders::{build_encoder, Encoder};
+use selfsup_core::encoders::{build_encoder, is_running_stat, linear, Encoder, LinearBias};
 use selfsup_core::seed::{derive_seed, name_hash};
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Pipeline};
@@ -48,7 +59,8 @@ impl Head {
     fn new(p: &nn::Path, in_dim: i64, cfg: &MocoConfig) -> Self {
         match cfg.mlp_head() {
             Some(h) => Head::Mlp(Box::new(ProjectionHead::new(p, in_dim, &h))),
-            None => Head::Linear(nn::linear(p / "fc", in_dim, cfg.dim, Default::default())),
+            // `nn.Linear(in_dim, dim)` with PyTorch's initialisation.
+            None => Head::Linear(linear(p / "fc", in_dim, cfg.dim, LinearBias::Default)),
         }
     }
 
@@ -65,24 +77,57 @@ impl Head {
 struct Network {
     encoder: Box<dyn Encoder>,
     head: Head,
+    /// The BN running statistics (`running_mean`, `running_var`) of encoder and head, in a
+    /// fixed order: the buffers that split BN updates once per batch (see the module docs).
+    running: Vec<Tensor>,
 }
 
 impl Network {
+    /// Builds encoder and head on `root`; `running` is filled in by the caller,
+    /// which knows the variable names.
     fn new(root: &nn::Path, cfg: &MocoConfig, ctx: &BuildContext) -> Self {
         let encoder = build_encoder(&(root / "encoder"), &ctx.encoder, ctx.image_channels);
         let head = Head::new(&(root / "head"), encoder.out_channels(), cfg);
-        Network { encoder, head }
+        Network { encoder, head, running: Vec::new() }
     }
 
-    /// `(N, C, H, W)` → normalised `(N, dim)`, run in `splits` sub-batches (own BN stats each).
+    /// `(N, C, H, W)` → normalised `(N, dim)`. In training with `splits` > 1, the batch is run
+    /// in `splits` contiguous sub-batches (own BN statistics each) and the running statistics
+    /// are set to the mean of the sub-batches' updates from the same start (the demo's
+    /// `SplitBatchNorm`).
     fn embed_t(&self, xs: &Tensor, train: bool, splits: i64) -> Tensor {
         let run = |x: &Tensor| {
             l2_normalize(&self.head.forward_t(&pooled(&self.encoder.forward_t(x, train)), train))
         };
-        if splits <= 1 {
+        if !train || splits <= 1 {
             return run(xs);
         }
-        let parts: Vec<Tensor> = xs.chunk(splits, 0).iter().map(run).collect();
+        // The buffers are written through `data()` (PyTorch's `.data`, as the demo does), which
+        // leaves their version counters alone: the graphs of the earlier passes saved them, and
+        // a training-mode BN backward does not read them.
+        let r0: Vec<Tensor> = self.running.iter().map(Tensor::copy).collect();
+        let mut sums: Vec<Tensor> = r0.iter().map(Tensor::zeros_like).collect();
+        let chunks = xs.chunk(splits, 0);
+        let mut parts = Vec::with_capacity(chunks.len());
+        for x in &chunks {
+            tch::no_grad(|| {
+                for (buf, r) in self.running.iter().zip(&r0) {
+                    buf.data().copy_(r);
+                }
+            });
+            parts.push(run(x));
+            tch::no_grad(|| {
+                for (sum, buf) in sums.iter_mut().zip(&self.running) {
+                    let _ = sum.g_add_(buf);
+                }
+            });
+        }
+        let count = chunks.len() as f64;
+        tch::no_grad(|| {
+            for (buf, sum) in self.running.iter().zip(&sums) {
+                buf.data().copy_(&(sum / count));
+            }
+        });
         Tensor::cat(&parts, 0)
     }
 }
@@ -129,9 +174,20 @@ impl Moco {
         if cfg.bn_splits == 0 {
             return Err(ContrastiveError::Config("moco bn_splits must be at least 1".into()));
         }
-        let query = Network::new(root, &cfg, ctx);
+        let mut query = Network::new(root, &cfg, ctx);
         let key_vs = nn::VarStore::new(ctx.device);
-        let key = Network::new(&key_vs.root(), &cfg, ctx);
+        let mut key = Network::new(&key_vs.root(), &cfg, ctx);
+        // Key and query variables share their names (relative to the two roots).
+        let key_store = key_vs.variables();
+        let mut names: Vec<&String> = key_store.keys().filter(|n| is_running_stat(n)).collect();
+        names.sort();
+        for name in names {
+            let q = var_at(root, name).ok_or_else(|| {
+                ContrastiveError::State(format!("query network has no variable `{name}`"))
+            })?;
+            query.running.push(q);
+            key.running.push(key_store[name].shallow_clone());
+        }
         let key_vars = MomentumEncoder::new(key_vs, root, cfg.momentum)?;
         let queue = KeyQueue::new(cfg.queue_size, cfg.dim, ctx.device)?;
         let view = cfg.view.clone().unwrap_or_else(|| match cfg.version {
@@ -230,6 +286,12 @@ impl PretextMethod for Moco {
 
     fn encoder(&self) -> &dyn Encoder {
         &*self.query.encoder
+    }
+
+    /// The L2-normalised query embedding (eval mode), the feature of the official CIFAR demo's
+    /// kNN monitor (`net.encoder_q` with its fc, then `F.normalize`).
+    fn embedding_t(&self, xs: &Tensor) -> Option<Tensor> {
+        Some(self.queries_t(xs, false))
     }
 
     fn step(&mut self, batch: &Batch, train: bool) -> selfsup_core::Result<StepOutput> {

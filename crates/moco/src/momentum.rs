@@ -10,13 +10,7 @@
 use selfsup_contrastive::ContrastiveError;
 use tch::{nn, Device, Kind, Tensor};
 
-/// The variable `name` (dotted, relative to `root`) of the store `root` belongs to.
-pub fn var_at(root: &nn::Path, name: &str) -> Option<Tensor> {
-    let mut parts: Vec<&str> = name.split('.').collect();
-    let last = parts.pop()?;
-    let path = parts.iter().fold(root.clone(), |p, c| p.sub(*c));
-    path.get(last)
-}
+pub use selfsup_core::encoders::var_at;
 
 /// A momentum copy of a query network.
 #[derive(Debug)]

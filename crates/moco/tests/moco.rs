@@ -1,9 +1,11 @@
 //! MoCo with the tiny encoder: key network isolation and momentum update, queue handling,
-//! checkpoint state, and the loss falling on a fixed batch.
+//! checkpoint state, split BN running statistics, the head initialisation, and the loss falling
+//! on a fixed batch.
 use selfsup_core::encoders::EncoderConfig;
 use selfsup_core::{BuildContext, PretextMethod, Registry};
 use selfsup_data::Batch;
 use selfsup_moco::{HeadChoice, Moco, MocoConfig, MocoVersion};
+use std::collections::HashMap;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -206,4 +208,128 @@ fn loss_falls_on_a_fixed_pool() {
         let (early, late) = ((epochs[1] + epochs[2]) / 2.0, (epochs[4] + epochs[5]) / 2.0);
         assert!(late < early - 0.05, "symmetric={symmetric}: loss did not fall: {epochs:?}");
     }
+}
+
+/// The BN running statistics among `vars`, copied, sorted by name.
+fn running_stats(vars: &HashMap<String, Tensor>) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vars
+        .iter()
+        .filter(|(n, _)| n.ends_with(".running_mean") || n.ends_with(".running_var"))
+        .map(|(n, t)| (n.clone(), t.copy()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+/// Split BN as the CIFAR demo's `SplitBatchNorm`: the outputs are those of separate passes over
+/// the sub-batches, and the running statistics move once per batch, to the mean of the updates
+/// each sub-batch alone makes from the same start (not once per sub-batch). The expectation
+/// comes from a copy of the query network with `bn_splits` 1, run on one sub-batch at a time.
+#[test]
+fn split_bn_updates_running_statistics_once_per_batch() {
+    let _serial = serial();
+    tch::manual_seed(8);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = MocoConfig { bn_splits: 4, ..small(false) };
+    let mut m = Moco::new(&vs.root(), cfg.clone(), &ctx()).unwrap();
+    let key_vars = m.key_network().var_store().variables();
+    // Start both networks from running statistics other than BN's zeros and ones.
+    for vars in [&vs.variables(), &key_vars] {
+        for (name, t) in vars {
+            let mut t = t.shallow_clone();
+            if name.ends_with(".running_mean") {
+                tch::no_grad(|| t.copy_(&Tensor::randn_like(&t)));
+            } else if name.ends_with(".running_var") {
+                tch::no_grad(|| t.copy_(&(Tensor::rand_like(&t) + 0.5)));
+            }
+        }
+    }
+    let mut vs_ref = nn::VarStore::new(Device::Cpu);
+    let mut reference =
+        Moco::new(&vs_ref.root(), MocoConfig { bn_splits: 1, ..cfg }, &ctx()).unwrap();
+    vs_ref.copy(&vs).unwrap();
+    let r0 = running_stats(&vs.variables());
+    assert_eq!(
+        r0.len(),
+        4,
+        "bn1 and bn2, mean and var: {:?}",
+        r0.iter().map(|p| &p.0).collect::<Vec<_>>()
+    );
+    let key_r0 = key_vars["encoder.bn1.running_mean"].copy();
+    let key_w = key_vars["encoder.conv1.weight"].copy();
+
+    let b = batch(16);
+    // The backward runs through graphs whose saved BN buffers were rewritten after their pass.
+    m.step(&b, true).unwrap().loss.backward();
+
+    // Query network: each of the 4 sub-batches of view 1 alone from r0, then the mean.
+    let ref_vars = vs_ref.variables();
+    let mut sums: Vec<Tensor> = r0.iter().map(|(_, t)| t.zeros_like()).collect();
+    let mut ref_parts = Vec::new();
+    for chunk in b.views[0].chunk(4, 0) {
+        for (name, r) in &r0 {
+            tch::no_grad(|| ref_vars[name].shallow_clone().copy_(r));
+        }
+        ref_parts.push(tch::no_grad(|| reference.queries_t(&chunk, true)));
+        for ((name, _), sum) in r0.iter().zip(sums.iter_mut()) {
+            *sum += &ref_vars[name];
+        }
+    }
+    let after = vs.variables();
+    for ((name, r), sum) in r0.iter().zip(&sums) {
+        let diff = max_diff(&after[name], &(sum / 4.0));
+        assert!(diff < 1e-5, "{name} off by {diff}");
+        assert!(max_diff(&after[name], r) > 1e-3, "{name} did not move");
+    }
+    // Key network (its batch shuffled): BN momentum 0.1 and equal sub-batches, so the first BN's
+    // running mean is 0.9·r0 + 0.1·(batch mean of its input) whatever the permutation.
+    let conv1 = b.views[1].conv2d(&key_w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
+    let want = key_r0 * 0.9 + conv1.mean_dim([0i64, 2, 3].as_slice(), false, Kind::Float) * 0.1;
+    let diff = max_diff(&key_vars["encoder.bn1.running_mean"], &want);
+    assert!(diff < 1e-5, "key encoder.bn1.running_mean off by {diff}");
+
+    // Training outputs: those of the separate passes.
+    let q = tch::no_grad(|| m.queries_t(&b.views[0], true));
+    let diff = max_diff(&q, &Tensor::cat(&ref_parts, 0));
+    assert!(diff < 1e-5, "training queries off by {diff}");
+    // Evaluation: one pass with the running statistics, which it leaves alone.
+    vs_ref.copy(&vs).unwrap();
+    reference.load_state_tensors(&m.state_tensors()).unwrap();
+    let stats = running_stats(&vs.variables());
+    let key_stats = running_stats(&key_vars);
+    let x = &b.views[1];
+    let (q, q_ref) = tch::no_grad(|| (m.queries_t(x, false), reference.queries_t(x, false)));
+    let (k, k_ref) = tch::no_grad(|| (m.keys_t(x, false, 0), reference.keys_t(x, false, 0)));
+    assert!(max_diff(&q, &q_ref) < 1e-5 && max_diff(&k, &k_ref) < 1e-5);
+    for (before, now) in
+        [(stats, running_stats(&vs.variables())), (key_stats, running_stats(&key_vars))]
+    {
+        for ((name, a), (_, b)) in before.iter().zip(&now) {
+            assert!(a.equal(b), "evaluation moved {name}");
+        }
+    }
+}
+
+/// The v1 head is `nn.Linear` as PyTorch initialises it: weight and bias in `±1/√in_dim`
+/// (tch's default weight bound is 2.45× that).
+#[test]
+fn v1_head_has_pytorchs_linear_init() {
+    let _serial = serial();
+    tch::manual_seed(9);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = MocoConfig { version: MocoVersion::V1, ..small(false) };
+    Moco::new(&vs.root(), cfg, &ctx()).unwrap();
+    let vars = vs.variables();
+    let w = &vars["head.fc.weight"];
+    assert_eq!(w.size(), [128, 8]);
+    let bound = 1.0 / (w.size()[1] as f64).sqrt();
+    let max = w.abs().max().double_value(&[]);
+    // 1,024 draws from U(-b, b) come within 5% of b (all miss it with probability 0.95^1024).
+    assert!(max <= bound && max > 0.95 * bound, "weight bound {max}, expected {bound}");
+    let bmax = vars["head.fc.bias"].abs().max().double_value(&[]);
+    assert!(bmax <= bound, "bias bound {bmax}, expected {bound}");
 }

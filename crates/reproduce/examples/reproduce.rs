@@ -2,5 +2,5 @@
 //! `selfsup reproduce <method> [options]` without building the whole CLI.
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    selfsup_reproduce::run(&args)
+    selfsup_reproduce::run(&args, &selfsup_methods::registry())
 }

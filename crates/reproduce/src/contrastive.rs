@@ -1,29 +1,39 @@
 //! `selfsup reproduce simclr|moco|instance-discrimination [--profile smoke|cpu|paper]
-//! [--dataset cifar10] [--force]`: pretrains one contrastive method, evaluates its encoder and a
-//! random-init encoder of the same architecture with the kNN monitor (k = 200, T = 0.1) and a
-//! linear probe on CIFAR-10, and writes `results/<method>/<profile>/`.
+//! [--dataset cifar10] [--force]`: pretrains one contrastive method, evaluates the trained and a
+//! random-init method of the same architecture, and writes `results/<method>/<profile>/`.
 //!
 //! Stages (each skipped when its result file exists unless `--force`, training resumed from its
 //! checkpoint when interrupted), following the RotNet reproduction's layout:
 //! 1. pretraining under `runs/<method>/<profile>/pretrain/`;
-//! 2. kNN and linear probes of the trained and the random encoder under
-//!    `runs/<method>/<profile>/probes/<encoder>/<protocol>/`;
-//! 3. the report: `table.md`, `results.json`, `configs/`, `commands.md`, `run.log`.
+//! 2. four probes of the trained and the random-init encoder at every probe seed (each seed
+//!    draws its own labeled subset), under
+//!    `runs/<method>/<profile>/probes/<encoder>/<probe>[_seed<s>]/`:
+//!    - `knn`: weighted kNN (k = 200, T = 0.1) on the globally pooled backbone (solo-learn and
+//!      lightly report this one);
+//!    - `knn_embedding`: the same on the L2-normalised 128-d head output (MoCo's CIFAR demo
+//!      and lemniscate report this one: its 85.3% is on the head embedding);
+//!    - `linear`: the papers' and solo-learn's linear evaluation, on the globally pooled
+//!      backbone (512-d for a ResNet-18), trained on random-resized crops and flips
+//!      ([`LinearProbeConfig::reference_contrastive`]);
+//!    - `linear_map`: the classic pretext tasks' probe, the last feature map pooled to about
+//!      9,000 dimensions, standardised, without augmentation;
+//! 3. the report: `table.md` (mean ± standard deviation over the probe seeds), `results.json`,
+//!    `configs/`, `commands.md`, `run.log`.
 //!
 //! Profiles:
 //! - `paper` (a GPU job): the public CIFAR-10 recipes with a CIFAR-stem ResNet-18, 200 epochs
 //!   at batch 512 — lightly's CIFAR-10 kNN benchmark setting for SimCLR (SGD, lr 0.06 × B/128,
 //!   momentum 0.9, weight decay 5e-4, cosine; τ = 0.5; reference kNN 84.8%), MoCo's official
 //!   CIFAR-10 demo for MoCo (lr 0.06, weight decay 5e-4, cosine, K = 4,096, m = 0.99, τ = 0.1,
-//!   symmetric loss, 8 BN splits; reference kNN 85.3%, lightly 84.7%), lemniscate's official
-//!   `cifar.py` for instance discrimination (lr 0.1 without schedule, batch 128, NCE with
-//!   K = 4,096, τ = 0.1, bank momentum 0.5; no reference figure recorded here; its NCE
-//!   diverged with the cpu profile's NIN, see `Profile::cpu_method_config`). solo-learn's
-//!   1000-epoch linear probes (SimCLR 90.74%, MoCo v2+ 92.94%) are listed for context only:
-//!   they use 1000 epochs and other recipes.
+//!   symmetric loss, 8 BN splits; reference kNN 85.3% on the head embedding, lightly 84.7%),
+//!   lemniscate's current `cifar.py` and README for instance discrimination (`--nce-k 0
+//!   --nce-t 0.1 --lr 0.03`: the full softmax, τ = 0.1, lr 0.03 ×0.1 at epochs 120 and 160,
+//!   batch 128, bank momentum 0.5, no horizontal flip; no reference figure recorded here).
+//!   solo-learn's 1000-epoch linear probes (SimCLR 90.74%, MoCo v2+ 92.94%) are listed for
+//!   context only: they use 1000 epochs and other recipes.
 //! - `cpu`: trained vs random init on 2 CPU cores, not the paper's numbers: a NIN-4 of width 32
-//!   pretrained at batch 128 (SGD 0.06, cosine), oneDNN on; kNN and linear probe with 10,000
-//!   labeled images, scored on the whole test set. SimCLR and MoCo train 10 epochs on 25,000
+//!   pretrained at batch 128 (SGD 0.06, cosine), oneDNN on; probes with 10,000 labeled images
+//!   at probe seeds 0, 1, 2, scored on the whole test set. SimCLR and MoCo train 10 epochs on 25,000
 //!   images; instance discrimination 40 epochs on 10,000 with the full softmax, τ = 0.1 and
 //!   batch norm on the head output (see `Profile::cpu_method_config`). Measured here (2 cores,
 //!   AMD EPYC), each with its probes: SimCLR 670 s (390 images/s), MoCo (symmetric loss)
@@ -34,12 +44,13 @@ use crate::common::{
     subset, write_json, Log,
 };
 use anyhow::{bail, Context, Result};
+use selfsup_contrastive::views;
 use selfsup_core::checkpoint;
 use selfsup_core::config::{DataConfig, RunConfig, TrainConfig};
 use selfsup_core::optim::OptimizerConfig;
 use selfsup_core::schedule::ScheduleConfig;
 use selfsup_core::trainer::{train, TrainOptions};
-use selfsup_core::{EncoderConfig, Registry};
+use selfsup_core::{BuildContext, EncoderConfig, PretextMethod, Registry};
 use selfsup_data::{ImageDataset, Split};
 use selfsup_eval::features::Normalization;
 use selfsup_eval::{KnnConfig, LinearProbeConfig};
@@ -100,10 +111,19 @@ pub struct Profile {
     pub probe_train_images: Option<usize>,
     /// Test images; `null` = all.
     pub test_images: Option<usize>,
-    /// The kNN monitor.
+    /// The kNN probe (k = 200, T = 0.1), on the pooled backbone (solo-learn, lightly) and, as a
+    /// second column, on the method's L2-normalised head embedding (MoCo's CIFAR demo,
+    /// lemniscate).
     pub knn: KnnConfig,
-    /// The linear probe.
+    /// The linear probe of the papers and solo-learn: the globally pooled last feature map,
+    /// trained on random-resized crops and flips (the headline linear column).
     pub linear: LinearProbeConfig,
+    /// The second linear column: the last feature map pooled to about 9,000 dimensions,
+    /// standardised, unaugmented (the classic pretext tasks' protocol).
+    pub linear_map: LinearProbeConfig,
+    /// Probe seeds: each draws its own labeled subset and the probes' random choices; the
+    /// table gives mean ± standard deviation over them.
+    pub probe_seeds: Vec<u64>,
     /// Published figures for the same setting.
     pub references: Vec<Reference>,
     /// Bit-for-bit CPU determinism across thread counts (turns oneDNN convolutions off, about
@@ -139,16 +159,34 @@ fn knn(max_train: Option<usize>) -> KnnConfig {
     }
 }
 
-fn linear(epochs: usize, batch_size: usize) -> LinearProbeConfig {
-    LinearProbeConfig {
+/// The reference linear protocol ([`LinearProbeConfig::reference_contrastive`]) and the
+/// pooled-map one, each for `epochs` epochs at `batch_size`, cosine schedule.
+fn linear(epochs: usize, batch_size: usize) -> (LinearProbeConfig, LinearProbeConfig) {
+    let reference = LinearProbeConfig {
+        epochs,
+        batch_size,
+        schedule: cosine(),
+        normalization: Some(Normalization::cifar10()),
+        ..LinearProbeConfig::reference_contrastive()
+    };
+    let map = LinearProbeConfig {
         taps: vec!["last".into()],
         epochs,
         batch_size,
         schedule: cosine(),
         normalization: Some(Normalization::cifar10()),
         ..LinearProbeConfig::default()
-    }
+    };
+    (reference, map)
 }
+
+/// The probes of every encoder, in table order: (name, column heading).
+pub const PROBES: [(&str, &str); 4] = [
+    ("knn", "kNN, pooled backbone"),
+    ("knn_embedding", "kNN, head embedding"),
+    ("linear", "linear, reference (global pool, crop + flip)"),
+    ("linear_map", "linear, pooled map (~9k, standardised)"),
+];
 
 impl Profile {
     /// The profile `name` of `method`, with `--set` overrides applied.
@@ -216,9 +254,21 @@ impl Profile {
         let mut method_config = Self::method_defaults(method)?;
         let mut schedule = cosine();
         if method == "instance-discrimination" {
-            // lemniscate's `cifar.py`: τ = 0.1 (`--nce-t`), lr 0.1, no schedule.
+            // lemniscate's current `cifar.py` and README (`--nce-k 0 --nce-t 0.1 --lr 0.03`):
+            // the full softmax, τ = 0.1, rate ×0.1 at epochs 120 and 160, no horizontal flip
+            // (commented out of its `transform_train`), and its normalisation (std 0.2023,
+            // 0.1994, 0.2010). Its grayscale comes before the colour jitter, ours after.
+            method_config["objective"] = json!("softmax");
             method_config["temperature"] = json!(0.1);
-            schedule = ScheduleConfig::Constant;
+            let mut view = views::mocov1_view(3, 32);
+            view.ops.retain(|op| !matches!(op, selfsup_data::Op::HorizontalFlip { .. }));
+            for op in view.ops.iter_mut() {
+                if let selfsup_data::Op::Normalize { std, .. } = op {
+                    *std = vec![0.2023, 0.1994, 0.2010];
+                }
+            }
+            method_config["view"] = serde_json::to_value(view)?;
+            schedule = ScheduleConfig::Steps { milestones: vec![120, 160], gamma: 0.1 };
         }
         let (batch_size, optimizer, references) = match method {
             "simclr" => (
@@ -263,8 +313,9 @@ impl Profile {
                     },
                 ],
             ),
-            _ => (128, sgd(0.1, 5e-4), Vec::new()),
+            _ => (128, sgd(0.03, 5e-4), Vec::new()),
         };
+        let (linear, linear_map) = linear(100, 256);
         Ok(Profile {
             name: "paper".into(),
             summary: "the public CIFAR-10 recipe with a CIFAR-stem ResNet-18 (a GPU job)".into(),
@@ -278,7 +329,9 @@ impl Profile {
             probe_train_images: None,
             test_images: None,
             knn: knn(None),
-            linear: linear(100, 256),
+            linear,
+            linear_map,
+            probe_seeds: vec![0],
             references,
             deterministic: true,
             seed: 0,
@@ -296,6 +349,7 @@ impl Profile {
             "instance-discrimination" => (10_000, 40),
             _ => (25_000, 10),
         };
+        let (linear, linear_map) = linear(15, 256);
         Ok(Profile {
             name: "cpu".into(),
             summary: "trained vs random init on 2 CPU cores (10 to 20 min a method)".into(),
@@ -309,7 +363,9 @@ impl Profile {
             probe_train_images: Some(10_000),
             test_images: None,
             knn: knn(None),
-            linear: linear(15, 256),
+            linear,
+            linear_map,
+            probe_seeds: vec![0, 1, 2],
             references: Vec::new(),
             deterministic: false,
             seed: 0,
@@ -325,6 +381,7 @@ impl Profile {
             "instance-discrimination" => method_config["nce_k"] = json!(32),
             _ => {}
         }
+        let (linear, linear_map) = linear(1, 64);
         Ok(Profile {
             name: "smoke".into(),
             summary: "pipeline check in seconds (numbers mean nothing)".into(),
@@ -338,22 +395,15 @@ impl Profile {
             probe_train_images: Some(256),
             test_images: Some(128),
             knn: knn(None),
-            linear: linear(1, 64),
+            linear,
+            linear_map,
+            probe_seeds: vec![0, 1],
             references: Vec::new(),
             deterministic: true,
             seed: 0,
             log_every: 1,
         })
     }
-}
-
-/// The registry of the contrastive methods.
-pub fn registry() -> Registry {
-    let mut r = Registry::new();
-    selfsup_simclr::register(&mut r);
-    selfsup_moco::register(&mut r);
-    selfsup_instance_discrimination::register(&mut r);
-    r
 }
 
 /// The pretraining run config of `method` under `profile`.
@@ -389,7 +439,9 @@ pub fn run_config(
     }
 }
 
-/// One probe of one encoder, skipped when its report exists.
+/// One probe of one encoder at one probe seed, skipped when its report exists. `method` is
+/// the trained (or random-init) method: its encoder for the backbone probes, its embedding for
+/// `knn_embedding`.
 #[allow(clippy::too_many_arguments)]
 fn probe(
     log: &mut Log,
@@ -397,31 +449,65 @@ fn probe(
     out: &Path,
     protocol: &str,
     encoder_name: &str,
-    encoder: &dyn selfsup_core::Encoder,
+    method: &dyn PretextMethod,
     p: &Profile,
     device: Device,
     train_set: &ImageDataset,
     test_set: &ImageDataset,
+    seed: u64,
 ) -> Result<f64> {
-    let file = out.join("eval").join(format!("{protocol}.json"));
-    let stage = format!("{protocol} {encoder_name}");
+    let kind = if protocol.starts_with("knn") { "knn" } else { "linear" };
+    let file = out.join("eval").join(format!("{kind}.json"));
+    let stage = format!("{protocol} {encoder_name} seed {seed}");
+    let mut knn_embedding = p.knn.clone();
+    knn_embedding.taps = vec!["embedding".into()];
     let settings = match protocol {
         "knn" => serde_json::to_value(&p.knn)?,
-        _ => serde_json::to_value(&p.linear)?,
+        "knn_embedding" => serde_json::to_value(&knn_embedding)?,
+        "linear" => serde_json::to_value(&p.linear)?,
+        _ => serde_json::to_value(&p.linear_map)?,
     };
     let sets = (train_set, test_set);
     let finished = finished_probe(log, stages, &stage, &file, |r| {
-        ensure_probe_matches(&file, r, &settings, &p.encoder, p.seed, sets, &p.name)
+        ensure_probe_matches(&file, r, &settings, &p.encoder, seed, sets, &p.name)
     })?;
     let report = if let Some(r) = finished {
         r
     } else {
         log.line(&format!("[probe] {stage}"));
+        let encoder = method.encoder();
         let mut r = match protocol {
-            "knn" => selfsup_eval::knn_probe(encoder, device, train_set, test_set, &p.knn, p.seed)?,
-            _ => {
-                selfsup_eval::linear_probe(encoder, device, train_set, test_set, &p.linear, p.seed)?
+            "knn" => selfsup_eval::knn_probe(encoder, device, train_set, test_set, &p.knn, seed)?,
+            "knn_embedding" => {
+                let mut embed = |x: &tch::Tensor| {
+                    method.embedding_t(x).ok_or_else(|| {
+                        selfsup_eval::EvalError::Config(format!(
+                            "method `{}` has no embedding to probe",
+                            method.name()
+                        ))
+                    })
+                };
+                selfsup_eval::knn_probe_embedding(
+                    &mut embed,
+                    "embedding",
+                    device,
+                    train_set,
+                    test_set,
+                    &knn_embedding,
+                    seed,
+                )?
             }
+            "linear" => {
+                selfsup_eval::linear_probe(encoder, device, train_set, test_set, &p.linear, seed)?
+            }
+            _ => selfsup_eval::linear_probe(
+                encoder,
+                device,
+                train_set,
+                test_set,
+                &p.linear_map,
+                seed,
+            )?,
         };
         r.encoder = Some(serde_json::to_value(&p.encoder)?);
         r.checkpoint = Some(encoder_name.to_string());
@@ -434,9 +520,56 @@ fn probe(
     Ok(top1)
 }
 
+/// The folder of a probe's report: `probes/<encoder>/<probe>` for probe seed 0 (the layout
+/// before probe seeds), `probes/<encoder>/<probe>_seed<s>` for the others.
+fn probe_dir(run_root: &Path, encoder: &str, probe: &str, seed: u64) -> std::path::PathBuf {
+    let name = if seed == 0 { probe.to_string() } else { format!("{probe}_seed{seed}") };
+    run_root.join("probes").join(encoder).join(name)
+}
+
+/// The method `cfg` describes with its weights: from the checkpoint in `dir`, or, without one,
+/// freshly initialised under `cfg.seed` (the random-init baseline, whose encoder is the same as
+/// `selfsup_eval::baselines::random_encoder`'s: the trainer seeds libtorch the same way and
+/// every method builds its encoder first).
+fn load_method(
+    registry: &Registry,
+    cfg: &RunConfig,
+    dir: Option<&Path>,
+    train_set: &ImageDataset,
+    device: Device,
+) -> Result<(tch::nn::VarStore, Box<dyn PretextMethod>)> {
+    let vs = tch::nn::VarStore::new(device);
+    let ctx = BuildContext {
+        device,
+        seed: cfg.seed,
+        num_train_images: train_set.len(),
+        image_channels: train_set.channels() as i64,
+        image_size: train_set.height() as i64,
+        encoder: cfg.encoder.clone(),
+    };
+    selfsup_core::seed::seed_torch(cfg.seed);
+    let method = registry.build(&cfg.method, &vs.root(), &cfg.method_config, &ctx)?;
+    if let Some(dir) = dir {
+        let ck = checkpoint::load(dir)?;
+        let path = checkpoint::checkpoint_dir(dir).join("model.safetensors");
+        checkpoint::load_into(&vs, &ck.model, "", &path)
+            .with_context(|| format!("loading the method of {}", dir.display()))?;
+    }
+    Ok((vs, method))
+}
+
+/// Mean, sample standard deviation (`None` for one value) and the values.
+pub fn spread(values: &[f64]) -> Value {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n.max(1.0);
+    let std = (values.len() > 1)
+        .then(|| (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt());
+    json!({"mean": mean, "std": std, "seeds": values})
+}
+
 /// Entry point: `method` is `simclr`, `moco` or `instance-discrimination`; `args` are the
-/// arguments after it.
-pub fn run(method: &str, args: &[String]) -> Result<()> {
+/// arguments after it; `registry` must hold `method`.
+pub fn run(method: &str, args: &[String], registry: &Registry) -> Result<()> {
     if !METHODS.contains(&method) {
         bail!("no contrastive reproduction for `{method}` (known: {})", METHODS.join(", "));
     }
@@ -477,12 +610,11 @@ pub fn run(method: &str, args: &[String]) -> Result<()> {
     let full_test = selfsup_data::open_dataset(&args.dataset, Split::Test, &data_dir)
         .with_context(|| format!("opening `{}` in {}", args.dataset, data_dir.display()))?;
     let train_set = subset(&full_train, p.train_images, p.seed, "max_images");
-    let probe_train = subset(&full_train, p.probe_train_images, p.seed, "max_images");
     let test_set = subset(&full_test, p.test_images, p.seed, "test_images");
     let mut stages = Vec::new();
 
     // 1. Pretraining.
-    let registry = registry();
+    registry.get(method)?;
     let cfg = run_config(method, &p, &args.dataset, &data_dir, &device_name);
     write_json(&res_root.join("configs").join("pretrain.json"), &cfg)?;
     write_json(&res_root.join("configs").join("profile.json"), &p)?;
@@ -509,7 +641,7 @@ pub fn run(method: &str, args: &[String]) -> Result<()> {
             dataset: Some(train_set.clone()),
             ..TrainOptions::default()
         };
-        let summary = train(&cfg, &registry, &dir, &mut opts)
+        let summary = train(&cfg, registry, &dir, &mut opts)
             .with_context(|| format!("pretraining {method} in {}", dir.display()))?;
         let seconds = start.elapsed().as_secs_f64();
         let v = json!({"summary": summary, "seconds": seconds});
@@ -522,41 +654,37 @@ pub fn run(method: &str, args: &[String]) -> Result<()> {
         v
     };
 
-    // 2. Probes of the trained and the random encoder.
+    // 2. Probes of the trained and the random-init method, at every probe seed (each seed
+    // draws its own labeled subset).
     let mut scores = serde_json::Map::new();
     for encoder_name in ["trained", "random"] {
-        let held = if encoder_name == "trained" {
-            let e = checkpoint::load_encoder(&dir, device)
-                .with_context(|| format!("loading the encoder of {}", dir.display()))?;
-            (e.vs, e.encoder)
-        } else {
-            let e = selfsup_eval::baselines::random_encoder(
-                &p.encoder,
-                train_set.channels() as i64,
-                p.seed,
-                device,
-            );
-            (e.vs, e.encoder)
-        };
+        let trained_dir = (encoder_name == "trained").then_some(dir.as_path());
+        let (_vs, method) = load_method(registry, &cfg, trained_dir, &train_set, device)?;
         let mut row = serde_json::Map::new();
-        for protocol in ["knn", "linear"] {
-            let out = run_root.join("probes").join(encoder_name).join(protocol);
-            let top1 = probe(
-                &mut log,
-                &mut stages,
-                &out,
-                protocol,
-                encoder_name,
-                &*held.1,
-                &p,
-                device,
-                &probe_train,
-                &test_set,
-            )?;
-            row.insert(protocol.into(), json!(top1));
+        for (protocol, _) in PROBES {
+            let mut values = Vec::new();
+            for &seed in &p.probe_seeds {
+                let probe_train = subset(&full_train, p.probe_train_images, seed, "max_images");
+                let out = probe_dir(&run_root, encoder_name, protocol, seed);
+                values.push(probe(
+                    &mut log,
+                    &mut stages,
+                    &out,
+                    protocol,
+                    encoder_name,
+                    method.as_ref(),
+                    &p,
+                    device,
+                    &probe_train,
+                    &test_set,
+                    seed,
+                )?);
+            }
+            row.insert(protocol.into(), spread(&values));
         }
         scores.insert(encoder_name.into(), Value::Object(row));
     }
+    let probe_train_len = subset(&full_train, p.probe_train_images, p.seed, "max_images").len();
 
     // 3. Report.
     let scores = Value::Object(scores);
@@ -576,7 +704,7 @@ pub fn run(method: &str, args: &[String]) -> Result<()> {
             "pretrain": pretrain,
             "stages": stages,
             "train_images": train_set.len(),
-            "probe_train_images": probe_train.len(),
+            "probe_train_images": probe_train_len,
             "test_images": test_set.len(),
             "wall_seconds_this_invocation": wall_s,
         }),
@@ -596,8 +724,26 @@ pub fn run(method: &str, args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `table.md`: measured kNN and linear top-1 of the trained and random encoders, and the
-/// published references of the profile.
+/// What changed in these tables since the ones committed before the fidelity review, printed
+/// under every table.
+const CHANGES: &str = "Changed since the tables before the fidelity review: projection and \
+linear heads get PyTorch's initialisation (tch's default drew BN weights from U(0, 1) and \
+linear weights 2.45× too wide); MoCo's split batch norm makes one running-statistics update \
+per step, as the demo's `SplitBatchNorm`; the headline linear probe is the papers' (globally \
+pooled output, random-resized crop and flip), the pooled-map probe its own column; kNN also \
+on the head embedding; every figure is mean ± std over the probe seeds.";
+
+/// `mean ± std` (just the mean for one seed) of a [`spread`] value.
+fn cell(v: &Value) -> String {
+    match (v["mean"].as_f64(), v["std"].as_f64()) {
+        (Some(m), Some(sd)) => format!("{m:.2} ± {sd:.2}"),
+        (Some(m), None) => format!("{m:.2}"),
+        _ => "–".into(),
+    }
+}
+
+/// `table.md`: every probe of the trained and the random-init encoder (mean ± std over the
+/// probe seeds), the gain of training, and the published references of the profile.
 fn markdown(
     method: &str,
     p: &Profile,
@@ -606,31 +752,47 @@ fn markdown(
     dataset: &str,
     command: &str,
 ) -> String {
-    let f = |enc: &str, prot: &str| {
-        scores[enc][prot].as_f64().map_or("–".to_string(), |v| format!("{v:.2}"))
-    };
     let mut s = format!(
         "# {method} on {dataset}, profile `{}`\n\n{}. Encoder `{}`, {} epochs at batch {}, \
-         device {device}.\n\n| encoder | kNN top-1 (%) | linear top-1 (%) |\n|---|---|---|\n",
+         device {device}. Top-1 (%) on the test set, mean ± std over probe seeds {:?} (each \
+         seed draws its own {} labeled images).\n\n| encoder |",
         p.name,
         p.summary,
         serde_json::to_string(&p.encoder).unwrap_or_default(),
         p.epochs,
-        p.batch_size
+        p.batch_size,
+        p.probe_seeds,
+        p.probe_train_images.map_or("all".to_string(), |n| n.to_string()),
     );
-    for enc in ["trained", "random"] {
-        s.push_str(&format!("| {enc} | {} | {} |\n", f(enc, "knn"), f(enc, "linear")));
+    for (_, heading) in PROBES {
+        s.push_str(&format!(" {heading} |"));
     }
-    let gain =
-        |prot: &str| match (scores["trained"][prot].as_f64(), scores["random"][prot].as_f64()) {
-            (Some(t), Some(r)) => format!("{:+.2}", t - r),
+    s.push_str(&format!("\n|---|{}\n", "---:|".repeat(PROBES.len())));
+    for enc in ["trained", "random"] {
+        s.push_str(&format!("| {enc} |"));
+        for (prot, _) in PROBES {
+            s.push_str(&format!(" {} |", cell(&scores[enc][prot])));
+        }
+        s.push('\n');
+    }
+    s.push_str("| trained − random |");
+    for (prot, _) in PROBES {
+        let (t, r) = (&scores["trained"][prot], &scores["random"][prot]);
+        let gain = match (t["mean"].as_f64(), r["mean"].as_f64()) {
+            (Some(a), Some(b)) => {
+                let var = t["std"].as_f64().unwrap_or(0.0).powi(2)
+                    + r["std"].as_f64().unwrap_or(0.0).powi(2);
+                if var > 0.0 {
+                    format!("{:+.2} ± {:.2}", a - b, var.sqrt())
+                } else {
+                    format!("{:+.2}", a - b)
+                }
+            }
             _ => "–".into(),
         };
-    s.push_str(&format!(
-        "\nTrained minus random init: kNN {} points, linear {} points.\n",
-        gain("knn"),
-        gain("linear")
-    ));
+        s.push_str(&format!(" {gain} |"));
+    }
+    s.push('\n');
     if !p.references.is_empty() {
         s.push_str("\nPublished references:\n\n| source | protocol | epochs | top-1 (%) |\n|---|---|---|---|\n");
         for r in &p.references {
@@ -640,7 +802,7 @@ fn markdown(
             ));
         }
     }
-    s.push_str(&format!("\nCommand: `{command}`\n"));
+    s.push_str(&format!("\n{CHANGES}\n\nCommand: `{command}`\n"));
     s
 }
 
@@ -659,17 +821,26 @@ mod tests {
                 let p = Profile::resolve(m, name, &[]).unwrap();
                 assert_eq!(p.name, name);
                 // The method config must be accepted by the method's own parser.
-                let r = registry();
+                let r = selfsup_methods::registry();
                 let entry = r.get(m).unwrap();
                 let mut merged = (entry.default_config)();
                 selfsup_core::config::merge(&mut merged, &p.method_config);
                 assert_eq!(merged, p.method_config, "{m}/{name}: profile config is complete");
             }
         }
+        // Instance discrimination's paper profile is lemniscate's current `cifar.py`.
+        let p = Profile::paper("instance-discrimination").unwrap();
+        assert_eq!(p.method_config["objective"], "softmax");
+        assert_eq!(p.method_config["temperature"], 0.1);
+        assert_eq!(p.optimizer.lr(), 0.03);
+        assert_eq!(p.schedule, ScheduleConfig::Steps { milestones: vec![120, 160], gamma: 0.1 });
+        let view: selfsup_data::Pipeline =
+            serde_json::from_value(p.method_config["view"].clone()).unwrap();
+        assert!(!view.ops.iter().any(|op| matches!(op, selfsup_data::Op::HorizontalFlip { .. })));
         let p = Profile::resolve("simclr", "smoke", &s(&["epochs=3"])).unwrap();
         assert_eq!(p.epochs, 3);
         assert!(Profile::resolve("simclr", "huge", &[]).is_err());
-        assert!(run("byol", &[]).is_err());
+        assert!(run("byol", &[], &selfsup_methods::registry()).is_err());
         assert!(parse_args(&s(&["--profil", "cpu"]), &usage("moco")).is_err());
     }
 
@@ -678,6 +849,7 @@ mod tests {
     fn smoke_profiles_run() {
         let base =
             std::env::temp_dir().join(format!("selfsup-contrastive-smoke-{}", std::process::id()));
+        let registry = selfsup_methods::registry();
         for m in METHODS {
             let args = s(&[
                 "--profile",
@@ -697,39 +869,42 @@ mod tests {
                 "--results-dir",
                 base.join("results").to_str().unwrap(),
             ]);
-            run(m, &args).unwrap();
+            run(m, &args, &registry).unwrap();
             let res = base.join("results").join(m).join("smoke");
             let v = read_json(&res.join("results.json")).unwrap();
             for enc in ["trained", "random"] {
-                for prot in ["knn", "linear"] {
-                    let t = v["top1"][enc][prot].as_f64().unwrap();
+                for (prot, _) in PROBES {
+                    let cell = &v["top1"][enc][prot];
+                    let t = cell["mean"].as_f64().unwrap();
                     assert!((0.0..=100.0).contains(&t), "{m} {enc} {prot}: {t}");
+                    assert_eq!(cell["seeds"].as_array().unwrap().len(), 2, "{cell}");
+                    assert!(cell["std"].as_f64().is_some(), "{cell}");
                 }
             }
             assert!(res.join("table.md").exists());
             // A second run skips every stage.
-            run(m, &args).unwrap();
+            run(m, &args, &registry).unwrap();
             let v = read_json(&res.join("results.json")).unwrap();
             assert!(v["stages"].as_array().unwrap().iter().all(|s| s["skipped"] == true));
             assert!(std::fs::read_to_string(res.join("table.md"))
                 .unwrap()
-                .contains("Trained minus random init: kNN"));
+                .contains("| trained − random |"));
             // A finished pretraining under another config is refused, not reused.
             let mut changed = args.clone();
             changed.extend(s(&["--set", "epochs=2"]));
-            let err = run(m, &changed).unwrap_err().to_string();
+            let err = run(m, &changed, &registry).unwrap_err().to_string();
             assert!(err.contains("another config") && err.contains("--force"), "{err}");
             // So is a finished probe under other probe settings.
             let mut changed = args.clone();
             changed.extend(s(&["--set", "linear.epochs=2"]));
-            let err = run(m, &changed).unwrap_err().to_string();
+            let err = run(m, &changed, &registry).unwrap_err().to_string();
             assert!(err.contains("linear.json") && err.contains("--force"), "{err}");
             // `--force` redoes everything and starts the run log afresh.
             let log = std::fs::read_to_string(res.join("run.log")).unwrap();
             assert!(log.matches(&format!("== selfsup reproduce {m}")).count() >= 2, "{log}");
             let mut forced = changed.clone();
             forced.push("--force".into());
-            run(m, &forced).unwrap();
+            run(m, &forced, &registry).unwrap();
             let log = std::fs::read_to_string(res.join("run.log")).unwrap();
             assert_eq!(log.matches(&format!("== selfsup reproduce {m}")).count(), 1, "{log}");
         }

@@ -97,7 +97,7 @@ use profile::{official_sgd, steps, Budget, Profile, TABLE1_RUN};
 use selfsup_core::checkpoint;
 use selfsup_core::config::{DataConfig, RunConfig, TrainConfig};
 use selfsup_core::trainer::{train, TrainOptions};
-use selfsup_core::{BuildContext, Encoder, Registry};
+use selfsup_core::{BuildContext, Encoder, EncoderConfig, Registry};
 use selfsup_data::{ImageDataset, Split};
 use selfsup_eval::features::Normalization;
 use selfsup_eval::fewshot::FewShotMode;
@@ -128,7 +128,14 @@ struct Repro {
 }
 
 impl Repro {
-    fn run_config(&self, method: &str, method_config: Value, epochs: u64, ms: &[u64]) -> RunConfig {
+    fn run_config(
+        &self,
+        method: &str,
+        encoder: &EncoderConfig,
+        method_config: Value,
+        epochs: u64,
+        ms: &[u64],
+    ) -> RunConfig {
         let p = &self.profile;
         RunConfig {
             method: method.into(),
@@ -140,7 +147,7 @@ impl Repro {
                 data_dir: Some(self.data_dir.clone()),
                 max_images: p.train_images,
             },
-            encoder: p.encoder.clone(),
+            encoder: encoder.clone(),
             train: TrainConfig {
                 epochs,
                 batch_size: p.batch_size,
@@ -159,15 +166,17 @@ impl Repro {
     /// The run config of the RotNet pretraining with `set` for `budget`.
     fn rotnet_config(&self, set: RotationSet, budget: &Budget) -> Result<RunConfig> {
         let mc = serde_json::to_value(RotNetConfig::with_rotations(set))?;
-        Ok(self.run_config("rotnet", mc, budget.epochs, &budget.milestones))
+        let enc = &self.profile.encoder;
+        Ok(self.run_config("rotnet", enc, mc, budget.epochs, &budget.milestones))
     }
 
-    /// The run config of the supervised NIN.
+    /// The run config of the supervised NIN (3 blocks, as the official config).
     fn supervised_config(&self) -> Result<RunConfig> {
         let entry = self.registry.get("supervised")?;
         let p = &self.profile;
         Ok(self.run_config(
             "supervised",
+            &p.supervised_encoder,
             (entry.default_config)(),
             p.supervised_epochs,
             &p.supervised_milestones,
@@ -219,17 +228,20 @@ impl Repro {
 
     /// Runs `probe` on an encoder unless `runs/.../probes/<encoder>/<probe>/eval/*.json`
     /// exists. `load` gives the encoder (only called when the probe runs).
+    /// `seed` is the probe seed; `sets.train` must be its labeled subset.
     fn probe_stage(
         &mut self,
         encoder_name: &str,
         probe: &str,
         cache: &mut EncoderCache,
         sets: &ProbeSets,
+        seed: u64,
     ) -> Result<EvalReport> {
-        let out = self.run_root.join("probes").join(encoder_name).join(probe);
+        let dir = if seed == 0 { probe.to_string() } else { format!("{probe}_seed{seed}") };
+        let out = self.run_root.join("probes").join(encoder_name).join(dir);
         let protocol = if probe == "linear" { "linear" } else { "nonlinear" };
         let file = out.join("eval").join(format!("{protocol}.json"));
-        let stage = format!("probe {probe} {encoder_name}");
+        let stage = format!("probe {probe} {encoder_name} seed {seed}");
         let (cfg_name, taps) = probe_spec(probe);
         let mut linear = self.profile.linear.clone();
         let mut nonlinear =
@@ -241,12 +253,14 @@ impl Repro {
         } else {
             serde_json::to_value(&nonlinear)?
         };
-        if let Some(r) = self.finished_probe(&stage, &file, &settings, (&sets.train, &sets.test))? {
+        let enc_cfg = self.profile.encoder_of(encoder_name).clone();
+        let sets_now = (&sets.train, &sets.test);
+        if let Some(r) = self.finished_probe(&stage, &file, &settings, &enc_cfg, seed, sets_now)? {
             return Ok(r);
         }
-        self.log.line(&format!("[probe] {probe} on {encoder_name} ({})", taps.join(", ")));
+        self.log
+            .line(&format!("[probe] {probe} on {encoder_name}, seed {seed} ({})", taps.join(", ")));
         let encoder = cache.get(self, encoder_name)?;
-        let seed = self.profile.seed;
         let dev = self.device;
         let report = if cfg_name == "linear" {
             selfsup_eval::linear_probe(encoder, dev, &sets.train, &sets.test, &linear, seed)?
@@ -264,11 +278,13 @@ impl Repro {
         stage: &str,
         file: &Path,
         settings: &Value,
+        encoder: &EncoderConfig,
+        seed: u64,
         sets: (&ImageDataset, &ImageDataset),
     ) -> Result<Option<EvalReport>> {
-        let p = &self.profile;
+        let name = &self.profile.name;
         finished_probe(&mut self.log, &mut self.stages, stage, file, |r| {
-            ensure_probe_matches(file, r, settings, &p.encoder, p.seed, sets, &p.name)
+            ensure_probe_matches(file, r, settings, encoder, seed, sets, name)
         })
     }
 
@@ -282,7 +298,7 @@ impl Repro {
         mut report: EvalReport,
         row_name: impl Fn(&selfsup_eval::ResultRow) -> String,
     ) -> Result<EvalReport> {
-        report.encoder = Some(serde_json::to_value(&self.profile.encoder)?);
+        report.encoder = Some(serde_json::to_value(self.profile.encoder_of(encoder_name))?);
         report.checkpoint = Some(encoder_name.to_string());
         report.write(out)?;
         for r in &report.rows {
@@ -320,13 +336,13 @@ impl Repro {
             ..FewShotConfig::default()
         };
         let settings = serde_json::to_value(&cfg)?;
-        if let Some(r) =
-            self.finished_probe(&stage, &file, &settings, (&sets.full_train, &sets.test))?
-        {
+        let enc_cfg = p.encoder_of(encoder_name).clone();
+        let seed = p.seed;
+        let sets_now = (&sets.full_train, &sets.test);
+        if let Some(r) = self.finished_probe(&stage, &file, &settings, &enc_cfg, seed, sets_now)? {
             return Ok(r);
         }
         let p = &self.profile;
-        let seed = p.seed;
         self.log.line(&format!(
             "[probe] {probe} on {encoder_name}: {:?} labeled images per class",
             p.few_labels
@@ -397,6 +413,7 @@ fn probe_spec(probe: &str) -> (&'static str, Vec<String>) {
 }
 
 /// The labeled train and test images of the probes.
+#[derive(Clone)]
 struct ProbeSets {
     train: ImageDataset,
     test: ImageDataset,
@@ -425,12 +442,14 @@ impl EncoderCache {
     ) -> Result<(&tch::nn::VarStore, &dyn Encoder)> {
         if self.name != name || self.held.is_none() {
             self.held = None;
-            let loaded = if name == "random" {
-                let e = selfsup_eval::baselines::random_encoder(
-                    &r.profile.encoder,
-                    r.train_set.channels() as i64,
-                    r.profile.seed,
-                    r.device,
+            let (channels, seed) = (r.train_set.channels() as i64, r.profile.seed);
+            let cfg = r.profile.encoder_of(name);
+            let loaded = if name == "random" || name == "scratch" {
+                let e = selfsup_eval::baselines::random_encoder(cfg, channels, seed, r.device);
+                (e.vs, e.encoder)
+            } else if name == "random_legacy" {
+                let e = selfsup_eval::baselines::random_encoder_pytorch_legacy(
+                    cfg, channels, seed, r.device,
                 );
                 (e.vs, e.encoder)
             } else {
@@ -457,8 +476,9 @@ fn last_epoch_line(path: &Path) -> Result<Value> {
         .unwrap_or(Value::Null))
 }
 
-/// Entry point: `args` are the arguments after `reproduce rotnet`.
-pub fn run(args: &[String]) -> Result<()> {
+/// Entry point: `args` are the arguments after `reproduce rotnet`; `registry` must hold
+/// `rotnet` and `supervised`.
+pub fn run(args: &[String], registry: &Registry) -> Result<()> {
     let Some(args) = parse_args(args, USAGE)? else {
         return Ok(());
     };
@@ -520,12 +540,12 @@ pub fn run(args: &[String]) -> Result<()> {
         sets.test.len()
     ));
 
-    let mut registry = Registry::new();
-    selfsup_rotnet::register(&mut registry);
-    selfsup_supervised::register(&mut registry);
+    for method in ["rotnet", "supervised"] {
+        registry.get(method)?;
+    }
     let mut r = Repro {
         profile,
-        registry,
+        registry: registry.clone(),
         device,
         device_name,
         dataset: args.dataset.clone(),
@@ -563,21 +583,36 @@ pub fn run(args: &[String]) -> Result<()> {
     // 2. Probes.
     let mut cache = EncoderCache::default();
     let mut reports = report::Reports::default();
-    let mut plan: Vec<(String, &[&str])> = vec![
-        (TABLE1_RUN.into(), &["mlp_all", "linear", "conv_block2"]),
-        ("random".into(), &["mlp_all", "linear", "conv_block2"]),
-        ("supervised".into(), &["mlp_block2"]),
+    // (encoder, probe, at every probe seed): the headline probes (Table 1's non-linear, Table 2,
+    // Table 3's conv) at every seed, the others at the first.
+    let mut plan: Vec<(String, &str, bool)> = vec![
+        (TABLE1_RUN.into(), "mlp_all", true),
+        (TABLE1_RUN.into(), "linear", false),
+        (TABLE1_RUN.into(), "conv_block2", true),
+        ("random".into(), "mlp_all", true),
+        ("random".into(), "linear", false),
+        ("random".into(), "conv_block2", true),
+        ("random_legacy".into(), "conv_block2", true),
+        ("supervised".into(), "mlp_block2", false),
     ];
-    plan.extend(r.profile.other_set_runs().into_iter().map(|n| (n, &["mlp_block2"][..])));
-    for (enc, probes) in plan {
-        for probe in probes {
-            let rep = r.probe_stage(&enc, probe, &mut cache, &sets)?;
-            reports.add(&enc, probe, &rep);
+    plan.extend(r.profile.other_set_runs().into_iter().map(|n| (n, "mlp_block2", true)));
+    let seeds = r.profile.probe_seeds.clone();
+    if seeds.is_empty() {
+        anyhow::bail!("profile.probe_seeds is empty: give at least one probe seed");
+    }
+    for (enc, probe, all_seeds) in plan {
+        for &seed in if all_seeds { &seeds[..] } else { &seeds[..1] } {
+            let seed_sets = ProbeSets {
+                train: subset(&full_train, r.profile.probe_train_images, seed, "max_images"),
+                ..sets.clone()
+            };
+            let rep = r.probe_stage(&enc, probe, &mut cache, &seed_sets, seed)?;
+            reports.add(&enc, probe, seed, &rep);
         }
     }
     if !r.profile.few_labels.is_empty() {
         let rot = r.few_label_stage(TABLE1_RUN, FewShotMode::Nonlinear, &mut cache, &sets)?;
-        let sup = r.few_label_stage("random", FewShotMode::Finetune, &mut cache, &sets)?;
+        let sup = r.few_label_stage("scratch", FewShotMode::Finetune, &mut cache, &sets)?;
         reports.add_few_labels(&r.profile.few_labels, &rot, &sup);
     }
     drop(cache);

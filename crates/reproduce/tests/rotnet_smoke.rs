@@ -25,7 +25,7 @@ fn args(dir: &Path, extra: &[&str]) -> Vec<String> {
 #[test]
 fn smoke_profile_runs_every_stage_then_skips_them() {
     let dir = tempfile::tempdir().unwrap();
-    selfsup_reproduce::run(&args(dir.path(), &[])).unwrap();
+    selfsup_reproduce::run(&args(dir.path(), &[]), &selfsup_methods::registry()).unwrap();
     let res = dir.path().join("results/rotnet/smoke");
     for f in ["table.md", "results.json", "commands.md", "curves.png", "blocks.png", "run.log"] {
         let p = res.join(f);
@@ -45,7 +45,30 @@ fn smoke_profile_runs_every_stage_then_skips_them() {
             let v = b[k].as_f64().unwrap_or(-1.0);
             assert!((0.0..=100.0).contains(&v), "{k} = {v}");
         }
+        // The headline probes ran at both smoke probe seeds: mean ± std, and the best epoch.
+        for k in ["rotnet_nonlinear_stat", "random_nonlinear_stat", "rotnet_nonlinear_best"] {
+            assert_eq!(b[k]["n"], 2, "{k}: {b}");
+            assert!(b[k]["std"].as_f64().is_some(), "{k}: {b}");
+        }
+        let (last, best) =
+            (b["rotnet_nonlinear"].as_f64(), b["rotnet_nonlinear_best"]["mean"].as_f64());
+        assert!(best.unwrap() >= last.unwrap() - 1e-9, "best epoch below the last: {b}");
     }
+    // The supervised NIN has 3 blocks (official `CIFAR10_supervised_NIN`), the RotNet 4.
+    let sup: Value = serde_json::from_slice(
+        &std::fs::read(res.join("configs").join("supervised.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sup["encoder"]["blocks"], 3, "{sup}");
+    // Table 3 has both random-init rows, each beside the paper's 72.50.
+    let baselines = t["baselines"].as_array().unwrap();
+    let legacy = baselines
+        .iter()
+        .find(|b| b["row"].as_str().unwrap().contains("PyTorch 0.3"))
+        .expect("the PyTorch-0.3-init random row");
+    assert_eq!(legacy["paper"], 72.5);
+    assert_eq!(legacy["ours_stat"]["n"], 2);
+    assert!(t["checks"]["block2_minus_block1"]["std"].as_f64().is_some());
     let rotations = t["rotations"].as_array().unwrap();
     let probed: Vec<&str> = rotations.iter().map(|x| x["run"].as_str().unwrap()).collect();
     assert_eq!(probed, runs[1..]);
@@ -63,7 +86,10 @@ fn smoke_profile_runs_every_stage_then_skips_them() {
         assert!((0.0..=100.0).contains(&v), "few labels {k} = {v}");
     }
     let stages = r["stages"].as_array().unwrap();
-    assert_eq!(stages.len(), 20);
+    // 6 trainings; probes: RotNet and random init mlp_all and conv_block2 at 2 seeds and
+    // linear at 1 (5 each), PyTorch-0.3 random init conv at 2, supervised mlp at 1, the 4
+    // rotation-set runs at 2; the 2 few-label sides; the supervised test accuracy.
+    assert_eq!(stages.len(), 30);
     assert!(stages.iter().all(|s| s["skipped"] == false));
     let md = std::fs::read_to_string(res.join("table.md")).unwrap();
     assert!(md.contains("| block2 |") && md.contains("89.06") && md.contains("72.50"), "{md}");
@@ -71,25 +97,28 @@ fn smoke_profile_runs_every_stage_then_skips_them() {
     assert!(md.contains("| four | 0°, 90°, 180°, 270° | `sets_four` |"), "{md}");
 
     // Re-running skips every finished stage.
-    selfsup_reproduce::run(&args(dir.path(), &[])).unwrap();
+    selfsup_reproduce::run(&args(dir.path(), &[]), &selfsup_methods::registry()).unwrap();
     let r: Value =
         serde_json::from_slice(&std::fs::read(res.join("results.json")).unwrap()).unwrap();
     let stages = r["stages"].as_array().unwrap();
-    assert_eq!(stages.len(), 20);
+    assert_eq!(stages.len(), 30);
     assert!(stages.iter().all(|s| s["skipped"] == true), "{stages:?}");
     let log = std::fs::read_to_string(res.join("run.log")).unwrap();
     assert_eq!(log.matches("== selfsup reproduce rotnet").count(), 2);
 
     // A finished probe made under other settings is refused by name, not reused.
-    let err = selfsup_reproduce::run(&args(dir.path(), &["--set", "mlp.epochs=2"]))
-        .unwrap_err()
-        .to_string();
+    let err = selfsup_reproduce::run(
+        &args(dir.path(), &["--set", "mlp.epochs=2"]),
+        &selfsup_methods::registry(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("nonlinear.json") && err.contains("--force"), "{err}");
 
     // `--force` redoes everything: a fresh log, and no config of a run the profile lacks.
     let stale = res.join("configs").join("rotnet_eight.json");
     std::fs::write(&stale, "{}").unwrap();
-    selfsup_reproduce::run(&args(dir.path(), &["--force"])).unwrap();
+    selfsup_reproduce::run(&args(dir.path(), &["--force"]), &selfsup_methods::registry()).unwrap();
     assert!(!stale.exists(), "{} left behind", stale.display());
     assert!(res.join("configs").join("sets_eight.json").exists());
     let log = std::fs::read_to_string(res.join("run.log")).unwrap();

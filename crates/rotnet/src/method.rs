@@ -12,7 +12,7 @@
 use crate::config::RotNetConfig;
 use crate::rotate::rotation_batch;
 use crate::RotNetError;
-use selfsup_core::encoders::{try_build_encoder, Encoder};
+use selfsup_core::encoders::{linear, try_build_encoder, Encoder, LinearBias};
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Op, Pipeline};
 use tch::nn::{self, Module};
@@ -49,13 +49,13 @@ impl RotNet {
         }
         let encoder = try_build_encoder(&(root / "encoder"), &ctx.encoder, ctx.image_channels)
             .map_err(|e| RotNetError::Encoder(Box::new(e)))?;
-        let head_cfg =
-            nn::LinearConfig { bs_init: Some(nn::Init::Const(0.0)), ..Default::default() };
-        let head = nn::linear(
+        // Official `NetworkInNetwork.weight_initialization`: `nn.Linear`'s default weights
+        // (uniform in ±1/√fan_in), bias zeroed.
+        let head = linear(
             root / "head",
             encoder.out_channels(),
             cfg.rotations.angles().len() as i64,
-            head_cfg,
+            LinearBias::Zero,
         );
         Ok(RotNet { encoder, head, cfg, image_size: ctx.image_size })
     }

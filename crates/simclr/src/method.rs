@@ -10,22 +10,31 @@
 //! of one micro-batch. This needs a trainer that zeroes gradients before `step` and
 //! backpropagates the returned loss unscaled (no fp16 loss scaling); with `grad_cache: false`
 //! the micro-batches are kept in one graph (exact under any trainer, memory of the full batch).
-//! Either way batch norm normalises each micro-batch (and each view) separately, like
-//! unsynchronised BN across devices; the paper's global BN over the whole batch is not
-//! reproduced on one device.
+//!
+//! What micro-batching keeps exact and what it does not:
+//! - exact: the loss is the NT-Xent of the whole batch over the embeddings the micro-batches
+//!   produce, and its gradient is that loss's gradient;
+//! - not exact: batch norm (in the encoder and the projection head) normalises each
+//!   micro-batch (and each view) with its own mean and variance, like several GPUs without
+//!   SyncBN, so embeddings, loss and gradients differ from those of one batch of the full size;
+//!   the paper's global BN over the whole batch is not reproduced on one device;
+//! - BN running statistics are updated once per micro-batch: gradient caching embeds every
+//!   micro-batch twice (without and with autograd), and the method collects the BN
+//!   `running_mean` and `running_var` variables under its root at construction and restores
+//!   them after the no-grad pass ([`grad_cached_loss`]'s `running_stats`).
 use selfsup_contrastive::grad_cache::{grad_cached_loss, micro_batches};
 use selfsup_contrastive::head::{HeadConfig, ProjectionHead};
 use selfsup_contrastive::loss::{nt_xent_joint, nt_xent_logits, top1_accuracy};
 use selfsup_contrastive::{pooled, views, ContrastiveError};
 use selfsup_core::config::TrainConfig;
-use selfsup_core::encoders::{build_encoder, Encoder};
+use selfsup_core::encoders::{build_encoder, is_running_stat, var_at, Encoder};
 use selfsup_core::optim::OptimizerConfig;
 use selfsup_core::schedule::ScheduleConfig;
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Pipeline};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 /// SimCLR settings. Every field has a default; unknown fields are rejected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,10 +50,17 @@ pub struct SimClrConfig {
     pub head: HeadConfig,
     /// Embed the views in micro-batches of this many images (per view) and still compute the
     /// full-batch loss; `null` = the whole batch at once. Default null.
+    ///
+    /// The loss (every anchor against all 2N − 2 negatives) and its gradient are exact; batch
+    /// norm is not: each micro-batch is normalised with its own statistics (like several GPUs
+    /// without SyncBN), so results differ from one batch of the full size. BN running
+    /// statistics are updated once per micro-batch.
     #[serde(default)]
     pub micro_batch_size: Option<usize>,
     /// With micro-batches, use gradient caching (memory of one micro-batch; see the module
-    /// docs) rather than one graph over all of them. Default true.
+    /// docs) rather than one graph over all of them. Both give the same loss, gradients and BN
+    /// running statistics (each micro-batch embedded twice, running statistics restored after
+    /// the first pass). Default true.
     #[serde(default = "default_true")]
     pub grad_cache: bool,
     /// The augmentation of both views; `null` = SimCLR's for the dataset's image size and
@@ -109,6 +125,43 @@ pub struct SimClr {
     head: ProjectionHead,
     cfg: SimClrConfig,
     view: Pipeline,
+    /// The BN running statistics under the method's root (shallow clones), kept for gradient
+    /// caching; empty unless micro-batches with gradient caching are configured.
+    running_stats: Vec<Tensor>,
+}
+
+/// The BN `running_mean` and `running_var` variables of the encoder and head built on `root`.
+///
+/// An `nn::Path` cannot list its variables, so the same modules are built once more in a
+/// scratch CPU var store to learn the names (as MoCo pairs its key network with the query
+/// network by name), then looked up under `root`. The scratch build draws from libtorch's
+/// generator after the method's own variables were initialised, so it does not change them (and
+/// the trainer reseeds the generator before every step).
+fn running_stats_of(
+    root: &nn::Path,
+    ctx: &BuildContext,
+    head: &HeadConfig,
+) -> Result<Vec<Tensor>, ContrastiveError> {
+    let scratch = nn::VarStore::new(Device::Cpu);
+    let names: Vec<String> = tch::no_grad(|| {
+        let encoder =
+            build_encoder(&(scratch.root() / "encoder"), &ctx.encoder, ctx.image_channels);
+        let _ = ProjectionHead::new(&(scratch.root() / "head"), encoder.out_channels(), head);
+        let mut names: Vec<String> =
+            scratch.variables().into_keys().filter(|n| is_running_stat(n)).collect();
+        names.sort();
+        names
+    });
+    names
+        .iter()
+        .map(|name| {
+            var_at(root, name).ok_or_else(|| {
+                ContrastiveError::State(format!(
+                    "simclr: batch-norm statistic `{name}` not found under the method's root"
+                ))
+            })
+        })
+        .collect()
 }
 
 impl SimClr {
@@ -135,7 +188,12 @@ impl SimClr {
             .view
             .clone()
             .unwrap_or_else(|| views::simclr_view(ctx.image_channels, ctx.image_size));
-        Ok(SimClr { encoder, head, cfg, view })
+        let running_stats = if cfg.micro_batch_size.is_some() && cfg.grad_cache {
+            running_stats_of(root, ctx, &cfg.head)?
+        } else {
+            Vec::new()
+        };
+        Ok(SimClr { encoder, head, cfg, view, running_stats })
     }
 
     /// The config it was built with.
@@ -182,6 +240,7 @@ impl SimClr {
                         |c| self.embed_t(c, train),
                         |z| nt_xent_joint(z, tau),
                         true,
+                        &self.running_stats,
                     )?;
                     Ok((out.loss, out.embeddings))
                 } else {
@@ -213,6 +272,11 @@ impl PretextMethod for SimClr {
         &*self.encoder
     }
 
+    /// The L2-normalised projection-head output (eval mode).
+    fn embedding_t(&self, xs: &Tensor) -> Option<Tensor> {
+        Some(selfsup_contrastive::loss::l2_normalize(&self.embed_t(xs, false)))
+    }
+
     fn step(&mut self, batch: &Batch, train: bool) -> selfsup_core::Result<StepOutput> {
         let (x1, x2) = match batch.views.as_slice() {
             [a, b] => (a, b),
@@ -227,5 +291,67 @@ impl PretextMethod for SimClr {
             metrics: vec![("contrastive_acc".to_string(), acc)],
             inputs: 2 * x1.size()[0],
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use selfsup_core::encoders::EncoderConfig;
+    use tch::Kind;
+
+    fn ctx() -> BuildContext {
+        BuildContext {
+            device: Device::Cpu,
+            seed: 7,
+            num_train_images: 16,
+            image_channels: 3,
+            image_size: 16,
+            encoder: EncoderConfig::Tiny { width: 4 },
+        }
+    }
+
+    fn stats(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(n, _)| n.ends_with("running_mean") || n.ends_with("running_var"))
+            .map(|(n, t)| (n, t.copy()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Gradient caching embeds each micro-batch twice, yet leaves the BN running statistics of
+    /// encoder and head as one graph over the same micro-batches does (one update each).
+    #[test]
+    fn gradient_cache_updates_bn_running_statistics_once_per_micro_batch() {
+        tch::manual_seed(4);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cached_cfg = SimClrConfig { micro_batch_size: Some(3), ..SimClrConfig::default() };
+        let cached = SimClr::new(&vs.root(), cached_cfg, &ctx()).unwrap();
+        // Tiny encoder: 2 BN layers; head: bn1, bn2; mean and variance of each.
+        assert_eq!(cached.running_stats.len(), 8);
+        let plain_cfg = SimClrConfig { grad_cache: false, ..cached.config().clone() };
+        let mut vs2 = nn::VarStore::new(Device::Cpu);
+        let plain = SimClr::new(&vs2.root(), plain_cfg, &ctx()).unwrap();
+        assert!(plain.running_stats.is_empty());
+        vs2.copy(&vs).unwrap();
+        let initial = stats(&vs);
+
+        let x1 = Tensor::randn([8, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let x2 = &x1 + Tensor::randn([8, 3, 16, 16], (Kind::Float, Device::Cpu)) * 0.3;
+        let (loss, _) = cached.loss(&x1, &x2, true).unwrap();
+        loss.backward();
+        let (loss2, _) = plain.loss(&x1, &x2, true).unwrap();
+        loss2.backward();
+        for (((name, got), (_, want)), (_, init)) in
+            stats(&vs).iter().zip(stats(&vs2)).zip(&initial)
+        {
+            let d = (got - &want).abs().max().double_value(&[]);
+            assert!(d < 1e-5, "{name}: gradient caching differs from one graph by {d}");
+            let moved = (&want - init).abs().max().double_value(&[]);
+            assert!(moved > 1e-4, "{name} was not updated");
+        }
     }
 }

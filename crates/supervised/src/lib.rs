@@ -9,6 +9,7 @@
 //! Registered as `supervised` by [`register`]; config [`SupervisedConfig`].
 #![deny(missing_docs)]
 
+use selfsup_core::encoders::{linear, LinearBias};
 use selfsup_core::{
     build_encoder, BuildContext, CoreError, Encoder, MethodEntry, PretextMethod, Registry,
     StepOutput,
@@ -126,9 +127,8 @@ impl Supervised {
             )));
         }
         let encoder = build_encoder(&(root / "encoder"), &ctx.encoder, ctx.image_channels);
-        let head_cfg =
-            nn::LinearConfig { bs_init: Some(nn::Init::Const(0.0)), ..Default::default() };
-        let head = nn::linear(root / "head", encoder.out_channels(), cfg.num_classes, head_cfg);
+        // As the official RotNet classifiers: `nn.Linear`'s default weights, bias zeroed.
+        let head = linear(root / "head", encoder.out_channels(), cfg.num_classes, LinearBias::Zero);
         Ok(Supervised { encoder, head, cfg, image_size: ctx.image_size })
     }
 

@@ -5,8 +5,15 @@
 //! names, sizes and modification times (and SIZE), so later runs and epochs skip decoding.
 //!
 //! Images must share one size unless SIZE is given; then each image's centred square (side =
-//! its shorter side) is resized to SIZE×SIZE with antialiased bilinear filtering. When PATH has
-//! `train/`, `test/` or `unlabeled/` subfolders, the split picks one.
+//! its shorter side) is resized to SIZE×SIZE with antialiased bilinear filtering.
+//!
+//! # Splits
+//! When PATH has `train/`, `test/` or `unlabeled/` subfolders, the split picks one (`train/`
+//! for both `Train` and `TrainUnlabeled`); a split whose subfolder is missing is refused with
+//! an error naming that subfolder. A folder without split subfolders is a training set only:
+//! `Train`, `TrainUnlabeled` and `Unlabeled` all read PATH, and `Test` is refused, because its
+//! test split would be its own training images and `selfsup eval` or the kNN monitor would
+//! score an encoder on the images it trained on. Put held-out images in `PATH/test/`.
 use std::fs::Metadata;
 use std::path::{Path, PathBuf};
 
@@ -104,18 +111,45 @@ pub fn decode(path: &Path, size: Option<usize>) -> Result<(usize, usize, Vec<u8>
     }
 }
 
+/// The folder holding `split`'s images: `root/train`, `root/test` or `root/unlabeled` when
+/// `root` has split subfolders, else `root` itself for every split but [`Split::Test`].
+fn split_root(root: &Path, split: Split) -> Result<PathBuf> {
+    const SPLIT_DIRS: [&str; 3] = ["train", "test", "unlabeled"];
+    let sub = match split {
+        Split::Train | Split::TrainUnlabeled => "train",
+        Split::Test => "test",
+        Split::Unlabeled => "unlabeled",
+    };
+    let present: Vec<&str> = SPLIT_DIRS.into_iter().filter(|d| root.join(d).is_dir()).collect();
+    if present.is_empty() {
+        if split == Split::Test && root.is_dir() {
+            return Err(DataError::config(format!(
+                "folder:{} has no test/ subfolder: an image folder without train/ and test/ \
+                 splits cannot be evaluated (its test split would be its training images); put \
+                 the held-out images in {}/",
+                root.display(),
+                root.join("test").display()
+            )));
+        }
+        return Ok(root.to_path_buf());
+    }
+    if !present.contains(&sub) {
+        let has = present.iter().map(|d| format!("{d}/")).collect::<Vec<_>>().join(", ");
+        return Err(DataError::config(format!(
+            "folder:{} has no {sub}/ subfolder for the {} split (it has {has}); put those \
+             images in {}/",
+            root.display(),
+            split.as_str(),
+            root.join(sub).display()
+        )));
+    }
+    Ok(root.join(sub))
+}
+
 /// Opens `folder:SPEC` for `split`, building the cache in `cache_dir` when needed.
 pub fn read(spec: &str, split: Split, cache_dir: &Path) -> Result<ImageDataset> {
-    let (mut root, size) = parse_spec(spec);
-    let split_dirs = ["train", "test", "unlabeled"];
-    if split_dirs.iter().any(|d| root.join(d).is_dir()) {
-        let sub = match split {
-            Split::Train | Split::TrainUnlabeled => "train",
-            Split::Test => "test",
-            Split::Unlabeled => "unlabeled",
-        };
-        root = root.join(sub);
-    }
+    let (spec_root, size) = parse_spec(spec);
+    let root = split_root(&spec_root, split)?;
     let entries = list_dir(&root)?;
     let class_dirs: Vec<PathBuf> = entries.iter().filter(|p| p.is_dir()).cloned().collect();
     let mut files: Vec<(PathBuf, i64)> = Vec::new();
