@@ -20,7 +20,7 @@ use crate::linear::{
 };
 use crate::nonlinear::{train_nonlinear, NonLinearProbeConfig};
 use crate::probe::{eval_loop, train_loop, LoopSpec, Sgd};
-use crate::report::{EvalReport, ResultRow};
+use crate::report::{open_report, EvalReport, ResultRow};
 use crate::{EvalError, Result};
 use selfsup_core::schedule::ScheduleConfig;
 use selfsup_core::Encoder;
@@ -312,12 +312,8 @@ pub fn fewshot(
 ) -> Result<EvalReport> {
     let start = std::time::Instant::now();
     let device: Device = vs.device();
-    let classes = features::check_pair(train, test)?;
-    let norm =
-        cfg.normalization.clone().unwrap_or_else(|| Normalization::from_dataset(train, 10_000));
-    let mut settings = serde_json::to_value(cfg)?;
-    settings["normalization"] = serde_json::to_value(&norm)?;
-    let mut report = EvalReport::new("fewshot", seed, device, train, test, settings);
+    let (mut report, norm, classes) =
+        open_report("fewshot", cfg, cfg.normalization.as_ref(), device, train, test, seed)?;
     let tap = features::resolve_taps(encoder, std::slice::from_ref(&cfg.tap))?.remove(0);
     let one = std::slice::from_ref(&tap);
     let lin_ex = Extraction {

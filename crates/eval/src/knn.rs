@@ -6,7 +6,7 @@
 //! `(chunk, N_train)` similarity matrix at a time.
 use crate::features::{self, Extraction, Normalization, Pooling};
 use crate::probe::topk_correct;
-use crate::report::{EvalReport, ResultRow};
+use crate::report::{open_report, EvalReport, ResultRow};
 use crate::{EvalError, Result};
 use selfsup_core::Encoder;
 use selfsup_data::ImageDataset;
@@ -141,12 +141,8 @@ pub fn knn_probe(
     seed: u64,
 ) -> Result<EvalReport> {
     let start = std::time::Instant::now();
-    let classes = features::check_pair(train, test)?;
-    let norm =
-        cfg.normalization.clone().unwrap_or_else(|| Normalization::from_dataset(train, 10_000));
-    let mut settings = serde_json::to_value(cfg)?;
-    settings["normalization"] = serde_json::to_value(&norm)?;
-    let mut report = EvalReport::new("knn", seed, device, train, test, settings);
+    let (mut report, norm, classes) =
+        open_report("knn", cfg, cfg.normalization.as_ref(), device, train, test, seed)?;
     let train_idx = evenly_spaced(train.len(), cfg.max_train);
     let taps = features::resolve_taps(encoder, &cfg.taps)?;
     let ex = Extraction {
@@ -203,13 +199,9 @@ pub fn knn_probe_embedding(
     seed: u64,
 ) -> Result<EvalReport> {
     let start = std::time::Instant::now();
-    let classes = features::check_pair(train, test)?;
-    let norm =
-        cfg.normalization.clone().unwrap_or_else(|| Normalization::from_dataset(train, 10_000));
-    let mut settings = serde_json::to_value(cfg)?;
-    settings["normalization"] = serde_json::to_value(&norm)?;
-    settings["taps"] = serde_json::json!([tap]);
-    let mut report = EvalReport::new("knn", seed, device, train, test, settings);
+    let (mut report, norm, classes) =
+        open_report("knn", cfg, cfg.normalization.as_ref(), device, train, test, seed)?;
+    report.settings["taps"] = serde_json::json!([tap]);
     let train_idx = evenly_spaced(train.len(), cfg.max_train);
     let test_idx: Vec<i64> = (0..test.len() as i64).collect();
     let mut features = |ds: &ImageDataset, idx: &[i64]| -> Result<Tensor> {

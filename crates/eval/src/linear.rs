@@ -9,7 +9,7 @@
 //! seed on the CPU.
 use crate::features::{self, Augment, Extraction, Normalization, Pooling, Standardizer};
 use crate::probe::{eval_loop, train_loop, LoopSpec, Sgd};
-use crate::report::{EvalReport, ResultRow};
+use crate::report::{open_report, EvalReport, ResultRow};
 use crate::{EvalError, Result};
 use selfsup_core::schedule::ScheduleConfig;
 use selfsup_core::Encoder;
@@ -183,23 +183,7 @@ pub fn train_linear(
     } else {
         (train_x.shallow_clone(), test_x.shallow_clone())
     };
-    let w = Tensor::zeros([num_classes, d], (Kind::Float, device)).set_requires_grad(true);
-    let b = Tensor::zeros([num_classes], (Kind::Float, device)).set_requires_grad(true);
-    let mut opt = Sgd::new(
-        vec![w.shallow_clone(), b.shallow_clone()],
-        cfg.momentum,
-        cfg.nesterov,
-        cfg.weight_decay,
-    );
-    let spec = LoopSpec {
-        epochs: cfg.epochs,
-        batch_size: cfg.batch_size,
-        epoch_size: cfg.epoch_size,
-        lr: cfg.lr,
-        schedule: &cfg.schedule,
-        seed,
-        stream: "linear-probe",
-    };
+    let (w, b, mut opt, spec) = classifier(num_classes, d, device, cfg, seed);
     let rows =
         |x: &Tensor, idx: &[i64]| x.index_select(0, &Tensor::from_slice(idx).to_device(device));
     let final_loss =
@@ -229,12 +213,8 @@ pub fn linear_probe(
     seed: u64,
 ) -> Result<EvalReport> {
     let start = std::time::Instant::now();
-    let k = features::check_pair(train, test)?;
-    let norm =
-        cfg.normalization.clone().unwrap_or_else(|| Normalization::from_dataset(train, 10_000));
-    let mut settings = serde_json::to_value(cfg)?;
-    settings["normalization"] = serde_json::to_value(&norm)?;
-    let mut report = EvalReport::new("linear", seed, device, train, test, settings);
+    let (mut report, norm, k) =
+        open_report("linear", cfg, cfg.normalization.as_ref(), device, train, test, seed)?;
     let ytr = features::labels_tensor(train, device)?;
     let yte = features::labels_tensor(test, device)?;
     let ex = Extraction {
@@ -302,6 +282,35 @@ pub fn linear_probe(
     Ok(report)
 }
 
+/// A zero-initialised logistic regression `(D → K)`: weight `(K, D)`, bias `(K,)`, its SGD and
+/// its training loop under `cfg` and `seed`.
+fn classifier(
+    num_classes: i64,
+    d: i64,
+    device: Device,
+    cfg: &LinearProbeConfig,
+    seed: u64,
+) -> (Tensor, Tensor, Sgd, LoopSpec<'_>) {
+    let w = Tensor::zeros([num_classes, d], (Kind::Float, device)).set_requires_grad(true);
+    let b = Tensor::zeros([num_classes], (Kind::Float, device)).set_requires_grad(true);
+    let opt = Sgd::new(
+        vec![w.shallow_clone(), b.shallow_clone()],
+        cfg.momentum,
+        cfg.nesterov,
+        cfg.weight_decay,
+    );
+    let spec = LoopSpec {
+        epochs: cfg.epochs,
+        batch_size: cfg.batch_size,
+        epoch_size: cfg.epoch_size,
+        lr: cfg.lr,
+        schedule: &cfg.schedule,
+        seed,
+        stream: "linear-probe",
+    };
+    (w, b, opt, spec)
+}
+
 /// The augmented protocol on one tap: a logistic regression (zero init, as [`train_linear`])
 /// trained on pooled features of random-resized crops and flips of `train`, recomputed
 /// through the frozen encoder every batch; scored on the unaugmented `test` (and `train`)
@@ -322,23 +331,7 @@ fn train_linear_augmented(
     let one = [tap.to_string()];
     let fte = features::extract(encoder, test, None, &one, ex)?.remove(0);
     let (map_shape, d) = (fte.map_shape, fte.dim());
-    let w = Tensor::zeros([num_classes, d], (Kind::Float, device)).set_requires_grad(true);
-    let b = Tensor::zeros([num_classes], (Kind::Float, device)).set_requires_grad(true);
-    let mut opt = Sgd::new(
-        vec![w.shallow_clone(), b.shallow_clone()],
-        cfg.momentum,
-        cfg.nesterov,
-        cfg.weight_decay,
-    );
-    let spec = LoopSpec {
-        epochs: cfg.epochs,
-        batch_size: cfg.batch_size,
-        epoch_size: cfg.epoch_size,
-        lr: cfg.lr,
-        schedule: &cfg.schedule,
-        seed,
-        stream: "linear-probe",
-    };
+    let (w, b, mut opt, spec) = classifier(num_classes, d, device, cfg, seed);
     let ytr = features::labels_tensor(train, device)?;
     let yte = features::labels_tensor(test, device)?;
     let final_loss = train_loop(&ytr, &spec, &mut opt, |idx, epoch| {

@@ -28,7 +28,7 @@ use crate::linear::{
     all_taps, default_lr, default_momentum, default_schedule, default_wd, yes, ProbeScore,
 };
 use crate::probe::{eval_loop, seeded_normal, train_loop_with, LoopSpec, Sgd};
-use crate::report::{BestEpoch, EvalReport, ResultRow};
+use crate::report::{open_report, BestEpoch, EvalReport, ResultRow};
 use crate::{EvalError, Result};
 use selfsup_core::encoders::{batch_norm1d, batch_norm2d};
 use selfsup_core::schedule::ScheduleConfig;
@@ -383,12 +383,8 @@ pub fn nonlinear_probe(
     seed: u64,
 ) -> Result<EvalReport> {
     let start = std::time::Instant::now();
-    let classes = features::check_pair(train, test)?;
-    let norm =
-        cfg.normalization.clone().unwrap_or_else(|| Normalization::from_dataset(train, 10_000));
-    let mut settings = serde_json::to_value(cfg)?;
-    settings["normalization"] = serde_json::to_value(&norm)?;
-    let mut report = EvalReport::new("nonlinear", seed, device, train, test, settings);
+    let (mut report, norm, classes) =
+        open_report("nonlinear", cfg, cfg.normalization.as_ref(), device, train, test, seed)?;
     let idx: Vec<i64> = (0..train.len() as i64).collect();
     for tap in features::resolve_taps(encoder, &cfg.taps)? {
         let _span = tracing::info_span!("nonlinear_probe", tap = tap.as_str()).entered();

@@ -31,6 +31,28 @@ impl DatasetInfo {
     }
 }
 
+/// The start every protocol shares: checks `train` and `test` as a labeled pair, resolves the
+/// pixel normalisation (`given`, else the statistics of up to 10,000 training images) and opens
+/// the report with `cfg` as its settings, the normalisation filled in. Returns the report, the
+/// normalisation and the number of classes.
+pub(crate) fn open_report(
+    protocol: &str,
+    cfg: &impl Serialize,
+    given: Option<&crate::features::Normalization>,
+    device: tch::Device,
+    train: &ImageDataset,
+    test: &ImageDataset,
+    seed: u64,
+) -> Result<(EvalReport, crate::features::Normalization, i64)> {
+    let classes = crate::features::check_pair(train, test)?;
+    let norm = given
+        .cloned()
+        .unwrap_or_else(|| crate::features::Normalization::from_dataset(train, 10_000));
+    let mut settings = serde_json::to_value(cfg)?;
+    settings["normalization"] = serde_json::to_value(&norm)?;
+    Ok((EvalReport::new(protocol, seed, device, train, test, settings), norm, classes))
+}
+
 /// One line of results: a tap under one protocol variant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultRow {
