@@ -398,14 +398,17 @@ impl<'a> Trainer<'a> {
         }
         let ck = checkpoint::load(run_dir)?;
         let (mut a, mut b) = (ck.state.config.clone(), cfg.clone());
-        // A resumed run may extend its length or change what is logged, not what is learned.
+        // A resumed run may extend its length, or move to another device (`cuda:0` to
+        // `cuda:1`, a GPU to the CPU), not change what is learned.
         a.train.epochs = 0;
         b.train.epochs = 0;
         a.train.max_steps = None;
         b.train.max_steps = None;
+        a.device.clear();
+        b.device.clear();
         if a != b {
             return Err(CoreError::Config(format!(
-                "--resume: the config differs from the one in {}/checkpoint (only train.epochs and train.max_steps may change)",
+                "--resume: the config differs from the one in {}/checkpoint (only train.epochs, train.max_steps and device may change)",
                 run_dir.display()
             )));
         }

@@ -216,7 +216,36 @@ pub fn data_dir(explicit: Option<&Path>) -> (PathBuf, String) {
     (selfsup_data::resolve_data_dir(None), "default".into())
 }
 
+/// Refuses the `paper` profile on the CPU unless `--device cpu` was given: it is the published
+/// protocol, a GPU job, and with `--device auto` on a machine without CUDA it would quietly run
+/// for days.
+pub fn refuse_paper_on_cpu(profile: &str, device_arg: &str, device: tch::Device) -> Result<()> {
+    if profile == "paper" && device == tch::Device::Cpu && device_arg.trim() != "cpu" {
+        bail!(
+            "profile `paper` is the published protocol, a GPU job (days on a CPU), and `--device \
+             {device_arg}` found no CUDA device: pass --device cpu to run it on the CPU anyway, \
+             or choose --profile cpu"
+        );
+    }
+    Ok(())
+}
+
 /// A seeded subset of `n` images, chosen as the trainer's `data.max_images` does.
 pub fn subset(ds: &ImageDataset, n: Option<usize>, seed: u64, stream: &str) -> ImageDataset {
     selfsup_core::trainer::seeded_subset(ds, n, seed, stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_paper_profile_needs_a_gpu_or_an_explicit_cpu() {
+        let e = refuse_paper_on_cpu("paper", "auto", tch::Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("--device cpu") && e.contains("--profile cpu"), "{e}");
+        assert!(!e.contains('\n'));
+        assert!(refuse_paper_on_cpu("paper", "cpu", tch::Device::Cpu).is_ok());
+        assert!(refuse_paper_on_cpu("paper", "auto", tch::Device::Cuda(0)).is_ok());
+        assert!(refuse_paper_on_cpu("cpu", "auto", tch::Device::Cpu).is_ok());
+    }
 }

@@ -41,7 +41,7 @@
 //! - `smoke`: seconds; checks the pipeline (numbers mean nothing).
 use crate::common::{
     data_dir, ensure_probe_matches, ensure_trained_with, finished_probe, parse_args, read_json,
-    subset, write_json, Log,
+    refuse_paper_on_cpu, subset, write_json, Log,
 };
 use anyhow::{bail, Context, Result};
 use selfsup_contrastive::views;
@@ -585,6 +585,7 @@ pub fn run(method: &str, args: &[String], registry: &Registry) -> Result<()> {
     let p = Profile::resolve(method, &profile_name, &args.sets)?;
     let device = selfsup_core::device::parse_device(&args.device)?;
     let device_name = selfsup_core::device::device_name(device);
+    refuse_paper_on_cpu(&p.name, &args.device, device)?;
     let data_dir = data_dir(args.data_dir.as_deref()).0;
     let run_root = args.runs_dir.join(method).join(&p.name);
     let res_root = args.results_dir.join(method).join(&p.name);

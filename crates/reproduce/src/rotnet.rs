@@ -90,7 +90,7 @@ mod report;
 
 use crate::common::{
     data_dir, ensure_probe_matches, ensure_trained_with, finished_probe, parse_args, read_json,
-    subset, write_json, Log,
+    refuse_paper_on_cpu, subset, write_json, Log,
 };
 use anyhow::{Context, Result};
 use profile::{official_sgd, steps, Budget, Profile, TABLE1_RUN};
@@ -492,6 +492,7 @@ pub fn run(args: &[String], registry: &Registry) -> Result<()> {
     let profile = Profile::resolve(&profile_name, &args.sets)?;
     let device = selfsup_core::device::parse_device(&args.device)?;
     let device_name = selfsup_core::device::device_name(device);
+    refuse_paper_on_cpu(&profile.name, &args.device, device)?;
     let (data_dir, data_why) = data_dir(args.data_dir.as_deref());
     let run_root = args.runs_dir.join("rotnet").join(&profile.name);
     let res_root = args.results_dir.join("rotnet").join(&profile.name);
