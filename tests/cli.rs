@@ -39,6 +39,8 @@ fn bad_config_values_are_named() {
     assert!(e.contains("gpu"), "{e}");
     let e = err(&with(&["--config", "missing.json"]));
     assert!(e.contains("missing.json"), "{e}");
+    // The OS error once, not once per link of the error chain.
+    assert_eq!(e.matches("os error 2").count(), 1, "{e}");
     std::fs::write(dir.path().join("broken.json"), "{\"seed\": ").unwrap();
     let e = err(&with(&["--config", "broken.json"]));
     assert!(e.contains("broken.json"), "{e}");

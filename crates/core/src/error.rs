@@ -30,12 +30,13 @@ pub enum CoreError {
         msg: String,
     },
     /// An I/O error on a named file.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error, printed in the message (not a `source`, so that an error
+        /// chain does not print it twice).
+        error: std::io::Error,
     },
     /// An error from libtorch.
     #[error("libtorch: {0}")]
@@ -60,7 +61,7 @@ impl From<selfsup_data::DataError> for CoreError {
 impl CoreError {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        CoreError::Io { path: path.into(), source }
+        CoreError::Io { path: path.into(), error: source }
     }
 
     /// A checkpoint error on `path`.

@@ -517,16 +517,15 @@ impl<'a> Trainer<'a> {
         Ok(StepReport { loss, metrics: out.metrics, inputs: out.inputs, lr, grad_norm })
     }
 
-    /// End-of-epoch work, after the epoch's last step: the position moves to the next epoch,
-    /// the epoch hook runs when due, and the epoch line (its mean metrics) is logged.
+    /// End-of-epoch work, after the epoch's last step and its checkpoint (so that a failing
+    /// hook loses nothing): the epoch hook runs when due, and the epoch line (its mean metrics)
+    /// is logged.
     fn end_of_epoch(
         &mut self,
         means: &Means,
         seconds: f64,
         opts: &mut TrainOptions<'_>,
     ) -> Result<()> {
-        self.pos.epoch += 1;
-        self.pos.batch_in_epoch = 0;
         let epoch = self.pos.epoch;
         let mut line = serde_json::json!({
             "kind": "epoch", "epoch": epoch, "step": self.pos.global_step, "seconds": seconds,
@@ -621,13 +620,16 @@ impl<'a> Trainer<'a> {
             let finished_epoch = self.pos.batch_in_epoch == self.steps_per_epoch;
             last_epoch_loss = means.means().first().map_or(f64::NAN, |m| m.1);
             if finished_epoch {
-                self.end_of_epoch(&means, epoch_start.elapsed().as_secs_f64(), opts)?;
+                self.pos.epoch += 1;
+                self.pos.batch_in_epoch = 0;
             }
             let at_end = self.pos.epoch == cfg.train.epochs || self.pos.global_step >= stop_at;
-            if at_end
-                || (finished_epoch && self.pos.epoch.is_multiple_of(cfg.train.checkpoint_every))
-            {
+            let due = finished_epoch && self.pos.epoch.is_multiple_of(cfg.train.checkpoint_every);
+            if at_end || due {
                 self.save()?;
+            }
+            if finished_epoch {
+                self.end_of_epoch(&means, epoch_start.elapsed().as_secs_f64(), opts)?;
             }
         }
         pb.finish_and_clear();

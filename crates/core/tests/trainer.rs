@@ -177,6 +177,25 @@ fn resume_equals_uninterrupted_run() {
 }
 
 #[test]
+fn a_failing_epoch_hook_loses_no_epoch() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = TrainOptions {
+        progress: false,
+        dataset: Some(dataset()),
+        epoch_hook: Some(Box::new(|epoch, _, _| {
+            Err(selfsup_core::CoreError::Training(format!("hook failed after epoch {epoch}")))
+        })),
+        ..Default::default()
+    };
+    let e = train(&config(3, 1), &registry(), dir.path(), &mut opts).unwrap_err().to_string();
+    assert!(e.contains("hook failed after epoch 1"), "{e}");
+    // The epoch was checkpointed before the hook ran: a resume starts at epoch 2.
+    let st = checkpoint::read_state(dir.path()).unwrap();
+    assert_eq!((st.epoch, st.batch_in_epoch, st.global_step), (1, 0, 6));
+}
+
+#[test]
 fn thread_count_does_not_change_the_result() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let one = tempfile::tempdir().unwrap();

@@ -6,12 +6,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// An I/O error on a named file.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error, printed in the message (not a `source`, so that an error
+        /// chain does not print it twice).
+        error: std::io::Error,
     },
     /// A malformed file: wrong magic number, truncated record, bad header, bad label.
     #[error("{path}: {msg}")]
@@ -45,7 +46,7 @@ pub enum DataError {
 impl DataError {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DataError::Io { path: path.into(), source }
+        DataError::Io { path: path.into(), error: source }
     }
 
     /// A format error on `path`.

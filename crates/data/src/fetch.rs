@@ -90,14 +90,9 @@ impl fmt::Display for FetchError {
     }
 }
 
-impl std::error::Error for FetchError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            FetchError::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+/// No variant reports a `source`: the I/O error is part of the message already, and an error
+/// chain (anyhow's `{:#}`) would print it twice.
+impl std::error::Error for FetchError {}
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
     move |source| FetchError::Io { path: path.to_path_buf(), source }

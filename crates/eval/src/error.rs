@@ -28,12 +28,13 @@ pub enum EvalError {
         known: String,
     },
     /// An I/O error on a named file.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error, printed in the message (not a `source`, so that an error
+        /// chain does not print it twice).
+        error: std::io::Error,
     },
     /// Training of a probe produced a non-finite loss.
     #[error("training: {0}")]

@@ -92,6 +92,9 @@ pub fn knn_classify(
             "kNN needs k > 0 and T > 0, got k {k}, T {temperature}"
         )));
     }
+    if chunk_size == 0 {
+        return Err(EvalError::Config("kNN chunk_size must be at least 1, got 0".into()));
+    }
     let k = (k as i64).min(n);
     let (mut c1, mut c5) = (0i64, 0i64);
     tch::no_grad(|| {
@@ -306,6 +309,14 @@ mod tests {
         }
         let top5 = (!ties).then(|| 100.0 * c5 as f64 / sy.len() as f64);
         (100.0 * c1 as f64 / sy.len() as f64, top5)
+    }
+
+    #[test]
+    fn zero_chunk_size_is_refused_by_name() {
+        let x = Tensor::ones([4, 3], (tch::Kind::Float, Device::Cpu));
+        let y = Tensor::from_slice(&[0i64, 1, 0, 1]);
+        let e = knn_classify(&x, &y, &x, &y, 2, 2, 0.1, 0).unwrap_err().to_string();
+        assert!(e.contains("chunk_size"), "{e}");
     }
 
     #[test]

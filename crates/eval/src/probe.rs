@@ -153,10 +153,14 @@ pub fn train_loop_with(
     mut after_epoch: impl FnMut(u64) -> Result<()>,
 ) -> Result<f64> {
     let n = labels.size()[0] as usize;
-    if spec.batch_size == 0 || spec.epochs == 0 {
+    if spec.epochs == 0 {
+        return Err(EvalError::Config("probe epochs must be at least 1, got 0".into()));
+    }
+    if spec.batch_size < 2 {
         return Err(EvalError::Config(format!(
-            "epochs ({}) and batch_size ({}) must be positive",
-            spec.epochs, spec.batch_size
+            "probe batch_size must be at least 2, got {} (a batch of one is skipped: batch norm \
+             cannot train on it, so nothing would be trained)",
+            spec.batch_size
         )));
     }
     let mut last = f64::NAN;
@@ -256,6 +260,31 @@ mod tests {
         assert_eq!(first, vec![0, 1, 2, 3]);
         assert_eq!(o, epoch_order(4, Some(10), 1, "t", 0));
         assert_ne!(epoch_order(50, None, 1, "t", 0), epoch_order(50, None, 1, "t", 1));
+    }
+
+    #[test]
+    fn degenerate_loops_are_refused_by_name() {
+        let labels = Tensor::from_slice(&[0i64, 1, 0, 1]);
+        let schedule = ScheduleConfig::default();
+        let spec = LoopSpec {
+            epochs: 1,
+            batch_size: 1,
+            epoch_size: None,
+            lr: 0.1,
+            schedule: &schedule,
+            seed: 0,
+            stream: "t",
+        };
+        let p = Tensor::zeros([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let mut opt = Sgd::new(vec![p.shallow_clone()], 0.9, false, 0.0);
+        let forward = |idx: &[i64], _| Ok(p.unsqueeze(0).repeat([idx.len() as i64, 1]));
+        let e = train_loop(&labels, &spec, &mut opt, forward).unwrap_err().to_string();
+        assert!(e.contains("batch_size") && e.contains("got 1"), "{e}");
+        let e =
+            train_loop(&labels, &LoopSpec { epochs: 0, batch_size: 2, ..spec }, &mut opt, forward)
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("epochs"), "{e}");
     }
 
     #[test]

@@ -174,8 +174,7 @@ impl EvalReport {
     /// their paths.
     pub fn write(&self, out: &Path) -> Result<(PathBuf, PathBuf)> {
         let dir = out.join("eval");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| EvalError::Io { path: dir.clone(), source: e })?;
+        std::fs::create_dir_all(&dir).map_err(|e| EvalError::Io { path: dir.clone(), error: e })?;
         let json = dir.join(format!("{}.json", self.protocol));
         let md = dir.join(format!("{}.md", self.protocol));
         let mut bytes = serde_json::to_vec_pretty(self)?;
@@ -188,7 +187,7 @@ impl EvalReport {
     /// Reads a report written by [`EvalReport::write`].
     pub fn read(path: &Path) -> Result<Self> {
         let bytes =
-            std::fs::read(path).map_err(|e| EvalError::Io { path: path.into(), source: e })?;
+            std::fs::read(path).map_err(|e| EvalError::Io { path: path.into(), error: e })?;
         serde_json::from_slice(&bytes)
             .map_err(|e| EvalError::Config(format!("{}: {e}", path.display())))
     }
