@@ -35,9 +35,13 @@
 //!   pretrained at batch 128 (SGD 0.06, cosine), oneDNN on; probes with 10,000 labeled images
 //!   at probe seeds 0, 1, 2, scored on the whole test set. SimCLR and MoCo train 10 epochs on 25,000
 //!   images; instance discrimination 40 epochs on 10,000 with the full softmax, τ = 0.1 and
-//!   batch norm on the head output (see `Profile::cpu_method_config`). Measured here (2 cores,
-//!   AMD EPYC), each with its probes: SimCLR 670 s (390 images/s), MoCo (symmetric loss)
-//!   1,168 s, instance discrimination 655 s; the tables are in `results/<method>/cpu/`.
+//!   batch norm on the head output (see `Profile::cpu_method_config`). Measured before the
+//!   fidelity review (2 cores of an AMD EPYC, alone, one probe seed): SimCLR 670 s (390
+//!   images/s), MoCo (symmetric loss) 1,168 s, instance discrimination 655 s. After it (four
+//!   probes at three seeds, the augmented linear probe recomputing features every batch; on
+//!   an Intel Xeon with 1 thread, beside other jobs, so slower than alone): SimCLR 1,953 s
+//!   (pretraining 1,180 s), MoCo 3,180 s (1,954 s), instance discrimination 1,759 s (963 s);
+//!   the tables are in `results/<method>/cpu/`.
 //! - `smoke`: seconds; checks the pipeline (numbers mean nothing).
 use crate::common::{
     data_dir, ensure_probe_matches, ensure_trained_with, finished_probe, parse_args, read_json,
