@@ -108,6 +108,30 @@ pub fn open_train_set(cfg: &RunConfig) -> Result<ImageDataset> {
     Ok(seeded_subset(&ds, cfg.data.max_images, cfg.seed, "max_images"))
 }
 
+/// The method of `cfg` as the trainer builds it for `dataset` on `device`: libtorch seeded
+/// with `cfg.seed`, then the method built on a fresh var store (so the same config gives the
+/// same initial weights, which is also what the random-init baselines rely on). Returns the var
+/// store, the method and the build context.
+pub fn build_method(
+    cfg: &RunConfig,
+    registry: &Registry,
+    dataset: &ImageDataset,
+    device: tch::Device,
+) -> Result<(nn::VarStore, Box<dyn PretextMethod>, BuildContext)> {
+    crate::seed::seed_torch(cfg.seed);
+    let vs = nn::VarStore::new(device);
+    let ctx = BuildContext {
+        device,
+        seed: cfg.seed,
+        num_train_images: dataset.len(),
+        image_channels: dataset.channels() as i64,
+        image_size: dataset.height() as i64,
+        encoder: cfg.encoder.clone(),
+    };
+    let method = registry.build(&cfg.method, &vs.root(), &cfg.method_config, &ctx)?;
+    Ok((vs, method, ctx))
+}
+
 /// Named parameters, sorted by name.
 type Params = Vec<(String, Tensor)>;
 
@@ -297,17 +321,7 @@ impl<'a> Trainer<'a> {
             Some(d) => d,
             None => open_train_set(cfg)?,
         };
-        crate::seed::seed_torch(cfg.seed);
-        let vs = nn::VarStore::new(device);
-        let ctx = BuildContext {
-            device,
-            seed: cfg.seed,
-            num_train_images: dataset.len(),
-            image_channels: dataset.channels() as i64,
-            image_size: dataset.height() as i64,
-            encoder: cfg.encoder.clone(),
-        };
-        let method = registry.build(&cfg.method, &vs.root(), &cfg.method_config, &ctx)?;
+        let (vs, method, ctx) = build_method(cfg, registry, &dataset, device)?;
         let normalization = method.input_normalization();
         if cfg.train.channels_last {
             set_channels_last(&vs)?;

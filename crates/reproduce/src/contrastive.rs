@@ -54,7 +54,7 @@ use selfsup_core::config::{DataConfig, RunConfig, TrainConfig};
 use selfsup_core::optim::OptimizerConfig;
 use selfsup_core::schedule::ScheduleConfig;
 use selfsup_core::trainer::{train, TrainOptions};
-use selfsup_core::{BuildContext, EncoderConfig, PretextMethod, Registry};
+use selfsup_core::{EncoderConfig, PretextMethod, Registry};
 use selfsup_data::{ImageDataset, Split};
 use selfsup_eval::features::Normalization;
 use selfsup_eval::{KnnConfig, LinearProbeConfig};
@@ -542,17 +542,7 @@ fn load_method(
     train_set: &ImageDataset,
     device: Device,
 ) -> Result<(tch::nn::VarStore, Box<dyn PretextMethod>)> {
-    let vs = tch::nn::VarStore::new(device);
-    let ctx = BuildContext {
-        device,
-        seed: cfg.seed,
-        num_train_images: train_set.len(),
-        image_channels: train_set.channels() as i64,
-        image_size: train_set.height() as i64,
-        encoder: cfg.encoder.clone(),
-    };
-    selfsup_core::seed::seed_torch(cfg.seed);
-    let method = registry.build(&cfg.method, &vs.root(), &cfg.method_config, &ctx)?;
+    let (vs, method, _) = selfsup_core::trainer::build_method(cfg, registry, train_set, device)?;
     if let Some(dir) = dir {
         let ck = checkpoint::load(dir)?;
         let path = checkpoint::checkpoint_dir(dir).join("model.safetensors");
