@@ -106,6 +106,15 @@ pub trait PretextMethod {
         None
     }
 
+    /// The method's own class scores, where it is a classifier (the supervised baseline):
+    /// evaluation then counts its predictions end to end. `None` (default) for pretext methods.
+    ///
+    /// # Shapes
+    /// `xs`: `(N, C, H, W)` normalised images; returns `(N, K)` for `K` classes.
+    fn class_logits_t(&self, _xs: &Tensor) -> Option<Tensor> {
+        None
+    }
+
     /// Turns a batch (already on the training device) into a loss. `train` is false for
     /// validation passes.
     fn step(&mut self, batch: &Batch, train: bool) -> Result<StepOutput>;

@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod baselines;
+pub mod end_to_end;
 pub mod error;
 pub mod features;
 pub mod fewshot;
@@ -23,6 +24,7 @@ pub mod probe;
 pub mod protocol;
 pub mod report;
 
+pub use end_to_end::{end_to_end, EndToEndConfig};
 pub use error::{EvalError, Result};
 pub use features::{Normalization, Pooling};
 pub use fewshot::{fewshot, FewShotConfig, LabelBudget};

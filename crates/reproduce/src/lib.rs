@@ -1,24 +1,57 @@
-//! Paper-table reproductions, run as `selfsup reproduce <method> [--profile smoke|cpu|paper]`
-//! (and by `cargo xtask reproduce <method>`, which installs libtorch and builds the binary first).
+//! Paper-table reproductions, run as `selfsup reproduce <plan> [--profile smoke|cpu|paper]`
+//! (and by `cargo xtask reproduce <plan>`, which installs libtorch and builds the binary first).
+//!
+//! - [`engine`]: runs any plan (trainings, probes, report), skipping finished stages after
+//!   checking their saved settings; it holds no method-specific control flow.
+//! - [`plans`]: the plans, each a function from a profile to declarations: what to train,
+//!   which encoders to probe with which protocols and seeds, and the tables and findings to
+//!   print.
+//! - [`cli`]: the command line.
 //!
 //! The code lives here rather than in xtask because it links libtorch, which xtask installs.
-//! Each reproduction builds a registry of just the methods it trains; `rotnet` writes
-//! `results/rotnet/<profile>/`, the contrastive ones `results/<method>/<profile>/`.
+//! The methods come from the registry the caller passes (`selfsup_methods::registry()`, the
+//! binary's), so a method registered there is known here.
 
-pub mod common;
-pub mod contrastive;
-pub mod rotnet;
+pub mod cli;
+pub mod engine;
+pub mod plans;
 
-/// Runs `selfsup reproduce <method> [options]`; `args[0]` is the method. `registry` holds the
-/// methods (`selfsup_methods::registry()`: the binary's, so a method registered there is known
-/// here).
-pub fn run(args: &[String], registry: &selfsup_core::Registry) -> anyhow::Result<()> {
-    let Some(method) = args.first() else {
-        anyhow::bail!("usage: selfsup reproduce <method> [--profile smoke|cpu|paper] [--force]");
+use anyhow::Result;
+
+/// Runs `selfsup reproduce <plan> [options]`; `args[0]` is the plan. `registry` holds the
+/// methods the plan trains.
+pub fn run(args: &[String], registry: &selfsup_core::Registry) -> Result<()> {
+    let Some(name) = args.first() else {
+        let names: Vec<&str> = plans::catalogue().iter().map(|e| e.name).collect();
+        anyhow::bail!("{} (plans: {})", cli::usage("<plan>"), names.join(", "));
     };
-    match method.as_str() {
-        "rotnet" => rotnet::run(&args[1..], registry),
-        m if contrastive::METHODS.contains(&m) => contrastive::run(m, &args[1..], registry),
-        _ => anyhow::bail!("no reproduction is registered for `{method}` yet"),
-    }
+    let entry = plans::find(name)?;
+    let Some(args) = cli::parse_args(&args[1..], &cli::usage(name))? else {
+        return Ok(());
+    };
+    let (profile, profile_why) = cli::choose_profile(&args);
+    let device = selfsup_core::device::parse_device(&args.device)?;
+    cli::refuse_paper_on_cpu(&profile, &args.device, device)?;
+    let (data_dir, data_why) = cli::data_dir(args.data_dir.as_deref());
+    let input = plans::PlanInput {
+        name: name.clone(),
+        profile,
+        sets: args.sets.clone(),
+        dataset: args.dataset.clone(),
+        data_dir: data_dir.clone(),
+        device: selfsup_core::device::device_name(device),
+    };
+    let plan = (entry.build)(&input)?;
+    let env = engine::Env {
+        dataset: args.dataset,
+        data_dir,
+        data_why,
+        device,
+        profile_why,
+        runs_dir: args.runs_dir,
+        results_dir: args.results_dir,
+        force: args.force,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    engine::run(&plan, &env, registry)
 }

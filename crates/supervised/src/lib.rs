@@ -171,6 +171,10 @@ impl PretextMethod for Supervised {
         &*self.encoder
     }
 
+    fn class_logits_t(&self, xs: &Tensor) -> Option<Tensor> {
+        Some(self.logits_t(xs, false))
+    }
+
     fn step(&mut self, batch: &Batch, train: bool) -> selfsup_core::Result<StepOutput> {
         let images = match batch.views.as_slice() {
             [x] => x,

@@ -1,0 +1,85 @@
+//! The catalogue of reproduction plans: each paper table a function from a profile to a
+//! [`Plan`], run by the engine.
+//!
+//! The plans live here, together, rather than in the method crates: a plan compares several
+//! methods (RotNet's needs the supervised baseline, the zoo table every method), so it belongs
+//! to no single method crate; and the method crates stay free of the evaluation and engine
+//! dependencies a plan needs. A plan is declarations only (trainings, encoders, probes, the
+//! report); a new one is a module here and a line in [`catalogue`] (see `CONTRIBUTING.md`).
+use crate::engine::Plan;
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+
+pub mod contrastive;
+pub mod rotnet;
+
+/// What a plan is built from: the command line's choices.
+#[derive(Debug, Clone)]
+pub struct PlanInput {
+    /// The plan's name (`rotnet`, `simclr`, ...).
+    pub name: String,
+    /// The profile (`smoke`, `cpu`, `paper`).
+    pub profile: String,
+    /// `--set PROFILE_KEY=VALUE` overrides of the profile, in order.
+    pub sets: Vec<String>,
+    /// The dataset spec.
+    pub dataset: String,
+    /// Its folder (recorded in the run configs).
+    pub data_dir: PathBuf,
+    /// The device's name (`cpu`, `cuda:0`; recorded in the run configs).
+    pub device: String,
+}
+
+/// A reproduction in the catalogue.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    /// `selfsup reproduce <name>`.
+    pub name: &'static str,
+    /// The paper it reproduces.
+    pub about: &'static str,
+    /// Builds its plan.
+    pub build: fn(&PlanInput) -> Result<Plan>,
+}
+
+/// Every reproduction, in table order.
+pub fn catalogue() -> Vec<Entry> {
+    let contrastive = |name, about| Entry { name, about, build: contrastive::plan };
+    vec![
+        Entry {
+            name: "rotnet",
+            about: "Gidaris et al. 2018, CIFAR-10 Tables 1-3 and the few-label table",
+            build: rotnet::plan,
+        },
+        contrastive("simclr", "Chen et al. 2020, CIFAR-10 kNN and linear evaluation"),
+        contrastive("moco", "He et al. 2020, the official CIFAR-10 demo"),
+        contrastive("instance-discrimination", "Wu et al. 2018, lemniscate's CIFAR-10 recipe"),
+    ]
+}
+
+/// The reproduction called `name`.
+pub fn find(name: &str) -> Result<Entry> {
+    let all = catalogue();
+    match all.iter().find(|e| e.name == name) {
+        Some(e) => Ok(*e),
+        None => bail!(
+            "no reproduction is registered for `{name}` (known: {})",
+            all.iter().map(|e| e.name).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// `profile`'s serialised value with the `key=value` overrides of `sets` applied (the
+/// profiles' `--set`), deserialised back.
+pub fn apply_sets<T>(profile: T, sets: &[String]) -> Result<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    if sets.is_empty() {
+        return Ok(profile);
+    }
+    let mut v = serde_json::to_value(&profile)?;
+    for s in sets {
+        selfsup_core::config::apply_override(&mut v, s)?;
+    }
+    Ok(selfsup_core::config::from_value(&v, "profile")?)
+}

@@ -1,0 +1,434 @@
+//! The three profiles of `selfsup reproduce rotnet`: `paper` (the published CIFAR-10 protocol of
+//! Gidaris et al. 2018, official configs `CIFAR10_RotNet_NIN4blocks.py`,
+//! `CIFAR10_supervised_NIN.py`, `CIFAR10_{MultLayer,Conv}Classifier_on_RotNet_NIN4blocks_*`),
+//! `cpu` (the same protocol scaled to about half an hour on two CPU cores) and `smoke` (seconds;
+//! checks the pipeline, not the accuracy).
+use anyhow::{bail, Result};
+use selfsup_core::schedule::ScheduleConfig;
+use selfsup_core::EncoderConfig;
+use selfsup_eval::features::Normalization;
+use selfsup_eval::fewshot::FineTuneConfig;
+use selfsup_eval::{LinearProbeConfig, NonLinearProbeConfig};
+use selfsup_rotnet::RotationSet;
+use serde::{Deserialize, Serialize};
+
+/// Everything a profile fixes. Serialized into `results.json`; `--set key=value` overrides a
+/// field (`--set epochs=2`, `--set mlp.epochs=5`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// `paper`, `cpu` or `smoke`.
+    pub name: String,
+    /// One line on what the profile is for.
+    pub summary: String,
+    /// The encoder of every RotNet pretraining and of the random baselines.
+    pub encoder: EncoderConfig,
+    /// The encoder of the supervised NIN and of the few-label table's NIN trained from scratch:
+    /// the official `CIFAR10_supervised_NIN.py` has 3 blocks (`num_stages = 3`), the RotNet 4.
+    pub supervised_encoder: EncoderConfig,
+    /// Probe seeds of the headline probes (Table 1's non-linear probes, Table 2, Table 3's conv
+    /// probes): each draws its own labeled subset and the probe's random choices, and the
+    /// tables give mean ± standard deviation over them. The other probes use the first.
+    pub probe_seeds: Vec<u64>,
+    /// Pretrain (and train the supervised baseline) on this many training images (a seeded
+    /// subset); `None` is all.
+    pub train_images: Option<usize>,
+    /// RotNet pretraining epochs.
+    pub epochs: u64,
+    /// Epochs at which the rate is multiplied by 0.2.
+    pub milestones: Vec<u64>,
+    /// The budget of Table 2's rotation-set pretrainings when it differs from Table 1's: then
+    /// every set, `four` included, trains apart from the Table 1 run (runs `sets_<set>`).
+    /// `None` (the paper): the sets train with `epochs` and `milestones`, and Table 2's `four`
+    /// row is the Table 1 run (`rotnet_four`; the others are `rotnet_<set>`).
+    pub rotation_sets_budget: Option<Budget>,
+    /// Source images per step (each becomes one input per rotation).
+    pub batch_size: usize,
+    /// SGD base rate (momentum 0.9, Nesterov, weight decay 5e-4).
+    pub lr: f64,
+    /// Epochs of the supervised baseline.
+    pub supervised_epochs: u64,
+    /// Its rate milestones (×0.2).
+    pub supervised_milestones: Vec<u64>,
+    /// Labeled training images of the probes (a seeded subset of the training split); `None`
+    /// is all.
+    pub probe_train_images: Option<usize>,
+    /// Test images scored (a seeded subset of the test split); `None` is all 10,000.
+    pub test_images: Option<usize>,
+    /// The non-linear (MultLayer, 3 fully connected layers) probe of RotNet Tables 1 and 2.
+    pub mlp: NonLinearProbeConfig,
+    /// The conv-block (`NIN_ConvBlock3`) probe of RotNet Table 3.
+    pub conv: NonLinearProbeConfig,
+    /// The linear probe per block.
+    pub linear: LinearProbeConfig,
+    /// The few-label table (RotNet §4.1 semi-supervised CIFAR-10, official configs
+    /// `*_K20` .. `*_K1000`): labeled images per class, a stratified seeded draw from the whole
+    /// training split (as the official `num_imgs_per_cat`); empty skips the table.
+    pub few_labels: Vec<usize>,
+    /// Its frozen side: the conv-block probe on block 2 of the RotNet (official: 100 epochs of
+    /// 50,000 samples whatever the budget, ×0.2 at 35, 70, 85).
+    pub few_conv: NonLinearProbeConfig,
+    /// Its supervised side: the NIN trained from scratch on the same labels, i.e. a random-init
+    /// encoder fine-tuned end to end with a linear head on its pooled output (official: 200
+    /// epochs of 50,000 samples, ×0.2 at 60, 120, 160).
+    pub few_supervised: FineTuneConfig,
+    /// Bit-for-bit CPU determinism (disables oneDNN convolutions, several times slower).
+    pub deterministic: bool,
+    /// Channels-last memory format in training.
+    pub channels_last: bool,
+    /// The seed of every run and probe.
+    pub seed: u64,
+    /// Write a training-metrics line every this many steps.
+    pub log_every: u64,
+}
+
+/// A pretraining length: epochs, and the epochs at which the rate is multiplied by 0.2.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Epochs.
+    pub epochs: u64,
+    /// Rate ×0.2 at each of these epochs.
+    pub milestones: Vec<u64>,
+}
+
+/// SGD with Nesterov momentum 0.9 and weight decay 5e-4, as every official CIFAR-10 config.
+pub fn official_sgd(lr: f64) -> selfsup_core::optim::OptimizerConfig {
+    selfsup_core::optim::OptimizerConfig::Sgd {
+        lr,
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 5e-4,
+        exclude_bias_and_norm: false,
+    }
+}
+
+/// Rate ×0.2 at each milestone.
+pub fn steps(milestones: &[u64]) -> ScheduleConfig {
+    ScheduleConfig::Steps { milestones: milestones.to_vec(), gamma: 0.2 }
+}
+
+/// `milestones` of a `total`-epoch schedule moved to one of `epochs` epochs (rounded, kept
+/// strictly inside the run, duplicates dropped).
+pub fn scale_milestones(milestones: &[u64], total: u64, epochs: u64) -> Vec<u64> {
+    let mut out: Vec<u64> = milestones
+        .iter()
+        .map(|&m| ((m as f64 * epochs as f64 / total as f64).round() as u64).max(1))
+        .filter(|&m| m < epochs)
+        .collect();
+    out.dedup();
+    out
+}
+
+fn probes(
+    epochs: usize,
+    conv_width: i64,
+    augment: bool,
+) -> (NonLinearProbeConfig, NonLinearProbeConfig, LinearProbeConfig) {
+    let norm = Some(Normalization::cifar10());
+    let mut mlp = NonLinearProbeConfig::mlp_official();
+    mlp.epochs = epochs;
+    mlp.schedule = steps(&scale_milestones(&[20, 40, 45], 100, epochs as u64));
+    mlp.augment = augment;
+    mlp.normalization = norm.clone();
+    // The official code reports the best test epoch; it is kept beside the last.
+    mlp.eval_every_epoch = true;
+    let conv = NonLinearProbeConfig {
+        epochs,
+        width: conv_width,
+        augment,
+        schedule: steps(&scale_milestones(&[35, 70, 85], 100, epochs as u64)),
+        normalization: norm.clone(),
+        eval_every_epoch: true,
+        ..Default::default()
+    };
+    let linear = LinearProbeConfig {
+        epochs,
+        schedule: steps(&scale_milestones(&[35, 70, 85], 100, epochs as u64)),
+        normalization: norm,
+        ..Default::default()
+    };
+    (mlp, conv, linear)
+}
+
+/// The run of Table 1 (four rotations, `epochs` long), also probed for Table 3 and the
+/// few-label table.
+pub const TABLE1_RUN: &str = "rotnet_four";
+
+/// Epochs of the cpu profile's few-label trainings.
+const FEW_EPOCHS: usize = 15;
+
+/// Training-metrics interval of the paper and cpu profiles.
+const LOG_EVERY: u64 = 10;
+
+impl Profile {
+    /// Table 1's pretraining length (`epochs`, `milestones`).
+    pub fn blocks_budget(&self) -> Budget {
+        Budget { epochs: self.epochs, milestones: self.milestones.clone() }
+    }
+
+    /// Table 2's pretraining length: `rotation_sets_budget`, or Table 1's.
+    pub fn rotation_sets(&self) -> Budget {
+        self.rotation_sets_budget.clone().unwrap_or_else(|| self.blocks_budget())
+    }
+
+    /// The run behind Table 2's row for `set`: `rotnet_<set>` when the sets share Table 1's
+    /// budget (so `four` is the Table 1 run `rotnet_four`), `sets_<set>` when they have their
+    /// own.
+    pub fn rotation_set_run(&self, set: RotationSet) -> String {
+        match self.rotation_sets_budget {
+            None => format!("rotnet_{}", set.name()),
+            Some(_) => format!("sets_{}", set.name()),
+        }
+    }
+
+    /// Table 2's runs other than the Table 1 run (all four sets' runs when they have a budget
+    /// of their own), in the order of `RotationSet::ALL`.
+    pub fn other_set_runs(&self) -> Vec<String> {
+        RotationSet::ALL
+            .into_iter()
+            .map(|set| self.rotation_set_run(set))
+            .filter(|name| name != TABLE1_RUN)
+            .collect()
+    }
+
+    /// The encoder config behind an encoder name of the probes: the supervised NIN and the
+    /// few-label NIN from scratch (`supervised`, `scratch`) have `supervised_encoder`, every
+    /// other (the RotNet runs, `random`, `random_legacy`) `encoder`.
+    pub fn encoder_of(&self, name: &str) -> &EncoderConfig {
+        match name {
+            "supervised" | "scratch" => &self.supervised_encoder,
+            _ => &self.encoder,
+        }
+    }
+
+    /// Every pretraining run of the profile, in training order: the Table 1 RotNet, Table 2's
+    /// other runs, the supervised NIN.
+    pub fn runs(&self) -> Vec<String> {
+        let mut out = vec![TABLE1_RUN.to_string()];
+        out.extend(self.other_set_runs());
+        out.push("supervised".into());
+        out
+    }
+
+    /// The profile called `name` with the `key=value` overrides of `sets` applied.
+    pub fn resolve(name: &str, sets: &[String]) -> Result<Profile> {
+        let base = Self::named(name)?;
+        crate::plans::apply_sets(base, sets)
+    }
+
+    /// The profile called `name`.
+    pub fn named(name: &str) -> Result<Profile> {
+        Ok(match name {
+            "paper" => Self::paper(),
+            "cpu" => Self::cpu(),
+            "smoke" => Self::smoke(),
+            other => bail!("unknown profile `{other}` (known: smoke, cpu, paper)"),
+        })
+    }
+
+    /// The published protocol: NIN with 4 blocks of width 192, 200 epochs, SGD 0.1 Nesterov,
+    /// weight decay 5e-4, ×0.2 at 60, 120, 160, batch 128, all of CIFAR-10; probes of 100
+    /// epochs with the official schedules and augmentation.
+    pub fn paper() -> Profile {
+        let (mlp, conv, linear) = probes(100, 192, true);
+        Profile {
+            name: "paper".into(),
+            summary: "the published CIFAR-10 protocol (a GPU job)".into(),
+            encoder: EncoderConfig::Nin { blocks: 4, width: 192 },
+            supervised_encoder: EncoderConfig::Nin { blocks: 3, width: 192 },
+            probe_seeds: vec![0],
+            train_images: None,
+            epochs: 200,
+            milestones: vec![60, 120, 160],
+            rotation_sets_budget: None,
+            batch_size: 128,
+            lr: 0.1,
+            supervised_epochs: 200,
+            supervised_milestones: vec![60, 120, 160],
+            probe_train_images: None,
+            test_images: None,
+            few_labels: vec![20, 100, 400, 1000, 5000],
+            few_conv: NonLinearProbeConfig { epoch_size: Some(50_000), ..conv.clone() },
+            few_supervised: FineTuneConfig {
+                epochs: 200,
+                epoch_size: Some(50_000),
+                schedule: steps(&[60, 120, 160]),
+                ..FineTuneConfig::default()
+            },
+            mlp,
+            conv,
+            linear,
+            deterministic: true,
+            channels_last: false,
+            seed: 0,
+            log_every: LOG_EVERY,
+        }
+    }
+
+    /// The paper's protocol scaled to about half an hour on two CPU cores: NIN-4 of width 16
+    /// on all 50,000 images, batch 64 (the paper: 128; half the activations fit this
+    /// machine's cache), Table 1's RotNet and the supervised NIN 6 epochs with the paper's
+    /// milestones scaled (×0.2 at 2, 4, 5), Table 2's rotation sets 1 epoch each, probes 15
+    /// epochs on 10,000 labels without augmentation. The module docs of `rotnet` hold the
+    /// measurements behind the numbers.
+    pub fn cpu() -> Profile {
+        let epochs = 6;
+        let sets_epochs = 1;
+        let (mut mlp, mut conv, mut linear) = probes(15, 32, false);
+        mlp.batch_size = 128;
+        conv.batch_size = 128;
+        linear.batch_size = 256;
+        Profile {
+            name: "cpu".into(),
+            summary: "the paper's protocol scaled to ~30 min on 2 CPU cores".into(),
+            encoder: EncoderConfig::Nin { blocks: 4, width: 16 },
+            supervised_encoder: EncoderConfig::Nin { blocks: 3, width: 16 },
+            probe_seeds: vec![0, 1, 2],
+            train_images: None,
+            epochs,
+            milestones: scale_milestones(&[60, 120, 160], 200, epochs),
+            rotation_sets_budget: Some(Budget {
+                epochs: sets_epochs,
+                milestones: scale_milestones(&[60, 120, 160], 200, sets_epochs),
+            }),
+            batch_size: 64,
+            lr: 0.1,
+            supervised_epochs: epochs,
+            supervised_milestones: scale_milestones(&[60, 120, 160], 200, epochs),
+            probe_train_images: Some(10_000),
+            test_images: None,
+            few_labels: vec![20, 100, 400, 1000],
+            few_conv: NonLinearProbeConfig { epoch_size: Some(10_000), ..conv.clone() },
+            few_supervised: FineTuneConfig {
+                epochs: FEW_EPOCHS,
+                epoch_size: Some(5_000),
+                schedule: steps(&scale_milestones(&[60, 120, 160], 200, FEW_EPOCHS as u64)),
+                ..FineTuneConfig::default()
+            },
+            mlp,
+            conv,
+            linear,
+            deterministic: false,
+            channels_last: false,
+            seed: 0,
+            log_every: LOG_EVERY,
+        }
+    }
+
+    /// Seconds: a width-8 NIN, 256 images, one epoch of everything.
+    pub fn smoke() -> Profile {
+        let (mut mlp, mut conv, mut linear) = probes(1, 8, false);
+        mlp.batch_size = 64;
+        conv.batch_size = 64;
+        linear.batch_size = 64;
+        Profile {
+            name: "smoke".into(),
+            summary: "pipeline check in seconds (numbers mean nothing)".into(),
+            encoder: EncoderConfig::Nin { blocks: 4, width: 8 },
+            supervised_encoder: EncoderConfig::Nin { blocks: 3, width: 8 },
+            probe_seeds: vec![0, 1],
+            train_images: Some(256),
+            epochs: 1,
+            milestones: vec![],
+            rotation_sets_budget: Some(Budget { epochs: 1, milestones: vec![] }),
+            batch_size: 32,
+            lr: 0.1,
+            supervised_epochs: 1,
+            supervised_milestones: vec![],
+            probe_train_images: Some(256),
+            test_images: Some(128),
+            few_labels: vec![2],
+            few_conv: conv.clone(),
+            few_supervised: FineTuneConfig {
+                epochs: 1,
+                batch_size: 16,
+                schedule: steps(&[]),
+                ..FineTuneConfig::default()
+            },
+            mlp,
+            conv,
+            linear,
+            deterministic: false,
+            channels_last: false,
+            seed: 0,
+            log_every: 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn milestones_scale_with_the_run() {
+        assert_eq!(scale_milestones(&[60, 120, 160], 200, 200), vec![60, 120, 160]);
+        assert_eq!(scale_milestones(&[60, 120, 160], 200, 10), vec![3, 6, 8]);
+        assert_eq!(scale_milestones(&[60, 120, 160], 200, 4), vec![1, 2, 3]);
+        assert_eq!(scale_milestones(&[60, 120, 160], 200, 1), Vec::<u64>::new());
+        assert_eq!(scale_milestones(&[35, 70, 85], 100, 15), vec![5, 11, 13]);
+    }
+
+    #[test]
+    fn rotation_sets_share_the_table1_run_only_without_a_budget_of_their_own() {
+        let paper = Profile::paper();
+        assert_eq!(paper.rotation_sets(), paper.blocks_budget());
+        assert_eq!(paper.rotation_set_run(RotationSet::Four), TABLE1_RUN);
+        assert_eq!(
+            paper.runs(),
+            ["rotnet_four", "rotnet_eight", "rotnet_two_0_180", "rotnet_two_90_270", "supervised"]
+        );
+        let cpu = Profile::cpu();
+        let b = cpu.rotation_sets();
+        assert!(b.epochs < cpu.epochs, "{b:?}");
+        assert_eq!(cpu.rotation_set_run(RotationSet::Eight), "sets_eight");
+        assert_eq!(
+            cpu.runs(),
+            [
+                "rotnet_four",
+                "sets_four",
+                "sets_eight",
+                "sets_two_0_180",
+                "sets_two_90_270",
+                "supervised"
+            ]
+        );
+        let shared = Profile::resolve("cpu", &["rotation_sets_budget=null".into()]).unwrap();
+        assert_eq!(shared.runs()[1], "rotnet_eight");
+        let err = Profile::resolve("cpu", &["rotation_sets_budget.epoch=2".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("epoch"), "{err}");
+    }
+
+    #[test]
+    fn paper_profile_is_the_published_protocol() {
+        let p = Profile::named("paper").unwrap();
+        assert_eq!(p.encoder, EncoderConfig::Nin { blocks: 4, width: 192 });
+        // The official supervised NIN has 3 blocks, the RotNet 4.
+        assert_eq!(p.supervised_encoder, EncoderConfig::Nin { blocks: 3, width: 192 });
+        assert_eq!(p.encoder_of("supervised"), &p.supervised_encoder);
+        assert_eq!(p.encoder_of("scratch"), &p.supervised_encoder);
+        assert_eq!(p.encoder_of("random_legacy"), &p.encoder);
+        assert!(p.mlp.eval_every_epoch && p.conv.eval_every_epoch);
+        assert!(Profile::cpu().probe_seeds.len() >= 3);
+        assert_eq!((p.epochs, p.batch_size, p.lr), (200, 128, 0.1));
+        assert_eq!(p.milestones, vec![60, 120, 160]);
+        assert_eq!(p.train_images, None);
+        assert_eq!(p.mlp.epochs, 100);
+        assert_eq!(p.mlp.schedule, steps(&[20, 40, 45]));
+        assert_eq!(p.conv.schedule, steps(&[35, 70, 85]));
+        assert!(p.mlp.augment && p.conv.augment);
+        assert_eq!(p.few_labels, vec![20, 100, 400, 1000, 5000]);
+        assert_eq!(p.few_conv.epoch_size, Some(50_000));
+        assert_eq!(p.few_conv.schedule, steps(&[35, 70, 85]));
+        assert_eq!((p.few_supervised.epochs, p.few_supervised.epoch_size), (200, Some(50_000)));
+        assert_eq!(p.few_supervised.schedule, steps(&[60, 120, 160]));
+        assert!(Profile::named("gpu").is_err());
+        let q = Profile::resolve("cpu", &["epochs=2".into(), "mlp.epochs=3".into()]).unwrap();
+        assert_eq!((q.epochs, q.mlp.epochs), (2, 3));
+        let err = Profile::resolve("cpu", &["epoch=2".into()]).unwrap_err().to_string();
+        assert!(err.contains("epoch"), "{err}");
+    }
+}
