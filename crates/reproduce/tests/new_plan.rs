@@ -67,8 +67,8 @@ fn plan(input: &PlanInput) -> anyhow::Result<Plan> {
                 let (ours, random) = (at("trained", "linear", t), at("random", "linear", t));
                 vec![
                     Cell::Text(t.to_string()),
-                    Cell::Spread(ours.clone()),
-                    Cell::Spread(random.clone()),
+                    Cell::Spread(vec![ours.clone()]),
+                    Cell::Spread(vec![random.clone()]),
                     Cell::PairedDiff(vec![(ours, random)]),
                 ]
             })

@@ -99,7 +99,7 @@ fn smoke_profile_runs_every_stage_then_skips_them() {
     assert_eq!(few[0]["per_class"], 2);
     assert_eq!(few[0]["train_images"], 20);
     for k in ["rotnet_conv", "scratch"] {
-        let v = few[0][k].as_f64().unwrap_or(-1.0);
+        let v = few[0][k]["mean"].as_f64().unwrap_or(-1.0);
         assert!((0.0..=100.0).contains(&v), "few labels {k} = {v}");
     }
     let stages = r["stages"].as_array().unwrap();
@@ -140,4 +140,28 @@ fn smoke_profile_runs_every_stage_then_skips_them() {
     assert!(res.join("configs").join("sets_eight.json").exists());
     let log = std::fs::read_to_string(res.join("run.log")).unwrap();
     assert_eq!(log.matches("== selfsup reproduce rotnet").count(), 1);
+
+    // Two pretraining seeds: Table 1's RotNet and Table 2's four and two-rotation sets train
+    // at both, the eight-rotation set at the first; the RotNet figures pool both seeds and the
+    // findings pair their differences per pretraining and probe seed.
+    let two = &["--set", "pretrain_seeds=[0,1]", "--set", "few_label_seeds=[0,1]", "--force"];
+    selfsup_reproduce::run(&args(dir.path(), two), &selfsup_methods::registry()).unwrap();
+    for c in ["rotnet_four_seed1", "sets_four_seed1", "sets_two_0_180_seed1"] {
+        assert!(res.join("configs").join(format!("{c}.json")).exists(), "config {c}");
+    }
+    assert!(!res.join("configs").join("sets_eight_seed1.json").exists());
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(res.join("results.json")).unwrap()).unwrap();
+    let t = &r["tables"];
+    // 2 pretraining seeds × 2 probe seeds.
+    assert_eq!(t["blockwise"][1]["rotnet_nonlinear"]["n"], 4, "{}", t["blockwise"][1]);
+    assert_eq!(t["rotations"][0]["ours"]["n"], 4);
+    assert_eq!(t["rotations"][1]["ours"]["n"], 2, "eight: the first pretraining seed only");
+    assert_eq!(t["few_labels"][0]["rotnet_conv"]["n"], 4);
+    assert_eq!(t["few_labels"][0]["diff"]["n"], 4);
+    let best = &r["findings"][1];
+    assert_eq!(best["differences"][0][1]["n"], 4, "{best}");
+    let md = std::fs::read_to_string(res.join("table.md")).unwrap();
+    assert!(md.contains("Pretraining seeds [0, 1]"), "{md}");
+    assert!(md.contains("| four | 0°, 90°, 180°, 270° | `sets_four`, `sets_four_seed1` |"), "{md}");
 }

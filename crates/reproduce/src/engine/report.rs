@@ -74,19 +74,21 @@ pub enum Cell {
     Count(u64),
     /// A fixed figure (a paper's), `12.34`; `–` when `None`.
     Figure(Option<f64>),
-    /// A score's mean over its seeds, `12.34`.
-    Mean(ScoreRef),
-    /// A score's mean ± standard deviation over its seeds (the mean alone for one seed).
-    Spread(ScoreRef),
-    /// The best test epoch's top-1, mean ± standard deviation over the seeds.
-    Best(ScoreRef),
+    /// The mean of scores over their seeds, pooled over the references (one per pretraining
+    /// seed, say), `12.34`.
+    Mean(Vec<ScoreRef>),
+    /// Their mean ± standard deviation over every seed of every reference (the mean alone for
+    /// one value).
+    Spread(Vec<ScoreRef>),
+    /// The best test epoch's top-1, mean ± standard deviation, pooled likewise.
+    Best(Vec<ScoreRef>),
     /// The difference of two cells' means, `+1.23`.
     Delta(Box<Cell>, Box<Cell>),
     /// A paired difference over seeds (and pooled over the pairs), `+1.23 ± 0.45`.
     PairedDiff(Vec<(ScoreRef, ScoreRef)>),
-    /// The difference of two scores' means with their spreads combined as independent,
-    /// `+1.23 ± √(s_a² + s_b²)`.
-    Gain(ScoreRef, ScoreRef),
+    /// The difference of two pooled scores' means with their spreads combined as
+    /// independent, `+1.23 ± √(s_a² + s_b²)`.
+    Gain(Vec<ScoreRef>, Vec<ScoreRef>),
     /// The labeled images behind a score.
     LabeledImages(ScoreRef),
     /// A training's last-epoch metric `key` times `scale` (`rotation_acc` × 100).
@@ -142,8 +144,8 @@ fn stat_json(s: Option<Stat>) -> Value {
 
 impl Cell {
     /// The `(difference, spread)` of a [`Cell::Gain`].
-    fn gain(ctx: &Context, a: &ScoreRef, b: &ScoreRef) -> Option<(f64, f64)> {
-        let (x, y) = (ctx.scores.stat(a)?, ctx.scores.stat(b)?);
+    fn gain(ctx: &Context, a: &[ScoreRef], b: &[ScoreRef]) -> Option<(f64, f64)> {
+        let (x, y) = (ctx.scores.pooled(a)?, ctx.scores.pooled(b)?);
         let var = x.std.unwrap_or(0.0).powi(2) + y.std.unwrap_or(0.0).powi(2);
         Some((x.mean - y.mean, var.sqrt()))
     }
@@ -154,8 +156,8 @@ impl Cell {
             Cell::Text(_) | Cell::Code(_) => None,
             Cell::Count(n) => Some(*n as f64),
             Cell::Figure(v) => *v,
-            Cell::Mean(r) | Cell::Spread(r) => ctx.scores.stat(r).map(|s| s.mean),
-            Cell::Best(r) => ctx.scores.best(r).map(|s| s.mean),
+            Cell::Mean(r) | Cell::Spread(r) => ctx.scores.pooled(r).map(|s| s.mean),
+            Cell::Best(r) => ctx.scores.best_pooled(r).map(|s| s.mean),
             Cell::Delta(a, b) => Some(a.value(ctx)? - b.value(ctx)?),
             Cell::PairedDiff(pairs) => ctx.scores.paired_diff(pairs).map(|s| s.mean),
             Cell::Gain(a, b) => Self::gain(ctx, a, b).map(|g| g.0),
@@ -175,8 +177,8 @@ impl Cell {
             Cell::Code(t) => format!("`{t}`"),
             Cell::Count(n) => n.to_string(),
             Cell::Figure(_) | Cell::Mean(_) | Cell::RunMetric { .. } => f2(self.value(ctx)),
-            Cell::Spread(r) => spread(ctx.scores.stat(r).as_ref()),
-            Cell::Best(r) => spread(ctx.scores.best(r).as_ref()),
+            Cell::Spread(r) => spread(ctx.scores.pooled(r).as_ref()),
+            Cell::Best(r) => spread(ctx.scores.best_pooled(r).as_ref()),
             Cell::Delta(..) => signed(self.value(ctx)),
             Cell::PairedDiff(pairs) => signed_spread(ctx.scores.paired_diff(pairs).as_ref()),
             Cell::Gain(a, b) => match Self::gain(ctx, a, b) {
@@ -196,8 +198,8 @@ impl Cell {
             Cell::Text(t) | Cell::Code(t) => json!(t),
             Cell::Count(n) => json!(n),
             Cell::LabeledImages(r) => json!(ctx.scores.train_images(r)),
-            Cell::Spread(r) => stat_json(ctx.scores.stat(r)),
-            Cell::Best(r) => stat_json(ctx.scores.best(r)),
+            Cell::Spread(r) => stat_json(ctx.scores.pooled(r)),
+            Cell::Best(r) => stat_json(ctx.scores.best_pooled(r)),
             Cell::PairedDiff(pairs) => stat_json(ctx.scores.paired_diff(pairs)),
             Cell::Gain(a, b) => match Self::gain(ctx, a, b) {
                 Some((d, sd)) => json!({"mean": d, "std": sd}),
@@ -225,10 +227,11 @@ impl Cell {
         };
         match self {
             Cell::Text(_) | Cell::Code(_) | Cell::Count(_) | Cell::Figure(_) => Ok(()),
-            Cell::Mean(r) | Cell::Spread(r) | Cell::Best(r) | Cell::LabeledImages(r) => check(r),
+            Cell::Mean(r) | Cell::Spread(r) | Cell::Best(r) => r.iter().try_for_each(check),
+            Cell::LabeledImages(r) => check(r),
             Cell::Delta(a, b) => a.check_refs(known, runs).and(b.check_refs(known, runs)),
             Cell::PairedDiff(pairs) => pairs.iter().try_for_each(|(a, b)| check(a).and(check(b))),
-            Cell::Gain(a, b) => check(a).and(check(b)),
+            Cell::Gain(a, b) => a.iter().chain(b).try_for_each(check),
             Cell::RunMetric { run, .. } if runs(run) => Ok(()),
             Cell::RunMetric { run, .. } => {
                 Err(format!("a cell cites training `{run}`, which the plan lacks"))
@@ -321,14 +324,8 @@ impl Finding {
                 (v, ok, ds)
             }
             Test::Best(cands) => {
-                let means: Vec<Option<f64>> = cands
-                    .iter()
-                    .map(|(_, refs)| {
-                        let all: Vec<f64> =
-                            refs.iter().flat_map(|r| scores.rows(r).map(|(_, x)| x.top1)).collect();
-                        Stat::of(&all).map(|s| s.mean)
-                    })
-                    .collect();
+                let means: Vec<Option<f64>> =
+                    cands.iter().map(|(_, refs)| scores.pooled(refs).map(|s| s.mean)).collect();
                 let best = means
                     .iter()
                     .enumerate()
@@ -656,13 +653,13 @@ mod tests {
             ],
             rows: vec![vec![
                 Cell::Text("a".into()),
-                Cell::Spread(at("r", "mlp", "block1")),
+                Cell::Spread(vec![at("r", "mlp", "block1")]),
                 Cell::Figure(Some(60.0)),
                 Cell::Delta(
-                    Box::new(Cell::Mean(at("r", "mlp", "block1"))),
+                    Box::new(Cell::Mean(vec![at("r", "mlp", "block1")])),
                     Box::new(Cell::Figure(Some(60.0))),
                 ),
-                Cell::Gain(at("r", "mlp", "block1"), at("q", "mlp", "block1")),
+                Cell::Gain(vec![at("r", "mlp", "block1")], vec![at("q", "mlp", "block1")]),
                 Cell::RunMetric { run: "run".into(), key: "acc".into(), scale: 100.0 },
             ]],
         };

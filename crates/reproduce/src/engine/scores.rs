@@ -112,6 +112,18 @@ impl Scores {
         Stat::of(&self.rows(r).map(|(_, x)| x.top1).collect::<Vec<_>>())
     }
 
+    /// Top-1 over every seed of every reference in `refs` (pretraining seeds × probe seeds).
+    pub fn pooled(&self, refs: &[ScoreRef]) -> Option<Stat> {
+        Stat::of(&refs.iter().flat_map(|r| self.rows(r).map(|(_, x)| x.top1)).collect::<Vec<_>>())
+    }
+
+    /// The best-epoch top-1 pooled likewise.
+    pub fn best_pooled(&self, refs: &[ScoreRef]) -> Option<Stat> {
+        Stat::of(
+            &refs.iter().flat_map(|r| self.rows(r).filter_map(|(_, x)| x.best)).collect::<Vec<_>>(),
+        )
+    }
+
     /// The best-epoch top-1 of `r` over its seeds (where its probe scored every epoch).
     pub fn best(&self, r: &ScoreRef) -> Option<Stat> {
         Stat::of(&self.rows(r).filter_map(|(_, x)| x.best).collect::<Vec<_>>())

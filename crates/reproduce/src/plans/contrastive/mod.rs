@@ -141,13 +141,15 @@ fn report(method: &str, p: &Profile, input: &PlanInput) -> Report {
         .iter()
         .map(|enc| {
             let mut r = vec![Cell::Text(enc.to_string())];
-            r.extend(PROBES.iter().map(|(name, _)| Cell::Spread(score(enc, name))));
+            r.extend(PROBES.iter().map(|(name, _)| Cell::Spread(vec![score(enc, name)])));
             r
         })
         .collect();
     let mut gain = vec![Cell::Text("trained − random".into())];
     gain.extend(
-        PROBES.iter().map(|(name, _)| Cell::Gain(score("trained", name), score("random", name))),
+        PROBES
+            .iter()
+            .map(|(name, _)| Cell::Gain(vec![score("trained", name)], vec![score("random", name)])),
     );
     rows.push(gain);
     let mut sections = vec![

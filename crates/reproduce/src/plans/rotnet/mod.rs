@@ -139,14 +139,22 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
     let first = &p.probe_seeds[..p.probe_seeds.len().min(1)];
     let subset = Labeled::Subset { images: p.probe_train_images };
 
-    // Trainings: the Table 1 RotNet, Table 2's rotation sets (whose `four` is the Table 1 run
-    // unless the profile gives the sets a budget of their own), the supervised NIN.
-    let mut trainings =
-        vec![rotnet_training(&p, input, TABLE1_RUN, RotationSet::Four, &p.blocks_budget())?];
+    // Trainings: the Table 1 RotNet at every pretraining seed, Table 2's rotation sets (whose
+    // `four` is the Table 1 run unless the profile gives the sets a budget of their own), the
+    // supervised NIN.
+    let table1 = p.table1_runs();
+    let t1: Vec<String> = table1.iter().map(|r| r.0.clone()).collect();
+    let mut trainings = Vec::new();
+    for (name, seed) in &table1 {
+        let budget = p.blocks_budget();
+        trainings.push(rotnet_training(&p, input, name, *seed, RotationSet::Four, &budget)?);
+    }
     for set in RotationSet::ALL {
-        let name = p.rotation_set_run(set);
-        if name != TABLE1_RUN {
-            trainings.push(rotnet_training(&p, input, &name, set, &p.rotation_sets())?);
+        for (name, seed) in p.rotation_set_runs(set) {
+            if !t1.contains(&name) {
+                let budget = p.rotation_sets();
+                trainings.push(rotnet_training(&p, input, &name, seed, set, &budget)?);
+            }
         }
     }
     let supervised = selfsup_supervised::SupervisedConfig::default();
@@ -155,6 +163,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
         config: run_config(
             &p,
             input,
+            p.seed,
             "supervised",
             &p.supervised_encoder,
             serde_json::to_value(supervised)?,
@@ -198,26 +207,24 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
         })
     };
     let all = &p.probe_seeds[..];
-    for enc in [TABLE1_RUN, RANDOM] {
+    for enc in t1.iter().map(String::as_str).chain([RANDOM]) {
         probe(enc, "mlp_all", all);
         probe(enc, "linear", first);
         probe(enc, "conv_block2", all);
     }
     probe(RANDOM_LEGACY, "conv_block2", all);
     probe(SUPERVISED, "mlp_block2", first);
-    for run in p.other_set_runs() {
+    for (run, _) in p.other_set_runs() {
         probe(&run, "mlp_block2", all);
     }
     if !p.few_labels.is_empty() {
-        for (enc, name, mode) in [
-            (TABLE1_RUN, "few_conv_block2", FewShotMode::Nonlinear),
-            (SCRATCH, "few_finetune", FewShotMode::Finetune),
-        ] {
+        let frozen = t1.iter().map(|r| (r.as_str(), "few_conv_block2", FewShotMode::Nonlinear));
+        for (enc, name, mode) in frozen.chain([(SCRATCH, "few_finetune", FewShotMode::Finetune)]) {
             probes.push(ProbeSpec {
                 encoder: enc.into(),
                 name: name.into(),
                 protocol: Protocol::Fewshot(Box::new(few_labels(&p, mode))),
-                seeds: vec![p.seed],
+                seeds: p.few_label_seeds.clone(),
                 labeled: Labeled::Full,
             });
         }
@@ -238,8 +245,8 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
         deterministic: p.deterministic,
         test_images: p.test_images,
         seed: p.seed,
-        report: report(&p, &taps, input),
-        charts: vec![block_chart(&taps)],
+        report: report(&p, &taps, &t1, input),
+        charts: vec![block_chart(&taps, &t1)],
         probe_commands: probe_commands(&p, &input.dataset),
         trainings,
         encoders,
@@ -251,6 +258,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
 fn run_config(
     p: &Profile,
     input: &PlanInput,
+    seed: u64,
     method: &str,
     encoder: &EncoderConfig,
     method_config: serde_json::Value,
@@ -258,7 +266,7 @@ fn run_config(
 ) -> RunConfig {
     RunConfig {
         method: method.into(),
-        seed: p.seed,
+        seed,
         device: input.device.clone(),
         data: DataConfig {
             dataset: input.dataset.clone(),
@@ -282,18 +290,20 @@ fn run_config(
     }
 }
 
-/// The RotNet pretraining `name` with rotation set `set` for `budget`.
+/// The RotNet pretraining `name` with rotation set `set` for `budget` at pretraining seed
+/// `seed`.
 fn rotnet_training(
     p: &Profile,
     input: &PlanInput,
     name: &str,
+    seed: u64,
     set: RotationSet,
     budget: &Budget,
 ) -> Result<Training> {
     let mc = serde_json::to_value(RotNetConfig::with_rotations(set))?;
     Ok(Training {
         name: name.into(),
-        config: run_config(p, input, "rotnet", &p.encoder, mc, budget),
+        config: run_config(p, input, seed, "rotnet", &p.encoder, mc, budget),
         headline_metric: Some("rotation_acc".into()),
     })
 }
@@ -325,13 +335,28 @@ fn few_labels(p: &Profile, mode: FewShotMode) -> FewShotConfig {
     }
 }
 
-/// The probe of block 2 behind Table 2's row of a run: the Table 1 run's all-block probe, or
-/// the run's own block-2 probe.
-fn block2_probe(run: &str) -> ScoreRef {
-    at(run, if run == TABLE1_RUN { "mlp_all" } else { "mlp_block2" }, "block2")
+/// The probes of block 2 behind Table 2's row for `set`, one per pretraining seed: a Table 1
+/// run's all-block probe, or the run's own block-2 probe.
+fn set_block2(p: &Profile, t1: &[String], set: RotationSet) -> Vec<ScoreRef> {
+    p.rotation_set_runs(set)
+        .into_iter()
+        .map(|(run, _)| {
+            at(&run, if t1.contains(&run) { "mlp_all" } else { "mlp_block2" }, "block2")
+        })
+        .collect()
 }
 
-fn mean(r: ScoreRef) -> Box<Cell> {
+/// `probe`'s row `row` on every Table 1 run (one per pretraining seed).
+fn pool(t1: &[String], probe: &str, r: &Row) -> Vec<ScoreRef> {
+    t1.iter().map(|run| crate::engine::scores::row(run, probe, r.clone())).collect()
+}
+
+/// The pairs `(a_k, b)` of a paired difference of pooled scores against one score.
+fn against(a: &[ScoreRef], b: &ScoreRef) -> Vec<(ScoreRef, ScoreRef)> {
+    a.iter().map(|x| (x.clone(), b.clone())).collect()
+}
+
+fn mean(r: Vec<ScoreRef>) -> Box<Cell> {
     Box::new(Cell::Mean(r))
 }
 
@@ -339,8 +364,10 @@ fn figure(v: Option<f64>) -> Box<Cell> {
     Box::new(Cell::Figure(v))
 }
 
-/// `table.md`: Tables 1–3, the few-label table and the findings.
-fn report(p: &Profile, taps: &[String], input: &PlanInput) -> Report {
+/// `table.md`: Tables 1–3, the few-label table and the findings. `t1`: Table 1's runs, one
+/// per pretraining seed; every RotNet figure pools them.
+fn report(p: &Profile, taps: &[String], t1: &[String], input: &PlanInput) -> Report {
+    let tap = |t: &str| Row::Tap(t.into());
     let mut sections = vec![Section::Text(intro(p, &input.device))];
     sections.push(Section::Text(CHANGES.into()));
     sections.push(Section::Text("## 1. Block-wise (RotNet Table 1, 4 blocks)".into()));
@@ -359,18 +386,18 @@ fn report(p: &Profile, taps: &[String], input: &PlanInput) -> Report {
         rows: taps
             .iter()
             .enumerate()
-            .map(|(i, tap)| {
-                let ours = at(TABLE1_RUN, "mlp_all", tap);
+            .map(|(i, t)| {
+                let ours = pool(t1, "mlp_all", &tap(t));
                 let paper = PAPER_BLOCKS.get(i).copied();
                 vec![
-                    Cell::Text(tap.clone()),
+                    Cell::Text(t.clone()),
                     Cell::Spread(ours.clone()),
                     Cell::Figure(paper),
                     Cell::Delta(mean(ours.clone()), figure(paper)),
                     Cell::Best(ours),
-                    Cell::Mean(at(TABLE1_RUN, "linear", tap)),
-                    Cell::Spread(at(RANDOM, "mlp_all", tap)),
-                    Cell::Mean(at(RANDOM, "linear", tap)),
+                    Cell::Mean(pool(t1, "linear", &tap(t))),
+                    Cell::Spread(vec![at(RANDOM, "mlp_all", t)]),
+                    Cell::Mean(vec![at(RANDOM, "linear", t)]),
                 ]
             })
             .collect(),
@@ -401,23 +428,31 @@ fn report(p: &Profile, taps: &[String], input: &PlanInput) -> Report {
             .iter()
             .zip(PAPER_ROTATIONS)
             .map(|(set, paper)| {
-                let run = p.rotation_set_run(*set);
+                let runs: Vec<String> =
+                    p.rotation_set_runs(*set).into_iter().map(|r| r.0).collect();
                 let angles: Vec<String> = set.angles().iter().map(|a| format!("{a}°")).collect();
-                let ours = block2_probe(&run);
+                let ours = set_block2(p, t1, *set);
                 vec![
                     Cell::Text(set.name().into()),
                     Cell::Text(angles.join(", ")),
-                    Cell::Code(run.clone()),
+                    match &runs[..] {
+                        [one] => Cell::Code(one.clone()),
+                        many => Cell::Text(format!("`{}`", many.join("`, `"))),
+                    },
                     Cell::Spread(ours.clone()),
                     Cell::Figure(Some(paper)),
                     Cell::Delta(mean(ours), figure(Some(paper))),
-                    Cell::RunMetric { run, key: "rotation_acc".into(), scale: 100.0 },
+                    Cell::RunMetric {
+                        run: runs[0].clone(),
+                        key: "rotation_acc".into(),
+                        scale: 100.0,
+                    },
                 ]
             })
             .collect(),
     }));
     sections.push(Section::Text("## 3. Baselines (RotNet Table 3)".into()));
-    let baseline = |name: &str, paper: Option<f64>, ours: ScoreRef| {
+    let baseline = |name: &str, paper: Option<f64>, ours: Vec<ScoreRef>| {
         vec![
             Cell::Text(name.into()),
             Cell::Spread(ours.clone()),
@@ -426,6 +461,7 @@ fn report(p: &Profile, taps: &[String], input: &PlanInput) -> Report {
             Cell::Delta(mean(ours), figure(paper)),
         ]
     };
+    let block2 = tap("block2");
     sections.push(Section::Table(Table {
         key: "baselines".into(),
         columns: vec![
@@ -439,48 +475,48 @@ fn report(p: &Profile, taps: &[String], input: &PlanInput) -> Report {
             baseline(
                 "Supervised NIN, 3 blocks (end to end)",
                 Some(PAPER_SUPERVISED),
-                row(SUPERVISED, "end_to_end", Row::Last),
+                vec![row(SUPERVISED, "end_to_end", Row::Last)],
             ),
             baseline(
                 "Random init (ours: He-normal convs, BN weight 1) + conv probe (block 2)",
                 Some(PAPER_RANDOM_CONV),
-                at(RANDOM, "conv_block2", "block2"),
+                vec![at(RANDOM, "conv_block2", "block2")],
             ),
             baseline(
                 "Random init (PyTorch 0.3 default: convs U(±1/√fan_in), BN weight U(0, 1)) + \
                  conv probe (block 2)",
                 Some(PAPER_RANDOM_CONV),
-                at(RANDOM_LEGACY, "conv_block2", "block2"),
+                vec![at(RANDOM_LEGACY, "conv_block2", "block2")],
             ),
             baseline(
                 "RotNet + non-linear probe (block 2)",
                 Some(PAPER_BLOCKS[1]),
-                at(TABLE1_RUN, "mlp_all", "block2"),
+                pool(t1, "mlp_all", &block2),
             ),
             baseline(
                 "RotNet + conv probe (block 2)",
                 Some(PAPER_ROTNET_CONV),
-                at(TABLE1_RUN, "conv_block2", "block2"),
+                pool(t1, "conv_block2", &block2),
             ),
             baseline(
                 "Random init + non-linear probe (block 2)",
                 None,
-                at(RANDOM, "mlp_all", "block2"),
+                vec![at(RANDOM, "mlp_all", "block2")],
             ),
             baseline(
                 "Supervised NIN + non-linear probe (block 2)",
                 None,
-                at(SUPERVISED, "mlp_block2", "block2"),
+                vec![at(SUPERVISED, "mlp_block2", "block2")],
             ),
         ],
     }));
-    let few = |i: usize| row(TABLE1_RUN, "few_conv_block2", Row::Index(i));
+    let few = |i: usize| pool(t1, "few_conv_block2", &Row::Index(i));
     let scratch = |i: usize| row(SCRATCH, "few_finetune", Row::Index(i));
     if !p.few_labels.is_empty() {
         sections.push(Section::Text(
             "## 4. Few labels (RotNet §4.1, semi-supervised; the paper plots it)".into(),
         ));
-        sections.push(Section::Text(format!(
+        let mut text = format!(
             "Frozen RotNet block-2 features with the conv-block probe ({} epochs of {} samples) \
              against the same NIN trained from scratch ({} epochs of {} samples, augmentation \
              {}), both on K labeled images per class.",
@@ -489,7 +525,16 @@ fn report(p: &Profile, taps: &[String], input: &PlanInput) -> Report {
             p.few_supervised.epochs,
             p.few_supervised.epoch_size.map_or("one pass".into(), |n| n.to_string()),
             if p.few_supervised.augment { "on" } else { "off" },
-        )));
+        );
+        if p.few_label_seeds.len() > 1 || t1.len() > 1 {
+            text += &format!(
+                " Mean ± std over probe seeds {:?} (each draws its own K per class){}; Δ is \
+                 paired per seed.",
+                p.few_label_seeds,
+                if t1.len() > 1 { " and, on the RotNet side, the pretraining seeds" } else { "" }
+            );
+        }
+        sections.push(Section::Text(text));
         sections.push(Section::Table(Table {
             key: "few_labels".into(),
             columns: vec![
@@ -506,17 +551,16 @@ fn report(p: &Profile, taps: &[String], input: &PlanInput) -> Report {
                 .map(|(i, k)| {
                     vec![
                         Cell::Count(*k as u64),
-                        Cell::LabeledImages(few(i)),
-                        Cell::Mean(few(i)),
-                        Cell::Mean(scratch(i)),
-                        Cell::Delta(mean(few(i)), mean(scratch(i))),
+                        Cell::LabeledImages(few(i)[0].clone()),
+                        Cell::Spread(few(i)),
+                        Cell::Spread(vec![scratch(i)]),
+                        Cell::PairedDiff(against(&few(i), &scratch(i))),
                     ]
                 })
                 .collect(),
         }));
     }
     sections.push(Section::Text("## Findings".into()));
-    let pairs = |label: String, a: ScoreRef, b: ScoreRef| (label, vec![(a, b)]);
     let mut findings = vec![
         Finding {
             claim: "RotNet ahead of random init at every block (non-linear probe)".into(),
@@ -524,7 +568,8 @@ fn report(p: &Profile, taps: &[String], input: &PlanInput) -> Report {
             test: Test::AllAhead(
                 taps.iter()
                     .map(|t| {
-                        pairs(t.clone(), at(TABLE1_RUN, "mlp_all", t), at(RANDOM, "mlp_all", t))
+                        let random = at(RANDOM, "mlp_all", t);
+                        (t.clone(), against(&pool(t1, "mlp_all", &tap(t)), &random))
                     })
                     .collect(),
             ),
@@ -533,19 +578,16 @@ fn report(p: &Profile, taps: &[String], input: &PlanInput) -> Report {
             claim: "Best RotNet block (non-linear probe)".into(),
             paper: "block2, 3.99 ahead of block1".into(),
             test: Test::Best(
-                taps.iter().map(|t| (t.clone(), vec![at(TABLE1_RUN, "mlp_all", t)])).collect(),
+                taps.iter().map(|t| (t.clone(), pool(t1, "mlp_all", &tap(t)))).collect(),
             ),
         },
     ];
-    let four = block2_probe(&p.rotation_set_run(RotationSet::Four));
+    let four = set_block2(p, t1, RotationSet::Four);
     let two: Diffs = [RotationSet::Two0And180, RotationSet::Two90And270]
         .into_iter()
         .map(|set| {
-            pairs(
-                format!("four − {}", set.name()),
-                four.clone(),
-                block2_probe(&p.rotation_set_run(set)),
-            )
+            let pairs = four.iter().cloned().zip(set_block2(p, t1, set)).collect();
+            (format!("four − {}", set.name()), pairs)
         })
         .collect();
     findings.push(Finding {
@@ -563,7 +605,7 @@ fn report(p: &Profile, taps: &[String], input: &PlanInput) -> Report {
                 p.few_labels
                     .iter()
                     .enumerate()
-                    .map(|(i, k)| pairs(format!("{k}/class"), few(i), scratch(i)))
+                    .map(|(i, k)| (format!("{k}/class"), against(&few(i), &scratch(i))))
                     .collect(),
             ),
         });
@@ -577,7 +619,7 @@ fn report(p: &Profile, taps: &[String], input: &PlanInput) -> Report {
 
 /// The first paragraph of `table.md`.
 fn intro(p: &Profile, device: &str) -> String {
-    format!(
+    let mut s = format!(
         "{}. Encoder `{}`, pretraining {} epochs on {} images (batch {}, SGD {} Nesterov, wd \
          5e-4, ×0.2 at {:?}), device `{device}`. Probes: {} epochs (non-linear: official \
          MultLayer, 200-unit hidden layers; conv: `NIN_ConvBlock3` of width {}; linear: \
@@ -597,26 +639,39 @@ fn intro(p: &Profile, device: &str) -> String {
         p.probe_seeds,
         p.probe_seeds.first().copied().unwrap_or(0),
         serde_json::to_string(&p.supervised_encoder).unwrap_or_default(),
-    )
+    );
+    if p.pretrain_seeds.len() > 1 {
+        s += &format!(
+            " Pretraining seeds {:?}: Table 1, Table 2's four and two-rotation rows, the \
+             RotNet rows of Table 3 and the few-label table pool every pretraining seed × probe \
+             seed, and each finding pairs its differences per pretraining and probe seed; a \
+             finding holds only when its difference exceeds twice its standard deviation.",
+            p.pretrain_seeds
+        );
+    }
+    s
 }
 
-/// `blocks.png`: test accuracy per block of RotNet and random init under both probes, the
-/// supervised NIN's block 2, and the paper's figures.
-fn block_chart(taps: &[String]) -> Chart {
+/// `blocks.png`: test accuracy per block of RotNet (pooled over pretraining seeds) and random
+/// init under both probes, the supervised NIN's block 2, and the paper's figures.
+fn block_chart(taps: &[String], t1: &[String]) -> Chart {
     let series = |label: &str, cell: &dyn Fn(usize, &String) -> Cell| {
         (label.to_string(), taps.iter().enumerate().map(|(i, t)| cell(i, t)).collect())
     };
+    let tap = |t: &String| Row::Tap(t.clone());
     Chart {
         file: "blocks.png".into(),
         title: "CIFAR-10 test accuracy per block".into(),
         x_labels: (1..=taps.len()).map(|b| format!("block {b}")).collect(),
         series: vec![
             series("paper: RotNet non-linear", &|i, _| Cell::Figure(PAPER_BLOCKS.get(i).copied())),
-            series("RotNet non-linear", &|_, t| Cell::Mean(at(TABLE1_RUN, "mlp_all", t))),
-            series("RotNet linear", &|_, t| Cell::Mean(at(TABLE1_RUN, "linear", t))),
-            series("random non-linear", &|_, t| Cell::Mean(at(RANDOM, "mlp_all", t))),
-            series("random linear", &|_, t| Cell::Mean(at(RANDOM, "linear", t))),
-            series("supervised non-linear", &|_, t| Cell::Mean(at(SUPERVISED, "mlp_block2", t))),
+            series("RotNet non-linear", &|_, t| Cell::Mean(pool(t1, "mlp_all", &tap(t)))),
+            series("RotNet linear", &|_, t| Cell::Mean(pool(t1, "linear", &tap(t)))),
+            series("random non-linear", &|_, t| Cell::Mean(vec![at(RANDOM, "mlp_all", t)])),
+            series("random linear", &|_, t| Cell::Mean(vec![at(RANDOM, "linear", t)])),
+            series("supervised non-linear", &|_, t| {
+                Cell::Mean(vec![at(SUPERVISED, "mlp_block2", t)])
+            }),
         ],
     }
 }

@@ -30,6 +30,13 @@ pub struct Profile {
     /// probes): each draws its own labeled subset and the probe's random choices, and the
     /// tables give mean ± standard deviation over them. The other probes use the first.
     pub probe_seeds: Vec<u64>,
+    /// Pretraining seeds of the runs that decide a finding: Table 1's RotNet and Table 2's
+    /// `four` and two-rotation sets train once per seed (weights, data order, augmentation),
+    /// and every difference behind a finding is paired per pretraining seed and probe seed,
+    /// so its spread covers both. The first seed's runs keep the plain names
+    /// (`rotnet_four`, `sets_four`), the others add `_seed<s>`; the eight-rotation set, in no
+    /// finding, trains at the first seed only.
+    pub pretrain_seeds: Vec<u64>,
     /// Pretrain (and train the supervised baseline) on this many training images (a seeded
     /// subset); `None` is all.
     pub train_images: Option<usize>,
@@ -65,6 +72,9 @@ pub struct Profile {
     /// `*_K20` .. `*_K1000`): labeled images per class, a stratified seeded draw from the whole
     /// training split (as the official `num_imgs_per_cat`); empty skips the table.
     pub few_labels: Vec<usize>,
+    /// Probe seeds of the few-label table: each draws its own K images per class and the
+    /// trainings' random choices; the frozen side runs on every pretraining seed's RotNet.
+    pub few_label_seeds: Vec<u64>,
     /// Its frozen side: the conv-block probe on block 2 of the RotNet (official: 100 epochs of
     /// 50,000 samples whatever the budget, ×0.2 at 35, 70, 85).
     pub few_conv: NonLinearProbeConfig,
@@ -155,8 +165,9 @@ fn probes(
 /// few-label table.
 pub const TABLE1_RUN: &str = "rotnet_four";
 
-/// Epochs of the cpu profile's few-label trainings.
-const FEW_EPOCHS: usize = 15;
+/// Epochs of the cpu profile's few-label trainings (both sides; the NIN from scratch sees
+/// twice the samples per epoch, as the official configs give it twice the epochs).
+const FEW_EPOCHS: usize = 10;
 
 /// Training-metrics interval of the paper and cpu profiles.
 const LOG_EVERY: u64 = 10;
@@ -172,23 +183,45 @@ impl Profile {
         self.rotation_sets_budget.clone().unwrap_or_else(|| self.blocks_budget())
     }
 
-    /// The run behind Table 2's row for `set`: `rotnet_<set>` when the sets share Table 1's
-    /// budget (so `four` is the Table 1 run `rotnet_four`), `sets_<set>` when they have their
-    /// own.
-    pub fn rotation_set_run(&self, set: RotationSet) -> String {
-        match self.rotation_sets_budget {
-            None => format!("rotnet_{}", set.name()),
-            Some(_) => format!("sets_{}", set.name()),
+    /// The name of run `base` at pretraining seed `seed`: `base` for the first of
+    /// `pretrain_seeds`, `<base>_seed<seed>` for the others.
+    pub fn seeded(&self, base: &str, seed: u64) -> String {
+        if self.pretrain_seeds.first() == Some(&seed) {
+            base.to_string()
+        } else {
+            format!("{base}_seed{seed}")
         }
     }
 
-    /// Table 2's runs other than the Table 1 run (all four sets' runs when they have a budget
-    /// of their own), in the order of `RotationSet::ALL`.
-    pub fn other_set_runs(&self) -> Vec<String> {
+    /// Table 1's runs, one per pretraining seed: `(name, seed)`.
+    pub fn table1_runs(&self) -> Vec<(String, u64)> {
+        self.pretrain_seeds.iter().map(|&s| (self.seeded(TABLE1_RUN, s), s)).collect()
+    }
+
+    /// The runs behind Table 2's row for `set`, one per pretraining seed (the eight-rotation
+    /// set, in no finding, at the first only): `rotnet_<set>` when the sets share Table 1's
+    /// budget (so `four` is the Table 1 run `rotnet_four`), `sets_<set>` when they have their
+    /// own.
+    pub fn rotation_set_runs(&self, set: RotationSet) -> Vec<(String, u64)> {
+        let base = match self.rotation_sets_budget {
+            None => format!("rotnet_{}", set.name()),
+            Some(_) => format!("sets_{}", set.name()),
+        };
+        let seeds = match set {
+            RotationSet::Eight => &self.pretrain_seeds[..self.pretrain_seeds.len().min(1)],
+            _ => &self.pretrain_seeds[..],
+        };
+        seeds.iter().map(|&s| (self.seeded(&base, s), s)).collect()
+    }
+
+    /// Table 2's runs other than Table 1's (all four sets' runs when they have a budget of
+    /// their own), in the order of `RotationSet::ALL`, then of the pretraining seeds.
+    pub fn other_set_runs(&self) -> Vec<(String, u64)> {
+        let table1: Vec<String> = self.table1_runs().into_iter().map(|r| r.0).collect();
         RotationSet::ALL
             .into_iter()
-            .map(|set| self.rotation_set_run(set))
-            .filter(|name| name != TABLE1_RUN)
+            .flat_map(|set| self.rotation_set_runs(set))
+            .filter(|(name, _)| !table1.contains(name))
             .collect()
     }
 
@@ -202,11 +235,11 @@ impl Profile {
         }
     }
 
-    /// Every pretraining run of the profile, in training order: the Table 1 RotNet, Table 2's
-    /// other runs, the supervised NIN.
+    /// Every training of the profile, in training order: Table 1's RotNets, Table 2's other
+    /// runs, the supervised NIN.
     pub fn runs(&self) -> Vec<String> {
-        let mut out = vec![TABLE1_RUN.to_string()];
-        out.extend(self.other_set_runs());
+        let mut out: Vec<String> = self.table1_runs().into_iter().map(|r| r.0).collect();
+        out.extend(self.other_set_runs().into_iter().map(|r| r.0));
         out.push("supervised".into());
         out
     }
@@ -238,6 +271,7 @@ impl Profile {
             encoder: EncoderConfig::Nin { blocks: 4, width: 192 },
             supervised_encoder: EncoderConfig::Nin { blocks: 3, width: 192 },
             probe_seeds: vec![0],
+            pretrain_seeds: vec![0],
             train_images: None,
             epochs: 200,
             milestones: vec![60, 120, 160],
@@ -249,6 +283,7 @@ impl Profile {
             probe_train_images: None,
             test_images: None,
             few_labels: vec![20, 100, 400, 1000, 5000],
+            few_label_seeds: vec![0],
             few_conv: NonLinearProbeConfig { epoch_size: Some(50_000), ..conv.clone() },
             few_supervised: FineTuneConfig {
                 epochs: 200,
@@ -281,10 +316,11 @@ impl Profile {
         linear.batch_size = 256;
         Profile {
             name: "cpu".into(),
-            summary: "the paper's protocol scaled to ~30 min on 2 CPU cores".into(),
+            summary: "the paper's protocol scaled to 2 CPU cores, two pretraining seeds".into(),
             encoder: EncoderConfig::Nin { blocks: 4, width: 16 },
             supervised_encoder: EncoderConfig::Nin { blocks: 3, width: 16 },
             probe_seeds: vec![0, 1, 2],
+            pretrain_seeds: vec![0, 1],
             train_images: None,
             epochs,
             milestones: scale_milestones(&[60, 120, 160], 200, epochs),
@@ -298,11 +334,17 @@ impl Profile {
             supervised_milestones: scale_milestones(&[60, 120, 160], 200, epochs),
             probe_train_images: Some(10_000),
             test_images: None,
-            few_labels: vec![20, 100, 400, 1000],
-            few_conv: NonLinearProbeConfig { epoch_size: Some(10_000), ..conv.clone() },
+            few_labels: vec![20, 1000, 5000],
+            few_label_seeds: vec![0, 1],
+            few_conv: NonLinearProbeConfig {
+                epochs: FEW_EPOCHS,
+                epoch_size: Some(10_000),
+                schedule: steps(&scale_milestones(&[35, 70, 85], 100, FEW_EPOCHS as u64)),
+                ..conv.clone()
+            },
             few_supervised: FineTuneConfig {
                 epochs: FEW_EPOCHS,
-                epoch_size: Some(5_000),
+                epoch_size: Some(20_000),
                 schedule: steps(&scale_milestones(&[60, 120, 160], 200, FEW_EPOCHS as u64)),
                 ..FineTuneConfig::default()
             },
@@ -328,6 +370,7 @@ impl Profile {
             encoder: EncoderConfig::Nin { blocks: 4, width: 8 },
             supervised_encoder: EncoderConfig::Nin { blocks: 3, width: 8 },
             probe_seeds: vec![0, 1],
+            pretrain_seeds: vec![0],
             train_images: Some(256),
             epochs: 1,
             milestones: vec![],
@@ -339,6 +382,7 @@ impl Profile {
             probe_train_images: Some(256),
             test_images: Some(128),
             few_labels: vec![2],
+            few_label_seeds: vec![0],
             few_conv: conv.clone(),
             few_supervised: FineTuneConfig {
                 epochs: 1,
@@ -374,28 +418,42 @@ mod tests {
     fn rotation_sets_share_the_table1_run_only_without_a_budget_of_their_own() {
         let paper = Profile::paper();
         assert_eq!(paper.rotation_sets(), paper.blocks_budget());
-        assert_eq!(paper.rotation_set_run(RotationSet::Four), TABLE1_RUN);
+        assert_eq!(paper.rotation_set_runs(RotationSet::Four), [(TABLE1_RUN.to_string(), 0)]);
         assert_eq!(
             paper.runs(),
             ["rotnet_four", "rotnet_eight", "rotnet_two_0_180", "rotnet_two_90_270", "supervised"]
         );
+        // The cpu profile: two pretraining seeds, Table 2's sets with their own short budget,
+        // the eight-rotation set (in no finding) at the first seed only.
         let cpu = Profile::cpu();
         let b = cpu.rotation_sets();
         assert!(b.epochs < cpu.epochs, "{b:?}");
-        assert_eq!(cpu.rotation_set_run(RotationSet::Eight), "sets_eight");
+        assert_eq!(cpu.pretrain_seeds, [0, 1]);
+        assert_eq!(cpu.rotation_set_runs(RotationSet::Eight), [("sets_eight".to_string(), 0)]);
         assert_eq!(
             cpu.runs(),
             [
                 "rotnet_four",
+                "rotnet_four_seed1",
                 "sets_four",
+                "sets_four_seed1",
                 "sets_eight",
                 "sets_two_0_180",
+                "sets_two_0_180_seed1",
                 "sets_two_90_270",
+                "sets_two_90_270_seed1",
                 "supervised"
             ]
         );
+        // Other seeds name every run after its seed but the first.
+        let other = Profile::resolve("cpu", &["pretrain_seeds=[2,3]".into()]).unwrap();
+        assert_eq!(
+            other.table1_runs(),
+            [("rotnet_four".to_string(), 2), ("rotnet_four_seed3".to_string(), 3)]
+        );
         let shared = Profile::resolve("cpu", &["rotation_sets_budget=null".into()]).unwrap();
-        assert_eq!(shared.runs()[1], "rotnet_eight");
+        assert_eq!(shared.runs()[2], "rotnet_eight");
+        assert_eq!(shared.rotation_set_runs(RotationSet::Four), shared.table1_runs());
         let err = Profile::resolve("cpu", &["rotation_sets_budget.epoch=2".into()])
             .unwrap_err()
             .to_string();
