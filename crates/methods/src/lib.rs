@@ -9,6 +9,7 @@ use selfsup_core::Registry;
 /// Every method, in table order: the pretext methods, then the supervised baseline.
 pub fn registry() -> Registry {
     let mut r = Registry::new();
+    selfsup_jigsaw::register(&mut r);
     selfsup_rotnet::register(&mut r);
     selfsup_simclr::register(&mut r);
     selfsup_moco::register(&mut r);
@@ -22,6 +23,9 @@ mod tests {
     #[test]
     fn every_method_once_in_table_order() {
         let names = super::registry().names();
-        assert_eq!(names, ["rotnet", "simclr", "moco", "instance-discrimination", "supervised"]);
+        assert_eq!(
+            names,
+            ["jigsaw", "rotnet", "simclr", "moco", "instance-discrimination", "supervised"]
+        );
     }
 }
