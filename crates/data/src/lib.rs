@@ -8,7 +8,8 @@
 //!   on a background thread; every sample's randomness derives from (seed, epoch, index, view),
 //!   so the output does not depend on the thread count.
 //! - [`pretext`] holds pure functions on uint8 images for pretext tasks (rotations, patch
-//!   grids, tile shuffling, inpainting masks, RGB↔Lab).
+//!   grids, tile shuffling, inpainting masks, RGB↔Lab); [`patches`] cuts patch grids out of
+//!   image tensors and normalises each patch.
 //! - [`fetch`] downloads and verifies the datasets of `datasets/manifest.json`.
 //!
 //! ```
@@ -35,6 +36,7 @@ pub mod dataset;
 pub mod error;
 pub mod fetch;
 pub mod loader;
+pub mod patches;
 pub mod pipeline;
 pub mod pretext;
 pub mod readers;

@@ -7,7 +7,9 @@ use crate::config::JigsawConfig;
 use crate::permutations::{Perm, TILES};
 use crate::JigsawError;
 use rand::Rng;
-use tch::{Kind, Tensor};
+use selfsup_data::patches;
+use selfsup_data::pretext::PatchGrid;
+use tch::Tensor;
 
 /// A batch of puzzles.
 #[derive(Debug)]
@@ -43,24 +45,28 @@ pub fn make_puzzles<R: Rng>(
             cfg.tile, cfg.crop
         )));
     }
+    // One tile per cell: a 3×3 grid of tiles with the rest of each cell as the gap, each tile
+    // moved by up to half of it (so it stays inside its cell), or centred.
     let slack = cell - cfg.tile;
-    let t = cfg.tile as i64;
+    let grid = PatchGrid {
+        grid: 3,
+        patch: cfg.tile,
+        gap: slack,
+        jitter: if cfg.random_position { slack / 2 } else { 0 },
+    };
     let mut tiles = Vec::with_capacity(b as usize * TILES);
     let mut labels = Vec::with_capacity(b as usize);
     let mut corners = Vec::with_capacity(b as usize);
     for i in 0..b {
         let img = images.get(i);
-        let mut cells: Vec<Tensor> = Vec::with_capacity(TILES);
+        // The grid is centred in the 3×3 cells (the crop may be a few pixels wider).
+        let at_vec = grid
+            .positions(3 * cell, 3 * cell, rng)
+            .map_err(|e| JigsawError::Batch(e.to_string()))?;
         let mut at = [(0usize, 0usize); TILES];
-        for (n, corner) in at.iter_mut().enumerate() {
-            let (oy, ox) = if cfg.random_position && slack > 0 {
-                (rng.random_range(0..=slack), rng.random_range(0..=slack))
-            } else {
-                (slack / 2, slack / 2)
-            };
-            let (y, x) = ((n / 3) * cell + oy, (n % 3) * cell + ox);
-            *corner = (y, x);
-            let mut tile = img.narrow(1, y as i64, t).narrow(2, x as i64, t);
+        at.copy_from_slice(&at_vec);
+        let mut cells = Vec::with_capacity(TILES);
+        for mut tile in patches::cut(&img, &at, cfg.tile) {
             if let Some(side) = cfg.tile_resize.filter(|&s| s != cfg.tile) {
                 let side = side as i64;
                 tile = tile
@@ -76,11 +82,7 @@ pub fn make_puzzles<R: Rng>(
                 tile = (tile + shift).clamp(0.0, 1.0);
             }
             if cfg.normalize_tiles {
-                let mean = tile.mean_dim([1i64, 2].as_slice(), true, Kind::Float);
-                let std = tile.std_dim([1i64, 2].as_slice(), true, true);
-                // A flat channel keeps its values (the official code sets std 0 to 1).
-                let std = std.where_self(&std.ne(0.0), &std.ones_like());
-                tile = (tile - mean) / std;
+                tile = patches::normalize_each(&tile);
             }
             cells.push(tile);
         }
