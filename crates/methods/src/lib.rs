@@ -9,6 +9,7 @@ use selfsup_core::Registry;
 /// Every method, in table order: the pretext methods, then the supervised baseline.
 pub fn registry() -> Registry {
     let mut r = Registry::new();
+    selfsup_relative_patch::register(&mut r);
     selfsup_jigsaw::register(&mut r);
     selfsup_rotnet::register(&mut r);
     selfsup_simclr::register(&mut r);
@@ -25,7 +26,15 @@ mod tests {
         let names = super::registry().names();
         assert_eq!(
             names,
-            ["jigsaw", "rotnet", "simclr", "moco", "instance-discrimination", "supervised"]
+            [
+                "relative-patch",
+                "jigsaw",
+                "rotnet",
+                "simclr",
+                "moco",
+                "instance-discrimination",
+                "supervised"
+            ]
         );
     }
 }
