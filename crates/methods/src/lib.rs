@@ -15,6 +15,7 @@ pub fn registry() -> Registry {
     selfsup_simclr::register(&mut r);
     selfsup_moco::register(&mut r);
     selfsup_instance_discrimination::register(&mut r);
+    selfsup_cpc::register(&mut r);
     selfsup_supervised::register(&mut r);
     r
 }
@@ -33,6 +34,7 @@ mod tests {
                 "simclr",
                 "moco",
                 "instance-discrimination",
+                "cpc",
                 "supervised"
             ]
         );
