@@ -341,8 +341,10 @@ mod tests {
     /// is off by an ulp on some 17-digit numbers, such as the f32 CIFAR std 0.2470588...).
     #[test]
     fn floats_survive_a_text_round_trip_exactly() {
-        let mut cfg = RunConfig::default();
-        cfg.method_config = json!({"std": [0.24705882370471954f64, f64::from(0.2470588f32)]});
+        let cfg = RunConfig {
+            method_config: json!({"std": [0.24705882370471954f64, f64::from(0.2470588f32)]}),
+            ..RunConfig::default()
+        };
         let text = serde_json::to_string(&cfg).unwrap();
         let back: RunConfig = serde_json::from_str(&text).unwrap();
         assert_eq!(back.method_config, cfg.method_config);

@@ -153,7 +153,7 @@ fn a_new_plan_runs_through_the_engine() {
     assert!(err.contains("probe `linear` of `random`, which the plan lacks"), "{err}");
     // So is a training with a method the registry lacks.
     let mut unknown = plan;
-    unknown.trainings[0].config.method = "jigsaw".into();
+    unknown.trainings[0].config.method = "byol".into();
     let err = engine::run(&unknown, &env, &selfsup_methods::registry()).unwrap_err().to_string();
-    assert!(err.contains("method `jigsaw`, which this build does not register"), "{err}");
+    assert!(err.contains("method `byol`, which this build does not register"), "{err}");
 }
