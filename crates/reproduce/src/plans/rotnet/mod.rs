@@ -95,11 +95,13 @@
 //!   54.75 ± 0.10 / 54.60 ± 0.13;
 //! - a second pretraining seed reproduces the tie: seed 1 gives 55.03 / 54.64 and
 //!   54.64 / 55.14 at probe seeds 0 and 1; seeds 2 and 3 (a complete run,
-//!   `results/rotnet/cpu-pretrain-seeds-2-3`) give block 1 − block 2 = +0.18 ± 0.77. Block 2's
+//!   `results/rotnet/cpu-pretrain-seeds-2-3`) give block 1 − block 2 = +0.18 ± 0.77, seeds 0
+//!   and 1 block 2 − block 1 = −0.00 ± 0.36. Block 2's
 //!   lead needs far more pretraining than two cores give in an hour (its 4 points in the
 //!   paper come from 200 epochs at width 192), so the table says "not resolved";
-//! - four rotations against the two-rotation sets is decided at one epoch per set: +2.24 ±
-//!   0.60 and +1.90 ± 0.61 (seeds 2, 3);
+//! - four rotations against the two-rotation sets, at one epoch per set: decided with seeds 2
+//!   and 3 (+2.24 ± 0.60, +1.90 ± 0.61), not with seeds 0 and 1 (+2.04 ± 1.01, +1.33 ±
+//!   1.79): one-epoch runs vary between pretraining seeds by about a point;
 //! - the few-label table crossed only once the NIN from scratch got the official ratio of
 //!   samples (twice the frozen side's; with half of them, RotNet led by 5 to 14 points at
 //!   every budget up to 1,000) and the 5,000-per-class budget: RotNet + conv minus from scratch
