@@ -153,3 +153,107 @@ pub type BuildFn = fn(
     config: &serde_json::Value,
     ctx: &BuildContext,
 ) -> Result<Box<dyn PretextMethod>>;
+
+/// The one view of a single-view method's batch; a batch with another number of views is a
+/// config error naming `method`.
+pub fn single_view<'a>(batch: &'a Batch, method: &str) -> Result<&'a Tensor> {
+    match batch.views.as_slice() {
+        [x] => Ok(x),
+        other => Err(crate::CoreError::Config(format!(
+            "{method}: batch has {} views, expected 1",
+            other.len()
+        ))),
+    }
+}
+
+/// The cross-entropy of `logits` against `labels` (in f32 whatever the logits' kind) and the
+/// accuracy of their argmax: the loss and metric of every classification pretext task.
+///
+/// # Shapes
+/// `logits`: `(N, K)`; `labels`: `(N,)` i64.
+pub fn classification_loss(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, f64)> {
+    let loss = logits.f_log_softmax(-1, tch::Kind::Float)?.f_nll_loss::<Tensor>(
+        labels,
+        None,
+        tch::Reduction::Mean,
+        -100,
+    )?;
+    let correct = logits.f_argmax(-1, false)?.f_eq_tensor(labels)?;
+    let acc = correct.f_to_kind(tch::Kind::Float)?.f_mean(tch::Kind::Float)?.double_value(&[]);
+    Ok((loss, acc))
+}
+
+/// The random choices a method makes inside its steps (puzzles, patch positions, per-patch
+/// augmentation): step `n` draws from a ChaCha stream of `(seed, n, salt)`, and the step
+/// count travels with the checkpoint (as the state tensor `name`), so a resumed run draws
+/// what an uninterrupted one would.
+#[derive(Debug, Clone)]
+pub struct StepRng {
+    seed: u64,
+    salt: u64,
+    /// Steps drawn so far.
+    pub draws: u64,
+    name: &'static str,
+}
+
+impl StepRng {
+    /// The stream of run seed `seed`, checkpointed as `name`; `salt` keeps methods apart.
+    pub fn new(seed: u64, salt: u64, name: &'static str) -> Self {
+        StepRng { seed, salt, draws: 0, name }
+    }
+
+    /// The generator of the next step.
+    pub fn next_step(&mut self) -> rand_chacha::ChaCha8Rng {
+        use rand::SeedableRng;
+        let rng = rand_chacha::ChaCha8Rng::seed_from_u64(selfsup_data::rng::mix(&[
+            self.seed, self.draws, self.salt,
+        ]));
+        self.draws += 1;
+        rng
+    }
+
+    /// The step count as a state tensor (for [`PretextMethod::state_tensors`]).
+    pub fn state(&self) -> (String, Tensor) {
+        (self.name.to_string(), Tensor::from_slice(&[self.draws as i64]))
+    }
+
+    /// Restores the step count from `tensors` (for [`PretextMethod::load_state_tensors`]).
+    pub fn load(&mut self, tensors: &[(String, Tensor)]) {
+        if let Some((_, t)) = tensors.iter().find(|(n, _)| n == self.name) {
+            self.draws = t.int64_value(&[0]) as u64;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::Rng;
+
+    #[test]
+    fn step_rng_resumes_where_it_left_off_and_helpers_name_the_fault() {
+        let mut a = StepRng::new(7, 1, "m.draws");
+        let first: u64 = a.next_step().random();
+        let saved = a.state();
+        let second: u64 = a.next_step().random();
+        let mut b = StepRng::new(7, 1, "m.draws");
+        b.load(std::slice::from_ref(&saved));
+        assert_eq!(b.next_step().random::<u64>(), second, "resumed at step 1");
+        assert_ne!(first, second);
+        let mut other = StepRng::new(7, 2, "m.draws");
+        assert_ne!(other.next_step().random::<u64>(), first, "the salt keeps methods apart");
+        let batch = Batch {
+            views: vec![],
+            labels: Tensor::zeros([0], (tch::Kind::Int64, Device::Cpu)),
+            indices: Tensor::zeros([0], (tch::Kind::Int64, Device::Cpu)),
+        };
+        let e = single_view(&batch, "jigsaw").unwrap_err().to_string();
+        assert!(e.contains("jigsaw: batch has 0 views, expected 1"), "{e}");
+        let logits = Tensor::from_slice(&[2.0f32, 0.0, 0.0, 2.0]).view([2, 2]);
+        let (loss, acc) = classification_loss(&logits, &Tensor::from_slice(&[0i64, 0])).unwrap();
+        let expected =
+            (-(2f64.exp() / (2f64.exp() + 1.0)).ln() - (1.0 / (2f64.exp() + 1.0)).ln()) / 2.0;
+        assert!((loss.double_value(&[]) - expected).abs() < 1e-6);
+        assert_eq!(acc, 0.5);
+    }
+}

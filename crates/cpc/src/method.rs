@@ -5,8 +5,9 @@
 //! InfoNCE with every other patch of the batch as a negative.
 use crate::config::CpcConfig;
 use crate::CpcError;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use selfsup_core::encoders::{linear, try_build_encoder, Encoder, LinearBias};
+use selfsup_core::method::{single_view, StepRng};
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{patches, Batch, Op, Pipeline};
 use tch::nn::{self, Module};
@@ -21,9 +22,8 @@ pub struct Cpc {
     context: Vec<nn::Conv2D>,
     predict: Vec<nn::Linear>,
     cfg: CpcConfig,
-    seed: u64,
-    /// Steps taken so far (checkpointed, so a resumed run draws the same augmentations).
-    pub(crate) draws: u64,
+    /// Seeds each step's augmentation; checkpointed, so a resumed run draws the same.
+    pub(crate) rng: StepRng,
 }
 
 /// InfoNCE: for each prediction (a row of `preds`), the cross-entropy of picking its target
@@ -60,7 +60,8 @@ impl Cpc {
             .collect();
         let predict =
             (1..=cfg.steps).map(|s| linear(root / "predict" / s, w, w, LinearBias::None)).collect();
-        Ok(Cpc { encoder, project, context, predict, cfg, seed: ctx.seed, draws: 0 })
+        let rng = StepRng::new(ctx.seed, 0x0c9c_0002, "cpc.draws");
+        Ok(Cpc { encoder, project, context, predict, cfg, rng })
     }
 
     /// The config it was built with.
@@ -206,20 +207,8 @@ impl PretextMethod for Cpc {
     }
 
     fn step(&mut self, batch: &Batch, train: bool) -> selfsup_core::Result<StepOutput> {
-        let images = match batch.views.as_slice() {
-            [x] => x,
-            other => {
-                return Err(
-                    CpcError::Batch(format!("batch has {} views, expected 1", other.len())).into()
-                )
-            }
-        };
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(selfsup_data::rng::mix(&[
-            self.seed,
-            self.draws,
-            0x0c9c_0002,
-        ]));
-        self.draws += 1;
+        let images = single_view(batch, "cpc")?;
+        let mut rng = self.rng.next_step();
         let mut p = self.cut(images)?;
         if self.cfg.patch_augment {
             p = self.augment(&p, &mut rng);
@@ -232,13 +221,11 @@ impl PretextMethod for Cpc {
     }
 
     fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        vec![("cpc.draws".into(), Tensor::from_slice(&[self.draws as i64]))]
+        vec![self.rng.state()]
     }
 
     fn load_state_tensors(&mut self, tensors: &[(String, Tensor)]) -> selfsup_core::Result<()> {
-        if let Some((_, t)) = tensors.iter().find(|(n, _)| n == "cpc.draws") {
-            self.draws = t.int64_value(&[0]) as u64;
-        }
+        self.rng.load(tensors);
         Ok(())
     }
 }
@@ -356,7 +343,7 @@ mod tests {
         };
         let mut losses = Vec::new();
         for _ in 0..30 {
-            m.draws = 0;
+            m.rng.draws = 0;
             let out = m.step(&batch, true).unwrap();
             assert_eq!(out.inputs, 100);
             losses.push(out.loss.double_value(&[]));

@@ -6,12 +6,12 @@ use crate::config::JigsawConfig;
 use crate::permutations::{maximal_hamming, Perm, TILES};
 use crate::puzzle::make_puzzles;
 use crate::JigsawError;
-use rand::SeedableRng;
 use selfsup_core::encoders::{linear, try_build_encoder, Encoder, LinearBias};
+use selfsup_core::method::{classification_loss, single_view, StepRng};
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Op, Pipeline};
 use tch::nn::{self, Module};
-use tch::{Kind, Reduction, Tensor};
+use tch::Tensor;
 
 /// The jigsaw method: the trunk (the encoder that is evaluated) and the context-free head.
 #[derive(Debug)]
@@ -22,10 +22,8 @@ pub struct Jigsaw {
     fc8: nn::Linear,
     cfg: JigsawConfig,
     perms: Vec<Perm>,
-    /// The run seed: with `draws`, it seeds each step's random choices.
-    seed: u64,
-    /// Steps taken so far (checkpointed, so a resumed run draws the same puzzles).
-    draws: u64,
+    /// Seeds each step's puzzles; checkpointed, so a resumed run draws the same.
+    rng: StepRng,
 }
 
 impl Jigsaw {
@@ -44,7 +42,8 @@ impl Jigsaw {
         let fc8 = linear(root / "fc8", cfg.fc7, cfg.permutations as i64, LinearBias::Default);
         let perms =
             maximal_hamming(cfg.permutations, cfg.permutation_seed, cfg.permutation_selection);
-        Ok(Jigsaw { encoder, fc6, fc7, fc8, cfg, perms, seed: ctx.seed, draws: 0 })
+        let rng = StepRng::new(ctx.seed, 0x6a16_5a3e, "jigsaw.draws");
+        Ok(Jigsaw { encoder, fc6, fc7, fc8, cfg, perms, rng })
     }
 
     /// The config it was built with.
@@ -104,32 +103,10 @@ impl PretextMethod for Jigsaw {
     }
 
     fn step(&mut self, batch: &Batch, train: bool) -> selfsup_core::Result<StepOutput> {
-        let images = match batch.views.as_slice() {
-            [x] => x,
-            other => {
-                return Err(JigsawError::Batch(format!(
-                    "batch has {} views, expected 1",
-                    other.len()
-                ))
-                .into())
-            }
-        };
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(selfsup_data::rng::mix(&[
-            self.seed,
-            self.draws,
-            0x6a16_5a3e,
-        ]));
-        self.draws += 1;
-        let p = make_puzzles(images, &self.perms, &self.cfg, &mut rng)?;
+        let images = single_view(batch, "jigsaw")?;
+        let p = make_puzzles(images, &self.perms, &self.cfg, &mut self.rng.next_step())?;
         let logits = self.logits_t(&p.tiles, train);
-        let loss = logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss::<Tensor>(
-            &p.labels,
-            None,
-            Reduction::Mean,
-            -100,
-        )?;
-        let correct = logits.f_argmax(-1, false)?.f_eq_tensor(&p.labels)?;
-        let acc = correct.f_to_kind(Kind::Float)?.f_mean(Kind::Float)?.double_value(&[]);
+        let (loss, acc) = classification_loss(&logits, &p.labels)?;
         Ok(StepOutput {
             loss,
             metrics: vec![("puzzle_acc".to_string(), acc)],
@@ -144,35 +121,30 @@ impl PretextMethod for Jigsaw {
                 "jigsaw.permutations".into(),
                 Tensor::from_slice(&flat).view([self.perms.len() as i64, TILES as i64]),
             ),
-            ("jigsaw.draws".into(), Tensor::from_slice(&[self.draws as i64])),
+            self.rng.state(),
         ]
     }
 
     /// Restores the step count and the permutation set stored with the checkpoint (the set is
     /// reused as stored, not regenerated).
     fn load_state_tensors(&mut self, tensors: &[(String, Tensor)]) -> selfsup_core::Result<()> {
-        for (name, t) in tensors {
-            match name.as_str() {
-                "jigsaw.draws" => self.draws = t.int64_value(&[0]) as u64,
-                "jigsaw.permutations" => {
-                    if t.size() != [self.perms.len() as i64, TILES as i64] {
-                        return Err(JigsawError::Config(format!(
-                            "the checkpoint's permutation set has shape {:?}, the config asks \
-                             for {} permutations",
-                            t.size(),
-                            self.perms.len()
-                        ))
-                        .into());
-                    }
-                    let flat: Vec<i64> =
-                        Vec::<i64>::try_from(t.flatten(0, -1)).map_err(JigsawError::Torch)?;
-                    for (perm, row) in self.perms.iter_mut().zip(flat.chunks(TILES)) {
-                        for (slot, &v) in perm.iter_mut().zip(row) {
-                            *slot = v as u8;
-                        }
-                    }
+        self.rng.load(tensors);
+        if let Some((_, t)) = tensors.iter().find(|(n, _)| n == "jigsaw.permutations") {
+            if t.size() != [self.perms.len() as i64, TILES as i64] {
+                return Err(JigsawError::Config(format!(
+                    "the checkpoint's permutation set has shape {:?}, the config asks for {} \
+                     permutations",
+                    t.size(),
+                    self.perms.len()
+                ))
+                .into());
+            }
+            let flat: Vec<i64> =
+                Vec::<i64>::try_from(t.flatten(0, -1)).map_err(JigsawError::Torch)?;
+            for (perm, row) in self.perms.iter_mut().zip(flat.chunks(TILES)) {
+                for (slot, &v) in perm.iter_mut().zip(row) {
+                    *slot = v as u8;
                 }
-                _ => {}
             }
         }
         Ok(())
@@ -183,9 +155,11 @@ impl PretextMethod for Jigsaw {
 mod tests {
     use super::*;
     use crate::permutations::inverse;
+    use rand::SeedableRng;
     use selfsup_core::EncoderConfig;
     use tch::nn::OptimizerConfig;
     use tch::Device;
+    use tch::Kind;
 
     fn ctx() -> BuildContext {
         BuildContext {
@@ -342,7 +316,7 @@ mod tests {
         assert_ne!(n.permutations(), m.permutations());
         n.load_state_tensors(&saved).unwrap();
         assert_eq!(n.permutations(), m.permutations(), "the stored set is reused");
-        assert_eq!(n.draws, 1);
+        assert_eq!(n.rng.draws, 1);
         let bigger = JigsawConfig { permutations: 5, ..small() };
         let mut b = Jigsaw::new(&vs.root(), bigger, &ctx()).unwrap();
         let err = b.load_state_tensors(&saved).unwrap_err().to_string();
@@ -364,7 +338,7 @@ mod tests {
         };
         let mut losses = Vec::new();
         for _ in 0..30 {
-            m.draws = 0; // the same puzzles every step
+            m.rng.draws = 0; // the same puzzles every step
             let out = m.step(&batch, true).unwrap();
             assert_eq!(out.inputs, 72);
             losses.push(out.loss.double_value(&[]));

@@ -4,12 +4,12 @@
 use crate::config::RelativePatchConfig;
 use crate::pairs::make_pairs;
 use crate::RelativePatchError;
-use rand::SeedableRng;
 use selfsup_core::encoders::{linear, try_build_encoder, Encoder, LinearBias};
+use selfsup_core::method::{classification_loss, single_view, StepRng};
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Op, Pipeline};
 use tch::nn::{self, Module};
-use tch::{Kind, Reduction, Tensor};
+use tch::Tensor;
 
 /// The relative-patch method: the trunk (the encoder that is evaluated) and the pair head.
 #[derive(Debug)]
@@ -19,10 +19,8 @@ pub struct RelativePatch {
     fc7: nn::Linear,
     fc8: nn::Linear,
     cfg: RelativePatchConfig,
-    /// The run seed: with `draws`, it seeds each step's random choices.
-    seed: u64,
-    /// Steps taken so far (checkpointed, so a resumed run draws the same pairs).
-    pub(crate) draws: u64,
+    /// Seeds each step's pairs; checkpointed, so a resumed run draws the same.
+    pub(crate) rng: StepRng,
 }
 
 impl RelativePatch {
@@ -38,7 +36,8 @@ impl RelativePatch {
         let fc6 = linear(root / "fc6", encoder.out_channels(), cfg.fc6, LinearBias::Default);
         let fc7 = linear(root / "fc7", 2 * cfg.fc6, cfg.fc7, LinearBias::Default);
         let fc8 = linear(root / "fc8", cfg.fc7, 8, LinearBias::Default);
-        Ok(RelativePatch { encoder, fc6, fc7, fc8, cfg, seed: ctx.seed, draws: 0 })
+        let rng = StepRng::new(ctx.seed, 0x0d0e_5c4a, "relative_patch.draws");
+        Ok(RelativePatch { encoder, fc6, fc7, fc8, cfg, rng })
     }
 
     /// The config it was built with.
@@ -94,32 +93,10 @@ impl PretextMethod for RelativePatch {
     }
 
     fn step(&mut self, batch: &Batch, train: bool) -> selfsup_core::Result<StepOutput> {
-        let images = match batch.views.as_slice() {
-            [x] => x,
-            other => {
-                return Err(RelativePatchError::Batch(format!(
-                    "batch has {} views, expected 1",
-                    other.len()
-                ))
-                .into())
-            }
-        };
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(selfsup_data::rng::mix(&[
-            self.seed,
-            self.draws,
-            0x0d0e_5c4a,
-        ]));
-        self.draws += 1;
-        let p = make_pairs(images, &self.cfg, &mut rng)?;
+        let images = single_view(batch, "relative-patch")?;
+        let p = make_pairs(images, &self.cfg, &mut self.rng.next_step())?;
         let logits = self.logits_t(&p.first, &p.second, train);
-        let loss = logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss::<Tensor>(
-            &p.labels,
-            None,
-            Reduction::Mean,
-            -100,
-        )?;
-        let correct = logits.f_argmax(-1, false)?.f_eq_tensor(&p.labels)?;
-        let acc = correct.f_to_kind(Kind::Float)?.f_mean(Kind::Float)?.double_value(&[]);
+        let (loss, acc) = classification_loss(&logits, &p.labels)?;
         Ok(StepOutput {
             loss,
             metrics: vec![("position_acc".to_string(), acc)],
@@ -128,13 +105,11 @@ impl PretextMethod for RelativePatch {
     }
 
     fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        vec![("relative_patch.draws".into(), Tensor::from_slice(&[self.draws as i64]))]
+        vec![self.rng.state()]
     }
 
     fn load_state_tensors(&mut self, tensors: &[(String, Tensor)]) -> selfsup_core::Result<()> {
-        if let Some((_, t)) = tensors.iter().find(|(n, _)| n == "relative_patch.draws") {
-            self.draws = t.int64_value(&[0]) as u64;
-        }
+        self.rng.load(tensors);
         Ok(())
     }
 }
@@ -144,9 +119,11 @@ mod tests {
     use super::*;
     use crate::config::ColorShortcut;
     use crate::pairs::{neighbour_cell, project_green_magenta};
+    use rand::SeedableRng;
     use selfsup_core::EncoderConfig;
     use tch::nn::OptimizerConfig;
     use tch::Device;
+    use tch::Kind;
 
     fn ctx() -> BuildContext {
         BuildContext {
@@ -276,7 +253,7 @@ mod tests {
         };
         let mut losses = Vec::new();
         for _ in 0..30 {
-            m.draws = 0; // the same pairs every step
+            m.rng.draws = 0; // the same pairs every step
             let out = m.step(&batch, true).unwrap();
             assert_eq!(out.inputs, 32);
             losses.push(out.loss.double_value(&[]));
