@@ -107,11 +107,6 @@ impl Scores {
         )
     }
 
-    /// Top-1 of `r` over its seeds.
-    pub fn stat(&self, r: &ScoreRef) -> Option<Stat> {
-        Stat::of(&self.rows(r).map(|(_, x)| x.top1).collect::<Vec<_>>())
-    }
-
     /// Top-1 over every seed of every reference in `refs` (pretraining seeds × probe seeds).
     pub fn pooled(&self, refs: &[ScoreRef]) -> Option<Stat> {
         Stat::of(&refs.iter().flat_map(|r| self.rows(r).map(|(_, x)| x.top1)).collect::<Vec<_>>())
@@ -122,11 +117,6 @@ impl Scores {
         Stat::of(
             &refs.iter().flat_map(|r| self.rows(r).filter_map(|(_, x)| x.best)).collect::<Vec<_>>(),
         )
-    }
-
-    /// The best-epoch top-1 of `r` over its seeds (where its probe scored every epoch).
-    pub fn best(&self, r: &ScoreRef) -> Option<Stat> {
-        Stat::of(&self.rows(r).filter_map(|(_, x)| x.best).collect::<Vec<_>>())
     }
 
     /// The labeled images behind `r` (at its first seed).
@@ -284,9 +274,9 @@ mod tests {
             ])
             .unwrap();
         assert_eq!(d.values, vec![2.0, 1.5, 1.0]);
-        assert_eq!(s.stat(&row("a", "p", Row::Last)).unwrap().mean, 52.25);
-        assert_eq!(s.stat(&row("a", "p", Row::Index(0))).unwrap().mean, 50.5);
-        assert!(s.stat(&at("a", "p", "block9")).is_none());
+        assert_eq!(s.pooled(&[row("a", "p", Row::Last)]).unwrap().mean, 52.25);
+        assert_eq!(s.pooled(&[row("a", "p", Row::Index(0))]).unwrap().mean, 50.5);
+        assert!(s.pooled(&[at("a", "p", "block9")]).is_none());
         assert_eq!(s.train_images(&at("b", "p", "block1")), Some(10));
     }
 }
