@@ -243,6 +243,32 @@ pub fn apply_override(root: &mut Value, assignment: &str) -> Result<()> {
     unreachable!("loop returns at the last part")
 }
 
+/// Whether two `data.data_dir` values name the same folder, each resolved as the trainer
+/// resolves it (`None`: `$SELFSUP_DATA`, else `datasets/`) and compared after resolving links
+/// and relative paths. Where the data lives is not part of a run: `/work/shared/datasets`
+/// and `../shared/datasets` seen from `/work/main` are the same folder, so the same run.
+pub fn same_data_folder(a: Option<&Path>, b: Option<&Path>) -> bool {
+    let resolve = |p: Option<&Path>| {
+        let dir = selfsup_data::resolve_data_dir(p);
+        dir.canonicalize().unwrap_or_else(|_| {
+            // A folder that is not there (yet): absolute and `..`-free by the letter.
+            let abs = std::env::current_dir().map(|c| c.join(&dir)).unwrap_or(dir);
+            let mut out = PathBuf::new();
+            for c in abs.components() {
+                match c {
+                    std::path::Component::ParentDir => {
+                        out.pop();
+                    }
+                    std::path::Component::CurDir => {}
+                    other => out.push(other),
+                }
+            }
+            out
+        })
+    };
+    resolve(a) == resolve(b)
+}
+
 /// Reads a JSON config file.
 pub fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| CoreError::io(path, e))?;

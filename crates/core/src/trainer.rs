@@ -412,8 +412,11 @@ impl<'a> Trainer<'a> {
         }
         let ck = checkpoint::load(run_dir)?;
         let (mut a, mut b) = (ck.state.config.clone(), cfg.clone());
-        // A resumed run may extend its length, or move to another device (`cuda:0` to
-        // `cuda:1`, a GPU to the CPU), not change what is learned.
+        // A resumed run may extend its length, move to another device (`cuda:0` to `cuda:1`,
+        // a GPU to the CPU) or name its data folder another way, not change what is learned.
+        if crate::config::same_data_folder(a.data.data_dir.as_deref(), b.data.data_dir.as_deref()) {
+            a.data.data_dir = b.data.data_dir.clone();
+        }
         a.train.epochs = 0;
         b.train.epochs = 0;
         a.train.max_steps = None;

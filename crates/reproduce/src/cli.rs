@@ -75,7 +75,9 @@ pub fn data_dir(explicit: Option<&Path>) -> (PathBuf, String) {
         return (p.to_path_buf(), "from --data-dir".into());
     }
     if let Some(p) = std::env::var_os("SELFSUP_DATA") {
-        return (PathBuf::from(p), "from $SELFSUP_DATA".into());
+        // Recorded in the run configs and results: relative, so they read the same on every
+        // machine (CI exports an absolute `$SELFSUP_DATA`).
+        return (relative_to_cwd(Path::new(&p)), "from $SELFSUP_DATA".into());
     }
     let local = PathBuf::from("datasets");
     let shared = PathBuf::from("../shared/datasets");
@@ -84,6 +86,29 @@ pub fn data_dir(explicit: Option<&Path>) -> (PathBuf, String) {
         return (shared, "default: ../shared/datasets holds CIFAR-10".into());
     }
     (selfsup_data::resolve_data_dir(None), "default".into())
+}
+
+/// `path` relative to the working directory when it is absolute (`/work/shared/datasets` seen
+/// from `/work/main` is `../shared/datasets`); as given otherwise, or when there is no
+/// working directory.
+pub fn relative_to_cwd(path: &Path) -> PathBuf {
+    let Ok(cwd) = std::env::current_dir() else {
+        return path.to_path_buf();
+    };
+    if !path.is_absolute() {
+        return path.to_path_buf();
+    }
+    let (from, to): (Vec<_>, Vec<_>) = (cwd.components().collect(), path.components().collect());
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    if common == 0 {
+        return path.to_path_buf();
+    }
+    let mut out: PathBuf = from[common..].iter().map(|_| "..").collect();
+    out.extend(&to[common..]);
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 /// Refuses the `paper` profile on the CPU unless `--device cpu` was given: it is the published
@@ -146,6 +171,26 @@ mod tests {
             .to_string()
             .contains("needs a value"));
         assert!(parse_args(&s(&["--help"]), &usage).unwrap().is_none());
+    }
+
+    #[test]
+    fn absolute_data_folders_are_recorded_relative_to_the_working_directory() {
+        let cwd = std::env::current_dir().unwrap();
+        let sibling = cwd.parent().unwrap().join("shared").join("datasets");
+        let name = cwd.file_name().unwrap();
+        assert_eq!(relative_to_cwd(&sibling), PathBuf::from("../shared/datasets"), "{name:?}");
+        assert_eq!(relative_to_cwd(&cwd.join("datasets")), PathBuf::from("datasets"));
+        assert_eq!(relative_to_cwd(&cwd), PathBuf::from("."));
+        assert_eq!(relative_to_cwd(Path::new("rel/dir")), PathBuf::from("rel/dir"));
+        // The relative form names the same folder.
+        assert!(selfsup_core::config::same_data_folder(
+            Some(&relative_to_cwd(&sibling)),
+            Some(&sibling)
+        ));
+        assert!(!selfsup_core::config::same_data_folder(
+            Some(Path::new("a")),
+            Some(Path::new("b"))
+        ));
     }
 
     #[test]

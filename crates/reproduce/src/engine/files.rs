@@ -1,6 +1,7 @@
 //! The engine's files: the run log, JSON read and write, and the checks that a finished
 //! training or probe was made under the settings the plan gives now.
 use anyhow::{bail, Context, Result};
+use selfsup_core::config::RunConfig;
 use selfsup_data::ImageDataset;
 use selfsup_eval::EvalReport;
 use serde::Serialize;
@@ -41,10 +42,17 @@ pub fn read_json(path: &Path) -> Result<Value> {
 }
 
 /// Refuses a finished training in `dir` whose saved `config.json` differs from `cfg`, the
-/// config profile `profile` gives now (a stale run must not stand in for the new one).
-pub fn ensure_trained_with(dir: &Path, cfg: &impl Serialize, profile: &str) -> Result<()> {
-    let saved = read_json(&dir.join("config.json"))?;
-    if saved != round_trip(cfg)? {
+/// config profile `profile` gives now (a stale run must not stand in for the new one). The
+/// data folder counts as the same when both name the same folder
+/// ([`selfsup_core::config::same_data_folder`]).
+pub fn ensure_trained_with(dir: &Path, cfg: &RunConfig, profile: &str) -> Result<()> {
+    let mut saved = read_json(&dir.join("config.json"))?;
+    let now = round_trip(cfg)?;
+    let saved_dir = saved["data"]["data_dir"].as_str().map(Path::new);
+    if selfsup_core::config::same_data_folder(saved_dir, cfg.data.data_dir.as_deref()) {
+        saved["data"]["data_dir"] = now["data"]["data_dir"].clone();
+    }
+    if saved != now {
         bail!(
             "{} was trained with another config than profile `{profile}` now gives: pass --force \
              to retrain everything",
