@@ -263,7 +263,7 @@ fn cmd_info(path: &std::path::Path) -> Result<()> {
     let params: i64 = loaded.vs.variables().values().map(|t| t.numel() as i64).sum();
     // The ImageNet-sized encoders need ImageNet-sized input to reach their last tap.
     let side = match &state.config.encoder {
-        EncoderConfig::Alexnet { variant: AlexnetVariant::Imagenet }
+        EncoderConfig::Alexnet { variant: AlexnetVariant::Imagenet, .. }
         | EncoderConfig::Resnet18 { stem: ResnetStem::Imagenet }
         | EncoderConfig::Resnet50 { stem: ResnetStem::Imagenet } => 224,
         _ => 32,

@@ -312,12 +312,14 @@ for arch in ["resnet18", "resnet50"]:
     diff = (y - ref).abs().max().item()
     print(f"{arch}: strict load ok, layer4 {tuple(y.shape)}, max |torchvision - selfsup| = {diff:.3e}, max |ref| = {ref.abs().max().item():.3f}, logits {tuple(logits.shape)}")
     assert y.shape == ref.shape, (y.shape, ref.shape)
-    assert diff < 1e-4, diff
+    # fp32 at another thread count or conv algorithm moves ResNet-50's layer4 (values in the
+    # thousands) by about 1e-6 of its scale: the bound is relative to it.
+    assert diff < 1e-5 * max(1.0, ref.abs().max().item()), diff
 "#;
 
     /// Exports ResNet-18 and ResNet-50 (ImageNet stem, as torchvision) and our `block4` on a
     /// fixed input; with `SELFSUP_PYTHON` set, loads them into torchvision with `strict=True`
-    /// and compares `layer4` outputs to 1e-4.
+    /// and compares `layer4` outputs to 1e-5 of their largest magnitude.
     #[test]
     fn torchvision_parity() {
         let dir = tempfile::tempdir().unwrap();

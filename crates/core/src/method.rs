@@ -125,14 +125,33 @@ pub trait PretextMethod {
     }
 
     /// Losses for the extra optimizers of [`PretextMethod::extra_optimizers`], by name;
-    /// called after the main step.
+    /// called after the main step and [`PretextMethod::after_optimizer_step`], under the same
+    /// autocast as [`PretextMethod::step`] (a GAN's discriminator loss, on the generator output
+    /// the step kept, detached). An optimizer whose name is missing skips this step. The
+    /// trainer zeroes the optimizer's gradients, back-propagates its loss, steps it at its own
+    /// rate (under the run's schedule) and logs the loss as `<name>_loss`.
     fn extra_losses(&mut self, _batch: &Batch) -> Result<Vec<(String, Tensor)>> {
         Ok(Vec::new())
     }
 
-    /// Extra optimizers, each over a prefix of the variable names.
+    /// Extra optimizers, each over a prefix of the variable names; they take their variables
+    /// out of the main optimizer, and their buffers are checkpointed as `extra.<name>.*`. Names
+    /// must be distinct and every prefix must select at least one trainable variable.
     fn extra_optimizers(&self) -> Vec<ExtraOptimizer> {
         Vec::new()
+    }
+
+    /// Writes the method's own files for the epoch that just ended into the run folder (the
+    /// context encoder's grid of inpainted samples): called by the trainer after each completed
+    /// epoch, once its checkpoint is written. `epoch` counts the completed epochs (1-based);
+    /// `last` is true for the run's final epoch. Default: nothing.
+    fn write_epoch_artifacts(
+        &mut self,
+        _epoch: u64,
+        _last: bool,
+        _run_dir: &std::path::Path,
+    ) -> Result<()> {
+        Ok(())
     }
 
     /// State that is not a trainable variable of the var store but must survive a checkpoint

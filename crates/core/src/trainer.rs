@@ -3,9 +3,10 @@
 //!
 //! Per step: re-seed libtorch from `(seed, global step)`, move the batch to the device, run the
 //! method's `step` under autocast, back-propagate, clip, update with the schedule's rate, call the
-//! method's post-step hook, then its extra optimizers. Every `log_every` steps a line goes to
-//! `metrics.jsonl`; every `checkpoint_every` epochs (and at the end, and at `max_steps`) a
-//! checkpoint is written atomically. `resume` continues from the checkpoint as if the run had
+//! method's post-step hook, then its extra optimizers (a GAN's discriminator: each on its own
+//! loss, variables and buffers). Every `log_every` steps a line goes to `metrics.jsonl`; every
+//! `checkpoint_every` epochs (and at the end, and at `max_steps`) a checkpoint is written
+//! atomically, and after each epoch the method may write its own files into the run folder. `resume` continues from the checkpoint as if the run had
 //! never stopped: same weights, optimizer buffers, data order, augmentations and RNG streams.
 use crate::checkpoint::{self, TrainerState, FORMAT_VERSION};
 use crate::config::RunConfig;
@@ -149,6 +150,30 @@ fn param_groups(vs: &nn::VarStore, prefixes: &[String]) -> (Params, Vec<Params>)
         }
     }
     (main, extra)
+}
+
+/// Each extra optimizer needs its own name (its checkpoint entries are `extra.<name>.*`) and at
+/// least one trainable variable under its prefix.
+fn check_extra_optimizers(
+    method: &str,
+    extras: &[crate::method::ExtraOptimizer],
+    groups: &[Params],
+) -> Result<()> {
+    for (i, (e, group)) in extras.iter().zip(groups).enumerate() {
+        if extras[..i].iter().any(|o| o.name == e.name) {
+            return Err(CoreError::Config(format!(
+                "method `{method}` asks for two extra optimizers named `{}`",
+                e.name
+            )));
+        }
+        if group.is_empty() {
+            return Err(CoreError::Config(format!(
+                "method `{method}`: extra optimizer `{}` has no trainable variable under `{}`",
+                e.name, e.prefix
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn zero_grads(params: &[(String, Tensor)]) {
@@ -329,6 +354,7 @@ impl<'a> Trainer<'a> {
         let extras = method.extra_optimizers();
         let prefixes: Vec<String> = extras.iter().map(|e| e.prefix.clone()).collect();
         let (params, extra_params) = param_groups(&vs, &prefixes);
+        check_extra_optimizers(&cfg.method, &extras, &extra_params)?;
         if params.is_empty() {
             return Err(CoreError::Config(format!(
                 "method `{}` has no trainable variables",
@@ -517,26 +543,36 @@ impl<'a> Trainer<'a> {
         };
         self.optimizer.step(&self.params, lr)?;
         self.method.after_optimizer_step(global_step)?;
+        let mut metrics = out.metrics;
         if !self.extras.is_empty() {
-            let losses = self.method.extra_losses(batch)?;
+            let method = &mut self.method;
+            let losses = autocast(self.device, cfg.train.precision, || method.extra_losses(batch))?;
             for (i, e) in self.extras.iter().enumerate() {
                 if let Some((_, l)) = losses.iter().find(|(n, _)| n == &e.name) {
+                    let value = l.f_double_value(&[])?;
+                    if !value.is_finite() {
+                        return Err(CoreError::Training(format!(
+                            "loss of extra optimizer `{}` is {value} at epoch {epoch}, step {global_step}; last checkpoint kept",
+                            e.name
+                        )));
+                    }
                     zero_grads(&self.extra_params[i]);
                     l.backward();
                     let elr =
                         cfg.train.schedule.lr_at(e.optimizer.lr(), frac, cfg.train.epochs as f64);
                     self.extra_opts[i].step(&self.extra_params[i], elr)?;
+                    metrics.push((format!("{}_loss", e.name), value));
                 }
             }
         }
         self.pos.global_step += 1;
         self.pos.batch_in_epoch += 1;
-        Ok(StepReport { loss, metrics: out.metrics, inputs: out.inputs, lr, grad_norm })
+        Ok(StepReport { loss, metrics, inputs: out.inputs, lr, grad_norm })
     }
 
     /// End-of-epoch work, after the epoch's last step and its checkpoint (so that a failing
-    /// hook loses nothing): the epoch hook runs when due, and the epoch line (its mean metrics)
-    /// is logged.
+    /// hook loses nothing): the method writes its epoch artifacts, the epoch hook runs when
+    /// due, and the epoch line (its mean metrics) is logged.
     fn end_of_epoch(
         &mut self,
         means: &Means,
@@ -550,6 +586,8 @@ impl<'a> Trainer<'a> {
         for (k, v) in &means.means() {
             line[k.as_str()] = (*v).into();
         }
+        let last = epoch == self.cfg.train.epochs;
+        self.method.write_epoch_artifacts(epoch, last, self.run_dir)?;
         if let Some(hook) = opts.epoch_hook.as_mut() {
             if epoch.is_multiple_of(opts.hook_every.max(1)) || epoch == self.cfg.train.epochs {
                 for (k, v) in hook(epoch, self.method.encoder(), self.normalization.as_ref())? {

@@ -269,3 +269,175 @@ fn loss_falls_and_bad_runs_fail_cleanly() {
     let err = run(&cfg, tempfile::tempdir().unwrap().path(), false).unwrap_err().to_string();
     assert!(err.contains("rotatons"), "{err}");
 }
+
+/// The flip classifier with a critic under `critic.` that its own optimizer trains, in the
+/// shape of a GAN: the main loss also depends on the critic (so the main backward reaches the
+/// critic's variables), the critic's loss is computed on the features the step kept, detached.
+/// After each epoch it writes `epoch-<n>.txt` holding whether the epoch was the last.
+struct CriticMethod {
+    flip: FlipMethod,
+    critic: nn::Linear,
+    kept: Option<Tensor>,
+    extras: Vec<selfsup_core::method::ExtraOptimizer>,
+}
+
+impl PretextMethod for CriticMethod {
+    fn name(&self) -> &str {
+        "critic"
+    }
+    fn views(&self) -> Vec<Pipeline> {
+        self.flip.views()
+    }
+    fn encoder(&self) -> &dyn Encoder {
+        self.flip.encoder()
+    }
+    fn step(&mut self, batch: &Batch, train: bool) -> Result<StepOutput> {
+        let mut out = self.flip.step(batch, train)?;
+        let feats = self.flip.encoder.forward_t(&batch.views[0], train).mean_dim(
+            [2i64, 3].as_slice(),
+            false,
+            Kind::Float,
+        );
+        out.loss += self.critic.forward(&feats).mean(Kind::Float) * 0.01;
+        self.kept = Some(feats.detach());
+        Ok(out)
+    }
+    fn extra_optimizers(&self) -> Vec<selfsup_core::method::ExtraOptimizer> {
+        self.extras.clone()
+    }
+    fn extra_losses(&mut self, _batch: &Batch) -> Result<Vec<(String, Tensor)>> {
+        let feats = self.kept.take().expect("step keeps the features");
+        let loss = (self.critic.forward(&feats) - 1.0).square().mean(Kind::Float);
+        Ok(vec![("critic".into(), loss)])
+    }
+    fn write_epoch_artifacts(&mut self, epoch: u64, last: bool, run_dir: &Path) -> Result<()> {
+        let path = run_dir.join(format!("epoch-{epoch}.txt"));
+        std::fs::write(&path, last.to_string()).map_err(|e| selfsup_core::CoreError::io(&path, e))
+    }
+}
+
+/// `method_config`: `lr` of the critic's optimizer, `prefix` of its variables, `twice` to ask
+/// for two optimizers of the same name.
+fn build_critic(
+    root: &nn::Path,
+    cfg: &serde_json::Value,
+    ctx: &BuildContext,
+) -> Result<Box<dyn PretextMethod>> {
+    let encoder = build_encoder(&(root / "encoder"), &ctx.encoder, ctx.image_channels);
+    let head = nn::linear(root / "head", encoder.out_channels(), 2, Default::default());
+    let critic = nn::linear(root / "critic", encoder.out_channels(), 1, Default::default());
+    let extra = selfsup_core::method::ExtraOptimizer {
+        name: "critic".into(),
+        prefix: cfg["prefix"].as_str().unwrap_or("critic.").into(),
+        optimizer: OptimizerConfig::Sgd {
+            lr: cfg["lr"].as_f64().unwrap_or(0.05),
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+            exclude_bias_and_norm: false,
+        },
+    };
+    let extras = if cfg["twice"] == true { vec![extra.clone(), extra] } else { vec![extra] };
+    Ok(Box::new(CriticMethod { flip: FlipMethod { encoder, head }, critic, kept: None, extras }))
+}
+
+fn critic_registry() -> Registry {
+    let mut r = Registry::new();
+    r.register(MethodEntry {
+        name: "critic",
+        description: "test method: the flip classifier with a critic of its own optimizer",
+        default_config: || serde_json::json!({}),
+        build: build_critic,
+    });
+    r
+}
+
+fn critic_config(epochs: u64, method_config: serde_json::Value) -> RunConfig {
+    RunConfig { method: "critic".into(), method_config, ..config(epochs, 1) }
+}
+
+fn run_critic(cfg: &RunConfig, dir: &Path, resume: bool) -> Result<()> {
+    let mut opts =
+        TrainOptions { resume, progress: false, dataset: Some(dataset()), ..Default::default() };
+    train(cfg, &critic_registry(), dir, &mut opts).map(|_| ())
+}
+
+/// The variables whose names start with `prefix` (all of them for `""`), sorted.
+fn under(vars: &[(String, Tensor)], prefix: &str) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vars
+        .iter()
+        .filter(|(n, _)| n.starts_with(prefix))
+        .map(|(n, t)| (n.clone(), t.copy()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn an_extra_optimizer_alone_updates_its_variables() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // The initial weights, as the trainer builds them.
+    let cfg = critic_config(1, serde_json::json!({"lr": 0.0}));
+    let (vs, _, _) =
+        selfsup_core::trainer::build_method(&cfg, &critic_registry(), &dataset(), tch::Device::Cpu)
+            .unwrap();
+    let init = checkpoint::sorted_variables(&vs);
+    let mut one_step = cfg.clone();
+    one_step.train.max_steps = Some(1);
+    // With the critic's rate at 0 the critic stays put although the main loss reaches it: the
+    // main optimizer does not own its variables.
+    let frozen = tempfile::tempdir().unwrap();
+    run_critic(&one_step, frozen.path(), false).unwrap();
+    let after = weights(frozen.path());
+    assert_same(&under(&init, "critic."), &under(&after, "critic."));
+    assert!(!under(&init, "encoder.conv1")[0].1.equal(&under(&after, "encoder.conv1")[0].1));
+    // At a positive rate its own optimizer moves it.
+    let mut moving = one_step.clone();
+    moving.method_config = serde_json::json!({"lr": 0.05});
+    let dir = tempfile::tempdir().unwrap();
+    run_critic(&moving, dir.path(), false).unwrap();
+    let moved = under(&weights(dir.path()), "critic.");
+    assert!(!moved[1].1.equal(&under(&init, "critic.")[1].1), "critic.weight moved");
+}
+
+#[test]
+fn extra_optimizers_resume_bit_for_bit_and_epoch_artifacts_are_written() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let full = tempfile::tempdir().unwrap();
+    run_critic(&critic_config(2, serde_json::json!({})), full.path(), false).unwrap();
+    let part = tempfile::tempdir().unwrap();
+    let mut stopped = critic_config(2, serde_json::json!({}));
+    stopped.train.max_steps = Some(9);
+    run_critic(&stopped, part.path(), false).unwrap();
+    run_critic(&critic_config(2, serde_json::json!({})), part.path(), true).unwrap();
+    assert_same(&weights(full.path()), &weights(part.path()));
+    let a = checkpoint::load(full.path()).unwrap().trainer;
+    let b = checkpoint::load(part.path()).unwrap().trainer;
+    assert_same(&a, &b);
+    let names: Vec<&str> = a.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains(&"extra.critic.sgd.momentum.critic.weight"), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("optim.") && n.contains("critic")), "{names:?}");
+    // The critic's loss is logged with every step line and averaged in every epoch line.
+    let log = std::fs::read_to_string(full.path().join("metrics.jsonl")).unwrap();
+    assert!(log.lines().all(|l| l.contains("\"critic_loss\"")), "{log}");
+    for (epoch, last) in [(1, "false"), (2, "true")] {
+        let p = full.path().join(format!("epoch-{epoch}.txt"));
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), last, "{}", p.display());
+    }
+}
+
+#[test]
+fn extra_optimizers_need_variables_and_distinct_names() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = critic_config(1, serde_json::json!({"prefix": "discriminator."}));
+    let e = run_critic(&cfg, dir.path(), false).unwrap_err().to_string();
+    assert!(
+        e.contains("extra optimizer `critic` has no trainable variable under `discriminator.`"),
+        "{e}"
+    );
+    let cfg = critic_config(1, serde_json::json!({"twice": true}));
+    let e = run_critic(&cfg, dir.path(), false).unwrap_err().to_string();
+    assert!(e.contains("two extra optimizers named `critic`"), "{e}");
+    assert!(!checkpoint::exists(dir.path()));
+}

@@ -36,6 +36,7 @@ pub mod dataset;
 pub mod error;
 pub mod fetch;
 pub mod loader;
+pub mod masks;
 pub mod patches;
 pub mod pipeline;
 pub mod pretext;

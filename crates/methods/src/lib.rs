@@ -16,6 +16,10 @@ pub fn registry() -> Registry {
     selfsup_moco::register(&mut r);
     selfsup_instance_discrimination::register(&mut r);
     selfsup_cpc::register(&mut r);
+    selfsup_autoencoder::register(&mut r);
+    selfsup_context_encoder::register(&mut r);
+    selfsup_colorization::register(&mut r);
+    selfsup_split_brain::register(&mut r);
     selfsup_supervised::register(&mut r);
     r
 }
@@ -35,6 +39,10 @@ mod tests {
                 "moco",
                 "instance-discrimination",
                 "cpc",
+                "autoencoder",
+                "context-encoder",
+                "colorization",
+                "split-brain",
                 "supervised"
             ]
         );

@@ -43,8 +43,29 @@ pub enum AlexnetVariant {
     Cifar,
 }
 
-/// Output channels of conv1..conv5.
+/// Output channels of conv1..conv5 at the default width.
 pub const CHANNELS: [i64; 5] = [96, 256, 384, 384, 256];
+
+/// The default width: conv1's 96 channels.
+pub fn default_width() -> i64 {
+    CHANNELS[0]
+}
+
+/// Output channels of conv1..conv5 when conv1 has `width`: AlexNet's, scaled by `width / 96`
+/// (rounded, at least 1).
+pub fn channels(width: i64) -> [i64; 5] {
+    CHANNELS.map(|c| ((c * width + CHANNELS[0] / 2) / CHANNELS[0]).max(1))
+}
+
+/// Checks the width; the error names the field.
+pub fn check(width: i64) -> crate::Result<()> {
+    if width < 1 {
+        return Err(crate::CoreError::Config(format!(
+            "encoder.width must be at least 1, got {width}"
+        )));
+    }
+    Ok(())
+}
 
 /// The AlexNet encoder; see the module docs for the layers.
 ///
@@ -56,11 +77,18 @@ pub const CHANNELS: [i64; 5] = [96, 256, 384, 384, 256];
 pub struct AlexNet {
     layers: Vec<(nn::Conv2D, nn::BatchNorm)>,
     variant: AlexnetVariant,
+    out_channels: i64,
 }
 
 impl AlexNet {
-    /// Builds it on `p` for `in_channels`-channel images.
+    /// Builds the full-width AlexNet on `p` for `in_channels`-channel images.
     pub fn new(p: &nn::Path, in_channels: i64, variant: AlexnetVariant) -> Self {
+        Self::with_width(p, in_channels, variant, default_width())
+    }
+
+    /// Builds it with `width` channels in conv1 and the others scaled ([`channels`]).
+    pub fn with_width(p: &nn::Path, in_channels: i64, variant: AlexnetVariant, width: i64) -> Self {
+        let widths = channels(width);
         let (k1, s1, p1) = match variant {
             AlexnetVariant::Imagenet => (11, 4, 2),
             AlexnetVariant::Cifar => (5, 1, 2),
@@ -69,7 +97,7 @@ impl AlexNet {
         let mut c_in = in_channels;
         let layers = spec
             .iter()
-            .zip(CHANNELS)
+            .zip(widths)
             .enumerate()
             .map(|(i, (&(k, s, pad), c_out))| {
                 let conv = conv2d(p / format!("conv{}", i + 1), c_in, c_out, k, s, pad);
@@ -78,7 +106,7 @@ impl AlexNet {
                 (conv, bn)
             })
             .collect();
-        AlexNet { layers, variant }
+        AlexNet { layers, variant, out_channels: widths[4] }
     }
 
     fn pool(&self, x: &Tensor) -> Tensor {
@@ -125,7 +153,7 @@ impl Encoder for AlexNet {
     }
 
     fn out_channels(&self) -> i64 {
-        CHANNELS[4]
+        self.out_channels
     }
 }
 
@@ -174,6 +202,21 @@ mod tests {
                 ("conv5", [1, 256, 13, 13]),
             ])
         );
+    }
+
+    #[test]
+    fn width_scales_every_layer() {
+        assert_eq!(channels(96), CHANNELS);
+        assert_eq!(channels(24), [24, 64, 96, 96, 64]);
+        assert_eq!(channels(1), [1, 3, 4, 4, 3]);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = AlexNet::with_width(&vs.root(), 3, AlexnetVariant::Cifar, 24);
+        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let f = tch::no_grad(|| net.features_t(&x, false));
+        let c: Vec<i64> = f.iter().map(|(_, t)| t.size()[1]).collect();
+        assert_eq!(c, [24, 64, 96, 96, 64]);
+        assert_eq!(net.out_channels(), 64);
+        assert!(check(0).unwrap_err().to_string().contains("encoder.width"));
     }
 
     #[test]

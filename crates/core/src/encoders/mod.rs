@@ -76,6 +76,11 @@ pub enum EncoderConfig {
         /// `imagenet` (224/227-pixel input) or `cifar` (32-pixel input). Default `imagenet`.
         #[serde(default)]
         variant: AlexnetVariant,
+        /// Channels of conv1 (96 in AlexNet); conv2..conv5 scale with it (256, 384, 384, 256
+        /// at 96), so 24 is a quarter-width AlexNet with a sixteenth of the multiply-adds.
+        /// Default 96.
+        #[serde(default = "alexnet::default_width")]
+        width: i64,
     },
     /// torchvision ResNet-18 without its fc ([`resnet::ResNet`]), taps `block1..block4`.
     Resnet18 {
@@ -107,6 +112,7 @@ impl EncoderConfig {
                 Err(CoreError::Config(format!("encoder.width must be at least 1, got {width}")))
             }
             EncoderConfig::Nin { blocks, width } => nin::check(*blocks, *width),
+            EncoderConfig::Alexnet { width, .. } => alexnet::check(*width),
             _ => Ok(()),
         }
     }
@@ -130,8 +136,8 @@ pub fn try_build_encoder(
         EncoderConfig::Nin { blocks, width } => {
             Box::new(nin::Nin::new(p, in_channels, *blocks, *width)?)
         }
-        EncoderConfig::Alexnet { variant } => {
-            Box::new(alexnet::AlexNet::new(p, in_channels, *variant))
+        EncoderConfig::Alexnet { variant, width } => {
+            Box::new(alexnet::AlexNet::with_width(p, in_channels, *variant, *width))
         }
         EncoderConfig::Resnet18 { stem } => {
             Box::new(resnet::ResNet::resnet18(p, in_channels, *stem))
@@ -265,7 +271,7 @@ mod tests {
         let c: EncoderConfig = serde_json::from_str(r#"{"kind": "nin"}"#).unwrap();
         assert_eq!(c, EncoderConfig::Nin { blocks: 4, width: 192 });
         let c: EncoderConfig = serde_json::from_str(r#"{"kind": "alexnet"}"#).unwrap();
-        assert_eq!(c, EncoderConfig::Alexnet { variant: AlexnetVariant::Imagenet });
+        assert_eq!(c, EncoderConfig::Alexnet { variant: AlexnetVariant::Imagenet, width: 96 });
         let c: EncoderConfig =
             serde_json::from_str(r#"{"kind": "resnet50", "stem": "cifar"}"#).unwrap();
         assert_eq!(c, EncoderConfig::Resnet50 { stem: ResnetStem::Cifar });
@@ -325,7 +331,16 @@ mod tests {
         for (cfg, taps, last) in [
             (EncoderConfig::default(), 2, [1, 16, 16, 16]),
             (EncoderConfig::Nin { blocks: 3, width: 192 }, 3, [1, 192, 8, 8]),
-            (EncoderConfig::Alexnet { variant: AlexnetVariant::Cifar }, 5, [1, 256, 8, 8]),
+            (
+                EncoderConfig::Alexnet { variant: AlexnetVariant::Cifar, width: 96 },
+                5,
+                [1, 256, 8, 8],
+            ),
+            (
+                EncoderConfig::Alexnet { variant: AlexnetVariant::Cifar, width: 24 },
+                5,
+                [1, 64, 8, 8],
+            ),
             (EncoderConfig::Resnet18 { stem: ResnetStem::Cifar }, 4, [1, 512, 4, 4]),
             (EncoderConfig::Resnet50 { stem: ResnetStem::Imagenet }, 4, [1, 2048, 1, 1]),
         ] {
