@@ -148,6 +148,16 @@ pub enum Protocol {
     EndToEnd(EndToEndConfig),
 }
 
+impl Source {
+    /// The training whose run folder this encoder is read from, if any.
+    pub fn run(&self) -> Option<&str> {
+        match self {
+            Source::Encoder { run } | Source::Method { run, .. } => Some(run),
+            Source::Random { .. } => None,
+        }
+    }
+}
+
 impl Protocol {
     /// The report's protocol name (its file name under `eval/`).
     pub fn file_name(&self) -> &'static str {

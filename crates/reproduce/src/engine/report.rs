@@ -270,6 +270,10 @@ pub enum Test {
     /// margin (the few-label table: pretraining ahead with few labels, training from scratch
     /// with many).
     Crossing(Diffs),
+    /// At the candidate whose first side has the highest mean (a method's best layer), its
+    /// difference: holds when ahead beyond the margin, fails when behind beyond it. The
+    /// verdict names the candidate; every candidate's difference is listed.
+    AtBest(Diffs),
 }
 
 /// The outcome of a finding.
@@ -360,6 +364,40 @@ impl Finding {
                     }
                 }
             }
+            Test::AtBest(d) => {
+                let ds = diffs(d);
+                let best = d
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, (_, pairs))| {
+                        let firsts: Vec<ScoreRef> = pairs.iter().map(|p| p.0.clone()).collect();
+                        scores.pooled(&firsts).map(|s| (i, s.mean))
+                    })
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .map(|b| b.0);
+                let (v, ok) = match best {
+                    None => (NOT_MEASURED.to_string(), false),
+                    Some(b) => {
+                        let at = &d[b].0;
+                        match Verdict::of(ds[b].1.as_ref()) {
+                            Verdict::Missing => (NOT_MEASURED.to_string(), false),
+                            Verdict::Ahead => (format!("yes (at {at})"), true),
+                            Verdict::Behind => (format!("no (at {at})"), true),
+                            Verdict::SignOnly(up) => (
+                                format!(
+                                    "{} by sign at {at} (one seed: no margin)",
+                                    if up { "yes" } else { "no" }
+                                ),
+                                false,
+                            ),
+                            Verdict::Unresolved => {
+                                (format!("not resolved at this budget (at {at})"), false)
+                            }
+                        }
+                    }
+                };
+                (v, ok, ds)
+            }
             Test::Crossing(d) => {
                 let ds = diffs(d);
                 let first = ds.first().map_or(Verdict::Missing, |x| Verdict::of(x.1.as_ref()));
@@ -399,7 +437,7 @@ impl Finding {
 
     fn check_refs(&self, known: &dyn Fn(&ScoreRef) -> bool) -> Result<(), String> {
         let refs: Vec<&ScoreRef> = match &self.test {
-            Test::AllAhead(d) | Test::Crossing(d) => {
+            Test::AllAhead(d) | Test::Crossing(d) | Test::AtBest(d) => {
                 d.iter().flat_map(|(_, p)| p.iter().flat_map(|(a, b)| [a, b])).collect()
             }
             Test::Best(c) => c.iter().flat_map(|(_, r)| r).collect(),
@@ -633,6 +671,42 @@ mod tests {
         ]);
         // Ahead at "few", and then the reverse difference is behind: a crossing.
         assert_eq!(cross.decide(&s).verdict, "yes");
+    }
+
+    #[test]
+    fn at_best_decides_the_difference_where_the_first_side_peaks() {
+        // Trained `t` peaks at block2 (60 against 55 at block1); random `r` at block1.
+        let s = scores(&[
+            ("t", "block1", 0, 55.0),
+            ("t", "block1", 1, 55.0),
+            ("t", "block2", 0, 60.0),
+            ("t", "block2", 1, 60.4),
+            ("r", "block1", 0, 57.0),
+            ("r", "block1", 1, 57.0),
+            ("r", "block2", 0, 50.0),
+            ("r", "block2", 1, 50.2),
+        ]);
+        let f = finding(Test::AtBest(vec![
+            ("block1".into(), vec![(at("t", "mlp", "block1"), at("r", "mlp", "block1"))]),
+            ("block2".into(), vec![(at("t", "mlp", "block2"), at("r", "mlp", "block2"))]),
+        ]));
+        let o = f.decide(&s);
+        // Behind at block 1 does not matter: block 2 is the trained encoder's best.
+        assert_eq!((o.verdict.as_str(), o.resolved), ("yes (at block2)", true), "{o:?}");
+        assert_eq!(o.differences.len(), 2);
+        // Reversed, the best layer of `r` (block1) is behind `t` there beyond the margin.
+        let g = finding(Test::AtBest(vec![
+            ("block1".into(), vec![(at("r", "mlp", "block1"), at("t", "mlp", "block1"))]),
+            ("block2".into(), vec![(at("r", "mlp", "block2"), at("t", "mlp", "block2"))]),
+        ]));
+        assert_eq!(g.decide(&s).verdict, "yes (at block1)");
+        let s = scores(&[("t", "block1", 0, 55.0), ("r", "block1", 0, 56.0)]);
+        let one = finding(Test::AtBest(vec![(
+            "block1".into(),
+            vec![(at("t", "mlp", "block1"), at("r", "mlp", "block1"))],
+        )]));
+        assert_eq!(one.decide(&s).verdict, "no by sign at block1 (one seed: no margin)");
+        assert_eq!(one.decide(&Scores::default()).verdict, "not measured");
     }
 
     #[test]

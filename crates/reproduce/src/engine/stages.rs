@@ -50,6 +50,20 @@ impl Stages<'_> {
                 "seconds": v["seconds"]}));
             return Ok(v);
         }
+        // The probes of this training's encoders read the weights it is about to write: a
+        // report left from an earlier run of it (a run folder deleted by hand) is stale.
+        for e in self.plan.encoders.iter().filter(|e| e.source.run() == Some(name.as_str())) {
+            let stale = self.run_root.join("probes").join(&e.name);
+            if stale.exists() {
+                std::fs::remove_dir_all(&stale)
+                    .with_context(|| format!("removing stale probes {}", stale.display()))?;
+                self.log.line(&format!(
+                    "[stale] removed {}: the probes of `{}` read `{name}`, trained anew",
+                    stale.display(),
+                    e.name
+                ));
+            }
+        }
         let resume = checkpoint::exists(&dir);
         let images = self.training_set(t);
         self.log.line(&format!(

@@ -11,6 +11,7 @@ use anyhow::{bail, Result};
 use std::path::PathBuf;
 
 pub mod contrastive;
+pub mod patches;
 pub mod rotnet;
 
 /// What a plan is built from: the command line's choices.
@@ -53,6 +54,21 @@ pub fn catalogue() -> Vec<Entry> {
         contrastive("simclr", "Chen et al. 2020, CIFAR-10 kNN and linear evaluation"),
         contrastive("moco", "He et al. 2020, the official CIFAR-10 demo"),
         contrastive("instance-discrimination", "Wu et al. 2018, lemniscate's CIFAR-10 recipe"),
+        Entry {
+            name: "relative-patch",
+            about: "Doersch et al. 2015, conv1-conv5 linear probes against the seed's table",
+            build: patches::plan,
+        },
+        Entry {
+            name: "jigsaw",
+            about: "Noroozi & Favaro 2016, conv1-conv5 linear probes against the seed's table",
+            build: patches::plan,
+        },
+        Entry {
+            name: "cpc",
+            about: "van den Oord et al. 2018 (CPC v2 patches), conv1-conv5 linear probes",
+            build: patches::plan,
+        },
     ]
 }
 

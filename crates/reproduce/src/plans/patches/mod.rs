@@ -1,0 +1,354 @@
+//! The plans of `selfsup reproduce relative-patch|jigsaw|cpc [--profile smoke|cpu|paper]`: the
+//! patch-grid pretext methods (Doersch et al. 2015, context prediction; Noroozi & Favaro 2016,
+//! jigsaw puzzles; van den Oord et al. 2018 and Hénaff et al. 2019, CPC) evaluated as the
+//! seed's ImageNet table evaluates them, layer by layer, written to
+//! `results/<method>/<profile>/` by the engine ([`crate::engine`]).
+//!
+//! What a plan declares:
+//! 1. three trainings under `runs/<method>/<profile>/`: `pretrain` (the method with its
+//!    shortcut countermeasures on), `ablation` (the same budget with the main one off: gap and
+//!    jitter for relative patch and jigsaw, per-patch augmentation for CPC) and `supervised`
+//!    (the same trunk trained with the labels of the same images);
+//! 2. two probes of four encoders (`trained`, `ablation`, `random`: a fresh trunk of this
+//!    project's initialisation, `supervised`) at every probe seed, each seed drawing its own
+//!    labeled subset: `linear`, logistic regression on every tap `conv1..conv5` average-pooled
+//!    to about 9,000 dimensions and standardised (Zhang et al.'s protocol behind the seed's
+//!    ImageNet table), and `knn`, weighted kNN (k = 200, T = 0.1) on the globally pooled
+//!    `conv5`;
+//! 3. the report: the layer-wise table with kNN and the pretext accuracy of both pretrainings,
+//!    the paired gains over random init and over the ablation, the seed's ImageNet rows as a
+//!    reference (another dataset, marked), the findings (each decided by the margin rule) and
+//!    `layers.png`.
+//!
+//! Patch geometry at CIFAR's 32 pixels (the cpu profile): the methods cut an image into 9
+//! (jigsaw, relative patch) or 25 (CPC) pieces, so a 32-pixel image gives pieces of about 8
+//! pixels, on which the AlexNet's pooled conv5 is 1×1. The profile upsamples the image (to 64
+//! for relative patch, 63 for jigsaw, 48 for CPC) so that each piece the trunk sees is 16
+//! pixels (conv5 4×4), keeping gaps and jitter in proportion to the papers' (relative patch:
+//! gap 7 and jitter 1 at 16-pixel patches against 48 and 7 at 96; jigsaw: 16-pixel tiles in
+//! 21-pixel cells, against 64 in 85). The trunk sees the pieces at twice CIFAR's scale in
+//! pretraining and whole 32-pixel images in the probes, as the papers' AlexNets see
+//! 64–96-pixel pieces in pretraining and 227-pixel images in evaluation. The measurements
+//! behind each profile are in [`Profile::cpu`]'s docs and each results folder's `run.log`.
+mod profile;
+
+pub use profile::{imagenet_references, Profile, ReferenceRow};
+
+use super::PlanInput;
+use crate::engine::report::{num_col, text_col, Diffs};
+use crate::engine::scores::{at, row, Row};
+use crate::engine::{
+    Cell, Chart, EncoderSpec, Finding, Labeled, Plan, ProbeSpec, Protocol, Report, Section, Source,
+    Table, Test, Training,
+};
+use anyhow::Result;
+
+/// The methods these plans reproduce.
+pub const METHODS: [&str; 3] = ["relative-patch", "jigsaw", "cpc"];
+
+/// The taps probed, as the seed's table.
+pub const TAPS: [&str; 5] = ["conv1", "conv2", "conv3", "conv4", "conv5"];
+
+/// The encoders probed, in table order.
+const ENCODERS: [&str; 4] = ["trained", "ablation", "random", "supervised"];
+
+/// The last-epoch pretext metric of each method's training log.
+pub fn pretext_metric(method: &str) -> &'static str {
+    match method {
+        "relative-patch" => "position_acc",
+        "jigsaw" => "puzzle_acc",
+        _ => "cpc_acc",
+    }
+}
+
+/// The plan of `input.name` (one of [`METHODS`]) under profile `input.profile`.
+pub fn plan(input: &PlanInput) -> Result<Plan> {
+    let method = input.name.as_str();
+    let p = Profile::resolve(method, &input.profile, &input.sets)?;
+    let mut ablated = p.method_config.clone();
+    selfsup_core::config::merge(&mut ablated, &p.ablation);
+    let cfg = |m: &str, c: &serde_json::Value, epochs, opt| {
+        p.run_config(m, c.clone(), epochs, opt, &input.dataset, &input.data_dir, &input.device)
+    };
+    let headline = Some(pretext_metric(method).to_string());
+    let trainings = vec![
+        Training {
+            name: "pretrain".into(),
+            config: cfg(method, &p.method_config, p.epochs, p.optimizer.clone()),
+            headline_metric: headline.clone(),
+        },
+        Training {
+            name: "ablation".into(),
+            config: cfg(method, &ablated, p.epochs, p.optimizer.clone()),
+            headline_metric: headline,
+        },
+        Training {
+            name: "supervised".into(),
+            config: cfg(
+                "supervised",
+                &p.supervised_config,
+                p.supervised_epochs,
+                p.supervised_optimizer.clone(),
+            ),
+            headline_metric: Some("train_acc".into()),
+        },
+    ];
+    let encoders = ENCODERS
+        .iter()
+        .map(|&name| EncoderSpec {
+            name: name.into(),
+            config: p.encoder.clone(),
+            source: match name {
+                "trained" => Source::Encoder { run: "pretrain".into() },
+                "random" => Source::Random { seed: p.seed, pytorch_legacy: false },
+                run => Source::Encoder { run: run.into() },
+            },
+        })
+        .collect();
+    let mut probes = Vec::new();
+    for enc in ENCODERS {
+        for (name, protocol) in
+            [("linear", Protocol::Linear(p.linear.clone())), ("knn", Protocol::Knn(p.knn.clone()))]
+        {
+            probes.push(ProbeSpec {
+                encoder: enc.into(),
+                name: name.into(),
+                protocol,
+                seeds: p.probe_seeds.clone(),
+                labeled: Labeled::Subset { images: p.probe_train_images },
+            });
+        }
+    }
+    Ok(Plan {
+        name: method.into(),
+        profile: p.name.clone(),
+        summary: p.summary.clone(),
+        settings: serde_json::to_value(&p)?,
+        deterministic: p.deterministic,
+        test_images: p.test_images,
+        seed: p.seed,
+        trainings,
+        encoders,
+        probes,
+        report: report(method, &p, input),
+        charts: vec![layer_chart()],
+        probe_commands: format!(
+            "The probes use the settings in `results.json` (`profile.linear`, `profile.knn`): \
+             `selfsup eval --checkpoint runs/{method}/{0}/pretrain --protocol linear|knn \
+             --config PROBE.json --seed S{1}` (`runs/{method}/{0}/ablation` and \
+             `runs/{method}/{0}/supervised` for those rows, `--random-init` for random init) \
+             draws the same labeled images.",
+            p.name,
+            p.probe_train_images.map_or(String::new(), |n| format!(" --train-images {n}")),
+        ),
+    })
+}
+
+/// The display name of an encoder row.
+fn label(method: &str, p: &Profile, enc: &str) -> String {
+    match enc {
+        "trained" => format!("{method} (countermeasures on)"),
+        "ablation" => format!("{method}, {}", p.ablation_label),
+        "random" => "random init".into(),
+        _ => "supervised (CIFAR-10 labels)".into(),
+    }
+}
+
+/// Paired differences `a − b` of the linear probe at each tap.
+fn per_tap(a: &str, b: &str) -> Diffs {
+    TAPS.iter().map(|t| (t.to_string(), vec![(at(a, "linear", t), at(b, "linear", t))])).collect()
+}
+
+fn report(method: &str, p: &Profile, input: &PlanInput) -> Report {
+    let metric = pretext_metric(method);
+    let mut columns = vec![text_col("Encoder", "encoder")];
+    columns.extend(TAPS.iter().map(|t| num_col(t, t)));
+    columns.push(num_col("kNN (conv5)", "knn"));
+    columns.push(num_col("Pretext acc. (last epoch)", "pretext_acc"));
+    let mut rows: Vec<Vec<Cell>> = ENCODERS
+        .iter()
+        .map(|&enc| {
+            let mut r = vec![Cell::Text(label(method, p, enc))];
+            r.extend(TAPS.iter().map(|t| Cell::Spread(vec![at(enc, "linear", t)])));
+            r.push(Cell::Spread(vec![row(enc, "knn", Row::Last)]));
+            r.push(match enc {
+                "trained" | "ablation" => Cell::RunMetric {
+                    run: if enc == "trained" { "pretrain" } else { "ablation" }.into(),
+                    key: metric.into(),
+                    scale: 100.0,
+                },
+                _ => Cell::Text("–".into()),
+            });
+            r
+        })
+        .collect();
+    for (a, b) in [("trained", "random"), ("trained", "ablation"), ("supervised", "trained")] {
+        let mut r = vec![Cell::Text(format!("{a} − {b}"))];
+        r.extend(
+            TAPS.iter().map(|t| Cell::PairedDiff(vec![(at(a, "linear", t), at(b, "linear", t))])),
+        );
+        r.push(Cell::PairedDiff(vec![(row(a, "knn", Row::Last), row(b, "knn", Row::Last))]));
+        r.push(Cell::Text(String::new()));
+        rows.push(r);
+    }
+    let enc_name = serde_json::to_string(&p.encoder).unwrap_or_default();
+    let mut sections = vec![
+        Section::Text(format!(
+            "{}. Trunk `{enc_name}`; pretraining {} epochs on {} images at batch {}, method \
+             config in `configs/pretrain.json`; the ablation trains the same budget {}; the \
+             supervised trunk {} epochs on the labels of the same images. Device {}. Linear \
+             probes on every tap average-pooled to about 9,000 dimensions and standardised, {} \
+             epochs; kNN (k = {}, T = {}) on globally pooled conv5. Test top-1 (%), mean ± std \
+             over probe seeds {:?}, each drawing its own {} labeled images; differences are \
+             paired per probe seed.",
+            p.summary,
+            p.epochs,
+            p.train_images.map_or("all".to_string(), |n| n.to_string()),
+            p.batch_size,
+            p.ablation_label,
+            p.supervised_epochs,
+            input.device,
+            p.linear.epochs,
+            p.knn.k,
+            p.knn.temperature,
+            p.probe_seeds,
+            p.probe_train_images.map_or("all".to_string(), |n| n.to_string()),
+        )),
+        Section::Table(Table { key: "layers".into(), columns, rows }),
+    ];
+    if !p.references.is_empty() {
+        sections.push(Section::Text(
+            "Reference: the seed's ImageNet table (Zhang et al. 2017 layout; linear probes on \
+             frozen AlexNet conv1..conv5 trained on ImageNet, top-1 %). Another dataset, \
+             another resolution and a full-width AlexNet: compare the shape across layers, \
+             not the figures."
+                .into(),
+        ));
+        let mut columns = vec![text_col("Row", "row"), text_col("Dataset", "dataset")];
+        columns.extend(TAPS.iter().map(|t| num_col(t, t)));
+        sections.push(Section::Table(Table {
+            key: "references".into(),
+            columns,
+            rows: p
+                .references
+                .iter()
+                .map(|r| {
+                    let mut cells =
+                        vec![Cell::Text(r.label.clone()), Cell::Text(r.dataset.clone())];
+                    cells.extend(r.top1.iter().map(|&x| Cell::Figure(Some(x))));
+                    cells
+                })
+                .collect(),
+        }));
+    }
+    sections.push(Section::Text("## Findings".into()));
+    sections.push(Section::Findings(vec![
+        Finding {
+            claim: format!("{method} ahead of random init at its best layer (linear probe)"),
+            paper: "yes (ImageNet)".into(),
+            test: Test::AtBest(per_tap("trained", "random")),
+        },
+        Finding {
+            claim: format!(
+                "the countermeasure pays: {method} ahead of its run {} at its best layer \
+                 (linear probe; the pretext accuracies are in the table)",
+                p.ablation_label
+            ),
+            paper: match method {
+                "cpc" => "not reported".into(),
+                _ => "yes (the paper's motivation)".into(),
+            },
+            test: Test::AtBest(per_tap("trained", "ablation")),
+        },
+        Finding {
+            claim: "supervised trunk ahead of the method at the supervised trunk's best layer"
+                .into(),
+            paper: "yes (ImageNet)".into(),
+            test: Test::AtBest(per_tap("supervised", "trained")),
+        },
+    ]));
+    sections.push(Section::Command);
+    Report { title: format!("{method} on {}, profile `{}`", input.dataset, p.name), sections }
+}
+
+/// `layers.png`: the linear probe per layer of each encoder.
+fn layer_chart() -> Chart {
+    let series = |enc: &str| -> (String, Vec<Cell>) {
+        let cells = TAPS.iter().map(|t| Cell::Mean(vec![at(enc, "linear", t)])).collect();
+        (enc.to_string(), cells)
+    };
+    Chart {
+        file: "layers.png".into(),
+        title: "CIFAR-10 linear probe per layer".into(),
+        x_labels: TAPS.iter().map(|t| t.to_string()).collect(),
+        series: ENCODERS.iter().map(|e| series(e)).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(method: &str, profile: &str) -> PlanInput {
+        PlanInput {
+            name: method.into(),
+            profile: profile.into(),
+            sets: Vec::new(),
+            dataset: "cifar10".into(),
+            data_dir: "datasets".into(),
+            device: "cpu".into(),
+        }
+    }
+
+    #[test]
+    fn plans_validate_for_every_method_and_profile() {
+        let registry = selfsup_methods::registry();
+        for m in METHODS {
+            for profile in ["smoke", "cpu", "paper"] {
+                let plan = plan(&input(m, profile)).unwrap();
+                plan.validate().unwrap();
+                assert_eq!(plan.trainings.len(), 3);
+                assert_eq!(plan.probes.len(), 2 * ENCODERS.len());
+                // The method accepts both configs, and the ablation differs from the run.
+                let entry = registry.get(m).unwrap();
+                let (run, abl) = (&plan.trainings[0].config, &plan.trainings[1].config);
+                assert_ne!(run.method_config, abl.method_config, "{m}/{profile}");
+                for c in [run, abl] {
+                    let mut merged = (entry.default_config)();
+                    selfsup_core::config::merge(&mut merged, &c.method_config);
+                    assert_eq!(merged, c.method_config, "{m}/{profile}: config complete");
+                }
+                assert_eq!(plan.trainings[2].config.method, "supervised");
+            }
+        }
+    }
+
+    #[test]
+    fn ablations_turn_off_the_main_countermeasure() {
+        let p = Profile::resolve("relative-patch", "cpu", &[]).unwrap();
+        assert_eq!(p.ablation, serde_json::json!({"gap": 0, "jitter": 0}));
+        let p = Profile::resolve("jigsaw", "cpu", &[]).unwrap();
+        // Tiles fill their cells: no gap, no jitter.
+        assert_eq!(p.ablation["tile"], p.method_config["crop"].as_u64().unwrap() / 3);
+        assert_eq!(p.ablation["random_position"], false);
+        let p = Profile::resolve("cpc", "cpu", &[]).unwrap();
+        assert_eq!(p.ablation["patch_augment"], false);
+        // The paper profiles keep the crates' ImageNet geometry and P = 1000.
+        let p = Profile::resolve("jigsaw", "paper", &[]).unwrap();
+        assert_eq!(p.method_config["permutations"], 1000);
+        assert_eq!(p.method_config["crop"], 255);
+        assert_eq!(p.ablation["tile"], 85);
+        assert!(Profile::resolve("jigsaw", "huge", &[]).is_err());
+        assert!(Profile::resolve("rotnet", "cpu", &[]).is_err());
+    }
+
+    #[test]
+    fn references_are_the_seed_table() {
+        let r = imagenet_references("jigsaw");
+        assert_eq!(r[0].top1, [18.2, 28.8, 34.0, 33.9, 27.1]);
+        assert!(r.iter().all(|x| x.dataset == "ImageNet"));
+        assert_eq!(imagenet_references("relative-patch")[0].top1[3], 31.7);
+        // No AlexNet row for CPC in the seed: the labels and random rows only.
+        assert_eq!(imagenet_references("cpc").len(), 2);
+    }
+}
