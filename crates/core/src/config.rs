@@ -245,8 +245,8 @@ pub fn apply_override(root: &mut Value, assignment: &str) -> Result<()> {
 
 /// Whether two `data.data_dir` values name the same folder, each resolved as the trainer
 /// resolves it (`None`: `$SELFSUP_DATA`, else `datasets/`) and compared after resolving links
-/// and relative paths. Where the data lives is not part of a run: `/work/shared/datasets`
-/// and `../shared/datasets` seen from `/work/main` are the same folder, so the same run.
+/// and relative paths. Where the data lives is not part of a run: `/srv/shared/datasets`
+/// and `../shared/datasets` seen from `/srv/selfsup` are the same folder, so the same run.
 pub fn same_data_folder(a: Option<&Path>, b: Option<&Path>) -> bool {
     let resolve = |p: Option<&Path>| {
         let dir = selfsup_data::resolve_data_dir(p);

@@ -88,8 +88,8 @@ pub fn data_dir(explicit: Option<&Path>) -> (PathBuf, String) {
     (selfsup_data::resolve_data_dir(None), "default".into())
 }
 
-/// `path` relative to the working directory when it is absolute (`/work/shared/datasets` seen
-/// from `/work/main` is `../shared/datasets`); as given otherwise, or when there is no
+/// `path` relative to the working directory when it is absolute (`/srv/shared/datasets` seen
+/// from `/srv/selfsup` is `../shared/datasets`); as given otherwise, or when there is no
 /// working directory.
 pub fn relative_to_cwd(path: &Path) -> PathBuf {
     let Ok(cwd) = std::env::current_dir() else {
