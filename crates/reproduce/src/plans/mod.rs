@@ -99,3 +99,20 @@ where
     }
     Ok(selfsup_core::config::from_value(&v, "profile")?)
 }
+
+/// SGD with `momentum` (no Nesterov) and L2 `weight_decay`, as the public recipes the profiles
+/// follow.
+pub fn sgd(lr: f64, momentum: f64, weight_decay: f64) -> selfsup_core::optim::OptimizerConfig {
+    selfsup_core::optim::OptimizerConfig::Sgd {
+        lr,
+        momentum,
+        nesterov: false,
+        weight_decay,
+        exclude_bias_and_norm: false,
+    }
+}
+
+/// Cosine decay to zero over the run, no warm-up.
+pub fn cosine() -> selfsup_core::schedule::ScheduleConfig {
+    selfsup_core::schedule::ScheduleConfig::Cosine { warmup_epochs: 0.0, final_fraction: 0.0 }
+}

@@ -2,6 +2,7 @@
 //! CIFAR-10 recipes, a GPU job), `cpu` (trained against random init on two CPU cores) and
 //! `smoke` (seconds).
 use super::METHODS;
+use crate::plans::cosine;
 use anyhow::{bail, Result};
 use selfsup_contrastive::views;
 use selfsup_core::config::{DataConfig, RunConfig, TrainConfig};
@@ -79,18 +80,9 @@ pub struct Profile {
     pub log_every: u64,
 }
 
+/// SGD with momentum 0.9 (no Nesterov), as the contrastive recipes.
 fn sgd(lr: f64, weight_decay: f64) -> OptimizerConfig {
-    OptimizerConfig::Sgd {
-        lr,
-        momentum: 0.9,
-        nesterov: false,
-        weight_decay,
-        exclude_bias_and_norm: false,
-    }
-}
-
-fn cosine() -> ScheduleConfig {
-    ScheduleConfig::Cosine { warmup_epochs: 0.0, final_fraction: 0.0 }
+    crate::plans::sgd(lr, 0.9, weight_decay)
 }
 
 fn knn(max_train: Option<usize>) -> KnnConfig {

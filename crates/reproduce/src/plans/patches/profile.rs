@@ -3,6 +3,7 @@
 //! supplies), `cpu` (trained against random init and the supervised AlexNet on CIFAR-10, about
 //! half an hour a method on two CPU cores) and `smoke` (seconds).
 use super::METHODS;
+use crate::plans::{cosine, sgd};
 use anyhow::{bail, Result};
 use selfsup_core::config::{DataConfig, RunConfig, TrainConfig};
 use selfsup_core::encoders::AlexnetVariant;
@@ -103,20 +104,6 @@ pub fn imagenet_references(method: &str) -> Vec<ReferenceRow> {
     rows.push(row("ImageNet labels", [19.3, 36.3, 44.2, 48.3, 50.5]));
     rows.push(row("Random init", [11.6, 17.1, 16.9, 16.3, 14.1]));
     rows
-}
-
-fn sgd(lr: f64, momentum: f64, weight_decay: f64) -> OptimizerConfig {
-    OptimizerConfig::Sgd {
-        lr,
-        momentum,
-        nesterov: false,
-        weight_decay,
-        exclude_bias_and_norm: false,
-    }
-}
-
-fn cosine() -> ScheduleConfig {
-    ScheduleConfig::Cosine { warmup_epochs: 0.0, final_fraction: 0.0 }
 }
 
 fn linear(epochs: usize, batch_size: usize) -> LinearProbeConfig {
