@@ -183,11 +183,7 @@ mod tests {
     fn batch(n: i64) -> Batch {
         tch::manual_seed(2);
         let coarse = Tensor::rand([n, 3, 4, 4], (Kind::Float, Device::Cpu));
-        Batch {
-            views: vec![coarse.upsample_bilinear2d([32, 32], false, None, None)],
-            labels: Tensor::full([n], -1, (Kind::Int64, Device::Cpu)),
-            indices: Tensor::arange(n, (Kind::Int64, Device::Cpu)),
-        }
+        Batch::unlabeled(coarse.upsample_bilinear2d([32, 32], false, None, None))
     }
 
     #[test]

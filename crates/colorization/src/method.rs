@@ -258,12 +258,7 @@ mod tests {
     }
 
     fn batch(x: Tensor) -> Batch {
-        let n = x.size()[0];
-        Batch {
-            views: vec![x],
-            labels: Tensor::full([n], -1, (Kind::Int64, Device::Cpu)),
-            indices: Tensor::arange(n, (Kind::Int64, Device::Cpu)),
-        }
+        Batch::unlabeled(x)
     }
 
     #[test]

@@ -35,6 +35,20 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// One view of unlabeled images (labels `-1`, indices `0..B`), on the images' device: a
+    /// batch built by hand, as method tests feed one.
+    ///
+    /// # Shapes
+    /// `images`: `(B, C, H, W)`.
+    pub fn unlabeled(images: Tensor) -> Batch {
+        let (n, device) = (images.size()[0], images.device());
+        Batch {
+            views: vec![images],
+            labels: Tensor::full([n], -1, (tch::Kind::Int64, device)),
+            indices: Tensor::arange(n, (tch::Kind::Int64, device)),
+        }
+    }
+
     /// Copies the batch to `device`.
     pub fn to_device(&self, device: Device) -> Batch {
         Batch {
