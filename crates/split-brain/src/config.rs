@@ -15,6 +15,21 @@ pub enum SplitLoss {
     Regression,
 }
 
+/// Which halves' features the encoder gives evaluation (its taps). Training is the same
+/// whatever this says: an evaluation-time view of the same weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitFeatures {
+    /// Both halves concatenated at every tap, `l_to_ab` first: the paper's representation
+    /// (default).
+    #[default]
+    Both,
+    /// The half that sees L alone (half of every tap's channels).
+    LToAb,
+    /// The half that sees ab alone.
+    AbToL,
+}
+
 /// How each half predicts the other's channels, and how big the heads are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -46,6 +61,16 @@ pub struct SplitBrainConfig {
     pub flip: bool,
     /// Side of a random crop of each training image; `null` (default) keeps it whole.
     pub crop: Option<usize>,
+    /// Temperature of the annealed-mean decoding of the sample pictures (both directions in
+    /// classification). Default 0.38 (colorization's).
+    pub temperature: f64,
+    /// Number of training images in the sample grid written after each epoch
+    /// (`samples/epoch_NNNN.png`: original, ab predicted from L, L predicted from ab); 0 writes
+    /// none. Default 8.
+    pub samples: usize,
+    /// The features the encoder exposes to the probes: `both` (default), `l_to_ab` or
+    /// `ab_to_l` (the paper's comparison of each half alone against the concatenation).
+    pub features: SplitFeatures,
 }
 
 impl Default for SplitBrainConfig {
@@ -64,6 +89,9 @@ impl Default for SplitBrainConfig {
             head_width: 128,
             flip: true,
             crop: None,
+            temperature: 0.38,
+            samples: 8,
+            features: SplitFeatures::Both,
         }
     }
 }
@@ -96,6 +124,9 @@ impl SplitBrainConfig {
         }
         if self.head_width < 1 {
             return Err(format!("head_width = {} must be positive", self.head_width));
+        }
+        if self.temperature.is_nan() || self.temperature <= 0.0 {
+            return Err(format!("temperature = {} must be positive", self.temperature));
         }
         if self.crop == Some(0) {
             return Err("crop = 0: give a side or null".into());

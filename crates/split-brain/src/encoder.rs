@@ -6,7 +6,10 @@
 //! else up to a channel fewer per layer from the rounding of the scaled widths).
 //!
 //! As an [`Encoder`] it takes RGB (or gray) images in `[0, 1]`, as evaluation feeds them,
-//! converts them to Lab and gives each half its channels.
+//! converts them to Lab and gives each half its channels. [`SplitFeatures`] picks what its taps
+//! are: both halves concatenated (the representation) or one half alone (the paper's
+//! comparison of the halves).
+use crate::config::SplitFeatures;
 use selfsup_colorization::net::{ab_input, l_input};
 use selfsup_core::encoders::{try_build_encoder, Encoder, EncoderConfig};
 use selfsup_core::CoreError;
@@ -51,11 +54,13 @@ pub fn half_config(cfg: &EncoderConfig) -> Result<EncoderConfig, String> {
 ///
 /// # Shapes
 /// Input `(N, 3, H, W)` RGB or `(N, 1, H, W)` gray in `[0, 1]`; every tap is `(N, C_l + C_ab,
-/// h, w)`, the `l_to_ab` channels first.
+/// h, w)`, the `l_to_ab` channels first ([`SplitFeatures::Both`]), or one half's `(N, C, h,
+/// w)`.
 #[derive(Debug)]
 pub struct SplitEncoder {
     l_to_ab: Box<dyn Encoder>,
     ab_to_l: Box<dyn Encoder>,
+    features: SplitFeatures,
 }
 
 impl SplitEncoder {
@@ -65,7 +70,31 @@ impl SplitEncoder {
         let half = half_config(cfg).map_err(CoreError::Config)?;
         let l_to_ab = try_build_encoder(&(p / "l_to_ab"), &half, 1)?;
         let ab_to_l = try_build_encoder(&(p / "ab_to_l"), &half, 2)?;
-        Ok(SplitEncoder { l_to_ab, ab_to_l })
+        Ok(SplitEncoder { l_to_ab, ab_to_l, features: SplitFeatures::Both })
+    }
+
+    /// The same halves, exposing `features` at the taps.
+    pub fn with_features(self, features: SplitFeatures) -> Self {
+        SplitEncoder { features, ..self }
+    }
+
+    /// What the taps expose.
+    pub fn features(&self) -> SplitFeatures {
+        self.features
+    }
+
+    /// The taps of the halves [`Self::features`] selects, given each half's computation.
+    fn select(
+        &self,
+        xs: &Tensor,
+        run: impl Fn(&dyn Encoder, &Tensor) -> Vec<(String, Tensor)>,
+    ) -> Vec<(String, Tensor)> {
+        let (l, ab) = Self::inputs(&Self::lab(xs));
+        match self.features {
+            SplitFeatures::Both => Self::concat(run(&*self.l_to_ab, &l), run(&*self.ab_to_l, &ab)),
+            SplitFeatures::LToAb => run(&*self.l_to_ab, &l),
+            SplitFeatures::AbToL => run(&*self.ab_to_l, &ab),
+        }
     }
 
     /// The half that sees L.
@@ -108,7 +137,14 @@ impl SplitEncoder {
 impl ModuleT for SplitEncoder {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let (l, ab) = Self::inputs(&Self::lab(xs));
-        Tensor::cat(&[self.l_to_ab.forward_t(&l, train), self.ab_to_l.forward_t(&ab, train)], 1)
+        match self.features {
+            SplitFeatures::Both => Tensor::cat(
+                &[self.l_to_ab.forward_t(&l, train), self.ab_to_l.forward_t(&ab, train)],
+                1,
+            ),
+            SplitFeatures::LToAb => self.l_to_ab.forward_t(&l, train),
+            SplitFeatures::AbToL => self.ab_to_l.forward_t(&ab, train),
+        }
     }
 }
 
@@ -118,19 +154,18 @@ impl Encoder for SplitEncoder {
     }
 
     fn features_t(&self, xs: &Tensor, train: bool) -> Vec<(String, Tensor)> {
-        let (l, ab) = Self::inputs(&Self::lab(xs));
-        Self::concat(self.l_to_ab.features_t(&l, train), self.ab_to_l.features_t(&ab, train))
+        self.select(xs, |half, x| half.features_t(x, train))
     }
 
     fn features_upto_t(&self, xs: &Tensor, tap: &str, train: bool) -> Vec<(String, Tensor)> {
-        let (l, ab) = Self::inputs(&Self::lab(xs));
-        Self::concat(
-            self.l_to_ab.features_upto_t(&l, tap, train),
-            self.ab_to_l.features_upto_t(&ab, tap, train),
-        )
+        self.select(xs, |half, x| half.features_upto_t(x, tap, train))
     }
 
     fn out_channels(&self) -> i64 {
-        self.l_to_ab.out_channels() + self.ab_to_l.out_channels()
+        match self.features {
+            SplitFeatures::Both => self.l_to_ab.out_channels() + self.ab_to_l.out_channels(),
+            SplitFeatures::LToAb => self.l_to_ab.out_channels(),
+            SplitFeatures::AbToL => self.ab_to_l.out_channels(),
+        }
     }
 }

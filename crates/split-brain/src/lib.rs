@@ -16,7 +16,7 @@ pub mod config;
 pub mod encoder;
 pub mod method;
 
-pub use config::{SplitBrainConfig, SplitLoss};
+pub use config::{SplitBrainConfig, SplitFeatures, SplitLoss};
 pub use encoder::SplitEncoder;
 pub use method::SplitBrain;
 

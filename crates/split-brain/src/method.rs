@@ -6,12 +6,13 @@
 use crate::config::{SplitBrainConfig, SplitLoss};
 use crate::encoder::SplitEncoder;
 use selfsup_colorization::net::{pixel_accuracy, soft_cross_entropy, DenseHead};
+use selfsup_colorization::pictures::write_grid;
 use selfsup_colorization::ColorizationError;
 use selfsup_core::encoders::Encoder;
 use selfsup_core::method::single_view;
 use selfsup_core::{BuildContext, InputNormalization, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Op, Pipeline};
-use selfsup_lab::{rgb_to_lab, AbBins, LBins, Prior};
+use selfsup_lab::{lab_to_rgb, rgb_to_lab, AbBins, LBins, Prior};
 use tch::{Kind, Tensor};
 
 /// The name of the prior's state tensors (`split_brain.prior.counts`, `.images`).
@@ -30,6 +31,9 @@ pub struct SplitBrain {
     prior: Prior,
     cfg: SplitBrainConfig,
     image_channels: i64,
+    device: tch::Device,
+    /// The first training images seen, drawn in the sample grid after each epoch.
+    samples: Option<Tensor>,
 }
 
 /// What both halves predict for a batch.
@@ -73,7 +77,8 @@ impl SplitBrain {
         }
         let l_bins = LBins::new(cfg.l_bins)?;
         let encoder = SplitEncoder::new(&(root / "encoder"), &ctx.encoder)
-            .map_err(|e| ColorizationError::Encoder(Box::new(e)))?;
+            .map_err(|e| ColorizationError::Encoder(Box::new(e)))?
+            .with_features(cfg.features);
         let (ab_out, l_out) = match cfg.loss {
             SplitLoss::Classification => (ab_bins.len() as i64, l_bins.len()),
             SplitLoss::Regression => (2, 1),
@@ -100,6 +105,8 @@ impl SplitBrain {
             prior,
             cfg,
             image_channels: ctx.image_channels,
+            device: ctx.device,
+            samples: None,
         })
     }
 
@@ -137,6 +144,39 @@ impl SplitBrain {
             ab: self.head_ab.forward_t(&from_l, size, train),
             l: self.head_l.forward_t(&from_ab, size, train),
         }
+    }
+
+    /// The sample pictures of images: each direction's prediction (decoded by annealed mean
+    /// in classification, upsampled bilinearly) put together with the true other channels,
+    /// back to sRGB and clipped; computed in eval mode.
+    ///
+    /// # Shapes
+    /// `rgb`: `(N, 3, H, W)` in `[0, 1]`; returns two `(N, 3, H, W)` in `[0, 1]`: the true L
+    /// with the ab predicted from it, and the L predicted from the true ab with that ab.
+    pub fn pictures(&self, rgb: &Tensor) -> Result<(Tensor, Tensor), ColorizationError> {
+        tch::no_grad(|| {
+            let lab = rgb_to_lab(&rgb.to_kind(Kind::Float))?;
+            let s = lab.size();
+            let p = self.predict_t(&lab, false);
+            let (ab, l) = match self.cfg.loss {
+                SplitLoss::Classification => {
+                    let t = self.cfg.temperature;
+                    let l_values = self.l_bins.centres_t(p.l.device());
+                    (
+                        self.ab_bins.decode(&p.ab, t)?,
+                        selfsup_lab::annealed_mean(&p.l, &l_values, t)?,
+                    )
+                }
+                SplitLoss::Regression => {
+                    (p.ab.to_kind(Kind::Float) * 110.0, (p.l.to_kind(Kind::Float) + 1.0) * 50.0)
+                }
+            };
+            let up = |x: Tensor| x.upsample_bilinear2d([s[2], s[3]], false, None, None);
+            let (ab, l) = (up(ab), up(l).clamp(0.0, 100.0));
+            let from_l = lab_to_rgb(&Tensor::cat(&[lab.narrow(1, 0, 1), ab], 1))?;
+            let from_ab = lab_to_rgb(&Tensor::cat(&[l, lab.narrow(1, 1, 2)], 1))?;
+            Ok((from_l.clamp(0.0, 1.0), from_ab.clamp(0.0, 1.0)))
+        })
     }
 
     /// The data pipeline of the single view: optional random crop, optional horizontal flip;
@@ -215,6 +255,10 @@ impl PretextMethod for SplitBrain {
     fn step(&mut self, batch: &Batch, train: bool) -> selfsup_core::Result<StepOutput> {
         let images = single_view(batch, "split-brain")?;
         let n = images.size()[0];
+        if train && self.samples.is_none() && self.cfg.samples > 0 {
+            let k = (self.cfg.samples as i64).min(n);
+            self.samples = Some(images.narrow(0, 0, k).to_device(tch::Device::Cpu).copy());
+        }
         let lab = tch::no_grad(|| rgb_to_lab(&images.to_kind(Kind::Float)))
             .map_err(ColorizationError::from)?;
         let s = lab.size();
@@ -238,6 +282,20 @@ impl PretextMethod for SplitBrain {
         metrics.push(("ab_loss".to_string(), ab_loss.double_value(&[])));
         metrics.push(("l_loss".to_string(), l_loss.double_value(&[])));
         Ok(StepOutput { loss: ab_loss + l_loss, metrics, inputs: n })
+    }
+
+    fn write_epoch_artifacts(
+        &mut self,
+        epoch: u64,
+        _last: bool,
+        run_dir: &std::path::Path,
+    ) -> selfsup_core::Result<()> {
+        let Some(samples) = &self.samples else { return Ok(()) };
+        let rgb = samples.to_device(self.device).to_kind(Kind::Float);
+        let (from_l, from_ab) = self.pictures(&rgb)?;
+        let path = run_dir.join("samples").join(format!("epoch_{epoch:04}.png"));
+        write_grid(&path, &[&rgb, &from_l, &from_ab])?;
+        Ok(())
     }
 
     fn state_tensors(&self) -> Vec<(String, Tensor)> {
@@ -331,6 +389,50 @@ mod tests {
     }
 
     #[test]
+    fn a_half_alone_is_its_slice_of_the_concatenation_over_the_same_weights() {
+        use crate::config::SplitFeatures;
+        let x = images(2, 3);
+        let build = |features| {
+            let mut vs = nn::VarStore::new(Device::Cpu);
+            let m = SplitBrain::new(&vs.root(), SplitBrainConfig { features, ..small() }, &ctx())
+                .unwrap();
+            // The same weights whatever the view: the view adds no variable.
+            vs.set_kind(Kind::Float);
+            tch::no_grad(|| {
+                // Seeded by name, not drawn: the same weights in each build (running
+                // statistics keep their initial mean 0 and variance 1).
+                for (name, mut v) in vs.variables() {
+                    if name.contains("running") {
+                        continue;
+                    }
+                    let k = name.len() as f64;
+                    let s = v.size();
+                    let n = s.iter().product::<i64>();
+                    let w = (Tensor::arange(n, (Kind::Float, Device::Cpu)) * (0.37 + k)).sin();
+                    v.copy_(&(w.view(s.as_slice()) * 0.1));
+                }
+            });
+            let taps = tch::no_grad(|| m.encoder().features_t(&x, false));
+            let out = m.encoder().out_channels();
+            (vs.variables().len(), taps, out)
+        };
+        let (n_both, both, out_both) = build(SplitFeatures::Both);
+        let (n_l, l, out_l) = build(SplitFeatures::LToAb);
+        let (n_ab, ab, out_ab) = build(SplitFeatures::AbToL);
+        assert_eq!((n_both, n_l), (n_ab, n_ab));
+        assert_eq!(out_l + out_ab, out_both);
+        for ((b, l), ab) in both.iter().zip(&l).zip(&ab) {
+            assert_eq!(b.0, l.0);
+            let cl = l.1.size()[1];
+            assert_eq!(cl + ab.1.size()[1], b.1.size()[1], "{}", b.0);
+            assert!(max_diff(&b.1.narrow(1, 0, cl), &l.1) < 1e-6, "{}", b.0);
+            assert!(max_diff(&b.1.narrow(1, cl, ab.1.size()[1]), &ab.1) < 1e-6, "{}", b.0);
+        }
+        let c: SplitBrainConfig = serde_json::from_str(r#"{"features": "ab_to_l"}"#).unwrap();
+        assert_eq!(c.features, SplitFeatures::AbToL);
+    }
+
+    #[test]
     fn each_half_sees_only_its_own_channels() {
         let vs = nn::VarStore::new(Device::Cpu);
         let m = SplitBrain::new(&vs.root(), small(), &ctx()).unwrap();
@@ -385,6 +487,39 @@ mod tests {
         assert!(*r.last().unwrap() < 0.5 * r[0], "regression losses {r:?}");
         let w = losses(SplitBrainConfig { rebalance: true, ..small() });
         assert!(*w.last().unwrap() < 0.6 * w[0], "rebalanced losses {w:?}");
+    }
+
+    #[test]
+    fn sample_grids_show_both_directions_for_both_losses() {
+        for loss in [SplitLoss::Classification, SplitLoss::Regression] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let cfg = SplitBrainConfig { loss, samples: 2, ..small() };
+            let mut m = SplitBrain::new(&vs.root(), cfg, &ctx()).unwrap();
+            m.step(&batch(images(3, 5)), true).unwrap();
+            let (from_l, from_ab) = m.pictures(&images(2, 5)).unwrap();
+            for p in [&from_l, &from_ab] {
+                assert_eq!(p.size(), [2, 3, 32, 32]);
+                let (lo, hi) = (p.min().double_value(&[]), p.max().double_value(&[]));
+                assert!((0.0..=1.0).contains(&lo) && (0.0..=1.0).contains(&hi), "{lo} {hi}");
+            }
+            // The L of the colourised column is the original's, up to the sRGB clipping.
+            let l = |x: &Tensor| rgb_to_lab(x).unwrap().narrow(1, 0, 1);
+            let gap = (l(&from_l) - l(&images(2, 5))).abs().mean(Kind::Float).double_value(&[]);
+            assert!(gap < 5.0, "{loss:?}: mean L gap {gap}");
+            let dir = tempfile::tempdir().unwrap();
+            m.write_epoch_artifacts(2, false, dir.path()).unwrap();
+            let png = image::open(dir.path().join("samples/epoch_0002.png")).unwrap().to_rgb8();
+            // Two images, three columns: original, from L, from ab.
+            assert_eq!(png.dimensions(), (3 * 32, 2 * 32), "{loss:?}");
+        }
+        // No samples asked for: nothing written.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut m = SplitBrain::new(&vs.root(), SplitBrainConfig { samples: 0, ..small() }, &ctx())
+            .unwrap();
+        m.step(&batch(images(2, 5)), true).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        m.write_epoch_artifacts(1, true, dir.path()).unwrap();
+        assert!(!dir.path().join("samples").exists());
     }
 
     #[test]

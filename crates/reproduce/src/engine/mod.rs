@@ -20,7 +20,9 @@ pub mod report;
 pub mod scores;
 mod stages;
 
-pub use plan::{Chart, EncoderSpec, Labeled, Plan, ProbeSpec, Protocol, Source, Training};
+pub use plan::{
+    Artifact, Chart, EncoderSpec, Labeled, Plan, ProbeSpec, Protocol, Source, Training,
+};
 pub use report::{Cell, Column, Finding, Report, Section, Table, Test};
 pub use scores::{Row, ScoreRef, Scores, Stat};
 
@@ -30,7 +32,7 @@ use selfsup_core::Registry;
 use selfsup_data::{ImageDataset, Split};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::Device;
 
@@ -167,6 +169,10 @@ pub fn run(plan: &Plan, env: &Env, registry: &Registry) -> Result<()> {
     for t in &plan.trainings {
         trainings.insert(t.name.clone(), st.train(t)?);
     }
+    // Their files the results keep (sample grids).
+    for a in &plan.artifacts {
+        copy_artifact(a, &run_root, &res_root, &mut st.log)?;
+    }
     // A training may have switched oneDNN per its config; the probes follow the plan.
     selfsup_core::determinism::set_mkldnn_enabled(!plan.deterministic);
 
@@ -253,4 +259,25 @@ fn write_commands(plan: &Plan, res_root: &std::path::Path, command: &str) -> Res
     s += &plan.probe_commands;
     s.push('\n');
     write_file(&res_root.join("commands.md"), s.as_bytes())
+}
+
+/// Copies the last file (by name) of `a.folder` in its training's run folder to `a.file` in
+/// the results folder; a training that wrote none is logged, not an error (a config may turn
+/// its samples off).
+fn copy_artifact(a: &Artifact, run_root: &Path, res_root: &Path, log: &mut Log) -> Result<()> {
+    let dir = run_root.join(&a.training).join(&a.folder);
+    let last = match std::fs::read_dir(&dir) {
+        Ok(entries) => {
+            entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).max()
+        }
+        Err(_) => None,
+    };
+    let Some(src) = last else {
+        log.line(&format!("[artifact] {}: {} holds no file", a.file, dir.display()));
+        return Ok(());
+    };
+    let bytes = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+    write_file(&res_root.join(&a.file), &bytes)?;
+    log.line(&format!("[artifact] {} from {}", a.file, src.display()));
+    Ok(())
 }

@@ -44,6 +44,21 @@ pub struct Plan {
     pub charts: Vec<Chart>,
     /// The closing paragraph of `commands.md`: how the probes map to `selfsup eval`.
     pub probe_commands: String,
+    /// Files of the trainings copied into the results folder (sample grids).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<Artifact>,
+}
+
+/// A file a training writes, copied into the results folder after the trainings: the last
+/// (by name) of the files in `runs/<plan>/<profile>/<training>/<folder>/`, as `file`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Artifact {
+    /// The training.
+    pub training: String,
+    /// Its folder inside the run folder (`samples`).
+    pub folder: String,
+    /// The copy's path inside the results folder (`samples/pretrain.png`).
+    pub file: String,
 }
 
 /// A training: `selfsup train --config configs/<name>.json --out runs/.../<name>`.
@@ -86,6 +101,11 @@ pub enum Source {
         run: String,
         /// Load the checkpoint's weights.
         trained: bool,
+        /// Keys merged over the training's `method_config` before the method is built: an
+        /// evaluation-time view of the same weights (split-brain's `features: "l_to_ab"`
+        /// probes one half). Must not change the method's variables. `null`: none.
+        #[serde(default, skip_serializing_if = "Value::is_null")]
+        view: Value,
     },
     /// A freshly initialised encoder: this project's init (He-normal convs, BN weight 1) or,
     /// with `pytorch_legacy`, PyTorch 0.3's (see `selfsup_eval::baselines`).
@@ -228,6 +248,15 @@ impl Plan {
         };
         dup(self.trainings.iter().map(|t| t.name.as_str()).collect(), "training")?;
         dup(self.encoders.iter().map(|e| e.name.as_str()).collect(), "encoder")?;
+        dup(self.artifacts.iter().map(|a| a.file.as_str()).collect(), "artifact file")?;
+        for a in &self.artifacts {
+            if self.training(&a.training).is_none() {
+                return Err(format!(
+                    "plan `{}`: artifact `{}` comes from training `{}`, which the plan lacks",
+                    self.name, a.file, a.training
+                ));
+            }
+        }
         for e in &self.encoders {
             if let Source::Encoder { run } | Source::Method { run, .. } = &e.source {
                 if self.training(run).is_none() {

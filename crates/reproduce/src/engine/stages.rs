@@ -243,11 +243,15 @@ fn load(st: &Stages, spec: &EncoderSpec) -> Result<Loaded> {
             let e = checkpoint::load_encoder(&st.run_root.join(run), device)?;
             Loaded::Encoder(e.vs, e.encoder)
         }
-        Source::Method { run, trained } => {
+        Source::Method { run, trained, view } => {
             let t = st.plan.training(run).expect("validated plan");
             let images = st.training_set(t);
+            let mut config = t.config.clone();
+            if !view.is_null() {
+                selfsup_core::config::merge(&mut config.method_config, view);
+            }
             let (vs, method, _) =
-                selfsup_core::trainer::build_method(&t.config, st.registry, &images, device)?;
+                selfsup_core::trainer::build_method(&config, st.registry, &images, device)?;
             if *trained {
                 let dir = st.run_root.join(run);
                 let ck = checkpoint::load(&dir)?;

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 pub mod contrastive;
 pub mod patches;
+pub mod reconstruction;
 pub mod rotnet;
 
 /// What a plan is built from: the command line's choices.
@@ -69,6 +70,26 @@ pub fn catalogue() -> Vec<Entry> {
             about: "van den Oord et al. 2018 (CPC v2 patches), conv1-conv5 linear probes",
             build: patches::plan,
         },
+        Entry {
+            name: "autoencoder",
+            about: "Vincent et al. 2008 (denoising), conv1-conv5 linear probes",
+            build: reconstruction::plan,
+        },
+        Entry {
+            name: "context-encoder",
+            about: "Pathak et al. 2016, conv1-conv5 linear probes, losses and masks compared",
+            build: reconstruction::plan,
+        },
+        Entry {
+            name: "colorization",
+            about: "Zhang et al. 2016, conv1-conv5 linear probes against the seed's table",
+            build: reconstruction::plan,
+        },
+        Entry {
+            name: "split-brain",
+            about: "Zhang et al. 2017, conv1-conv5 linear probes, halves and losses compared",
+            build: reconstruction::plan,
+        },
     ]
 }
 
@@ -115,4 +136,62 @@ pub fn sgd(lr: f64, momentum: f64, weight_decay: f64) -> selfsup_core::optim::Op
 /// Cosine decay to zero over the run, no warm-up.
 pub fn cosine() -> selfsup_core::schedule::ScheduleConfig {
     selfsup_core::schedule::ScheduleConfig::Cosine { warmup_epochs: 0.0, final_fraction: 0.0 }
+}
+
+/// What the single-trunk plans (patch grids, reconstruction) fix of every training: a run
+/// config is these with a method, its config, epochs and optimizer.
+#[derive(Debug, Clone)]
+pub struct Trainings<'a> {
+    /// The trunk.
+    pub encoder: &'a selfsup_core::EncoderConfig,
+    /// Training images (a seeded subset); `None` = all.
+    pub train_images: Option<usize>,
+    /// Images per step.
+    pub batch_size: usize,
+    /// The pretrainings' schedule (the supervised trunk's is cosine).
+    pub schedule: &'a selfsup_core::schedule::ScheduleConfig,
+    /// Bit-for-bit CPU determinism.
+    pub deterministic: bool,
+    /// Run seed.
+    pub seed: u64,
+    /// Metrics line every this many steps.
+    pub log_every: u64,
+}
+
+impl Trainings<'_> {
+    /// The run config of `method` with `method_config` for `epochs` under `optimizer`, on the
+    /// input's dataset and device, checkpointed every epoch.
+    pub fn config(
+        &self,
+        method: &str,
+        method_config: serde_json::Value,
+        epochs: u64,
+        optimizer: selfsup_core::optim::OptimizerConfig,
+        input: &PlanInput,
+    ) -> selfsup_core::config::RunConfig {
+        use selfsup_core::config::{DataConfig, RunConfig, TrainConfig};
+        RunConfig {
+            method: method.into(),
+            seed: self.seed,
+            device: input.device.clone(),
+            data: DataConfig {
+                dataset: input.dataset.clone(),
+                split: selfsup_data::Split::Train,
+                data_dir: Some(input.data_dir.clone()),
+                max_images: self.train_images,
+            },
+            encoder: self.encoder.clone(),
+            train: TrainConfig {
+                epochs,
+                batch_size: self.batch_size,
+                optimizer,
+                schedule: if method == "supervised" { cosine() } else { self.schedule.clone() },
+                checkpoint_every: 1,
+                log_every: self.log_every,
+                deterministic: self.deterministic,
+                ..TrainConfig::default()
+            },
+            method_config,
+        }
+    }
 }

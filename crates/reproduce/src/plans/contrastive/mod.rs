@@ -87,7 +87,11 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
         .map(|&name| EncoderSpec {
             name: name.into(),
             config: p.encoder.clone(),
-            source: Source::Method { run: "pretrain".into(), trained: name == "trained" },
+            source: Source::Method {
+                run: "pretrain".into(),
+                trained: name == "trained",
+                view: serde_json::Value::Null,
+            },
         })
         .collect();
     let mut probes = Vec::new();
@@ -128,6 +132,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
             p.name,
             p.probe_train_images.map_or(String::new(), |n| format!(" --train-images {n}")),
         ),
+        artifacts: Vec::new(),
     })
 }
 

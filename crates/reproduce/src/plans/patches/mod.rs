@@ -67,8 +67,9 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
     let p = Profile::resolve(method, &input.profile, &input.sets)?;
     let mut ablated = p.method_config.clone();
     selfsup_core::config::merge(&mut ablated, &p.ablation);
+    let shared = p.trainings();
     let cfg = |m: &str, c: &serde_json::Value, epochs, opt| {
-        p.run_config(m, c.clone(), epochs, opt, &input.dataset, &input.data_dir, &input.device)
+        shared.config(m, c.clone(), epochs, opt, input)
     };
     let headline = Some(pretext_metric(method).to_string());
     let trainings = vec![
@@ -141,6 +142,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
             p.name,
             p.probe_train_images.map_or(String::new(), |n| format!(" --train-images {n}")),
         ),
+        artifacts: Vec::new(),
     })
 }
 

@@ -5,16 +5,13 @@
 use super::METHODS;
 use crate::plans::{cosine, sgd};
 use anyhow::{bail, Result};
-use selfsup_core::config::{DataConfig, RunConfig, TrainConfig};
 use selfsup_core::encoders::AlexnetVariant;
 use selfsup_core::optim::OptimizerConfig;
 use selfsup_core::schedule::ScheduleConfig;
 use selfsup_core::EncoderConfig;
-use selfsup_data::Split;
 use selfsup_eval::{KnnConfig, LinearProbeConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::path::Path;
 
 /// A published layer-wise linear-probe row (conv1..conv5, top-1 %), printed beside ours and
 /// marked with its dataset.
@@ -346,41 +343,16 @@ impl Profile {
         })
     }
 
-    /// The run config of a training of this profile: `method` with `method_config`, the
-    /// profile's trunk, images and seed.
-    #[allow(clippy::too_many_arguments)]
-    pub fn run_config(
-        &self,
-        method: &str,
-        method_config: Value,
-        epochs: u64,
-        optimizer: OptimizerConfig,
-        dataset: &str,
-        data_dir: &Path,
-        device: &str,
-    ) -> RunConfig {
-        RunConfig {
-            method: method.into(),
+    /// What every training of this profile shares.
+    pub fn trainings(&self) -> crate::plans::Trainings<'_> {
+        crate::plans::Trainings {
+            encoder: &self.encoder,
+            train_images: self.train_images,
+            batch_size: self.batch_size,
+            schedule: &self.schedule,
+            deterministic: self.deterministic,
             seed: self.seed,
-            device: device.into(),
-            data: DataConfig {
-                dataset: dataset.into(),
-                split: Split::Train,
-                data_dir: Some(data_dir.to_path_buf()),
-                max_images: self.train_images,
-            },
-            encoder: self.encoder.clone(),
-            train: TrainConfig {
-                epochs,
-                batch_size: self.batch_size,
-                optimizer,
-                schedule: if method == "supervised" { cosine() } else { self.schedule.clone() },
-                checkpoint_every: 1,
-                log_every: self.log_every,
-                deterministic: self.deterministic,
-                ..TrainConfig::default()
-            },
-            method_config,
+            log_every: self.log_every,
         }
     }
 }

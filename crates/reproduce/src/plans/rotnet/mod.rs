@@ -242,7 +242,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
         encoder(
             SUPERVISED,
             &p.supervised_encoder,
-            Source::Method { run: SUPERVISED.into(), trained: true },
+            Source::Method { run: SUPERVISED.into(), trained: true, view: serde_json::Value::Null },
         ),
         encoder(RANDOM, &p.encoder, random(false)),
         encoder(RANDOM_LEGACY, &p.encoder, random(true)),
@@ -306,6 +306,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
         trainings,
         encoders,
         probes,
+        artifacts: Vec::new(),
     })
 }
 
