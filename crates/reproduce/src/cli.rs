@@ -57,6 +57,18 @@ pub fn parse_args(args: &[String], usage: &str) -> Result<Option<Args>> {
             "--results-dir" => a.results_dir = PathBuf::from(value("--results-dir")?),
             "--force" => a.force = true,
             "--set" => a.sets.push(value("--set")?),
+            // The zoo's choice of methods, as the profile key it sets.
+            "--methods" => {
+                let list: Vec<String> = value("--methods")?
+                    .split(',')
+                    .map(|m| m.trim().to_string())
+                    .filter(|m| !m.is_empty())
+                    .collect();
+                if list.is_empty() {
+                    bail!("--methods needs at least one method name\n{usage}");
+                }
+                a.sets.push(format!("methods={}", serde_json::to_string(&list)?));
+            }
             "-h" | "--help" => {
                 println!("{usage}");
                 return Ok(None);
@@ -141,7 +153,7 @@ pub fn usage(plan: &str) -> String {
     format!(
         "usage: selfsup reproduce {plan} [--profile smoke|cpu|paper] [--dataset cifar10] \
          [--data-dir DIR] [--device auto|cpu|cuda:N] [--runs-dir DIR] [--results-dir DIR] \
-         [--set PROFILE_KEY=VALUE]... [--force]"
+         [--set PROFILE_KEY=VALUE]... [--methods a,b,... (zoo)] [--force]"
     )
 }
 

@@ -106,6 +106,7 @@ fn plan(input: &PlanInput) -> anyhow::Result<Plan> {
         },
         charts: Vec::new(),
         probe_commands: "The probes: `selfsup eval --protocol linear`.".into(),
+        scatters: Vec::new(),
         artifacts: Vec::new(),
     })
 }

@@ -21,7 +21,7 @@ pub mod scores;
 mod stages;
 
 pub use plan::{
-    Artifact, Chart, EncoderSpec, Labeled, Plan, ProbeSpec, Protocol, Source, Training,
+    Artifact, Chart, EncoderSpec, Labeled, Plan, ProbeSpec, Protocol, Scatter, Source, Training,
 };
 pub use report::{Cell, Column, Finding, Report, Section, Table, Test};
 pub use scores::{Row, ScoreRef, Scores, Stat};
@@ -228,6 +228,14 @@ pub fn run(plan: &Plan, env: &Env, registry: &Registry) -> Result<()> {
             .map(|(label, cells)| (label.clone(), cells.iter().map(|x| x.value(&ctx)).collect()))
             .collect();
         plots::chart(c, &values, &res_root.join(&c.file))?;
+    }
+    for sc in &plan.scatters {
+        let points: Vec<(String, f64, f64)> = sc
+            .points
+            .iter()
+            .filter_map(|(label, x, y)| Some((label.clone(), x.value(&ctx)?, y.value(&ctx)?)))
+            .collect();
+        plots::scatter(sc, &points, &res_root.join(&sc.file))?;
     }
     println!();
     print!("{md}");

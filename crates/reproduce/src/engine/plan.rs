@@ -44,6 +44,9 @@ pub struct Plan {
     pub charts: Vec<Chart>,
     /// The closing paragraph of `commands.md`: how the probes map to `selfsup eval`.
     pub probe_commands: String,
+    /// Scatter plots of cells (PNG files in the results folder).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scatters: Vec<Scatter>,
     /// Files of the trainings copied into the results folder (sample grids).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<Artifact>,
@@ -225,6 +228,22 @@ pub struct Chart {
     pub series: Vec<(String, Vec<super::report::Cell>)>,
 }
 
+/// A scatter plot: one labelled point per entry, at the values of its two cells (best-layer
+/// accuracy against pretraining seconds, say); a point missing either value is left out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scatter {
+    /// PNG file name in the results folder.
+    pub file: String,
+    /// Caption.
+    pub title: String,
+    /// The x axis's description.
+    pub x_desc: String,
+    /// The y axis's description.
+    pub y_desc: String,
+    /// `(label, x, y)` of each point.
+    pub points: Vec<(String, super::report::Cell, super::report::Cell)>,
+}
+
 impl Plan {
     /// The training called `name`.
     pub fn training(&self, name: &str) -> Option<&Training> {
@@ -304,6 +323,14 @@ impl Plan {
                 for cell in cells {
                     cell.check_refs(&known, &runs)
                         .map_err(|e| format!("plan `{}`, chart {}: {e}", self.name, c.file))?;
+                }
+            }
+        }
+        for sc in &self.scatters {
+            for (_, x, y) in &sc.points {
+                for cell in [x, y] {
+                    cell.check_refs(&known, &runs)
+                        .map_err(|e| format!("plan `{}`, chart {}: {e}", self.name, sc.file))?;
                 }
             }
         }

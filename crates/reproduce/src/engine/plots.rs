@@ -1,6 +1,6 @@
 //! PNG charts of a reproduction (plotters, bitmap backend): the training curves of every
 //! training from its `metrics.jsonl`, and the plan's charts of probe scores (per block, say).
-use super::plan::Chart;
+use super::plan::{Chart, Scatter};
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
@@ -124,6 +124,48 @@ pub fn chart(chart: &Chart, values: &[(String, Vec<Option<f64>>)], out: &Path) -
         .position(SeriesLabelPosition::LowerLeft)
         .draw()
         .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// `scatter`'s labelled points `(label, x, y)`, each a dot with its label beside it, on axes
+/// fitted to the points.
+pub fn scatter(scatter: &Scatter, points: &[(String, f64, f64)], out: &Path) -> Result<()> {
+    let root = BitMapBackend::new(out, (800, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let fit = |vals: Vec<f64>| {
+        let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if !lo.is_finite() {
+            return (0.0, 1.0);
+        }
+        let pad = ((hi - lo) * 0.1).max(1e-3 * hi.abs().max(1.0));
+        (lo - pad, hi + pad)
+    };
+    let (x0, x1) = fit(points.iter().map(|p| p.1).collect());
+    let (y0, y1) = fit(points.iter().map(|p| p.2).collect());
+    let mut plot = ChartBuilder::on(&root)
+        .caption(&scatter.title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(err)?;
+    plot.configure_mesh()
+        .x_desc(scatter.x_desc.as_str())
+        .y_desc(scatter.y_desc.as_str())
+        .draw()
+        .map_err(err)?;
+    for (i, (label, x, y)) in points.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        plot.draw_series(std::iter::once(Circle::new((*x, *y), 5, color.filled()))).map_err(err)?;
+        plot.draw_series(std::iter::once(Text::new(
+            label.clone(),
+            (*x, *y),
+            ("sans-serif", 14).into_font(),
+        )))
+        .map_err(err)?;
+    }
     root.present().map_err(err)?;
     Ok(())
 }

@@ -100,6 +100,60 @@ pub enum Cell {
         /// Factor.
         scale: f64,
     },
+    /// A value of a training's `done.json` at a JSON pointer (`/seconds`), times `scale`.
+    RunField {
+        /// The training.
+        run: String,
+        /// The JSON pointer.
+        pointer: String,
+        /// Factor.
+        scale: f64,
+    },
+    /// The largest value among the cells (`–` when none has one), `12.34`.
+    Max(Vec<Cell>),
+    /// Spearman's rank correlation between the cells' values and the figures paired with them
+    /// (over the pairs where the cell has a value; ties take their mean rank), `+0.80 (n = 6)`;
+    /// `–` below three pairs.
+    Spearman(Vec<(Cell, f64)>),
+}
+
+/// Ranks of `xs` from 1 (smallest), ties sharing their mean rank.
+fn ranks(xs: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..xs.len()).collect();
+    order.sort_by(|&a, &b| xs[a].total_cmp(&xs[b]));
+    let mut r = vec![0.0; xs.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && xs[order[j + 1]] == xs[order[i]] {
+            j += 1;
+        }
+        let mean = (i + j) as f64 / 2.0 + 1.0;
+        for k in i..=j {
+            r[order[k]] = mean;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+/// Spearman's ρ of paired values (Pearson's correlation of their ranks); `None` below three
+/// pairs or when either side is constant.
+pub fn spearman(pairs: &[(f64, f64)]) -> Option<f64> {
+    if pairs.len() < 3 {
+        return None;
+    }
+    let a = ranks(&pairs.iter().map(|p| p.0).collect::<Vec<_>>());
+    let b = ranks(&pairs.iter().map(|p| p.1).collect::<Vec<_>>());
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(&b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    if va == 0.0 || vb == 0.0 {
+        return None;
+    }
+    Some(cov / (va * vb).sqrt())
 }
 
 /// What cells and findings are evaluated against.
@@ -167,7 +221,23 @@ impl Cell {
                 .get(run)
                 .and_then(|d| d["last_epoch"][key].as_f64())
                 .map(|v| v * scale),
+            Cell::RunField { run, pointer, scale } => ctx
+                .trainings
+                .get(run)
+                .and_then(|d| d.pointer(pointer))
+                .and_then(Value::as_f64)
+                .map(|v| v * scale),
+            Cell::Max(cells) => cells
+                .iter()
+                .filter_map(|c| c.value(ctx))
+                .fold(None, |m, v| Some(m.map_or(v, |m: f64| m.max(v)))),
+            Cell::Spearman(pairs) => spearman(&Self::pairs(ctx, pairs)),
         }
+    }
+
+    /// The `(value, figure)` pairs of a [`Cell::Spearman`] whose cell has a value.
+    fn pairs(ctx: &Context, pairs: &[(Cell, f64)]) -> Vec<(f64, f64)> {
+        pairs.iter().filter_map(|(c, f)| c.value(ctx).map(|v| (v, *f))).collect()
     }
 
     /// The cell as markdown.
@@ -176,7 +246,15 @@ impl Cell {
             Cell::Text(t) => t.clone(),
             Cell::Code(t) => format!("`{t}`"),
             Cell::Count(n) => n.to_string(),
-            Cell::Figure(_) | Cell::Mean(_) | Cell::RunMetric { .. } => f2(self.value(ctx)),
+            Cell::Figure(_)
+            | Cell::Mean(_)
+            | Cell::RunMetric { .. }
+            | Cell::RunField { .. }
+            | Cell::Max(_) => f2(self.value(ctx)),
+            Cell::Spearman(pairs) => match self.value(ctx) {
+                Some(rho) => format!("{rho:+.2} (n = {})", Self::pairs(ctx, pairs).len()),
+                None => "–".into(),
+            },
             Cell::Spread(r) => spread(ctx.scores.pooled(r).as_ref()),
             Cell::Best(r) => spread(ctx.scores.best_pooled(r).as_ref()),
             Cell::Delta(..) => signed(self.value(ctx)),
@@ -232,10 +310,12 @@ impl Cell {
             Cell::Delta(a, b) => a.check_refs(known, runs).and(b.check_refs(known, runs)),
             Cell::PairedDiff(pairs) => pairs.iter().try_for_each(|(a, b)| check(a).and(check(b))),
             Cell::Gain(a, b) => a.iter().chain(b).try_for_each(check),
-            Cell::RunMetric { run, .. } if runs(run) => Ok(()),
-            Cell::RunMetric { run, .. } => {
+            Cell::RunMetric { run, .. } | Cell::RunField { run, .. } if runs(run) => Ok(()),
+            Cell::RunMetric { run, .. } | Cell::RunField { run, .. } => {
                 Err(format!("a cell cites training `{run}`, which the plan lacks"))
             }
+            Cell::Max(cells) => cells.iter().try_for_each(|c| c.check_refs(known, runs)),
+            Cell::Spearman(pairs) => pairs.iter().try_for_each(|(c, _)| c.check_refs(known, runs)),
         }
     }
 }
@@ -612,6 +692,45 @@ mod tests {
             s.add(enc, "mlp", *seed, &r);
         }
         s
+    }
+
+    #[test]
+    fn max_run_fields_and_rank_correlations() {
+        let s =
+            scores(&[("a", "conv1", 0, 30.0), ("a", "conv2", 0, 40.0), ("b", "conv1", 0, 20.0)]);
+        let mut trainings = BTreeMap::new();
+        trainings.insert("a".to_string(), json!({"seconds": 120.5, "summary": {"images": 7}}));
+        let ctx = Context { scores: &s, trainings: &trainings, command: "" };
+        let max = Cell::Max(vec![
+            Cell::Mean(vec![at("a", "mlp", "conv1")]),
+            Cell::Mean(vec![at("a", "mlp", "conv2")]),
+            Cell::Mean(vec![at("a", "mlp", "conv3")]),
+        ]);
+        assert_eq!(max.value(&ctx), Some(40.0));
+        assert_eq!(Cell::Max(vec![Cell::Figure(None)]).text(&ctx), "–");
+        let secs = Cell::RunField { run: "a".into(), pointer: "/seconds".into(), scale: 1.0 };
+        assert_eq!(secs.text(&ctx), "120.50");
+        let imgs =
+            Cell::RunField { run: "a".into(), pointer: "/summary/images".into(), scale: 2.0 };
+        assert_eq!(imgs.value(&ctx), Some(14.0));
+        let runs = |r: &str| r == "a";
+        let known = |_: &ScoreRef| true;
+        let other = Cell::RunField { run: "z".into(), pointer: "/seconds".into(), scale: 1.0 };
+        assert!(other.check_refs(&known, &runs).unwrap_err().contains("training `z`"));
+        // Same order: +1; reversed: −1; ties share their mean rank; a missing value drops
+        // its pair, and fewer than three pairs give none.
+        assert_eq!(spearman(&[(1.0, 10.0), (2.0, 20.0), (3.0, 35.0)]), Some(1.0));
+        assert_eq!(spearman(&[(1.0, 30.0), (2.0, 20.0), (3.0, 10.0)]), Some(-1.0));
+        let rho = spearman(&[(1.0, 1.0), (1.0, 2.0), (3.0, 3.0), (4.0, 4.0)]).unwrap();
+        assert!((rho - 0.9486832980505138).abs() < 1e-12, "{rho}");
+        assert_eq!(spearman(&[(1.0, 1.0), (2.0, 2.0)]), None);
+        let rank = Cell::Spearman(vec![
+            (Cell::Figure(Some(1.0)), 5.0),
+            (Cell::Figure(Some(2.0)), 6.0),
+            (Cell::Figure(None), 0.0),
+            (Cell::Figure(Some(3.0)), 7.0),
+        ]);
+        assert_eq!(rank.text(&ctx), "+1.00 (n = 3)");
     }
 
     fn finding(test: Test) -> Finding {

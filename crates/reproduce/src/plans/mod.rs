@@ -14,6 +14,7 @@ pub mod contrastive;
 pub mod patches;
 pub mod reconstruction;
 pub mod rotnet;
+pub mod zoo;
 
 /// What a plan is built from: the command line's choices.
 #[derive(Debug, Clone)]
@@ -89,6 +90,11 @@ pub fn catalogue() -> Vec<Entry> {
             name: "split-brain",
             about: "Zhang et al. 2017, conv1-conv5 linear probes, halves and losses compared",
             build: reconstruction::plan,
+        },
+        Entry {
+            name: "zoo",
+            about: "every method on one trunk under one protocol: the seed's layer-wise table",
+            build: zoo::plan,
         },
     ]
 }

@@ -142,6 +142,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
             p.name,
             p.probe_train_images.map_or(String::new(), |n| format!(" --train-images {n}")),
         ),
+        scatters: Vec::new(),
         artifacts: Vec::new(),
     })
 }

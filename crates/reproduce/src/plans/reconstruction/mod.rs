@@ -59,7 +59,7 @@ fn writes_samples(method: &str) -> bool {
 
 /// `config` with each top-level key of `overrides` replaced (not merged: a mask of another
 /// kind replaces the whole mask).
-fn with_overrides(config: &Value, overrides: &Value) -> Value {
+pub fn with_overrides(config: &Value, overrides: &Value) -> Value {
     let mut c = config.clone();
     if let (Some(c), Some(o)) = (c.as_object_mut(), overrides.as_object()) {
         for (k, v) in o {
@@ -174,6 +174,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
             p.name,
             p.probe_train_images.map_or(String::new(), |n| format!(" --train-images {n}")),
         ),
+        scatters: Vec::new(),
         artifacts,
     })
 }

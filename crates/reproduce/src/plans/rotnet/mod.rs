@@ -306,6 +306,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
         trainings,
         encoders,
         probes,
+        scatters: Vec::new(),
         artifacts: Vec::new(),
     })
 }
