@@ -8,6 +8,7 @@ mod bench_data;
 mod bench_train;
 mod fetch;
 mod libtorch;
+mod tables;
 mod tasks;
 
 use anyhow::Result;
@@ -16,9 +17,12 @@ const HELP: &str = "\
 cargo xtask <command> [args]
 
 Commands:
-  reproduce <method> [--profile smoke|cpu|paper] [--dataset cifar10] [--force]
-                     train and evaluate a paper's tables into results/<method>/<profile>/
-                     (methods: rotnet, simclr, moco, instance-discrimination)
+  reproduce <plan> [--profile smoke|cpu|paper] [--dataset cifar10] [--force]
+                     train and evaluate a paper's tables into results/<plan>/<profile>/
+                     (`selfsup reproduce --help` lists the plans; `zoo [--methods a,b]`
+                     compares every method on one trunk)
+  tables             regenerate results/README.md and the README's results block from the
+                     committed results/**/results.json (no training)
   test               the whole suite: cargo fmt --check, clippy -D warnings, all tests
   bench data         data-pipeline throughput against torchvision's DataLoader
   bench train [--width 192 --batch 32 --steps 5 --threads 2]
@@ -69,6 +73,7 @@ fn run() -> Result<()> {
         "reproduce" => tasks::reproduce(rest),
         "bench" => tasks::bench(rest),
         "fetch" => tasks::fetch(rest),
+        "tables" => tables::run(&root),
         other => anyhow::bail!("unknown command `{other}`; `cargo xtask help` lists them"),
     }
 }
