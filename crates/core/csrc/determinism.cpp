@@ -18,4 +18,44 @@ int selfsup_set_mkldnn_enabled(int enabled) {
   }
 }
 
+// The CUDA switches of `train.deterministic` (they are global flags of ATen's context, so they
+// can be set and read back on a CPU-only machine too). `deterministic`: cuDNN picks
+// deterministic convolution algorithms, ATen's deterministic implementations are used where they
+// exist (warn_only: an op without one warns instead of failing, as
+// `torch.use_deterministic_algorithms(True, warn_only=True)`), and TF32 is off for cuBLAS
+// matmuls and cuDNN convolutions so that "fp32" is fp32. `benchmark`: cuDNN's autotuner (fast,
+// not reproducible). Returns 0, or -1 when libtorch threw.
+int selfsup_set_cuda_determinism(int deterministic, int benchmark) {
+  try {
+    auto& ctx = at::globalContext();
+    ctx.setDeterministicCuDNN(deterministic != 0);
+    ctx.setBenchmarkCuDNN(benchmark != 0);
+    ctx.setDeterministicAlgorithms(deterministic != 0, /*warn_only=*/true);
+    if (deterministic != 0) {
+      ctx.setAllowTF32CuBLAS(false);
+      ctx.setAllowTF32CuDNN(false);
+    }
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
+// Reads the switches back: cuDNN deterministic, cuDNN benchmark, deterministic algorithms,
+// TF32 in cuBLAS, TF32 in cuDNN (each 0 or 1). Returns 0, or -1 when libtorch threw.
+int selfsup_get_cuda_determinism(int* cudnn_deterministic, int* cudnn_benchmark,
+                                 int* algorithms, int* tf32_cublas, int* tf32_cudnn) {
+  try {
+    auto& ctx = at::globalContext();
+    *cudnn_deterministic = ctx.deterministicCuDNN() ? 1 : 0;
+    *cudnn_benchmark = ctx.benchmarkCuDNN() ? 1 : 0;
+    *algorithms = ctx.deterministicAlgorithms() ? 1 : 0;
+    *tf32_cublas = ctx.allowTF32CuBLAS() ? 1 : 0;
+    *tf32_cudnn = ctx.allowTF32CuDNN() ? 1 : 0;
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
 }  // extern "C"

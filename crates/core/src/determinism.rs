@@ -7,11 +7,97 @@
 //! of 96 channels at 32×32, batch 128, forward + backward) that costs about 4× in speed
 //! (36 → 8 images/s), and bf16 autocast loses its AMX kernels. With `deterministic = false` a
 //! run is still bit-for-bit reproducible at the same thread count (which the saved config
-//! records). On CUDA the switch does nothing.
+//! records).
+//!
+//! On CUDA ([`apply`]) `deterministic = true` makes cuDNN pick deterministic algorithms with its
+//! autotuner off, switches ATen to its deterministic implementations where it has them (an op
+//! without one logs a warning rather than failing), turns TF32 off in cuBLAS and cuDNN (so
+//! "fp32" convolutions and matmuls are fp32, not TF32) and sets `CUBLAS_WORKSPACE_CONFIG` to
+//! `:4096:8` unless it is set. What that promises: the same seed, code, GPU model, driver and
+//! libtorch give the same bits; across GPU models, drivers or libtorch versions, no. With
+//! `deterministic = false`, cuDNN's autotuner is on (`benchmark`) and PyTorch's defaults stay
+//! (TF32 in cuDNN convolutions, not in cuBLAS matmuls). The trainer records the switches it set
+//! in the run folder's `determinism.json`.
+use serde::{Deserialize, Serialize};
 use std::os::raw::c_int;
 
 extern "C" {
     fn selfsup_set_mkldnn_enabled(enabled: c_int) -> c_int;
+    fn selfsup_set_cuda_determinism(deterministic: c_int, benchmark: c_int) -> c_int;
+    fn selfsup_get_cuda_determinism(
+        cudnn_deterministic: *mut c_int,
+        cudnn_benchmark: *mut c_int,
+        algorithms: *mut c_int,
+        tf32_cublas: *mut c_int,
+        tf32_cudnn: *mut c_int,
+    ) -> c_int;
+}
+
+/// The determinism switches in force, as recorded in a run's `determinism.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switches {
+    /// `train.deterministic` as configured.
+    pub deterministic: bool,
+    /// oneDNN kernels on (CPU; off when deterministic).
+    pub mkldnn: bool,
+    /// cuDNN restricted to deterministic algorithms.
+    pub cudnn_deterministic: bool,
+    /// cuDNN's autotuner.
+    pub cudnn_benchmark: bool,
+    /// ATen's deterministic implementations (warning on ops without one).
+    pub deterministic_algorithms: bool,
+    /// TF32 allowed in cuBLAS matmuls.
+    pub tf32_cublas: bool,
+    /// TF32 allowed in cuDNN convolutions.
+    pub tf32_cudnn: bool,
+    /// `CUBLAS_WORKSPACE_CONFIG` as the process sees it.
+    pub cublas_workspace_config: Option<String>,
+}
+
+/// The switches in force now.
+///
+/// # Errors
+/// When libtorch throws reading them (never seen).
+pub fn switches(deterministic: bool) -> crate::Result<Switches> {
+    let mut v = [0 as c_int; 5];
+    let [a, b, c, d, e] = &mut v;
+    // SAFETY: five valid out-pointers; the shim catches every C++ exception.
+    let rc = unsafe { selfsup_get_cuda_determinism(a, b, c, d, e) };
+    if rc != 0 {
+        return Err(crate::CoreError::Config("reading libtorch's determinism switches".into()));
+    }
+    // The mkldnn flag: set it to itself to read it.
+    let mkldnn = set_mkldnn_enabled(true);
+    set_mkldnn_enabled(mkldnn);
+    Ok(Switches {
+        deterministic,
+        mkldnn,
+        cudnn_deterministic: v[0] == 1,
+        cudnn_benchmark: v[1] == 1,
+        deterministic_algorithms: v[2] == 1,
+        tf32_cublas: v[3] == 1,
+        tf32_cudnn: v[4] == 1,
+        cublas_workspace_config: std::env::var("CUBLAS_WORKSPACE_CONFIG").ok(),
+    })
+}
+
+/// Sets every switch of `train.deterministic` (see the module docs) and returns them as now
+/// in force.
+///
+/// # Errors
+/// When libtorch throws setting them.
+pub fn apply(deterministic: bool) -> crate::Result<Switches> {
+    set_mkldnn_enabled(!deterministic);
+    if deterministic && std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+        // Before cuBLAS's first handle: the trainer calls this before building anything.
+        std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
+    }
+    let d = c_int::from(deterministic);
+    // SAFETY: a plain call into the shim, which catches every C++ exception.
+    if unsafe { selfsup_set_cuda_determinism(d, 1 - d) } != 0 {
+        return Err(crate::CoreError::Config("setting libtorch's determinism switches".into()));
+    }
+    switches(deterministic)
 }
 
 /// Enables or disables oneDNN (mkldnn) kernels process-wide; returns the previous setting.

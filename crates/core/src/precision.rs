@@ -37,7 +37,10 @@ impl Precision {
     /// AMX or AVX512-BF16 (see [`cpu_supports_bf16`]). The error names the setting.
     pub fn check(self, device: Device) -> Result<()> {
         match (self, device) {
-            (Precision::Fp32, _) | (Precision::Bf16, Device::Cuda(_)) => Ok(()),
+            (Precision::Fp32, _) => Ok(()),
+            (Precision::Bf16, Device::Cuda(i)) => {
+                check_cuda_bf16(i, crate::device::cuda_capability(i))
+            }
             (Precision::Bf16, Device::Cpu) if cpu_supports_bf16() => Ok(()),
             (Precision::Bf16, Device::Cpu) => Err(CoreError::Config(
                 "train.precision = \"bf16\" needs a CPU with AMX or AVX512-BF16 (this one has \
@@ -48,6 +51,18 @@ impl Precision {
                 "train.precision = \"bf16\" is supported on cpu and cuda, not {other:?}"
             ))),
         }
+    }
+}
+
+/// bf16 on CUDA device `index` of compute capability `capability`: needs 8.0 (Ampere) or newer;
+/// an unknown capability (the driver API unreadable) is let through.
+pub fn check_cuda_bf16(index: usize, capability: Option<(i32, i32)>) -> Result<()> {
+    match capability {
+        Some((major, minor)) if major < 8 => Err(CoreError::Config(format!(
+            "train.precision = \"bf16\" needs a GPU of compute capability 8.0 (Ampere) or \
+             newer; cuda:{index} is {major}.{minor}: set train.precision = \"fp32\""
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -251,6 +266,15 @@ mod tests {
         assert!(cpuinfo_has_bf16("processor: 0\nflags\t\t: fpu avx2 amx_bf16 amx_tile\n"));
         assert!(cpuinfo_has_bf16("flags\t\t: fpu avx512f avx512_bf16\n"));
         assert!(!cpuinfo_has_bf16("flags\t\t: fpu avx avx2 fma\nbugs\t\t: amx_bf16\n"));
+    }
+
+    #[test]
+    fn bf16_on_cuda_needs_ampere() {
+        let e = check_cuda_bf16(1, Some((7, 5))).unwrap_err().to_string();
+        assert!(e.contains("cuda:1 is 7.5") && e.contains("8.0"), "{e}");
+        assert!(check_cuda_bf16(0, Some((8, 0))).is_ok());
+        assert!(check_cuda_bf16(0, Some((9, 0))).is_ok());
+        assert!(check_cuda_bf16(0, None).is_ok());
     }
 
     #[test]

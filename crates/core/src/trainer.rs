@@ -339,7 +339,7 @@ impl<'a> Trainer<'a> {
         if cfg.train.threads > 0 {
             tch::set_num_threads(cfg.train.threads as i32);
         }
-        crate::determinism::set_mkldnn_enabled(!cfg.train.deterministic);
+        let switches = crate::determinism::apply(cfg.train.deterministic)?;
         let resume_from = Self::checkpoint_to_resume(cfg, run_dir, opts.resume)?;
 
         let dataset = match opts.dataset.take() {
@@ -416,6 +416,8 @@ impl<'a> Trainer<'a> {
         }
         let config_json = serde_json::to_vec_pretty(cfg).expect("config serializes");
         checkpoint::write_atomic(&run_dir.join("config.json"), &config_json)?;
+        let switches_json = serde_json::to_vec_pretty(&switches).expect("switches serialize");
+        checkpoint::write_atomic(&run_dir.join("determinism.json"), &switches_json)?;
         Ok(t)
     }
 
