@@ -440,10 +440,21 @@ impl<'a> Trainer<'a> {
         }
         let ck = checkpoint::load(run_dir)?;
         let (mut a, mut b) = (ck.state.config.clone(), cfg.clone());
-        // A resumed run may extend its length, move to another device (`cuda:0` to `cuda:1`,
+        // A resumed run may extend its length (unless its schedule is cosine, whose shape
+        // depends on it), move to another device (`cuda:0` to `cuda:1`,
         // a GPU to the CPU) or name its data folder another way, not change what is learned.
         if crate::config::same_data_folder(a.data.data_dir.as_deref(), b.data.data_dir.as_deref()) {
             a.data.data_dir = b.data.data_dir.clone();
+        }
+        if a.train.epochs != b.train.epochs {
+            if let crate::schedule::ScheduleConfig::Cosine { .. } = a.train.schedule {
+                return Err(CoreError::Config(format!(
+                    "--resume with train.epochs {} → {}: the cosine schedule decays over \
+                     train.epochs, so the rate would jump back up mid-run; keep train.epochs = \
+                     {} (train.max_steps may stop earlier), or start a new run",
+                    a.train.epochs, b.train.epochs, a.train.epochs
+                )));
+            }
         }
         a.train.epochs = 0;
         b.train.epochs = 0;
@@ -453,7 +464,7 @@ impl<'a> Trainer<'a> {
         b.device.clear();
         if a != b {
             return Err(CoreError::Config(format!(
-                "--resume: the config differs from the one in {}/checkpoint (only train.epochs, train.max_steps and device may change)",
+                "--resume: the config differs from the one in {}/checkpoint (only train.epochs (not under a cosine schedule), train.max_steps and device may change)",
                 run_dir.display()
             )));
         }

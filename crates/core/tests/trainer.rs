@@ -441,3 +441,23 @@ fn extra_optimizers_need_variables_and_distinct_names() {
     assert!(e.contains("two extra optimizers named `critic`"), "{e}");
     assert!(!checkpoint::exists(dir.path()));
 }
+
+#[test]
+fn resume_refuses_a_longer_cosine_schedule_but_not_a_longer_step_one() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cosine = config(1, 1);
+    cosine.train.schedule = ScheduleConfig::Cosine { warmup_epochs: 0.0, final_fraction: 0.0 };
+    run(&cosine, dir.path(), false).unwrap();
+    let mut longer = cosine.clone();
+    longer.train.epochs = 2;
+    let err = run(&longer, dir.path(), true).unwrap_err().to_string();
+    assert!(err.contains("train.epochs 1 → 2") && err.contains("cosine"), "{err}");
+    // Nothing was written: the run still resumes as it was.
+    assert_eq!(checkpoint::read_state(dir.path()).unwrap().global_step, 6);
+    // Step decay does not depend on the run's length: extending it is fine.
+    let steps = tempfile::tempdir().unwrap();
+    run(&config(1, 1), steps.path(), false).unwrap();
+    let s = run(&config(2, 1), steps.path(), true).unwrap();
+    assert_eq!(s.global_step, 12);
+}

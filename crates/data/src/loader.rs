@@ -213,7 +213,7 @@ impl Loader {
             let shared = shared.clone();
             std::thread::Builder::new().name("selfsup-data-prefetch".into()).spawn(move || {
                 for b in first_batch..end {
-                    let batch = shared.make_batch(&order, epoch, b);
+                    let batch = shared.make_batch_caught(&order, epoch, b);
                     let failed = batch.is_err();
                     if tx.send(batch).is_err() || failed {
                         break;
@@ -222,7 +222,13 @@ impl Loader {
             })
         };
         match producer {
-            Ok(handle) => EpochIter::Prefetch { rx: Some(rx), handle: Some(handle) },
+            Ok(handle) => EpochIter::Prefetch {
+                rx: Some(rx),
+                handle: Some(handle),
+                next: first_batch,
+                end,
+                epoch,
+            },
             Err(e) => EpochIter::Failed(Some(DataError::config(format!(
                 "cannot start the prefetch thread: {e}"
             )))),
@@ -246,6 +252,26 @@ impl Shared {
             order.shuffle(&mut epoch_rng(self.cfg.seed, epoch));
         }
         order
+    }
+
+    /// [`Self::make_batch`] with a panic (a bug in an augmentation or a reader) turned into an
+    /// error naming the batch and its images, so an epoch never ends early in silence.
+    fn make_batch_caught(&self, order: &[usize], epoch: u64, b: usize) -> Result<Batch> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.make_batch(order, epoch, b)))
+            .unwrap_or_else(|payload| {
+                let msg = payload
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| payload.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)");
+                let bs = self.cfg.batch_size;
+                let images = &order[(b * bs).min(order.len())..((b + 1) * bs).min(order.len())];
+                Err(DataError::config(format!(
+                    "the loader panicked on batch {b} of epoch {epoch} (images {}{}): {msg}",
+                    images.iter().take(8).map(|i| i.to_string()).collect::<Vec<_>>().join(", "),
+                    if images.len() > 8 { ", ..." } else { "" }
+                )))
+            })
     }
 
     fn make_batch(&self, order: &[usize], epoch: u64, b: usize) -> Result<Batch> {
@@ -294,8 +320,22 @@ impl Shared {
 
 /// Iterator over one epoch's batches.
 enum EpochIter {
-    Sync { shared: Arc<Shared>, order: Arc<Vec<usize>>, epoch: u64, next: usize, end: usize },
-    Prefetch { rx: Option<Receiver<Result<Batch>>>, handle: Option<JoinHandle<()>> },
+    Sync {
+        shared: Arc<Shared>,
+        order: Arc<Vec<usize>>,
+        epoch: u64,
+        next: usize,
+        end: usize,
+    },
+    Prefetch {
+        rx: Option<Receiver<Result<Batch>>>,
+        handle: Option<JoinHandle<()>>,
+        /// The next batch expected, and the epoch's end: a queue closed before `end` is an
+        /// error, not the end of the epoch.
+        next: usize,
+        end: usize,
+        epoch: u64,
+    },
     Failed(Option<DataError>),
 }
 
@@ -308,14 +348,33 @@ impl Iterator for EpochIter {
                 if *next >= *end {
                     return None;
                 }
-                let b = shared.make_batch(order, *epoch, *next);
+                let b = shared.make_batch_caught(order, *epoch, *next);
                 *next += 1;
                 if b.is_err() {
                     *next = *end;
                 }
                 Some(b)
             }
-            EpochIter::Prefetch { rx, .. } => rx.as_ref()?.recv().ok(),
+            EpochIter::Prefetch { rx, next, end, epoch, .. } => {
+                if *next >= *end {
+                    return None;
+                }
+                match rx.as_ref()?.recv() {
+                    Ok(b) => {
+                        // After an error the producer stops: so does the epoch.
+                        *next = if b.is_err() { *end } else { *next + 1 };
+                        Some(b)
+                    }
+                    Err(_) => {
+                        let at = *next;
+                        *next = *end;
+                        Some(Err(DataError::config(format!(
+                            "the prefetch thread stopped at batch {at} of {end} of epoch {epoch} \
+                             without an error"
+                        ))))
+                    }
+                }
+            }
             EpochIter::Failed(e) => e.take().map(Err),
         }
     }
@@ -323,12 +382,33 @@ impl Iterator for EpochIter {
 
 impl Drop for EpochIter {
     fn drop(&mut self) {
-        if let EpochIter::Prefetch { rx, handle } = self {
+        if let EpochIter::Prefetch { rx, handle, .. } = self {
             // Closing the queue makes the producer's next `send` fail, so it stops.
             drop(rx.take());
             if let Some(h) = handle.take() {
                 let _ = h.join();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_while_making_a_batch_is_an_error_naming_its_images() {
+        let ds =
+            crate::open_dataset("synthetic:10:8", crate::Split::Train, std::path::Path::new("."))
+                .unwrap();
+        let cfg = LoaderConfig { batch_size: 3, threads: 2, ..Default::default() };
+        let loader = Loader::new(ds, vec![Pipeline { ops: Vec::new() }], cfg).unwrap();
+        // An order naming an image the dataset lacks: the reader's slice indexing panics inside
+        // the augmentation workers (a bug of this kind would otherwise end the epoch in
+        // silence, or take the process down).
+        let order = vec![0, 1, 999];
+        let err = loader.shared.make_batch_caught(&order, 4, 0).unwrap_err().to_string();
+        assert!(err.contains("panicked on batch 0 of epoch 4 (images 0, 1, 999)"), "{err}");
+        assert!(loader.shared.make_batch_caught(&[0, 1, 2], 4, 0).is_ok());
     }
 }
