@@ -179,6 +179,12 @@ pub fn exists(run_dir: &Path) -> bool {
 pub fn read_state(path: &Path) -> Result<TrainerState> {
     let dir = resolve_dir(path);
     let p = dir.join("trainer.json");
+    if !p.exists() {
+        return Err(CoreError::checkpoint(
+            path,
+            "is not a run folder or checkpoint (no trainer.json in it or in its checkpoint/)",
+        ));
+    }
     let text = std::fs::read_to_string(&p).map_err(|e| CoreError::io(&p, e))?;
     let state: TrainerState = serde_json::from_str(&text)
         .map_err(|e| CoreError::checkpoint(&p, format!("invalid trainer.json: {e}")))?;
@@ -203,7 +209,7 @@ pub fn resolve_dir(path: &Path) -> PathBuf {
 /// Loads a checkpoint, verifying the tensor files against the hashes in `trainer.json`.
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let dir = resolve_dir(path);
-    let state = read_state(&dir)?;
+    let state = read_state(path)?;
     let model_path = dir.join("model.safetensors");
     let trainer_path = dir.join("trainer.safetensors");
     for (p, want) in [(&model_path, &state.model_sha256), (&trainer_path, &state.trainer_sha256)] {
@@ -313,5 +319,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("trainer.json"), "{err}");
+        // Named once, as given: not `.../checkpoint/checkpoint/trainer.json`.
+        let want =
+            format!("checkpoint {}: is not a run folder or checkpoint", dir.path().display());
+        assert!(err.starts_with(&want), "{err}");
+        assert!(!err.contains("checkpoint/checkpoint"), "{err}");
+        let err = read_state(dir.path()).unwrap_err().to_string();
+        assert!(err.starts_with(&want), "{err}");
     }
 }
