@@ -204,8 +204,12 @@ fn cmd_train(registry: &Registry, a: TrainArgs) -> Result<()> {
         sets.push(format!("device={}", serde_json::Value::String(d.clone())));
     }
     let cfg = RunConfig::resolve(registry, file.as_ref(), &sets, a.method.as_deref())?;
-    let mut opts =
-        TrainOptions { resume: a.resume, progress: !a.no_progress, ..Default::default() };
+    let mut opts = TrainOptions {
+        resume: a.resume,
+        progress: !a.no_progress,
+        handle_signals: true,
+        ..Default::default()
+    };
     if let Some(every) = a.knn_every {
         let spec = a.knn_data.clone().unwrap_or_else(|| cfg.data.dataset.clone());
         let dir = selfsup_data::resolve_data_dir(cfg.data.data_dir.as_deref());

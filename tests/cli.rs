@@ -225,3 +225,74 @@ fn an_encoder_too_big_for_the_images_is_one_line() {
     let e = err(&out);
     assert!(!dir.path().join("r/checkpoint").exists(), "{e}");
 }
+
+/// `model_sha256` of a run's checkpoint: its weights, bit for bit.
+fn model_hash(run: &std::path::Path) -> String {
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("checkpoint/trainer.json")).unwrap(),
+    )
+    .unwrap();
+    v["model_sha256"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn sigterm_writes_a_checkpoint_that_resumes_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = |out: &str| -> Vec<String> {
+        [
+            "train",
+            "--method",
+            "rotnet",
+            "--data",
+            "synthetic:256:16",
+            "--device",
+            "cpu",
+            "--out",
+            out,
+            "--no-progress",
+            "--set",
+            "encoder={\"kind\":\"tiny\",\"width\":8}",
+            "--set",
+            "train.batch_size=8",
+            "--set",
+            "train.epochs=3",
+            "--set",
+            "train.log_every=1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let a = |v: &[String]| v.iter().map(String::as_str).collect::<Vec<_>>();
+    ok(&selfsup(&a(&args("full")), dir.path()));
+    // The same run, stopped by SIGTERM once it has taken a few steps.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_selfsup"))
+        .args(args("part"))
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = dir.path().join("part/metrics.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 5 {
+        assert!(started.elapsed().as_secs() < 120, "the run never logged 5 steps");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the run finished before the signal: {stderr}");
+    assert!(stderr.contains("interrupted at step") && stderr.contains("--resume"), "{stderr}");
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("part/checkpoint/trainer.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(state["global_step"].as_u64().unwrap() < 96, "{state}");
+    // Resumed as the message says, it ends where the uninterrupted run ended.
+    let mut resume = args("part");
+    resume.push("--resume".into());
+    ok(&selfsup(&a(&resume), dir.path()));
+    assert_eq!(model_hash(&dir.path().join("full")), model_hash(&dir.path().join("part")));
+}

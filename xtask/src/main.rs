@@ -8,6 +8,7 @@ mod bench_data;
 mod bench_train;
 mod fetch;
 mod libtorch;
+mod new_method;
 mod tables;
 mod tasks;
 
@@ -21,6 +22,8 @@ Commands:
                      train and evaluate a paper's tables into results/<plan>/<profile>/
                      (`selfsup reproduce --help` lists the plans; `zoo [--methods a,b]`
                      compares every method on one trunk)
+  new-method NAME    scaffold crates/NAME (a PretextMethod, its config, register, a test) and
+                     register it; `cargo xtask test` passes straight after
   tables             regenerate results/README.md and the README's results block from the
                      committed results/**/results.json (no training)
   test               the whole suite: cargo fmt --check, clippy -D warnings, all tests
@@ -74,6 +77,7 @@ fn run() -> Result<()> {
         "bench" => tasks::bench(rest),
         "fetch" => tasks::fetch(rest),
         "tables" => tables::run(&root),
+        "new-method" => new_method::run(&root, rest),
         other => anyhow::bail!("unknown command `{other}`; `cargo xtask help` lists them"),
     }
 }

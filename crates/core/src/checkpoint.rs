@@ -41,10 +41,24 @@ pub struct TrainerState {
     /// absent in checkpoints written before it was recorded, and for methods without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub normalization: Option<crate::InputNormalization>,
+    /// The running means of the epoch's step metrics (sums and count) when the checkpoint was
+    /// taken mid-epoch, so that the resumed epoch's line is the uninterrupted one; absent at
+    /// epoch ends and in older checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch_means: Option<EpochMeans>,
     /// SHA-256 of `model.safetensors`.
     pub model_sha256: String,
     /// SHA-256 of `trainer.safetensors`.
     pub trainer_sha256: String,
+}
+
+/// Running sums of an epoch's step metrics and their count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMeans {
+    /// `(metric, sum)`, the loss first.
+    pub sums: Vec<(String, f64)>,
+    /// Steps summed.
+    pub n: u64,
 }
 
 /// The `checkpoint/` folder of a run folder.

@@ -123,6 +123,12 @@ pub struct TrainConfig {
     /// Save a checkpoint every this many epochs (and always at the end). Default 1.
     #[serde(default = "default_one")]
     pub checkpoint_every: u64,
+    /// Also save a checkpoint mid-epoch whenever this many minutes (wall clock) have passed
+    /// since the last one, so that a pre-emption loses at most that much of a long epoch; the
+    /// run resumes exactly there (the position in the epoch's order, the epoch's running
+    /// metric means). 0 turns them off. Default 10.
+    #[serde(default = "default_checkpoint_minutes")]
+    pub checkpoint_minutes: f64,
     /// Write a `metrics.jsonl` line every this many steps. Default 50.
     #[serde(default = "default_log_every")]
     pub log_every: u64,
@@ -163,6 +169,10 @@ fn default_optimizer() -> OptimizerConfig {
 fn default_one() -> u64 {
     1
 }
+fn default_checkpoint_minutes() -> f64 {
+    10.0
+}
+
 fn default_log_every() -> u64 {
     50
 }
@@ -181,6 +191,7 @@ impl Default for TrainConfig {
             precision: Precision::default(),
             channels_last: false,
             checkpoint_every: 1,
+            checkpoint_minutes: default_checkpoint_minutes(),
             log_every: default_log_every(),
             threads: 0,
             prefetch: default_prefetch(),
@@ -337,6 +348,12 @@ impl RunConfig {
         }
         if t.epochs == 0 {
             return Err(CoreError::Config("train.epochs must be at least 1".into()));
+        }
+        if !(t.checkpoint_minutes.is_finite() && t.checkpoint_minutes >= 0.0) {
+            return Err(CoreError::Config(format!(
+                "train.checkpoint_minutes = {} must be a finite number >= 0 (0: off)",
+                t.checkpoint_minutes
+            )));
         }
         if t.checkpoint_every == 0 || t.log_every == 0 {
             return Err(CoreError::Config(

@@ -50,6 +50,18 @@ pub enum CoreError {
     /// Training diverged or produced a non-finite value.
     #[error("training: {0}")]
     Training(String),
+    /// SIGINT or SIGTERM: the current step finished and a checkpoint was written.
+    #[error(
+        "interrupted at step {step}: checkpoint written; resume with `selfsup train --config \
+         {dir}/config.json --out {dir} --resume`",
+        dir = run_dir.display()
+    )]
+    Interrupted {
+        /// The run folder.
+        run_dir: PathBuf,
+        /// Optimizer steps done.
+        step: u64,
+    },
 }
 
 impl From<selfsup_data::DataError> for CoreError {

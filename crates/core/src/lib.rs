@@ -19,6 +19,7 @@ pub mod precision;
 pub mod registry;
 pub mod schedule;
 pub mod seed;
+pub mod signals;
 pub mod trainer;
 
 #[cfg(test)]

@@ -46,6 +46,10 @@ pub struct TrainOptions<'a> {
     pub epoch_hook: Option<EpochHook<'a>>,
     /// Epoch interval of `epoch_hook`.
     pub hook_every: u64,
+    /// Stop cleanly on SIGINT or SIGTERM ([`crate::signals`]): finish the step, write a
+    /// checkpoint, return [`CoreError::Interrupted`]. The binary's commands set it; a library
+    /// caller may keep its own handlers (default false).
+    pub handle_signals: bool,
 }
 
 impl Default for TrainOptions<'_> {
@@ -56,6 +60,7 @@ impl Default for TrainOptions<'_> {
             dataset: None,
             epoch_hook: None,
             hook_every: 1,
+            handle_signals: false,
         }
     }
 }
@@ -245,6 +250,14 @@ impl Means {
         self.n += 1;
     }
 
+    fn saved(&self) -> checkpoint::EpochMeans {
+        checkpoint::EpochMeans { sums: self.sums.clone(), n: self.n }
+    }
+
+    fn restored(m: &checkpoint::EpochMeans) -> Self {
+        Means { sums: m.sums.clone(), n: m.n }
+    }
+
     fn means(&self) -> Vec<(String, f64)> {
         let n = self.n.max(1) as f64;
         self.sums.iter().map(|(k, v)| (k.clone(), v / n)).collect()
@@ -279,6 +292,9 @@ pub fn train(
     run_dir: &Path,
     opts: &mut TrainOptions<'_>,
 ) -> Result<TrainSummary> {
+    if opts.handle_signals {
+        crate::signals::install();
+    }
     Trainer::set_up(cfg, registry, run_dir, opts)?.run(opts)
 }
 
@@ -319,6 +335,9 @@ struct Trainer<'a> {
     image_channels: i64,
     images: usize,
     pos: Position,
+    /// The running means of the epoch a mid-epoch checkpoint was taken in, until the resumed
+    /// epoch loop takes them.
+    resumed_means: Option<Means>,
     log: MetricsLog,
 }
 
@@ -409,6 +428,7 @@ impl<'a> Trainer<'a> {
             image_channels: ctx.image_channels,
             images: dataset.len(),
             pos: Position::default(),
+            resumed_means: None,
             log,
         };
         if let Some(ck) = &resume_from {
@@ -460,6 +480,8 @@ impl<'a> Trainer<'a> {
         b.train.epochs = 0;
         a.train.max_steps = None;
         b.train.max_steps = None;
+        a.train.checkpoint_minutes = 0.0;
+        b.train.checkpoint_minutes = 0.0;
         a.device.clear();
         b.device.clear();
         if a != b {
@@ -494,6 +516,7 @@ impl<'a> Trainer<'a> {
             batch_in_epoch: ck.state.batch_in_epoch,
             global_step: ck.state.global_step,
         };
+        self.resumed_means = ck.state.epoch_means.as_ref().map(Means::restored);
         tracing::info!(
             epoch = self.pos.epoch,
             global_step = self.pos.global_step,
@@ -505,7 +528,7 @@ impl<'a> Trainer<'a> {
 
     /// Checkpointing: writes the variables, the optimizers' buffers, the method's state and
     /// the position atomically (see [`checkpoint::save`]).
-    fn save(&self) -> Result<()> {
+    fn save(&self, epoch_means: Option<&Means>) -> Result<()> {
         let mut trainer: Vec<(String, Tensor)> =
             self.optimizer.state().into_iter().map(|(n, t)| (format!("optim.{n}"), t)).collect();
         for (e, opt) in self.extras.iter().zip(self.extra_opts.iter()) {
@@ -523,6 +546,7 @@ impl<'a> Trainer<'a> {
             config: self.cfg.clone(),
             image_channels: self.image_channels,
             normalization: self.normalization.clone(),
+            epoch_means: epoch_means.filter(|_| self.pos.batch_in_epoch > 0).map(Means::saved),
             model_sha256: String::new(),
             trainer_sha256: String::new(),
         };
@@ -634,9 +658,16 @@ impl<'a> Trainer<'a> {
             self.run_dir.display()
         );
 
+        let mut last_save = Instant::now();
+        let handle_signals = opts.handle_signals;
+        let stop_requested = || handle_signals && crate::signals::requested();
         while self.pos.epoch < cfg.train.epochs && self.pos.global_step < stop_at {
             let _span = tracing::info_span!("epoch", epoch = self.pos.epoch).entered();
-            let mut means = Means::default();
+            // Resumed mid-epoch: the epoch's means so far, as the checkpoint kept them.
+            let mut means = match self.resumed_means.take() {
+                Some(m) if self.pos.batch_in_epoch > 0 => m,
+                _ => Means::default(),
+            };
             let epoch_start = Instant::now();
             let mut epoch_inputs = 0i64;
             let batches = loader.epoch_from(self.pos.epoch, self.pos.batch_in_epoch as usize);
@@ -684,6 +715,21 @@ impl<'a> Trainer<'a> {
                 if global_step >= stop_at {
                     break;
                 }
+                // Mid-epoch checkpoints: on a stop request, and every `checkpoint_minutes`.
+                let mid_epoch = self.pos.batch_in_epoch < self.steps_per_epoch;
+                let minutes = cfg.train.checkpoint_minutes;
+                let timed = minutes > 0.0 && last_save.elapsed().as_secs_f64() >= minutes * 60.0;
+                if mid_epoch && (timed || stop_requested()) {
+                    self.save(Some(&means))?;
+                    last_save = Instant::now();
+                    if stop_requested() {
+                        pb.finish_and_clear();
+                        return Err(CoreError::Interrupted {
+                            run_dir: self.run_dir.to_path_buf(),
+                            step: self.pos.global_step,
+                        });
+                    }
+                }
             }
             let finished_epoch = self.pos.batch_in_epoch == self.steps_per_epoch;
             last_epoch_loss = means.means().first().map_or(f64::NAN, |m| m.1);
@@ -693,11 +739,20 @@ impl<'a> Trainer<'a> {
             }
             let at_end = self.pos.epoch == cfg.train.epochs || self.pos.global_step >= stop_at;
             let due = finished_epoch && self.pos.epoch.is_multiple_of(cfg.train.checkpoint_every);
-            if at_end || due {
-                self.save()?;
+            let interrupted = stop_requested() && !at_end;
+            if at_end || due || interrupted {
+                self.save(Some(&means))?;
+                last_save = Instant::now();
             }
             if finished_epoch {
                 self.end_of_epoch(&means, epoch_start.elapsed().as_secs_f64(), opts)?;
+            }
+            if interrupted {
+                pb.finish_and_clear();
+                return Err(CoreError::Interrupted {
+                    run_dir: self.run_dir.to_path_buf(),
+                    step: self.pos.global_step,
+                });
             }
         }
         pb.finish_and_clear();

@@ -461,3 +461,50 @@ fn resume_refuses_a_longer_cosine_schedule_but_not_a_longer_step_one() {
     let s = run(&config(2, 1), steps.path(), true).unwrap();
     assert_eq!(s.global_step, 12);
 }
+
+/// The `"kind": "epoch"` lines of a run's metrics log, without their wall-clock seconds.
+fn epoch_lines(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "epoch")
+        .map(|mut v| {
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn mid_epoch_checkpoints_resume_the_epoch_and_its_running_means_exactly() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let full = tempfile::tempdir().unwrap();
+    run(&config(2, 1), full.path(), false).unwrap();
+    // A checkpoint after every step (timed, at a microscopic interval), the run stopped in the
+    // middle of epoch 1 (6 steps an epoch), then resumed.
+    let part = tempfile::tempdir().unwrap();
+    let mut stopped = config(2, 1);
+    stopped.train.checkpoint_minutes = 1e-9;
+    stopped.train.max_steps = Some(4);
+    run(&stopped, part.path(), false).unwrap();
+    let st = checkpoint::read_state(part.path()).unwrap();
+    assert_eq!((st.epoch, st.batch_in_epoch), (0, 4));
+    let means = st.epoch_means.expect("a mid-epoch checkpoint keeps the epoch's running means");
+    assert_eq!(means.n, 4);
+    assert_eq!(means.sums[0].0, "loss");
+    // The interval is not part of what is learned: resuming with another one is fine.
+    let mut resumed = config(2, 1);
+    resumed.train.checkpoint_minutes = 0.0;
+    run(&resumed, part.path(), true).unwrap();
+    assert_same(&weights(full.path()), &weights(part.path()));
+    // Each epoch's line is the uninterrupted run's, bit for bit: epoch 1's means count the
+    // four steps before the stop.
+    assert_eq!(epoch_lines(full.path()), epoch_lines(part.path()));
+    // Epoch-end checkpoints keep no running means.
+    assert!(checkpoint::read_state(part.path()).unwrap().epoch_means.is_none());
+    let mut bad = config(1, 1);
+    bad.train.checkpoint_minutes = -1.0;
+    let e = run(&bad, tempfile::tempdir().unwrap().path(), false).unwrap_err().to_string();
+    assert!(e.contains("train.checkpoint_minutes = -1"), "{e}");
+}

@@ -40,6 +40,7 @@ pub fn run(args: &[String], registry: &selfsup_core::Registry) -> Result<()> {
         dataset: args.dataset.clone(),
         data_dir: data_dir.clone(),
         device: selfsup_core::device::device_name(device),
+        registered: registry.names().iter().map(|n| n.to_string()).collect(),
     };
     let plan = (entry.build)(&input)?;
     let env = engine::Env {

@@ -121,6 +121,7 @@ fn a_new_plan_runs_through_the_engine() {
         dataset: "synthetic:96:32".into(),
         data_dir: "datasets".into(),
         device: "cpu".into(),
+        registered: Vec::new(),
     };
     let plan = plan(&input).unwrap();
     let env = engine::Env {

@@ -46,7 +46,11 @@ pub fn read_json(path: &Path) -> Result<Value> {
 /// data folder counts as the same when both name the same folder
 /// ([`selfsup_core::config::same_data_folder`]).
 pub fn ensure_trained_with(dir: &Path, cfg: &RunConfig, profile: &str) -> Result<()> {
-    let mut saved = read_json(&dir.join("config.json"))?;
+    // Read back through the config type, so that a field added since (with its default) is
+    // not a difference.
+    let saved: RunConfig = serde_json::from_value(read_json(&dir.join("config.json"))?)
+        .with_context(|| format!("{}/config.json", dir.display()))?;
+    let mut saved = round_trip(&saved)?;
     let now = round_trip(cfg)?;
     let saved_dir = saved["data"]["data_dir"].as_str().map(Path::new);
     if selfsup_core::config::same_data_folder(saved_dir, cfg.data.data_dir.as_deref()) {

@@ -78,6 +78,9 @@ impl Stages<'_> {
             resume,
             progress: true,
             dataset: Some(images),
+            // SIGINT / SIGTERM: the training writes a checkpoint and stops; re-running the
+            // reproduction resumes it.
+            handle_signals: true,
             ..TrainOptions::default()
         };
         let summary = train(&t.config, self.registry, &dir, &mut opts)

@@ -31,6 +31,9 @@ pub struct PlanInput {
     pub data_dir: PathBuf,
     /// The device's name (`cpu`, `cuda:0`; recorded in the run configs).
     pub device: String,
+    /// The methods of the registry the plan runs with, in table order (the zoo's default
+    /// list); empty where unknown.
+    pub registered: Vec<String>,
 }
 
 /// A reproduction in the catalogue.

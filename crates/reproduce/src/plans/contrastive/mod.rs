@@ -256,6 +256,7 @@ mod plan_tests {
                     dataset: "cifar10".into(),
                     data_dir: "datasets".into(),
                     device: "cpu".into(),
+                    registered: Vec::new(),
                 };
                 let plan = plan(&input).unwrap();
                 plan.validate().unwrap();

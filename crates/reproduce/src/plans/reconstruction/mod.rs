@@ -413,6 +413,7 @@ mod tests {
             dataset: "cifar10".into(),
             data_dir: "datasets".into(),
             device: "cpu".into(),
+            registered: Vec::new(),
         }
     }
 

@@ -785,6 +785,7 @@ mod tests {
             dataset: "cifar10".into(),
             data_dir: "datasets".into(),
             device: "cpu".into(),
+            registered: Vec::new(),
         };
         let plan = plan(&input).unwrap();
         plan.validate().unwrap();
