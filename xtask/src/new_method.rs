@@ -178,8 +178,8 @@ use selfsup_core::encoders::{try_build_encoder, Encoder};
 use selfsup_core::method::single_view;
 use selfsup_core::{BuildContext, CoreError, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Op, Pipeline};
-use tch::nn::{self, Module, ModuleT};
-use tch::{Kind, Reduction, Tensor};
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
 
 /// The method: the encoder (under `encoder`, where checkpoints and probes find it) and its
 /// head (under `head`).
@@ -245,12 +245,7 @@ impl PretextMethod for {{Type}} {
             0,
         );
         let logits = self.logits_t(&inputs, train);
-        let loss = logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float).nll_loss::<Tensor>(
-            &labels,
-            None,
-            Reduction::Mean,
-            -100,
-        );
+        let loss = logits.to_kind(Kind::Float).cross_entropy_for_logits(&labels);
         let acc = logits.argmax(-1, false).eq_tensor(&labels).to_kind(Kind::Float).mean(Kind::Float);
         Ok(StepOutput {
             loss,

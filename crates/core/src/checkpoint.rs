@@ -171,22 +171,81 @@ pub fn save(
     model: &[(String, Tensor)],
     trainer: &[(String, Tensor)],
 ) -> Result<()> {
-    let dir = checkpoint_dir(run_dir);
-    std::fs::create_dir_all(&dir).map_err(|e| CoreError::io(&dir, e))?;
-    let model_path = dir.join("model.safetensors");
-    let trainer_path = dir.join("trainer.safetensors");
+    let (dir, new, prev) = (checkpoint_dir(run_dir), sibling(run_dir, NEW), sibling(run_dir, PREV));
+    // A `checkpoint.new/` left by a crash mid-write is incomplete or superseded: start afresh.
+    if new.exists() {
+        std::fs::remove_dir_all(&new).map_err(|e| CoreError::io(&new, e))?;
+    }
+    std::fs::create_dir_all(&new).map_err(|e| CoreError::io(&new, e))?;
+    let model_path = new.join("model.safetensors");
+    let trainer_path = new.join("trainer.safetensors");
     write_tensors(&model_path, model)?;
     write_tensors(&trainer_path, trainer)?;
     let mut state = state.clone();
     state.model_sha256 = sha256_file(&model_path)?;
     state.trainer_sha256 = sha256_file(&trainer_path)?;
     let json = serde_json::to_vec_pretty(&state).expect("state serializes");
-    write_atomic(&dir.join("trainer.json"), &json)
+    // trainer.json last: its presence marks the folder complete.
+    write_atomic(&new.join("trainer.json"), &json)?;
+    for p in [&model_path, &trainer_path, &new.join("trainer.json"), &new] {
+        fsync(p)?;
+    }
+    // The switch: the current checkpoint becomes the previous one (the last good one until
+    // the new one is in place), then the new one becomes current.
+    if dir.exists() {
+        if prev.exists() {
+            std::fs::remove_dir_all(&prev).map_err(|e| CoreError::io(&prev, e))?;
+        }
+        std::fs::rename(&dir, &prev).map_err(|e| CoreError::io(&dir, e))?;
+    }
+    std::fs::rename(&new, &dir).map_err(|e| CoreError::io(&new, e))?;
+    fsync(run_dir)
 }
 
-/// Whether `run_dir` holds a checkpoint (its `trainer.json`).
+/// `checkpoint.new/`: a checkpoint being written.
+const NEW: &str = "checkpoint.new";
+/// `checkpoint.prev/`: the checkpoint before the current one, kept as a fallback.
+const PREV: &str = "checkpoint.prev";
+
+fn sibling(run_dir: &Path, name: &str) -> PathBuf {
+    run_dir.join(name)
+}
+
+/// Flushes a file or folder to the disk.
+fn fsync(path: &Path) -> Result<()> {
+    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| CoreError::io(path, e))
+}
+
+/// Whether `run_dir` holds a checkpoint to resume: its `checkpoint/`, or the complete new or
+/// previous one a crash between the switch's two renames leaves (see [`load_for_resume`]).
 pub fn exists(run_dir: &Path) -> bool {
-    checkpoint_dir(run_dir).join("trainer.json").exists()
+    [checkpoint_dir(run_dir), sibling(run_dir, NEW), sibling(run_dir, PREV)]
+        .iter()
+        .any(|d| d.join("trainer.json").exists())
+}
+
+/// The checkpoint to resume `run_dir` from: `checkpoint/` when it reads and its hashes match;
+/// else the complete `checkpoint.new/` a crash between the switch's renames left; else
+/// `checkpoint.prev/`, the last good one. Returns it with a note saying which fallback was
+/// taken and why (`None` for `checkpoint/` itself); the error of `checkpoint/` when none reads.
+pub fn load_for_resume(run_dir: &Path) -> Result<(Checkpoint, Option<String>)> {
+    let current = checkpoint_dir(run_dir);
+    let first = match load(&current) {
+        Ok(ck) => return Ok((ck, None)),
+        Err(e) => e,
+    };
+    for name in [NEW, PREV] {
+        let dir = sibling(run_dir, name);
+        if let Ok(ck) = load(&dir) {
+            let note = format!(
+                "{first}; resuming from {} (step {}) instead",
+                dir.display(),
+                ck.state.global_step
+            );
+            return Ok((ck, Some(note)));
+        }
+    }
+    Err(first)
 }
 
 /// Reads the `trainer.json` of a run folder or of a `checkpoint/` folder.
@@ -289,6 +348,7 @@ mod tests {
             config: RunConfig::default(),
             image_channels: 3,
             normalization: None,
+            epoch_means: None,
             model_sha256: String::new(),
             trainer_sha256: String::new(),
         };
@@ -326,6 +386,56 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(names.iter().all(|n| !n.contains(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn resume_falls_back_from_a_torn_or_half_switched_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        let model = vec![("w".to_string(), Tensor::from_slice(&[1.0f32, 2.0]))];
+        let state = |step| TrainerState {
+            version: FORMAT_VERSION,
+            epoch: 0,
+            batch_in_epoch: step,
+            global_step: step,
+            config: RunConfig::default(),
+            image_channels: 3,
+            normalization: None,
+            epoch_means: None,
+            model_sha256: String::new(),
+            trainer_sha256: String::new(),
+        };
+        for step in [1, 2] {
+            save(run, &state(step), &model, &model).unwrap();
+        }
+        // The current one and the previous one; nothing half-written left behind.
+        assert_eq!(read_state(run).unwrap().global_step, 2);
+        assert_eq!(read_state(&run.join(PREV)).unwrap().global_step, 1);
+        assert!(!run.join(NEW).exists());
+        let (ck, note) = load_for_resume(run).unwrap();
+        assert_eq!((ck.state.global_step, note), (2, None));
+        // A kill between the switch's renames: no `checkpoint/`, the complete new one beside
+        // the previous one. The new one is taken, saying so.
+        std::fs::rename(run.join("checkpoint"), run.join(NEW)).unwrap();
+        assert!(exists(run));
+        let (ck, note) = load_for_resume(run).unwrap();
+        assert_eq!(ck.state.global_step, 2);
+        assert!(note.unwrap().contains("checkpoint.new"));
+        std::fs::rename(run.join(NEW), run.join("checkpoint")).unwrap();
+        // A torn current checkpoint: its hash no longer matches; the previous one is taken.
+        std::fs::write(run.join("checkpoint/model.safetensors"), b"torn").unwrap();
+        assert!(load(run).is_err(), "plain loads stay strict");
+        let (ck, note) = load_for_resume(run).unwrap();
+        assert_eq!(ck.state.global_step, 1);
+        let note = note.unwrap();
+        assert!(note.contains("does not match") && note.contains("checkpoint.prev"), "{note}");
+        // The next save replaces the torn one, and keeps a fallback.
+        save(run, &state(3), &model, &model).unwrap();
+        assert_eq!(load_for_resume(run).unwrap().0.state.global_step, 3);
+        // Nothing readable at all: the current one's error.
+        std::fs::remove_dir_all(run.join(PREV)).unwrap();
+        std::fs::write(run.join("checkpoint/trainer.json"), b"{").unwrap();
+        assert!(load_for_resume(run).unwrap_err().to_string().contains("invalid trainer.json"));
     }
 
     #[test]

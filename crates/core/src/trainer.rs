@@ -458,7 +458,10 @@ impl<'a> Trainer<'a> {
                 run_dir.display()
             )));
         }
-        let ck = checkpoint::load(run_dir)?;
+        let (ck, fallback) = checkpoint::load_for_resume(run_dir)?;
+        if let Some(note) = fallback {
+            tracing::warn!("--resume: {note}");
+        }
         let (mut a, mut b) = (ck.state.config.clone(), cfg.clone());
         // A resumed run may extend its length (unless its schedule is cosine, whose shape
         // depends on it), move to another device (`cuda:0` to `cuda:1`,
