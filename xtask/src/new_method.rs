@@ -439,16 +439,44 @@ mod tests {
         }
     }
 
-    /// The tracked (and not ignored) files of the workspace, copied to `to`.
+    /// Every file under `dir` but the build and run outputs, relative to `root`.
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_path_buf();
+            if ["target", ".git", "runs", "results"].iter().any(|x| rel == Path::new(x)) {
+                continue;
+            }
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+
+    /// The source files of the workspace (git's tracked and unignored files; every file but
+    /// the build and run outputs where git is not at hand), copied to `to`.
     fn copy_workspace(root: &Path, to: &Path) {
-        let out = std::process::Command::new("git")
+        let git = std::process::Command::new("git")
             .args(["ls-files", "-co", "--exclude-standard", "-z"])
             .current_dir(root)
-            .output()
-            .expect("git runs");
-        assert!(out.status.success(), "git ls-files failed");
-        for rel in out.stdout.split(|b| *b == 0).filter(|r| !r.is_empty()) {
-            let rel = Path::new(std::str::from_utf8(rel).unwrap());
+            .output();
+        let files: Vec<PathBuf> = match git {
+            Ok(out) if out.status.success() => out
+                .stdout
+                .split(|b| *b == 0)
+                .filter(|r| !r.is_empty())
+                .map(|r| PathBuf::from(std::str::from_utf8(r).unwrap()))
+                .collect(),
+            _ => {
+                let mut v = Vec::new();
+                walk(root, root, &mut v);
+                v
+            }
+        };
+        for rel in &files {
+            let rel = rel.as_path();
             // Results are not code (datasets/ holds the manifest the data crate embeds).
             if rel.starts_with("results") {
                 continue;
