@@ -263,10 +263,12 @@ fn sigterm_writes_a_checkpoint_that_resumes_bit_for_bit() {
         .map(|s| s.to_string())
         .collect()
     };
-    let a = |v: &[String]| v.iter().map(String::as_str).collect::<Vec<_>>();
+    fn a(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
     ok(&selfsup(&a(&args("full")), dir.path()));
     // The same run, stopped by SIGTERM once it has taken a few steps.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_selfsup"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_selfsup"))
         .args(args("part"))
         .current_dir(dir.path())
         .env("RUST_LOG", "warn")
