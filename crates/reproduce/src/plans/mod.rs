@@ -11,6 +11,7 @@ use anyhow::{bail, Result};
 use std::path::PathBuf;
 
 pub mod contrastive;
+pub mod layerwise;
 pub mod patches;
 pub mod reconstruction;
 pub mod rotnet;

@@ -20,12 +20,12 @@
 //! later is trained and probed alone, and its row joins the table. A method outside the known
 //! recipes (one scaffolded with `cargo xtask new-method`) trains with its crate's defaults,
 //! SGD 0.05 with momentum 0.9, batch 128, and shows its loss as its pretext figure.
+use super::layerwise::{knn, layer_chart, linear, per_tap, probes};
 use super::{contrastive, patches, reconstruction, rotnet, sgd, PlanInput, Trainings};
 use crate::engine::report::{num_col, text_col};
 use crate::engine::scores::at;
 use crate::engine::{
-    Cell, Chart, EncoderSpec, Finding, Labeled, Plan, ProbeSpec, Protocol, Report, Scatter,
-    Section, Source, Table, Test, Training,
+    Cell, EncoderSpec, Finding, Plan, Report, Scatter, Section, Source, Table, Test, Training,
 };
 use anyhow::{bail, Result};
 use selfsup_core::encoders::AlexnetVariant;
@@ -36,8 +36,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
-/// The taps probed, as the seed's table.
-pub const TAPS: [&str; 5] = ["conv1", "conv2", "conv3", "conv4", "conv5"];
+pub use super::layerwise::TAPS;
 
 /// Every method with a recipe, in the seed table's order (classic pretext tasks, then the
 /// contrastive ones).
@@ -187,16 +186,6 @@ pub struct Profile {
     pub log_every: u64,
 }
 
-fn linear(epochs: usize, batch_size: usize) -> LinearProbeConfig {
-    LinearProbeConfig {
-        taps: vec!["all".into()],
-        epochs,
-        batch_size,
-        schedule: super::cosine(),
-        ..LinearProbeConfig::default()
-    }
-}
-
 fn recipes(profile: &str) -> Result<BTreeMap<String, Recipe>> {
     METHODS.iter().map(|m| Ok((m.to_string(), Recipe::of(m, profile)?))).collect()
 }
@@ -246,7 +235,7 @@ impl Profile {
             probe_train_images: None,
             test_images: None,
             linear: linear(36, 256),
-            knn: KnnConfig { taps: vec!["all".into()], ..KnnConfig::default() },
+            knn: knn("all"),
             probe_seeds: vec![0],
             deterministic: false,
             seed: 0,
@@ -284,7 +273,7 @@ impl Profile {
             probe_train_images: Some(10_000),
             test_images: None,
             linear: linear(15, 256),
-            knn: KnnConfig { taps: vec!["all".into()], ..KnnConfig::default() },
+            knn: knn("all"),
             probe_seeds: vec![0, 1, 2],
             deterministic: false,
             seed: 0,
@@ -417,20 +406,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
         source: Source::Method { run: m.clone(), trained: true, view: Value::Null },
     }));
     let names: Vec<String> = encoders.iter().map(|e| e.name.clone()).collect();
-    let mut probes = Vec::new();
-    for enc in &names {
-        for (name, protocol) in
-            [("linear", Protocol::Linear(p.linear.clone())), ("knn", Protocol::Knn(p.knn.clone()))]
-        {
-            probes.push(ProbeSpec {
-                encoder: enc.clone(),
-                name: name.into(),
-                protocol,
-                seeds: p.probe_seeds.clone(),
-                labeled: Labeled::Subset { images: p.probe_train_images },
-            });
-        }
-    }
+    let probes = probes(&names, &p.linear, &p.knn, &p.probe_seeds, p.probe_train_images);
     let best_linear = |enc: &str| {
         Cell::Max(TAPS.iter().map(|t| Cell::Mean(vec![at(enc, "linear", t)])).collect())
     };
@@ -448,18 +424,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
         encoders,
         probes,
         report: report(&p, &names, input),
-        charts: vec![Chart {
-            file: "layers.png".into(),
-            title: "CIFAR-10 linear probe per layer".into(),
-            x_labels: TAPS.iter().map(|t| t.to_string()).collect(),
-            series: names
-                .iter()
-                .map(|e| {
-                    let cells = TAPS.iter().map(|t| Cell::Mean(vec![at(e, "linear", t)])).collect();
-                    (e.clone(), cells)
-                })
-                .collect(),
-        }],
+        charts: vec![layer_chart(&names)],
         scatters: vec![Scatter {
             file: "time.png".into(),
             title: "best-layer linear probe against pretraining time".into(),
@@ -586,13 +551,7 @@ fn report(p: &Profile, names: &[String], input: &PlanInput) -> Report {
             .map(|m| Finding {
                 claim: format!("{m} ahead of random init at its best layer (linear probe)"),
                 paper: if seed_row(m).is_some() { "yes (ImageNet)" } else { "–" }.into(),
-                test: Test::AtBest(
-                    TAPS.iter()
-                        .map(|t| {
-                            (t.to_string(), vec![(at(m, "linear", t), at("random", "linear", t))])
-                        })
-                        .collect(),
-                ),
+                test: Test::AtBest(per_tap(m, "random")),
             })
             .collect(),
     ));

@@ -34,20 +34,19 @@ mod profile;
 
 pub use profile::{imagenet_references, Profile, ReferenceRow};
 
+use super::layerwise::{layer_chart, per_tap, probes, reference_sections};
 use super::PlanInput;
-use crate::engine::report::{num_col, text_col, Diffs};
+use crate::engine::report::{num_col, text_col};
 use crate::engine::scores::{at, row, Row};
 use crate::engine::{
-    Cell, Chart, EncoderSpec, Finding, Labeled, Plan, ProbeSpec, Protocol, Report, Section, Source,
-    Table, Test, Training,
+    Cell, EncoderSpec, Finding, Plan, Report, Section, Source, Table, Test, Training,
 };
 use anyhow::Result;
 
 /// The methods these plans reproduce.
 pub const METHODS: [&str; 3] = ["relative-patch", "jigsaw", "cpc"];
 
-/// The taps probed, as the seed's table.
-pub const TAPS: [&str; 5] = ["conv1", "conv2", "conv3", "conv4", "conv5"];
+pub use super::layerwise::TAPS;
 
 /// The encoders probed, in table order.
 const ENCODERS: [&str; 4] = ["trained", "ablation", "random", "supervised"];
@@ -106,20 +105,8 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
             },
         })
         .collect();
-    let mut probes = Vec::new();
-    for enc in ENCODERS {
-        for (name, protocol) in
-            [("linear", Protocol::Linear(p.linear.clone())), ("knn", Protocol::Knn(p.knn.clone()))]
-        {
-            probes.push(ProbeSpec {
-                encoder: enc.into(),
-                name: name.into(),
-                protocol,
-                seeds: p.probe_seeds.clone(),
-                labeled: Labeled::Subset { images: p.probe_train_images },
-            });
-        }
-    }
+    let names: Vec<String> = ENCODERS.iter().map(|e| e.to_string()).collect();
+    let probes = probes(&names, &p.linear, &p.knn, &p.probe_seeds, p.probe_train_images);
     Ok(Plan {
         name: method.into(),
         profile: p.name.clone(),
@@ -132,7 +119,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
         encoders,
         probes,
         report: report(method, &p, input),
-        charts: vec![layer_chart()],
+        charts: vec![layer_chart(&names)],
         probe_commands: format!(
             "The probes use the settings in `results.json` (`profile.linear`, `profile.knn`): \
              `selfsup eval --checkpoint runs/{method}/{0}/pretrain --protocol linear|knn \
@@ -155,11 +142,6 @@ fn label(method: &str, p: &Profile, enc: &str) -> String {
         "random" => "random init".into(),
         _ => "supervised (CIFAR-10 labels)".into(),
     }
-}
-
-/// Paired differences `a − b` of the linear probe at each tap.
-fn per_tap(a: &str, b: &str) -> Diffs {
-    TAPS.iter().map(|t| (t.to_string(), vec![(at(a, "linear", t), at(b, "linear", t))])).collect()
 }
 
 fn report(method: &str, p: &Profile, input: &PlanInput) -> Report {
@@ -219,31 +201,7 @@ fn report(method: &str, p: &Profile, input: &PlanInput) -> Report {
         )),
         Section::Table(Table { key: "layers".into(), columns, rows }),
     ];
-    if !p.references.is_empty() {
-        sections.push(Section::Text(
-            "Reference: the seed's ImageNet table (Zhang et al. 2017 layout; linear probes on \
-             frozen AlexNet conv1..conv5 trained on ImageNet, top-1 %). Another dataset, \
-             another resolution and a full-width AlexNet: compare the shape across layers, \
-             not the figures."
-                .into(),
-        ));
-        let mut columns = vec![text_col("Row", "row"), text_col("Dataset", "dataset")];
-        columns.extend(TAPS.iter().map(|t| num_col(t, t)));
-        sections.push(Section::Table(Table {
-            key: "references".into(),
-            columns,
-            rows: p
-                .references
-                .iter()
-                .map(|r| {
-                    let mut cells =
-                        vec![Cell::Text(r.label.clone()), Cell::Text(r.dataset.clone())];
-                    cells.extend(r.top1.iter().map(|&x| Cell::Figure(Some(x))));
-                    cells
-                })
-                .collect(),
-        }));
-    }
+    sections.extend(reference_sections(&p.references));
     sections.push(Section::Text("## Findings".into()));
     sections.push(Section::Findings(vec![
         Finding {
@@ -272,20 +230,6 @@ fn report(method: &str, p: &Profile, input: &PlanInput) -> Report {
     ]));
     sections.push(Section::Command);
     Report { title: format!("{method} on {}, profile `{}`", input.dataset, p.name), sections }
-}
-
-/// `layers.png`: the linear probe per layer of each encoder.
-fn layer_chart() -> Chart {
-    let series = |enc: &str| -> (String, Vec<Cell>) {
-        let cells = TAPS.iter().map(|t| Cell::Mean(vec![at(enc, "linear", t)])).collect();
-        (enc.to_string(), cells)
-    };
-    Chart {
-        file: "layers.png".into(),
-        title: "CIFAR-10 linear probe per layer".into(),
-        x_labels: TAPS.iter().map(|t| t.to_string()).collect(),
-        series: ENCODERS.iter().map(|e| series(e)).collect(),
-    }
 }
 
 #[cfg(test)]

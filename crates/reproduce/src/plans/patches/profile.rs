@@ -3,6 +3,7 @@
 //! supplies), `cpu` (trained against random init and the supervised AlexNet on CIFAR-10, about
 //! half an hour a method on two CPU cores) and `smoke` (seconds).
 use super::METHODS;
+use crate::plans::layerwise::{knn, linear};
 use crate::plans::{cosine, sgd};
 use anyhow::{bail, Result};
 use selfsup_core::encoders::AlexnetVariant;
@@ -101,20 +102,6 @@ pub fn imagenet_references(method: &str) -> Vec<ReferenceRow> {
     rows.push(row("ImageNet labels", [19.3, 36.3, 44.2, 48.3, 50.5]));
     rows.push(row("Random init", [11.6, 17.1, 16.9, 16.3, 14.1]));
     rows
-}
-
-fn linear(epochs: usize, batch_size: usize) -> LinearProbeConfig {
-    LinearProbeConfig {
-        taps: vec!["all".into()],
-        epochs,
-        batch_size,
-        schedule: cosine(),
-        ..LinearProbeConfig::default()
-    }
-}
-
-fn knn() -> KnnConfig {
-    KnnConfig { taps: vec!["last".into()], ..KnnConfig::default() }
 }
 
 /// The crate defaults of `method` (`method_config`), the paper's ImageNet geometry.
@@ -218,7 +205,7 @@ impl Profile {
             probe_train_images: None,
             test_images: None,
             linear: linear(36, 256),
-            knn: knn(),
+            knn: knn("last"),
             probe_seeds: vec![0],
             references: imagenet_references(method),
             deterministic: false,
@@ -300,7 +287,7 @@ impl Profile {
             probe_train_images: Some(10_000),
             test_images: None,
             linear: linear(15, 256),
-            knn: knn(),
+            knn: knn("last"),
             probe_seeds: vec![0, 1, 2],
             references: imagenet_references(method),
             deterministic: false,

@@ -28,12 +28,12 @@ mod profile;
 
 pub use profile::{pascal, references, Comparison, PascalRow, Profile, Variant, View};
 
+use super::layerwise::{layer_chart, per_tap, probes, reference_sections};
 use super::PlanInput;
-use crate::engine::report::{num_col, text_col, Diffs};
+use crate::engine::report::{num_col, text_col};
 use crate::engine::scores::{at, row, Row};
 use crate::engine::{
-    Artifact, Cell, Chart, EncoderSpec, Finding, Labeled, Plan, ProbeSpec, Protocol, Report,
-    Section, Source, Table, Test, Training,
+    Artifact, Cell, EncoderSpec, Finding, Plan, Report, Section, Source, Table, Test, Training,
 };
 use anyhow::{bail, Result};
 use serde_json::Value;
@@ -41,8 +41,7 @@ use serde_json::Value;
 /// The methods these plans reproduce.
 pub const METHODS: [&str; 4] = ["autoencoder", "context-encoder", "colorization", "split-brain"];
 
-/// The taps probed, as the seed's table.
-pub const TAPS: [&str; 5] = ["conv1", "conv2", "conv3", "conv4", "conv5"];
+pub use super::layerwise::TAPS;
 
 /// The encoders of `p` in table order: the variants, the views, `random`, `supervised`.
 fn encoder_names(p: &Profile) -> Vec<String> {
@@ -126,20 +125,8 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
         config: p.encoder.clone(),
         source: Source::Encoder { run: "supervised".into() },
     });
-    let mut probes = Vec::new();
-    for enc in encoder_names(&p) {
-        for (name, protocol) in
-            [("linear", Protocol::Linear(p.linear.clone())), ("knn", Protocol::Knn(p.knn.clone()))]
-        {
-            probes.push(ProbeSpec {
-                encoder: enc.clone(),
-                name: name.into(),
-                protocol,
-                seeds: p.probe_seeds.clone(),
-                labeled: Labeled::Subset { images: p.probe_train_images },
-            });
-        }
-    }
+    let names = encoder_names(&p);
+    let probes = probes(&names, &p.linear, &p.knn, &p.probe_seeds, p.probe_train_images);
     let artifacts = if writes_samples(method) {
         p.variants
             .iter()
@@ -164,7 +151,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
         encoders,
         probes,
         report: report(method, &p, input),
-        charts: vec![layer_chart(&p)],
+        charts: vec![layer_chart(&names)],
         probe_commands: format!(
             "The probes use the settings in `results.json` (`profile.linear`, `profile.knn`): \
              `selfsup eval --checkpoint runs/{method}/{0}/pretrain --protocol linear|knn \
@@ -191,11 +178,6 @@ fn label(p: &Profile, enc: &str) -> String {
         "random" => "random init".into(),
         _ => "supervised (CIFAR-10 labels)".into(),
     }
-}
-
-/// Paired differences `a − b` of the linear probe at each tap.
-fn per_tap(a: &str, b: &str) -> Diffs {
-    TAPS.iter().map(|t| (t.to_string(), vec![(at(a, "linear", t), at(b, "linear", t))])).collect()
 }
 
 /// What the encoders of `method` see in the probes.
@@ -309,31 +291,7 @@ fn report(method: &str, p: &Profile, input: &PlanInput) -> Report {
                 .join(", ")
         )));
     }
-    if !p.references.is_empty() {
-        sections.push(Section::Text(
-            "Reference: the seed's ImageNet table (Zhang et al. 2017 layout; linear probes on \
-             frozen AlexNet conv1..conv5 trained on ImageNet, top-1 %). Another dataset, \
-             another resolution and a full-width AlexNet: compare the shape across layers, \
-             not the figures."
-                .into(),
-        ));
-        let mut columns = vec![text_col("Row", "row"), text_col("Dataset", "dataset")];
-        columns.extend(TAPS.iter().map(|t| num_col(t, t)));
-        sections.push(Section::Table(Table {
-            key: "references".into(),
-            columns,
-            rows: p
-                .references
-                .iter()
-                .map(|r| {
-                    let mut cells =
-                        vec![Cell::Text(r.label.clone()), Cell::Text(r.dataset.clone())];
-                    cells.extend(r.top1.iter().map(|&x| Cell::Figure(Some(x))));
-                    cells
-                })
-                .collect(),
-        }));
-    }
+    sections.extend(reference_sections(&p.references));
     if !p.pascal.is_empty() {
         sections.push(Section::Text(
             "Reference: the seed's PASCAL VOC 2007 classification (Pathak et al. 2016, Table 2; \
@@ -385,20 +343,6 @@ fn report(method: &str, p: &Profile, input: &PlanInput) -> Report {
     sections.push(Section::Findings(findings));
     sections.push(Section::Command);
     Report { title: format!("{method} on {}, profile `{}`", input.dataset, p.name), sections }
-}
-
-/// `layers.png`: the linear probe per layer of each encoder.
-fn layer_chart(p: &Profile) -> Chart {
-    let series = |enc: &str| -> (String, Vec<Cell>) {
-        let cells = TAPS.iter().map(|t| Cell::Mean(vec![at(enc, "linear", t)])).collect();
-        (enc.to_string(), cells)
-    };
-    Chart {
-        file: "layers.png".into(),
-        title: "CIFAR-10 linear probe per layer".into(),
-        x_labels: TAPS.iter().map(|t| t.to_string()).collect(),
-        series: encoder_names(p).iter().map(|e| series(e)).collect(),
-    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! folder the user supplies), `cpu` (trained against random init and the supervised AlexNet on
 //! CIFAR-10, about half an hour a method on two CPU cores) and `smoke` (seconds).
 use super::METHODS;
+use crate::plans::layerwise::{knn, linear};
 use crate::plans::patches::{imagenet_references, ReferenceRow};
 use crate::plans::{cosine, sgd};
 use anyhow::{bail, Result};
@@ -330,20 +331,6 @@ fn structure(method: &str) -> (Vec<Variant>, Vec<View>, Vec<Comparison>) {
     }
 }
 
-fn linear(epochs: usize, batch_size: usize) -> LinearProbeConfig {
-    LinearProbeConfig {
-        taps: vec!["all".into()],
-        epochs,
-        batch_size,
-        schedule: cosine(),
-        ..LinearProbeConfig::default()
-    }
-}
-
-fn knn() -> KnnConfig {
-    KnnConfig { taps: vec!["last".into()], ..KnnConfig::default() }
-}
-
 fn adam(lr: f64, beta1: f64, beta2: f64, weight_decay: f64) -> OptimizerConfig {
     OptimizerConfig::Adamw { lr, beta1, beta2, eps: 1e-8, weight_decay }
 }
@@ -422,7 +409,7 @@ impl Profile {
             probe_train_images: None,
             test_images: None,
             linear: linear(36, 256),
-            knn: knn(),
+            knn: knn("last"),
             probe_seeds: vec![0],
             references: references(method),
             pascal: pascal(method),
@@ -486,7 +473,7 @@ impl Profile {
             probe_train_images: Some(10_000),
             test_images: None,
             linear: linear(15, 256),
-            knn: knn(),
+            knn: knn("last"),
             probe_seeds: vec![0, 1, 2],
             references: references(method),
             pascal: pascal(method),
