@@ -429,15 +429,18 @@ impl Profile {
     /// feature-learning masks) with its central-square run beside; the autoencoder corrupts
     /// with masking noise (a quarter of the pixels).
     ///
-    /// Budgets from the pretraining throughput measured with 1 thread (beside another 1-thread
-    /// job) on 2 cores of an Intel Xeon (family 6, model 207), fp32, at these configs:
-    /// autoencoder 343 images/s, context encoder 100 (with its discriminator), colorization 320,
-    /// split-brain 354; with 2 threads alone about twice that. The probes cost about 30 s per
-    /// encoder and probe seed with 2 threads (the patch plans' measurement), the supervised
-    /// trunk about 150 s. So: the autoencoder 10 epochs of 50,000 images, the context encoder's
-    /// three runs 2 epochs of 30,000 each, colorization 8 epochs of 50,000, split-brain's two
-    /// runs 4 epochs of 50,000 each. The complete runs' times are in each results folder's
-    /// `run.log` and `results.json`.
+    /// Budgets from the pretraining throughput measured on 2 cores of an Intel Xeon (family 6,
+    /// model 207), fp32, at these configs: with 1 thread beside another 1-thread job, source
+    /// images/s, autoencoder 343, context encoder 100 (with its discriminator), colorization 320,
+    /// split-brain 354; with 2 threads alone (one epoch of 3,840 images) autoencoder 455, context
+    /// encoder 129, split-brain 483. The probes cost about 30 s per encoder and probe seed with 2
+    /// threads (the patch plans' measurement), the supervised trunk about 150 s. So: the
+    /// autoencoder 10 epochs of 50,000 images, the context encoder's three runs 2 epochs of
+    /// 30,000 each, colorization 8 epochs of 50,000, split-brain's two runs 4 epochs of 50,000
+    /// each. By those speeds, with 2 threads alone: about 25 minutes for the autoencoder, 31 for
+    /// the context encoder, 24 for split-brain (colorization's 2-thread speed is not measured).
+    /// The complete runs in `results/` ran at 1 thread beside other jobs; their stage times are
+    /// in each folder's `results.json`.
     pub fn cpu(method: &str) -> Result<Profile> {
         let mut method_config = method_defaults(method)?;
         let (train_images, epochs) = match method {
