@@ -37,6 +37,23 @@ pub struct PlanInput {
     pub registered: Vec<String>,
 }
 
+#[cfg(test)]
+impl PlanInput {
+    /// The input of plan `name` under `profile` with the `--set` overrides `sets`, on CIFAR-10
+    /// in `datasets/`, on the CPU, without a registry (the plans' unit tests).
+    pub(crate) fn for_test(name: &str, profile: &str, sets: &[&str]) -> PlanInput {
+        PlanInput {
+            name: name.into(),
+            profile: profile.into(),
+            sets: sets.iter().map(|s| s.to_string()).collect(),
+            dataset: "cifar10".into(),
+            data_dir: "datasets".into(),
+            device: "cpu".into(),
+            registered: Vec::new(),
+        }
+    }
+}
+
 /// A reproduction in the catalogue.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry {

@@ -564,15 +564,7 @@ mod tests {
     use super::*;
 
     fn input(profile: &str, sets: &[&str]) -> PlanInput {
-        PlanInput {
-            name: "zoo".into(),
-            profile: profile.into(),
-            sets: sets.iter().map(|s| s.to_string()).collect(),
-            dataset: "cifar10".into(),
-            data_dir: "datasets".into(),
-            device: "cpu".into(),
-            registered: Vec::new(),
-        }
+        PlanInput::for_test("zoo", profile, sets)
     }
 
     #[test]

@@ -237,15 +237,7 @@ mod tests {
     use super::*;
 
     fn input(method: &str, profile: &str) -> PlanInput {
-        PlanInput {
-            name: method.into(),
-            profile: profile.into(),
-            sets: Vec::new(),
-            dataset: "cifar10".into(),
-            data_dir: "datasets".into(),
-            device: "cpu".into(),
-            registered: Vec::new(),
-        }
+        PlanInput::for_test(method, profile, &[])
     }
 
     #[test]
