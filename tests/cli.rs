@@ -298,3 +298,95 @@ fn sigterm_writes_a_checkpoint_that_resumes_bit_for_bit() {
     ok(&selfsup(&a(&resume), dir.path()));
     assert_eq!(model_hash(&dir.path().join("full")), model_hash(&dir.path().join("part")));
 }
+
+#[test]
+fn sigkill_at_random_moments_then_resume_ends_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    // A checkpoint after every step (a microscopic `checkpoint_minutes`), so that many kills
+    // land while one is being written.
+    let args = |out: &str| -> Vec<String> {
+        [
+            "train",
+            "--method",
+            "rotnet",
+            "--data",
+            "synthetic:1024:16",
+            "--device",
+            "cpu",
+            "--out",
+            out,
+            "--no-progress",
+            "--resume",
+            "--set",
+            "encoder={\"kind\":\"tiny\",\"width\":8}",
+            "--set",
+            "train.batch_size=8",
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "train.checkpoint_minutes=1e-9",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |out: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_selfsup"))
+            .args(args(out))
+            .current_dir(dir.path())
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    assert!(run("full").wait().unwrap().success());
+    let part = dir.path().join("part");
+    let step = || -> Option<u64> {
+        let t = std::fs::read_to_string(part.join("checkpoint/trainer.json")).ok()?;
+        serde_json::from_str::<serde_json::Value>(&t).ok()?["global_step"].as_u64()
+    };
+    // Kills, each followed by a resume: the first ten the moment a checkpoint's write is seen
+    // to begin (`checkpoint.new/` appears), the others after pseudo-random delays (a fixed
+    // xorshift sequence).
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let (mut kills, mut mid_write, mut finished) = (0, 0, false);
+    for attempt in 0..36 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let mut child = run("part");
+        if attempt < 10 {
+            let t = std::time::Instant::now();
+            while !part.join("checkpoint.new").exists() && t.elapsed().as_secs() < 5 {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(300 + rng % 900));
+        }
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            finished = true;
+            break;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        if part.join("checkpoint.new").exists() || !part.join("checkpoint").exists() {
+            mid_write += 1;
+        }
+    }
+    eprintln!(
+        "{kills} SIGKILLs, {mid_write} of them during a checkpoint's write or switch; last \
+         checkpoint at step {:?}",
+        step()
+    );
+    assert!(kills >= 5, "the run finished before enough kills: {kills}");
+    if !finished {
+        let out = run("part").wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(step(), Some(256));
+    assert_eq!(model_hash(&dir.path().join("full")), model_hash(&part));
+}

@@ -202,10 +202,59 @@ pub fn save(
     fsync(run_dir)
 }
 
+/// `epochs/`: a run's epoch-end snapshots (see [`snapshot`]).
+pub const SNAPSHOTS: &str = "epochs";
+
+/// Keeps the current checkpoint of `run_dir`, taken at the end of its `epoch`-th epoch, as
+/// `run_dir/epochs/epoch-NNNN/` (`train.keep_checkpoints`), then removes the oldest snapshots
+/// beyond `keep`; `keep = 0` does nothing. The files are hard links (copies where the file
+/// system refuses a link): [`save`] writes every checkpoint into a fresh folder and never
+/// rewrites a file in place, so a snapshot stays valid while the run moves on. A snapshot is
+/// assembled under a temporary name and renamed into place, so a crash leaves none half-made.
+pub fn snapshot(run_dir: &Path, epoch: u64, keep: usize) -> Result<()> {
+    if keep == 0 {
+        return Ok(());
+    }
+    let root = run_dir.join(SNAPSHOTS);
+    let dest = root.join(format!("epoch-{epoch:04}"));
+    let tmp = root.join(format!(".epoch-{epoch:04}.tmp"));
+    for d in [&dest, &tmp] {
+        if d.exists() {
+            std::fs::remove_dir_all(d).map_err(|e| CoreError::io(d, e))?;
+        }
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| CoreError::io(&tmp, e))?;
+    let src = checkpoint_dir(run_dir);
+    for name in ["model.safetensors", "trainer.safetensors", "trainer.json"] {
+        let (from, to) = (src.join(name), tmp.join(name));
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).map_err(|e| CoreError::io(&from, e))?;
+        }
+    }
+    fsync(&tmp)?;
+    std::fs::rename(&tmp, &dest).map_err(|e| CoreError::io(&tmp, e))?;
+    let mut kept: Vec<(u64, PathBuf)> = std::fs::read_dir(&root)
+        .map_err(|e| CoreError::io(&root, e))?
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let n = path.file_name()?.to_str()?.strip_prefix("epoch-")?.parse().ok()?;
+            Some((n, path))
+        })
+        .collect();
+    kept.sort();
+    let excess = kept.len().saturating_sub(keep);
+    for (_, old) in kept.into_iter().take(excess) {
+        std::fs::remove_dir_all(&old).map_err(|e| CoreError::io(&old, e))?;
+    }
+    fsync(&root)
+}
+
 /// `checkpoint.new/`: a checkpoint being written.
 const NEW: &str = "checkpoint.new";
 /// `checkpoint.prev/`: the checkpoint before the current one, kept as a fallback.
 const PREV: &str = "checkpoint.prev";
+/// `checkpoint.torn/`: a current checkpoint that failed to load on resume, set aside.
+const TORN: &str = "checkpoint.torn";
 
 fn sibling(run_dir: &Path, name: &str) -> PathBuf {
     run_dir.join(name)
@@ -228,6 +277,10 @@ pub fn exists(run_dir: &Path) -> bool {
 /// else the complete `checkpoint.new/` a crash between the switch's renames left; else
 /// `checkpoint.prev/`, the last good one. Returns it with a note saying which fallback was
 /// taken and why (`None` for `checkpoint/` itself); the error of `checkpoint/` when none reads.
+///
+/// When it falls back to `checkpoint.prev/`, the unreadable `checkpoint/` is set aside as
+/// `checkpoint.torn/` (replacing an older one), so that the next [`save`] keeps the last good
+/// checkpoint as its fallback instead of the torn one.
 pub fn load_for_resume(run_dir: &Path) -> Result<(Checkpoint, Option<String>)> {
     let current = checkpoint_dir(run_dir);
     let first = match load(&current) {
@@ -237,11 +290,19 @@ pub fn load_for_resume(run_dir: &Path) -> Result<(Checkpoint, Option<String>)> {
     for name in [NEW, PREV] {
         let dir = sibling(run_dir, name);
         if let Ok(ck) = load(&dir) {
-            let note = format!(
+            let mut note = format!(
                 "{first}; resuming from {} (step {}) instead",
                 dir.display(),
                 ck.state.global_step
             );
+            if name == PREV && current.exists() {
+                let torn = sibling(run_dir, TORN);
+                if torn.exists() {
+                    std::fs::remove_dir_all(&torn).map_err(|e| CoreError::io(&torn, e))?;
+                }
+                std::fs::rename(&current, &torn).map_err(|e| CoreError::io(&current, e))?;
+                note.push_str(&format!(" (the unreadable one is kept as {})", torn.display()));
+            }
             return Ok((ck, Some(note)));
         }
     }
@@ -429,9 +490,13 @@ mod tests {
         assert_eq!(ck.state.global_step, 1);
         let note = note.unwrap();
         assert!(note.contains("does not match") && note.contains("checkpoint.prev"), "{note}");
-        // The next save replaces the torn one, and keeps a fallback.
+        assert!(note.contains("checkpoint.torn"), "{note}");
+        assert!(!run.join("checkpoint").exists() && run.join(TORN).exists());
+        // The next save becomes current and keeps the last good one (step 1), not the torn
+        // one, as its fallback.
         save(run, &state(3), &model, &model).unwrap();
         assert_eq!(load_for_resume(run).unwrap().0.state.global_step, 3);
+        assert_eq!(load(&run.join(PREV)).unwrap().state.global_step, 1);
         // Nothing readable at all: the current one's error.
         std::fs::remove_dir_all(run.join(PREV)).unwrap();
         std::fs::write(run.join("checkpoint/trainer.json"), b"{").unwrap();

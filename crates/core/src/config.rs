@@ -129,6 +129,13 @@ pub struct TrainConfig {
     /// metric means). 0 turns them off. Default 10.
     #[serde(default = "default_checkpoint_minutes")]
     pub checkpoint_minutes: f64,
+    /// Keep this many epoch-end checkpoints, the newest, as `epochs/epoch-NNNN/` in the run
+    /// folder for later evaluation (`selfsup eval --checkpoint RUN/epochs/epoch-0005`). They are
+    /// hard links to the checkpoint's files, which are never rewritten in place, so they cost
+    /// no space until the run moves on. 0 keeps none (the run's `checkpoint/` is always kept).
+    /// Default 1: the last epoch.
+    #[serde(default = "default_keep_checkpoints")]
+    pub keep_checkpoints: usize,
     /// Write a `metrics.jsonl` line every this many steps. Default 50.
     #[serde(default = "default_log_every")]
     pub log_every: u64,
@@ -173,6 +180,10 @@ fn default_checkpoint_minutes() -> f64 {
     10.0
 }
 
+fn default_keep_checkpoints() -> usize {
+    1
+}
+
 fn default_log_every() -> u64 {
     50
 }
@@ -192,6 +203,7 @@ impl Default for TrainConfig {
             channels_last: false,
             checkpoint_every: 1,
             checkpoint_minutes: default_checkpoint_minutes(),
+            keep_checkpoints: default_keep_checkpoints(),
             log_every: default_log_every(),
             threads: 0,
             prefetch: default_prefetch(),

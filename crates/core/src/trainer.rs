@@ -746,6 +746,9 @@ impl<'a> Trainer<'a> {
             if at_end || due || interrupted {
                 self.save(Some(&means))?;
                 last_save = Instant::now();
+                if finished_epoch {
+                    checkpoint::snapshot(self.run_dir, self.pos.epoch, cfg.train.keep_checkpoints)?;
+                }
             }
             if finished_epoch {
                 self.end_of_epoch(&means, epoch_start.elapsed().as_secs_f64(), opts)?;
