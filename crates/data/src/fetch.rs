@@ -26,9 +26,9 @@ pub enum FetchError {
     Checksum {
         /// The file.
         path: PathBuf,
-        /// The manifest's digest.
+        /// The manifest's digest (and size, after a download).
         expected: String,
-        /// The file's digest.
+        /// The file's digest (and size, after a download).
         actual: String,
     },
     /// An I/O error on a named file.
@@ -265,60 +265,127 @@ pub enum Fetched {
     Ready(PathBuf),
 }
 
-fn download(urls: &[&str], target: &Path) -> Result<(), String> {
-    let part = target.with_extension("part");
-    let mut last = String::from("no URL");
+/// Why [`download`] failed.
+enum DownloadFailure {
+    /// No URL could be read (offline, or every source failed): the last one's error.
+    Unreachable(String),
+    /// A source served bytes that are not the manifest's.
+    Corrupt(FetchError),
+}
+
+/// Checks a downloaded `part` against `archive`: the manifest's SHA-256 and size, or one of
+/// its alternate digests (a repackaging, whose size may differ). Reports the file as `target`,
+/// where it would have gone.
+fn verify_part(part: &Path, target: &Path, archive: &Archive) -> Result<(), FetchError> {
+    let actual = sha256_file(part)?;
+    let size = std::fs::metadata(part).map_err(io(part))?.len();
+    let known = actual == archive.sha256 || archive.alternate_sha256.contains(&actual);
+    if known && (actual != archive.sha256 || size == archive.size) {
+        return Ok(());
+    }
+    Err(FetchError::Checksum {
+        path: target.to_path_buf(),
+        expected: format!("{}, {} bytes", archive.sha256, archive.size),
+        actual: format!("{actual}, {size} bytes"),
+    })
+}
+
+/// Downloads `archive` to `target`: into `target.part` first, resuming a part that an
+/// interrupted download left (`curl -C -`), then checked against the manifest's size and
+/// SHA-256 and renamed into place only when it matches. A part that fails the check is
+/// deleted, so the next source (or the next run) starts afresh; the part of a transfer that
+/// failed midway is kept for the next attempt to resume.
+fn download(archive: &Archive, target: &Path) -> Result<(), DownloadFailure> {
+    let mut part = target.as_os_str().to_owned();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    let urls =
+        std::iter::once(archive.url.as_str()).chain(archive.mirrors.iter().map(String::as_str));
+    let mut last = DownloadFailure::Unreachable("no URL".into());
     for url in urls {
+        // A part at least as long as the file cannot be resumed into it.
+        if std::fs::metadata(&part).is_ok_and(|m| archive.size > 0 && m.len() >= archive.size) {
+            if verify_part(&part, target, archive).is_ok() {
+                return std::fs::rename(&part, target).map_err(|e| {
+                    DownloadFailure::Corrupt(FetchError::Io { path: part, source: e })
+                });
+            }
+            let _ = std::fs::remove_file(&part);
+        }
         let out = Command::new("curl")
-            .args(["-fsSL", "--retry", "2", "--connect-timeout", "20", "-o"])
+            .args(["-fsSL", "--retry", "2", "--connect-timeout", "20", "-C", "-", "-o"])
             .arg(&part)
             .arg(url)
             .output();
         match out {
-            Ok(o) if o.status.success() => {
-                return std::fs::rename(&part, target).map_err(|e| e.to_string());
-            }
+            Ok(o) if o.status.success() => match verify_part(&part, target, archive) {
+                Ok(()) => {
+                    return std::fs::rename(&part, target).map_err(|e| {
+                        DownloadFailure::Corrupt(FetchError::Io { path: part.clone(), source: e })
+                    });
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&part);
+                    last = DownloadFailure::Corrupt(e);
+                }
+            },
             Ok(o) => {
                 let err = String::from_utf8_lossy(&o.stderr);
-                last = format!("{url}: {}", err.lines().last().unwrap_or("curl failed").trim());
+                let err = err.lines().last().unwrap_or("curl failed").trim().to_string();
+                last = DownloadFailure::Unreachable(format!("{url}: {err}"));
             }
-            Err(e) => last = format!("cannot run curl: {e}"),
+            Err(e) => last = DownloadFailure::Unreachable(format!("cannot run curl: {e}")),
         }
-        let _ = std::fs::remove_file(&part);
     }
     Err(last)
 }
 
 /// Downloads (unless present), verifies and unpacks `entry` into `data_dir`; returns the
-/// dataset folder. Files already in place are verified, not downloaded again.
+/// dataset folder. Files already in place are verified and not downloaded again unless they
+/// fail the check (then they are moved aside as `<file>.corrupt`); see `download` for how a
+/// download is checked before it is put in place and resumed after an interruption.
 pub fn fetch_entry(entry: &Entry, data_dir: &Path) -> Result<Fetched, FetchError> {
     let folder = data_dir.join(&entry.folder);
-    if !entry.files.is_empty() && entry.files.iter().all(|f| folder.join(f).is_file()) {
-        for a in entry.archives.iter().filter(|a| a.extract == "none") {
-            verify_file(&archive_path(entry, a, data_dir), a)?;
-        }
+    if !entry.files.is_empty()
+        && entry.files.iter().all(|f| folder.join(f).is_file())
+        && entry
+            .archives
+            .iter()
+            .filter(|a| a.extract == "none")
+            .all(|a| verify_file(&archive_path(entry, a, data_dir), a).is_ok())
+    {
         return Ok(Fetched::AlreadyPresent(folder));
     }
     for a in &entry.archives {
         let target = archive_path(entry, a, data_dir);
+        // A file in place (downloaded earlier, or put there by hand) that fails the check is
+        // moved aside as `<file>.corrupt` and downloaded again.
+        if target.is_file() {
+            if let Err(e) = verify_file(&target, a) {
+                let mut aside = target.as_os_str().to_owned();
+                aside.push(".corrupt");
+                std::fs::rename(&target, &aside).map_err(io(&target))?;
+                let aside = Path::new(&aside).display();
+                eprintln!("warning: {e}; moved it to {aside} and downloading it again");
+            }
+        }
         if !target.is_file() {
             let dir = target.parent().unwrap_or(data_dir);
             std::fs::create_dir_all(dir).map_err(io(dir))?;
-            let urls: Vec<&str> = std::iter::once(a.url.as_str())
-                .chain(a.mirrors.iter().map(String::as_str))
-                .collect();
-            download(&urls, &target).map_err(|detail| {
-                FetchError::Unavailable(Box::new(Unavailable {
-                    dataset: entry.name.clone(),
-                    file: a.file.clone(),
-                    sha256: a.sha256.clone(),
-                    target: target.clone(),
-                    folder: folder.clone(),
-                    detail,
-                }))
+            download(a, &target).map_err(|failure| match failure {
+                DownloadFailure::Corrupt(e) => e,
+                DownloadFailure::Unreachable(detail) => {
+                    FetchError::Unavailable(Box::new(Unavailable {
+                        dataset: entry.name.clone(),
+                        file: a.file.clone(),
+                        sha256: a.sha256.clone(),
+                        target: target.clone(),
+                        folder: folder.clone(),
+                        detail,
+                    }))
+                }
             })?;
         }
-        verify_file(&target, a)?;
         match a.extract.as_str() {
             "none" => {}
             "tar.gz" => {

@@ -8,7 +8,10 @@ fn sha(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A one-archive entry of `size` bytes.
 fn entry(url: String, file: &str, digest: String, extract: &str, files: &[&str]) -> Entry {
+    let size =
+        url.strip_prefix("file://").and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
     Entry {
         name: "toy".into(),
         description: "a test dataset".into(),
@@ -19,7 +22,7 @@ fn entry(url: String, file: &str, digest: String, extract: &str, files: &[&str])
             file: file.into(),
             url,
             mirrors: vec![],
-            size: 0,
+            size,
             sha256: digest,
             alternate_sha256: vec![],
             extract: extract.into(),
@@ -89,8 +92,12 @@ fn checksum_mismatch_names_the_file() {
         "none",
         &["payload.bin"],
     );
-    let err = fetch::fetch_entry(&e, &tmp.path().join("data")).unwrap_err();
+    let data = tmp.path().join("data");
+    let err = fetch::fetch_entry(&e, &data).unwrap_err();
     assert!(matches!(err, FetchError::Checksum { .. }));
+    // Checked before the rename: nothing bad is left in place, not even the part.
+    assert!(!data.join("toy-folder/payload.bin").exists());
+    assert!(!data.join("toy-folder/payload.bin.part").exists());
     let msg = err.to_string();
     assert!(msg.contains("toy-folder/payload.bin: sha256 mismatch (expected "), "{msg}");
     assert!(msg.contains(&sha(b"tampered")), "{msg}");
@@ -159,4 +166,53 @@ fn tar_gz_archives_are_unpacked_into_the_data_folder() {
     );
     let msg = fetch::fetch_entry(&bad, &tmp.path().join("data2")).unwrap_err().to_string();
     assert!(msg.ends_with("toy-folder/b.bin: missing after unpacking"), "{msg}");
+}
+
+#[test]
+fn an_interrupted_download_resumes_from_its_part_and_a_bad_part_starts_afresh() {
+    let tmp = tempfile::tempdir().unwrap();
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let src = tmp.path().join("src.bin");
+    std::fs::write(&src, &body).unwrap();
+    let data = tmp.path().join("data");
+    let e = entry(format!("file://{}", src.display()), "p.bin", sha(&body), "none", &["p.bin"]);
+    let target = data.join("toy-folder/p.bin");
+    let part = data.join("toy-folder/p.bin.part");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    // The first 40,000 bytes of an interrupted transfer: resumed, checked, put in place.
+    std::fs::write(&part, &body[..40_000]).unwrap();
+    fetch::fetch_entry(&e, &data).unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), body);
+    assert!(!part.exists());
+    // A part whose bytes are wrong: the resumed file fails the check and the part is deleted,
+    // so that the next attempt starts afresh (and succeeds).
+    std::fs::remove_file(&target).unwrap();
+    std::fs::write(&part, vec![7u8; 40_000]).unwrap();
+    let msg = fetch::fetch_entry(&e, &data).unwrap_err().to_string();
+    assert!(msg.contains("p.bin: sha256 mismatch") && msg.contains("100000 bytes"), "{msg}");
+    assert!(!part.exists() && !target.exists());
+    fetch::fetch_entry(&e, &data).unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), body);
+}
+
+#[test]
+fn the_manifest_size_is_checked_and_a_corrupt_file_in_place_is_fetched_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src.bin");
+    std::fs::write(&src, b"payload").unwrap();
+    let data = tmp.path().join("data");
+    let mut e =
+        entry(format!("file://{}", src.display()), "p.bin", sha(b"payload"), "none", &["p.bin"]);
+    e.archives[0].size = 8;
+    let msg = fetch::fetch_entry(&e, &data).unwrap_err().to_string();
+    assert!(msg.contains("8 bytes") && msg.contains("got ") && msg.contains("7 bytes"), "{msg}");
+    assert!(!data.join("toy-folder/p.bin").exists());
+    // A file in place that fails the check is moved aside and downloaded again.
+    e.archives[0].size = 7;
+    let target = data.join("toy-folder/p.bin");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::write(&target, b"garbage").unwrap();
+    assert_eq!(fetch::fetch_entry(&e, &data).unwrap(), Fetched::Ready(data.join("toy-folder")));
+    assert_eq!(std::fs::read(&target).unwrap(), b"payload");
+    assert_eq!(std::fs::read(data.join("toy-folder/p.bin.corrupt")).unwrap(), b"garbage");
 }
