@@ -93,7 +93,12 @@ fn plan(input: &PlanInput) -> anyhow::Result<Plan> {
         deterministic: true,
         test_images: Some(32),
         seed: 0,
-        trainings: vec![Training { name: "pretrain".into(), config, headline_metric: None }],
+        trainings: vec![Training {
+            name: "pretrain".into(),
+            config,
+            headline_metric: None,
+            optional: false,
+        }],
         encoders,
         probes,
         report: Report {

@@ -82,3 +82,31 @@ fn the_zoo_tables_every_listed_method_and_adds_a_new_one_alone() {
     let err = selfsup_reproduce::run(&args(base, "no-such-method"), &registry).unwrap_err();
     assert!(format!("{err:#}").contains("no-such-method"), "{err:#}");
 }
+
+#[test]
+fn a_method_that_cannot_use_the_trunk_says_why_in_its_row() {
+    let base = tempfile::tempdir().unwrap();
+    let base = base.path();
+    let registry = selfsup_methods::registry();
+    // Split-brain halves every layer, so an odd width is a trunk it cannot use.
+    let mut a = args(base, "rotnet,split-brain");
+    a.push("--set".into());
+    a.push(r#"encoder={"kind":"alexnet","variant":"cifar","width":5}"#.into());
+    selfsup_reproduce::run(&a, &registry).unwrap();
+    let res = base.join("results/zoo/smoke");
+    let v = read_json(&res.join("results.json"));
+    let rows = v["tables"]["layers"].as_array().unwrap();
+    let split = rows.iter().find(|r| r["method"].as_str().unwrap().starts_with("split-brain"));
+    let split = split.unwrap();
+    let label = split["method"].as_str().unwrap();
+    assert!(label.contains("cannot use this trunk") && label.contains("even"), "{label}");
+    assert!(split["conv1"].is_null() && split["seconds"].is_null(), "{split}");
+    let rotnet = rows.iter().find(|r| r["method"] == "rotnet").unwrap();
+    assert!(rotnet["conv5"]["mean"].as_f64().is_some(), "{rotnet}");
+    assert!(v["trainings"]["split-brain"]["unusable"].is_string());
+    let table = std::fs::read_to_string(res.join("table.md")).unwrap();
+    assert!(table.contains("split-brain (cannot use this trunk: "), "{table}");
+    let log = std::fs::read_to_string(res.join("run.log")).unwrap();
+    assert!(log.contains("[unusable] train split-brain"), "{log}");
+    assert!(!base.join("runs/zoo/smoke/probes/split-brain").exists());
+}

@@ -74,6 +74,13 @@ pub struct Training {
     /// The last-epoch metric shown for this training in the log and `results.json` (e.g.
     /// `rotation_acc`); `None` shows the loss.
     pub headline_metric: Option<String>,
+    /// Whether its method may refuse the plan's trunk (the zoo's methods, on one trunk for
+    /// all): when building the method on this config fails, the engine records why
+    /// (`{"unusable": reason}` in `results.json`'s `trainings`), skips the probes of the
+    /// encoders read from it, and a [`super::report::Cell::RunName`] says so in its row,
+    /// instead of failing the run. Other trainings fail the run on any error.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
 }
 
 /// An encoder the probes read.

@@ -109,6 +109,15 @@ pub enum Cell {
         /// Factor.
         scale: f64,
     },
+    /// A training's row label: `text`, or `text (cannot use this trunk: reason)` when the
+    /// engine found that its method cannot be built on the plan's trunk
+    /// ([`super::plan::Training::optional`]).
+    RunName {
+        /// The training.
+        run: String,
+        /// The label.
+        text: String,
+    },
     /// The largest value among the cells (`–` when none has one), `12.34`.
     Max(Vec<Cell>),
     /// Spearman's rank correlation between the cells' values and the figures paired with them
@@ -207,7 +216,7 @@ impl Cell {
     /// The cell's number: a mean, a figure or a difference.
     pub fn value(&self, ctx: &Context) -> Option<f64> {
         match self {
-            Cell::Text(_) | Cell::Code(_) => None,
+            Cell::Text(_) | Cell::Code(_) | Cell::RunName { .. } => None,
             Cell::Count(n) => Some(*n as f64),
             Cell::Figure(v) => *v,
             Cell::Mean(r) | Cell::Spread(r) => ctx.scores.pooled(r).map(|s| s.mean),
@@ -240,10 +249,23 @@ impl Cell {
         pairs.iter().filter_map(|(c, f)| c.value(ctx).map(|v| (v, *f))).collect()
     }
 
+    /// A [`Cell::RunName`]'s label, with the reason its training could not run, on one line.
+    fn label(&self, ctx: &Context) -> String {
+        let Cell::RunName { run, text } = self else { return String::new() };
+        match ctx.trainings.get(run).and_then(|d| d["unusable"].as_str()) {
+            Some(why) => {
+                let why = why.split_whitespace().collect::<Vec<_>>().join(" ");
+                format!("{text} (cannot use this trunk: {why})")
+            }
+            None => text.clone(),
+        }
+    }
+
     /// The cell as markdown.
     pub fn text(&self, ctx: &Context) -> String {
         match self {
             Cell::Text(t) => t.clone(),
+            Cell::RunName { .. } => self.label(ctx).replace('|', "/"),
             Cell::Code(t) => format!("`{t}`"),
             Cell::Count(n) => n.to_string(),
             Cell::Figure(_)
@@ -274,6 +296,7 @@ impl Cell {
     pub fn json(&self, ctx: &Context) -> Value {
         match self {
             Cell::Text(t) | Cell::Code(t) => json!(t),
+            Cell::RunName { .. } => json!(self.label(ctx)),
             Cell::Count(n) => json!(n),
             Cell::LabeledImages(r) => json!(ctx.scores.train_images(r)),
             Cell::Spread(r) => stat_json(ctx.scores.pooled(r)),
@@ -310,8 +333,16 @@ impl Cell {
             Cell::Delta(a, b) => a.check_refs(known, runs).and(b.check_refs(known, runs)),
             Cell::PairedDiff(pairs) => pairs.iter().try_for_each(|(a, b)| check(a).and(check(b))),
             Cell::Gain(a, b) => a.iter().chain(b).try_for_each(check),
-            Cell::RunMetric { run, .. } | Cell::RunField { run, .. } if runs(run) => Ok(()),
-            Cell::RunMetric { run, .. } | Cell::RunField { run, .. } => {
+            Cell::RunMetric { run, .. }
+            | Cell::RunField { run, .. }
+            | Cell::RunName { run, .. }
+                if runs(run) =>
+            {
+                Ok(())
+            }
+            Cell::RunMetric { run, .. }
+            | Cell::RunField { run, .. }
+            | Cell::RunName { run, .. } => {
                 Err(format!("a cell cites training `{run}`, which the plan lacks"))
             }
             Cell::Max(cells) => cells.iter().try_for_each(|c| c.check_refs(known, runs)),

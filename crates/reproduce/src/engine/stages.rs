@@ -50,6 +50,22 @@ impl Stages<'_> {
                 "seconds": v["seconds"]}));
             return Ok(v);
         }
+        if t.optional {
+            let images = self.training_set(t);
+            let cpu = tch::Device::Cpu;
+            if let Err(e) =
+                selfsup_core::trainer::build_method(&t.config, self.registry, &images, cpu)
+            {
+                let why = e.to_string();
+                self.log.line(&format!(
+                    "[unusable] train {name}: `{}` cannot use this trunk: {why}",
+                    t.config.method
+                ));
+                self.records.push(json!({"stage": format!("train {name}"), "skipped": true,
+                    "seconds": 0.0, "unusable": why}));
+                return Ok(json!({ "unusable": why }));
+            }
+        }
         // The probes of this training's encoders read the weights it is about to write: a
         // report left from an earlier run of it (a run folder deleted by hand) is stale.
         for e in self.plan.encoders.iter().filter(|e| e.source.run() == Some(name.as_str())) {

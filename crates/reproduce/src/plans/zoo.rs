@@ -372,6 +372,8 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
                     input,
                 ),
                 headline_metric: Some(r.metric.clone()),
+                // A method that cannot use the zoo's trunk gets a row saying why.
+                optional: true,
             }
         })
         .collect();
@@ -385,6 +387,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
             input,
         ),
         headline_metric: Some("train_acc".into()),
+        optional: false,
     });
     // Every method through its whole method (the cross-channel encoders convert RGB to
     // their Lab inputs themselves); the supervised trunk as an encoder.
@@ -457,11 +460,11 @@ fn report(p: &Profile, names: &[String], input: &PlanInput) -> Report {
     let rows: Vec<Vec<Cell>> = names
         .iter()
         .map(|enc| {
-            let mut r = vec![Cell::Text(match enc.as_str() {
-                "random" => "random init".into(),
-                "supervised" => "supervised (labels of the same images)".into(),
-                m => m.into(),
-            })];
+            let mut r = vec![match enc.as_str() {
+                "random" => Cell::Text("random init".into()),
+                "supervised" => Cell::Text("supervised (labels of the same images)".into()),
+                m => Cell::RunName { run: m.into(), text: m.into() },
+            }];
             r.extend(TAPS.iter().map(|t| Cell::Spread(vec![at(enc, "linear", t)])));
             r.push(Cell::Max(TAPS.iter().map(|t| Cell::Mean(vec![at(enc, "knn", t)])).collect()));
             if enc == "random" {

@@ -119,7 +119,12 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
         deterministic: p.deterministic,
         test_images: p.test_images,
         seed: p.seed,
-        trainings: vec![Training { name: "pretrain".into(), config, headline_metric: None }],
+        trainings: vec![Training {
+            name: "pretrain".into(),
+            config,
+            headline_metric: None,
+            optional: false,
+        }],
         encoders,
         probes,
         report: report(method, &p, input),

@@ -76,11 +76,13 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
             name: "pretrain".into(),
             config: cfg(method, &p.method_config, p.epochs, p.optimizer.clone()),
             headline_metric: headline.clone(),
+            optional: false,
         },
         Training {
             name: "ablation".into(),
             config: cfg(method, &ablated, p.epochs, p.optimizer.clone()),
             headline_metric: headline,
+            optional: false,
         },
         Training {
             name: "supervised".into(),
@@ -91,6 +93,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
                 p.supervised_optimizer.clone(),
             ),
             headline_metric: Some("train_acc".into()),
+            optional: false,
         },
     ];
     let encoders = ENCODERS

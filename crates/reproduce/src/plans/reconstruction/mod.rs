@@ -85,6 +85,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
                 name: v.training.clone(),
                 config: shared.config(method, c, p.epochs, p.optimizer.clone(), input),
                 headline_metric: Some(v.metric.clone()),
+                optional: false,
             }
         })
         .collect();
@@ -98,6 +99,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
             input,
         ),
         headline_metric: Some("train_acc".into()),
+        optional: false,
     });
     let method_source =
         |run: &str, view: Value| Source::Method { run: run.into(), trained: true, view };

@@ -225,6 +225,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
             &Budget { epochs: p.supervised_epochs, milestones: p.supervised_milestones.clone() },
         ),
         headline_metric: None,
+        optional: false,
     });
 
     let encoder = |name: &str, config: &EncoderConfig, source: Source| EncoderSpec {
@@ -362,6 +363,7 @@ fn rotnet_training(
         name: name.into(),
         config: run_config(p, input, seed, "rotnet", &p.encoder, mc, budget),
         headline_metric: Some("rotation_acc".into()),
+        optional: false,
     })
 }
 
