@@ -10,6 +10,12 @@ use serde::{Deserialize, Serialize};
 pub struct ColorizationConfig {
     /// Spacing of the ab grid. Default 10 (the paper's).
     pub grid: i64,
+    /// A `.npy` file of ab bin centres to use instead of the computed in-gamut set (261 bins
+    /// on the grid of 10, see `selfsup_lab::AbBins::in_gamut`): for instance the official
+    /// `pts_in_hull.npy` of richzhang/colorization, whose 313 bins the papers used. Default
+    /// none (computed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ab_bins: Option<std::path::PathBuf>,
     /// Nearest bins each target ab is spread over. Default 5.
     pub neighbours: usize,
     /// σ of the soft encoding's Gaussian, in ab units. Default 5.
@@ -46,6 +52,7 @@ impl Default for ColorizationConfig {
     fn default() -> Self {
         ColorizationConfig {
             grid: 10,
+            ab_bins: None,
             neighbours: 5,
             sigma: 5.0,
             rebalance: true,

@@ -51,7 +51,10 @@ impl Colorization {
                 ctx.image_channels
             )));
         }
-        let bins = AbBins::in_gamut(cfg.grid)?;
+        let bins = match &cfg.ab_bins {
+            Some(file) => AbBins::from_npy(file, cfg.grid)?,
+            None => AbBins::in_gamut(cfg.grid)?,
+        };
         if cfg.neighbours > bins.len() {
             return Err(config_error(format!(
                 "neighbours = {} exceeds the {} ab bins",
@@ -356,5 +359,32 @@ mod tests {
         let mut c = Colorization::new(&vs.root(), coarse, &ctx()).unwrap();
         let err = c.load_state_tensors(&saved).unwrap_err().to_string();
         assert!(err.contains("bins"), "{err}");
+    }
+
+    #[test]
+    fn bins_can_come_from_an_npy_file() {
+        // Every other centre of the computed set, written as NumPy writes `pts_in_hull.npy`.
+        let half: Vec<[i64; 2]> =
+            AbBins::in_gamut(10).unwrap().centres().iter().copied().step_by(2).collect();
+        let mut header =
+            format!("{{'descr': '<i8', 'fortran_order': False, 'shape': ({}, 2), }}", half.len());
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend((header.len() as u16).to_le_bytes());
+        bytes.extend(header.as_bytes());
+        bytes.extend(half.iter().flatten().flat_map(|v| v.to_le_bytes()));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pts.npy");
+        std::fs::write(&file, bytes).unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = ColorizationConfig { ab_bins: Some(file.clone()), ..small() };
+        let m = Colorization::new(&vs.root(), cfg, &ctx()).unwrap();
+        assert_eq!(m.bins.centres(), &half[..]);
+        let cfg = ColorizationConfig { ab_bins: Some(dir.path().join("none.npy")), ..small() };
+        let err = Colorization::new(&vs.root(), cfg, &ctx()).err().unwrap().to_string();
+        assert!(err.contains("none.npy"), "{err}");
     }
 }

@@ -6,7 +6,8 @@
 //!   `[-110, 110]` that are the nearest centre of some 8-bit sRGB colour. Computed from every
 //!   one of the 256³ colours (in chunks, on the CPU, once per process and grid), not typed in.
 //!   The official `pts_in_hull.npy` of richzhang/colorization holds 313 centres; see
-//!   [`AbBins::in_gamut`] for how this set compares.
+//!   [`AbBins::in_gamut`] for how this set compares; [`AbBins::from_npy`] loads that file
+//!   (or any `(Q, 2)` set) instead.
 //! - [`AbBins::soft_encode`]: each target ab spread over its `k` nearest centres with Gaussian
 //!   weights (`k = 5`, `σ = 5` in the paper), summing to 1.
 //! - [`annealed_mean`]: the paper's decoding `H(Z) = E[f_T(Z)]`, `f_T(z) ∝ exp(log z / T)`:
@@ -45,7 +46,9 @@ impl AbBins {
     /// to 100) contains every centre computed here and about fifty more around the rim, up to
     /// 13 ab units beyond the sRGB gamut (for instance (100, 0) and (−50, 100)); the repository
     /// does not say how it was made, and no rule of distance to the sRGB gamut reproduces it.
-    /// This set is the rule itself: the bins an sRGB image can hit.
+    /// This set is the rule itself: the bins an sRGB image can hit. A run that must use the
+    /// published bins loads the official file with [`AbBins::from_npy`] (`method_config.ab_bins`
+    /// of colorization and split-brain).
     ///
     /// # Errors
     /// A `grid` outside `1..=110`.
@@ -56,6 +59,28 @@ impl AbBins {
         let mut cache = gamut_cache().lock().expect("the gamut cache is never poisoned");
         let centres = cache.entry(grid).or_insert_with(|| compute_in_gamut(grid)).clone();
         Ok(AbBins { grid, centres })
+    }
+
+    /// The bins of a `.npy` file of ab centres, `(Q, 2)` integers or floats holding whole
+    /// multiples of `grid`, in the file's order: the official `pts_in_hull.npy` of
+    /// richzhang/colorization (313 centres, `<i8`) for a run that must use exactly the
+    /// published bins. Reads NumPy format 1.0–3.0, little-endian `i4`/`i8`/`f4`/`f8`, C order.
+    ///
+    /// # Errors
+    /// A file that cannot be read or is not such an array, named with what is wrong; centres
+    /// off the grid.
+    pub fn from_npy(path: &std::path::Path, grid: i64) -> Result<Self> {
+        let bad = |what: String| LabError::Value(format!("{}: {what}", path.display()));
+        let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let values = read_npy_pairs(&bytes).map_err(bad)?;
+        let mut centres = Vec::with_capacity(values.len());
+        for (i, [a, b]) in values.into_iter().enumerate() {
+            if a.fract() != 0.0 || b.fract() != 0.0 {
+                return Err(bad(format!("centre {i} ({a}, {b}) is not whole")));
+            }
+            centres.push([a as i64, b as i64]);
+        }
+        Self::from_centres(grid, centres).map_err(|e| bad(e.to_string()))
     }
 
     /// Bins at the given centres (each a multiple of `grid`), in the given order.
@@ -276,6 +301,62 @@ impl LBins {
     }
 }
 
+/// The rows of a `(Q, 2)` `.npy` array as `f64` pairs; the error says what is wrong.
+fn read_npy_pairs(bytes: &[u8]) -> std::result::Result<Vec<[f64; 2]>, String> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err("not a .npy file (no \\x93NUMPY magic)".into());
+    }
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => {
+            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+        }
+        v => return Err(format!(".npy format version {v} is not supported (1, 2, 3)")),
+    };
+    let header = bytes
+        .get(start..start + header_len)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or("truncated or non-text .npy header")?;
+    let field = |key: &str| -> std::result::Result<&str, String> {
+        let at = header.find(&format!("'{key}':")).ok_or(format!("header has no '{key}'"))?;
+        Ok(header[at + key.len() + 3..].trim_start())
+    };
+    let descr = field("descr")?;
+    let descr = descr.get(1..).and_then(|d| d.split('\'').next()).unwrap_or("");
+    let width = match descr {
+        "<i4" | "<f4" => 4,
+        "<i8" | "<f8" => 8,
+        other => return Err(format!("dtype '{other}' is not <i4, <i8, <f4 or <f8")),
+    };
+    if field("fortran_order")?.starts_with("True") {
+        return Err("Fortran-ordered arrays are not supported".into());
+    }
+    let shape = field("shape")?;
+    let shape = shape.strip_prefix('(').and_then(|s| s.split(')').next()).unwrap_or("");
+    let dims: Vec<usize> = shape
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| d.parse().map_err(|_| format!("shape ({shape}) is not a tuple of sizes")))
+        .collect::<std::result::Result<_, _>>()?;
+    let [q, 2] = dims[..] else {
+        return Err(format!("shape ({shape}) is not (Q, 2)"));
+    };
+    let data = &bytes[start + header_len..];
+    if data.len() != q * 2 * width {
+        return Err(format!("{} data bytes for shape ({q}, 2) of '{descr}'", data.len()));
+    }
+    let value = |c: &[u8]| -> f64 {
+        match descr {
+            "<i4" => i32::from_le_bytes(c.try_into().expect("4 bytes")) as f64,
+            "<f4" => f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64,
+            "<i8" => i64::from_le_bytes(c.try_into().expect("8 bytes")) as f64,
+            _ => f64::from_le_bytes(c.try_into().expect("8 bytes")),
+        }
+    };
+    Ok(data.chunks_exact(2 * width).map(|r| [value(&r[..width]), value(&r[width..])]).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,5 +432,50 @@ mod tests {
         assert_eq!(centres.size(), [100, 1]);
         assert!((centres.double_value(&[0, 0]) - 0.5).abs() < 1e-6);
         assert!(LBins::new(1).is_err());
+    }
+
+    /// A `.npy` file as NumPy writes it: format 1.0, a header padded to 64 bytes.
+    fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend((header.len() as u16).to_le_bytes());
+        out.extend(header.as_bytes());
+        out.extend(data);
+        out
+    }
+
+    #[test]
+    fn bins_load_from_an_npy_file_and_bad_files_are_named() {
+        let dir = std::env::temp_dir().join(format!("selfsup-lab-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ints: Vec<u8> =
+            [-90i64, 50, -90, 60, 100, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let p = dir.join("pts.npy");
+        std::fs::write(&p, npy("<i8", "(3, 2)", &ints)).unwrap();
+        let bins = AbBins::from_npy(&p, 10).unwrap();
+        assert_eq!(bins.len(), 3);
+        assert_eq!(bins.centres()[2], [100, 0]);
+        let floats: Vec<u8> = [10.0f64, -20.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(&p, npy("<f8", "(1, 2)", &floats)).unwrap();
+        assert_eq!(AbBins::from_npy(&p, 10).unwrap().centres(), &[[10, -20]]);
+        let err = |bytes: Vec<u8>| {
+            std::fs::write(&p, bytes).unwrap();
+            AbBins::from_npy(&p, 10).unwrap_err().to_string()
+        };
+        let e = err(npy("<i8", "(3,)", &ints));
+        assert!(e.contains("pts.npy") && e.contains("is not (Q, 2)"), "{e}");
+        assert!(err(npy("<i8", "(4, 2)", &ints)).contains("data bytes"));
+        assert!(err(npy(">i8", "(3, 2)", &ints)).contains("dtype '>i8'"));
+        assert!(err(b"PK\x03\x04 not numpy".to_vec()).contains("not a .npy file"));
+        let off: Vec<u8> = [15i64, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert!(err(npy("<i8", "(1, 2)", &off)).contains("not on the grid"));
+        let missing = AbBins::from_npy(&dir.join("absent.npy"), 10).unwrap_err().to_string();
+        assert!(missing.contains("absent.npy"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

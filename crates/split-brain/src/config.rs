@@ -38,6 +38,12 @@ pub struct SplitBrainConfig {
     pub loss: SplitLoss,
     /// Spacing of the ab grid. Default 10.
     pub grid: i64,
+    /// A `.npy` file of ab bin centres to use instead of the computed in-gamut set (261 bins
+    /// on the grid of 10, see `selfsup_lab::AbBins::in_gamut`): for instance the official
+    /// `pts_in_hull.npy` of richzhang/colorization, whose 313 bins the papers used. Default
+    /// none (computed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ab_bins: Option<std::path::PathBuf>,
     /// Nearest ab bins each target is spread over. Default 5.
     pub neighbours: usize,
     /// σ of the ab soft encoding. Default 5.
@@ -78,6 +84,7 @@ impl Default for SplitBrainConfig {
         SplitBrainConfig {
             loss: SplitLoss::Classification,
             grid: 10,
+            ab_bins: None,
             neighbours: 5,
             sigma: 5.0,
             l_bins: 100,

@@ -67,7 +67,10 @@ impl SplitBrain {
                 ctx.image_channels
             )));
         }
-        let ab_bins = AbBins::in_gamut(cfg.grid)?;
+        let ab_bins = match &cfg.ab_bins {
+            Some(file) => AbBins::from_npy(file, cfg.grid)?,
+            None => AbBins::in_gamut(cfg.grid)?,
+        };
         if cfg.neighbours > ab_bins.len() {
             return Err(config_error(format!(
                 "neighbours = {} exceeds the {} ab bins",
