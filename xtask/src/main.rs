@@ -5,6 +5,7 @@
 //!
 //! xtask itself never links libtorch: it is the tool that installs it.
 mod bench_data;
+mod bench_memory;
 mod bench_train;
 mod fetch;
 mod libtorch;
@@ -30,6 +31,9 @@ Commands:
   bench data         data-pipeline throughput against torchvision's DataLoader
   bench train [--width 192 --batch 32 --steps 5 --threads 2]
                      RotNet training-step throughput against PyTorch
+  bench memory [--threads 2 --loader-images 500000 --skip-epoch]
+                     peak resident memory of a RotNet cpu-profile epoch; the loader's memory
+                     over a generated dataset 10x CIFAR-10 (must stay flat)
   fetch <dataset>    download and verify a dataset listed in datasets/manifest.json
   build              build the release `selfsup` binary (rpath set: runs as is)
   run -- <args>      build, then run `selfsup <args>`

@@ -109,8 +109,16 @@ pub fn bench(args: &[String]) -> Result<()> {
             let t = libtorch::ensure()?;
             crate::bench_train::run(&t, &args[1..])
         }
-        Some(other) => bail!("unknown benchmark `{other}` (known: data, train)"),
-        None => bail!("usage: cargo xtask bench data|train"),
+        Some("memory") => {
+            let t = libtorch::ensure()?;
+            default_data_dir();
+            for (k, v) in t.envs() {
+                std::env::set_var(k, v);
+            }
+            crate::bench_memory::run(&args[1..])
+        }
+        Some(other) => bail!("unknown benchmark `{other}` (known: data, train, memory)"),
+        None => bail!("usage: cargo xtask bench data|train|memory"),
     }
 }
 

@@ -1,0 +1,212 @@
+//! `cargo xtask bench memory [--threads 2] [--loader-images 500000] [--skip-epoch]`: the
+//! memory of the release `selfsup` binary, read from `/proc/<pid>/status` every 100 ms while it
+//! runs (Linux):
+//!
+//! 1. the peak resident set (`VmHWM`) of one epoch of the RotNet cpu profile's own training
+//!    (`results/rotnet/cpu/configs/rotnet_four.json`, CIFAR-10 from `SELFSUP_DATA`);
+//! 2. the loader over a generated dataset ten times CIFAR-10's 50,000 training images
+//!    (`synthetic:500000:32`, held in memory, 1.5 GB of pixels) with a tiny trunk, so that the
+//!    loader dominates: the anonymous resident memory (`RssAnon`, what the process allocates)
+//!    once the first fifth of the run is behind it, against its largest value afterwards.
+//!    The loader's memory is flat when that growth stays within [`FLAT_MIB`].
+//!
+//! Prints both and writes `results/bench/memory.json` with the CPU's name.
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Growth of the anonymous resident set, after the first fifth of the loader run, that still
+/// counts as flat: allocator caches and libtorch's thread pools settle within it.
+const FLAT_MIB: f64 = 64.0;
+
+const USAGE: &str =
+    "usage: cargo xtask bench memory [--threads 2] [--loader-images 500000] [--skip-epoch]";
+
+struct Opts {
+    threads: usize,
+    loader_images: usize,
+    skip_epoch: bool,
+}
+
+fn parse(args: &[String]) -> Result<Opts> {
+    let mut o = Opts { threads: 2, loader_images: 500_000, skip_epoch: false };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut num = |name: &str| -> Result<usize> {
+            let v = it.next().with_context(|| format!("{name} needs a value; {USAGE}"))?;
+            v.parse().with_context(|| format!("{name}: `{v}` is not a number"))
+        };
+        match a.as_str() {
+            "--threads" => o.threads = num("--threads")?,
+            "--loader-images" => o.loader_images = num("--loader-images")?,
+            "--skip-epoch" => o.skip_epoch = true,
+            other => bail!("unknown option `{other}`; {USAGE}"),
+        }
+    }
+    Ok(o)
+}
+
+/// What [`watch`] saw of a process.
+#[derive(Debug, Default)]
+struct Watched {
+    /// `(seconds since start, VmRSS kB, RssAnon kB)` every 100 ms.
+    samples: Vec<(f64, u64, u64)>,
+    /// The largest `VmHWM` read (kB): the peak resident set up to the last sample.
+    peak_kb: u64,
+    /// Wall seconds.
+    seconds: f64,
+}
+
+/// A `kB` field of a `/proc/<pid>/status` text.
+fn status_kb(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs `cmd` to its end, sampling its memory every 100 ms; its stderr goes to `log`.
+fn watch(mut cmd: Command, log: &Path) -> Result<Watched> {
+    let err = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let start = Instant::now();
+    let mut child = cmd.stdout(Stdio::null()).stderr(err).spawn().context("starting selfsup")?;
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut w = Watched::default();
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if let Ok(s) = std::fs::read_to_string(&status_path) {
+            if let (Some(rss), Some(anon)) = (status_kb(&s, "VmRSS:"), status_kb(&s, "RssAnon:")) {
+                w.samples.push((start.elapsed().as_secs_f64(), rss, anon));
+            }
+            w.peak_kb = w.peak_kb.max(status_kb(&s, "VmHWM:").unwrap_or(0));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    w.seconds = start.elapsed().as_secs_f64();
+    if !status.success() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        bail!("selfsup failed ({status}): {}", text.lines().last().unwrap_or("").trim());
+    }
+    Ok(w)
+}
+
+/// `(anonymous MiB once the first fifth of the run is behind, the largest afterwards)`.
+fn growth(samples: &[(f64, u64, u64)], seconds: f64) -> Option<(f64, f64)> {
+    let later: Vec<u64> = samples.iter().filter(|s| s.0 >= seconds / 5.0).map(|s| s.2).collect();
+    let first = *later.first()?;
+    let max = *later.iter().max()?;
+    Some((first as f64 / 1024.0, max as f64 / 1024.0))
+}
+
+/// The CPU's model name with its family and model numbers, from `/proc/cpuinfo`.
+fn cpu_name() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |k: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|n| n.trim() == k))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    format!("{} (family {}, model {})", field("model name"), field("cpu family"), field("model"))
+}
+
+fn mib(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+/// Runs the benchmark.
+pub fn run(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    let bin = crate::tasks::build_release()?;
+    let data = std::env::var("SELFSUP_DATA").unwrap_or_else(|_| "datasets".into());
+    let tmp = std::env::temp_dir().join(format!("selfsup-bench-memory-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let base = |out: &str| {
+        let mut c = Command::new(&bin);
+        c.args(["train", "--device", "cpu", "--no-progress", "--out"])
+            .arg(tmp.join(out))
+            .args(["--set", &format!("train.threads={}", o.threads)])
+            .env("RUST_LOG", "warn");
+        c
+    };
+    let cpu = cpu_name();
+    let mut report = json!({"cpu": cpu, "threads": o.threads});
+    if !o.skip_epoch {
+        let config = Path::new("results/rotnet/cpu/configs/rotnet_four.json");
+        if !config.is_file() {
+            bail!("{} is missing: run from the workspace root", config.display());
+        }
+        let mut c = base("epoch");
+        c.arg("--config").arg(config);
+        c.args(["--set", "train.epochs=1", "--set", &format!("data.data_dir={data}")]);
+        let w = watch(c, &tmp.join("epoch.log"))?;
+        println!(
+            "RotNet cpu profile, one epoch of CIFAR-10 ({} threads, {cpu}): peak resident {:.0} \
+             MiB, {:.0} s",
+            o.threads,
+            mib(w.peak_kb),
+            w.seconds
+        );
+        report["rotnet_cpu_epoch"] = json!({
+            "config": config, "peak_resident_mib": mib(w.peak_kb), "seconds": w.seconds,
+        });
+    }
+    let spec = format!("synthetic:{}:32", o.loader_images);
+    let mut c = base("loader");
+    c.args(["--method", "rotnet", "--data", &spec])
+        .args(["--set", "encoder={\"kind\":\"tiny\",\"width\":8}"])
+        .args(["--set", "train.batch_size=256", "--set", "train.epochs=1"])
+        .args(["--set", "train.checkpoint_minutes=0", "--set", "train.log_every=100"]);
+    let w = watch(c, &tmp.join("loader.log"))?;
+    let (settled, max) = growth(&w.samples, w.seconds).context("no memory samples were read")?;
+    let grew = max - settled;
+    let flat = grew <= FLAT_MIB;
+    println!(
+        "loader, {spec} (10x CIFAR-10's training set), tiny trunk, one epoch: anonymous \
+         resident {settled:.0} MiB after the first fifth, at most {max:.0} MiB after (+{grew:.0} \
+         MiB: {}), peak resident {:.0} MiB, {:.0} s",
+        if flat { "flat" } else { "NOT flat" },
+        mib(w.peak_kb),
+        w.seconds
+    );
+    let pixels_mib = (o.loader_images * 32 * 32 * 3) as f64 / (1024.0 * 1024.0);
+    report["loader"] = json!({
+        "dataset": spec, "pixels_mib": pixels_mib, "anon_mib_after_first_fifth": settled,
+        "anon_mib_max_after": max, "growth_mib": grew, "flat_within_mib": FLAT_MIB, "flat": flat,
+        "peak_resident_mib": mib(w.peak_kb), "seconds": w.seconds,
+        "samples_s_rss_anon_kb": w.samples.iter().step_by(10).collect::<Vec<_>>(),
+    });
+    let _ = std::fs::remove_dir_all(&tmp);
+    let out = Path::new("results/bench/memory.json");
+    std::fs::create_dir_all("results/bench")?;
+    std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")?;
+    println!("wrote {}", out.display());
+    if !flat {
+        bail!("the loader's memory grew by {grew:.0} MiB over one epoch (more than {FLAT_MIB})");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_fields_and_growth_are_read() {
+        let s = "Name:\tselfsup\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\nRssAnon:\t 512 kB\n";
+        assert_eq!(status_kb(s, "VmHWM:"), Some(2048));
+        assert_eq!(status_kb(s, "RssAnon:"), Some(512));
+        assert_eq!(status_kb(s, "VmSwap:"), None);
+        // The first fifth (start-up, the dataset's allocation) is left out.
+        let samples = [(0.0, 0, 10), (1.0, 0, 9000), (2.0, 0, 10240), (5.0, 0, 11264)];
+        assert_eq!(growth(&samples, 10.0), Some((10.0, 11.0)));
+        assert_eq!(growth(&[], 1.0), None);
+        assert!(parse(&["--threads".into()]).is_err());
+        assert!(parse(&["--bogus".into()]).is_err());
+        assert_eq!(parse(&["--loader-images".into(), "10".into()]).unwrap().loader_images, 10);
+    }
+}
