@@ -235,34 +235,25 @@ fn model_hash(run: &std::path::Path) -> String {
     v["model_sha256"].as_str().unwrap().to_string()
 }
 
+/// `selfsup train` arguments for a RotNet run of a width-8 tiny trunk, batch 8, on `data`,
+/// into `out`, with `sets` as further `--set`s.
+fn tiny_rotnet(out: &str, data: &str, sets: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["train", "--method", "rotnet", "--data", data, "--device", "cpu"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.extend(["--out".into(), out.into(), "--no-progress".into()]);
+    for set in [r#"encoder={"kind":"tiny","width":8}"#, "train.batch_size=8"].iter().chain(sets) {
+        a.extend(["--set".to_string(), set.to_string()]);
+    }
+    a
+}
+
 #[test]
 fn sigterm_writes_a_checkpoint_that_resumes_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
-    let args = |out: &str| -> Vec<String> {
-        [
-            "train",
-            "--method",
-            "rotnet",
-            "--data",
-            "synthetic:256:16",
-            "--device",
-            "cpu",
-            "--out",
-            out,
-            "--no-progress",
-            "--set",
-            "encoder={\"kind\":\"tiny\",\"width\":8}",
-            "--set",
-            "train.batch_size=8",
-            "--set",
-            "train.epochs=3",
-            "--set",
-            "train.log_every=1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
+    let args =
+        |out: &str| tiny_rotnet(out, "synthetic:256:16", &["train.epochs=3", "train.log_every=1"]);
     fn a(v: &[String]) -> Vec<&str> {
         v.iter().map(String::as_str).collect()
     }
@@ -304,31 +295,14 @@ fn sigkill_at_random_moments_then_resume_ends_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     // A checkpoint after every step (a microscopic `checkpoint_minutes`), so that many kills
     // land while one is being written.
-    let args = |out: &str| -> Vec<String> {
-        [
-            "train",
-            "--method",
-            "rotnet",
-            "--data",
-            "synthetic:1024:16",
-            "--device",
-            "cpu",
-            "--out",
+    let args = |out: &str| {
+        let mut a = tiny_rotnet(
             out,
-            "--no-progress",
-            "--resume",
-            "--set",
-            "encoder={\"kind\":\"tiny\",\"width\":8}",
-            "--set",
-            "train.batch_size=8",
-            "--set",
-            "train.epochs=2",
-            "--set",
-            "train.checkpoint_minutes=1e-9",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+            "synthetic:1024:16",
+            &["train.epochs=2", "train.checkpoint_minutes=1e-9"],
+        );
+        a.push("--resume".into());
+        a
     };
     let run = |out: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_selfsup"))

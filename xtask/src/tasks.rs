@@ -97,25 +97,21 @@ pub fn reproduce(args: &[String]) -> Result<()> {
 /// `cargo xtask bench <what>`.
 pub fn bench(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
-        Some("data") => {
+        Some(what @ ("data" | "memory")) => {
             let t = libtorch::ensure()?;
             default_data_dir();
             for (k, v) in t.envs() {
                 std::env::set_var(k, v);
             }
-            crate::bench_data::run(&args[1..])
+            if what == "data" {
+                crate::bench_data::run(&args[1..])
+            } else {
+                crate::bench_memory::run(&args[1..])
+            }
         }
         Some("train") => {
             let t = libtorch::ensure()?;
             crate::bench_train::run(&t, &args[1..])
-        }
-        Some("memory") => {
-            let t = libtorch::ensure()?;
-            default_data_dir();
-            for (k, v) in t.envs() {
-                std::env::set_var(k, v);
-            }
-            crate::bench_memory::run(&args[1..])
         }
         Some(other) => bail!("unknown benchmark `{other}` (known: data, train, memory)"),
         None => bail!("usage: cargo xtask bench data|train|memory"),

@@ -83,6 +83,17 @@ impl AbBins {
         Self::from_centres(grid, centres).map_err(|e| bad(e.to_string()))
     }
 
+    /// Writes the centres as a `(Q, 2)` `<i8` `.npy` file, the layout of the official
+    /// `pts_in_hull.npy` (so `np.load` reads it, and [`AbBins::from_npy`] reads it back).
+    ///
+    /// # Errors
+    /// The file cannot be written, named.
+    pub fn to_npy(&self, path: &std::path::Path) -> Result<()> {
+        let data: Vec<u8> = self.centres.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes = npy_bytes("<i8", &format!("({}, 2)", self.centres.len()), &data);
+        std::fs::write(path, bytes).map_err(|e| LabError::Value(format!("{}: {e}", path.display())))
+    }
+
     /// Bins at the given centres (each a multiple of `grid`), in the given order.
     pub fn from_centres(grid: i64, centres: Vec<[i64; 2]>) -> Result<Self> {
         if grid < 1 {
@@ -301,6 +312,21 @@ impl LBins {
     }
 }
 
+/// A `.npy` file (NumPy format 1.0, header padded to 64 bytes, C order) of `data` with dtype
+/// `descr` and `shape` (as NumPy writes it: `(313, 2)`).
+fn npy_bytes(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(data);
+    out
+}
+
 /// The rows of a `(Q, 2)` `.npy` array as `f64` pairs; the error says what is wrong.
 fn read_npy_pairs(bytes: &[u8]) -> std::result::Result<Vec<[f64; 2]>, String> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
@@ -434,21 +460,6 @@ mod tests {
         assert!(LBins::new(1).is_err());
     }
 
-    /// A `.npy` file as NumPy writes it: format 1.0, a header padded to 64 bytes.
-    fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-        let mut header =
-            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-        while (10 + header.len() + 1) % 64 != 0 {
-            header.push(' ');
-        }
-        header.push('\n');
-        let mut out = b"\x93NUMPY\x01\x00".to_vec();
-        out.extend((header.len() as u16).to_le_bytes());
-        out.extend(header.as_bytes());
-        out.extend(data);
-        out
-    }
-
     #[test]
     fn bins_load_from_an_npy_file_and_bad_files_are_named() {
         let dir = std::env::temp_dir().join(format!("selfsup-lab-npy-{}", std::process::id()));
@@ -456,24 +467,27 @@ mod tests {
         let ints: Vec<u8> =
             [-90i64, 50, -90, 60, 100, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
         let p = dir.join("pts.npy");
-        std::fs::write(&p, npy("<i8", "(3, 2)", &ints)).unwrap();
+        std::fs::write(&p, npy_bytes("<i8", "(3, 2)", &ints)).unwrap();
         let bins = AbBins::from_npy(&p, 10).unwrap();
         assert_eq!(bins.len(), 3);
         assert_eq!(bins.centres()[2], [100, 0]);
+        let all = AbBins::in_gamut(10).unwrap();
+        all.to_npy(&p).unwrap();
+        assert_eq!(AbBins::from_npy(&p, 10).unwrap(), all);
         let floats: Vec<u8> = [10.0f64, -20.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-        std::fs::write(&p, npy("<f8", "(1, 2)", &floats)).unwrap();
+        std::fs::write(&p, npy_bytes("<f8", "(1, 2)", &floats)).unwrap();
         assert_eq!(AbBins::from_npy(&p, 10).unwrap().centres(), &[[10, -20]]);
         let err = |bytes: Vec<u8>| {
             std::fs::write(&p, bytes).unwrap();
             AbBins::from_npy(&p, 10).unwrap_err().to_string()
         };
-        let e = err(npy("<i8", "(3,)", &ints));
+        let e = err(npy_bytes("<i8", "(3,)", &ints));
         assert!(e.contains("pts.npy") && e.contains("is not (Q, 2)"), "{e}");
-        assert!(err(npy("<i8", "(4, 2)", &ints)).contains("data bytes"));
-        assert!(err(npy(">i8", "(3, 2)", &ints)).contains("dtype '>i8'"));
+        assert!(err(npy_bytes("<i8", "(4, 2)", &ints)).contains("data bytes"));
+        assert!(err(npy_bytes(">i8", "(3, 2)", &ints)).contains("dtype '>i8'"));
         assert!(err(b"PK\x03\x04 not numpy".to_vec()).contains("not a .npy file"));
         let off: Vec<u8> = [15i64, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
-        assert!(err(npy("<i8", "(1, 2)", &off)).contains("not on the grid"));
+        assert!(err(npy_bytes("<i8", "(1, 2)", &off)).contains("not on the grid"));
         let missing = AbBins::from_npy(&dir.join("absent.npy"), 10).unwrap_err().to_string();
         assert!(missing.contains("absent.npy"), "{missing}");
         std::fs::remove_dir_all(&dir).unwrap();
