@@ -23,14 +23,17 @@ struct Opts {
     skip_python: bool,
 }
 
+/// The value after option `name` in `it`, as a number; errors name the option and `usage`.
+pub fn number(it: &mut std::slice::Iter<'_, String>, name: &str, usage: &str) -> Result<usize> {
+    let v = it.next().with_context(|| format!("{name} needs a value; {usage}"))?;
+    v.parse().with_context(|| format!("{name}: `{v}` is not a number"))
+}
+
 fn parse(args: &[String]) -> Result<Opts> {
     let mut o = Opts { threads: 2, images32: None, images96: None, skip_python: false };
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut num = |name: &str| -> Result<usize> {
-            let v = it.next().with_context(|| format!("{name} needs a value; {USAGE}"))?;
-            v.parse().with_context(|| format!("{name}: `{v}` is not a number"))
-        };
+        let mut num = |name: &str| number(&mut it, name, USAGE);
         match a.as_str() {
             "--threads" => o.threads = num("--threads")?,
             "--images32" => o.images32 = Some(num("--images32")?),

@@ -34,10 +34,7 @@ fn parse(args: &[String]) -> Result<Opts> {
     let mut o = Opts { threads: 2, loader_images: 500_000, skip_epoch: false };
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut num = |name: &str| -> Result<usize> {
-            let v = it.next().with_context(|| format!("{name} needs a value; {USAGE}"))?;
-            v.parse().with_context(|| format!("{name}: `{v}` is not a number"))
-        };
+        let mut num = |name: &str| crate::bench_data::number(&mut it, name, USAGE);
         match a.as_str() {
             "--threads" => o.threads = num("--threads")?,
             "--loader-images" => o.loader_images = num("--loader-images")?,

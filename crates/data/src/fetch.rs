@@ -301,14 +301,16 @@ fn download(archive: &Archive, target: &Path) -> Result<(), DownloadFailure> {
     let part = PathBuf::from(part);
     let urls =
         std::iter::once(archive.url.as_str()).chain(archive.mirrors.iter().map(String::as_str));
+    let put_in_place = || {
+        std::fs::rename(&part, target)
+            .map_err(|e| DownloadFailure::Corrupt(FetchError::Io { path: part.clone(), source: e }))
+    };
     let mut last = DownloadFailure::Unreachable("no URL".into());
     for url in urls {
         // A part at least as long as the file cannot be resumed into it.
         if std::fs::metadata(&part).is_ok_and(|m| archive.size > 0 && m.len() >= archive.size) {
             if verify_part(&part, target, archive).is_ok() {
-                return std::fs::rename(&part, target).map_err(|e| {
-                    DownloadFailure::Corrupt(FetchError::Io { path: part, source: e })
-                });
+                return put_in_place();
             }
             let _ = std::fs::remove_file(&part);
         }
@@ -319,11 +321,7 @@ fn download(archive: &Archive, target: &Path) -> Result<(), DownloadFailure> {
             .output();
         match out {
             Ok(o) if o.status.success() => match verify_part(&part, target, archive) {
-                Ok(()) => {
-                    return std::fs::rename(&part, target).map_err(|e| {
-                        DownloadFailure::Corrupt(FetchError::Io { path: part.clone(), source: e })
-                    });
-                }
+                Ok(()) => return put_in_place(),
                 Err(e) => {
                     let _ = std::fs::remove_file(&part);
                     last = DownloadFailure::Corrupt(e);

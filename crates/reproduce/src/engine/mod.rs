@@ -179,14 +179,18 @@ pub fn run(plan: &Plan, env: &Env, registry: &Registry) -> Result<()> {
     // 2. Probes.
     let mut scores = Scores::default();
     let mut cache = stages::EncoderCache::default();
-    // Trainings whose method could not use the plan's trunk have no encoder to probe.
-    let unusable = |p: &ProbeSpec| {
+    // Trainings whose method could not use the plan's trunk: no encoder to probe, no curve.
+    let unusable: std::collections::HashSet<&str> = trainings
+        .iter()
+        .filter(|(_, done)| done.get("unusable").is_some())
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let reads_unusable = |p: &ProbeSpec| {
         let spec = plan.encoders.iter().find(|e| e.name == p.encoder);
-        let run = spec.and_then(|e| e.source.run());
-        run.and_then(|r| trainings.get(r)).is_some_and(|d| d.get("unusable").is_some())
+        spec.and_then(|e| e.source.run()).is_some_and(|run| unusable.contains(run))
     };
     for p in &plan.probes {
-        if unusable(p) {
+        if reads_unusable(p) {
             st.log.line(&format!(
                 "[unusable] probe {} of {}: its training could not use the trunk",
                 p.name, p.encoder
@@ -229,7 +233,7 @@ pub fn run(plan: &Plan, env: &Env, registry: &Registry) -> Result<()> {
     let curves: Vec<(String, PathBuf)> = plan
         .trainings
         .iter()
-        .filter(|t| trainings.get(&t.name).is_none_or(|d| d.get("unusable").is_none()))
+        .filter(|t| !unusable.contains(t.name.as_str()))
         .map(|t| (t.name.clone(), run_root.join(&t.name).join("metrics.jsonl")))
         .collect();
     if !curves.is_empty() {
