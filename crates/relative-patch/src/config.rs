@@ -49,6 +49,11 @@ pub struct RelativePatchConfig {
     pub noise_fraction: f64,
     /// Normalise each patch by its own per-channel mean and standard deviation. Default true.
     pub normalize_patches: bool,
+    /// Side of the grid the trunk's last map is max-pooled to before `fc6` sees it flattened
+    /// (the paper's `pool5`, which keeps where in the patch a feature sits: at its 96-pixel
+    /// patches AlexNet's pool5 is 2×2). Default 2; 1 pools the map globally, so `fc6` sees
+    /// only what is in the patch, not where.
+    pub pool5: i64,
     /// Width of the per-patch fully connected layer `fc6` (shared by both patches). Default
     /// 4096 (the paper's).
     pub fc6: i64,
@@ -69,6 +74,7 @@ impl Default for RelativePatchConfig {
             color: ColorShortcut::Drop,
             noise_fraction: 0.01,
             normalize_patches: true,
+            pool5: 2,
             fc6: 4096,
             fc7: 4096,
             dropout: 0.5,
@@ -105,6 +111,9 @@ impl RelativePatchConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("dropout = {} is not in [0, 1)", self.dropout));
+        }
+        if self.pool5 < 1 {
+            return Err(format!("pool5 = {} must be at least 1", self.pool5));
         }
         if self.fc6 < 1 || self.fc7 < 1 {
             return Err(format!("fc6 = {} and fc7 = {} must be positive", self.fc6, self.fc7));

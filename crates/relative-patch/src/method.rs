@@ -1,5 +1,6 @@
 //! The late-fusion pair network of Doersch et al. (§3): the trunk on each patch (shared
-//! weights), its pooled last feature map through a shared `fc6`, the two `fc6` outputs
+//! weights), its last feature map max-pooled to a small grid (the paper's `pool5`) and
+//! flattened through a shared `fc6`, the two `fc6` outputs
 //! concatenated, `fc7`, and `fc8` to the 8-way softmax over the neighbour positions.
 use crate::config::RelativePatchConfig;
 use crate::pairs::make_pairs;
@@ -33,7 +34,8 @@ impl RelativePatch {
         cfg.check().map_err(RelativePatchError::Config)?;
         let encoder = try_build_encoder(&(root / "encoder"), &ctx.encoder, ctx.image_channels)
             .map_err(|e| RelativePatchError::Encoder(Box::new(e)))?;
-        let fc6 = linear(root / "fc6", encoder.out_channels(), cfg.fc6, LinearBias::Default);
+        let pooled = encoder.out_channels() * cfg.pool5 * cfg.pool5;
+        let fc6 = linear(root / "fc6", pooled, cfg.fc6, LinearBias::Default);
         let fc7 = linear(root / "fc7", 2 * cfg.fc6, cfg.fc7, LinearBias::Default);
         let fc8 = linear(root / "fc8", cfg.fc7, 8, LinearBias::Default);
         let rng = StepRng::new(ctx.seed, 0x0d0e_5c4a, "relative_patch.draws");
@@ -45,10 +47,15 @@ impl RelativePatch {
         &self.cfg
     }
 
+    /// `fc6` of each patch.
+    ///
+    /// # Shapes
+    /// `patches`: `(N, C, P, P)`; the trunk's last map `(N, D, h, w)` is max-pooled to
+    /// `(N, D, pool5, pool5)` and flattened to `(N, D·pool5²)`; returns `(N, fc6)`.
     fn embed(&self, patches: &Tensor, train: bool) -> Tensor {
         let feats = nn::ModuleT::forward_t(&*self.encoder, patches, train);
-        let pooled = feats.mean_dim([2i64, 3].as_slice(), false, feats.kind());
-        self.fc6.forward(&pooled).relu().dropout(self.cfg.dropout, train)
+        let (pooled, _) = feats.adaptive_max_pool2d([self.cfg.pool5, self.cfg.pool5]);
+        self.fc6.forward(&pooled.flatten(1, -1)).relu().dropout(self.cfg.dropout, train)
     }
 
     /// Neighbour-position logits of pairs.
@@ -166,12 +173,19 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let m =
             r.build("relative-patch", &vs.root(), &serde_json::to_value(small()).unwrap(), &ctx());
-        assert_eq!(m.unwrap().name(), "relative-patch");
+        let m = m.unwrap();
+        assert_eq!(m.name(), "relative-patch");
+        // fc6 sees the trunk's last map max-pooled to 2×2 (pool5) and flattened.
+        let d = m.encoder().out_channels();
+        assert_eq!(vs.variables()["fc6.weight"].size(), [16, 4 * d]);
         assert_eq!(vs.variables()["fc7.weight"].size(), [32, 32]);
         assert_eq!(vs.variables()["fc8.weight"].size(), [8, 32]);
         let bad = serde_json::json!({"crop": 30, "patch": 8, "gap": 4, "jitter": 1});
         let err = r.build("relative-patch", &vs.root(), &bad, &ctx()).err().unwrap().to_string();
         assert!(err.contains("spans 34 pixels, more than crop = 30"), "{err}");
+        let bad = serde_json::to_value(RelativePatchConfig { pool5: 0, ..small() }).unwrap();
+        let err = r.build("relative-patch", &vs.root(), &bad, &ctx()).err().unwrap().to_string();
+        assert!(err.contains("pool5 = 0"), "{err}");
     }
 
     #[test]
