@@ -249,7 +249,7 @@ impl PretextMethod for {{Type}} {
         let acc = logits.argmax(-1, false).eq_tensor(&labels).to_kind(Kind::Float).mean(Kind::Float);
         Ok(StepOutput {
             loss,
-            metrics: vec![("upright_acc".to_string(), acc.double_value(&[]))],
+            metrics: vec![("upright_acc".to_string(), acc)],
             inputs: 2 * n,
         })
     }

@@ -133,11 +133,8 @@ pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor, weights: Option<&Te
 ///
 /// # Shapes
 /// `logits`: `(N, Q, H, W)`; `classes`: `(N, H, W)` i64.
-pub fn pixel_accuracy(logits: &Tensor, classes: &Tensor) -> f64 {
-    logits
-        .argmax(1, false)
-        .eq_tensor(classes)
-        .to_kind(Kind::Float)
-        .mean(Kind::Float)
-        .double_value(&[])
+pub fn pixel_accuracy(logits: &Tensor, classes: &Tensor) -> Tensor {
+    tch::no_grad(|| {
+        logits.argmax(1, false).eq_tensor(classes).to_kind(Kind::Float).mean(Kind::Float)
+    })
 }

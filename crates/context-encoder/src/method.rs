@@ -233,11 +233,11 @@ impl PretextMethod for ContextEncoder {
         let rec = reconstruction_loss(&pred, &p.target, &p.weights);
         let region = p.weights.gt(0.0).expand_as(&p.target);
         let fake = pred.to_kind(p.target.kind()).where_self(&region, &p.target);
-        let mut metrics = vec![("rec_loss".to_string(), rec.double_value(&[]))];
+        let mut metrics = vec![("rec_loss".to_string(), rec.detach())];
         let loss = match &self.discriminator {
             Some(d) => {
                 let adv = d.forward(&fake).to_kind(Kind::Float).neg().softplus().mean(Kind::Float);
-                metrics.push(("adv_loss".to_string(), adv.double_value(&[])));
+                metrics.push(("adv_loss".to_string(), adv.detach()));
                 if train {
                     self.pending = Some((p.target.detach(), fake.detach()));
                 }

@@ -150,14 +150,9 @@ pub fn info_nce(q: &Tensor, k: &Tensor, queue: &Tensor, tau: f64) -> Result<Tens
 ///
 /// # Shapes
 /// `logits`: `(M, C)`; `targets`: `(M,)` i64; returns a number in `[0, 1]`.
-pub fn top1_accuracy(logits: &Tensor, targets: &Tensor) -> f64 {
+pub fn top1_accuracy(logits: &Tensor, targets: &Tensor) -> Tensor {
     tch::no_grad(|| {
-        logits
-            .argmax(1, false)
-            .eq_tensor(targets)
-            .to_kind(Kind::Float)
-            .mean(Kind::Float)
-            .double_value(&[])
+        logits.argmax(1, false).eq_tensor(targets).to_kind(Kind::Float).mean(Kind::Float)
     })
 }
 
@@ -190,6 +185,6 @@ mod tests {
         let want = (1.0 + (-1.0f64 / tau).exp()).ln();
         assert!((got - want).abs() < 1e-6, "{got} vs {want}");
         let logits = info_nce_logits(&q, &q, &queue, tau).unwrap();
-        assert_eq!(top1_accuracy(&logits, &Tensor::from_slice(&[0i64])), 1.0);
+        assert_eq!(top1_accuracy(&logits, &Tensor::from_slice(&[0i64])).double_value(&[]), 1.0);
     }
 }

@@ -132,7 +132,7 @@ fn logits_accuracy_is_one_for_identical_views() {
     let z = Tensor::eye(4, (Kind::Float, Device::Cpu));
     let joint = Tensor::cat(&[&z, &z], 0);
     let (logits, targets) = nt_xent_logits(&joint, 0.1).unwrap();
-    assert_eq!(top1_accuracy(&logits, &targets), 1.0);
+    assert_eq!(top1_accuracy(&logits, &targets).double_value(&[]), 1.0);
     assert_eq!(rows(&targets.view([1, -1]))[0], vec![4.0, 5.0, 6.0, 7.0, 0.0, 1.0, 2.0, 3.0]);
 }
 

@@ -13,6 +13,7 @@ pub mod device;
 pub mod encoders;
 pub mod error;
 pub mod export;
+pub mod host;
 pub mod method;
 pub mod optim;
 pub mod precision;

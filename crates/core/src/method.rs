@@ -55,8 +55,11 @@ pub struct BuildContext {
 pub struct StepOutput {
     /// Scalar loss to minimise with the main optimizer.
     pub loss: Tensor,
-    /// Scalar metrics (name, value), e.g. the pretext accuracy; computed on the batch.
-    pub metrics: Vec<(String, f64)>,
+    /// Scalar metrics (name, value), e.g. the pretext accuracy, computed on the batch: each a
+    /// one-element tensor without grad, left on the step's device. The trainer sums them on the
+    /// device and reads them back every `log_every` steps and at the epoch's end, so a step
+    /// does not wait for the device (see [`crate::host`]).
+    pub metrics: Vec<(String, Tensor)>,
     /// Number of encoder inputs in this step (e.g. 4 × batch for RotNet), for images/s.
     pub inputs: i64,
 }
@@ -113,6 +116,13 @@ pub trait PretextMethod {
     /// `xs`: `(N, C, H, W)` normalised images; returns `(N, K)` for `K` classes.
     fn class_logits_t(&self, _xs: &Tensor) -> Option<Tensor> {
         None
+    }
+
+    /// Checks a batch while it is still on the host, before the trainer uploads it: label
+    /// ranges, index ranges (reading those values from a device tensor inside the step would
+    /// make the host wait for the device at every step). Default: nothing to check.
+    fn check_batch(&self, _batch: &Batch) -> Result<()> {
+        Ok(())
     }
 
     /// Turns a batch (already on the training device) into a loss. `train` is false for
@@ -189,8 +199,9 @@ pub fn single_view<'a>(batch: &'a Batch, method: &str) -> Result<&'a Tensor> {
 /// accuracy of their argmax: the loss and metric of every classification pretext task.
 ///
 /// # Shapes
-/// `logits`: `(N, K)`; `labels`: `(N,)` i64.
-pub fn classification_loss(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, f64)> {
+/// `logits`: `(N, K)`; `labels`: `(N,)` i64; returns the loss and the accuracy (a fraction),
+/// both `()` on the logits' device.
+pub fn classification_loss(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor)> {
     let loss = logits.f_log_softmax(-1, tch::Kind::Float)?.f_nll_loss::<Tensor>(
         labels,
         None,
@@ -198,7 +209,7 @@ pub fn classification_loss(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, 
         -100,
     )?;
     let correct = logits.f_argmax(-1, false)?.f_eq_tensor(labels)?;
-    let acc = correct.f_to_kind(tch::Kind::Float)?.f_mean(tch::Kind::Float)?.double_value(&[]);
+    let acc = correct.f_to_kind(tch::Kind::Float)?.f_mean(tch::Kind::Float)?;
     Ok((loss, acc))
 }
 
@@ -273,6 +284,6 @@ mod tests {
         let expected =
             (-(2f64.exp() / (2f64.exp() + 1.0)).ln() - (1.0 / (2f64.exp() + 1.0)).ln()) / 2.0;
         assert!((loss.double_value(&[]) - expected).abs() < 1e-6);
-        assert_eq!(acc, 0.5);
+        assert_eq!(acc.double_value(&[]), 0.5);
     }
 }

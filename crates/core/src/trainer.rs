@@ -228,39 +228,57 @@ impl MetricsLog {
     }
 }
 
-/// Running means of the step metrics over an epoch.
+/// Running sums of the step metrics over an epoch (the loss first), kept on the device in f64
+/// and read back only when a log line, a finiteness check or a checkpoint needs them.
 #[derive(Default)]
 struct Means {
-    sums: Vec<(String, f64)>,
+    sums: Vec<(String, Tensor)>,
     n: u64,
 }
 
 impl Means {
-    fn add(&mut self, loss: f64, metrics: &[(String, f64)]) {
+    /// Adds one step's loss and metrics (the metric names of the epoch's first step).
+    fn add(&mut self, loss: &Tensor, metrics: &[(String, Tensor)]) -> Result<()> {
+        let zero = || loss.f_zeros_like()?.f_to_kind(tch::Kind::Double)?.f_reshape([] as [i64; 0]);
         if self.sums.is_empty() {
-            self.sums.push(("loss".into(), 0.0));
-            self.sums.extend(metrics.iter().map(|(k, _)| (k.clone(), 0.0)));
+            self.sums.push(("loss".into(), zero()?));
+            for (k, _) in metrics {
+                self.sums.push((k.clone(), zero()?));
+            }
         }
-        self.sums[0].1 += loss;
+        let add = |sum: &mut Tensor, v: &Tensor| -> Result<()> {
+            let v = v.f_to_kind(tch::Kind::Double)?.f_reshape([] as [i64; 0])?;
+            let _ = sum.f_add_(&v)?;
+            Ok(())
+        };
+        add(&mut self.sums[0].1, loss)?;
         for (k, v) in metrics {
             if let Some(slot) = self.sums.iter_mut().find(|(n, _)| n == k) {
-                slot.1 += v;
+                add(&mut slot.1, v)?;
             }
         }
         self.n += 1;
+        Ok(())
     }
 
-    fn saved(&self) -> checkpoint::EpochMeans {
-        checkpoint::EpochMeans { sums: self.sums.clone(), n: self.n }
+    /// The sums read back to the host.
+    fn sums(&self) -> Result<Vec<(String, f64)>> {
+        self.sums.iter().map(|(k, t)| Ok((k.clone(), crate::host::read(t)?))).collect()
     }
 
-    fn restored(m: &checkpoint::EpochMeans) -> Self {
-        Means { sums: m.sums.clone(), n: m.n }
+    fn saved(&self) -> Result<checkpoint::EpochMeans> {
+        Ok(checkpoint::EpochMeans { sums: self.sums()?, n: self.n })
     }
 
-    fn means(&self) -> Vec<(String, f64)> {
+    fn restored(m: &checkpoint::EpochMeans, device: tch::Device) -> Self {
+        let sums =
+            m.sums.iter().map(|(k, v)| (k.clone(), Tensor::from(*v).to_device(device))).collect();
+        Means { sums, n: m.n }
+    }
+
+    fn means(&self) -> Result<Vec<(String, f64)>> {
         let n = self.n.max(1) as f64;
-        self.sums.iter().map(|(k, v)| (k.clone(), v / n)).collect()
+        Ok(self.sums()?.into_iter().map(|(k, v)| (k, v / n)).collect())
     }
 }
 
@@ -306,13 +324,14 @@ struct Position {
     global_step: u64,
 }
 
-/// What one optimizer step reports to the epoch loop.
+/// What one optimizer step reports to the epoch loop: values still on the device, read back
+/// only when a step line is logged.
 struct StepReport {
-    loss: f64,
-    metrics: Vec<(String, f64)>,
+    loss: Tensor,
+    metrics: Vec<(String, Tensor)>,
     inputs: i64,
     lr: f64,
-    grad_norm: Option<f64>,
+    grad_norm: Option<Tensor>,
 }
 
 /// A run being trained: everything [`train`] sets up, and the position in the run.
@@ -519,7 +538,7 @@ impl<'a> Trainer<'a> {
             batch_in_epoch: ck.state.batch_in_epoch,
             global_step: ck.state.global_step,
         };
-        self.resumed_means = ck.state.epoch_means.as_ref().map(Means::restored);
+        self.resumed_means = ck.state.epoch_means.as_ref().map(|m| Means::restored(m, self.device));
         tracing::info!(
             epoch = self.pos.epoch,
             global_step = self.pos.global_step,
@@ -532,6 +551,10 @@ impl<'a> Trainer<'a> {
     /// Checkpointing: writes the variables, the optimizers' buffers, the method's state and
     /// the position atomically (see [`checkpoint::save`]).
     fn save(&self, epoch_means: Option<&Means>) -> Result<()> {
+        let epoch_means = match epoch_means.filter(|_| self.pos.batch_in_epoch > 0) {
+            Some(m) => Some(m.saved()?),
+            None => None,
+        };
         let mut trainer: Vec<(String, Tensor)> =
             self.optimizer.state().into_iter().map(|(n, t)| (format!("optim.{n}"), t)).collect();
         for (e, opt) in self.extras.iter().zip(self.extra_opts.iter()) {
@@ -549,7 +572,7 @@ impl<'a> Trainer<'a> {
             config: self.cfg.clone(),
             image_channels: self.image_channels,
             normalization: self.normalization.clone(),
-            epoch_means: epoch_means.filter(|_| self.pos.batch_in_epoch > 0).map(Means::saved),
+            epoch_means,
             model_sha256: String::new(),
             trainer_sha256: String::new(),
         };
@@ -570,12 +593,8 @@ impl<'a> Trainer<'a> {
         zero_grads(&self.params);
         let method = &mut self.method;
         let out = autocast(self.device, cfg.train.precision, || method.step(batch, true))?;
-        let loss = out.loss.f_double_value(&[])?;
-        if !loss.is_finite() {
-            return Err(CoreError::Training(format!(
-                "loss is {loss} at epoch {epoch}, step {global_step} (lr {lr:.3e}); last checkpoint kept"
-            )));
-        }
+        // Not read back here: the loss sums are checked for NaN and infinity by
+        // `check_finite` at every log line and before every checkpoint.
         out.loss.backward();
         let grad_norm = match cfg.train.grad_clip {
             Some(c) => Some(clip_grad_norm(&self.params, c)?),
@@ -589,25 +608,49 @@ impl<'a> Trainer<'a> {
             let losses = autocast(self.device, cfg.train.precision, || method.extra_losses(batch))?;
             for (i, e) in self.extras.iter().enumerate() {
                 if let Some((_, l)) = losses.iter().find(|(n, _)| n == &e.name) {
-                    let value = l.f_double_value(&[])?;
-                    if !value.is_finite() {
-                        return Err(CoreError::Training(format!(
-                            "loss of extra optimizer `{}` is {value} at epoch {epoch}, step {global_step}; last checkpoint kept",
-                            e.name
-                        )));
-                    }
                     zero_grads(&self.extra_params[i]);
                     l.backward();
                     let elr =
                         cfg.train.schedule.lr_at(e.optimizer.lr(), frac, cfg.train.epochs as f64);
                     self.extra_opts[i].step(&self.extra_params[i], elr)?;
-                    metrics.push((format!("{}_loss", e.name), value));
+                    metrics.push((format!("{}_loss", e.name), l.detach()));
                 }
             }
         }
         self.pos.global_step += 1;
         self.pos.batch_in_epoch += 1;
-        Ok(StepReport { loss, metrics, inputs: out.inputs, lr, grad_norm })
+        Ok(StepReport { loss: out.loss.detach(), metrics, inputs: out.inputs, lr, grad_norm })
+    }
+
+    /// Fails when a loss summed over the epoch so far (the method's, or an extra optimizer's) is
+    /// NaN or infinite. The sums are read back here, at every step line and before every
+    /// checkpoint, not at every step (which would make the host wait for the device): a loss
+    /// that turns non-finite is caught within `log_every` steps, and never checkpointed.
+    /// `since` is the global step after the last check.
+    fn check_finite(&self, means: &Means, since: u64, lr: f64) -> Result<()> {
+        for (k, sum) in &means.sums {
+            let extra = self.extras.iter().find(|e| k.strip_suffix("_loss") == Some(&e.name));
+            if k != "loss" && extra.is_none() {
+                continue;
+            }
+            let v = crate::host::read(sum)?;
+            if !v.is_finite() {
+                let what = match extra {
+                    Some(e) => format!("loss of extra optimizer `{}`", e.name),
+                    None => "loss".to_string(),
+                };
+                let Position { epoch, global_step, .. } = self.pos;
+                let at = if since + 1 >= global_step {
+                    format!("step {global_step}")
+                } else {
+                    format!("one of steps {}..={global_step}", since + 1)
+                };
+                return Err(CoreError::Training(format!(
+                    "{what} is {v} at epoch {epoch}, {at} (lr {lr:.3e}); last checkpoint kept"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// End-of-epoch work, after the epoch's last step and its checkpoint (so that a failing
@@ -615,7 +658,7 @@ impl<'a> Trainer<'a> {
     /// due, and the epoch line (its mean metrics) is logged.
     fn end_of_epoch(
         &mut self,
-        means: &Means,
+        means: &[(String, f64)],
         seconds: f64,
         opts: &mut TrainOptions<'_>,
     ) -> Result<()> {
@@ -623,7 +666,7 @@ impl<'a> Trainer<'a> {
         let mut line = serde_json::json!({
             "kind": "epoch", "epoch": epoch, "step": self.pos.global_step, "seconds": seconds,
         });
-        for (k, v) in &means.means() {
+        for (k, v) in means {
             line[k.as_str()] = (*v).into();
         }
         let last = epoch == self.cfg.train.epochs;
@@ -662,6 +705,8 @@ impl<'a> Trainer<'a> {
         );
 
         let mut last_save = Instant::now();
+        // The global step after the last finiteness check, and the last step's rate.
+        let (mut checked, mut last_lr) = (self.pos.global_step, f64::NAN);
         let handle_signals = opts.handle_signals;
         let stop_requested = || handle_signals && crate::signals::requested();
         while self.pos.epoch < cfg.train.epochs && self.pos.global_step < stop_at {
@@ -675,7 +720,9 @@ impl<'a> Trainer<'a> {
             let mut epoch_inputs = 0i64;
             let batches = loader.epoch_from(self.pos.epoch, self.pos.batch_in_epoch as usize);
             for batch in batches {
-                let batch: Batch = batch?.to_device(self.device);
+                let batch = batch?;
+                self.method.check_batch(&batch)?;
+                let batch: Batch = batch.to_device(self.device);
                 let batch = if cfg.train.channels_last {
                     Batch {
                         views: batch.views.iter().map(to_channels_last).collect::<Result<_>>()?,
@@ -689,32 +736,37 @@ impl<'a> Trainer<'a> {
                 epoch_inputs += r.inputs;
                 inputs_done += r.inputs;
                 images_done += cfg.train.batch_size as u64;
-                means.add(r.loss, &r.metrics);
+                means.add(&r.loss, &r.metrics)?;
+                last_lr = r.lr;
 
+                // The host reads values back only here, every `log_every` steps.
                 let Position { epoch, batch_in_epoch, global_step } = self.pos;
                 if global_step % cfg.train.log_every == 0 || batch_in_epoch == self.steps_per_epoch
                 {
+                    self.check_finite(&means, checked, r.lr)?;
+                    checked = global_step;
+                    let loss = crate::host::read(&r.loss)?;
                     let secs = epoch_start.elapsed().as_secs_f64().max(1e-9);
                     let mut line = serde_json::json!({
                         "kind": "step", "epoch": epoch, "step": global_step, "lr": r.lr,
-                        "loss": r.loss, "inputs_per_s": epoch_inputs as f64 / secs,
+                        "loss": loss, "inputs_per_s": epoch_inputs as f64 / secs,
                     });
-                    if let Some(g) = r.grad_norm {
-                        line["grad_norm"] = g.into();
+                    if let Some(g) = &r.grad_norm {
+                        line["grad_norm"] = crate::host::read(g)?.into();
                     }
                     for (k, v) in &r.metrics {
-                        line[k] = (*v).into();
+                        line[k] = crate::host::read(v)?.into();
                     }
                     self.log.write(&line)?;
+                    pb.set_message(format!(
+                        "epoch {}/{} loss {:.4} {:.0} img/s",
+                        epoch + 1,
+                        cfg.train.epochs,
+                        loss,
+                        images_done as f64 / started.elapsed().as_secs_f64().max(1e-9)
+                    ));
                 }
                 pb.set_position(global_step);
-                pb.set_message(format!(
-                    "epoch {}/{} loss {:.4} {:.0} img/s",
-                    epoch + 1,
-                    cfg.train.epochs,
-                    r.loss,
-                    images_done as f64 / started.elapsed().as_secs_f64().max(1e-9)
-                ));
                 if global_step >= stop_at {
                     break;
                 }
@@ -723,6 +775,8 @@ impl<'a> Trainer<'a> {
                 let minutes = cfg.train.checkpoint_minutes;
                 let timed = minutes > 0.0 && last_save.elapsed().as_secs_f64() >= minutes * 60.0;
                 if mid_epoch && (timed || stop_requested()) {
+                    self.check_finite(&means, checked, last_lr)?;
+                    checked = self.pos.global_step;
                     self.save(Some(&means))?;
                     last_save = Instant::now();
                     if stop_requested() {
@@ -735,7 +789,10 @@ impl<'a> Trainer<'a> {
                 }
             }
             let finished_epoch = self.pos.batch_in_epoch == self.steps_per_epoch;
-            last_epoch_loss = means.means().first().map_or(f64::NAN, |m| m.1);
+            self.check_finite(&means, checked, last_lr)?;
+            checked = self.pos.global_step;
+            let epoch_means = means.means()?;
+            last_epoch_loss = epoch_means.first().map_or(f64::NAN, |m| m.1);
             if finished_epoch {
                 self.pos.epoch += 1;
                 self.pos.batch_in_epoch = 0;
@@ -751,7 +808,7 @@ impl<'a> Trainer<'a> {
                 }
             }
             if finished_epoch {
-                self.end_of_epoch(&means, epoch_start.elapsed().as_secs_f64(), opts)?;
+                self.end_of_epoch(&epoch_means, epoch_start.elapsed().as_secs_f64(), opts)?;
             }
             if interrupted {
                 pb.finish_and_clear();

@@ -39,11 +39,7 @@ impl PretextMethod for FlipMethod {
         let logits = self.head.forward(&feats);
         let loss = logits.cross_entropy_for_logits(&flip);
         let acc = logits.argmax(-1, false).eq_tensor(&flip).to_kind(Kind::Float).mean(Kind::Float);
-        Ok(StepOutput {
-            loss,
-            metrics: vec![("acc".into(), acc.double_value(&[]))],
-            inputs: x.size()[0],
-        })
+        Ok(StepOutput { loss, metrics: vec![("acc".into(), acc)], inputs: x.size()[0] })
     }
 }
 
@@ -539,4 +535,45 @@ fn epoch_snapshots_keep_the_newest_and_stay_loadable() {
     run(&cfg, none.path(), false).unwrap();
     assert!(!none.path().join(checkpoint::SNAPSHOTS).exists());
     assert_eq!(TrainConfig::default().keep_checkpoints, 1);
+}
+
+/// The trainer reads values back from the device (loss, metrics, their sums) at step lines and
+/// epoch ends only, so the reads do not grow with the steps; a loss that turns NaN between two
+/// reads is still caught before any checkpoint, naming the steps it lies in.
+#[test]
+fn the_host_reads_values_back_per_log_line_not_per_step() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let reads_of = |batch_size: usize, log_every: u64| {
+        let mut cfg = config(2, 1);
+        cfg.train.batch_size = batch_size;
+        cfg.train.log_every = log_every;
+        let dir = tempfile::tempdir().unwrap();
+        let before = selfsup_core::host::reads();
+        let s = run(&cfg, dir.path(), false).unwrap();
+        (selfsup_core::host::reads() - before, s.global_step)
+    };
+    // 12 and 24 steps, a step line only at each epoch's end: the same reads, per epoch the
+    // step line (its loss check, loss and accuracy) and the epoch line (check, 2 means).
+    let (few, steps_few) = reads_of(8, 1000);
+    let (many, steps_many) = reads_of(4, 1000);
+    assert_eq!((steps_few, steps_many), (12, 24));
+    assert_eq!(few, many, "reads grow with the steps");
+    assert_eq!(few, 2 * (3 + 3));
+    // A step line every step reads its three values every step.
+    let (every, _) = reads_of(4, 1);
+    assert_eq!(every, 24 * 3 + 2 * 3);
+
+    let nan = tempfile::tempdir().unwrap();
+    let mut bad = config(1, 1);
+    bad.train.log_every = 1000;
+    bad.train.optimizer = OptimizerConfig::Sgd {
+        lr: 1e38,
+        momentum: 0.0,
+        nesterov: false,
+        weight_decay: 0.0,
+        exclude_bias_and_norm: false,
+    };
+    let err = run(&bad, nan.path(), false).unwrap_err().to_string();
+    assert!(err.contains("loss is NaN at epoch 0, one of steps 1..=6"), "{err}");
+    assert!(!checkpoint::exists(nan.path()));
 }

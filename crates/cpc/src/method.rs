@@ -152,7 +152,7 @@ impl Cpc {
 
     /// The InfoNCE loss and accuracy of one batch of patch grids, averaged over the row
     /// offsets.
-    pub fn loss(&self, patches: &Tensor, train: bool) -> (Tensor, f64) {
+    pub fn loss(&self, patches: &Tensor, train: bool) -> (Tensor, Tensor) {
         let z = self.embed(patches, train);
         let c = self.context_t(&z);
         let size = z.size();
@@ -173,10 +173,10 @@ impl Cpc {
             let targets = (bi * (g * g) + ii * g + jj).reshape([-1]);
             let (l, a) = info_nce(&preds, &candidates, &targets);
             losses.push(l);
-            accs.push(a.double_value(&[]));
+            accs.push(a);
         }
         let loss = Tensor::stack(&losses, 0).mean(Kind::Float);
-        (loss, accs.iter().sum::<f64>() / accs.len() as f64)
+        (loss, Tensor::stack(&accs, 0).mean(Kind::Float))
     }
 
     /// The data pipeline of the single view: the shorter side resized to `crop` and the

@@ -48,7 +48,7 @@ pub fn end_to_end(
     let k = classes.min(5);
     for lo in (0..n).step_by(cfg.batch_size) {
         let idx: Vec<i64> = (lo..(lo + cfg.batch_size as i64).min(n)).collect();
-        let x = features::images_tensor(test, &idx, &norm, None)?.to_device(device);
+        let x = features::images_on(test, &idx, &norm, None, device)?;
         let scores = tch::no_grad(|| logits(&x))?.to_device(Device::Cpu);
         if scores.size() != [idx.len() as i64, classes] {
             return Err(EvalError::Config(format!(

@@ -15,7 +15,7 @@
 use crate::probe::rng;
 use crate::{EvalError, Result};
 use rand::Rng;
-use selfsup_core::Encoder;
+use selfsup_core::{host, Encoder};
 use selfsup_data::ImageDataset;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -129,7 +129,7 @@ fn resized_crop_flip(src: &[u8], c: usize, h: usize, w: usize, a: &Augment, i: u
     img.data
 }
 
-/// Normalised images of `ds` at `indices`.
+/// Normalised images of `ds` at `indices`, on the CPU: [`images_on`] with the CPU.
 ///
 /// # Shapes
 /// Returns `(B, C, H, W)` float on the CPU, `B = indices.len()`.
@@ -139,69 +139,84 @@ pub fn images_tensor(
     norm: &Normalization,
     augment: Option<&Augment>,
 ) -> Result<Tensor> {
+    images_on(ds, indices, norm, augment, Device::Cpu)
+}
+
+/// Normalised images of `ds` at `indices` on `device`. The host crops and flips the images in
+/// parallel (each image's draws keyed by its index, so the thread count changes nothing) into
+/// bytes (floats after a resized crop), which go to the device in one non-blocking copy from
+/// pinned memory (see [`selfsup_core::host::upload`]); the conversion to floats and the
+/// normalisation run on the device. On a GPU the host thus prepares the next batch while the
+/// device still works on this one.
+///
+/// # Shapes
+/// Returns `(B, C, H, W)` float on `device`, `B = indices.len()`.
+pub fn images_on(
+    ds: &ImageDataset,
+    indices: &[i64],
+    norm: &Normalization,
+    augment: Option<&Augment>,
+    device: Device,
+) -> Result<Tensor> {
+    use rayon::prelude::*;
     let (c, h, w) = (ds.channels(), ds.height(), ds.width());
     norm.check(c)?;
-    if let Some(a) = augment.filter(|a| a.resized_crop.is_some()) {
-        let mut buf = Vec::with_capacity(indices.len() * c * h * w);
-        for &i in indices {
-            if i < 0 || i as usize >= ds.len() {
-                return Err(EvalError::dataset(
-                    ds.name(),
-                    format!("index {i} out of range for {} images", ds.len()),
-                ));
-            }
-            buf.extend(resized_crop_flip(ds.image(i as usize), c, h, w, a, i as u64));
-        }
-        let x = Tensor::from_slice(&buf)
-            .reshape([indices.len() as i64, h as i64, w as i64, c as i64])
-            .permute([0, 3, 1, 2]);
-        let mean = Tensor::from_slice(&norm.mean).reshape([1, c as i64, 1, 1]);
-        let std = Tensor::from_slice(&norm.std).reshape([1, c as i64, 1, 1]);
-        return Ok((x - mean) / std);
+    if let Some(&i) = indices.iter().find(|&&i| i < 0 || i as usize >= ds.len()) {
+        return Err(EvalError::dataset(
+            ds.name(),
+            format!("index {i} out of range for {} images", ds.len()),
+        ));
     }
-    let mut buf = vec![0u8; indices.len() * c * h * w];
-    for (b, &i) in indices.iter().enumerate() {
-        if i < 0 || i as usize >= ds.len() {
-            return Err(EvalError::dataset(
-                ds.name(),
-                format!("index {i} out of range for {} images", ds.len()),
-            ));
-        }
-        let src = ds.image(i as usize);
-        let dst = &mut buf[b * c * h * w..(b + 1) * c * h * w];
-        match augment {
-            None => dst.copy_from_slice(src),
-            Some(a) => {
-                let mut r = rng(a.seed, "eval-augment", &[a.epoch, i as u64]);
-                let p = a.padding as i64;
-                let dy = r.random_range(0..=2 * p) - p;
-                let dx = r.random_range(0..=2 * p) - p;
-                let flip = r.random::<bool>();
-                for y in 0..h as i64 {
-                    let sy = y + dy;
-                    for x in 0..w as i64 {
-                        let xf = if flip { w as i64 - 1 - x } else { x };
-                        let sx = xf + dx;
-                        let o = ((y * w as i64 + x) as usize) * c;
-                        if sy >= 0 && sy < h as i64 && sx >= 0 && sx < w as i64 {
-                            let s = ((sy * w as i64 + sx) as usize) * c;
-                            dst[o..o + c].copy_from_slice(&src[s..s + c]);
-                        } else {
-                            dst[o..o + c].fill(0);
-                        }
-                    }
-                }
+    let size = c * h * w;
+    let shape = [indices.len() as i64, h as i64, w as i64, c as i64];
+    let x = if let Some(a) = augment.filter(|a| a.resized_crop.is_some()) {
+        let mut buf = vec![0f32; indices.len() * size];
+        buf.par_chunks_mut(size.max(1)).zip(indices.par_iter()).for_each(|(dst, &i)| {
+            dst.copy_from_slice(&resized_crop_flip(ds.image(i as usize), c, h, w, a, i as u64));
+        });
+        host::upload(&Tensor::from_slice(&buf), device).reshape(shape).permute([0, 3, 1, 2])
+    } else {
+        let mut buf = vec![0u8; indices.len() * size];
+        buf.par_chunks_mut(size.max(1)).zip(indices.par_iter()).for_each(|(dst, &i)| {
+            let src = ds.image(i as usize);
+            match augment {
+                None => dst.copy_from_slice(src),
+                Some(a) => padded_crop_flip(src, dst, c, h, w, a, i as u64),
             }
-        }
-    }
-    let x = Tensor::from_slice(&buf)
-        .reshape([indices.len() as i64, h as i64, w as i64, c as i64])
-        .permute([0, 3, 1, 2])
-        .to_kind(Kind::Float)
-        / 255.0;
-    let mean = Tensor::from_slice(&norm.mean).reshape([1, c as i64, 1, 1]);
-    let std = Tensor::from_slice(&norm.std).reshape([1, c as i64, 1, 1]);
+        });
+        host::upload(&Tensor::from_slice(&buf), device)
+            .reshape(shape)
+            .permute([0, 3, 1, 2])
+            .to_kind(Kind::Float)
+            / 255.0
+    };
+    let mean = host::upload(&Tensor::from_slice(&norm.mean), device).reshape([1, c as i64, 1, 1]);
+    let std = host::upload(&Tensor::from_slice(&norm.std), device).reshape([1, c as i64, 1, 1]);
     Ok((x - mean) / std)
+}
+
+/// One image shifted by a random offset within `padding` (zeros where it leaves the frame)
+/// and flipped horizontally half the time, HWC bytes (the padded-crop branch of [`Augment`]).
+fn padded_crop_flip(src: &[u8], dst: &mut [u8], c: usize, h: usize, w: usize, a: &Augment, i: u64) {
+    let mut r = rng(a.seed, "eval-augment", &[a.epoch, i]);
+    let p = a.padding as i64;
+    let dy = r.random_range(0..=2 * p) - p;
+    let dx = r.random_range(0..=2 * p) - p;
+    let flip = r.random::<bool>();
+    for y in 0..h as i64 {
+        let sy = y + dy;
+        for x in 0..w as i64 {
+            let xf = if flip { w as i64 - 1 - x } else { x };
+            let sx = xf + dx;
+            let o = ((y * w as i64 + x) as usize) * c;
+            if sy >= 0 && sy < h as i64 && sx >= 0 && sx < w as i64 {
+                let s = ((sy * w as i64 + sx) as usize) * c;
+                dst[o..o + c].copy_from_slice(&src[s..s + c]);
+            } else {
+                dst[o..o + c].fill(0);
+            }
+        }
+    }
 }
 
 /// Labels of every image of `ds`, `(N,)` i64 on `device`; an error when `ds` is unlabeled.
@@ -403,7 +418,7 @@ pub fn extract(
     let mut shapes = vec![[0i64; 3]; taps.len()];
     tch::no_grad(|| -> Result<()> {
         for idx in indices.chunks(ex.batch_size.max(1)) {
-            let x = images_tensor(ds, idx, ex.norm, ex.augment.as_ref())?.to_device(ex.device);
+            let x = images_on(ds, idx, ex.norm, ex.augment.as_ref(), ex.device)?;
             let feats = encoder.features_upto_t(&x, &last, false);
             for (j, tap) in taps.iter().enumerate() {
                 let map = &feats

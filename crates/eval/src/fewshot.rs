@@ -279,23 +279,23 @@ pub fn finetune(
                   aug: Option<Augment>,
                   train_mode: bool|
      -> Result<Tensor> {
-        let x = features::images_tensor(ds, idx, norm, aug.as_ref())?.to_device(device);
+        let x = features::images_on(ds, idx, norm, aug.as_ref(), device)?;
         let f =
             encoder.forward_t(&x, train_mode).mean_dim([2i64, 3].as_slice(), false, Kind::Float);
         Ok(f.linear(&w, Some(&b)))
     };
-    let final_loss = train_loop(&ytr, &spec, &mut opt, |idx, epoch| {
+    let final_loss = train_loop(&ytr, &spec, &mut opt, |r, epoch| {
         let aug = cfg.augment.then_some(Augment {
             seed,
             epoch,
             padding: cfg.padding,
             resized_crop: None,
         });
-        logits(train, &sel(idx), aug, true)
+        logits(train, &sel(r.host), aug, true)
     })?;
     let bs = cfg.eval_batch_size;
-    let (top1, top5) = eval_loop(&yte, bs, |idx| logits(test, idx, None, false))?;
-    let (train_top1, _) = eval_loop(&ytr, bs, |idx| logits(train, &sel(idx), None, false))?;
+    let (top1, top5) = eval_loop(&yte, bs, |r| logits(test, r.host, None, false))?;
+    let (train_top1, _) = eval_loop(&ytr, bs, |r| logits(train, &sel(r.host), None, false))?;
     Ok(ProbeScore { top1, top5, train_top1, final_loss, best: None })
 }
 

@@ -96,7 +96,9 @@ pub fn knn_classify(
         return Err(EvalError::Config("kNN chunk_size must be at least 1, got 0".into()));
     }
     let k = (k as i64).min(n);
-    let (mut c1, mut c5) = (0i64, 0i64);
+    // Counted on the device and read back once.
+    let zero = || Tensor::zeros([], (Kind::Int64, train_x.device()));
+    let (mut c1, mut c5) = (zero(), zero());
     tch::no_grad(|| {
         let train = normalize_rows(train_x);
         let train_t = train.tr();
@@ -114,7 +116,8 @@ pub fn knn_classify(
             c5 += topk_correct(&votes, &y, 5);
         }
     });
-    Ok((100.0 * c1 as f64 / m as f64, 100.0 * c5 as f64 / m as f64))
+    let (c1, c5) = (selfsup_core::host::read(&c1)?, selfsup_core::host::read(&c5)?);
+    Ok((100.0 * c1 / m as f64, 100.0 * c5 / m as f64))
 }
 
 /// `x / ||x||` per row, `(N, D)` → `(N, D)` (rows of zeros stay zero).
@@ -210,7 +213,7 @@ pub fn knn_probe_embedding(
     let mut features = |ds: &ImageDataset, idx: &[i64]| -> Result<Tensor> {
         let parts = tch::no_grad(|| -> Result<Vec<Tensor>> {
             idx.chunks(cfg.extract_batch_size.max(1))
-                .map(|b| embed(&features::images_tensor(ds, b, &norm, None)?.to_device(device)))
+                .map(|b| embed(&features::images_on(ds, b, &norm, None, device)?))
                 .collect()
         })?;
         Ok(Tensor::cat(&parts, 0))

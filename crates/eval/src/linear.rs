@@ -184,20 +184,11 @@ pub fn train_linear(
         (train_x.shallow_clone(), test_x.shallow_clone())
     };
     let (w, b, mut opt, spec) = classifier(num_classes, d, device, cfg, seed);
-    let rows =
-        |x: &Tensor, idx: &[i64]| x.index_select(0, &Tensor::from_slice(idx).to_device(device));
     let final_loss =
-        train_loop(
-            train_y,
-            &spec,
-            &mut opt,
-            |idx, _| Ok(rows(&train_x, idx).linear(&w, Some(&b))),
-        )?;
+        train_loop(train_y, &spec, &mut opt, |r, _| Ok(r.of(&train_x).linear(&w, Some(&b))))?;
     let eval_bs = cfg.batch_size.max(256);
-    let (top1, top5) =
-        eval_loop(test_y, eval_bs, |idx| Ok(rows(&test_x, idx).linear(&w, Some(&b))))?;
-    let (train_top1, _) =
-        eval_loop(train_y, eval_bs, |idx| Ok(rows(&train_x, idx).linear(&w, Some(&b))))?;
+    let (top1, top5) = eval_loop(test_y, eval_bs, |r| Ok(r.of(&test_x).linear(&w, Some(&b))))?;
+    let (train_top1, _) = eval_loop(train_y, eval_bs, |r| Ok(r.of(&train_x).linear(&w, Some(&b))))?;
     Ok(ProbeScore { top1, top5, train_top1, final_loss, best: None })
 }
 
@@ -334,19 +325,16 @@ fn train_linear_augmented(
     let (w, b, mut opt, spec) = classifier(num_classes, d, device, cfg, seed);
     let ytr = features::labels_tensor(train, device)?;
     let yte = features::labels_tensor(test, device)?;
-    let final_loss = train_loop(&ytr, &spec, &mut opt, |idx, epoch| {
+    let final_loss = train_loop(&ytr, &spec, &mut opt, |r, epoch| {
         let augment = Some(Augment { seed, epoch, padding: 0, resized_crop: Some(crop.scale) });
         let aug = Extraction { augment, ..ex.clone() };
-        let x = features::extract(encoder, train, Some(idx), &one, &aug)?.remove(0).features;
+        let x = features::extract(encoder, train, Some(r.host), &one, &aug)?.remove(0).features;
         Ok(x.linear(&w, Some(&b)))
     })?;
-    let rows =
-        |x: &Tensor, idx: &[i64]| x.index_select(0, &Tensor::from_slice(idx).to_device(device));
     let eval_bs = cfg.batch_size.max(256);
-    let (top1, top5) =
-        eval_loop(&yte, eval_bs, |idx| Ok(rows(&fte.features, idx).linear(&w, Some(&b))))?;
+    let (top1, top5) = eval_loop(&yte, eval_bs, |r| Ok(r.of(&fte.features).linear(&w, Some(&b))))?;
     let ftr = features::extract(encoder, train, None, &one, ex)?.remove(0).features;
-    let (train_top1, _) = eval_loop(&ytr, eval_bs, |idx| Ok(rows(&ftr, idx).linear(&w, Some(&b))))?;
+    let (train_top1, _) = eval_loop(&ytr, eval_bs, |r| Ok(r.of(&ftr).linear(&w, Some(&b))))?;
     Ok((ProbeScore { top1, top5, train_top1, final_loss, best: None }, map_shape, d))
 }
 

@@ -312,7 +312,6 @@ pub fn train_nonlinear(
         stream: "nonlinear-probe",
     };
     let sel = |idx: &[i64]| -> Vec<i64> { idx.iter().map(|&i| train_idx[i as usize]).collect() };
-    let on_device = |idx: &[i64]| Tensor::from_slice(idx).to_device(device);
     let bs = cfg.eval_batch_size;
     // With a score per epoch, the test maps are extracted once and kept.
     let test_maps = if cfg.eval_every_epoch {
@@ -322,10 +321,10 @@ pub fn train_nonlinear(
         None
     };
     let score_test = |head: &NonLinearHead| match &test_maps {
-        Some(fte) => {
-            eval_loop(&yte, bs, |idx| Ok(fte.index_select(0, &on_device(idx)).apply_t(head, false)))
+        Some(fte) => eval_loop(&yte, bs, |r| Ok(r.of(fte).apply_t(head, false))),
+        None => {
+            eval_loop(&yte, bs, |r| Ok(maps(test, r.host, None)?.features.apply_t(head, false)))
         }
-        None => eval_loop(&yte, bs, |idx| Ok(maps(test, idx, None)?.features.apply_t(head, false))),
     };
     let mut best: Option<BestEpoch> = None;
     let mut after_epoch = |epoch: u64| -> Result<()> {
@@ -342,9 +341,9 @@ pub fn train_nonlinear(
             &ytr,
             &spec,
             &mut opt,
-            |idx, epoch| {
+            |r, epoch| {
                 let a = Augment { seed, epoch, padding: cfg.padding, resized_crop: None };
-                Ok(maps(train, &sel(idx), Some(a))?.features.apply_t(&head, true))
+                Ok(maps(train, &sel(r.host), Some(a))?.features.apply_t(&head, true))
             },
             &mut after_epoch,
         )?;
@@ -355,18 +354,16 @@ pub fn train_nonlinear(
             &ytr,
             &spec,
             &mut opt,
-            |idx, _| Ok(ftr.index_select(0, &on_device(idx)).apply_t(&head, true)),
+            |r, _| Ok(r.of(&ftr).apply_t(&head, true)),
             &mut after_epoch,
         )?;
         (loss, Some(ftr))
     };
     let (top1, top5) = score_test(&head)?;
     let (train_top1, _) = match &cached {
-        Some(ftr) => eval_loop(&ytr, bs, |idx| {
-            Ok(ftr.index_select(0, &on_device(idx)).apply_t(&head, false))
-        })?,
-        None => eval_loop(&ytr, bs, |idx| {
-            Ok(maps(train, &sel(idx), None)?.features.apply_t(&head, false))
+        Some(ftr) => eval_loop(&ytr, bs, |r| Ok(r.of(ftr).apply_t(&head, false)))?,
+        None => eval_loop(&ytr, bs, |r| {
+            Ok(maps(train, &sel(r.host), None)?.features.apply_t(&head, false))
         })?,
     };
     Ok((ProbeScore { top1, top5, train_top1, final_loss, best }, map_shape))

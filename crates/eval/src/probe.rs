@@ -8,6 +8,7 @@ use crate::{EvalError, Result};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use selfsup_core::host;
 use selfsup_core::schedule::ScheduleConfig;
 use selfsup_core::seed::{derive_seed, name_hash};
 use tch::{Device, Kind, Tensor};
@@ -130,15 +131,37 @@ pub fn epoch_order(
     out
 }
 
-/// Trains by mini-batch SGD with cross-entropy. `forward(indices, epoch)` returns the logits
-/// `(B, K)` of the samples `indices` (with grad through the trainable parts); `labels` is
-/// `(N,)` i64 on the logits' device. A final batch of one sample is skipped (batch norm cannot
-/// train on it). Returns the mean loss of the last epoch.
+/// The samples of one batch of a probe loop: their indices on the host (to gather host-side
+/// images) and the same indices on the labels' device (to gather features already there),
+/// cut from one upload of the epoch's order rather than uploaded batch by batch.
+#[derive(Debug)]
+pub struct Rows<'a> {
+    /// The indices, on the host.
+    pub host: &'a [i64],
+    /// The indices `(B,)` i64 on the labels' device.
+    pub device: Tensor,
+}
+
+impl Rows<'_> {
+    /// The rows `self` of `x` (`(N, ..)`, best on the labels' device, where the indices are
+    /// already): `(B, ..)`.
+    pub fn of(&self, x: &Tensor) -> Tensor {
+        x.index_select(0, &self.device.to_device(x.device()))
+    }
+}
+
+/// Trains by mini-batch SGD with cross-entropy. `forward(rows, epoch)` returns the logits
+/// `(B, K)` of the samples `rows` (with grad through the trainable parts); `labels` is `(N,)`
+/// i64 on the logits' device. A final batch of one sample is skipped (batch norm cannot train
+/// on it). Returns the mean loss of the last epoch.
+///
+/// The host reads nothing back inside an epoch: the epoch's order goes to the device once,
+/// the loss is summed there and read (and checked for NaN) once an epoch.
 pub fn train_loop(
     labels: &Tensor,
     spec: &LoopSpec<'_>,
     opt: &mut Sgd,
-    forward: impl FnMut(&[i64], u64) -> Result<Tensor>,
+    forward: impl FnMut(&Rows<'_>, u64) -> Result<Tensor>,
 ) -> Result<f64> {
     train_loop_with(labels, spec, opt, forward, |_| Ok(()))
 }
@@ -149,7 +172,7 @@ pub fn train_loop_with(
     labels: &Tensor,
     spec: &LoopSpec<'_>,
     opt: &mut Sgd,
-    mut forward: impl FnMut(&[i64], u64) -> Result<Tensor>,
+    mut forward: impl FnMut(&Rows<'_>, u64) -> Result<Tensor>,
     mut after_epoch: impl FnMut(u64) -> Result<()>,
 ) -> Result<f64> {
     let n = labels.size()[0] as usize;
@@ -167,28 +190,33 @@ pub fn train_loop_with(
     for epoch in 0..spec.epochs as u64 {
         let lr = spec.schedule.lr_at(spec.lr, epoch as f64, spec.epochs as f64);
         let order = epoch_order(n, spec.epoch_size, spec.seed, spec.stream, epoch);
-        let (mut sum, mut count) = (0.0, 0usize);
-        for idx in order.chunks(spec.batch_size) {
+        let order_t = host::upload(&Tensor::from_slice(&order), labels.device());
+        let mut sum = Tensor::zeros([], (Kind::Double, labels.device()));
+        let mut count = 0usize;
+        for (b, idx) in order.chunks(spec.batch_size).enumerate() {
             if idx.len() < 2 {
                 continue;
             }
-            let logits = forward(idx, epoch)?;
-            let sel = Tensor::from_slice(idx).to_device(labels.device());
-            let y = labels.index_select(0, &sel);
+            let rows = Rows {
+                host: idx,
+                device: order_t.narrow(0, (b * spec.batch_size) as i64, idx.len() as i64),
+            };
+            let logits = forward(&rows, epoch)?;
+            let y = rows.of(labels);
             let loss = logits.cross_entropy_for_logits(&y);
             opt.zero_grad();
             loss.backward();
             opt.step(lr);
-            let l = loss.double_value(&[]);
-            if !l.is_finite() {
-                return Err(EvalError::Training(format!(
-                    "non-finite loss {l} at epoch {epoch} (lr {lr})"
-                )));
-            }
-            sum += l * idx.len() as f64;
+            sum += loss.detach().to_kind(Kind::Double) * idx.len() as f64;
             count += idx.len();
         }
-        last = sum / count.max(1) as f64;
+        let total = host::read(&sum)?;
+        if !total.is_finite() {
+            return Err(EvalError::Training(format!(
+                "non-finite loss {total} in epoch {epoch} (lr {lr})"
+            )));
+        }
+        last = total / count.max(1) as f64;
         tracing::debug!(stream = spec.stream, epoch, lr, loss = last, "probe epoch");
         after_epoch(epoch)?;
     }
@@ -196,38 +224,47 @@ pub fn train_loop_with(
 }
 
 /// Top-1 and top-5 accuracy in percent over `0..n` in batches, under `no_grad`.
-/// `forward(indices)` returns logits `(B, K)`; `labels` is `(N,)` i64. Top-5 is top-K when
-/// there are fewer than 5 classes.
+/// `forward(rows)` returns logits `(B, K)`; `labels` is `(N,)` i64. Top-5 is top-K when there
+/// are fewer than 5 classes. The counts are summed on the device and read back once, at the
+/// end.
 pub fn eval_loop(
     labels: &Tensor,
     batch_size: usize,
-    mut forward: impl FnMut(&[i64]) -> Result<Tensor>,
+    mut forward: impl FnMut(&Rows<'_>) -> Result<Tensor>,
 ) -> Result<(f64, f64)> {
     let n = labels.size()[0];
     if n == 0 {
         return Err(EvalError::Config("evaluation set is empty".into()));
     }
     let all: Vec<i64> = (0..n).collect();
-    let (mut c1, mut c5) = (0i64, 0i64);
+    let all_t = Tensor::arange(n, (Kind::Int64, labels.device()));
+    let bs = batch_size.max(1);
+    let mut counts: Option<(Tensor, Tensor)> = None;
     tch::no_grad(|| -> Result<()> {
-        for idx in all.chunks(batch_size.max(1)) {
-            let logits = forward(idx)?;
-            let sel = Tensor::from_slice(idx).to_device(labels.device());
-            let y = labels.index_select(0, &sel).to_device(logits.device());
-            c1 += topk_correct(&logits, &y, 1);
-            c5 += topk_correct(&logits, &y, 5);
+        for (b, idx) in all.chunks(bs).enumerate() {
+            let rows =
+                Rows { host: idx, device: all_t.narrow(0, (b * bs) as i64, idx.len() as i64) };
+            let logits = forward(&rows)?;
+            let y = rows.of(labels).to_device(logits.device());
+            let (t1, t5) = (topk_correct(&logits, &y, 1), topk_correct(&logits, &y, 5));
+            counts = Some(match counts.take() {
+                None => (t1, t5),
+                Some((c1, c5)) => (c1 + t1, c5 + t5),
+            });
         }
         Ok(())
     })?;
-    Ok((100.0 * c1 as f64 / n as f64, 100.0 * c5 as f64 / n as f64))
+    let (c1, c5) = counts.expect("n > 0 gives one batch at least");
+    let (c1, c5) = (host::read(&c1)?, host::read(&c5)?);
+    Ok((100.0 * c1 / n as f64, 100.0 * c5 / n as f64))
 }
 
 /// Number of rows of `scores` `(B, K)` whose label `(B,)` is among the `k` highest scores
-/// (`k` clamped to `K`).
-pub fn topk_correct(scores: &Tensor, labels: &Tensor, k: i64) -> i64 {
+/// (`k` clamped to `K`), as an i64 `()` tensor on the scores' device.
+pub fn topk_correct(scores: &Tensor, labels: &Tensor, k: i64) -> Tensor {
     let k = k.min(scores.size()[1]);
     let (_, idx) = scores.topk(k, 1, true, true);
-    idx.eq_tensor(&labels.unsqueeze(1)).any_dim(1, false).sum(Kind::Int64).int64_value(&[])
+    idx.eq_tensor(&labels.unsqueeze(1)).any_dim(1, false).sum(Kind::Int64)
 }
 
 #[cfg(test)]
@@ -277,7 +314,7 @@ mod tests {
         };
         let p = Tensor::zeros([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let mut opt = Sgd::new(vec![p.shallow_clone()], 0.9, false, 0.0);
-        let forward = |idx: &[i64], _| Ok(p.unsqueeze(0).repeat([idx.len() as i64, 1]));
+        let forward = |r: &Rows<'_>, _| Ok(p.unsqueeze(0).repeat([r.host.len() as i64, 1]));
         let e = train_loop(&labels, &spec, &mut opt, forward).unwrap_err().to_string();
         assert!(e.contains("batch_size") && e.contains("got 1"), "{e}");
         let e =
@@ -291,7 +328,63 @@ mod tests {
     fn topk_counts() {
         let s = Tensor::from_slice(&[0.1f32, 0.5, 0.4, 0.9, 0.05, 0.05]).reshape([2, 3]);
         let y = Tensor::from_slice(&[2i64, 0]);
-        assert_eq!(topk_correct(&s, &y, 1), 1);
-        assert_eq!(topk_correct(&s, &y, 2), 2);
+        assert_eq!(topk_correct(&s, &y, 1).int64_value(&[]), 1);
+        assert_eq!(topk_correct(&s, &y, 2).int64_value(&[]), 2);
+    }
+
+    /// The loops hand `forward` the same indices on the host and on the device, and read back
+    /// once an epoch (training) and once per count (evaluation), not once a batch.
+    #[test]
+    fn loops_read_back_per_epoch_not_per_batch() {
+        let labels = Tensor::from_slice(&[0i64, 1, 0, 1, 1, 0, 0, 1, 1, 0]);
+        let schedule = ScheduleConfig::default();
+        let spec = LoopSpec {
+            epochs: 3,
+            batch_size: 4,
+            epoch_size: None,
+            lr: 0.1,
+            schedule: &schedule,
+            seed: 5,
+            stream: "t",
+        };
+        let p = Tensor::zeros([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let mut opt = Sgd::new(vec![p.shallow_clone()], 0.9, false, 0.0);
+        let mut batches = 0;
+        let forward = |r: &Rows<'_>, epoch: u64| {
+            assert_eq!(Vec::<i64>::try_from(&r.device).unwrap(), r.host);
+            assert_eq!(r.of(&labels), labels.index_select(0, &Tensor::from_slice(r.host)));
+            if batches == 0 {
+                assert_eq!(r.host, &epoch_order(10, None, 5, "t", epoch)[..4]);
+            }
+            batches += 1;
+            Ok(p.unsqueeze(0).repeat([r.host.len() as i64, 1]))
+        };
+        let before = host::reads();
+        let loss = train_loop(&labels, &spec, &mut opt, forward).unwrap();
+        assert_eq!(batches, 9, "3 epochs of batches of 4, 4 and 2");
+        assert_eq!(host::reads() - before, 3, "one read an epoch");
+        assert!(loss.is_finite() && loss > 0.0);
+
+        let before = host::reads();
+        let mut seen = Vec::new();
+        let (top1, _) = eval_loop(&labels, 4, |r| {
+            assert_eq!(Vec::<i64>::try_from(&r.device).unwrap(), r.host);
+            seen.extend_from_slice(r.host);
+            // Always class 0: right on the five zeros.
+            Ok(Tensor::from_slice(&[1.0f32, 0.0]).repeat([r.host.len() as i64, 1]))
+        })
+        .unwrap();
+        assert_eq!(seen, (0..10).collect::<Vec<i64>>());
+        assert_eq!(top1, 50.0);
+        assert_eq!(host::reads() - before, 2, "top-1 and top-5, once each");
+
+        // A loss that turns NaN is caught at the epoch's end, by name.
+        let _ = tch::no_grad(|| p.shallow_clone().fill_(f64::NAN));
+        let e = train_loop(&labels, &spec, &mut opt, |r, _| {
+            Ok(p.unsqueeze(0).repeat([r.host.len() as i64, 1]))
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("non-finite loss NaN in epoch 0"), "{e}");
     }
 }

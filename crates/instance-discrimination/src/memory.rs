@@ -83,7 +83,10 @@ impl MemoryBank {
         })
     }
 
-    /// Checks that every index is a row of the bank.
+    /// Checks that every index is a row of the bank. The range is read only from host tensors:
+    /// on a GPU the trainer checks the batch on the host before uploading it
+    /// (`PretextMethod::check_batch`), as reading device values here would make the host wait
+    /// for the device at every step.
     ///
     /// # Shapes
     /// `indices`: `(B,)` i64.
@@ -95,7 +98,7 @@ impl MemoryBank {
                 indices.kind()
             )));
         }
-        if indices.numel() == 0 {
+        if indices.numel() == 0 || indices.device() != tch::Device::Cpu {
             return Ok(());
         }
         let (lo, hi) = (indices.min().int64_value(&[]), indices.max().int64_value(&[]));

@@ -109,7 +109,7 @@ impl InstanceDiscrimination {
         v: &Tensor,
         indices: &Tensor,
         train: bool,
-    ) -> Result<(Tensor, f64), ContrastiveError> {
+    ) -> Result<(Tensor, Tensor), ContrastiveError> {
         let tau = self.cfg.temperature;
         let idx = indices.to_device(v.device());
         // Similarities, scores and losses in fp32, outside the bf16 autocast of the step (as
@@ -160,6 +160,11 @@ impl PretextMethod for InstanceDiscrimination {
         Some(self.features_t(xs, false))
     }
 
+    /// The indices' range, on the host before the trainer uploads the batch.
+    fn check_batch(&self, batch: &Batch) -> selfsup_core::Result<()> {
+        Ok(self.bank.check_indices(&batch.indices)?)
+    }
+
     fn step(&mut self, batch: &Batch, train: bool) -> selfsup_core::Result<StepOutput> {
         let x = match batch.views.as_slice() {
             [x] => x,
@@ -179,7 +184,8 @@ impl PretextMethod for InstanceDiscrimination {
         if train {
             self.pending = Some((batch.indices.shallow_clone(), v.detach()));
         }
-        let metrics = vec![("instance_acc".to_string(), acc), ("nce_z".to_string(), self.z)];
+        let metrics =
+            vec![("instance_acc".to_string(), acc), ("nce_z".to_string(), Tensor::from(self.z))];
         Ok(StepOutput { loss, metrics, inputs: x.size()[0] })
     }
 

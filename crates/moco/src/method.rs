@@ -251,7 +251,8 @@ impl Moco {
             let s =
                 derive_seed(self.seed, &[name_hash("moco-shuffle-bn"), self.steps as u64, stream]);
             perm.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(s));
-            let perm = Tensor::from_slice(&perm).to_device(xs.device());
+            // Drawn on the host (the same on every device) and copied without blocking.
+            let perm = selfsup_core::host::upload(&Tensor::from_slice(&perm), xs.device());
             let k = self.key.embed_t(&xs.index_select(0, &perm), train, splits);
             let inverse = perm.argsort(0, false);
             k.index_select(0, &inverse)
@@ -353,7 +354,7 @@ impl PretextMethod for Moco {
     }
 }
 
-fn accuracy(logits: &Tensor) -> f64 {
+fn accuracy(logits: &Tensor) -> Tensor {
     let targets = Tensor::zeros([logits.size()[0]], (Kind::Int64, logits.device()));
     top1_accuracy(logits, &targets)
 }

@@ -134,7 +134,7 @@ impl PretextMethod for RotNet {
             -100,
         )?;
         let correct = logits.f_argmax(-1, false)?.f_eq_tensor(&labels)?;
-        let acc = correct.f_to_kind(Kind::Float)?.f_mean(Kind::Float)?.double_value(&[]);
+        let acc = correct.f_to_kind(Kind::Float)?.f_mean(Kind::Float)?;
         Ok(StepOutput {
             loss,
             metrics: vec![("rotation_acc".to_string(), acc)],
@@ -230,7 +230,7 @@ mod tests {
         assert_eq!(out.loss.size(), Vec::<i64>::new());
         let (name, acc) = &out.metrics[0];
         assert_eq!(name, "rotation_acc");
-        assert!((0.0..=1.0).contains(acc));
+        assert!((0.0..=1.0).contains(&acc.double_value(&[])));
         let two = Batch { views: vec![structured_images(2), structured_images(2)], ..batch };
         let err = m.step(&two, false).unwrap_err().to_string();
         assert!(err.contains("batch has 2 views"), "{err}");

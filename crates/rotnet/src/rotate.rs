@@ -71,11 +71,12 @@ pub fn rotate(x: &Tensor, degrees: u32, fill: CornerFill) -> Result<Tensor, RotN
         Kind::Double => Kind::Double,
         _ => Kind::Float,
     };
-    let theta = Tensor::from_slice(&[co, -s, 0.0, s, co, 0.0])
-        .to_kind(kind)
-        .to_device(x.device())
-        .view([1, 2, 3])
-        .expand([b, 2, 3], false);
+    let theta = selfsup_core::host::upload(
+        &Tensor::from_slice(&[co, -s, 0.0, s, co, 0.0]).to_kind(kind),
+        x.device(),
+    )
+    .view([1, 2, 3])
+    .expand([b, 2, 3], false);
     let grid = Tensor::f_affine_grid_generator(&theta, [b, c, h, w], false)?;
     let src = if x.kind() == kind { x.shallow_clone() } else { x.to_kind(kind) };
     let out = src.f_grid_sampler_2d(&grid, 0, fill.padding_mode(), false)?;

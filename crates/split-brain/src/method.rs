@@ -46,7 +46,7 @@ pub struct Predictions {
 }
 
 /// The ab loss, the L loss and the metrics of a step.
-type Losses = (Tensor, Tensor, Vec<(String, f64)>);
+type Losses = (Tensor, Tensor, Vec<(String, Tensor)>);
 
 fn config_error(msg: String) -> ColorizationError {
     ColorizationError::Config { method: "split-brain", msg }
@@ -282,8 +282,8 @@ impl PretextMethod for SplitBrain {
                 (ab_loss, l_loss, Vec::new())
             }
         };
-        metrics.push(("ab_loss".to_string(), ab_loss.double_value(&[])));
-        metrics.push(("l_loss".to_string(), l_loss.double_value(&[])));
+        metrics.push(("ab_loss".to_string(), ab_loss.detach()));
+        metrics.push(("l_loss".to_string(), l_loss.detach()));
         Ok(StepOutput { loss: ab_loss + l_loss, metrics, inputs: n })
     }
 

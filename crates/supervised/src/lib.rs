@@ -103,6 +103,23 @@ pub struct Supervised {
 }
 
 impl Supervised {
+    /// Refuses labels outside `0..num_classes` (an unlabeled split reads as -1), naming their
+    /// range. Reads them back: call it on host tensors.
+    fn check_labels(&self, labels: &Tensor) -> selfsup_core::Result<()> {
+        if labels.numel() == 0 {
+            return Ok(());
+        }
+        let (lo, hi) = (labels.min().int64_value(&[]), labels.max().int64_value(&[]));
+        if lo < 0 || hi >= self.cfg.num_classes {
+            return Err(SupervisedError::Batch(format!(
+                "labels span {lo}..={hi}, expected 0..{} (is the training split labeled?)",
+                self.cfg.num_classes
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
     /// Builds the encoder under `root / "encoder"` and the head under `root / "head"`.
     pub fn new(
         root: &nn::Path,
@@ -175,6 +192,11 @@ impl PretextMethod for Supervised {
         Some(self.logits_t(xs, false))
     }
 
+    /// The labels' range, on the host before the trainer uploads the batch.
+    fn check_batch(&self, batch: &Batch) -> selfsup_core::Result<()> {
+        self.check_labels(&batch.labels)
+    }
+
     fn step(&mut self, batch: &Batch, train: bool) -> selfsup_core::Result<StepOutput> {
         let images = match batch.views.as_slice() {
             [x] => x,
@@ -191,13 +213,10 @@ impl PretextMethod for Supervised {
         if n == 0 {
             return Err(SupervisedError::Batch("empty batch".into()).into());
         }
-        let (lo, hi) = (labels.min().int64_value(&[]), labels.max().int64_value(&[]));
-        if lo < 0 || hi >= self.cfg.num_classes {
-            return Err(SupervisedError::Batch(format!(
-                "labels span {lo}..={hi}, expected 0..{} (is the training split labeled?)",
-                self.cfg.num_classes
-            ))
-            .into());
+        // On a GPU the trainer checked them on the host (`check_batch`); reading them here
+        // would make the host wait for the device.
+        if labels.device() == tch::Device::Cpu {
+            self.check_labels(labels)?;
         }
         let logits = self.logits_t(images, train);
         let loss = logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss::<Tensor>(
@@ -211,11 +230,7 @@ impl PretextMethod for Supervised {
             .f_eq_tensor(labels)?
             .f_to_kind(Kind::Float)?
             .f_mean(Kind::Float)?;
-        Ok(StepOutput {
-            loss,
-            metrics: vec![("train_acc".to_string(), acc.double_value(&[]))],
-            inputs: n,
-        })
+        Ok(StepOutput { loss, metrics: vec![("train_acc".to_string(), acc)], inputs: n })
     }
 }
 

@@ -297,12 +297,13 @@ fn apply_update(param: &Tensor, update: &Tensor, lr: f64) -> Result<()> {
 /// Scales all gradients so that their global L2 norm is at most `max_norm`, as
 /// `torch.nn.utils.clip_grad_norm_` (coefficient `max_norm / (norm + 1e-6)` clamped to 1, applied
 /// to every gradient) and returns the total norm before clipping. Parameters without a gradient
-/// are ignored; with none at all the norm is 0.
-pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: f64) -> Result<f64> {
+/// are ignored; with none at all the norm is 0. The norm stays on the device, `()` (reading it
+/// back would make the host wait for the device at every step).
+pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: f64) -> Result<Tensor> {
     let _no_grad = tch::no_grad_guard();
     let grads: Vec<Tensor> = params.iter().map(|(_, p)| p.grad()).filter(Tensor::defined).collect();
     let Some(first) = grads.first() else {
-        return Ok(0.0);
+        return Ok(Tensor::from(0.0f32));
     };
     let device = first.device();
     let norms =
@@ -313,5 +314,5 @@ pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: f64) -> Result<f64>
     for mut g in grads {
         let _ = g.f_mul_(&coef)?;
     }
-    Ok(total.f_double_value(&[])?)
+    Ok(total)
 }
