@@ -51,10 +51,17 @@ impl Batch {
 
     /// Copies the batch to `device`.
     pub fn to_device(&self, device: Device) -> Batch {
+        // To CUDA from pinned memory with non-blocking copies: the host goes on (to the step's
+        // kernels, the next batch) while the copies run; libtorch's pinned-memory allocator
+        // keeps each buffer until its copy is done.
+        let put = |t: &Tensor| match device {
+            Device::Cuda(_) => t.pin_memory(device).to_device_(device, t.kind(), true, false),
+            _ => t.to_device(device),
+        };
         Batch {
-            views: self.views.iter().map(|v| v.to_device(device)).collect(),
-            labels: self.labels.to_device(device),
-            indices: self.indices.to_device(device),
+            views: self.views.iter().map(put).collect(),
+            labels: put(&self.labels),
+            indices: put(&self.indices),
         }
     }
 
