@@ -44,10 +44,18 @@ pub struct RelativePatchConfig {
     pub random_grid: bool,
     /// The chromatic-aberration countermeasure. Default `drop`.
     pub color: ColorShortcut,
+    /// Probability that a patch is downsampled to as few as about a hundredth of its pixels
+    /// and upsampled back (the official code's `prep_image`, for robustness to pixelation:
+    /// at 96 pixels a side drawn with `side² ~ U(10², 95²)`, scaled with the patch). Default
+    /// 0.33 (the official code's).
+    pub downsample_p: f64,
     /// Standard deviation of the noise that replaces dropped channels, as a fraction of the
     /// kept channel's. Default 0.01 (the paper's "about 1/100").
     pub noise_fraction: f64,
-    /// Normalise each patch by its own per-channel mean and standard deviation. Default true.
+    /// Normalise each patch on its own: each channel's mean subtracted, the patch divided by
+    /// its root mean square over all channels together (the official code's `prep_image`; one
+    /// scale for the patch, so dropped channels stay noise at `noise_fraction` of the kept
+    /// one). Default true.
     pub normalize_patches: bool,
     /// Side of the grid the trunk's last map is max-pooled to before `fc6` sees it flattened
     /// (the paper's `pool5`, which keeps where in the patch a feature sits: at its 96-pixel
@@ -72,6 +80,7 @@ impl Default for RelativePatchConfig {
             jitter: 7,
             random_grid: true,
             color: ColorShortcut::Drop,
+            downsample_p: 0.33,
             noise_fraction: 0.01,
             normalize_patches: true,
             pool5: 2,
@@ -105,6 +114,9 @@ impl RelativePatchConfig {
                  more than crop = {}",
                 self.patch, self.gap, self.jitter, self.crop
             ));
+        }
+        if !(0.0..=1.0).contains(&self.downsample_p) {
+            return Err(format!("downsample_p = {} is not a probability", self.downsample_p));
         }
         if !(self.noise_fraction >= 0.0 && self.noise_fraction.is_finite()) {
             return Err(format!("noise_fraction = {} is not a fraction", self.noise_fraction));

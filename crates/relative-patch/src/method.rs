@@ -143,9 +143,10 @@ mod tests {
         }
     }
 
-    /// 8-pixel patches, gap 4, jitter 1 (a 34-pixel grid) in 40-pixel crops.
+    /// 8-pixel patches, gap 4, jitter 1 (a 34-pixel grid) in 40-pixel crops, no pixelation.
     fn small() -> RelativePatchConfig {
         RelativePatchConfig {
+            downsample_p: 0.0,
             crop: 40,
             patch: 8,
             gap: 4,
@@ -241,6 +242,25 @@ mod tests {
                 assert!((s / kept_std - 0.01).abs() < 0.004, "noise std {s} vs {kept_std}");
             }
         }
+        // Normalised as the official code does: channels centred, one scale for the patch, so
+        // the dropped channels stay 1/100 of the kept one (per-channel scaling would blow the
+        // noise up to the kept channel's size).
+        let cfg = RelativePatchConfig { normalize_patches: true, ..cfg };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let p = make_pairs(&images, &cfg, &mut rng).unwrap();
+        for i in 0..4 {
+            let patch = p.first.get(i as i64);
+            let k = p.kept[i][0] as i64;
+            let rms = patch.square().mean(Kind::Float).sqrt().double_value(&[]);
+            assert!((rms - 1.0).abs() < 1e-4, "rms {rms}");
+            let means = patch.mean_dim([1i64, 2].as_slice(), false, Kind::Float);
+            assert!(means.abs().max().double_value(&[]) < 1e-5);
+            let kept_std = patch.get(k).std(true).double_value(&[]);
+            for ch in (0..3).filter(|&c| c != k) {
+                let s = patch.get(ch).std(true).double_value(&[]);
+                assert!((s / kept_std - 0.01).abs() < 0.004, "noise std {s} vs {kept_std}");
+            }
+        }
         let projected = project_green_magenta(&images.get(0));
         let a = Tensor::from_slice(&[-1.0f32, 2.0, -1.0]).view([3, 1, 1]);
         let along = (projected * a).sum_dim_intlist([0i64].as_slice(), false, Kind::Float);
@@ -248,6 +268,34 @@ mod tests {
         // Grayscale pixels are left as they are.
         let gray = Tensor::full([3, 2, 2], 0.3, (Kind::Float, Device::Cpu));
         assert!((project_green_magenta(&gray) - &gray).abs().max().double_value(&[]) < 1e-6);
+    }
+
+    #[test]
+    fn pixelation_keeps_a_flat_patch_and_blurs_a_checkerboard() {
+        use crate::pairs::{downsample_sides, pixelate};
+        assert_eq!(downsample_sides(96), (10, 95), "the official range");
+        assert_eq!(downsample_sides(16), (2, 15));
+        let f = (Kind::Float, Device::Cpu);
+        let flat = Tensor::full([3, 16, 16], 0.25, f);
+        assert!((pixelate(&flat, 2) - &flat).abs().max().double_value(&[]) < 1e-6);
+        let i = Tensor::arange(16, f);
+        let board = ((i.view([16, 1]) + i.view([1, 16])).remainder(2.0)).expand([3, 16, 16], true);
+        let out = pixelate(&board, 4);
+        assert_eq!(out.size(), [3, 16, 16]);
+        // The finest pattern does not survive 4 pixels a side: what is left is near its mean.
+        assert!((out - 0.5).abs().max().double_value(&[]) < 0.1);
+        // With probability 1 every patch is pixelated: the pairs differ from those without.
+        let images = Tensor::rand([4, 3, 40, 40], f);
+        let plain = RelativePatchConfig { color: ColorShortcut::None, ..small() };
+        let always = RelativePatchConfig { downsample_p: 1.0, ..plain.clone() };
+        let mut r1 = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let mut r2 = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let a = make_pairs(&images, &plain, &mut r1).unwrap();
+        let b = make_pairs(&images, &always, &mut r2).unwrap();
+        assert_eq!(a.first.size(), b.first.size());
+        assert!(!a.first.allclose(&b.first, 1e-3, 1e-3, false));
+        let bad = RelativePatchConfig { downsample_p: 1.5, ..small() };
+        assert!(bad.check().unwrap_err().contains("downsample_p = 1.5"));
     }
 
     #[test]

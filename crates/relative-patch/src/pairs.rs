@@ -1,7 +1,8 @@
 //! Patch pairs from a batch of images, on tensors: a 3×3 grid of patches with gap and jitter
 //! (at a random place in the crop), the centre patch and one of its eight neighbours; the
-//! label is the neighbour's index (0..8, row-major, the centre skipped). Then the colour
-//! countermeasure and per-patch normalisation.
+//! label is the neighbour's index (0..8, row-major, the centre skipped). Then, patch by patch
+//! and in the official code's order (`prep_image` of cdoersch/deepcontext): random pixelation,
+//! the colour countermeasure, normalisation.
 use crate::config::{ColorShortcut, RelativePatchConfig};
 use crate::RelativePatchError;
 use rand::Rng;
@@ -71,6 +72,33 @@ fn drop_colors<R: Rng>(patch: &Tensor, keep: usize, fraction: f64, rng: &mut R) 
     Tensor::cat(&channels, 0)
 }
 
+/// The range of sides a patch of side `p` is downsampled to: the official `[10, 95]` at 96
+/// pixels, scaled (at least 2, at most `p - 1`).
+pub fn downsample_sides(p: usize) -> (usize, usize) {
+    let lo = ((10 * p + 48) / 96).max(2);
+    (lo.min(p.saturating_sub(1)).max(1), p.saturating_sub(1).max(1))
+}
+
+/// `patch` (`(C, P, P)`) downsampled to `side` (antialiased bilinear) and upsampled back
+/// (bilinear), as the official code's `caffe.io.resize` down and up.
+pub fn pixelate(patch: &Tensor, side: i64) -> Tensor {
+    let p = patch.size()[1];
+    let x = patch.unsqueeze(0);
+    let down = x.internal_upsample_bilinear2d_aa([side, side], false, None, None);
+    down.upsample_bilinear2d([p, p], false, None, None).squeeze_dim(0)
+}
+
+/// `patch` (`(C, P, P)`) with each channel's mean subtracted, divided by its root mean square
+/// over all channels together (deepcontext's `prep_image`: "normalize the mean and variance so
+/// that gradients are a less useful cue"). One scale for the whole patch keeps the noise of
+/// dropped channels at its fraction of the kept channel; a flat patch is only centred.
+pub fn normalize_patch(patch: &Tensor) -> Tensor {
+    let centred = patch - patch.mean_dim([-2i64, -1].as_slice(), true, Kind::Float);
+    let rms = centred.square().mean(Kind::Float).sqrt();
+    let rms = rms.where_self(&rms.gt(0.0), &rms.ones_like());
+    centred / rms
+}
+
 /// Every pixel of `patch` (`(3, P, P)`) projected onto the plane orthogonal to the
 /// green-magenta axis `(-1, 2, -1)/√6`.
 pub fn project_green_magenta(patch: &Tensor) -> Tensor {
@@ -124,6 +152,12 @@ pub fn make_pairs<R: Rng>(
         let mut pair = patches::cut(&img, &at, cfg.patch);
         let mut keep = [0usize; 2];
         for (p, k) in pair.iter_mut().zip(keep.iter_mut()) {
+            if cfg.downsample_p > 0.0 && rng.random::<f64>() < cfg.downsample_p {
+                let (lo, hi) = downsample_sides(cfg.patch);
+                let u: f64 = rng.random();
+                let side = (u * (hi * hi - lo * lo) as f64 + (lo * lo) as f64).sqrt() as i64;
+                *p = pixelate(p, side.clamp(lo as i64, hi as i64));
+            }
             match cfg.color {
                 ColorShortcut::Drop => {
                     *k = rng.random_range(0..3usize);
@@ -133,7 +167,7 @@ pub fn make_pairs<R: Rng>(
                 ColorShortcut::None => {}
             }
             if cfg.normalize_patches {
-                *p = patches::normalize_each(p);
+                *p = normalize_patch(p);
             }
         }
         let [a, s] = pair.try_into().expect("two patches");
