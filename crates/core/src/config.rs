@@ -136,7 +136,9 @@ pub struct TrainConfig {
     /// Default 1: the last epoch.
     #[serde(default = "default_keep_checkpoints")]
     pub keep_checkpoints: usize,
-    /// Write a `metrics.jsonl` line every this many steps. Default 50.
+    /// Write a `metrics.jsonl` line every this many steps. Default 50. Also how often the host
+    /// reads the loss and metrics back from the device (and checks the loss for NaN): a value
+    /// of 1 makes the host wait for a GPU at every step.
     #[serde(default = "default_log_every")]
     pub log_every: u64,
     /// Threads for libtorch and augmentation; 0 = all cores. Default 0.

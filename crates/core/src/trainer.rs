@@ -1,12 +1,16 @@
 //! The trainer: owns the loop, the optimizers, schedules, precision, checkpoints and logging;
 //! the [`PretextMethod`] owns only its loss.
 //!
-//! Per step: re-seed libtorch from `(seed, global step)`, move the batch to the device, run the
-//! method's `step` under autocast, back-propagate, clip, update with the schedule's rate, call the
-//! method's post-step hook, then its extra optimizers (a GAN's discriminator: each on its own
-//! loss, variables and buffers). Every `log_every` steps a line goes to `metrics.jsonl`; every
-//! `checkpoint_every` epochs (and at the end, and at `max_steps`) a checkpoint is written
-//! atomically, and after each epoch the method may write its own files into the run folder. `resume` continues from the checkpoint as if the run had
+//! Per step: re-seed libtorch from `(seed, global step)`, let the method check the batch on the
+//! host, move it to the device, run the method's `step` under autocast, back-propagate, clip,
+//! update with the schedule's rate, call the method's post-step hook, then its extra optimizers
+//! (a GAN's discriminator: each on its own loss, variables and buffers). The step's loss and
+//! metrics stay on the device, summed there over the epoch: the host reads them back (through
+//! [`crate::host::read`], counted) only for the line that goes to `metrics.jsonl` every
+//! `log_every` steps, at the epoch's end and before a checkpoint, where the loss sums are also
+//! checked for NaN and infinity. Every `checkpoint_every` epochs (and at the end, and at
+//! `max_steps`) a checkpoint is written atomically, and after each epoch the method may write
+//! its own files into the run folder. `resume` continues from the checkpoint as if the run had
 //! never stopped: same weights, optimizer buffers, data order, augmentations and RNG streams.
 use crate::checkpoint::{self, TrainerState, FORMAT_VERSION};
 use crate::config::RunConfig;
