@@ -98,7 +98,7 @@ fn growth(samples: &[(f64, u64, u64)], seconds: f64) -> Option<(f64, f64)> {
 }
 
 /// The CPU's model name with its family and model numbers, from `/proc/cpuinfo`.
-fn cpu_name() -> String {
+pub fn cpu_name() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |k: &str| {
         info.lines()

@@ -8,6 +8,7 @@ mod bench_data;
 mod bench_memory;
 mod bench_train;
 mod fetch;
+mod fuzz;
 mod libtorch;
 mod new_method;
 mod tables;
@@ -34,6 +35,9 @@ Commands:
   bench memory [--threads 2 --loader-images 500000 --skip-epoch]
                      peak resident memory of a RotNet cpu-profile epoch; the loader's memory
                      over a generated dataset 10x CIFAR-10 (must stay flat)
+  fuzz [--seconds 60] [TARGET ...]
+                     the cargo-fuzz targets of fuzz/ (dataset readers, images, .npy bins,
+                     checkpoints, configs) for N seconds each; writes results/bench/fuzz.json
   fetch <dataset>    download and verify a dataset listed in datasets/manifest.json
   build              build the release `selfsup` binary (rpath set: runs as is)
   run -- <args>      build, then run `selfsup <args>`
@@ -80,6 +84,7 @@ fn run() -> Result<()> {
         "reproduce" => tasks::reproduce(rest),
         "bench" => tasks::bench(rest),
         "fetch" => tasks::fetch(rest),
+        "fuzz" => fuzz::run(&libtorch::ensure()?, rest),
         "tables" => tables::run(&root),
         "new-method" => new_method::run(&root, rest),
         other => anyhow::bail!("unknown command `{other}`; `cargo xtask help` lists them"),
