@@ -108,6 +108,19 @@ fn config(epochs: u64, threads: usize) -> RunConfig {
     }
 }
 
+/// One epoch at a learning rate of 1e38: the loss turns NaN within the first steps.
+fn diverging() -> RunConfig {
+    let mut cfg = config(1, 1);
+    cfg.train.optimizer = OptimizerConfig::Sgd {
+        lr: 1e38,
+        momentum: 0.0,
+        nesterov: false,
+        weight_decay: 0.0,
+        exclude_bias_and_norm: false,
+    };
+    cfg
+}
+
 /// libtorch's generator and thread count are process-wide: the tests of this file train one
 /// at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -246,14 +259,7 @@ fn loss_falls_and_bad_runs_fail_cleanly() {
 
     // A diverging run stops with a one-line error and keeps no checkpoint.
     let nan = tempfile::tempdir().unwrap();
-    let mut bad = config(1, 1);
-    bad.train.optimizer = OptimizerConfig::Sgd {
-        lr: 1e38,
-        momentum: 0.0,
-        nesterov: false,
-        weight_decay: 0.0,
-        exclude_bias_and_norm: false,
-    };
+    let bad = diverging();
     let err = run(&bad, nan.path(), false).unwrap_err().to_string();
     assert!(err.contains("loss is"), "{err}");
     assert!(!err.contains('\n'));
@@ -564,15 +570,8 @@ fn the_host_reads_values_back_per_log_line_not_per_step() {
     assert_eq!(every, 24 * 3 + 2 * 3);
 
     let nan = tempfile::tempdir().unwrap();
-    let mut bad = config(1, 1);
+    let mut bad = diverging();
     bad.train.log_every = 1000;
-    bad.train.optimizer = OptimizerConfig::Sgd {
-        lr: 1e38,
-        momentum: 0.0,
-        nesterov: false,
-        weight_decay: 0.0,
-        exclude_bias_and_norm: false,
-    };
     let err = run(&bad, nan.path(), false).unwrap_err().to_string();
     assert!(err.contains("loss is NaN at epoch 0, one of steps 1..=6"), "{err}");
     assert!(!checkpoint::exists(nan.path()));
