@@ -39,6 +39,11 @@ pub struct JigsawConfig {
     pub rgb_jitter: u8,
     /// Normalise each tile by its own per-channel mean and standard deviation. Default true.
     pub normalize_tiles: bool,
+    /// Side of the grid the trunk's last feature map of a tile is max-pooled to before `fc6`
+    /// (the official `Network.py` flattens AlexNet's 3×3 `pool5` of a 75-pixel tile, so `fc6`
+    /// knows where in the tile a feature sits). Default 3; 1 takes the map's global maximum
+    /// (versions before `pool5` averaged the map).
+    pub pool5: i64,
     /// Width of the per-tile fully connected layer `fc6` (shared across tiles). Default 1024.
     pub fc6: i64,
     /// Width of `fc7`, on the nine `fc6` outputs concatenated in slot order. Default 4096.
@@ -60,6 +65,7 @@ impl Default for JigsawConfig {
             grayscale_p: 0.3,
             rgb_jitter: 2,
             normalize_tiles: true,
+            pool5: 3,
             fc6: 1024,
             fc7: 4096,
             dropout: 0.5,
@@ -102,6 +108,9 @@ impl JigsawConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("dropout = {} is not in [0, 1)", self.dropout));
+        }
+        if self.pool5 < 1 {
+            return Err(format!("pool5 = {} must be at least 1", self.pool5));
         }
         if self.fc6 < 1 || self.fc7 < 1 {
             return Err(format!("fc6 = {} and fc7 = {} must be positive", self.fc6, self.fc7));

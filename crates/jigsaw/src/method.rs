@@ -1,5 +1,6 @@
 //! The context-free network of Noroozi & Favaro (the official `Network.py`): the trunk on each
-//! tile separately (shared weights), its pooled last feature map through a shared `fc6`, the
+//! tile separately (shared weights), its last feature map max-pooled to a small grid (the
+//! official `pool5`, 3×3 at 75-pixel tiles) and flattened through a shared `fc6`, the
 //! nine `fc6` outputs concatenated in slot order, `fc7`, and `fc8` to the P-way softmax over
 //! the permutation set.
 use crate::config::JigsawConfig;
@@ -37,7 +38,8 @@ impl Jigsaw {
         cfg.check().map_err(JigsawError::Config)?;
         let encoder = try_build_encoder(&(root / "encoder"), &ctx.encoder, ctx.image_channels)
             .map_err(|e| JigsawError::Encoder(Box::new(e)))?;
-        let fc6 = linear(root / "fc6", encoder.out_channels(), cfg.fc6, LinearBias::Default);
+        let pooled = encoder.out_channels() * cfg.pool5 * cfg.pool5;
+        let fc6 = linear(root / "fc6", pooled, cfg.fc6, LinearBias::Default);
         let fc7 = linear(root / "fc7", TILES as i64 * cfg.fc6, cfg.fc7, LinearBias::Default);
         let fc8 = linear(root / "fc8", cfg.fc7, cfg.permutations as i64, LinearBias::Default);
         let perms =
@@ -59,11 +61,12 @@ impl Jigsaw {
     /// Permutation logits of puzzles.
     ///
     /// # Shapes
-    /// `tiles`: `(B·9, C, T, T)` in slot order; returns `(B, P)`.
+    /// `tiles`: `(B·9, C, T, T)` in slot order; the trunk's last map `(B·9, D, h, w)` is
+    /// max-pooled to `(B·9, D, pool5, pool5)` and flattened; returns `(B, P)`.
     pub fn logits_t(&self, tiles: &Tensor, train: bool) -> Tensor {
         let feats = nn::ModuleT::forward_t(&*self.encoder, tiles, train);
-        let pooled = feats.mean_dim([2i64, 3].as_slice(), false, feats.kind());
-        let h = self.fc6.forward(&pooled).relu().dropout(self.cfg.dropout, train);
+        let (pooled, _) = feats.adaptive_max_pool2d([self.cfg.pool5, self.cfg.pool5]);
+        let h = self.fc6.forward(&pooled.flatten(1, -1)).relu().dropout(self.cfg.dropout, train);
         let b = h.size()[0] / TILES as i64;
         let h = h.reshape([b, TILES as i64 * self.cfg.fc6]);
         let h = self.fc7.forward(&h).relu().dropout(self.cfg.dropout, train);
@@ -210,6 +213,9 @@ mod tests {
         let m = r.build("jigsaw", &vs.root(), &cfg, &ctx()).unwrap();
         assert_eq!(m.name(), "jigsaw");
         let vars = vs.variables();
+        // fc6 sees each tile's last map max-pooled to 3×3 (pool5) and flattened.
+        let d = m.encoder().out_channels();
+        assert_eq!(vars["fc6.weight"].size(), [16, 9 * d]);
         assert_eq!(vars["fc7.weight"].size(), [32, 9 * 16]);
         assert_eq!(vars["fc8.weight"].size(), [4, 32]);
         assert!(
@@ -222,6 +228,9 @@ mod tests {
         let bad = serde_json::json!({"permutations": 1});
         let err = r.build("jigsaw", &vs.root(), &bad, &ctx()).err().unwrap().to_string();
         assert!(err.contains("permutations = 1"), "{err}");
+        let bad = serde_json::to_value(JigsawConfig { pool5: 0, ..small() }).unwrap();
+        let err = r.build("jigsaw", &vs.root(), &bad, &ctx()).err().unwrap().to_string();
+        assert!(err.contains("pool5 = 0"), "{err}");
         let bad = serde_json::json!({"tiles": 9});
         let err = r.build("jigsaw", &vs.root(), &bad, &ctx()).err().unwrap().to_string();
         assert!(err.contains("unknown field `tiles`"), "{err}");

@@ -59,8 +59,8 @@ pub struct RelativePatchConfig {
     pub normalize_patches: bool,
     /// Side of the grid the trunk's last map is max-pooled to before `fc6` sees it flattened
     /// (the paper's `pool5`, which keeps where in the patch a feature sits: at its 96-pixel
-    /// patches AlexNet's pool5 is 2×2). Default 2; 1 pools the map globally, so `fc6` sees
-    /// only what is in the patch, not where.
+    /// patches AlexNet's pool5 is 2×2). Default 2; 1 takes the map's global maximum, so `fc6`
+    /// sees only what is in the patch, not where (versions before `pool5` averaged the map).
     pub pool5: i64,
     /// Width of the per-patch fully connected layer `fc6` (shared by both patches). Default
     /// 4096 (the paper's).
