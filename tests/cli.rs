@@ -364,3 +364,30 @@ fn sigkill_at_random_moments_then_resume_ends_bit_for_bit() {
     assert_eq!(step(), Some(256));
     assert_eq!(model_hash(&dir.path().join("full")), model_hash(&part));
 }
+
+#[test]
+fn reproduce_configs_only_writes_the_plan_s_run_configs_and_trains_nothing() {
+    // The paper profile on a machine without CUDA: refused for a run, fine for its configs.
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["reproduce", "rotnet", "--profile", "paper", "--dataset", "synthetic:64:32"];
+    let e = err(&selfsup(&args, dir.path()));
+    assert!(e.contains("--device cpu"), "{e}");
+    let mut with = args.to_vec();
+    with.extend(["--configs-only", "--results-dir", "res"]);
+    let out = ok(&selfsup(&with, dir.path()));
+    let paths: Vec<&str> = out.lines().collect();
+    assert!(paths.len() >= 2, "{out}");
+    let configs = dir.path().join("res/rotnet/paper/configs");
+    for p in &paths {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(p)).unwrap()).unwrap();
+        assert!(v["train"]["epochs"].as_u64().unwrap() > 0, "{p}");
+        assert!(dir.path().join(p).starts_with(&configs), "{p}");
+    }
+    let first: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join(paths[0])).unwrap()).unwrap();
+    assert_eq!(first["method"], "rotnet");
+    assert!(dir.path().join("res/rotnet/paper/plan.json").is_file());
+    assert!(!dir.path().join("runs").exists(), "nothing trained");
+    assert!(!dir.path().join("res/rotnet/paper/run.log").exists());
+}

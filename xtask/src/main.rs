@@ -9,6 +9,7 @@ mod bench_memory;
 mod bench_train;
 mod fetch;
 mod fuzz;
+mod gpu_check;
 mod libtorch;
 mod new_method;
 mod tables;
@@ -35,6 +36,10 @@ Commands:
   bench memory [--threads 2 --loader-images 500000 --skip-epoch]
                      peak resident memory of a RotNet cpu-profile epoch; the loader's memory
                      over a generated dataset 10x CIFAR-10 (must stay flat)
+  gpu-check [--binary PATH] [--epochs 3] [--methods rotnet,simclr] [--device cuda]
+                     on a GPU machine: a few epochs of the RotNet and SimCLR paper profiles'
+                     pretraining; s/epoch, images/s, GPU memory, full-protocol time against
+                     the targets; writes results/bench/gpu-check.json
   fuzz [--seconds 60] [TARGET ...]
                      the cargo-fuzz targets of fuzz/ (dataset readers, images, .npy bins,
                      checkpoints, configs) for N seconds each; writes results/bench/fuzz.json
@@ -85,6 +90,7 @@ fn run() -> Result<()> {
         "bench" => tasks::bench(rest),
         "fetch" => tasks::fetch(rest),
         "fuzz" => fuzz::run(&libtorch::ensure()?, rest),
+        "gpu-check" => gpu_check::run(rest),
         "tables" => tables::run(&root),
         "new-method" => new_method::run(&root, rest),
         other => anyhow::bail!("unknown command `{other}`; `cargo xtask help` lists them"),

@@ -22,6 +22,8 @@ pub struct Args {
     pub force: bool,
     /// `--set PROFILE_KEY=VALUE`, in order.
     pub sets: Vec<String>,
+    /// `--configs-only`: write the plan and its trainings' run configs, train nothing.
+    pub configs_only: bool,
 }
 
 /// Parses the options after the method name; `Ok(None)` after printing `usage` for `--help`.
@@ -35,6 +37,7 @@ pub fn parse_args(args: &[String], usage: &str) -> Result<Option<Args>> {
         results_dir: PathBuf::from("results"),
         force: false,
         sets: Vec::new(),
+        configs_only: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -56,6 +59,7 @@ pub fn parse_args(args: &[String], usage: &str) -> Result<Option<Args>> {
             "--runs-dir" => a.runs_dir = PathBuf::from(value("--runs-dir")?),
             "--results-dir" => a.results_dir = PathBuf::from(value("--results-dir")?),
             "--force" => a.force = true,
+            "--configs-only" => a.configs_only = true,
             "--set" => a.sets.push(value("--set")?),
             // The zoo's choice of methods, as the profile key it sets.
             "--methods" => {
@@ -153,7 +157,7 @@ pub fn usage(plan: &str) -> String {
     format!(
         "usage: selfsup reproduce {plan} [--profile smoke|cpu|paper] [--dataset cifar10] \
          [--data-dir DIR] [--device auto|cpu|cuda:N] [--runs-dir DIR] [--results-dir DIR] \
-         [--set PROFILE_KEY=VALUE]... [--methods a,b,... (zoo)] [--force]"
+         [--set PROFILE_KEY=VALUE]... [--methods a,b,... (zoo)] [--force] [--configs-only]"
     )
 }
 
@@ -176,6 +180,8 @@ mod tests {
         assert!(a.force);
         assert_eq!(a.dataset, "synthetic:64:32");
         assert_eq!(a.runs_dir, PathBuf::from("runs"));
+        assert!(!a.configs_only);
+        assert!(parse_args(&s(&["--configs-only"]), &usage).unwrap().unwrap().configs_only);
         let err = parse_args(&s(&["--profil", "cpu"]), &usage).unwrap_err().to_string();
         assert!(err.contains("unknown argument `--profil`"), "{err}");
         assert!(parse_args(&s(&["--profile"]), &usage)

@@ -31,7 +31,9 @@ pub fn run(args: &[String], registry: &selfsup_core::Registry) -> Result<()> {
     };
     let (profile, profile_why) = cli::choose_profile(&args);
     let device = selfsup_core::device::parse_device(&args.device)?;
-    cli::refuse_paper_on_cpu(&profile, &args.device, device)?;
+    if !args.configs_only {
+        cli::refuse_paper_on_cpu(&profile, &args.device, device)?;
+    }
     let (data_dir, data_why) = cli::data_dir(args.data_dir.as_deref());
     let input = plans::PlanInput {
         name: name.clone(),
@@ -43,6 +45,14 @@ pub fn run(args: &[String], registry: &selfsup_core::Registry) -> Result<()> {
         registered: registry.names().iter().map(|n| n.to_string()).collect(),
     };
     let plan = (entry.build)(&input)?;
+    if args.configs_only {
+        // What `cargo xtask gpu-check` trains a few epochs of, and what a user reads before a
+        // long run: the plan and each training's run config, nothing trained.
+        for path in engine::write_configs(&plan, &args.results_dir)? {
+            println!("{}", path.display());
+        }
+        return Ok(());
+    }
     let env = engine::Env {
         dataset: args.dataset,
         data_dir,

@@ -90,6 +90,22 @@ pub fn cpu_model() -> String {
     )
 }
 
+/// Writes `plan.json` and each training's run config (`configs/<training>.json`) into
+/// `<results_dir>/<plan>/<profile>/`, trains nothing; returns the configs' paths in plan order.
+pub fn write_configs(plan: &Plan, results_dir: &Path) -> Result<Vec<PathBuf>> {
+    plan.validate().map_err(anyhow::Error::msg)?;
+    let res_root = results_dir.join(&plan.name).join(&plan.profile);
+    write_json(&res_root.join("configs").join("profile.json"), &plan.settings)?;
+    write_json(&res_root.join("plan.json"), plan)?;
+    let mut paths = Vec::new();
+    for t in &plan.trainings {
+        let path = res_root.join("configs").join(format!("{}.json", t.name));
+        write_json(&path, &t.config)?;
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
 /// Runs `plan` with the methods of `registry`.
 pub fn run(plan: &Plan, env: &Env, registry: &Registry) -> Result<()> {
     plan.validate().map_err(anyhow::Error::msg)?;
@@ -150,8 +166,7 @@ pub fn run(plan: &Plan, env: &Env, registry: &Registry) -> Result<()> {
         test_set.len(),
         full_test.len()
     ));
-    write_json(&res_root.join("configs").join("profile.json"), &plan.settings)?;
-    write_json(&res_root.join("plan.json"), plan)?;
+    write_configs(plan, &env.results_dir)?;
 
     let mut st = stages::Stages {
         plan,
