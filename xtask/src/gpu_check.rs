@@ -259,7 +259,8 @@ pub fn run(args: &[String]) -> Result<()> {
         let (s, steps) = steady(&epoch_lines(&metrics)).context("no epoch lines in metrics")?;
         let images_s = (steps * batch) as f64 / s;
         let full_s = s * full_epochs as f64;
-        let t = target(m, s, full_s, batch);
+        // The targets are the paper protocols'; a smoke or cpu profile has none.
+        let t = if o.profile == "paper" { target(m, s, full_s, batch) } else { None };
         println!(
             "{m:<8} {}: {s:.2} s/epoch ({} steps of {batch}), {images_s:.0} images/s, GPU \
              memory {}, {o_epochs} epochs in {wall:.0} s; the full {full_epochs} epochs: {:.1} \
