@@ -172,13 +172,13 @@ pub fn run(args: &[String]) -> Result<()> {
         // epoch took 28 minutes at ~300 images/s).
         .args(["--set", "train.deterministic=false"]);
     let w = watch(c, &tmp.join("loader.log"))?;
-    let (settled, max) = growth(&w.samples, w.seconds).context("no memory samples were read")?;
-    let grew = max - settled;
-    // `settled` and `max`: the medians of the second and the last fifth.
+    // The medians of the run's second and last fifths.
+    let (settled, last) = growth(&w.samples, w.seconds).context("no memory samples were read")?;
+    let grew = last - settled;
     let flat = grew <= FLAT_MIB;
     println!(
         "loader, {spec} (10x CIFAR-10's training set), tiny trunk, one epoch: anonymous \
-         resident {settled:.0} MiB (median of the second fifth), {max:.0} MiB (of the last) ({grew:+.0} \
+         resident {settled:.0} MiB (median of the second fifth), {last:.0} MiB (of the last) ({grew:+.0} \
          MiB: {}), peak resident {:.0} MiB, {:.0} s",
         if flat { "flat" } else { "NOT flat" },
         mib(w.peak_kb),
@@ -187,7 +187,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let pixels_mib = (o.loader_images * 32 * 32 * 3) as f64 / (1024.0 * 1024.0);
     report["loader"] = json!({
         "dataset": spec, "pixels_mib": pixels_mib, "anon_mib_median_second_fifth": settled,
-        "anon_mib_median_last_fifth": max, "growth_mib": grew, "flat_within_mib": FLAT_MIB, "flat": flat,
+        "anon_mib_median_last_fifth": last, "growth_mib": grew, "flat_within_mib": FLAT_MIB, "flat": flat,
         "peak_resident_mib": mib(w.peak_kb), "seconds": w.seconds,
         "samples_s_rss_anon_kb": w.samples.iter().step_by(10).collect::<Vec<_>>(),
     });

@@ -12,7 +12,6 @@
 //! images of the same number and size (`synthetic:50000:32`): speed does not depend on the
 //! pixels, and a device machine may not carry the dataset. On a CPU, `--device cpu --profile
 //! smoke` runs the same path in seconds.
-use crate::libtorch::Torch;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -164,21 +163,6 @@ fn target(method: &str, s_per_epoch: f64, full_s: f64, batch: u64) -> Option<(St
     }
 }
 
-/// Finds the libtorch a binary built elsewhere runs against: `SELFSUP_LIBTORCH`, else the
-/// installed `torch` package of `python3` (as on the device machines), else xtask's own.
-fn installed_torch() -> Result<Torch> {
-    if std::env::var_os("SELFSUP_LIBTORCH").is_none() {
-        let out = Command::new("python3")
-            .args(["-c", "import os, torch; print(os.path.dirname(torch.__file__))"])
-            .output();
-        if let Some(out) = out.ok().filter(|o| o.status.success()) {
-            let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            return Ok(Torch { libtorch: PathBuf::from(dir), python: "python3".into() });
-        }
-    }
-    crate::libtorch::ensure()
-}
-
 /// Runs the check.
 pub fn run(args: &[String]) -> Result<()> {
     let o = parse(args)?;
@@ -187,7 +171,7 @@ pub fn run(args: &[String]) -> Result<()> {
             if !b.is_file() {
                 bail!("--binary {}: no such file", b.display());
             }
-            (b.clone(), installed_torch()?)
+            (b.clone(), crate::libtorch::installed()?)
         }
         None => (crate::tasks::build_release()?, crate::libtorch::ensure()?),
     };

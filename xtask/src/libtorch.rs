@@ -97,6 +97,23 @@ fn find_torch_in_venv(venv: &Path) -> Option<PathBuf> {
     })
 }
 
+/// The libtorch a binary built elsewhere runs against: `SELFSUP_LIBTORCH`, else the `torch`
+/// package that `python3` imports (as on the device machines), else [`ensure`]'s; each checked
+/// to hold libtorch at the version tch needs.
+pub fn installed() -> Result<Torch> {
+    if std::env::var_os("SELFSUP_LIBTORCH").is_none() {
+        let out = Command::new("python3")
+            .args(["-c", "import os, torch; print(os.path.dirname(torch.__file__))"])
+            .output();
+        if let Some(out) = out.ok().filter(|o| o.status.success()) {
+            let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            check_libtorch(&dir).context("python3's torch")?;
+            return Ok(Torch { libtorch: dir, python: "python3".into() });
+        }
+    }
+    ensure()
+}
+
 /// Finds or installs libtorch.
 pub fn ensure() -> Result<Torch> {
     if let Ok(dir) = std::env::var("SELFSUP_LIBTORCH") {

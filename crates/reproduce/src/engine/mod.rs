@@ -173,7 +173,6 @@ pub fn run(plan: &Plan, env: &Env, registry: &Registry) -> Result<()> {
         env,
         registry,
         run_root: run_root.clone(),
-        res_root: res_root.clone(),
         log,
         records: Vec::new(),
         full_train,

@@ -20,7 +20,6 @@ pub(super) struct Stages<'a> {
     pub env: &'a Env,
     pub registry: &'a Registry,
     pub run_root: PathBuf,
-    pub res_root: PathBuf,
     pub log: Log,
     /// `{stage, skipped, seconds}` of every stage, in order.
     pub records: Vec<Value>,
@@ -39,7 +38,6 @@ impl Stages<'_> {
     /// checkpoint. Returns `done.json`: `{summary, seconds, last_epoch}`.
     pub fn train(&mut self, t: &Training) -> Result<Value> {
         let name = &t.name;
-        write_json(&self.res_root.join("configs").join(format!("{name}.json")), &t.config)?;
         let dir = self.run_root.join(name);
         let done = dir.join("done.json");
         if done.exists() {
