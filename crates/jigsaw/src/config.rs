@@ -42,14 +42,28 @@ pub struct JigsawConfig {
     /// Side of the grid the trunk's last feature map of a tile is max-pooled to before `fc6`
     /// (the official `Network.py` flattens AlexNet's 3×3 `pool5` of a 75-pixel tile, so `fc6`
     /// knows where in the tile a feature sits). Default 3; 1 takes the map's global maximum
-    /// (versions before `pool5` averaged the map).
+    /// (or mean, see `pool5_op`).
     pub pool5: i64,
+    /// How each `pool5` cell is reduced: `max` (default, the official max-pooling) or `mean`
+    /// (adaptive average pooling; with `pool5 = 1` the global mean the versions before
+    /// `pool5` used, which probes best at the small cpu profile).
+    pub pool5_op: Pool5Op,
     /// Width of the per-tile fully connected layer `fc6` (shared across tiles). Default 1024.
     pub fc6: i64,
     /// Width of `fc7`, on the nine `fc6` outputs concatenated in slot order. Default 4096.
     pub fc7: i64,
     /// Dropout after `fc6` and `fc7` in training. Default 0.5.
     pub dropout: f64,
+}
+
+/// The reduction of each `pool5` cell of a tile's last feature map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pool5Op {
+    /// The cell's maximum (official `Network.py`: AlexNet's max-pooled `pool5`).
+    Max,
+    /// The cell's mean.
+    Mean,
 }
 
 impl Default for JigsawConfig {
@@ -66,6 +80,7 @@ impl Default for JigsawConfig {
             rgb_jitter: 2,
             normalize_tiles: true,
             pool5: 3,
+            pool5_op: Pool5Op::Max,
             fc6: 1024,
             fc7: 4096,
             dropout: 0.5,

@@ -20,7 +20,7 @@ pub mod method;
 pub mod permutations;
 pub mod puzzle;
 
-pub use config::JigsawConfig;
+pub use config::{JigsawConfig, Pool5Op};
 pub use error::JigsawError;
 pub use method::Jigsaw;
 

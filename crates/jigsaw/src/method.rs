@@ -3,7 +3,7 @@
 //! official `pool5`, 3×3 at 75-pixel tiles) and flattened through a shared `fc6`, the
 //! nine `fc6` outputs concatenated in slot order, `fc7`, and `fc8` to the P-way softmax over
 //! the permutation set.
-use crate::config::JigsawConfig;
+use crate::config::{JigsawConfig, Pool5Op};
 use crate::permutations::{maximal_hamming, Perm, TILES};
 use crate::puzzle::make_puzzles;
 use crate::JigsawError;
@@ -62,10 +62,15 @@ impl Jigsaw {
     ///
     /// # Shapes
     /// `tiles`: `(B·9, C, T, T)` in slot order; the trunk's last map `(B·9, D, h, w)` is
-    /// max-pooled to `(B·9, D, pool5, pool5)` and flattened; returns `(B, P)`.
+    /// pooled (`pool5_op`: max or mean) to `(B·9, D, pool5, pool5)` and flattened; returns
+    /// `(B, P)`.
     pub fn logits_t(&self, tiles: &Tensor, train: bool) -> Tensor {
         let feats = nn::ModuleT::forward_t(&*self.encoder, tiles, train);
-        let (pooled, _) = feats.adaptive_max_pool2d([self.cfg.pool5, self.cfg.pool5]);
+        let side = [self.cfg.pool5, self.cfg.pool5];
+        let pooled = match self.cfg.pool5_op {
+            Pool5Op::Max => feats.adaptive_max_pool2d(side).0,
+            Pool5Op::Mean => feats.adaptive_avg_pool2d(side),
+        };
         let h = self.fc6.forward(&pooled.flatten(1, -1)).relu().dropout(self.cfg.dropout, train);
         let b = h.size()[0] / TILES as i64;
         let h = h.reshape([b, TILES as i64 * self.cfg.fc6]);

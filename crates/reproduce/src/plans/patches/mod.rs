@@ -35,15 +35,15 @@
 //! layers in the puzzle. Jigsaw and CPC upsample the image (to 63 and
 //! 48) so that each piece the trunk sees is 16 pixels (conv5 4×4), keeping gaps and jitter in
 //! proportion to the papers' (jigsaw: 16-pixel tiles in 21-pixel cells, against 64 in 85).
-//! Jigsaw's `fc6` reads each tile's conv5 map through its global maximum (`pool5` 1), not
-//! the official network's flattened pool5 grid (the default, 3×3 at 75-pixel tiles). Three
-//! heads measured end to end at this profile (linear probe minus random init, conv1..conv5,
-//! probe seeds 0-2; pretext accuracy of the last epoch): the global maximum +0.05 / −3.94 /
-//! −5.31 / −6.71 / −9.72 (61.0%; the committed table); the 4×4 map max-pooled to 2×2 +2.39 /
-//! −3.46 / −3.18 / −5.27 / −11.76 (92.8%); the global mean of versions before `pool5`
-//! +4.13 / −1.43 / −2.92 / −5.38 / −7.53 (98.5%; a 1-thread run). The last two ran with the
-//! older ablation (tiles grown to fill their cells). The mean head probed best and has no
-//! switch yet.
+//! Jigsaw's `fc6` reads each tile's conv5 map through its global mean (`pool5` 1,
+//! `pool5_op` mean), not the official network's flattened max-pooled pool5 grid (the default,
+//! 3×3 at 75-pixel tiles). Three heads measured end to end at this profile (linear probe minus
+//! random init, conv1..conv5, probe seeds 0-2; pretext accuracy of the last epoch): the global
+//! mean +3.98 / −1.23 / −2.91 / −5.06 / −6.23 (97.9%; the committed table, and the only one
+//! whose gap and jitter pay: +2.38 ± 0.39 over its ablation at conv1); the global maximum
+//! +0.05 / −3.94 / −5.31 / −6.71 / −9.72 (61.0%; its ablation probed 2.67 better at conv1);
+//! the 4×4 map max-pooled to 2×2 +2.39 / −3.46 / −3.18 / −5.27 / −11.76 (92.8%; with the older
+//! ablation, tiles grown to fill their cells).
 //! The measurements behind each profile are in [`Profile::cpu`]'s docs and each results
 //! folder's `run.log`.
 mod profile;
@@ -292,6 +292,7 @@ mod tests {
         assert_eq!(p.ablation["crop"], 3 * p.method_config["tile"].as_u64().unwrap());
         assert_eq!(p.ablation["random_position"], false);
         assert_eq!(p.method_config["pool5"], 1);
+        assert_eq!(p.method_config["pool5_op"], "mean");
         let p = Profile::resolve("cpc", "cpu", &[]).unwrap();
         assert_eq!(p.ablation["patch_augment"], false);
         // The paper profiles keep the crates' ImageNet geometry and P = 1000.
