@@ -3,6 +3,8 @@
 //!
 //! Every error ends the process with a non-zero exit code and one line on stderr, panics from
 //! libtorch included (a shape that does not fit an encoder, say).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod alloc;
 mod cli;
 
 /// The first line of a panic's message.

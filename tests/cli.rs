@@ -391,3 +391,23 @@ fn reproduce_configs_only_writes_the_plan_s_run_configs_and_trains_nothing() {
     assert!(!dir.path().join("runs").exists(), "nothing trained");
     assert!(!dir.path().join("res/rotnet/paper/run.log").exists());
 }
+
+/// The binary's C allocator is jemalloc, keeping freed pages (`src/alloc.rs`): its statistics,
+/// printed at exit on request through `MALLOC_CONF`, show the options in force.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_c_allocator_is_jemalloc_keeping_freed_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_selfsup"))
+        .arg("methods")
+        .current_dir(dir.path())
+        .env("MALLOC_CONF", "stats_print:true")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stats = String::from_utf8_lossy(&out.stderr);
+    assert!(stats.contains("Begin jemalloc statistics"), "{stats}");
+    for opt in ["opt.dirty_decay_ms: -1", "opt.muzzy_decay_ms: -1"] {
+        assert!(stats.contains(opt), "{opt} missing from:\n{stats}");
+    }
+}

@@ -47,13 +47,13 @@ fn parse(args: &[String]) -> Result<Opts> {
 
 /// What [`watch`] saw of a process.
 #[derive(Debug, Default)]
-struct Watched {
+pub(crate) struct Watched {
     /// `(seconds since start, VmRSS kB, RssAnon kB)` every 100 ms.
-    samples: Vec<(f64, u64, u64)>,
+    pub samples: Vec<(f64, u64, u64)>,
     /// The largest `VmHWM` read (kB): the peak resident set up to the last sample.
-    peak_kb: u64,
+    pub peak_kb: u64,
     /// Wall seconds.
-    seconds: f64,
+    pub seconds: f64,
 }
 
 /// A `kB` field of a `/proc/<pid>/status` text.
@@ -62,11 +62,14 @@ fn status_kb(status: &str, key: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Runs `cmd` to its end, sampling its memory every 100 ms; its stderr goes to `log`.
-fn watch(mut cmd: Command, log: &Path) -> Result<Watched> {
+/// Runs `cmd` to its end, sampling its memory every 100 ms; its stdout goes to `stdout`, its
+/// stderr to `log` (whose last line a failure quotes).
+pub(crate) fn watch(mut cmd: Command, log: &Path, stdout: Stdio) -> Result<Watched> {
     let err = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let start = Instant::now();
-    let mut child = cmd.stdout(Stdio::null()).stderr(err).spawn().context("starting selfsup")?;
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut child =
+        cmd.stdout(stdout).stderr(err).spawn().with_context(|| format!("starting {program}"))?;
     let status_path = format!("/proc/{}/status", child.id());
     let mut w = Watched::default();
     let status = loop {
@@ -84,7 +87,8 @@ fn watch(mut cmd: Command, log: &Path) -> Result<Watched> {
     w.seconds = start.elapsed().as_secs_f64();
     if !status.success() {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        bail!("selfsup failed ({status}): {}", text.lines().last().unwrap_or("").trim());
+        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        bail!("{program} failed ({status}), see {}: {last}", log.display());
     }
     Ok(w)
 }
@@ -150,7 +154,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let mut c = base("epoch");
         c.arg("--config").arg(config);
         c.args(["--set", "train.epochs=1", "--set", &format!("data.data_dir={data}")]);
-        let w = watch(c, &tmp.join("epoch.log"))?;
+        let w = watch(c, &tmp.join("epoch.log"), Stdio::null())?;
         println!(
             "RotNet cpu profile, one epoch of CIFAR-10 ({} threads, {cpu}): peak resident {:.0} \
              MiB, {:.0} s",
@@ -171,7 +175,7 @@ pub fn run(args: &[String]) -> Result<()> {
         // oneDNN on: the steps only load the CPU while the loader is watched (with it off the
         // epoch took 28 minutes at ~300 images/s).
         .args(["--set", "train.deterministic=false"]);
-    let w = watch(c, &tmp.join("loader.log"))?;
+    let w = watch(c, &tmp.join("loader.log"), Stdio::null())?;
     // The medians of the run's second and last fifths.
     let (settled, last) = growth(&w.samples, w.seconds).context("no memory samples were read")?;
     let grew = last - settled;

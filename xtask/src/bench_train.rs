@@ -1,70 +1,333 @@
-//! `cargo xtask bench train`: steady-state RotNet training throughput of the `selfsup` binary
-//! against the same steps in PyTorch (`bench/rotnet_step.py`), on the same machine and threads.
+//! `cargo xtask bench train [--methods rotnet,simclr] [--backbone cpu|large] [--steps 5]
+//! [--threads 2] [--repeats 3]`: steady-state training throughput of the release `selfsup` binary against the
+//! same steps in PyTorch (`bench/train_step.py`), on the same machine and threads, in every
+//! configuration the CPU offers: fp32, channels-last, and channels-last with bf16 autocast where
+//! the CPU has AMX or AVX512-BF16 (elsewhere bf16 is skipped, and said so).
 //!
-//! selfsup's step time is taken as the difference of two runs (`max_steps` = 2 and 2 + N) so that
-//! start-up and the first steps' kernel selection are excluded, as the Python script excludes
-//! its warm-up step. Both use fp32 and the same NIN, batch and thread count.
+//! The step of each method is its `cpu` reproduction's pretraining (the first training of
+//! `selfsup reproduce <method> --profile cpu --configs-only`): its encoder, batch, optimizer and
+//! method config, on generated 32-pixel images (`synthetic:N:32`), with oneDNN on
+//! (`train.deterministic = false`). `--backbone large` swaps in the issue's networks at batch
+//! 128: RotNet's NIN of width 192, SimCLR's ResNet-18 with the CIFAR stem.
+//!
+//! selfsup's step time is the difference of two runs (`max_steps` = 2 and 2 + N) so that
+//! start-up and the first steps' kernel selection are excluded; its loader builds the views
+//! (RotNet's crop and flip, SimCLR's full augmentation) in threads beside the compute threads,
+//! as in training. PyTorch's step draws its batch once and runs no data pipeline, so the
+//! comparison leans towards PyTorch. PyTorch runs each configuration with its default optimizer,
+//! with `fused=True`, and with `fused=True` on jemalloc preloaded with the options the
+//! `selfsup` binary gives its own (where Debian's `libjemalloc2` is installed); its best is the
+//! fastest of all its runs. Every measurement is repeated (`--repeats`) and the fastest kept:
+//! on a shared 2-core machine single short runs of the same step differed by up to 40%. The
+//! peak resident set of
+//! each process is read from `/proc/<pid>/status` (`VmHWM`) every 100 ms.
+//!
+//! Prints a table per method and writes it to `results/bench/train.json` as soon as it is
+//! measured (`[backbone][method]`, replaced when measured again, the others kept), with the
+//! CPU's name and the command.
+use crate::bench_memory::{cpu_name, watch};
 use crate::libtorch::Torch;
 use anyhow::{bail, Context, Result};
-use std::process::Command;
-use std::time::Instant;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const USAGE: &str = "usage: cargo xtask bench train [--methods rotnet,simclr] \
+                     [--backbone cpu|large] [--steps 5] [--threads 2] [--repeats 3]";
+
+/// The methods with a PyTorch reference step in `bench/train_step.py`.
+const METHODS: [&str; 2] = ["rotnet", "simclr"];
 
 struct Opts {
-    width: u32,
-    batch: u32,
-    steps: u32,
-    threads: u32,
+    methods: Vec<String>,
+    large: bool,
+    steps: usize,
+    threads: usize,
+    repeats: usize,
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
-    let mut o = Opts { width: 192, batch: 32, steps: 5, threads: 2 };
+    let mut o = Opts {
+        methods: METHODS.iter().map(|m| m.to_string()).collect(),
+        large: false,
+        steps: 5,
+        threads: 2,
+        repeats: 3,
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let v = it.next().with_context(|| format!("{a} needs a value"))?;
-        let n: u32 = v.parse().with_context(|| format!("{a} {v}: not a number"))?;
         match a.as_str() {
-            "--width" => o.width = n,
-            "--batch" => o.batch = n,
-            "--steps" => o.steps = n,
-            "--threads" => o.threads = n,
-            other => bail!("unknown option `{other}` (--width, --batch, --steps, --threads)"),
+            "--steps" => o.steps = crate::bench_data::number(&mut it, a, USAGE)?,
+            "--threads" => o.threads = crate::bench_data::number(&mut it, a, USAGE)?,
+            "--repeats" => o.repeats = crate::bench_data::number(&mut it, a, USAGE)?,
+            "--methods" => {
+                let v = it.next().with_context(|| format!("--methods needs a value; {USAGE}"))?;
+                o.methods = v.split(',').map(|m| m.trim().to_string()).collect();
+                if let Some(m) = o.methods.iter().find(|m| !METHODS.contains(&m.as_str())) {
+                    bail!("--methods: `{m}` has no PyTorch reference step (have {METHODS:?})");
+                }
+            }
+            "--backbone" => match it.next().map(String::as_str) {
+                Some("cpu") => o.large = false,
+                Some("large") => o.large = true,
+                other => bail!("--backbone {}: expected cpu or large", other.unwrap_or("")),
+            },
+            other => bail!("unknown option `{other}`; {USAGE}"),
         }
+    }
+    if o.steps == 0 || o.threads == 0 || o.repeats == 0 {
+        bail!("--steps, --threads and --repeats must be at least 1");
     }
     Ok(o)
 }
 
-fn selfsup_seconds(bin: &std::path::Path, t: &Torch, o: &Opts, steps: u32) -> Result<f64> {
-    let dir =
-        std::env::temp_dir().join(format!("selfsup-bench-train-{}-{steps}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+/// One configuration of the step: memory format and autocast.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    name: &'static str,
+    channels_last: bool,
+    bf16: bool,
+}
+
+const MODES: [Mode; 3] = [
+    Mode { name: "fp32", channels_last: false, bf16: false },
+    Mode { name: "channels-last", channels_last: true, bf16: false },
+    Mode { name: "channels-last + bf16", channels_last: true, bf16: true },
+];
+
+/// Whether `/proc/cpuinfo`'s flags include `amx_bf16` or `avx512_bf16` (the rule of
+/// `selfsup_core::precision::cpu_supports_bf16`, which refuses bf16 elsewhere).
+fn cpu_has_bf16(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .flat_map(|l| l.split_whitespace())
+        .any(|f| f == "amx_bf16" || f == "avx512_bf16")
+}
+
+/// The pretraining config of `method`'s cpu reproduction (the plan's first training), read
+/// from `selfsup reproduce <method> --profile cpu --configs-only` in `tmp`.
+fn cpu_profile_config(bin: &Path, t: &Torch, method: &str, tmp: &Path) -> Result<Value> {
     let mut c = Command::new(bin);
     t.apply(&mut c);
-    c.args(["train", "--method", "rotnet", "--device", "cpu", "--no-progress", "--out"])
-        .arg(&dir)
-        .args(["--data", &format!("synthetic:{}:32", o.batch * (steps + 1))])
-        .args([
-            "--set",
-            &format!("encoder={{\"kind\":\"nin\",\"blocks\":4,\"width\":{}}}", o.width),
-        ])
-        .args(["--set", &format!("train.batch_size={}", o.batch)])
-        .args(["--set", &format!("train.max_steps={steps}")])
-        .args(["--set", &format!("train.threads={}", o.threads)])
-        .args(["--set", "train.deterministic=false"])
+    c.args(["reproduce", method, "--profile", "cpu", "--configs-only", "--runs-dir"])
+        .arg(tmp.join("runs"))
+        .arg("--results-dir")
+        .arg(tmp.join("results"))
         .env("RUST_LOG", "warn");
-    let start = Instant::now();
-    let out = c.output().context("running selfsup")?;
-    let secs = start.elapsed().as_secs_f64();
-    let _ = std::fs::remove_dir_all(&dir);
+    let out = c.output().context("running selfsup reproduce --configs-only")?;
     if !out.status.success() {
-        bail!("selfsup train failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "selfsup reproduce {method} --configs-only: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    Ok(secs)
+    let path = tmp.join("results").join(method).join("cpu").join("plan.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let plan: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    plan["trainings"][0]["config"]
+        .as_object()
+        .map(|c| Value::Object(c.clone()))
+        .with_context(|| format!("{}: no trainings[0].config", path.display()))
+}
+
+/// The benchmarked config: `base` with `--backbone large`'s network when asked, oneDNN on,
+/// the thread count, and the mode's memory format and precision.
+fn step_config(base: &Value, method: &str, large: bool, threads: usize, mode: Mode) -> Value {
+    let mut c = base.clone();
+    if large {
+        c["encoder"] = match method {
+            "rotnet" => json!({"kind": "nin", "blocks": 4, "width": 192}),
+            _ => json!({"kind": "resnet18", "stem": "cifar"}),
+        };
+        c["train"]["batch_size"] = json!(128);
+    }
+    c["device"] = json!("cpu");
+    c["train"]["deterministic"] = json!(false);
+    c["train"]["threads"] = json!(threads);
+    c["train"]["channels_last"] = json!(mode.channels_last);
+    c["train"]["precision"] = json!(if mode.bf16 { "bf16" } else { "fp32" });
+    c
+}
+
+/// `bench/train_step.py`'s arguments for the same step as `cfg`.
+fn python_args(method: &str, cfg: &Value, steps: usize, threads: usize) -> Result<Vec<String>> {
+    let opt = &cfg["train"]["optimizer"];
+    if opt["kind"] != "sgd" {
+        bail!("{method}: the PyTorch reference runs SGD, the config has {}", opt["kind"]);
+    }
+    let num = |v: &Value, what: &str| v.as_f64().with_context(|| format!("{method}: no {what}"));
+    let mut a = vec![
+        "bench/train_step.py".to_string(),
+        format!("--method={method}"),
+        format!("--encoder={}", cfg["encoder"]),
+        format!("--batch={}", cfg["train"]["batch_size"]),
+        format!("--steps={steps}"),
+        format!("--threads={threads}"),
+        format!("--lr={}", num(&opt["lr"], "train.optimizer.lr")?),
+        format!("--momentum={}", num(&opt["momentum"], "train.optimizer.momentum")?),
+        format!("--weight-decay={}", num(&opt["weight_decay"], "train.optimizer.weight_decay")?),
+    ];
+    if opt["nesterov"] == true {
+        a.push("--nesterov".into());
+    }
+    if method == "simclr" {
+        let t = cfg["method_config"]["temperature"].as_f64().unwrap_or(0.5);
+        a.push(format!("--temperature={t}"));
+    }
+    Ok(a)
+}
+
+/// One mode's measurements: selfsup's, and PyTorch's in each variant.
+struct Row {
+    mode: Mode,
+    cfg: Value,
+    ours: Measured,
+    theirs: Vec<(&'static str, Measured)>,
+}
+
+impl Row {
+    /// PyTorch's fastest variant in this mode (images per second).
+    fn best_theirs(&self) -> f64 {
+        self.theirs.iter().map(|(_, m)| m.images_per_s).fold(0.0, f64::max)
+    }
+}
+
+/// One measured process: images per second and peak resident MiB.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    images_per_s: f64,
+    seconds_per_step: f64,
+    peak_mib: f64,
+}
+
+/// Wall seconds and peak resident kB of `selfsup train` on `cfg` for `steps` steps.
+fn selfsup_run(bin: &Path, t: &Torch, cfg: &Value, steps: usize, dir: &Path) -> Result<(f64, u64)> {
+    let run = dir.join(format!("run-{steps}"));
+    let _ = std::fs::remove_dir_all(&run);
+    let mut cfg = cfg.clone();
+    cfg["train"]["max_steps"] = json!(steps);
+    let batch = cfg["train"]["batch_size"].as_u64().context("train.batch_size")?;
+    let cfg_path = dir.join(format!("config-{steps}.json"));
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg)?)?;
+    let mut c = Command::new(bin);
+    t.apply(&mut c);
+    c.args(["train", "--no-progress", "--config"])
+        .arg(&cfg_path)
+        .args(["--data", &format!("synthetic:{}:32", batch * (steps as u64 + 1))])
+        .arg("--out")
+        .arg(&run)
+        .env("RUST_LOG", "warn");
+    let w = watch(c, &dir.join(format!("selfsup-{steps}.log")), Stdio::null())?;
+    let _ = std::fs::remove_dir_all(&run);
+    Ok((w.seconds, w.peak_kb))
+}
+
+/// selfsup's steady-state step on `cfg`: the difference of a 2-step and a (2 + steps)-step run.
+/// Each run is repeated `repeats` times and the fastest kept (the least disturbed by the rest
+/// of the machine).
+fn selfsup_step(
+    bin: &Path,
+    t: &Torch,
+    cfg: &Value,
+    steps: usize,
+    repeats: usize,
+    dir: &Path,
+) -> Result<Measured> {
+    let (mut short, mut long, mut peak) = (f64::INFINITY, f64::INFINITY, 0);
+    for _ in 0..repeats {
+        short = short.min(selfsup_run(bin, t, cfg, 2, dir)?.0);
+        let (secs, kb) = selfsup_run(bin, t, cfg, 2 + steps, dir)?;
+        long = long.min(secs);
+        peak = peak.max(kb);
+    }
+    check_difference(short, long, steps)?;
+    let step = (long - short) / steps as f64;
+    let batch = cfg["train"]["batch_size"].as_f64().context("train.batch_size")?;
+    Ok(Measured {
+        images_per_s: batch / step,
+        seconds_per_step: step,
+        peak_mib: peak as f64 / 1024.0,
+    })
+}
+
+/// One way of running PyTorch's step: its optimizer, and the C allocator it runs on.
+#[derive(Debug, Clone)]
+struct Variant {
+    name: &'static str,
+    fused: bool,
+    /// A jemalloc library to preload, with the options selfsup gives its own jemalloc.
+    jemalloc: Option<PathBuf>,
+}
+
+/// Where Debian's `libjemalloc2` puts the library (`apt-get install libjemalloc2`).
+const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+
+/// PyTorch's variants: as a new user runs it, with `fused=True`, and with `fused=True` on
+/// jemalloc (preloaded, as Intel's CPU tuning guide advises) where `jemalloc` exists.
+fn variants(jemalloc: &Path) -> Vec<Variant> {
+    let mut v = vec![
+        Variant { name: "default", fused: false, jemalloc: None },
+        Variant { name: "fused", fused: true, jemalloc: None },
+    ];
+    if jemalloc.exists() {
+        v.push(Variant {
+            name: "fused + jemalloc",
+            fused: true,
+            jemalloc: Some(jemalloc.to_path_buf()),
+        });
+    }
+    v
+}
+
+/// PyTorch's step through `bench/train_step.py` with `args`, the mode's flags and the variant.
+fn python_step(
+    t: &Torch,
+    args: &[String],
+    mode: Mode,
+    variant: &Variant,
+    dir: &Path,
+) -> Result<Measured> {
+    let mut c = Command::new(&t.python);
+    c.args(args);
+    if let Some(lib) = &variant.jemalloc {
+        c.env("LD_PRELOAD", lib).env("MALLOC_CONF", "dirty_decay_ms:-1,muzzy_decay_ms:-1");
+    }
+    if mode.channels_last {
+        c.arg("--channels-last");
+    }
+    if mode.bf16 {
+        c.arg("--bf16");
+    }
+    if variant.fused {
+        c.arg("--fused");
+    }
+    let out_path = dir.join("python.out");
+    let out = std::fs::File::create(&out_path)?;
+    let w = watch(c, &dir.join("python.log"), Stdio::from(out))?;
+    let text = std::fs::read_to_string(&out_path)?;
+    let v: Value = serde_json::from_str(text.trim())
+        .with_context(|| format!("bench/train_step.py printed `{}`", text.trim()))?;
+    Ok(Measured {
+        images_per_s: v["images_per_s"].as_f64().context("images_per_s missing")?,
+        seconds_per_step: v["seconds_per_step"].as_f64().context("seconds_per_step missing")?,
+        peak_mib: w.peak_kb as f64 / 1024.0,
+    })
+}
+
+/// The fastest of repeated runs, with the largest peak memory seen.
+fn fastest(runs: Vec<Measured>) -> Measured {
+    let peak = runs.iter().map(|m| m.peak_mib).fold(0.0, f64::max);
+    let best = runs.into_iter().max_by(|a, b| a.images_per_s.total_cmp(&b.images_per_s));
+    Measured { peak_mib: peak, ..best.expect("at least one run") }
 }
 
 /// Refuses a step time taken from two runs whose difference is lost in the start-up time
 /// (a small, fast configuration with few `--steps`): the `steps` timed steps must take at
 /// least a quarter of the short run's `short` seconds.
-fn check_difference(short: f64, long: f64, steps: u32) -> Result<()> {
+fn check_difference(short: f64, long: f64, steps: usize) -> Result<()> {
     let timed = long - short;
     if timed < 0.25 * short {
         bail!(
@@ -75,34 +338,165 @@ fn check_difference(short: f64, long: f64, steps: u32) -> Result<()> {
     Ok(())
 }
 
-/// Runs the benchmark and prints both throughputs and their ratio.
+/// The issue's target ratio against PyTorch's best configuration.
+fn target(method: &str) -> f64 {
+    if matches!(method, "rotnet" | "simclr") {
+        1.2
+    } else {
+        1.0
+    }
+}
+
+fn measured_json(m: &Measured) -> Value {
+    json!({
+        "images_per_s": round(m.images_per_s, 2),
+        "seconds_per_step": round(m.seconds_per_step, 4),
+        "peak_rss_mib": round(m.peak_mib, 0),
+    })
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+/// Runs the benchmark, prints the tables and writes `results/bench/train.json`.
 pub fn run(t: &Torch, args: &[String]) -> Result<()> {
     let o = parse(args)?;
     let bin = crate::tasks::build_release()?;
-    let short = selfsup_seconds(&bin, t, &o, 2)?;
-    let long = selfsup_seconds(&bin, t, &o, 2 + o.steps)?;
-    check_difference(short, long, o.steps)?;
-    let step = (long - short) / o.steps as f64;
-    let ours = o.batch as f64 / step;
-    let out = Command::new(&t.python)
-        .arg("bench/rotnet_step.py")
-        .args(["--width", &o.width.to_string(), "--batch", &o.batch.to_string()])
-        .args(["--steps", &o.steps.to_string(), "--threads", &o.threads.to_string()])
-        .output()
-        .context("running bench/rotnet_step.py")?;
-    if !out.status.success() {
-        bail!("bench/rotnet_step.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let bf16 = cpu_has_bf16(&info);
+    let modes: Vec<Mode> = MODES.iter().copied().filter(|m| bf16 || !m.bf16).collect();
+    let cpu = cpu_name();
+    let tmp = std::env::temp_dir().join(format!("selfsup-bench-train-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let backbone = if o.large { "large" } else { "cpu" };
+    let pytorch = variants(Path::new(JEMALLOC));
+    for method in &o.methods {
+        let base = cpu_profile_config(&bin, t, method, &tmp)?;
+        let mut rows = Vec::new();
+        for &mode in &modes {
+            let cfg = step_config(&base, method, o.large, o.threads, mode);
+            let py = python_args(method, &cfg, o.steps, o.threads)?;
+            let ours = selfsup_step(&bin, t, &cfg, o.steps, o.repeats, &tmp)?;
+            let theirs = pytorch
+                .iter()
+                .map(|v| {
+                    let runs = (0..o.repeats)
+                        .map(|_| python_step(t, &py, mode, v, &tmp))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok((v.name, fastest(runs)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            rows.push(Row { mode, cfg, ours, theirs });
+        }
+        let ours_best = rows
+            .iter()
+            .max_by(|a, b| a.ours.images_per_s.total_cmp(&b.ours.images_per_s))
+            .context("no mode measured")?;
+        let (torch_row, (torch_variant, torch_b)) = rows
+            .iter()
+            .flat_map(|r| r.theirs.iter().map(move |v| (r, v)))
+            .max_by(|a, b| a.1 .1.images_per_s.total_cmp(&b.1 .1.images_per_s))
+            .context("no mode measured")?;
+        let ratio = ours_best.ours.images_per_s / torch_b.images_per_s;
+        let enc = &rows[0].cfg["encoder"];
+        let batch = &rows[0].cfg["train"]["batch_size"];
+        println!("\n{method}: encoder {enc}, batch {batch}, {} threads, {cpu}", o.threads);
+        print!("  {:<22} {:>9}", "images/s", "selfsup");
+        for v in &pytorch {
+            print!(" {:>18}", format!("PyTorch {}", v.name));
+        }
+        println!(" {:>7}  peak MiB (selfsup / PyTorch)", "ratio");
+        for r in &rows {
+            print!("  {:<22} {:>9.2}", r.mode.name, r.ours.images_per_s);
+            for (_, m) in &r.theirs {
+                print!(" {:>18.2}", m.images_per_s);
+            }
+            println!(
+                " {:>6.2}x  {:.0} / {:.0}",
+                r.ours.images_per_s / r.best_theirs(),
+                r.ours.peak_mib,
+                r.theirs[0].1.peak_mib
+            );
+        }
+        let goal = target(method);
+        println!(
+            "  best: selfsup {:.2} ({}) against PyTorch {:.2} ({}, {torch_variant}): {ratio:.2}x \
+             (target {goal:.1}x: {})",
+            ours_best.ours.images_per_s,
+            ours_best.mode.name,
+            torch_b.images_per_s,
+            torch_row.mode.name,
+            if ratio >= goal { "met" } else { "not met" }
+        );
+        let case = json!({
+            "command": format!(
+                "cargo xtask bench train --methods {method} --backbone {backbone} --steps {} \
+                 --threads {} --repeats {}",
+                o.steps, o.threads, o.repeats
+            ),
+            "cpu": cpu,
+            "threads": o.threads,
+            "steps": o.steps,
+            "repeats": o.repeats,
+            "bf16": if bf16 { "measured (the CPU has AMX or AVX512-BF16)" }
+                    else { "skipped: the CPU has neither AMX nor AVX512-BF16" },
+            "jemalloc": if Path::new(JEMALLOC).exists() {
+                            format!("PyTorch also ran on {JEMALLOC}")
+                        } else {
+                            format!("{JEMALLOC} missing: PyTorch ran on glibc's malloc only")
+                        },
+            "data": "selfsup: generated 32-pixel images through the method's loader; \
+                     PyTorch: one batch drawn once, no data pipeline",
+            "encoder": enc,
+            "batch_size": batch,
+            "modes": rows.iter().map(|r| json!({
+                "mode": r.mode.name,
+                "selfsup": measured_json(&r.ours),
+                "pytorch": r.theirs.iter().map(|(name, m)| {
+                    let mut j = measured_json(m);
+                    j["variant"] = json!(name);
+                    j
+                }).collect::<Vec<_>>(),
+                "ratio_to_best_pytorch_same_mode": round(r.ours.images_per_s / r.best_theirs(), 3),
+            })).collect::<Vec<_>>(),
+            "best": {
+                "selfsup": ours_best.mode.name,
+                "selfsup_images_per_s": round(ours_best.ours.images_per_s, 2),
+                "pytorch": format!("{}, {torch_variant}", torch_row.mode.name),
+                "pytorch_images_per_s": round(torch_b.images_per_s, 2),
+                "ratio": round(ratio, 3), "target": goal, "met": ratio >= goal,
+            },
+        });
+        write_case(Path::new("results/bench/train.json"), backbone, method, case)?;
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("rotnet_step.py output")?;
-    let torch = v["images_per_s"].as_f64().context("images_per_s missing")?;
-    println!(
-        "RotNet NIN width {} batch {} (x4 rotations), {} threads, fp32, CPU:",
-        o.width, o.batch, o.threads
-    );
-    println!("  selfsup  {ours:8.2} source images/s ({step:.3} s/step)");
-    println!("  PyTorch  {torch:8.2} source images/s");
-    println!("  ratio    {:8.2}x", ours / torch);
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// Sets `[backbone][method]` of the JSON object at `path` (created when missing), as soon as
+/// the method is measured, keeping the other methods' entries.
+fn write_case(path: &Path, backbone: &str, method: &str, case: Value) -> Result<()> {
+    let mut all: Value = match std::fs::read_to_string(path) {
+        Ok(text) => {
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        Err(_) => json!({}),
+    };
+    if !all.is_object() {
+        bail!("{}: not a JSON object", path.display());
+    }
+    if !all[backbone].is_object() {
+        all[backbone] = json!({});
+    }
+    all[backbone][method] = case;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(&all)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("bench train: wrote {} ({backbone}, {method})", path.display());
     Ok(())
 }
 
@@ -116,5 +510,67 @@ mod tests {
         let err = check_difference(2.0, 2.1, 8).unwrap_err().to_string();
         assert!(err.contains("--steps 8") && err.contains("larger --steps"), "{err}");
         assert!(check_difference(2.0, 1.9, 8).is_err());
+    }
+
+    #[test]
+    fn options_name_what_is_wrong() {
+        let o = parse(&[]).unwrap();
+        assert_eq!((o.methods.len(), o.large, o.steps, o.threads, o.repeats), (2, false, 5, 2, 3));
+        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let o = parse(&args("--methods simclr --backbone large --steps 3")).unwrap();
+        assert_eq!((o.methods, o.large, o.steps), (vec!["simclr".to_string()], true, 3));
+        let err = parse(&args("--methods jigsaw")).err().unwrap().to_string();
+        assert!(err.contains("`jigsaw` has no PyTorch reference"), "{err}");
+        let err = parse(&args("--backbone huge")).err().unwrap().to_string();
+        assert!(err.contains("--backbone huge"), "{err}");
+        assert!(parse(&args("--steps 0")).is_err());
+    }
+
+    #[test]
+    fn bf16_follows_the_cpu_flags() {
+        assert!(cpu_has_bf16("flags\t\t: fpu avx512f amx_bf16 amx_tile\n"));
+        assert!(cpu_has_bf16("flags\t\t: fpu avx512_bf16\n"));
+        assert!(!cpu_has_bf16("flags\t\t: fpu avx2 avx512f\nbugs\t: amx_bf16\n"));
+    }
+
+    #[test]
+    fn the_step_config_and_the_python_arguments_describe_the_same_step() {
+        let base = json!({
+            "encoder": {"kind": "nin", "blocks": 4, "width": 16},
+            "train": {"batch_size": 64, "threads": 0, "deterministic": true, "precision": "fp32",
+                      "channels_last": false,
+                      "optimizer": {"kind": "sgd", "lr": 0.1, "momentum": 0.9,
+                                    "nesterov": true, "weight_decay": 0.0005}},
+            "method_config": {},
+        });
+        let cfg = step_config(&base, "rotnet", false, 2, MODES[2]);
+        assert_eq!(cfg["train"]["precision"], "bf16");
+        assert_eq!(cfg["train"]["channels_last"], true);
+        assert_eq!(cfg["train"]["deterministic"], false);
+        assert_eq!(cfg["train"]["threads"], 2);
+        let a = python_args("rotnet", &cfg, 5, 2).unwrap();
+        assert!(a.contains(&r#"--encoder={"blocks":4,"kind":"nin","width":16}"#.to_string()));
+        assert!(a.contains(&"--batch=64".to_string()) && a.contains(&"--nesterov".to_string()));
+        assert!(a.contains(&"--weight-decay=0.0005".to_string()));
+        let large = step_config(&base, "simclr", true, 2, MODES[0]);
+        assert_eq!(large["encoder"], json!({"kind": "resnet18", "stem": "cifar"}));
+        assert_eq!(large["train"]["batch_size"], 128);
+        let mut adam = base.clone();
+        adam["train"]["optimizer"]["kind"] = json!("adamw");
+        let err = python_args("simclr", &adam, 5, 2).unwrap_err().to_string();
+        assert!(err.contains("runs SGD"), "{err}");
+    }
+
+    #[test]
+    fn entries_are_kept_per_backbone_and_method() {
+        let dir = std::env::temp_dir().join(format!("bench-train-entry-{}", std::process::id()));
+        let path = dir.join("train.json");
+        write_case(&path, "cpu", "rotnet", json!(1)).unwrap();
+        write_case(&path, "large", "rotnet", json!(2)).unwrap();
+        write_case(&path, "cpu", "simclr", json!(3)).unwrap();
+        write_case(&path, "cpu", "rotnet", json!(4)).unwrap();
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v, json!({"cpu": {"rotnet": 4, "simclr": 3}, "large": {"rotnet": 2}}));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -31,8 +31,9 @@ Commands:
                      committed results/**/results.json (no training)
   test               the whole suite: cargo fmt --check, clippy -D warnings, all tests
   bench data         data-pipeline throughput against torchvision's DataLoader
-  bench train [--width 192 --batch 32 --steps 5 --threads 2]
-                     RotNet training-step throughput against PyTorch
+  bench train [--methods rotnet,simclr] [--backbone cpu|large] [--steps 5] [--repeats 3]
+                     training-step throughput against PyTorch in fp32, channels-last and
+                     channels-last + bf16 (where the CPU has it); writes results/bench/train.json
   bench memory [--threads 2 --loader-images 500000 --skip-epoch]
                      peak resident memory of a RotNet cpu-profile epoch; the loader's memory
                      over a generated dataset 10x CIFAR-10 (must stay flat)

@@ -215,10 +215,14 @@ impl Default for TrainConfig {
     }
 }
 
-/// Merges `over` into `base`: objects key by key (recursively), anything else replaced.
+/// Merges `over` into `base`: objects key by key (recursively), anything else replaced. An
+/// object naming another `kind` than `base`'s (an encoder, optimizer or schedule of another
+/// type) replaces it whole: the old kind's fields would not belong to the new one.
 pub fn merge(base: &mut Value, over: &Value) {
     match (base, over) {
-        (Value::Object(b), Value::Object(o)) => {
+        (Value::Object(b), Value::Object(o))
+            if o.get("kind").is_none_or(|k| b.get("kind").is_none_or(|bk| bk == k)) =>
+        {
             for (k, v) in o {
                 match b.get_mut(k) {
                     Some(slot) => merge(slot, v),
@@ -391,6 +395,30 @@ impl RunConfig {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_object_of_another_kind_replaces_the_default_whole() {
+        let mut v = serde_json::to_value(RunConfig::default()).unwrap();
+        merge(
+            &mut v,
+            &json!({
+                "encoder": {"kind": "resnet18", "stem": "cifar"},
+                "train": {"optimizer": {"kind": "adamw", "lr": 0.001}, "batch_size": 32},
+            }),
+        );
+        assert_eq!(v["encoder"], json!({"kind": "resnet18", "stem": "cifar"}));
+        assert_eq!(v["train"]["optimizer"]["kind"], "adamw");
+        assert!(v["train"]["optimizer"].get("nesterov").is_none());
+        assert_eq!(v["train"]["batch_size"], 32);
+        // The same kind, or no kind, merges key by key.
+        let before = v["encoder"].clone();
+        merge(&mut v, &json!({"encoder": {"stem": "imagenet"}}));
+        assert_eq!(v["encoder"], json!({"kind": "resnet18", "stem": "imagenet"}));
+        merge(&mut v, &json!({"encoder": {"kind": "resnet18", "stem": "cifar"}}));
+        assert_eq!(v["encoder"], before);
+        let cfg: RunConfig = from_value(&v, "").unwrap();
+        assert!(matches!(cfg.encoder, EncoderConfig::Resnet18 { .. }));
+    }
 
     /// A config written to a file and read back is the same config to the last bit: the
     /// reproductions compare saved configs with the ones a profile gives, and `selfsup train

@@ -35,7 +35,7 @@
 //! *Batch 64, not the paper's 128.* At width 16 one 16-channel 32×32 activation of a
 //! 128-image step (512 inputs) is 33.5 MB, more than the L3; at batch 64 it is half that. On
 //! these cores PyTorch's own step runs 453 source images/s at batch 64 against 258 at 128
-//! (`bench/rotnet_step.py`, width 16), and our pretraining 1,750–1,900 inputs/s against
+//! (`bench/train_step.py --method rotnet`, width 16), and our pretraining 1,750–1,900 inputs/s against
 //! about 1,150. For the same half hour, batch 64 trains 50,000 images for 3 epochs instead of
 //! 2 at twice the steps per epoch, and lifts both blocks by about 4 points (table below).
 //!
