@@ -338,6 +338,25 @@ mod tests {
     }
 
     #[test]
+    fn pool5_op_mean_feeds_fc6_each_tile_s_mean() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = JigsawConfig { pool5: 1, pool5_op: Pool5Op::Mean, ..small() };
+        let m = Jigsaw::new(&vs.root(), cfg, &ctx()).unwrap();
+        tch::manual_seed(3);
+        let tiles = Tensor::rand([2 * TILES as i64, 3, 6, 6], (Kind::Float, Device::Cpu));
+        let feats = nn::ModuleT::forward_t(&*m.encoder, &tiles, false);
+        let mean = feats.mean_dim([2i64, 3].as_slice(), false, None);
+        let h = m.fc6.forward(&mean).relu().reshape([2, TILES as i64 * 16]);
+        let expected = m.fc8.forward(&m.fc7.forward(&h).relu());
+        let logits = m.logits_t(&tiles, false);
+        assert_eq!(logits.size(), [2, 4]);
+        assert!(logits.allclose(&expected, 1e-5, 1e-6, false));
+        // Not what the default head reads (each tile's maximum).
+        let max = feats.amax([2i64, 3].as_slice(), false);
+        assert!(!mean.allclose(&max, 1e-5, 1e-6, false));
+    }
+
+    #[test]
     fn loss_falls_on_a_fixed_batch() {
         tch::manual_seed(11);
         let vs = nn::VarStore::new(Device::Cpu);
