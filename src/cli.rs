@@ -43,6 +43,19 @@ enum Command {
     Eval(EvalArgs),
     /// Export a run's encoder weights (ResNets with torchvision's tensor names).
     Export(ExportArgs),
+    /// Start N local ranks of a data-parallel job, each running the command that follows
+    /// (`selfsup launch --nproc 2 train --config run.json --out runs/a`), as torchrun would.
+    Launch {
+        /// Ranks to start on this machine.
+        #[arg(long)]
+        nproc: usize,
+        /// Port of the job's store on 127.0.0.1 (default: a free one).
+        #[arg(long)]
+        master_port: Option<u16>,
+        /// The command each rank runs (a `selfsup` subcommand and its arguments).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
     /// Reproduce a paper's tables (see `selfsup reproduce --help`).
     Reproduce {
         /// Method and options: `rotnet [--profile smoke|cpu|paper] [--dataset cifar10] [--force]`.
@@ -184,6 +197,9 @@ pub fn main() -> Result<()> {
         Command::Info { checkpoint } => cmd_info(&checkpoint),
         Command::Eval(a) => cmd_eval(a),
         Command::Export(a) => cmd_export(a),
+        Command::Launch { nproc, master_port, args } => {
+            crate::launch::run(nproc, master_port, &args)
+        }
         Command::Reproduce { args } => selfsup_reproduce::run(&args, &registry),
     }
 }
@@ -203,11 +219,30 @@ fn cmd_train(registry: &Registry, a: TrainArgs) -> Result<()> {
     if let Some(d) = &a.device {
         sets.push(format!("device={}", serde_json::Value::String(d.clone())));
     }
+    // A rank of a data-parallel job when a launcher set WORLD_SIZE (torchrun, `selfsup launch`).
+    let world = selfsup_dist::World::from_env()?;
+    if let Some(w) = &world {
+        let asked = asked_device(&sets, file.as_ref());
+        if asked.starts_with("cuda") || (asked == "auto" && tch::Cuda::is_available()) {
+            // One GPU a rank: the local rank picks it.
+            sets.push(format!("device=\"cuda:{}\"", w.local_rank));
+        }
+    }
     let cfg = RunConfig::resolve(registry, file.as_ref(), &sets, a.method.as_deref())?;
+    let group: Option<std::sync::Arc<dyn selfsup_dist::Collectives>> = match &world {
+        Some(w) => {
+            Some(std::sync::Arc::new(selfsup_dist::init(w, dist_timeout()?).with_context(
+                || format!("joining the job as rank {} of {}", w.rank, w.world_size),
+            )?))
+        }
+        None => None,
+    };
+    let rank0 = world.as_ref().is_none_or(|w| w.rank == 0);
     let mut opts = TrainOptions {
         resume: a.resume,
-        progress: !a.no_progress,
+        progress: !a.no_progress && rank0,
         handle_signals: true,
+        group,
         ..Default::default()
     };
     if let Some(every) = a.knn_every {
@@ -235,6 +270,9 @@ fn cmd_train(registry: &Registry, a: TrainArgs) -> Result<()> {
         }));
     }
     let s = train(&cfg, registry, &a.out, &mut opts)?;
+    if !rank0 {
+        return Ok(());
+    }
     println!(
         "trained {} steps ({} epochs) in {:.1}s, {:.1} images/s; last epoch loss {:.4}; run folder {}",
         s.global_step,
@@ -245,6 +283,31 @@ fn cmd_train(registry: &Registry, a: TrainArgs) -> Result<()> {
         s.run_dir.display()
     );
     Ok(())
+}
+
+/// The device the last `--set device=` (or `--device`), else the config file, asks for;
+/// `auto` when neither names one.
+fn asked_device(sets: &[String], file: Option<&serde_json::Value>) -> String {
+    let from_sets = sets.iter().rev().find_map(|s| s.strip_prefix("device="));
+    let from_file = file.and_then(|f| f["device"].as_str());
+    from_sets.or(from_file).map_or("auto", |d| d.trim_matches('"')).to_string()
+}
+
+/// How long a rank waits for the others (to join, or in a collective) before failing:
+/// `SELFSUP_DIST_TIMEOUT` seconds, default 1800 (PyTorch's default for CPU process groups).
+fn dist_timeout() -> Result<std::time::Duration> {
+    match std::env::var("SELFSUP_DIST_TIMEOUT") {
+        Ok(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| *s > 0.0 && s.is_finite())
+            .map(std::time::Duration::from_secs_f64)
+            .with_context(|| {
+                format!("SELFSUP_DIST_TIMEOUT = `{v}` is not a positive number of seconds")
+            }),
+        Err(_) => Ok(std::time::Duration::from_secs(1800)),
+    }
 }
 
 fn cmd_methods(registry: &Registry, pretty: bool) -> Result<()> {

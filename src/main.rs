@@ -6,6 +6,7 @@
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod alloc;
 mod cli;
+mod launch;
 
 /// The first line of a panic's message.
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

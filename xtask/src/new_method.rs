@@ -269,7 +269,7 @@ mod tests {
             num_train_images: 8,
             image_channels: 3,
             image_size: 32,
-            encoder: EncoderConfig::Tiny { width: 8 },
+            encoder: EncoderConfig::Tiny { width: 8, batch_norm: true },
         }
     }
 

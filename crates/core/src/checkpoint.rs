@@ -46,10 +46,23 @@ pub struct TrainerState {
     /// epoch ends and in older checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch_means: Option<EpochMeans>,
+    /// Processes of the data-parallel job that wrote it (1, and absent, for a single process):
+    /// a resume must run at the same world size, since the per-rank batch and the random
+    /// streams depend on it.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub world_size: u64,
     /// SHA-256 of `model.safetensors`.
     pub model_sha256: String,
     /// SHA-256 of `trainer.safetensors`.
     pub trainer_sha256: String,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
 }
 
 /// Running sums of an epoch's step metrics and their count.
@@ -410,6 +423,7 @@ mod tests {
             image_channels: 3,
             normalization: None,
             epoch_means: None,
+            world_size: 1,
             model_sha256: String::new(),
             trainer_sha256: String::new(),
         };
@@ -463,6 +477,7 @@ mod tests {
             image_channels: 3,
             normalization: None,
             epoch_means: None,
+            world_size: 1,
             model_sha256: String::new(),
             trainer_sha256: String::new(),
         };

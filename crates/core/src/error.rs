@@ -44,6 +44,9 @@ pub enum CoreError {
     /// An error from the data pipeline.
     #[error(transparent)]
     Data(Box<selfsup_data::DataError>),
+    /// A data-parallel job's store or collective failed (a rank that left, a timeout).
+    #[error("distributed: {0}")]
+    Dist(#[from] selfsup_dist::DistError),
     /// An optimizer setting or saved optimizer state that does not fit the parameters.
     #[error("optimizer: {0}")]
     Optimizer(String),

@@ -25,9 +25,11 @@ use crate::{CoreError, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use selfsup_data::{Batch, ImageDataset, Loader, LoaderConfig};
+use selfsup_dist::{average_gradients, Collectives};
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 use tch::{nn, Tensor};
 
@@ -54,6 +56,11 @@ pub struct TrainOptions<'a> {
     /// checkpoint, return [`CoreError::Interrupted`]. The binary's commands set it; a library
     /// caller may keep its own handlers (default false).
     pub handle_signals: bool,
+    /// The data-parallel job this process is a rank of (`None`: a single process). Each rank
+    /// trains on its shard of every global batch of `train.batch_size` images and the
+    /// gradients are averaged across ranks after backward; rank 0 alone writes the run folder
+    /// (config, metrics, checkpoints, the method's files) and runs the epoch hook.
+    pub group: Option<Arc<dyn Collectives>>,
 }
 
 impl Default for TrainOptions<'_> {
@@ -65,6 +72,7 @@ impl Default for TrainOptions<'_> {
             epoch_hook: None,
             hook_every: 1,
             handle_signals: false,
+            group: None,
         }
     }
 }
@@ -317,7 +325,12 @@ pub fn train(
     if opts.handle_signals {
         crate::signals::install();
     }
-    Trainer::set_up(cfg, registry, run_dir, opts)?.run(opts)
+    let result = Trainer::set_up(cfg, registry, run_dir, opts)?.run(opts);
+    // In a job, rank 0 serves the store: it returns only once the others are done with it.
+    if let (Some(g), Ok(_) | Err(CoreError::Interrupted { .. })) = (&opts.group, &result) {
+        g.finish()?;
+    }
+    result
 }
 
 /// Where a run stands: the epoch the next step belongs to, batches of it done, steps in all.
@@ -361,7 +374,14 @@ struct Trainer<'a> {
     /// The running means of the epoch a mid-epoch checkpoint was taken in, until the resumed
     /// epoch loop takes them.
     resumed_means: Option<Means>,
-    log: MetricsLog,
+    /// The metrics log; rank 0's alone in a data-parallel job.
+    log: Option<MetricsLog>,
+    /// The data-parallel job, when there is one.
+    group: Option<Arc<dyn Collectives>>,
+    /// Whether this run stops on SIGINT/SIGTERM ([`TrainOptions::handle_signals`]).
+    handle_signals: bool,
+    /// In a job: whether some rank was asked to stop by the last step's exchange.
+    stop_agreed: bool,
 }
 
 impl<'a> Trainer<'a> {
@@ -382,7 +402,15 @@ impl<'a> Trainer<'a> {
             tch::set_num_threads(cfg.train.threads as i32);
         }
         let switches = crate::determinism::apply(cfg.train.deterministic)?;
-        let resume_from = Self::checkpoint_to_resume(cfg, run_dir, opts.resume)?;
+        let group = opts.group.clone();
+        let (rank, world_size) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.world_size()));
+        if !cfg.train.batch_size.is_multiple_of(world_size) {
+            return Err(CoreError::Config(format!(
+                "train.batch_size = {} is not divisible by the job's {world_size} processes",
+                cfg.train.batch_size
+            )));
+        }
+        let resume_from = Self::checkpoint_to_resume(cfg, run_dir, opts.resume, world_size)?;
 
         let dataset = match opts.dataset.take() {
             Some(d) => d,
@@ -420,6 +448,8 @@ impl<'a> Trainer<'a> {
                 seed: cfg.seed,
                 prefetch: cfg.train.prefetch,
                 threads: cfg.train.threads,
+                world_size,
+                rank,
             },
         )?;
         let steps_per_epoch = loader.batches_per_epoch() as u64;
@@ -431,9 +461,15 @@ impl<'a> Trainer<'a> {
             )));
         }
 
-        // Everything that can fail on bad input has been checked: only now is the folder created.
-        std::fs::create_dir_all(run_dir).map_err(|e| CoreError::io(run_dir, e))?;
-        let log = MetricsLog::open(run_dir, resume_from.as_ref().map(|c| c.state.global_step))?;
+        // Everything that can fail on bad input has been checked: only now is the folder
+        // created (by rank 0 alone in a data-parallel job).
+        let writer = rank == 0;
+        let log = if writer {
+            std::fs::create_dir_all(run_dir).map_err(|e| CoreError::io(run_dir, e))?;
+            Some(MetricsLog::open(run_dir, resume_from.as_ref().map(|c| c.state.global_step))?)
+        } else {
+            None
+        };
         let mut t = Trainer {
             cfg,
             run_dir,
@@ -453,9 +489,29 @@ impl<'a> Trainer<'a> {
             pos: Position::default(),
             resumed_means: None,
             log,
+            group,
+            handle_signals: opts.handle_signals,
+            stop_agreed: false,
         };
         if let Some(ck) = &resume_from {
             t.restore(ck)?;
+        }
+        if let Some(g) = &t.group {
+            // Every rank builds the same weights from the seed; rank 0's are sent anyway, as
+            // DDP does, so that no device's initialiser can make the ranks start apart.
+            for (_, v) in checkpoint::sorted_variables(&t.vs) {
+                g.broadcast(&v, 0)?;
+            }
+            tracing::info!(
+                rank,
+                world_size,
+                backend = g.backend(),
+                "data-parallel: {} images a step per rank",
+                cfg.train.batch_size / world_size
+            );
+        }
+        if !writer {
+            return Ok(t);
         }
         let config_json = serde_json::to_vec_pretty(cfg).expect("config serializes");
         checkpoint::write_atomic(&run_dir.join("config.json"), &config_json)?;
@@ -471,6 +527,7 @@ impl<'a> Trainer<'a> {
         cfg: &RunConfig,
         run_dir: &Path,
         resume: bool,
+        world_size: usize,
     ) -> Result<Option<checkpoint::Checkpoint>> {
         if !checkpoint::exists(run_dir) {
             return Ok(None);
@@ -484,6 +541,15 @@ impl<'a> Trainer<'a> {
         let (ck, fallback) = checkpoint::load_for_resume(run_dir)?;
         if let Some(note) = fallback {
             tracing::warn!("--resume: {note}");
+        }
+        if ck.state.world_size != world_size as u64 {
+            return Err(CoreError::Config(format!(
+                "--resume: {}/checkpoint was written by a job of {} processes, this one has \
+                 {world_size}; resume at the same world size (each rank's share of the batch \
+                 and its random stream depend on it), or start a new run",
+                run_dir.display(),
+                ck.state.world_size
+            )));
         }
         let (mut a, mut b) = (ck.state.config.clone(), cfg.clone());
         // A resumed run may extend its length (unless its schedule is cosine, whose shape
@@ -517,6 +583,11 @@ impl<'a> Trainer<'a> {
             )));
         }
         Ok(Some(ck))
+    }
+
+    /// Whether this process writes the run folder: a single process, or rank 0 of a job.
+    fn writer(&self) -> bool {
+        self.group.as_ref().is_none_or(|g| g.rank() == 0)
     }
 
     /// Loads the checkpoint's variables, optimizer buffers, extra optimizers' buffers and method
@@ -555,6 +626,9 @@ impl<'a> Trainer<'a> {
     /// Checkpointing: writes the variables, the optimizers' buffers, the method's state and
     /// the position atomically (see [`checkpoint::save`]).
     fn save(&self, epoch_means: Option<&Means>) -> Result<()> {
+        if !self.writer() {
+            return Ok(());
+        }
         let epoch_means = match epoch_means.filter(|_| self.pos.batch_in_epoch > 0) {
             Some(m) => Some(m.saved()?),
             None => None,
@@ -577,6 +651,7 @@ impl<'a> Trainer<'a> {
             image_channels: self.image_channels,
             normalization: self.normalization.clone(),
             epoch_means,
+            world_size: self.group.as_ref().map_or(1, |g| g.world_size() as u64),
             model_sha256: String::new(),
             trainer_sha256: String::new(),
         };
@@ -590,7 +665,13 @@ impl<'a> Trainer<'a> {
     fn step(&mut self, batch: &Batch) -> Result<StepReport> {
         let cfg = self.cfg;
         let Position { epoch, batch_in_epoch, global_step } = self.pos;
-        tch::manual_seed((derive_seed(cfg.seed, &[name_hash("step"), global_step]) >> 1) as i64);
+        // Rank 0 (and a single process) draws the stream of `(seed, step)`; other ranks their
+        // own, so that their shards' random ops (masks, noise) are not copies of rank 0's.
+        let mut step_seed = derive_seed(cfg.seed, &[name_hash("step"), global_step]);
+        if let Some(rank) = self.group.as_ref().map(|g| g.rank()).filter(|r| *r > 0) {
+            step_seed = derive_seed(step_seed, &[name_hash("rank"), rank as u64]);
+        }
+        tch::manual_seed((step_seed >> 1) as i64);
         let frac = epoch as f64 + batch_in_epoch as f64 / self.steps_per_epoch as f64;
         let lr = cfg.train.schedule.lr_at(cfg.train.optimizer.lr(), frac, cfg.train.epochs as f64);
 
@@ -600,6 +681,14 @@ impl<'a> Trainer<'a> {
         // Not read back here: the loss sums are checked for NaN and infinity by
         // `check_finite` at every log line and before every checkpoint.
         out.loss.backward();
+        if let Some(g) = &self.group {
+            // A stop request (SIGINT/SIGTERM) rides with the gradients, so that every rank
+            // stops after the same step.
+            let mut stop =
+                [f32::from(u8::from(self.handle_signals && crate::signals::requested()))];
+            average_gradients(g.as_ref(), &self.params, &mut stop)?;
+            self.stop_agreed = stop[0] > 0.0;
+        }
         let grad_norm = match cfg.train.grad_clip {
             Some(c) => Some(clip_grad_norm(&self.params, c)?),
             None => None,
@@ -614,6 +703,9 @@ impl<'a> Trainer<'a> {
                 if let Some((_, l)) = losses.iter().find(|(n, _)| n == &e.name) {
                     zero_grads(&self.extra_params[i]);
                     l.backward();
+                    if let Some(g) = &self.group {
+                        average_gradients(g.as_ref(), &self.extra_params[i], &mut [])?;
+                    }
                     let elr =
                         cfg.train.schedule.lr_at(e.optimizer.lr(), frac, cfg.train.epochs as f64);
                     self.extra_opts[i].step(&self.extra_params[i], elr)?;
@@ -673,6 +765,10 @@ impl<'a> Trainer<'a> {
         for (k, v) in means {
             line[k.as_str()] = (*v).into();
         }
+        let Some(log) = self.log.as_mut() else {
+            // Not rank 0: nothing to write, no hook to run.
+            return Ok(());
+        };
         let last = epoch == self.cfg.train.epochs;
         self.method.write_epoch_artifacts(epoch, last, self.run_dir)?;
         if let Some(hook) = opts.epoch_hook.as_mut() {
@@ -683,7 +779,7 @@ impl<'a> Trainer<'a> {
             }
         }
         tracing::info!("epoch {epoch}: {line}");
-        self.log.write(&line)
+        log.write(&line)
     }
 
     /// The epoch loop: runs epochs (from the restored position) until `train.epochs` or
@@ -711,8 +807,11 @@ impl<'a> Trainer<'a> {
         let mut last_save = Instant::now();
         // The global step after the last finiteness check, and the last step's rate.
         let (mut checked, mut last_lr) = (self.pos.global_step, f64::NAN);
-        let handle_signals = opts.handle_signals;
-        let stop_requested = || handle_signals && crate::signals::requested();
+        // In a job, the ranks agree at each step (see `step`); alone, the flag is read here.
+        let stop_requested = |t: &Trainer<'_>| {
+            t.handle_signals
+                && if t.group.is_some() { t.stop_agreed } else { crate::signals::requested() }
+        };
         while self.pos.epoch < cfg.train.epochs && self.pos.global_step < stop_at {
             let _span = tracing::info_span!("epoch", epoch = self.pos.epoch).entered();
             // Resumed mid-epoch: the epoch's means so far, as the checkpoint kept them.
@@ -761,7 +860,9 @@ impl<'a> Trainer<'a> {
                     for (k, v) in &r.metrics {
                         line[k] = crate::host::read(v)?.into();
                     }
-                    self.log.write(&line)?;
+                    if let Some(log) = self.log.as_mut() {
+                        log.write(&line)?;
+                    }
                     pb.set_message(format!(
                         "epoch {}/{} loss {:.4} {:.0} img/s",
                         epoch + 1,
@@ -778,12 +879,12 @@ impl<'a> Trainer<'a> {
                 let mid_epoch = self.pos.batch_in_epoch < self.steps_per_epoch;
                 let minutes = cfg.train.checkpoint_minutes;
                 let timed = minutes > 0.0 && last_save.elapsed().as_secs_f64() >= minutes * 60.0;
-                if mid_epoch && (timed || stop_requested()) {
+                if mid_epoch && (timed || stop_requested(&self)) {
                     self.check_finite(&means, checked, last_lr)?;
                     checked = self.pos.global_step;
                     self.save(Some(&means))?;
                     last_save = Instant::now();
-                    if stop_requested() {
+                    if stop_requested(&self) {
                         pb.finish_and_clear();
                         return Err(CoreError::Interrupted {
                             run_dir: self.run_dir.to_path_buf(),
@@ -803,11 +904,11 @@ impl<'a> Trainer<'a> {
             }
             let at_end = self.pos.epoch == cfg.train.epochs || self.pos.global_step >= stop_at;
             let due = finished_epoch && self.pos.epoch.is_multiple_of(cfg.train.checkpoint_every);
-            let interrupted = stop_requested() && !at_end;
+            let interrupted = stop_requested(&self) && !at_end;
             if at_end || due || interrupted {
                 self.save(Some(&means))?;
                 last_save = Instant::now();
-                if finished_epoch {
+                if finished_epoch && self.writer() {
                     checkpoint::snapshot(self.run_dir, self.pos.epoch, cfg.train.keep_checkpoints)?;
                 }
             }

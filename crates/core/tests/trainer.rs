@@ -88,7 +88,7 @@ fn config(epochs: u64, threads: usize) -> RunConfig {
         method: "flip".into(),
         seed: 7,
         device: "cpu".into(),
-        encoder: EncoderConfig::Tiny { width: 4 },
+        encoder: EncoderConfig::Tiny { width: 4, batch_norm: true },
         train: TrainConfig {
             epochs,
             batch_size: 8,

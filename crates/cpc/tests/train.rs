@@ -16,7 +16,7 @@ fn config(epochs: u64) -> RunConfig {
             data_dir: None,
             max_images: None,
         },
-        encoder: EncoderConfig::Tiny { width: 8 },
+        encoder: EncoderConfig::Tiny { width: 8, batch_norm: true },
         train: TrainConfig { epochs, batch_size: 16, ..TrainConfig::default() },
         method_config: serde_json::json!({
             "crop": 24, "patch": 8, "stride": 4, "context_width": 16, "context_layers": 2,

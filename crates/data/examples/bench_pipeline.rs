@@ -64,6 +64,7 @@ fn time_loader(
         seed: 0,
         prefetch: 2,
         threads: a.threads,
+        ..Default::default()
     };
     let loader = Loader::new(ds, vec![view.clone(), view], cfg).map_err(|e| e.to_string())?;
     let mut it = loader.epoch(0);

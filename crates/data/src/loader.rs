@@ -93,6 +93,16 @@ pub struct LoaderConfig {
     pub prefetch: usize,
     /// Worker threads that augment a batch; 0 uses every core (default 0).
     pub threads: usize,
+    /// Processes of a data-parallel job sharing each batch (default 1). Each batch of
+    /// `batch_size` images (the global batch, drawn from the epoch's order as for one process)
+    /// is split into `world_size` consecutive shards of `batch_size / world_size` images, and
+    /// this loader serves shard `rank`: the shards of a step together are exactly the
+    /// single-process batch, and every image gets the same views whatever the world size
+    /// (augmentations are keyed by seed, epoch and image index). Needs `drop_last` and a
+    /// `batch_size` divisible by `world_size`.
+    pub world_size: usize,
+    /// This process's shard, `0..world_size` (default 0).
+    pub rank: usize,
 }
 
 impl Default for LoaderConfig {
@@ -104,6 +114,8 @@ impl Default for LoaderConfig {
             seed: 0,
             prefetch: 2,
             threads: 0,
+            world_size: 1,
+            rank: 0,
         }
     }
 }
@@ -143,6 +155,21 @@ impl Loader {
         }
         if dataset.is_empty() {
             return Err(DataError::config(format!("dataset {} is empty", dataset.name())));
+        }
+        if cfg.world_size == 0 || cfg.rank >= cfg.world_size {
+            return Err(DataError::config(format!(
+                "loader rank {} of world_size {}: the rank must be below the world size",
+                cfg.rank, cfg.world_size
+            )));
+        }
+        if cfg.world_size > 1 && (!cfg.drop_last || !cfg.batch_size.is_multiple_of(cfg.world_size))
+        {
+            return Err(DataError::config(format!(
+                "a batch of {} images cannot be split into {} equal shards{}",
+                cfg.batch_size,
+                cfg.world_size,
+                if cfg.drop_last { "" } else { " (sharding needs drop_last)" }
+            )));
         }
         if cfg.drop_last && dataset.len() < cfg.batch_size {
             return Err(DataError::config(format!(
@@ -292,6 +319,9 @@ impl Shared {
             )));
         }
         let idx = &order[lo..hi];
+        // This rank's shard of the global batch (all of it in a single process).
+        let shard = idx.len() / self.cfg.world_size;
+        let idx = &idx[self.cfg.rank * shard..(self.cfg.rank + 1) * shard];
         let _span = tracing::trace_span!("batch", epoch, batch = b, size = idx.len()).entered();
         let ds = &self.dataset;
         let (c, h, w) = (ds.channels(), ds.height(), ds.width());

@@ -128,3 +128,39 @@ fn loader_rejects_bad_settings() {
     let e = Loader::new(ds, vec![bad], cfg(2)).unwrap_err();
     assert!(e.to_string().starts_with("view 0: pipeline op 0"), "{e}");
 }
+
+#[test]
+fn shards_of_a_batch_are_the_single_process_batch_split_by_rank() {
+    let ds = synthetic(50);
+    let cfg = |world_size, rank| LoaderConfig {
+        batch_size: 12,
+        drop_last: true,
+        threads: 1,
+        seed: 3,
+        world_size,
+        rank,
+        ..Default::default()
+    };
+    let whole = Loader::new(ds.clone(), views(), cfg(1, 0)).unwrap();
+    let shards: Vec<Loader> =
+        (0..3).map(|r| Loader::new(ds.clone(), views(), cfg(3, r)).unwrap()).collect();
+    assert_eq!(shards[2].batches_per_epoch(), whole.batches_per_epoch());
+    for (b, full) in whole.epoch(2).enumerate() {
+        let full = full.unwrap();
+        let parts: Vec<Batch> = shards.iter().map(|l| l.batch(2, b).unwrap()).collect();
+        let idx: Vec<i64> = parts.iter().flat_map(indices).collect();
+        assert_eq!(idx, indices(&full), "batch {b}");
+        for v in 0..2 {
+            let cat = Tensor::cat(&parts.iter().map(|p| &p.views[v]).collect::<Vec<_>>(), 0);
+            assert_eq!(flat(&cat), flat(&full.views[v]), "batch {b} view {v}: same augmentations");
+        }
+    }
+    let e = Loader::new(ds.clone(), views(), cfg(5, 0)).unwrap_err().to_string();
+    assert!(e.contains("a batch of 12 images cannot be split into 5 equal shards"), "{e}");
+    let e = Loader::new(ds.clone(), views(), cfg(3, 3)).unwrap_err().to_string();
+    assert!(e.contains("loader rank 3 of world_size 3"), "{e}");
+    let e = Loader::new(ds, views(), LoaderConfig { drop_last: false, ..cfg(2, 0) })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("(sharding needs drop_last)"), "{e}");
+}

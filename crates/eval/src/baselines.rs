@@ -120,7 +120,7 @@ mod tests {
 
     #[test]
     fn same_seed_same_weights() {
-        let cfg = EncoderConfig::Tiny { width: 4 };
+        let cfg = EncoderConfig::Tiny { width: 4, batch_norm: true };
         let a = random_encoder(&cfg, 3, 5, Device::Cpu);
         let b = random_encoder(&cfg, 3, 5, Device::Cpu);
         let c = random_encoder(&cfg, 3, 6, Device::Cpu);

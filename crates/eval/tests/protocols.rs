@@ -17,7 +17,7 @@ fn data() -> (ImageDataset, ImageDataset) {
 }
 
 fn tiny() -> EncoderConfig {
-    EncoderConfig::Tiny { width: 4 }
+    EncoderConfig::Tiny { width: 4, batch_norm: true }
 }
 
 fn quick_linear() -> LinearProbeConfig {

@@ -24,7 +24,7 @@ fn ctx(n: usize) -> BuildContext {
         num_train_images: n,
         image_channels: 3,
         image_size: 16,
-        encoder: EncoderConfig::Tiny { width: 4 },
+        encoder: EncoderConfig::Tiny { width: 4, batch_norm: true },
     }
 }
 

@@ -24,7 +24,7 @@ fn ctx() -> BuildContext {
         num_train_images: 64,
         image_channels: 3,
         image_size: 16,
-        encoder: EncoderConfig::Tiny { width: 4 },
+        encoder: EncoderConfig::Tiny { width: 4, batch_norm: true },
     }
 }
 

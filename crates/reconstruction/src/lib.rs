@@ -133,7 +133,11 @@ mod tests {
         let before = copy();
         assert_eq!(feature_shape(&*enc, 3, 32, Device::Cpu).unwrap(), [11, 8, 8]);
         assert!(before.iter().zip(&copy()).all(|(a, b)| a.equal(b)), "nothing moves");
-        let tiny = build_encoder(&(vs.root() / "t"), &EncoderConfig::Tiny { width: 4 }, 1);
+        let tiny = build_encoder(
+            &(vs.root() / "t"),
+            &EncoderConfig::Tiny { width: 4, batch_norm: true },
+            1,
+        );
         assert_eq!(feature_shape(&*tiny, 1, 32, Device::Cpu).unwrap(), [8, 16, 16]);
     }
 }

@@ -16,7 +16,7 @@ fn config(epochs: u64) -> RunConfig {
             data_dir: None,
             max_images: None,
         },
-        encoder: EncoderConfig::Tiny { width: 8 },
+        encoder: EncoderConfig::Tiny { width: 8, batch_norm: true },
         train: TrainConfig { epochs, batch_size: 16, ..TrainConfig::default() },
         method_config: serde_json::json!({
             "crop": 40, "patch": 8, "gap": 4, "jitter": 1, "fc6": 16, "fc7": 32, "dropout": 0.5

@@ -158,7 +158,7 @@ mod tests {
             num_train_images: 16,
             image_channels: channels,
             image_size: 16,
-            encoder: EncoderConfig::Tiny { width: 8 },
+            encoder: EncoderConfig::Tiny { width: 8, batch_norm: true },
         }
     }
 

@@ -307,7 +307,7 @@ mod tests {
             num_train_images: 16,
             image_channels: 3,
             image_size: 16,
-            encoder: EncoderConfig::Tiny { width: 4 },
+            encoder: EncoderConfig::Tiny { width: 4, batch_norm: true },
         }
     }
 

@@ -31,7 +31,9 @@ pub fn half_config(cfg: &EncoderConfig) -> Result<EncoderConfig, String> {
         Ok(width / 2)
     };
     Ok(match cfg {
-        EncoderConfig::Tiny { width } => EncoderConfig::Tiny { width: half(*width)? },
+        EncoderConfig::Tiny { width, batch_norm } => {
+            EncoderConfig::Tiny { width: half(*width)?, batch_norm: *batch_norm }
+        }
         EncoderConfig::Nin { blocks, width } => {
             EncoderConfig::Nin { blocks: *blocks, width: half(*width)? }
         }

@@ -60,6 +60,11 @@ pub enum EncoderConfig {
         /// Channels of the first stage (the second has twice as many). Default 8.
         #[serde(default = "tiny::default_width")]
         width: i64,
+        /// Batch norm after each conv (default true); without it the convs have biases (a
+        /// network whose gradients do not couple the samples of a batch, for the data-parallel
+        /// tests).
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        batch_norm: bool,
     },
     /// The RotNet Network-In-Network ([`nin::Nin`]), taps `block1..block{blocks}`.
     Nin {
@@ -98,9 +103,17 @@ pub enum EncoderConfig {
     },
 }
 
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 impl Default for EncoderConfig {
     fn default() -> Self {
-        EncoderConfig::Tiny { width: tiny::default_width() }
+        EncoderConfig::Tiny { width: tiny::default_width(), batch_norm: true }
     }
 }
 
@@ -108,7 +121,7 @@ impl EncoderConfig {
     /// Checks the values (widths positive, NIN blocks at least 3); the error names the field.
     pub fn validate(&self) -> Result<()> {
         match self {
-            EncoderConfig::Tiny { width } if *width < 1 => {
+            EncoderConfig::Tiny { width, .. } if *width < 1 => {
                 Err(CoreError::Config(format!("encoder.width must be at least 1, got {width}")))
             }
             EncoderConfig::Nin { blocks, width } => nin::check(*blocks, *width),
@@ -132,7 +145,9 @@ pub fn try_build_encoder(
     }
     cfg.validate()?;
     Ok(match cfg {
-        EncoderConfig::Tiny { width } => Box::new(tiny::Tiny::new(p, in_channels, *width)),
+        EncoderConfig::Tiny { width, batch_norm } => {
+            Box::new(tiny::Tiny::with_batch_norm(p, in_channels, *width, *batch_norm))
+        }
         EncoderConfig::Nin { blocks, width } => {
             Box::new(nin::Nin::new(p, in_channels, *blocks, *width)?)
         }
@@ -316,7 +331,7 @@ mod tests {
         for cfg in [
             EncoderConfig::Nin { blocks: 2, width: 192 },
             EncoderConfig::Nin { blocks: 4, width: 1 },
-            EncoderConfig::Tiny { width: 0 },
+            EncoderConfig::Tiny { width: 0, batch_norm: true },
         ] {
             let e = try_build_encoder(&vs.root(), &cfg, 3).unwrap_err().to_string();
             assert!(e.starts_with("config: encoder."), "{e}");

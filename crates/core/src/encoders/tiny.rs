@@ -2,6 +2,9 @@
 //!
 //! `block1`: conv3×3(in→w) + BN + ReLU + max-pool 2, `(N, w, H/2, W/2)`;
 //! `block2`: conv3×3(w→2w) + BN + ReLU, `(N, 2w, H/2, W/2)`.
+//!
+//! Without batch norm ([`Tiny::with_batch_norm`]) the convs have biases instead, and no sample's
+//! gradient depends on the rest of its batch (what the data-parallel tests need).
 use super::Encoder;
 use tch::{nn, nn::ModuleT, Tensor};
 
@@ -14,16 +17,21 @@ pub fn default_width() -> i64 {
 #[derive(Debug)]
 pub struct Tiny {
     conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
+    bn1: Option<nn::BatchNorm>,
     conv2: nn::Conv2D,
-    bn2: nn::BatchNorm,
+    bn2: Option<nn::BatchNorm>,
     width: i64,
 }
 
 impl Tiny {
     /// Builds it on `p` (variables `conv1`, `bn1`, `conv2`, `bn2`).
     pub fn new(p: &nn::Path, in_channels: i64, width: i64) -> Self {
-        let c = nn::ConvConfig { padding: 1, bias: false, ..Default::default() };
+        Self::with_batch_norm(p, in_channels, width, true)
+    }
+
+    /// Builds it with or without batch norm (without: variables `conv1`, `conv2`, with biases).
+    pub fn with_batch_norm(p: &nn::Path, in_channels: i64, width: i64, batch_norm: bool) -> Self {
+        let c = nn::ConvConfig { padding: 1, bias: !batch_norm, ..Default::default() };
         // BN weight 1 and bias 0, as PyTorch initialises it (tch's default weight is U(0, 1)).
         let bn = nn::BatchNormConfig {
             ws_init: nn::Init::Const(1.0),
@@ -32,9 +40,9 @@ impl Tiny {
         };
         Tiny {
             conv1: nn::conv2d(p / "conv1", in_channels, width, 3, c),
-            bn1: nn::batch_norm2d(p / "bn1", width, bn),
+            bn1: batch_norm.then(|| nn::batch_norm2d(p / "bn1", width, bn)),
             conv2: nn::conv2d(p / "conv2", width, 2 * width, 3, c),
-            bn2: nn::batch_norm2d(p / "bn2", 2 * width, bn),
+            bn2: batch_norm.then(|| nn::batch_norm2d(p / "bn2", 2 * width, bn)),
             width,
         }
     }
@@ -52,8 +60,12 @@ impl Encoder for Tiny {
     }
 
     fn features_t(&self, xs: &Tensor, train: bool) -> Vec<(String, Tensor)> {
-        let b1 = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu().max_pool2d_default(2);
-        let b2 = b1.apply(&self.conv2).apply_t(&self.bn2, train).relu();
+        let norm = |x: Tensor, bn: &Option<nn::BatchNorm>| match bn {
+            Some(bn) => x.apply_t(bn, train),
+            None => x,
+        };
+        let b1 = norm(xs.apply(&self.conv1), &self.bn1).relu().max_pool2d_default(2);
+        let b2 = norm(b1.apply(&self.conv2), &self.bn2).relu();
         vec![("block1".into(), b1), ("block2".into(), b2)]
     }
 
@@ -76,5 +88,18 @@ mod tests {
         assert_eq!(f[0].1.size(), [2, 8, 16, 16]);
         assert_eq!(f[1].1.size(), [2, 16, 16, 16]);
         assert_eq!(net.forward_t(&x, false).size(), [2, 16, 16, 16]);
+    }
+
+    #[test]
+    fn without_batch_norm_the_convs_have_biases_and_samples_are_independent() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let net = Tiny::with_batch_norm(&vs.root(), 3, 4, false);
+        let mut names: Vec<String> = vs.variables().into_keys().collect();
+        names.sort();
+        assert_eq!(names, ["conv1.bias", "conv1.weight", "conv2.bias", "conv2.weight"]);
+        let x = Tensor::randn([4, 3, 8, 8], (tch::Kind::Float, tch::Device::Cpu));
+        let whole = net.forward_t(&x, true);
+        let first = net.forward_t(&x.narrow(0, 0, 2), true);
+        assert!(whole.narrow(0, 0, 2).allclose(&first, 1e-6, 1e-6, false));
     }
 }

@@ -306,7 +306,7 @@ impl Profile {
         Ok(Profile {
             name: "smoke".into(),
             summary: "pipeline check in seconds (numbers mean nothing)".into(),
-            encoder: EncoderConfig::Tiny { width: 8 },
+            encoder: EncoderConfig::Tiny { width: 8, batch_norm: true },
             train_images: Some(256),
             epochs: 1,
             batch_size: 32,

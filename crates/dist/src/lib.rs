@@ -1,0 +1,23 @@
+//! Data-parallel training on libtorch's own distributed engine (c10d), as PyTorch's
+//! `DistributedDataParallel` does it (Li et al. 2020, "PyTorch Distributed: Experiences on
+//! Accelerating Data Parallel Training").
+//!
+//! - [`World`]: the job this process belongs to, from the launcher's variables (`RANK`,
+//!   `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`, as `torchrun` sets them).
+//! - [`TcpStore`]: c10d's `TCPStore`, through the C++ shim in `csrc/store.cpp` (rank 0 serves
+//!   it, every rank connects: PyTorch's `env://` rendezvous).
+//! - [`Collectives`] and [`StoreGroup`]: sum, gather, broadcast and barrier across the ranks;
+//!   [`average_gradients`]: DDP's gradient averaging after backward.
+//!
+//! The trainer (`selfsup-core`) shards each global batch across the ranks and averages the
+//! gradients, so N ranks at `B / N` each train like one process at batch `B` (exactly, up to
+//! float rounding, for networks without batch norm).
+mod env;
+mod error;
+mod group;
+mod store;
+
+pub use env::World;
+pub use error::{DistError, Result};
+pub use group::{average_gradients, init, Collectives, StoreGroup};
+pub use store::{free_port, TcpStore};
