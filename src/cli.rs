@@ -219,16 +219,15 @@ fn cmd_train(registry: &Registry, a: TrainArgs) -> Result<()> {
     if let Some(d) = &a.device {
         sets.push(format!("device={}", serde_json::Value::String(d.clone())));
     }
+    let mut cfg = RunConfig::resolve(registry, file.as_ref(), &sets, a.method.as_deref())?;
     // A rank of a data-parallel job when a launcher set WORLD_SIZE (torchrun, `selfsup launch`).
     let world = selfsup_dist::World::from_env()?;
     if let Some(w) = &world {
-        let asked = asked_device(&sets, file.as_ref());
-        if asked.starts_with("cuda") || (asked == "auto" && tch::Cuda::is_available()) {
+        if cfg.device.starts_with("cuda") || (cfg.device == "auto" && tch::Cuda::is_available()) {
             // One GPU a rank: the local rank picks it.
-            sets.push(format!("device=\"cuda:{}\"", w.local_rank));
+            cfg.device = format!("cuda:{}", w.local_rank);
         }
     }
-    let cfg = RunConfig::resolve(registry, file.as_ref(), &sets, a.method.as_deref())?;
     let group: Option<std::sync::Arc<dyn selfsup_dist::Collectives>> = match &world {
         Some(w) => {
             Some(std::sync::Arc::new(selfsup_dist::init(w, dist_timeout()?).with_context(
@@ -283,14 +282,6 @@ fn cmd_train(registry: &Registry, a: TrainArgs) -> Result<()> {
         s.run_dir.display()
     );
     Ok(())
-}
-
-/// The device the last `--set device=` (or `--device`), else the config file, asks for;
-/// `auto` when neither names one.
-fn asked_device(sets: &[String], file: Option<&serde_json::Value>) -> String {
-    let from_sets = sets.iter().rev().find_map(|s| s.strip_prefix("device="));
-    let from_file = file.and_then(|f| f["device"].as_str());
-    from_sets.or(from_file).map_or("auto", |d| d.trim_matches('"')).to_string()
 }
 
 /// How long a rank waits for the others (to join, or in a collective) before failing:
