@@ -2,57 +2,101 @@
 //! collectives, two ranks on this machine) against one process at the same global batch.
 use crate::util::{err, ok, selfsup};
 
-/// `selfsup train` arguments: RotNet on a batch-norm-free tiny trunk, global batch 16, 2
-/// epochs of 64 synthetic images, into `out`.
-fn rotnet_no_bn(out: &str) -> Vec<String> {
+/// `selfsup train` arguments: `method` on 64 synthetic images, global batch 16, 2 epochs,
+/// into `out`, with the extra `--set`s.
+fn train_args(method: &str, out: &str, sets: &[&str]) -> Vec<String> {
     let mut a: Vec<String> =
-        ["train", "--method", "rotnet", "--data", "synthetic:64:16", "--device", "cpu"]
+        ["train", "--method", method, "--data", "synthetic:64:16", "--device", "cpu"]
             .iter()
             .map(|s| s.to_string())
             .collect();
     a.extend(["--out".into(), out.into(), "--no-progress".into()]);
-    for set in [
-        r#"encoder={"kind":"tiny","width":4,"batch_norm":false}"#,
-        "train.batch_size=16",
-        "train.epochs=2",
-        "train.threads=1",
-        "train.log_every=1",
-    ] {
+    for set in ["train.batch_size=16", "train.epochs=2", "train.threads=1", "train.log_every=1"]
+        .iter()
+        .chain(sets)
+    {
         a.extend(["--set".to_string(), set.to_string()]);
     }
     a
 }
 
-fn weights(run: &std::path::Path) -> Vec<(String, tch::Tensor)> {
-    let mut w = tch::Tensor::read_safetensors(run.join("checkpoint/model.safetensors")).unwrap();
+const TINY_NO_BN: &str = r#"encoder={"kind":"tiny","width":4,"batch_norm":false}"#;
+const TINY: &str = r#"encoder={"kind":"tiny","width":4}"#;
+
+/// RotNet on a batch-norm-free tiny trunk.
+fn rotnet_no_bn(out: &str) -> Vec<String> {
+    train_args("rotnet", out, &[TINY_NO_BN])
+}
+
+fn tensors(run: &std::path::Path, file: &str) -> Vec<(String, tch::Tensor)> {
+    let mut w = tch::Tensor::read_safetensors(run.join("checkpoint").join(file)).unwrap();
     w.sort_by(|a, b| a.0.cmp(&b.0));
     w
 }
 
-#[test]
-fn two_ranks_at_half_the_batch_train_like_one_process_at_the_whole_batch() {
+/// The largest |single − job| over the tensors of `file` whose names start with `prefix`,
+/// after checking that both runs hold the same names.
+fn max_diff(dir: &std::path::Path, file: &str, prefix: &str) -> (f64, String) {
+    let pick = |run: &str| -> Vec<(String, tch::Tensor)> {
+        tensors(&dir.join(run), file).into_iter().filter(|(n, _)| n.starts_with(prefix)).collect()
+    };
+    let (a, b) = (pick("single"), pick("job"));
+    assert!(!a.is_empty(), "no tensor under `{prefix}` in {file}");
+    assert_eq!(
+        a.iter().map(|t| &t.0).collect::<Vec<_>>(),
+        b.iter().map(|t| &t.0).collect::<Vec<_>>()
+    );
+    let mut worst = (0.0, String::new());
+    for ((name, ta), (_, tb)) in a.iter().zip(&b) {
+        let d = (ta.to_kind(tch::Kind::Double) - tb.to_kind(tch::Kind::Double))
+            .abs()
+            .max()
+            .double_value(&[]);
+        if d >= worst.0 {
+            worst = (d, name.clone());
+        }
+    }
+    worst
+}
+
+/// The step lines' losses of a run.
+fn step_losses(run: &std::path::Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "step")
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect()
+}
+
+/// Trains `method` with `sets` once in one process (`single`) and once as a 2-rank job (`job`)
+/// in a new folder, checks that rank 0 alone printed, that the weights end within `tol` and
+/// that every step logged the same loss (the job's being the mean of the ranks' losses).
+fn single_and_job(method: &str, sets: &[&str], tol: f64) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let single = rotnet_no_bn("single");
+    let single = train_args(method, "single", sets);
     let single: Vec<&str> = single.iter().map(String::as_str).collect();
     ok(&selfsup(&single, dir.path()));
     let mut job = vec!["launch".to_string(), "--nproc".into(), "2".into()];
-    job.extend(rotnet_no_bn("job"));
+    job.extend(train_args(method, "job", sets));
     let job: Vec<&str> = job.iter().map(String::as_str).collect();
     let out = ok(&selfsup(&job, dir.path()));
-    // Rank 0 alone prints and writes.
     assert_eq!(out.matches("trained 8 steps (2 epochs)").count(), 1, "{out}");
-    let (a, b) = (weights(&dir.path().join("single")), weights(&dir.path().join("job")));
+    let (diff, name) = max_diff(dir.path(), "model.safetensors", "");
+    assert!(diff < tol, "{method}: {name}: max |single - job| = {diff}");
+    let (a, b) = (step_losses(&dir.path().join("single")), step_losses(&dir.path().join("job")));
+    assert_eq!(a.len(), 8, "{method}: a step line per step");
     assert_eq!(a.len(), b.len());
-    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
-        assert_eq!(na, nb);
-        let diff = (ta - tb).abs().max().double_value(&[]);
-        assert!(diff < 1e-4, "{na}: max |single - job| = {diff}");
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!((x - y).abs() <= tol * (1.0 + x.abs()), "{method} step {step}: loss {x} vs {y}");
     }
-    // The same steps, logged once, with the global batch's rate.
-    let lines = |run: &str| {
-        std::fs::read_to_string(dir.path().join(run).join("metrics.jsonl")).unwrap().lines().count()
-    };
-    assert_eq!(lines("single"), lines("job"));
+    dir
+}
+
+#[test]
+fn two_ranks_at_half_the_batch_train_like_one_process_at_the_whole_batch() {
+    let dir = single_and_job("rotnet", &[TINY_NO_BN], 1e-4);
     let state: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("job/checkpoint/trainer.json")).unwrap(),
     )
@@ -64,6 +108,34 @@ fn two_ranks_at_half_the_batch_train_like_one_process_at_the_whole_batch() {
     let resume: Vec<&str> = resume.iter().map(String::as_str).collect();
     let e = err(&selfsup(&resume, dir.path()));
     assert!(e.contains("written by a job of 2 processes, this one has 1"), "{e}");
+}
+
+#[test]
+fn with_synchronised_batch_norm_a_job_trains_like_one_process() {
+    // Batch norm in the trunk: the running statistics are among the compared tensors.
+    single_and_job("rotnet", &[TINY, "train.sync_batch_norm=true"], 1e-4);
+}
+
+#[test]
+fn simclr_with_gathered_negatives_matches_one_process_loss_for_loss() {
+    // Every anchor against the 2 × 16 views of the global batch; BN synchronised in the trunk
+    // and the projection head, as the paper's global BN.
+    single_and_job("simclr", &[TINY, "train.sync_batch_norm=true"], 1e-4);
+}
+
+#[test]
+fn moco_queues_hold_the_same_keys_as_one_process() {
+    // Shuffling BN over 2 sub-batches of the global batch: one per rank in the job.
+    let dir = single_and_job(
+        "moco",
+        &[TINY, r#"method_config={"version":"v2","queue_size":64,"bn_splits":2}"#],
+        1e-4,
+    );
+    let (diff, name) = max_diff(dir.path(), "trainer.safetensors", "method.");
+    assert!(diff < 1e-4, "moco: {name}: max |single - job| = {diff}");
+    let names: Vec<String> =
+        tensors(&dir.path().join("job"), "trainer.safetensors").into_iter().map(|t| t.0).collect();
+    assert!(names.iter().any(|n| n == "method.queue"), "{names:?}");
 }
 
 #[test]
@@ -99,4 +171,23 @@ fn bad_launcher_variables_are_one_line_naming_the_variable() {
     let e = err(&out);
     assert!(e.contains("RANK = 2 is not below WORLD_SIZE = 2"), "{e}");
     assert!(!dir.path().join("r").exists());
+}
+
+#[test]
+fn memory_banks_stay_the_same_on_every_rank_and_as_in_one_process() {
+    // The full softmax over the bank (NCE's noise would be drawn per rank): every rank writes
+    // every rank's features, so rank 0's bank is the single process's.
+    let dir = single_and_job(
+        "instance-discrimination",
+        &[TINY_NO_BN, r#"method_config={"objective":"softmax"}"#],
+        1e-3,
+    );
+    let (diff, name) = max_diff(dir.path(), "trainer.safetensors", "method.memory_bank");
+    assert!(diff < 1e-4, "{name}: max |single - job| = {diff}");
+}
+
+#[test]
+fn cpc_scores_against_the_patches_of_the_global_batch() {
+    // Without per-patch augmentation (drawn per rank), the job is the single process.
+    single_and_job("cpc", &[TINY_NO_BN, r#"method_config={"patch_augment":false}"#], 1e-3);
 }

@@ -1,6 +1,7 @@
-//! Build script of `selfsup-dist`: compiles the C++ shim over c10d's `TCPStore`
-//! (`csrc/store.cpp`) against libtorch's headers. Linking against libtorch itself is done by
-//! `torch-sys`; the store's code is in `libtorch_cpu`.
+//! Build script of `selfsup-dist`: compiles the C++ shims over c10d's `TCPStore`
+//! (`csrc/store.cpp`) and the differentiable all-reduce (`csrc/autograd.cpp`) against
+//! libtorch's headers. Linking against libtorch itself is done by `torch-sys`; the store's code
+//! is in `libtorch_cpu`.
 //!
 //! Reads `LIBTORCH` (the torch install, as for `torch-sys`; `cargo xtask env` prints it),
 //! optionally `LIBTORCH_INCLUDE` (a different header root) and `LIBTORCH_CXX11_ABI` (default 1).
@@ -11,6 +12,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-changed=csrc/store.cpp");
+    println!("cargo:rerun-if-changed=csrc/autograd.cpp");
 
     let root = std::env::var("LIBTORCH_INCLUDE").or_else(|_| std::env::var("LIBTORCH"));
     let Ok(root) = root else {
@@ -33,6 +35,7 @@ fn main() {
     cc::Build::new()
         .cpp(true)
         .file("csrc/store.cpp")
+        .file("csrc/autograd.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

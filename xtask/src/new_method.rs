@@ -270,6 +270,7 @@ mod tests {
             image_channels: 3,
             image_size: 32,
             encoder: EncoderConfig::Tiny { width: 8, batch_norm: true },
+            group: None,
         }
     }
 

@@ -52,7 +52,7 @@ impl Autoencoder {
         let width = cfg.decoder_width.unwrap_or_else(|| UpDecoder::default_width(c));
         let decoder =
             UpDecoder::new(&(root / "decoder"), c, channels, width, UpDecoder::ups_for(h, side));
-        let rng = StepRng::new(ctx.seed, 0xaed3_0a15, "autoencoder.draws");
+        let rng = StepRng::new(ctx.seed, 0xaed3_0a15, "autoencoder.draws").for_rank(ctx.rank());
         let samples = SampleGrid::new(cfg.sample_every, cfg.samples);
         Ok(Autoencoder { encoder, decoder, stats, cfg, side, rng, samples })
     }
@@ -175,6 +175,7 @@ mod tests {
             image_channels: 3,
             image_size: 32,
             encoder: EncoderConfig::Alexnet { variant: AlexnetVariant::Cifar, width: 4 },
+            group: None,
         }
     }
 

@@ -241,6 +241,7 @@ mod tests {
             image_channels: 3,
             image_size: 32,
             encoder: EncoderConfig::Alexnet { variant: AlexnetVariant::Cifar, width: 4 },
+            group: None,
         }
     }
 

@@ -7,7 +7,7 @@
 //! say "none": pixels in `[0, 1]`). [`LInput`] therefore converts RGB to L inside the encoder, so
 //! a probe on a colorization encoder sees exactly what pretraining saw, the lightness, and the
 //! trunk keeps its one input channel.
-use selfsup_core::encoders::{batch_norm2d, Encoder};
+use selfsup_core::encoders::{batch_norm2d, BatchNorm, Encoder};
 use selfsup_lab::lightness;
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
@@ -86,7 +86,7 @@ impl Encoder for LInput {
 #[derive(Debug)]
 pub struct DenseHead {
     hidden: nn::Conv2D,
-    bn: nn::BatchNorm,
+    bn: BatchNorm,
     out: nn::Conv2D,
 }
 

@@ -112,7 +112,8 @@ impl ContextEncoder {
             Discriminator::new(&(root / DISCRIMINATOR), channels, side, cfg.discriminator_width)
         });
         let overlap = cfg.overlap_for(side);
-        let rng = StepRng::new(ctx.seed, 0x00c0_47e7_e4c0, "context_encoder.draws");
+        let rng =
+            StepRng::new(ctx.seed, 0x00c0_47e7_e4c0, "context_encoder.draws").for_rank(ctx.rank());
         let samples = SampleGrid::new(cfg.sample_every, cfg.samples);
         Ok(ContextEncoder {
             encoder,
@@ -316,6 +317,7 @@ mod tests {
             image_channels: 3,
             image_size: 32,
             encoder: EncoderConfig::Alexnet { variant: AlexnetVariant::Cifar, width: 4 },
+            group: None,
         }
     }
 

@@ -42,12 +42,16 @@ pub enum ContrastiveError {
     /// An error from libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A collective of a data-parallel job that failed (a rank gone, a shape that differs).
+    #[error("{0}")]
+    Dist(#[from] selfsup_dist::DistError),
 }
 
 impl From<ContrastiveError> for selfsup_core::CoreError {
     fn from(e: ContrastiveError) -> Self {
         match e {
             ContrastiveError::Torch(t) => selfsup_core::CoreError::Torch(t),
+            ContrastiveError::Dist(d) => selfsup_core::CoreError::Dist(d),
             ContrastiveError::Config(m) => selfsup_core::CoreError::Config(m),
             ContrastiveError::State(m) => selfsup_core::CoreError::checkpoint("method state", m),
             e @ ContrastiveError::Views { .. } => selfsup_core::CoreError::Training(e.to_string()),

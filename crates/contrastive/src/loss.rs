@@ -7,6 +7,9 @@
 //! - [`nt_xent`] follows SimCLR's Algorithm 1 (Chen et al. 2020) exactly: the 2N views of a
 //!   batch of N images are each an anchor once; the other view of the same image is its
 //!   positive and the remaining 2N − 2 views are its negatives; the 2N losses are averaged.
+//! - [`nt_xent_gathered`] is the same loss in a data-parallel job (SimCLR's multi-device
+//!   training): every rank's embeddings gathered with gradient, each rank's anchors against
+//!   all 2N views of the global batch.
 //! - [`info_nce`] follows MoCo's Algorithm 1 (He et al. 2020): query `q`, positive key `k`, the
 //!   K keys of the queue as negatives, the positive at logit index 0.
 //!
@@ -83,6 +86,66 @@ pub fn nt_xent_logits(z: &Tensor, tau: f64) -> Result<(Tensor, Tensor)> {
 pub fn nt_xent_joint(z: &Tensor, tau: f64) -> Result<Tensor> {
     let (logits, targets) = nt_xent_logits(z, tau)?;
     Ok(without_autocast(logits.device(), || logits.cross_entropy_for_logits(&targets)))
+}
+
+/// NT-Xent of a data-parallel job's global batch, seen from one rank: the ranks' embeddings
+/// of both views are gathered with gradient ([`selfsup_dist::all_gather_with_grad`]) into the
+/// single-process joint embedding (view 1 of images `0..N`, then view 2, in rank order), and
+/// this rank's 2B views are the anchors, each against all 2N views. Returns the loss (the mean
+/// over this rank's anchors) and the anchors' logits and targets. With the trainer averaging
+/// the ranks' gradients, the parameters get exactly the gradient of [`nt_xent`] over the
+/// global batch, and the mean of the ranks' losses is its value (SimCLR's TPU training, the
+/// reference code's `GatherLayer`). At world size 1 it is [`nt_xent`].
+///
+/// # Shapes
+/// `z1`, `z2`: `(B, D)` on every rank (row `i` of both from this rank's image `i`), global
+/// batch `N = world · B ≥ 2`; returns a scalar, logits `(2B, 2N)` (f32) and targets `(2B,)`.
+pub fn nt_xent_gathered(
+    group: &std::sync::Arc<dyn selfsup_dist::Collectives>,
+    z1: &Tensor,
+    z2: &Tensor,
+    tau: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    check_tau(tau)?;
+    let (b, d) = check_2d("z1", z1)?;
+    if check_2d("z2", z2)? != (b, d) {
+        return Err(ContrastiveError::Shape(format!(
+            "z1 and z2 must have the same shape, got {:?} and {:?}",
+            z1.size(),
+            z2.size()
+        )));
+    }
+    let world = group.world_size() as i64;
+    let n = world * b;
+    if n < 2 {
+        return Err(ContrastiveError::Shape(format!(
+            "the global batch must hold at least 2 images, got {n}"
+        )));
+    }
+    let device = z1.device();
+    // One gather for both views: (B, 2, D) → (N, 2, D).
+    let all = selfsup_dist::all_gather_with_grad(group, &Tensor::f_stack(&[z1, z2], 1)?)?;
+    let z = Tensor::f_cat(&[all.f_select(1, 0)?, all.f_select(1, 1)?], 0)?;
+    let first = group.rank() as i64 * b;
+    let local = Tensor::arange_start(first, first + b, (Kind::Int64, device));
+    let rows = Tensor::f_cat(&[&local, &(&local + n)], 0)?;
+    let targets = rows.f_add_scalar(n)?.f_remainder(2 * n)?;
+    let (logits, loss) = without_autocast(device, || -> Result<(Tensor, Tensor)> {
+        let z = l2_normalize(&z);
+        let anchors = z.f_index_select(0, &rows)?;
+        let sim = anchors.f_matmul(&z.f_tr()?)?.f_div_scalar(tau)?;
+        let cols = Tensor::arange(2 * n, (Kind::Int64, device));
+        let self_mask = rows.f_unsqueeze(1)?.f_eq_tensor(&cols.f_unsqueeze(0)?)?;
+        let logits = sim.f_masked_fill(&self_mask, f64::NEG_INFINITY)?;
+        let loss = logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss::<Tensor>(
+            &targets,
+            None,
+            tch::Reduction::Mean,
+            -100,
+        )?;
+        Ok((logits, loss))
+    })?;
+    Ok((loss, logits, targets))
 }
 
 /// NT-Xent of SimCLR's Algorithm 1 for two views of the same N images.

@@ -2,7 +2,8 @@
 //! (`fixtures/make_fixtures.py`), and of gradient caching against one big batch.
 use selfsup_contrastive::grad_cache::{grad_cached_loss, micro_batches};
 use selfsup_contrastive::loss::{
-    info_nce, info_nce_logits, nt_xent, nt_xent_joint, nt_xent_logits, top1_accuracy,
+    info_nce, info_nce_logits, nt_xent, nt_xent_gathered, nt_xent_joint, nt_xent_logits,
+    top1_accuracy,
 };
 use selfsup_core::precision::{autocast, Precision};
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
@@ -335,4 +336,44 @@ fn grad_cache_updates_running_statistics_once_per_micro_batch() {
     .unwrap();
     assert!(max_diff(&stats[0], &stats_once[0]) < 1e-6);
     assert!(max_diff(&stats[1], &stats_once[1]) < 1e-6);
+}
+
+#[test]
+fn gathered_nt_xent_over_two_ranks_is_the_global_batch_loss_and_gradient() {
+    // Global batch of 6 images (embeddings of dim 4): rank r holds images 3r..3r+3.
+    tch::manual_seed(11);
+    let z1 = Tensor::randn([6, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let z2 = Tensor::randn([6, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let tau = 0.5;
+    let full = nt_xent(&z1, &z2, tau).unwrap();
+    full.backward();
+    let (g1, g2) = (rows(&z1.grad()), rows(&z2.grad()));
+    let (a, b) = (rows(&z1), rows(&z2));
+    let out = selfsup_dist::on_local_ranks(2, std::time::Duration::from_secs(30), move |g| {
+        let r = g.rank();
+        let z1 = matrix(&a[3 * r..3 * r + 3]).set_requires_grad(true);
+        let z2 = matrix(&b[3 * r..3 * r + 3]).set_requires_grad(true);
+        let (loss, logits, targets) = nt_xent_gathered(g, &z1, &z2, tau).unwrap();
+        loss.backward();
+        let acc = top1_accuracy(&logits, &targets).double_value(&[]);
+        (loss.double_value(&[]), rows(&z1.grad()), rows(&z2.grad()), logits.size(), acc)
+    })
+    .unwrap();
+    let mean = (out[0].0 + out[1].0) / 2.0;
+    let want = full.double_value(&[]);
+    assert!((mean - want).abs() < 1e-6, "mean of the ranks' losses {mean} vs {want}");
+    for (r, (_, d1, d2, shape, _)) in out.iter().enumerate() {
+        assert_eq!(shape, &vec![6, 12], "rank {r}: its 6 anchors against all 12 views");
+        // Each rank gets the sum over both ranks' losses; the trainer's average divides by 2.
+        for (got, want) in [(d1, &g1), (d2, &g2)] {
+            for (i, row) in got.iter().enumerate() {
+                for (x, y) in row.iter().zip(&want[3 * r + i]) {
+                    assert!((x / 2.0 - y).abs() < 1e-6, "rank {r} row {i}: {} vs {y}", x / 2.0);
+                }
+            }
+        }
+    }
+    let (l, t) = nt_xent_logits(&Tensor::cat(&[&z1, &z2], 0).detach(), tau).unwrap();
+    let acc = top1_accuracy(&l, &t).double_value(&[]);
+    assert!(((out[0].4 + out[1].4) / 2.0 - acc).abs() < 1e-6, "accuracy averages to the global");
 }

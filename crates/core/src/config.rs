@@ -120,6 +120,14 @@ pub struct TrainConfig {
     /// Channels-last memory format for weights and inputs. Default false.
     #[serde(default)]
     pub channels_last: bool,
+    /// In a data-parallel job, synchronise batch norm across the ranks (`nn.SyncBatchNorm`):
+    /// in training every BN layer normalises with the statistics of the whole global batch,
+    /// so N ranks at `batch_size / N` each compute what one process computes at `batch_size`.
+    /// Costs a small differentiable all-gather per BN layer in forward and one in backward.
+    /// Ignored outside a job. Default false: each rank normalises its own shard, as DDP without
+    /// SyncBN (MoCo's shuffling BN relies on that). Written to saved configs only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sync_batch_norm: bool,
     /// Save a checkpoint every this many epochs (and always at the end). Default 1.
     #[serde(default = "default_one")]
     pub checkpoint_every: u64,
@@ -203,6 +211,7 @@ impl Default for TrainConfig {
             grad_clip: None,
             precision: Precision::default(),
             channels_last: false,
+            sync_batch_norm: false,
             checkpoint_every: 1,
             checkpoint_minutes: default_checkpoint_minutes(),
             keep_checkpoints: default_keep_checkpoints(),

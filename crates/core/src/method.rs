@@ -48,6 +48,18 @@ pub struct BuildContext {
     pub image_size: i64,
     /// The encoder to build under `root / "encoder"` (the run config's `encoder`).
     pub encoder: crate::encoders::EncoderConfig,
+    /// The data-parallel job this process is a rank of, if any: the trainer shards each global
+    /// batch over its ranks and averages the gradients; methods whose loss or state looks
+    /// across the batch use it to see the whole global batch (SimCLR's negatives, MoCo's
+    /// shuffled keys and queue, a memory bank's updates). `None` for a single process.
+    pub group: Option<std::sync::Arc<dyn selfsup_dist::Collectives>>,
+}
+
+impl BuildContext {
+    /// This process's rank in its job (0 for a single process).
+    pub fn rank(&self) -> usize {
+        self.group.as_ref().map_or(0, |g| g.rank())
+    }
 }
 
 /// A loss and the metrics to log with it, returned by [`PretextMethod::step`].
@@ -216,11 +228,14 @@ pub fn classification_loss(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, 
 /// The random choices a method makes inside its steps (puzzles, patch positions, per-patch
 /// augmentation): step `n` draws from a ChaCha stream of `(seed, n, salt)`, and the step
 /// count travels with the checkpoint (as the state tensor `name`), so a resumed run draws
-/// what an uninterrupted one would.
+/// what an uninterrupted one would. In a data-parallel job each rank other than 0 draws from a
+/// stream of its own ([`StepRng::for_rank`]), so that the ranks' shards do not get the same
+/// choices position by position; rank 0 draws the single-process stream.
 #[derive(Debug, Clone)]
 pub struct StepRng {
     seed: u64,
     salt: u64,
+    rank: u64,
     /// Steps drawn so far.
     pub draws: u64,
     name: &'static str,
@@ -229,15 +244,23 @@ pub struct StepRng {
 impl StepRng {
     /// The stream of run seed `seed`, checkpointed as `name`; `salt` keeps methods apart.
     pub fn new(seed: u64, salt: u64, name: &'static str) -> Self {
-        StepRng { seed, salt, draws: 0, name }
+        StepRng { seed, salt, rank: 0, draws: 0, name }
+    }
+
+    /// The stream of rank `rank` of a job (rank 0's is the single-process stream).
+    pub fn for_rank(mut self, rank: usize) -> Self {
+        self.rank = rank as u64;
+        self
     }
 
     /// The generator of the next step.
     pub fn next_step(&mut self) -> rand_chacha::ChaCha8Rng {
         use rand::SeedableRng;
-        let rng = rand_chacha::ChaCha8Rng::seed_from_u64(selfsup_data::rng::mix(&[
-            self.seed, self.draws, self.salt,
-        ]));
+        let mut seed = selfsup_data::rng::mix(&[self.seed, self.draws, self.salt]);
+        if self.rank > 0 {
+            seed = selfsup_data::rng::mix(&[seed, self.rank]);
+        }
+        let rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         self.draws += 1;
         rng
     }
@@ -272,6 +295,10 @@ mod tests {
         assert_ne!(first, second);
         let mut other = StepRng::new(7, 2, "m.draws");
         assert_ne!(other.next_step().random::<u64>(), first, "the salt keeps methods apart");
+        let mut rank0 = StepRng::new(7, 1, "m.draws").for_rank(0);
+        assert_eq!(rank0.next_step().random::<u64>(), first, "rank 0 draws the single stream");
+        let mut rank1 = StepRng::new(7, 1, "m.draws").for_rank(1);
+        assert_ne!(rank1.next_step().random::<u64>(), first, "rank 1 draws its own");
         let batch = Batch {
             views: vec![],
             labels: Tensor::zeros([0], (tch::Kind::Int64, Device::Cpu)),

@@ -136,8 +136,25 @@ pub fn build_method(
     dataset: &ImageDataset,
     device: tch::Device,
 ) -> Result<(nn::VarStore, Box<dyn PretextMethod>, BuildContext)> {
+    build_method_in_job(cfg, registry, dataset, device, None)
+}
+
+/// [`build_method`] for a rank of a data-parallel job (`group`): the method sees the group in
+/// its [`BuildContext`], and its batch norms are synchronised over it when the config's
+/// `train.sync_batch_norm` is set.
+pub fn build_method_in_job(
+    cfg: &RunConfig,
+    registry: &Registry,
+    dataset: &ImageDataset,
+    device: tch::Device,
+    group: Option<Arc<dyn Collectives>>,
+) -> Result<(nn::VarStore, Box<dyn PretextMethod>, BuildContext)> {
     crate::seed::seed_torch(cfg.seed);
     let vs = nn::VarStore::new(device);
+    let _sync_bn = match &group {
+        Some(g) if cfg.train.sync_batch_norm => Some(crate::encoders::sync_batch_norm(g.clone())),
+        _ => None,
+    };
     let ctx = BuildContext {
         device,
         seed: cfg.seed,
@@ -145,6 +162,7 @@ pub fn build_method(
         image_channels: dataset.channels() as i64,
         image_size: dataset.height() as i64,
         encoder: cfg.encoder.clone(),
+        group,
     };
     let method = registry.build(&cfg.method, &vs.root(), &cfg.method_config, &ctx)?;
     Ok((vs, method, ctx))
@@ -416,7 +434,8 @@ impl<'a> Trainer<'a> {
             Some(d) => d,
             None => open_train_set(cfg)?,
         };
-        let (vs, method, ctx) = build_method(cfg, registry, &dataset, device)?;
+        let (vs, method, ctx) =
+            build_method_in_job(cfg, registry, &dataset, device, group.clone())?;
         let normalization = method.input_normalization();
         if cfg.train.channels_last {
             set_channels_last(&vs)?;
@@ -680,13 +699,20 @@ impl<'a> Trainer<'a> {
         let out = autocast(self.device, cfg.train.precision, || method.step(batch, true))?;
         // Not read back here: the loss sums are checked for NaN and infinity by
         // `check_finite` at every log line and before every checkpoint.
-        out.loss.backward();
+        // Fallible: a backward through a collective (gathered negatives, synchronised batch
+        // norm) fails when another rank of the job has gone.
+        out.loss.f_backward()?;
+        let loss = out.loss.detach().copy();
         if let Some(g) = &self.group {
-            // A stop request (SIGINT/SIGTERM) rides with the gradients, so that every rank
-            // stops after the same step.
+            // The loss and metrics are averaged over the ranks with the gradients (the global
+            // batch's values, for means over equal shards), and a stop request (SIGINT/SIGTERM)
+            // rides along, so that every rank stops after the same step.
             let mut stop =
                 [f32::from(u8::from(self.handle_signals && crate::signals::requested()))];
-            average_gradients(g.as_ref(), &self.params, &mut stop)?;
+            let means: Vec<Tensor> = std::iter::once(loss.shallow_clone())
+                .chain(out.metrics.iter().map(|(_, m)| m.shallow_clone()))
+                .collect();
+            average_gradients(g.as_ref(), &self.params, &means, &mut stop)?;
             self.stop_agreed = stop[0] > 0.0;
         }
         let grad_norm = match cfg.train.grad_clip {
@@ -702,20 +728,22 @@ impl<'a> Trainer<'a> {
             for (i, e) in self.extras.iter().enumerate() {
                 if let Some((_, l)) = losses.iter().find(|(n, _)| n == &e.name) {
                     zero_grads(&self.extra_params[i]);
-                    l.backward();
+                    l.f_backward()?;
+                    let value = l.detach().copy();
                     if let Some(g) = &self.group {
-                        average_gradients(g.as_ref(), &self.extra_params[i], &mut [])?;
+                        let means = [value.shallow_clone()];
+                        average_gradients(g.as_ref(), &self.extra_params[i], &means, &mut [])?;
                     }
                     let elr =
                         cfg.train.schedule.lr_at(e.optimizer.lr(), frac, cfg.train.epochs as f64);
                     self.extra_opts[i].step(&self.extra_params[i], elr)?;
-                    metrics.push((format!("{}_loss", e.name), l.detach()));
+                    metrics.push((format!("{}_loss", e.name), value));
                 }
             }
         }
         self.pos.global_step += 1;
         self.pos.batch_in_epoch += 1;
-        Ok(StepReport { loss: out.loss.detach(), metrics, inputs: out.inputs, lr, grad_norm })
+        Ok(StepReport { loss, metrics, inputs: out.inputs, lr, grad_norm })
     }
 
     /// Fails when a loss summed over the epoch so far (the method's, or an extra optimizer's) is

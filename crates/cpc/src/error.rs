@@ -16,12 +16,16 @@ pub enum CpcError {
     /// An error from libtorch.
     #[error("cpc: libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A collective of a data-parallel job that failed.
+    #[error("cpc: {0}")]
+    Dist(#[from] selfsup_dist::DistError),
 }
 
 impl From<CpcError> for CoreError {
     fn from(e: CpcError) -> Self {
         match e {
             CpcError::Torch(t) => CoreError::Torch(t),
+            CpcError::Dist(d) => CoreError::Dist(d),
             CpcError::Encoder(e) => *e,
             other => CoreError::Config(other.to_string()),
         }

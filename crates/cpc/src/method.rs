@@ -2,7 +2,9 @@
 //! crop is cut into a grid of overlapping patches, each patch encoded by the trunk and pooled to
 //! a vector `z`; a row-causal context network turns the grid of `z` into contexts `c`, and for
 //! each row offset `k` a linear map `W_k` predicts `z[i + k, j]` from `c[i, j]`, scored by
-//! InfoNCE with every other patch of the batch as a negative.
+//! InfoNCE with every other patch of the batch as a negative. In a data-parallel job the
+//! candidates are the patches of the global batch (gathered with gradient from every rank),
+//! as in one process at the global batch.
 use crate::config::CpcConfig;
 use crate::CpcError;
 use rand::Rng;
@@ -10,6 +12,8 @@ use selfsup_core::encoders::{linear, try_build_encoder, Encoder, LinearBias};
 use selfsup_core::method::{single_view, StepRng};
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{patches, Batch, Op, Pipeline};
+use selfsup_dist::Collectives;
+use std::sync::Arc;
 use tch::nn::{self, Module};
 use tch::{Kind, Reduction, Tensor};
 
@@ -24,6 +28,8 @@ pub struct Cpc {
     cfg: CpcConfig,
     /// Seeds each step's augmentation; checkpointed, so a resumed run draws the same.
     pub(crate) rng: StepRng,
+    /// The data-parallel job (world size > 1), if any.
+    group: Option<Arc<dyn Collectives>>,
 }
 
 /// InfoNCE: for each prediction (a row of `preds`), the cross-entropy of picking its target
@@ -60,8 +66,9 @@ impl Cpc {
             .collect();
         let predict =
             (1..=cfg.steps).map(|s| linear(root / "predict" / s, w, w, LinearBias::None)).collect();
-        let rng = StepRng::new(ctx.seed, 0x0c9c_0002, "cpc.draws");
-        Ok(Cpc { encoder, project, context, predict, cfg, rng })
+        let rng = StepRng::new(ctx.seed, 0x0c9c_0002, "cpc.draws").for_rank(ctx.rank());
+        let group = ctx.group.clone().filter(|g| g.world_size() > 1);
+        Ok(Cpc { encoder, project, context, predict, cfg, rng, group })
     }
 
     /// The config it was built with.
@@ -151,14 +158,22 @@ impl Cpc {
     }
 
     /// The InfoNCE loss and accuracy of one batch of patch grids, averaged over the row
-    /// offsets.
-    pub fn loss(&self, patches: &Tensor, train: bool) -> (Tensor, Tensor) {
+    /// offsets. In a job, every patch of the global batch is a candidate and the loss is the
+    /// mean over this rank's predictions.
+    pub fn loss(&self, patches: &Tensor, train: bool) -> Result<(Tensor, Tensor), CpcError> {
         let z = self.embed(patches, train);
         let c = self.context_t(&z);
         let size = z.size();
         let (b, w, g) = (size[0], size[1], size[2]);
-        // Every patch of the batch is a candidate, in (b, i, j) order.
+        // Every patch of the batch is a candidate, in (b, i, j) order; in a job, every
+        // patch of the global batch, in rank order, this rank's from row `rank · b·g·g`.
         let candidates = z.permute([0, 2, 3, 1]).reshape([b * g * g, w]);
+        let (candidates, first) = match &self.group {
+            Some(group) => {
+                (selfsup_dist::all_gather_with_grad(group, &candidates)?, group.rank() as i64 * b)
+            }
+            None => (candidates, 0),
+        };
         let mut losses = Vec::new();
         let mut accs = Vec::new();
         for (step, predictor) in self.predict.iter().enumerate() {
@@ -167,7 +182,7 @@ impl Cpc {
             // Contexts of rows 0..g-k predict the embeddings k rows below.
             let ctx = c.narrow(2, 0, rows).permute([0, 2, 3, 1]).reshape([b * rows * g, w]);
             let preds = predictor.forward(&ctx);
-            let bi = Tensor::arange(b, (Kind::Int64, z.device())).view([b, 1, 1]);
+            let bi = (Tensor::arange(b, (Kind::Int64, z.device())) + first).view([b, 1, 1]);
             let ii = Tensor::arange(rows, (Kind::Int64, z.device())).view([1, rows, 1]) + k;
             let jj = Tensor::arange(g, (Kind::Int64, z.device())).view([1, 1, g]);
             let targets = (bi * (g * g) + ii * g + jj).reshape([-1]);
@@ -176,7 +191,7 @@ impl Cpc {
             accs.push(a);
         }
         let loss = Tensor::stack(&losses, 0).mean(Kind::Float);
-        (loss, Tensor::stack(&accs, 0).mean(Kind::Float))
+        Ok((loss, Tensor::stack(&accs, 0).mean(Kind::Float)))
     }
 
     /// The data pipeline of the single view: the shorter side resized to `crop` and the
@@ -216,7 +231,7 @@ impl PretextMethod for Cpc {
         if self.cfg.normalize_patches {
             p = patches::normalize_each(&p);
         }
-        let (loss, acc) = self.loss(&p, train);
+        let (loss, acc) = self.loss(&p, train)?;
         Ok(StepOutput { loss, metrics: vec![("cpc_acc".to_string(), acc)], inputs: p.size()[0] })
     }
 
@@ -245,6 +260,7 @@ mod tests {
             image_channels: 3,
             image_size: 32,
             encoder: EncoderConfig::Tiny { width: 8, batch_norm: true },
+            group: None,
         }
     }
 

@@ -9,6 +9,7 @@
 //! the distributed issue allows where Gloo cannot be reached (the shipped libtorch exports
 //! `ProcessGroupGloo` but not the Gloo headers its declaration needs).
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tch::{Device, Kind, Tensor};
@@ -43,12 +44,15 @@ pub trait Collectives: Send + Sync + std::fmt::Debug {
 /// Averages the gradients of `params` over the ranks, in place, as DDP does after backward:
 /// with each rank's loss the mean over its `B / N` samples, the result is the gradient of the
 /// mean over all `B`. The defined gradients travel as one flat bucket; every rank must have
-/// gradients for the same parameters (same shapes, same order). `flags` ride in the same
-/// message and come back summed over the ranks (the trainer's stop requests: a stop asked of
-/// any rank is seen by all at the same step). A no-op at world size 1.
+/// gradients for the same parameters (same shapes, same order). `means` (one-element tensors
+/// on the gradients' device: the step's loss and metrics) ride in the same message and are
+/// replaced by their mean over the ranks, which is the global batch's value for a mean over
+/// equal shards; `flags` ride along too and come back summed over the ranks (the trainer's stop
+/// requests: a stop asked of any rank is seen by all at the same step). A no-op at world size 1.
 pub fn average_gradients(
     group: &dyn Collectives,
     params: &[(String, Tensor)],
+    means: &[Tensor],
     flags: &mut [f32],
 ) -> Result<()> {
     let world = group.world_size();
@@ -61,11 +65,14 @@ pub fn average_gradients(
     let device = grads.first().map_or(Device::Cpu, Tensor::device);
     let mut flat: Vec<Tensor> =
         grads.iter().map(|g| g.f_reshape([-1])).collect::<Result<_, _>>()?;
+    for m in means {
+        flat.push(m.f_reshape([-1])?.f_to_kind(kind)?.f_to_device(device)?);
+    }
     flat.push(Tensor::f_from_slice(flags)?.f_to(device)?.f_to_kind(kind)?);
     let bucket = Tensor::f_cat(&flat, 0)?;
     group.all_reduce_sum(&bucket)?;
     let mut offset = 0i64;
-    for g in &grads {
+    for g in grads.iter().chain(means) {
         let n = g.numel() as i64;
         let part = bucket.f_narrow(0, offset, n)?.f_view(g.size().as_slice())?;
         g.shallow_clone().f_copy_(&part.f_div_scalar(world as f64)?)?;
@@ -99,6 +106,10 @@ pub struct StoreGroup {
     seq: AtomicU64,
 }
 
+/// The largest value [`StoreGroup`] puts under one key: c10d's store server closes the
+/// connection of a client that sends a value over 8 MiB.
+const PIECE: usize = 4 << 20;
+
 /// Kinds a tensor may have on the wire, by code.
 const KINDS: [Kind; 8] = [
     Kind::Float,
@@ -122,18 +133,44 @@ impl StoreGroup {
     }
 
     /// Puts `payload` under this collective's key and returns every rank's payload in rank
-    /// order; the last rank to read deletes the keys.
+    /// order; the last rank to read deletes the keys. A payload travels in pieces of at most
+    /// [`PIECE`] bytes (the store's server refuses values over 8 MiB), then its piece count.
     fn exchange(&self, payload: &[u8]) -> Result<Vec<Vec<u8>>> {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst);
         let key = |r: usize| format!("selfsup/{seq}/{r}");
-        self.store.set(&key(self.rank), payload)?;
+        let piece = |r: usize, i: usize| format!("selfsup/{seq}/{r}/{i}");
+        let pieces: Vec<&[u8]> = payload.chunks(PIECE).collect();
+        for (i, p) in pieces.iter().enumerate() {
+            self.store.set(&piece(self.rank, i), p)?;
+        }
+        // Set last: a reader that sees the count finds every piece in place.
+        self.store.set(&key(self.rank), &(pieces.len() as u64).to_le_bytes())?;
         let mut out = Vec::with_capacity(self.world);
+        let mut counts = Vec::with_capacity(self.world);
         for r in 0..self.world {
-            out.push(if r == self.rank { payload.to_vec() } else { self.store.get(&key(r))? });
+            if r == self.rank {
+                out.push(payload.to_vec());
+                counts.push(pieces.len());
+                continue;
+            }
+            let count = self.store.get(&key(r))?;
+            let count: [u8; 8] = count.as_slice().try_into().map_err(|_| {
+                self.err("exchange", format!("rank {r} sent a malformed piece count"))
+            })?;
+            let count = u64::from_le_bytes(count) as usize;
+            let mut whole = Vec::new();
+            for i in 0..count {
+                whole.extend_from_slice(&self.store.get(&piece(r, i))?);
+            }
+            counts.push(count);
+            out.push(whole);
         }
         let read = format!("selfsup/{seq}/read");
         if self.store.add(&read, 1)? == self.world as i64 {
-            for r in 0..self.world {
+            for (r, n) in counts.iter().enumerate() {
+                for i in 0..*n {
+                    self.store.delete(&piece(r, i))?;
+                }
                 self.store.delete(&key(r))?;
             }
             self.store.delete(&read)?;
@@ -295,4 +332,39 @@ impl Collectives for StoreGroup {
         }
         Ok(())
     }
+}
+
+/// Runs `f` on `n` ranks that are threads of this process, each with its own connection to a
+/// c10d `TCPStore` on a free local port served by rank 0 (as separate processes would have),
+/// and returns the results in rank order: for testing code that runs collectives (a loss over
+/// every rank's embeddings, a layer that synchronises) without launching processes. Rank 0
+/// leaves the store last. Setting-up errors are returned; a panicking rank is resumed here.
+pub fn on_local_ranks<T: Send + 'static>(
+    n: usize,
+    timeout: Duration,
+    f: impl Fn(&Arc<dyn Collectives>) -> T + Send + Sync + Clone + 'static,
+) -> Result<Vec<T>> {
+    let port = crate::free_port().map_err(|e| DistError::Store {
+        addr: "127.0.0.1:0".into(),
+        msg: format!("no free port: {e}"),
+    })?;
+    let handles: Vec<_> = (0..n)
+        .map(|rank| {
+            let f = f.clone();
+            std::thread::spawn(move || -> Result<T> {
+                let world = World {
+                    rank,
+                    world_size: n,
+                    local_rank: rank,
+                    master_addr: "127.0.0.1".into(),
+                    master_port: port,
+                };
+                let group: Arc<dyn Collectives> = Arc::new(init(&world, timeout)?);
+                let out = f(&group);
+                group.finish()?;
+                Ok(out)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
 }

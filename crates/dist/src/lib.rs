@@ -8,16 +8,21 @@
 //!   it, every rank connects: PyTorch's `env://` rendezvous).
 //! - [`Collectives`] and [`StoreGroup`]: sum, gather, broadcast and barrier across the ranks;
 //!   [`average_gradients`]: DDP's gradient averaging after backward.
+//! - [`all_reduce_sum_with_grad`] and [`all_gather_with_grad`]: collectives inside the autograd
+//!   graph (a C++ autograd function calling back into the group), for losses that use every
+//!   rank's embeddings and for synchronised batch norm.
 //!
 //! The trainer (`selfsup-core`) shards each global batch across the ranks and averages the
 //! gradients, so N ranks at `B / N` each train like one process at batch `B` (exactly, up to
 //! float rounding, for networks without batch norm).
+mod autograd;
 mod env;
 mod error;
 mod group;
 mod store;
 
+pub use autograd::{all_gather_with_grad, all_reduce_sum_with_grad};
 pub use env::World;
 pub use error::{DistError, Result};
-pub use group::{average_gradients, init, Collectives, StoreGroup};
+pub use group::{average_gradients, init, on_local_ranks, Collectives, StoreGroup};
 pub use store::{free_port, TcpStore};

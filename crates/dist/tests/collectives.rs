@@ -1,36 +1,20 @@
 //! The store-backed collectives across ranks that are threads of this process, each with its
 //! own connection to a c10d `TCPStore` served by rank 0 (as separate processes would have).
+use std::sync::Arc;
 use std::time::Duration;
 
-use selfsup_dist::{average_gradients, free_port, init, Collectives, StoreGroup, World};
+use selfsup_dist::{
+    all_gather_with_grad, all_reduce_sum_with_grad, average_gradients, free_port, init,
+    on_local_ranks, Collectives, World,
+};
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 
 /// Runs `f(group)` on `n` ranks, each in a thread, and returns their results in rank order.
 fn on_ranks<T: Send + 'static>(
     n: usize,
-    f: impl Fn(&StoreGroup) -> T + Send + Sync + Clone + 'static,
+    f: impl Fn(&Arc<dyn Collectives>) -> T + Send + Sync + Clone + 'static,
 ) -> Vec<T> {
-    let port = free_port().unwrap();
-    let handles: Vec<_> = (0..n)
-        .map(|rank| {
-            let f = f.clone();
-            std::thread::spawn(move || {
-                let world = World {
-                    rank,
-                    world_size: n,
-                    local_rank: rank,
-                    master_addr: "127.0.0.1".into(),
-                    master_port: port,
-                };
-                let group = init(&world, Duration::from_secs(30)).unwrap();
-                let out = f(&group);
-                // Rank 0 serves the store: it leaves last.
-                group.finish().unwrap();
-                out
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).collect()
+    on_local_ranks(n, Duration::from_secs(30), f).unwrap()
 }
 
 fn values(t: &Tensor) -> Vec<f32> {
@@ -91,7 +75,7 @@ fn a_rank_with_another_shape_is_named() {
 #[test]
 fn two_ranks_at_half_the_batch_average_to_the_full_batch_gradient() {
     // A network without batch norm: the mean loss over B is the mean of the two halves' means.
-    fn grads(x: &Tensor, y: &Tensor, group: Option<&StoreGroup>) -> Vec<Vec<f32>> {
+    fn grads(x: &Tensor, y: &Tensor, group: Option<&Arc<dyn Collectives>>) -> Vec<Vec<f32>> {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let net = nn::seq()
@@ -104,7 +88,7 @@ fn two_ranks_at_half_the_batch_average_to_the_full_batch_gradient() {
         params.sort_by(|a, b| a.0.cmp(&b.0));
         if let Some(g) = group {
             let mut flags = [g.rank() as f32, 1.0];
-            average_gradients(g, &params, &mut flags).unwrap();
+            average_gradients(g.as_ref(), &params, &[], &mut flags).unwrap();
             assert_eq!(flags, [1.0, 2.0], "flags come back summed");
         }
         params.iter().map(|(_, p)| values(&p.grad())).collect()
@@ -142,4 +126,50 @@ fn no_server_is_an_error_naming_the_address() {
     let e = init(&world, Duration::from_millis(1500)).unwrap_err().to_string();
     assert!(e.starts_with(&format!("store 127.0.0.1:{port}: ")), "{e}");
     assert!(!e.contains('\n'), "one line: {e}");
+}
+
+#[test]
+fn gathering_with_gradient_hands_each_rank_the_gradient_of_its_rows_from_every_loss() {
+    // Rank r holds x_r = (r + 1) · [1, 2] (one row) and its loss is Σ c_r ⊙ gather(x), with
+    // c_r = (r + 1) · [[1, 10], [100, 1000], [1e4, 1e5]]: rank s's rows get Σ_r c_r[s].
+    let out = on_ranks(3, |g| {
+        let r = g.rank() as f64;
+        let x =
+            (Tensor::from_slice(&[1.0f32, 2.0]).view([1, 2]) * (r + 1.0)).set_requires_grad(true);
+        let all = all_gather_with_grad(g, &x).unwrap();
+        let c =
+            Tensor::from_slice(&[1.0f32, 10.0, 100.0, 1000.0, 1e4, 1e5]).view([3, 2]) * (r + 1.0);
+        let loss = (&all * &c).sum(Kind::Float);
+        loss.backward();
+        // A sum whose backward sums too: d/dx_r Σ_ranks (Σ y) over 3 ranks is 3 per element.
+        let z = Tensor::from_slice(&[r as f32]).set_requires_grad(true);
+        all_reduce_sum_with_grad(g, &z).unwrap().sum(Kind::Float).backward();
+        (values(&all), values(&x.grad()), values(&loss), values(&z.grad()))
+    });
+    let scale = 1.0 + 2.0 + 3.0;
+    for (rank, (all, grad, loss, zgrad)) in out.iter().enumerate() {
+        assert_eq!(all, &vec![1.0, 2.0, 2.0, 4.0, 3.0, 6.0], "rank {rank}: rows in rank order");
+        let c = [[1.0f32, 10.0], [100.0, 1000.0], [1e4, 1e5]][rank];
+        assert_eq!(grad, &vec![scale * c[0], scale * c[1]], "rank {rank}");
+        let expected = (1.0 + 20.0 + 200.0 + 4000.0 + 3e4 + 6e5) * (rank as f32 + 1.0);
+        assert_eq!(loss, &vec![expected], "rank {rank}: its own loss");
+        assert_eq!(zgrad, &vec![3.0], "rank {rank}");
+    }
+}
+
+#[test]
+fn tensors_larger_than_the_stores_value_limit_travel_in_pieces() {
+    // 3 M floats (12 MB) a rank: over c10d's 8 MiB limit on one value.
+    let out = on_ranks(2, |g| {
+        let n = 3_000_000;
+        let t = Tensor::arange(n, (Kind::Float, Device::Cpu)) + g.rank() as f64;
+        g.all_reduce_sum(&t).unwrap();
+        let gathered = g.all_gather(&t.narrow(0, 0, 5)).unwrap();
+        (t.narrow(0, n - 2, 2).iter::<f64>().unwrap().collect::<Vec<_>>(), values(&gathered))
+    });
+    for (rank, (tail, gathered)) in out.iter().enumerate() {
+        let n = 3_000_000f64;
+        assert_eq!(tail, &vec![2.0 * (n - 2.0) + 1.0, 2.0 * (n - 1.0) + 1.0], "rank {rank}");
+        assert_eq!(gathered, &vec![1.0, 3.0, 5.0, 7.0, 9.0, 1.0, 3.0, 5.0, 7.0, 9.0]);
+    }
 }

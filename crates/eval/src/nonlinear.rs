@@ -30,7 +30,7 @@ use crate::linear::{
 use crate::probe::{eval_loop, seeded_normal, train_loop_with, LoopSpec, Sgd};
 use crate::report::{open_report, BestEpoch, EvalReport, ResultRow};
 use crate::{EvalError, Result};
-use selfsup_core::encoders::{batch_norm1d, batch_norm2d};
+use selfsup_core::encoders::{batch_norm1d, batch_norm2d, BatchNorm};
 use selfsup_core::schedule::ScheduleConfig;
 use selfsup_core::Encoder;
 use selfsup_data::ImageDataset;
@@ -148,8 +148,8 @@ impl NonLinearProbeConfig {
 #[derive(Debug)]
 pub struct NonLinearHead {
     kind: HeadKind,
-    convs: Vec<(nn::Conv2D, nn::BatchNorm)>,
-    hidden: Vec<(nn::Linear, nn::BatchNorm)>,
+    convs: Vec<(nn::Conv2D, BatchNorm)>,
+    hidden: Vec<(nn::Linear, BatchNorm)>,
     out: nn::Linear,
 }
 

@@ -9,13 +9,19 @@
 //! `N × mean(scores)` on the first training batch and then fixed (the paper's Monte-Carlo
 //! estimate, section 3.2), and the loss is [`nce_loss`]. The bank rows of the batch are updated
 //! after the optimizer step with the features of the step (detached), momentum 0.5.
+//!
+//! In a data-parallel job every rank keeps the whole bank and writes every rank's features to
+//! it (gathered after the optimizer step), so the banks stay the same on all ranks; Z is
+//! estimated from the global first batch (the mean of the ranks' means).
 use crate::config::{InstDiscConfig, Objective};
 use crate::memory::{nce_loss, MemoryBank};
 use selfsup_contrastive::loss::{l2_normalize, top1_accuracy};
 use selfsup_contrastive::{pooled, views, ContrastiveError};
-use selfsup_core::encoders::{batch_norm1d, build_encoder, linear, Encoder, LinearBias};
+use selfsup_core::encoders::{batch_norm1d, build_encoder, linear, BatchNorm, Encoder, LinearBias};
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Pipeline};
+use selfsup_dist::Collectives;
+use std::sync::Arc;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
@@ -25,7 +31,7 @@ use tch::{Kind, Tensor};
 pub struct InstanceDiscrimination {
     encoder: Box<dyn Encoder>,
     head: nn::Linear,
-    head_bn: Option<nn::BatchNorm>,
+    head_bn: Option<BatchNorm>,
     bank: MemoryBank,
     cfg: InstDiscConfig,
     view: Pipeline,
@@ -34,6 +40,9 @@ pub struct InstanceDiscrimination {
     /// (indices, features) of the last training step, written to the bank after the
     /// optimizer step.
     pending: Option<(Tensor, Tensor)>,
+    /// The data-parallel job (world size > 1), if any: the bank is written with every rank's
+    /// features, so that it is the same on every rank.
+    group: Option<Arc<dyn Collectives>>,
 }
 
 impl InstanceDiscrimination {
@@ -74,6 +83,7 @@ impl InstanceDiscrimination {
             view,
             z: -1.0,
             pending: None,
+            group: ctx.group.clone().filter(|g| g.world_size() > 1),
         })
     }
 
@@ -97,6 +107,11 @@ impl InstanceDiscrimination {
             Some(bn) => l2_normalize(&h.apply_t(bn, train)),
             None => l2_normalize(&h),
         }
+    }
+
+    /// Ranks in the job (1 for a single process).
+    fn world(&self) -> i64 {
+        self.group.as_ref().map_or(1, |g| g.world_size() as i64)
     }
 
     /// Loss and accuracy (the own index scoring highest among the candidates) for normalised
@@ -127,7 +142,12 @@ impl InstanceDiscrimination {
                 let dots = self.bank.candidate_similarities(&v, &candidates);
                 let scores = (&dots / tau).exp();
                 if self.z < 0.0 && train {
-                    self.z = scores.mean(Kind::Float).double_value(&[]) * n as f64;
+                    // In a job, the mean over the global batch (the ranks' shards are equal).
+                    let mean = scores.mean(Kind::Float);
+                    if let Some(g) = &self.group {
+                        g.all_reduce_sum(&mean)?;
+                    }
+                    self.z = mean.double_value(&[]) / self.world() as f64 * n as f64;
                 }
                 let z = if self.z > 0.0 {
                     self.z
@@ -191,7 +211,15 @@ impl PretextMethod for InstanceDiscrimination {
 
     fn after_optimizer_step(&mut self, _step: u64) -> selfsup_core::Result<()> {
         if let Some((idx, v)) = self.pending.take() {
-            self.bank.update(&idx, &v)?;
+            match &self.group {
+                // Every rank's images, in rank order: the bank stays the same on every rank.
+                Some(g) => {
+                    let idx = g.all_gather(&idx.to_device(v.device()))?;
+                    let v = g.all_gather(&v)?;
+                    self.bank.update(&idx, &v)?;
+                }
+                None => self.bank.update(&idx, &v)?,
+            }
         }
         Ok(())
     }

@@ -25,6 +25,7 @@ fn ctx(n: usize) -> BuildContext {
         image_channels: 3,
         image_size: 16,
         encoder: EncoderConfig::Tiny { width: 4, batch_norm: true },
+        group: None,
     }
 }
 

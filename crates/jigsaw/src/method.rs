@@ -44,7 +44,7 @@ impl Jigsaw {
         let fc8 = linear(root / "fc8", cfg.fc7, cfg.permutations as i64, LinearBias::Default);
         let perms =
             maximal_hamming(cfg.permutations, cfg.permutation_seed, cfg.permutation_selection);
-        let rng = StepRng::new(ctx.seed, 0x6a16_5a3e, "jigsaw.draws");
+        let rng = StepRng::new(ctx.seed, 0x6a16_5a3e, "jigsaw.draws").for_rank(ctx.rank());
         Ok(Jigsaw { encoder, fc6, fc7, fc8, cfg, perms, rng })
     }
 
@@ -177,6 +177,7 @@ mod tests {
             image_channels: 3,
             image_size: 24,
             encoder: EncoderConfig::Tiny { width: 8, batch_norm: true },
+            group: None,
         }
     }
 

@@ -31,6 +31,17 @@
 //! batch) being in random order. In evaluation BN uses the running statistics, so the batch
 //! goes through in one pass.
 //!
+//! **In a data-parallel job** (official `moco/builder.py`, several GPUs): `bn_splits` counts
+//! the sub-batches of the global batch, each rank running `bn_splits / world_size` of them on
+//! its shard (one each, as the official code's GPUs, when `bn_splits` ≤ the world size). The
+//! key images are gathered from every rank, shuffled by the same seeded permutation on every
+//! rank, each rank embeds its slice of the shuffled batch, and the keys are gathered and
+//! unshuffled (`_batch_shuffle_ddp` / `_batch_unshuffle_ddp`); the queue is fed the keys of all
+//! ranks (`concat_all_gather`), so every rank holds the same queue. The BN running statistics
+//! are averaged over the ranks after each split forward. Each rank's loss is the mean over its
+//! own queries; with the gradients averaged, N ranks at `B / N` compute what one process
+//! computes at `B` with the same `bn_splits` (up to float rounding).
+//!
 //! **Symmetric loss** (official CIFAR-10 demo): `ctr(q1, k2) + ctr(q2, k1)` (a sum, as there),
 //! with both key sets enqueued.
 use crate::config::{MocoConfig, MocoVersion};
@@ -45,6 +56,8 @@ use selfsup_core::encoders::{build_encoder, is_running_stat, linear, Encoder, Li
 use selfsup_core::seed::{derive_seed, name_hash};
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Pipeline};
+use selfsup_dist::Collectives;
+use std::sync::Arc;
 use tch::nn::{self, Module, ModuleT};
 use tch::{Kind, Tensor};
 
@@ -130,6 +143,26 @@ impl Network {
         });
         Tensor::cat(&parts, 0)
     }
+
+    /// In a job: sets the BN running statistics to their mean over the ranks (after a training
+    /// forward, so that every rank holds those of the global batch's sub-batches).
+    fn average_running(&self, group: &Arc<dyn Collectives>) -> Result<(), ContrastiveError> {
+        if self.running.is_empty() {
+            return Ok(());
+        }
+        let _no_grad = tch::no_grad_guard();
+        let flat: Vec<Tensor> = self.running.iter().map(|t| t.reshape([-1])).collect();
+        let all = Tensor::f_cat(&flat, 0)?;
+        group.all_reduce_sum(&all)?;
+        let all = all / group.world_size() as f64;
+        let mut offset = 0;
+        for buf in &self.running {
+            let n = buf.numel() as i64;
+            buf.data().copy_(&all.narrow(0, offset, n).view(buf.size().as_slice()));
+            offset += n;
+        }
+        Ok(())
+    }
 }
 
 /// MoCo: query network (`encoder.*`, `head.*` in the trainer's store), key network (its own
@@ -145,8 +178,11 @@ pub struct Moco {
     seed: u64,
     /// Training steps taken so far (seeds the key shuffle).
     steps: i64,
-    /// Keys of the last training step, enqueued after the optimizer step.
+    /// Keys of the last training step, enqueued after the optimizer step (every rank's, in a
+    /// job).
     pending: Vec<Tensor>,
+    /// The data-parallel job (world size > 1), if any.
+    group: Option<Arc<dyn Collectives>>,
 }
 
 impl Moco {
@@ -204,6 +240,7 @@ impl Moco {
             seed: ctx.seed,
             steps: 0,
             pending: Vec::new(),
+            group: ctx.group.clone().filter(|g| g.world_size() > 1),
         })
     }
 
@@ -222,44 +259,88 @@ impl Moco {
         &self.key_vars
     }
 
-    fn splits(&self, n: i64) -> i64 {
-        (self.cfg.bn_splits as i64).min(n / 2).max(1)
+    /// Ranks in the job (1 for a single process).
+    fn world(&self) -> i64 {
+        self.group.as_ref().map_or(1, |g| g.world_size() as i64)
+    }
+
+    /// Sub-batches of this process's `n` images: `bn_splits` (at most half the global batch)
+    /// over the global batch, shared among the ranks.
+    fn splits(&self, n: i64) -> Result<i64, ContrastiveError> {
+        let world = self.world();
+        let global = (self.cfg.bn_splits as i64).min(world * n / 2).max(1);
+        if global <= world {
+            return Ok(1);
+        }
+        if global % world != 0 {
+            return Err(ContrastiveError::Config(format!(
+                "moco bn_splits = {} sub-batches cannot be shared among {world} ranks; use a \
+                 multiple of the world size",
+                self.cfg.bn_splits
+            )));
+        }
+        Ok(global / world)
     }
 
     /// Normalised queries.
     ///
     /// # Shapes
     /// `xs`: `(N, C, H, W)`; returns `(N, dim)`.
-    pub fn queries_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        self.query.embed_t(xs, train, self.splits(xs.size()[0]))
+    pub fn queries_t(&self, xs: &Tensor, train: bool) -> Result<Tensor, ContrastiveError> {
+        let q = self.query.embed_t(xs, train, self.splits(xs.size()[0])?);
+        if let (Some(g), true) = (&self.group, train) {
+            self.query.average_running(g)?;
+        }
+        Ok(q)
     }
 
     /// Normalised keys from the key network, without autograd; in training the batch is
     /// shuffled before the split forward and unshuffled after (Shuffling BN, see the module
-    /// docs), with a permutation drawn from `(seed, step)`.
+    /// docs), with a permutation drawn from `(seed, step)`. In a job the shuffle runs over the
+    /// global batch, and the keys of every rank come back in rank order.
     ///
     /// # Shapes
-    /// `xs`: `(N, C, H, W)`; returns `(N, dim)`.
-    pub fn keys_t(&self, xs: &Tensor, train: bool, stream: u64) -> Tensor {
-        let n = xs.size()[0];
-        let splits = self.splits(n);
-        tch::no_grad(|| {
-            if !train || splits <= 1 {
-                return self.key.embed_t(xs, train, splits);
+    /// `xs`: `(N, C, H, W)`; returns `(world · N, dim)`, this rank's keys at rows
+    /// `rank · N ..` (`(N, dim)` outside a job and in evaluation).
+    pub fn keys_t(
+        &self,
+        xs: &Tensor,
+        train: bool,
+        stream: u64,
+    ) -> Result<Tensor, ContrastiveError> {
+        let splits = self.splits(xs.size()[0])?;
+        let _no_grad = tch::no_grad_guard();
+        if !train {
+            return Ok(self.key.embed_t(xs, train, splits));
+        }
+        let group = self.group.as_ref();
+        if group.is_none() && splits <= 1 {
+            return Ok(self.key.embed_t(xs, train, splits));
+        }
+        let all = match group {
+            Some(g) => g.all_gather(xs)?,
+            None => xs.shallow_clone(),
+        };
+        let n = all.size()[0];
+        let (first, local) = (group.map_or(0, |g| g.rank() as i64) * xs.size()[0], xs.size()[0]);
+        let mut perm: Vec<i64> = (0..n).collect();
+        let s = derive_seed(self.seed, &[name_hash("moco-shuffle-bn"), self.steps as u64, stream]);
+        perm.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(s));
+        // Drawn on the host (the same on every device and rank) and copied without blocking.
+        let perm = selfsup_core::host::upload(&Tensor::from_slice(&perm), xs.device());
+        let mine = all.index_select(0, &perm.narrow(0, first, local));
+        let k = self.key.embed_t(&mine, train, splits);
+        let k = match group {
+            Some(g) => {
+                self.key.average_running(g)?;
+                g.all_gather(&k)?
             }
-            let mut perm: Vec<i64> = (0..n).collect();
-            let s =
-                derive_seed(self.seed, &[name_hash("moco-shuffle-bn"), self.steps as u64, stream]);
-            perm.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(s));
-            // Drawn on the host (the same on every device) and copied without blocking.
-            let perm = selfsup_core::host::upload(&Tensor::from_slice(&perm), xs.device());
-            let k = self.key.embed_t(&xs.index_select(0, &perm), train, splits);
-            let inverse = perm.argsort(0, false);
-            k.index_select(0, &inverse)
-        })
+            None => k,
+        };
+        Ok(k.index_select(0, &perm.argsort(0, false)))
     }
 
-    /// The loss of one (query view, key view) pair, its logits and the keys.
+    /// The loss of one (query view, key view) pair, its logits and the keys (every rank's).
     fn contrast(
         &self,
         xq: &Tensor,
@@ -267,12 +348,16 @@ impl Moco {
         train: bool,
         stream: u64,
     ) -> Result<(Tensor, Tensor, Tensor), ContrastiveError> {
-        let q = self.queries_t(xq, train);
-        let k = self.keys_t(xk, train, stream);
+        let q = self.queries_t(xq, train)?;
+        let keys = self.keys_t(xk, train, stream)?;
+        let k = match (&self.group, train) {
+            (Some(g), true) => keys.narrow(0, g.rank() as i64 * q.size()[0], q.size()[0]),
+            _ => keys.shallow_clone(),
+        };
         let logits = info_nce_logits(&q, &k, self.queue.keys(), self.cfg.tau())?;
         let targets = Tensor::zeros([logits.size()[0]], (Kind::Int64, logits.device()));
         let loss = logits.cross_entropy_for_logits(&targets);
-        Ok((loss, logits, k))
+        Ok((loss, logits, keys))
     }
 }
 
@@ -292,7 +377,7 @@ impl PretextMethod for Moco {
     /// The L2-normalised query embedding (eval mode), the feature of the official CIFAR demo's
     /// kNN monitor (`net.encoder_q` with its fc, then `F.normalize`).
     fn embedding_t(&self, xs: &Tensor) -> Option<Tensor> {
-        Some(self.queries_t(xs, false))
+        Some(self.query.embed_t(xs, false, 1))
     }
 
     fn step(&mut self, batch: &Batch, train: bool) -> selfsup_core::Result<StepOutput> {

@@ -25,6 +25,7 @@ fn ctx() -> BuildContext {
         image_channels: 3,
         image_size: 16,
         encoder: EncoderConfig::Tiny { width: 4, batch_norm: true },
+        group: None,
     }
 }
 
@@ -274,7 +275,7 @@ fn split_bn_updates_running_statistics_once_per_batch() {
         for (name, r) in &r0 {
             tch::no_grad(|| ref_vars[name].shallow_clone().copy_(r));
         }
-        ref_parts.push(tch::no_grad(|| reference.queries_t(&chunk, true)));
+        ref_parts.push(tch::no_grad(|| reference.queries_t(&chunk, true).unwrap()));
         for ((name, _), sum) in r0.iter().zip(sums.iter_mut()) {
             *sum += &ref_vars[name];
         }
@@ -293,7 +294,7 @@ fn split_bn_updates_running_statistics_once_per_batch() {
     assert!(diff < 1e-5, "key encoder.bn1.running_mean off by {diff}");
 
     // Training outputs: those of the separate passes.
-    let q = tch::no_grad(|| m.queries_t(&b.views[0], true));
+    let q = tch::no_grad(|| m.queries_t(&b.views[0], true).unwrap());
     let diff = max_diff(&q, &Tensor::cat(&ref_parts, 0));
     assert!(diff < 1e-5, "training queries off by {diff}");
     // Evaluation: one pass with the running statistics, which it leaves alone.
@@ -302,8 +303,10 @@ fn split_bn_updates_running_statistics_once_per_batch() {
     let stats = running_stats(&vs.variables());
     let key_stats = running_stats(&key_vars);
     let x = &b.views[1];
-    let (q, q_ref) = tch::no_grad(|| (m.queries_t(x, false), reference.queries_t(x, false)));
-    let (k, k_ref) = tch::no_grad(|| (m.keys_t(x, false, 0), reference.keys_t(x, false, 0)));
+    let (q, q_ref) =
+        tch::no_grad(|| (m.queries_t(x, false).unwrap(), reference.queries_t(x, false).unwrap()));
+    let (k, k_ref) =
+        tch::no_grad(|| (m.keys_t(x, false, 0).unwrap(), reference.keys_t(x, false, 0).unwrap()));
     assert!(max_diff(&q, &q_ref) < 1e-5 && max_diff(&k, &k_ref) < 1e-5);
     for (before, now) in
         [(stats, running_stats(&vs.variables())), (key_stats, running_stats(&key_vars))]

@@ -14,7 +14,7 @@
 //!
 //! Variables: `up{i}.weight`, `bn{i}.{weight, bias, running_mean, running_var}` for `i` in
 //! `1..=ups`, `out.{weight, bias}`.
-use selfsup_core::encoders::batch_norm2d;
+use selfsup_core::encoders::{batch_norm2d, BatchNorm};
 use tch::nn;
 use tch::Tensor;
 
@@ -27,7 +27,7 @@ pub const DCGAN_INIT: nn::Init = nn::Init::Randn { mean: 0.0, stdev: 0.02 };
 /// The up-convolution decoder; see the module docs.
 #[derive(Debug)]
 pub struct UpDecoder {
-    ups: Vec<(nn::ConvTranspose2D, nn::BatchNorm)>,
+    ups: Vec<(nn::ConvTranspose2D, BatchNorm)>,
     out: nn::Conv2D,
     channels: Vec<i64>,
 }

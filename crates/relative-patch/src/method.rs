@@ -38,7 +38,7 @@ impl RelativePatch {
         let fc6 = linear(root / "fc6", pooled, cfg.fc6, LinearBias::Default);
         let fc7 = linear(root / "fc7", 2 * cfg.fc6, cfg.fc7, LinearBias::Default);
         let fc8 = linear(root / "fc8", cfg.fc7, 8, LinearBias::Default);
-        let rng = StepRng::new(ctx.seed, 0x0d0e_5c4a, "relative_patch.draws");
+        let rng = StepRng::new(ctx.seed, 0x0d0e_5c4a, "relative_patch.draws").for_rank(ctx.rank());
         Ok(RelativePatch { encoder, fc6, fc7, fc8, cfg, rng })
     }
 
@@ -140,6 +140,7 @@ mod tests {
             image_channels: 3,
             image_size: 40,
             encoder: EncoderConfig::Tiny { width: 8, batch_norm: true },
+            group: None,
         }
     }
 

@@ -159,6 +159,7 @@ mod tests {
             image_channels: channels,
             image_size: 16,
             encoder: EncoderConfig::Tiny { width: 8, batch_norm: true },
+            group: None,
         }
     }
 

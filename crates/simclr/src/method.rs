@@ -24,7 +24,7 @@
 //!   them after the no-grad pass ([`grad_cached_loss`]'s `running_stats`).
 use selfsup_contrastive::grad_cache::{grad_cached_loss, micro_batches};
 use selfsup_contrastive::head::{HeadConfig, ProjectionHead};
-use selfsup_contrastive::loss::{nt_xent_joint, nt_xent_logits, top1_accuracy};
+use selfsup_contrastive::loss::{nt_xent_gathered, nt_xent_joint, nt_xent_logits, top1_accuracy};
 use selfsup_contrastive::{pooled, views, ContrastiveError};
 use selfsup_core::config::TrainConfig;
 use selfsup_core::encoders::{build_encoder, is_running_stat, var_at, Encoder};
@@ -32,7 +32,9 @@ use selfsup_core::optim::OptimizerConfig;
 use selfsup_core::schedule::ScheduleConfig;
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Pipeline};
+use selfsup_dist::Collectives;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
 
@@ -128,6 +130,8 @@ pub struct SimClr {
     /// The BN running statistics under the method's root (shallow clones), kept for gradient
     /// caching; empty unless micro-batches with gradient caching are configured.
     running_stats: Vec<Tensor>,
+    /// The data-parallel job, whose ranks' embeddings are gathered as negatives.
+    group: Option<Arc<dyn Collectives>>,
 }
 
 /// The BN `running_mean` and `running_var` variables of the encoder and head built on `root`.
@@ -193,7 +197,15 @@ impl SimClr {
         } else {
             Vec::new()
         };
-        Ok(SimClr { encoder, head, cfg, view, running_stats })
+        let group = ctx.group.clone().filter(|g| g.world_size() > 1);
+        if group.is_some() && cfg.micro_batch_size.is_some() && cfg.grad_cache {
+            return Err(ContrastiveError::Config(
+                "simclr: gradient caching (micro_batch_size with grad_cache: true) is not \
+                 available in a data-parallel job; set grad_cache: false or drop micro_batch_size"
+                    .into(),
+            ));
+        }
+        Ok(SimClr { encoder, head, cfg, view, running_stats, group })
     }
 
     /// The config it was built with.
@@ -211,10 +223,12 @@ impl SimClr {
     }
 
     /// The NT-Xent loss of two views (a surrogate with gradient caching, see the module docs)
-    /// and the detached joint embedding.
+    /// and the top-1 accuracy of its anchors (the positive ranked first among all views;
+    /// without gradient). In a data-parallel job, over the global batch with this rank's
+    /// anchors: the ranks' means are the global batch's values.
     ///
     /// # Shapes
-    /// `x1`, `x2`: `(N, C, H, W)`, N ≥ 2; returns a scalar and `(2N, out_dim)`.
+    /// `x1`, `x2`: `(N, C, H, W)`, N ≥ 2; returns two scalars.
     pub fn loss(
         &self,
         x1: &Tensor,
@@ -242,21 +256,41 @@ impl SimClr {
                         true,
                         &self.running_stats,
                     )?;
-                    Ok((out.loss, out.embeddings))
+                    Ok((out.loss, accuracy(&out.embeddings, tau)?))
                 } else {
                     let embs: Vec<Tensor> = chunks.iter().map(|c| self.embed_t(c, train)).collect();
-                    let z = Tensor::cat(&embs, 0);
-                    Ok((nt_xent_joint(&z, tau)?, z.detach()))
+                    self.joint_loss(Tensor::cat(&embs, 0))
                 }
             }
+            // Each view through the network on its own (BN statistics per view, as the
+            // reference implementations do).
             _ => {
-                // Each view through the network on its own (BN statistics per view, as the
-                // reference implementations do).
-                let z = Tensor::cat(&[self.embed_t(x1, train), self.embed_t(x2, train)], 0);
-                Ok((nt_xent_joint(&z, tau)?, z.detach()))
+                self.joint_loss(Tensor::cat(&[self.embed_t(x1, train), self.embed_t(x2, train)], 0))
             }
         }
     }
+
+    /// NT-Xent of the joint embedding `z` (`(2N, D)`: view 1, then view 2) and its accuracy:
+    /// over the batch alone, or in a data-parallel job over the global batch with every rank's
+    /// embeddings as negatives ([`nt_xent_gathered`], this rank's anchors).
+    fn joint_loss(&self, z: Tensor) -> Result<(Tensor, Tensor), ContrastiveError> {
+        let tau = self.cfg.temperature;
+        match &self.group {
+            Some(g) => {
+                let n = z.size()[0] / 2;
+                let (loss, logits, targets) =
+                    nt_xent_gathered(g, &z.narrow(0, 0, n), &z.narrow(0, n, n), tau)?;
+                Ok((loss, top1_accuracy(&logits, &targets)))
+            }
+            None => Ok((nt_xent_joint(&z, tau)?, accuracy(&z, tau)?)),
+        }
+    }
+}
+
+/// The top-1 accuracy of NT-Xent's anchors over the joint embedding `z` (`(2N, D)`), without
+/// gradient.
+fn accuracy(z: &Tensor, tau: f64) -> Result<Tensor, ContrastiveError> {
+    tch::no_grad(|| nt_xent_logits(&z.detach(), tau).map(|(l, t)| top1_accuracy(&l, &t)))
 }
 
 impl PretextMethod for SimClr {
@@ -282,10 +316,7 @@ impl PretextMethod for SimClr {
             [a, b] => (a, b),
             other => return Err(ContrastiveError::Views { expected: 2, got: other.len() }.into()),
         };
-        let (loss, z) = self.loss(x1, x2, train)?;
-        let acc = tch::no_grad(|| {
-            nt_xent_logits(&z, self.cfg.temperature).map(|(l, t)| top1_accuracy(&l, &t))
-        })?;
+        let (loss, acc) = self.loss(x1, x2, train)?;
         Ok(StepOutput {
             loss,
             metrics: vec![("contrastive_acc".to_string(), acc)],
@@ -308,6 +339,7 @@ mod tests {
             image_channels: 3,
             image_size: 16,
             encoder: EncoderConfig::Tiny { width: 4, batch_norm: true },
+            group: None,
         }
     }
 

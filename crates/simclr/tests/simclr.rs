@@ -23,6 +23,7 @@ fn ctx() -> BuildContext {
         image_channels: 3,
         image_size: 16,
         encoder: EncoderConfig::Tiny { width: 4, batch_norm: true },
+        group: None,
     }
 }
 

@@ -328,6 +328,7 @@ mod tests {
             image_size: 32,
             // Width 6: halves of width 3, whose scaled widths add up exactly.
             encoder: EncoderConfig::Alexnet { variant: AlexnetVariant::Cifar, width: 6 },
+            group: None,
         }
     }
 

@@ -273,6 +273,7 @@ mod tests {
             image_channels: 3,
             image_size: 16,
             encoder: EncoderConfig::Tiny { width: 4, batch_norm: true },
+            group: None,
         }
     }
 

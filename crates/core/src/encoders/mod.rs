@@ -17,11 +17,15 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
 pub mod alexnet;
+pub mod batch_norm;
 pub mod nin;
 pub mod resnet;
 pub mod tiny;
 
 pub use alexnet::{AlexNet, AlexnetVariant};
+pub use batch_norm::{
+    batch_norm1d, batch_norm2d, pytorch_bn, sync_batch_norm, BatchNorm, SyncBatchNormScope,
+};
 pub use nin::{BasicBlock, Nin};
 pub use resnet::{ResNet, ResnetStem};
 
@@ -193,28 +197,6 @@ pub(crate) fn conv2d(
     let cfg =
         nn::ConvConfig { stride, padding, bias: false, ws_init: CONV_INIT, ..Default::default() };
     nn::conv2d(p, c_in, c_out, k, cfg)
-}
-
-/// BatchNorm config as PyTorch builds it: weight 1, bias 0, eps 1e-5, momentum 0.1. tch's
-/// default draws the weight uniformly from `[0, 1)` out of libtorch's global generator, which
-/// is neither PyTorch's init nor reproducible where that generator is not seeded; this is why
-/// these helpers exist.
-fn pytorch_bn() -> nn::BatchNormConfig {
-    nn::BatchNormConfig {
-        ws_init: nn::Init::Const(1.),
-        bs_init: nn::Init::Const(0.),
-        ..Default::default()
-    }
-}
-
-/// `nn.BatchNorm2d(c)` as PyTorch builds it (see [`pytorch_bn`]).
-pub fn batch_norm2d(p: nn::Path, c: i64) -> nn::BatchNorm {
-    nn::batch_norm2d(p, c, pytorch_bn())
-}
-
-/// `nn.BatchNorm1d(c)` as PyTorch builds it (see [`pytorch_bn`]).
-pub fn batch_norm1d(p: nn::Path, c: i64) -> nn::BatchNorm {
-    nn::batch_norm1d(p, c, pytorch_bn())
 }
 
 /// Bias of a [`linear`] layer.

@@ -23,7 +23,7 @@
 //! - `imagenet` stem, `(N, 3, 32, 32)`: 8, 4, 2, 1;
 //! - `cifar` stem, `(N, 3, 32, 32)`: 32, 16, 8, 4, so block4 is `(N, 512, 4, 4)` /
 //!   `(N, 2048, 4, 4)`.
-use super::{batch_norm2d, conv2d, push_tap, Encoder};
+use super::{batch_norm2d, conv2d, push_tap, BatchNorm, Encoder};
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::ModuleT, Tensor};
 
@@ -41,7 +41,7 @@ pub enum ResnetStem {
 #[derive(Debug)]
 struct ConvBn {
     conv: nn::Conv2D,
-    bn: nn::BatchNorm,
+    bn: BatchNorm,
 }
 
 impl ConvBn {
@@ -63,7 +63,7 @@ impl ConvBn {
 #[derive(Debug)]
 struct Block {
     convs: Vec<ConvBn>,
-    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+    downsample: Option<(nn::Conv2D, BatchNorm)>,
 }
 
 impl Block {
@@ -89,7 +89,7 @@ impl Block {
         c_in: i64,
         c_out: i64,
         stride: i64,
-    ) -> Option<(nn::Conv2D, nn::BatchNorm)> {
+    ) -> Option<(nn::Conv2D, BatchNorm)> {
         (stride != 1 || c_in != c_out).then(|| {
             let d = p / "downsample";
             (conv2d(&d / 0, c_in, c_out, 1, stride, 0), batch_norm2d(&d / 1, c_out))
@@ -122,7 +122,7 @@ impl Block {
 #[derive(Debug)]
 pub struct ResNet {
     stem_conv: nn::Conv2D,
-    stem_bn: nn::BatchNorm,
+    stem_bn: BatchNorm,
     stem: ResnetStem,
     layers: Vec<Vec<Block>>,
     out_channels: i64,

@@ -5,7 +5,7 @@
 //!
 //! Without batch norm ([`Tiny::with_batch_norm`]) the convs have biases instead, and no sample's
 //! gradient depends on the rest of its batch (what the data-parallel tests need).
-use super::Encoder;
+use super::{batch_norm2d, BatchNorm, Encoder};
 use tch::{nn, nn::ModuleT, Tensor};
 
 /// Default width of the first stage.
@@ -17,9 +17,9 @@ pub fn default_width() -> i64 {
 #[derive(Debug)]
 pub struct Tiny {
     conv1: nn::Conv2D,
-    bn1: Option<nn::BatchNorm>,
+    bn1: Option<BatchNorm>,
     conv2: nn::Conv2D,
-    bn2: Option<nn::BatchNorm>,
+    bn2: Option<BatchNorm>,
     width: i64,
 }
 
@@ -32,17 +32,11 @@ impl Tiny {
     /// Builds it with or without batch norm (without: variables `conv1`, `conv2`, with biases).
     pub fn with_batch_norm(p: &nn::Path, in_channels: i64, width: i64, batch_norm: bool) -> Self {
         let c = nn::ConvConfig { padding: 1, bias: !batch_norm, ..Default::default() };
-        // BN weight 1 and bias 0, as PyTorch initialises it (tch's default weight is U(0, 1)).
-        let bn = nn::BatchNormConfig {
-            ws_init: nn::Init::Const(1.0),
-            bs_init: nn::Init::Const(0.0),
-            ..Default::default()
-        };
         Tiny {
             conv1: nn::conv2d(p / "conv1", in_channels, width, 3, c),
-            bn1: batch_norm.then(|| nn::batch_norm2d(p / "bn1", width, bn)),
+            bn1: batch_norm.then(|| batch_norm2d(p / "bn1", width)),
             conv2: nn::conv2d(p / "conv2", width, 2 * width, 3, c),
-            bn2: batch_norm.then(|| nn::batch_norm2d(p / "bn2", 2 * width, bn)),
+            bn2: batch_norm.then(|| batch_norm2d(p / "bn2", 2 * width)),
             width,
         }
     }
@@ -60,7 +54,7 @@ impl Encoder for Tiny {
     }
 
     fn features_t(&self, xs: &Tensor, train: bool) -> Vec<(String, Tensor)> {
-        let norm = |x: Tensor, bn: &Option<nn::BatchNorm>| match bn {
+        let norm = |x: Tensor, bn: &Option<BatchNorm>| match bn {
             Some(bn) => x.apply_t(bn, train),
             None => x,
         };

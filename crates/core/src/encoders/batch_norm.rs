@@ -1,0 +1,281 @@
+//! Batch norm as PyTorch builds it (`nn.BatchNorm1d/2d`), and synchronised batch norm for
+//! data-parallel jobs (`nn.SyncBatchNorm`, Ioffe & Szegedy 2015 over the whole global batch).
+//!
+//! Every batch norm of the encoders and heads is a [`BatchNorm`]. One built while a
+//! [`sync_batch_norm`] scope is open on the thread keeps that scope's process group, and in
+//! training normalises with the mean and variance of the global batch: each rank computes its
+//! shard's count, mean and sum of squared deviations per channel, the ranks gather them
+//! (differentiably: the gradient of every rank's loss reaches every rank's statistics, as in
+//! PyTorch's `SyncBatchNorm` backward) and combine them with Chan et al.'s parallel variance
+//! formula. N ranks at batch `B / N` then compute what one process computes at batch `B`,
+//! running statistics included. The trainer opens the scope while it builds the method when
+//! `train.sync_batch_norm` is set in a job. In evaluation, at world size 1, or outside a scope,
+//! it is tch's batch norm.
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use selfsup_dist::{all_gather_with_grad, Collectives};
+use tch::{nn, Kind, Tensor};
+
+thread_local! {
+    static SYNC_GROUP: RefCell<Option<Arc<dyn Collectives>>> = const { RefCell::new(None) };
+}
+
+/// While alive, batch norms built on this thread synchronise over its group (see the module
+/// docs); dropping it restores the previous scope.
+#[derive(Debug)]
+#[must_use = "batch norms are synchronised only while the scope is alive"]
+pub struct SyncBatchNormScope {
+    previous: Option<Arc<dyn Collectives>>,
+}
+
+/// Opens a synchronised-batch-norm scope over `group` for the modules built on this thread
+/// until the returned guard is dropped.
+pub fn sync_batch_norm(group: Arc<dyn Collectives>) -> SyncBatchNormScope {
+    let previous = SYNC_GROUP.with(|g| g.borrow_mut().replace(group));
+    SyncBatchNormScope { previous }
+}
+
+impl Drop for SyncBatchNormScope {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        SYNC_GROUP.with(|g| *g.borrow_mut() = previous);
+    }
+}
+
+/// BatchNorm config as PyTorch builds it: weight 1, bias 0, eps 1e-5, momentum 0.1. tch's
+/// default draws the weight uniformly from `[0, 1)` out of libtorch's global generator, which
+/// is neither PyTorch's init nor reproducible where that generator is not seeded; this is why
+/// these helpers exist.
+pub fn pytorch_bn() -> nn::BatchNormConfig {
+    nn::BatchNormConfig {
+        ws_init: nn::Init::Const(1.),
+        bs_init: nn::Init::Const(0.),
+        ..Default::default()
+    }
+}
+
+/// A batch norm layer: tch's, plus the process group of a synchronised one.
+#[derive(Debug)]
+pub struct BatchNorm {
+    inner: nn::BatchNorm,
+    eps: f64,
+    momentum: f64,
+    sync: Option<Arc<dyn Collectives>>,
+}
+
+impl BatchNorm {
+    /// Batch norm over `c` channels of an `nd`-d input (1: `(N, C)` or `(N, C, L)`, 2:
+    /// `(N, C, H, W)`), variables `weight`, `bias`, `running_mean`, `running_var` under `p`
+    /// (those of `nn.BatchNorm1d/2d`); synchronised when built inside a [`sync_batch_norm`]
+    /// scope.
+    pub fn new(p: nn::Path, nd: usize, c: i64, cfg: nn::BatchNormConfig) -> Self {
+        let (eps, momentum) = (cfg.eps, cfg.momentum);
+        let inner = match nd {
+            1 => nn::batch_norm1d(p, c, cfg),
+            2 => nn::batch_norm2d(p, c, cfg),
+            _ => nn::batch_norm3d(p, c, cfg),
+        };
+        let sync = SYNC_GROUP.with(|g| g.borrow().clone());
+        BatchNorm { inner, eps, momentum, sync }
+    }
+
+    /// Whether this layer synchronises its training statistics across ranks.
+    pub fn is_synchronised(&self) -> bool {
+        self.sync.as_ref().is_some_and(|g| g.world_size() > 1)
+    }
+
+    /// The running mean (`(C,)`).
+    pub fn running_mean(&self) -> &Tensor {
+        &self.inner.running_mean
+    }
+
+    /// The running variance (`(C,)`).
+    pub fn running_var(&self) -> &Tensor {
+        &self.inner.running_var
+    }
+
+    /// Training-mode forward over the global batch (see the module docs).
+    ///
+    /// # Shapes
+    /// `xs`: `(N, C, ...)`, the same `N` on every rank; returns the same shape and kind.
+    pub fn f_forward_sync(
+        &self,
+        group: &Arc<dyn Collectives>,
+        xs: &Tensor,
+    ) -> selfsup_dist::Result<Tensor> {
+        let size = xs.size();
+        let c = size[1];
+        let dims: Vec<i64> = (0..size.len() as i64).filter(|d| *d != 1).collect();
+        let mut shape = vec![1i64; size.len()];
+        shape[1] = c;
+        let x = xs.f_to_kind(Kind::Float)?;
+        let n_local = (xs.numel() as i64 / c) as f64;
+        let mean = x.f_mean_dim(dims.as_slice(), true, Kind::Float)?;
+        let m2 =
+            x.f_sub(&mean)?.f_square()?.f_sum_dim_intlist(dims.as_slice(), false, Kind::Float)?;
+        let stats = Tensor::f_stack(&[mean.f_view([c])?, m2], 0)?.f_unsqueeze(0)?;
+        // (world, 2, C): every rank's shard mean and sum of squared deviations.
+        let all = all_gather_with_grad(group, &stats)?;
+        let world = all.size()[0] as f64;
+        let total = n_local * world;
+        let means = all.f_select(1, 0)?;
+        let global_mean = means.f_mean_dim(0, false, Kind::Float)?;
+        let spread =
+            means.f_sub(&global_mean)?.f_square()?.f_sum_dim_intlist(0, false, Kind::Float)?;
+        let m2_total = all
+            .f_select(1, 1)?
+            .f_sum_dim_intlist(0, false, Kind::Float)?
+            .f_add(&spread.f_mul_scalar(n_local)?)?;
+        let var = m2_total.f_div_scalar(total)?;
+        {
+            let _no_grad = tch::no_grad_guard();
+            let m = self.momentum;
+            let unbiased = m2_total.f_div_scalar((total - 1.0).max(1.0))?;
+            let rm = &self.inner.running_mean;
+            let rv = &self.inner.running_var;
+            rm.shallow_clone().f_copy_(&(rm * (1.0 - m) + global_mean.detach() * m))?;
+            rv.shallow_clone().f_copy_(&(rv * (1.0 - m) + unbiased.detach() * m))?;
+        }
+        let inv_std = var.f_add_scalar(self.eps)?.f_rsqrt()?.f_view(shape.as_slice())?;
+        let mut y = x.f_sub(&global_mean.f_view(shape.as_slice())?)?.f_mul(&inv_std)?;
+        if let Some(w) = &self.inner.ws {
+            y = y.f_mul(&w.f_view(shape.as_slice())?)?;
+        }
+        if let Some(b) = &self.inner.bs {
+            y = y.f_add(&b.f_view(shape.as_slice())?)?;
+        }
+        Ok(y.f_to_kind(xs.kind())?)
+    }
+}
+
+impl nn::ModuleT for BatchNorm {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        match &self.sync {
+            Some(g) if train && g.world_size() > 1 => {
+                // A collective fails only when the job is broken (a rank has gone); the module
+                // interface has no error path, so this ends the process with the reason.
+                self.f_forward_sync(g, xs)
+                    .unwrap_or_else(|e| panic!("synchronised batch norm: {e}"))
+            }
+            _ => self.inner.forward_t(xs, train),
+        }
+    }
+}
+
+/// `nn.BatchNorm2d(c)` as PyTorch builds it (see [`pytorch_bn`]); synchronised inside a
+/// [`sync_batch_norm`] scope.
+pub fn batch_norm2d(p: nn::Path, c: i64) -> BatchNorm {
+    BatchNorm::new(p, 2, c, pytorch_bn())
+}
+
+/// `nn.BatchNorm1d(c)` as PyTorch builds it (see [`pytorch_bn`]); synchronised inside a
+/// [`sync_batch_norm`] scope.
+pub fn batch_norm1d(p: nn::Path, c: i64) -> BatchNorm {
+    BatchNorm::new(p, 1, c, pytorch_bn())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tch::nn::ModuleT;
+    use tch::Device;
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        Vec::<f32>::try_from(t.flatten(0, -1).to_kind(Kind::Float)).unwrap()
+    }
+
+    /// Output, input gradient, weight and bias gradients, running mean and variance of a batch
+    /// norm (weight 1.5, bias −0.25) over `x`, with loss `Σ c ⊙ y`.
+    fn run(bn: &BatchNorm, x: &Tensor, c: &Tensor) -> Vec<Vec<f32>> {
+        let x = x.copy().set_requires_grad(true);
+        let y = bn.forward_t(&x, true);
+        (&y * c).sum(Kind::Float).backward();
+        let (w, b) = (bn.inner.ws.as_ref().unwrap(), bn.inner.bs.as_ref().unwrap());
+        vec![
+            values(&y),
+            values(&x.grad()),
+            values(&w.grad()),
+            values(&b.grad()),
+            values(bn.running_mean()),
+            values(bn.running_var()),
+        ]
+    }
+
+    fn layer(vs: &nn::VarStore) -> BatchNorm {
+        let bn = batch_norm2d(vs.root() / "bn", 3);
+        tch::no_grad(|| {
+            let _ = bn.inner.ws.as_ref().unwrap().shallow_clone().fill_(1.5);
+            let _ = bn.inner.bs.as_ref().unwrap().shallow_clone().fill_(-0.25);
+        });
+        bn
+    }
+
+    #[test]
+    fn two_ranks_normalise_with_the_global_batch_statistics() {
+        // Shards with different means, so that per-shard statistics would differ.
+        tch::manual_seed(3);
+        let x = Tensor::randn([6, 3, 2, 2], (Kind::Float, Device::Cpu))
+            + Tensor::from_slice(&[0.0f32, 0.0, 0.0, 4.0, 4.0, 4.0]).view([6, 1, 1, 1]);
+        let c = Tensor::randn([6, 3, 2, 2], (Kind::Float, Device::Cpu));
+        let vs = nn::VarStore::new(Device::Cpu);
+        let full = run(&layer(&vs), &x, &c);
+        let (xs, cs) = (values(&x), values(&c));
+        let out = selfsup_dist::on_local_ranks(2, Duration::from_secs(30), move |g| {
+            let r = g.rank();
+            let part = |v: &[f32]| Tensor::from_slice(&v[36 * r..36 * (r + 1)]).view([3, 3, 2, 2]);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let bn = {
+                let _scope = sync_batch_norm(g.clone());
+                layer(&vs)
+            };
+            assert!(bn.is_synchronised());
+            let outside = batch_norm2d(vs.root() / "plain", 3);
+            assert!(!outside.is_synchronised(), "built after the scope closed");
+            let mut got = run(&bn, &part(&xs), &part(&cs));
+            // The parameters' gradients: each rank's share, summed over the ranks here (the
+            // trainer averages the per-rank means instead).
+            for k in [2, 3] {
+                let t = Tensor::from_slice(&got[k]);
+                g.all_reduce_sum(&t).unwrap();
+                got[k] = values(&t);
+            }
+            got
+        })
+        .unwrap();
+        let close = |a: &[f32], b: &[f32], what: &str| {
+            assert_eq!(a.len(), b.len(), "{what}");
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{what}: {x} vs {y}");
+            }
+        };
+        for (r, got) in out.iter().enumerate() {
+            close(&got[0], &full[0][36 * r..36 * (r + 1)], "output");
+            close(&got[1], &full[1][36 * r..36 * (r + 1)], "input gradient");
+            for (k, what) in [(2, "weight grad"), (3, "bias grad"), (4, "mean"), (5, "var")] {
+                close(&got[k], &full[k], what);
+            }
+        }
+    }
+
+    #[test]
+    fn without_a_job_it_is_tchs_batch_norm() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let bn = batch_norm1d(vs.root() / "bn", 4);
+        assert!(!bn.is_synchronised());
+        let x = Tensor::randn([5, 4], (Kind::Float, Device::Cpu));
+        let y = bn.forward_t(&x, true);
+        let reference = x.batch_norm(
+            None::<Tensor>,
+            None::<Tensor>,
+            None::<Tensor>,
+            None::<Tensor>,
+            true,
+            0.1,
+            1e-5,
+            false,
+        );
+        assert!(y.allclose(&reference, 1e-5, 1e-6, false));
+    }
+}
