@@ -105,9 +105,21 @@ fn two_ranks_at_half_the_batch_train_like_one_process_at_the_whole_batch() {
     // A checkpoint of a 2-process job does not resume in one process.
     let mut resume: Vec<String> = rotnet_no_bn("job");
     resume.extend(["--resume".into(), "--set".into(), "train.epochs=3".into()]);
-    let resume: Vec<&str> = resume.iter().map(String::as_str).collect();
-    let e = err(&selfsup(&resume, dir.path()));
+    let args: Vec<&str> = resume.iter().map(String::as_str).collect();
+    let e = err(&selfsup(&args, dir.path()));
     assert!(e.contains("written by a job of 2 processes, this one has 1"), "{e}");
+    assert!(e.contains("train.allow_world_size_change=true"), "{e}");
+    // Unless the resume says so: one process goes on at the same global batch.
+    resume.extend(["--set".into(), "train.allow_world_size_change=true".into()]);
+    let args: Vec<&str> = resume.iter().map(String::as_str).collect();
+    ok(&selfsup(&args, dir.path()));
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("job/checkpoint/trainer.json")).unwrap(),
+    )
+    .unwrap();
+    // A single process's checkpoint leaves `world_size` out (it is 1).
+    assert_eq!(state["world_size"], serde_json::Value::Null, "{state}");
+    assert_eq!(state["global_step"], 12, "{state}");
 }
 
 #[test]

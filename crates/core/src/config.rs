@@ -128,6 +128,14 @@ pub struct TrainConfig {
     /// SyncBN (MoCo's shuffling BN relies on that). Written to saved configs only when true.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sync_batch_norm: bool,
+    /// Allow `--resume` of a checkpoint written by a job of another world size (one process
+    /// included). `batch_size` stays the global batch and the learning rate stays as
+    /// configured, each rank now training on `batch_size / N`: nothing needs rescaling. What
+    /// changes is which rank draws which in-step random choices and, without
+    /// `sync_batch_norm`, how many images each batch norm normalises over. May be set for the
+    /// resume alone. Default false: such a resume is refused. Written only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_world_size_change: bool,
     /// Save a checkpoint every this many epochs (and always at the end). Default 1.
     #[serde(default = "default_one")]
     pub checkpoint_every: u64,
@@ -212,6 +220,7 @@ impl Default for TrainConfig {
             precision: Precision::default(),
             channels_last: false,
             sync_batch_norm: false,
+            allow_world_size_change: false,
             checkpoint_every: 1,
             checkpoint_minutes: default_checkpoint_minutes(),
             keep_checkpoints: default_keep_checkpoints(),

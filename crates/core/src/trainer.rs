@@ -562,15 +562,26 @@ impl<'a> Trainer<'a> {
             tracing::warn!("--resume: {note}");
         }
         if ck.state.world_size != world_size as u64 {
-            return Err(CoreError::Config(format!(
-                "--resume: {}/checkpoint was written by a job of {} processes, this one has \
-                 {world_size}; resume at the same world size (each rank's share of the batch \
-                 and its random stream depend on it), or start a new run",
-                run_dir.display(),
-                ck.state.world_size
-            )));
+            if !cfg.train.allow_world_size_change {
+                return Err(CoreError::Config(format!(
+                    "--resume: {}/checkpoint was written by a job of {} processes, this one has \
+                     {world_size}; resume at the same world size (each rank's share of the \
+                     batch and its random stream depend on it), or set \
+                     train.allow_world_size_change=true to go on at the same global batch",
+                    run_dir.display(),
+                    ck.state.world_size
+                )));
+            }
+            tracing::warn!(
+                "--resume: the checkpoint was written by a job of {} processes, this one has \
+                 {world_size}; going on at the same global batch of {}",
+                ck.state.world_size,
+                cfg.train.batch_size
+            );
         }
         let (mut a, mut b) = (ck.state.config.clone(), cfg.clone());
+        // Allowing a change of world size is a choice of this resume, not of the recipe.
+        a.train.allow_world_size_change = b.train.allow_world_size_change;
         // A resumed run may extend its length (unless its schedule is cosine, whose shape
         // depends on it), move to another device (`cuda:0` to `cuda:1`,
         // a GPU to the CPU) or name its data folder another way, not change what is learned.
