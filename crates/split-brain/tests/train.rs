@@ -18,7 +18,12 @@ fn config(epochs: u64) -> RunConfig {
             max_images: None,
         },
         encoder: EncoderConfig::Alexnet { variant: AlexnetVariant::Cifar, width: 6 },
-        train: TrainConfig { epochs, batch_size: 8, ..TrainConfig::default() },
+        // One thread: at 2 threads, 3 of 15 identical runs of this config (AlexNet halves,
+        // classification loss) ended with other bits in `l_to_ab` (measured 2026-12-01; not
+        // with the regression loss, the tiny trunk, or 1 thread; MKL_CBWR=AUTO,STRICT did not
+        // remove it). A thread-count-dependent kernel not yet found: this test is about
+        // resuming, so it runs where the run itself is reproducible.
+        train: TrainConfig { epochs, batch_size: 8, threads: 1, ..TrainConfig::default() },
         method_config: serde_json::json!({"head_width": 16, "l_bins": 20, "rebalance": true,
                                           "prior_images": 12}),
         ..RunConfig::default()
