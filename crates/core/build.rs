@@ -1,43 +1,11 @@
-//! Build script of `selfsup-core`: compiles the C++ autocast shim (`csrc/autocast.cpp`) against
-//! libtorch's headers. Linking against libtorch itself is done by `torch-sys`.
-//!
-//! Reads `LIBTORCH` (the torch install, as for `torch-sys`; `cargo xtask env` prints it),
-//! optionally `LIBTORCH_INCLUDE` (a different header root) and `LIBTORCH_CXX11_ABI` (default 1).
-use std::path::PathBuf;
-
+//! Build script of `selfsup-core`: compiles the C++ shims over autocast (`csrc/autocast.cpp`)
+//! and the determinism switches (`csrc/determinism.cpp`) against libtorch's headers (see
+//! `selfsup-shim-build`). Linking against libtorch itself is done by `torch-sys`.
 fn main() {
-    println!("cargo:rerun-if-env-changed=LIBTORCH");
-    println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
-    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
-    println!("cargo:rerun-if-changed=csrc/autocast.cpp");
-    println!("cargo:rerun-if-changed=csrc/determinism.cpp");
-
-    let root = std::env::var("LIBTORCH_INCLUDE").or_else(|_| std::env::var("LIBTORCH"));
-    let Ok(root) = root else {
-        panic!(
-            "selfsup-core: LIBTORCH is not set; build through `cargo xtask` or set the \
-             exports that `cargo xtask env` prints"
-        );
-    };
-    let include = PathBuf::from(root).join("include");
-    if !include.join("ATen/autocast_mode.h").exists() {
-        panic!(
-            "selfsup-core: {} has no ATen/autocast_mode.h; LIBTORCH must point at a torch \
-             install (the folder holding include/ and lib/)",
-            include.display()
-        );
-    }
-    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
-
-    cc::Build::new()
-        .cpp(true)
-        .file("csrc/autocast.cpp")
-        .file("csrc/determinism.cpp")
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
-        .flag("-std=c++17")
-        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
-        .flag("-DGLOG_USE_GLOG_EXPORT")
-        .warnings(false)
-        .compile("selfsup_autocast");
+    selfsup_shim_build::compile(
+        "selfsup-core",
+        "ATen/autocast_mode.h",
+        &["csrc/autocast.cpp", "csrc/determinism.cpp"],
+        "selfsup_autocast",
+    );
 }

@@ -6,6 +6,8 @@
 // gradient (SimCLR's negatives from every rank) and synchronised batch norm are built on it.
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "guard.h"
+
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
@@ -52,12 +54,6 @@ struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
   }
 };
 
-void write_err(const char* what, char* err, size_t err_len) {
-  if (err == nullptr || err_len == 0) return;
-  std::strncpy(err, what, err_len - 1);
-  err[err_len - 1] = '\0';
-}
-
 }  // namespace
 
 extern "C" {
@@ -72,18 +68,11 @@ int selfsup_all_reduce_sum_autograd(const at::Tensor* x, Reduce reduce, void* ct
     holder = c10::make_intrusive<Holder>(reduce, ctx, drop);
   } catch (...) {
     drop(ctx);
-    write_err("out of memory", err, err_len);
+    selfsup::write_err("out of memory", err, err_len);
     return -1;
   }
-  try {
-    *out = new at::Tensor(AllReduceSum::apply(*x, holder));
-    return 0;
-  } catch (const std::exception& e) {
-    write_err(e.what(), err, err_len);
-  } catch (...) {
-    write_err("unknown C++ exception", err, err_len);
-  }
-  return -1;
+  return selfsup::guarded(err, err_len,
+                          [&] { *out = new at::Tensor(AllReduceSum::apply(*x, holder)); });
 }
 
 }  // extern "C"

@@ -1,7 +1,9 @@
 // c10d's TCPStore, the rendezvous and key-value store of PyTorch's distributed engine, behind a
 // C interface (tch 0.24 binds none of torch.distributed). Every function catches what libtorch
-// throws and returns it as a message in `err` (truncated to `err_len` bytes, NUL-terminated).
+// throws and returns it as a message in `err` (`guard.h`).
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include "guard.h"
 
 #include <chrono>
 #include <cstdint>
@@ -12,28 +14,11 @@
 
 namespace {
 
+using selfsup::guarded;
+
 struct Handle {
   c10::intrusive_ptr<c10d::TCPStore> store;
 };
-
-void write_err(const char* what, char* err, size_t err_len) {
-  if (err == nullptr || err_len == 0) return;
-  std::strncpy(err, what, err_len - 1);
-  err[err_len - 1] = '\0';
-}
-
-template <typename F>
-int guarded(char* err, size_t err_len, F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    write_err(e.what(), err, err_len);
-  } catch (...) {
-    write_err("unknown C++ exception", err, err_len);
-  }
-  return -1;
-}
 
 }  // namespace
 

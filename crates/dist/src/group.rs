@@ -235,19 +235,35 @@ impl StoreGroup {
                 } else {
                     theirs == mine
                 };
-                if !same || x.kind() != t.kind() {
-                    return Err(self.err(
-                        op,
-                        format!(
-                            "rank {r} sent {:?} {theirs:?}, this rank has {:?} {mine:?}",
-                            x.kind(),
-                            t.kind()
-                        ),
-                    ));
-                }
+                self.check_like(op, r, &x, t, same)?;
                 Ok(x)
             })
             .collect()
+    }
+
+    /// Fails naming both sides unless `same` (shapes that fit) and the kinds agree: rank `r`
+    /// sent `x`, this rank holds `t`.
+    fn check_like(
+        &self,
+        op: &'static str,
+        r: usize,
+        x: &Tensor,
+        t: &Tensor,
+        same: bool,
+    ) -> Result<()> {
+        if same && x.kind() == t.kind() {
+            return Ok(());
+        }
+        Err(self.err(
+            op,
+            format!(
+                "rank {r} sent {:?} {:?}, this rank has {:?} {:?}",
+                x.kind(),
+                x.size(),
+                t.kind(),
+                t.size()
+            ),
+        ))
     }
 }
 
@@ -294,18 +310,7 @@ impl Collectives for StoreGroup {
         let parts = self.exchange(&payload)?;
         if self.rank != root {
             let x = self.decode("broadcast", root, &parts[root])?;
-            if x.size() != t.size() || x.kind() != t.kind() {
-                return Err(self.err(
-                    "broadcast",
-                    format!(
-                        "rank {root} sent {:?} {:?}, this rank has {:?} {:?}",
-                        x.kind(),
-                        x.size(),
-                        t.kind(),
-                        t.size()
-                    ),
-                ));
-            }
+            self.check_like("broadcast", root, &x, t, x.size() == t.size())?;
             let _no_grad = tch::no_grad_guard();
             t.shallow_clone().f_copy_(&x)?;
         }

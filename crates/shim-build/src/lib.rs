@@ -1,0 +1,53 @@
+//! For build scripts: compiles a crate's C++ shim (the functions tch 0.24 does not bind:
+//! autocast and determinism switches in `selfsup-core`, c10d's store and the differentiable
+//! collectives in `selfsup-dist`) against the headers of the libtorch that `LIBTORCH` names,
+//! as `torch-sys` links it.
+//!
+//! Reads `LIBTORCH` (the torch install, as for `torch-sys`; `cargo xtask env` prints it),
+//! optionally `LIBTORCH_INCLUDE` (a different header root) and `LIBTORCH_CXX11_ABI` (default 1).
+use std::path::PathBuf;
+
+/// A C++ shim of crate `krate`: `sources` (paths relative to the crate, `.cpp` compiled, other
+/// files only watched for changes) into the static library `lib`; `probe` is a header (relative
+/// to libtorch's `include/`) that must exist, so that a wrong `LIBTORCH` fails here with a
+/// message naming it rather than deep in the compiler's output.
+///
+/// # Panics
+/// When `LIBTORCH` is not set or lacks `probe` (a build script's way of failing).
+pub fn compile(krate: &str, probe: &str, sources: &[&str], lib: &str) {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    for s in sources {
+        println!("cargo:rerun-if-changed={s}");
+    }
+    let root = std::env::var("LIBTORCH_INCLUDE").or_else(|_| std::env::var("LIBTORCH"));
+    let Ok(root) = root else {
+        panic!(
+            "{krate}: LIBTORCH is not set; build through `cargo xtask` or set the exports that \
+             `cargo xtask env` prints"
+        );
+    };
+    let include = PathBuf::from(root).join("include");
+    if !include.join(probe).exists() {
+        panic!(
+            "{krate}: {} has no {probe}; LIBTORCH must point at a torch install with its \
+             headers (the folder holding include/ and lib/)",
+            include.display()
+        );
+    }
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .warnings(false);
+    for s in sources.iter().filter(|s| s.ends_with(".cpp")) {
+        build.file(s);
+    }
+    build.compile(lib);
+}
