@@ -230,9 +230,10 @@ fn cmd_train(registry: &Registry, a: TrainArgs) -> Result<()> {
     }
     let group: Option<std::sync::Arc<dyn selfsup_dist::Collectives>> = match &world {
         Some(w) => {
-            Some(std::sync::Arc::new(selfsup_dist::init(w, dist_timeout()?).with_context(
-                || format!("joining the job as rank {} of {}", w.rank, w.world_size),
-            )?))
+            let device = selfsup_core::device::parse_device(&cfg.device)?;
+            Some(selfsup_dist::init_for(w, dist_timeout()?, device).with_context(|| {
+                format!("joining the job as rank {} of {}", w.rank, w.world_size)
+            })?)
         }
         None => None,
     };

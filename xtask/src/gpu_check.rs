@@ -5,7 +5,10 @@
 //! seconds per epoch, images per second, the GPU memory the process held (sampled from
 //! `nvidia-smi`) and the full protocol's pretraining time extrapolated from the steady epochs,
 //! against the issue's targets on one H100/H200 (RotNet's 200-epoch pretraining under 15
-//! minutes; SimCLR ResNet-18 on CIFAR-10 under 5 s an epoch at batch 512). Writes
+//! minutes; SimCLR ResNet-18 on CIFAR-10 under 5 s an epoch at batch 512). Unless `--no-job`,
+//! each method also trains as the one rank of a data-parallel job (`selfsup launch --nproc 1`,
+//! on NCCL when the binary was built with `--features nccl`), and the cost of the distributed
+//! wrapper is printed against issue 19's target (under 3%). Writes
 //! `results/bench/gpu-check.json`.
 //!
 //! The data is CIFAR-10 when `$SELFSUP_DATA` (or `--data-dir`) holds it, else generated
@@ -21,7 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: cargo xtask gpu-check [--binary PATH] [--epochs 3] \
-    [--methods rotnet,simclr] [--device cuda] [--profile paper] [--data SPEC] [--data-dir DIR]";
+    [--methods rotnet,simclr] [--device cuda] [--profile paper] [--data SPEC] [--data-dir DIR] \
+    [--no-job]";
 
 #[derive(Debug, PartialEq)]
 struct Opts {
@@ -32,6 +36,9 @@ struct Opts {
     profile: String,
     data: Option<String>,
     data_dir: Option<PathBuf>,
+    /// Also train each method as the one rank of a data-parallel job (`selfsup launch
+    /// --nproc 1`) and report the distributed wrapper's cost (issue 19: under 3%).
+    job: bool,
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
@@ -43,6 +50,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         profile: "paper".into(),
         data: None,
         data_dir: None,
+        job: true,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -65,6 +73,7 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--profile" => o.profile = value()?.clone(),
             "--data" => o.data = Some(value()?.clone()),
             "--data-dir" => o.data_dir = Some(PathBuf::from(value()?)),
+            "--no-job" => o.job = false,
             other => bail!("unknown option `{other}`\n{USAGE}"),
         }
     }
@@ -230,17 +239,38 @@ pub fn run(args: &[String]) -> Result<()> {
         };
         let full_epochs = v["train"]["epochs"].as_u64().context("config without train.epochs")?;
         let batch = v["train"]["batch_size"].as_u64().context("config without batch_size")?;
-        let run_dir = tmp.join("runs").join(m);
         let epochs = format!("train.epochs={}", o.epochs);
-        let mut c = selfsup(&["train", "--no-progress", "--device", &o.device, "--data", &data]);
-        c.arg("--config").arg(&config).arg("--out").arg(&run_dir);
-        c.arg("--data-dir").arg(&data_dir).args(["--set", &epochs]);
-        let started = Instant::now();
-        let log = tmp.join(format!("{m}.log"));
-        let gpu_mib = run_sampled(c, &log, on_gpu && gpu.is_some())?;
-        let wall = started.elapsed().as_secs_f64();
-        let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl"))?;
-        let (s, steps) = steady(&epoch_lines(&metrics)).context("no epoch lines in metrics")?;
+        // Trains the config for `o.epochs` epochs (`launch`: as the one rank of a data-parallel
+        // job, the distributed wrapper's path) and returns (s/epoch, steps, GPU MiB, wall s).
+        let train = |name: &str, launch: bool| -> Result<(f64, u64, Option<u64>, f64)> {
+            let run_dir = tmp.join("runs").join(name);
+            let head: &[&str] =
+                if launch { &["launch", "--nproc", "1", "train"] } else { &["train"] };
+            let mut c = selfsup(head);
+            c.args(["--no-progress", "--device", &o.device, "--data", &data]);
+            c.arg("--config").arg(&config).arg("--out").arg(&run_dir);
+            c.arg("--data-dir").arg(&data_dir).args(["--set", &epochs]);
+            let started = Instant::now();
+            let log = tmp.join(format!("{name}.log"));
+            let gpu_mib = run_sampled(c, &log, on_gpu && gpu.is_some())?;
+            let wall = started.elapsed().as_secs_f64();
+            let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl"))?;
+            let (s, steps) = steady(&epoch_lines(&metrics)).context("no epoch lines in metrics")?;
+            Ok((s, steps, gpu_mib, wall))
+        };
+        let (s, steps, gpu_mib, wall) = train(m, false)?;
+        let job = if o.job {
+            let (js, ..) = train(&format!("{m}-job"), true)?;
+            println!(
+                "{m:<8} as a 1-rank data-parallel job ({} backend): {js:.2} s/epoch, {:+.1}% \
+                 against the plain run (target under 3%)",
+                if on_gpu { "nccl when built with --features nccl, else store" } else { "store" },
+                100.0 * (js / s - 1.0)
+            );
+            Some(js)
+        } else {
+            None
+        };
         let images_s = (steps * batch) as f64 / s;
         let full_s = s * full_epochs as f64;
         // The targets are the paper protocols'; a smoke or cpu profile has none.
@@ -265,6 +295,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "images_per_s": images_s, "gpu_memory_mib": gpu_mib,
             "full_epochs": full_epochs, "full_pretraining_min": full_s / 60.0,
             "target": t.as_ref().map(|(w, _)| w.clone()), "target_met": t.map(|(_, ok)| ok),
+            "job_s_per_epoch": job, "job_overhead": job.map(|js| js / s - 1.0),
         }));
     }
     let report = json!({
@@ -291,6 +322,7 @@ mod tests {
         let o = parse(&s(&["--epochs", "2", "--methods", "rotnet", "--device", "cpu"])).unwrap();
         assert_eq!((o.epochs, o.methods, o.device), (2, vec!["rotnet".to_string()], "cpu".into()));
         assert_eq!(parse(&[]).unwrap().methods, ["rotnet", "simclr"]);
+        assert!(parse(&[]).unwrap().job && !parse(&s(&["--no-job"])).unwrap().job);
         let e = parse(&s(&["--epochs", "0"])).unwrap_err().to_string();
         assert!(e.contains("--epochs 0"), "{e}");
         assert!(parse(&s(&["--methods", "rotnet,"])).is_err());

@@ -128,6 +128,9 @@ pub fn ensure() -> Result<Torch> {
     if marker.exists() {
         if let Some(t) = find_torch_in_venv(&venv) {
             check_libtorch(&t)?;
+            if cuda_headers(&t).is_none() {
+                install_cuda_headers(&venv);
+            }
             return Ok(Torch { libtorch: t, python: venv.join("bin").join("python") });
         }
     }
@@ -138,6 +141,34 @@ pub fn ensure() -> Result<Torch> {
     check_libtorch(&t)?;
     std::fs::write(&marker, TORCH_VERSION).with_context(|| marker.display().to_string())?;
     Ok(Torch { libtorch: t, python: venv.join("bin").join("python") })
+}
+
+/// CUDA's headers beside `libtorch` (`<site-packages>/nvidia/cu13/include` with `crt/`), which
+/// the `nccl` feature of selfsup-dist compiles against; `None` when absent.
+pub fn cuda_headers(libtorch: &Path) -> Option<PathBuf> {
+    let dir = libtorch.parent()?.join("nvidia/cu13/include");
+    dir.join("crt/host_config.h").exists().then_some(dir)
+}
+
+/// The pip packages of [`cuda_headers`].
+const CUDA_HEADER_PACKAGES: [&str; 2] = ["nvidia-cuda-crt==13.0.*", "nvidia-cuda-cccl==13.0.*"];
+
+/// Adds [`CUDA_HEADER_PACKAGES`] to an install made before they were part of it; a failure is
+/// only a warning (nothing but the `nccl` feature needs them).
+fn install_cuda_headers(venv: &Path) {
+    let pip = venv.join("bin").join("pip");
+    let ok = Command::new(&pip)
+        .args(["install", "--disable-pip-version-check", "-q", "--no-deps"])
+        .args(CUDA_HEADER_PACKAGES)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!(
+            "xtask: could not install {} (CUDA headers for the `nccl` feature); the default build \
+             does not need them",
+            CUDA_HEADER_PACKAGES.join(" ")
+        );
+    }
 }
 
 fn install(venv: &Path) -> Result<()> {
@@ -171,6 +202,9 @@ fn install(venv: &Path) -> Result<()> {
         .arg(format!("torch=={TORCH_VERSION}"))
         .arg(format!("torchvision=={TORCHVISION_VERSION}"))
         .args(["numpy", "safetensors"])
+        // CUDA's headers that ProcessGroupNCCL's include (`--features nccl`); the wheel ships
+        // the CUDA 13.0 runtime's and NCCL's, not these.
+        .args(CUDA_HEADER_PACKAGES)
         .status()
         .with_context(|| format!("cannot run {}", pip.display()))?;
     if !st.success() {

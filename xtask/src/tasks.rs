@@ -75,6 +75,16 @@ pub fn test(args: &[String]) -> Result<()> {
     let mut clippy = cargo(&t);
     clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
     run(clippy)?;
+    // The NCCL backend is not in the default build (it needs CUDA's headers): compiled and
+    // linted here so that it does not rot, run only where a GPU is (`gpu-check`).
+    if libtorch::cuda_headers(&t.libtorch).is_some() {
+        let mut nccl = cargo(&t);
+        nccl.args(["clippy", "-p", "selfsup-dist", "--features", "nccl", "--all-targets"]);
+        nccl.args(["--", "-D", "warnings"]);
+        run(nccl)?;
+    } else {
+        eprintln!("xtask: no CUDA headers beside torch: the `nccl` feature is not checked");
+    }
     let mut test = cargo(&t);
     test.args(["test", "--workspace"]).args(args);
     run(test)

@@ -1,9 +1,8 @@
 // c10d's TCPStore, the rendezvous and key-value store of PyTorch's distributed engine, behind a
 // C interface (tch 0.24 binds none of torch.distributed). Every function catches what libtorch
 // throws and returns it as a message in `err` (`guard.h`).
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
-
 #include "guard.h"
+#include "store.h"
 
 #include <chrono>
 #include <cstdint>
@@ -15,10 +14,7 @@
 namespace {
 
 using selfsup::guarded;
-
-struct Handle {
-  c10::intrusive_ptr<c10d::TCPStore> store;
-};
+using Handle = selfsup::StoreHandle;
 
 }  // namespace
 

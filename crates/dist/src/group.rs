@@ -97,6 +97,19 @@ pub fn init(world: &World, timeout: Duration) -> Result<StoreGroup> {
     Ok(StoreGroup::new(store, world.rank, world.world_size))
 }
 
+/// Connects this process to its job ([`init`]) and picks the backend for tensors on `device`:
+/// NCCL for CUDA when the crate is built with its `nccl` feature ([`crate::NcclGroup`]), the
+/// store otherwise.
+pub fn init_for(world: &World, timeout: Duration, device: Device) -> Result<Arc<dyn Collectives>> {
+    let group = init(world, timeout)?;
+    #[cfg(feature = "nccl")]
+    if device.is_cuda() {
+        return Ok(Arc::new(crate::NcclGroup::new(group, timeout)?));
+    }
+    let _ = device;
+    Ok(Arc::new(group))
+}
+
 /// [`Collectives`] over a c10d `TCPStore` (see the module docs).
 #[derive(Debug)]
 pub struct StoreGroup {
@@ -126,6 +139,12 @@ impl StoreGroup {
     /// A group of `world` ranks meeting in `store`, this process being `rank`.
     pub fn new(store: TcpStore, rank: usize, world: usize) -> Self {
         StoreGroup { store, rank, world, seq: AtomicU64::new(0) }
+    }
+
+    /// The job's store.
+    #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
+    pub(crate) fn store(&self) -> &TcpStore {
+        &self.store
     }
 
     fn err(&self, op: &'static str, msg: String) -> DistError {

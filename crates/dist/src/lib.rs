@@ -6,7 +6,9 @@
 //!   `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`, as `torchrun` sets them).
 //! - [`TcpStore`]: c10d's `TCPStore`, through the C++ shim in `csrc/store.cpp` (rank 0 serves
 //!   it, every rank connects: PyTorch's `env://` rendezvous).
-//! - [`Collectives`] and [`StoreGroup`]: sum, gather, broadcast and barrier across the ranks;
+//! - [`Collectives`] and [`StoreGroup`]: sum, gather, broadcast and barrier across the ranks
+//!   over the store; with the `nccl` feature, `NcclGroup`: the same on CUDA tensors over c10d's
+//!   ProcessGroupNCCL (`csrc/nccl.cpp`), picked by [`init_for`] for CUDA jobs;
 //!   [`average_gradients`]: DDP's gradient averaging after backward.
 //! - [`all_reduce_sum_with_grad`] and [`all_gather_with_grad`]: collectives inside the autograd
 //!   graph (a C++ autograd function calling back into the group), for losses that use every
@@ -19,10 +21,14 @@ mod autograd;
 mod env;
 mod error;
 mod group;
+#[cfg(feature = "nccl")]
+mod nccl;
 mod store;
 
 pub use autograd::{all_gather_with_grad, all_reduce_sum_with_grad};
 pub use env::World;
 pub use error::{DistError, Result};
-pub use group::{average_gradients, init, on_local_ranks, Collectives, StoreGroup};
+pub use group::{average_gradients, init, init_for, on_local_ranks, Collectives, StoreGroup};
+#[cfg(feature = "nccl")]
+pub use nccl::NcclGroup;
 pub use store::{free_port, TcpStore};

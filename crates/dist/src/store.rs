@@ -61,6 +61,14 @@ pub struct TcpStore {
     addr: String,
 }
 
+impl TcpStore {
+    /// The C handle (a `selfsup::StoreHandle*`), for the NCCL shim's rendezvous.
+    #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
+    pub(crate) fn raw(&self) -> *mut c_void {
+        self.handle
+    }
+}
+
 // SAFETY: c10d's TCPStore serialises its client calls with an internal lock (it is shared
 // between threads in PyTorch, e.g. by ProcessGroupNCCL's watchdog), and the handle is only
 // freed in `drop`.

@@ -7,6 +7,24 @@
 //! optionally `LIBTORCH_INCLUDE` (a different header root) and `LIBTORCH_CXX11_ABI` (default 1).
 use std::path::PathBuf;
 
+/// The libtorch install `LIBTORCH_INCLUDE` or `LIBTORCH` names (the folder holding
+/// `include/` and `lib/`).
+///
+/// # Panics
+/// When neither is set.
+pub fn libtorch_root(krate: &str) -> PathBuf {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
+    let root = std::env::var("LIBTORCH_INCLUDE").or_else(|_| std::env::var("LIBTORCH"));
+    let Ok(root) = root else {
+        panic!(
+            "{krate}: LIBTORCH is not set; build through `cargo xtask` or set the exports that \
+             `cargo xtask env` prints"
+        );
+    };
+    PathBuf::from(root)
+}
+
 /// A C++ shim of crate `krate`: `sources` (paths relative to the crate, `.cpp` compiled, other
 /// files only watched for changes) into the static library `lib`; `probe` is a header (relative
 /// to libtorch's `include/`) that must exist, so that a wrong `LIBTORCH` fails here with a
@@ -15,20 +33,27 @@ use std::path::PathBuf;
 /// # Panics
 /// When `LIBTORCH` is not set or lacks `probe` (a build script's way of failing).
 pub fn compile(krate: &str, probe: &str, sources: &[&str], lib: &str) {
-    println!("cargo:rerun-if-env-changed=LIBTORCH");
-    println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
+    compile_with(krate, probe, sources, lib, &[], &[]);
+}
+
+/// [`compile`] with more include folders (searched after libtorch's) and preprocessor
+/// definitions (`NAME` or `NAME=VALUE`).
+///
+/// # Panics
+/// As [`compile`], and when an include folder is missing (named in the message).
+pub fn compile_with(
+    krate: &str,
+    probe: &str,
+    sources: &[&str],
+    lib: &str,
+    includes: &[PathBuf],
+    defines: &[&str],
+) {
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     for s in sources {
         println!("cargo:rerun-if-changed={s}");
     }
-    let root = std::env::var("LIBTORCH_INCLUDE").or_else(|_| std::env::var("LIBTORCH"));
-    let Ok(root) = root else {
-        panic!(
-            "{krate}: LIBTORCH is not set; build through `cargo xtask` or set the exports that \
-             `cargo xtask env` prints"
-        );
-    };
-    let include = PathBuf::from(root).join("include");
+    let include = libtorch_root(krate).join("include");
     if !include.join(probe).exists() {
         panic!(
             "{krate}: {} has no {probe}; LIBTORCH must point at a torch install with its \
@@ -46,6 +71,15 @@ pub fn compile(krate: &str, probe: &str, sources: &[&str], lib: &str) {
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .warnings(false);
+    for dir in includes {
+        if !dir.is_dir() {
+            panic!("{krate}: include folder {} is missing", dir.display());
+        }
+        build.include(dir);
+    }
+    for d in defines {
+        build.flag(format!("-D{d}"));
+    }
     for s in sources.iter().filter(|s| s.ends_with(".cpp")) {
         build.file(s);
     }
