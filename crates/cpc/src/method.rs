@@ -158,8 +158,8 @@ impl Cpc {
     }
 
     /// The InfoNCE loss and accuracy of one batch of patch grids, averaged over the row
-    /// offsets. In a job, every patch of the global batch is a candidate and the loss is the
-    /// mean over this rank's predictions.
+    /// offsets. In a job's training steps, every patch of the global batch is a candidate and
+    /// the loss is the mean over this rank's predictions.
     pub fn loss(&self, patches: &Tensor, train: bool) -> Result<(Tensor, Tensor), CpcError> {
         let z = self.embed(patches, train);
         let c = self.context_t(&z);
@@ -169,10 +169,11 @@ impl Cpc {
         // patch of the global batch, in rank order, this rank's from row `rank · b·g·g`.
         let candidates = z.permute([0, 2, 3, 1]).reshape([b * g * g, w]);
         let (candidates, first) = match &self.group {
-            Some(group) => {
+            // Training steps only: every rank takes them together.
+            Some(group) if train => {
                 (selfsup_dist::all_gather_with_grad(group, &candidates)?, group.rank() as i64 * b)
             }
-            None => (candidates, 0),
+            _ => (candidates, 0),
         };
         let mut losses = Vec::new();
         let mut accs = Vec::new();

@@ -259,30 +259,33 @@ impl SimClr {
                     Ok((out.loss, accuracy(&out.embeddings, tau)?))
                 } else {
                     let embs: Vec<Tensor> = chunks.iter().map(|c| self.embed_t(c, train)).collect();
-                    self.joint_loss(Tensor::cat(&embs, 0))
+                    self.joint_loss(Tensor::cat(&embs, 0), train)
                 }
             }
             // Each view through the network on its own (BN statistics per view, as the
             // reference implementations do).
             _ => {
-                self.joint_loss(Tensor::cat(&[self.embed_t(x1, train), self.embed_t(x2, train)], 0))
+                let z = Tensor::cat(&[self.embed_t(x1, train), self.embed_t(x2, train)], 0);
+                self.joint_loss(z, train)
             }
         }
     }
 
     /// NT-Xent of the joint embedding `z` (`(2N, D)`: view 1, then view 2) and its accuracy:
     /// over the batch alone, or in a data-parallel job over the global batch with every rank's
-    /// embeddings as negatives ([`nt_xent_gathered`], this rank's anchors).
-    fn joint_loss(&self, z: Tensor) -> Result<(Tensor, Tensor), ContrastiveError> {
+    /// embeddings as negatives ([`nt_xent_gathered`], this rank's anchors) in training.
+    fn joint_loss(&self, z: Tensor, train: bool) -> Result<(Tensor, Tensor), ContrastiveError> {
         let tau = self.cfg.temperature;
         match &self.group {
-            Some(g) => {
+            // Training steps only: every rank takes them together (an evaluation pass on one
+            // rank must not wait for the others).
+            Some(g) if train => {
                 let n = z.size()[0] / 2;
                 let (loss, logits, targets) =
                     nt_xent_gathered(g, &z.narrow(0, 0, n), &z.narrow(0, n, n), tau)?;
                 Ok((loss, top1_accuracy(&logits, &targets)))
             }
-            None => Ok((nt_xent_joint(&z, tau)?, accuracy(&z, tau)?)),
+            _ => Ok((nt_xent_joint(&z, tau)?, accuracy(&z, tau)?)),
         }
     }
 }
