@@ -203,3 +203,12 @@ fn cpc_scores_against_the_patches_of_the_global_batch() {
     // Without per-patch augmentation (drawn per rank), the job is the single process.
     single_and_job("cpc", &[TINY_NO_BN, r#"method_config={"patch_augment":false}"#], 1e-3);
 }
+
+#[test]
+fn colorization_priors_count_every_ranks_pixels() {
+    // The class-rebalancing prior counts the global batch's pixels on every rank (without that,
+    // each rank's loss weights came from its own shard).
+    let dir = single_and_job("colorization", &[TINY_NO_BN, "train.sync_batch_norm=true"], 1e-3);
+    let (diff, name) = max_diff(dir.path(), "trainer.safetensors", "method.colorization.prior");
+    assert_eq!(diff, 0.0, "{name}");
+}

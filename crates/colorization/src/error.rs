@@ -30,12 +30,16 @@ pub enum ColorizationError {
     /// An error from libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A collective of a data-parallel job that failed.
+    #[error("{0}")]
+    Dist(#[from] selfsup_dist::DistError),
 }
 
 impl From<ColorizationError> for CoreError {
     fn from(e: ColorizationError) -> Self {
         match e {
             ColorizationError::Torch(t) => CoreError::Torch(t),
+            ColorizationError::Dist(d) => CoreError::Dist(d),
             ColorizationError::Encoder(e) => *e,
             ColorizationError::Picture { path, msg } => {
                 CoreError::io(path, std::io::Error::other(msg))

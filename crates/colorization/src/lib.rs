@@ -23,7 +23,7 @@ pub mod pictures;
 
 pub use config::ColorizationConfig;
 pub use error::ColorizationError;
-pub use method::Colorization;
+pub use method::{observe_prior, Colorization};
 pub use net::LInput;
 
 use selfsup_core::{BuildContext, CoreError, MethodEntry, PretextMethod, Registry};

@@ -11,7 +11,9 @@ use selfsup_core::encoders::{try_build_encoder, Encoder};
 use selfsup_core::method::single_view;
 use selfsup_core::{BuildContext, InputNormalization, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Op, Pipeline};
+use selfsup_dist::Collectives;
 use selfsup_lab::{lab_to_rgb, rgb_to_lab, AbBins, Prior};
+use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 /// The name of the prior's state tensors (`colorization.prior.counts`, `.images`).
@@ -30,6 +32,28 @@ pub struct Colorization {
     image_channels: i64,
     /// The first training images seen in this process, shown in the sample grids.
     samples: Option<Tensor>,
+    /// The data-parallel job (world size > 1), whose ranks' classes all feed the prior.
+    group: Option<Arc<dyn Collectives>>,
+}
+
+/// Adds a training batch's classes (`images` images) to `prior`: in a data-parallel job every
+/// rank's, gathered, so that every rank's prior (and so its loss weights) is the one a single
+/// process at the global batch would hold. Used by colorization and split-brain.
+pub fn observe_prior(
+    prior: &mut Prior,
+    classes: &Tensor,
+    images: u64,
+    group: Option<&Arc<dyn Collectives>>,
+) -> Result<(), ColorizationError> {
+    // Every rank counts the same images, so all take this branch together.
+    if !prior.counting() {
+        return Ok(());
+    }
+    match group {
+        Some(g) => prior.observe(&g.all_gather(classes)?, images * g.world_size() as u64)?,
+        None => prior.observe(classes, images)?,
+    }
+    Ok(())
 }
 
 fn config_error(msg: String) -> ColorizationError {
@@ -80,6 +104,7 @@ impl Colorization {
             device: ctx.device,
             image_channels: ctx.image_channels,
             samples: None,
+            group: ctx.group.clone().filter(|g| g.world_size() > 1),
         })
     }
 
@@ -180,7 +205,7 @@ impl PretextMethod for Colorization {
         let n = images.size()[0];
         let weights = if self.cfg.rebalance {
             if train {
-                self.prior.observe(&classes, n as u64).map_err(ColorizationError::from)?;
+                observe_prior(&mut self.prior, &classes, n as u64, self.group.as_ref())?;
             }
             let w = self
                 .prior

@@ -7,12 +7,14 @@ use crate::config::{SplitBrainConfig, SplitLoss};
 use crate::encoder::SplitEncoder;
 use selfsup_colorization::net::{pixel_accuracy, soft_cross_entropy, DenseHead};
 use selfsup_colorization::pictures::write_grid;
-use selfsup_colorization::ColorizationError;
+use selfsup_colorization::{observe_prior, ColorizationError};
 use selfsup_core::encoders::Encoder;
 use selfsup_core::method::single_view;
 use selfsup_core::{BuildContext, InputNormalization, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Op, Pipeline};
+use selfsup_dist::Collectives;
 use selfsup_lab::{lab_to_rgb, rgb_to_lab, AbBins, LBins, Prior};
+use std::sync::Arc;
 use tch::{Kind, Tensor};
 
 /// The name of the prior's state tensors (`split_brain.prior.counts`, `.images`).
@@ -34,6 +36,8 @@ pub struct SplitBrain {
     device: tch::Device,
     /// The first training images seen, drawn in the sample grid after each epoch.
     samples: Option<Tensor>,
+    /// The data-parallel job (world size > 1), whose ranks' classes all feed the prior.
+    group: Option<Arc<dyn Collectives>>,
 }
 
 /// What both halves predict for a batch.
@@ -110,6 +114,7 @@ impl SplitBrain {
             image_channels: ctx.image_channels,
             device: ctx.device,
             samples: None,
+            group: ctx.group.clone().filter(|g| g.world_size() > 1),
         })
     }
 
@@ -211,7 +216,7 @@ impl SplitBrain {
         })?;
         let weights = if self.cfg.rebalance {
             if train {
-                self.prior.observe(&classes, n as u64)?;
+                observe_prior(&mut self.prior, &classes, n as u64, self.group.as_ref())?;
             }
             let w = self.prior.weights(
                 self.ab_bins.centres(),
