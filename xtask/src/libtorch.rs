@@ -128,7 +128,7 @@ pub fn ensure() -> Result<Torch> {
     if marker.exists() {
         if let Some(t) = find_torch_in_venv(&venv) {
             check_libtorch(&t)?;
-            if cuda_headers(&t).is_none() {
+            if cuda_headers(&t).is_none() && !venv.join(HEADERS_TRIED).exists() {
                 install_cuda_headers(&venv);
             }
             return Ok(Torch { libtorch: t, python: venv.join("bin").join("python") });
@@ -150,15 +150,22 @@ pub fn cuda_headers(libtorch: &Path) -> Option<PathBuf> {
     dir.join("crt/host_config.h").exists().then_some(dir)
 }
 
-/// The pip packages of [`cuda_headers`].
+/// The pip packages of [`cuda_headers`]: CUDA's headers that ProcessGroupNCCL's include; the
+/// torch wheel ships the CUDA 13.0 runtime's and NCCL's, not these.
 const CUDA_HEADER_PACKAGES: [&str; 2] = ["nvidia-cuda-crt==13.0.*", "nvidia-cuda-cccl==13.0.*"];
 
-/// Adds [`CUDA_HEADER_PACKAGES`] to an install made before they were part of it; a failure is
-/// only a warning (nothing but the `nccl` feature needs them).
+/// Marks an install where [`install_cuda_headers`] ran (whatever its outcome).
+const HEADERS_TRIED: &str = ".selfsup-cuda-headers";
+
+/// Installs [`CUDA_HEADER_PACKAGES`] into `venv` (after torch, and once into installs made
+/// before they were part of it); a failure is only a warning (nothing but the `nccl` feature
+/// needs them; `pip install` them by hand later).
 fn install_cuda_headers(venv: &Path) {
+    // Tried once per install: an offline machine should not wait for pip at every command.
+    let _ = std::fs::write(venv.join(HEADERS_TRIED), CUDA_HEADER_PACKAGES.join(" "));
     let pip = venv.join("bin").join("pip");
     let ok = Command::new(&pip)
-        .args(["install", "--disable-pip-version-check", "-q", "--no-deps"])
+        .args(["install", "--disable-pip-version-check", "-q", "--no-deps", "--retries", "1"])
         .args(CUDA_HEADER_PACKAGES)
         .status()
         .is_ok_and(|s| s.success());
@@ -202,9 +209,6 @@ fn install(venv: &Path) -> Result<()> {
         .arg(format!("torch=={TORCH_VERSION}"))
         .arg(format!("torchvision=={TORCHVISION_VERSION}"))
         .args(["numpy", "safetensors"])
-        // CUDA's headers that ProcessGroupNCCL's include (`--features nccl`); the wheel ships
-        // the CUDA 13.0 runtime's and NCCL's, not these.
-        .args(CUDA_HEADER_PACKAGES)
         .status()
         .with_context(|| format!("cannot run {}", pip.display()))?;
     if !st.success() {
@@ -213,5 +217,7 @@ fn install(venv: &Path) -> Result<()> {
              SELFSUP_LIBTORCH to an existing libtorch {TORCH_VERSION} folder"
         );
     }
+    // Apart from torch: only the `nccl` feature needs them, so their failure is a warning.
+    install_cuda_headers(venv);
     Ok(())
 }
