@@ -98,7 +98,7 @@ pub fn init(world: &World, timeout: Duration) -> Result<StoreGroup> {
 }
 
 /// Connects this process to its job ([`init`]) and picks the backend for tensors on `device`:
-/// NCCL for CUDA when the crate is built with its `nccl` feature ([`crate::NcclGroup`]), the
+/// NCCL for CUDA when the crate is built with its `nccl` feature (`NcclGroup`), the
 /// store otherwise.
 pub fn init_for(world: &World, timeout: Duration, device: Device) -> Result<Arc<dyn Collectives>> {
     let group = init(world, timeout)?;
