@@ -104,7 +104,7 @@ impl Colorization {
             device: ctx.device,
             image_channels: ctx.image_channels,
             samples: None,
-            group: ctx.group.clone().filter(|g| g.world_size() > 1),
+            group: ctx.job(),
         })
     }
 

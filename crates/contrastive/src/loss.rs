@@ -130,21 +130,16 @@ pub fn nt_xent_gathered(
     let local = Tensor::arange_start(first, first + b, (Kind::Int64, device));
     let rows = Tensor::f_cat(&[&local, &(&local + n)], 0)?;
     let targets = rows.f_add_scalar(n)?.f_remainder(2 * n)?;
-    let (logits, loss) = without_autocast(device, || -> Result<(Tensor, Tensor)> {
+    let logits = without_autocast(device, || -> Result<Tensor> {
         let z = l2_normalize(&z);
         let anchors = z.f_index_select(0, &rows)?;
         let sim = anchors.f_matmul(&z.f_tr()?)?.f_div_scalar(tau)?;
         let cols = Tensor::arange(2 * n, (Kind::Int64, device));
         let self_mask = rows.f_unsqueeze(1)?.f_eq_tensor(&cols.f_unsqueeze(0)?)?;
-        let logits = sim.f_masked_fill(&self_mask, f64::NEG_INFINITY)?;
-        let loss = logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss::<Tensor>(
-            &targets,
-            None,
-            tch::Reduction::Mean,
-            -100,
-        )?;
-        Ok((logits, loss))
+        Ok(sim.f_masked_fill(&self_mask, f64::NEG_INFINITY)?)
     })?;
+    // The cross-entropy of `nt_xent_joint`, over this rank's anchors.
+    let loss = without_autocast(device, || logits.cross_entropy_for_logits(&targets));
     Ok((loss, logits, targets))
 }
 

@@ -60,6 +60,12 @@ impl BuildContext {
     pub fn rank(&self) -> usize {
         self.group.as_ref().map_or(0, |g| g.rank())
     }
+
+    /// The job when it has more than one rank: what a method keeps to look across ranks (a job
+    /// of one rank needs nothing of it).
+    pub fn job(&self) -> Option<std::sync::Arc<dyn selfsup_dist::Collectives>> {
+        self.group.clone().filter(|g| g.world_size() > 1)
+    }
 }
 
 /// A loss and the metrics to log with it, returned by [`PretextMethod::step`].

@@ -713,7 +713,7 @@ impl<'a> Trainer<'a> {
         // Fallible: a backward through a collective (gathered negatives, synchronised batch
         // norm) fails when another rank of the job has gone.
         out.loss.f_backward()?;
-        let loss = out.loss.detach().copy();
+        let loss = out.loss.detach();
         if let Some(g) = &self.group {
             // The loss and metrics are averaged over the ranks with the gradients (the global
             // batch's values, for means over equal shards), and a stop request (SIGINT/SIGTERM)
@@ -740,7 +740,7 @@ impl<'a> Trainer<'a> {
                 if let Some((_, l)) = losses.iter().find(|(n, _)| n == &e.name) {
                     zero_grads(&self.extra_params[i]);
                     l.f_backward()?;
-                    let value = l.detach().copy();
+                    let value = l.detach();
                     if let Some(g) = &self.group {
                         let means = [value.shallow_clone()];
                         average_gradients(g.as_ref(), &self.extra_params[i], &means, &mut [])?;

@@ -67,7 +67,7 @@ impl Cpc {
         let predict =
             (1..=cfg.steps).map(|s| linear(root / "predict" / s, w, w, LinearBias::None)).collect();
         let rng = StepRng::new(ctx.seed, 0x0c9c_0002, "cpc.draws").for_rank(ctx.rank());
-        let group = ctx.group.clone().filter(|g| g.world_size() > 1);
+        let group = ctx.job();
         Ok(Cpc { encoder, project, context, predict, cfg, rng, group })
     }
 

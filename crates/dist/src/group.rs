@@ -43,43 +43,57 @@ pub trait Collectives: Send + Sync + std::fmt::Debug {
 
 /// Averages the gradients of `params` over the ranks, in place, as DDP does after backward:
 /// with each rank's loss the mean over its `B / N` samples, the result is the gradient of the
-/// mean over all `B`. The defined gradients travel as one flat bucket; every rank must have
-/// gradients for the same parameters (same shapes, same order). `means` (one-element tensors
-/// on the gradients' device: the step's loss and metrics) ride in the same message and are
-/// replaced by their mean over the ranks, which is the global batch's value for a mean over
-/// equal shards; `flags` ride along too and come back summed over the ranks (the trainer's stop
-/// requests: a stop asked of any rank is seen by all at the same step). A no-op at world size 1.
+/// mean over all `B`. The defined gradients travel as one flat bucket ([`average_in_place`]);
+/// every rank must have gradients for the same parameters (same shapes, same order). `means`
+/// (one-element tensors on the gradients' device: the step's loss and metrics) ride in the same
+/// message and are replaced by their mean over the ranks, which is the global batch's value for
+/// a mean over equal shards; `flags` ride along too and come back summed over the ranks (the
+/// trainer's stop requests: a stop asked of any rank is seen by all at the same step). A no-op
+/// at world size 1.
 pub fn average_gradients(
     group: &dyn Collectives,
     params: &[(String, Tensor)],
     means: &[Tensor],
     flags: &mut [f32],
 ) -> Result<()> {
+    let grads = params.iter().map(|(_, p)| p.grad()).filter(Tensor::defined);
+    let tensors: Vec<Tensor> = grads.chain(means.iter().map(Tensor::shallow_clone)).collect();
+    average_in_place(group, &tensors, flags)
+}
+
+/// Replaces each of `tensors` (any shapes, the same on every rank) by its mean over the ranks,
+/// all in one flat bucket in the kind and on the device of the first; `sums` ride along and
+/// come back summed over the ranks. Written through `data()`, so that tensors an autograd graph
+/// saved (BN running statistics) can be averaged too. A no-op at world size 1 or with nothing
+/// to send.
+pub fn average_in_place(
+    group: &dyn Collectives,
+    tensors: &[Tensor],
+    sums: &mut [f32],
+) -> Result<()> {
     let world = group.world_size();
-    if world == 1 {
+    if world == 1 || (tensors.is_empty() && sums.is_empty()) {
         return Ok(());
     }
     let _no_grad = tch::no_grad_guard();
-    let grads: Vec<Tensor> = params.iter().map(|(_, p)| p.grad()).filter(Tensor::defined).collect();
-    let kind = grads.first().map_or(Kind::Float, Tensor::kind);
-    let device = grads.first().map_or(Device::Cpu, Tensor::device);
-    let mut flat: Vec<Tensor> =
-        grads.iter().map(|g| g.f_reshape([-1])).collect::<Result<_, _>>()?;
-    for m in means {
-        flat.push(m.f_reshape([-1])?.f_to_kind(kind)?.f_to_device(device)?);
+    let kind = tensors.first().map_or(Kind::Float, Tensor::kind);
+    let device = tensors.first().map_or(Device::Cpu, Tensor::device);
+    let mut flat = Vec::with_capacity(tensors.len() + 1);
+    for t in tensors {
+        flat.push(t.f_reshape([-1])?.f_to_kind(kind)?.f_to_device(device)?);
     }
-    flat.push(Tensor::f_from_slice(flags)?.f_to(device)?.f_to_kind(kind)?);
+    flat.push(Tensor::f_from_slice(sums)?.f_to(device)?.f_to_kind(kind)?);
     let bucket = Tensor::f_cat(&flat, 0)?;
     group.all_reduce_sum(&bucket)?;
     let mut offset = 0i64;
-    for g in grads.iter().chain(means) {
-        let n = g.numel() as i64;
-        let part = bucket.f_narrow(0, offset, n)?.f_view(g.size().as_slice())?;
-        g.shallow_clone().f_copy_(&part.f_div_scalar(world as f64)?)?;
+    for t in tensors {
+        let n = t.numel() as i64;
+        let part = bucket.f_narrow(0, offset, n)?.f_view(t.size().as_slice())?;
+        t.data().f_copy_(&part.f_div_scalar(world as f64)?)?;
         offset += n;
     }
-    let summed = bucket.f_narrow(0, offset, flags.len() as i64)?.f_to_kind(Kind::Float)?;
-    flags.copy_from_slice(&Vec::<f32>::try_from(&summed.f_to(Device::Cpu)?)?);
+    let summed = bucket.f_narrow(0, offset, sums.len() as i64)?.f_to_kind(Kind::Float)?;
+    sums.copy_from_slice(&Vec::<f32>::try_from(&summed.f_to(Device::Cpu)?)?);
     Ok(())
 }
 

@@ -28,7 +28,9 @@ mod store;
 pub use autograd::{all_gather_with_grad, all_reduce_sum_with_grad};
 pub use env::World;
 pub use error::{DistError, Result};
-pub use group::{average_gradients, init, init_for, on_local_ranks, Collectives, StoreGroup};
+pub use group::{
+    average_gradients, average_in_place, init, init_for, on_local_ranks, Collectives, StoreGroup,
+};
 #[cfg(feature = "nccl")]
 pub use nccl::NcclGroup;
 pub use store::{free_port, TcpStore};

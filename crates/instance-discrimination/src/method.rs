@@ -83,7 +83,7 @@ impl InstanceDiscrimination {
             view,
             z: -1.0,
             pending: None,
-            group: ctx.group.clone().filter(|g| g.world_size() > 1),
+            group: ctx.job(),
         })
     }
 

@@ -147,21 +147,7 @@ impl Network {
     /// In a job: sets the BN running statistics to their mean over the ranks (after a training
     /// forward, so that every rank holds those of the global batch's sub-batches).
     fn average_running(&self, group: &Arc<dyn Collectives>) -> Result<(), ContrastiveError> {
-        if self.running.is_empty() {
-            return Ok(());
-        }
-        let _no_grad = tch::no_grad_guard();
-        let flat: Vec<Tensor> = self.running.iter().map(|t| t.reshape([-1])).collect();
-        let all = Tensor::f_cat(&flat, 0)?;
-        group.all_reduce_sum(&all)?;
-        let all = all / group.world_size() as f64;
-        let mut offset = 0;
-        for buf in &self.running {
-            let n = buf.numel() as i64;
-            buf.data().copy_(&all.narrow(0, offset, n).view(buf.size().as_slice()));
-            offset += n;
-        }
-        Ok(())
+        Ok(selfsup_dist::average_in_place(group.as_ref(), &self.running, &mut [])?)
     }
 }
 
@@ -240,7 +226,7 @@ impl Moco {
             seed: ctx.seed,
             steps: 0,
             pending: Vec::new(),
-            group: ctx.group.clone().filter(|g| g.world_size() > 1),
+            group: ctx.job(),
         })
     }
 

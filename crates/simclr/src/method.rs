@@ -197,7 +197,7 @@ impl SimClr {
         } else {
             Vec::new()
         };
-        let group = ctx.group.clone().filter(|g| g.world_size() > 1);
+        let group = ctx.job();
         if group.is_some() && cfg.micro_batch_size.is_some() && cfg.grad_cache {
             return Err(ContrastiveError::Config(
                 "simclr: gradient caching (micro_batch_size with grad_cache: true) is not \

@@ -114,7 +114,7 @@ impl SplitBrain {
             image_channels: ctx.image_channels,
             device: ctx.device,
             samples: None,
-            group: ctx.group.clone().filter(|g| g.world_size() > 1),
+            group: ctx.job(),
         })
     }
 
