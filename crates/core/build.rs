@@ -1,11 +1,12 @@
-//! Build script of `selfsup-core`: compiles the C++ shims over autocast (`csrc/autocast.cpp`)
-//! and the determinism switches (`csrc/determinism.cpp`) against libtorch's headers (see
+//! Build script of `selfsup-core`: compiles the C++ shims over autocast (`csrc/autocast.cpp`),
+//! the determinism switches (`csrc/determinism.cpp`) and the fused optimizer steps
+//! (`csrc/fused_optim.cpp`) against libtorch's headers (see
 //! `selfsup-shim-build`). Linking against libtorch itself is done by `torch-sys`.
 fn main() {
     selfsup_shim_build::compile(
         "selfsup-core",
         "ATen/autocast_mode.h",
-        &["csrc/autocast.cpp", "csrc/determinism.cpp"],
+        &["csrc/autocast.cpp", "csrc/determinism.cpp", "csrc/fused_optim.cpp"],
         "selfsup_autocast",
     );
 }

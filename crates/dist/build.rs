@@ -15,7 +15,7 @@ fn main() {
     selfsup_shim_build::compile(
         "selfsup-dist",
         "torch/csrc/distributed/c10d/TCPStore.hpp",
-        &["csrc/store.cpp", "csrc/autograd.cpp", "csrc/guard.h", "csrc/store.h"],
+        &["csrc/store.cpp", "csrc/autograd.cpp", "csrc/store.h"],
         "selfsup_store",
     );
     if std::env::var_os("CARGO_FEATURE_NCCL").is_some() {

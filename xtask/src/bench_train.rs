@@ -1,14 +1,19 @@
-//! `cargo xtask bench train [--methods rotnet,simclr] [--backbone cpu|large] [--steps 5]
-//! [--threads 2] [--repeats 3]`: steady-state training throughput of the release `selfsup` binary against the
-//! same steps in PyTorch (`bench/train_step.py`), on the same machine and threads, in every
-//! configuration the CPU offers: fp32, channels-last, and channels-last with bf16 autocast where
-//! the CPU has AMX or AVX512-BF16 (elsewhere bf16 is skipped, and said so).
+//! `cargo xtask bench train [--methods rotnet,simclr,...] [--backbone cpu|large] [--steps 5]
+//! [--threads 2] [--repeats 3]`: steady-state training throughput of the release `selfsup`
+//! binary against the same steps in PyTorch (`bench/train_step.py`), on the same machine and
+//! threads, for every registered method (the default), in every configuration the CPU offers:
+//! fp32, channels-last, and channels-last with bf16 autocast where the CPU has AMX or
+//! AVX512-BF16 (elsewhere bf16 is skipped, and said so).
 //!
 //! The step of each method is its `cpu` reproduction's pretraining (the first training of
-//! `selfsup reproduce <method> --profile cpu --configs-only`): its encoder, batch, optimizer and
+//! `selfsup reproduce <method> --profile cpu --configs-only`; for the supervised baseline, the
+//! baseline training of colorization's cpu reproduction): its encoder, batch, optimizer and
 //! method config, on generated 32-pixel images (`synthetic:N:32`), with oneDNN on
-//! (`train.deterministic = false`). `--backbone large` swaps in the issue's networks at batch
-//! 128: RotNet's NIN of width 192, SimCLR's ResNet-18 with the CIFAR stem.
+//! (`train.deterministic = false`). Both sides run the same config file: `selfsup train
+//! --config` and `bench/train_step.py --config`, whose `bench/reference/<method>.py` is the
+//! method's step written in PyTorch. `--backbone large` swaps in the issue's networks at batch
+//! 128 (RotNet and SimCLR only): RotNet's NIN of width 192, SimCLR's ResNet-18 with the CIFAR
+//! stem.
 //!
 //! selfsup's step time is the difference of two runs (`max_steps` = 2 and 2 + N) so that
 //! start-up and the first steps' kernel selection are excluded; its loader builds the views
@@ -32,11 +37,28 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-const USAGE: &str = "usage: cargo xtask bench train [--methods rotnet,simclr] \
+const USAGE: &str = "usage: cargo xtask bench train [--methods rotnet,simclr,...] \
                      [--backbone cpu|large] [--steps 5] [--threads 2] [--repeats 3]";
 
-/// The methods with a PyTorch reference step in `bench/train_step.py`.
-const METHODS: [&str; 2] = ["rotnet", "simclr"];
+/// The registered methods, each with a PyTorch reference step in
+/// `bench/reference/<method>.py`.
+const METHODS: [&str; 12] = [
+    "rotnet",
+    "simclr",
+    "moco",
+    "instance-discrimination",
+    "cpc",
+    "jigsaw",
+    "relative-patch",
+    "autoencoder",
+    "context-encoder",
+    "colorization",
+    "split-brain",
+    "supervised",
+];
+
+/// The methods with a `--backbone large` network.
+const LARGE: [&str; 2] = ["rotnet", "simclr"];
 
 struct Opts {
     methods: Vec<String>,
@@ -47,13 +69,7 @@ struct Opts {
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
-    let mut o = Opts {
-        methods: METHODS.iter().map(|m| m.to_string()).collect(),
-        large: false,
-        steps: 5,
-        threads: 2,
-        repeats: 3,
-    };
+    let mut o = Opts { methods: Vec::new(), large: false, steps: 5, threads: 2, repeats: 3 };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -73,6 +89,15 @@ fn parse(args: &[String]) -> Result<Opts> {
                 other => bail!("--backbone {}: expected cpu or large", other.unwrap_or("")),
             },
             other => bail!("unknown option `{other}`; {USAGE}"),
+        }
+    }
+    if o.methods.is_empty() {
+        let all: &[&str] = if o.large { &LARGE } else { &METHODS };
+        o.methods = all.iter().map(|m| m.to_string()).collect();
+    }
+    if o.large {
+        if let Some(m) = o.methods.iter().find(|m| !LARGE.contains(&m.as_str())) {
+            bail!("--backbone large: `{m}` has no large network (have {LARGE:?})");
         }
     }
     if o.steps == 0 || o.threads == 0 || o.repeats == 0 {
@@ -105,12 +130,24 @@ fn cpu_has_bf16(cpuinfo: &str) -> bool {
         .any(|f| f == "amx_bf16" || f == "avx512_bf16")
 }
 
-/// The pretraining config of `method`'s cpu reproduction (the plan's first training), read
-/// from `selfsup reproduce <method> --profile cpu --configs-only` in `tmp`.
+/// The reproduction whose cpu plan holds `method`'s benchmarked training: its own, except for
+/// the supervised baseline, which has none and is taken from colorization's (AlexNet, batch
+/// 128, as most of the classic methods' baselines).
+fn plan_source(method: &str) -> &str {
+    if method == "supervised" {
+        "colorization"
+    } else {
+        method
+    }
+}
+
+/// The first training of `method` in the plan of `plan_source(method)`'s cpu reproduction
+/// (`selfsup reproduce <m> --profile cpu --configs-only`, written in `tmp`).
 fn cpu_profile_config(bin: &Path, t: &Torch, method: &str, tmp: &Path) -> Result<Value> {
+    let source = plan_source(method);
     let mut c = Command::new(bin);
     t.apply(&mut c);
-    c.args(["reproduce", method, "--profile", "cpu", "--configs-only", "--runs-dir"])
+    c.args(["reproduce", source, "--profile", "cpu", "--configs-only", "--runs-dir"])
         .arg(tmp.join("runs"))
         .arg("--results-dir")
         .arg(tmp.join("results"))
@@ -118,19 +155,29 @@ fn cpu_profile_config(bin: &Path, t: &Torch, method: &str, tmp: &Path) -> Result
     let out = c.output().context("running selfsup reproduce --configs-only")?;
     if !out.status.success() {
         bail!(
-            "selfsup reproduce {method} --configs-only: {}",
+            "selfsup reproduce {source} --configs-only: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let path = tmp.join("results").join(method).join("cpu").join("plan.json");
+    let path = tmp.join("results").join(source).join("cpu").join("plan.json");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let plan: Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    plan["trainings"][0]["config"]
-        .as_object()
-        .map(|c| Value::Object(c.clone()))
-        .with_context(|| format!("{}: no trainings[0].config", path.display()))
+    training_config(&plan, method).with_context(|| format!("{}", path.display()))
+}
+
+/// The config of the first training of `method` in a reproduction plan.
+fn training_config(plan: &Value, method: &str) -> Result<Value> {
+    plan["trainings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| &t["config"])
+        .find(|c| c["method"] == method)
+        .filter(|c| c.is_object())
+        .cloned()
+        .with_context(|| format!("no training of `{method}` in the plan"))
 }
 
 /// The benchmarked config: `base` with `--backbone large`'s network when asked, oneDNN on,
@@ -152,32 +199,16 @@ fn step_config(base: &Value, method: &str, large: bool, threads: usize, mode: Mo
     c
 }
 
-/// `bench/train_step.py`'s arguments for the same step as `cfg`.
-fn python_args(method: &str, cfg: &Value, steps: usize, threads: usize) -> Result<Vec<String>> {
-    let opt = &cfg["train"]["optimizer"];
-    if opt["kind"] != "sgd" {
-        bail!("{method}: the PyTorch reference runs SGD, the config has {}", opt["kind"]);
-    }
-    let num = |v: &Value, what: &str| v.as_f64().with_context(|| format!("{method}: no {what}"));
-    let mut a = vec![
+/// `bench/train_step.py`'s arguments for the step of `cfg`, written to `path` (the same
+/// config `selfsup train` runs, less `max_steps`).
+fn python_args(cfg: &Value, steps: usize, path: &Path) -> Result<Vec<String>> {
+    std::fs::write(path, serde_json::to_string_pretty(cfg)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(vec![
         "bench/train_step.py".to_string(),
-        format!("--method={method}"),
-        format!("--encoder={}", cfg["encoder"]),
-        format!("--batch={}", cfg["train"]["batch_size"]),
+        format!("--config={}", path.display()),
         format!("--steps={steps}"),
-        format!("--threads={threads}"),
-        format!("--lr={}", num(&opt["lr"], "train.optimizer.lr")?),
-        format!("--momentum={}", num(&opt["momentum"], "train.optimizer.momentum")?),
-        format!("--weight-decay={}", num(&opt["weight_decay"], "train.optimizer.weight_decay")?),
-    ];
-    if opt["nesterov"] == true {
-        a.push("--nesterov".into());
-    }
-    if method == "simclr" {
-        let t = cfg["method_config"]["temperature"].as_f64().unwrap_or(0.5);
-        a.push(format!("--temperature={t}"));
-    }
-    Ok(a)
+    ])
 }
 
 /// One mode's measurements: selfsup's, and PyTorch's in each variant.
@@ -203,20 +234,29 @@ struct Measured {
     peak_mib: f64,
 }
 
+/// The images of the benchmark's generated data set for `steps` timed steps: one epoch covers
+/// the longer run (2 + `steps` steps) with a batch to spare. Both selfsup runs and the PyTorch
+/// reference see this count (as `data.max_images`; instance discrimination's memory bank has a
+/// row per image).
+fn bench_images(cfg: &Value, steps: usize) -> Result<u64> {
+    let batch = cfg["train"]["batch_size"].as_u64().context("train.batch_size")?;
+    Ok(batch * (steps as u64 + 3))
+}
+
 /// Wall seconds and peak resident kB of `selfsup train` on `cfg` for `steps` steps.
 fn selfsup_run(bin: &Path, t: &Torch, cfg: &Value, steps: usize, dir: &Path) -> Result<(f64, u64)> {
     let run = dir.join(format!("run-{steps}"));
     let _ = std::fs::remove_dir_all(&run);
     let mut cfg = cfg.clone();
     cfg["train"]["max_steps"] = json!(steps);
-    let batch = cfg["train"]["batch_size"].as_u64().context("train.batch_size")?;
+    let images = cfg["data"]["max_images"].as_u64().context("data.max_images")?;
     let cfg_path = dir.join(format!("config-{steps}.json"));
     std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg)?)?;
     let mut c = Command::new(bin);
     t.apply(&mut c);
     c.args(["train", "--no-progress", "--config"])
         .arg(&cfg_path)
-        .args(["--data", &format!("synthetic:{}:32", batch * (steps as u64 + 1))])
+        .args(["--data", &format!("synthetic:{images}:32")])
         .arg("--out")
         .arg(&run)
         .env("RUST_LOG", "warn");
@@ -282,24 +322,13 @@ fn variants(jemalloc: &Path) -> Vec<Variant> {
     v
 }
 
-/// PyTorch's step through `bench/train_step.py` with `args`, the mode's flags and the variant.
-fn python_step(
-    t: &Torch,
-    args: &[String],
-    mode: Mode,
-    variant: &Variant,
-    dir: &Path,
-) -> Result<Measured> {
+/// PyTorch's step through `bench/train_step.py` with `args` (the mode is in the config) and
+/// the variant.
+fn python_step(t: &Torch, args: &[String], variant: &Variant, dir: &Path) -> Result<Measured> {
     let mut c = Command::new(&t.python);
     c.args(args);
     if let Some(lib) = &variant.jemalloc {
         c.env("LD_PRELOAD", lib).env("MALLOC_CONF", "dirty_decay_ms:-1,muzzy_decay_ms:-1");
-    }
-    if mode.channels_last {
-        c.arg("--channels-last");
-    }
-    if mode.bf16 {
-        c.arg("--bf16");
     }
     if variant.fused {
         c.arg("--fused");
@@ -372,18 +401,20 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&tmp)?;
     let backbone = if o.large { "large" } else { "cpu" };
     let pytorch = variants(Path::new(JEMALLOC));
+    let mut summary = Vec::new();
     for method in &o.methods {
         let base = cpu_profile_config(&bin, t, method, &tmp)?;
         let mut rows = Vec::new();
         for &mode in &modes {
-            let cfg = step_config(&base, method, o.large, o.threads, mode);
-            let py = python_args(method, &cfg, o.steps, o.threads)?;
+            let mut cfg = step_config(&base, method, o.large, o.threads, mode);
+            cfg["data"]["max_images"] = json!(bench_images(&cfg, o.steps)?);
+            let py = python_args(&cfg, o.steps, &tmp.join("python-config.json"))?;
             let ours = selfsup_step(&bin, t, &cfg, o.steps, o.repeats, &tmp)?;
             let theirs = pytorch
                 .iter()
                 .map(|v| {
                     let runs = (0..o.repeats)
-                        .map(|_| python_step(t, &py, mode, v, &tmp))
+                        .map(|_| python_step(t, &py, v, &tmp))
                         .collect::<Result<Vec<_>>>()?;
                     Ok((v.name, fastest(runs)))
                 })
@@ -430,6 +461,12 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
             torch_row.mode.name,
             if ratio >= goal { "met" } else { "not met" }
         );
+        summary.push(format!(
+            "  {method:<24} {:>9.2} {:>9.2} {ratio:>6.2}x {goal:>6.1}x  {}",
+            ours_best.ours.images_per_s,
+            torch_b.images_per_s,
+            if ratio >= goal { "met" } else { "not met" }
+        ));
         let case = json!({
             "command": format!(
                 "cargo xtask bench train --methods {method} --backbone {backbone} --steps {} \
@@ -470,6 +507,16 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
             },
         });
         write_case(Path::new("results/bench/train.json"), backbone, method, case)?;
+    }
+    if summary.len() > 1 {
+        println!("\nbest against best, images/s ({backbone} backbones, {cpu}):");
+        println!(
+            "  {:<24} {:>9} {:>9} {:>7} {:>7}",
+            "method", "selfsup", "PyTorch", "ratio", "target"
+        );
+        for line in &summary {
+            println!("{line}");
+        }
     }
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
@@ -515,12 +562,15 @@ mod tests {
     #[test]
     fn options_name_what_is_wrong() {
         let o = parse(&[]).unwrap();
-        assert_eq!((o.methods.len(), o.large, o.steps, o.threads, o.repeats), (2, false, 5, 2, 3));
+        assert_eq!((o.methods.len(), o.large, o.steps, o.threads, o.repeats), (12, false, 5, 2, 3));
         let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
         let o = parse(&args("--methods simclr --backbone large --steps 3")).unwrap();
         assert_eq!((o.methods, o.large, o.steps), (vec!["simclr".to_string()], true, 3));
-        let err = parse(&args("--methods jigsaw")).err().unwrap().to_string();
-        assert!(err.contains("`jigsaw` has no PyTorch reference"), "{err}");
+        assert_eq!(parse(&args("--backbone large")).unwrap().methods, ["rotnet", "simclr"]);
+        let err = parse(&args("--methods jigsaw --backbone large")).err().unwrap().to_string();
+        assert!(err.contains("`jigsaw` has no large network"), "{err}");
+        let err = parse(&args("--methods dino")).err().unwrap().to_string();
+        assert!(err.contains("`dino` has no PyTorch reference"), "{err}");
         let err = parse(&args("--backbone huge")).err().unwrap().to_string();
         assert!(err.contains("--backbone huge"), "{err}");
         assert!(parse(&args("--steps 0")).is_err());
@@ -548,17 +598,32 @@ mod tests {
         assert_eq!(cfg["train"]["channels_last"], true);
         assert_eq!(cfg["train"]["deterministic"], false);
         assert_eq!(cfg["train"]["threads"], 2);
-        let a = python_args("rotnet", &cfg, 5, 2).unwrap();
-        assert!(a.contains(&r#"--encoder={"blocks":4,"kind":"nin","width":16}"#.to_string()));
-        assert!(a.contains(&"--batch=64".to_string()) && a.contains(&"--nesterov".to_string()));
-        assert!(a.contains(&"--weight-decay=0.0005".to_string()));
+        let dir = std::env::temp_dir().join(format!("bench-train-args-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("python-config.json");
+        let a = python_args(&cfg, 5, &path).unwrap();
+        assert_eq!(a[1..], [format!("--config={}", path.display()), "--steps=5".to_string()]);
+        let written: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(written, cfg);
+        std::fs::remove_dir_all(&dir).unwrap();
         let large = step_config(&base, "simclr", true, 2, MODES[0]);
         assert_eq!(large["encoder"], json!({"kind": "resnet18", "stem": "cifar"}));
         assert_eq!(large["train"]["batch_size"], 128);
-        let mut adam = base.clone();
-        adam["train"]["optimizer"]["kind"] = json!("adamw");
-        let err = python_args("simclr", &adam, 5, 2).unwrap_err().to_string();
-        assert!(err.contains("runs SGD"), "{err}");
+    }
+
+    #[test]
+    fn the_benchmarked_training_is_the_methods_own() {
+        let plan = json!({"trainings": [
+            {"config": {"method": "colorization", "train": {}}},
+            {"config": {"method": "supervised", "train": {"batch_size": 128}}},
+        ]});
+        assert_eq!(training_config(&plan, "colorization").unwrap()["method"], "colorization");
+        assert_eq!(training_config(&plan, "supervised").unwrap()["train"]["batch_size"], 128);
+        let err = training_config(&plan, "rotnet").unwrap_err().to_string();
+        assert!(err.contains("no training of `rotnet`"), "{err}");
+        assert_eq!(plan_source("supervised"), "colorization");
+        assert_eq!(plan_source("moco"), "moco");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 // gradient (SimCLR's negatives from every rank) and synchronised batch norm are built on it.
 #include <torch/csrc/autograd/custom_function.h>
 
-#include "guard.h"
+#include "selfsup/guard.h"
 
 #include <cstdint>
 #include <cstring>

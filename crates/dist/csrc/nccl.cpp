@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "guard.h"
+#include "selfsup/guard.h"
 #include "store.h"
 
 namespace {

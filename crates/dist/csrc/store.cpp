@@ -1,7 +1,7 @@
 // c10d's TCPStore, the rendezvous and key-value store of PyTorch's distributed engine, behind a
 // C interface (tch 0.24 binds none of torch.distributed). Every function catches what libtorch
-// throws and returns it as a message in `err` (`guard.h`).
-#include "guard.h"
+// throws and returns it as a message in `err` (`selfsup/guard.h`, from `selfsup-shim-build`).
+#include "selfsup/guard.h"
 #include "store.h"
 
 #include <chrono>

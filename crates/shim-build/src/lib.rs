@@ -1,7 +1,8 @@
 //! For build scripts: compiles a crate's C++ shim (the functions tch 0.24 does not bind:
-//! autocast and determinism switches in `selfsup-core`, c10d's store and the differentiable
-//! collectives in `selfsup-dist`) against the headers of the libtorch that `LIBTORCH` names,
-//! as `torch-sys` links it.
+//! autocast, determinism switches and fused optimizer steps in `selfsup-core`, c10d's store and
+//! the differentiable collectives in `selfsup-dist`) against the headers of the libtorch that
+//! `LIBTORCH` names, as `torch-sys` links it. Every shim also sees this crate's `include/`,
+//! where `selfsup/guard.h` keeps C++ exceptions from crossing the C boundary.
 //!
 //! Reads `LIBTORCH` (the torch install, as for `torch-sys`; `cargo xtask env` prints it),
 //! optionally `LIBTORCH_INCLUDE` (a different header root) and `LIBTORCH_CXX11_ABI` (default 1).
@@ -50,6 +51,8 @@ pub fn compile_with(
     defines: &[&str],
 ) {
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let own = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("include");
+    println!("cargo:rerun-if-changed={}", own.join("selfsup/guard.h").display());
     for s in sources {
         println!("cargo:rerun-if-changed={s}");
     }
@@ -67,6 +70,7 @@ pub fn compile_with(
         .cpp(true)
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
+        .include(&own)
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")

@@ -9,12 +9,15 @@
 //! p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 //! ```
 //!
-//! The bias corrections are computed in f64 from the step count, as PyTorch does with
-//! Python floats; the step counts live on the CPU (as PyTorch's non-capturable ones do), so
-//! reading them never waits for the GPU.
+//! The update runs as libtorch's fused kernel (`torch.optim.AdamW(fused=True)`, see
+//! [`super::fused`]) for every parameter it can take, which computes the bias corrections from
+//! the step counts itself; a parameter it cannot take gets the single-tensor update above with
+//! the bias corrections computed in f64 from the step count, as PyTorch's does with Python
+//! floats. The step counts live on the CPU for CPU parameters and on the parameter's device for
+//! CUDA ones, as PyTorch's fused AdamW keeps them.
 use tch::{Device, Kind, Tensor};
 
-use super::{Optimizer, StateBuffers};
+use super::{fused, Optimizer, StateBuffers};
 use crate::{CoreError, Result};
 
 /// AdamW; state `adamw.exp_avg.<param>`, `adamw.exp_avg_sq.<param>` and `adamw.step.<param>`
@@ -41,7 +44,8 @@ impl AdamW {
         let state =
             StateBuffers::new("adamw", &["exp_avg", "exp_avg_sq", "step"], params, |slot, p| {
                 Ok(if slot == 2 {
-                    Tensor::f_zeros([], (Kind::Float, Device::Cpu))?
+                    let device = if p.device().is_cuda() { p.device() } else { Device::Cpu };
+                    Tensor::f_zeros([], (Kind::Float, device))?
                 } else {
                     p.f_zeros_like()?
                 })
@@ -53,6 +57,8 @@ impl AdamW {
 impl Optimizer for AdamW {
     fn step(&mut self, params: &[(String, Tensor)], lr: f64) -> Result<()> {
         let _no_grad = tch::no_grad_guard();
+        let mut groups = fused::Groups::default();
+        let mut steps: Vec<Vec<Tensor>> = Vec::new();
         for (name, p) in params {
             let grad = p.grad();
             if !grad.defined() {
@@ -61,6 +67,17 @@ impl Optimizer for AdamW {
             let [exp_avg, exp_avg_sq, step_t] = self.state.get_mut(name)? else {
                 return Err(CoreError::Optimizer(format!("state of `{name}` is incomplete")));
             };
+            let on_device = step_t.device() == p.device() || !p.device().is_cuda();
+            let group = if on_device {
+                groups.push(p, &grad, &[exp_avg, exp_avg_sq], self.weight_decay)
+            } else {
+                None
+            };
+            if let Some(i) = group {
+                steps.resize_with(steps.len().max(i + 1), Vec::new);
+                steps[i].push(step_t.shallow_clone());
+                continue;
+            }
             let _ = step_t.f_add_scalar_(1.0)?;
             let step = step_t.f_double_value(&[])?;
             if self.weight_decay != 0.0 {
@@ -76,6 +93,9 @@ impl Optimizer for AdamW {
             // Same operation order as PyTorch's `p.addcdiv_(m, denom, value=-step_size)`.
             let step_size = lr / bias_correction1;
             let _ = p.shallow_clone().f_addcdiv_(&exp_avg.f_mul_scalar(-step_size)?, &denom)?;
+        }
+        for (g, s) in groups.0.iter().zip(&steps) {
+            fused::adamw(g, s, lr, self.beta1, self.beta2, self.eps)?;
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ use tch::Tensor;
 use crate::{CoreError, Result};
 
 mod adamw;
+mod fused;
 mod lars;
 mod sgd;
 #[cfg(test)]

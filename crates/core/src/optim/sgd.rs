@@ -6,9 +6,13 @@
 //! g = g + momentum * buf   (Nesterov)    or   g = buf
 //! p = p - lr * g
 //! ```
+//!
+//! The update runs as libtorch's fused kernel (`torch.optim.SGD(fused=True)`, see
+//! [`super::fused`]) for every parameter it can take, as one call per device, dtype and weight
+//! decay; the same arithmetic per element.
 use tch::Tensor;
 
-use super::{apply_update, no_weight_decay, Optimizer, StateBuffers};
+use super::{apply_update, fused, no_weight_decay, Optimizer, StateBuffers};
 use crate::Result;
 
 /// SGD with momentum, Nesterov and weight decay; state `sgd.momentum.<param>` when momentum is
@@ -41,6 +45,7 @@ impl Sgd {
 impl Optimizer for Sgd {
     fn step(&mut self, params: &[(String, Tensor)], lr: f64) -> Result<()> {
         let _no_grad = tch::no_grad_guard();
+        let mut groups = fused::Groups::default();
         for (name, p) in params {
             let grad = p.grad();
             if !grad.defined() {
@@ -52,6 +57,10 @@ impl Optimizer for Sgd {
             } else {
                 self.weight_decay
             };
+            let state: Vec<&Tensor> = buffers.iter().collect();
+            if groups.push(p, &grad, &state, wd).is_some() {
+                continue;
+            }
             let mut d_p = if wd != 0.0 { grad.f_add(&p.f_mul_scalar(wd)?)? } else { grad };
             if let Some(buf) = buffers.first_mut() {
                 let _ = buf.f_mul_scalar_(self.momentum)?;
@@ -63,6 +72,9 @@ impl Optimizer for Sgd {
                 };
             }
             apply_update(p, &d_p, lr)?;
+        }
+        for g in &groups.0 {
+            fused::sgd(g, self.momentum, self.nesterov, lr)?;
         }
         Ok(())
     }
