@@ -7,19 +7,22 @@ The batch is what selfsup's loader delivers: two augmented views `(N, 3, 32, 32)
 images (the augmentation runs in selfsup's loader threads; here both views are drawn once).
 In the step, for each (query view, key view) pair (both pairs with `symmetric`):
 - queries: the query network (encoder, global average pool, the head: one linear layer, or the
-  v2 / `{"mlp": ...}` MLP) in `bn_splits` contiguous sub-batches, each through the network on
-  its own (its own BN statistics), the BN running statistics set to the mean of the
-  sub-batches' updates from the same start (the demo's `SplitBatchNorm`); L2-normalised;
+  v2 / `{"mlp": ...}` MLP) in one pass, every BN a `SplitBatchNorm` as the official CIFAR-10
+  demo (`moco/main_moco_cifar10` notebook) writes it: the input viewed as `(N/s, s*C, ...)`,
+  so each of `bn_splits` sub-batches is normalised with its own statistics, the running
+  statistics set to the mean of the sub-batches' updates; L2-normalised;
 - keys: the same with the momentum key network under `no_grad`, the key batch permuted by
-  `torch.randperm` before the split and restored after (Shuffling BN on one process);
+  `torch.randperm` before and restored after (Shuffling BN on one process);
 - InfoNCE in fp32 outside autocast: logits `[q.k, q.queue] / tau`, target 0, cross-entropy;
   the symmetric loss is the sum of both pairs' losses.
 After the optimizer step (`after_step`): `theta_k <- m theta_k + (1 - m) theta_q` over the
 parameters, then the step's keys (both pairs' with `symmetric`) are written over the oldest
 rows of the `(K, dim)` queue (a buffer), wrapping around its end.
 The optimizer trains the query network only (the key network has `requires_grad=False`).
-No difference from selfsup's step in the math; selfsup draws the key permutation on the host
-from a seeded ChaCha stream, here `torch.randperm`.
+Differences from selfsup's step: selfsup draws the key permutation on the host from a seeded
+ChaCha stream, here `torch.randperm`; the demo's sub-batch k holds the samples `i = k (mod s)`
+(a free view), selfsup's the k-th contiguous chunk (so that a job's ranks hold whole
+sub-batches; a transposed copy in and out of each BN). The same computation in distribution.
 """
 import copy
 
@@ -50,41 +53,52 @@ def head(c, mc):
     return nn.Sequential(*layers)
 
 
-class Network(nn.Module):
-    """Encoder, global average pool, head; L2-normalised fp32 output `(N, dim)`."""
+class SplitBatchNorm(nn.Module):
+    """The CIFAR-10 demo's `SplitBatchNorm` over a trained `nn.BatchNorm1d/2d` `bn` (sharing its
+    parameters and buffers): in training, `num_splits` sub-batches each with its own
+    statistics, running statistics the mean of their updates; in evaluation, `bn`."""
 
-    def __init__(self, cfg, mc):
+    def __init__(self, bn, num_splits):
+        super().__init__()
+        self.bn = bn
+        self.s = num_splits
+
+    def forward(self, x):
+        bn, s = self.bn, self.s
+        if not self.training or x.shape[0] % s:
+            return bn(x)
+        n, c = x.shape[:2]
+        mean = bn.running_mean.repeat(s)
+        var = bn.running_var.repeat(s)
+        y = F.batch_norm(x.reshape(n // s, s * c, *x.shape[2:]), mean, var, bn.weight.repeat(s),
+                         bn.bias.repeat(s), True, bn.momentum, bn.eps).reshape(x.shape)
+        bn.running_mean.data.copy_(mean.view(s, c).mean(0))
+        bn.running_var.data.copy_(var.view(s, c).mean(0))
+        return y
+
+
+def split_batch_norms(module, num_splits):
+    """Every BN of `module` wrapped in a `SplitBatchNorm` of `num_splits` (in place)."""
+    for name, child in module.named_children():
+        if isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            setattr(module, name, SplitBatchNorm(child, num_splits))
+        else:
+            split_batch_norms(child, num_splits)
+
+
+class Network(nn.Module):
+    """Encoder, global average pool, head; L2-normalised fp32 output `(N, dim)`; every BN split
+    in `splits` sub-batches in training."""
+
+    def __init__(self, cfg, mc, splits):
         super().__init__()
         self.encoder, c = common.encoder(cfg["encoder"])
         self.head = head(c, mc)
+        if splits > 1:
+            split_batch_norms(self, splits)
 
     def forward(self, x):
         return F.normalize(self.head(self.encoder(x).mean((2, 3))).float(), dim=1)
-
-    def split_forward(self, x, splits):
-        """`forward` on `splits` contiguous sub-batches, each normalised with its own BN
-        statistics; the running statistics end as the mean of the sub-batches' updates, each
-        from the same start (the CIFAR demo's `SplitBatchNorm`). Buffers are written through
-        `.data`, which leaves the version counters that the earlier passes' graphs saved."""
-        if splits <= 1:
-            return self(x)
-        stats = [b for n, b in self.named_buffers() if n.endswith(("running_mean", "running_var"))]
-        with torch.no_grad():
-            start = [b.clone() for b in stats]
-            sums = [torch.zeros_like(b) for b in stats]
-        outs = []
-        for chunk in x.chunk(splits):
-            with torch.no_grad():
-                for b, r in zip(stats, start):
-                    b.data.copy_(r)
-            outs.append(self(chunk))
-            with torch.no_grad():
-                for s, b in zip(sums, stats):
-                    s.add_(b)
-        with torch.no_grad():
-            for b, s in zip(stats, sums):
-                b.data.copy_(s / len(outs))
-        return torch.cat(outs)
 
 
 class Moco(nn.Module):
@@ -97,7 +111,7 @@ class Moco(nn.Module):
         self.symmetric = mc.get("symmetric", False)
         n = cfg["train"]["batch_size"]
         self.splits = max(1, min(mc.get("bn_splits", 8), n // 2))
-        self.encoder_q = Network(cfg, mc)
+        self.encoder_q = Network(cfg, mc, self.splits)
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters():
             p.requires_grad = False
@@ -107,10 +121,10 @@ class Moco(nn.Module):
         self.pending = []
 
     def contrast(self, xq, xk):
-        q = self.encoder_q.split_forward(xq, self.splits)
+        q = self.encoder_q(xq)
         with torch.no_grad():
             perm = torch.randperm(xk.shape[0])
-            k = self.encoder_k.split_forward(xk[perm], self.splits)[torch.argsort(perm)]
+            k = self.encoder_k(xk[perm])[torch.argsort(perm)]
         with torch.autocast("cpu", enabled=False):
             l_pos = (q * k).sum(1, keepdim=True)
             l_neg = q @ self.queue.t()

@@ -19,17 +19,18 @@
 //! Shuffling BN with one sub-batch per simulated device. The permutation is seeded by
 //! (run seed, step counter).
 //!
-//! The sub-batches go through the network in separate forward passes, but the BN running
-//! statistics are updated once per batch, as the CIFAR demo's `SplitBatchNorm` does it: every
-//! sub-batch starts from the same running statistics `r0` (restored before each pass), and
-//! after the last one each running buffer is set to the mean over the sub-batches of what its
-//! pass left there, `mean_k((1 − m)·r0 + m·stat_k) = (1 − m)·r0 + m·mean_k(stat_k)` (for
-//! `running_var`, `stat_k` is sub-batch k's unbiased variance, as in the demo). The outputs are
-//! those of the separate passes. One difference remains: the demo's sub-batch k holds the
-//! samples `i ≡ k (mod bn_splits)` (it views `N×C×H×W` as `(N/s)×(C·s)×H×W`), ours are
-//! contiguous chunks; the two are the same in distribution, batches (and the shuffled key
-//! batch) being in random order. In evaluation BN uses the running statistics, so the batch
-//! goes through in one pass.
+//! The batch goes through the network in one pass, every BN normalising each sub-batch on its
+//! own, as the CIFAR demo's `SplitBatchNorm` does it (`selfsup_core::encoders::split_batch_norm`):
+//! the BN running statistics are updated once per batch, each set to the mean over the
+//! sub-batches of what a pass of that sub-batch alone would have left,
+//! `mean_k((1 − m)·r0 + m·stat_k) = (1 − m)·r0 + m·mean_k(stat_k)` (for `running_var`,
+//! `stat_k` is sub-batch k's unbiased variance, as in the demo). One difference remains: the
+//! demo's sub-batch k holds the samples `i ≡ k (mod bn_splits)` (it views `N×C×H×W` as
+//! `(N/s)×(C·s)×H×W`), ours are contiguous chunks (so that a job's ranks hold whole
+//! sub-batches of the global batch); the two are the same in distribution, batches (and the
+//! shuffled key batch) being in random order. In evaluation BN uses the running statistics.
+//! Under `train.sync_batch_norm` in a job every BN normalises over the global batch, and
+//! `bn_splits` has no effect.
 //!
 //! **In a data-parallel job** (official `moco/builder.py`, several GPUs): `bn_splits` counts
 //! the sub-batches of the global batch, each rank running `bn_splits / world_size` of them on
@@ -52,7 +53,9 @@ use rand::SeedableRng;
 use selfsup_contrastive::head::ProjectionHead;
 use selfsup_contrastive::loss::{info_nce_logits, l2_normalize, top1_accuracy};
 use selfsup_contrastive::{pooled, views, ContrastiveError};
-use selfsup_core::encoders::{build_encoder, is_running_stat, linear, Encoder, LinearBias};
+use selfsup_core::encoders::{
+    build_encoder, is_running_stat, linear, split_batch_norm, Encoder, LinearBias,
+};
 use selfsup_core::seed::{derive_seed, name_hash};
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Pipeline};
@@ -91,7 +94,7 @@ struct Network {
     encoder: Box<dyn Encoder>,
     head: Head,
     /// The BN running statistics (`running_mean`, `running_var`) of encoder and head, in a
-    /// fixed order: the buffers that split BN updates once per batch (see the module docs).
+    /// fixed order: the buffers a job averages over its ranks after each training forward.
     running: Vec<Tensor>,
 }
 
@@ -104,44 +107,13 @@ impl Network {
         Network { encoder, head, running: Vec::new() }
     }
 
-    /// `(N, C, H, W)` → normalised `(N, dim)`. In training with `splits` > 1, the batch is run
-    /// in `splits` contiguous sub-batches (own BN statistics each) and the running statistics
-    /// are set to the mean of the sub-batches' updates from the same start (the demo's
-    /// `SplitBatchNorm`).
+    /// `(N, C, H, W)` → normalised `(N, dim)`. In training with `splits` > 1, every BN
+    /// normalises `splits` contiguous sub-batches with their own statistics and sets its running
+    /// statistics to the mean of the sub-batches' updates (the demo's `SplitBatchNorm`, see
+    /// `selfsup_core::encoders::split_batch_norm`), in one pass over the batch.
     fn embed_t(&self, xs: &Tensor, train: bool, splits: i64) -> Tensor {
-        let run = |x: &Tensor| {
-            l2_normalize(&self.head.forward_t(&pooled(&self.encoder.forward_t(x, train)), train))
-        };
-        if !train || splits <= 1 {
-            return run(xs);
-        }
-        // The buffers are written through `data()` (PyTorch's `.data`, as the demo does), which
-        // leaves their version counters alone: the graphs of the earlier passes saved them, and
-        // a training-mode BN backward does not read them.
-        let r0: Vec<Tensor> = self.running.iter().map(Tensor::copy).collect();
-        let mut sums: Vec<Tensor> = r0.iter().map(Tensor::zeros_like).collect();
-        let chunks = xs.chunk(splits, 0);
-        let mut parts = Vec::with_capacity(chunks.len());
-        for x in &chunks {
-            tch::no_grad(|| {
-                for (buf, r) in self.running.iter().zip(&r0) {
-                    buf.data().copy_(r);
-                }
-            });
-            parts.push(run(x));
-            tch::no_grad(|| {
-                for (sum, buf) in sums.iter_mut().zip(&self.running) {
-                    let _ = sum.g_add_(buf);
-                }
-            });
-        }
-        let count = chunks.len() as f64;
-        tch::no_grad(|| {
-            for (buf, sum) in self.running.iter().zip(&sums) {
-                buf.data().copy_(&(sum / count));
-            }
-        });
-        Tensor::cat(&parts, 0)
+        let _split = split_batch_norm(if train { splits } else { 1 });
+        l2_normalize(&self.head.forward_t(&pooled(&self.encoder.forward_t(xs, train)), train))
     }
 
     /// In a job: sets the BN running statistics to their mean over the ranks (after a training

@@ -1,12 +1,12 @@
 //! Patch pairs from a batch of images, on tensors: a 3×3 grid of patches with gap and jitter
 //! (at a random place in the crop), the centre patch and one of its eight neighbours; the
-//! label is the neighbour's index (0..8, row-major, the centre skipped). Then, patch by patch
-//! and in the official code's order (`prep_image` of cdoersch/deepcontext): random pixelation,
-//! the colour countermeasure, normalisation.
+//! label is the neighbour's index (0..8, row-major, the centre skipped). Then, on each patch and
+//! in the official code's order (`prep_image` of cdoersch/deepcontext): random pixelation, the
+//! colour countermeasure, normalisation. The random choices are drawn image by image on the
+//! host; the tensor work runs on the whole batch's patches at once.
 use crate::config::{ColorShortcut, RelativePatchConfig};
 use crate::RelativePatchError;
 use rand::Rng;
-use selfsup_data::patches;
 use tch::{Kind, Tensor};
 
 /// The grid index of neighbour label `label` (0..8): the centre (4) is skipped.
@@ -52,24 +52,35 @@ fn normals<R: Rng>(n: usize, rng: &mut R) -> Vec<f32> {
     out
 }
 
-/// Keeps channel `keep` of `patch` (`(C, P, P)`) and replaces the others by Gaussian noise
-/// around the kept channel's mean, with `fraction` of its standard deviation.
-fn drop_colors<R: Rng>(patch: &Tensor, keep: usize, fraction: f64, rng: &mut R) -> Tensor {
-    let size = patch.size();
-    let (c, n) = (size[0], size[1] * size[2]);
-    let kept = patch.get(keep as i64);
-    let mean = kept.mean(Kind::Float);
-    let std = kept.std(true);
-    let noise = Tensor::from_slice(&normals((c as usize - 1) * n as usize, rng))
-        .to_device(patch.device())
-        .view([c - 1, size[1], size[2]]);
+/// Keeps channel `keep[j]` of each patch `j` of `patches` (`(N, C, P, P)`) and replaces the
+/// others by Gaussian noise around the kept channel's mean, with `fraction` of its (unbiased)
+/// standard deviation; `noise` holds `C − 1` planes of `P × P` standard normal samples a patch,
+/// patch by patch, for the dropped channels in increasing order.
+fn drop_colors(patches: &Tensor, keep: &[usize], fraction: f64, noise: Vec<f32>) -> Tensor {
+    let size = patches.size();
+    let (n, c, h, w) = (size[0], size[1], size[2], size[3]);
+    let device = patches.device();
+    let keep_t =
+        Tensor::from_slice(&keep.iter().map(|&k| k as i64).collect::<Vec<_>>()).to_device(device);
+    let kept = patches.gather(1, &keep_t.view([n, 1, 1, 1]).expand([n, 1, h, w], false), false);
+    let dims = [1i64, 2, 3];
+    let mean = kept.mean_dim(dims.as_slice(), true, Kind::Float);
+    let std = kept.std_dim(dims.as_slice(), true, true);
+    let noise = Tensor::from_slice(&noise).to_device(device).view([n, c - 1, h, w]);
     let filled = noise * (std * fraction) + mean;
-    let mut channels = Vec::with_capacity(c as usize);
-    let mut rest = filled.split(1, 0).into_iter();
-    for ch in 0..c as usize {
-        channels.push(if ch == keep { kept.unsqueeze(0) } else { rest.next().expect("C-1 rows") });
+    // Output channel `ch` of patch `j` takes noise plane `ch` below the kept channel, `ch − 1`
+    // above it; the kept channel is the patch's own.
+    let (mut rows, mut is_kept) = (Vec::with_capacity((n * c) as usize), Vec::new());
+    for &k in keep {
+        for ch in 0..c as usize {
+            rows.push(if ch > k { ch as i64 - 1 } else { ch.min(c as usize - 2) as i64 });
+            is_kept.push(ch == k);
+        }
     }
-    Tensor::cat(&channels, 0)
+    let rows = Tensor::from_slice(&rows).to_device(device).view([n, c, 1, 1]);
+    let spread = filled.gather(1, &rows.expand([n, c, h, w], false), false);
+    let is_kept = Tensor::from_slice(&is_kept).to_device(device).view([n, c, 1, 1]);
+    patches.where_self(&is_kept, &spread)
 }
 
 /// The range of sides a patch of side `p` is downsampled to: the official `[10, 95]` at 96
@@ -79,32 +90,40 @@ pub fn downsample_sides(p: usize) -> (usize, usize) {
     (lo.min(p.saturating_sub(1)).max(1), p.saturating_sub(1).max(1))
 }
 
-/// `patch` (`(C, P, P)`) downsampled to `side` (antialiased bilinear) and upsampled back
-/// (bilinear), as the official code's `caffe.io.resize` down and up.
+/// `patch` (`(C, P, P)`, or a batch `(N, C, P, P)`) downsampled to `side` (antialiased
+/// bilinear) and upsampled back (bilinear), as the official code's `caffe.io.resize` down and
+/// up.
 pub fn pixelate(patch: &Tensor, side: i64) -> Tensor {
-    let p = patch.size()[1];
-    let x = patch.unsqueeze(0);
+    let single = patch.dim() == 3;
+    let x = if single { patch.unsqueeze(0) } else { patch.shallow_clone() };
+    let p = x.size()[2];
     let down = x.internal_upsample_bilinear2d_aa([side, side], false, None, None);
-    down.upsample_bilinear2d([p, p], false, None, None).squeeze_dim(0)
+    let up = down.upsample_bilinear2d([p, p], false, None, None);
+    if single {
+        up.squeeze_dim(0)
+    } else {
+        up
+    }
 }
 
-/// `patch` (`(C, P, P)`) with each channel's mean subtracted, divided by its root mean square
-/// over all channels together (deepcontext's `prep_image`: "normalize the mean and variance so
-/// that gradients are a less useful cue"). One scale for the whole patch keeps the noise of
-/// dropped channels at its fraction of the kept channel; a flat patch is only centred.
+/// `patch` (`(..., C, P, P)`) with each channel's mean subtracted, divided by its root mean
+/// square over all channels together (deepcontext's `prep_image`: "normalize the mean and
+/// variance so that gradients are a less useful cue"), patch by patch. One scale for the whole
+/// patch keeps the noise of dropped channels at its fraction of the kept channel; a flat patch
+/// is only centred.
 pub fn normalize_patch(patch: &Tensor) -> Tensor {
     let centred = patch - patch.mean_dim([-2i64, -1].as_slice(), true, Kind::Float);
-    let rms = centred.square().mean(Kind::Float).sqrt();
+    let rms = centred.square().mean_dim([-3i64, -2, -1].as_slice(), true, Kind::Float).sqrt();
     let rms = rms.where_self(&rms.gt(0.0), &rms.ones_like());
     centred / rms
 }
 
-/// Every pixel of `patch` (`(3, P, P)`) projected onto the plane orthogonal to the
+/// Every pixel of `patch` (`(..., 3, P, P)`) projected onto the plane orthogonal to the
 /// green-magenta axis `(-1, 2, -1)/√6`.
 pub fn project_green_magenta(patch: &Tensor) -> Tensor {
     let a = Tensor::from_slice(&[-1.0f32, 2.0, -1.0]).to_device(patch.device()) / 6f64.sqrt();
     let a = a.view([3, 1, 1]);
-    let along = (patch * &a).sum_dim_intlist([0i64].as_slice(), true, Kind::Float);
+    let along = (patch * &a).sum_dim_intlist([-3i64].as_slice(), true, Kind::Float);
     patch - along * a
 }
 
@@ -135,10 +154,17 @@ pub fn make_pairs<R: Rng>(
             cfg.color
         )));
     }
-    let (mut first, mut second) = (Vec::new(), Vec::new());
+    // Every random choice first, on the host and in the order of the official per-image
+    // loop (grid offset, positions, label, then per patch: pixelation, kept channel and its
+    // noise), then the tensor work once for the whole batch (a per-patch loop costs a dozen
+    // small ops a patch, a kernel launch each on a GPU). Patch `2i` is image i's centre, `2i
+    // + 1` its neighbour.
+    let n = 2 * b as usize;
     let (mut labels, mut corners, mut kept) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..b {
-        let img = images.get(i);
+    let mut sides = vec![0i64; n];
+    let mut noise = Vec::new();
+    let plane = cfg.patch * cfg.patch;
+    for i in 0..b as usize {
         let (oy, ox) = if cfg.random_grid {
             (rng.random_range(0..=h as usize - extent), rng.random_range(0..=w as usize - extent))
         } else {
@@ -149,38 +175,70 @@ pub fn make_pairs<R: Rng>(
             .map_err(|e| RelativePatchError::Batch(e.to_string()))?;
         let label = rng.random_range(0..8usize);
         let at = [pos[4], pos[neighbour_cell(label)]].map(|(y, x)| (y + oy, x + ox));
-        let mut pair = patches::cut(&img, &at, cfg.patch);
         let mut keep = [0usize; 2];
-        for (p, k) in pair.iter_mut().zip(keep.iter_mut()) {
+        for (j, k) in keep.iter_mut().enumerate() {
             if cfg.downsample_p > 0.0 && rng.random::<f64>() < cfg.downsample_p {
                 let (lo, hi) = downsample_sides(cfg.patch);
                 let u: f64 = rng.random();
                 let side = (u * (hi * hi - lo * lo) as f64 + (lo * lo) as f64).sqrt() as i64;
-                *p = pixelate(p, side.clamp(lo as i64, hi as i64));
+                sides[2 * i + j] = side.clamp(lo as i64, hi as i64);
             }
-            match cfg.color {
-                ColorShortcut::Drop => {
-                    *k = rng.random_range(0..3usize);
-                    *p = drop_colors(p, *k, cfg.noise_fraction, rng);
-                }
-                ColorShortcut::Project => *p = project_green_magenta(p),
-                ColorShortcut::None => {}
-            }
-            if cfg.normalize_patches {
-                *p = normalize_patch(p);
+            if cfg.color == ColorShortcut::Drop {
+                *k = rng.random_range(0..3usize);
+                noise.extend(normals((c as usize - 1) * plane, rng));
             }
         }
-        let [a, s] = pair.try_into().expect("two patches");
-        first.push(a);
-        second.push(s);
         labels.push(label as i64);
         corners.push(at);
         kept.push(keep);
     }
+    let device = images.device();
+    let side = cfg.patch as i64;
+    let (mut img, mut rows, mut cols) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, at) in corners.iter().enumerate() {
+        for &(y, x) in at {
+            img.push(i as i64);
+            rows.push(y as i64);
+            cols.push(x as i64);
+        }
+    }
+    let index = |v: &[i64]| Tensor::from_slice(v).to_device(device).view([n as i64, 1, 1]);
+    let offsets = Tensor::f_arange(side, (Kind::Int64, device))?;
+    let shape = [n as i64, side, side];
+    let ys = (index(&rows) + offsets.view([1, side, 1])).expand(shape, false);
+    let xs = (index(&cols) + offsets.view([1, 1, side])).expand(shape, false);
+    let which = index(&img).expand(shape, false);
+    // `(N, P, P, C)` gathered on the channels-last view, then `(N, C, P, P)`.
+    let mut patches = images
+        .f_permute([0, 2, 3, 1])?
+        .f_index(&[Some(which), Some(ys), Some(xs)])?
+        .f_permute([0, 3, 1, 2])?
+        .f_contiguous()?;
+    let mut distinct: Vec<i64> = sides.iter().copied().filter(|&s| s > 0).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    for s in distinct {
+        let at: Vec<i64> = (0..n as i64).filter(|&j| sides[j as usize] == s).collect();
+        let at = Tensor::from_slice(&at).to_device(device);
+        let small = pixelate(&patches.f_index_select(0, &at)?, s);
+        patches = patches.f_index_copy(0, &at, &small)?;
+    }
+    match cfg.color {
+        ColorShortcut::Drop => {
+            let keep: Vec<usize> = kept.iter().flatten().copied().collect();
+            patches = drop_colors(&patches, &keep, cfg.noise_fraction, noise);
+        }
+        ColorShortcut::Project => patches = project_green_magenta(&patches),
+        ColorShortcut::None => {}
+    }
+    if cfg.normalize_patches {
+        patches = normalize_patch(&patches);
+    }
+    let pairs = patches.f_view([b, 2, c, side, side])?;
     Ok(Pairs {
-        first: Tensor::f_stack(&first, 0)?,
-        second: Tensor::f_stack(&second, 0)?,
-        labels: Tensor::from_slice(&labels).to_device(images.device()),
+        first: pairs.f_select(1, 0)?.f_contiguous()?,
+        second: pairs.f_select(1, 1)?.f_contiguous()?,
+        labels: Tensor::from_slice(&labels).to_device(device),
         corners,
         kept,
     })

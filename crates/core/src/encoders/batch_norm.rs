@@ -11,7 +11,16 @@
 //! running statistics included. The trainer opens the scope while it builds the method when
 //! `train.sync_batch_norm` is set in a job. In evaluation, at world size 1, or outside a scope,
 //! it is tch's batch norm.
-use std::cell::RefCell;
+//!
+//! **Split batch norm** (the `SplitBatchNorm` of MoCo's CIFAR-10 demo, which simulates the
+//! per-GPU statistics of multi-GPU training on one device): while a [`split_batch_norm`] scope
+//! of `s` sub-batches is open on the thread, a training-mode forward normalises each of `s`
+//! contiguous sub-batches of its input with that sub-batch's own statistics, in one call (the
+//! input viewed as `(N/s, s·C, ...)`), so the network runs the whole batch at once instead of
+//! `s` passes of `N/s`. The running statistics become the mean over the sub-batches of what
+//! each would have left, `(1 − m)·r + m·mean_k(stat_k)`, as the demo's. A layer that
+//! synchronises over a job normalises with the global batch and ignores the split.
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use selfsup_dist::{all_gather_with_grad, Collectives};
@@ -19,6 +28,28 @@ use tch::{nn, Kind, Tensor};
 
 thread_local! {
     static SYNC_GROUP: RefCell<Option<Arc<dyn Collectives>>> = const { RefCell::new(None) };
+    static SPLITS: Cell<i64> = const { Cell::new(1) };
+}
+
+/// While alive, training-mode batch norms run on this thread normalise `splits` contiguous
+/// sub-batches of their input separately (see the module docs); dropping it restores the
+/// previous count.
+#[derive(Debug)]
+#[must_use = "batch norms split the batch only while the scope is alive"]
+pub struct SplitBatchNormScope {
+    previous: i64,
+}
+
+/// Opens a split-batch-norm scope of `splits` sub-batches (1: no split) until the returned
+/// guard is dropped.
+pub fn split_batch_norm(splits: i64) -> SplitBatchNormScope {
+    SplitBatchNormScope { previous: SPLITS.with(|s| s.replace(splits.max(1))) }
+}
+
+impl Drop for SplitBatchNormScope {
+    fn drop(&mut self) {
+        SPLITS.with(|s| s.set(self.previous));
+    }
 }
 
 /// While alive, batch norms built on this thread synchronise over its group (see the module
@@ -158,8 +189,63 @@ impl nn::ModuleT for BatchNorm {
                 self.f_forward_sync(g, xs)
                     .unwrap_or_else(|e| panic!("synchronised batch norm: {e}"))
             }
-            _ => self.inner.forward_t(xs, train),
+            _ => match SPLITS.with(Cell::get) {
+                s if train && s > 1 && xs.size()[0] >= s => self.forward_split(xs, s),
+                _ => self.inner.forward_t(xs, train),
+            },
         }
+    }
+}
+
+impl BatchNorm {
+    /// Training-mode forward with own statistics for each of `s` contiguous sub-batches of
+    /// `xs` (`torch.chunk`'s: all of `ceil(N/s)` samples but the last), running statistics set
+    /// to the mean of the sub-batches' updates (see the module docs).
+    ///
+    /// # Shapes
+    /// `xs`: `(N, C, ...)`; returns the same shape.
+    fn forward_split(&self, xs: &Tensor, s: i64) -> Tensor {
+        let size = xs.size();
+        let (n, c) = (size[0], size[1]);
+        let (rm, rv) = (&self.inner.running_mean, &self.inner.running_var);
+        let bn = |x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, m: &Tensor, v: &Tensor| {
+            Tensor::batch_norm(x, w, b, Some(m), Some(v), true, self.momentum, self.eps, false)
+        };
+        let (y, means, vars) = if n % s == 0 {
+            // (N, C, ...) → (s, N/s, C, ...) → (N/s, s·C, ...): sub-batch k in channels k·C..
+            let mut chunked = vec![s, n / s];
+            chunked.extend_from_slice(&size[1..]);
+            let mut wide = size.clone();
+            (wide[0], wide[1]) = (n / s, s * c);
+            let x = xs.reshape(chunked.as_slice()).transpose(0, 1).reshape(wide.as_slice());
+            let repeat = |t: &Option<Tensor>| t.as_ref().map(|t| t.repeat([s]));
+            let (w, b) = (repeat(&self.inner.ws), repeat(&self.inner.bs));
+            let (m, v) = (rm.repeat([s]).view([s, c]), rv.repeat([s]).view([s, c]));
+            let y = bn(&x, w.as_ref(), b.as_ref(), &m.view([s * c]), &v.view([s * c]));
+            let mut back = vec![n / s, s];
+            back.extend_from_slice(&size[1..]);
+            (y.reshape(back.as_slice()).transpose(0, 1).reshape(size.as_slice()), m, v)
+        } else {
+            let chunks = xs.chunk(s, 0);
+            let k = chunks.len() as i64;
+            let (m, v) = (rm.repeat([k]).view([k, c]), rv.repeat([k]).view([k, c]));
+            let parts: Vec<Tensor> = chunks
+                .iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    let i = i as i64;
+                    bn(x, self.inner.ws.as_ref(), self.inner.bs.as_ref(), &m.get(i), &v.get(i))
+                })
+                .collect();
+            (Tensor::cat(&parts, 0), m, v)
+        };
+        tch::no_grad(|| {
+            // Through `data()`, as the demo's `.data.copy_`: graphs that saved the buffers
+            // (earlier passes of the same step) are not invalidated.
+            rm.data().copy_(&means.mean_dim(0, false, Kind::Float));
+            rv.data().copy_(&vars.mean_dim(0, false, Kind::Float));
+        });
+        y
     }
 }
 
@@ -257,6 +343,65 @@ mod tests {
                 close(&got[k], &full[k], what);
             }
         }
+    }
+
+    /// A split forward equals each sub-batch through its own pass from the same running
+    /// statistics (outputs, input and parameter gradients), the running statistics the mean of
+    /// those passes' (the demo's `SplitBatchNorm`); also when the batch does not divide.
+    #[test]
+    fn split_batch_norm_normalises_each_sub_batch_on_its_own() {
+        tch::manual_seed(5);
+        for (n, splits) in [(8, 4), (7, 3)] {
+            let x = Tensor::randn([n, 3, 2, 2], (Kind::Float, Device::Cpu)) * 2.0 + 1.0;
+            let c = Tensor::randn([n, 3, 2, 2], (Kind::Float, Device::Cpu));
+            let vs = nn::VarStore::new(Device::Cpu);
+            let got = {
+                let _split = split_batch_norm(splits);
+                run(&layer(&vs), &x, &c)
+            };
+            // The reference: one fresh layer a sub-batch, from the same start.
+            let (mut outs, mut grads) = (Vec::new(), Vec::new());
+            let (mut wg, mut bg) = (vec![0f32; 3], vec![0f32; 3]);
+            let (mut mean, mut var) = (vec![0f32; 3], vec![0f32; 3]);
+            let chunks = x.chunk(splits, 0);
+            for (xk, ck) in chunks.iter().zip(c.chunk(splits, 0)) {
+                let vs = nn::VarStore::new(Device::Cpu);
+                let r = run(&layer(&vs), xk, &ck);
+                outs.extend_from_slice(&r[0]);
+                grads.extend_from_slice(&r[1]);
+                for (acc, k) in [(&mut wg, 2), (&mut bg, 3), (&mut mean, 4), (&mut var, 5)] {
+                    for (a, v) in acc.iter_mut().zip(&r[k]) {
+                        *a += v / if k >= 4 { chunks.len() as f32 } else { 1.0 };
+                    }
+                }
+            }
+            let close = |a: &[f32], b: &[f32], what: &str| {
+                assert_eq!(a.len(), b.len(), "{what}");
+                for (x, y) in a.iter().zip(b) {
+                    assert!(
+                        (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                        "{n}/{splits} {what}: {x} vs {y}"
+                    );
+                }
+            };
+            close(&got[0], &outs, "output");
+            close(&got[1], &grads, "input gradient");
+            close(&got[2], &wg, "weight grad");
+            close(&got[3], &bg, "bias grad");
+            close(&got[4], &mean, "running mean");
+            close(&got[5], &var, "running var");
+            // Per-sub-batch statistics differ from the whole batch's: the test is not vacuous.
+            let vs = nn::VarStore::new(Device::Cpu);
+            let whole = run(&layer(&vs), &x, &c);
+            assert!(whole[0].iter().zip(&got[0]).any(|(a, b)| (a - b).abs() > 1e-3));
+        }
+        // The scope ends with its guard; evaluation ignores it.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let bn = layer(&vs);
+        let x = Tensor::randn([4, 3, 2, 2], (Kind::Float, Device::Cpu));
+        let plain = bn.forward_t(&x, false);
+        let _split = split_batch_norm(2);
+        assert!(bn.forward_t(&x, false).equal(&plain));
     }
 
     #[test]

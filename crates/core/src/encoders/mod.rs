@@ -24,7 +24,8 @@ pub mod tiny;
 
 pub use alexnet::{AlexNet, AlexnetVariant};
 pub use batch_norm::{
-    batch_norm1d, batch_norm2d, pytorch_bn, sync_batch_norm, BatchNorm, SyncBatchNormScope,
+    batch_norm1d, batch_norm2d, pytorch_bn, split_batch_norm, sync_batch_norm, BatchNorm,
+    SplitBatchNormScope, SyncBatchNormScope,
 };
 pub use nin::{BasicBlock, Nin};
 pub use resnet::{ResNet, ResnetStem};
