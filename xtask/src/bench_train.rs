@@ -215,6 +215,8 @@ fn python_args(cfg: &Value, steps: usize, path: &Path) -> Result<Vec<String>> {
 struct Row {
     mode: Mode,
     cfg: Value,
+    /// The timed steps of each run (`--steps`, or more for a fast step).
+    steps: usize,
     ours: Measured,
     theirs: Vec<(&'static str, Measured)>,
 }
@@ -267,7 +269,7 @@ fn selfsup_run(bin: &Path, t: &Torch, cfg: &Value, steps: usize, dir: &Path) -> 
 
 /// selfsup's steady-state step on `cfg`: the difference of a 2-step and a (2 + steps)-step run.
 /// Each run is repeated `repeats` times and the fastest kept (the least disturbed by the rest
-/// of the machine).
+/// of the machine). An error from [`check_difference`] when the timed steps are too few.
 fn selfsup_step(
     bin: &Path,
     t: &Torch,
@@ -406,10 +408,25 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
         let base = cpu_profile_config(&bin, t, method, &tmp)?;
         let mut rows = Vec::new();
         for &mode in &modes {
+            // A fast step (a small network) may need more steps than `--steps` for its time
+            // to stand out of the start-up's: up to 3 tries, each with 4 times the steps.
             let mut cfg = step_config(&base, method, o.large, o.threads, mode);
-            cfg["data"]["max_images"] = json!(bench_images(&cfg, o.steps)?);
-            let py = python_args(&cfg, o.steps, &tmp.join("python-config.json"))?;
-            let ours = selfsup_step(&bin, t, &cfg, o.steps, o.repeats, &tmp)?;
+            let mut steps = o.steps;
+            let ours = loop {
+                cfg["data"]["max_images"] = json!(bench_images(&cfg, steps)?);
+                match selfsup_step(&bin, t, &cfg, steps, o.repeats, &tmp) {
+                    Err(e) if steps < o.steps * 64 && e.to_string().contains("larger --steps") => {
+                        eprintln!(
+                            "bench train: {method} ({}): {e}; trying {}",
+                            mode.name,
+                            steps * 4
+                        );
+                        steps *= 4;
+                    }
+                    other => break other?,
+                }
+            };
+            let py = python_args(&cfg, steps, &tmp.join("python-config.json"))?;
             let theirs = pytorch
                 .iter()
                 .map(|v| {
@@ -419,7 +436,7 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
                     Ok((v.name, fastest(runs)))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            rows.push(Row { mode, cfg, ours, theirs });
+            rows.push(Row { mode, cfg, steps, ours, theirs });
         }
         let ours_best = rows
             .iter()
@@ -490,6 +507,7 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
             "batch_size": batch,
             "modes": rows.iter().map(|r| json!({
                 "mode": r.mode.name,
+                "steps": r.steps,
                 "selfsup": measured_json(&r.ours),
                 "pytorch": r.theirs.iter().map(|(name, m)| {
                     let mut j = measured_json(m);
