@@ -630,6 +630,26 @@ mod tests {
         assert_eq!(large["train"]["batch_size"], 128);
     }
 
+    /// Every method `selfsup-methods` registers is benchmarked, each with its PyTorch step.
+    #[test]
+    fn every_registered_method_has_a_reference_step() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let lib = std::fs::read_to_string(root.join("crates/methods/src/lib.rs")).unwrap();
+        let mut registered: Vec<String> = lib
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("selfsup_")?.split_once("::register(&mut r)"))
+            .map(|(krate, _)| krate.replace('_', "-"))
+            .collect();
+        registered.sort();
+        let mut ours: Vec<String> = METHODS.iter().map(|m| m.to_string()).collect();
+        ours.sort();
+        assert_eq!(registered, ours);
+        for m in METHODS {
+            let file = root.join("bench/reference").join(format!("{}.py", m.replace('-', "_")));
+            assert!(file.is_file(), "{} is missing", file.display());
+        }
+    }
+
     #[test]
     fn the_benchmarked_training_is_the_methods_own() {
         let plan = json!({"trainings": [
