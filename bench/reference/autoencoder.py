@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import common
-from .reconstruction import CIFAR10_MEAN, decoder_for, pixel_stats, round_half_up
+from .reconstruction import batch_images, decoder_for, pixel_stats, round_half_up
 
 
 def exactly(n, d, k):
@@ -68,8 +68,6 @@ class Autoencoder(nn.Module):
 
 
 def build(cfg, ctx):
-    n = cfg["train"]["batch_size"]
-    mc = cfg.get("method_config") or {}
-    channels, side = len(mc.get("mean") or CIFAR10_MEAN), mc.get("size") or 32
+    images, channels, side = batch_images(cfg, ctx)
     net = Autoencoder(cfg, channels, side)
-    return common.Step(cfg, ctx, net, (common.images(ctx, n, channels, side),))
+    return common.Step(cfg, ctx, net, (images,))

@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import common
-from .reconstruction import CIFAR10_MEAN, decoder_for, pixel_stats, round_half_up
+from .reconstruction import batch_images, decoder_for, pixel_stats, round_half_up
 
 DISCRIMINATOR_OPTIMIZER = {"kind": "adamw", "lr": 2e-4, "beta1": 0.5, "beta2": 0.999,
                            "eps": 1e-8, "weight_decay": 0.0}
@@ -206,8 +206,6 @@ class Step:
 
 
 def build(cfg, ctx):
-    n = cfg["train"]["batch_size"]
-    mc = cfg.get("method_config") or {}
-    channels, side = len(mc.get("mean") or CIFAR10_MEAN), mc.get("size") or 32
+    images, channels, side = batch_images(cfg, ctx)
     net = ContextEncoder(cfg, channels, side)
-    return Step(cfg, ctx, net, common.images(ctx, n, channels, side))
+    return Step(cfg, ctx, net, images)

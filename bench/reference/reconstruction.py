@@ -9,10 +9,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import common
+
 # selfsup's `CIFAR10_MEAN` / `CIFAR10_STD`, the methods' default pixel statistics.
 CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR10_STD = [0.2470, 0.2435, 0.2616]
 MIN_CHANNELS = 8
+
+
+def batch_images(cfg, ctx):
+    """The batch the loader delivers to the reconstruction methods, drawn once: `(N, C, S, S)`
+    in [0, 1], `C` the channels of `method_config.mean`, `S` its `size` (32 when unset).
+    Returns `(images, channels, side)`."""
+    mc = cfg.get("method_config") or {}
+    channels, side = len(mc.get("mean") or CIFAR10_MEAN), mc.get("size") or 32
+    return common.images(ctx, cfg["train"]["batch_size"], channels, side), channels, side
 
 
 def round_half_up(x):
