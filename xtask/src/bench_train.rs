@@ -269,7 +269,9 @@ fn selfsup_run(bin: &Path, t: &Torch, cfg: &Value, steps: usize, dir: &Path) -> 
 
 /// selfsup's steady-state step on `cfg`: the difference of a 2-step and a (2 + steps)-step run.
 /// Each run is repeated `repeats` times and the fastest kept (the least disturbed by the rest
-/// of the machine). An error from [`check_difference`] when the timed steps are too few.
+/// of the machine). When the timed steps are too few to stand out of the start-up
+/// ([`check_difference`]): `None` if `retry` allows another try with more steps, its error
+/// otherwise.
 fn selfsup_step(
     bin: &Path,
     t: &Torch,
@@ -277,7 +279,8 @@ fn selfsup_step(
     steps: usize,
     repeats: usize,
     dir: &Path,
-) -> Result<Measured> {
+    retry: bool,
+) -> Result<Option<Measured>> {
     let (mut short, mut long, mut peak) = (f64::INFINITY, f64::INFINITY, 0);
     for _ in 0..repeats {
         short = short.min(selfsup_run(bin, t, cfg, 2, dir)?.0);
@@ -285,14 +288,17 @@ fn selfsup_step(
         long = long.min(secs);
         peak = peak.max(kb);
     }
-    check_difference(short, long, steps)?;
+    match check_difference(short, long, steps) {
+        Err(_) if retry => return Ok(None),
+        other => other?,
+    }
     let step = (long - short) / steps as f64;
     let batch = cfg["train"]["batch_size"].as_f64().context("train.batch_size")?;
-    Ok(Measured {
+    Ok(Some(Measured {
         images_per_s: batch / step,
         seconds_per_step: step,
         peak_mib: peak as f64 / 1024.0,
-    })
+    }))
 }
 
 /// One way of running PyTorch's step: its optimizer, and the C allocator it runs on.
@@ -414,17 +420,17 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
             let mut steps = o.steps;
             let ours = loop {
                 cfg["data"]["max_images"] = json!(bench_images(&cfg, steps)?);
-                match selfsup_step(&bin, t, &cfg, steps, o.repeats, &tmp) {
-                    Err(e) if steps < o.steps * 64 && e.to_string().contains("larger --steps") => {
-                        eprintln!(
-                            "bench train: {method} ({}): {e}; trying {}",
-                            mode.name,
-                            steps * 4
-                        );
-                        steps *= 4;
-                    }
-                    other => break other?,
+                let retry = steps < o.steps * 64;
+                if let Some(m) = selfsup_step(&bin, t, &cfg, steps, o.repeats, &tmp, retry)? {
+                    break m;
                 }
+                eprintln!(
+                    "bench train: {method} ({}): {steps} timed steps are lost in the start-up; \
+                     trying {}",
+                    mode.name,
+                    steps * 4
+                );
+                steps *= 4;
             };
             let py = python_args(&cfg, steps, &tmp.join("python-config.json"))?;
             let theirs = pytorch

@@ -33,4 +33,4 @@ pub use group::{
 };
 #[cfg(feature = "nccl")]
 pub use nccl::NcclGroup;
-pub use store::{free_port, TcpStore};
+pub use store::{free_port, shim_message, TcpStore};

@@ -76,8 +76,9 @@ unsafe impl Send for TcpStore {}
 // SAFETY: as above.
 unsafe impl Sync for TcpStore {}
 
-/// The first line of a C++ exception message (c10d appends a C++ stack trace).
-fn message(buf: &[u8]) -> String {
+/// The first line of a C++ exception message that a shim's `guarded` (`selfsup/guard.h`) wrote
+/// into `buf`, up to its NUL (libtorch and c10d append a C++ stack trace).
+pub fn shim_message(buf: &[u8]) -> String {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     let text = String::from_utf8_lossy(&buf[..end]);
     text.lines().next().unwrap_or("").trim().to_string()
@@ -112,7 +113,7 @@ impl TcpStore {
             )
         };
         if handle.is_null() {
-            return Err(DistError::Store { addr, msg: message(&err) });
+            return Err(DistError::Store { addr, msg: shim_message(&err) });
         }
         let mut store = TcpStore { handle, addr };
         if port == 0 {
@@ -139,7 +140,7 @@ impl TcpStore {
         if rc == 0 {
             Ok(())
         } else {
-            Err(self.error(format!("{what}: {}", message(err))))
+            Err(self.error(format!("{what}: {}", shim_message(err))))
         }
     }
 

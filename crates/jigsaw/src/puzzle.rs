@@ -78,17 +78,14 @@ pub fn make_puzzles<R: Rng>(
         labels.push(rng.random_range(0..perms.len()) as i64);
         corners.push(at);
     }
-    // Slot `t` of puzzle `i` is the tile of cell `perms[label_i][t]`: its image, its rows and
-    // columns (a gather on the channels-last view `(B, S, S, C)`), and its colour shift.
-    let side = cfg.tile as i64;
-    let (mut img, mut rows, mut cols, mut shifts) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::new());
-    for (i, (at, &k)) in corners.iter().zip(&labels).enumerate() {
+    // Slot `t` of puzzle `i` is the tile of cell `perms[label_i][t]`: its corner and its
+    // colour shift.
+    let mut at = Vec::with_capacity(n);
+    let mut shifts = Vec::new();
+    for (i, (cells, &k)) in corners.iter().zip(&labels).enumerate() {
         for &t in &perms[k as usize] {
-            let (y, x) = at[t as usize];
-            img.push(i as i64);
-            rows.push(y as i64);
-            cols.push(x as i64);
+            let (y, x) = cells[t as usize];
+            at.push((i, y, x));
             if cfg.rgb_jitter > 0 {
                 let from = (i * TILES + t as usize) * c as usize;
                 shifts.extend_from_slice(&cell_shifts[from..from + c as usize]);
@@ -96,21 +93,10 @@ pub fn make_puzzles<R: Rng>(
         }
     }
     let device = images.device();
-    let offsets = Tensor::f_arange(side, (tch::Kind::Int64, device))?;
-    let index = |v: &[i64]| Tensor::from_slice(v).to_device(device);
-    let ys = (index(&rows).view([n as i64, 1, 1]) + offsets.view([1, side, 1]))
-        .expand([n as i64, side, side], false);
-    let xs = (index(&cols).view([n as i64, 1, 1]) + offsets.view([1, 1, side]))
-        .expand([n as i64, side, side], false);
-    let which = index(&img).view([n as i64, 1, 1]).expand([n as i64, side, side], false);
-    // `(N, T, T, C)` gathered, then `(N, C, T, T)`.
-    let mut tiles = images
-        .f_permute([0, 2, 3, 1])?
-        .f_index(&[Some(which), Some(ys), Some(xs)])?
-        .f_permute([0, 3, 1, 2])?;
+    let mut tiles = patches::gather(images, &at, cfg.tile)?;
     if let Some(to) = cfg.tile_resize.filter(|&s| s != cfg.tile) {
         let to = to as i64;
-        tiles = tiles.f_contiguous()?.f_upsample_bilinear2d([to, to], false, None, None)?;
+        tiles = tiles.f_upsample_bilinear2d([to, to], false, None, None)?;
     }
     if cfg.rgb_jitter > 0 {
         let shift = Tensor::from_slice(&shifts).to_device(device).view([n as i64, c, 1, 1]);

@@ -194,26 +194,12 @@ pub fn make_pairs<R: Rng>(
     }
     let device = images.device();
     let side = cfg.patch as i64;
-    let (mut img, mut rows, mut cols) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, at) in corners.iter().enumerate() {
-        for &(y, x) in at {
-            img.push(i as i64);
-            rows.push(y as i64);
-            cols.push(x as i64);
-        }
-    }
-    let index = |v: &[i64]| Tensor::from_slice(v).to_device(device).view([n as i64, 1, 1]);
-    let offsets = Tensor::f_arange(side, (Kind::Int64, device))?;
-    let shape = [n as i64, side, side];
-    let ys = (index(&rows) + offsets.view([1, side, 1])).expand(shape, false);
-    let xs = (index(&cols) + offsets.view([1, 1, side])).expand(shape, false);
-    let which = index(&img).expand(shape, false);
-    // `(N, P, P, C)` gathered on the channels-last view, then `(N, C, P, P)`.
-    let mut patches = images
-        .f_permute([0, 2, 3, 1])?
-        .f_index(&[Some(which), Some(ys), Some(xs)])?
-        .f_permute([0, 3, 1, 2])?
-        .f_contiguous()?;
+    let at: Vec<(usize, usize, usize)> = corners
+        .iter()
+        .enumerate()
+        .flat_map(|(i, pair)| pair.iter().map(move |&(y, x)| (i, y, x)))
+        .collect();
+    let mut patches = selfsup_data::patches::gather(images, &at, cfg.patch)?;
     let mut distinct: Vec<i64> = sides.iter().copied().filter(|&s| s > 0).collect();
     distinct.sort_unstable();
     distinct.dedup();

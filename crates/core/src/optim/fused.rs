@@ -9,7 +9,6 @@
 //! [`Group`] only when all of them share the parameter's strides (autograd's gradient-layout
 //! contract gives a gradient the parameter's layout, and state made by `zeros_like` has it), the
 //! group's device and floating dtype; anything else takes the single-tensor path.
-use std::ffi::CStr;
 use std::os::raw::{c_char, c_int, c_void};
 
 use tch::{Device, Kind, Tensor};
@@ -128,15 +127,13 @@ fn ptrs(ts: &[Tensor]) -> Vec<Handle> {
     ts.iter().map(|t| t.as_ptr().cast::<c_void>()).collect()
 }
 
+/// The shim's result: `err` holds libtorch's message (first line: the rest is its C++ stack
+/// trace), decoded as the other shims' are ([`selfsup_dist::shim_message`]).
 fn check(rc: c_int, err: &[u8], what: &str) -> Result<()> {
     if rc == 0 {
         return Ok(());
     }
-    let msg = CStr::from_bytes_until_nul(err).map(|c| c.to_string_lossy().into_owned());
-    Err(CoreError::Optimizer(format!(
-        "{what}: {}",
-        msg.unwrap_or_else(|_| "libtorch failed without a message".to_owned())
-    )))
+    Err(CoreError::Optimizer(format!("{what}: {}", selfsup_dist::shim_message(err))))
 }
 
 /// `torch.optim.SGD(fused=True)`'s step over `g` (state column 0 = momentum buffers, absent
