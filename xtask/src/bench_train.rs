@@ -15,17 +15,21 @@
 //! 128 (RotNet and SimCLR only): RotNet's NIN of width 192, SimCLR's ResNet-18 with the CIFAR
 //! stem.
 //!
-//! selfsup's step time is the difference of two runs (`max_steps` = 2 and 2 + N) so that
-//! start-up and the first steps' kernel selection are excluded; its loader builds the views
-//! (RotNet's crop and flip, SimCLR's full augmentation) in threads beside the compute threads,
-//! as in training. PyTorch's step draws its batch once and runs no data pipeline, so the
-//! comparison leans towards PyTorch. PyTorch runs each configuration with its default optimizer,
-//! with `fused=True`, and with `fused=True` on jemalloc preloaded with the options the
-//! `selfsup` binary gives its own (where Debian's `libjemalloc2` is installed); its best is the
-//! fastest of all its runs. Every measurement is repeated (`--repeats`) and the fastest kept:
-//! on a shared 2-core machine single short runs of the same step differed by up to 40%. The
-//! peak resident set of
-//! each process is read from `/proc/<pid>/status` (`VmHWM`) every 100 ms.
+//! Both sides time their steps inside the process, after the same `WARMUP` untimed steps:
+//! PyTorch's loop in `bench/train_step.py`, selfsup by the `elapsed_s` of its per-step
+//! `metrics.jsonl` lines (so start-up, kernel selection and the final checkpoint are left out).
+//! selfsup's loader builds the views (RotNet's crop and flip, SimCLR's full augmentation) in
+//! threads beside the compute threads, as in training; PyTorch's step draws its batch once and
+//! runs no data pipeline, so the comparison leans towards PyTorch. PyTorch runs each
+//! configuration with its default optimizer, with `fused=True`, and with `fused=True` on
+//! jemalloc preloaded with the options the `selfsup` binary gives its own (where Debian's
+//! `libjemalloc2` is installed). Every run is repeated `--repeats` times, interleaved (selfsup,
+//! then each PyTorch variant, then again), so that the machine's slow spells fall on every side
+//! alike, and each side's figure is the median of its runs: on a shared 2-core machine single
+//! runs of the same step differed by up to 40%, and the earlier rule (the fastest run of each,
+//! PyTorch's best of 6 against selfsup's best of 2) favoured the side with more runs. PyTorch's
+//! best is the variant and mode with the highest median. The peak resident set of each process
+//! is read from `/proc/<pid>/status` (`VmHWM`) every 100 ms.
 //!
 //! Prints a table per method and writes it to `results/bench/train.json` as soon as it is
 //! measured (`[backbone][method]`, replaced when measured again, the others kept), with the
@@ -208,21 +212,23 @@ fn python_args(cfg: &Value, steps: usize, path: &Path) -> Result<Vec<String>> {
         "bench/train_step.py".to_string(),
         format!("--config={}", path.display()),
         format!("--steps={steps}"),
+        format!("--warmup={WARMUP}"),
     ])
 }
 
-/// One mode's measurements: selfsup's, and PyTorch's in each variant.
+/// One mode's measurements: selfsup's, and PyTorch's in each variant, each the median of its
+/// runs (kept in `*_runs`).
 struct Row {
     mode: Mode,
     cfg: Value,
-    /// The timed steps of each run (`--steps`, or more for a fast step).
-    steps: usize,
     ours: Measured,
+    ours_runs: Vec<Measured>,
     theirs: Vec<(&'static str, Measured)>,
+    theirs_runs: Vec<Vec<Measured>>,
 }
 
 impl Row {
-    /// PyTorch's fastest variant in this mode (images per second).
+    /// PyTorch's fastest variant in this mode (median images per second).
     fn best_theirs(&self) -> f64 {
         self.theirs.iter().map(|(_, m)| m.images_per_s).fold(0.0, f64::max)
     }
@@ -237,22 +243,31 @@ struct Measured {
 }
 
 /// The images of the benchmark's generated data set for `steps` timed steps: one epoch covers
-/// the longer run (2 + `steps` steps) with a batch to spare. Both selfsup runs and the PyTorch
+/// the run (`WARMUP` + `steps` steps) with a batch to spare. Both selfsup and the PyTorch
 /// reference see this count (as `data.max_images`; instance discrimination's memory bank has a
 /// row per image).
 fn bench_images(cfg: &Value, steps: usize) -> Result<u64> {
     let batch = cfg["train"]["batch_size"].as_u64().context("train.batch_size")?;
-    Ok(batch * (steps as u64 + 3))
+    Ok(batch * ((WARMUP + steps) as u64 + 1))
 }
 
-/// Wall seconds and peak resident kB of `selfsup train` on `cfg` for `steps` steps.
-fn selfsup_run(bin: &Path, t: &Torch, cfg: &Value, steps: usize, dir: &Path) -> Result<(f64, u64)> {
-    let run = dir.join(format!("run-{steps}"));
+/// Untimed steps at the start of every run, on both sides (`bench/train_step.py --warmup`): the
+/// first steps pick kernels and fill the allocator's caches.
+const WARMUP: usize = 2;
+
+/// One run of `selfsup train` on `cfg` for `WARMUP + steps` steps, logging every step: its
+/// steady-state step is the wall time between the step lines of steps `WARMUP` and
+/// `WARMUP + steps` (their `elapsed_s`), timed inside the process as PyTorch's step is, so
+/// start-up, the first steps and the final checkpoint are left out. The loader builds the views
+/// in threads beside the compute threads, as in training.
+fn selfsup_step(bin: &Path, t: &Torch, cfg: &Value, steps: usize, dir: &Path) -> Result<Measured> {
+    let run = dir.join("run");
     let _ = std::fs::remove_dir_all(&run);
     let mut cfg = cfg.clone();
-    cfg["train"]["max_steps"] = json!(steps);
+    cfg["train"]["max_steps"] = json!(WARMUP + steps);
+    cfg["train"]["log_every"] = json!(1);
     let images = cfg["data"]["max_images"].as_u64().context("data.max_images")?;
-    let cfg_path = dir.join(format!("config-{steps}.json"));
+    let cfg_path = dir.join("config.json");
     std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg)?)?;
     let mut c = Command::new(bin);
     t.apply(&mut c);
@@ -262,43 +277,36 @@ fn selfsup_run(bin: &Path, t: &Torch, cfg: &Value, steps: usize, dir: &Path) -> 
         .arg("--out")
         .arg(&run)
         .env("RUST_LOG", "warn");
-    let w = watch(c, &dir.join(format!("selfsup-{steps}.log")), Stdio::null())?;
+    let w = watch(c, &dir.join("selfsup.log"), Stdio::null())?;
+    let log_path = run.join("metrics.jsonl");
+    let log = std::fs::read_to_string(&log_path)
+        .with_context(|| format!("reading {}", log_path.display()))?;
+    let step = step_seconds(&log, WARMUP as u64, steps as u64)
+        .with_context(|| format!("{}", log_path.display()))?;
     let _ = std::fs::remove_dir_all(&run);
-    Ok((w.seconds, w.peak_kb))
-}
-
-/// selfsup's steady-state step on `cfg`: the difference of a 2-step and a (2 + steps)-step run.
-/// Each run is repeated `repeats` times and the fastest kept (the least disturbed by the rest
-/// of the machine). When the timed steps are too few to stand out of the start-up
-/// ([`check_difference`]): `None` if `retry` allows another try with more steps, its error
-/// otherwise.
-fn selfsup_step(
-    bin: &Path,
-    t: &Torch,
-    cfg: &Value,
-    steps: usize,
-    repeats: usize,
-    dir: &Path,
-    retry: bool,
-) -> Result<Option<Measured>> {
-    let (mut short, mut long, mut peak) = (f64::INFINITY, f64::INFINITY, 0);
-    for _ in 0..repeats {
-        short = short.min(selfsup_run(bin, t, cfg, 2, dir)?.0);
-        let (secs, kb) = selfsup_run(bin, t, cfg, 2 + steps, dir)?;
-        long = long.min(secs);
-        peak = peak.max(kb);
-    }
-    match check_difference(short, long, steps) {
-        Err(_) if retry => return Ok(None),
-        other => other?,
-    }
-    let step = (long - short) / steps as f64;
     let batch = cfg["train"]["batch_size"].as_f64().context("train.batch_size")?;
-    Ok(Some(Measured {
+    Ok(Measured {
         images_per_s: batch / step,
         seconds_per_step: step,
-        peak_mib: peak as f64 / 1024.0,
-    }))
+        peak_mib: w.peak_kb as f64 / 1024.0,
+    })
+}
+
+/// The mean seconds of steps `from + 1 ..= from + steps` in a `metrics.jsonl` text: the
+/// difference of the `elapsed_s` of the step lines of steps `from` and `from + steps`.
+fn step_seconds(log: &str, from: u64, steps: u64) -> Result<f64> {
+    let elapsed = |step: u64| -> Result<f64> {
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["kind"] == "step" && v["step"].as_u64() == Some(step))
+            .and_then(|v| v["elapsed_s"].as_f64())
+            .with_context(|| format!("no step line with elapsed_s for step {step}"))
+    };
+    let secs = (elapsed(from + steps)? - elapsed(from)?) / steps as f64;
+    if !secs.is_finite() || secs <= 0.0 {
+        bail!("steps {from}..{}: a step time of {secs} s", from + steps);
+    }
+    Ok(secs)
 }
 
 /// One way of running PyTorch's step: its optimizer, and the C allocator it runs on.
@@ -354,25 +362,24 @@ fn python_step(t: &Torch, args: &[String], variant: &Variant, dir: &Path) -> Res
     })
 }
 
-/// The fastest of repeated runs, with the largest peak memory seen.
-fn fastest(runs: Vec<Measured>) -> Measured {
-    let peak = runs.iter().map(|m| m.peak_mib).fold(0.0, f64::max);
-    let best = runs.into_iter().max_by(|a, b| a.images_per_s.total_cmp(&b.images_per_s));
-    Measured { peak_mib: peak, ..best.expect("at least one run") }
-}
-
-/// Refuses a step time taken from two runs whose difference is lost in the start-up time
-/// (a small, fast configuration with few `--steps`): the `steps` timed steps must take at
-/// least a quarter of the short run's `short` seconds.
-fn check_difference(short: f64, long: f64, steps: usize) -> Result<()> {
-    let timed = long - short;
-    if timed < 0.25 * short {
-        bail!(
-            "--steps {steps}: the timed steps took {timed:.2} s against {short:.2} s of start-up \
-             and warm-up, too little for a stable difference; pass a larger --steps"
-        );
+/// The median of repeated runs (images per second and seconds per step each; the mean of the
+/// middle two for an even count), with the largest peak memory seen.
+fn median(runs: &[Measured]) -> Measured {
+    let mid = |f: fn(&Measured) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    Measured {
+        images_per_s: mid(|m| m.images_per_s),
+        seconds_per_step: mid(|m| m.seconds_per_step),
+        peak_mib: runs.iter().map(|m| m.peak_mib).fold(0.0, f64::max),
     }
-    Ok(())
 }
 
 /// The issue's target ratio against PyTorch's best configuration.
@@ -390,6 +397,12 @@ fn measured_json(m: &Measured) -> Value {
         "seconds_per_step": round(m.seconds_per_step, 4),
         "peak_rss_mib": round(m.peak_mib, 0),
     })
+}
+
+/// `j` (a median) with the images per second of each run behind it.
+fn with_runs(mut j: Value, runs: &[Measured]) -> Value {
+    j["runs_images_per_s"] = runs.iter().map(|m| round(m.images_per_s, 2)).collect();
+    j
 }
 
 fn round(x: f64, digits: i32) -> f64 {
@@ -414,35 +427,24 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
         let base = cpu_profile_config(&bin, t, method, &tmp)?;
         let mut rows = Vec::new();
         for &mode in &modes {
-            // A fast step (a small network) may need more steps than `--steps` for its time
-            // to stand out of the start-up's: up to 3 tries, each with 4 times the steps.
             let mut cfg = step_config(&base, method, o.large, o.threads, mode);
-            let mut steps = o.steps;
-            let ours = loop {
-                cfg["data"]["max_images"] = json!(bench_images(&cfg, steps)?);
-                let retry = steps < o.steps * 64;
-                if let Some(m) = selfsup_step(&bin, t, &cfg, steps, o.repeats, &tmp, retry)? {
-                    break m;
+            cfg["data"]["max_images"] = json!(bench_images(&cfg, o.steps)?);
+            let py = python_args(&cfg, o.steps, &tmp.join("python-config.json"))?;
+            // Interleaved: each repeat runs selfsup, then every PyTorch variant, so that a
+            // slow spell of the machine falls on all of them alike; every side gets as many
+            // runs, and the median of each is compared.
+            let mut ours_runs = Vec::new();
+            let mut theirs_runs = vec![Vec::new(); pytorch.len()];
+            for _ in 0..o.repeats {
+                ours_runs.push(selfsup_step(&bin, t, &cfg, o.steps, &tmp)?);
+                for (v, runs) in pytorch.iter().zip(&mut theirs_runs) {
+                    runs.push(python_step(t, &py, v, &tmp)?);
                 }
-                eprintln!(
-                    "bench train: {method} ({}): {steps} timed steps are lost in the start-up; \
-                     trying {}",
-                    mode.name,
-                    steps * 4
-                );
-                steps *= 4;
-            };
-            let py = python_args(&cfg, steps, &tmp.join("python-config.json"))?;
-            let theirs = pytorch
-                .iter()
-                .map(|v| {
-                    let runs = (0..o.repeats)
-                        .map(|_| python_step(t, &py, v, &tmp))
-                        .collect::<Result<Vec<_>>>()?;
-                    Ok((v.name, fastest(runs)))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            rows.push(Row { mode, cfg, steps, ours, theirs });
+            }
+            let ours = median(&ours_runs);
+            let theirs =
+                pytorch.iter().zip(&theirs_runs).map(|(v, r)| (v.name, median(r))).collect();
+            rows.push(Row { mode, cfg, ours, ours_runs, theirs, theirs_runs });
         }
         let ours_best = rows
             .iter()
@@ -513,10 +515,9 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
             "batch_size": batch,
             "modes": rows.iter().map(|r| json!({
                 "mode": r.mode.name,
-                "steps": r.steps,
-                "selfsup": measured_json(&r.ours),
-                "pytorch": r.theirs.iter().map(|(name, m)| {
-                    let mut j = measured_json(m);
+                "selfsup": with_runs(measured_json(&r.ours), &r.ours_runs),
+                "pytorch": r.theirs.iter().zip(&r.theirs_runs).map(|((name, m), runs)| {
+                    let mut j = with_runs(measured_json(m), runs);
                     j["variant"] = json!(name);
                     j
                 }).collect::<Vec<_>>(),
@@ -576,11 +577,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_difference_lost_in_start_up_is_refused() {
-        assert!(check_difference(2.0, 4.0, 5).is_ok());
-        let err = check_difference(2.0, 2.1, 8).unwrap_err().to_string();
-        assert!(err.contains("--steps 8") && err.contains("larger --steps"), "{err}");
-        assert!(check_difference(2.0, 1.9, 8).is_err());
+    fn the_step_time_is_read_from_the_step_lines() {
+        let log = [
+            r#"{"kind":"step","step":1,"elapsed_s":0.9,"loss":2.0}"#,
+            r#"{"kind":"step","step":2,"elapsed_s":1.0,"loss":2.0}"#,
+            r#"{"kind":"epoch","epoch":0,"step":2,"elapsed_s":9.0}"#,
+            r#"{"kind":"step","step":3,"elapsed_s":1.5,"loss":2.0}"#,
+            r#"{"kind":"step","step":4,"elapsed_s":2.0,"loss":2.0}"#,
+        ]
+        .join("\n");
+        assert!((step_seconds(&log, 2, 2).unwrap() - 0.5).abs() < 1e-12);
+        let err = step_seconds(&log, 2, 3).unwrap_err().to_string();
+        assert!(err.contains("step 5"), "{err}");
+        let err = step_seconds(&log, 3, 0).unwrap_err().to_string();
+        assert!(err.contains("step time"), "{err}");
+    }
+
+    #[test]
+    fn runs_are_summed_up_by_their_median() {
+        let m = |ips: f64, mib: f64| Measured {
+            images_per_s: ips,
+            seconds_per_step: 64.0 / ips,
+            peak_mib: mib,
+        };
+        let odd = median(&[m(100.0, 5.0), m(300.0, 1.0), m(120.0, 2.0)]);
+        assert_eq!((odd.images_per_s, odd.peak_mib), (120.0, 5.0));
+        assert_eq!(odd.seconds_per_step, 64.0 / 120.0);
+        let even = median(&[m(100.0, 1.0), m(300.0, 1.0), m(120.0, 1.0), m(80.0, 1.0)]);
+        assert_eq!(even.images_per_s, 110.0);
     }
 
     #[test]
@@ -626,7 +650,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("python-config.json");
         let a = python_args(&cfg, 5, &path).unwrap();
-        assert_eq!(a[1..], [format!("--config={}", path.display()), "--steps=5".to_string()]);
+        let want =
+            [format!("--config={}", path.display()), "--steps=5".into(), "--warmup=2".into()];
+        assert_eq!(a[1..], want);
         let written: Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(written, cfg);

@@ -218,7 +218,10 @@ fn zero_grads(params: &[(String, Tensor)]) {
     }
 }
 
-/// Appends JSON lines to `metrics.jsonl`.
+/// Appends JSON lines to `metrics.jsonl`. A step line (`"kind": "step"`) holds `epoch`, `step`,
+/// `lr`, `loss`, `inputs_per_s` (over the epoch so far), `elapsed_s` (wall seconds since this
+/// process's loop started: `cargo xtask bench train` times steady-state steps by it),
+/// `grad_norm` when clipping, and the method's metrics.
 struct MetricsLog {
     file: std::fs::File,
     path: PathBuf,
@@ -892,6 +895,7 @@ impl<'a> Trainer<'a> {
                     let mut line = serde_json::json!({
                         "kind": "step", "epoch": epoch, "step": global_step, "lr": r.lr,
                         "loss": loss, "inputs_per_s": epoch_inputs as f64 / secs,
+                        "elapsed_s": started.elapsed().as_secs_f64(),
                     });
                     if let Some(g) = &r.grad_norm {
                         line["grad_norm"] = crate::host::read(g)?.into();

@@ -178,6 +178,17 @@ fn resume_equals_uninterrupted_run() {
         .map(|v| v["step"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, (1..=18).collect::<Vec<_>>());
+    // Each step line carries the wall seconds since its process's loop started, never going
+    // back within one process (the uninterrupted run's log).
+    let elapsed: Vec<f64> = std::fs::read_to_string(full.path().join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "step")
+        .map(|v| v["elapsed_s"].as_f64().expect("elapsed_s in every step line"))
+        .collect();
+    assert_eq!(elapsed.len(), 18);
+    assert!(elapsed.windows(2).all(|w| w[0] <= w[1]) && elapsed[0] >= 0.0, "{elapsed:?}");
     // The resolved config is saved beside the run and reads back.
     let saved: RunConfig =
         serde_json::from_str(&std::fs::read_to_string(part.path().join("config.json")).unwrap())
