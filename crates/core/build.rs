@@ -1,12 +1,13 @@
 //! Build script of `selfsup-core`: compiles the C++ shims over autocast (`csrc/autocast.cpp`),
-//! the determinism switches (`csrc/determinism.cpp`) and the fused optimizer steps
-//! (`csrc/fused_optim.cpp`) against libtorch's headers (see
+//! the determinism switches (`csrc/determinism.cpp`), the fused optimizer steps
+//! (`csrc/fused_optim.cpp`) and the fused batch norm + ReLU (`csrc/bn_relu.cpp`) against
+//! libtorch's headers (see
 //! `selfsup-shim-build`). Linking against libtorch itself is done by `torch-sys`.
 fn main() {
     selfsup_shim_build::compile(
         "selfsup-core",
         "ATen/autocast_mode.h",
-        &["csrc/autocast.cpp", "csrc/determinism.cpp", "csrc/fused_optim.cpp"],
+        &["csrc/autocast.cpp", "csrc/determinism.cpp", "csrc/fused_optim.cpp", "csrc/bn_relu.cpp"],
         "selfsup_autocast",
     );
 }

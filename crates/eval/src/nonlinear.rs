@@ -248,7 +248,7 @@ impl ModuleT for NonLinearHead {
             HeadKind::ConvBlock3 => {
                 let mut x = xs.shallow_clone();
                 for (conv, bn) in &self.convs {
-                    x = x.apply(conv).apply_t(bn, train).relu();
+                    x = bn.forward_relu_t(&x.apply(conv), train);
                 }
                 x.mean_dim([2i64, 3].as_slice(), false, Kind::Float).apply(&self.out)
             }

@@ -90,7 +90,7 @@ impl UpDecoder {
     pub fn forward_t(&self, x: &Tensor, size: [i64; 2], train: bool) -> Tensor {
         let mut h = x.shallow_clone();
         for (up, bn) in &self.ups {
-            h = h.apply(up).apply_t(bn, train).relu();
+            h = bn.forward_relu_t(&h.apply(up), train);
         }
         let s = h.size();
         if s[2] != size[0] || s[3] != size[1] {

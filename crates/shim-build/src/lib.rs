@@ -74,6 +74,10 @@ pub fn compile_with(
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
+        // ATen's `at::parallel_for` is a header template over `#pragma omp parallel`: without
+        // OpenMP it compiles to a serial loop. libtorch runs on GNU OpenMP, so the shims use
+        // the same runtime (one `libgomp.so.1` in the process, libtorch's own).
+        .flag("-fopenmp")
         .warnings(false);
     for dir in includes {
         if !dir.is_dir() {
@@ -88,4 +92,5 @@ pub fn compile_with(
         build.file(s);
     }
     build.compile(lib);
+    println!("cargo:rustc-link-lib=dylib=gomp");
 }

@@ -124,7 +124,7 @@ impl AlexNet {
             if i == 1 || i == 2 {
                 x = self.pool(&x);
             }
-            x = x.apply(conv).apply_t(bn, train).relu();
+            x = bn.forward_relu_t(&x.apply(conv), train);
             if push_tap(&mut out, &format!("conv{}", i + 1), &x, stop) {
                 break;
             }

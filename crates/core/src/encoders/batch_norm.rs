@@ -21,6 +21,7 @@
 //! each would have left, `(1 − m)·r + m·mean_k(stat_k)`, as the demo's. A layer that
 //! synchronises over a job normalises with the global batch and ignores the split.
 use std::cell::{Cell, RefCell};
+use std::os::raw::{c_char, c_int, c_void};
 use std::sync::Arc;
 
 use selfsup_dist::{all_gather_with_grad, Collectives};
@@ -197,6 +198,85 @@ impl nn::ModuleT for BatchNorm {
     }
 }
 
+extern "C" {
+    fn selfsup_batch_norm_relu(
+        x: *const c_void,
+        w: *const c_void,
+        b: *const c_void,
+        rm: *const c_void,
+        rv: *const c_void,
+        momentum: f64,
+        eps: f64,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+}
+
+impl BatchNorm {
+    /// `relu(self.forward_t(xs, train))`. In training, on a dense (NCHW or channels-last) 4-d
+    /// CPU input of float or bfloat16, for a layer that is neither synchronised nor split and has its affine
+    /// parameters, this is one fused autograd function (`csrc/bn_relu.cpp`: fewer passes over
+    /// the activation than ATen's three kernels forward and three backward, and no separate
+    /// ReLU output), with the same running-statistics update; its sums are taken in fixed
+    /// blocks, so the result does not depend on the thread count. Anything else takes tch's
+    /// batch norm and ReLU.
+    ///
+    /// # Shapes
+    /// `xs`: `(N, C, H, W)` (or any `(N, C, ...)` off the fused path); returns the same shape.
+    pub fn forward_relu_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        match (&self.inner.ws, &self.inner.bs) {
+            (Some(w), Some(b)) if train && self.fusable(xs) => self
+                .f_fused_relu(xs, w, b)
+                .unwrap_or_else(|e| panic!("fused batch norm + ReLU: {e}")),
+            _ => nn::ModuleT::forward_t(self, xs, train).relu(),
+        }
+    }
+
+    /// Whether a training-mode forward of `xs` may take the fused batch norm + ReLU.
+    fn fusable(&self, xs: &Tensor) -> bool {
+        let size = xs.size();
+        let kind_ok = matches!(xs.kind(), Kind::Float | Kind::BFloat16);
+        !self.is_synchronised()
+            && SPLITS.with(Cell::get) == 1
+            && size.len() == 4
+            && xs.device() == tch::Device::Cpu
+            && kind_ok
+            && size[0] * size[2] * size[3] > 1
+            && (crate::precision::is_channels_last(xs) || xs.is_contiguous())
+            && [self.inner.ws.as_ref(), self.inner.bs.as_ref()]
+                .into_iter()
+                .all(|t| t.is_some_and(|t| t.kind() == Kind::Float))
+    }
+
+    fn f_fused_relu(&self, xs: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor, String> {
+        let (rm, rv) = (&self.inner.running_mean, &self.inner.running_var);
+        let mut out: *mut c_void = std::ptr::null_mut();
+        let mut err = [0u8; 1024];
+        // SAFETY: every handle is a live tensor (tch's `C_tensor` is an `at::Tensor`); `out`
+        // receives a new handle on success, which we then own; `err` is writable for its length.
+        let rc = unsafe {
+            selfsup_batch_norm_relu(
+                xs.as_ptr().cast(),
+                w.as_ptr().cast(),
+                b.as_ptr().cast(),
+                rm.as_ptr().cast(),
+                rv.as_ptr().cast(),
+                self.momentum,
+                self.eps,
+                &mut out,
+                err.as_mut_ptr().cast(),
+                err.len(),
+            )
+        };
+        if rc != 0 {
+            return Err(selfsup_dist::shim_message(&err));
+        }
+        // SAFETY: `out` is a new `at::Tensor` handle that we now own.
+        Ok(unsafe { Tensor::from_ptr(out.cast()) })
+    }
+}
+
 impl BatchNorm {
     /// Training-mode forward with own statistics for each of `s` contiguous sub-batches of
     /// `xs` (`torch.chunk`'s: all of `ceil(N/s)` samples but the last), running statistics set
@@ -296,6 +376,118 @@ mod tests {
             let _ = bn.inner.bs.as_ref().unwrap().shallow_clone().fill_(-0.25);
         });
         bn
+    }
+
+    /// What `run` returns, for the fused batch norm + ReLU against tch's batch norm then ReLU,
+    /// on an `x` of `kind` (channels-last or NCHW), over `c` channels (weight and bias varied per channel
+    /// so that some channels are mostly cut by the ReLU), loss `Σ g ⊙ y`.
+    fn relu_pair(
+        kind: Kind,
+        shape: [i64; 4],
+        channels_last: bool,
+    ) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        let c = shape[1];
+        // Values from a formula, not libtorch's generator, which the tests running beside this
+        // one draw from at the same time.
+        let n: i64 = shape.iter().product();
+        let wave = |f: f64| (Tensor::arange(n, (Kind::Float, Device::Cpu)) * f).sin().view(shape);
+        let x = (wave(0.7) * 2.0 + wave(0.013) + 0.5).to_kind(kind);
+        let x = if channels_last { crate::precision::to_channels_last(&x).unwrap() } else { x };
+        let g = (wave(1.3) + wave(0.05) * 0.5).to_kind(kind);
+        let run_one = |fused: bool| {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let bn = batch_norm2d(vs.root() / "bn", c);
+            tch::no_grad(|| {
+                let ramp = Tensor::arange(c, (Kind::Float, Device::Cpu)) / c as f64;
+                bn.inner.ws.as_ref().unwrap().shallow_clone().copy_(&(&ramp + 0.5));
+                bn.inner.bs.as_ref().unwrap().shallow_clone().copy_(&(ramp - 0.6));
+            });
+            let xg = x.copy().set_requires_grad(true);
+            assert!(!fused || bn.fusable(&xg), "the fused path is taken");
+            let y =
+                if fused { bn.forward_relu_t(&xg, true) } else { bn.forward_t(&xg, true).relu() };
+            assert_eq!(y.kind(), kind);
+            (&y * &g).sum(Kind::Float).backward();
+            let (w, b) = (bn.inner.ws.as_ref().unwrap(), bn.inner.bs.as_ref().unwrap());
+            vec![
+                values(&y),
+                values(&xg.grad()),
+                values(&w.grad()),
+                values(&b.grad()),
+                values(bn.running_mean()),
+                values(bn.running_var()),
+            ]
+        };
+        (run_one(true), run_one(false))
+    }
+
+    fn assert_close(got: &[Vec<f32>], want: &[Vec<f32>], tol: f32, what: &str) {
+        let names =
+            ["output", "input grad", "weight grad", "bias grad", "running mean", "running var"];
+        for ((g, w), name) in got.iter().zip(want).zip(names) {
+            assert_eq!(g.len(), w.len());
+            let scale = w.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let worst = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst <= tol * scale, "{what}: {name} differs by {worst} (scale {scale})");
+        }
+    }
+
+    #[test]
+    fn fused_batch_norm_relu_matches_batch_norm_then_relu() {
+        for channels_last in [true, false] {
+            // Channels not a multiple of any vector width, more pixels than one block (256),
+            // planes not a multiple of the lanes (16).
+            let (fused, reference) = relu_pair(Kind::Float, [6, 19, 9, 11], channels_last);
+            assert_close(
+                &fused,
+                &reference,
+                2e-5,
+                &format!("float, channels-last {channels_last}"),
+            );
+            // bfloat16 activations: the same float arithmetic, rounded once on the way out, so
+            // within one bfloat16 step (2^-7 relative) of the largest value.
+            let (fused, reference) = relu_pair(Kind::BFloat16, [4, 32, 8, 10], channels_last);
+            let what = format!("bfloat16, channels-last {channels_last}");
+            assert_close(&fused, &reference, 1.0 / 128.0, &what);
+        }
+    }
+
+    #[test]
+    fn fused_batch_norm_relu_does_not_depend_on_the_thread_count() {
+        let threads = tch::get_num_threads();
+        for channels_last in [true, false] {
+            tch::set_num_threads(1);
+            let one = relu_pair(Kind::Float, [8, 16, 12, 12], channels_last).0;
+            tch::set_num_threads(3);
+            let three = relu_pair(Kind::Float, [8, 16, 12, 12], channels_last).0;
+            for (i, (a, b)) in one.iter().zip(&three).enumerate() {
+                let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                assert!(a == b, "channels-last {channels_last}: part {i} differs by {worst}");
+            }
+        }
+        tch::set_num_threads(threads);
+    }
+
+    #[test]
+    fn only_dense_training_inputs_take_the_fused_path() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let bn = layer(&vs);
+        let x = Tensor::randn([2, 3, 4, 4], (Kind::Float, Device::Cpu));
+        assert!(bn.fusable(&x), "NCHW");
+        let cl = crate::precision::to_channels_last(&x).unwrap();
+        assert!(bn.fusable(&cl), "channels-last");
+        assert!(!bn.fusable(&x.narrow(3, 1, 2)), "a strided view");
+        assert!(!bn.fusable(&cl.to_kind(Kind::Double)), "double");
+        assert!(!bn.fusable(&Tensor::randn([1, 3, 1, 1], (Kind::Float, Device::Cpu))), "1 value");
+        {
+            let _split = split_batch_norm(2);
+            assert!(!bn.fusable(&cl), "inside a split scope");
+        }
+        // The other paths give batch norm then ReLU too.
+        let want = bn.forward_t(&x, false).relu();
+        assert!(bn.forward_relu_t(&x, false).equal(&want), "evaluation");
+        let y = bn.forward_relu_t(&x.narrow(3, 1, 2), true);
+        assert!(y.min().double_value(&[]) >= 0.0);
     }
 
     #[test]

@@ -92,7 +92,7 @@ impl BasicBlock {
 
 impl ModuleT for BasicBlock {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        xs.apply(&self.conv).apply_t(&self.bn, train).relu()
+        self.bn.forward_relu_t(&xs.apply(&self.conv), train)
     }
 }
 

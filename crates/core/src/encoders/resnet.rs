@@ -56,6 +56,12 @@ impl ConvBn {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         xs.apply(&self.conv).apply_t(&self.bn, train)
     }
+
+    /// `relu(forward_t(xs))`, batch norm and ReLU fused where they can be
+    /// ([`BatchNorm::forward_relu_t`]).
+    fn forward_relu_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.bn.forward_relu_t(&xs.apply(&self.conv), train)
+    }
 }
 
 /// A residual block: `BasicBlock` (two 3×3) or `Bottleneck` (1×1, 3×3, 1×1 ×4), with the
@@ -100,10 +106,7 @@ impl Block {
         let last = self.convs.len() - 1;
         let mut y = xs.shallow_clone();
         for (i, c) in self.convs.iter().enumerate() {
-            y = c.forward_t(&y, train);
-            if i < last {
-                y = y.relu();
-            }
+            y = if i < last { c.forward_relu_t(&y, train) } else { c.forward_t(&y, train) };
         }
         let shortcut = match &self.downsample {
             Some((conv, bn)) => xs.apply(conv).apply_t(bn, train),
@@ -179,7 +182,7 @@ impl ResNet {
     }
 
     fn run(&self, xs: &Tensor, train: bool, stop: Option<&str>) -> Vec<(String, Tensor)> {
-        let mut x = xs.apply(&self.stem_conv).apply_t(&self.stem_bn, train).relu();
+        let mut x = self.stem_bn.forward_relu_t(&xs.apply(&self.stem_conv), train);
         if self.stem == ResnetStem::Imagenet {
             x = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         }
