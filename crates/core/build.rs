@@ -1,13 +1,19 @@
 //! Build script of `selfsup-core`: compiles the C++ shims over autocast (`csrc/autocast.cpp`),
 //! the determinism switches (`csrc/determinism.cpp`), the fused optimizer steps
-//! (`csrc/fused_optim.cpp`) and the fused batch norm + ReLU (`csrc/bn_relu.cpp`) against
-//! libtorch's headers (see
+//! (`csrc/fused_optim.cpp`), the fused batch norm + ReLU (`csrc/bn_relu.cpp`) and the ops tch
+//! binds only with default arguments (`csrc/ops.cpp`) against libtorch's headers (see
 //! `selfsup-shim-build`). Linking against libtorch itself is done by `torch-sys`.
 fn main() {
     selfsup_shim_build::compile(
         "selfsup-core",
         "ATen/autocast_mode.h",
-        &["csrc/autocast.cpp", "csrc/determinism.cpp", "csrc/fused_optim.cpp", "csrc/bn_relu.cpp"],
+        &[
+            "csrc/autocast.cpp",
+            "csrc/determinism.cpp",
+            "csrc/fused_optim.cpp",
+            "csrc/bn_relu.cpp",
+            "csrc/ops.cpp",
+        ],
         "selfsup_autocast",
     );
 }

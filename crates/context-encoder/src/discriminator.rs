@@ -76,7 +76,7 @@ impl Discriminator {
                     false,
                 );
             }
-            h = h.maximum(&(&h * 0.2));
+            h = selfsup_core::ops::leaky_relu(&h, 0.2);
         }
         let n = x.size()[0];
         h.apply(&self.out).reshape([n])

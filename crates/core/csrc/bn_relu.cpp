@@ -398,6 +398,10 @@ struct BatchNormRelu : public torch::autograd::Function<BatchNormRelu> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
+    // The backward is not itself recorded: a gradient of the gradient (`create_graph`) would
+    // come out silently wrong, so it is refused (nothing in selfsup asks for one).
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "fused batch norm + ReLU has no double backward (create_graph)");
     auto s = ctx->get_saved_variables();
     const at::Tensor &x = s[0], &y = s[1], &weight = s[2], &mean = s[3], &invstd = s[4];
     if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),

@@ -191,7 +191,7 @@ impl nn::ModuleT for BatchNorm {
                     .unwrap_or_else(|e| panic!("synchronised batch norm: {e}"))
             }
             _ => match SPLITS.with(Cell::get) {
-                s if train && s > 1 && xs.size()[0] >= s => self.forward_split(xs, s),
+                s if train && s > 1 && xs.size()[0] >= s => self.forward_split(xs, s, false),
                 _ => self.inner.forward_t(xs, train),
             },
         }
@@ -215,30 +215,43 @@ extern "C" {
 
 impl BatchNorm {
     /// `relu(self.forward_t(xs, train))`. In training, on a dense (NCHW or channels-last) 4-d
-    /// CPU input of float or bfloat16, for a layer that is neither synchronised nor split and has its affine
+    /// CPU input of float or bfloat16, for a layer that is not synchronised and has its affine
     /// parameters, this is one fused autograd function (`csrc/bn_relu.cpp`: fewer passes over
     /// the activation than ATen's three kernels forward and three backward, and no separate
-    /// ReLU output), with the same running-statistics update; its sums are taken in fixed
-    /// blocks, so the result does not depend on the thread count. Anything else takes tch's
-    /// batch norm and ReLU.
+    /// ReLU input kept), with the same running-statistics update; its sums are taken in fixed
+    /// pieces, so the result does not depend on the thread count. Inside a
+    /// [`split_batch_norm`] scope the regrouped batch `(N/s, s·C, H, W)` takes it. Anything
+    /// else takes tch's batch norm and ReLU. It has no double backward (`create_graph`: an
+    /// error, not a wrong gradient).
     ///
     /// # Shapes
     /// `xs`: `(N, C, H, W)` (or any `(N, C, ...)` off the fused path); returns the same shape.
     pub fn forward_relu_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let fused = |xs: &Tensor, w: &Tensor, b: &Tensor| {
+            let (rm, rv) = (&self.inner.running_mean, &self.inner.running_var);
+            self.f_fused_relu(xs, w, b, rm, rv)
+                .unwrap_or_else(|e| panic!("fused batch norm + ReLU: {e}"))
+        };
+        let split = SPLITS.with(Cell::get);
         match (&self.inner.ws, &self.inner.bs) {
-            (Some(w), Some(b)) if train && self.fusable(xs) => self
-                .f_fused_relu(xs, w, b)
-                .unwrap_or_else(|e| panic!("fused batch norm + ReLU: {e}")),
+            (Some(w), Some(b)) if train && self.fusable(xs) => fused(xs, w, b),
+            _ if train && split > 1 && !self.is_synchronised() && xs.size()[0] >= split => {
+                self.forward_split(xs, split, true)
+            }
             _ => nn::ModuleT::forward_t(self, xs, train).relu(),
         }
     }
 
     /// Whether a training-mode forward of `xs` may take the fused batch norm + ReLU.
     fn fusable(&self, xs: &Tensor) -> bool {
+        SPLITS.with(Cell::get) == 1 && self.kernel_takes(xs)
+    }
+
+    /// Whether the fused kernel takes `xs` for this layer (split or not).
+    fn kernel_takes(&self, xs: &Tensor) -> bool {
         let size = xs.size();
         let kind_ok = matches!(xs.kind(), Kind::Float | Kind::BFloat16);
         !self.is_synchronised()
-            && SPLITS.with(Cell::get) == 1
             && size.len() == 4
             && xs.device() == tch::Device::Cpu
             && kind_ok
@@ -249,8 +262,16 @@ impl BatchNorm {
                 .all(|t| t.is_some_and(|t| t.kind() == Kind::Float))
     }
 
-    fn f_fused_relu(&self, xs: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor, String> {
-        let (rm, rv) = (&self.inner.running_mean, &self.inner.running_var);
+    /// The fused batch norm + ReLU of `xs` with weight `w`, bias `b` and running statistics
+    /// `rm`, `rv` (updated in place), this layer's momentum and eps.
+    fn f_fused_relu(
+        &self,
+        xs: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        rm: &Tensor,
+        rv: &Tensor,
+    ) -> Result<Tensor, String> {
         let mut out: *mut c_void = std::ptr::null_mut();
         let mut err = [0u8; 1024];
         // SAFETY: every handle is a live tensor (tch's `C_tensor` is an `at::Tensor`); `out`
@@ -280,11 +301,12 @@ impl BatchNorm {
 impl BatchNorm {
     /// Training-mode forward with own statistics for each of `s` contiguous sub-batches of
     /// `xs` (`torch.chunk`'s: all of `ceil(N/s)` samples but the last), running statistics set
-    /// to the mean of the sub-batches' updates (see the module docs).
+    /// to the mean of the sub-batches' updates (see the module docs); with `relu`, followed by
+    /// ReLU, fused into the norm where the kernel takes the regrouped batch.
     ///
     /// # Shapes
     /// `xs`: `(N, C, ...)`; returns the same shape.
-    fn forward_split(&self, xs: &Tensor, s: i64) -> Tensor {
+    fn forward_split(&self, xs: &Tensor, s: i64, relu: bool) -> Tensor {
         let size = xs.size();
         let (n, c) = (size[0], size[1]);
         let (rm, rv) = (&self.inner.running_mean, &self.inner.running_var);
@@ -301,7 +323,14 @@ impl BatchNorm {
             let repeat = |t: &Option<Tensor>| t.as_ref().map(|t| t.repeat([s]));
             let (w, b) = (repeat(&self.inner.ws), repeat(&self.inner.bs));
             let (m, v) = (rm.repeat([s]).view([s, c]), rv.repeat([s]).view([s, c]));
-            let y = bn(&x, w.as_ref(), b.as_ref(), &m.view([s * c]), &v.view([s * c]));
+            let (ms, vs) = (m.view([s * c]), v.view([s * c]));
+            let y = match (&w, &b) {
+                (Some(w), Some(b)) if relu && self.kernel_takes(&x) => self
+                    .f_fused_relu(&x, w, b, &ms, &vs)
+                    .unwrap_or_else(|e| panic!("fused batch norm + ReLU: {e}")),
+                _ if relu => bn(&x, w.as_ref(), b.as_ref(), &ms, &vs).relu(),
+                _ => bn(&x, w.as_ref(), b.as_ref(), &ms, &vs),
+            };
             let mut back = vec![n / s, s];
             back.extend_from_slice(&size[1..]);
             (y.reshape(back.as_slice()).transpose(0, 1).reshape(size.as_slice()), m, v)
@@ -317,7 +346,8 @@ impl BatchNorm {
                     bn(x, self.inner.ws.as_ref(), self.inner.bs.as_ref(), &m.get(i), &v.get(i))
                 })
                 .collect();
-            (Tensor::cat(&parts, 0), m, v)
+            let y = Tensor::cat(&parts, 0);
+            (if relu { y.relu() } else { y }, m, v)
         };
         tch::no_grad(|| {
             // Through `data()`, as the demo's `.data.copy_`: graphs that saved the buffers
@@ -594,6 +624,53 @@ mod tests {
         let plain = bn.forward_t(&x, false);
         let _split = split_batch_norm(2);
         assert!(bn.forward_t(&x, false).equal(&plain));
+    }
+
+    #[test]
+    fn a_gradient_of_the_fused_gradient_is_refused() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let bn = layer(&vs);
+        let x = Tensor::randn([2, 3, 4, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let loss = bn.forward_relu_t(&x, true).square().sum(Kind::Float);
+        let err = Tensor::f_run_backward(&[&loss], &[&x], true, true).unwrap_err().to_string();
+        assert!(err.contains("no double backward"), "{err}");
+        // A plain backward through the same graph works.
+        assert_eq!(Tensor::f_run_backward(&[&loss], &[&x], false, false).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn split_batch_norm_then_relu_is_fused_to_the_same_values() {
+        for (n, splits, channels_last) in [(8, 4, false), (8, 2, true), (7, 3, false)] {
+            let x = Tensor::randn([n, 3, 4, 4], (Kind::Float, Device::Cpu)) * 2.0 + 0.3;
+            let x = if channels_last { crate::precision::to_channels_last(&x).unwrap() } else { x };
+            let c = Tensor::randn([n, 3, 4, 4], (Kind::Float, Device::Cpu));
+            let pass = |fused: bool| {
+                let vs = nn::VarStore::new(Device::Cpu);
+                let bn = layer(&vs);
+                let _split = split_batch_norm(splits);
+                let xg = x.copy().set_requires_grad(true);
+                let y = if fused {
+                    bn.forward_relu_t(&xg, true)
+                } else {
+                    nn::ModuleT::forward_t(&bn, &xg, true).relu()
+                };
+                (&y * &c).sum(Kind::Float).backward();
+                let (w, b) = (bn.inner.ws.as_ref().unwrap(), bn.inner.bs.as_ref().unwrap());
+                [
+                    y,
+                    xg.grad(),
+                    w.grad(),
+                    b.grad(),
+                    bn.running_mean().copy(),
+                    bn.running_var().copy(),
+                ]
+                .iter()
+                .map(values)
+                .collect::<Vec<_>>()
+            };
+            let what = format!("{n}/{splits}, channels-last {channels_last}");
+            assert_close(&pass(true), &pass(false), 2e-5, &what);
+        }
     }
 
     #[test]
