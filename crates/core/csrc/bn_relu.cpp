@@ -54,6 +54,13 @@ SELFSUP_INLINE void store(uint16_t* p, float v) {
   *p = uint16_t(nan ? 0x7fc0u : rounded);
 }
 
+// ReLU's backward: `dy` where the output `y` is positive, else 0 (NaN passes, as ATen's).
+template <typename T>
+SELFSUP_INLINE float relu_grad(const T* dy, const T* y) {
+  const float d = load(dy);
+  return load(y) <= 0.f ? 0.f : d;
+}
+
 // Per-channel sums of `x - shift` and of its square over `rows` rows.
 template <typename T>
 SELFSUP_INLINE void stats(const T* __restrict__ x, int64_t rows, int64_t C,
@@ -97,8 +104,7 @@ SELFSUP_INLINE void grad_sums(const T* __restrict__ dy, const T* __restrict__ x,
     const int64_t o = r * C;
 #pragma GCC ivdep
     for (int64_t c = 0; c < C; ++c) {
-      const float d = load(dy + o + c);
-      const float g = load(y + o + c) <= 0.f ? 0.f : d;
+      const float g = relu_grad(dy + o + c, y + o + c);
       sg[c] += g;
       sgx[c] += g * (load(x + o + c) - mean[c]);
     }
@@ -115,8 +121,7 @@ SELFSUP_INLINE void grad_input(const T* __restrict__ dy, const T* __restrict__ x
     const int64_t o = r * C;
 #pragma GCC ivdep
     for (int64_t c = 0; c < C; ++c) {
-      const float d = load(dy + o + c);
-      const float g = load(y + o + c) <= 0.f ? 0.f : d;
+      const float g = relu_grad(dy + o + c, y + o + c);
       store(dx + o + c, g * A[c] + load(x + o + c) * B[c] + D[c]);
     }
   }
@@ -156,8 +161,7 @@ SELFSUP_INLINE void plane_grad_sums(const T* __restrict__ dy, const T* __restric
   float tg = 0.f, tgx = 0.f;
 #pragma omp simd reduction(+ : tg, tgx)
   for (int64_t i = 0; i < n; ++i) {
-    const float d = load(dy + i);
-    const float g = load(y + i) <= 0.f ? 0.f : d;
+    const float g = relu_grad(dy + i, y + i);
     tg += g;
     tgx += g * (load(x + i) - mean);
   }
@@ -171,8 +175,7 @@ SELFSUP_INLINE void plane_grad_input(const T* __restrict__ dy, const T* __restri
                                      const T* __restrict__ y, T* __restrict__ dx, int64_t n,
                                      float A, float B, float D) {
   for (int64_t i = 0; i < n; ++i) {
-    const float d = load(dy + i);
-    const float g = load(y + i) <= 0.f ? 0.f : d;
+    const float g = relu_grad(dy + i, y + i);
     store(dx + i, g * A + load(x + i) * B + D);
   }
 }
