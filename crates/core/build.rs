@@ -1,8 +1,9 @@
 //! Build script of `selfsup-core`: compiles the C++ shims over autocast (`csrc/autocast.cpp`),
 //! the determinism switches (`csrc/determinism.cpp`), the fused optimizer steps
-//! (`csrc/fused_optim.cpp`), the fused batch norm + ReLU (`csrc/bn_relu.cpp`) and the ops tch
-//! binds only with default arguments (`csrc/ops.cpp`) against libtorch's headers (see
-//! `selfsup-shim-build`). Linking against libtorch itself is done by `torch-sys`.
+//! (`csrc/fused_optim.cpp`), the fused batch norm + ReLU (`csrc/bn_relu.cpp`), the ops tch
+//! binds only with default arguments (`csrc/ops.cpp`) and the device-side prefetch of batches
+//! (`csrc/stream.cpp`) against libtorch's headers (see `selfsup-shim-build`). Linking against
+//! libtorch itself is done by `torch-sys`.
 fn main() {
     selfsup_shim_build::compile(
         "selfsup-core",
@@ -13,6 +14,7 @@ fn main() {
             "csrc/fused_optim.cpp",
             "csrc/bn_relu.cpp",
             "csrc/ops.cpp",
+            "csrc/stream.cpp",
         ],
         "selfsup_autocast",
     );

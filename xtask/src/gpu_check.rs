@@ -5,7 +5,9 @@
 //! seconds per epoch, images per second, the GPU memory the process held (sampled from
 //! `nvidia-smi`) and the full protocol's pretraining time extrapolated from the steady epochs,
 //! against the issue's targets on one H100/H200 (RotNet's 200-epoch pretraining under 15
-//! minutes; SimCLR ResNet-18 on CIFAR-10 under 5 s an epoch at batch 512). Unless `--no-job`,
+//! minutes; SimCLR ResNet-18 on CIFAR-10 under 5 s an epoch at batch 512). These runs take the
+//! CUDA path of every training: batches prefetched to the device on a side stream
+//! (`selfsup_core::stage`), cuDNN's autotuner, the fused optimizers. Unless `--no-job`,
 //! each method also trains as the one rank of a data-parallel job (`selfsup launch --nproc 1`,
 //! on NCCL when the binary was built with `--features nccl`), and the cost of the distributed
 //! wrapper is printed against issue 19's target (under 3%). Writes

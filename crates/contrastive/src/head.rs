@@ -76,11 +76,12 @@ impl ModuleT for ProjectionHead {
     /// # Shapes
     /// `(N, in_dim)` → `(N, out_dim)`.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut h = xs.apply(&self.fc1);
-        if let Some(bn) = &self.bn1 {
-            h = h.apply_t(bn, train);
-        }
-        let mut z = h.relu().apply(&self.fc2);
+        let h = xs.apply(&self.fc1);
+        let h = match &self.bn1 {
+            Some(bn) => bn.forward_relu_t(&h, train),
+            None => h.relu(),
+        };
+        let mut z = h.apply(&self.fc2);
         if let Some(bn) = &self.bn2 {
             z = z.apply_t(bn, train);
         }

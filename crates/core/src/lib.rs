@@ -22,6 +22,7 @@ pub mod registry;
 pub mod schedule;
 pub mod seed;
 pub mod signals;
+pub mod stage;
 pub mod trainer;
 
 #[cfg(test)]

@@ -218,6 +218,20 @@ pub fn to_channels_last(t: &Tensor) -> Result<Tensor> {
     Ok(t.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2])?)
 }
 
+/// The rows `index` of `t` (`index_select` along dim 0), laid out as `t` is: libtorch's
+/// `index_select` returns a contiguous (NCHW) tensor whatever its input, which would send
+/// everything after it down the NCHW kernels of a channels-last run; a channels-last `t` is
+/// gathered in its NHWC view instead (one copy either way).
+///
+/// # Shapes
+/// `t`: `(N, ...)`, `index`: `(K,)` i64 → `(K, ...)`.
+pub fn select_rows(t: &Tensor, index: &Tensor) -> Result<Tensor, tch::TchError> {
+    if !is_channels_last(t) || t.is_contiguous() {
+        return t.f_index_select(0, index);
+    }
+    t.f_permute([0, 2, 3, 1])?.f_index_select(0, index)?.f_permute([0, 3, 1, 2])
+}
+
 /// Whether a 4-d tensor is laid out channels-last (strides `(H*W*C, 1, W*C, C)`, ignoring
 /// dimensions of size 1, whose stride does not matter).
 pub fn is_channels_last(t: &Tensor) -> bool {
@@ -407,6 +421,23 @@ mod tests {
             assert_eq!(g.kind(), Kind::Float, "{name}");
             assert!(g.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{name}");
         }
+    }
+
+    #[test]
+    fn rows_are_selected_in_the_layout_they_came_in() {
+        let x = Tensor::arange(5 * 3 * 2 * 4, (Kind::Float, Device::Cpu)).view([5, 3, 2, 4]);
+        let index = Tensor::from_slice(&[4i64, 0, 2, 2]);
+        let want = x.index_select(0, &index);
+        let cl = to_channels_last(&x).unwrap();
+        let got = select_rows(&cl, &index).unwrap();
+        assert!(got.equal(&want));
+        assert!(is_channels_last(&got), "strides {:?}", got.stride());
+        let got = select_rows(&x, &index).unwrap();
+        assert!(got.equal(&want) && got.is_contiguous());
+        let rows = Tensor::arange(6, (Kind::Float, Device::Cpu)).view([3, 2]);
+        assert!(select_rows(&rows, &index.narrow(0, 1, 2))
+            .unwrap()
+            .equal(&rows.index_select(0, &index.narrow(0, 1, 2))));
     }
 
     #[test]

@@ -18,9 +18,10 @@ use crate::device::{device_name, parse_device};
 use crate::encoders::Encoder;
 use crate::method::{BuildContext, InputNormalization, PretextMethod};
 use crate::optim::{clip_grad_norm, Optimizer};
-use crate::precision::{autocast, set_channels_last, to_channels_last};
+use crate::precision::{autocast, set_channels_last};
 use crate::registry::Registry;
 use crate::seed::{derive_seed, name_hash};
+use crate::stage::ToDevice;
 use crate::{CoreError, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -864,20 +865,12 @@ impl<'a> Trainer<'a> {
             let epoch_start = Instant::now();
             let mut epoch_inputs = 0i64;
             let batches = loader.epoch_from(self.pos.epoch, self.pos.batch_in_epoch as usize);
-            for batch in batches {
-                let batch = batch?;
-                self.method.check_batch(&batch)?;
-                let batch: Batch = batch.to_device(self.device);
-                let batch = if cfg.train.channels_last {
-                    Batch {
-                        views: batch.views.iter().map(to_channels_last).collect::<Result<_>>()?,
-                        labels: batch.labels,
-                        indices: batch.indices,
-                    }
-                } else {
-                    batch
-                };
+            // On CUDA the next batch's copies run on a side stream during the step.
+            let mut batches = ToDevice::new(batches, self.device, cfg.train.channels_last)?;
+            while let Some(batch) = batches.next_with(|b| self.method.check_batch(b)) {
+                let batch: Batch = batch?;
                 let r = self.step(&batch)?;
+                batches.prefetch(|b| self.method.check_batch(b));
                 epoch_inputs += r.inputs;
                 inputs_done += r.inputs;
                 images_done += cfg.train.batch_size as u64;

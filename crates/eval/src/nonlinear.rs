@@ -255,7 +255,7 @@ impl ModuleT for NonLinearHead {
             HeadKind::Mlp => {
                 let mut x = xs.flatten(1, -1);
                 for (lin, bn) in &self.hidden {
-                    x = x.apply(lin).apply_t(bn, train).relu();
+                    x = bn.forward_relu_t(&x.apply(lin), train);
                 }
                 x.apply(&self.out)
             }

@@ -286,7 +286,7 @@ impl Moco {
         perm.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(s));
         // Drawn on the host (the same on every device and rank) and copied without blocking.
         let perm = selfsup_core::host::upload(&Tensor::from_slice(&perm), xs.device());
-        let mine = all.index_select(0, &perm.narrow(0, first, local));
+        let mine = selfsup_core::precision::select_rows(&all, &perm.narrow(0, first, local))?;
         let k = self.key.embed_t(&mine, train, splits);
         let k = match group {
             Some(g) => {

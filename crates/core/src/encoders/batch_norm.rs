@@ -15,9 +15,10 @@
 //! **Split batch norm** (the `SplitBatchNorm` of MoCo's CIFAR-10 demo, which simulates the
 //! per-GPU statistics of multi-GPU training on one device): while a [`split_batch_norm`] scope
 //! of `s` sub-batches is open on the thread, a training-mode forward normalises each of `s`
-//! contiguous sub-batches of its input with that sub-batch's own statistics, in one call (the
-//! input viewed as `(N/s, s·C, ...)`), so the network runs the whole batch at once instead of
-//! `s` passes of `N/s`. The running statistics become the mean over the sub-batches of what
+//! contiguous sub-batches of its input with that sub-batch's own statistics, so the network
+//! runs the whole batch at once instead of `s` passes of `N/s`: in one call with the input
+//! viewed as `(N/s, s·C, ...)`, or, for a batch norm followed by ReLU on the CPU, with the fused
+//! kernel on each sub-batch where it lies in memory (no copy, layout kept). The running statistics become the mean over the sub-batches of what
 //! each would have left, `(1 − m)·r + m·mean_k(stat_k)`, as the demo's. A layer that
 //! synchronises over a job normalises with the global batch and ignores the split.
 use std::cell::{Cell, RefCell};
@@ -220,18 +221,30 @@ impl BatchNorm {
     /// the activation than ATen's three kernels forward and three backward, and no separate
     /// ReLU input kept), with the same running-statistics update; its sums are taken in fixed
     /// pieces, so the result does not depend on the thread count. Inside a
-    /// [`split_batch_norm`] scope the regrouped batch `(N/s, s·C, H, W)` takes it. Anything
+    /// [`split_batch_norm`] scope each sub-batch takes it. Anything
     /// else takes tch's batch norm and ReLU. It has no double backward (`create_graph`: an
     /// error, not a wrong gradient).
     ///
+    /// A contiguous 2-d input (`BatchNorm1d` on features: the projection heads) takes the
+    /// same kernel as `(N, C, 1, 1)`, which is channels-last: rows of `C` values.
+    ///
     /// # Shapes
-    /// `xs`: `(N, C, H, W)` (or any `(N, C, ...)` off the fused path); returns the same shape.
+    /// `xs`: `(N, C, H, W)` or `(N, C)` (or any `(N, C, ...)` off the fused path); returns the
+    /// same shape.
     pub fn forward_relu_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let fused = |xs: &Tensor, w: &Tensor, b: &Tensor| {
             let (rm, rv) = (&self.inner.running_mean, &self.inner.running_var);
             self.f_fused_relu(xs, w, b, rm, rv)
                 .unwrap_or_else(|e| panic!("fused batch norm + ReLU: {e}"))
         };
+        if let (Some(w), Some(b), &[n, c]) = (&self.inner.ws, &self.inner.bs, &xs.size()[..]) {
+            if train && xs.is_contiguous() {
+                let x4 = xs.view([n, c, 1, 1]);
+                if self.fusable(&x4) {
+                    return fused(&x4, w, b).view([n, c]);
+                }
+            }
+        }
         let split = SPLITS.with(Cell::get);
         match (&self.inner.ws, &self.inner.bs) {
             (Some(w), Some(b)) if train && self.fusable(xs) => fused(xs, w, b),
@@ -302,7 +315,7 @@ impl BatchNorm {
     /// Training-mode forward with own statistics for each of `s` contiguous sub-batches of
     /// `xs` (`torch.chunk`'s: all of `ceil(N/s)` samples but the last), running statistics set
     /// to the mean of the sub-batches' updates (see the module docs); with `relu`, followed by
-    /// ReLU, fused into the norm where the kernel takes the regrouped batch.
+    /// ReLU, fused into the norm per sub-batch where the kernel takes them.
     ///
     /// # Shapes
     /// `xs`: `(N, C, ...)`; returns the same shape.
@@ -313,7 +326,31 @@ impl BatchNorm {
         let bn = |x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, m: &Tensor, v: &Tensor| {
             Tensor::batch_norm(x, w, b, Some(m), Some(v), true, self.momentum, self.eps, false)
         };
-        let (y, means, vars) = if n % s == 0 {
+        let chunks = xs.chunk(s, 0);
+        let k = chunks.len() as i64;
+        let fused = match (&self.inner.ws, &self.inner.bs) {
+            (Some(w), Some(b)) if relu && chunks.iter().all(|x| self.kernel_takes(x)) => {
+                Some((w, b))
+            }
+            _ => None,
+        };
+        let (y, means, vars) = if let Some((w, b)) = fused {
+            // The fused kernel on each sub-batch where it lies: a sub-batch of a dense NCHW or
+            // channels-last batch is itself dense, so nothing is copied on the way in (the
+            // regrouping below copies the batch twice forward and twice backward, and leaves
+            // a channels-last batch NCHW), and the output keeps the input's layout.
+            let (m, v) = (rm.repeat([k]).view([k, c]), rv.repeat([k]).view([k, c]));
+            let parts: Vec<Tensor> = chunks
+                .iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    let i = i as i64;
+                    self.f_fused_relu(x, w, b, &m.get(i), &v.get(i))
+                        .unwrap_or_else(|e| panic!("fused batch norm + ReLU: {e}"))
+                })
+                .collect();
+            (Tensor::cat(&parts, 0), m, v)
+        } else if n % s == 0 {
             // (N, C, ...) → (s, N/s, C, ...) → (N/s, s·C, ...): sub-batch k in channels k·C..
             let mut chunked = vec![s, n / s];
             chunked.extend_from_slice(&size[1..]);
@@ -324,19 +361,12 @@ impl BatchNorm {
             let (w, b) = (repeat(&self.inner.ws), repeat(&self.inner.bs));
             let (m, v) = (rm.repeat([s]).view([s, c]), rv.repeat([s]).view([s, c]));
             let (ms, vs) = (m.view([s * c]), v.view([s * c]));
-            let y = match (&w, &b) {
-                (Some(w), Some(b)) if relu && self.kernel_takes(&x) => self
-                    .f_fused_relu(&x, w, b, &ms, &vs)
-                    .unwrap_or_else(|e| panic!("fused batch norm + ReLU: {e}")),
-                _ if relu => bn(&x, w.as_ref(), b.as_ref(), &ms, &vs).relu(),
-                _ => bn(&x, w.as_ref(), b.as_ref(), &ms, &vs),
-            };
+            let y = bn(&x, w.as_ref(), b.as_ref(), &ms, &vs);
+            let y = if relu { y.relu() } else { y };
             let mut back = vec![n / s, s];
             back.extend_from_slice(&size[1..]);
             (y.reshape(back.as_slice()).transpose(0, 1).reshape(size.as_slice()), m, v)
         } else {
-            let chunks = xs.chunk(s, 0);
-            let k = chunks.len() as i64;
             let (m, v) = (rm.repeat([k]).view([k, c]), rv.repeat([k]).view([k, c]));
             let parts: Vec<Tensor> = chunks
                 .iter()
@@ -411,11 +441,7 @@ mod tests {
     /// What `run` returns, for the fused batch norm + ReLU against tch's batch norm then ReLU,
     /// on an `x` of `kind` (channels-last or NCHW), over `c` channels (weight and bias varied per channel
     /// so that some channels are mostly cut by the ReLU), loss `Σ g ⊙ y`.
-    fn relu_pair(
-        kind: Kind,
-        shape: [i64; 4],
-        channels_last: bool,
-    ) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    fn relu_pair(kind: Kind, shape: &[i64], channels_last: bool) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
         let c = shape[1];
         // Values from a formula, not libtorch's generator, which the tests running beside this
         // one draw from at the same time.
@@ -426,14 +452,20 @@ mod tests {
         let g = (wave(1.3) + wave(0.05) * 0.5).to_kind(kind);
         let run_one = |fused: bool| {
             let vs = nn::VarStore::new(Device::Cpu);
-            let bn = batch_norm2d(vs.root() / "bn", c);
+            let bn = match shape.len() {
+                2 => batch_norm1d(vs.root() / "bn", c),
+                _ => batch_norm2d(vs.root() / "bn", c),
+            };
             tch::no_grad(|| {
                 let ramp = Tensor::arange(c, (Kind::Float, Device::Cpu)) / c as f64;
                 bn.inner.ws.as_ref().unwrap().shallow_clone().copy_(&(&ramp + 0.5));
                 bn.inner.bs.as_ref().unwrap().shallow_clone().copy_(&(ramp - 0.6));
             });
             let xg = x.copy().set_requires_grad(true);
-            assert!(!fused || bn.fusable(&xg), "the fused path is taken");
+            // Features go through the kernel as (N, C, 1, 1).
+            let x4 =
+                if shape.len() == 2 { xg.view([shape[0], c, 1, 1]) } else { xg.shallow_clone() };
+            assert!(!fused || bn.fusable(&x4), "the fused path is taken");
             let y =
                 if fused { bn.forward_relu_t(&xg, true) } else { bn.forward_t(&xg, true).relu() };
             assert_eq!(y.kind(), kind);
@@ -467,7 +499,7 @@ mod tests {
         for channels_last in [true, false] {
             // Channels not a multiple of any vector width, more pixels than one block (256),
             // planes not a multiple of the lanes (16).
-            let (fused, reference) = relu_pair(Kind::Float, [6, 19, 9, 11], channels_last);
+            let (fused, reference) = relu_pair(Kind::Float, &[6, 19, 9, 11], channels_last);
             assert_close(
                 &fused,
                 &reference,
@@ -476,10 +508,27 @@ mod tests {
             );
             // bfloat16 activations: the same float arithmetic, rounded once on the way out, so
             // within one bfloat16 step (2^-7 relative) of the largest value.
-            let (fused, reference) = relu_pair(Kind::BFloat16, [4, 32, 8, 10], channels_last);
+            let (fused, reference) = relu_pair(Kind::BFloat16, &[4, 32, 8, 10], channels_last);
             let what = format!("bfloat16, channels-last {channels_last}");
             assert_close(&fused, &reference, 1.0 / 128.0, &what);
         }
+    }
+
+    #[test]
+    fn features_take_the_fused_batch_norm_relu_as_one_pixel_maps() {
+        // (N, C) features, as a projection head's BatchNorm1d sees them: N not a multiple of
+        // the 256-row block, C not a multiple of the vector width.
+        let (fused, reference) = relu_pair(Kind::Float, &[300, 37], false);
+        assert_close(&fused, &reference, 2e-5, "float features");
+        let (fused, reference) = relu_pair(Kind::BFloat16, &[64, 48], false);
+        assert_close(&fused, &reference, 1.0 / 128.0, "bfloat16 features");
+        // A strided (N, C) view keeps tch's batch norm then ReLU.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let bn = batch_norm1d(vs.root() / "bn", 3);
+        let x = Tensor::arange(24, (Kind::Float, Device::Cpu)).view([3, 8]).sin();
+        let y = bn.forward_relu_t(&x.tr(), true);
+        assert_eq!(y.size(), [8, 3]);
+        assert!(y.min().double_value(&[]) >= 0.0);
     }
 
     #[test]
@@ -487,9 +536,9 @@ mod tests {
         let threads = tch::get_num_threads();
         for channels_last in [true, false] {
             tch::set_num_threads(1);
-            let one = relu_pair(Kind::Float, [8, 16, 12, 12], channels_last).0;
+            let one = relu_pair(Kind::Float, &[8, 16, 12, 12], channels_last).0;
             tch::set_num_threads(3);
-            let three = relu_pair(Kind::Float, [8, 16, 12, 12], channels_last).0;
+            let three = relu_pair(Kind::Float, &[8, 16, 12, 12], channels_last).0;
             for (i, (a, b)) in one.iter().zip(&three).enumerate() {
                 let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
                 assert!(a == b, "channels-last {channels_last}: part {i} differs by {worst}");
@@ -654,6 +703,10 @@ mod tests {
                 } else {
                     nn::ModuleT::forward_t(&bn, &xg, true).relu()
                 };
+                if fused {
+                    let layout = crate::precision::is_channels_last(&y);
+                    assert_eq!(layout, channels_last, "the output keeps the input's layout");
+                }
                 (&y * &c).sum(Kind::Float).backward();
                 let (w, b) = (bn.inner.ws.as_ref().unwrap(), bn.inner.bs.as_ref().unwrap());
                 [
