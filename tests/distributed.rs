@@ -123,6 +123,28 @@ fn two_ranks_at_half_the_batch_train_like_one_process_at_the_whole_batch() {
 }
 
 #[test]
+fn gradients_sent_in_buckets_during_backward_train_as_one_message_after_it() {
+    // Synchronised batch norm: its backward's collectives run between the buckets' (started
+    // from gradient hooks on the same thread), so the order of the job's collectives is put to
+    // the test too. Buckets of about 100 bytes: a bucket or so a tensor.
+    let dir = tempfile::tempdir().unwrap();
+    for (out, bucket_mb) in [("after", "0"), ("during", "0.0001")] {
+        let set = format!("train.bucket_mb={bucket_mb}");
+        let mut job = vec!["launch".to_string(), "--nproc".into(), "2".into()];
+        job.extend(train_args("rotnet", out, &[TINY, "train.sync_batch_norm=true", &set]));
+        let job: Vec<&str> = job.iter().map(String::as_str).collect();
+        ok(&selfsup(&job, dir.path()));
+    }
+    let a = tensors(&dir.path().join("after"), "model.safetensors");
+    let b = tensors(&dir.path().join("during"), "model.safetensors");
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x.equal(y), "{name} differs");
+    }
+    assert_eq!(step_losses(&dir.path().join("after")), step_losses(&dir.path().join("during")));
+}
+
+#[test]
 fn with_synchronised_batch_norm_a_job_trains_like_one_process() {
     // Batch norm in the trunk: the running statistics are among the compared tensors.
     single_and_job("rotnet", &[TINY, "train.sync_batch_norm=true"], 1e-4);

@@ -1,5 +1,6 @@
 //! Build script of `selfsup-dist`: compiles the C++ shims over c10d's `TCPStore`
-//! (`csrc/store.cpp`) and the differentiable all-reduce (`csrc/autograd.cpp`) against
+//! (`csrc/store.cpp`), the differentiable all-reduce (`csrc/autograd.cpp`) and the
+//! gradient-ready hooks of the bucketed reducer (`csrc/hooks.cpp`) against
 //! libtorch's headers (see `selfsup-shim-build`). Linking against libtorch itself is done by
 //! `torch-sys`; the store's code is in `libtorch_cpu`.
 //!
@@ -15,7 +16,7 @@ fn main() {
     selfsup_shim_build::compile(
         "selfsup-dist",
         "torch/csrc/distributed/c10d/TCPStore.hpp",
-        &["csrc/store.cpp", "csrc/autograd.cpp", "csrc/store.h"],
+        &["csrc/store.cpp", "csrc/autograd.cpp", "csrc/hooks.cpp", "csrc/store.h"],
         "selfsup_store",
     );
     if std::env::var_os("CARGO_FEATURE_NCCL").is_some() {

@@ -128,6 +128,14 @@ pub struct TrainConfig {
     /// SyncBN (MoCo's shuffling BN relies on that). Written to saved configs only when true.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sync_batch_norm: bool,
+    /// In a data-parallel job, the gradients travel in buckets of about this many MiB, each
+    /// bucket's all-reduce started from backward's gradient hooks as soon as its gradients are
+    /// there, so that communication overlaps the rest of backward (DDP's `bucket_cap_mb`; see
+    /// `selfsup_dist::GradReducer`); 0 sends every gradient in one message after backward. The
+    /// averaged gradients are the same either way, bit for bit. Ignored outside a job.
+    /// Default 25 (DDP's). Written to saved configs only when not the default.
+    #[serde(default = "default_bucket_mb", skip_serializing_if = "is_default_bucket_mb")]
+    pub bucket_mb: f64,
     /// Allow `--resume` of a checkpoint written by a job of another world size (one process
     /// included). `batch_size` stays the global batch and the learning rate stays as
     /// configured, each rank now training on `batch_size / N`: nothing needs rescaling. What
@@ -205,6 +213,14 @@ fn default_keep_checkpoints() -> usize {
 fn default_log_every() -> u64 {
     50
 }
+fn default_bucket_mb() -> f64 {
+    25.0
+}
+
+fn is_default_bucket_mb(v: &f64) -> bool {
+    *v == default_bucket_mb()
+}
+
 fn default_prefetch() -> usize {
     2
 }
@@ -220,6 +236,7 @@ impl Default for TrainConfig {
             precision: Precision::default(),
             channels_last: false,
             sync_batch_norm: false,
+            bucket_mb: default_bucket_mb(),
             allow_world_size_change: false,
             checkpoint_every: 1,
             checkpoint_minutes: default_checkpoint_minutes(),
@@ -389,6 +406,13 @@ impl RunConfig {
             return Err(CoreError::Config(format!(
                 "train.checkpoint_minutes = {} must be a finite number >= 0 (0: off)",
                 t.checkpoint_minutes
+            )));
+        }
+        if !(t.bucket_mb.is_finite() && t.bucket_mb >= 0.0) {
+            return Err(CoreError::Config(format!(
+                "train.bucket_mb = {} must be a finite number >= 0 (0: one message after \
+                 backward)",
+                t.bucket_mb
             )));
         }
         if t.checkpoint_every == 0 || t.log_every == 0 {

@@ -26,7 +26,7 @@ use crate::{CoreError, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use selfsup_data::{Batch, ImageDataset, Loader, LoaderConfig};
-use selfsup_dist::{average_gradients, Collectives};
+use selfsup_dist::{average_gradients, Collectives, GradReducer};
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -400,6 +400,9 @@ struct Trainer<'a> {
     log: Option<MetricsLog>,
     /// The data-parallel job, when there is one.
     group: Option<Arc<dyn Collectives>>,
+    /// In a job with `train.bucket_mb > 0`: the main parameters' gradients averaged in
+    /// buckets started during backward.
+    reducer: Option<GradReducer>,
     /// Whether this run stops on SIGINT/SIGTERM ([`TrainOptions::handle_signals`]).
     handle_signals: bool,
     /// In a job: whether some rank was asked to stop by the last step's exchange.
@@ -493,6 +496,13 @@ impl<'a> Trainer<'a> {
         } else {
             None
         };
+        let reducer = match &group {
+            Some(g) if g.world_size() > 1 && cfg.train.bucket_mb > 0.0 => {
+                let bytes = (cfg.train.bucket_mb * (1u64 << 20) as f64) as usize;
+                Some(GradReducer::new(g.clone(), &params, bytes)?)
+            }
+            _ => None,
+        };
         let mut t = Trainer {
             cfg,
             run_dir,
@@ -512,6 +522,7 @@ impl<'a> Trainer<'a> {
             pos: Position::default(),
             resumed_means: None,
             log,
+            reducer,
             group,
             handle_signals: opts.handle_signals,
             stop_agreed: false,
@@ -716,6 +727,9 @@ impl<'a> Trainer<'a> {
         // `check_finite` at every log line and before every checkpoint.
         // Fallible: a backward through a collective (gathered negatives, synchronised batch
         // norm) fails when another rank of the job has gone.
+        if let Some(r) = &self.reducer {
+            r.arm();
+        }
         out.loss.f_backward()?;
         let loss = out.loss.detach();
         if let Some(g) = &self.group {
@@ -727,7 +741,12 @@ impl<'a> Trainer<'a> {
             let means: Vec<Tensor> = std::iter::once(loss.shallow_clone())
                 .chain(out.metrics.iter().map(|(_, m)| m.shallow_clone()))
                 .collect();
-            average_gradients(g.as_ref(), &self.params, &means, &mut stop)?;
+            match &self.reducer {
+                Some(r) => {
+                    r.finish(&means, &mut stop)?;
+                }
+                None => average_gradients(g.as_ref(), &self.params, &means, &mut stop)?,
+            }
             self.stop_agreed = stop[0] > 0.0;
         }
         let grad_norm = match cfg.train.grad_clip {

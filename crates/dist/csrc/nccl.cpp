@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "selfsup/guard.h"
@@ -52,6 +53,28 @@ int selfsup_nccl_all_reduce_sum(void* h, const at::Tensor* t, char* err, size_t 
     o.reduceOp = c10d::ReduceOp::SUM;
     pg(h).allreduce(v, o)->wait();
   });
+}
+
+// Starts summing `*t` (a contiguous CUDA tensor) over the ranks in place; `*work` = a handle
+// to the collective's work, for `selfsup_nccl_work_wait` (which frees it). NCCL's stream first
+// waits for the calling thread's current stream (the kernels that wrote `*t`), and the host
+// goes on at once: the reducer's buckets start this way from backward's gradient hooks.
+int selfsup_nccl_all_reduce_start(void* h, const at::Tensor* t, void** work, char* err,
+                                  size_t err_len) {
+  return selfsup::guarded(err, err_len, [&] {
+    std::vector<at::Tensor> v{*t};
+    c10d::AllreduceOptions o;
+    o.reduceOp = c10d::ReduceOp::SUM;
+    *work = new c10::intrusive_ptr<c10d::Work>(pg(h).allreduce(v, o));
+  });
+}
+
+// Waits for a work of `selfsup_nccl_all_reduce_start` (the calling thread's current stream is
+// ordered after the collective; the host goes on) and frees it, whatever the outcome.
+int selfsup_nccl_work_wait(void* work, char* err, size_t err_len) {
+  std::unique_ptr<c10::intrusive_ptr<c10d::Work>> w(
+      static_cast<c10::intrusive_ptr<c10d::Work>*>(work));
+  return selfsup::guarded(err, err_len, [&] { (*w)->wait(); });
 }
 
 // `*out` (world × the rows of `*in`, contiguous) = every rank's `*in` in rank order.

@@ -9,7 +9,8 @@
 //! the distributed issue allows where Gloo cannot be reached (the shipped libtorch exports
 //! `ProcessGroupGloo` but not the Gloo headers its declaration needs).
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tch::{Device, Kind, Tensor};
@@ -28,6 +29,15 @@ pub trait Collectives: Send + Sync + std::fmt::Debug {
     /// Replaces `t` (any shape, kind and device) with its sum over the ranks; every rank ends
     /// with the same values.
     fn all_reduce_sum(&self, t: &Tensor) -> Result<()>;
+    /// Starts replacing `t` with its sum over the ranks and returns at once where the backend
+    /// can: the sum is in `t` once the returned work has been waited for, and `t` must be left
+    /// alone until then. The collective takes its place in the job's order of collectives at
+    /// the call, so a collective called later (on any thread) comes after it on every rank.
+    /// Default: [`Collectives::all_reduce_sum`], done at the call.
+    fn start_all_reduce_sum(&self, t: &Tensor) -> Result<Box<dyn Pending>> {
+        self.all_reduce_sum(t)?;
+        Ok(Box::new(Done))
+    }
     /// Every rank's `t` concatenated along dim 0 in rank order (`(world_size · N, ...)` for
     /// `(N, ...)` on each rank), on `t`'s device.
     fn all_gather(&self, t: &Tensor) -> Result<Tensor>;
@@ -39,6 +49,22 @@ pub trait Collectives: Send + Sync + std::fmt::Debug {
     /// rank has finished its part of the last collective, so that rank 0, which serves the
     /// store, can exit without cutting the others off; the other ranks return at once.
     fn finish(&self) -> Result<()>;
+}
+
+/// A collective started by [`Collectives::start_all_reduce_sum`].
+pub trait Pending: Send {
+    /// Returns once the collective is done and its result is in its tensor.
+    fn wait(self: Box<Self>) -> Result<()>;
+}
+
+/// A collective that was done at the call.
+#[derive(Debug)]
+pub struct Done;
+
+impl Pending for Done {
+    fn wait(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Averages the gradients of `params` over the ranks, in place, as DDP does after backward:
@@ -108,7 +134,7 @@ pub fn init(world: &World, timeout: Duration) -> Result<StoreGroup> {
         world.world_size,
         timeout,
     )?;
-    Ok(StoreGroup::new(store, world.rank, world.world_size))
+    Ok(StoreGroup::with_timeout(store, world.rank, world.world_size, timeout))
 }
 
 /// Connects this process to its job ([`init`]) and picks the backend for tensors on `device`:
@@ -131,7 +157,52 @@ pub struct StoreGroup {
     rank: usize,
     world: usize,
     seq: AtomicU64,
+    /// Bounds the store calls of the background lane's own connection.
+    timeout: Duration,
+    /// The thread that runs started all-reduces ([`Collectives::start_all_reduce_sum`]),
+    /// over its own connection to the store; started at the first.
+    lane: Mutex<Option<Lane>>,
 }
+
+/// A background thread running a [`StoreGroup`]'s started all-reduces in the order they were
+/// started, each under the sequence number it took when started, over its own connection to
+/// the store (a c10d store client serialises its calls, so a lane blocked waiting for another
+/// rank's key on the collectives' connection would hold up the caller's collectives).
+#[derive(Debug)]
+struct Lane {
+    jobs: Sender<LaneJob>,
+}
+
+/// One all-reduce for the lane: its sequence number, the tensor to sum in place, and where to
+/// say it is done.
+struct LaneJob {
+    seq: u64,
+    t: Tensor,
+    done: SyncSender<Result<()>>,
+}
+
+/// An all-reduce running on a [`StoreGroup`]'s lane.
+struct LanePending {
+    done: Receiver<Result<()>>,
+    rank: usize,
+    world: usize,
+}
+
+impl Pending for LanePending {
+    fn wait(self: Box<Self>) -> Result<()> {
+        self.done.recv().unwrap_or_else(|_| {
+            Err(DistError::Collective {
+                op: "all_reduce",
+                rank: self.rank,
+                world: self.world,
+                msg: "the store lane stopped before the collective was done".into(),
+            })
+        })
+    }
+}
+
+/// The store timeout of a [`StoreGroup`] built without one: c10d's default for process groups.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// The largest value [`StoreGroup`] puts under one key: c10d's store server closes the
 /// connection of a client that sends a value over 8 MiB.
@@ -152,7 +223,58 @@ const KINDS: [Kind; 8] = [
 impl StoreGroup {
     /// A group of `world` ranks meeting in `store`, this process being `rank`.
     pub fn new(store: TcpStore, rank: usize, world: usize) -> Self {
-        StoreGroup { store, rank, world, seq: AtomicU64::new(0) }
+        StoreGroup::with_timeout(store, rank, world, DEFAULT_TIMEOUT)
+    }
+
+    /// [`StoreGroup::new`], with `timeout` for the store calls of the connection that runs
+    /// started all-reduces.
+    pub fn with_timeout(store: TcpStore, rank: usize, world: usize, timeout: Duration) -> Self {
+        let (seq, lane) = (AtomicU64::new(0), Mutex::new(None));
+        StoreGroup { store, rank, world, seq, timeout, lane }
+    }
+
+    /// Hands the all-reduce of `t` under `seq` to the lane, started at the first call.
+    fn submit(&self, seq: u64, t: Tensor) -> Result<Receiver<Result<()>>> {
+        let mut lane = self.lane.lock().unwrap_or_else(|p| p.into_inner());
+        if lane.is_none() {
+            let addr = self.store.addr().to_string();
+            let (host, port) = addr
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                .ok_or_else(|| self.err("all_reduce", format!("store address {addr}")))?;
+            let store = TcpStore::connect(&host, port, false, 0, self.timeout)?;
+            let own = StoreGroup::with_timeout(store, self.rank, self.world, self.timeout);
+            let (jobs, queue) = channel::<LaneJob>();
+            std::thread::Builder::new()
+                .name(format!("selfsup-store-lane-{}", self.rank))
+                .spawn(move || {
+                    for job in queue {
+                        let _ = job.done.send(own.all_reduce_at(job.seq, &job.t));
+                    }
+                })
+                .map_err(|e| self.err("all_reduce", format!("cannot start the lane: {e}")))?;
+            *lane = Some(Lane { jobs });
+        }
+        let (done, wait) = sync_channel(1);
+        let job = LaneJob { seq, t, done };
+        lane.as_ref()
+            .expect("started above")
+            .jobs
+            .send(job)
+            .map_err(|_| self.err("all_reduce", "the store lane has stopped".into()))?;
+        Ok(wait)
+    }
+
+    /// `t` summed over the ranks in place, as the collective of sequence number `seq`.
+    fn all_reduce_at(&self, seq: u64, t: &Tensor) -> Result<()> {
+        let _no_grad = tch::no_grad_guard();
+        let parts = self.gather_all_at(seq, "all_reduce", t, false)?;
+        let mut sum = parts[0].shallow_clone();
+        for p in &parts[1..] {
+            sum = sum.f_add(p)?;
+        }
+        t.shallow_clone().f_copy_(&sum)?;
+        Ok(())
     }
 
     /// The job's store.
@@ -169,7 +291,11 @@ impl StoreGroup {
     /// order; the last rank to read deletes the keys. A payload travels in pieces of at most
     /// [`PIECE`] bytes (the store's server refuses values over 8 MiB), then its piece count.
     fn exchange(&self, payload: &[u8]) -> Result<Vec<Vec<u8>>> {
-        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+        self.exchange_at(self.seq.fetch_add(1, Ordering::SeqCst), payload)
+    }
+
+    /// [`StoreGroup::exchange`] as the collective of sequence number `seq`.
+    fn exchange_at(&self, seq: u64, payload: &[u8]) -> Result<Vec<Vec<u8>>> {
         let key = |r: usize| format!("selfsup/{seq}/{r}");
         let piece = |r: usize, i: usize| format!("selfsup/{seq}/{r}/{i}");
         let pieces: Vec<&[u8]> = payload.chunks(PIECE).collect();
@@ -255,7 +381,19 @@ impl StoreGroup {
 
     /// Every rank's `t`, decoded, checked to share `t`'s kind and (unless `any_first_dim`) shape.
     fn gather_all(&self, op: &'static str, t: &Tensor, any_first_dim: bool) -> Result<Vec<Tensor>> {
-        let parts = self.exchange(&self.encode(op, t)?)?;
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+        self.gather_all_at(seq, op, t, any_first_dim)
+    }
+
+    /// [`StoreGroup::gather_all`] as the collective of sequence number `seq`.
+    fn gather_all_at(
+        &self,
+        seq: u64,
+        op: &'static str,
+        t: &Tensor,
+        any_first_dim: bool,
+    ) -> Result<Vec<Tensor>> {
+        let parts = self.exchange_at(seq, &self.encode(op, t)?)?;
         let mine = t.size();
         parts
             .iter()
@@ -317,14 +455,17 @@ impl Collectives for StoreGroup {
         if self.world == 1 {
             return Ok(());
         }
-        let _no_grad = tch::no_grad_guard();
-        let parts = self.gather_all("all_reduce", t, false)?;
-        let mut sum = parts[0].shallow_clone();
-        for p in &parts[1..] {
-            sum = sum.f_add(p)?;
+        self.all_reduce_at(self.seq.fetch_add(1, Ordering::SeqCst), t)
+    }
+
+    /// On the lane (see [`Lane`]): the caller goes on while the ranks exchange `t`.
+    fn start_all_reduce_sum(&self, t: &Tensor) -> Result<Box<dyn Pending>> {
+        if self.world == 1 {
+            return Ok(Box::new(Done));
         }
-        t.shallow_clone().f_copy_(&sum)?;
-        Ok(())
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+        let done = self.submit(seq, t.shallow_clone())?;
+        Ok(Box::new(LanePending { done, rank: self.rank, world: self.world }))
     }
 
     fn all_gather(&self, t: &Tensor) -> Result<Tensor> {

@@ -9,7 +9,9 @@
 //! - [`Collectives`] and [`StoreGroup`]: sum, gather, broadcast and barrier across the ranks
 //!   over the store; with the `nccl` feature, `NcclGroup`: the same on CUDA tensors over c10d's
 //!   ProcessGroupNCCL (`csrc/nccl.cpp`), picked by [`init_for`] for CUDA jobs;
-//!   [`average_gradients`]: DDP's gradient averaging after backward.
+//!   [`average_gradients`]: DDP's gradient averaging after backward in one bucket;
+//!   [`GradReducer`]: the same in buckets started as backward produces them (DDP's
+//!   `Reducer`), the trainer's.
 //! - [`all_reduce_sum_with_grad`] and [`all_gather_with_grad`]: collectives inside the autograd
 //!   graph (a C++ autograd function calling back into the group), for losses that use every
 //!   rank's embeddings and for synchronised batch norm.
@@ -23,14 +25,17 @@ mod error;
 mod group;
 #[cfg(feature = "nccl")]
 mod nccl;
+mod reducer;
 mod store;
 
 pub use autograd::{all_gather_with_grad, all_reduce_sum_with_grad};
 pub use env::World;
 pub use error::{DistError, Result};
 pub use group::{
-    average_gradients, average_in_place, init, init_for, on_local_ranks, Collectives, StoreGroup,
+    average_gradients, average_in_place, init, init_for, on_local_ranks, Collectives, Done,
+    Pending, StoreGroup,
 };
 #[cfg(feature = "nccl")]
 pub use nccl::NcclGroup;
+pub use reducer::{GradReducer, DEFAULT_BUCKET_BYTES};
 pub use store::{free_port, shim_message, TcpStore};

@@ -27,6 +27,14 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+    fn selfsup_nccl_all_reduce_start(
+        h: *mut c_void,
+        t: *const c_void,
+        work: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn selfsup_nccl_work_wait(work: *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
     fn selfsup_nccl_all_gather(
         h: *mut c_void,
         out: *const c_void,
@@ -117,6 +125,29 @@ impl NcclGroup {
     }
 }
 
+/// An all-reduce running on NCCL's stream (see `selfsup_nccl_all_reduce_start`).
+struct NcclPending {
+    work: *mut c_void,
+    rank: usize,
+    world: usize,
+}
+
+// SAFETY: a c10d work object may be waited for from any thread.
+unsafe impl Send for NcclPending {}
+
+impl crate::Pending for NcclPending {
+    fn wait(self: Box<Self>) -> Result<()> {
+        let mut err = [0 as c_char; 1024];
+        // SAFETY: a work handle of `selfsup_nccl_all_reduce_start`, waited for and freed once.
+        if unsafe { selfsup_nccl_work_wait(self.work, err.as_mut_ptr(), err.len()) } == 0 {
+            return Ok(());
+        }
+        // SAFETY: the shim wrote a NUL-terminated message.
+        let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
+        Err(DistError::Collective { op: "all_reduce", rank: self.rank, world: self.world, msg })
+    }
+}
+
 impl Collectives for NcclGroup {
     fn rank(&self) -> usize {
         self.store.rank()
@@ -144,6 +175,22 @@ impl Collectives for NcclGroup {
             t.shallow_clone().f_copy_(&c)?;
         }
         Ok(())
+    }
+
+    /// Asynchronous on NCCL for a contiguous CUDA tensor (the reducer's flat buckets): the
+    /// host and the current stream go on until the work is waited for. Anything else as
+    /// [`Collectives::all_reduce_sum`].
+    fn start_all_reduce_sum(&self, t: &Tensor) -> Result<Box<dyn crate::Pending>> {
+        if t.device() == Device::Cpu || !t.is_contiguous() {
+            self.all_reduce_sum(t)?;
+            return Ok(Box::new(crate::Done));
+        }
+        let mut work = std::ptr::null_mut();
+        // SAFETY: live handle and tensor; `work` receives a handle we then own.
+        call("all_reduce", &self.store, |e, n| unsafe {
+            selfsup_nccl_all_reduce_start(self.handle, t.as_ptr().cast(), &mut work, e, n)
+        })?;
+        Ok(Box::new(NcclPending { work, rank: self.rank(), world: self.world_size() }))
     }
 
     fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
