@@ -25,6 +25,12 @@ fn nccl_collectives_on_one_gpu() {
     g.all_reduce_sum(&t).unwrap();
     let strided = Tensor::arange(6, (Kind::Float, dev)).view([2, 3]).tr();
     g.all_reduce_sum(&strided).unwrap();
+    // Started without waiting (the reducer's buckets), then waited for.
+    let started = Tensor::arange(4, (Kind::Float, dev)) * 2.0;
+    let work = g.start_all_reduce_sum(&started).unwrap();
+    let busy = Tensor::randn([1024, 1024], (Kind::Float, dev));
+    let _ = busy.matmul(&busy);
+    work.wait().unwrap();
     let gathered = g.all_gather(&t).unwrap();
     g.broadcast(&t, 0).unwrap();
     let x = Tensor::ones([2, 2], (Kind::Float, dev)).set_requires_grad(true);
@@ -39,6 +45,7 @@ fn nccl_collectives_on_one_gpu() {
     assert_eq!(cpu(&t), vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
     assert_eq!(cpu(&strided), vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
     assert_eq!(cpu(&gathered), cpu(&t));
+    assert_eq!(cpu(&started), vec![0.0, 2.0, 4.0, 6.0]);
     assert_eq!(cpu(&x.grad()), vec![3.0; 4]);
     assert_eq!(stop, [1.0]);
 }
