@@ -3,7 +3,9 @@
 //! (`csrc/fused_optim.cpp`), the fused batch norm + ReLU (`csrc/bn_relu.cpp`), the ops tch
 //! binds only with default arguments (`csrc/ops.cpp`) and the device-side prefetch of batches
 //! (`csrc/stream.cpp`) against libtorch's headers (see `selfsup-shim-build`). Linking against
-//! libtorch itself is done by `torch-sys`.
+//! libtorch itself is done by `torch-sys`. The crate's own test binaries keep
+//! `libtorch_cuda.so` linked (the linker's `--as-needed` drops it, leaving CUDA unavailable), so
+//! that its CUDA tests (`--ignored`) can run on a GPU machine.
 fn main() {
     selfsup_shim_build::compile(
         "selfsup-core",
@@ -18,4 +20,11 @@ fn main() {
         ],
         "selfsup_autocast",
     );
+    let lib = selfsup_shim_build::libtorch_root("selfsup-core").join("lib");
+    if lib.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-search=native={}", lib.display());
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
 }
