@@ -334,23 +334,30 @@ impl BatchNorm {
             }
             _ => None,
         };
-        let (y, means, vars) = if let Some((w, b)) = fused {
-            // The fused kernel on each sub-batch where it lies: a sub-batch of a dense NCHW or
-            // channels-last batch is itself dense, so nothing is copied on the way in (the
-            // regrouping below copies the batch twice forward and twice backward, and leaves
-            // a channels-last batch NCHW), and the output keeps the input's layout.
+        let (y, means, vars) = if fused.is_some() || n % s != 0 {
+            // Each sub-batch where it lies (`torch.chunk`'s pieces). With the fused kernel:
+            // a sub-batch of a dense NCHW or channels-last batch is itself dense, so nothing
+            // is copied on the way in (the regrouping below copies the batch twice forward and
+            // twice backward, and leaves a channels-last batch NCHW), and the output keeps the
+            // input's layout.
             let (m, v) = (rm.repeat([k]).view([k, c]), rv.repeat([k]).view([k, c]));
+            let (ws, bs) = (self.inner.ws.as_ref(), self.inner.bs.as_ref());
             let parts: Vec<Tensor> = chunks
                 .iter()
                 .enumerate()
                 .map(|(i, x)| {
-                    let i = i as i64;
-                    self.f_fused_relu(x, w, b, &m.get(i), &v.get(i))
-                        .unwrap_or_else(|e| panic!("fused batch norm + ReLU: {e}"))
+                    let (mi, vi) = (m.get(i as i64), v.get(i as i64));
+                    match fused {
+                        Some((w, b)) => self
+                            .f_fused_relu(x, w, b, &mi, &vi)
+                            .unwrap_or_else(|e| panic!("fused batch norm + ReLU: {e}")),
+                        None => bn(x, ws, bs, &mi, &vi),
+                    }
                 })
                 .collect();
-            (Tensor::cat(&parts, 0), m, v)
-        } else if n % s == 0 {
+            let y = Tensor::cat(&parts, 0);
+            (if relu && fused.is_none() { y.relu() } else { y }, m, v)
+        } else {
             // (N, C, ...) → (s, N/s, C, ...) → (N/s, s·C, ...): sub-batch k in channels k·C..
             let mut chunked = vec![s, n / s];
             chunked.extend_from_slice(&size[1..]);
@@ -366,18 +373,6 @@ impl BatchNorm {
             let mut back = vec![n / s, s];
             back.extend_from_slice(&size[1..]);
             (y.reshape(back.as_slice()).transpose(0, 1).reshape(size.as_slice()), m, v)
-        } else {
-            let (m, v) = (rm.repeat([k]).view([k, c]), rv.repeat([k]).view([k, c]));
-            let parts: Vec<Tensor> = chunks
-                .iter()
-                .enumerate()
-                .map(|(i, x)| {
-                    let i = i as i64;
-                    bn(x, self.inner.ws.as_ref(), self.inner.bs.as_ref(), &m.get(i), &v.get(i))
-                })
-                .collect();
-            let y = Tensor::cat(&parts, 0);
-            (if relu { y.relu() } else { y }, m, v)
         };
         tch::no_grad(|| {
             // Through `data()`, as the demo's `.data.copy_`: graphs that saved the buffers
