@@ -5,11 +5,12 @@ same benchmark): its `method`, `encoder`, `train.batch_size`, `train.optimizer`,
 `method_config`, `train.threads`, `train.channels_last` (network and batch in channels-last) and
 `train.precision` (`bf16`: the forward pass under `torch.autocast("cpu", torch.bfloat16)`).
 Each method's step is `reference/<method>.py`, written as a PyTorch user would write it with the
-same networks and losses; `--fused` gives its optimizers `fused=True`.
+same networks and losses; `--fused` gives its optimizers `fused=True`; `--compile` compiles the
+step's loss with `torch.compile` (inductor; the compilation falls in the untimed warm-up steps).
 
 The batch is drawn once (no data loading is timed); the first `--warmup` steps are not timed.
 Prints one JSON line: source images per second and seconds per step.
-Usage: python bench/train_step.py --config run.json [--steps 5] [--warmup 2] [--fused]
+Usage: python bench/train_step.py --config run.json [--steps 5] [--warmup 2] [--fused] [--compile]
 """
 import argparse
 import importlib
@@ -30,6 +31,7 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--fused", action="store_true")
+    ap.add_argument("--compile", action="store_true")
     a = ap.parse_args()
     with open(a.config) as f:
         cfg = json.load(f)
@@ -41,7 +43,8 @@ def main():
         module = importlib.import_module("reference." + method.replace("-", "_"))
     except ModuleNotFoundError:
         raise SystemExit(f"train_step.py: method `{method}` has no reference step in bench/reference")
-    ctx = common.Ctx(train.get("channels_last", False), train.get("precision") == "bf16", a.fused)
+    ctx = common.Ctx(train.get("channels_last", False), train.get("precision") == "bf16", a.fused,
+                     a.compile)
     step = module.build(cfg, ctx)
     for i in range(a.warmup + a.steps):
         if i == a.warmup:

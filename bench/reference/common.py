@@ -16,12 +16,18 @@ import torch.nn.functional as F
 
 
 class Ctx:
-    """How the step runs: memory format, autocast and fused optimizers."""
+    """How the step runs: memory format, autocast, fused optimizers, and whether the loss
+    (forward, and through AOTAutograd its backward) is compiled with `torch.compile`."""
 
-    def __init__(self, channels_last, bf16, fused):
+    def __init__(self, channels_last, bf16, fused, compiled=False):
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.bf16 = bf16
         self.fused = fused
+        self.compiled = compiled
+
+    def compile(self, f):
+        """`f` compiled by `torch.compile` (inductor's defaults) when the run asks for it."""
+        return torch.compile(f) if self.compiled else f
 
     def autocast(self):
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
@@ -142,11 +148,12 @@ class Step:
         self.ctx = ctx
         self.batch = batch
         self.opt = optimizer(cfg["train"]["optimizer"], net.parameters(), ctx.fused)
+        self.loss = ctx.compile(self.net.loss)
 
     def __call__(self):
         self.opt.zero_grad(set_to_none=True)
         with self.ctx.autocast():
-            loss = self.net.loss(*self.batch)
+            loss = self.loss(*self.batch)
         loss.backward()
         self.opt.step()
         after = getattr(self.net, "after_step", None)

@@ -188,17 +188,19 @@ class Step:
                 or DISCRIMINATOR_OPTIMIZER
             self.opt_d = common.optimizer(spec, net.discriminator.parameters(), ctx.fused)
             self.opts.append(self.opt_d)
+        self.generator_loss = ctx.compile(self.net.generator_loss)
+        self.discriminator_loss = ctx.compile(self.net.discriminator_loss)
 
     def __call__(self):
         self.opt_g.zero_grad(set_to_none=True)
         with self.ctx.autocast():
-            loss, real, fake = self.net.generator_loss(self.images)
+            loss, real, fake = self.generator_loss(self.images)
         loss.backward()
         self.opt_g.step()
         if self.opt_d is not None:
             self.opt_d.zero_grad(set_to_none=True)
             with self.ctx.autocast():
-                d_loss = self.net.discriminator_loss(real, fake)
+                d_loss = self.discriminator_loss(real, fake)
             d_loss.backward()
             self.opt_d.step()
             self.d_loss = d_loss.detach()

@@ -23,7 +23,9 @@
 //! runs no data pipeline, so the comparison leans towards PyTorch. PyTorch runs each
 //! configuration with its default optimizer, with `fused=True`, and with `fused=True` on
 //! jemalloc preloaded with the options the `selfsup` binary gives its own (where Debian's
-//! `libjemalloc2` is installed). Every run is repeated `--repeats` times, interleaved (selfsup,
+//! `libjemalloc2` is installed); with `--compiled`, also that last variant with the step's loss
+//! compiled by `torch.compile` (inductor; a minute or two of compilation a run, in the untimed
+//! warm-up, hence opt-in). Every run is repeated `--repeats` times, interleaved (selfsup,
 //! then each PyTorch variant, then again), so that the machine's slow spells fall on every side
 //! alike, and each side's figure is the median of its runs: on a shared 2-core machine single
 //! runs of the same step differed by up to 40%, and the earlier rule (the fastest run of each,
@@ -42,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const USAGE: &str = "usage: cargo xtask bench train [--methods rotnet,simclr,...] \
-                     [--backbone cpu|large] [--steps 5] [--threads 2] [--repeats 3]";
+                     [--backbone cpu|large] [--steps 5] [--threads 2] [--repeats 3] [--compiled]";
 
 /// The registered methods, each with a PyTorch reference step in
 /// `bench/reference/<method>.py`.
@@ -70,16 +72,26 @@ struct Opts {
     steps: usize,
     threads: usize,
     repeats: usize,
+    /// Also run PyTorch's step compiled with `torch.compile`.
+    compiled: bool,
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
-    let mut o = Opts { methods: Vec::new(), large: false, steps: 5, threads: 2, repeats: 3 };
+    let mut o = Opts {
+        methods: Vec::new(),
+        large: false,
+        steps: 5,
+        threads: 2,
+        repeats: 3,
+        compiled: false,
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--steps" => o.steps = crate::bench_data::number(&mut it, a, USAGE)?,
             "--threads" => o.threads = crate::bench_data::number(&mut it, a, USAGE)?,
             "--repeats" => o.repeats = crate::bench_data::number(&mut it, a, USAGE)?,
+            "--compiled" => o.compiled = true,
             "--methods" => {
                 let v = it.next().with_context(|| format!("--methods needs a value; {USAGE}"))?;
                 o.methods = v.split(',').map(|m| m.trim().to_string()).collect();
@@ -316,24 +328,34 @@ struct Variant {
     fused: bool,
     /// A jemalloc library to preload, with the options selfsup gives its own jemalloc.
     jemalloc: Option<PathBuf>,
+    /// The step's loss compiled with `torch.compile` (`bench/train_step.py --compile`).
+    compiled: bool,
 }
 
 /// Where Debian's `libjemalloc2` puts the library (`apt-get install libjemalloc2`).
 const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
 
 /// PyTorch's variants: as a new user runs it, with `fused=True`, and with `fused=True` on
-/// jemalloc (preloaded, as Intel's CPU tuning guide advises) where `jemalloc` exists.
-fn variants(jemalloc: &Path) -> Vec<Variant> {
+/// jemalloc (preloaded, as Intel's CPU tuning guide advises) where `jemalloc` exists; with
+/// `compiled`, also the last of those with the loss compiled by `torch.compile` (a minute or
+/// two of compilation a run, in the untimed warm-up).
+fn variants(jemalloc: &Path, compiled: bool) -> Vec<Variant> {
     let mut v = vec![
-        Variant { name: "default", fused: false, jemalloc: None },
-        Variant { name: "fused", fused: true, jemalloc: None },
+        Variant { name: "default", fused: false, jemalloc: None, compiled: false },
+        Variant { name: "fused", fused: true, jemalloc: None, compiled: false },
     ];
     if jemalloc.exists() {
         v.push(Variant {
             name: "fused + jemalloc",
             fused: true,
             jemalloc: Some(jemalloc.to_path_buf()),
+            compiled: false,
         });
+    }
+    if compiled {
+        let last = v.last().expect("two variants at least").clone();
+        let name = if last.jemalloc.is_some() { "compiled + jemalloc" } else { "compiled" };
+        v.push(Variant { name, compiled: true, ..last });
     }
     v
 }
@@ -348,6 +370,9 @@ fn python_step(t: &Torch, args: &[String], variant: &Variant, dir: &Path) -> Res
     }
     if variant.fused {
         c.arg("--fused");
+    }
+    if variant.compiled {
+        c.arg("--compile");
     }
     let out_path = dir.join("python.out");
     let out = std::fs::File::create(&out_path)?;
@@ -421,7 +446,7 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
     let tmp = std::env::temp_dir().join(format!("selfsup-bench-train-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     let backbone = if o.large { "large" } else { "cpu" };
-    let pytorch = variants(Path::new(JEMALLOC));
+    let pytorch = variants(Path::new(JEMALLOC), o.compiled);
     let mut summary = Vec::new();
     for method in &o.methods {
         let base = cpu_profile_config(&bin, t, method, &tmp)?;
@@ -611,10 +636,12 @@ mod tests {
     fn options_name_what_is_wrong() {
         let o = parse(&[]).unwrap();
         assert_eq!((o.methods.len(), o.large, o.steps, o.threads, o.repeats), (12, false, 5, 2, 3));
+        assert!(!o.compiled);
         let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
         let o = parse(&args("--methods simclr --backbone large --steps 3")).unwrap();
         assert_eq!((o.methods, o.large, o.steps), (vec!["simclr".to_string()], true, 3));
         assert_eq!(parse(&args("--backbone large")).unwrap().methods, ["rotnet", "simclr"]);
+        assert!(parse(&args("--compiled")).unwrap().compiled);
         let err = parse(&args("--methods jigsaw --backbone large")).err().unwrap().to_string();
         assert!(err.contains("`jigsaw` has no large network"), "{err}");
         let err = parse(&args("--methods dino")).err().unwrap().to_string();
@@ -622,6 +649,23 @@ mod tests {
         let err = parse(&args("--backbone huge")).err().unwrap().to_string();
         assert!(err.contains("--backbone huge"), "{err}");
         assert!(parse(&args("--steps 0")).is_err());
+    }
+
+    #[test]
+    fn the_compiled_variant_is_fused_on_jemalloc_where_it_is_and_asked_for() {
+        let names = |v: Vec<Variant>| v.iter().map(|v| v.name).collect::<Vec<_>>();
+        let none = Path::new("/nonexistent/libjemalloc.so.2");
+        assert_eq!(names(variants(none, false)), ["default", "fused"]);
+        let v = variants(none, true);
+        assert_eq!((v[2].name, v[2].fused, v[2].compiled), ("compiled", true, true));
+        let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let v = variants(&here, true);
+        assert_eq!(
+            names(v.clone()),
+            ["default", "fused", "fused + jemalloc", "compiled + jemalloc"]
+        );
+        assert_eq!(v[3].jemalloc.as_deref(), Some(here.as_path()));
+        assert!(v[3].fused && v[3].compiled && !v[2].compiled);
     }
 
     #[test]
