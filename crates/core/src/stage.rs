@@ -49,6 +49,12 @@ fn shim_error(what: &str, err: &[u8]) -> CoreError {
     CoreError::Device(format!("{what}: {}", selfsup_dist::shim_message(err)))
 }
 
+/// The tensor handles of `batch` in the shim's order: the views, the labels, the indices.
+fn handles(batch: &Batch) -> Vec<*const c_void> {
+    let all = batch.views.iter().chain([&batch.labels, &batch.indices]);
+    all.map(|t| t.as_ptr().cast()).collect()
+}
+
 /// A CUDA stream from libtorch's pool, for the copies.
 #[derive(Debug)]
 struct SideStream(*mut c_void);
@@ -74,8 +80,7 @@ impl SideStream {
 
     /// Queues the copies of `batch` to the stream's device; the host goes on at once.
     fn stage(&self, batch: &Batch, channels_last: bool) -> Result<Staged> {
-        let src: Vec<&Tensor> = batch.views.iter().chain([&batch.labels, &batch.indices]).collect();
-        let ptrs: Vec<*const c_void> = src.iter().map(|t| t.as_ptr().cast()).collect();
+        let ptrs = handles(batch);
         let mut out = vec![std::ptr::null_mut::<c_void>(); ptrs.len()];
         let mut event = std::ptr::null_mut();
         let mut err = [0u8; 1024];
@@ -122,12 +127,7 @@ impl Staged {
     /// The batch, for the compute stream: see the module docs.
     fn hand_over(mut self) -> Result<Batch> {
         let batch = self.batch.take().expect("handed over once");
-        let ts: Vec<*const c_void> = batch
-            .views
-            .iter()
-            .chain([&batch.labels, &batch.indices])
-            .map(|t| t.as_ptr().cast())
-            .collect();
+        let ts = handles(&batch);
         let mut err = [0u8; 1024];
         let event = std::mem::replace(&mut self.event, std::ptr::null_mut());
         // SAFETY: `event` came from `selfsup_stage` and is freed by this call (whatever its
@@ -194,23 +194,16 @@ where
     /// handed over by the next [`ToDevice::next_with`]; call it once the current step's kernels
     /// are queued. Nothing on the CPU (or when a batch is already ahead). An error (of the
     /// loader, the check or the copy) comes out of the next `next_with`.
-    pub fn prefetch(&mut self, mut check: impl FnMut(&Batch) -> Result<()>) {
-        if self.ahead.is_some() {
+    pub fn prefetch(&mut self, check: impl FnMut(&Batch) -> Result<()>) {
+        if self.ahead.is_some() || self.side.is_none() {
             return;
         }
-        let Some(side) = &self.side else { return };
-        let batch = match self.batches.next() {
-            Some(b) => b,
-            None => return,
-        };
-        let channels_last = self.channels_last;
-        let checked = batch.map_err(CoreError::from).and_then(|b| {
-            check(&b)?;
-            Ok(b)
-        });
-        self.ahead = Some(checked.and_then(|b| side.stage(&b, channels_last)));
+        let Some(checked) = self.next_host(check) else { return };
+        let side = self.side.as_ref().expect("checked above");
+        self.ahead = Some(checked.and_then(|b| side.stage(&b, self.channels_last)));
     }
 
+    /// The next batch of the loader, on the host, checked by `check`.
     fn next_host(&mut self, mut check: impl FnMut(&Batch) -> Result<()>) -> Option<Result<Batch>> {
         let batch = self.batches.next()?;
         Some(batch.map_err(CoreError::from).and_then(|b| {

@@ -97,20 +97,54 @@ pub fn average_in_place(
     tensors: &[Tensor],
     sums: &mut [f32],
 ) -> Result<()> {
+    let kind = tensors.first().map_or(Kind::Float, Tensor::kind);
+    let device = tensors.first().map_or(Device::Cpu, Tensor::device);
+    average_in_place_as(group, tensors, sums, kind, device)
+}
+
+/// [`average_in_place`] with the bucket in `kind` on `device`.
+pub(crate) fn average_in_place_as(
+    group: &dyn Collectives,
+    tensors: &[Tensor],
+    sums: &mut [f32],
+    kind: Kind,
+    device: Device,
+) -> Result<()> {
     let world = group.world_size();
     if world == 1 || (tensors.is_empty() && sums.is_empty()) {
         return Ok(());
     }
     let _no_grad = tch::no_grad_guard();
-    let kind = tensors.first().map_or(Kind::Float, Tensor::kind);
-    let device = tensors.first().map_or(Device::Cpu, Tensor::device);
+    let bucket = flat_bucket(tensors, sums, kind, device)?;
+    group.all_reduce_sum(&bucket)?;
+    unpack_means(&bucket, tensors, sums, world)
+}
+
+/// `tensors` flattened one after the other, then `sums`, as one 1-d tensor of `kind` on
+/// `device`: the message of an all-reduce.
+pub(crate) fn flat_bucket(
+    tensors: &[Tensor],
+    sums: &[f32],
+    kind: Kind,
+    device: Device,
+) -> Result<Tensor> {
     let mut flat = Vec::with_capacity(tensors.len() + 1);
     for t in tensors {
         flat.push(t.f_reshape([-1])?.f_to_kind(kind)?.f_to_device(device)?);
     }
     flat.push(Tensor::f_from_slice(sums)?.f_to(device)?.f_to_kind(kind)?);
-    let bucket = Tensor::f_cat(&flat, 0)?;
-    group.all_reduce_sum(&bucket)?;
+    Ok(Tensor::f_cat(&flat, 0)?)
+}
+
+/// The inverse of [`flat_bucket`] on a summed `bucket`: each of `tensors` (through `data()`)
+/// becomes its part divided by `world`, its mean over the ranks; `sums` take the sums that
+/// follow.
+pub(crate) fn unpack_means(
+    bucket: &Tensor,
+    tensors: &[Tensor],
+    sums: &mut [f32],
+    world: usize,
+) -> Result<()> {
     let mut offset = 0i64;
     for t in tensors {
         let n = t.numel() as i64;

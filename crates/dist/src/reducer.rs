@@ -11,9 +11,9 @@
 //! layers below. Buckets are started strictly in their order, on every rank the same, so the
 //! job's collectives stay in the same order everywhere (as in DDP, this relies on every rank
 //! running the same graph). [`GradReducer::finish`], after backward, starts what is left
-//! (buckets whose parameters got no gradient from this backward), then the step's loss,
-//! metrics and flags as one more bucket, waits for everything in order and writes each
-//! gradient back divided by the world size: the same values, bit for bit, as
+//! (buckets whose parameters got no gradient from this backward), waits for every bucket in
+//! order and writes each gradient back divided by the world size, then averages the step's
+//! loss and metrics and sums its flags in one more message: the same values, bit for bit, as
 //! [`crate::average_gradients`]'s single bucket after backward (each element is summed over
 //! the ranks in rank order either way).
 //!
@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use tch::{Device, Kind, Tensor};
 
-use crate::group::{Collectives, Pending};
+use crate::group::{average_in_place_as, flat_bucket, unpack_means, Collectives, Pending};
 use crate::{DistError, Result};
 
 extern "C" {
@@ -101,15 +101,15 @@ impl Shared {
             return Ok(());
         };
         let g0 = self.params[first].grad();
-        let (kind, device) = (g0.kind(), g0.device());
-        let flat = members
-            .iter()
-            .map(|&i| self.params[i].grad().f_reshape([-1])?.f_to_kind(kind)?.f_to_device(device))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let buffer = Tensor::f_cat(&flat, 0)?;
+        let buffer = flat_bucket(&self.grads(&members), &[], g0.kind(), g0.device())?;
         let work = self.group.start_all_reduce_sum(&buffer)?;
         st.started.push((buffer, members, work));
         Ok(())
+    }
+
+    /// The gradients of parameters `members`.
+    fn grads(&self, members: &[usize]) -> Vec<Tensor> {
+        members.iter().map(|&i| self.params[i].grad()).collect()
     }
 
     /// A gradient arrived: marks it, and starts every bucket now complete in order.
@@ -239,11 +239,11 @@ impl GradReducer {
         };
     }
 
-    /// Call after backward: starts the buckets not started yet, then `means` (one-element
+    /// Call after backward: starts the buckets not started yet, waits for every bucket and
+    /// writes each gradient back as its mean over the ranks, then sends `means` (one-element
     /// tensors: replaced by their mean over the ranks) and `flags` (come back summed) as one
-    /// more bucket, as [`crate::average_gradients`] carries them; waits for every bucket and
-    /// writes each gradient back as its mean over the ranks. Returns how many buckets were
-    /// started during backward. A no-op (0) at world size 1.
+    /// more message ([`crate::average_in_place`]). Returns how many buckets were started
+    /// during backward. A no-op (0) at world size 1.
     pub fn finish(&self, means: &[Tensor], flags: &mut [f32]) -> Result<usize> {
         let shared = &self.shared;
         let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -262,41 +262,17 @@ impl GradReducer {
                 shared.start(&mut st, b)?;
             }
             let _no_grad = tch::no_grad_guard();
-            // The loss, metrics and flags: in the kind and on the device of the first
-            // gradient, as in `average_in_place`.
+            // The gradients' kind and device, for the loss, metrics and flags too, as in the
+            // one bucket of `average_gradients`.
             let (kind, device) = st
                 .started
                 .first()
                 .map_or((Kind::Float, Device::Cpu), |(b, _, _)| (b.kind(), b.device()));
-            let mut flat = means
-                .iter()
-                .map(|t| t.f_reshape([-1])?.f_to_kind(kind)?.f_to_device(device))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            flat.push(Tensor::f_from_slice(flags)?.f_to(device)?.f_to_kind(kind)?);
-            let tail = Tensor::f_cat(&flat, 0)?;
-            let tail_work = shared.group.start_all_reduce_sum(&tail)?;
             for (buffer, members, work) in std::mem::take(&mut st.started) {
                 work.wait()?;
-                let mut offset = 0i64;
-                for i in members {
-                    let mut g = shared.params[i].grad();
-                    let n = g.numel() as i64;
-                    let part = buffer.f_narrow(0, offset, n)?.f_view(g.size().as_slice())?;
-                    g.f_copy_(&part.f_div_scalar(world as f64)?)?;
-                    offset += n;
-                }
+                unpack_means(&buffer, &shared.grads(&members), &mut [], world)?;
             }
-            tail_work.wait()?;
-            let mut offset = 0i64;
-            for t in means {
-                let n = t.numel() as i64;
-                let part = tail.f_narrow(0, offset, n)?.f_view(t.size().as_slice())?;
-                t.data().f_copy_(&part.f_div_scalar(world as f64)?)?;
-                offset += n;
-            }
-            let summed = tail.f_narrow(0, offset, flags.len() as i64)?.f_to_kind(Kind::Float)?;
-            flags.copy_from_slice(&Vec::<f32>::try_from(&summed.f_to(Device::Cpu)?)?);
-            Ok(())
+            average_in_place_as(shared.group.as_ref(), means, flags, kind, device)
         })();
         let early = st.early;
         st.started.clear();

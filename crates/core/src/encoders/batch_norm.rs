@@ -17,9 +17,10 @@
 //! of `s` sub-batches is open on the thread, a training-mode forward normalises each of `s`
 //! contiguous sub-batches of its input with that sub-batch's own statistics, so the network
 //! runs the whole batch at once instead of `s` passes of `N/s`: in one call with the input
-//! viewed as `(N/s, s·C, ...)`, or, for a batch norm followed by ReLU on the CPU, with the fused
-//! kernel on each sub-batch where it lies in memory (no copy, layout kept). The running statistics become the mean over the sub-batches of what
-//! each would have left, `(1 − m)·r + m·mean_k(stat_k)`, as the demo's. A layer that
+//! viewed as `(N/s, s·C, ...)`, or, for a batch norm followed by ReLU on the CPU, with the
+//! fused kernel on each sub-batch where it lies in memory (no copy, layout kept). The running
+//! statistics become the mean over the sub-batches of what each would have left,
+//! `(1 − m)·r + m·mean_k(stat_k)`, as the demo's. A layer that
 //! synchronises over a job normalises with the global batch and ignores the split.
 use std::cell::{Cell, RefCell};
 use std::os::raw::{c_char, c_int, c_void};
@@ -221,9 +222,8 @@ impl BatchNorm {
     /// the activation than ATen's three kernels forward and three backward, and no separate
     /// ReLU input kept), with the same running-statistics update; its sums are taken in fixed
     /// pieces, so the result does not depend on the thread count. Inside a
-    /// [`split_batch_norm`] scope each sub-batch takes it. Anything
-    /// else takes tch's batch norm and ReLU. It has no double backward (`create_graph`: an
-    /// error, not a wrong gradient).
+    /// [`split_batch_norm`] scope each sub-batch takes it. Anything else takes tch's batch norm
+    /// and ReLU. It has no double backward (`create_graph`: an error, not a wrong gradient).
     ///
     /// A contiguous 2-d input (`BatchNorm1d` on features: the projection heads) takes the
     /// same kernel as `(N, C, 1, 1)`, which is channels-last: rows of `C` values.
