@@ -1,6 +1,7 @@
 //! Build script of `selfsup-core`: compiles the C++ shims over autocast (`csrc/autocast.cpp`),
 //! the determinism switches (`csrc/determinism.cpp`), the fused optimizer steps
-//! (`csrc/fused_optim.cpp`), the fused batch norm + ReLU (`csrc/bn_relu.cpp`), the ops tch
+//! (`csrc/fused_optim.cpp`), the fused batch norm + ReLU (`csrc/bn_relu.cpp`) and ReLU + dropout
+//! (`csrc/relu_dropout.cpp`, both over `csrc/elementwise.h`), the ops tch
 //! binds only with default arguments (`csrc/ops.cpp`) and the device-side prefetch of batches
 //! (`csrc/stream.cpp`) against libtorch's headers (see `selfsup-shim-build`). Linking against
 //! libtorch itself is done by `torch-sys`. The crate's own test binaries keep
@@ -17,6 +18,8 @@ fn main() {
             "csrc/bn_relu.cpp",
             "csrc/ops.cpp",
             "csrc/stream.cpp",
+            "csrc/relu_dropout.cpp",
+            "csrc/elementwise.h",
         ],
         "selfsup_autocast",
     );

@@ -9,10 +9,12 @@
 // `dx` once, and no ReLU input is materialised beside `y`.
 //
 // The work is cut into pieces that do not depend on the thread count (blocks of `kRows` pixels
-// of a channels-last tensor, or the `H·W` plane of one image and channel of an NCHW tensor);
-// each piece's per-channel sums are computed by one thread and the pieces are added in order,
-// so the result is the same whatever the thread count. The loops are compiled for AVX-512, AVX2
-// and baseline x86-64, picked at load time.
+// of a channels-last tensor, or the `H·W` plane of one image and channel of an NCHW tensor),
+// each a run of contiguous values whose per-channel coefficients repeat with a period of whole
+// vectors; each piece's per-channel sums are computed by one thread and the pieces are added in
+// order, so the result is the same whatever the thread count. The loops are compiled for
+// AVX-512, AVX2 and baseline x86-64, picked at load time, and the sums are taken in the same
+// order by each; the two that write bfloat16 use the CPU's own rounding where it has one.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -21,8 +23,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <numeric>
 #include <vector>
 
+#include "elementwise.h"
 #include "selfsup/guard.h"
 
 namespace {
@@ -30,29 +34,8 @@ namespace {
 // Rows of one block: blocks, not threads, fix the order of every sum.
 constexpr int64_t kRows = 256;
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SELFSUP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SELFSUP_CLONES
-#endif
-#define SELFSUP_INLINE __attribute__((always_inline)) inline
-
-SELFSUP_INLINE float load(const float* p) { return *p; }
-SELFSUP_INLINE float load(const uint16_t* p) {
-  uint32_t u = uint32_t(*p) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-SELFSUP_INLINE void store(float* p, float v) { *p = v; }
-// Round to nearest even, as c10::BFloat16; NaN stays a (quiet) NaN.
-SELFSUP_INLINE void store(uint16_t* p, float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof u);
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
-  *p = uint16_t(nan ? 0x7fc0u : rounded);
-}
+using selfsup::load;
+using selfsup::store;
 
 // ReLU's backward: `dy` where the output `y` is positive, else 0 (NaN passes, as ATen's).
 template <typename T>
@@ -61,163 +44,173 @@ SELFSUP_INLINE float relu_grad(const T* dy, const T* y) {
   return load(y) <= 0.f ? 0.f : d;
 }
 
-// Per-channel sums of `x - shift` and of its square over `rows` rows.
+// The loops run over `n` contiguous values whose per-channel coefficients repeat with period
+// `P` (a multiple of 16, see `Layout`): coefficient `j` of a period applies to the values at
+// `j, j + P, j + 2P, ...`. Sums are kept per position of the period, each added in memory
+// order, and folded into channels by `fold`: the same order on every instruction set.
+
+// Sums of `x - shift` and of its square per position of the period.
 template <typename T>
-SELFSUP_INLINE void stats(const T* __restrict__ x, int64_t rows, int64_t C,
+SELFSUP_INLINE void stats(const T* __restrict__ x, int64_t n, int64_t P,
                           const float* __restrict__ shift, float* __restrict__ s,
                           float* __restrict__ q) {
-  for (int64_t c = 0; c < C; ++c) s[c] = q[c] = 0.f;
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* __restrict__ row = x + r * C;
+  for (int64_t j = 0; j < P; ++j) s[j] = q[j] = 0.f;
+  for (int64_t i = 0; i < n; i += P) {
+    const T* __restrict__ xi = x + i;
+    const int64_t len = std::min(P, n - i);
 #pragma GCC ivdep
-    for (int64_t c = 0; c < C; ++c) {
-      float d = load(row + c) - shift[c];
-      s[c] += d;
-      q[c] += d * d;
+    for (int64_t j = 0; j < len; ++j) {
+      const float d = load(xi + j) - shift[j];
+      s[j] += d;
+      q[j] += d * d;
     }
   }
 }
 
-// `y = max(0, x · a + b)` per channel (NaN passes, as ReLU's).
+// `y = max(0, x · a + b)` (NaN passes, as ReLU's).
 template <typename T>
-SELFSUP_INLINE void forward(const T* __restrict__ x, T* __restrict__ y, int64_t rows, int64_t C,
+SELFSUP_INLINE void forward(const T* __restrict__ x, T* __restrict__ y, int64_t n, int64_t P,
                             const float* __restrict__ a, const float* __restrict__ b) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* __restrict__ xr = x + r * C;
-    T* __restrict__ yr = y + r * C;
+  for (int64_t i = 0; i < n; i += P) {
+    const T* __restrict__ xi = x + i;
+    T* __restrict__ yi = y + i;
+    const int64_t len = std::min(P, n - i);
 #pragma GCC ivdep
-    for (int64_t c = 0; c < C; ++c) {
-      float v = load(xr + c) * a[c] + b[c];
-      store(yr + c, v < 0.f ? 0.f : v);
+    for (int64_t j = 0; j < len; ++j) {
+      const float v = load(xi + j) * a[j] + b[j];
+      store(yi + j, v < 0.f ? 0.f : v);
     }
   }
 }
 
-// Per-channel sums of `g` and of `g · (x - mean)`, with `g = dy` where `y > 0`, else 0.
+// Sums of `g` and of `g · (x - mean)` per position of the period, `g = dy` where `y > 0`,
+// else 0.
 template <typename T>
 SELFSUP_INLINE void grad_sums(const T* __restrict__ dy, const T* __restrict__ x,
-                              const T* __restrict__ y, int64_t rows, int64_t C,
+                              const T* __restrict__ y, int64_t n, int64_t P,
                               const float* __restrict__ mean, float* __restrict__ sg,
                               float* __restrict__ sgx) {
-  for (int64_t c = 0; c < C; ++c) sg[c] = sgx[c] = 0.f;
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t o = r * C;
+  for (int64_t j = 0; j < P; ++j) sg[j] = sgx[j] = 0.f;
+  for (int64_t i = 0; i < n; i += P) {
+    const int64_t len = std::min(P, n - i);
 #pragma GCC ivdep
-    for (int64_t c = 0; c < C; ++c) {
-      const float g = relu_grad(dy + o + c, y + o + c);
-      sg[c] += g;
-      sgx[c] += g * (load(x + o + c) - mean[c]);
+    for (int64_t j = 0; j < len; ++j) {
+      const float g = relu_grad(dy + i + j, y + i + j);
+      sg[j] += g;
+      sgx[j] += g * (load(x + i + j) - mean[j]);
     }
   }
 }
 
-// `dx = g · A + x · B + D` per channel, `g` as in `grad_sums`.
+// `dx = g · A + x · B + D`, `g` as in `grad_sums`.
 template <typename T>
 SELFSUP_INLINE void grad_input(const T* __restrict__ dy, const T* __restrict__ x,
-                               const T* __restrict__ y, T* __restrict__ dx, int64_t rows,
-                               int64_t C, const float* __restrict__ A,
+                               const T* __restrict__ y, T* __restrict__ dx, int64_t n,
+                               int64_t P, const float* __restrict__ A,
                                const float* __restrict__ B, const float* __restrict__ D) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t o = r * C;
+  for (int64_t i = 0; i < n; i += P) {
+    const int64_t len = std::min(P, n - i);
 #pragma GCC ivdep
-    for (int64_t c = 0; c < C; ++c) {
-      const float g = relu_grad(dy + o + c, y + o + c);
-      store(dx + o + c, g * A[c] + load(x + o + c) * B[c] + D[c]);
+    for (int64_t j = 0; j < len; ++j) {
+      const float g = relu_grad(dy + i + j, y + i + j);
+      store(dx + i + j, g * A[j] + load(x + i + j) * B[j] + D[j]);
     }
-  }
-}
-
-// Sums of `x - shift` and of its square over the `n` contiguous values of one plane, in vector
-// lanes added at the end (an order fixed by the instruction set, not by the threads).
-template <typename T>
-SELFSUP_INLINE void plane_stats(const T* __restrict__ x, int64_t n, float shift, float* s,
-                                float* q) {
-  float ts = 0.f, tq = 0.f;
-#pragma omp simd reduction(+ : ts, tq)
-  for (int64_t i = 0; i < n; ++i) {
-    const float d = load(x + i) - shift;
-    ts += d;
-    tq += d * d;
-  }
-  *s = ts;
-  *q = tq;
-}
-
-// `y = max(0, x · a + b)` over one plane.
-template <typename T>
-SELFSUP_INLINE void plane_forward(const T* __restrict__ x, T* __restrict__ y, int64_t n, float a,
-                                  float b) {
-  for (int64_t i = 0; i < n; ++i) {
-    float v = load(x + i) * a + b;
-    store(y + i, v < 0.f ? 0.f : v);
-  }
-}
-
-// Sums of `g` and of `g · (x - mean)` over one plane, `g` as in `grad_sums`, in vector lanes.
-template <typename T>
-SELFSUP_INLINE void plane_grad_sums(const T* __restrict__ dy, const T* __restrict__ x,
-                                    const T* __restrict__ y, int64_t n, float mean, float* sg,
-                                    float* sgx) {
-  float tg = 0.f, tgx = 0.f;
-#pragma omp simd reduction(+ : tg, tgx)
-  for (int64_t i = 0; i < n; ++i) {
-    const float g = relu_grad(dy + i, y + i);
-    tg += g;
-    tgx += g * (load(x + i) - mean);
-  }
-  *sg = tg;
-  *sgx = tgx;
-}
-
-// `dx = g · A + x · B + D` over one plane.
-template <typename T>
-SELFSUP_INLINE void plane_grad_input(const T* __restrict__ dy, const T* __restrict__ x,
-                                     const T* __restrict__ y, T* __restrict__ dx, int64_t n,
-                                     float A, float B, float D) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float g = relu_grad(dy + i, y + i);
-    store(dx + i, g * A + load(x + i) * B + D);
   }
 }
 
 // The loops above for each element type (bfloat16 as its bits), each compiled once per
 // instruction set.
 #define SELFSUP_LOOPS(T)                                                                        \
-  SELFSUP_CLONES void stats_of(const T* x, int64_t rows, int64_t C, const float* shift,         \
-                               float* s, float* q) {                                            \
-    stats(x, rows, C, shift, s, q);                                                             \
+  SELFSUP_CLONES void stats_of(const T* x, int64_t n, int64_t P, const float* shift, float* s, \
+                               float* q) {                                                      \
+    stats(x, n, P, shift, s, q);                                                                \
   }                                                                                             \
-  SELFSUP_CLONES void forward_of(const T* x, T* y, int64_t rows, int64_t C, const float* a,     \
+  SELFSUP_CLONES void forward_of(const T* x, T* y, int64_t n, int64_t P, const float* a,        \
                                  const float* b) {                                              \
-    forward(x, y, rows, C, a, b);                                                               \
+    forward(x, y, n, P, a, b);                                                                  \
   }                                                                                             \
-  SELFSUP_CLONES void grad_sums_of(const T* dy, const T* x, const T* y, int64_t rows,           \
-                                   int64_t C, const float* mean, float* sg, float* sgx) {       \
-    grad_sums(dy, x, y, rows, C, mean, sg, sgx);                                                \
+  SELFSUP_CLONES void grad_sums_of(const T* dy, const T* x, const T* y, int64_t n, int64_t P,   \
+                                   const float* mean, float* sg, float* sgx) {                  \
+    grad_sums(dy, x, y, n, P, mean, sg, sgx);                                                   \
   }                                                                                             \
-  SELFSUP_CLONES void grad_input_of(const T* dy, const T* x, const T* y, T* dx, int64_t rows,   \
-                                    int64_t C, const float* A, const float* B,                  \
+  SELFSUP_CLONES void grad_input_of(const T* dy, const T* x, const T* y, T* dx, int64_t n,      \
+                                    int64_t P, const float* A, const float* B,                  \
                                     const float* D) {                                           \
-    grad_input(dy, x, y, dx, rows, C, A, B, D);                                                 \
-  }                                                                                             \
-  SELFSUP_CLONES void plane_stats_of(const T* x, int64_t n, float shift, float* s, float* q) {  \
-    plane_stats(x, n, shift, s, q);                                                             \
-  }                                                                                             \
-  SELFSUP_CLONES void plane_forward_of(const T* x, T* y, int64_t n, float a, float b) {         \
-    plane_forward(x, y, n, a, b);                                                               \
-  }                                                                                             \
-  SELFSUP_CLONES void plane_grad_sums_of(const T* dy, const T* x, const T* y, int64_t n,        \
-                                         float mean, float* sg, float* sgx) {                   \
-    plane_grad_sums(dy, x, y, n, mean, sg, sgx);                                                \
-  }                                                                                             \
-  SELFSUP_CLONES void plane_grad_input_of(const T* dy, const T* x, const T* y, T* dx,           \
-                                          int64_t n, float A, float B, float D) {               \
-    plane_grad_input(dy, x, y, dx, n, A, B, D);                                                 \
+    grad_input(dy, x, y, dx, n, P, A, B, D);                                                    \
   }
 
 SELFSUP_LOOPS(float)
 SELFSUP_LOOPS(uint16_t)
 #undef SELFSUP_LOOPS
+
+// The two loops that write bfloat16, with the CPU's own conversion (see `elementwise.h`)
+// instead of the rounding in integer arithmetic above, which costs several instructions a
+// vector.
+#ifdef SELFSUP_NATIVE_BF16
+using selfsup::lanes;
+using selfsup::load16;
+using selfsup::store16;
+
+SELFSUP_NATIVE_BF16 void forward_native(const uint16_t* x, uint16_t* y, int64_t n, int64_t P,
+                                        const float* a, const float* b) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += P) {
+    const int64_t len = std::min(P, n - i);
+    for (int64_t j = 0; j < len; j += 16) {
+      const __mmask16 m = lanes(len - j);
+      const __m512 v = _mm512_add_ps(_mm512_mul_ps(load16(x + i + j, m), _mm512_loadu_ps(a + j)),
+                                     _mm512_loadu_ps(b + j));
+      // MAXPS returns its second operand for a NaN or two zeros: NaN and -0 pass, as above.
+      store16(y + i + j, _mm512_max_ps(zero, v), m);
+    }
+  }
+}
+
+SELFSUP_NATIVE_BF16 void grad_input_native(const uint16_t* dy, const uint16_t* x,
+                                           const uint16_t* y, uint16_t* dx, int64_t n, int64_t P,
+                                           const float* A, const float* B, const float* D) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += P) {
+    const int64_t len = std::min(P, n - i);
+    for (int64_t j = 0; j < len; j += 16) {
+      const int64_t o = i + j;
+      const __mmask16 m = lanes(len - j);
+      // `g = dy` where not `y <= 0` (NaN included), else +0.
+      const __mmask16 pass = _mm512_cmp_ps_mask(load16(y + o, m), zero, _CMP_NLE_UQ);
+      const __m512 g = _mm512_maskz_mov_ps(pass, load16(dy + o, m));
+      const __m512 gx = _mm512_add_ps(_mm512_mul_ps(g, _mm512_loadu_ps(A + j)),
+                                      _mm512_mul_ps(load16(x + o, m), _mm512_loadu_ps(B + j)));
+      store16(dx + o, _mm512_add_ps(gx, _mm512_loadu_ps(D + j)), m);
+    }
+  }
+}
+
+#endif
+using selfsup::native_bf16;
+
+// The writing loops, bfloat16 through the native conversion where there is one.
+void forward_loop(const float* x, float* y, int64_t n, int64_t P, const float* a,
+                  const float* b) {
+  forward_of(x, y, n, P, a, b);
+}
+void forward_loop(const uint16_t* x, uint16_t* y, int64_t n, int64_t P, const float* a,
+                  const float* b) {
+#ifdef SELFSUP_NATIVE_BF16
+  if (native_bf16()) return forward_native(x, y, n, P, a, b);
+#endif
+  forward_of(x, y, n, P, a, b);
+}
+void grad_input_loop(const float* dy, const float* x, const float* y, float* dx, int64_t n,
+                     int64_t P, const float* A, const float* B, const float* D) {
+  grad_input_of(dy, x, y, dx, n, P, A, B, D);
+}
+void grad_input_loop(const uint16_t* dy, const uint16_t* x, const uint16_t* y, uint16_t* dx,
+                     int64_t n, int64_t P, const float* A, const float* B, const float* D) {
+#ifdef SELFSUP_NATIVE_BF16
+  if (native_bf16()) return grad_input_native(dy, x, y, dx, n, P, A, B, D);
+#endif
+  grad_input_of(dy, x, y, dx, n, P, A, B, D);
+}
 
 // The element pointer of `t` as the loops take it.
 template <typename T>
@@ -231,10 +224,16 @@ uint16_t* elements<uint16_t>(const at::Tensor& t) {
   return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
 }
 
-// How a `(N, C, H, W)` activation lies in memory: channels-last (`M = N·H·W` rows of `C`
-// channels, cut into blocks of `kRows` rows) or NCHW (`N·C` planes of `H·W` values). Either way
-// the work is cut into `units` pieces whose per-channel partial sums fill a `units × C` table
-// (a block's row of the table, or a plane's one cell), added in order by `total`.
+// How a `(N, C, H, W)` activation lies in memory, and how the work is cut into `units` pieces
+// of `n` contiguous values each (the last may be shorter):
+// - channels-last: `M = N·H·W` rows of `C` channels, blocks of `kRows` rows; a block's values
+//   cycle through the channels, so its loops take the per-channel coefficients repeated over a
+//   period of `P = lcm(C, 16)` values (a whole number of vectors, also for the narrow layers,
+//   where a loop over one row's `C` channels would run mostly in scalar tails);
+// - NCHW: the `N·C` planes of `H·W` values, each of one channel; period 16 (its channel's
+//   coefficient 16 times).
+// Each unit's sums fill `width` cells of a `units·width = rows × C` table (a block: one per
+// channel; a plane: its channel's), added in order by `total`.
 struct Layout {
   explicit Layout(const at::Tensor& x)
       : channels_last(x.is_contiguous(at::MemoryFormat::ChannelsLast)),
@@ -242,35 +241,68 @@ struct Layout {
         C(x.size(1)),
         HW(x.size(2) * x.size(3)),
         M(N * HW),
-        units(channels_last ? (M + kRows - 1) / kRows : N) {}
+        units(channels_last ? (M + kRows - 1) / kRows : N * C),
+        n(channels_last ? kRows * C : HW),
+        P(channels_last ? std::lcm(C, int64_t(16)) : 16),
+        width(channels_last ? C : 1) {}
 
   at::MemoryFormat format() const {
     return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   }
 
   bool channels_last;
-  int64_t N, C, HW, M, units;
+  int64_t N, C, HW, M, units, n, P, width;
 };
 
-// Runs `block(k, first_row, rows)` for every block of rows (channels-last) or `plane(p)` for
-// every plane `p = n·C + c` (NCHW), in parallel over them.
-template <typename B, typename P>
-void for_units(const Layout& L, B block, P plane) {
-  if (L.channels_last) {
-    at::parallel_for(0, L.units, 1, [&](int64_t k0, int64_t k1) {
-      for (int64_t k = k0; k < k1; ++k) block(k, k * kRows, std::min(kRows, L.M - k * kRows));
-    });
-  } else {
-    at::parallel_for(0, L.N * L.C, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) plane(p);
-    });
+// Per-channel values `v` laid out as a unit's loops take them (see `Layout`).
+struct Spread {
+  Spread(const Layout& L, const std::vector<float>& v) : C(L.C), channels_last(L.channels_last) {
+    if (channels_last) {
+      values.resize(L.P);
+      for (int64_t j = 0; j < L.P; ++j) values[j] = v[j % C];
+    } else {
+      values.resize(C * 16);
+      for (int64_t j = 0; j < C * 16; ++j) values[j] = v[j / 16];
+    }
   }
+  // The period of unit `u`'s coefficients.
+  const float* of(int64_t u) const {
+    return channels_last ? values.data() : values.data() + (u % C) * 16;
+  }
+
+  int64_t C;
+  bool channels_last;
+  std::vector<float> values;
+};
+
+// Runs `unit(u, offset, n)` for every unit `u` (its first value, its length), in parallel.
+template <typename F>
+void for_units(const Layout& L, F unit) {
+  const int64_t total = L.M * L.C;
+  at::parallel_for(0, L.units, 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) unit(u, u * L.n, std::min(L.n, total - u * L.n));
+  });
 }
 
-// Adds the `K` units' per-channel partial sums `parts` (`K × C`) in unit order, in double.
-std::vector<double> total(const std::vector<float>& parts, int64_t K, int64_t C) {
+// Two scratch rows of `P` sums each, per thread.
+float* scratch(int64_t P) {
+  thread_local std::vector<float> s;
+  if (int64_t(s.size()) < 2 * P) s.resize(2 * P);
+  return s.data();
+}
+
+// `out[c]` = the sum of `sums[m·width + c]` over the `P / width` periods `m`, in order.
+void fold(const float* sums, int64_t P, int64_t width, float* out) {
+  for (int64_t c = 0; c < width; ++c) out[c] = 0.f;
+  for (int64_t m = 0; m < P; m += width)
+    for (int64_t c = 0; c < width; ++c) out[c] += sums[m + c];
+}
+
+// Adds the units' per-channel sums `parts` (a `rows × C` table) in row order, in double.
+std::vector<double> total(const std::vector<float>& parts, int64_t C) {
   std::vector<double> t(C, 0.0);
-  for (int64_t k = 0; k < K; ++k)
+  const int64_t rows = int64_t(parts.size()) / C;
+  for (int64_t k = 0; k < rows; ++k)
     for (int64_t c = 0; c < C; ++c) t[c] += parts[k * C + c];
   return t;
 }
@@ -284,15 +316,16 @@ at::Tensor forward_typed(const at::Tensor& x, const at::Tensor& weight, const at
   const int64_t C = L.C, M = L.M, HW = L.HW;
   const T* xp = elements<T>(x);
   // Sums shifted by the first pixel's values, for a variance without cancellation.
-  std::vector<float> shift(C), ps(L.units * C), pq(L.units * C);
+  std::vector<float> shift(C), ps(L.units * L.width), pq(L.units * L.width);
   for (int64_t c = 0; c < C; ++c) shift[c] = load(xp + (L.channels_last ? c : c * HW));
-  for_units(
-      L,
-      [&](int64_t k, int64_t row, int64_t rows) {
-        stats_of(xp + row * C, rows, C, shift.data(), &ps[k * C], &pq[k * C]);
-      },
-      [&](int64_t p) { plane_stats_of(xp + p * HW, HW, shift[p % C], &ps[p], &pq[p]); });
-  const std::vector<double> S = total(ps, L.units, C), Q = total(pq, L.units, C);
+  const Spread shifts(L, shift);
+  for_units(L, [&](int64_t u, int64_t o, int64_t n) {
+    float* s = scratch(L.P);
+    stats_of(xp + o, n, L.P, shifts.of(u), s, s + L.P);
+    fold(s, L.P, L.width, &ps[u * L.width]);
+    fold(s + L.P, L.P, L.width, &pq[u * L.width]);
+  });
+  const std::vector<double> S = total(ps, C), Q = total(pq, C);
   auto fopts = x.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous);
   mean_out = at::empty({C}, fopts);
   invstd_out = at::empty({C}, fopts);
@@ -314,14 +347,10 @@ at::Tensor forward_typed(const at::Tensor& x, const at::Tensor& weight, const at
   }
   at::Tensor y = at::empty_like(x, L.format());
   T* yp = elements<T>(y);
-  for_units(
-      L,
-      [&](int64_t, int64_t row, int64_t rows) {
-        forward_of(xp + row * C, yp + row * C, rows, C, a.data(), shiftb.data());
-      },
-      [&](int64_t p) {
-        plane_forward_of(xp + p * HW, yp + p * HW, HW, a[p % C], shiftb[p % C]);
-      });
+  const Spread as(L, a), bs(L, shiftb);
+  for_units(L, [&](int64_t u, int64_t o, int64_t n) {
+    forward_loop(xp + o, yp + o, n, L.P, as.of(u), bs.of(u));
+  });
   // Through `variable_data()` (`.data` semantics), as ATen's kernel writes the buffers: graphs
   // that saved them are not invalidated.
   running_mean.variable_data().mul_(1.0 - momentum).add_(mean_out, momentum);
@@ -334,25 +363,22 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& dy, const at::Tensor& x
                                        const at::Tensor& y, const at::Tensor& weight,
                                        const at::Tensor& mean_t, const at::Tensor& invstd_t) {
   const Layout L(x);
-  const int64_t C = L.C, M = L.M, HW = L.HW;
+  const int64_t C = L.C, M = L.M;
   const T* dyp = elements<T>(dy);
   const T* xp = elements<T>(x);
   const T* yp = elements<T>(y);
   const float* mean = mean_t.data_ptr<float>();
   const float* invstd = invstd_t.data_ptr<float>();
   const float* w = weight.data_ptr<float>();
-  std::vector<float> psg(L.units * C), psgx(L.units * C);
-  for_units(
-      L,
-      [&](int64_t k, int64_t row, int64_t rows) {
-        const int64_t o = row * C;
-        grad_sums_of(dyp + o, xp + o, yp + o, rows, C, mean, &psg[k * C], &psgx[k * C]);
-      },
-      [&](int64_t p) {
-        const int64_t o = p * HW;
-        plane_grad_sums_of(dyp + o, xp + o, yp + o, HW, mean[p % C], &psg[p], &psgx[p]);
-      });
-  const std::vector<double> SG = total(psg, L.units, C), SGX = total(psgx, L.units, C);
+  std::vector<float> psg(L.units * L.width), psgx(L.units * L.width);
+  const Spread means(L, std::vector<float>(mean, mean + C));
+  for_units(L, [&](int64_t u, int64_t o, int64_t n) {
+    float* s = scratch(L.P);
+    grad_sums_of(dyp + o, xp + o, yp + o, n, L.P, means.of(u), s, s + L.P);
+    fold(s, L.P, L.width, &psg[u * L.width]);
+    fold(s + L.P, L.P, L.width, &psgx[u * L.width]);
+  });
+  const std::vector<double> SG = total(psg, C), SGX = total(psgx, C);
   auto fopts = x.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous);
   at::Tensor dw = at::empty({C}, fopts), db = at::empty({C}, fopts);
   float* dwp = dw.data_ptr<float>();
@@ -371,16 +397,10 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& dy, const at::Tensor& x
   }
   at::Tensor dx = at::empty_like(x, L.format());
   T* dxp = elements<T>(dx);
-  for_units(
-      L,
-      [&](int64_t, int64_t row, int64_t rows) {
-        const int64_t o = row * C;
-        grad_input_of(dyp + o, xp + o, yp + o, dxp + o, rows, C, A.data(), B.data(), D.data());
-      },
-      [&](int64_t p) {
-        const int64_t o = p * HW, c = p % C;
-        plane_grad_input_of(dyp + o, xp + o, yp + o, dxp + o, HW, A[c], B[c], D[c]);
-      });
+  const Spread As(L, A), Bs(L, B), Ds(L, D);
+  for_units(L, [&](int64_t u, int64_t o, int64_t n) {
+    grad_input_loop(dyp + o, xp + o, yp + o, dxp + o, n, L.P, As.of(u), Bs.of(u), Ds.of(u));
+  });
   return {dx, dw, db};
 }
 

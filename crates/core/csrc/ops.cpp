@@ -4,6 +4,7 @@
 // message in `err`.
 #include <ATen/ATen.h>
 
+#include "elementwise.h"
 #include "selfsup/guard.h"
 
 extern "C" {
@@ -12,6 +13,14 @@ extern "C" {
 int selfsup_leaky_relu(const at::Tensor* x, double slope, at::Tensor** out, char* err,
                        size_t err_len) {
   return selfsup::guarded(err, err_len, [&] { *out = new at::Tensor(at::leaky_relu(*x, slope)); });
+}
+
+// Whether the fused kernels (`bn_relu.cpp`, `relu_dropout.cpp`) round their bfloat16 results
+// with the CPU's own conversion (`elementwise.h`): `enable` < 0 asks, 0 turns it off, 1 turns it
+// on where the CPU has it (the default). Returns whether it is in use now.
+int selfsup_native_bf16(int enable) {
+  if (enable >= 0) selfsup::native_bf16_wanted().store(enable != 0, std::memory_order_relaxed);
+  return selfsup::native_bf16() ? 1 : 0;
 }
 
 }  // extern "C"

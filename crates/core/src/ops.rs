@@ -1,8 +1,9 @@
-//! Tensor ops that tch 0.24 binds only with PyTorch's default arguments, through the C++ shim
-//! (`csrc/ops.cpp`): each is one dispatched libtorch op, with its autograd and autocast rules.
+//! Tensor ops through the C++ shim: ops that tch 0.24 binds only with PyTorch's default
+//! arguments (`csrc/ops.cpp`: each one dispatched libtorch op, with its autograd and autocast
+//! rules), and the fused ReLU + dropout of the patch methods' heads (`csrc/relu_dropout.cpp`).
 use std::os::raw::{c_char, c_int, c_void};
 
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 extern "C" {
     fn selfsup_leaky_relu(
@@ -12,6 +13,16 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+    fn selfsup_relu_dropout(
+        x: *const c_void,
+        p: f64,
+        draw: c_int,
+        key: u64,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn selfsup_native_bf16(enable: c_int) -> c_int;
 }
 
 /// `torch.nn.functional.leaky_relu(xs, slope)`: `xs` where positive, `slope · xs` elsewhere,
@@ -38,10 +49,76 @@ pub fn leaky_relu(xs: &Tensor, slope: f64) -> Tensor {
     unsafe { Tensor::from_ptr(out.cast()) }
 }
 
+/// `xs.relu().dropout(p, train)` (Srivastava et al. 2014: in training each value kept with
+/// probability `1 - p` and scaled by `1 / (1 - p)`, else 0; in evaluation just ReLU).
+///
+/// In training, on a contiguous CPU tensor of float or bfloat16 with `0 < p < 1`, this is one
+/// fused autograd function (`csrc/relu_dropout.cpp`): one pass forward, one backward, and a
+/// mask hashed from each value's index and one key drawn from libtorch's default generator,
+/// instead of libtorch's serial Bernoulli draws. A seeded run gets the same masks whatever
+/// the thread count; they are not `torch.bernoulli`'s. Anything else (CUDA, other kinds,
+/// strided views, `p` of 0 or 1) takes tch's ReLU and dropout. No double backward
+/// (`create_graph`: an error, not a wrong gradient).
+///
+/// # Shapes
+/// `xs`: any; returns the same shape and kind.
+///
+/// # Panics
+/// When the shim refuses the input, with its message (not expected: the fused path is taken
+/// only where it applies); the module interface this serves has no error path.
+pub fn relu_dropout(xs: &Tensor, p: f64, train: bool) -> Tensor {
+    fused_relu_dropout(xs, p, train, None)
+}
+
+/// [`relu_dropout`] with the mask of `key` (tests) or, for `None`, of a key drawn from
+/// libtorch's default generator.
+fn fused_relu_dropout(xs: &Tensor, p: f64, train: bool, key: Option<u64>) -> Tensor {
+    let fusable = train
+        && p > 0.0
+        && p < 1.0
+        && xs.device() == Device::Cpu
+        && matches!(xs.kind(), Kind::Float | Kind::BFloat16)
+        && xs.is_contiguous();
+    if !fusable {
+        return xs.relu().dropout(p, train);
+    }
+    let mut out: *mut c_void = std::ptr::null_mut();
+    let mut err = [0u8; 1024];
+    // SAFETY: as in `leaky_relu`.
+    let rc = unsafe {
+        selfsup_relu_dropout(
+            xs.as_ptr().cast(),
+            p,
+            c_int::from(key.is_none()),
+            key.unwrap_or(0),
+            &mut out,
+            err.as_mut_ptr().cast(),
+            err.len(),
+        )
+    };
+    if rc != 0 {
+        panic!("fused ReLU + dropout: {}", selfsup_dist::shim_message(&err));
+    }
+    // SAFETY: `out` is a new `at::Tensor` handle that we now own.
+    unsafe { Tensor::from_ptr(out.cast()) }
+}
+
+/// Whether the fused CPU kernels (batch norm + ReLU, ReLU + dropout) round their bfloat16
+/// results with the CPU's own conversion (AVX512-BF16's `vcvtneps2bf16`, on by default where
+/// the CPU has it) rather than in integer arithmetic: `Some(on)` switches it for the whole
+/// process, `None` asks; returns whether it is in use. Both round to nearest even: the bits
+/// differ only where the result is a subnormal bfloat16 (flushed to zero by the CPU) and in a
+/// NaN's payload. For tests and measurements that compare the two.
+#[doc(hidden)]
+pub fn native_bf16_rounding(set: Option<bool>) -> bool {
+    let arg = set.map_or(-1, c_int::from);
+    // SAFETY: the shim only reads and writes an atomic flag.
+    unsafe { selfsup_native_bf16(arg) == 1 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Device, Kind};
 
     #[test]
     fn leaky_relu_scales_the_negative_side_and_its_gradient() {
@@ -52,5 +129,89 @@ mod tests {
         assert_eq!(Vec::<f32>::try_from(&x.grad()).unwrap(), [0.2, 0.2, 1.0, 1.0]);
         let b = Tensor::ones([2, 3], (Kind::BFloat16, Device::Cpu)) * -1.0;
         assert_eq!(leaky_relu(&b, 0.2).kind(), Kind::BFloat16);
+    }
+
+    fn floats(t: &Tensor) -> Vec<f32> {
+        Vec::<f32>::try_from(t.flatten(0, -1).to_kind(Kind::Float)).unwrap()
+    }
+
+    /// `dropout(relu(x), p)` with `key` and the gradient of `Σ g ⊙ y`, over values from a
+    /// formula (half of them negative), as floats.
+    fn keyed(n: i64, kind: Kind, p: f64, key: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let wave = |f: f64| (Tensor::arange(n, (Kind::Float, Device::Cpu)) * f).sin();
+        let x = (wave(0.7) * 2.0 + wave(0.013)).to_kind(kind).set_requires_grad(true);
+        let g = (wave(1.3) + 1.5).to_kind(kind);
+        let y = fused_relu_dropout(&x, p, true, Some(key));
+        assert_eq!(y.kind(), kind);
+        (&y * &g).sum(Kind::Float).backward();
+        (floats(&x.relu()), floats(&y), floats(&g), floats(&x.grad()))
+    }
+
+    #[test]
+    fn relu_dropout_keeps_one_minus_p_of_the_values_scaled() {
+        let n = 200_003;
+        for p in [0.5, 0.3] {
+            let scale = (1.0 / (1.0 - p)) as f32;
+            let (r, y, g, dx) = keyed(n, Kind::Float, p, 0x5eed);
+            let kept: Vec<bool> = r.iter().zip(&y).map(|(r, y)| *r > 0.0 && *y != 0.0).collect();
+            for i in 0..r.len() {
+                // Kept: ReLU's value scaled (exactly); dropped or cut by ReLU: 0.
+                assert!(y[i] == r[i] * scale || y[i] == 0.0, "value {i}: {} from {}", y[i], r[i]);
+                // The gradient flows where the value went through, scaled the same.
+                let want = if y[i] > 0.0 { g[i] * scale } else { 0.0 };
+                assert_eq!(dx[i], want, "gradient {i}");
+            }
+            // Among the positive values, the kept fraction is 1 - p, also for neighbours
+            // together (the hash leaves no pattern between adjacent indices): within 5 sigma.
+            let positive: Vec<usize> = (0..r.len()).filter(|&i| r[i] > 0.0).collect();
+            let frac = positive.iter().filter(|&&i| kept[i]).count() as f64 / positive.len() as f64;
+            let sigma = (p * (1.0 - p) / positive.len() as f64).sqrt();
+            assert!((frac - (1.0 - p)).abs() < 5.0 * sigma, "p {p}: kept {frac}");
+            let pairs: Vec<usize> = positive.iter().copied().filter(|&i| r[i + 1] > 0.0).collect();
+            let both = pairs.iter().filter(|&&i| kept[i] && kept[i + 1]).count() as f64;
+            let q = (1.0 - p) * (1.0 - p);
+            let sigma = (q * (1.0 - q) / pairs.len() as f64).sqrt();
+            let joint = both / pairs.len() as f64;
+            assert!((joint - q).abs() < 5.0 * sigma, "p {p}: neighbours kept together {joint}");
+        }
+    }
+
+    #[test]
+    fn relu_dropout_masks_follow_the_key_not_the_thread_count() {
+        let threads = tch::get_num_threads();
+        tch::set_num_threads(1);
+        let one = keyed(50_000, Kind::Float, 0.5, 42);
+        tch::set_num_threads(3);
+        let three = keyed(50_000, Kind::Float, 0.5, 42);
+        tch::set_num_threads(threads);
+        assert!(one.1 == three.1 && one.3 == three.3, "same key, other thread count");
+        let other = keyed(50_000, Kind::Float, 0.5, 43);
+        assert!(one.1 != other.1, "another key, another mask");
+        // Drawn keys: two calls in a row draw two masks.
+        let x = Tensor::ones([4096], (Kind::Float, Device::Cpu));
+        assert!(floats(&relu_dropout(&x, 0.5, true)) != floats(&relu_dropout(&x, 0.5, true)));
+        // Evaluation, p = 0 and strided input take ReLU (and tch's dropout).
+        let x = Tensor::arange(12, (Kind::Float, Device::Cpu)).view([3, 4]) - 5.0;
+        assert_eq!(floats(&relu_dropout(&x, 0.5, false)), floats(&x.relu()));
+        assert_eq!(floats(&relu_dropout(&x, 0.0, true)), floats(&x.relu()));
+        let strided = relu_dropout(&x.tr(), 0.5, true);
+        assert_eq!(strided.size(), [4, 3]);
+    }
+
+    #[test]
+    fn relu_dropout_in_bfloat16_masks_as_float_and_rounds_as_the_cpu_would() {
+        let (_, y32, _, _) = keyed(30_001, Kind::Float, 0.5, 7);
+        let (r, y, _, dx) = keyed(30_001, Kind::BFloat16, 0.5, 7);
+        // The same mask (the index and key decide it, not the values).
+        for i in 0..y.len() {
+            assert_eq!(y[i] == 0.0, y32[i] == 0.0 || r[i] <= 0.0, "value {i}");
+        }
+        if native_bf16_rounding(None) {
+            native_bf16_rounding(Some(false));
+            let (_, ys, _, dxs) = keyed(30_001, Kind::BFloat16, 0.5, 7);
+            assert!(native_bf16_rounding(Some(true)));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&y) == bits(&ys) && bits(&dx) == bits(&dxs), "the two roundings differ");
+        }
     }
 }

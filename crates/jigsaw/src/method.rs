@@ -9,6 +9,7 @@ use crate::puzzle::make_puzzles;
 use crate::JigsawError;
 use selfsup_core::encoders::{linear, try_build_encoder, Encoder, LinearBias};
 use selfsup_core::method::{classification_loss, single_view, StepRng};
+use selfsup_core::ops::relu_dropout;
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Op, Pipeline};
 use tch::nn::{self, Module};
@@ -71,10 +72,10 @@ impl Jigsaw {
             Pool5Op::Max => feats.adaptive_max_pool2d(side).0,
             Pool5Op::Mean => feats.adaptive_avg_pool2d(side),
         };
-        let h = self.fc6.forward(&pooled.flatten(1, -1)).relu().dropout(self.cfg.dropout, train);
+        let h = relu_dropout(&self.fc6.forward(&pooled.flatten(1, -1)), self.cfg.dropout, train);
         let b = h.size()[0] / TILES as i64;
         let h = h.reshape([b, TILES as i64 * self.cfg.fc6]);
-        let h = self.fc7.forward(&h).relu().dropout(self.cfg.dropout, train);
+        let h = relu_dropout(&self.fc7.forward(&h), self.cfg.dropout, train);
         self.fc8.forward(&h)
     }
 

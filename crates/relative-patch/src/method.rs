@@ -7,6 +7,7 @@ use crate::pairs::make_pairs;
 use crate::RelativePatchError;
 use selfsup_core::encoders::{linear, try_build_encoder, Encoder, LinearBias};
 use selfsup_core::method::{classification_loss, single_view, StepRng};
+use selfsup_core::ops::relu_dropout;
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Op, Pipeline};
 use tch::nn::{self, Module};
@@ -55,7 +56,7 @@ impl RelativePatch {
     fn embed(&self, patches: &Tensor, train: bool) -> Tensor {
         let feats = nn::ModuleT::forward_t(&*self.encoder, patches, train);
         let (pooled, _) = feats.adaptive_max_pool2d([self.cfg.pool5, self.cfg.pool5]);
-        self.fc6.forward(&pooled.flatten(1, -1)).relu().dropout(self.cfg.dropout, train)
+        relu_dropout(&self.fc6.forward(&pooled.flatten(1, -1)), self.cfg.dropout, train)
     }
 
     /// Neighbour-position logits of pairs.
@@ -68,7 +69,7 @@ impl RelativePatch {
         // shared-weight towers run side by side).
         let both = self.embed(&Tensor::cat(&[first, second], 0), train);
         let h = Tensor::cat(&[both.narrow(0, 0, b), both.narrow(0, b, b)], 1);
-        let h = self.fc7.forward(&h).relu().dropout(self.cfg.dropout, train);
+        let h = relu_dropout(&self.fc7.forward(&h), self.cfg.dropout, train);
         self.fc8.forward(&h)
     }
 

@@ -78,6 +78,10 @@ pub fn compile_with(
         // OpenMP it compiles to a serial loop. libtorch runs on GNU OpenMP, so the shims use
         // the same runtime (one `libgomp.so.1` in the process, libtorch's own).
         .flag("-fopenmp")
+        // No fused multiply-add unless written: GCC contracts `a * b + c` where the target has
+        // FMA (the AVX-512 clones of the kernels) and not elsewhere, which would make a
+        // kernel's bits depend on the instruction set it was dispatched to.
+        .flag("-ffp-contract=off")
         .warnings(false);
     for dir in includes {
         if !dir.is_dir() {

@@ -527,6 +527,40 @@ mod tests {
     }
 
     #[test]
+    fn the_cpus_bfloat16_rounding_gives_the_same_bits_as_the_software_one() {
+        use crate::ops::native_bf16_rounding;
+        if !native_bf16_rounding(None) {
+            eprintln!("this CPU has no AVX512-BF16: only the software rounding runs here");
+            return;
+        }
+        // Channels-last periods of 1 to 7 vectors (C = 16, 8, 14, 40, 7), a partial last
+        // block, NCHW planes with a tail, features.
+        let shapes: [&[i64]; 6] = [
+            &[4, 16, 9, 9],
+            &[5, 8, 7, 11],
+            &[3, 14, 10, 9],
+            &[2, 40, 6, 7],
+            &[6, 7, 5, 5],
+            &[70, 24],
+        ];
+        for shape in shapes {
+            for channels_last in [true, false] {
+                let native = relu_pair(Kind::BFloat16, shape, channels_last).0;
+                native_bf16_rounding(Some(false));
+                let software = relu_pair(Kind::BFloat16, shape, channels_last).0;
+                assert!(native_bf16_rounding(Some(true)));
+                for (i, (a, b)) in native.iter().zip(&software).enumerate() {
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert!(
+                        bits(a) == bits(b),
+                        "{shape:?} channels-last {channels_last}: part {i} differs"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn fused_batch_norm_relu_does_not_depend_on_the_thread_count() {
         let threads = tch::get_num_threads();
         for channels_last in [true, false] {
