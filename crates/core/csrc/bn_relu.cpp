@@ -225,57 +225,113 @@ uint16_t* elements<uint16_t>(const at::Tensor& t) {
 }
 
 // How a `(N, C, H, W)` activation lies in memory, and how the work is cut into `units` pieces
-// of `n` contiguous values each (the last may be shorter):
-// - channels-last: `M = N·H·W` rows of `C` channels, blocks of `kRows` rows; a block's values
-//   cycle through the channels, so its loops take the per-channel coefficients repeated over a
-//   period of `P = lcm(C, 16)` values (a whole number of vectors, also for the narrow layers,
-//   where a loop over one row's `C` channels would run mostly in scalar tails);
-// - NCHW: the `N·C` planes of `H·W` values, each of one channel; period 16 (its channel's
-//   coefficient 16 times).
-// Each unit's sums fill `width` cells of a `units·width = rows × C` table (a block: one per
-// channel; a plane: its channel's), added in order by `total`.
+// of `n` contiguous values each (the last may be shorter), whose coefficients repeat with a
+// period of `P` values starting at the piece's first:
+// - `Rows` (channels-last): `M = N·H·W` rows of `C` channels, blocks of `kRows` rows; a block's
+//   values cycle through the channels, so its loops take the per-channel coefficients repeated
+//   over a period of `P = lcm(C, 16)` values (a whole number of vectors, also for the narrow
+//   layers, where a loop over one row's `C` channels would run mostly in scalar tails);
+// - `Images` (NCHW with small maps, as the 2×2 to 8×8 maps of the patch methods): a period is
+//   one image's `C·H·W` values, each channel's coefficient `H·W` times; pieces of whole images
+//   (about `kImageValues` values), so that no piece is a handful of values;
+// - `Planes` (NCHW otherwise): the `N·C` planes of `H·W` values, each of one channel; period 16
+//   (its channel's coefficient 16 times).
+// Each piece keeps one sum per position of its period, folded (in position order) into its
+// `width` cells of a `units·width = rows × C` table (`Rows`, `Images`: one per channel;
+// `Planes`: its channel's), which `total` adds in order.
+enum class Mode { Rows, Images, Planes };
+
+// About how many values a piece of whole images holds, and the largest image that is cut that
+// way (its coefficients, three periods of them, stay in the L1/L2 cache).
+constexpr int64_t kImageValues = 8192;
+constexpr int64_t kSmallImage = 16384;
+
 struct Layout {
   explicit Layout(const at::Tensor& x)
       : channels_last(x.is_contiguous(at::MemoryFormat::ChannelsLast)),
         N(x.size(0)),
         C(x.size(1)),
         HW(x.size(2) * x.size(3)),
-        M(N * HW),
-        units(channels_last ? (M + kRows - 1) / kRows : N * C),
-        n(channels_last ? kRows * C : HW),
-        P(channels_last ? std::lcm(C, int64_t(16)) : 16),
-        width(channels_last ? C : 1) {}
+        M(N * HW) {
+    if (channels_last) {
+      mode = Mode::Rows;
+      P = std::lcm(C, int64_t(16));
+      n = kRows * C;
+      width = C;
+    } else if (HW < 256 && C * HW <= kSmallImage) {
+      mode = Mode::Images;
+      P = C * HW;
+      n = std::max<int64_t>(1, kImageValues / P) * P;
+      width = C;
+    } else {
+      mode = Mode::Planes;
+      P = 16;
+      n = HW;
+      width = 1;
+    }
+    units = (M * C + n - 1) / n;
+  }
 
   at::MemoryFormat format() const {
     return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   }
 
-  bool channels_last;
-  int64_t N, C, HW, M, units, n, P, width;
-};
-
-// Per-channel values `v` laid out as a unit's loops take them (see `Layout`).
-struct Spread {
-  Spread(const Layout& L, const std::vector<float>& v) : C(L.C), channels_last(L.channels_last) {
-    if (channels_last) {
-      values.resize(L.P);
-      for (int64_t j = 0; j < L.P; ++j) values[j] = v[j % C];
-    } else {
-      values.resize(C * 16);
-      for (int64_t j = 0; j < C * 16; ++j) values[j] = v[j / 16];
+  // `out[c]` (`width` cells) = the sum of the period's sums `sums` of channel `c`, in position
+  // order.
+  void fold(const float* sums, float* out) const {
+    switch (mode) {
+      case Mode::Rows:
+        for (int64_t c = 0; c < C; ++c) out[c] = 0.f;
+        for (int64_t m = 0; m < P; m += C)
+          for (int64_t c = 0; c < C; ++c) out[c] += sums[m + c];
+        break;
+      case Mode::Images:
+        for (int64_t c = 0; c < C; ++c) {
+          float t = 0.f;
+          for (int64_t i = 0; i < HW; ++i) t += sums[c * HW + i];
+          out[c] = t;
+        }
+        break;
+      case Mode::Planes: {
+        float t = 0.f;
+        for (int64_t j = 0; j < P; ++j) t += sums[j];
+        out[0] = t;
+      }
     }
   }
-  // The period of unit `u`'s coefficients.
-  const float* of(int64_t u) const {
-    return channels_last ? values.data() : values.data() + (u % C) * 16;
+
+  bool channels_last;
+  int64_t N, C, HW, M;
+  Mode mode;
+  int64_t units, n, P, width;
+};
+
+// Per-channel values `v` laid out as a piece's loops take them (see `Layout`).
+struct Spread {
+  Spread(const Layout& L, const std::vector<float>& v) : C(L.C), planes(L.mode == Mode::Planes) {
+    switch (L.mode) {
+      case Mode::Rows:
+        values.resize(L.P);
+        for (int64_t j = 0; j < L.P; ++j) values[j] = v[j % C];
+        break;
+      case Mode::Images:
+        values.resize(L.P);
+        for (int64_t j = 0; j < L.P; ++j) values[j] = v[j / L.HW];
+        break;
+      case Mode::Planes:
+        values.resize(C * 16);
+        for (int64_t j = 0; j < C * 16; ++j) values[j] = v[j / 16];
+    }
   }
+  // The period of piece `u`'s coefficients.
+  const float* of(int64_t u) const { return planes ? values.data() + (u % C) * 16 : values.data(); }
 
   int64_t C;
-  bool channels_last;
+  bool planes;
   std::vector<float> values;
 };
 
-// Runs `unit(u, offset, n)` for every unit `u` (its first value, its length), in parallel.
+// Runs `unit(u, offset, n)` for every piece `u` (its first value, its length), in parallel.
 template <typename F>
 void for_units(const Layout& L, F unit) {
   const int64_t total = L.M * L.C;
@@ -289,13 +345,6 @@ float* scratch(int64_t P) {
   thread_local std::vector<float> s;
   if (int64_t(s.size()) < 2 * P) s.resize(2 * P);
   return s.data();
-}
-
-// `out[c]` = the sum of `sums[m·width + c]` over the `P / width` periods `m`, in order.
-void fold(const float* sums, int64_t P, int64_t width, float* out) {
-  for (int64_t c = 0; c < width; ++c) out[c] = 0.f;
-  for (int64_t m = 0; m < P; m += width)
-    for (int64_t c = 0; c < width; ++c) out[c] += sums[m + c];
 }
 
 // Adds the units' per-channel sums `parts` (a `rows × C` table) in row order, in double.
@@ -322,8 +371,8 @@ at::Tensor forward_typed(const at::Tensor& x, const at::Tensor& weight, const at
   for_units(L, [&](int64_t u, int64_t o, int64_t n) {
     float* s = scratch(L.P);
     stats_of(xp + o, n, L.P, shifts.of(u), s, s + L.P);
-    fold(s, L.P, L.width, &ps[u * L.width]);
-    fold(s + L.P, L.P, L.width, &pq[u * L.width]);
+    L.fold(s, &ps[u * L.width]);
+    L.fold(s + L.P, &pq[u * L.width]);
   });
   const std::vector<double> S = total(ps, C), Q = total(pq, C);
   auto fopts = x.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous);
@@ -375,8 +424,8 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& dy, const at::Tensor& x
   for_units(L, [&](int64_t u, int64_t o, int64_t n) {
     float* s = scratch(L.P);
     grad_sums_of(dyp + o, xp + o, yp + o, n, L.P, means.of(u), s, s + L.P);
-    fold(s, L.P, L.width, &psg[u * L.width]);
-    fold(s + L.P, L.P, L.width, &psgx[u * L.width]);
+    L.fold(s, &psg[u * L.width]);
+    L.fold(s + L.P, &psgx[u * L.width]);
   });
   const std::vector<double> SG = total(psg, C), SGX = total(psgx, C);
   auto fopts = x.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous);

@@ -507,6 +507,12 @@ mod tests {
             let what = format!("bfloat16, channels-last {channels_last}");
             assert_close(&fused, &reference, 1.0 / 128.0, &what);
         }
+        // NCHW maps of 256 pixels or more are cut into planes (smaller ones into whole images,
+        // above); a plane of 323 values is not a multiple of the 16 lanes.
+        let (fused, reference) = relu_pair(Kind::Float, &[3, 5, 17, 19], false);
+        assert_close(&fused, &reference, 2e-5, "float, NCHW planes");
+        let (fused, reference) = relu_pair(Kind::BFloat16, &[3, 5, 17, 19], false);
+        assert_close(&fused, &reference, 1.0 / 128.0, "bfloat16, NCHW planes");
     }
 
     #[test]
@@ -534,13 +540,14 @@ mod tests {
             return;
         }
         // Channels-last periods of 1 to 7 vectors (C = 16, 8, 14, 40, 7), a partial last
-        // block, NCHW planes with a tail, features.
-        let shapes: [&[i64]; 6] = [
+        // block; NCHW images and planes (17×19) with tails; features.
+        let shapes: [&[i64]; 7] = [
             &[4, 16, 9, 9],
             &[5, 8, 7, 11],
             &[3, 14, 10, 9],
             &[2, 40, 6, 7],
             &[6, 7, 5, 5],
+            &[2, 3, 17, 19],
             &[70, 24],
         ];
         for shape in shapes {
@@ -563,14 +570,18 @@ mod tests {
     #[test]
     fn fused_batch_norm_relu_does_not_depend_on_the_thread_count() {
         let threads = tch::get_num_threads();
-        for channels_last in [true, false] {
+        // Channels-last blocks, NCHW images (12×12) and NCHW planes (16×17).
+        for (shape, channels_last) in
+            [([8, 16, 12, 12], true), ([8, 16, 12, 12], false), ([4, 6, 16, 17], false)]
+        {
             tch::set_num_threads(1);
-            let one = relu_pair(Kind::Float, &[8, 16, 12, 12], channels_last).0;
+            let one = relu_pair(Kind::Float, &shape, channels_last).0;
             tch::set_num_threads(3);
-            let three = relu_pair(Kind::Float, &[8, 16, 12, 12], channels_last).0;
+            let three = relu_pair(Kind::Float, &shape, channels_last).0;
             for (i, (a, b)) in one.iter().zip(&three).enumerate() {
                 let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-                assert!(a == b, "channels-last {channels_last}: part {i} differs by {worst}");
+                let what = format!("{shape:?}, channels-last {channels_last}");
+                assert!(a == b, "{what}: part {i} differs by {worst}");
             }
         }
         tch::set_num_threads(threads);
