@@ -76,6 +76,20 @@ struct Opts {
     compiled: bool,
 }
 
+impl Opts {
+    /// The command that measures `method` as these options do (recorded with its figures).
+    fn command(&self, method: &str, backbone: &str) -> String {
+        format!(
+            "cargo xtask bench train --methods {method} --backbone {backbone} --steps {} \
+             --threads {} --repeats {}{}",
+            self.steps,
+            self.threads,
+            self.repeats,
+            if self.compiled { " --compiled" } else { "" }
+        )
+    }
+}
+
 fn parse(args: &[String]) -> Result<Opts> {
     let mut o = Opts {
         methods: Vec::new(),
@@ -518,11 +532,7 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
             if ratio >= goal { "met" } else { "not met" }
         ));
         let case = json!({
-            "command": format!(
-                "cargo xtask bench train --methods {method} --backbone {backbone} --steps {} \
-                 --threads {} --repeats {}",
-                o.steps, o.threads, o.repeats
-            ),
+            "command": o.command(method, backbone),
             "cpu": cpu,
             "threads": o.threads,
             "steps": o.steps,
@@ -630,6 +640,18 @@ mod tests {
         assert_eq!(odd.seconds_per_step, 64.0 / 120.0);
         let even = median(&[m(100.0, 1.0), m(300.0, 1.0), m(120.0, 1.0), m(80.0, 1.0)]);
         assert_eq!(even.images_per_s, 110.0);
+    }
+
+    #[test]
+    fn the_recorded_command_repeats_every_option() {
+        let args = ["--steps", "10", "--compiled"].map(String::from);
+        let o = parse(&args).unwrap();
+        assert_eq!(
+            o.command("rotnet", "cpu"),
+            "cargo xtask bench train --methods rotnet --backbone cpu --steps 10 --threads 2 \
+             --repeats 3 --compiled"
+        );
+        assert!(!parse(&[]).unwrap().command("rotnet", "cpu").contains("--compiled"));
     }
 
     #[test]

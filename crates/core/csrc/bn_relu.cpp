@@ -9,9 +9,9 @@
 // `dx` once, and no ReLU input is materialised beside `y`.
 //
 // The work is cut into pieces that do not depend on the thread count (blocks of `kRows` pixels
-// of a channels-last tensor, or the `H·W` plane of one image and channel of an NCHW tensor),
-// each a run of contiguous values whose per-channel coefficients repeat with a period of whole
-// vectors; each piece's per-channel sums are computed by one thread and the pieces are added in
+// of a channels-last tensor; whole images of an NCHW tensor with small maps, else the `H·W`
+// plane of one image and channel), each a run of contiguous values whose per-channel
+// coefficients repeat with a fixed period (see `Layout`); each piece's per-channel sums are computed by one thread and the pieces are added in
 // order, so the result is the same whatever the thread count. The loops are compiled for
 // AVX-512, AVX2 and baseline x86-64, picked at load time, and the sums are taken in the same
 // order by each; the two that write bfloat16 use the CPU's own rounding where it has one.
@@ -45,7 +45,7 @@ SELFSUP_INLINE float relu_grad(const T* dy, const T* y) {
 }
 
 // The loops run over `n` contiguous values whose per-channel coefficients repeat with period
-// `P` (a multiple of 16, see `Layout`): coefficient `j` of a period applies to the values at
+// `P` (see `Layout`): coefficient `j` of a period applies to the values at
 // `j, j + P, j + 2P, ...`. Sums are kept per position of the period, each added in memory
 // order, and folded into channels by `fold`: the same order on every instruction set.
 
@@ -151,6 +151,8 @@ using selfsup::lanes;
 using selfsup::load16;
 using selfsup::store16;
 
+// Values are loaded and stored under a mask of the period's remaining lanes; the coefficients
+// are read 16 at a time, padded to whole vectors by `Spread`.
 SELFSUP_NATIVE_BF16 void forward_native(const uint16_t* x, uint16_t* y, int64_t n, int64_t P,
                                         const float* a, const float* b) {
   const __m512 zero = _mm512_setzero_ps();
@@ -306,7 +308,8 @@ struct Layout {
   int64_t units, n, P, width;
 };
 
-// Per-channel values `v` laid out as a piece's loops take them (see `Layout`).
+// Per-channel values `v` laid out as a piece's loops take them (see `Layout`), padded to whole
+// vectors (the native loops read a period's coefficients 16 at a time).
 struct Spread {
   Spread(const Layout& L, const std::vector<float>& v) : C(L.C), planes(L.mode == Mode::Planes) {
     switch (L.mode) {
@@ -315,7 +318,7 @@ struct Spread {
         for (int64_t j = 0; j < L.P; ++j) values[j] = v[j % C];
         break;
       case Mode::Images:
-        values.resize(L.P);
+        values.resize((L.P + 15) / 16 * 16);
         for (int64_t j = 0; j < L.P; ++j) values[j] = v[j / L.HW];
         break;
       case Mode::Planes:
