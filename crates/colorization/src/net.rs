@@ -104,7 +104,8 @@ impl DenseHead {
     /// # Shapes
     /// `feats`: `(N, C, h, w)`; returns `(N, classes, size[0], size[1])`.
     pub fn forward_t(&self, feats: &Tensor, size: [i64; 2], train: bool) -> Tensor {
-        let y = feats.apply(&self.hidden).apply_t(&self.bn, train).relu().apply(&self.out);
+        // Batch norm + ReLU through the fused kernel where it applies (training on the CPU).
+        let y = self.bn.forward_relu_t(&feats.apply(&self.hidden), train).apply(&self.out);
         let s = y.size();
         if [s[2], s[3]] == size {
             y

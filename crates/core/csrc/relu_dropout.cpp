@@ -3,7 +3,7 @@
 // function for contiguous CPU tensors of float or bfloat16. libtorch runs it as four kernels
 // forward (ReLU, a Bernoulli mask, two multiplies) and three backward, and its CPU Bernoulli
 // kernel draws the mask serially, value by value, from the global generator (about 8 ns a value:
-// the fc6/fc7 dropouts of the patch methods' heads cost more than their matrix products). Here
+// 4.5% of relative patch's cpu-profile step went to its two dropouts' masks). Here
 // the forward reads `x` and writes `y` once, the backward reads `dy` and `y` and writes `dx`
 // once, and no mask is kept: value `i` is kept when a hash of `i` and a 64-bit key is at or above
 // `p` (24 bits), the key drawn once a call from libtorch's default CPU generator. A seeded run
@@ -17,9 +17,11 @@
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "elementwise.h"
