@@ -34,6 +34,7 @@ namespace {
 // Rows of one block: blocks, not threads, fix the order of every sum.
 constexpr int64_t kRows = 256;
 
+using selfsup::elements;
 using selfsup::load;
 using selfsup::store;
 
@@ -214,18 +215,6 @@ void grad_input_loop(const uint16_t* dy, const uint16_t* x, const uint16_t* y, u
   grad_input_of(dy, x, y, dx, n, P, A, B, D);
 }
 
-// The element pointer of `t` as the loops take it.
-template <typename T>
-T* elements(const at::Tensor& t);
-template <>
-float* elements<float>(const at::Tensor& t) {
-  return t.data_ptr<float>();
-}
-template <>
-uint16_t* elements<uint16_t>(const at::Tensor& t) {
-  return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
-}
-
 // How a `(N, C, H, W)` activation lies in memory, and how the work is cut into `units` pieces
 // of `n` contiguous values each (the last may be shorter), whose coefficients repeat with a
 // period of `P` values starting at the piece's first:
@@ -250,12 +239,11 @@ constexpr int64_t kSmallImage = 16384;
 
 struct Layout {
   explicit Layout(const at::Tensor& x)
-      : channels_last(x.is_contiguous(at::MemoryFormat::ChannelsLast)),
-        N(x.size(0)),
+      : N(x.size(0)),
         C(x.size(1)),
         HW(x.size(2) * x.size(3)),
         M(N * HW) {
-    if (channels_last) {
+    if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
       mode = Mode::Rows;
       P = std::lcm(C, int64_t(16));
       n = kRows * C;
@@ -274,8 +262,10 @@ struct Layout {
     units = (M * C + n - 1) / n;
   }
 
+  bool channels_last() const { return mode == Mode::Rows; }
+
   at::MemoryFormat format() const {
-    return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+    return channels_last() ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   }
 
   // `out[c]` (`width` cells) = the sum of the period's sums `sums` of channel `c`, in position
@@ -302,7 +292,6 @@ struct Layout {
     }
   }
 
-  bool channels_last;
   int64_t N, C, HW, M;
   Mode mode;
   int64_t units, n, P, width;
@@ -369,7 +358,7 @@ at::Tensor forward_typed(const at::Tensor& x, const at::Tensor& weight, const at
   const T* xp = elements<T>(x);
   // Sums shifted by the first pixel's values, for a variance without cancellation.
   std::vector<float> shift(C), ps(L.units * L.width), pq(L.units * L.width);
-  for (int64_t c = 0; c < C; ++c) shift[c] = load(xp + (L.channels_last ? c : c * HW));
+  for (int64_t c = 0; c < C; ++c) shift[c] = load(xp + (L.channels_last() ? c : c * HW));
   const Spread shifts(L, shift);
   for_units(L, [&](int64_t u, int64_t o, int64_t n) {
     float* s = scratch(L.P);

@@ -1,13 +1,16 @@
 // What the CPU kernels of `bn_relu.cpp` and `relu_dropout.cpp` share: per-instruction-set
-// clones of their loops, bfloat16 loads and stores (bfloat16 as its 16 bits), and the CPU's own
-// float → bfloat16 conversion where it has one (AVX512-BF16's `vcvtneps2bf16`: Sapphire
-// Rapids, Zen 4), picked at run time.
+// clones of their loops, a tensor's elements and bfloat16 loads and stores (bfloat16 as its 16
+// bits), and the CPU's own float → bfloat16 conversion where it has one (AVX512-BF16's
+// `vcvtneps2bf16`: Sapphire Rapids, Zen 4), picked at run time.
 #pragma once
+
+#include <ATen/ATen.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -22,6 +25,17 @@ namespace selfsup {
 #define SELFSUP_CLONES
 #endif
 #define SELFSUP_INLINE __attribute__((always_inline)) inline
+
+// The element pointer of a float or bfloat16 tensor `t` as the loops take it (bfloat16 as
+// its bits).
+template <typename T>
+T* elements(const at::Tensor& t) {
+  if constexpr (std::is_same<T, float>::value) {
+    return t.data_ptr<float>();
+  } else {
+    return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
+  }
+}
 
 SELFSUP_INLINE float load(const float* p) { return *p; }
 SELFSUP_INLINE float load(const uint16_t* p) {

@@ -29,6 +29,7 @@
 
 namespace {
 
+using selfsup::elements;
 using selfsup::load;
 using selfsup::store;
 
@@ -130,15 +131,6 @@ void for_pieces(int64_t total, T* out, F piece) {
       write(buffer, out + first, n);
     }
   });
-}
-
-template <typename T>
-T* elements(const at::Tensor& t) {
-  if constexpr (std::is_same<T, float>::value) {
-    return t.data_ptr<float>();
-  } else {
-    return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
-  }
 }
 
 Mask mask_of(uint64_t key, double p) {
