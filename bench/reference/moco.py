@@ -12,7 +12,7 @@ In the step, for each (query view, key view) pair (both pairs with `symmetric`):
   so each of `bn_splits` sub-batches is normalised with its own statistics, the running
   statistics set to the mean of the sub-batches' updates; L2-normalised;
 - keys: the same with the momentum key network under `no_grad`, the key batch permuted by
-  `torch.randperm` before and restored after (Shuffling BN on one process);
+  a uniform random permutation before and restored after (Shuffling BN on one process);
 - InfoNCE in fp32 outside autocast: logits `[q.k, q.queue] / tau`, target 0, cross-entropy;
   the symmetric loss is the sum of both pairs' losses.
 After the optimizer step (`after_step`): `theta_k <- m theta_k + (1 - m) theta_q` over the
@@ -20,7 +20,7 @@ parameters, then the step's keys (both pairs' with `symmetric`) are written over
 rows of the `(K, dim)` queue (a buffer), wrapping around its end.
 The optimizer trains the query network only (the key network has `requires_grad=False`).
 Differences from selfsup's step: selfsup draws the key permutation on the host from a seeded
-ChaCha stream, here `torch.randperm`; the demo's sub-batch k holds the samples `i = k (mod s)`
+ChaCha stream, here `argsort(torch.rand(n))`; the demo's sub-batch k holds the samples `i = k (mod s)`
 (a free view), selfsup's the k-th contiguous chunk (so that a job's ranks hold whole
 sub-batches; a transposed copy in and out of each BN). The same computation in distribution.
 """
@@ -123,7 +123,10 @@ class Moco(nn.Module):
     def contrast(self, xq, xk):
         q = self.encoder_q(xq)
         with torch.no_grad():
-            perm = torch.randperm(xk.shape[0])
+            # A uniform permutation as `argsort(rand(n))`, not `randperm(n)`: inductor's
+            # `randperm_index` pattern (torch 2.11) fails to compile a step that indexes with
+            # `randperm` ("Not all inputs to pattern found in match.kwargs").
+            perm = torch.argsort(torch.rand(xk.shape[0]))
             k = self.encoder_k(xk[perm])[torch.argsort(perm)]
         with torch.autocast("cpu", enabled=False):
             l_pos = (q * k).sum(1, keepdim=True)

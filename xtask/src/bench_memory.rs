@@ -87,10 +87,27 @@ pub(crate) fn watch(mut cmd: Command, log: &Path, stdout: Stdio) -> Result<Watch
     w.seconds = start.elapsed().as_secs_f64();
     if !status.success() {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-        bail!("{program} failed ({status}), see {}: {last}", log.display());
+        bail!("{program} failed ({status}), see {}: {}", log.display(), failure_line(&text));
     }
     Ok(w)
+}
+
+/// The line of a failed process's stderr that says why it failed: the last exception line of
+/// a Python traceback (`RuntimeError: ...`, `torch._dynamo.exc.BackendCompilerFailed: ...`;
+/// hints printed after it, such as dynamo's `Set TORCHDYNAMO_VERBOSE=1 ...`, are skipped),
+/// else the last line that is not blank.
+pub(crate) fn failure_line(stderr: &str) -> &str {
+    let exception = |l: &&str| {
+        l.split_once(": ").is_some_and(|(name, _)| {
+            !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+                && ["Error", "Exception", "Failed", "Interrupt", "Exit"]
+                    .iter()
+                    .any(|end| name.ends_with(end))
+        })
+    };
+    let mut lines = stderr.lines().rev().map(str::trim).filter(|l| !l.is_empty());
+    lines.clone().find(exception).or_else(|| lines.next()).unwrap_or("")
 }
 
 /// `(median anonymous MiB over the run's second fifth, median over its last fifth)`. The
@@ -209,6 +226,27 @@ pub fn run(args: &[String]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_is_quoted_by_its_exception_line() {
+        // The tail of a real `torch.compile` failure (bench/reference/moco.py before its
+        // `index_select`): the exception, then dynamo's hints.
+        let log = "Traceback (most recent call last):\n  File \"x.py\", line 3, in check_fn\n    \
+                   raise RuntimeError(\ntorch._dynamo.exc.BackendCompilerFailed: backend='inductor' \
+                   raised:\nRuntimeError: Not all inputs to pattern found in match.kwargs.\n\n\
+                   Set TORCHDYNAMO_VERBOSE=1 for the internal stack trace\n\n";
+        assert_eq!(
+            failure_line(log),
+            "RuntimeError: Not all inputs to pattern found in match.kwargs."
+        );
+        // No traceback: the last line that is not blank; nothing: nothing.
+        assert_eq!(
+            failure_line("warming up\nout of memory: step 3\n  \n"),
+            "out of memory: step 3"
+        );
+        assert_eq!(failure_line("ValueError: bad value\n"), "ValueError: bad value");
+        assert_eq!(failure_line(""), "");
+    }
 
     #[test]
     fn status_fields_and_growth_are_read() {

@@ -25,7 +25,9 @@
 //! jemalloc preloaded with the options the `selfsup` binary gives its own (where Debian's
 //! `libjemalloc2` is installed); with `--compiled`, also that last variant with the step's loss
 //! compiled by `torch.compile` (inductor; a minute or two of compilation a run, in the untimed
-//! warm-up, hence opt-in). Every run is repeated `--repeats` times, interleaved (selfsup,
+//! warm-up, hence opt-in); where inductor fails to compile a step, the compiled variant is left
+//! out of that mode with the failure's line in the record (and its log kept beside the
+//! temporary folder), and the method is still measured. Every run is repeated `--repeats` times, interleaved (selfsup,
 //! then each PyTorch variant, then again), so that the machine's slow spells fall on every side
 //! alike, and each side's figure is the median of its runs: on a shared 2-core machine single
 //! runs of the same step differed by up to 40%, and the earlier rule (the fastest run of each,
@@ -243,20 +245,25 @@ fn python_args(cfg: &Value, steps: usize, path: &Path) -> Result<Vec<String>> {
 }
 
 /// One mode's measurements: selfsup's, and PyTorch's in each variant, each the median of its
-/// runs (kept in `*_runs`).
+/// runs (kept in `*_runs`), or why the variant failed (`torch.compile`'s only: see [`run`]).
 struct Row {
     mode: Mode,
     cfg: Value,
     ours: Measured,
     ours_runs: Vec<Measured>,
-    theirs: Vec<(&'static str, Measured)>,
+    theirs: Vec<(&'static str, Result<Measured, String>)>,
     theirs_runs: Vec<Vec<Measured>>,
 }
 
 impl Row {
+    /// PyTorch's variants that ran, with their medians.
+    fn ran(&self) -> impl Iterator<Item = (&'static str, &Measured)> + '_ {
+        self.theirs.iter().filter_map(|(name, m)| Some((*name, m.as_ref().ok()?)))
+    }
+
     /// PyTorch's fastest variant in this mode (median images per second).
     fn best_theirs(&self) -> f64 {
-        self.theirs.iter().map(|(_, m)| m.images_per_s).fold(0.0, f64::max)
+        self.ran().map(|(_, m)| m.images_per_s).fold(0.0, f64::max)
     }
 }
 
@@ -401,6 +408,59 @@ fn python_step(t: &Torch, args: &[String], variant: &Variant, dir: &Path) -> Res
     })
 }
 
+/// The runs of one mode, `repeats` rounds interleaved: each round runs selfsup (`ours`), then
+/// every PyTorch variant (`theirs`), so that a slow spell of the machine falls on all of them
+/// alike; every side gets as many runs, and the median of each is compared. Returns selfsup's
+/// runs, each variant's runs, and each variant's failure.
+///
+/// `torch.compile` fails on some steps that eager PyTorch runs (an inductor pass: MoCo's
+/// shuffle once did): a compiled variant that fails is run no more in this mode, its failure
+/// is what `left_out` makes of the error, and PyTorch's best is then its best eager variant.
+/// Any other failure (selfsup's, an eager reference's bug) stops the bench.
+#[allow(clippy::type_complexity)]
+fn interleave(
+    repeats: usize,
+    variants: &[Variant],
+    mut ours: impl FnMut() -> Result<Measured>,
+    mut theirs: impl FnMut(&Variant) -> Result<Measured>,
+    mut left_out: impl FnMut(&Variant, &anyhow::Error) -> String,
+) -> Result<(Vec<Measured>, Vec<Vec<Measured>>, Vec<Option<String>>)> {
+    let mut ours_runs = Vec::new();
+    let mut theirs_runs = vec![Vec::new(); variants.len()];
+    let mut failed: Vec<Option<String>> = vec![None; variants.len()];
+    for _ in 0..repeats {
+        ours_runs.push(ours()?);
+        for ((v, runs), failed) in variants.iter().zip(&mut theirs_runs).zip(&mut failed) {
+            if failed.is_some() {
+                continue;
+            }
+            match theirs(v) {
+                Ok(m) => runs.push(m),
+                Err(e) if v.compiled => {
+                    *failed = Some(left_out(v, &e));
+                    runs.clear();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok((ours_runs, theirs_runs, failed))
+}
+
+/// What a failed compiled run records: `e`'s message with the run's log (`python.log` in `tmp`,
+/// which the next run overwrites) copied beside `tmp` as
+/// `selfsup-bench-train-<method>-<mode>-compiled.log` and named instead.
+fn compile_failure(e: &anyhow::Error, tmp: &Path, method: &str, mode: Mode) -> String {
+    let log = tmp.join("python.log");
+    let slug: String = mode.name.replace(" + ", "-");
+    let kept = tmp.with_file_name(format!("selfsup-bench-train-{method}-{slug}-compiled.log"));
+    let why = format!("{e:#}");
+    match std::fs::copy(&log, &kept) {
+        Ok(_) => why.replace(&log.display().to_string(), &kept.display().to_string()),
+        Err(_) => why,
+    }
+}
+
 /// The median of repeated runs (images per second and seconds per step each; the mean of the
 /// middle two for an even count), with the largest peak memory seen.
 fn median(runs: &[Measured]) -> Measured {
@@ -469,20 +529,27 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
             let mut cfg = step_config(&base, method, o.large, o.threads, mode);
             cfg["data"]["max_images"] = json!(bench_images(&cfg, o.steps)?);
             let py = python_args(&cfg, o.steps, &tmp.join("python-config.json"))?;
-            // Interleaved: each repeat runs selfsup, then every PyTorch variant, so that a
-            // slow spell of the machine falls on all of them alike; every side gets as many
-            // runs, and the median of each is compared.
-            let mut ours_runs = Vec::new();
-            let mut theirs_runs = vec![Vec::new(); pytorch.len()];
-            for _ in 0..o.repeats {
-                ours_runs.push(selfsup_step(&bin, t, &cfg, o.steps, &tmp)?);
-                for (v, runs) in pytorch.iter().zip(&mut theirs_runs) {
-                    runs.push(python_step(t, &py, v, &tmp)?);
-                }
-            }
+            let (ours_runs, theirs_runs, failed) = interleave(
+                o.repeats,
+                &pytorch,
+                || selfsup_step(&bin, t, &cfg, o.steps, &tmp),
+                |v| python_step(t, &py, v, &tmp),
+                |v, e| {
+                    let why = compile_failure(e, &tmp, method, mode);
+                    eprintln!(
+                        "bench train: {method}, {}: PyTorch {} left out: {why}",
+                        mode.name, v.name
+                    );
+                    why
+                },
+            )?;
             let ours = median(&ours_runs);
-            let theirs =
-                pytorch.iter().zip(&theirs_runs).map(|(v, r)| (v.name, median(r))).collect();
+            let theirs = pytorch
+                .iter()
+                .zip(&theirs_runs)
+                .zip(failed)
+                .map(|((v, r), failed)| (v.name, failed.map_or_else(|| Ok(median(r)), Err)))
+                .collect();
             rows.push(Row { mode, cfg, ours, ours_runs, theirs, theirs_runs });
         }
         let ours_best = rows
@@ -491,7 +558,7 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
             .context("no mode measured")?;
         let (torch_row, (torch_variant, torch_b)) = rows
             .iter()
-            .flat_map(|r| r.theirs.iter().map(move |v| (r, v)))
+            .flat_map(|r| r.ran().map(move |v| (r, v)))
             .max_by(|a, b| a.1 .1.images_per_s.total_cmp(&b.1 .1.images_per_s))
             .context("no mode measured")?;
         let ratio = ours_best.ours.images_per_s / torch_b.images_per_s;
@@ -506,13 +573,16 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
         for r in &rows {
             print!("  {:<22} {:>9.2}", r.mode.name, r.ours.images_per_s);
             for (_, m) in &r.theirs {
-                print!(" {:>18.2}", m.images_per_s);
+                match m {
+                    Ok(m) => print!(" {:>18.2}", m.images_per_s),
+                    Err(_) => print!(" {:>18}", "failed"),
+                }
             }
+            let theirs_peak = r.ran().map(|(_, m)| m.peak_mib).next().unwrap_or(f64::NAN);
             println!(
-                " {:>6.2}x  {:.0} / {:.0}",
+                " {:>6.2}x  {:.0} / {theirs_peak:.0}",
                 r.ours.images_per_s / r.best_theirs(),
                 r.ours.peak_mib,
-                r.theirs[0].1.peak_mib
             );
         }
         let goal = target(method);
@@ -552,7 +622,10 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
                 "mode": r.mode.name,
                 "selfsup": with_runs(measured_json(&r.ours), &r.ours_runs),
                 "pytorch": r.theirs.iter().zip(&r.theirs_runs).map(|((name, m), runs)| {
-                    let mut j = with_runs(measured_json(m), runs);
+                    let mut j = match m {
+                        Ok(m) => with_runs(measured_json(m), runs),
+                        Err(why) => json!({ "failed": why }),
+                    };
                     j["variant"] = json!(name);
                     j
                 }).collect::<Vec<_>>(),
@@ -688,6 +761,61 @@ mod tests {
         );
         assert_eq!(v[3].jemalloc.as_deref(), Some(here.as_path()));
         assert!(v[3].fused && v[3].compiled && !v[2].compiled);
+    }
+
+    #[test]
+    fn a_compiled_variant_that_fails_is_left_out_and_an_eager_one_stops_the_bench() {
+        let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let v = variants(&here, true);
+        let m = |x: f64| Measured { images_per_s: x, seconds_per_step: 1.0 / x, peak_mib: 1.0 };
+        // The compiled variant fails in the second round: its first run is dropped, it is not
+        // run again, and every other side keeps all three of its runs.
+        let mut calls = Vec::new();
+        let mut round = 0;
+        let (ours, theirs, failed) = interleave(
+            3,
+            &v,
+            || {
+                round += 1;
+                Ok(m(10.0))
+            },
+            |v| {
+                calls.push(v.name);
+                if v.compiled && calls.len() > 4 {
+                    anyhow::bail!("python failed (exit status: 1), see python.log: RuntimeError: x")
+                }
+                Ok(m(20.0))
+            },
+            |v, e| format!("{}: {e}", v.name),
+        )
+        .unwrap();
+        assert_eq!(round, 3);
+        assert_eq!(ours.len(), 3);
+        assert_eq!(theirs.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 3, 0]);
+        assert_eq!(calls.iter().filter(|&&n| n == "compiled + jemalloc").count(), 2);
+        assert_eq!(failed[..3], [None, None, None]);
+        assert!(failed[3].as_deref().unwrap().starts_with("compiled + jemalloc: python failed"));
+        // The row's best is the best variant that ran.
+        let row = Row {
+            mode: MODES[0],
+            cfg: json!({}),
+            ours: m(10.0),
+            ours_runs: ours,
+            theirs: vec![("fused", Ok(m(20.0))), ("compiled + jemalloc", Err("x".into()))],
+            theirs_runs: theirs,
+        };
+        assert_eq!(row.best_theirs(), 20.0);
+        assert_eq!(row.ran().map(|(n, _)| n).collect::<Vec<_>>(), ["fused"]);
+        // An eager variant's failure is an error of the bench.
+        let err = interleave(
+            2,
+            &v,
+            || Ok(m(10.0)),
+            |v| if v.name == "fused" { anyhow::bail!("fused broke") } else { Ok(m(20.0)) },
+            |_, _| unreachable!("only a compiled failure is left out"),
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "fused broke");
     }
 
     #[test]
