@@ -20,9 +20,10 @@ parameters, then the step's keys (both pairs' with `symmetric`) are written over
 rows of the `(K, dim)` queue (a buffer), wrapping around its end.
 The optimizer trains the query network only (the key network has `requires_grad=False`).
 Differences from selfsup's step: selfsup draws the key permutation on the host from a seeded
-ChaCha stream, here `argsort(torch.rand(n))`; the demo's sub-batch k holds the samples `i = k (mod s)`
-(a free view), selfsup's the k-th contiguous chunk (so that a job's ranks hold whole
-sub-batches; a transposed copy in and out of each BN). The same computation in distribution.
+ChaCha stream, here `argsort(torch.rand(n))`; the demo's sub-batch k holds the samples
+`i = k (mod s)` (a free view), selfsup's the k-th contiguous chunk (so that a job's ranks hold
+whole sub-batches; a transposed copy in and out of each BN). The same computation in
+distribution.
 """
 import copy
 

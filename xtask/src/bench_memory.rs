@@ -229,8 +229,8 @@ mod tests {
 
     #[test]
     fn a_failure_is_quoted_by_its_exception_line() {
-        // The tail of a real `torch.compile` failure (bench/reference/moco.py before its
-        // `index_select`): the exception, then dynamo's hints.
+        // The tail of a real `torch.compile` failure (bench/reference/moco.py shuffling with
+        // `randperm`): the exception, then dynamo's hints.
         let log = "Traceback (most recent call last):\n  File \"x.py\", line 3, in check_fn\n    \
                    raise RuntimeError(\ntorch._dynamo.exc.BackendCompilerFailed: backend='inductor' \
                    raised:\nRuntimeError: Not all inputs to pattern found in match.kwargs.\n\n\

@@ -27,13 +27,13 @@
 //! compiled by `torch.compile` (inductor; a minute or two of compilation a run, in the untimed
 //! warm-up, hence opt-in); where inductor fails to compile a step, the compiled variant is left
 //! out of that mode with the failure's line in the record (and its log kept beside the
-//! temporary folder), and the method is still measured. Every run is repeated `--repeats` times, interleaved (selfsup,
-//! then each PyTorch variant, then again), so that the machine's slow spells fall on every side
-//! alike, and each side's figure is the median of its runs: on a shared 2-core machine single
-//! runs of the same step differed by up to 40%, and the earlier rule (the fastest run of each,
-//! PyTorch's best of 6 against selfsup's best of 2) favoured the side with more runs. PyTorch's
-//! best is the variant and mode with the highest median. The peak resident set of each process
-//! is read from `/proc/<pid>/status` (`VmHWM`) every 100 ms.
+//! temporary folder), and the method is still measured. Every run is repeated `--repeats`
+//! times, interleaved (selfsup, then each PyTorch variant, then again), so that the machine's slow
+//! spells fall on every side alike, and each side's figure is the median of its runs: on a shared
+//! 2-core machine single runs of the same step differed by up to 40%, and the earlier rule (the
+//! fastest run of each, PyTorch's best of 6 against selfsup's best of 2) favoured the side with
+//! more runs. PyTorch's best is the variant and mode with the highest median. The peak resident set
+//! of each process is read from `/proc/<pid>/status` (`VmHWM`) every 100 ms.
 //!
 //! Prints a table per method and writes it to `results/bench/train.json` as soon as it is
 //! measured (`[backbone][method]`, replaced when measured again, the others kept), with the
@@ -245,7 +245,7 @@ fn python_args(cfg: &Value, steps: usize, path: &Path) -> Result<Vec<String>> {
 }
 
 /// One mode's measurements: selfsup's, and PyTorch's in each variant, each the median of its
-/// runs (kept in `*_runs`), or why the variant failed (`torch.compile`'s only: see [`run`]).
+/// runs (kept in `*_runs`), or why the variant failed (`torch.compile`'s only: see [`interleave`]).
 struct Row {
     mode: Mode,
     cfg: Value,
