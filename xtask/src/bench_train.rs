@@ -408,43 +408,39 @@ fn python_step(t: &Torch, args: &[String], variant: &Variant, dir: &Path) -> Res
     })
 }
 
+/// A PyTorch variant's runs in one mode, or why it failed.
+type Runs = Result<Vec<Measured>, String>;
+
 /// The runs of one mode, `repeats` rounds interleaved: each round runs selfsup (`ours`), then
 /// every PyTorch variant (`theirs`), so that a slow spell of the machine falls on all of them
 /// alike; every side gets as many runs, and the median of each is compared. Returns selfsup's
-/// runs, each variant's runs, and each variant's failure.
+/// runs and each variant's runs, or its failure.
 ///
 /// `torch.compile` fails on some steps that eager PyTorch runs (an inductor pass: MoCo's
 /// shuffle once did): a compiled variant that fails is run no more in this mode, its failure
 /// is what `left_out` makes of the error, and PyTorch's best is then its best eager variant.
 /// Any other failure (selfsup's, an eager reference's bug) stops the bench.
-#[allow(clippy::type_complexity)]
 fn interleave(
     repeats: usize,
     variants: &[Variant],
     mut ours: impl FnMut() -> Result<Measured>,
     mut theirs: impl FnMut(&Variant) -> Result<Measured>,
     mut left_out: impl FnMut(&Variant, &anyhow::Error) -> String,
-) -> Result<(Vec<Measured>, Vec<Vec<Measured>>, Vec<Option<String>>)> {
+) -> Result<(Vec<Measured>, Vec<Runs>)> {
     let mut ours_runs = Vec::new();
-    let mut theirs_runs = vec![Vec::new(); variants.len()];
-    let mut failed: Vec<Option<String>> = vec![None; variants.len()];
+    let mut theirs_runs: Vec<Runs> = vec![Ok(Vec::new()); variants.len()];
     for _ in 0..repeats {
         ours_runs.push(ours()?);
-        for ((v, runs), failed) in variants.iter().zip(&mut theirs_runs).zip(&mut failed) {
-            if failed.is_some() {
-                continue;
-            }
+        for (v, runs) in variants.iter().zip(&mut theirs_runs) {
+            let Ok(kept) = runs else { continue };
             match theirs(v) {
-                Ok(m) => runs.push(m),
-                Err(e) if v.compiled => {
-                    *failed = Some(left_out(v, &e));
-                    runs.clear();
-                }
+                Ok(m) => kept.push(m),
+                Err(e) if v.compiled => *runs = Err(left_out(v, &e)),
                 Err(e) => return Err(e),
             }
         }
     }
-    Ok((ours_runs, theirs_runs, failed))
+    Ok((ours_runs, theirs_runs))
 }
 
 /// What a failed compiled run records: `e`'s message with the run's log (`python.log` in `tmp`,
@@ -529,7 +525,7 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
             let mut cfg = step_config(&base, method, o.large, o.threads, mode);
             cfg["data"]["max_images"] = json!(bench_images(&cfg, o.steps)?);
             let py = python_args(&cfg, o.steps, &tmp.join("python-config.json"))?;
-            let (ours_runs, theirs_runs, failed) = interleave(
+            let (ours_runs, results) = interleave(
                 o.repeats,
                 &pytorch,
                 || selfsup_step(&bin, t, &cfg, o.steps, &tmp),
@@ -546,10 +542,10 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
             let ours = median(&ours_runs);
             let theirs = pytorch
                 .iter()
-                .zip(&theirs_runs)
-                .zip(failed)
-                .map(|((v, r), failed)| (v.name, failed.map_or_else(|| Ok(median(r)), Err)))
+                .zip(&results)
+                .map(|(v, r)| (v.name, r.as_deref().map(median).map_err(String::clone)))
                 .collect();
+            let theirs_runs = results.into_iter().map(Result::unwrap_or_default).collect();
             rows.push(Row { mode, cfg, ours, ours_runs, theirs, theirs_runs });
         }
         let ours_best = rows
@@ -772,7 +768,7 @@ mod tests {
         // run again, and every other side keeps all three of its runs.
         let mut calls = Vec::new();
         let mut round = 0;
-        let (ours, theirs, failed) = interleave(
+        let (ours, theirs) = interleave(
             3,
             &v,
             || {
@@ -791,10 +787,11 @@ mod tests {
         .unwrap();
         assert_eq!(round, 3);
         assert_eq!(ours.len(), 3);
-        assert_eq!(theirs.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 3, 0]);
+        let kept = |r: &Runs| r.as_ref().map(Vec::len).ok();
+        assert_eq!(theirs.iter().map(kept).collect::<Vec<_>>(), [Some(3), Some(3), Some(3), None]);
         assert_eq!(calls.iter().filter(|&&n| n == "compiled + jemalloc").count(), 2);
-        assert_eq!(failed[..3], [None, None, None]);
-        assert!(failed[3].as_deref().unwrap().starts_with("compiled + jemalloc: python failed"));
+        let why = theirs[3].as_ref().err().unwrap();
+        assert!(why.starts_with("compiled + jemalloc: python failed"), "{why}");
         // The row's best is the best variant that ran.
         let row = Row {
             mode: MODES[0],
@@ -802,7 +799,7 @@ mod tests {
             ours: m(10.0),
             ours_runs: ours,
             theirs: vec![("fused", Ok(m(20.0))), ("compiled + jemalloc", Err("x".into()))],
-            theirs_runs: theirs,
+            theirs_runs: theirs.into_iter().map(Result::unwrap_or_default).collect(),
         };
         assert_eq!(row.best_theirs(), 20.0);
         assert_eq!(row.ran().map(|(n, _)| n).collect::<Vec<_>>(), ["fused"]);
