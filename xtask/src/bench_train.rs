@@ -36,8 +36,9 @@
 //! of each process is read from `/proc/<pid>/status` (`VmHWM`) every 100 ms.
 //!
 //! Prints a table per method and writes it to `results/bench/train.json` as soon as it is
-//! measured (`[backbone][method]`, replaced when measured again, the others kept), with the
-//! CPU's name and the command.
+//! measured, under the CPU's name (`[cpu][backbone][method]`: a pass on another kind of machine
+//! adds its own entries; a method measured again on the same kind replaces its entry, the others
+//! kept), with the command.
 use crate::bench_memory::{cpu_name, watch};
 use crate::libtorch::Torch;
 use anyhow::{bail, Context, Result};
@@ -64,6 +65,9 @@ const METHODS: [&str; 12] = [
     "split-brain",
     "supervised",
 ];
+
+/// The `--backbone` choices, as keyed in `results/bench/train.json`.
+const BACKBONES: [&str; 2] = ["cpu", "large"];
 
 /// The methods with a `--backbone large` network.
 const LARGE: [&str; 2] = ["rotnet", "simclr"];
@@ -635,7 +639,7 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
                 "ratio": round(ratio, 3), "target": goal, "met": ratio >= goal,
             },
         });
-        write_case(Path::new("results/bench/train.json"), backbone, method, case)?;
+        write_case(Path::new("results/bench/train.json"), &cpu, backbone, method, case)?;
     }
     if summary.len() > 1 {
         println!("\nbest against best, images/s ({backbone} backbones, {cpu}):");
@@ -651,9 +655,9 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Sets `[backbone][method]` of the JSON object at `path` (created when missing), as soon as
-/// the method is measured, keeping the other methods' entries.
-fn write_case(path: &Path, backbone: &str, method: &str, case: Value) -> Result<()> {
+/// Sets `[cpu][backbone][method]` of the JSON object at `path` (created when missing), as soon
+/// as the method is measured, keeping the other entries: other methods', and other machines'.
+fn write_case(path: &Path, cpu: &str, backbone: &str, method: &str, case: Value) -> Result<()> {
     let mut all: Value = match std::fs::read_to_string(path) {
         Ok(text) => {
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
@@ -663,16 +667,29 @@ fn write_case(path: &Path, backbone: &str, method: &str, case: Value) -> Result<
     if !all.is_object() {
         bail!("{}: not a JSON object", path.display());
     }
-    if !all[backbone].is_object() {
-        all[backbone] = json!({});
+    for (key, entry) in all.as_object().into_iter().flatten() {
+        let backbones =
+            entry.as_object().map(|e| e.keys().all(|b| BACKBONES.contains(&b.as_str())));
+        if backbones != Some(true) {
+            bail!(
+                "{}: `{key}` is not a machine's entries ({{backbone: {{method: ...}}}}, backbones \
+                 {})",
+                path.display(),
+                BACKBONES.join(", ")
+            );
+        }
     }
-    all[backbone][method] = case;
+    let machine = &mut all[cpu];
+    if !machine[backbone].is_object() {
+        machine[backbone] = json!({});
+    }
+    machine[backbone][method] = case;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(path, serde_json::to_string_pretty(&all)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("bench train: wrote {} ({backbone}, {method})", path.display());
+    eprintln!("bench train: wrote {} ({cpu}, {backbone}, {method})", path.display());
     Ok(())
 }
 
@@ -888,15 +905,26 @@ mod tests {
     }
 
     #[test]
-    fn entries_are_kept_per_backbone_and_method() {
+    fn entries_are_kept_per_machine_backbone_and_method() {
         let dir = std::env::temp_dir().join(format!("bench-train-entry-{}", std::process::id()));
         let path = dir.join("train.json");
-        write_case(&path, "cpu", "rotnet", json!(1)).unwrap();
-        write_case(&path, "large", "rotnet", json!(2)).unwrap();
-        write_case(&path, "cpu", "simclr", json!(3)).unwrap();
-        write_case(&path, "cpu", "rotnet", json!(4)).unwrap();
+        let (xeon, epyc) = ("Xeon (family 6, model 207)", "EPYC (family 23, model 1)");
+        write_case(&path, xeon, "cpu", "rotnet", json!({"r": 1})).unwrap();
+        write_case(&path, xeon, "large", "rotnet", json!({"r": 2})).unwrap();
+        write_case(&path, xeon, "cpu", "simclr", json!({"r": 3})).unwrap();
+        write_case(&path, epyc, "cpu", "rotnet", json!({"r": 5})).unwrap();
+        write_case(&path, xeon, "cpu", "rotnet", json!({"r": 4})).unwrap();
         let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        assert_eq!(v, json!({"cpu": {"rotnet": 4, "simclr": 3}, "large": {"rotnet": 2}}));
+        let want = json!({
+            xeon: {"cpu": {"rotnet": {"r": 4}, "simclr": {"r": 3}}, "large": {"rotnet": {"r": 2}}},
+            epyc: {"cpu": {"rotnet": {"r": 5}}},
+        });
+        assert_eq!(v, want);
+        // A file in the layout before machines (`[backbone][method]`) is refused by name, not
+        // mixed into: the `cpu` backbone would read as a machine.
+        std::fs::write(&path, r#"{"cpu": {"rotnet": {"r": 1}}}"#).unwrap();
+        let err = write_case(&path, xeon, "cpu", "rotnet", json!({})).unwrap_err().to_string();
+        assert!(err.contains("train.json: `cpu` is not a machine's entries"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

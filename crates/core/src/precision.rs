@@ -206,8 +206,9 @@ pub fn autocast_dtype(device: Device) -> Result<Option<Kind>> {
     Ok(Some(kind))
 }
 
-/// A 4-d tensor with channels-last strides (the same values and NCHW shape, NHWC layout in
-/// memory); tensors of other ranks are returned as they are (a shallow clone). Differentiable.
+/// A 4-d tensor with channels-last strides, exactly those PyTorch gives
+/// ([`has_channels_last_strides`]; the same values and NCHW shape, NHWC layout in memory);
+/// tensors of other ranks are returned as they are (a shallow clone). Differentiable.
 ///
 /// # Shapes
 /// `(N, C, H, W)` in and out.
@@ -215,7 +216,16 @@ pub fn to_channels_last(t: &Tensor) -> Result<Tensor> {
     if t.dim() != 4 {
         return Ok(t.shallow_clone());
     }
-    Ok(t.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2])?)
+    let x = t.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2])?;
+    // `contiguous` leaves a tensor alone whose size-1 dimensions have other strides (a
+    // one-channel batch, a 1 × 1 weight): the values already lie in NHWC order, and only those
+    // strides, which address nothing, are set to PyTorch's (see `has_channels_last_strides`).
+    let size = x.size();
+    let strides = [size[1] * size[2] * size[3], 1, size[3] * size[1], size[1]];
+    if x.stride() == strides {
+        return Ok(x);
+    }
+    Ok(x.f_as_strided(size.as_slice(), strides.as_slice(), None)?)
 }
 
 /// The rows `index` of `t` (`index_select` along dim 0), laid out as `t` is: libtorch's
@@ -244,15 +254,33 @@ pub fn is_channels_last(t: &Tensor) -> bool {
     t.stride().iter().zip(expected).zip(&size).all(|((&s, e), &n)| n == 1 || s == e)
 }
 
-/// Converts every 4-d variable of `vs` (convolution weights) to channels-last in place,
-/// keeping the variables themselves (the optimizer and the modules hold the same tensors).
-/// Returns how many were converted. Call it before building the optimizer, so that its
-/// buffers (created with the parameters' layout) match.
+/// Whether a 4-d tensor has exactly the strides [`to_channels_last`] (and PyTorch's
+/// `.to(memory_format=torch.channels_last)`) give it, `(H*W*C, 1, W*C, C)`, size-1 dimensions
+/// included. [`is_channels_last`] ignores those, as the layout of the values does; libtorch
+/// does not: a weight with one input channel `(O, 1, k, k)` or a 1 × 1 one `(O, I, 1, 1)` left
+/// with its contiguous strides is NCHW to `suggest_memory_format`, so a convolution with it
+/// and an input of one channel runs and returns NCHW, and the weight's gradient comes back
+/// with channels-last strides other than the weight's own (which keeps the parameter off the
+/// fused optimizer step).
+pub fn has_channels_last_strides(t: &Tensor) -> bool {
+    if t.dim() != 4 {
+        return false;
+    }
+    let size = t.size();
+    let (c, h, w) = (size[1], size[2], size[3]);
+    t.stride() == [h * w * c, 1, w * c, c]
+}
+
+/// Converts every 4-d variable of `vs` (convolution weights) to channels-last in place, to
+/// exactly the strides PyTorch gives them ([`has_channels_last_strides`]), keeping the
+/// variables themselves (the optimizer and the modules hold the same tensors). Returns how many
+/// were converted. Call it before building the optimizer, so that its buffers (created with
+/// the parameters' layout) match.
 pub fn set_channels_last(vs: &nn::VarStore) -> Result<usize> {
     let _no_grad = tch::no_grad_guard();
     let mut converted = 0;
     for (_, mut var) in vs.variables() {
-        if var.dim() == 4 && !is_channels_last(&var) {
+        if var.dim() == 4 && !has_channels_last_strides(&var) {
             let nhwc = to_channels_last(&var)?;
             var.f_set_data(&nhwc)?;
             converted += 1;
@@ -463,5 +491,41 @@ mod tests {
         // Gradients still reach the converted weights.
         after.sum(Kind::Float).backward();
         assert!(c1.grad().defined());
+    }
+
+    /// Weights with a size-1 dimension (one input channel, 1 × 1) lie in memory as
+    /// channels-last already, but libtorch reads their contiguous strides as NCHW: converted,
+    /// they get PyTorch's channels-last strides, the convolution of a one-channel NCHW input
+    /// then runs and returns channels-last, and the gradients come back with the weights'
+    /// own strides (what the fused optimizer step needs).
+    #[test]
+    fn weights_with_a_size_1_dimension_get_pytorchs_channels_last_strides() {
+        tch::manual_seed(5);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let p = vs.root();
+        let c = nn::ConvConfig { padding: 2, ..Default::default() };
+        let gray = nn::conv2d(&p / "gray", 1, 8, 5, c);
+        let point = nn::conv2d(&p / "point", 8, 6, 1, Default::default());
+        let wide = nn::conv2d(&p / "wide", 6, 4, 3, Default::default());
+        let (g, pt) = (gray.ws.shallow_clone(), point.ws.shallow_clone());
+        assert!(is_channels_last(&g) && is_channels_last(&pt), "the values' layout already is");
+        assert!(!has_channels_last_strides(&g) && !has_channels_last_strides(&pt));
+        let x = Tensor::randn([3, 1, 9, 9], (Kind::Float, Device::Cpu));
+        let net = |x: &Tensor| x.apply(&gray).relu().apply(&point).relu().apply(&wide);
+        let before = net(&x);
+        assert!(!is_channels_last(&x.apply(&gray)), "an NCHW result before");
+        assert_eq!(set_channels_last(&vs).unwrap(), 3);
+        for w in [&g, &pt, &wide.ws] {
+            assert!(has_channels_last_strides(w), "strides {:?}", w.stride());
+        }
+        assert_eq!(g.stride(), [25, 1, 5, 1]);
+        assert_eq!(pt.stride(), [8, 1, 8, 8]);
+        assert!(is_channels_last(&x.apply(&gray)), "the one-channel input's conv is NHWC now");
+        let after = net(&x);
+        assert!(after.allclose(&before, 1e-5, 1e-5, false));
+        after.sum(Kind::Float).backward();
+        for w in [&g, &pt, &wide.ws] {
+            assert_eq!(w.grad().stride(), w.stride(), "gradient strides of {:?}", w.size());
+        }
     }
 }

@@ -76,12 +76,24 @@ fn a_rank_with_another_shape_is_named() {
 fn two_ranks_at_half_the_batch_average_to_the_full_batch_gradient() {
     // A network without batch norm: the mean loss over B is the mean of the two halves' means.
     fn grads(x: &Tensor, y: &Tensor, group: Option<&Arc<dyn Collectives>>) -> Vec<Vec<f32>> {
-        tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let net = nn::seq()
             .add(nn::linear(vs.root() / "a", 6, 8, Default::default()))
             .add_fn(|t| t.relu())
             .add(nn::linear(vs.root() / "b", 8, 3, Default::default()));
+        // Fixed weights, not libtorch's global generator: the ranks build their networks in
+        // threads at the same time, and seeding that generator in each raced (a rank drew
+        // the other's numbers now and then, and its gradients were another network's).
+        tch::no_grad(|| {
+            for (name, mut v) in vs.variables() {
+                let n = v.numel() as i64;
+                let fill = (Tensor::arange(n, (Kind::Float, Device::Cpu)) * 0.37
+                    + name.len() as f64)
+                    .sin()
+                    * 0.5;
+                v.copy_(&fill.view_as(&v));
+            }
+        });
         let loss = net.forward(x).cross_entropy_for_logits(y);
         loss.backward();
         let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
