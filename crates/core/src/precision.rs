@@ -221,11 +221,17 @@ pub fn to_channels_last(t: &Tensor) -> Result<Tensor> {
     // one-channel batch, a 1 × 1 weight): the values already lie in NHWC order, and only those
     // strides, which address nothing, are set to PyTorch's (see `has_channels_last_strides`).
     let size = x.size();
-    let strides = [size[1] * size[2] * size[3], 1, size[3] * size[1], size[1]];
+    let strides = channels_last_strides(&size);
     if x.stride() == strides {
         return Ok(x);
     }
     Ok(x.f_as_strided(size.as_slice(), strides.as_slice(), None)?)
+}
+
+/// The channels-last strides of a 4-d `(N, C, H, W)` size: `(H*W*C, 1, W*C, C)`.
+fn channels_last_strides(size: &[i64]) -> [i64; 4] {
+    let (c, h, w) = (size[1], size[2], size[3]);
+    [h * w * c, 1, w * c, c]
 }
 
 /// The rows `index` of `t` (`index_select` along dim 0), laid out as `t` is: libtorch's
@@ -249,8 +255,7 @@ pub fn is_channels_last(t: &Tensor) -> bool {
         return false;
     }
     let size = t.size();
-    let (c, h, w) = (size[1], size[2], size[3]);
-    let expected = [h * w * c, 1, w * c, c];
+    let expected = channels_last_strides(&size);
     t.stride().iter().zip(expected).zip(&size).all(|((&s, e), &n)| n == 1 || s == e)
 }
 
@@ -266,9 +271,7 @@ pub fn has_channels_last_strides(t: &Tensor) -> bool {
     if t.dim() != 4 {
         return false;
     }
-    let size = t.size();
-    let (c, h, w) = (size[1], size[2], size[3]);
-    t.stride() == [h * w * c, 1, w * c, c]
+    t.stride() == channels_last_strides(&t.size())
 }
 
 /// Converts every 4-d variable of `vs` (convolution weights) to channels-last in place, to
