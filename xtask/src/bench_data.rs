@@ -13,7 +13,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-const USAGE: &str =
+pub(crate) const USAGE: &str =
     "usage: cargo xtask bench data [--threads 2] [--images32 N] [--images96 N] [--skip-python]";
 
 struct Opts {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 /// counts as flat: allocator caches and libtorch's thread pools settle within it.
 const FLAT_MIB: f64 = 64.0;
 
-const USAGE: &str =
+pub(crate) const USAGE: &str =
     "usage: cargo xtask bench memory [--threads 2] [--loader-images 500000] [--skip-epoch]";
 
 struct Opts {

@@ -38,7 +38,8 @@
 //! Prints a table per method and writes it to `results/bench/train.json` as soon as it is
 //! measured, under the CPU's name (`[cpu][backbone][method]`: a pass on another kind of machine
 //! adds its own entries; a method measured again on the same kind replaces its entry, the others
-//! kept), with the command.
+//! kept), with the command; then renders the record's tables into `results/bench/README.md`
+//! ([`crate::bench_report`]).
 use crate::bench_memory::{cpu_name, watch};
 use crate::libtorch::Torch;
 use anyhow::{bail, Context, Result};
@@ -46,7 +47,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-const USAGE: &str = "usage: cargo xtask bench train [--methods rotnet,simclr,...] \
+pub(crate) const USAGE: &str = "usage: cargo xtask bench train [--methods rotnet,simclr,...] \
                      [--backbone cpu|large] [--steps 5] [--threads 2] [--repeats 3] [--compiled]";
 
 /// The registered methods, each with a PyTorch reference step in
@@ -639,7 +640,10 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
                 "ratio": round(ratio, 3), "target": goal, "met": ratio >= goal,
             },
         });
-        write_case(Path::new("results/bench/train.json"), &cpu, backbone, method, case)?;
+        write_case(Path::new(crate::bench_report::RECORD), &cpu, backbone, method, case)?;
+        if crate::bench_report::write(Path::new("."))? {
+            eprintln!("bench train: wrote {}", crate::bench_report::PAGE);
+        }
     }
     if summary.len() > 1 {
         println!("\nbest against best, images/s ({backbone} backbones, {cpu}):");

@@ -17,7 +17,7 @@ use std::process::Command;
 /// Every target, in run order.
 pub const TARGETS: [&str; 7] = ["cifar", "idx", "stl10", "image", "npy", "checkpoint", "config"];
 
-const USAGE: &str = "usage: cargo xtask fuzz [--seconds N] [TARGET ...]";
+pub(crate) const USAGE: &str = "usage: cargo xtask fuzz [--seconds N] [TARGET ...]";
 
 /// What one target's run found.
 #[derive(Debug)]

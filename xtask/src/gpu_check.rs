@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: cargo xtask gpu-check [--binary PATH] [--epochs 3] \
+pub(crate) const USAGE: &str = "usage: cargo xtask gpu-check [--binary PATH] [--epochs 3] \
     [--methods rotnet,simclr] [--device cuda] [--profile paper] [--data SPEC] [--data-dir DIR] \
     [--no-job]";
 

@@ -6,6 +6,7 @@
 //! xtask itself never links libtorch: it is the tool that installs it.
 mod bench_data;
 mod bench_memory;
+mod bench_report;
 mod bench_train;
 mod fetch;
 mod fuzz;
@@ -28,12 +29,15 @@ Commands:
   new-method NAME    scaffold crates/NAME (a PretextMethod, its config, register, a test) and
                      register it; `cargo xtask test` passes straight after
   tables             regenerate results/README.md and the README's results block from the
-                     committed results/**/results.json (no training)
+                     committed results/**/results.json, and results/bench/README.md from
+                     results/bench/train.json (no training)
   test               the whole suite: cargo fmt --check, clippy -D warnings, all tests
   bench data         data-pipeline throughput against torchvision's DataLoader
-  bench train [--methods rotnet,simclr] [--backbone cpu|large] [--steps 5] [--repeats 3]
+  bench train [--methods rotnet,simclr] [--backbone cpu|large] [--steps 5] [--threads 2]
+              [--repeats 3] [--compiled]
                      training-step throughput against PyTorch in fp32, channels-last and
-                     channels-last + bf16 (where the CPU has it); writes results/bench/train.json
+                     channels-last + bf16 (where the CPU has it), `--compiled` adding
+                     PyTorch's torch.compile variant; writes results/bench/train.json
   bench memory [--threads 2 --loader-images 500000 --skip-epoch]
                      peak resident memory of a RotNet cpu-profile epoch; the loader's memory
                      over a generated dataset 10x CIFAR-10 (must stay flat)
@@ -49,6 +53,9 @@ Commands:
   run -- <args>      build, then run `selfsup <args>`
   env                print shell exports for plain `cargo build` / `cargo test`
   setup              only install / locate libtorch and print where it is
+
+`cargo xtask <command> --help` prints a command's options (for `reproduce` and `run`, those of
+the `selfsup` binary).
 
 Environment:
   SELFSUP_LIBTORCH   an existing libtorch 2.11.0 (a torch/ folder with include/ and lib/)
@@ -73,6 +80,10 @@ fn run() -> Result<()> {
         return Ok(());
     };
     let rest = &args[1..];
+    if let Some(usage) = usage(cmd, rest) {
+        println!("{usage}");
+        return Ok(());
+    }
     match cmd.as_str() {
         "help" | "--help" | "-h" => {
             print!("{HELP}");
@@ -98,10 +109,56 @@ fn run() -> Result<()> {
     }
 }
 
+/// The usage line of `cmd` when `rest` asks for help (`-h` or `--help`), for the commands that
+/// parse their own options; printed before anything is installed or built.
+fn usage(cmd: &str, rest: &[String]) -> Option<&'static str> {
+    if !rest.iter().any(|a| a == "-h" || a == "--help") {
+        return None;
+    }
+    match (cmd, rest.first().map(String::as_str)) {
+        ("bench", Some("data")) => Some(bench_data::USAGE),
+        ("bench", Some("train")) => Some(bench_train::USAGE),
+        ("bench", Some("memory")) => Some(bench_memory::USAGE),
+        ("bench", _) => Some("usage: cargo xtask bench data|train|memory [--help]"),
+        ("gpu-check", _) => Some(gpu_check::USAGE),
+        ("fuzz", _) => Some(fuzz::USAGE),
+        ("new-method", _) => Some(new_method::USAGE),
+        _ => None,
+    }
+}
+
 /// The workspace root (the folder above xtask/).
 fn project_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace root")
         .to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn help_anywhere_in_a_commands_options_gives_its_usage() {
+        assert_eq!(usage("bench", &args(&["train", "--help"])), Some(bench_train::USAGE));
+        assert_eq!(
+            usage("bench", &args(&["train", "--steps", "3", "-h"])),
+            Some(bench_train::USAGE)
+        );
+        assert_eq!(usage("bench", &args(&["data", "-h"])), Some(bench_data::USAGE));
+        assert_eq!(usage("bench", &args(&["memory", "--help"])), Some(bench_memory::USAGE));
+        assert_eq!(usage("gpu-check", &args(&["--epochs", "1", "--help"])), Some(gpu_check::USAGE));
+        assert_eq!(usage("fuzz", &args(&["-h"])), Some(fuzz::USAGE));
+        assert_eq!(usage("new-method", &args(&["--help"])), Some(new_method::USAGE));
+        assert!(usage("bench", &args(&["--help"])).unwrap().contains("data|train|memory"));
+        // Without a help flag the command runs; `reproduce` and `run` pass `--help` to selfsup.
+        assert_eq!(usage("bench", &args(&["train", "--steps", "3"])), None);
+        assert_eq!(usage("reproduce", &args(&["--help"])), None);
+        assert_eq!(usage("run", &args(&["--", "train", "--help"])), None);
+    }
 }

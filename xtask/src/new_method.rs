@@ -401,10 +401,13 @@ pub fn scaffold(root: &Path, name: &str) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
+pub(crate) const USAGE: &str =
+    "usage: cargo xtask new-method NAME (lowercase, hyphens: `upside-down`)";
+
 /// `cargo xtask new-method NAME`.
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let [name] = args else {
-        bail!("usage: cargo xtask new-method NAME (lowercase, hyphens: `upside-down`)");
+        bail!("{USAGE}");
     };
     let files = scaffold(root, name)?;
     for f in &files {

@@ -1,8 +1,9 @@
 //! `cargo xtask tables`: regenerates `results/README.md` (every committed reproduction: its
 //! machine, time, findings and every table) and the generated block of the README's results
 //! section (one line a reproduction) from the committed `results/**/results.json` alone, with
-//! no training. A test checks that the committed files are exactly what this generates, so the
-//! README never drifts from the results.
+//! no training; and `results/bench/README.md` from `results/bench/train.json`
+//! ([`crate::bench_report`]). A test checks that the committed files are exactly what this
+//! generates, so the README never drifts from the results.
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -217,6 +218,12 @@ pub fn run(root: &Path) -> Result<()> {
         } else {
             println!("{} is up to date", path.display());
         }
+    }
+    let page = root.join(crate::bench_report::PAGE);
+    if crate::bench_report::write(root)? {
+        println!("wrote {}", page.display());
+    } else {
+        println!("{} is up to date", page.display());
     }
     Ok(())
 }

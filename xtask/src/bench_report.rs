@@ -1,0 +1,220 @@
+//! `results/bench/README.md`: the latest training-step figures of every kind of machine, as
+//! tables, rendered from `results/bench/train.json` (the record `cargo xtask bench train`
+//! keeps per machine, backbone and method). `cargo xtask bench train` rewrites it after each
+//! method it measures and `cargo xtask tables` regenerates it; a test checks that the committed
+//! file is what the committed record gives, so the page never drifts from the figures.
+use anyhow::{Context, Result};
+use serde_json::Value;
+use std::path::Path;
+
+/// The record, relative to the workspace root.
+pub const RECORD: &str = "results/bench/train.json";
+/// The page rendered from it, relative to the workspace root.
+pub const PAGE: &str = "results/bench/README.md";
+
+/// The modes a method is measured in, in the record's order (columns of the tables).
+const MODES: [&str; 3] = ["fp32", "channels-last", "channels-last + bf16"];
+
+/// PyTorch's variant that compiles the step (`--compiled`).
+const COMPILED: &str = "compiled + jemalloc";
+
+/// A number of images per second as the tables show it: whole above 100, one decimal below.
+fn rate(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+/// The cell of one mode: `selfsup / PyTorch's best variant` (medians), `(compiled)` when
+/// PyTorch's best was its compiled step; `skipped` where the record has no such mode.
+fn mode_cell(entry: &Value, mode: &str) -> String {
+    let Some(m) = entry["modes"].as_array().into_iter().flatten().find(|m| m["mode"] == mode)
+    else {
+        return "skipped".into();
+    };
+    let ours = m["selfsup"]["images_per_s"].as_f64();
+    let best = m["pytorch"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| Some((v["images_per_s"].as_f64()?, v["variant"].as_str().unwrap_or("?"))))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match (ours, best) {
+        (Some(o), Some((t, variant))) => format!(
+            "{} / {}{}",
+            rate(o),
+            rate(t),
+            if variant == COMPILED { " (compiled)" } else { "" }
+        ),
+        _ => "–".into(),
+    }
+}
+
+/// Whether PyTorch's compiled step ran: `yes`, `no` (not asked for), or `failed` where a
+/// mode's compilation failed.
+fn compiled(entry: &Value) -> &'static str {
+    let variants: Vec<&Value> = entry["modes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|m| m["pytorch"].as_array().into_iter().flatten())
+        .filter(|v| v["variant"] == COMPILED)
+        .collect();
+    if variants.iter().any(|v| v.get("failed").is_some()) {
+        "failed"
+    } else if variants.is_empty() {
+        "no"
+    } else {
+        "yes"
+    }
+}
+
+/// The table row of one method.
+fn row(method: &str, e: &Value) -> String {
+    let enc = &e["encoder"];
+    let encoder = format!(
+        "{} {}",
+        enc["kind"].as_str().unwrap_or("?"),
+        enc["width"].as_u64().map_or(String::new(), |w| w.to_string())
+    );
+    let b = &e["best"];
+    let num = |k: &str| b[k].as_f64().map_or("–".into(), rate);
+    let ratio = b["ratio"].as_f64().map_or("–".into(), |r| format!("**{r:.2}×**"));
+    let target = match (b["target"].as_f64(), b["met"].as_bool()) {
+        (Some(t), Some(met)) => format!("{t:.1}× {}", if met { "met" } else { "**not met**" }),
+        _ => "–".into(),
+    };
+    let cells: Vec<String> = MODES.iter().map(|m| mode_cell(e, m)).collect();
+    format!(
+        "| {method} | {}, {} | {} | {} ({}) | {} ({}) | {ratio} | {target} | {} | {} × {} |\n",
+        encoder.trim(),
+        e["batch_size"].as_u64().map_or("?".into(), |n| n.to_string()),
+        cells.join(" | "),
+        num("selfsup_images_per_s"),
+        b["selfsup"].as_str().unwrap_or("?"),
+        num("pytorch_images_per_s"),
+        b["pytorch"].as_str().unwrap_or("?"),
+        compiled(e),
+        e["steps"].as_u64().map_or("?".into(), |n| n.to_string()),
+        e["repeats"].as_u64().map_or("?".into(), |n| n.to_string()),
+    )
+}
+
+/// The page for the record `all` (`{cpu: {backbone: {method: entry}}}`).
+pub fn render(all: &Value) -> String {
+    let mut s = String::from(
+        "# Training step against PyTorch: the latest figures\n\n\
+         Generated from [`train.json`](train.json) by `cargo xtask bench train` (after each method\n\
+         it measures) and `cargo xtask tables`; do not edit by hand. How the bench measures, the\n\
+         profiles behind these figures and the passes before them:\n\
+         [`bench/README.md`](../../bench/README.md). One section a kind of machine and backbone;\n\
+         each method's row is its latest pass on that kind (the row's command in `train.json`).\n\
+         Cells: selfsup's median / the median of PyTorch's best variant in that mode, images per\n\
+         second, `(compiled)` where that was PyTorch's `torch.compile` step; ratio: selfsup's best\n\
+         mode against PyTorch's best variant and mode; `torch.compile`: whether PyTorch's compiled\n\
+         variant ran (`--compiled`); runs: timed steps × interleaved runs a side. Absolute speeds do\n\
+         not carry from one machine to another, nor between sessions on one kind; ratios do.\n",
+    );
+    for (cpu, backbones) in all.as_object().into_iter().flatten() {
+        for (backbone, methods) in backbones.as_object().into_iter().flatten() {
+            let Some(methods) = methods.as_object().filter(|m| !m.is_empty()) else { continue };
+            let first = methods.values().next().unwrap_or(&Value::Null);
+            s += &format!("\n## {cpu}, backbone `{backbone}`\n\n");
+            s += &format!(
+                "{} threads; bf16: {}; {}.\n\n",
+                first["threads"].as_u64().map_or("?".into(), |n| n.to_string()),
+                first["bf16"].as_str().unwrap_or("?"),
+                first["jemalloc"].as_str().unwrap_or("?"),
+            );
+            s += "| method | encoder, batch | fp32 | channels-last | channels-last + bf16 \
+                  | selfsup best | PyTorch best | ratio | target | `torch.compile` | runs |\n\
+                  |---|---|---:|---:|---:|---:|---:|---:|---|---|---|\n";
+            for (method, e) in methods {
+                s += &row(method, e);
+            }
+            let ratios: Vec<(f64, &String)> = methods
+                .iter()
+                .filter_map(|(m, e)| Some((e["best"]["ratio"].as_f64()?, m)))
+                .collect();
+            let met = methods.values().filter(|e| e["best"]["met"] == true).count();
+            if let Some((low, m)) = ratios.iter().min_by(|a, b| a.0.total_cmp(&b.0)) {
+                s += &format!(
+                    "\nTarget met by {met} of {} methods; lowest ratio {low:.2}× ({m}).\n",
+                    methods.len()
+                );
+            }
+        }
+    }
+    s
+}
+
+/// The page the record at `root` gives.
+pub fn generate(root: &Path) -> Result<String> {
+    let path = root.join(RECORD);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let all: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(render(&all))
+}
+
+/// Writes the page for the record at `root` (only when it changes); returns whether it did.
+pub fn write(root: &Path) -> Result<bool> {
+    let page = generate(root)?;
+    let path = root.join(PAGE);
+    if std::fs::read_to_string(&path).ok().as_deref() == Some(page.as_str()) {
+        return Ok(false);
+    }
+    std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_committed_page_is_what_the_record_gives() {
+        let root = crate::project_root();
+        let committed = std::fs::read_to_string(root.join(PAGE)).unwrap_or_default();
+        assert!(committed == generate(&root).unwrap(), "{PAGE} is stale: run `cargo xtask tables`");
+    }
+
+    #[test]
+    fn rows_show_each_modes_best_variant_and_the_verdict() {
+        let measured = |x: f64, v: &str| json!({"images_per_s": x, "variant": v});
+        let entry = json!({
+            "encoder": {"kind": "nin", "width": 16}, "batch_size": 64, "steps": 10,
+            "repeats": 3, "threads": 2, "bf16": "skipped", "jemalloc": "no jemalloc",
+            "modes": [
+                {"mode": "fp32", "selfsup": {"images_per_s": 90.0},
+                 "pytorch": [measured(80.0, "default"), measured(95.5, COMPILED)]},
+                {"mode": "channels-last", "selfsup": {"images_per_s": 120.0},
+                 "pytorch": [measured(100.0, "fused"),
+                             json!({"failed": "inductor", "variant": COMPILED})]},
+            ],
+            "best": {"selfsup": "channels-last", "selfsup_images_per_s": 120.0,
+                     "pytorch": "channels-last, fused", "pytorch_images_per_s": 100.0,
+                     "ratio": 1.2, "target": 1.2, "met": true},
+        });
+        assert_eq!(mode_cell(&entry, "fp32"), "90.0 / 95.5 (compiled)");
+        assert_eq!(mode_cell(&entry, "channels-last"), "120 / 100");
+        assert_eq!(mode_cell(&entry, "channels-last + bf16"), "skipped");
+        assert_eq!(compiled(&entry), "failed");
+        assert_eq!(
+            row("rotnet", &entry),
+            "| rotnet | nin 16, 64 | 90.0 / 95.5 (compiled) | 120 / 100 | skipped | 120 \
+             (channels-last) | 100 (channels-last, fused) | **1.20×** | 1.2× met | failed | 10 × 3 |\n"
+        );
+        let mut slow = entry.clone();
+        slow["best"]["ratio"] = json!(0.89);
+        slow["best"]["met"] = json!(false);
+        let page = render(&json!({"Some CPU": {"cpu": {"rotnet": entry, "cpc": slow}}}));
+        assert!(page.contains("\n## Some CPU, backbone `cpu`\n"), "{page}");
+        assert!(page.contains("| **0.89×** | 1.2× **not met** |"), "{page}");
+        assert!(page.contains("Target met by 1 of 2 methods; lowest ratio 0.89× (cpc)."), "{page}");
+    }
+}
