@@ -140,9 +140,10 @@ pub fn render(all: &Value) -> String {
                 .collect();
             let met = methods.values().filter(|e| e["best"]["met"] == true).count();
             if let Some((low, m)) = ratios.iter().min_by(|a, b| a.0.total_cmp(&b.0)) {
+                let n = methods.len();
                 s += &format!(
-                    "\nTarget met by {met} of {} methods; lowest ratio {low:.2}× ({m}).\n",
-                    methods.len()
+                    "\nTarget met by {met} of {n} method{}; lowest ratio {low:.2}× ({m}).\n",
+                    if n == 1 { "" } else { "s" }
                 );
             }
         }
