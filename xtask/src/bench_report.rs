@@ -12,11 +12,11 @@ pub const RECORD: &str = "results/bench/train.json";
 /// The page rendered from it, relative to the workspace root.
 pub const PAGE: &str = "results/bench/README.md";
 
-/// The modes a method is measured in, in the record's order (columns of the tables).
-const MODES: [&str; 3] = ["fp32", "channels-last", "channels-last + bf16"];
-
-/// PyTorch's variant that compiles the step (`--compiled`).
-const COMPILED: &str = "compiled + jemalloc";
+/// Whether a PyTorch variant of the record is the compiled step (`--compiled`: "compiled +
+/// jemalloc", or "compiled" where jemalloc is missing).
+fn is_compiled(variant: &str) -> bool {
+    variant.starts_with("compiled")
+}
 
 /// A number of images per second as the tables show it: whole above 100, one decimal below.
 fn rate(x: f64) -> String {
@@ -46,7 +46,7 @@ fn mode_cell(entry: &Value, mode: &str) -> String {
             "{} / {}{}",
             rate(o),
             rate(t),
-            if variant == COMPILED { " (compiled)" } else { "" }
+            if is_compiled(variant) { " (compiled)" } else { "" }
         ),
         _ => "–".into(),
     }
@@ -60,7 +60,7 @@ fn compiled(entry: &Value) -> &'static str {
         .into_iter()
         .flatten()
         .flat_map(|m| m["pytorch"].as_array().into_iter().flatten())
-        .filter(|v| v["variant"] == COMPILED)
+        .filter(|v| v["variant"].as_str().is_some_and(is_compiled))
         .collect();
     if variants.iter().any(|v| v.get("failed").is_some()) {
         "failed"
@@ -86,7 +86,8 @@ fn row(method: &str, e: &Value) -> String {
         (Some(t), Some(met)) => format!("{t:.1}× {}", if met { "met" } else { "**not met**" }),
         _ => "–".into(),
     };
-    let cells: Vec<String> = MODES.iter().map(|m| mode_cell(e, m)).collect();
+    let cells: Vec<String> =
+        crate::bench_train::MODES.iter().map(|m| mode_cell(e, m.name)).collect();
     format!(
         "| {method} | {}, {} | {} | {} ({}) | {} ({}) | {ratio} | {target} | {} | {} × {} |\n",
         encoder.trim(),
@@ -192,10 +193,10 @@ mod tests {
             "repeats": 3, "threads": 2, "bf16": "skipped", "jemalloc": "no jemalloc",
             "modes": [
                 {"mode": "fp32", "selfsup": {"images_per_s": 90.0},
-                 "pytorch": [measured(80.0, "default"), measured(95.5, COMPILED)]},
+                 "pytorch": [measured(80.0, "default"), measured(95.5, "compiled")]},
                 {"mode": "channels-last", "selfsup": {"images_per_s": 120.0},
                  "pytorch": [measured(100.0, "fused"),
-                             json!({"failed": "inductor", "variant": COMPILED})]},
+                             json!({"failed": "inductor", "variant": "compiled + jemalloc"})]},
             ],
             "best": {"selfsup": "channels-last", "selfsup_images_per_s": 120.0,
                      "pytorch": "channels-last, fused", "pytorch_images_per_s": 100.0,

@@ -145,13 +145,13 @@ fn parse(args: &[String]) -> Result<Opts> {
 
 /// One configuration of the step: memory format and autocast.
 #[derive(Debug, Clone, Copy)]
-struct Mode {
-    name: &'static str,
+pub(crate) struct Mode {
+    pub(crate) name: &'static str,
     channels_last: bool,
     bf16: bool,
 }
 
-const MODES: [Mode; 3] = [
+pub(crate) const MODES: [Mode; 3] = [
     Mode { name: "fp32", channels_last: false, bf16: false },
     Mode { name: "channels-last", channels_last: true, bf16: false },
     Mode { name: "channels-last + bf16", channels_last: true, bf16: true },
