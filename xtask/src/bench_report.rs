@@ -3,6 +3,7 @@
 //! keeps per machine, backbone and method). `cargo xtask bench train` rewrites it after each
 //! method it measures and `cargo xtask tables` regenerates it; a test checks that the committed
 //! file is what the committed record gives, so the page never drifts from the figures.
+use crate::bench_train::MODES;
 use anyhow::{Context, Result};
 use serde_json::Value;
 use std::path::Path;
@@ -16,6 +17,11 @@ pub const PAGE: &str = "results/bench/README.md";
 /// jemalloc", or "compiled" where jemalloc is missing).
 fn is_compiled(variant: &str) -> bool {
     variant.starts_with("compiled")
+}
+
+/// A whole-number field of the record (batch size, steps, runs, threads), `?` where missing.
+fn count(v: &Value) -> String {
+    v.as_u64().map_or("?".into(), |n| n.to_string())
 }
 
 /// A number of images per second as the tables show it: whole above 100, one decimal below.
@@ -86,20 +92,19 @@ fn row(method: &str, e: &Value) -> String {
         (Some(t), Some(met)) => format!("{t:.1}× {}", if met { "met" } else { "**not met**" }),
         _ => "–".into(),
     };
-    let cells: Vec<String> =
-        crate::bench_train::MODES.iter().map(|m| mode_cell(e, m.name)).collect();
+    let cells: Vec<String> = MODES.iter().map(|m| mode_cell(e, m.name)).collect();
     format!(
         "| {method} | {}, {} | {} | {} ({}) | {} ({}) | {ratio} | {target} | {} | {} × {} |\n",
         encoder.trim(),
-        e["batch_size"].as_u64().map_or("?".into(), |n| n.to_string()),
+        count(&e["batch_size"]),
         cells.join(" | "),
         num("selfsup_images_per_s"),
         b["selfsup"].as_str().unwrap_or("?"),
         num("pytorch_images_per_s"),
         b["pytorch"].as_str().unwrap_or("?"),
         compiled(e),
-        e["steps"].as_u64().map_or("?".into(), |n| n.to_string()),
-        e["repeats"].as_u64().map_or("?".into(), |n| n.to_string()),
+        count(&e["steps"]),
+        count(&e["repeats"]),
     )
 }
 
@@ -125,22 +130,26 @@ pub fn render(all: &Value) -> String {
             s += &format!("\n## {cpu}, backbone `{backbone}`\n\n");
             s += &format!(
                 "{} threads; bf16: {}; {}.\n\n",
-                first["threads"].as_u64().map_or("?".into(), |n| n.to_string()),
+                count(&first["threads"]),
                 first["bf16"].as_str().unwrap_or("?"),
                 first["jemalloc"].as_str().unwrap_or("?"),
             );
-            s += "| method | encoder, batch | fp32 | channels-last | channels-last + bf16 \
-                  | selfsup best | PyTorch best | ratio | target | `torch.compile` | runs |\n\
-                  |---|---|---:|---:|---:|---:|---:|---:|---|---|---|\n";
+            let modes: Vec<&str> = MODES.iter().map(|m| m.name).collect();
+            s += &format!(
+                "| method | encoder, batch | {} | selfsup best | PyTorch best | ratio | target \
+                 | `torch.compile` | runs |\n|---|---|{}---:|---:|---:|---|---|---|\n",
+                modes.join(" | "),
+                "---:|".repeat(modes.len())
+            );
             for (method, e) in methods {
                 s += &row(method, e);
             }
-            let ratios: Vec<(f64, &String)> = methods
+            let lowest = methods
                 .iter()
                 .filter_map(|(m, e)| Some((e["best"]["ratio"].as_f64()?, m)))
-                .collect();
+                .min_by(|a, b| a.0.total_cmp(&b.0));
             let met = methods.values().filter(|e| e["best"]["met"] == true).count();
-            if let Some((low, m)) = ratios.iter().min_by(|a, b| a.0.total_cmp(&b.0)) {
+            if let Some((low, m)) = lowest {
                 let n = methods.len();
                 s += &format!(
                     "\nTarget met by {met} of {n} method{}; lowest ratio {low:.2}× ({m}).\n",
@@ -164,13 +173,7 @@ pub fn generate(root: &Path) -> Result<String> {
 
 /// Writes the page for the record at `root` (only when it changes); returns whether it did.
 pub fn write(root: &Path) -> Result<bool> {
-    let page = generate(root)?;
-    let path = root.join(PAGE);
-    if std::fs::read_to_string(&path).ok().as_deref() == Some(page.as_str()) {
-        return Ok(false);
-    }
-    std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
-    Ok(true)
+    crate::tables::write_if_changed(&root.join(PAGE), &generate(root)?)
 }
 
 #[cfg(test)]

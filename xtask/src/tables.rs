@@ -206,24 +206,30 @@ pub fn generate(root: &Path) -> Result<(String, String)> {
     Ok((splice(&readme, &readme_block(&folders))?, results_readme(&folders)))
 }
 
-/// `cargo xtask tables`: writes both files (only when they change).
+/// Writes `text` to `path` unless the file already holds exactly that; returns whether it
+/// wrote.
+pub fn write_if_changed(path: &Path, text: &str) -> Result<bool> {
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text) {
+        return Ok(false);
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(true)
+}
+
+/// `cargo xtask tables`: writes the three files (only when they change).
 pub fn run(root: &Path) -> Result<()> {
     let (readme, results) = generate(root)?;
-    for (path, text) in
-        [(root.join("README.md"), readme), (root.join("results/README.md"), results)]
-    {
-        if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    let page = crate::bench_report::generate(root)?;
+    for (path, text) in [
+        (root.join("README.md"), readme),
+        (root.join("results/README.md"), results),
+        (root.join(crate::bench_report::PAGE), page),
+    ] {
+        if write_if_changed(&path, &text)? {
             println!("wrote {}", path.display());
         } else {
             println!("{} is up to date", path.display());
         }
-    }
-    let page = root.join(crate::bench_report::PAGE);
-    if crate::bench_report::write(root)? {
-        println!("wrote {}", page.display());
-    } else {
-        println!("{} is up to date", page.display());
     }
     Ok(())
 }
