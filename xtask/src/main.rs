@@ -135,13 +135,15 @@ fn project_root() -> std::path::PathBuf {
         .to_path_buf()
 }
 
+/// Owned arguments from string literals, for the commands' parsers in tests.
+#[cfg(test)]
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
 
     #[test]
     fn help_anywhere_in_a_commands_options_gives_its_usage() {
