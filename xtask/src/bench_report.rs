@@ -58,6 +58,23 @@ fn mode_cell(entry: &Value, mode: &str) -> String {
     }
 }
 
+/// The timed steps a run: the count of each mode, in the modes' order and joined by `/` where
+/// they differ (`--seconds` chose them), else the entry's `steps` (`--steps N`).
+fn steps(entry: &Value) -> String {
+    let mut per_mode: Vec<String> = entry["modes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["steps"].as_u64().map(|n| n.to_string()))
+        .collect();
+    per_mode.dedup();
+    if per_mode.is_empty() {
+        count(&entry["steps"])
+    } else {
+        per_mode.join("/")
+    }
+}
+
 /// Whether PyTorch's compiled step ran: `yes`, `no` (not asked for), or `failed` where a
 /// mode's compilation failed.
 fn compiled(entry: &Value) -> &'static str {
@@ -103,7 +120,7 @@ fn row(method: &str, e: &Value) -> String {
         num("pytorch_images_per_s"),
         b["pytorch"].as_str().unwrap_or("?"),
         compiled(e),
-        count(&e["steps"]),
+        steps(e),
         count(&e["repeats"]),
     )
 }
@@ -120,8 +137,9 @@ pub fn render(all: &Value) -> String {
          Cells: selfsup's median / the median of PyTorch's best variant in that mode, images per\n\
          second, `(compiled)` where that was PyTorch's `torch.compile` step; ratio: selfsup's best\n\
          mode against PyTorch's best variant and mode; `torch.compile`: whether PyTorch's compiled\n\
-         variant ran (`--compiled`); runs: timed steps × interleaved runs a side. Absolute speeds do\n\
-         not carry from one machine to another, nor between sessions on one kind; ratios do.\n",
+         variant ran (`--compiled`); runs: timed steps × interleaved runs a side (steps a mode, as\n\
+         `--seconds` chose them, where they differ). Absolute speeds do not carry from one machine\n\
+         to another, nor between sessions on one kind; ratios do.\n",
     );
     for (cpu, backbones) in all.as_object().into_iter().flatten() {
         for (backbone, methods) in backbones.as_object().into_iter().flatten() {
@@ -221,5 +239,14 @@ mod tests {
         assert!(page.contains("\n## Some CPU, backbone `cpu`\n"), "{page}");
         assert!(page.contains("| **0.89×** | 1.2× **not met** |"), "{page}");
         assert!(page.contains("Target met by 1 of 2 methods; lowest ratio 0.89× (cpc)."), "{page}");
+    }
+
+    #[test]
+    fn steps_chosen_per_mode_are_shown_per_mode() {
+        let mut e = json!({"steps": "about 5 s a run", "modes": [{"steps": 84}, {"steps": 97}]});
+        assert_eq!(steps(&e), "84/97");
+        e["modes"][1]["steps"] = json!(84);
+        assert_eq!(steps(&e), "84");
+        assert_eq!(steps(&json!({"steps": 10, "modes": [{"mode": "fp32"}]})), "10");
     }
 }

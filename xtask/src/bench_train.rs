@@ -1,5 +1,5 @@
-//! `cargo xtask bench train [--methods rotnet,simclr,...] [--backbone cpu|large] [--steps 5]
-//! [--threads 2] [--repeats 3]`: steady-state training throughput of the release `selfsup`
+//! `cargo xtask bench train [--methods rotnet,simclr,...] [--backbone cpu|large]
+//! [--seconds 5 | --steps N] [--threads 2] [--repeats 3]`: steady-state training throughput of the release `selfsup`
 //! binary against the same steps in PyTorch (`bench/train_step.py`), on the same machine and
 //! threads, for every registered method (the default), in every configuration the CPU offers:
 //! fp32, channels-last, and channels-last with bf16 autocast where the CPU has AMX or
@@ -18,6 +18,13 @@
 //! Both sides time their steps inside the process, after the same `WARMUP` untimed steps:
 //! PyTorch's loop in `bench/train_step.py`, selfsup by the `elapsed_s` of its per-step
 //! `metrics.jsonl` lines (so start-up, kernel selection and the final checkpoint are left out).
+//! How many steps are timed: with `--seconds S` (the default, 5), as many as make a timed run
+//! of about `S` seconds, at least `MIN_STEPS`, counted for each method and mode from one
+//! calibration run of selfsup's step before its measured runs ([`steps_for`]); with `--steps N`,
+//! `N` everywhere. A fixed count times the fast AlexNet steps (0.06 s) for under a second, where
+//! a slow spell of the shared machine or one slow step decided ratios near 1 (relative patch
+//! read 0.93× over 10 steps and 1.14× over 60 on one machine, one after the other), and the
+//! slow ones (8 s at the large networks) for minutes.
 //! selfsup's loader builds the views (RotNet's crop and flip, SimCLR's full augmentation) in
 //! threads beside the compute threads, as in training; PyTorch's step draws its batch once and
 //! runs no data pipeline, so the comparison leans towards PyTorch. PyTorch runs each
@@ -48,7 +55,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 pub(crate) const USAGE: &str = "usage: cargo xtask bench train [--methods rotnet,simclr,...] \
-                     [--backbone cpu|large] [--steps 5] [--threads 2] [--repeats 3] [--compiled]";
+                     [--backbone cpu|large] [--seconds 5 | --steps N] [--threads 2] [--repeats 3] \
+                     [--compiled]";
 
 /// The registered methods, each with a PyTorch reference step in
 /// `bench/reference/<method>.py`.
@@ -73,10 +81,39 @@ const BACKBONES: [&str; 2] = ["cpu", "large"];
 /// The methods with a `--backbone large` network.
 const LARGE: [&str; 2] = ["rotnet", "simclr"];
 
+/// How many steps a run times.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Steps {
+    /// This many, for every method and mode (`--steps N`).
+    Fixed(usize),
+    /// As many as last about this many seconds (`--seconds S`), at least `MIN_STEPS`.
+    Seconds(f64),
+}
+
+/// The fewest steps `--seconds` times (a slow step is timed at least this often).
+const MIN_STEPS: usize = 3;
+
+/// The most steps `--seconds` times (so that a mismeasured calibration cannot ask for hours).
+const MAX_STEPS: usize = 1000;
+
+/// Untimed steps of `--seconds`' calibration run, after its `WARMUP` steps.
+const CALIBRATION_STEPS: usize = 2;
+
+/// The steps to time for about `seconds` seconds at `step_seconds` a step: the whole number
+/// at or above their quotient, within `MIN_STEPS..=MAX_STEPS`.
+fn steps_for(seconds: f64, step_seconds: f64) -> usize {
+    let n = (seconds / step_seconds).ceil();
+    if n.is_finite() {
+        (n as usize).clamp(MIN_STEPS, MAX_STEPS)
+    } else {
+        MAX_STEPS
+    }
+}
+
 struct Opts {
     methods: Vec<String>,
     large: bool,
-    steps: usize,
+    steps: Steps,
     threads: usize,
     repeats: usize,
     /// Also run PyTorch's step compiled with `torch.compile`.
@@ -87,9 +124,12 @@ impl Opts {
     /// The command that measures `method` as these options do (recorded with its figures).
     fn command(&self, method: &str, backbone: &str) -> String {
         format!(
-            "cargo xtask bench train --methods {method} --backbone {backbone} --steps {} \
-             --threads {} --repeats {}{}",
-            self.steps,
+            "cargo xtask bench train --methods {method} --backbone {backbone} {} --threads {} \
+             --repeats {}{}",
+            match self.steps {
+                Steps::Fixed(n) => format!("--steps {n}"),
+                Steps::Seconds(s) => format!("--seconds {s}"),
+            },
             self.threads,
             self.repeats,
             if self.compiled { " --compiled" } else { "" }
@@ -101,7 +141,7 @@ fn parse(args: &[String]) -> Result<Opts> {
     let mut o = Opts {
         methods: Vec::new(),
         large: false,
-        steps: 5,
+        steps: Steps::Seconds(5.0),
         threads: 2,
         repeats: 3,
         compiled: false,
@@ -109,7 +149,19 @@ fn parse(args: &[String]) -> Result<Opts> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--steps" => o.steps = crate::bench_data::number(&mut it, a, USAGE)?,
+            "--steps" => {
+                o.steps = Steps::Fixed(crate::bench_data::number(&mut it, a, USAGE)?);
+                if o.steps == Steps::Fixed(0) {
+                    bail!("--steps must be at least 1");
+                }
+            }
+            "--seconds" => {
+                let v = it.next().with_context(|| format!("--seconds needs a value; {USAGE}"))?;
+                match v.parse::<f64>() {
+                    Ok(s) if s.is_finite() && s > 0.0 => o.steps = Steps::Seconds(s),
+                    _ => bail!("--seconds {v}: expected a positive number of seconds"),
+                }
+            }
             "--threads" => o.threads = crate::bench_data::number(&mut it, a, USAGE)?,
             "--repeats" => o.repeats = crate::bench_data::number(&mut it, a, USAGE)?,
             "--compiled" => o.compiled = true,
@@ -137,8 +189,8 @@ fn parse(args: &[String]) -> Result<Opts> {
             bail!("--backbone large: `{m}` has no large network (have {LARGE:?})");
         }
     }
-    if o.steps == 0 || o.threads == 0 || o.repeats == 0 {
-        bail!("--steps, --threads and --repeats must be at least 1");
+    if o.threads == 0 || o.repeats == 0 {
+        bail!("--threads and --repeats must be at least 1");
     }
     Ok(o)
 }
@@ -254,6 +306,8 @@ fn python_args(cfg: &Value, steps: usize, path: &Path) -> Result<Vec<String>> {
 struct Row {
     mode: Mode,
     cfg: Value,
+    /// Timed steps a run.
+    steps: usize,
     ours: Measured,
     ours_runs: Vec<Measured>,
     theirs: Vec<(&'static str, Result<Measured, String>)>,
@@ -528,12 +582,26 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
         let mut rows = Vec::new();
         for &mode in &modes {
             let mut cfg = step_config(&base, method, o.large, o.threads, mode);
-            cfg["data"]["max_images"] = json!(bench_images(&cfg, o.steps)?);
-            let py = python_args(&cfg, o.steps, &tmp.join("python-config.json"))?;
+            let steps = match o.steps {
+                Steps::Fixed(n) => n,
+                Steps::Seconds(seconds) => {
+                    cfg["data"]["max_images"] = json!(bench_images(&cfg, CALIBRATION_STEPS)?);
+                    let probe = selfsup_step(&bin, t, &cfg, CALIBRATION_STEPS, &tmp)?;
+                    let n = steps_for(seconds, probe.seconds_per_step);
+                    eprintln!(
+                        "bench train: {method}, {}: {:.3} s a step (calibration run): timing {n} \
+                         steps a run",
+                        mode.name, probe.seconds_per_step
+                    );
+                    n
+                }
+            };
+            cfg["data"]["max_images"] = json!(bench_images(&cfg, steps)?);
+            let py = python_args(&cfg, steps, &tmp.join("python-config.json"))?;
             let (ours_runs, results) = interleave(
                 o.repeats,
                 &pytorch,
-                || selfsup_step(&bin, t, &cfg, o.steps, &tmp),
+                || selfsup_step(&bin, t, &cfg, steps, &tmp),
                 |v| python_step(t, &py, v, &tmp),
                 |v, e| {
                     let why = compile_failure(e, &tmp, method, mode);
@@ -551,7 +619,7 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
                 .map(|(v, r)| (v.name, r.as_deref().map(median).map_err(String::clone)))
                 .collect();
             let theirs_runs = results.into_iter().map(Result::unwrap_or_default).collect();
-            rows.push(Row { mode, cfg, ours, ours_runs, theirs, theirs_runs });
+            rows.push(Row { mode, cfg, steps, ours, ours_runs, theirs, theirs_runs });
         }
         let ours_best = rows
             .iter()
@@ -606,7 +674,10 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
             "command": o.command(method, backbone),
             "cpu": cpu,
             "threads": o.threads,
-            "steps": o.steps,
+            "steps": match o.steps {
+                Steps::Fixed(n) => json!(n),
+                Steps::Seconds(s) => json!(format!("about {s} s a run")),
+            },
             "repeats": o.repeats,
             "bf16": if bf16 { "measured (the CPU has AMX or AVX512-BF16)" }
                     else { "skipped: the CPU has neither AMX nor AVX512-BF16" },
@@ -621,6 +692,7 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
             "batch_size": batch,
             "modes": rows.iter().map(|r| json!({
                 "mode": r.mode.name,
+                "steps": r.steps,
                 "selfsup": with_runs(measured_json(&r.ours), &r.ours_runs),
                 "pytorch": r.theirs.iter().zip(&r.theirs_runs).map(|((name, m), runs)| {
                     let mut j = match m {
@@ -741,17 +813,38 @@ mod tests {
             "cargo xtask bench train --methods rotnet --backbone cpu --steps 10 --threads 2 \
              --repeats 3 --compiled"
         );
-        assert!(!parse(&[]).unwrap().command("rotnet", "cpu").contains("--compiled"));
+        assert_eq!(
+            parse(&[]).unwrap().command("simclr", "large"),
+            "cargo xtask bench train --methods simclr --backbone large --seconds 5 --threads 2 \
+             --repeats 3"
+        );
+        let o = parse(&["--seconds", "2.5"].map(String::from)).unwrap();
+        assert!(o.command("cpc", "cpu").contains(" --seconds 2.5 "));
+    }
+
+    #[test]
+    fn seconds_become_steps_within_bounds() {
+        assert_eq!(steps_for(5.0, 0.06), 84);
+        assert_eq!(steps_for(5.0, 0.5), 10);
+        assert_eq!(steps_for(5.0, 8.0), MIN_STEPS);
+        assert_eq!(steps_for(5.0, 1e-9), MAX_STEPS);
+        assert_eq!(steps_for(5.0, 0.0), MAX_STEPS);
     }
 
     #[test]
     fn options_name_what_is_wrong() {
         let o = parse(&[]).unwrap();
-        assert_eq!((o.methods.len(), o.large, o.steps, o.threads, o.repeats), (12, false, 5, 2, 3));
+        assert_eq!(
+            (o.methods.len(), o.large, o.steps, o.threads, o.repeats),
+            (12, false, Steps::Seconds(5.0), 2, 3)
+        );
         assert!(!o.compiled);
         let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
         let o = parse(&args("--methods simclr --backbone large --steps 3")).unwrap();
-        assert_eq!((o.methods, o.large, o.steps), (vec!["simclr".to_string()], true, 3));
+        assert_eq!(
+            (o.methods, o.large, o.steps),
+            (vec!["simclr".to_string()], true, Steps::Fixed(3))
+        );
         assert_eq!(parse(&args("--backbone large")).unwrap().methods, ["rotnet", "simclr"]);
         assert!(parse(&args("--compiled")).unwrap().compiled);
         let err = parse(&args("--methods jigsaw --backbone large")).err().unwrap().to_string();
@@ -761,6 +854,11 @@ mod tests {
         let err = parse(&args("--backbone huge")).err().unwrap().to_string();
         assert!(err.contains("--backbone huge"), "{err}");
         assert!(parse(&args("--steps 0")).is_err());
+        for bad in ["0", "-1", "nan", "inf", "soon"] {
+            let err = parse(&args(&format!("--seconds {bad}"))).err().unwrap().to_string();
+            assert!(err.contains(&format!("--seconds {bad}: expected a positive")), "{err}");
+        }
+        assert_eq!(parse(&args("--seconds 12")).unwrap().steps, Steps::Seconds(12.0));
     }
 
     #[test]
@@ -817,6 +915,7 @@ mod tests {
         let row = Row {
             mode: MODES[0],
             cfg: json!({}),
+            steps: 5,
             ours: m(10.0),
             ours_runs: ours,
             theirs: vec![("fused", Ok(m(20.0))), ("compiled + jemalloc", Err("x".into()))],

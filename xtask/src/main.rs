@@ -33,11 +33,12 @@ Commands:
                      results/bench/train.json (no training)
   test               the whole suite: cargo fmt --check, clippy -D warnings, all tests
   bench data         data-pipeline throughput against torchvision's DataLoader
-  bench train [--methods rotnet,simclr] [--backbone cpu|large] [--steps 5] [--threads 2]
-              [--repeats 3] [--compiled]
+  bench train [--methods rotnet,simclr] [--backbone cpu|large] [--seconds 5 | --steps N]
+              [--threads 2] [--repeats 3] [--compiled]
                      training-step throughput against PyTorch in fp32, channels-last and
                      channels-last + bf16 (where the CPU has it), `--compiled` adding
-                     PyTorch's torch.compile variant; writes results/bench/train.json
+                     PyTorch's torch.compile variant; each run times about --seconds of
+                     steps (or N steps); writes results/bench/train.json
   bench memory [--threads 2 --loader-images 500000 --skip-epoch]
                      peak resident memory of a RotNet cpu-profile epoch; the loader's memory
                      over a generated dataset 10x CIFAR-10 (must stay flat)
