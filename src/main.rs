@@ -3,10 +3,11 @@
 //!
 //! Every error ends the process with a non-zero exit code and one line on stderr, panics from
 //! libtorch included (a shape that does not fit an encoder, say).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-mod alloc;
 mod cli;
 mod launch;
+
+// jemalloc as the C allocator, freed pages kept (crates/alloc).
+selfsup_alloc::install!();
 
 /// The first line of a panic's message.
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

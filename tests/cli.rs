@@ -392,7 +392,7 @@ fn reproduce_configs_only_writes_the_plan_s_run_configs_and_trains_nothing() {
     assert!(!dir.path().join("res/rotnet/paper/run.log").exists());
 }
 
-/// The binary's C allocator is jemalloc, keeping freed pages (`src/alloc.rs`): its statistics,
+/// The binary's C allocator is jemalloc, keeping freed pages (`crates/alloc`): its statistics,
 /// printed at exit on request through `MALLOC_CONF`, show the options in force.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]

@@ -16,6 +16,9 @@ use selfsup_core::precision::{autocast, set_channels_last, to_channels_last, Pre
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
+// The C allocator the `selfsup` binary runs on (jemalloc, freed pages kept): crates/alloc.
+selfsup_alloc::install!();
+
 struct Args {
     device: Device,
     batch: i64,

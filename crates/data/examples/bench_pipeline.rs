@@ -15,6 +15,9 @@ use selfsup_data::{
     open_dataset, resolve_data_dir, ImageDataset, Loader, LoaderConfig, Pipeline, Split,
 };
 
+// The C allocator the `selfsup` binary runs on (jemalloc, freed pages kept): crates/alloc.
+selfsup_alloc::install!();
+
 struct Args {
     data_dir: PathBuf,
     threads: usize,

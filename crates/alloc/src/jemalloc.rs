@@ -1,42 +1,20 @@
-//! The process's C allocator: jemalloc, linked in with its unprefixed `malloc`, `free` and
-//! `posix_memalign`, so that libtorch's CPU tensors come from it too, and told never to hand
-//! freed pages back to the kernel (`dirty_decay_ms:-1,muzzy_decay_ms:-1`).
-//!
-//! Why: glibc's `malloc` serves every block above its mmap threshold (at most 32 MiB) with a
-//! fresh `mmap` and unmaps it on `free`, so each training step's activations fault all their
-//! pages in again and the kernel zeroes them. Measured with `perf` on 2 cores of an Intel Xeon
-//! (family 6, model 207), RotNet's NIN of width 192 at batch 128 × 4 rotations, fp32: 16.3
-//! million page faults in 5 steps, 11.6 images/s; with jemalloc so configured 22.1 images/s at
-//! the same peak resident memory (3.9 GB). At the cpu profile's NIN of width 16 (batch 64),
-//! the kernel's page-fault work was 30% of all cycles. jemalloc's default decay (10 s) does
-//! not help: blocks over its `oversize_threshold` (8 MiB) are purged at once.
-//!
-//! The memory a run holds therefore stays at its peak until the process ends, as with
-//! PyTorch's caching allocator on CUDA. `MALLOC_CONF` (read after this string) overrides it,
-//! e.g. `MALLOC_CONF=dirty_decay_ms:10000,muzzy_decay_ms:10000`.
-//!
-//! Rust's zeroed allocations (`vec![0.0; n]`) are zeroed by writing, not by jemalloc's
-//! `calloc` ([`Allocator`]): for a block of its large classes (16 KiB and up) recycled from
-//! freed memory, jemalloc's `calloc` zeroes by handing the pages back (`madvise(MADV_DONTNEED)`),
-//! so the block's first touch faults every page in again; the augmentations' `+=` into a fresh
-//! `vec![0.0; n]` read each page first (mapping the shared zero page) and then write it, a
-//! second fault whose TLB flush interrupts the other core with an IPI. Measured with `perf` on
-//! 2 cores of an AMD EPYC (family 25, model 1), jigsaw's cpu step (AlexNet of width 24, batch
-//! 64 × 9 tiles, the loader in 2 threads beside 2 compute threads): 2,350 page faults a step,
-//! 40% of them in `augment::resample` and 19% in `augment::padded_crop`, 5% of the process's
-//! samples in the kernel's fault path and IPIs; see `bench/README.md` for the figures after.
+//! [`Allocator`]: jemalloc (Jason Evans's allocator, through `tikv-jemallocator`), with Rust's
+//! zeroed blocks of up to [`WRITE_ZEROS_UP_TO`] zeroed by writing; and its options.
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::ffi::CStr;
 
-#[global_allocator]
-static GLOBAL: Allocator = Allocator;
+/// jemalloc's options for a training process: freed pages are kept, never purged
+/// (`MALLOC_CONF` in the environment, read after these, overrides them).
+pub const MALLOC_CONF: &CStr = c"dirty_decay_ms:-1,muzzy_decay_ms:-1";
 
 /// Zeroed blocks up to this size are zeroed by writing; larger ones by jemalloc's `calloc`,
 /// whose fresh pages come zeroed from the kernel and are touched only where used.
 const WRITE_ZEROS_UP_TO: usize = 64 << 20;
 
-/// jemalloc, with Rust's zeroed blocks of up to [`WRITE_ZEROS_UP_TO`] zeroed by writing.
-struct Allocator;
+/// jemalloc, with Rust's zeroed blocks of up to 64 MiB zeroed by writing over an ordinary
+/// block rather than by jemalloc's `calloc` (see the crate's header).
+pub struct Allocator;
 
 // SAFETY: every method forwards to jemalloc's `GlobalAlloc` with the caller's arguments;
 // `alloc_zeroed` writes zeros over the `layout.size()` bytes jemalloc returned.
@@ -73,15 +51,53 @@ unsafe impl GlobalAlloc for Allocator {
     }
 }
 
-/// jemalloc's options, read before `main` (its `malloc_conf` symbol: a NUL-terminated string).
-#[allow(non_upper_case_globals)]
-#[export_name = "malloc_conf"]
-pub static malloc_conf: Option<&'static std::ffi::c_char> =
-    // SAFETY: the pointer of a `'static` C string literal, valid for the whole program.
-    Some(unsafe { &*c"dirty_decay_ms:-1,muzzy_decay_ms:-1".as_ptr() });
-
 #[cfg(test)]
 mod tests {
+    use std::ffi::{c_char, c_int, c_void, CStr};
+
+    extern "C" {
+        /// jemalloc's control interface (unprefixed, as its `malloc`).
+        fn mallctl(
+            name: *const c_char,
+            oldp: *mut c_void,
+            oldlenp: *mut usize,
+            newp: *mut c_void,
+            newlen: usize,
+        ) -> c_int;
+    }
+
+    /// jemalloc's `ssize_t` option `name`, as this process runs it.
+    fn option(name: &CStr) -> isize {
+        let (mut value, mut len) = (0isize, std::mem::size_of::<isize>());
+        // SAFETY: `value` has room for the `len` bytes of an `ssize_t`; nothing is written.
+        let rc = unsafe {
+            mallctl(name.as_ptr(), (&raw mut value).cast(), &mut len, std::ptr::null_mut(), 0)
+        };
+        assert_eq!(rc, 0, "mallctl {name:?}");
+        value
+    }
+
+    /// `install!` (in this test harness, as in a binary) reaches jemalloc: its options are
+    /// [`super::MALLOC_CONF`]'s, freed pages kept, unless the environment says otherwise.
+    #[test]
+    fn the_installed_allocator_is_jemalloc_with_its_pages_kept() {
+        if std::env::var_os("MALLOC_CONF").is_some() {
+            return;
+        }
+        assert_eq!(option(c"opt.dirty_decay_ms"), -1);
+        assert_eq!(option(c"opt.muzzy_decay_ms"), -1);
+        // libc's `malloc` (libtorch's) is jemalloc's too: its block sizes are jemalloc's
+        // size classes (a 100,000-byte request gets a 114,688-byte class).
+        // SAFETY: a block from `malloc`, measured and freed once.
+        let usable = unsafe {
+            let p = libc::malloc(100_000);
+            let n = libc::malloc_usable_size(p);
+            libc::free(p);
+            n
+        };
+        assert_eq!(usable, 114_688);
+    }
+
     /// A zeroed block is zeros even where it reuses a freed block that held other bytes (the
     /// case jemalloc's `calloc` handled by purging), below and above the write threshold.
     #[test]
@@ -99,6 +115,7 @@ mod tests {
 
     /// This thread's minor page faults so far.
     fn minor_faults() -> i64 {
+        // SAFETY: an all-zero `rusage` is a valid value of the plain C struct.
         let mut u: libc::rusage = unsafe { std::mem::zeroed() };
         // SAFETY: `u` is a valid `rusage` for the call to fill.
         assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) }, 0);
