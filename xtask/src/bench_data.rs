@@ -104,8 +104,10 @@ pub fn run(args: &[String]) -> Result<()> {
         json_lines(py)?
     };
     println!(
-        "SimCLR two-view pipeline, images/s ({} threads vs {} DataLoader workers)",
-        o.threads, o.threads
+        "SimCLR two-view pipeline, images/s ({} threads vs {} DataLoader workers), {}",
+        o.threads,
+        o.threads,
+        crate::bench_memory::cpu_name()
     );
     println!("{:>5}  {:>12}  {:>12}  {:>6}  source", "size", "selfsup", "torchvision", "ratio");
     let mut rows = Vec::new();
@@ -125,6 +127,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let report = serde_json::json!({
         "command": format!("cargo xtask bench data {}", args.join(" ")).trim_end().to_string(),
+        "cpu": crate::bench_memory::cpu_name(),
         "threads": o.threads,
         "rows": rows,
         "selfsup_raw": ours,
