@@ -1,9 +1,9 @@
-//! `cargo xtask bench train [--methods rotnet,simclr,...] [--backbone cpu|large]
-//! [--seconds 5 | --steps N] [--threads 2] [--repeats 3]`: steady-state training throughput of the release `selfsup`
-//! binary against the same steps in PyTorch (`bench/train_step.py`), on the same machine and
-//! threads, for every registered method (the default), in every configuration the CPU offers:
-//! fp32, channels-last, and channels-last with bf16 autocast where the CPU has AMX or
-//! AVX512-BF16 (elsewhere bf16 is skipped, and said so).
+//! `cargo xtask bench train [--methods rotnet,simclr,...] [--backbone cpu|large] [--seconds 5 |
+//! --steps N] [--threads 2] [--repeats 3]`: steady-state training throughput of the release
+//! `selfsup` binary against the same steps in PyTorch (`bench/train_step.py`), on the same machine
+//! and threads, for every registered method (the default), in every configuration the CPU offers:
+//! fp32, channels-last, and channels-last with bf16 autocast where the CPU has AMX or AVX512-BF16
+//! (elsewhere bf16 is skipped, and said so).
 //!
 //! The step of each method is its `cpu` reproduction's pretraining (the first training of
 //! `selfsup reproduce <method> --profile cpu --configs-only`; for the supervised baseline, the
