@@ -103,11 +103,10 @@ pub fn run(args: &[String]) -> Result<()> {
         eprintln!("bench data: torchvision DataLoader, {} workers ...", o.threads);
         json_lines(py)?
     };
+    let cpu = crate::bench_memory::cpu_name();
     println!(
-        "SimCLR two-view pipeline, images/s ({} threads vs {} DataLoader workers), {}",
-        o.threads,
-        o.threads,
-        crate::bench_memory::cpu_name()
+        "SimCLR two-view pipeline, images/s ({} threads vs {} DataLoader workers), {cpu}",
+        o.threads, o.threads
     );
     println!("{:>5}  {:>12}  {:>12}  {:>6}  source", "size", "selfsup", "torchvision", "ratio");
     let mut rows = Vec::new();
@@ -127,7 +126,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let report = serde_json::json!({
         "command": format!("cargo xtask bench data {}", args.join(" ")).trim_end().to_string(),
-        "cpu": crate::bench_memory::cpu_name(),
+        "cpu": cpu,
         "threads": o.threads,
         "rows": rows,
         "selfsup_raw": ours,
