@@ -1,9 +1,9 @@
 //! Build script of `selfsup-core`: compiles the C++ shims over autocast (`csrc/autocast.cpp`),
 //! the determinism switches (`csrc/determinism.cpp`), the fused optimizer steps
 //! (`csrc/fused_optim.cpp`), the fused batch norm + ReLU (`csrc/bn_relu.cpp`) and ReLU + dropout
-//! (`csrc/relu_dropout.cpp`, both over `csrc/elementwise.h`), the ops tch
-//! binds only with default arguments (`csrc/ops.cpp`) and the device-side prefetch of batches
-//! (`csrc/stream.cpp`) against libtorch's headers (see `selfsup-shim-build`). Linking against
+//! (`csrc/relu_dropout.cpp`, both over `csrc/elementwise.h`), the Winograd 3×3 convolution
+//! (`csrc/winograd.cpp`), the ops tch binds only with default arguments (`csrc/ops.cpp`) and the
+//! device-side prefetch of batches (`csrc/stream.cpp`) against libtorch's headers (see `selfsup-shim-build`). Linking against
 //! libtorch itself is done by `torch-sys`. The crate's own test binaries keep
 //! `libtorch_cuda.so` linked (the linker's `--as-needed` drops it, leaving CUDA unavailable), so
 //! that its CUDA tests (`--ignored`) can run on a GPU machine.
@@ -19,6 +19,7 @@ fn main() {
             "csrc/ops.cpp",
             "csrc/stream.cpp",
             "csrc/relu_dropout.cpp",
+            "csrc/winograd.cpp",
             "csrc/elementwise.h",
         ],
         "selfsup_autocast",

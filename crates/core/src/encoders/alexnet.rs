@@ -28,7 +28,7 @@
 //! `(N, 384, 13, 13)`, conv4 `(N, 384, 13, 13)`, conv5 `(N, 256, 13, 13)`.
 //! `cifar`, `(N, 3, 32, 32)`: conv1 `(N, 96, 32, 32)`, conv2 `(N, 256, 16, 16)`, conv3
 //! `(N, 384, 8, 8)`, conv4 `(N, 384, 8, 8)`, conv5 `(N, 256, 8, 8)`.
-use super::{batch_norm2d, conv2d, push_tap, BatchNorm, Encoder};
+use super::{batch_norm2d, conv2d, push_tap, BatchNorm, Conv2d, Encoder};
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::ModuleT, Tensor};
 
@@ -75,7 +75,7 @@ pub fn check(width: i64) -> crate::Result<()> {
 /// `(N, 256, 16, 16)`, then `(N, 384, 8, 8)` twice and `(N, 256, 8, 8)`.
 #[derive(Debug)]
 pub struct AlexNet {
-    layers: Vec<(nn::Conv2D, BatchNorm)>,
+    layers: Vec<(Conv2d, BatchNorm)>,
     variant: AlexnetVariant,
     out_channels: i64,
 }

@@ -18,6 +18,7 @@ use tch::{nn, Tensor};
 
 pub mod alexnet;
 pub mod batch_norm;
+pub mod conv;
 pub mod nin;
 pub mod resnet;
 pub mod tiny;
@@ -27,6 +28,7 @@ pub use batch_norm::{
     batch_norm1d, batch_norm2d, pytorch_bn, split_batch_norm, sync_batch_norm, BatchNorm,
     SplitBatchNormScope, SyncBatchNormScope,
 };
+pub use conv::Conv2d;
 pub use nin::{BasicBlock, Nin};
 pub use resnet::{ResNet, ResnetStem};
 
@@ -186,7 +188,7 @@ pub(crate) const CONV_INIT: nn::Init = nn::Init::Kaiming {
     non_linearity: nn::init::NonLinearity::ReLU,
 };
 
-/// A bias-free `k×k` conv with [`CONV_INIT`].
+/// A bias-free `k×k` conv with [`CONV_INIT`] (Winograd where [`conv::plan`] takes it).
 pub(crate) fn conv2d(
     p: nn::Path,
     c_in: i64,
@@ -194,10 +196,10 @@ pub(crate) fn conv2d(
     k: i64,
     stride: i64,
     padding: i64,
-) -> nn::Conv2D {
+) -> Conv2d {
     let cfg =
         nn::ConvConfig { stride, padding, bias: false, ws_init: CONV_INIT, ..Default::default() };
-    nn::conv2d(p, c_in, c_out, k, cfg)
+    Conv2d::new(p, c_in, c_out, k, cfg)
 }
 
 /// Bias of a [`linear`] layer.

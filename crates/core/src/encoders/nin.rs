@@ -34,7 +34,7 @@
 //! For a `(N, 3, 32, 32)` input: `block1` `(N, w3, 16, 16)`, `block2` `(N, w, 8, 8)`,
 //! `block3..blockK` `(N, w, 8, 8)`; in general `H/2` after block 1 and `H/4` after block 2
 //! (with `ceil` rounding for odd sizes).
-use super::{batch_norm2d, conv2d, push_tap, BatchNorm, Encoder};
+use super::{batch_norm2d, conv2d, push_tap, BatchNorm, Conv2d, Encoder};
 use crate::{CoreError, Result};
 use tch::{nn, nn::ModuleT, Tensor};
 
@@ -76,7 +76,7 @@ pub fn channels(width: i64) -> (i64, i64, i64) {
 /// `(N, c_in, H, W)` → `(N, c_out, H, W)` for odd `k`.
 #[derive(Debug)]
 pub struct BasicBlock {
-    conv: nn::Conv2D,
+    conv: Conv2d,
     bn: BatchNorm,
 }
 

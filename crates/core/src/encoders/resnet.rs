@@ -23,7 +23,7 @@
 //! - `imagenet` stem, `(N, 3, 32, 32)`: 8, 4, 2, 1;
 //! - `cifar` stem, `(N, 3, 32, 32)`: 32, 16, 8, 4, so block4 is `(N, 512, 4, 4)` /
 //!   `(N, 2048, 4, 4)`.
-use super::{batch_norm2d, conv2d, push_tap, BatchNorm, Encoder};
+use super::{batch_norm2d, conv2d, push_tap, BatchNorm, Conv2d, Encoder};
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::ModuleT, Tensor};
 
@@ -40,7 +40,7 @@ pub enum ResnetStem {
 
 #[derive(Debug)]
 struct ConvBn {
-    conv: nn::Conv2D,
+    conv: Conv2d,
     bn: BatchNorm,
 }
 
@@ -69,7 +69,7 @@ impl ConvBn {
 #[derive(Debug)]
 struct Block {
     convs: Vec<ConvBn>,
-    downsample: Option<(nn::Conv2D, BatchNorm)>,
+    downsample: Option<(Conv2d, BatchNorm)>,
 }
 
 impl Block {
@@ -90,12 +90,7 @@ impl Block {
         Block { convs, downsample: Self::downsample(p, c_in, planes * 4, stride) }
     }
 
-    fn downsample(
-        p: &nn::Path,
-        c_in: i64,
-        c_out: i64,
-        stride: i64,
-    ) -> Option<(nn::Conv2D, BatchNorm)> {
+    fn downsample(p: &nn::Path, c_in: i64, c_out: i64, stride: i64) -> Option<(Conv2d, BatchNorm)> {
         (stride != 1 || c_in != c_out).then(|| {
             let d = p / "downsample";
             (conv2d(&d / 0, c_in, c_out, 1, stride, 0), batch_norm2d(&d / 1, c_out))
@@ -124,7 +119,7 @@ impl Block {
 /// `cifar` stem: sides 32, 16, 8, 4 (`e` = 1 for ResNet-18, 4 for ResNet-50).
 #[derive(Debug)]
 pub struct ResNet {
-    stem_conv: nn::Conv2D,
+    stem_conv: Conv2d,
     stem_bn: BatchNorm,
     stem: ResnetStem,
     layers: Vec<Vec<Block>>,

@@ -1,0 +1,321 @@
+//! The encoders' convolution: tch's `nn::Conv2D`, whose bias-free 3×3 stride-1 layers take
+//! Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray, "Fast Algorithms for Convolutional
+//! Neural Networks", CVPR 2016; `csrc/winograd.cpp`) on the CPU for the passes where it is faster
+//! than libtorch's oneDNN kernels, and libtorch's convolution for every other pass and layer.
+//!
+//! Winograd's algorithm turns a 3×3 convolution into 16 matrix products with 2.25× fewer
+//! multiplications; its transforms cost passes over memory, so it pays at small feature maps
+//! with many channels, and for the backward pass to the weights, where oneDNN's direct kernels
+//! run furthest from the machine (measured: `bench/conv_probe.py`, the `winograd_probe`
+//! example, and `bench/README.md`, "Winograd at the small maps"). [`plan`] picks the passes by
+//! the layer's shape, the same choice on every call: a run stays reproducible. Its results
+//! agree with the direct convolution to float rounding (relative 1e-6 forward, 1e-5 for the
+//! weight gradient's long sums), not bit for bit.
+//!
+//! Left to libtorch: CUDA, bf16 and autocast (Winograd's transforms lose precision in bf16),
+//! deterministic runs (`train.deterministic` switches oneDNN off for thread-count-independent
+//! sums; the Winograd products are MKL's, whose sums are not), CPUs with AVX-512 (not measured
+//! there; [`plan`]'s thresholds are an AVX2 machine's), strides, dilations, groups and biases.
+//! `SELFSUP_WINOGRAD=off` turns it off, `=all` takes it for every pass of every 3×3 stride-1
+//! layer (for measuring), `=auto` is the default.
+use std::os::raw::{c_char, c_int, c_void};
+use std::sync::OnceLock;
+
+use tch::{nn, Tensor};
+
+extern "C" {
+    fn selfsup_conv3x3_winograd(
+        x: *const c_void,
+        w: *const c_void,
+        bits: c_int,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+}
+
+/// The passes of one convolution that run by Winograd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// The forward pass.
+    pub forward: bool,
+    /// The backward pass to the input.
+    pub input: bool,
+    /// The backward pass to the weights.
+    pub weight: bool,
+}
+
+impl Plan {
+    /// Every pass.
+    pub const ALL: Plan = Plan { forward: true, input: true, weight: true };
+
+    fn bits(self) -> c_int {
+        c_int::from(self.forward) | c_int::from(self.input) << 1 | c_int::from(self.weight) << 2
+    }
+}
+
+/// What `SELFSUP_WINOGRAD` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// [`plan`]'s choice by shape (the default).
+    Auto,
+    /// Never.
+    Off,
+    /// Every pass of every 3×3 stride-1 layer.
+    All,
+}
+
+/// The mode of this process: `SELFSUP_WINOGRAD` (`auto`, `off`, `all`), read once; any other
+/// value is reported once and taken as `auto`.
+pub fn mode() -> Mode {
+    static MODE: OnceLock<Mode> = OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var("SELFSUP_WINOGRAD").as_deref() {
+        Err(_) | Ok("auto") | Ok("") => Mode::Auto,
+        Ok("off") => Mode::Off,
+        Ok("all") => Mode::All,
+        Ok(other) => {
+            tracing::warn!("SELFSUP_WINOGRAD={other:?}: expected auto, off or all; taking auto");
+            Mode::Auto
+        }
+    })
+}
+
+/// The passes of a 3×3 stride-1 convolution from `c` to `k` channels at `h × w` that run by
+/// Winograd on a CPU without AVX-512 (`avx512`: whether it has it: then none).
+///
+/// Measured on 2 cores of an AMD EPYC Zen 3 (AVX2), fp32 channels-last, batch 128, on jemalloc,
+/// against libtorch 2.11's oneDNN (`cargo run --release -p selfsup-core --example
+/// winograd_probe`, three runs; `bench/README.md`, "Winograd at the small maps"): the backward
+/// pass to the weights, where oneDNN's kernel runs at half the rate of its forward one, is
+/// faster by Winograd at every layer of ResNet-18 and the NIN-192 (64 to 512 channels, 32×32 to
+/// 4×4 maps); the forward pass and the backward pass to the input from 8×8 maps with 192
+/// channels down (ResNet-18's `layer3` and `layer4`, the NIN-192's blocks 3 and 4), not at the
+/// larger maps. Narrower layers (the cpu profiles' networks) were not measured and keep
+/// libtorch's kernels.
+pub fn plan(c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
+    let channels = c.min(k);
+    if avx512 || channels < 64 {
+        return Plan::default();
+    }
+    let small = h * w <= 64 && channels >= 192;
+    Plan { forward: small, input: small, weight: true }
+}
+
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The 3×3 convolution (stride 1, padding 1, no bias) of `xs` with `ws`, with the passes of
+/// `plan` by Winograd and the others by libtorch, as one autograd function; `Ok(None)` when it
+/// does not take the convolution (an empty plan; not dense float CPU tensors; autocast on;
+/// oneDNN off), `Err` with libtorch's message when it refuses the shapes.
+///
+/// # Shapes
+/// `xs`: `(N, C, H, W)`, NCHW or channels-last; `ws`: `(K, C, 3, 3)`; returns `(N, K, H, W)` in
+/// the memory format of `xs`.
+pub fn conv3x3_winograd(xs: &Tensor, ws: &Tensor, plan: Plan) -> Result<Option<Tensor>, String> {
+    let mut out: *mut c_void = std::ptr::null_mut();
+    let mut err = [0u8; 1024];
+    // SAFETY: both handles are live tensors (tch's `C_tensor` is an `at::Tensor`); `out`
+    // receives a new handle when the call returns 1, which we then own; `err` is writable for
+    // its length.
+    let rc = unsafe {
+        selfsup_conv3x3_winograd(
+            xs.as_ptr().cast(),
+            ws.as_ptr().cast(),
+            plan.bits(),
+            &mut out,
+            err.as_mut_ptr().cast(),
+            err.len(),
+        )
+    };
+    match rc {
+        // SAFETY: `out` is a new `at::Tensor` handle that we now own.
+        1 => Ok(Some(unsafe { Tensor::from_ptr(out.cast()) })),
+        0 => Ok(None),
+        _ => Err(selfsup_dist::shim_message(&err)),
+    }
+}
+
+/// A convolution of an encoder: `nn::Conv2D`, with Winograd where [`plan`] (or
+/// `SELFSUP_WINOGRAD`) takes it (see the module docs).
+#[derive(Debug)]
+pub struct Conv2d {
+    /// The layer: its `ws` `(K, C, k, k)` and optional `bs`.
+    pub inner: nn::Conv2D,
+    /// Whether it is a 3×3 convolution with stride 1, padding 1, no dilation, one group and no
+    /// bias (tch keeps the configuration private).
+    winograd_shaped: bool,
+}
+
+impl Conv2d {
+    /// A bias-free `k×k` convolution of one group and no dilation on `p` (see
+    /// [`super::conv2d`]).
+    pub(crate) fn new(p: nn::Path, c_in: i64, c_out: i64, k: i64, cfg: nn::ConvConfig) -> Self {
+        let winograd_shaped = k == 3
+            && cfg.stride == 1
+            && cfg.padding == 1
+            && cfg.dilation == 1
+            && cfg.groups == 1
+            && !cfg.bias;
+        Conv2d { inner: nn::conv2d(p, c_in, c_out, k, cfg), winograd_shaped }
+    }
+
+    /// The Winograd passes for an input `(N, C, H, W)`.
+    fn plan_for(&self, xs: &Tensor) -> Plan {
+        if !self.winograd_shaped || xs.dim() != 4 {
+            return Plan::default();
+        }
+        let k = self.inner.ws.size();
+        let s = xs.size();
+        match mode() {
+            Mode::Off => Plan::default(),
+            Mode::All => Plan::ALL,
+            Mode::Auto => {
+                static AVX512: OnceLock<bool> = OnceLock::new();
+                plan(s[1], k[0], s[2], s[3], *AVX512.get_or_init(has_avx512))
+            }
+        }
+    }
+}
+
+impl nn::Module for Conv2d {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let plan = self.plan_for(xs);
+        if plan != Plan::default() {
+            match conv3x3_winograd(xs, &self.inner.ws, plan) {
+                Ok(Some(y)) => return y,
+                Ok(None) => {}
+                // The module interface has no error path; libtorch's message says what.
+                Err(e) => panic!("Winograd 3x3 convolution: {e}"),
+            }
+        }
+        xs.apply(&self.inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
+        let scale = b.abs().max().double_value(&[]);
+        (a - b).abs().max().double_value(&[]) / scale
+    }
+
+    /// Output, input gradient and weight gradient of the convolution through `f`.
+    fn passes(
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        f: impl Fn(&Tensor, &Tensor) -> Tensor,
+    ) -> (Tensor, Tensor, Tensor) {
+        let x = x.detach().set_requires_grad(true);
+        let w = w.detach().set_requires_grad(true);
+        let y = f(&x, &w);
+        (y.shallow_clone() * dy).sum(Kind::Float).backward();
+        (y.detach(), x.grad(), w.grad())
+    }
+
+    #[test]
+    fn every_pass_matches_the_direct_convolution() {
+        tch::manual_seed(0);
+        // Even and odd sides, NCHW and channels-last, more and fewer output channels.
+        for (n, c, k, h, w, cl) in
+            [(4, 8, 16, 6, 6, false), (3, 5, 4, 7, 5, true), (2, 16, 8, 4, 4, true)]
+        {
+            let opts = (Kind::Float, Device::Cpu);
+            let mut x = Tensor::randn([n, c, h, w], opts);
+            let mut dy = Tensor::randn([n, k, h, w], opts);
+            if cl {
+                x = crate::precision::to_channels_last(&x).unwrap();
+                dy = crate::precision::to_channels_last(&dy).unwrap();
+            }
+            let wt = Tensor::randn([k, c, 3, 3], opts) * 0.2;
+            let direct = passes(&x, &wt, &dy, |x, w| {
+                x.conv2d(w, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1)
+            });
+            for plan in [
+                Plan::ALL,
+                Plan { forward: true, ..Plan::default() },
+                Plan { input: true, ..Plan::default() },
+                Plan { weight: true, ..Plan::default() },
+            ] {
+                let got = passes(&x, &wt, &dy, |x, w| {
+                    conv3x3_winograd(x, w, plan).unwrap().expect("taken")
+                });
+                let what = format!("{n}x{c}x{h}x{w} -> {k}, cl {cl}, {plan:?}");
+                assert_eq!(got.0.size(), [n, k, h, w], "{what}");
+                assert_eq!(
+                    crate::precision::is_channels_last(&got.0),
+                    cl,
+                    "{what}: output in the input's memory format"
+                );
+                assert!(max_rel(&got.0, &direct.0) < 1e-5, "{what}: output");
+                assert!(max_rel(&got.1, &direct.1) < 1e-5, "{what}: input gradient");
+                assert!(max_rel(&got.2, &direct.2) < 1e-5, "{what}: weight gradient");
+            }
+        }
+    }
+
+    #[test]
+    fn it_leaves_what_it_does_not_take_to_libtorch() {
+        let x = Tensor::randn([2, 4, 4, 4], (Kind::Float, Device::Cpu));
+        let w = Tensor::randn([4, 4, 3, 3], (Kind::Float, Device::Cpu));
+        assert!(conv3x3_winograd(&x, &w, Plan::default()).unwrap().is_none(), "empty plan");
+        let xb = x.to_kind(Kind::BFloat16);
+        let wb = w.to_kind(Kind::BFloat16);
+        assert!(conv3x3_winograd(&xb, &wb, Plan::ALL).unwrap().is_none(), "bf16");
+        let strided = x.transpose(2, 3);
+        assert!(conv3x3_winograd(&strided, &w, Plan::ALL).unwrap().is_none(), "not dense");
+        let bf16 = crate::precision::Precision::Bf16;
+        let under_autocast = crate::precision::autocast(Device::Cpu, bf16, || {
+            conv3x3_winograd(&x, &w, Plan::ALL).unwrap().is_none()
+        });
+        assert!(under_autocast, "autocast");
+        let err = conv3x3_winograd(&x, &w.narrow(1, 0, 3), Plan::ALL).unwrap_err();
+        assert!(err.contains("Winograd 3x3 convolution: input [2, 4, 4, 4]"), "{err}");
+    }
+
+    #[test]
+    fn the_plan_takes_the_small_maps_with_many_channels() {
+        let weight = Plan { weight: true, ..Plan::default() };
+        // ResNet-18 (CIFAR stem) at 32 px: layer1..layer4.
+        assert_eq!(plan(64, 64, 32, 32, false), weight);
+        assert_eq!(plan(128, 128, 16, 16, false), weight);
+        assert_eq!(plan(256, 256, 8, 8, false), Plan::ALL);
+        assert_eq!(plan(512, 512, 4, 4, false), Plan::ALL);
+        // The NIN-192's blocks 3 and 4, and its 5x5 blocks' maps; the cpu profiles' narrow
+        // networks.
+        assert_eq!(plan(192, 192, 8, 8, false), Plan::ALL);
+        assert_eq!(plan(192, 192, 16, 16, false), weight);
+        assert_eq!(plan(32, 32, 8, 8, false), Plan::default());
+        assert_eq!(plan(48, 96, 16, 16, false), Plan::default());
+        // Not measured with AVX-512.
+        assert_eq!(plan(512, 512, 4, 4, true), Plan::default());
+    }
+
+    #[test]
+    fn encoder_layers_take_it_by_their_shape_and_configuration() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let conv = |name: &str, c, k, size, stride, padding| {
+            super::super::conv2d(vs.root() / name, c, k, size, stride, padding)
+        };
+        let x = Tensor::zeros([2, 512, 4, 4], (Kind::Float, Device::Cpu));
+        let want = if mode() == Mode::Auto && !has_avx512() { Plan::ALL } else { Plan::default() };
+        if mode() != Mode::All {
+            assert_eq!(conv("a", 512, 512, 3, 1, 1).plan_for(&x), want);
+        }
+        assert_eq!(conv("b", 512, 512, 3, 2, 1).plan_for(&x), Plan::default(), "stride 2");
+        assert_eq!(conv("c", 512, 512, 1, 1, 0).plan_for(&x), Plan::default(), "1x1");
+        assert_eq!(conv("d", 512, 512, 3, 1, 0).plan_for(&x), Plan::default(), "padding 0");
+    }
+}
