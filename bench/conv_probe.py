@@ -3,8 +3,8 @@ formulation of the same convolution would be faster here.
 
 The large networks of the performance issue (RotNet's NIN-192, SimCLR's ResNet-18 with the
 CIFAR stem) spend most of a training step in oneDNN's convolutions, the same calls in selfsup
-and in PyTorch. Going past PyTorch there would need faster convolutions than libtorch's. For
-each 3x3 and 5x5 stride-1 layer shape of the two networks this times, in channels-last fp32
+and in PyTorch, so going past PyTorch there needs faster convolutions than libtorch's. For each
+3x3 and 5x5 stride-1 layer shape of the two networks this times, in channels-last fp32
 (PyTorch's fastest fp32 layout on the CPU):
 
 - the three passes libtorch runs in a training step: forward, backward to the input, backward
@@ -12,13 +12,16 @@ each 3x3 and 5x5 stride-1 layer shape of the two networks this times, in channel
   (`2 N H W C K k^2` floating point operations each);
 - two other formulations, timed for their matrix products alone (a lower bound on their time:
   the transforms and copies around them are not counted):
-  - Winograd F(2x2, 3x3) (Lavin & Gray, CVPR 2016): 16 products of `(tiles, C) x (C, K)`, as
-    one batched `bmm`, against the forward pass;
+  - Winograd F(2x2, 3x3) (Lavin & Gray, CVPR 2016): 16 products of `(tiles, C) x (C, K)`, one
+    `mm` each as selfsup's `csrc/winograd.cpp` runs them (one `bmm` was slower), against the
+    forward pass;
   - the weight gradient as one product `(K, N H W) x (N H W, k^2 C)` over the image columns
     (im2col), against oneDNN's backward to the weights; with `--with-copies` also the copy that
     builds the columns.
 
 Prints a Markdown table: milliseconds per call (median of `--repeats` after 2 untimed calls).
+What it found led to selfsup's Winograd path (`crates/core/src/encoders/conv.rs`), whose passes
+with their transforms the `winograd_probe` example of `selfsup-core` times against oneDNN's.
 Usage: python bench/conv_probe.py [--threads 2] [--repeats 5] [--with-copies]
 """
 import argparse
@@ -83,7 +86,13 @@ def probe(n, c, k_out, side, k, repeats, with_copies):
     if k == 3:
         tiles = n * ((side + 1) // 2) ** 2
         u, v = torch.randn(16, tiles, c), torch.randn(16, c, k_out)
-        row["winograd products"] = timed(lambda: torch.bmm(u, v), repeats)
+        m = torch.empty(16, tiles, k_out)
+
+        def products():
+            for i in range(16):
+                torch.mm(u[i], v[i], out=m[i])
+
+        row["winograd products"] = timed(products, repeats)
     rows = n * side * side
     grad = torch.randn(rows, k_out)
     columns = torch.randn(rows, k * k * c)

@@ -1,22 +1,24 @@
-// 3x3 stride-1 convolutions (padding 1, no bias, one group) by Winograd's minimal filtering
-// F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016),
-// forward and both backward passes, for dense 4-d float CPU tensors (NCHW or channels-last).
+// Stride-1 3x3 and 5x5 convolutions (padding (r - 1) / 2, no bias, one group) by Winograd's
+// minimal filtering F(2x2, r x r) (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+// Networks", CVPR 2016), forward and both backward passes, for dense 4-d float CPU tensors (NCHW
+// or channels-last).
 //
-// Each 2x2 tile t of the output is `Aᵀ [Σ_c (G g_kc Gᵀ) ⊙ (Bᵀ d_tc B)] A`, with d_tc the 4x4
-// input patch of the tile and g_kc the 3x3 filter: the 16 positions ξ of the transformed tile
-// become 16 independent matrix products `U_ξ (T, C) · V_ξ (C, K)` (T tiles), 2.25x fewer
-// multiplications than the direct convolution. The transforms are matrix products with the
-// Kronecker matrices below on tiles gathered into `(16, T, C)`. Backward:
+// Each 2x2 tile t of the output is `Aᵀ [Σ_c (G g_kc Gᵀ) ⊙ (Bᵀ d_tc B)] A`, with d_tc the α x α
+// input patch of the tile (α = r + 1) and g_kc the r x r filter: the α² positions ξ of the
+// transformed tile become α² independent matrix products `U_ξ (T, C) · V_ξ (C, K)` (T tiles),
+// with 2.25x (3x3) and 2.8x (5x5) fewer multiplications than the direct convolution. The
+// transforms are matrix products with the Kronecker matrices below on tiles gathered into
+// `(α², T, C)`. Backward:
 // - to the input: the same forward with the filters flipped and transposed (a stride-1
-//   padding-1 3x3 convolution's transpose is one);
+//   convolution padded by (r - 1) / 2 has one as its transpose);
 // - to the weights: with `Y = Aᵀ (Q ⊙ Z) A`, Q = G g Gᵀ, Z = Bᵀ d B, the gradient is
-//   `Gᵀ [Σ_t Z_t ⊙ (A dY_t Aᵀ)] G`: 16 products `U_ξᵀ (C, T) · (A dY Aᵀ)_ξ (T, K)`.
-// Each pass is taken here or left to libtorch's own convolution (`plan` below, chosen by the
-// caller from the layer's shape: oneDNN's forward kernels are faster at large maps, Winograd's
-// products at small maps with many channels, and oneDNN's backward to the weights is slower at
-// every measured shape). The sums are libtorch's matrix products (MKL), whose
-// reduction order may depend on the thread count, as oneDNN's convolution's does; the caller
-// leaves deterministic runs (oneDNN switched off) to libtorch.
+//   `Gᵀ [Σ_t Z_t ⊙ (A dY_t Aᵀ)] G`: α² products `U_ξᵀ (C, T) · (A dY Aᵀ)_ξ (T, K)`.
+// Each pass is taken here or left to libtorch's own convolution (`plan`, chosen by the caller
+// from the layer's shape: oneDNN's forward kernels are faster at large maps, Winograd's products
+// at small maps with many channels, and oneDNN's backward to the weights is slower at every
+// measured 3x3 shape). The sums are libtorch's matrix products (MKL), whose reduction order may
+// depend on the thread count, as oneDNN's convolution's does; the caller leaves deterministic
+// runs (oneDNN switched off) to libtorch.
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -25,57 +27,81 @@
 
 namespace {
 
-// vec(Bᵀ d B) = kB vec(d) (16x16), vec(G g Gᵀ) = kG vec(g) (16x9), vec(Aᵀ m A) = kA vec(m)
-// (4x16), for row-major vec and the F(2x2, 3x3) matrices
-// Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1],
-// Aᵀ = [1 1 1 0; 0 1 -1 -1].
+// Winograd's matrices for F(2, r), r = 3 or 5 (alpha = r + 1 points: 0, ±1, then ±2, and ∞),
+// as Kronecker products for row-major vec: vec(Bᵀ d B) = kB vec(d) (α² x α²),
+// vec(G g Gᵀ) = kG vec(g) (α² x r²), vec(Aᵀ m A) = kA vec(m) (4 x α²). F(2x2, 3x3) is Lavin &
+// Gray's; F(2x2, 5x5) the Cook-Toom construction over the same points as their F(4x4, 3x3) (its
+// Bᵀ is theirs), checked against the direct convolution by the tests.
 struct Transforms {
   at::Tensor kB, kG, kA;
-  Transforms() {
-    auto f = at::TensorOptions().dtype(at::kFloat);
-    at::Tensor BT = at::tensor({1, 0, -1, 0, 0, 1, 1, 0, 0, -1, 1, 0, 0, 1, 0, -1}, f).view({4, 4});
-    at::Tensor G = at::tensor({1.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5, -0.5, 0.5, 0.0, 0.0, 1.0}, f)
-                       .view({4, 3});
-    at::Tensor AT = at::tensor({1, 1, 1, 0, 0, 1, -1, -1}, f).view({2, 4});
-    kB = at::kron(BT, BT).contiguous();
-    kG = at::kron(G, G).contiguous();
-    kA = at::kron(AT, AT).contiguous();
+  explicit Transforms(int64_t r) {
+    auto f = at::TensorOptions().dtype(at::kDouble);
+    at::Tensor BT, G, AT;
+    if (r == 3) {
+      BT = at::tensor({1, 0, -1, 0, 0, 1, 1, 0, 0, -1, 1, 0, 0, 1, 0, -1}, f).view({4, 4});
+      G = at::tensor({1.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5, -0.5, 0.5, 0.0, 0.0, 1.0}, f).view({4, 3});
+      AT = at::tensor({1, 1, 1, 0, 0, 1, -1, -1}, f).view({2, 4});
+    } else {
+      TORCH_CHECK(r == 5, "Winograd convolution: ", r, "x", r, " filters (3x3 or 5x5 only)");
+      BT = at::tensor({4,  0, -5, 0,  1, 0,  //
+                       0,  -4, -4, 1,  1, 0,  //
+                       0,  4,  -4, -1, 1, 0,  //
+                       0,  -2, -1, 2,  1, 0,  //
+                       0,  2,  -1, -2, 1, 0,  //
+                       0,  4,  0,  -5, 0, 1},
+                      f)
+               .view({6, 6});
+      const double s = 1.0 / 6, t = 1.0 / 24, u = 1.0 / 12, v = 1.0 / 3;
+      G = at::tensor({0.25, 0.0, 0.0, 0.0, 0.0,  //
+                      -s,   -s,  -s,  -s,  -s,   //
+                      -s,   s,   -s,  s,   -s,   //
+                      t,    u,   s,   v,   2 * v,  //
+                      t,    -u,  s,   -v,  2 * v,  //
+                      0.0,  0.0, 0.0, 0.0, 1.0},
+                     f)
+              .view({6, 5});
+      AT = at::tensor({1, 1, 1, 1, 1, 0, 0, 1, -1, 2, -2, 1}, f).view({2, 6});
+    }
+    kB = at::kron(BT, BT).to(at::kFloat).contiguous();
+    kG = at::kron(G, G).to(at::kFloat).contiguous();
+    kA = at::kron(AT, AT).to(at::kFloat).contiguous();
   }
 };
 
-const Transforms& transforms() {
-  static const Transforms t;
-  return t;
+const Transforms& transforms(int64_t r) {
+  static const Transforms t3(3), t5(5);
+  return r == 3 ? t3 : t5;
 }
 
 // Tiles of one side: ceil(side / 2).
 int64_t tiles(int64_t side) { return (side + 1) / 2; }
 
-// `(16, T, C)`: the transformed 4x4 input patches Bᵀ d B of every output tile of `x` (N, C, H, W).
-at::Tensor input_tiles(const at::Tensor& x) {
+// `(α², T, C)`: the transformed α x α input patches Bᵀ d B of every 2 x 2 output tile of `x`
+// (N, C, H, W) for an r x r filter with padding (r - 1) / 2.
+at::Tensor input_tiles(const at::Tensor& x, int64_t r) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t th = tiles(H), tw = tiles(W);
-  // NHWC, padded by 1 on the top and left and enough on the bottom and right for whole tiles.
-  at::Tensor xp = at::constant_pad_nd(x, {1, 2 * tw - W + 1, 1, 2 * th - H + 1}, 0.0)
+  const int64_t th = tiles(H), tw = tiles(W), a = r + 1, p = (r - 1) / 2;
+  // NHWC, padded by p on the top and left and enough on the bottom and right for whole tiles.
+  at::Tensor xp = at::constant_pad_nd(x, {p, 2 * tw - W + p, p, 2 * th - H + p}, 0.0)
                       .permute({0, 2, 3, 1})
                       .contiguous();
   const auto s = xp.strides();
-  at::Tensor d = xp.as_strided({4, 4, N, th, tw, C}, {s[1], s[2], s[0], 2 * s[1], 2 * s[2], s[3]})
+  at::Tensor d = xp.as_strided({a, a, N, th, tw, C}, {s[1], s[2], s[0], 2 * s[1], 2 * s[2], s[3]})
                      .contiguous();
-  return transforms().kB.mm(d.view({16, -1})).view({16, N * th * tw, C});
+  return transforms(r).kB.mm(d.view({a * a, -1})).view({a * a, N * th * tw, C});
 }
 
-// `(16, C, K)`: the transformed filters G g Gᵀ of `w` (K, C, 3, 3).
+// `(α², C, K)`: the transformed filters G g Gᵀ of `w` (K, C, r, r).
 at::Tensor filter_tiles(const at::Tensor& w) {
-  const int64_t K = w.size(0), C = w.size(1);
-  return transforms().kG.mm(w.reshape({K * C, 9}).t()).view({16, K, C}).transpose(1, 2);
+  const int64_t K = w.size(0), C = w.size(1), r = w.size(2), a = r + 1;
+  return transforms(r).kG.mm(w.reshape({K * C, r * r}).t()).view({a * a, K, C}).transpose(1, 2);
 }
 
-// `(N, K, H, W)` in `format` from the products `m` (16, T, K) of the tiles of an H x W map.
-at::Tensor output_of_tiles(const at::Tensor& m, int64_t N, int64_t H, int64_t W,
+// `(N, K, H, W)` in `format` from the products `m` (α², T, K) of the tiles of an H x W map.
+at::Tensor output_of_tiles(const at::Tensor& m, int64_t r, int64_t N, int64_t H, int64_t W,
                            at::MemoryFormat format) {
   const int64_t th = tiles(H), tw = tiles(W), K = m.size(2);
-  at::Tensor t = transforms().kA.mm(m.reshape({16, -1})).view({2, 2, N, th, tw, K});
+  at::Tensor t = transforms(r).kA.mm(m.reshape({m.size(0), -1})).view({2, 2, N, th, tw, K});
   at::Tensor y = at::empty({N, th, 2, tw, 2, K}, m.options());
   y.copy_(t.permute({2, 3, 0, 4, 1, 5}));
   at::Tensor out = y.view({N, 2 * th, 2 * tw, K}).permute({0, 3, 1, 2});
@@ -83,37 +109,39 @@ at::Tensor output_of_tiles(const at::Tensor& m, int64_t N, int64_t H, int64_t W,
   return out.contiguous(format);
 }
 
-// `(16, M, N)`: the 16 products `a[ξ] b[ξ]` of `a` (16, M, L) and `b` (16, L, N), one matrix
-// product each (multithreaded inside; measured faster than one `bmm`, which splits the batch
-// between threads: 35 against 49 ms at 16 x 512³ on 2 cores of a Zen 3).
+// `(B, M, N)`: the products `a[i] b[i]` of `a` (B, M, L) and `b` (B, L, N), one matrix product
+// each (multithreaded inside; measured faster than one `bmm`, which splits the batch between
+// threads: 35 against 49 ms for 16 x 512³ on 2 cores of a Zen 3).
 at::Tensor products(const at::Tensor& a, const at::Tensor& b) {
-  at::Tensor out = at::empty({16, a.size(1), b.size(2)}, a.options());
-  for (int64_t i = 0; i < 16; ++i) {
+  at::Tensor out = at::empty({a.size(0), a.size(1), b.size(2)}, a.options());
+  for (int64_t i = 0; i < a.size(0); ++i) {
     at::Tensor o = out[i];
     at::mm_out(o, a[i], b[i]);
   }
   return out;
 }
 
-// The convolution of `x` (N, C, H, W) with `w` (K, C, 3, 3), padding 1, by Winograd.
+// The convolution of `x` (N, C, H, W) with `w` (K, C, r, r), padding (r - 1) / 2, by Winograd.
 at::Tensor forward_winograd(const at::Tensor& x, const at::Tensor& w, at::MemoryFormat format) {
-  at::Tensor m = products(input_tiles(x), filter_tiles(w));
-  return output_of_tiles(m, x.size(0), x.size(2), x.size(3), format);
+  const int64_t r = w.size(2);
+  at::Tensor m = products(input_tiles(x, r), filter_tiles(w));
+  return output_of_tiles(m, r, x.size(0), x.size(2), x.size(3), format);
 }
 
-// The gradient to `w` (K, C, 3, 3) of the convolution of `x` given `dy` (N, K, H, W).
-at::Tensor weight_grad_winograd(const at::Tensor& x, const at::Tensor& dy,
+// The gradient to `w` (K, C, r, r) of the convolution of `x` given `dy` (N, K, H, W).
+at::Tensor weight_grad_winograd(const at::Tensor& x, const at::Tensor& dy, int64_t r,
                                 at::MemoryFormat format) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = dy.size(1);
-  const int64_t th = tiles(H), tw = tiles(W);
+  const int64_t th = tiles(H), tw = tiles(W), a = r + 1;
+  const Transforms& t = transforms(r);
   at::Tensor g = at::constant_pad_nd(dy, {0, 2 * tw - W, 0, 2 * th - H}, 0.0)
                      .permute({0, 2, 3, 1})
                      .reshape({N, th, 2, tw, 2, K})
                      .permute({2, 4, 0, 1, 3, 5})
                      .contiguous();
-  at::Tensor v = transforms().kA.t().mm(g.view({4, -1})).view({16, N * th * tw, K});
-  at::Tensor p = products(input_tiles(x).transpose(1, 2), v);  // (16, C, K)
-  at::Tensor gw = transforms().kG.t().mm(p.view({16, C * K})).view({3, 3, C, K});
+  at::Tensor v = t.kA.t().mm(g.view({4, -1})).view({a * a, N * th * tw, K});
+  at::Tensor p = products(input_tiles(x, r).transpose(1, 2), v);  // (α², C, K)
+  at::Tensor gw = t.kG.t().mm(p.view({a * a, C * K})).view({r, r, C, K});
   return gw.permute({3, 2, 0, 1}).contiguous(format);
 }
 
@@ -126,10 +154,11 @@ struct Plan {
 };
 
 at::Tensor libtorch_forward(const at::Tensor& x, const at::Tensor& w) {
-  return at::convolution(x, w, {}, {1, 1}, {1, 1}, {1, 1}, false, {0, 0}, 1);
+  const int64_t p = (w.size(2) - 1) / 2;
+  return at::convolution(x, w, {}, {1, 1}, {p, p}, {1, 1}, false, {0, 0}, 1);
 }
 
-struct Conv3x3 : public torch::autograd::Function<Conv3x3> {
+struct WinogradConv : public torch::autograd::Function<WinogradConv> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
                             const at::Tensor& w, int64_t bits) {
     const Plan plan(static_cast<int>(bits));
@@ -142,7 +171,7 @@ struct Conv3x3 : public torch::autograd::Function<Conv3x3> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     TORCH_CHECK(!at::GradMode::is_enabled(),
-                "Winograd 3x3 convolution has no double backward (create_graph)");
+                "Winograd convolution has no double backward (create_graph)");
     auto s = ctx->get_saved_variables();
     const at::Tensor &x = s[0], &w = s[1];
     const Plan plan(static_cast<int>(ctx->saved_data["bits"].toInt()));
@@ -154,10 +183,11 @@ struct Conv3x3 : public torch::autograd::Function<Conv3x3> {
     if (want_x && plan.input) {
       dx = forward_winograd(dy, w.flip({2, 3}).transpose(0, 1), format);
     }
-    if (want_w && plan.weight) dw = weight_grad_winograd(x, dy, w.suggest_memory_format());
+    const int64_t r = w.size(2), p = (r - 1) / 2;
+    if (want_w && plan.weight) dw = weight_grad_winograd(x, dy, r, w.suggest_memory_format());
     const bool rest_x = want_x && !plan.input, rest_w = want_w && !plan.weight;
     if (rest_x || rest_w) {
-      auto g = at::convolution_backward(dy, x, w, std::nullopt, {1, 1}, {1, 1}, {1, 1}, false,
+      auto g = at::convolution_backward(dy, x, w, std::nullopt, {1, 1}, {p, p}, {1, 1}, false,
                                         {0, 0}, 1, {rest_x, rest_w, false});
       if (rest_x) dx = std::get<0>(g);
       if (rest_w) dw = std::get<1>(g);
@@ -170,14 +200,14 @@ struct Conv3x3 : public torch::autograd::Function<Conv3x3> {
 
 extern "C" {
 
-// `*out` = a new handle to the 3x3 convolution (stride 1, padding 1, no bias) of `x` (N, C, H,
-// W) with `w` (K, C, 3, 3), with the passes in `bits` (1 forward, 2 backward to the input,
-// 4 backward to the weights) by Winograd F(2x2, 3x3) and the others by libtorch; differentiable
-// in both. Returns 1 when it took the convolution, 0 when it left it to the caller (nothing in
+// `*out` = a new handle to the convolution (stride 1, padding (r - 1) / 2, no bias) of `x` (N,
+// C, H, W) with `w` (K, C, r, r), r = 3 or 5, with the passes in `bits` (1 forward, 2 backward
+// to the input, 4 backward to the weights) by Winograd F(2x2, r x r) and the others by
+// libtorch; differentiable in both. Returns 1 when it took the convolution, 0 when it left it to the caller (nothing in
 // `bits`, not dense float CPU tensors, autocast on for the CPU, or oneDNN off: deterministic
 // runs), or -1 with libtorch's message in `err`.
-int selfsup_conv3x3_winograd(const at::Tensor* x, const at::Tensor* w, int bits, at::Tensor** out,
-                             char* err, size_t err_len) {
+int selfsup_conv_winograd(const at::Tensor* x, const at::Tensor* w, int bits, at::Tensor** out,
+                          char* err, size_t err_len) {
   int took = 0;
   const int rc = selfsup::guarded(err, err_len, [&] {
     const bool dense = x->is_contiguous() || x->is_contiguous(at::MemoryFormat::ChannelsLast);
@@ -186,11 +216,11 @@ int selfsup_conv3x3_winograd(const at::Tensor* x, const at::Tensor* w, int bits,
         at::autocast::is_autocast_enabled(at::kCPU) || !at::globalContext().userEnabledMkldnn()) {
       return;
     }
-    TORCH_CHECK(x->dim() == 4 && w->dim() == 4 && w->size(2) == 3 && w->size(3) == 3 &&
-                    w->size(1) == x->size(1),
-                "Winograd 3x3 convolution: input ", x->sizes(), " and weight ", w->sizes(),
-                " (expected (N, C, H, W) and (K, C, 3, 3))");
-    *out = new at::Tensor(Conv3x3::apply(*x, *w, static_cast<int64_t>(bits & 7)));
+    TORCH_CHECK(x->dim() == 4 && w->dim() == 4 && (w->size(2) == 3 || w->size(2) == 5) &&
+                    w->size(3) == w->size(2) && w->size(1) == x->size(1),
+                "Winograd convolution: input ", x->sizes(), " and weight ", w->sizes(),
+                " (expected (N, C, H, W) and (K, C, r, r), r = 3 or 5)");
+    *out = new at::Tensor(WinogradConv::apply(*x, *w, static_cast<int64_t>(bits & 7)));
     took = 1;
   });
   return rc != 0 ? rc : took;

@@ -1,11 +1,11 @@
-//! Times each pass of a 3×3 stride-1 convolution (fp32, channels-last, batch 128) by libtorch
-//! (oneDNN) and by selfsup's Winograd F(2×2, 3×3) (`selfsup_core::encoders::conv`), at the
-//! layer shapes of ResNet-18 (CIFAR stem) and the NIN-192: the measurements behind
+//! Times each pass of a stride-1 3×3 or 5×5 convolution (fp32, channels-last, batch 128) by
+//! libtorch (oneDNN) and by selfsup's Winograd F(2×2, r×r) (`selfsup_core::encoders::conv`), at
+//! the layer shapes of ResNet-18 (CIFAR stem) and the NIN-192: the measurements behind
 //! [`selfsup_core::encoders::conv::plan`]. Milliseconds, medians of 7 calls after 2; the
 //! backward passes timed alone on a kept graph.
 //!
 //! Run: `cargo run --release -p selfsup-core --example winograd_probe [-- THREADS]` (default 2).
-use selfsup_core::encoders::conv::{conv3x3_winograd, Plan};
+use selfsup_core::encoders::conv::{conv_winograd, Plan};
 use selfsup_core::precision::to_channels_last;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -34,21 +34,33 @@ fn main() -> Result<()> {
     tch::set_num_threads(threads);
     tch::manual_seed(0);
     println!("{threads} threads, fp32 channels-last, batch 128; ms per call, oneDNN / Winograd\n");
-    println!("| channels, side | forward | backward to input | backward to weights |");
+    println!("| filter, channels, side | forward | backward to input | backward to weights |");
     println!("|---|---:|---:|---:|");
-    for (c, side) in [(64, 32), (128, 16), (256, 8), (512, 4), (192, 8)] {
+    // (filter side, channels in, out, map side): ResNet-18's layer1..4, the NIN-192's 3x3
+    // blocks 3-4 and its 5x5 convolutions of blocks 2 and 1.
+    let shapes = [
+        (3, 64, 64, 32),
+        (3, 128, 128, 16),
+        (3, 256, 256, 8),
+        (3, 512, 512, 4),
+        (3, 192, 192, 8),
+        (5, 96, 192, 16),
+        (5, 3, 192, 32),
+    ];
+    for (r, c, k, side) in shapes {
         let opts = (Kind::Float, Device::Cpu);
         let x =
             to_channels_last(&Tensor::randn([128, c, side, side], opts))?.set_requires_grad(true);
-        let w = to_channels_last(&Tensor::randn([c, c, 3, 3], opts))?.set_requires_grad(true);
+        let w = to_channels_last(&Tensor::randn([k, c, r, r], opts))?.set_requires_grad(true);
+        let pad = (r - 1) / 2;
         let mut cells = [String::new(), String::new(), String::new()];
         for winograd in [false, true] {
             let conv = || -> Result<Tensor> {
                 Ok(if winograd {
-                    conv3x3_winograd(&x, &w, Plan::ALL)?
+                    conv_winograd(&x, &w, Plan::ALL)?
                         .ok_or("Winograd did not take the convolution")?
                 } else {
-                    x.conv2d(&w, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1)
+                    x.conv2d(&w, None::<&Tensor>, [1, 1], [pad, pad], [1, 1], 1)
                 })
             };
             let y = conv()?;
@@ -60,7 +72,8 @@ fn main() -> Result<()> {
                 cell.push_str(&format!("{sep}{ms:.1}"));
             }
         }
-        println!("| {c}, {side}×{side} | {} | {} | {} |", cells[0], cells[1], cells[2]);
+        let layer = format!("{r}×{r}, {c}→{k}, {side}×{side}");
+        println!("| {layer} | {} | {} | {} |", cells[0], cells[1], cells[2]);
     }
     Ok(())
 }

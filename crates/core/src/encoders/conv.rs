@@ -1,30 +1,31 @@
-//! The encoders' convolution: tch's `nn::Conv2D`, whose bias-free 3×3 stride-1 layers take
-//! Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray, "Fast Algorithms for Convolutional
-//! Neural Networks", CVPR 2016; `csrc/winograd.cpp`) on the CPU for the passes where it is faster
-//! than libtorch's oneDNN kernels, and libtorch's convolution for every other pass and layer.
+//! The encoders' convolution: tch's `nn::Conv2D`, whose bias-free 3×3 and 5×5 stride-1 layers
+//! take Winograd's minimal filtering F(2×2, r×r) (Lavin & Gray, "Fast Algorithms for
+//! Convolutional Neural Networks", CVPR 2016; `csrc/winograd.cpp`) on the CPU for the passes
+//! where it is faster than libtorch's oneDNN kernels, and libtorch's convolution for every other
+//! pass and layer.
 //!
-//! Winograd's algorithm turns a 3×3 convolution into 16 matrix products with 2.25× fewer
-//! multiplications; its transforms cost passes over memory, so it pays at small feature maps
-//! with many channels, and for the backward pass to the weights, where oneDNN's direct kernels
-//! run furthest from the machine (measured: `bench/conv_probe.py`, the `winograd_probe`
-//! example, and `bench/README.md`, "Winograd at the small maps"). [`plan`] picks the passes by
-//! the layer's shape, the same choice on every call: a run stays reproducible. Its results
-//! agree with the direct convolution to float rounding (relative 1e-6 forward, 1e-5 for the
-//! weight gradient's long sums), not bit for bit.
+//! Winograd's algorithm turns an r×r convolution into (r + 1)² matrix products with 2.25× (3×3)
+//! or 2.8× (5×5) fewer multiplications; its transforms cost passes over memory, so it pays at
+//! small feature maps with many channels, and for the backward pass to the weights, where
+//! oneDNN's direct kernels run furthest from the machine (measured: `bench/conv_probe.py`, the
+//! `winograd_probe` example, and `bench/README.md`, "Winograd at the small maps"). [`plan`]
+//! picks the passes by the layer's shape, the same choice on every call: a run stays
+//! reproducible. Its results agree with the direct convolution to float rounding (relative 1e-6
+//! forward, 1e-5 for the weight gradient's long sums), not bit for bit.
 //!
 //! Left to libtorch: CUDA, bf16 and autocast (Winograd's transforms lose precision in bf16),
 //! deterministic runs (`train.deterministic` switches oneDNN off for thread-count-independent
 //! sums; the Winograd products are MKL's, whose sums are not), CPUs with AVX-512 (not measured
 //! there; [`plan`]'s thresholds are an AVX2 machine's), strides, dilations, groups and biases.
-//! `SELFSUP_WINOGRAD=off` turns it off, `=all` takes it for every pass of every 3×3 stride-1
-//! layer (for measuring), `=auto` is the default.
+//! `SELFSUP_WINOGRAD=off` turns it off, `=all` takes it for every pass of every layer it can
+//! take (for measuring), `=auto` is the default.
 use std::os::raw::{c_char, c_int, c_void};
 use std::sync::OnceLock;
 
 use tch::{nn, Tensor};
 
 extern "C" {
-    fn selfsup_conv3x3_winograd(
+    fn selfsup_conv_winograd(
         x: *const c_void,
         w: *const c_void,
         bits: c_int,
@@ -61,7 +62,7 @@ pub enum Mode {
     Auto,
     /// Never.
     Off,
-    /// Every pass of every 3×3 stride-1 layer.
+    /// Every pass of every layer it can take.
     All,
 }
 
@@ -80,24 +81,26 @@ pub fn mode() -> Mode {
     })
 }
 
-/// The passes of a 3×3 stride-1 convolution from `c` to `k` channels at `h × w` that run by
+/// The passes of an `r×r` stride-1 convolution from `c` to `k` channels at `h × w` that run by
 /// Winograd on a CPU without AVX-512 (`avx512`: whether it has it: then none).
 ///
 /// Measured on 2 cores of an AMD EPYC Zen 3 (AVX2), fp32 channels-last, batch 128, on jemalloc,
 /// against libtorch 2.11's oneDNN (`cargo run --release -p selfsup-core --example
-/// winograd_probe`, three runs; `bench/README.md`, "Winograd at the small maps"): the backward
+/// winograd_probe`, five runs; `bench/README.md`, "Winograd at the small maps"): the backward
 /// pass to the weights, where oneDNN's kernel runs at half the rate of its forward one, is
-/// faster by Winograd at every layer of ResNet-18 and the NIN-192 (64 to 512 channels, 32×32 to
-/// 4×4 maps); the forward pass and the backward pass to the input from 8×8 maps with 192
-/// channels down (ResNet-18's `layer3` and `layer4`, the NIN-192's blocks 3 and 4), not at the
-/// larger maps. Narrower layers (the cpu profiles' networks) were not measured and keep
-/// libtorch's kernels.
-pub fn plan(c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
+/// faster by Winograd at every 3×3 layer of ResNet-18 and the NIN-192 (64 to 512 channels,
+/// 32×32 to 4×4 maps), and at the NIN-192's 5×5 layer from 96 to 192 channels at 16×16; the forward
+/// pass and the backward pass to the input of 3×3 layers from 8×8 maps with 192 channels down
+/// (ResNet-18's `layer3` and `layer4`, the NIN-192's blocks 3 and 4), not at the larger maps,
+/// nor at 5×5 (on par: the transforms of 36 values a tile eat the saving). Narrower layers (the
+/// cpu profiles' networks; the 5×5 first layers, 3 channels in, where Winograd is 6× slower)
+/// keep libtorch's kernels.
+pub fn plan(r: i64, c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
     let channels = c.min(k);
     if avx512 || channels < 64 {
         return Plan::default();
     }
-    let small = h * w <= 64 && channels >= 192;
+    let small = r == 3 && h * w <= 64 && channels >= 192;
     Plan { forward: small, input: small, weight: true }
 }
 
@@ -112,22 +115,23 @@ fn has_avx512() -> bool {
     }
 }
 
-/// The 3×3 convolution (stride 1, padding 1, no bias) of `xs` with `ws`, with the passes of
-/// `plan` by Winograd and the others by libtorch, as one autograd function; `Ok(None)` when it
-/// does not take the convolution (an empty plan; not dense float CPU tensors; autocast on;
-/// oneDNN off), `Err` with libtorch's message when it refuses the shapes.
+/// The r×r convolution (r = 3 or 5; stride 1, padding `(r - 1) / 2`, no bias) of `xs` with
+/// `ws`, with the passes of `plan` by Winograd and the others by libtorch, as one autograd
+/// function; `Ok(None)` when it does not take the convolution (an empty plan; not dense float
+/// CPU tensors; autocast on; oneDNN off), `Err` with libtorch's message when it refuses the
+/// shapes.
 ///
 /// # Shapes
-/// `xs`: `(N, C, H, W)`, NCHW or channels-last; `ws`: `(K, C, 3, 3)`; returns `(N, K, H, W)` in
+/// `xs`: `(N, C, H, W)`, NCHW or channels-last; `ws`: `(K, C, r, r)`; returns `(N, K, H, W)` in
 /// the memory format of `xs`.
-pub fn conv3x3_winograd(xs: &Tensor, ws: &Tensor, plan: Plan) -> Result<Option<Tensor>, String> {
+pub fn conv_winograd(xs: &Tensor, ws: &Tensor, plan: Plan) -> Result<Option<Tensor>, String> {
     let mut out: *mut c_void = std::ptr::null_mut();
     let mut err = [0u8; 1024];
     // SAFETY: both handles are live tensors (tch's `C_tensor` is an `at::Tensor`); `out`
     // receives a new handle when the call returns 1, which we then own; `err` is writable for
     // its length.
     let rc = unsafe {
-        selfsup_conv3x3_winograd(
+        selfsup_conv_winograd(
             xs.as_ptr().cast(),
             ws.as_ptr().cast(),
             plan.bits(),
@@ -150,8 +154,8 @@ pub fn conv3x3_winograd(xs: &Tensor, ws: &Tensor, plan: Plan) -> Result<Option<T
 pub struct Conv2d {
     /// The layer: its `ws` `(K, C, k, k)` and optional `bs`.
     pub inner: nn::Conv2D,
-    /// Whether it is a 3×3 convolution with stride 1, padding 1, no dilation, one group and no
-    /// bias (tch keeps the configuration private).
+    /// Whether it is a 3×3 or 5×5 convolution with stride 1, padding `(k - 1) / 2`, no
+    /// dilation, one group and no bias (tch keeps the configuration private).
     winograd_shaped: bool,
 }
 
@@ -159,9 +163,9 @@ impl Conv2d {
     /// A bias-free `k×k` convolution of one group and no dilation on `p` (see
     /// [`super::conv2d`]).
     pub(crate) fn new(p: nn::Path, c_in: i64, c_out: i64, k: i64, cfg: nn::ConvConfig) -> Self {
-        let winograd_shaped = k == 3
+        let winograd_shaped = (k == 3 || k == 5)
             && cfg.stride == 1
-            && cfg.padding == 1
+            && cfg.padding == (k - 1) / 2
             && cfg.dilation == 1
             && cfg.groups == 1
             && !cfg.bias;
@@ -180,7 +184,7 @@ impl Conv2d {
             Mode::All => Plan::ALL,
             Mode::Auto => {
                 static AVX512: OnceLock<bool> = OnceLock::new();
-                plan(s[1], k[0], s[2], s[3], *AVX512.get_or_init(has_avx512))
+                plan(k[2], s[1], k[0], s[2], s[3], *AVX512.get_or_init(has_avx512))
             }
         }
     }
@@ -190,11 +194,11 @@ impl nn::Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Tensor {
         let plan = self.plan_for(xs);
         if plan != Plan::default() {
-            match conv3x3_winograd(xs, &self.inner.ws, plan) {
+            match conv_winograd(xs, &self.inner.ws, plan) {
                 Ok(Some(y)) => return y,
                 Ok(None) => {}
                 // The module interface has no error path; libtorch's message says what.
-                Err(e) => panic!("Winograd 3x3 convolution: {e}"),
+                Err(e) => panic!("Winograd convolution: {e}"),
             }
         }
         xs.apply(&self.inner)
@@ -229,9 +233,13 @@ mod tests {
     fn every_pass_matches_the_direct_convolution() {
         tch::manual_seed(0);
         // Even and odd sides, NCHW and channels-last, more and fewer output channels.
-        for (n, c, k, h, w, cl) in
-            [(4, 8, 16, 6, 6, false), (3, 5, 4, 7, 5, true), (2, 16, 8, 4, 4, true)]
-        {
+        for (r, n, c, k, h, w, cl) in [
+            (3, 4, 8, 16, 6, 6, false),
+            (3, 3, 5, 4, 7, 5, true),
+            (3, 2, 16, 8, 4, 4, true),
+            (5, 3, 6, 10, 8, 8, true),
+            (5, 2, 4, 3, 5, 7, false),
+        ] {
             let opts = (Kind::Float, Device::Cpu);
             let mut x = Tensor::randn([n, c, h, w], opts);
             let mut dy = Tensor::randn([n, k, h, w], opts);
@@ -239,9 +247,10 @@ mod tests {
                 x = crate::precision::to_channels_last(&x).unwrap();
                 dy = crate::precision::to_channels_last(&dy).unwrap();
             }
-            let wt = Tensor::randn([k, c, 3, 3], opts) * 0.2;
+            let wt = Tensor::randn([k, c, r, r], opts) * 0.2;
+            let p = (r - 1) / 2;
             let direct = passes(&x, &wt, &dy, |x, w| {
-                x.conv2d(w, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1)
+                x.conv2d(w, None::<&Tensor>, [1, 1], [p, p], [1, 1], 1)
             });
             for plan in [
                 Plan::ALL,
@@ -249,10 +258,9 @@ mod tests {
                 Plan { input: true, ..Plan::default() },
                 Plan { weight: true, ..Plan::default() },
             ] {
-                let got = passes(&x, &wt, &dy, |x, w| {
-                    conv3x3_winograd(x, w, plan).unwrap().expect("taken")
-                });
-                let what = format!("{n}x{c}x{h}x{w} -> {k}, cl {cl}, {plan:?}");
+                let got =
+                    passes(&x, &wt, &dy, |x, w| conv_winograd(x, w, plan).unwrap().expect("taken"));
+                let what = format!("{r}x{r}, {n}x{c}x{h}x{w} -> {k}, cl {cl}, {plan:?}");
                 assert_eq!(got.0.size(), [n, k, h, w], "{what}");
                 assert_eq!(
                     crate::precision::is_channels_last(&got.0),
@@ -270,37 +278,40 @@ mod tests {
     fn it_leaves_what_it_does_not_take_to_libtorch() {
         let x = Tensor::randn([2, 4, 4, 4], (Kind::Float, Device::Cpu));
         let w = Tensor::randn([4, 4, 3, 3], (Kind::Float, Device::Cpu));
-        assert!(conv3x3_winograd(&x, &w, Plan::default()).unwrap().is_none(), "empty plan");
+        assert!(conv_winograd(&x, &w, Plan::default()).unwrap().is_none(), "empty plan");
         let xb = x.to_kind(Kind::BFloat16);
         let wb = w.to_kind(Kind::BFloat16);
-        assert!(conv3x3_winograd(&xb, &wb, Plan::ALL).unwrap().is_none(), "bf16");
+        assert!(conv_winograd(&xb, &wb, Plan::ALL).unwrap().is_none(), "bf16");
         let strided = x.transpose(2, 3);
-        assert!(conv3x3_winograd(&strided, &w, Plan::ALL).unwrap().is_none(), "not dense");
+        assert!(conv_winograd(&strided, &w, Plan::ALL).unwrap().is_none(), "not dense");
         let bf16 = crate::precision::Precision::Bf16;
         let under_autocast = crate::precision::autocast(Device::Cpu, bf16, || {
-            conv3x3_winograd(&x, &w, Plan::ALL).unwrap().is_none()
+            conv_winograd(&x, &w, Plan::ALL).unwrap().is_none()
         });
         assert!(under_autocast, "autocast");
-        let err = conv3x3_winograd(&x, &w.narrow(1, 0, 3), Plan::ALL).unwrap_err();
-        assert!(err.contains("Winograd 3x3 convolution: input [2, 4, 4, 4]"), "{err}");
+        let err = conv_winograd(&x, &w.narrow(1, 0, 3), Plan::ALL).unwrap_err();
+        assert!(err.contains("Winograd convolution: input [2, 4, 4, 4]"), "{err}");
     }
 
     #[test]
     fn the_plan_takes_the_small_maps_with_many_channels() {
         let weight = Plan { weight: true, ..Plan::default() };
         // ResNet-18 (CIFAR stem) at 32 px: layer1..layer4.
-        assert_eq!(plan(64, 64, 32, 32, false), weight);
-        assert_eq!(plan(128, 128, 16, 16, false), weight);
-        assert_eq!(plan(256, 256, 8, 8, false), Plan::ALL);
-        assert_eq!(plan(512, 512, 4, 4, false), Plan::ALL);
+        assert_eq!(plan(3, 64, 64, 32, 32, false), weight);
+        assert_eq!(plan(3, 128, 128, 16, 16, false), weight);
+        assert_eq!(plan(3, 256, 256, 8, 8, false), Plan::ALL);
+        assert_eq!(plan(3, 512, 512, 4, 4, false), Plan::ALL);
         // The NIN-192's blocks 3 and 4, and its 5x5 blocks' maps; the cpu profiles' narrow
         // networks.
-        assert_eq!(plan(192, 192, 8, 8, false), Plan::ALL);
-        assert_eq!(plan(192, 192, 16, 16, false), weight);
-        assert_eq!(plan(32, 32, 8, 8, false), Plan::default());
-        assert_eq!(plan(48, 96, 16, 16, false), Plan::default());
+        assert_eq!(plan(3, 192, 192, 8, 8, false), Plan::ALL);
+        assert_eq!(plan(3, 192, 192, 16, 16, false), weight);
+        assert_eq!(plan(3, 32, 32, 8, 8, false), Plan::default());
+        assert_eq!(plan(3, 48, 96, 16, 16, false), Plan::default());
+        // The NIN-192's 5x5 layers: block 2's, and block 1's first (3 channels in).
+        assert_eq!(plan(5, 96, 192, 16, 16, false), weight);
+        assert_eq!(plan(5, 3, 192, 32, 32, false), Plan::default());
         // Not measured with AVX-512.
-        assert_eq!(plan(512, 512, 4, 4, true), Plan::default());
+        assert_eq!(plan(3, 512, 512, 4, 4, true), Plan::default());
     }
 
     #[test]
