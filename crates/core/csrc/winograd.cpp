@@ -23,6 +23,9 @@
 #include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
+#include <atomic>
+
 #include "selfsup/guard.h"
 
 namespace {
@@ -97,16 +100,12 @@ at::Tensor filter_tiles(const at::Tensor& w) {
   return transforms(r).kG.mm(w.reshape({K * C, r * r}).t()).view({a * a, K, C}).transpose(1, 2);
 }
 
-// `(N, K, H, W)` in `format` from the products `m` (α², T, K) of the tiles of an H x W map.
-at::Tensor output_of_tiles(const at::Tensor& m, int64_t r, int64_t N, int64_t H, int64_t W,
-                           at::MemoryFormat format) {
-  const int64_t th = tiles(H), tw = tiles(W), K = m.size(2);
-  at::Tensor t = transforms(r).kA.mm(m.reshape({m.size(0), -1})).view({2, 2, N, th, tw, K});
-  at::Tensor y = at::empty({N, th, 2, tw, 2, K}, m.options());
-  y.copy_(t.permute({2, 3, 0, 4, 1, 5}));
-  at::Tensor out = y.view({N, 2 * th, 2 * tw, K}).permute({0, 3, 1, 2});
-  if (2 * th != H || 2 * tw != W) out = out.slice(2, 0, H).slice(3, 0, W);
-  return out.contiguous(format);
+// Writes into `y` (n, 2·th, 2·tw, K), NHWC, the output tiles Aᵀ m A of the products `m`
+// (α², n·th·tw, K) of n images.
+void output_of_tiles(const at::Tensor& m, int64_t r, at::Tensor y) {
+  const int64_t n = y.size(0), th = y.size(1) / 2, tw = y.size(2) / 2, K = y.size(3);
+  at::Tensor t = transforms(r).kA.mm(m.reshape({m.size(0), -1})).view({2, 2, n, th, tw, K});
+  y.view({n, th, 2, tw, 2, K}).copy_(t.permute({2, 3, 0, 4, 1, 5}));
 }
 
 // `(B, M, N)`: the products `a[i] b[i]` of `a` (B, M, L) and `b` (B, L, N), one matrix product
@@ -121,11 +120,36 @@ at::Tensor products(const at::Tensor& a, const at::Tensor& b) {
   return out;
 }
 
+// Bytes of transformed tiles a piece of a pass may hold (64 MiB; tests set less).
+std::atomic<int64_t>& piece_bytes() {
+  static std::atomic<int64_t> bytes{int64_t{64} << 20};
+  return bytes;
+}
+
+// Images per piece of a pass: the transformed tiles of a piece, α² values a tile for each of
+// `channels` (the larger side of the products), stay within `piece_bytes()`, so the pass's
+// temporaries do not grow with the batch (at the NIN-192's 5x5 layer, batch 512, whole-batch
+// tiles took 0.9 GB). The pieces depend on the shapes only, so the sums' order does not change
+// from run to run.
+int64_t images_per_piece(int64_t r, int64_t H, int64_t W, int64_t channels) {
+  const int64_t per_image = (r + 1) * (r + 1) * tiles(H) * tiles(W) * channels * 4;
+  return std::max<int64_t>(1, piece_bytes().load() / std::max<int64_t>(per_image, 1));
+}
+
 // The convolution of `x` (N, C, H, W) with `w` (K, C, r, r), padding (r - 1) / 2, by Winograd.
 at::Tensor forward_winograd(const at::Tensor& x, const at::Tensor& w, at::MemoryFormat format) {
-  const int64_t r = w.size(2);
-  at::Tensor m = products(input_tiles(x, r), filter_tiles(w));
-  return output_of_tiles(m, r, x.size(0), x.size(2), x.size(3), format);
+  const int64_t N = x.size(0), H = x.size(2), W = x.size(3), K = w.size(0), r = w.size(2);
+  const int64_t th = tiles(H), tw = tiles(W);
+  const at::Tensor v = filter_tiles(w);
+  at::Tensor y = at::empty({N, 2 * th, 2 * tw, K}, x.options());
+  const int64_t step = images_per_piece(r, H, W, std::max(x.size(1), K));
+  for (int64_t n0 = 0; n0 < N; n0 += step) {
+    const int64_t n = std::min(step, N - n0);
+    output_of_tiles(products(input_tiles(x.narrow(0, n0, n), r), v), r, y.narrow(0, n0, n));
+  }
+  at::Tensor out = y.permute({0, 3, 1, 2});
+  if (2 * th != H || 2 * tw != W) out = out.slice(2, 0, H).slice(3, 0, W);
+  return out.contiguous(format);
 }
 
 // The gradient to `w` (K, C, r, r) of the convolution of `x` given `dy` (N, K, H, W).
@@ -134,13 +158,20 @@ at::Tensor weight_grad_winograd(const at::Tensor& x, const at::Tensor& dy, int64
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = dy.size(1);
   const int64_t th = tiles(H), tw = tiles(W), a = r + 1;
   const Transforms& t = transforms(r);
-  at::Tensor g = at::constant_pad_nd(dy, {0, 2 * tw - W, 0, 2 * th - H}, 0.0)
-                     .permute({0, 2, 3, 1})
-                     .reshape({N, th, 2, tw, 2, K})
-                     .permute({2, 4, 0, 1, 3, 5})
-                     .contiguous();
-  at::Tensor v = t.kA.t().mm(g.view({4, -1})).view({a * a, N * th * tw, K});
-  at::Tensor p = products(input_tiles(x, r).transpose(1, 2), v);  // (α², C, K)
+  // Σ over the pieces' tiles of U_ξᵀ (C, T) · (A dY Aᵀ)_ξ (T, K), piece after piece.
+  at::Tensor p = at::zeros({a * a, C, K}, x.options());
+  const int64_t step = images_per_piece(r, H, W, std::max(C, K));
+  for (int64_t n0 = 0; n0 < N; n0 += step) {
+    const int64_t n = std::min(step, N - n0);
+    at::Tensor g = at::constant_pad_nd(dy.narrow(0, n0, n), {0, 2 * tw - W, 0, 2 * th - H}, 0.0)
+                       .permute({0, 2, 3, 1})
+                       .reshape({n, th, 2, tw, 2, K})
+                       .permute({2, 4, 0, 1, 3, 5})
+                       .contiguous();
+    at::Tensor v = t.kA.t().mm(g.view({4, -1})).view({a * a, n * th * tw, K});
+    at::Tensor u = input_tiles(x.narrow(0, n0, n), r);
+    for (int64_t i = 0; i < a * a; ++i) p[i].addmm_(u[i].t(), v[i]);
+  }
   at::Tensor gw = t.kG.t().mm(p.view({a * a, C * K})).view({r, r, C, K});
   return gw.permute({3, 2, 0, 1}).contiguous(format);
 }
@@ -224,6 +255,12 @@ int selfsup_conv_winograd(const at::Tensor* x, const at::Tensor* w, int bits, at
     took = 1;
   });
   return rc != 0 ? rc : took;
+}
+
+// Sets the bytes of transformed tiles one piece of a pass may hold when `bytes` > 0; returns
+// the setting before.
+int64_t selfsup_winograd_piece_bytes(int64_t bytes) {
+  return bytes > 0 ? piece_bytes().exchange(bytes) : piece_bytes().load();
 }
 
 }  // extern "C"

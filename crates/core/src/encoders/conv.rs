@@ -33,6 +33,15 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+    fn selfsup_winograd_piece_bytes(bytes: i64) -> i64;
+}
+
+/// Sets how many bytes of transformed tiles one piece of a Winograd pass may hold (default
+/// 64 MiB: a pass runs over the batch in pieces of as many images as fit, so its temporaries do
+/// not grow with the batch) when `bytes` is given; returns the setting before.
+pub fn piece_bytes(bytes: Option<i64>) -> i64 {
+    // SAFETY: reads or swaps an atomic; no pointers.
+    unsafe { selfsup_winograd_piece_bytes(bytes.filter(|&b| b > 0).unwrap_or(0)) }
 }
 
 /// The passes of one convolution that run by Winograd.
@@ -86,15 +95,15 @@ pub fn mode() -> Mode {
 ///
 /// Measured on 2 cores of an AMD EPYC Zen 3 (AVX2), fp32 channels-last, batch 128, on jemalloc,
 /// against libtorch 2.11's oneDNN (`cargo run --release -p selfsup-core --example
-/// winograd_probe`, five runs; `bench/README.md`, "Winograd at the small maps"): the backward
-/// pass to the weights, where oneDNN's kernel runs at half the rate of its forward one, is
-/// faster by Winograd at every 3×3 layer of ResNet-18 and the NIN-192 (64 to 512 channels,
-/// 32×32 to 4×4 maps), and at the NIN-192's 5×5 layer from 96 to 192 channels at 16×16; the forward
-/// pass and the backward pass to the input of 3×3 layers from 8×8 maps with 192 channels down
-/// (ResNet-18's `layer3` and `layer4`, the NIN-192's blocks 3 and 4), not at the larger maps,
-/// nor at 5×5 (on par: the transforms of 36 values a tile eat the saving). Narrower layers (the
-/// cpu profiles' networks; the 5×5 first layers, 3 channels in, where Winograd is 6× slower)
-/// keep libtorch's kernels.
+/// winograd_probe`, seven runs at the 3×3 shapes, two at the 5×5; `bench/README.md`, "Winograd
+/// at the small maps"): the backward pass to the weights, where oneDNN's kernel runs at half the
+/// rate of its forward one, is faster by Winograd at every 3×3 layer of ResNet-18 and the
+/// NIN-192 (64 to 512 channels, 32×32 to 4×4 maps), and at the NIN-192's 5×5 layer from 96 to
+/// 192 channels at 16×16; the forward pass and the backward pass to the input of 3×3 layers from
+/// 8×8 maps with 192 channels down (ResNet-18's `layer3` and `layer4`, the NIN-192's blocks 3
+/// and 4), not at the larger maps, nor at 5×5 (on par: the transforms of 36 values a tile eat the
+/// saving). Narrower layers (the cpu profiles' networks; the 5×5 first layers, 3 channels in,
+/// where Winograd is 6× slower) keep libtorch's kernels.
 pub fn plan(r: i64, c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
     let channels = c.min(k);
     if avx512 || channels < 64 {
@@ -272,6 +281,28 @@ mod tests {
                 assert!(max_rel(&got.2, &direct.2) < 1e-5, "{what}: weight gradient");
             }
         }
+    }
+
+    #[test]
+    fn a_pass_in_pieces_of_one_image_sums_as_the_whole_batch() {
+        tch::manual_seed(1);
+        let opts = (Kind::Float, Device::Cpu);
+        let x = Tensor::randn([5, 6, 6, 6], opts);
+        let dy = Tensor::randn([5, 7, 6, 6], opts);
+        let w = Tensor::randn([7, 6, 3, 3], opts) * 0.2;
+        let whole = passes(&x, &w, &dy, |x, w| conv_winograd(x, w, Plan::ALL).unwrap().unwrap());
+        // One byte a piece: one image a piece (other tests running meanwhile only get slower).
+        let before = piece_bytes(Some(1));
+        let pieces = passes(&x, &w, &dy, |x, w| conv_winograd(x, w, Plan::ALL).unwrap().unwrap());
+        piece_bytes(Some(before));
+        assert_eq!(before, 64 << 20);
+        // The matrix products of fewer rows may take other kernels: rounding apart, the same.
+        assert!(max_rel(&pieces.0, &whole.0) < 1e-6, "forward");
+        assert!(max_rel(&pieces.1, &whole.1) < 1e-6, "backward to the input");
+        assert!(max_rel(&pieces.2, &whole.2) < 1e-6, "backward to the weights, sums regrouped");
+        let direct =
+            passes(&x, &w, &dy, |x, w| x.conv2d(w, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1));
+        assert!(max_rel(&pieces.2, &direct.2) < 1e-5, "and still the convolution's");
     }
 
     #[test]
