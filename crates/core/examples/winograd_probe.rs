@@ -37,7 +37,8 @@ fn main() -> Result<()> {
     println!("| filter, channels, side | forward | backward to input | backward to weights |");
     println!("|---|---:|---:|---:|");
     // (filter side, channels in, out, map side): ResNet-18's layer1..4, the NIN-192's 3x3
-    // blocks 3-4 and its 5x5 convolutions of blocks 2 and 1.
+    // blocks 3-4 and its 5x5 convolutions of blocks 2 and 1, the cpu profiles' AlexNet of width
+    // 24 (CIFAR variant): conv3, conv4, conv5.
     let shapes = [
         (3, 64, 64, 32),
         (3, 128, 128, 16),
@@ -46,6 +47,9 @@ fn main() -> Result<()> {
         (3, 192, 192, 8),
         (5, 96, 192, 16),
         (5, 3, 192, 32),
+        (3, 64, 96, 8),
+        (3, 96, 96, 8),
+        (3, 96, 64, 8),
     ];
     for (r, c, k, side) in shapes {
         let opts = (Kind::Float, Device::Cpu);

@@ -95,18 +95,21 @@ pub fn mode() -> Mode {
 ///
 /// Measured on 2 cores of an AMD EPYC Zen 3 (AVX2), fp32 channels-last, batch 128, on jemalloc,
 /// against libtorch 2.11's oneDNN (`cargo run --release -p selfsup-core --example
-/// winograd_probe`, seven runs at the 3×3 shapes, two at the 5×5; `bench/README.md`, "Winograd
-/// at the small maps"): the backward pass to the weights, where oneDNN's kernel runs at half the
-/// rate of its forward one, is faster by Winograd at every 3×3 layer of ResNet-18 and the
-/// NIN-192 (64 to 512 channels, 32×32 to 4×4 maps), and at the NIN-192's 5×5 layer from 96 to
-/// 192 channels at 16×16; the forward pass and the backward pass to the input of 3×3 layers from
-/// 8×8 maps with 192 channels down (ResNet-18's `layer3` and `layer4`, the NIN-192's blocks 3
-/// and 4), not at the larger maps, nor at 5×5 (on par: the transforms of 36 values a tile eat the
-/// saving). Narrower layers (the cpu profiles' networks; the 5×5 first layers, 3 channels in,
-/// where Winograd is 6× slower) keep libtorch's kernels.
+/// winograd_probe`, seven runs at the large networks' 3×3 shapes, two at the others;
+/// `bench/README.md`, "Winograd at the small maps"): the backward pass to the weights, where
+/// oneDNN's kernel runs at half the rate of its forward one, is faster by Winograd at every 3×3
+/// layer of ResNet-18 and the NIN-192 (64 to 512 channels, 32×32 to 4×4 maps) and at the
+/// NIN-192's 5×5 layer from 96 to 192 channels at 16×16, all with `C·K·H·W` of 2²¹ and more (the
+/// products per image and filter tap); at the cpu profiles' AlexNet of width 24 (3×3, 64 to 96
+/// channels at 8×8: `C·K·H·W` under 2²⁰) on par, so left to oneDNN. The forward pass and the
+/// backward pass to the input are faster for 3×3 layers from 8×8 maps with 192 channels down
+/// (ResNet-18's `layer3` and `layer4`, the NIN-192's blocks 3 and 4), not at larger maps, nor at
+/// 5×5 (on par: the transforms of 36 values a tile eat the saving). Layers under 64 channels
+/// (the cpu profiles' NINs; the 5×5 first layers, 3 channels in, where Winograd is 6× slower)
+/// keep libtorch's kernels.
 pub fn plan(r: i64, c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
     let channels = c.min(k);
-    if avx512 || channels < 64 {
+    if avx512 || channels < 64 || c * k * h * w < 1 << 21 {
         return Plan::default();
     }
     let small = r == 3 && h * w <= 64 && channels >= 192;
@@ -338,6 +341,10 @@ mod tests {
         assert_eq!(plan(3, 192, 192, 16, 16, false), weight);
         assert_eq!(plan(3, 32, 32, 8, 8, false), Plan::default());
         assert_eq!(plan(3, 48, 96, 16, 16, false), Plan::default());
+        // The cpu profiles' AlexNet of width 24: conv3, conv4, conv5 (on par: left).
+        assert_eq!(plan(3, 64, 96, 8, 8, false), Plan::default());
+        assert_eq!(plan(3, 96, 96, 8, 8, false), Plan::default());
+        assert_eq!(plan(3, 96, 64, 8, 8, false), Plan::default());
         // The NIN-192's 5x5 layers: block 2's, and block 1's first (3 channels in).
         assert_eq!(plan(5, 96, 192, 16, 16, false), weight);
         assert_eq!(plan(5, 3, 192, 32, 32, false), Plan::default());
