@@ -181,7 +181,6 @@ at::Tensor weight_grad_winograd(const at::Tensor& x, const at::Tensor& dy, int64
 struct Plan {
   bool forward, input, weight;
   explicit Plan(int bits) : forward(bits & 1), input(bits & 2), weight(bits & 4) {}
-  int bits() const { return (forward ? 1 : 0) | (input ? 2 : 0) | (weight ? 4 : 0); }
 };
 
 at::Tensor libtorch_forward(const at::Tensor& x, const at::Tensor& w) {
@@ -234,9 +233,9 @@ extern "C" {
 // `*out` = a new handle to the convolution (stride 1, padding (r - 1) / 2, no bias) of `x` (N,
 // C, H, W) with `w` (K, C, r, r), r = 3 or 5, with the passes in `bits` (1 forward, 2 backward
 // to the input, 4 backward to the weights) by Winograd F(2x2, r x r) and the others by
-// libtorch; differentiable in both. Returns 1 when it took the convolution, 0 when it left it to the caller (nothing in
-// `bits`, not dense float CPU tensors, autocast on for the CPU, or oneDNN off: deterministic
-// runs), or -1 with libtorch's message in `err`.
+// libtorch; differentiable in both. Returns 1 when it took the convolution, 0 when it left it
+// to the caller (nothing in `bits`, not dense float CPU tensors, autocast on for the CPU, or
+// oneDNN off: deterministic runs), or -1 with libtorch's message in `err`.
 int selfsup_conv_winograd(const at::Tensor* x, const at::Tensor* w, int bits, at::Tensor** out,
                           char* err, size_t err_len) {
   int took = 0;
