@@ -25,6 +25,26 @@ extern "C" {
     fn selfsup_native_bf16(enable: c_int) -> c_int;
 }
 
+/// Runs `call`, a C++ shim function that puts a new tensor handle in its `out` argument and
+/// libtorch's message in its `err` buffer (of the given length): `Err` with the message when it
+/// returns a negative code, else the tensor it made, or `None` when it made none (a shim that
+/// may leave an op to the caller returns 0 without a handle).
+pub(crate) fn shim_tensor(
+    call: impl FnOnce(*mut *mut c_void, *mut c_char, usize) -> c_int,
+) -> Result<Option<Tensor>, String> {
+    let mut out: *mut c_void = std::ptr::null_mut();
+    let mut err = [0u8; 1024];
+    let rc = call(&mut out, err.as_mut_ptr().cast(), err.len());
+    if rc < 0 {
+        return Err(selfsup_dist::shim_message(&err));
+    }
+    if out.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: a non-null `out` is a new `at::Tensor` handle the shim made, which we now own.
+    Ok(Some(unsafe { Tensor::from_ptr(out.cast()) }))
+}
+
 /// `torch.nn.functional.leaky_relu(xs, slope)`: `xs` where positive, `slope · xs` elsewhere,
 /// as one op forward and one backward (the DCGAN discriminator's activation, slope 0.2).
 ///
@@ -35,18 +55,13 @@ extern "C" {
 /// When libtorch refuses the input (a kind without the op), with its message; the module
 /// interface this serves has no error path.
 pub fn leaky_relu(xs: &Tensor, slope: f64) -> Tensor {
-    let mut out: *mut c_void = std::ptr::null_mut();
-    let mut err = [0u8; 1024];
-    // SAFETY: `xs` is a live tensor (tch's `C_tensor` is an `at::Tensor`); `out` receives a new
-    // handle on success, which we then own; `err` is writable for its length.
-    let rc = unsafe {
-        selfsup_leaky_relu(xs.as_ptr().cast(), slope, &mut out, err.as_mut_ptr().cast(), err.len())
-    };
-    if rc != 0 {
-        panic!("leaky_relu: {}", selfsup_dist::shim_message(&err));
-    }
-    // SAFETY: `out` is a new `at::Tensor` handle that we now own.
-    unsafe { Tensor::from_ptr(out.cast()) }
+    // SAFETY: `xs` is a live tensor (tch's `C_tensor` is an `at::Tensor`); `out` and `err` are
+    // `shim_tensor`'s, valid for the call.
+    shim_tensor(|out, err, len| unsafe {
+        selfsup_leaky_relu(xs.as_ptr().cast(), slope, out, err, len)
+    })
+    .unwrap_or_else(|e| panic!("leaky_relu: {e}"))
+    .expect("leaky_relu: the shim made no tensor")
 }
 
 /// `xs.relu().dropout(p, train)` (Srivastava et al. 2014: in training each value kept with
@@ -82,25 +97,13 @@ fn fused_relu_dropout(xs: &Tensor, p: f64, train: bool, key: Option<u64>) -> Ten
     if !fusable {
         return xs.relu().dropout(p, train);
     }
-    let mut out: *mut c_void = std::ptr::null_mut();
-    let mut err = [0u8; 1024];
     // SAFETY: as in `leaky_relu`.
-    let rc = unsafe {
-        selfsup_relu_dropout(
-            xs.as_ptr().cast(),
-            p,
-            c_int::from(key.is_none()),
-            key.unwrap_or(0),
-            &mut out,
-            err.as_mut_ptr().cast(),
-            err.len(),
-        )
-    };
-    if rc != 0 {
-        panic!("fused ReLU + dropout: {}", selfsup_dist::shim_message(&err));
-    }
-    // SAFETY: `out` is a new `at::Tensor` handle that we now own.
-    unsafe { Tensor::from_ptr(out.cast()) }
+    shim_tensor(|out, err, len| unsafe {
+        let draw = c_int::from(key.is_none());
+        selfsup_relu_dropout(xs.as_ptr().cast(), p, draw, key.unwrap_or(0), out, err, len)
+    })
+    .unwrap_or_else(|e| panic!("fused ReLU + dropout: {e}"))
+    .expect("fused ReLU + dropout: the shim made no tensor")
 }
 
 /// Whether the fused CPU kernels (batch norm + ReLU, ReLU + dropout) round their bfloat16

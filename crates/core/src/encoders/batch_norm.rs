@@ -285,11 +285,9 @@ impl BatchNorm {
         rm: &Tensor,
         rv: &Tensor,
     ) -> Result<Tensor, String> {
-        let mut out: *mut c_void = std::ptr::null_mut();
-        let mut err = [0u8; 1024];
-        // SAFETY: every handle is a live tensor (tch's `C_tensor` is an `at::Tensor`); `out`
-        // receives a new handle on success, which we then own; `err` is writable for its length.
-        let rc = unsafe {
+        // SAFETY: every handle is a live tensor (tch's `C_tensor` is an `at::Tensor`); `out` and
+        // `err` are `shim_tensor`'s, valid for the call.
+        crate::ops::shim_tensor(|out, err, len| unsafe {
             selfsup_batch_norm_relu(
                 xs.as_ptr().cast(),
                 w.as_ptr().cast(),
@@ -298,16 +296,12 @@ impl BatchNorm {
                 rv.as_ptr().cast(),
                 self.momentum,
                 self.eps,
-                &mut out,
-                err.as_mut_ptr().cast(),
-                err.len(),
+                out,
+                err,
+                len,
             )
-        };
-        if rc != 0 {
-            return Err(selfsup_dist::shim_message(&err));
-        }
-        // SAFETY: `out` is a new `at::Tensor` handle that we now own.
-        Ok(unsafe { Tensor::from_ptr(out.cast()) })
+        })?
+        .ok_or_else(|| "the shim made no tensor".to_string())
     }
 }
 

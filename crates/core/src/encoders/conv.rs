@@ -137,27 +137,11 @@ fn has_avx512() -> bool {
 /// `xs`: `(N, C, H, W)`, NCHW or channels-last; `ws`: `(K, C, r, r)`; returns `(N, K, H, W)` in
 /// the memory format of `xs`.
 pub fn conv_winograd(xs: &Tensor, ws: &Tensor, plan: Plan) -> Result<Option<Tensor>, String> {
-    let mut out: *mut c_void = std::ptr::null_mut();
-    let mut err = [0u8; 1024];
-    // SAFETY: both handles are live tensors (tch's `C_tensor` is an `at::Tensor`); `out`
-    // receives a new handle when the call returns 1, which we then own; `err` is writable for
-    // its length.
-    let rc = unsafe {
-        selfsup_conv_winograd(
-            xs.as_ptr().cast(),
-            ws.as_ptr().cast(),
-            plan.bits(),
-            &mut out,
-            err.as_mut_ptr().cast(),
-            err.len(),
-        )
-    };
-    match rc {
-        // SAFETY: `out` is a new `at::Tensor` handle that we now own.
-        1 => Ok(Some(unsafe { Tensor::from_ptr(out.cast()) })),
-        0 => Ok(None),
-        _ => Err(selfsup_dist::shim_message(&err)),
-    }
+    // SAFETY: both handles are live tensors (tch's `C_tensor` is an `at::Tensor`); `out` and
+    // `err` are `shim_tensor`'s, valid for the call (the shim sets `out` only when it returns 1).
+    crate::ops::shim_tensor(|out, err, len| unsafe {
+        selfsup_conv_winograd(xs.as_ptr().cast(), ws.as_ptr().cast(), plan.bits(), out, err, len)
+    })
 }
 
 /// A convolution of an encoder: `nn::Conv2D`, with Winograd where [`plan`] (or
