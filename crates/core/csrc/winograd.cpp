@@ -19,6 +19,10 @@
 // measured 3x3 shape). The sums are libtorch's matrix products (MKL), whose reduction order may
 // depend on the thread count, as oneDNN's convolution's does; the caller leaves deterministic
 // runs (oneDNN switched off) to libtorch.
+//
+// 1x1 convolutions (F(1, 1): no transforms) take the same path as plain matrix products over
+// views of the activations, the passes oneDNN's 1x1 kernels run slower than MKL's GEMM
+// (`plan`; measured in `bench/README.md`, "1x1 convolutions as matrix products").
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -152,6 +156,42 @@ at::Tensor forward_winograd(const at::Tensor& x, const at::Tensor& w, at::Memory
   return out.contiguous(format);
 }
 
+// The 1x1 convolution of `x` (N, C, H, W) with `w` (K, C, 1, 1) as matrix products (a 1x1
+// filter's Winograd form F(1, 1) has no transforms): channels-last, one `(N H W, C) · (C, K)`
+// over views of `x` and of the output; NCHW, `(K, C) · (C, H W)` for each image.
+at::Tensor forward_pointwise(const at::Tensor& x, const at::Tensor& w, at::MemoryFormat format) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = w.size(0);
+  const at::Tensor wm = w.reshape({K, C});
+  if (format == at::MemoryFormat::ChannelsLast) {
+    const at::Tensor xm = x.permute({0, 2, 3, 1}).reshape({N * H * W, C});
+    return at::mm(xm, wm.t()).view({N, H, W, K}).permute({0, 3, 1, 2});
+  }
+  return at::matmul(wm, x.reshape({N, C, H * W})).view({N, K, H, W});
+}
+
+// The gradient to `w` (K, C, 1, 1) of the 1x1 convolution of `x` given `dy` (N, K, H, W), both
+// in `format`: channels-last, one `(K, N H W) · (N H W, C)`; NCHW, the per-image products
+// `dY_n (K, H W) · X_nᵀ (H W, C)` summed, in pieces of images (their (n, K, C) products within
+// `piece_bytes()`).
+at::Tensor weight_grad_pointwise(const at::Tensor& x, const at::Tensor& dy,
+                                 at::MemoryFormat format, at::MemoryFormat w_format) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = dy.size(1);
+  at::Tensor g;
+  if (format == at::MemoryFormat::ChannelsLast) {
+    const at::Tensor dym = dy.permute({0, 2, 3, 1}).reshape({N * H * W, K});
+    g = at::mm(dym.t(), x.permute({0, 2, 3, 1}).reshape({N * H * W, C}));
+  } else {
+    g = at::zeros({K, C}, x.options());
+    const int64_t step = std::max<int64_t>(1, piece_bytes().load() / std::max<int64_t>(K * C * 4, 1));
+    for (int64_t n0 = 0; n0 < N; n0 += step) {
+      const int64_t n = std::min(step, N - n0);
+      const at::Tensor xs = x.narrow(0, n0, n).reshape({n, C, H * W});
+      g += at::bmm(dy.narrow(0, n0, n).reshape({n, K, H * W}), xs.transpose(1, 2)).sum(0);
+    }
+  }
+  return g.view({K, C, 1, 1}).contiguous(w_format);
+}
+
 // The gradient to `w` (K, C, r, r) of the convolution of `x` given `dy` (N, K, H, W).
 at::Tensor weight_grad_winograd(const at::Tensor& x, const at::Tensor& dy, int64_t r,
                                 at::MemoryFormat format) {
@@ -183,6 +223,11 @@ struct Plan {
   explicit Plan(int bits) : forward(bits & 1), input(bits & 2), weight(bits & 4) {}
 };
 
+// The forward pass by Winograd (3x3, 5x5) or as matrix products (1x1), in `format`.
+at::Tensor fast_forward(const at::Tensor& x, const at::Tensor& w, at::MemoryFormat format) {
+  return w.size(2) == 1 ? forward_pointwise(x, w, format) : forward_winograd(x, w, format);
+}
+
 at::Tensor libtorch_forward(const at::Tensor& x, const at::Tensor& w) {
   const int64_t p = (w.size(2) - 1) / 2;
   return at::convolution(x, w, {}, {1, 1}, {p, p}, {1, 1}, false, {0, 0}, 1);
@@ -194,8 +239,7 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
     const Plan plan(static_cast<int>(bits));
     ctx->save_for_backward({x, w});
     ctx->saved_data["bits"] = bits;
-    return plan.forward ? forward_winograd(x, w, x.suggest_memory_format())
-                        : libtorch_forward(x, w);
+    return plan.forward ? fast_forward(x, w, x.suggest_memory_format()) : libtorch_forward(x, w);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -211,10 +255,13 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
     const bool want_x = ctx->needs_input_grad(0), want_w = ctx->needs_input_grad(1);
     at::Tensor dx, dw;
     if (want_x && plan.input) {
-      dx = forward_winograd(dy, w.flip({2, 3}).transpose(0, 1), format);
+      dx = fast_forward(dy, w.flip({2, 3}).transpose(0, 1), format);
     }
     const int64_t r = w.size(2), p = (r - 1) / 2;
-    if (want_w && plan.weight) dw = weight_grad_winograd(x, dy, r, w.suggest_memory_format());
+    if (want_w && plan.weight) {
+      dw = r == 1 ? weight_grad_pointwise(x, dy, format, w.suggest_memory_format())
+                  : weight_grad_winograd(x, dy, r, w.suggest_memory_format());
+    }
     const bool rest_x = want_x && !plan.input, rest_w = want_w && !plan.weight;
     if (rest_x || rest_w) {
       auto g = at::convolution_backward(dy, x, w, std::nullopt, {1, 1}, {p, p}, {1, 1}, false,
@@ -231,11 +278,12 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
 extern "C" {
 
 // `*out` = a new handle to the convolution (stride 1, padding (r - 1) / 2, no bias) of `x` (N,
-// C, H, W) with `w` (K, C, r, r), r = 3 or 5, with the passes in `bits` (1 forward, 2 backward
-// to the input, 4 backward to the weights) by Winograd F(2x2, r x r) and the others by
-// libtorch; differentiable in both. Returns 1 when it took the convolution, 0 when it left it
-// to the caller (nothing in `bits`, not dense float CPU tensors, autocast on for the CPU, or
-// oneDNN off: deterministic runs), or -1 with libtorch's message in `err`.
+// C, H, W) with `w` (K, C, r, r), r = 1, 3 or 5, with the passes in `bits` (1 forward, 2
+// backward to the input, 4 backward to the weights) by Winograd F(2x2, r x r) (r = 1: matrix
+// products) and the others by libtorch; differentiable in both. Returns 1 when it took the
+// convolution, 0 when it left it to the caller (nothing in `bits`, not dense float CPU tensors,
+// autocast on for the CPU, or oneDNN off: deterministic runs), or -1 with libtorch's message in
+// `err`.
 int selfsup_conv_winograd(const at::Tensor* x, const at::Tensor* w, int bits, at::Tensor** out,
                           char* err, size_t err_len) {
   int took = 0;
@@ -246,10 +294,11 @@ int selfsup_conv_winograd(const at::Tensor* x, const at::Tensor* w, int bits, at
         at::autocast::is_autocast_enabled(at::kCPU) || !at::globalContext().userEnabledMkldnn()) {
       return;
     }
-    TORCH_CHECK(x->dim() == 4 && w->dim() == 4 && (w->size(2) == 3 || w->size(2) == 5) &&
-                    w->size(3) == w->size(2) && w->size(1) == x->size(1),
+    const int64_t r = w->dim() == 4 ? w->size(2) : 0;
+    TORCH_CHECK(x->dim() == 4 && (r == 1 || r == 3 || r == 5) && w->size(3) == r &&
+                    w->size(1) == x->size(1),
                 "Winograd convolution: input ", x->sizes(), " and weight ", w->sizes(),
-                " (expected (N, C, H, W) and (K, C, r, r), r = 3 or 5)");
+                " (expected (N, C, H, W) and (K, C, r, r), r = 1, 3 or 5)");
     *out = new at::Tensor(WinogradConv::apply(*x, *w, static_cast<int64_t>(bits & 7)));
     took = 1;
   });

@@ -50,6 +50,17 @@ fn main() -> Result<()> {
         (3, 64, 96, 8),
         (3, 96, 96, 8),
         (3, 96, 64, 8),
+        // 1x1: the NIN-192's (block 1 at 32x32, block 2 at 16x16, blocks 3-4 at 8x8), a
+        // width of 128, and the cpu profiles' NIN-32 and NIN-16 (block 1, block 2).
+        (1, 192, 160, 32),
+        (1, 160, 96, 32),
+        (1, 192, 192, 16),
+        (1, 192, 192, 8),
+        (1, 128, 128, 16),
+        (1, 128, 128, 8),
+        (1, 32, 27, 32),
+        (1, 32, 32, 16),
+        (1, 16, 13, 32),
     ];
     for (r, c, k, side) in shapes {
         let opts = (Kind::Float, Device::Cpu);
