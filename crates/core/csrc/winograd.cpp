@@ -7,8 +7,9 @@
 // input patch of the tile (α = r + 1) and g_kc the r x r filter: the α² positions ξ of the
 // transformed tile become α² independent matrix products `U_ξ (T, C) · V_ξ (C, K)` (T tiles),
 // with 2.25x (3x3) and 2.8x (5x5) fewer multiplications than the direct convolution. The
-// transforms are matrix products with the Kronecker matrices below on tiles gathered into
-// `(α², T, C)`. Backward:
+// input and output transforms are loops over the tiles (libtorch's threads), each tile's α x α
+// patch read once from the NHWC activations and written once to `(α², T, C)` (and back), the
+// channels innermost; the filter transform is a matrix product with a Kronecker matrix. Backward:
 // - to the input: the same forward with the filters flipped and transposed (a stride-1
 //   convolution padded by (r - 1) / 2 has one as its transpose);
 // - to the weights: with `Y = Aᵀ (Q ⊙ Z) A`, Q = G g Gᵀ, Z = Bᵀ d B, the gradient is
@@ -24,40 +25,32 @@
 // views of the activations, the passes oneDNN's 1x1 kernels run slower than MKL's GEMM
 // (`plan`; measured in `bench/README.md`, "1x1 convolutions as matrix products").
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
 #include <atomic>
 
+#include "elementwise.h"
 #include "selfsup/guard.h"
 
 namespace {
 
-// Winograd's matrices for F(2, r), r = 3 or 5 (alpha = r + 1 points: 0, ±1, then ±2, and ∞),
-// as Kronecker products for row-major vec: vec(Bᵀ d B) = kB vec(d) (α² x α²),
-// vec(G g Gᵀ) = kG vec(g) (α² x r²), vec(Aᵀ m A) = kA vec(m) (4 x α²). F(2x2, 3x3) is Lavin &
-// Gray's; F(2x2, 5x5) the Cook-Toom construction over the same points as their F(4x4, 3x3) (its
-// Bᵀ is theirs), checked against the direct convolution by the tests.
+// The filter transform of F(2, r), r = 3 or 5 (α = r + 1 points: 0, ±1, then ±2, and ∞), as a
+// Kronecker product for row-major vec: vec(G g Gᵀ) = kG vec(g) (α² x r²); Bᵀ and Aᵀ are
+// `Points` below. F(2x2, 3x3) is Lavin & Gray's; F(2x2, 5x5) the Cook-Toom construction over the
+// same points as their F(4x4, 3x3) (its Bᵀ is theirs), checked against the direct convolution
+// by the tests.
 struct Transforms {
-  at::Tensor kB, kG, kA;
+  at::Tensor kG;
   explicit Transforms(int64_t r) {
     auto f = at::TensorOptions().dtype(at::kDouble);
-    at::Tensor BT, G, AT;
+    at::Tensor G;
     if (r == 3) {
-      BT = at::tensor({1, 0, -1, 0, 0, 1, 1, 0, 0, -1, 1, 0, 0, 1, 0, -1}, f).view({4, 4});
       G = at::tensor({1.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5, -0.5, 0.5, 0.0, 0.0, 1.0}, f).view({4, 3});
-      AT = at::tensor({1, 1, 1, 0, 0, 1, -1, -1}, f).view({2, 4});
     } else {
       TORCH_CHECK(r == 5, "Winograd convolution: ", r, "x", r, " filters (3x3 or 5x5 only)");
-      BT = at::tensor({4,  0, -5, 0,  1, 0,  //
-                       0,  -4, -4, 1,  1, 0,  //
-                       0,  4,  -4, -1, 1, 0,  //
-                       0,  -2, -1, 2,  1, 0,  //
-                       0,  2,  -1, -2, 1, 0,  //
-                       0,  4,  0,  -5, 0, 1},
-                      f)
-               .view({6, 6});
       const double s = 1.0 / 6, t = 1.0 / 24, u = 1.0 / 12, v = 1.0 / 3;
       G = at::tensor({0.25, 0.0, 0.0, 0.0, 0.0,  //
                       -s,   -s,  -s,  -s,  -s,   //
@@ -67,11 +60,8 @@ struct Transforms {
                       0.0,  0.0, 0.0, 0.0, 1.0},
                      f)
               .view({6, 5});
-      AT = at::tensor({1, 1, 1, 1, 1, 0, 0, 1, -1, 2, -2, 1}, f).view({2, 6});
     }
-    kB = at::kron(BT, BT).to(at::kFloat).contiguous();
     kG = at::kron(G, G).to(at::kFloat).contiguous();
-    kA = at::kron(AT, AT).to(at::kFloat).contiguous();
   }
 };
 
@@ -83,19 +73,231 @@ const Transforms& transforms(int64_t r) {
 // Tiles of one side: ceil(side / 2).
 int64_t tiles(int64_t side) { return (side + 1) / 2; }
 
+// Bᵀ and Aᵀ of F(2, r) as constants for the transform loops (the same as `Transforms`).
+template <int R>
+struct Points;
+template <>
+struct Points<3> {
+  static constexpr float BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+  static constexpr float AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+};
+template <>
+struct Points<5> {
+  static constexpr float BT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0},
+                                     {0, 4, -4, -1, 1, 0}, {0, -2, -1, 2, 1, 0},
+                                     {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+  static constexpr float AT[2][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 1}};
+};
+
+// Channels a transform loop holds at once (its α x α x CB values stay in L1).
+constexpr int64_t CB = 64;
+
+// `out[i][j] = Σ_k Σ_l L[i][k] in[k][l] L[j][l]` for the `cb` channels of each entry: L is
+// `I x J` (Bᵀ: α x α; Aᵀ: 2 x α), written as two passes of `J` terms each; the zero entries of
+// the constant matrices drop out after unrolling.
+template <int I, int J>
+SELFSUP_INLINE void transform(const float (&L)[I][J], const float (&in)[J][J][CB],
+                              float (&out)[I][I][CB], int64_t cb) {
+  float mid[I][J][CB];
+  for (int i = 0; i < I; ++i) {
+    for (int l = 0; l < J; ++l) {
+      for (int64_t c = 0; c < cb; ++c) mid[i][l][c] = 0.0f;
+      for (int k = 0; k < J; ++k) {
+        if (L[i][k] == 0.0f) continue;
+        for (int64_t c = 0; c < cb; ++c) mid[i][l][c] += L[i][k] * in[k][l][c];
+      }
+    }
+  }
+  for (int i = 0; i < I; ++i) {
+    for (int j = 0; j < I; ++j) {
+      for (int64_t c = 0; c < cb; ++c) out[i][j][c] = 0.0f;
+      for (int l = 0; l < J; ++l) {
+        if (L[j][l] == 0.0f) continue;
+        for (int64_t c = 0; c < cb; ++c) out[i][j][c] += mid[i][l][c] * L[j][l];
+      }
+    }
+  }
+}
+
+// The same with Lᵀ: `out[k][l] = Σ_i Σ_j L[i][k] in[i][j] L[j][l]` (`in` I x I, `out` J x J).
+template <int I, int J>
+SELFSUP_INLINE void transform_t(const float (&L)[I][J], const float (&in)[I][I][CB],
+                                float (&out)[J][J][CB], int64_t cb) {
+  float mid[J][I][CB];
+  for (int k = 0; k < J; ++k) {
+    for (int j = 0; j < I; ++j) {
+      for (int64_t c = 0; c < cb; ++c) mid[k][j][c] = 0.0f;
+      for (int i = 0; i < I; ++i) {
+        if (L[i][k] == 0.0f) continue;
+        for (int64_t c = 0; c < cb; ++c) mid[k][j][c] += L[i][k] * in[i][j][c];
+      }
+    }
+  }
+  for (int k = 0; k < J; ++k) {
+    for (int l = 0; l < J; ++l) {
+      for (int64_t c = 0; c < cb; ++c) out[k][l][c] = 0.0f;
+      for (int j = 0; j < I; ++j) {
+        if (L[j][l] == 0.0f) continue;
+        for (int64_t c = 0; c < cb; ++c) out[k][l][c] += mid[k][j][c] * L[j][l];
+      }
+    }
+  }
+}
+
+// The layout of a pass's tiles: `n` images of `H x W` in `th x tw` tiles of 2 x 2.
+struct Tiling {
+  int64_t n, H, W, th, tw;
+  int64_t count() const { return n * th * tw; }
+};
+
+// Tiles [t0, t1) of `x` (n, H, W, C), NHWC: `u` (α², T, C) = Bᵀ d B of each tile's α x α
+// patch d (rows and columns from 2·ty - p and 2·tx - p, zero outside the image).
+template <int R>
+SELFSUP_INLINE void input_tiles_body(const float* x, int64_t C, Tiling g, float* u, int64_t t0,
+                                     int64_t t1) {
+  constexpr int A = R + 1, P = (R - 1) / 2;
+  const int64_t T = g.count();
+  float d[A][A][CB], v[A][A][CB];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t img = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
+    for (int64_t c0 = 0; c0 < C; c0 += CB) {
+      const int64_t cb = std::min(CB, C - c0);
+      for (int i = 0; i < A; ++i) {
+        const int64_t h = 2 * ty - P + i;
+        for (int j = 0; j < A; ++j) {
+          const int64_t w = 2 * tx - P + j;
+          if (h < 0 || h >= g.H || w < 0 || w >= g.W) {
+            for (int64_t c = 0; c < cb; ++c) d[i][j][c] = 0.0f;
+          } else {
+            const float* src = x + ((img * g.H + h) * g.W + w) * C + c0;
+            for (int64_t c = 0; c < cb; ++c) d[i][j][c] = src[c];
+          }
+        }
+      }
+      transform(Points<R>::BT, d, v, cb);
+      for (int i = 0; i < A; ++i) {
+        for (int j = 0; j < A; ++j) {
+          float* dst = u + ((i * A + j) * T + t) * C + c0;
+          for (int64_t c = 0; c < cb; ++c) dst[c] = v[i][j][c];
+        }
+      }
+    }
+  }
+}
+SELFSUP_CLONES void input_tiles_3(const float* x, int64_t C, Tiling g, float* u, int64_t t0,
+                                  int64_t t1) {
+  input_tiles_body<3>(x, C, g, u, t0, t1);
+}
+SELFSUP_CLONES void input_tiles_5(const float* x, int64_t C, Tiling g, float* u, int64_t t0,
+                                  int64_t t1) {
+  input_tiles_body<5>(x, C, g, u, t0, t1);
+}
+
+// Tiles [t0, t1) of `m` (α², T, K): `y` (n, 2·th, 2·tw, K), NHWC, gets Aᵀ m A of each tile.
+template <int R>
+SELFSUP_INLINE void output_tiles_body(const float* m, int64_t K, Tiling g, float* y, int64_t t0,
+                                      int64_t t1) {
+  constexpr int A = R + 1;
+  const int64_t T = g.count(), Wy = 2 * g.tw, Hy = 2 * g.th;
+  float v[A][A][CB], o[2][2][CB];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t img = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
+    for (int64_t c0 = 0; c0 < K; c0 += CB) {
+      const int64_t cb = std::min(CB, K - c0);
+      for (int i = 0; i < A; ++i) {
+        for (int j = 0; j < A; ++j) {
+          const float* src = m + ((i * A + j) * T + t) * K + c0;
+          for (int64_t c = 0; c < cb; ++c) v[i][j][c] = src[c];
+        }
+      }
+      transform(Points<R>::AT, v, o, cb);
+      for (int i = 0; i < 2; ++i) {
+        for (int j = 0; j < 2; ++j) {
+          float* dst = y + ((img * Hy + 2 * ty + i) * Wy + 2 * tx + j) * K + c0;
+          for (int64_t c = 0; c < cb; ++c) dst[c] = o[i][j][c];
+        }
+      }
+    }
+  }
+}
+SELFSUP_CLONES void output_tiles_3(const float* m, int64_t K, Tiling g, float* y, int64_t t0,
+                                   int64_t t1) {
+  output_tiles_body<3>(m, K, g, y, t0, t1);
+}
+SELFSUP_CLONES void output_tiles_5(const float* m, int64_t K, Tiling g, float* y, int64_t t0,
+                                   int64_t t1) {
+  output_tiles_body<5>(m, K, g, y, t0, t1);
+}
+
+// Tiles [t0, t1) of `dy` (n, H, W, K), NHWC: `v` (α², T, K) = A dY Aᵀ of each tile's 2 x 2
+// gradient dY (zero past the image's last row and column).
+template <int R>
+SELFSUP_INLINE void grad_tiles_body(const float* dy, int64_t K, Tiling g, float* v, int64_t t0,
+                                    int64_t t1) {
+  constexpr int A = R + 1;
+  const int64_t T = g.count();
+  float d[2][2][CB], o[A][A][CB];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t img = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
+    for (int64_t c0 = 0; c0 < K; c0 += CB) {
+      const int64_t cb = std::min(CB, K - c0);
+      for (int i = 0; i < 2; ++i) {
+        const int64_t h = 2 * ty + i;
+        for (int j = 0; j < 2; ++j) {
+          const int64_t w = 2 * tx + j;
+          if (h >= g.H || w >= g.W) {
+            for (int64_t c = 0; c < cb; ++c) d[i][j][c] = 0.0f;
+          } else {
+            const float* src = dy + ((img * g.H + h) * g.W + w) * K + c0;
+            for (int64_t c = 0; c < cb; ++c) d[i][j][c] = src[c];
+          }
+        }
+      }
+      transform_t(Points<R>::AT, d, o, cb);
+      for (int i = 0; i < A; ++i) {
+        for (int j = 0; j < A; ++j) {
+          float* dst = v + ((i * A + j) * T + t) * K + c0;
+          for (int64_t c = 0; c < cb; ++c) dst[c] = o[i][j][c];
+        }
+      }
+    }
+  }
+}
+SELFSUP_CLONES void grad_tiles_3(const float* dy, int64_t K, Tiling g, float* v, int64_t t0,
+                                 int64_t t1) {
+  grad_tiles_body<3>(dy, K, g, v, t0, t1);
+}
+SELFSUP_CLONES void grad_tiles_5(const float* dy, int64_t K, Tiling g, float* v, int64_t t0,
+                                 int64_t t1) {
+  grad_tiles_body<5>(dy, K, g, v, t0, t1);
+}
+
+using TileLoop = void (*)(const float*, int64_t, Tiling, float*, int64_t, int64_t);
+
+// Runs `loop` over the tiles of `g` with libtorch's threads: `src` (n, H, W, channels) NHWC in,
+// `(rows, T, out_channels)` out, `rows` values a tile.
+at::Tensor run_tiles(TileLoop loop, const at::Tensor& src, Tiling g, int64_t rows,
+                     int64_t out_channels) {
+  at::Tensor out = at::empty({rows, g.count(), out_channels}, src.options());
+  const float* in = src.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const int64_t C = src.size(3);
+  at::parallel_for(0, g.count(), 16, [&](int64_t t0, int64_t t1) { loop(in, C, g, o, t0, t1); });
+  return out;
+}
+
+// `x` (n, C, H, W) as a dense NHWC tensor (n, H, W, C): a view when it is channels-last.
+at::Tensor nhwc(const at::Tensor& x) { return x.permute({0, 2, 3, 1}).contiguous(); }
+
+Tiling tiling(const at::Tensor& x) {
+  return Tiling{x.size(0), x.size(2), x.size(3), tiles(x.size(2)), tiles(x.size(3))};
+}
+
 // `(α², T, C)`: the transformed α x α input patches Bᵀ d B of every 2 x 2 output tile of `x`
 // (N, C, H, W) for an r x r filter with padding (r - 1) / 2.
 at::Tensor input_tiles(const at::Tensor& x, int64_t r) {
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t th = tiles(H), tw = tiles(W), a = r + 1, p = (r - 1) / 2;
-  // NHWC, padded by p on the top and left and enough on the bottom and right for whole tiles.
-  at::Tensor xp = at::constant_pad_nd(x, {p, 2 * tw - W + p, p, 2 * th - H + p}, 0.0)
-                      .permute({0, 2, 3, 1})
-                      .contiguous();
-  const auto s = xp.strides();
-  at::Tensor d = xp.as_strided({a, a, N, th, tw, C}, {s[1], s[2], s[0], 2 * s[1], 2 * s[2], s[3]})
-                     .contiguous();
-  return transforms(r).kB.mm(d.view({a * a, -1})).view({a * a, N * th * tw, C});
+  return run_tiles(r == 3 ? input_tiles_3 : input_tiles_5, nhwc(x), tiling(x), (r + 1) * (r + 1),
+                   x.size(1));
 }
 
 // `(α², C, K)`: the transformed filters G g Gᵀ of `w` (K, C, r, r).
@@ -104,12 +306,15 @@ at::Tensor filter_tiles(const at::Tensor& w) {
   return transforms(r).kG.mm(w.reshape({K * C, r * r}).t()).view({a * a, K, C}).transpose(1, 2);
 }
 
-// Writes into `y` (n, 2·th, 2·tw, K), NHWC, the output tiles Aᵀ m A of the products `m`
-// (α², n·th·tw, K) of n images.
+// Writes into `y` (n, 2·th, 2·tw, K), NHWC and dense, the output tiles Aᵀ m A of the products
+// `m` (α², n·th·tw, K) of n images.
 void output_of_tiles(const at::Tensor& m, int64_t r, at::Tensor y) {
-  const int64_t n = y.size(0), th = y.size(1) / 2, tw = y.size(2) / 2, K = y.size(3);
-  at::Tensor t = transforms(r).kA.mm(m.reshape({m.size(0), -1})).view({2, 2, n, th, tw, K});
-  y.view({n, th, 2, tw, 2, K}).copy_(t.permute({2, 3, 0, 4, 1, 5}));
+  const Tiling g{y.size(0), y.size(1), y.size(2), y.size(1) / 2, y.size(2) / 2};
+  const float* in = m.data_ptr<float>();
+  float* o = y.data_ptr<float>();
+  const int64_t K = y.size(3);
+  const TileLoop loop = r == 3 ? output_tiles_3 : output_tiles_5;
+  at::parallel_for(0, g.count(), 16, [&](int64_t t0, int64_t t1) { loop(in, K, g, o, t0, t1); });
 }
 
 // `(B, M, N)`: the products `a[i] b[i]` of `a` (B, M, L) and `b` (B, L, N), one matrix product
@@ -196,19 +401,16 @@ at::Tensor weight_grad_pointwise(const at::Tensor& x, const at::Tensor& dy,
 at::Tensor weight_grad_winograd(const at::Tensor& x, const at::Tensor& dy, int64_t r,
                                 at::MemoryFormat format) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = dy.size(1);
-  const int64_t th = tiles(H), tw = tiles(W), a = r + 1;
+  const int64_t a = r + 1;
   const Transforms& t = transforms(r);
   // Σ over the pieces' tiles of U_ξᵀ (C, T) · (A dY Aᵀ)_ξ (T, K), piece after piece.
   at::Tensor p = at::zeros({a * a, C, K}, x.options());
   const int64_t step = images_per_piece(r, H, W, std::max(C, K));
   for (int64_t n0 = 0; n0 < N; n0 += step) {
     const int64_t n = std::min(step, N - n0);
-    at::Tensor g = at::constant_pad_nd(dy.narrow(0, n0, n), {0, 2 * tw - W, 0, 2 * th - H}, 0.0)
-                       .permute({0, 2, 3, 1})
-                       .reshape({n, th, 2, tw, 2, K})
-                       .permute({2, 4, 0, 1, 3, 5})
-                       .contiguous();
-    at::Tensor v = t.kA.t().mm(g.view({4, -1})).view({a * a, n * th * tw, K});
+    const at::Tensor dyn = dy.narrow(0, n0, n);
+    const TileLoop loop = r == 3 ? grad_tiles_3 : grad_tiles_5;
+    const at::Tensor v = run_tiles(loop, nhwc(dyn), tiling(dyn), a * a, K);
     at::Tensor u = input_tiles(x.narrow(0, n0, n), r);
     for (int64_t i = 0; i < a * a; ++i) p[i].addmm_(u[i].t(), v[i]);
   }

@@ -108,8 +108,10 @@ pub fn mode() -> Mode {
 /// products per image and filter tap); at the cpu profiles' AlexNet of width 24 (3×3, 64 to 96
 /// channels at 8×8: `C·K·H·W` under 2²⁰) on par, so left to oneDNN. The forward pass and the
 /// backward pass to the input are faster for 3×3 layers from 8×8 maps with 192 channels down
-/// (ResNet-18's `layer3` and `layer4`, the NIN-192's blocks 3 and 4), not at larger maps, nor at
-/// 5×5 (on par: the transforms of 36 values a tile eat the saving). Layers under 64 channels
+/// (ResNet-18's `layer3` and `layer4`, the NIN-192's blocks 3 and 4), not at larger maps; and
+/// for the 5×5 layer from 96 channels at 16×16 (the NIN-192's block 2: 1.3× and 1.4× since the
+/// transforms became one loop over the tiles; on par while they were matrix products over
+/// gathered copies). Layers under 64 channels
 /// (the cpu profiles' NINs; the 5×5 first layers, 3 channels in, where Winograd is 6× slower)
 /// keep libtorch's kernels.
 ///
@@ -123,7 +125,11 @@ pub fn plan(r: i64, c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
     if avx512 || channels < 64 || c * k * h * w < 1 << 21 {
         return Plan::default();
     }
-    let small = r == 3 && h * w <= 64 && channels >= 192;
+    let small = match r {
+        3 => h * w <= 64 && channels >= 192,
+        5 => h * w <= 256 && channels >= 96,
+        _ => false,
+    };
     Plan { forward: small, input: small, weight: true }
 }
 
@@ -353,7 +359,8 @@ mod tests {
         assert_eq!(plan(3, 96, 96, 8, 8, false), Plan::default());
         assert_eq!(plan(3, 96, 64, 8, 8, false), Plan::default());
         // The NIN-192's 5x5 layers: block 2's, and block 1's first (3 channels in).
-        assert_eq!(plan(5, 96, 192, 16, 16, false), weight);
+        assert_eq!(plan(5, 96, 192, 16, 16, false), Plan::ALL);
+        assert_eq!(plan(5, 96, 192, 32, 32, false), weight);
         assert_eq!(plan(5, 3, 192, 32, 32, false), Plan::default());
         // 1x1: the NIN-192's (blocks 1, 2, 3-4), 128 channels, the cpu profiles' NIN-32.
         assert_eq!(plan(1, 192, 160, 32, 32, false), weight);
