@@ -89,58 +89,84 @@ struct Points<5> {
   static constexpr float AT[2][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 1}};
 };
 
-// Channels a transform loop holds at once (its α x α x CB values stay in L1).
-constexpr int64_t CB = 64;
+// Eight channels of one tile entry: the transform loops hold a tile's α x α values of eight
+// channels (one AVX2 register each) and unroll the constant matrices, so their zero entries
+// drop out and the ±1 ones cost no multiplication.
+typedef float v8 __attribute__((vector_size(32), aligned(4)));
 
-// `out[i][j] = Σ_k Σ_l L[i][k] in[k][l] L[j][l]` for the `cb` channels of each entry: L is
-// `I x J` (Bᵀ: α x α; Aᵀ: 2 x α), written as two passes of `J` terms each; the zero entries of
-// the constant matrices drop out after unrolling.
-template <int I, int J>
-SELFSUP_INLINE void transform(const float (&L)[I][J], const float (&in)[J][J][CB],
-                              float (&out)[I][I][CB], int64_t cb) {
-  float mid[I][J][CB];
-  for (int i = 0; i < I; ++i) {
-    for (int l = 0; l < J; ++l) {
-      for (int64_t c = 0; c < cb; ++c) mid[i][l][c] = 0.0f;
-      for (int k = 0; k < J; ++k) {
-        if (L[i][k] == 0.0f) continue;
-        for (int64_t c = 0; c < cb; ++c) mid[i][l][c] += L[i][k] * in[k][l][c];
-      }
-    }
-  }
-  for (int i = 0; i < I; ++i) {
-    for (int j = 0; j < I; ++j) {
-      for (int64_t c = 0; c < cb; ++c) out[i][j][c] = 0.0f;
-      for (int l = 0; l < J; ++l) {
-        if (L[j][l] == 0.0f) continue;
-        for (int64_t c = 0; c < cb; ++c) out[i][j][c] += mid[i][l][c] * L[j][l];
-      }
-    }
+// `n` <= 8 channels from `p` (zero past `n`), and back.
+SELFSUP_INLINE v8 load8(const float* p, int64_t n) {
+  if (n == 8) return *reinterpret_cast<const v8*>(p);
+  v8 v = {};
+  for (int64_t i = 0; i < n; ++i) v[i] = p[i];
+  return v;
+}
+SELFSUP_INLINE void store8(float* p, v8 v, int64_t n) {
+  if (n == 8) {
+    *reinterpret_cast<v8*>(p) = v;
+  } else {
+    for (int64_t i = 0; i < n; ++i) p[i] = v[i];
   }
 }
 
-// The same with Lᵀ: `out[k][l] = Σ_i Σ_j L[i][k] in[i][j] L[j][l]` (`in` I x I, `out` J x J).
-template <int I, int J>
-SELFSUP_INLINE void transform_t(const float (&L)[I][J], const float (&in)[I][I][CB],
-                                float (&out)[J][J][CB], int64_t cb) {
-  float mid[J][I][CB];
+// `Σ_k m[k] v[k]` over the nonzero constants `m`, without the zero terms (all known after
+// unrolling).
+template <int J>
+SELFSUP_INLINE v8 combine(const float (&m)[J], const v8 (&v)[J]) {
+  v8 s = {};
+  bool any = false;
+#pragma GCC unroll 8
   for (int k = 0; k < J; ++k) {
-    for (int j = 0; j < I; ++j) {
-      for (int64_t c = 0; c < cb; ++c) mid[k][j][c] = 0.0f;
-      for (int i = 0; i < I; ++i) {
-        if (L[i][k] == 0.0f) continue;
-        for (int64_t c = 0; c < cb; ++c) mid[k][j][c] += L[i][k] * in[i][j][c];
-      }
-    }
+    if (m[k] == 0.0f) continue;
+    const v8 t = m[k] == 1.0f ? v[k] : m[k] == -1.0f ? -v[k] : m[k] * v[k];
+    s = any ? s + t : t;
+    any = true;
   }
+  return s;
+}
+
+// `out = L in Lᵀ` (`in` J x J, `out` I x I; L is Bᵀ: α x α, or Aᵀ: 2 x α) on eight channels.
+template <int I, int J>
+SELFSUP_INLINE void transform(const float (&L)[I][J], const v8 (&in)[J][J], v8 (&out)[I][I]) {
+  v8 mid[I][J];
+#pragma GCC unroll 8
+  for (int l = 0; l < J; ++l) {
+    v8 col[J];
+#pragma GCC unroll 8
+    for (int k = 0; k < J; ++k) col[k] = in[k][l];
+#pragma GCC unroll 8
+    for (int i = 0; i < I; ++i) mid[i][l] = combine(L[i], col);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < I; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < I; ++j) out[i][j] = combine(L[j], mid[i]);
+  }
+}
+
+// `out = Lᵀ in L` (`in` I x I, `out` J x J; L is Aᵀ: 2 x α) on eight channels.
+template <int I, int J>
+SELFSUP_INLINE void transform_t(const float (&L)[I][J], const v8 (&in)[I][I],
+                                v8 (&out)[J][J]) {
+  float Lt[J][I];
+#pragma GCC unroll 8
+  for (int i = 0; i < I; ++i) {
+#pragma GCC unroll 8
+    for (int k = 0; k < J; ++k) Lt[k][i] = L[i][k];
+  }
+  v8 mid[J][I];
+#pragma GCC unroll 8
+  for (int j = 0; j < I; ++j) {
+    v8 col[I];
+#pragma GCC unroll 8
+    for (int i = 0; i < I; ++i) col[i] = in[i][j];
+#pragma GCC unroll 8
+    for (int k = 0; k < J; ++k) mid[k][j] = combine(Lt[k], col);
+  }
+#pragma GCC unroll 8
   for (int k = 0; k < J; ++k) {
-    for (int l = 0; l < J; ++l) {
-      for (int64_t c = 0; c < cb; ++c) out[k][l][c] = 0.0f;
-      for (int j = 0; j < I; ++j) {
-        if (L[j][l] == 0.0f) continue;
-        for (int64_t c = 0; c < cb; ++c) out[k][l][c] += mid[k][j][c] * L[j][l];
-      }
-    }
+#pragma GCC unroll 8
+    for (int l = 0; l < J; ++l) out[k][l] = combine(Lt[l], mid[k]);
   }
 }
 
@@ -157,29 +183,26 @@ SELFSUP_INLINE void input_tiles_body(const float* x, int64_t C, Tiling g, float*
                                      int64_t t1) {
   constexpr int A = R + 1, P = (R - 1) / 2;
   const int64_t T = g.count();
-  float d[A][A][CB], v[A][A][CB];
+  v8 d[A][A], v[A][A];
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t img = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
-    for (int64_t c0 = 0; c0 < C; c0 += CB) {
-      const int64_t cb = std::min(CB, C - c0);
+    for (int64_t c0 = 0; c0 < C; c0 += 8) {
+      const int64_t cb = std::min<int64_t>(8, C - c0);
+#pragma GCC unroll 8
       for (int i = 0; i < A; ++i) {
         const int64_t h = 2 * ty - P + i;
+#pragma GCC unroll 8
         for (int j = 0; j < A; ++j) {
           const int64_t w = 2 * tx - P + j;
-          if (h < 0 || h >= g.H || w < 0 || w >= g.W) {
-            for (int64_t c = 0; c < cb; ++c) d[i][j][c] = 0.0f;
-          } else {
-            const float* src = x + ((img * g.H + h) * g.W + w) * C + c0;
-            for (int64_t c = 0; c < cb; ++c) d[i][j][c] = src[c];
-          }
+          const bool inside = h >= 0 && h < g.H && w >= 0 && w < g.W;
+          d[i][j] = inside ? load8(x + ((img * g.H + h) * g.W + w) * C + c0, cb) : v8{};
         }
       }
-      transform(Points<R>::BT, d, v, cb);
+      transform(Points<R>::BT, d, v);
+#pragma GCC unroll 8
       for (int i = 0; i < A; ++i) {
-        for (int j = 0; j < A; ++j) {
-          float* dst = u + ((i * A + j) * T + t) * C + c0;
-          for (int64_t c = 0; c < cb; ++c) dst[c] = v[i][j][c];
-        }
+#pragma GCC unroll 8
+        for (int j = 0; j < A; ++j) store8(u + ((i * A + j) * T + t) * C + c0, v[i][j], cb);
       }
     }
   }
@@ -199,22 +222,20 @@ SELFSUP_INLINE void output_tiles_body(const float* m, int64_t K, Tiling g, float
                                       int64_t t1) {
   constexpr int A = R + 1;
   const int64_t T = g.count(), Wy = 2 * g.tw, Hy = 2 * g.th;
-  float v[A][A][CB], o[2][2][CB];
+  v8 v[A][A], o[2][2];
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t img = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
-    for (int64_t c0 = 0; c0 < K; c0 += CB) {
-      const int64_t cb = std::min(CB, K - c0);
+    for (int64_t c0 = 0; c0 < K; c0 += 8) {
+      const int64_t cb = std::min<int64_t>(8, K - c0);
+#pragma GCC unroll 8
       for (int i = 0; i < A; ++i) {
-        for (int j = 0; j < A; ++j) {
-          const float* src = m + ((i * A + j) * T + t) * K + c0;
-          for (int64_t c = 0; c < cb; ++c) v[i][j][c] = src[c];
-        }
+#pragma GCC unroll 8
+        for (int j = 0; j < A; ++j) v[i][j] = load8(m + ((i * A + j) * T + t) * K + c0, cb);
       }
-      transform(Points<R>::AT, v, o, cb);
+      transform(Points<R>::AT, v, o);
       for (int i = 0; i < 2; ++i) {
         for (int j = 0; j < 2; ++j) {
-          float* dst = y + ((img * Hy + 2 * ty + i) * Wy + 2 * tx + j) * K + c0;
-          for (int64_t c = 0; c < cb; ++c) dst[c] = o[i][j][c];
+          store8(y + ((img * Hy + 2 * ty + i) * Wy + 2 * tx + j) * K + c0, o[i][j], cb);
         }
       }
     }
@@ -236,29 +257,24 @@ SELFSUP_INLINE void grad_tiles_body(const float* dy, int64_t K, Tiling g, float*
                                     int64_t t1) {
   constexpr int A = R + 1;
   const int64_t T = g.count();
-  float d[2][2][CB], o[A][A][CB];
+  v8 d[2][2], o[A][A];
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t img = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
-    for (int64_t c0 = 0; c0 < K; c0 += CB) {
-      const int64_t cb = std::min(CB, K - c0);
+    for (int64_t c0 = 0; c0 < K; c0 += 8) {
+      const int64_t cb = std::min<int64_t>(8, K - c0);
       for (int i = 0; i < 2; ++i) {
         const int64_t h = 2 * ty + i;
         for (int j = 0; j < 2; ++j) {
           const int64_t w = 2 * tx + j;
-          if (h >= g.H || w >= g.W) {
-            for (int64_t c = 0; c < cb; ++c) d[i][j][c] = 0.0f;
-          } else {
-            const float* src = dy + ((img * g.H + h) * g.W + w) * K + c0;
-            for (int64_t c = 0; c < cb; ++c) d[i][j][c] = src[c];
-          }
+          const bool inside = h < g.H && w < g.W;
+          d[i][j] = inside ? load8(dy + ((img * g.H + h) * g.W + w) * K + c0, cb) : v8{};
         }
       }
-      transform_t(Points<R>::AT, d, o, cb);
+      transform_t(Points<R>::AT, d, o);
+#pragma GCC unroll 8
       for (int i = 0; i < A; ++i) {
-        for (int j = 0; j < A; ++j) {
-          float* dst = v + ((i * A + j) * T + t) * K + c0;
-          for (int64_t c = 0; c < cb; ++c) dst[c] = o[i][j][c];
-        }
+#pragma GCC unroll 8
+        for (int j = 0; j < A; ++j) store8(v + ((i * A + j) * T + t) * K + c0, o[i][j], cb);
       }
     }
   }

@@ -100,20 +100,20 @@ pub fn mode() -> Mode {
 ///
 /// Measured on 2 cores of an AMD EPYC Zen 3 (AVX2), fp32 channels-last, batch 128, on jemalloc,
 /// against libtorch 2.11's oneDNN (`cargo run --release -p selfsup-core --example
-/// winograd_probe`, seven runs at the large networks' 3×3 shapes, two at the others;
-/// `bench/README.md`, "Winograd at the small maps"): the backward pass to the weights, where
-/// oneDNN's kernel runs at half the rate of its forward one, is faster by Winograd at every 3×3
-/// layer of ResNet-18 and the NIN-192 (64 to 512 channels, 32×32 to 4×4 maps) and at the
-/// NIN-192's 5×5 layer from 96 to 192 channels at 16×16, all with `C·K·H·W` of 2²¹ and more (the
-/// products per image and filter tap); at the cpu profiles' AlexNet of width 24 (3×3, 64 to 96
-/// channels at 8×8: `C·K·H·W` under 2²⁰) on par, so left to oneDNN. The forward pass and the
-/// backward pass to the input are faster for 3×3 layers from 8×8 maps with 192 channels down
-/// (ResNet-18's `layer3` and `layer4`, the NIN-192's blocks 3 and 4), not at larger maps; and
-/// for the 5×5 layer from 96 channels at 16×16 (the NIN-192's block 2: 1.3× and 1.4× since the
-/// transforms became one loop over the tiles; on par while they were matrix products over
-/// gathered copies). Layers under 64 channels
-/// (the cpu profiles' NINs; the 5×5 first layers, 3 channels in, where Winograd is 6× slower)
-/// keep libtorch's kernels.
+/// winograd_probe`, two runs in a row after the transforms became vectorized loops over the
+/// tiles; `bench/README.md`, "Winograd at the small maps" and "The transforms as loops"). The
+/// backward pass to the weights, where oneDNN's kernel runs at half the rate of its forward one,
+/// is faster by Winograd at every 3×3 layer of ResNet-18 and the NIN-192 (64 to 512 channels,
+/// 32×32 to 4×4 maps: 1.2-2.2×) and at the NIN-192's 5×5 layer from 96 to 192 channels at 16×16
+/// (1.4-1.5×), all with `C·K·H·W` of 2²¹ and more (the products per image and filter tap). The
+/// forward pass and the backward pass to the input are faster at 3×3 with 128 channels and more
+/// from 16×16 maps down (ResNet-18's `layer2` to `layer4`, the NIN-192's blocks 3 and 4:
+/// 1.25-1.5×) and at that 5×5 layer (1.6-1.9×), on par at 64 channels on 32×32 (ResNet-18's
+/// `layer1`: left to oneDNN). Left to oneDNN as well: layers under 64 channels (the cpu
+/// profiles' NINs; the 5×5 first layers, 3 channels in, where Winograd is 4-7× slower), and the
+/// cpu profiles' AlexNet of width 24 (3×3, 64 to 96 channels at 8×8: `C·K·H·W` under 2²⁰),
+/// where Winograd's passes came out 1.0-1.25× oneDNN's after the change but whose records were
+/// measured without it.
 ///
 /// 1×1 layers by the same rule, measured in the same probe: MKL's matrix product for the
 /// backward pass to the weights beats oneDNN's 1×1 kernel at every NIN-192 1×1 layer (192→160
@@ -126,7 +126,7 @@ pub fn plan(r: i64, c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
         return Plan::default();
     }
     let small = match r {
-        3 => h * w <= 64 && channels >= 192,
+        3 => h * w <= 256 && channels >= 128,
         5 => h * w <= 256 && channels >= 96,
         _ => false,
     };
@@ -345,13 +345,14 @@ mod tests {
         let weight = Plan { weight: true, ..Plan::default() };
         // ResNet-18 (CIFAR stem) at 32 px: layer1..layer4.
         assert_eq!(plan(3, 64, 64, 32, 32, false), weight);
-        assert_eq!(plan(3, 128, 128, 16, 16, false), weight);
+        assert_eq!(plan(3, 128, 128, 16, 16, false), Plan::ALL);
         assert_eq!(plan(3, 256, 256, 8, 8, false), Plan::ALL);
         assert_eq!(plan(3, 512, 512, 4, 4, false), Plan::ALL);
         // The NIN-192's blocks 3 and 4, and its 5x5 blocks' maps; the cpu profiles' narrow
         // networks.
         assert_eq!(plan(3, 192, 192, 8, 8, false), Plan::ALL);
-        assert_eq!(plan(3, 192, 192, 16, 16, false), weight);
+        assert_eq!(plan(3, 192, 192, 16, 16, false), Plan::ALL);
+        assert_eq!(plan(3, 128, 128, 32, 32, false), weight);
         assert_eq!(plan(3, 32, 32, 8, 8, false), Plan::default());
         assert_eq!(plan(3, 48, 96, 16, 16, false), Plan::default());
         // The cpu profiles' AlexNet of width 24: conv3, conv4, conv5 (on par: left).
