@@ -101,7 +101,7 @@ SELFSUP_INLINE v8 load8(const float* p, int64_t n) {
   for (int64_t i = 0; i < n; ++i) v[i] = p[i];
   return v;
 }
-SELFSUP_INLINE void store8(float* p, v8 v, int64_t n) {
+SELFSUP_INLINE void store8(float* p, const v8& v, int64_t n) {
   if (n == 8) {
     *reinterpret_cast<v8*>(p) = v;
   } else {
