@@ -176,29 +176,34 @@ struct Tiling {
   int64_t count() const { return n * th * tw; }
 };
 
-// Tiles [t0, t1) of `x` (n, H, W, C), NHWC: `u` (α², T, C) = Bᵀ d B of each tile's α x α
-// patch d (rows and columns from 2·ty - p and 2·tx - p, zero outside the image).
-template <int R>
-SELFSUP_INLINE void input_tiles_body(const float* x, int64_t C, Tiling g, float* u, int64_t t0,
-                                     int64_t t1) {
-  constexpr int A = R + 1, P = (R - 1) / 2;
+// Tiles [t0, t1) of `x` (n, H, W, C), NHWC: `u` (α², T, C) gets the transform of each tile's
+// S x S patch (rows and columns from 2·ty - P and 2·tx - P, zero outside the image), α = R + 1:
+// Bᵀ d B of an α x α input patch (S = α), A dY Aᵀ of a 2 x 2 gradient (S = 2).
+template <int R, int S, int P>
+SELFSUP_INLINE void patch_tiles(const float* x, int64_t C, Tiling g, float* u, int64_t t0,
+                                int64_t t1) {
+  constexpr int A = R + 1;
   const int64_t T = g.count();
-  v8 d[A][A], v[A][A];
+  v8 d[S][S], v[A][A];
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t img = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
     for (int64_t c0 = 0; c0 < C; c0 += 8) {
       const int64_t cb = std::min<int64_t>(8, C - c0);
 #pragma GCC unroll 8
-      for (int i = 0; i < A; ++i) {
+      for (int i = 0; i < S; ++i) {
         const int64_t h = 2 * ty - P + i;
 #pragma GCC unroll 8
-        for (int j = 0; j < A; ++j) {
+        for (int j = 0; j < S; ++j) {
           const int64_t w = 2 * tx - P + j;
           const bool inside = h >= 0 && h < g.H && w >= 0 && w < g.W;
           d[i][j] = inside ? load8(x + ((img * g.H + h) * g.W + w) * C + c0, cb) : v8{};
         }
       }
-      transform(Points<R>::BT, d, v);
+      if constexpr (S == A) {
+        transform(Points<R>::BT, d, v);
+      } else {
+        transform_t(Points<R>::AT, d, v);
+      }
 #pragma GCC unroll 8
       for (int i = 0; i < A; ++i) {
 #pragma GCC unroll 8
@@ -206,6 +211,13 @@ SELFSUP_INLINE void input_tiles_body(const float* x, int64_t C, Tiling g, float*
       }
     }
   }
+}
+
+// The input tiles: Bᵀ d B of each tile's α x α patch of `x`, padding (r - 1) / 2.
+template <int R>
+SELFSUP_INLINE void input_tiles_body(const float* x, int64_t C, Tiling g, float* u, int64_t t0,
+                                     int64_t t1) {
+  patch_tiles<R, R + 1, (R - 1) / 2>(x, C, g, u, t0, t1);
 }
 SELFSUP_CLONES void input_tiles_3(const float* x, int64_t C, Tiling g, float* u, int64_t t0,
                                   int64_t t1) {
@@ -250,34 +262,12 @@ SELFSUP_CLONES void output_tiles_5(const float* m, int64_t K, Tiling g, float* y
   output_tiles_body<5>(m, K, g, y, t0, t1);
 }
 
-// Tiles [t0, t1) of `dy` (n, H, W, K), NHWC: `v` (α², T, K) = A dY Aᵀ of each tile's 2 x 2
-// gradient dY (zero past the image's last row and column).
+// The gradient's tiles: A dY Aᵀ of each tile's 2 x 2 gradient dY of `dy` (n, H, W, K) (zero
+// past the image's last row and column).
 template <int R>
 SELFSUP_INLINE void grad_tiles_body(const float* dy, int64_t K, Tiling g, float* v, int64_t t0,
                                     int64_t t1) {
-  constexpr int A = R + 1;
-  const int64_t T = g.count();
-  v8 d[2][2], o[A][A];
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t img = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
-    for (int64_t c0 = 0; c0 < K; c0 += 8) {
-      const int64_t cb = std::min<int64_t>(8, K - c0);
-      for (int i = 0; i < 2; ++i) {
-        const int64_t h = 2 * ty + i;
-        for (int j = 0; j < 2; ++j) {
-          const int64_t w = 2 * tx + j;
-          const bool inside = h < g.H && w < g.W;
-          d[i][j] = inside ? load8(dy + ((img * g.H + h) * g.W + w) * K + c0, cb) : v8{};
-        }
-      }
-      transform_t(Points<R>::AT, d, o);
-#pragma GCC unroll 8
-      for (int i = 0; i < A; ++i) {
-#pragma GCC unroll 8
-        for (int j = 0; j < A; ++j) store8(v + ((i * A + j) * T + t) * K + c0, o[i][j], cb);
-      }
-    }
-  }
+  patch_tiles<R, 2, 0>(dy, K, g, v, t0, t1);
 }
 SELFSUP_CLONES void grad_tiles_3(const float* dy, int64_t K, Tiling g, float* v, int64_t t0,
                                  int64_t t1) {

@@ -100,15 +100,15 @@ pub fn mode() -> Mode {
 ///
 /// Measured on 2 cores of an AMD EPYC Zen 3 (AVX2), fp32 channels-last, batch 128, on jemalloc,
 /// against libtorch 2.11's oneDNN (`cargo run --release -p selfsup-core --example
-/// winograd_probe`, two runs in a row after the transforms became vectorized loops over the
-/// tiles; `bench/README.md`, "Winograd at the small maps" and "The transforms as loops"). The
+/// winograd_probe`, three runs after the transforms became vectorized loops over the tiles;
+/// `bench/README.md`, "Winograd at the small maps" and "The transforms as loops"). The
 /// backward pass to the weights, where oneDNN's kernel runs at half the rate of its forward one,
 /// is faster by Winograd at every 3×3 layer of ResNet-18 and the NIN-192 (64 to 512 channels,
-/// 32×32 to 4×4 maps: 1.2-2.2×) and at the NIN-192's 5×5 layer from 96 to 192 channels at 16×16
-/// (1.4-1.5×), all with `C·K·H·W` of 2²¹ and more (the products per image and filter tap). The
+/// 32×32 to 4×4 maps: 1.2-3.1×) and at the NIN-192's 5×5 layer from 96 to 192 channels at 16×16
+/// (1.4-2.0×), all with `C·K·H·W` of 2²¹ and more (the products per image and filter tap). The
 /// forward pass and the backward pass to the input are faster at 3×3 with 128 channels and more
 /// from 16×16 maps down (ResNet-18's `layer2` to `layer4`, the NIN-192's blocks 3 and 4:
-/// 1.25-1.5×) and at that 5×5 layer (1.6-1.9×), on par at 64 channels on 32×32 (ResNet-18's
+/// 1.1-1.7×) and at that 5×5 layer (1.3-1.9×), on par at 64 channels on 32×32 (ResNet-18's
 /// `layer1`: left to oneDNN). Left to oneDNN as well: layers under 64 channels (the cpu
 /// profiles' NINs; the 5×5 first layers, 3 channels in, where Winograd is 4-7× slower), and the
 /// cpu profiles' AlexNet of width 24 (3×3, 64 to 96 channels at 8×8: `C·K·H·W` under 2²⁰),
@@ -117,7 +117,8 @@ pub fn mode() -> Mode {
 ///
 /// 1×1 layers by the same rule, measured in the same probe: MKL's matrix product for the
 /// backward pass to the weights beats oneDNN's 1×1 kernel at every NIN-192 1×1 layer (192→160
-/// and 160→96 at 32×32, 192→192 at 16×16 and 8×8: 1.0-1.9×) and at 128 channels on 16×16; its
+/// and 160→96 at 32×32, 192→192 at 16×16 and 8×8: 1.0-2.9× over three runs; at 128 channels on
+/// 16×16, which the rule takes and no network here has, faster in one run of three); its
 /// forward and backward to the input are on par or slower (oneDNN's 1×1 forward is a GEMM
 /// itself), and at the cpu profiles' widths (16, 32) all three are slower.
 pub fn plan(r: i64, c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
