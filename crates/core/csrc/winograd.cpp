@@ -144,7 +144,8 @@ SELFSUP_INLINE void transform(const float (&L)[I][J], const v8 (&in)[J][J], v8 (
   }
 }
 
-// `out = Lᵀ in L` (`in` I x I, `out` J x J; L is Aᵀ: 2 x α) on eight channels.
+// `out = Lᵀ in L` (`in` I x I, `out` J x J; L is Aᵀ: 2 x α) on eight channels: `transform`
+// with the transposed constants.
 template <int I, int J>
 SELFSUP_INLINE void transform_t(const float (&L)[I][J], const v8 (&in)[I][I],
                                 v8 (&out)[J][J]) {
@@ -154,20 +155,7 @@ SELFSUP_INLINE void transform_t(const float (&L)[I][J], const v8 (&in)[I][I],
 #pragma GCC unroll 8
     for (int k = 0; k < J; ++k) Lt[k][i] = L[i][k];
   }
-  v8 mid[J][I];
-#pragma GCC unroll 8
-  for (int j = 0; j < I; ++j) {
-    v8 col[I];
-#pragma GCC unroll 8
-    for (int i = 0; i < I; ++i) col[i] = in[i][j];
-#pragma GCC unroll 8
-    for (int k = 0; k < J; ++k) mid[k][j] = combine(Lt[k], col);
-  }
-#pragma GCC unroll 8
-  for (int k = 0; k < J; ++k) {
-#pragma GCC unroll 8
-    for (int l = 0; l < J; ++l) out[k][l] = combine(Lt[l], mid[k]);
-  }
+  transform(Lt, in, out);
 }
 
 // The layout of a pass's tiles: `n` images of `H x W` in `th x tw` tiles of 2 x 2.
