@@ -1,6 +1,7 @@
-//! Times each pass of a stride-1 3×3 or 5×5 convolution (fp32, channels-last, batch 128) by
-//! libtorch (oneDNN) and by selfsup's Winograd F(2×2, r×r) (`selfsup_core::encoders::conv`), at
-//! the layer shapes of ResNet-18 (CIFAR stem) and the NIN-192: the measurements behind
+//! Times each pass of a stride-1 1×1, 3×3 or 5×5 convolution (fp32, channels-last, batch 128) by
+//! libtorch (oneDNN) and by selfsup's Winograd F(2×2, r×r) (1×1: matrix products;
+//! `selfsup_core::encoders::conv`), at the layer shapes of ResNet-18 (CIFAR stem), the NIN-192,
+//! the cpu profiles' AlexNet-24 and NINs: the measurements behind
 //! [`selfsup_core::encoders::conv::plan`]. Milliseconds, medians of 7 calls after 2; the
 //! backward passes timed alone on a kept graph.
 //!
