@@ -8,8 +8,8 @@
 // transformed tile become α² independent matrix products `U_ξ (T, C) · V_ξ (C, K)` (T tiles),
 // with 2.25x (3x3) and 2.8x (5x5) fewer multiplications than the direct convolution. The
 // input and output transforms are loops over the tiles (libtorch's threads), each tile's α x α
-// patch read once from the NHWC activations and written once to `(α², T, C)` (and back), the
-// channels innermost; the filter transform is a matrix product with a Kronecker matrix. Backward:
+// patch read once from the NHWC activations and written once to `(α², T, C)` (and back), eight
+// channels at a time; the filter transform is a matrix product with a Kronecker matrix. Backward:
 // - to the input: the same forward with the filters flipped and transposed (a stride-1
 //   convolution padded by (r - 1) / 2 has one as its transpose);
 // - to the weights: with `Y = Aᵀ (Q ⊙ Z) A`, Q = G g Gᵀ, Z = Bᵀ d B, the gradient is
@@ -23,7 +23,8 @@
 //
 // 1x1 convolutions (F(1, 1): no transforms) take the same path as plain matrix products over
 // views of the activations, the passes oneDNN's 1x1 kernels run slower than MKL's GEMM
-// (`plan`; measured in `bench/README.md`, "1x1 convolutions as matrix products").
+// (`plan`; measured in `bench/README.md`, "The transforms as loops, and 1×1 convolutions as
+// matrix products").
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
