@@ -74,7 +74,7 @@ const Transforms& transforms(int64_t r) {
 // Tiles of one side: ceil(side / 2).
 int64_t tiles(int64_t side) { return (side + 1) / 2; }
 
-// Bᵀ and Aᵀ of F(2, r) as constants for the transform loops (the same as `Transforms`).
+// Bᵀ and Aᵀ of F(2, r) as constants for the transform loops (`Transforms` holds G).
 template <int R>
 struct Points;
 template <>
@@ -203,18 +203,13 @@ SELFSUP_INLINE void patch_tiles(const float* x, int64_t C, Tiling g, float* u, i
 }
 
 // The input tiles: Bᵀ d B of each tile's α x α patch of `x`, padding (r - 1) / 2.
-template <int R>
-SELFSUP_INLINE void input_tiles_body(const float* x, int64_t C, Tiling g, float* u, int64_t t0,
-                                     int64_t t1) {
-  patch_tiles<R, R + 1, (R - 1) / 2>(x, C, g, u, t0, t1);
-}
 SELFSUP_CLONES void input_tiles_3(const float* x, int64_t C, Tiling g, float* u, int64_t t0,
                                   int64_t t1) {
-  input_tiles_body<3>(x, C, g, u, t0, t1);
+  patch_tiles<3, 4, 1>(x, C, g, u, t0, t1);
 }
 SELFSUP_CLONES void input_tiles_5(const float* x, int64_t C, Tiling g, float* u, int64_t t0,
                                   int64_t t1) {
-  input_tiles_body<5>(x, C, g, u, t0, t1);
+  patch_tiles<5, 6, 2>(x, C, g, u, t0, t1);
 }
 
 // Tiles [t0, t1) of `m` (α², T, K): `y` (n, 2·th, 2·tw, K), NHWC, gets Aᵀ m A of each tile.
@@ -253,31 +248,32 @@ SELFSUP_CLONES void output_tiles_5(const float* m, int64_t K, Tiling g, float* y
 
 // The gradient's tiles: A dY Aᵀ of each tile's 2 x 2 gradient dY of `dy` (n, H, W, K) (zero
 // past the image's last row and column).
-template <int R>
-SELFSUP_INLINE void grad_tiles_body(const float* dy, int64_t K, Tiling g, float* v, int64_t t0,
-                                    int64_t t1) {
-  patch_tiles<R, 2, 0>(dy, K, g, v, t0, t1);
-}
 SELFSUP_CLONES void grad_tiles_3(const float* dy, int64_t K, Tiling g, float* v, int64_t t0,
                                  int64_t t1) {
-  grad_tiles_body<3>(dy, K, g, v, t0, t1);
+  patch_tiles<3, 2, 0>(dy, K, g, v, t0, t1);
 }
 SELFSUP_CLONES void grad_tiles_5(const float* dy, int64_t K, Tiling g, float* v, int64_t t0,
                                  int64_t t1) {
-  grad_tiles_body<5>(dy, K, g, v, t0, t1);
+  patch_tiles<5, 2, 0>(dy, K, g, v, t0, t1);
 }
 
 using TileLoop = void (*)(const float*, int64_t, Tiling, float*, int64_t, int64_t);
 
-// Runs `loop` over the tiles of `g` with libtorch's threads: `src` (n, H, W, channels) NHWC in,
-// `(rows, T, out_channels)` out, `rows` values a tile.
+// Runs `loop` over the tiles of `g` with libtorch's threads, from `src` (its last dimension
+// the channels the loop reads) into the dense float tensor `dst`.
+void for_tiles(TileLoop loop, const at::Tensor& src, Tiling g, at::Tensor& dst) {
+  const float* in = src.data_ptr<float>();
+  float* o = dst.data_ptr<float>();
+  const int64_t C = src.size(-1);
+  at::parallel_for(0, g.count(), 16, [&](int64_t t0, int64_t t1) { loop(in, C, g, o, t0, t1); });
+}
+
+// `loop`'s `(rows, T, out_channels)` tiles of `src` (n, H, W, channels) NHWC, `rows` values a
+// tile.
 at::Tensor run_tiles(TileLoop loop, const at::Tensor& src, Tiling g, int64_t rows,
                      int64_t out_channels) {
   at::Tensor out = at::empty({rows, g.count(), out_channels}, src.options());
-  const float* in = src.data_ptr<float>();
-  float* o = out.data_ptr<float>();
-  const int64_t C = src.size(3);
-  at::parallel_for(0, g.count(), 16, [&](int64_t t0, int64_t t1) { loop(in, C, g, o, t0, t1); });
+  for_tiles(loop, src, g, out);
   return out;
 }
 
@@ -305,11 +301,7 @@ at::Tensor filter_tiles(const at::Tensor& w) {
 // `m` (α², n·th·tw, K) of n images.
 void output_of_tiles(const at::Tensor& m, int64_t r, at::Tensor y) {
   const Tiling g{y.size(0), y.size(1), y.size(2), y.size(1) / 2, y.size(2) / 2};
-  const float* in = m.data_ptr<float>();
-  float* o = y.data_ptr<float>();
-  const int64_t K = y.size(3);
-  const TileLoop loop = r == 3 ? output_tiles_3 : output_tiles_5;
-  at::parallel_for(0, g.count(), 16, [&](int64_t t0, int64_t t1) { loop(in, K, g, o, t0, t1); });
+  for_tiles(r == 3 ? output_tiles_3 : output_tiles_5, m, g, y);
 }
 
 // `(B, M, N)`: the products `a[i] b[i]` of `a` (B, M, L) and `b` (B, L, N), one matrix product
@@ -382,7 +374,8 @@ at::Tensor weight_grad_pointwise(const at::Tensor& x, const at::Tensor& dy,
     g = at::mm(dym.t(), x.permute({0, 2, 3, 1}).reshape({N * H * W, C}));
   } else {
     g = at::zeros({K, C}, x.options());
-    const int64_t step = std::max<int64_t>(1, piece_bytes().load() / std::max<int64_t>(K * C * 4, 1));
+    const int64_t per_image = std::max<int64_t>(K * C * 4, 1);
+    const int64_t step = std::max<int64_t>(1, piece_bytes().load() / per_image);
     for (int64_t n0 = 0; n0 < N; n0 += step) {
       const int64_t n = std::min(step, N - n0);
       const at::Tensor xs = x.narrow(0, n0, n).reshape({n, C, H * W});
