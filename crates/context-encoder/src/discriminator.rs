@@ -61,15 +61,36 @@ impl Discriminator {
     /// # Shapes
     /// `x`: `(N, C, side, side)`; returns `(N,)`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.run(x, false)
+    }
+
+    /// The same logits with the discriminator's variables held constant: a backward pass
+    /// from them reaches `x` but computes no gradient for the discriminator. The generator's
+    /// step scores its fake with this: the gradients it would leave on the discriminator are
+    /// zeroed before the discriminator's own step, and computing them was a third of the
+    /// discriminator's weight-gradient work (pix2pix's `set_requires_grad(netD, False)`).
+    ///
+    /// # Shapes
+    /// As [`Discriminator::forward`].
+    pub fn forward_frozen(&self, x: &Tensor) -> Tensor {
+        self.run(x, true)
+    }
+
+    fn run(&self, x: &Tensor, frozen: bool) -> Tensor {
+        let var = |t: &Tensor| if frozen { t.detach() } else { t.shallow_clone() };
+        // The 4x4 convolutions halve the side (stride 2, padding 1); the last covers the map.
+        let conv = |h: &Tensor, c: &nn::Conv2D, stride: i64, padding: i64| {
+            h.conv2d(&var(&c.ws), None::<Tensor>, [stride; 2], [padding; 2], [1; 2], 1)
+        };
         let mut h = x.shallow_clone();
-        for (conv, norm) in self.convs.iter().zip(&self.norms) {
-            h = h.apply(conv);
+        for (c, norm) in self.convs.iter().zip(&self.norms) {
+            h = conv(&h, c, 2, 1);
             if let Some((w, b)) = norm {
                 h = h.batch_norm(
-                    Some(w),
-                    Some(b),
-                    None::<&Tensor>,
-                    None::<&Tensor>,
+                    Some(var(w)),
+                    Some(var(b)),
+                    None::<Tensor>,
+                    None::<Tensor>,
                     true,
                     0.1,
                     1e-5,
@@ -79,7 +100,7 @@ impl Discriminator {
             h = selfsup_core::ops::leaky_relu(&h, 0.2);
         }
         let n = x.size()[0];
-        h.apply(&self.out).reshape([n])
+        conv(&h, &self.out, 1, 0).reshape([n])
     }
 }
 
@@ -104,5 +125,25 @@ mod tests {
         assert_eq!(odd.convs.len(), 6, "227 -> 113 -> 56 -> 28 -> 14 -> 7 -> 3");
         let x = Tensor::randn([2, 3, 227, 227], (Kind::Float, Device::Cpu));
         assert_eq!(odd.forward(&x).size(), [2]);
+    }
+
+    #[test]
+    fn the_frozen_pass_gives_the_input_its_gradient_and_the_variables_none() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let d = Discriminator::new(&vs.root(), 3, 16, 4);
+        let x = Tensor::randn([6, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let (a, b) = (x.copy().set_requires_grad(true), x.copy().set_requires_grad(true));
+        let frozen = d.forward_frozen(&b);
+        frozen.square().sum(Kind::Float).backward();
+        for (name, v) in vs.variables() {
+            assert!(!v.grad().defined(), "the frozen pass left a gradient on {name}");
+        }
+        let plain = d.forward(&a);
+        plain.square().sum(Kind::Float).backward();
+        assert!(frozen.equal(&plain), "the same logits");
+        assert!(b.grad().equal(&a.grad()), "the same gradient for the input");
+        for (name, v) in vs.variables() {
+            assert!(v.grad().defined(), "the plain pass left no gradient on {name}");
+        }
     }
 }

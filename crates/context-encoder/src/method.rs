@@ -237,7 +237,8 @@ impl PretextMethod for ContextEncoder {
         let mut metrics = vec![("rec_loss".to_string(), rec.detach())];
         let loss = match &self.discriminator {
             Some(d) => {
-                let adv = d.forward(&fake).to_kind(Kind::Float).neg().softplus().mean(Kind::Float);
+                let adv =
+                    d.forward_frozen(&fake).to_kind(Kind::Float).neg().softplus().mean(Kind::Float);
                 metrics.push(("adv_loss".to_string(), adv.detach()));
                 if train {
                     self.pending = Some((p.target.detach(), fake.detach()));
@@ -477,6 +478,9 @@ mod tests {
         let before = copies(&vs);
         let out = m.step(&b, true).unwrap();
         out.loss.backward();
+        for (name, t) in &d_params {
+            assert!(!t.grad().defined(), "the generator's backward reached {name}");
+        }
         g_opt.step(&g_params, 1e-3).unwrap();
         let after_g = copies(&vs);
         for ((name, x), (_, y)) in before.iter().zip(&after_g) {
