@@ -38,7 +38,10 @@ impl ChannelwiseFc {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let [c, h, w] = self.shape;
         let n = x.size()[0];
-        let y = x.reshape([n, c, 1, h * w]).matmul(&self.weight).reshape([n, c, h * w]);
+        // One `(N, hw)·(hw, hw)` product per channel. (The broadcast `(N, C, 1, hw)` by
+        // `(C, hw, hw)` matmul copies the weight N times, multiplies N·C vectors, and sums N
+        // copies of the weight's gradient.)
+        let y = x.reshape([n, c, h * w]).transpose(0, 1).bmm(&self.weight).transpose(0, 1);
         let y = (y + &self.bias).relu().reshape([n, c, h, w]);
         y.apply(&self.mix).relu()
     }
@@ -52,16 +55,35 @@ mod tests {
     #[test]
     fn channels_do_not_mix_before_the_1x1_convolution() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let fc = ChannelwiseFc::new(&vs.root(), [2, 3, 3]);
+        let mut fc = ChannelwiseFc::new(&vs.root(), [2, 3, 3]);
         assert_eq!(vs.variables()["weight"].size(), [2, 9, 9]);
+        // The 1x1 convolution as the identity, so that its ReLU cannot zero every output
+        // (and the gradients compared below) whatever the random init.
+        tch::no_grad(|| {
+            fc.mix.ws.copy_(&Tensor::eye(2, (Kind::Float, Device::Cpu)).view([2, 2, 1, 1]));
+            if let Some(b) = &mut fc.mix.bs {
+                let _ = b.zero_();
+            }
+        });
         // The grouped product equals one fully connected layer per channel.
         let x = Tensor::randn([4, 2, 3, 3], (Kind::Float, Device::Cpu));
         let per_channel = |c: i64| {
             (x.select(1, c).reshape([4, 9]).matmul(&fc.weight.get(c)) + fc.bias.get(c)).relu()
         };
         let want = Tensor::stack(&[per_channel(0), per_channel(1)], 1).reshape([4, 2, 3, 3]);
-        let got = want.apply(&fc.mix).relu();
-        assert!(fc.forward(&x).allclose(&got, 1e-6, 1e-6, false));
+        let want = want.apply(&fc.mix).relu();
+        let got = fc.forward(&x);
+        assert!(got.allclose(&want, 1e-6, 1e-6, false));
+        // And the same gradient for the weight.
+        let grad = |y: Tensor| {
+            let mut w = fc.weight.shallow_clone();
+            w.zero_grad();
+            y.square().sum(Kind::Float).backward();
+            w.grad().copy()
+        };
+        let (got, want) = (grad(got), grad(want));
+        assert!(got.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        assert!(got.allclose(&want, 1e-5, 1e-6, false));
         // Before the ReLU, an output position depends on every input position of its channel
         // and on no other channel.
         let x = x.set_requires_grad(true);
