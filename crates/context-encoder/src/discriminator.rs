@@ -27,6 +27,11 @@ pub struct Discriminator {
     out: nn::Conv2D,
 }
 
+/// The stride and padding of the 4×4 convolutions that halve the side (the last convolution
+/// covers the remaining map: stride 1, no padding).
+const DOWN_STRIDE: i64 = 2;
+const DOWN_PADDING: i64 = 1;
+
 impl Discriminator {
     /// Builds it on `p` for `in_channels × side × side` images.
     pub fn new(p: &nn::Path, in_channels: i64, side: i64, width: i64) -> Self {
@@ -34,8 +39,8 @@ impl Discriminator {
         let mut norms = Vec::new();
         let (mut s, mut c_in) = (side, in_channels);
         let down = nn::ConvConfig {
-            stride: 2,
-            padding: 1,
+            stride: DOWN_STRIDE,
+            padding: DOWN_PADDING,
             bias: false,
             ws_init: DCGAN_INIT,
             ..Default::default()
@@ -78,13 +83,13 @@ impl Discriminator {
 
     fn run(&self, x: &Tensor, frozen: bool) -> Tensor {
         let var = |t: &Tensor| if frozen { t.detach() } else { t.shallow_clone() };
-        // The 4x4 convolutions halve the side (stride 2, padding 1); the last covers the map.
+        // `nn::Conv2D`'s forward with the weight through `var` (the configs of `new`).
         let conv = |h: &Tensor, c: &nn::Conv2D, stride: i64, padding: i64| {
             h.conv2d(&var(&c.ws), None::<Tensor>, [stride; 2], [padding; 2], [1; 2], 1)
         };
         let mut h = x.shallow_clone();
         for (c, norm) in self.convs.iter().zip(&self.norms) {
-            h = conv(&h, c, 2, 1);
+            h = conv(&h, c, DOWN_STRIDE, DOWN_PADDING);
             if let Some((w, b)) = norm {
                 h = h.batch_norm(
                     Some(var(w)),

@@ -8,7 +8,7 @@
 //! - [`bottleneck`]: the channel-wise fully connected layer between encoder and decoder;
 //! - [`discriminator`]: the adversarial discriminator, under `discriminator.`;
 //! - [`method`]: encoder, bottleneck and decoder as a
-//!   [`PretextMethod`](selfsup_core::PretextMethod), the discriminator trained alternately by
+//!   [`PretextMethod`], the discriminator trained alternately by
 //!   its own optimizer (the core's extra optimizers);
 //! - [`register`]: adds `context-encoder` to a [`Registry`].
 //!

@@ -8,7 +8,9 @@
 //!   `overlap_weight` (10) in the `overlap`-pixel border around it and 0 elsewhere, so only the
 //!   masked pixels (and the border the paper also predicts) count;
 //! - the fake image is `x` with `F(input)` pasted into the hole and its border;
-//!   `L_adv = −log D(fake)` (the non-saturating generator loss of the official code);
+//!   `L_adv = −log D(fake)` (the non-saturating generator loss of the official code), scored
+//!   with D's variables held constant ([`Discriminator::forward_frozen`]: the backward computes
+//!   no gradient for D, which its own step would zero);
 //! - the step's loss, for the run's optimizer (encoder, bottleneck, decoder), is
 //!   `λ_rec · L_rec + λ_adv · L_adv` (0.999 / 0.001), or `L_rec` alone without the adversary.
 //!
