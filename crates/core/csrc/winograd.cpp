@@ -202,16 +202,6 @@ SELFSUP_INLINE void patch_tiles(const float* x, int64_t C, Tiling g, float* u, i
   }
 }
 
-// The input tiles: Bᵀ d B of each tile's α x α patch of `x`, padding (r - 1) / 2.
-SELFSUP_CLONES void input_tiles_3(const float* x, int64_t C, Tiling g, float* u, int64_t t0,
-                                  int64_t t1) {
-  patch_tiles<3, 4, 1>(x, C, g, u, t0, t1);
-}
-SELFSUP_CLONES void input_tiles_5(const float* x, int64_t C, Tiling g, float* u, int64_t t0,
-                                  int64_t t1) {
-  patch_tiles<5, 6, 2>(x, C, g, u, t0, t1);
-}
-
 // Tiles [t0, t1) of `m` (α², T, K): `y` (n, 2·th, 2·tw, K), NHWC, gets Aᵀ m A of each tile.
 template <int R>
 SELFSUP_INLINE void output_tiles_body(const float* m, int64_t K, Tiling g, float* y, int64_t t0,
@@ -237,25 +227,27 @@ SELFSUP_INLINE void output_tiles_body(const float* m, int64_t K, Tiling g, float
     }
   }
 }
-SELFSUP_CLONES void output_tiles_3(const float* m, int64_t K, Tiling g, float* y, int64_t t0,
-                                   int64_t t1) {
-  output_tiles_body<3>(m, K, g, y, t0, t1);
-}
-SELFSUP_CLONES void output_tiles_5(const float* m, int64_t K, Tiling g, float* y, int64_t t0,
-                                   int64_t t1) {
-  output_tiles_body<5>(m, K, g, y, t0, t1);
-}
 
-// The gradient's tiles: A dY Aᵀ of each tile's 2 x 2 gradient dY of `dy` (n, H, W, K) (zero
-// past the image's last row and column).
-SELFSUP_CLONES void grad_tiles_3(const float* dy, int64_t K, Tiling g, float* v, int64_t t0,
-                                 int64_t t1) {
-  patch_tiles<3, 2, 0>(dy, K, g, v, t0, t1);
-}
-SELFSUP_CLONES void grad_tiles_5(const float* dy, int64_t K, Tiling g, float* v, int64_t t0,
-                                 int64_t t1) {
-  patch_tiles<5, 2, 0>(dy, K, g, v, t0, t1);
-}
+// The loops of filter size R as plain functions (GCC's `target_clones` takes no templates),
+// each compiled per instruction set: `input_tiles_R`, Bᵀ d B of each tile's α x α patch of
+// `x`, padding (R - 1) / 2; `output_tiles_R`, Aᵀ m A into the NHWC output; `grad_tiles_R`,
+// A dY Aᵀ of each tile's 2 x 2 gradient dY of `dy` (n, H, W, K) (zero past the image's last
+// row and column).
+#define SELFSUP_TILE_LOOPS(R)                                                                      \
+  SELFSUP_CLONES void input_tiles_##R(const float* x, int64_t C, Tiling g, float* u,               \
+                                      int64_t t0, int64_t t1) {                                    \
+    patch_tiles<R, R + 1, (R - 1) / 2>(x, C, g, u, t0, t1);                                        \
+  }                                                                                                \
+  SELFSUP_CLONES void output_tiles_##R(const float* m, int64_t K, Tiling g, float* y,              \
+                                       int64_t t0, int64_t t1) {                                   \
+    output_tiles_body<R>(m, K, g, y, t0, t1);                                                      \
+  }                                                                                                \
+  SELFSUP_CLONES void grad_tiles_##R(const float* dy, int64_t K, Tiling g, float* v,               \
+                                     int64_t t0, int64_t t1) {                                     \
+    patch_tiles<R, 2, 0>(dy, K, g, v, t0, t1);                                                     \
+  }
+SELFSUP_TILE_LOOPS(3)
+SELFSUP_TILE_LOOPS(5)
 
 using TileLoop = void (*)(const float*, int64_t, Tiling, float*, int64_t, int64_t);
 
