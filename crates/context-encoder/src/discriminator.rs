@@ -8,6 +8,10 @@
 //! into the hole and its border (the paper's centre model shows it only the 64-pixel
 //! prediction; its random-mask model the whole output).
 //!
+//! Its 4×4 stride-2 convolutions are `selfsup_core`'s [`conv_down`]: on the CPU, the backward
+//! pass to the weights (and at large maps the forward pass) of the layers from 64 channels on
+//! by Winograd's F(2×2, 2×2) on the space-to-depth form of the input, the rest libtorch's.
+//!
 //! Its batch norm always uses the batch's statistics and keeps no running ones (PyTorch's
 //! `track_running_stats=False`): the discriminator is only ever run on training batches, and
 //! so a generator step, which runs it, changes none of its variables.
@@ -15,6 +19,7 @@
 //! Variables (under the `discriminator.` prefix the method builds it on): `conv{i}.weight`
 //! (normal with std 0.02, no bias), `bn{i}.{weight, bias}` for `i ≥ 2` (1 and 0), and
 //! `out.weight`.
+use selfsup_core::encoders::conv::conv_down;
 use selfsup_reconstruction::decoder::DCGAN_INIT;
 use tch::nn;
 use tch::Tensor;
@@ -27,8 +32,8 @@ pub struct Discriminator {
     out: nn::Conv2D,
 }
 
-/// The stride and padding of the 4×4 convolutions that halve the side (the last convolution
-/// covers the remaining map: stride 1, no padding).
+/// The stride and padding of the 4×4 convolutions that halve the side, those of
+/// [`conv_down`] (the last convolution covers the remaining map: stride 1, no padding).
 const DOWN_STRIDE: i64 = 2;
 const DOWN_PADDING: i64 = 1;
 
@@ -83,13 +88,12 @@ impl Discriminator {
 
     fn run(&self, x: &Tensor, frozen: bool) -> Tensor {
         let var = |t: &Tensor| if frozen { t.detach() } else { t.shallow_clone() };
-        // `nn::Conv2D`'s forward with the weight through `var` (the configs of `new`).
-        let conv = |h: &Tensor, c: &nn::Conv2D, stride: i64, padding: i64| {
-            h.conv2d(&var(&c.ws), None::<Tensor>, [stride; 2], [padding; 2], [1; 2], 1)
-        };
         let mut h = x.shallow_clone();
         for (c, norm) in self.convs.iter().zip(&self.norms) {
-            h = conv(&h, c, DOWN_STRIDE, DOWN_PADDING);
+            // `nn::Conv2D`'s forward (the config of `new`) with the weight through `var`; its
+            // backward pass to the weights, and at large maps its forward pass, by Winograd on
+            // the CPU where that is faster.
+            h = conv_down(&h, &var(&c.ws));
             if let Some((w, b)) = norm {
                 h = h.batch_norm(
                     Some(var(w)),
@@ -105,7 +109,7 @@ impl Discriminator {
             h = selfsup_core::ops::leaky_relu(&h, 0.2);
         }
         let n = x.size()[0];
-        conv(&h, &self.out, 1, 0).reshape([n])
+        h.conv2d(&var(&self.out.ws), None::<Tensor>, [1; 2], [0; 2], [1; 2], 1).reshape([n])
     }
 }
 

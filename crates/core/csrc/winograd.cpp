@@ -25,6 +25,15 @@
 // views of the activations, the passes oneDNN's 1x1 kernels run slower than MKL's GEMM
 // (`plan`; measured in `bench/README.md`, "The transforms as loops, and 1×1 convolutions as
 // matrix products").
+//
+// The 4x4 convolution with stride 2 and padding 1 (DCGAN's discriminator: the context encoder's
+// adversary) takes the backward pass to the weights only. On the space-to-depth form of its
+// padded input, s[n, I, J, (a, b, c)] = x_pad[n, 2I + a, 2J + b, c], it is the valid 2x2
+// convolution of 4C channels with w'[k, (a, b, c), p, q] = w[k, c, 2p + a, 2q + b], whose weight
+// gradient is F(2x2, 2x2)'s (α = 3: 9 products a tile against the direct 16) by the same tile
+// loops, padding 0 (`weight_grad_down`). Its forward pass and backward pass to the input stay
+// oneDNN's, which run near the machine's peak at the discriminator's shapes; its backward pass
+// to the weights runs at half of it.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
@@ -38,20 +47,23 @@
 
 namespace {
 
-// The filter transform of F(2, r), r = 3 or 5 (α = r + 1 points: 0, ±1, then ±2, and ∞), as a
-// Kronecker product for row-major vec: vec(G g Gᵀ) = kG vec(g) (α² x r²); Bᵀ and Aᵀ are
-// `Points` below. F(2x2, 3x3) is Lavin & Gray's; F(2x2, 5x5) the Cook-Toom construction over the
-// same points as their F(4x4, 3x3) (its Bᵀ is theirs), checked against the direct convolution
-// by the tests.
+// The filter transform of F(2, r), r = 2, 3 or 5 (α = r + 1 points: 0, ±1, then ±2, and ∞; for
+// r = 2: 0, 1 and ∞), as a Kronecker product for row-major vec: vec(G g Gᵀ) = kG vec(g) (α² x
+// r²); Bᵀ and Aᵀ are `Points` below. F(2x2, 3x3) is Lavin & Gray's; F(2x2, 5x5) the Cook-Toom
+// construction over the same points as their F(4x4, 3x3) (its Bᵀ is theirs); F(2x2, 2x2) is
+// y0 = (d0 - d1) g0 + d1 (g0 + g1), y1 = d1 (g0 + g1) + (d2 - d1) g1. All checked against the
+// direct convolution by the tests.
 struct Transforms {
   at::Tensor kG;
   explicit Transforms(int64_t r) {
     auto f = at::TensorOptions().dtype(at::kDouble);
     at::Tensor G;
-    if (r == 3) {
+    if (r == 2) {
+      G = at::tensor({1.0, 0.0, 1.0, 1.0, 0.0, 1.0}, f).view({3, 2});
+    } else if (r == 3) {
       G = at::tensor({1.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5, -0.5, 0.5, 0.0, 0.0, 1.0}, f).view({4, 3});
     } else {
-      TORCH_CHECK(r == 5, "Winograd convolution: ", r, "x", r, " filters (3x3 or 5x5 only)");
+      TORCH_CHECK(r == 5, "Winograd convolution: ", r, "x", r, " filters (2x2, 3x3 or 5x5 only)");
       const double s = 1.0 / 6, t = 1.0 / 24, u = 1.0 / 12, v = 1.0 / 3;
       G = at::tensor({0.25, 0.0, 0.0, 0.0, 0.0,  //
                       -s,   -s,  -s,  -s,  -s,   //
@@ -67,8 +79,8 @@ struct Transforms {
 };
 
 const Transforms& transforms(int64_t r) {
-  static const Transforms t3(3), t5(5);
-  return r == 3 ? t3 : t5;
+  static const Transforms t2(2), t3(3), t5(5);
+  return r == 2 ? t2 : r == 3 ? t3 : t5;
 }
 
 // Tiles of one side: ceil(side / 2).
@@ -77,6 +89,11 @@ int64_t tiles(int64_t side) { return (side + 1) / 2; }
 // Bᵀ and Aᵀ of F(2, r) as constants for the transform loops (`Transforms` holds G).
 template <int R>
 struct Points;
+template <>
+struct Points<2> {
+  static constexpr float BT[3][3] = {{1, -1, 0}, {0, 1, 0}, {0, -1, 1}};
+  static constexpr float AT[2][3] = {{1, 1, 0}, {0, 1, 1}};
+};
 template <>
 struct Points<3> {
   static constexpr float BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
@@ -232,12 +249,9 @@ SELFSUP_INLINE void output_tiles_body(const float* m, int64_t K, Tiling g, float
 // each compiled per instruction set: `input_tiles_R`, Bᵀ d B of each tile's α x α patch of
 // `x`, padding (R - 1) / 2; `output_tiles_R`, Aᵀ m A into the NHWC output; `grad_tiles_R`,
 // A dY Aᵀ of each tile's 2 x 2 gradient dY of `dy` (n, H, W, K) (zero past the image's last
-// row and column).
-#define SELFSUP_TILE_LOOPS(R)                                                                      \
-  SELFSUP_CLONES void input_tiles_##R(const float* x, int64_t C, Tiling g, float* u,               \
-                                      int64_t t0, int64_t t1) {                                    \
-    patch_tiles<R, R + 1, (R - 1) / 2>(x, C, g, u, t0, t1);                                        \
-  }                                                                                                \
+// row and column). The 2x2 filters (the 4x4 stride-2 convolution's space-to-depth form) read
+// their input patches by `down_input_tiles` below.
+#define SELFSUP_OUTPUT_AND_GRAD_LOOPS(R)                                                           \
   SELFSUP_CLONES void output_tiles_##R(const float* m, int64_t K, Tiling g, float* y,              \
                                        int64_t t0, int64_t t1) {                                   \
     output_tiles_body<R>(m, K, g, y, t0, t1);                                                      \
@@ -246,8 +260,51 @@ SELFSUP_INLINE void output_tiles_body(const float* m, int64_t K, Tiling g, float
                                      int64_t t0, int64_t t1) {                                     \
     patch_tiles<R, 2, 0>(dy, K, g, v, t0, t1);                                                     \
   }
+#define SELFSUP_TILE_LOOPS(R)                                                                      \
+  SELFSUP_CLONES void input_tiles_##R(const float* x, int64_t C, Tiling g, float* u,               \
+                                      int64_t t0, int64_t t1) {                                    \
+    patch_tiles<R, R + 1, (R - 1) / 2>(x, C, g, u, t0, t1);                                        \
+  }                                                                                                \
+  SELFSUP_OUTPUT_AND_GRAD_LOOPS(R)
+SELFSUP_OUTPUT_AND_GRAD_LOOPS(2)
 SELFSUP_TILE_LOOPS(3)
 SELFSUP_TILE_LOOPS(5)
+
+// Tiles [t0, t1) of the 4x4 stride-2 convolution (padding 1) of `x` (n, H, W, C), NHWC, `g` its
+// output's tiling: `u` (9, T, 4C) gets Bᵀ d B of F(2x2, 2x2) of each tile's 3 x 3 patch of the
+// space-to-depth form s[I, J, (a, b, c)] = x[2I + a - 1, 2J + b - 1, c] (zero outside), read
+// from `x` directly, eight channels of one (a, b) at a time.
+SELFSUP_CLONES void down_input_tiles(const float* x, int64_t C, Tiling g, float* u, int64_t t0,
+                                     int64_t t1) {
+  const int64_t T = g.count();
+  v8 d[3][3], v[3][3];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t img = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
+    for (int64_t ab = 0; ab < 4; ++ab) {
+      for (int64_t c0 = 0; c0 < C; c0 += 8) {
+        const int64_t cb = std::min<int64_t>(8, C - c0);
+#pragma GCC unroll 8
+        for (int i = 0; i < 3; ++i) {
+          const int64_t h = 2 * (2 * ty + i) + ab / 2 - 1;
+#pragma GCC unroll 8
+          for (int j = 0; j < 3; ++j) {
+            const int64_t w = 2 * (2 * tx + j) + ab % 2 - 1;
+            const bool inside = h >= 0 && h < g.H && w >= 0 && w < g.W;
+            d[i][j] = inside ? load8(x + ((img * g.H + h) * g.W + w) * C + c0, cb) : v8{};
+          }
+        }
+        transform(Points<2>::BT, d, v);
+#pragma GCC unroll 8
+        for (int i = 0; i < 3; ++i) {
+#pragma GCC unroll 8
+          for (int j = 0; j < 3; ++j) {
+            store8(u + ((i * 3 + j) * T + t) * 4 * C + ab * C + c0, v[i][j], cb);
+          }
+        }
+      }
+    }
+  }
+}
 
 using TileLoop = void (*)(const float*, int64_t, Tiling, float*, int64_t, int64_t);
 
@@ -293,7 +350,7 @@ at::Tensor filter_tiles(const at::Tensor& w) {
 // `m` (α², n·th·tw, K) of n images.
 void output_of_tiles(const at::Tensor& m, int64_t r, at::Tensor y) {
   const Tiling g{y.size(0), y.size(1), y.size(2), y.size(1) / 2, y.size(2) / 2};
-  for_tiles(r == 3 ? output_tiles_3 : output_tiles_5, m, g, y);
+  for_tiles(r == 2 ? output_tiles_2 : r == 3 ? output_tiles_3 : output_tiles_5, m, g, y);
 }
 
 // `(B, M, N)`: the products `a[i] b[i]` of `a` (B, M, L) and `b` (B, L, N), one matrix product
@@ -398,6 +455,55 @@ at::Tensor weight_grad_winograd(const at::Tensor& x, const at::Tensor& dy, int64
   return gw.permute({3, 2, 0, 1}).contiguous(format);
 }
 
+// The gradient to `w` (K, C, 4, 4) of the convolution of `x` (N, C, H, W), H and W even, with
+// stride 2 and padding 1, given `dy` (N, K, H / 2, W / 2): F(2x2, 2x2) on the space-to-depth
+// form of the padded input (see the file's header), in pieces of images as the others.
+// `(9, T, 4C)`: the transformed 3 x 3 patches Bᵀ d B of every 2 x 2 output tile of `x` (n, C,
+// H, W), H and W even, in the space-to-depth form of the 4x4 stride-2 convolution.
+at::Tensor down_tiles(const at::Tensor& x) {
+  const int64_t H = x.size(2), W = x.size(3);
+  const Tiling g{x.size(0), H, W, tiles(H / 2), tiles(W / 2)};
+  return run_tiles(down_input_tiles, nhwc(x), g, 9, 4 * x.size(1));
+}
+
+// The 4x4 convolution of `x` (N, C, H, W), H and W even, with `w` (K, C, 4, 4), stride 2 and
+// padding 1: F(2x2, 2x2) on the space-to-depth form, with w'[k, (a, b, c), p, q] = w[k, c, 2p +
+// a, 2q + b].
+at::Tensor forward_down(const at::Tensor& x, const at::Tensor& w, at::MemoryFormat format) {
+  const int64_t N = x.size(0), C = x.size(1), K = w.size(0);
+  const int64_t Ho = x.size(2) / 2, Wo = x.size(3) / 2, th = tiles(Ho), tw = tiles(Wo);
+  const at::Tensor wd =
+      w.reshape({K, C, 2, 2, 2, 2}).permute({0, 3, 5, 1, 2, 4}).reshape({K, 4 * C, 2, 2});
+  const at::Tensor v = filter_tiles(wd);
+  at::Tensor y = at::empty({N, 2 * th, 2 * tw, K}, x.options());
+  const int64_t step = images_per_piece(2, Ho, Wo, std::max(4 * C, K));
+  for (int64_t n0 = 0; n0 < N; n0 += step) {
+    const int64_t n = std::min(step, N - n0);
+    output_of_tiles(products(down_tiles(x.narrow(0, n0, n)), v), 2, y.narrow(0, n0, n));
+  }
+  at::Tensor out = y.permute({0, 3, 1, 2});
+  if (2 * th != Ho || 2 * tw != Wo) out = out.slice(2, 0, Ho).slice(3, 0, Wo);
+  return out.contiguous(format);
+}
+
+at::Tensor weight_grad_down(const at::Tensor& x, const at::Tensor& dy, at::MemoryFormat format) {
+  const int64_t N = x.size(0), C = x.size(1), K = dy.size(1);
+  const int64_t Ho = dy.size(2), Wo = dy.size(3);
+  const Transforms& t = transforms(2);
+  at::Tensor p = at::zeros({9, 4 * C, K}, x.options());
+  const int64_t step = images_per_piece(2, Ho, Wo, std::max(4 * C, K));
+  for (int64_t n0 = 0; n0 < N; n0 += step) {
+    const int64_t n = std::min(step, N - n0);
+    const at::Tensor dyn = dy.narrow(0, n0, n);
+    const at::Tensor v = run_tiles(grad_tiles_2, nhwc(dyn), tiling(dyn), 9, K);
+    const at::Tensor u = down_tiles(x.narrow(0, n0, n));
+    for (int64_t i = 0; i < 9; ++i) p[i].addmm_(u[i].t(), v[i]);
+  }
+  // (p, q, a, b, c, k) -> w[k, c, 2p + a, 2q + b].
+  at::Tensor gw = t.kG.t().mm(p.view({9, 4 * C * K})).view({2, 2, 2, 2, C, K});
+  return gw.permute({5, 4, 0, 2, 1, 3}).reshape({K, C, 4, 4}).contiguous(format);
+}
+
 // Which passes run by Winograd (bit 0 forward, 1 to the input, 2 to the weights); the others
 // call libtorch's convolution.
 struct Plan {
@@ -455,6 +561,48 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
   }
 };
 
+// The 4x4 convolution with stride 2 and padding 1: forward and backward to the input by
+// libtorch, backward to the weights by `weight_grad_down`.
+struct DownConv : public torch::autograd::Function<DownConv> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const at::Tensor& w, int64_t bits) {
+    ctx->save_for_backward({x, w});
+    ctx->saved_data["bits"] = bits;
+    if (bits & 1) return forward_down(x, w, x.suggest_memory_format());
+    return at::convolution(x, w, {}, {2, 2}, {1, 1}, {1, 1}, false, {0, 0}, 1);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "Winograd convolution has no double backward (create_graph)");
+    auto s = ctx->get_saved_variables();
+    const at::Tensor &x = s[0], &w = s[1];
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor()};
+    const at::Tensor dy = grads[0].contiguous(x.suggest_memory_format());
+    const bool weight = ctx->saved_data["bits"].toInt() & 4;
+    const bool want_x = ctx->needs_input_grad(0), want_w = ctx->needs_input_grad(1);
+    at::Tensor dx, dw;
+    if (want_w && weight) dw = weight_grad_down(x, dy, w.suggest_memory_format());
+    if (want_x || (want_w && !weight)) {
+      auto g = at::convolution_backward(dy, x, w, std::nullopt, {2, 2}, {1, 1}, {1, 1}, false,
+                                        {0, 0}, 1, {want_x, want_w && !weight, false});
+      if (want_x) dx = std::get<0>(g);
+      if (want_w && !weight) dw = std::get<1>(g);
+    }
+    return {dx, dw, at::Tensor()};
+  }
+};
+
+// Whether the shim may take a convolution of `x` with `w`: dense float CPU tensors, autocast
+// off for the CPU, oneDNN on (off: a deterministic run, left to libtorch).
+bool takes(const at::Tensor& x, const at::Tensor& w) {
+  const bool dense = x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  return x.device().is_cpu() && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
+         w.device().is_cpu() && dense && !at::autocast::is_autocast_enabled(at::kCPU) &&
+         at::globalContext().userEnabledMkldnn();
+}
+
 }  // namespace
 
 extern "C" {
@@ -470,18 +618,34 @@ int selfsup_conv_winograd(const at::Tensor* x, const at::Tensor* w, int bits, at
                           char* err, size_t err_len) {
   int took = 0;
   const int rc = selfsup::guarded(err, err_len, [&] {
-    const bool dense = x->is_contiguous() || x->is_contiguous(at::MemoryFormat::ChannelsLast);
-    if ((bits & 7) == 0 || !x->device().is_cpu() || x->scalar_type() != at::kFloat ||
-        w->scalar_type() != at::kFloat || !w->device().is_cpu() || !dense ||
-        at::autocast::is_autocast_enabled(at::kCPU) || !at::globalContext().userEnabledMkldnn()) {
-      return;
-    }
+    if ((bits & 7) == 0 || !takes(*x, *w)) return;
     const int64_t r = w->dim() == 4 ? w->size(2) : 0;
     TORCH_CHECK(x->dim() == 4 && (r == 1 || r == 3 || r == 5) && w->size(3) == r &&
                     w->size(1) == x->size(1),
                 "Winograd convolution: input ", x->sizes(), " and weight ", w->sizes(),
                 " (expected (N, C, H, W) and (K, C, r, r), r = 1, 3 or 5)");
     *out = new at::Tensor(WinogradConv::apply(*x, *w, static_cast<int64_t>(bits & 7)));
+    took = 1;
+  });
+  return rc != 0 ? rc : took;
+}
+
+// `*out` = a new handle to the convolution of `x` (N, C, H, W) with `w` (K, C, 4, 4), stride 2,
+// padding 1, no bias, its backward pass to the weights by F(2x2, 2x2) on the space-to-depth
+// form, the other passes by libtorch; differentiable in both. Returns 1 when it took it, 0 when
+// it left it to the caller (as `selfsup_conv_winograd`, and for odd H or W), or -1 with
+// libtorch's message in `err`.
+int selfsup_conv_down(const at::Tensor* x, const at::Tensor* w, int bits, at::Tensor** out,
+                      char* err, size_t err_len) {
+  int took = 0;
+  const int rc = selfsup::guarded(err, err_len, [&] {
+    if ((bits & 5) == 0 || !takes(*x, *w)) return;
+    TORCH_CHECK(x->dim() == 4 && w->dim() == 4 && w->size(2) == 4 && w->size(3) == 4 &&
+                    w->size(1) == x->size(1),
+                "4x4 stride-2 convolution: input ", x->sizes(), " and weight ", w->sizes(),
+                " (expected (N, C, H, W) and (K, C, 4, 4))");
+    if (x->size(2) % 2 != 0 || x->size(3) % 2 != 0) return;
+    *out = new at::Tensor(DownConv::apply(*x, *w, static_cast<int64_t>(bits & 5)));
     took = 1;
   });
   return rc != 0 ? rc : took;

@@ -2,11 +2,13 @@
 //! libtorch (oneDNN) and by selfsup's Winograd F(2×2, r×r) (1×1: matrix products;
 //! `selfsup_core::encoders::conv`), at the layer shapes of ResNet-18 (CIFAR stem), the NIN-192,
 //! the cpu profiles' AlexNet-24 and NINs: the measurements behind
-//! [`selfsup_core::encoders::conv::plan`]. Milliseconds, medians of 7 calls after 2; the
-//! backward passes timed alone on a kept graph.
+//! [`selfsup_core::encoders::conv::plan`]; then the backward pass to the weights of the 4×4
+//! stride-2 convolutions of the context encoder's discriminator, by oneDNN and by F(2×2, 2×2) on
+//! the space-to-depth form (`conv_down_winograd`, [`selfsup_core::encoders::conv::plan_down`]).
+//! Milliseconds, medians of 7 calls after 2; the backward passes timed alone on a kept graph.
 //!
 //! Run: `cargo run --release -p selfsup-core --example winograd_probe [-- THREADS]` (default 2).
-use selfsup_core::encoders::conv::{conv_winograd, Plan};
+use selfsup_core::encoders::conv::{conv_down_winograd, conv_winograd, Plan};
 use selfsup_core::precision::to_channels_last;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -90,6 +92,32 @@ fn main() -> Result<()> {
         }
         let layer = format!("{r}×{r}, {c}→{k}, {side}×{side}");
         println!("| {layer} | {} | {} | {} |", cells[0], cells[1], cells[2]);
+    }
+    println!("\n| 4×4 stride 2, channels, side | forward | backward to weights |");
+    println!("|---|---:|---:|");
+    // The discriminator of the context encoder's cpu profile (32 px, width 64) and of its paper
+    // profile (128 px: the layers after the first).
+    for (c, k, side) in [
+        (3, 64, 32),
+        (64, 128, 16),
+        (128, 256, 8),
+        (64, 128, 64),
+        (128, 256, 32),
+        (256, 512, 16),
+        (512, 512, 8),
+    ] {
+        let opts = (Kind::Float, Device::Cpu);
+        let x = to_channels_last(&Tensor::randn([128, c, side, side], opts))?;
+        let w = to_channels_last(&Tensor::randn([k, c, 4, 4], opts))?.set_requires_grad(true);
+        let direct = || x.conv2d(&w, None::<&Tensor>, [2, 2], [1, 1], [1, 1], 1);
+        let ours = || -> Result<Tensor> {
+            Ok(conv_down_winograd(&x, &w, Plan::ALL)?.ok_or("the shim did not take it")?)
+        };
+        let f0 = median_ms(|| drop(tch::no_grad(direct)));
+        let f1 = median_ms(|| drop(tch::no_grad(ours)));
+        let [a, b] = [direct(), ours()?]
+            .map(|y| median_ms(|| drop(Tensor::run_backward(&[&y], &[&w], true, false))));
+        println!("| {c}→{k}, {side}×{side} | {f0:.1} / {f1:.1} | {a:.1} / {b:.1} |");
     }
     Ok(())
 }

@@ -23,6 +23,12 @@
 //! there; [`plan`]'s thresholds are an AVX2 machine's), strides, dilations, groups and biases.
 //! `SELFSUP_WINOGRAD=off` turns it off, `=all` takes it for every pass of every layer it can
 //! take (for measuring), `=auto` is the default.
+//!
+//! The 4×4 convolution with stride 2 and padding 1 of DCGAN's discriminator (the context
+//! encoder's adversary) is, on the space-to-depth form of its padded input, a valid 2×2
+//! convolution of 4C channels: its backward pass to the weights, where oneDNN's kernel runs at
+//! half the rate of its forward one, and at larger maps its forward pass take F(2×2, 2×2)
+//! there ([`conv_down`], [`plan_down`]).
 use std::os::raw::{c_char, c_int, c_void};
 use std::sync::OnceLock;
 
@@ -38,6 +44,14 @@ extern "C" {
         err_len: usize,
     ) -> c_int;
     fn selfsup_winograd_piece_bytes(bytes: i64) -> i64;
+    fn selfsup_conv_down(
+        x: *const c_void,
+        w: *const c_void,
+        bits: c_int,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
 }
 
 /// Sets how many bytes of transformed tiles one piece of a Winograd pass may hold (default
@@ -134,6 +148,79 @@ pub fn plan(r: i64, c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
     Plan { forward: small, input: small, weight: true }
 }
 
+/// The passes of a 4×4 convolution with stride 2 and padding 1 from `c` to `k` channels at an
+/// `h × w` input that run by F(2×2, 2×2) on the space-to-depth form ([`conv_down_winograd`])
+/// on a CPU without AVX-512 (`avx512`: whether it has it: then none); the backward pass to the
+/// input is always libtorch's.
+///
+/// Measured as [`plan`] (`winograd_probe`, 2 cores of an AMD EPYC Zen 3, fp32 channels-last,
+/// batch 128; `bench/README.md`, "The discriminator's 4×4 stride-2 convolutions by Winograd"),
+/// at the context encoder's discriminator layers: the backward pass to the weights, where
+/// oneDNN's kernel runs at half the rate of its forward one, is faster from 64 channels on
+/// (1.35-1.4× at the cpu profile's 64→128 at 16×16 and 128→256 at 8×8, 1.8-3.1× at the paper
+/// profile's wider maps), slower at the first layer (3 channels in: 2.6×); the forward pass
+/// is faster from 16×16 inputs on (1.1× at 64→128, 1.1-1.4× at the paper profile's) and with
+/// 256 channels and more (512→512 at 8×8: 1.9×), slower at 128→256 at 8×8 (0.95×).
+pub fn plan_down(c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
+    let channels = c.min(k);
+    if avx512 || channels < 64 || c * k * h * w < 1 << 21 {
+        return Plan::default();
+    }
+    Plan { forward: h * w >= 256 || channels >= 256, input: false, weight: true }
+}
+
+/// The 4×4 convolution with stride 2, padding 1 and no bias of `xs` with `ws`, with the
+/// forward pass and the backward pass to the weights by F(2×2, 2×2) on the space-to-depth form
+/// of the input where `plan` says (`input` is ignored: always libtorch's) and the others by
+/// libtorch, as one autograd function; `Ok(None)` when it does not take the convolution (no
+/// forward or weight pass in `plan`, not dense float CPU tensors, autocast on, oneDNN off, an
+/// odd side), `Err` with libtorch's message when it refuses the shapes.
+///
+/// # Shapes
+/// `xs`: `(N, C, H, W)`, NCHW or channels-last; `ws`: `(K, C, 4, 4)`; returns
+/// `(N, K, H / 2, W / 2)` in the memory format of `xs`.
+pub fn conv_down_winograd(xs: &Tensor, ws: &Tensor, plan: Plan) -> Result<Option<Tensor>, String> {
+    // SAFETY: as `conv_winograd`'s.
+    crate::ops::shim_tensor(|out, err, len| unsafe {
+        selfsup_conv_down(xs.as_ptr().cast(), ws.as_ptr().cast(), plan.bits(), out, err, len)
+    })
+}
+
+/// The 4×4 convolution with stride 2, padding 1 and no bias of `xs` with `ws`: the passes
+/// `SELFSUP_WINOGRAD` and [`plan_down`] give by [`conv_down_winograd`] where it takes them, the
+/// rest libtorch's.
+///
+/// # Shapes
+/// `xs`: `(N, C, H, W)`; `ws`: `(K, C, 4, 4)`; returns `(N, K, ⌊H / 2⌋, ⌊W / 2⌋)`.
+///
+/// # Panics
+/// When libtorch refuses the shapes, with its message (as `nn::Module::forward`).
+pub fn conv_down(xs: &Tensor, ws: &Tensor) -> Tensor {
+    let plan = match (mode(), xs.dim() == 4 && ws.dim() == 4) {
+        (Mode::Off, _) | (_, false) => Plan::default(),
+        (Mode::All, true) => Plan::ALL,
+        (Mode::Auto, true) => {
+            let (s, k) = (xs.size(), ws.size());
+            plan_down(s[1], k[0], s[2], s[3], avx512())
+        }
+    };
+    if plan != Plan::default() {
+        match conv_down_winograd(xs, ws, plan) {
+            Ok(Some(y)) => return y,
+            Ok(None) => {}
+            // The module interface has no error path; libtorch's message says what.
+            Err(e) => panic!("{e}"),
+        }
+    }
+    xs.conv2d(ws, None::<&Tensor>, [2, 2], [1, 1], [1, 1], 1)
+}
+
+/// Whether this CPU has AVX-512 (read once).
+fn avx512() -> bool {
+    static AVX512: OnceLock<bool> = OnceLock::new();
+    *AVX512.get_or_init(has_avx512)
+}
+
 fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -197,10 +284,7 @@ impl Conv2d {
         match mode() {
             Mode::Off => Plan::default(),
             Mode::All => Plan::ALL,
-            Mode::Auto => {
-                static AVX512: OnceLock<bool> = OnceLock::new();
-                plan(k[2], s[1], k[0], s[2], s[3], *AVX512.get_or_init(has_avx512))
-            }
+            Mode::Auto => plan(k[2], s[1], k[0], s[2], s[3], avx512()),
         }
     }
 }
@@ -339,6 +423,94 @@ mod tests {
         assert!(under_autocast, "autocast");
         let err = conv_winograd(&x, &w.narrow(1, 0, 3), Plan::ALL).unwrap_err();
         assert!(err.contains("Winograd convolution: input [2, 4, 4, 4]"), "{err}");
+    }
+
+    #[test]
+    fn the_stride_2_convolution_matches_the_direct_one_whole_and_in_pieces() {
+        tch::manual_seed(2);
+        let opts = (Kind::Float, Device::Cpu);
+        let direct =
+            |x: &Tensor, w: &Tensor| x.conv2d(w, None::<&Tensor>, [2, 2], [1, 1], [1, 1], 1);
+        // Sides with an even and an odd number of output rows, NCHW and channels-last, channel
+        // counts off the blocks of eight; then pieces of one image.
+        for (n, c, k, h, w, cl, piece) in [
+            (3, 5, 7, 8, 8, false, None),
+            (2, 8, 16, 6, 10, true, None),
+            (4, 3, 9, 4, 2, true, None),
+            (5, 16, 12, 8, 6, false, Some(1)),
+            (3, 12, 8, 10, 4, true, Some(1)),
+        ] {
+            let mut x = Tensor::randn([n, c, h, w], opts);
+            let mut dy = Tensor::randn([n, k, h / 2, w / 2], opts);
+            if cl {
+                x = crate::precision::to_channels_last(&x).unwrap();
+                dy = crate::precision::to_channels_last(&dy).unwrap();
+            }
+            let wt = Tensor::randn([k, c, 4, 4], opts) * 0.2;
+            let want = passes(&x, &wt, &dy, direct);
+            for plan in [Plan::ALL, Plan { weight: true, ..Plan::default() }] {
+                let before = piece.map(|b| piece_bytes(Some(b)));
+                let got = passes(&x, &wt, &dy, |x, w| {
+                    conv_down_winograd(x, w, plan).unwrap().expect("taken")
+                });
+                if let Some(b) = before {
+                    piece_bytes(Some(b));
+                }
+                let what = format!("{n}x{c}x{h}x{w} -> {k}, cl {cl}, pieces {piece:?}, {plan:?}");
+                assert_eq!(got.0.size(), [n, k, h / 2, w / 2], "{what}");
+                let format = crate::precision::is_channels_last(&got.0);
+                assert_eq!(format, cl, "{what}: output in the input's memory format");
+                if plan.forward {
+                    let e = max_rel(&got.0, &want.0);
+                    assert!(e < 1e-6, "{what}: output off by {e:e} of its largest value");
+                } else {
+                    assert!(got.0.equal(&want.0), "{what}: libtorch's forward pass");
+                }
+                assert!(got.1.equal(&want.1), "{what}: libtorch's backward pass to the input");
+                assert_eq!(got.2.size(), [k, c, 4, 4], "{what}");
+                let e = max_rel(&got.2, &want.2);
+                assert!(e < 1e-5, "{what}: weight gradient off by {e:e} of its largest value");
+            }
+        }
+    }
+
+    #[test]
+    fn the_stride_2_convolution_leaves_odd_sides_and_frozen_weights_to_libtorch() {
+        let opts = (Kind::Float, Device::Cpu);
+        let w = Tensor::randn([4, 3, 4, 4], opts);
+        let odd = Tensor::randn([2, 3, 7, 8], opts);
+        assert!(conv_down_winograd(&odd, &w, Plan::ALL).unwrap().is_none(), "odd side");
+        assert_eq!(conv_down(&odd, &w).size(), [2, 4, 3, 4], "libtorch's, floor(7 / 2)");
+        let x = Tensor::randn([2, 3, 8, 8], opts);
+        let xb = x.to_kind(Kind::BFloat16);
+        assert!(
+            conv_down_winograd(&xb, &w.to_kind(Kind::BFloat16), Plan::ALL).unwrap().is_none(),
+            "bf16"
+        );
+        let err = conv_down_winograd(&x, &w.narrow(1, 0, 2), Plan::ALL).unwrap_err();
+        assert!(err.contains("4x4 stride-2 convolution: input [2, 3, 8, 8]"), "{err}");
+        // Weights held constant (the generator's scoring): the input's gradient only.
+        let xg = x.set_requires_grad(true);
+        let y = conv_down_winograd(&xg, &w, Plan::ALL).unwrap().unwrap();
+        y.sum(Kind::Float).backward();
+        assert!(xg.grad().defined() && !w.grad().defined());
+    }
+
+    #[test]
+    fn the_plan_takes_the_discriminators_wide_layers() {
+        let weight = Plan { weight: true, ..Plan::default() };
+        let both = Plan { forward: true, ..weight };
+        // The context encoder's discriminator at the cpu profile (32 px, width 64).
+        assert_eq!(plan_down(3, 64, 32, 32, false), Plan::default(), "3 channels in");
+        assert_eq!(plan_down(64, 128, 16, 16, false), both);
+        assert_eq!(plan_down(128, 256, 8, 8, false), weight);
+        // The paper profile's (128 px), after the first.
+        assert_eq!(plan_down(64, 128, 64, 64, false), both);
+        assert_eq!(plan_down(128, 256, 32, 32, false), both);
+        assert_eq!(plan_down(256, 512, 16, 16, false), both);
+        assert_eq!(plan_down(512, 512, 8, 8, false), both);
+        assert_eq!(plan_down(128, 256, 8, 8, true), Plan::default(), "not measured with AVX-512");
+        assert_eq!(plan_down(32, 64, 16, 16, false), Plan::default(), "narrow");
     }
 
     #[test]
