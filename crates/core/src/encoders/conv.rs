@@ -155,12 +155,12 @@ pub fn plan(r: i64, c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
 ///
 /// Measured as [`plan`] (`winograd_probe`, 2 cores of an AMD EPYC Zen 3, fp32 channels-last,
 /// batch 128; `bench/README.md`, "The discriminator's 4×4 stride-2 convolutions by Winograd"),
-/// at the context encoder's discriminator layers: the backward pass to the weights, where
-/// oneDNN's kernel runs at half the rate of its forward one, is faster from 64 channels on
-/// (1.35-1.4× at the cpu profile's 64→128 at 16×16 and 128→256 at 8×8, 1.8-3.1× at the paper
-/// profile's wider maps), slower at the first layer (3 channels in: 2.6×); the forward pass
-/// is faster from 16×16 inputs on (1.1× at 64→128, 1.1-1.4× at the paper profile's) and with
-/// 256 channels and more (512→512 at 8×8: 1.9×), slower at 128→256 at 8×8 (0.95×).
+/// at the context encoder's discriminator layers, two runs: the backward pass to the weights,
+/// where oneDNN's kernel runs at half the rate of its forward one, is faster from 64 channels on
+/// (1.35-1.56× at the cpu profile's 64→128 at 16×16 and 128→256 at 8×8, 1.8-3.1× at the paper
+/// profile's larger maps), 2.6-2.9× slower at the first layer (3 channels in); the forward pass
+/// is faster from 16×16 inputs on (1.07× at 64→128, 1.1-1.4× at the paper profile's) and with
+/// 256 channels and more (512→512 at 8×8: 1.3-1.9×), slower at 128→256 at 8×8 (0.95-0.99×).
 pub fn plan_down(c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
     let channels = c.min(k);
     if avx512 || channels < 64 || c * k * h * w < 1 << 21 {
