@@ -27,13 +27,15 @@
 // matrix products").
 //
 // The 4x4 convolution with stride 2 and padding 1 (DCGAN's discriminator: the context encoder's
-// adversary) takes the backward pass to the weights only. On the space-to-depth form of its
-// padded input, s[n, I, J, (a, b, c)] = x_pad[n, 2I + a, 2J + b, c], it is the valid 2x2
-// convolution of 4C channels with w'[k, (a, b, c), p, q] = w[k, c, 2p + a, 2q + b], whose weight
-// gradient is F(2x2, 2x2)'s (α = 3: 9 products a tile against the direct 16) by the same tile
-// loops, padding 0 (`weight_grad_down`). Its forward pass and backward pass to the input stay
-// oneDNN's, which run near the machine's peak at the discriminator's shapes; its backward pass
-// to the weights runs at half of it.
+// adversary) takes the same path with r = 4. On the space-to-depth form of its padded input,
+// s[n, I, J, (a, b, c)] = x_pad[n, 2I + a, 2J + b, c], it is the valid 2x2 convolution of 4C
+// channels with w'[k, (a, b, c), p, q] = w[k, c, 2p + a, 2q + b]: its forward pass and its
+// weight gradient are F(2x2, 2x2)'s (α = 3: 9 products a tile against the direct 16), the
+// patches of s read from the NHWC input directly (`down_input_tiles`), the rest by the tile
+// loops above with r = 2 (`forward_down`, `weight_grad_down`). Its backward pass to the input
+// stays libtorch's (as a full 2x2 correlation its tiles would cover (H/2 + 1)² outputs for
+// (H/2)²). oneDNN's forward kernel runs near the machine's peak at the discriminator's smaller
+// shapes, its backward pass to the weights at half of it (`plan_down` on the Rust side).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
@@ -511,14 +513,24 @@ struct Plan {
   explicit Plan(int bits) : forward(bits & 1), input(bits & 2), weight(bits & 4) {}
 };
 
-// The forward pass by Winograd (3x3, 5x5) or as matrix products (1x1), in `format`.
+// The convolution of an r x r filter: stride 1 and padding (r - 1) / 2 (r = 1, 3, 5), or stride
+// 2 and padding 1 (r = 4).
+int64_t stride_of(int64_t r) { return r == 4 ? 2 : 1; }
+int64_t padding_of(int64_t r) { return r == 4 ? 1 : (r - 1) / 2; }
+
+// The forward pass by Winograd (3x3, 5x5; 4x4 stride 2 on the space-to-depth form) or as
+// matrix products (1x1), in `format`.
 at::Tensor fast_forward(const at::Tensor& x, const at::Tensor& w, at::MemoryFormat format) {
-  return w.size(2) == 1 ? forward_pointwise(x, w, format) : forward_winograd(x, w, format);
+  switch (w.size(2)) {
+    case 1: return forward_pointwise(x, w, format);
+    case 4: return forward_down(x, w, format);
+    default: return forward_winograd(x, w, format);
+  }
 }
 
 at::Tensor libtorch_forward(const at::Tensor& x, const at::Tensor& w) {
-  const int64_t p = (w.size(2) - 1) / 2;
-  return at::convolution(x, w, {}, {1, 1}, {p, p}, {1, 1}, false, {0, 0}, 1);
+  const int64_t r = w.size(2), s = stride_of(r), p = padding_of(r);
+  return at::convolution(x, w, {}, {s, s}, {p, p}, {1, 1}, false, {0, 0}, 1);
 }
 
 struct WinogradConv : public torch::autograd::Function<WinogradConv> {
@@ -545,50 +557,19 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
     if (want_x && plan.input) {
       dx = fast_forward(dy, w.flip({2, 3}).transpose(0, 1), format);
     }
-    const int64_t r = w.size(2), p = (r - 1) / 2;
+    const int64_t r = w.size(2), st = stride_of(r), p = padding_of(r);
     if (want_w && plan.weight) {
-      dw = r == 1 ? weight_grad_pointwise(x, dy, format, w.suggest_memory_format())
-                  : weight_grad_winograd(x, dy, r, w.suggest_memory_format());
+      const at::MemoryFormat w_format = w.suggest_memory_format();
+      dw = r == 1   ? weight_grad_pointwise(x, dy, format, w_format)
+           : r == 4 ? weight_grad_down(x, dy, w_format)
+                    : weight_grad_winograd(x, dy, r, w_format);
     }
     const bool rest_x = want_x && !plan.input, rest_w = want_w && !plan.weight;
     if (rest_x || rest_w) {
-      auto g = at::convolution_backward(dy, x, w, std::nullopt, {1, 1}, {p, p}, {1, 1}, false,
+      auto g = at::convolution_backward(dy, x, w, std::nullopt, {st, st}, {p, p}, {1, 1}, false,
                                         {0, 0}, 1, {rest_x, rest_w, false});
       if (rest_x) dx = std::get<0>(g);
       if (rest_w) dw = std::get<1>(g);
-    }
-    return {dx, dw, at::Tensor()};
-  }
-};
-
-// The 4x4 convolution with stride 2 and padding 1: forward and backward to the input by
-// libtorch, backward to the weights by `weight_grad_down`.
-struct DownConv : public torch::autograd::Function<DownConv> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                            const at::Tensor& w, int64_t bits) {
-    ctx->save_for_backward({x, w});
-    ctx->saved_data["bits"] = bits;
-    if (bits & 1) return forward_down(x, w, x.suggest_memory_format());
-    return at::convolution(x, w, {}, {2, 2}, {1, 1}, {1, 1}, false, {0, 0}, 1);
-  }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    TORCH_CHECK(!at::GradMode::is_enabled(),
-                "Winograd convolution has no double backward (create_graph)");
-    auto s = ctx->get_saved_variables();
-    const at::Tensor &x = s[0], &w = s[1];
-    if (!grads[0].defined()) return {at::Tensor(), at::Tensor()};
-    const at::Tensor dy = grads[0].contiguous(x.suggest_memory_format());
-    const bool weight = ctx->saved_data["bits"].toInt() & 4;
-    const bool want_x = ctx->needs_input_grad(0), want_w = ctx->needs_input_grad(1);
-    at::Tensor dx, dw;
-    if (want_w && weight) dw = weight_grad_down(x, dy, w.suggest_memory_format());
-    if (want_x || (want_w && !weight)) {
-      auto g = at::convolution_backward(dy, x, w, std::nullopt, {2, 2}, {1, 1}, {1, 1}, false,
-                                        {0, 0}, 1, {want_x, want_w && !weight, false});
-      if (want_x) dx = std::get<0>(g);
-      if (want_w && !weight) dw = std::get<1>(g);
     }
     return {dx, dw, at::Tensor()};
   }
@@ -607,45 +588,28 @@ bool takes(const at::Tensor& x, const at::Tensor& w) {
 
 extern "C" {
 
-// `*out` = a new handle to the convolution (stride 1, padding (r - 1) / 2, no bias) of `x` (N,
-// C, H, W) with `w` (K, C, r, r), r = 1, 3 or 5, with the passes in `bits` (1 forward, 2
-// backward to the input, 4 backward to the weights) by Winograd F(2x2, r x r) (r = 1: matrix
-// products) and the others by libtorch; differentiable in both. Returns 1 when it took the
-// convolution, 0 when it left it to the caller (nothing in `bits`, not dense float CPU tensors,
-// autocast on for the CPU, or oneDNN off: deterministic runs), or -1 with libtorch's message in
-// `err`.
+// `*out` = a new handle to the convolution (no bias) of `x` (N, C, H, W) with `w` (K, C, r, r):
+// r = 1, 3 or 5 with stride 1 and padding (r - 1) / 2, or r = 4 with stride 2 and padding 1;
+// the passes in `bits` (1 forward, 2 backward to the input, 4 backward to the weights) by
+// Winograd F(2x2, r x r) (r = 1: matrix products; r = 4: F(2x2, 2x2) on the space-to-depth
+// form, its backward pass to the input never) and the others by libtorch; differentiable in
+// both. Returns 1 when it took the convolution, 0 when it left it to the caller (nothing in
+// `bits` it can take, not dense float CPU tensors, autocast on for the CPU, oneDNN off:
+// deterministic runs, or r = 4 with an odd side), or -1 with libtorch's message in `err`.
 int selfsup_conv_winograd(const at::Tensor* x, const at::Tensor* w, int bits, at::Tensor** out,
                           char* err, size_t err_len) {
   int took = 0;
   const int rc = selfsup::guarded(err, err_len, [&] {
-    if ((bits & 7) == 0 || !takes(*x, *w)) return;
     const int64_t r = w->dim() == 4 ? w->size(2) : 0;
-    TORCH_CHECK(x->dim() == 4 && (r == 1 || r == 3 || r == 5) && w->size(3) == r &&
+    // The 4x4 stride-2 convolution's backward pass to the input is always libtorch's.
+    const int passes = bits & (r == 4 ? 5 : 7);
+    if (passes == 0 || !takes(*x, *w)) return;
+    TORCH_CHECK(x->dim() == 4 && (r == 1 || r == 3 || r == 4 || r == 5) && w->size(3) == r &&
                     w->size(1) == x->size(1),
                 "Winograd convolution: input ", x->sizes(), " and weight ", w->sizes(),
-                " (expected (N, C, H, W) and (K, C, r, r), r = 1, 3 or 5)");
-    *out = new at::Tensor(WinogradConv::apply(*x, *w, static_cast<int64_t>(bits & 7)));
-    took = 1;
-  });
-  return rc != 0 ? rc : took;
-}
-
-// `*out` = a new handle to the convolution of `x` (N, C, H, W) with `w` (K, C, 4, 4), stride 2,
-// padding 1, no bias, its backward pass to the weights by F(2x2, 2x2) on the space-to-depth
-// form, the other passes by libtorch; differentiable in both. Returns 1 when it took it, 0 when
-// it left it to the caller (as `selfsup_conv_winograd`, and for odd H or W), or -1 with
-// libtorch's message in `err`.
-int selfsup_conv_down(const at::Tensor* x, const at::Tensor* w, int bits, at::Tensor** out,
-                      char* err, size_t err_len) {
-  int took = 0;
-  const int rc = selfsup::guarded(err, err_len, [&] {
-    if ((bits & 5) == 0 || !takes(*x, *w)) return;
-    TORCH_CHECK(x->dim() == 4 && w->dim() == 4 && w->size(2) == 4 && w->size(3) == 4 &&
-                    w->size(1) == x->size(1),
-                "4x4 stride-2 convolution: input ", x->sizes(), " and weight ", w->sizes(),
-                " (expected (N, C, H, W) and (K, C, 4, 4))");
-    if (x->size(2) % 2 != 0 || x->size(3) % 2 != 0) return;
-    *out = new at::Tensor(DownConv::apply(*x, *w, static_cast<int64_t>(bits & 5)));
+                " (expected (N, C, H, W) and (K, C, r, r), r = 1, 3, 5, or 4 with stride 2)");
+    if (r == 4 && (x->size(2) % 2 != 0 || x->size(3) % 2 != 0)) return;
+    *out = new at::Tensor(WinogradConv::apply(*x, *w, static_cast<int64_t>(passes)));
     took = 1;
   });
   return rc != 0 ? rc : took;

@@ -44,14 +44,6 @@ extern "C" {
         err_len: usize,
     ) -> c_int;
     fn selfsup_winograd_piece_bytes(bytes: i64) -> i64;
-    fn selfsup_conv_down(
-        x: *const c_void,
-        w: *const c_void,
-        bits: c_int,
-        out: *mut *mut c_void,
-        err: *mut c_char,
-        err_len: usize,
-    ) -> c_int;
 }
 
 /// Sets how many bytes of transformed tiles one piece of a Winograd pass may hold (default
@@ -180,10 +172,12 @@ pub fn plan_down(c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
 /// `xs`: `(N, C, H, W)`, NCHW or channels-last; `ws`: `(K, C, 4, 4)`; returns
 /// `(N, K, H / 2, W / 2)` in the memory format of `xs`.
 pub fn conv_down_winograd(xs: &Tensor, ws: &Tensor, plan: Plan) -> Result<Option<Tensor>, String> {
-    // SAFETY: as `conv_winograd`'s.
-    crate::ops::shim_tensor(|out, err, len| unsafe {
-        selfsup_conv_down(xs.as_ptr().cast(), ws.as_ptr().cast(), plan.bits(), out, err, len)
-    })
+    let ks = ws.size();
+    if ks.len() != 4 || ks[2..] != [4, 4] {
+        return Err(format!("4×4 stride-2 convolution: weight {ks:?} (expected (K, C, 4, 4))"));
+    }
+    // The shim takes a 4×4 filter as this convolution.
+    conv_winograd(xs, ws, plan)
 }
 
 /// The 4×4 convolution with stride 2, padding 1 and no bias of `xs` with `ws`: the passes
@@ -237,7 +231,7 @@ fn has_avx512() -> bool {
 /// activations) and the others by libtorch, as one autograd
 /// function; `Ok(None)` when it does not take the convolution (an empty plan; not dense float
 /// CPU tensors; autocast on; oneDNN off), `Err` with libtorch's message when it refuses the
-/// shapes.
+/// shapes. A 4×4 `ws` is [`conv_down_winograd`]'s stride-2 convolution.
 ///
 /// # Shapes
 /// `xs`: `(N, C, H, W)`, NCHW or channels-last; `ws`: `(K, C, r, r)`; returns `(N, K, H, W)` in
@@ -480,15 +474,19 @@ mod tests {
         let w = Tensor::randn([4, 3, 4, 4], opts);
         let odd = Tensor::randn([2, 3, 7, 8], opts);
         assert!(conv_down_winograd(&odd, &w, Plan::ALL).unwrap().is_none(), "odd side");
-        assert_eq!(conv_down(&odd, &w).size(), [2, 4, 3, 4], "libtorch's, floor(7 / 2)");
+        let input = Plan { input: true, ..Plan::default() };
         let x = Tensor::randn([2, 3, 8, 8], opts);
+        assert!(conv_down_winograd(&x, &w, input).unwrap().is_none(), "its input pass: never");
+        assert_eq!(conv_down(&odd, &w).size(), [2, 4, 3, 4], "libtorch's, floor(7 / 2)");
         let xb = x.to_kind(Kind::BFloat16);
         assert!(
             conv_down_winograd(&xb, &w.to_kind(Kind::BFloat16), Plan::ALL).unwrap().is_none(),
             "bf16"
         );
         let err = conv_down_winograd(&x, &w.narrow(1, 0, 2), Plan::ALL).unwrap_err();
-        assert!(err.contains("4x4 stride-2 convolution: input [2, 3, 8, 8]"), "{err}");
+        assert!(err.contains("Winograd convolution: input [2, 3, 8, 8]"), "{err}");
+        let err = conv_down_winograd(&x, &w.narrow(2, 0, 3), Plan::ALL).unwrap_err();
+        assert_eq!(err, "4×4 stride-2 convolution: weight [4, 3, 3, 4] (expected (K, C, 4, 4))");
         // Weights held constant (the generator's scoring): the input's gradient only.
         let xg = x.set_requires_grad(true);
         let y = conv_down_winograd(&xg, &w, Plan::ALL).unwrap().unwrap();
