@@ -9,8 +9,9 @@
 //! prediction; its random-mask model the whole output).
 //!
 //! Its 4×4 stride-2 convolutions are `selfsup_core`'s [`conv_down`]: on the CPU, the backward
-//! pass to the weights (and at large maps the forward pass) of the layers from 64 channels on
-//! by Winograd's F(2×2, 2×2) on the space-to-depth form of the input, the rest libtorch's.
+//! pass to the weights of the layers from 64 channels on (and their forward pass from 16×16
+//! inputs or 256 channels on) by Winograd's F(2×2, 2×2) on the space-to-depth form of the
+//! input, the rest libtorch's.
 //!
 //! Its batch norm always uses the batch's statistics and keeps no running ones (PyTorch's
 //! `track_running_stats=False`): the discriminator is only ever run on training batches, and
@@ -90,9 +91,8 @@ impl Discriminator {
         let var = |t: &Tensor| if frozen { t.detach() } else { t.shallow_clone() };
         let mut h = x.shallow_clone();
         for (c, norm) in self.convs.iter().zip(&self.norms) {
-            // `nn::Conv2D`'s forward (the config of `new`) with the weight through `var`; its
-            // backward pass to the weights, and at large maps its forward pass, by Winograd on
-            // the CPU where that is faster.
+            // `nn::Conv2D`'s forward (the config of `new`) with the weight through `var`, by
+            // Winograd on the CPU in the passes where that is faster (`plan_down`).
             h = conv_down(&h, &var(&c.ws));
             if let Some((w, b)) = norm {
                 h = h.batch_norm(

@@ -457,9 +457,6 @@ at::Tensor weight_grad_winograd(const at::Tensor& x, const at::Tensor& dy, int64
   return gw.permute({3, 2, 0, 1}).contiguous(format);
 }
 
-// The gradient to `w` (K, C, 4, 4) of the convolution of `x` (N, C, H, W), H and W even, with
-// stride 2 and padding 1, given `dy` (N, K, H / 2, W / 2): F(2x2, 2x2) on the space-to-depth
-// form of the padded input (see the file's header), in pieces of images as the others.
 // `(9, T, 4C)`: the transformed 3 x 3 patches Bᵀ d B of every 2 x 2 output tile of `x` (n, C,
 // H, W), H and W even, in the space-to-depth form of the 4x4 stride-2 convolution.
 at::Tensor down_tiles(const at::Tensor& x) {
@@ -488,6 +485,9 @@ at::Tensor forward_down(const at::Tensor& x, const at::Tensor& w, at::MemoryForm
   return out.contiguous(format);
 }
 
+// The gradient to `w` (K, C, 4, 4) of the convolution of `x` (N, C, H, W), H and W even, with
+// stride 2 and padding 1, given `dy` (N, K, H / 2, W / 2): F(2x2, 2x2) on the space-to-depth
+// form of the padded input (see the file's header), in pieces of images as the others.
 at::Tensor weight_grad_down(const at::Tensor& x, const at::Tensor& dy, at::MemoryFormat format) {
   const int64_t N = x.size(0), C = x.size(1), K = dy.size(1);
   const int64_t Ho = dy.size(2), Wo = dy.size(3);

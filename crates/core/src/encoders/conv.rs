@@ -27,8 +27,8 @@
 //! The 4×4 convolution with stride 2 and padding 1 of DCGAN's discriminator (the context
 //! encoder's adversary) is, on the space-to-depth form of its padded input, a valid 2×2
 //! convolution of 4C channels: its backward pass to the weights, where oneDNN's kernel runs at
-//! half the rate of its forward one, and at larger maps its forward pass take F(2×2, 2×2)
-//! there ([`conv_down`], [`plan_down`]).
+//! half the rate of its forward one, and from 16×16 inputs or 256 channels on its forward pass
+//! take F(2×2, 2×2) there ([`conv_down`], [`plan_down`]).
 use std::os::raw::{c_char, c_int, c_void};
 use std::sync::OnceLock;
 
