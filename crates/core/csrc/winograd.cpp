@@ -383,20 +383,48 @@ int64_t images_per_piece(int64_t r, int64_t H, int64_t W, int64_t channels) {
   return std::max<int64_t>(1, piece_bytes().load() / std::max<int64_t>(per_image, 1));
 }
 
-// The convolution of `x` (N, C, H, W) with `w` (K, C, r, r), padding (r - 1) / 2, by Winograd.
-at::Tensor forward_winograd(const at::Tensor& x, const at::Tensor& w, at::MemoryFormat format) {
-  const int64_t N = x.size(0), H = x.size(2), W = x.size(3), K = w.size(0), r = w.size(2);
-  const int64_t th = tiles(H), tw = tiles(W);
-  const at::Tensor v = filter_tiles(w);
-  at::Tensor y = at::empty({N, 2 * th, 2 * tw, K}, x.options());
-  const int64_t step = images_per_piece(r, H, W, std::max(x.size(1), K));
+// The forward pass by F(2x2, r x r) of N images into their output (N, K, Ho, Wo), in `format`:
+// `patches(n0, n)` gives the transformed input patches (α², T, C) of images [n0, n0 + n)
+// (`input_tiles`, `down_tiles`), `v` the transformed filters (α², C, K); the images in pieces.
+template <typename Patches>
+at::Tensor tiled_forward(int64_t r, int64_t N, int64_t Ho, int64_t Wo, const at::Tensor& v,
+                         Patches patches, at::MemoryFormat format) {
+  const int64_t th = tiles(Ho), tw = tiles(Wo), K = v.size(2);
+  at::Tensor y = at::empty({N, 2 * th, 2 * tw, K}, v.options());
+  const int64_t step = images_per_piece(r, Ho, Wo, std::max(v.size(1), K));
   for (int64_t n0 = 0; n0 < N; n0 += step) {
     const int64_t n = std::min(step, N - n0);
-    output_of_tiles(products(input_tiles(x.narrow(0, n0, n), r), v), r, y.narrow(0, n0, n));
+    output_of_tiles(products(patches(n0, n), v), r, y.narrow(0, n0, n));
   }
   at::Tensor out = y.permute({0, 3, 1, 2});
-  if (2 * th != H || 2 * tw != W) out = out.slice(2, 0, H).slice(3, 0, W);
+  if (2 * th != Ho || 2 * tw != Wo) out = out.slice(2, 0, Ho).slice(3, 0, Wo);
   return out.contiguous(format);
+}
+
+// The gradient (r, r, C, K) of an r x r filter by F(2x2, r x r), given `dy` (N, K, Ho, Wo) and
+// the transformed input patches (α², T, C) from `patches` as in `tiled_forward`: the sum over
+// the pieces' tiles of U_ξᵀ (C, T) · (A dY Aᵀ)_ξ (T, K), piece after piece, then Gᵀ · G.
+template <typename Patches>
+at::Tensor tiled_weight_grad(int64_t r, int64_t C, const at::Tensor& dy, Patches patches) {
+  const int64_t N = dy.size(0), K = dy.size(1), a = r + 1;
+  const TileLoop loop = r == 2 ? grad_tiles_2 : r == 3 ? grad_tiles_3 : grad_tiles_5;
+  at::Tensor p = at::zeros({a * a, C, K}, dy.options());
+  const int64_t step = images_per_piece(r, dy.size(2), dy.size(3), std::max(C, K));
+  for (int64_t n0 = 0; n0 < N; n0 += step) {
+    const int64_t n = std::min(step, N - n0);
+    const at::Tensor dyn = dy.narrow(0, n0, n);
+    const at::Tensor v = run_tiles(loop, nhwc(dyn), tiling(dyn), a * a, K);
+    const at::Tensor u = patches(n0, n);
+    for (int64_t i = 0; i < a * a; ++i) p[i].addmm_(u[i].t(), v[i]);
+  }
+  return transforms(r).kG.t().mm(p.view({a * a, C * K})).view({r, r, C, K});
+}
+
+// The convolution of `x` (N, C, H, W) with `w` (K, C, r, r), padding (r - 1) / 2, by Winograd.
+at::Tensor forward_winograd(const at::Tensor& x, const at::Tensor& w, at::MemoryFormat format) {
+  const int64_t r = w.size(2);
+  const auto patches = [&](int64_t n0, int64_t n) { return input_tiles(x.narrow(0, n0, n), r); };
+  return tiled_forward(r, x.size(0), x.size(2), x.size(3), filter_tiles(w), patches, format);
 }
 
 // The 1x1 convolution of `x` (N, C, H, W) with `w` (K, C, 1, 1) as matrix products (a 1x1
@@ -439,22 +467,8 @@ at::Tensor weight_grad_pointwise(const at::Tensor& x, const at::Tensor& dy,
 // The gradient to `w` (K, C, r, r) of the convolution of `x` given `dy` (N, K, H, W).
 at::Tensor weight_grad_winograd(const at::Tensor& x, const at::Tensor& dy, int64_t r,
                                 at::MemoryFormat format) {
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = dy.size(1);
-  const int64_t a = r + 1;
-  const Transforms& t = transforms(r);
-  // Σ over the pieces' tiles of U_ξᵀ (C, T) · (A dY Aᵀ)_ξ (T, K), piece after piece.
-  at::Tensor p = at::zeros({a * a, C, K}, x.options());
-  const int64_t step = images_per_piece(r, H, W, std::max(C, K));
-  for (int64_t n0 = 0; n0 < N; n0 += step) {
-    const int64_t n = std::min(step, N - n0);
-    const at::Tensor dyn = dy.narrow(0, n0, n);
-    const TileLoop loop = r == 3 ? grad_tiles_3 : grad_tiles_5;
-    const at::Tensor v = run_tiles(loop, nhwc(dyn), tiling(dyn), a * a, K);
-    at::Tensor u = input_tiles(x.narrow(0, n0, n), r);
-    for (int64_t i = 0; i < a * a; ++i) p[i].addmm_(u[i].t(), v[i]);
-  }
-  at::Tensor gw = t.kG.t().mm(p.view({a * a, C * K})).view({r, r, C, K});
-  return gw.permute({3, 2, 0, 1}).contiguous(format);
+  const auto patches = [&](int64_t n0, int64_t n) { return input_tiles(x.narrow(0, n0, n), r); };
+  return tiled_weight_grad(r, x.size(1), dy, patches).permute({3, 2, 0, 1}).contiguous(format);
 }
 
 // `(9, T, 4C)`: the transformed 3 x 3 patches Bᵀ d B of every 2 x 2 output tile of `x` (n, C,
@@ -469,40 +483,22 @@ at::Tensor down_tiles(const at::Tensor& x) {
 // padding 1: F(2x2, 2x2) on the space-to-depth form, with w'[k, (a, b, c), p, q] = w[k, c, 2p +
 // a, 2q + b].
 at::Tensor forward_down(const at::Tensor& x, const at::Tensor& w, at::MemoryFormat format) {
-  const int64_t N = x.size(0), C = x.size(1), K = w.size(0);
-  const int64_t Ho = x.size(2) / 2, Wo = x.size(3) / 2, th = tiles(Ho), tw = tiles(Wo);
+  const int64_t C = x.size(1), K = w.size(0);
   const at::Tensor wd =
       w.reshape({K, C, 2, 2, 2, 2}).permute({0, 3, 5, 1, 2, 4}).reshape({K, 4 * C, 2, 2});
-  const at::Tensor v = filter_tiles(wd);
-  at::Tensor y = at::empty({N, 2 * th, 2 * tw, K}, x.options());
-  const int64_t step = images_per_piece(2, Ho, Wo, std::max(4 * C, K));
-  for (int64_t n0 = 0; n0 < N; n0 += step) {
-    const int64_t n = std::min(step, N - n0);
-    output_of_tiles(products(down_tiles(x.narrow(0, n0, n)), v), 2, y.narrow(0, n0, n));
-  }
-  at::Tensor out = y.permute({0, 3, 1, 2});
-  if (2 * th != Ho || 2 * tw != Wo) out = out.slice(2, 0, Ho).slice(3, 0, Wo);
-  return out.contiguous(format);
+  const auto patches = [&](int64_t n0, int64_t n) { return down_tiles(x.narrow(0, n0, n)); };
+  return tiled_forward(2, x.size(0), x.size(2) / 2, x.size(3) / 2, filter_tiles(wd), patches,
+                       format);
 }
 
 // The gradient to `w` (K, C, 4, 4) of the convolution of `x` (N, C, H, W), H and W even, with
 // stride 2 and padding 1, given `dy` (N, K, H / 2, W / 2): F(2x2, 2x2) on the space-to-depth
 // form of the padded input (see the file's header), in pieces of images as the others.
 at::Tensor weight_grad_down(const at::Tensor& x, const at::Tensor& dy, at::MemoryFormat format) {
-  const int64_t N = x.size(0), C = x.size(1), K = dy.size(1);
-  const int64_t Ho = dy.size(2), Wo = dy.size(3);
-  const Transforms& t = transforms(2);
-  at::Tensor p = at::zeros({9, 4 * C, K}, x.options());
-  const int64_t step = images_per_piece(2, Ho, Wo, std::max(4 * C, K));
-  for (int64_t n0 = 0; n0 < N; n0 += step) {
-    const int64_t n = std::min(step, N - n0);
-    const at::Tensor dyn = dy.narrow(0, n0, n);
-    const at::Tensor v = run_tiles(grad_tiles_2, nhwc(dyn), tiling(dyn), 9, K);
-    const at::Tensor u = down_tiles(x.narrow(0, n0, n));
-    for (int64_t i = 0; i < 9; ++i) p[i].addmm_(u[i].t(), v[i]);
-  }
-  // (p, q, a, b, c, k) -> w[k, c, 2p + a, 2q + b].
-  at::Tensor gw = t.kG.t().mm(p.view({9, 4 * C * K})).view({2, 2, 2, 2, C, K});
+  const int64_t C = x.size(1), K = dy.size(1);
+  const auto patches = [&](int64_t n0, int64_t n) { return down_tiles(x.narrow(0, n0, n)); };
+  // The 2x2 filter's (p, q, (a, b, c), k) -> w[k, c, 2p + a, 2q + b].
+  const at::Tensor gw = tiled_weight_grad(2, 4 * C, dy, patches).view({2, 2, 2, 2, C, K});
   return gw.permute({5, 4, 0, 2, 1, 3}).reshape({K, C, 4, 4}).contiguous(format);
 }
 
