@@ -8,6 +8,11 @@
 // reads `x` twice and writes `y` once, the backward reads `dy`, `x` and `y` twice and writes
 // `dx` once, and no ReLU input is materialised beside `y`.
 //
+// With a residual `r` of the same shape and type (the end of a ResNet block, He et al. 2016:
+// `relu(bn2(conv2(h)) + shortcut)`), `y = max(0, bn(x) + r)`: the forward reads `r` once more,
+// the backward writes `r`'s gradient (`dy` where `y > 0`) in the pass that writes `dx`; ATen's
+// separate add and its bfloat16 rounding of `bn(x)` before it are gone.
+//
 // The work is cut into pieces that do not depend on the thread count (blocks of `kRows` pixels
 // of a channels-last tensor; whole images of an NCHW tensor with small maps, else the `H·W`
 // plane of one image and channel), each a run of contiguous values whose per-channel
@@ -38,10 +43,12 @@ using selfsup::elements;
 using selfsup::load;
 using selfsup::store;
 
-// ReLU's backward: `dy` where the output `y` is positive, else 0 (NaN passes, as ATen's).
-template <typename T>
-SELFSUP_INLINE float relu_grad(const T* dy, const T* y) {
-  const float d = load(dy);
+// ReLU's backward: `dy` where the output `y` is positive, else 0 (NaN passes, as ATen's); with
+// two gradients of the output (`kTwo`: its two consumers', see `BatchNormRelu`), of their sum.
+template <bool kTwo, typename T>
+SELFSUP_INLINE float relu_grad(const T* dy, const T* dy2, const T* y) {
+  float d = load(dy);
+  if constexpr (kTwo) d += load(dy2);
   return load(y) <= 0.f ? 0.f : d;
 }
 
@@ -68,52 +75,57 @@ SELFSUP_INLINE void stats(const T* __restrict__ x, int64_t n, int64_t P,
   }
 }
 
-// `y = max(0, x · a + b)` (NaN passes, as ReLU's).
-template <typename T>
-SELFSUP_INLINE void forward(const T* __restrict__ x, T* __restrict__ y, int64_t n, int64_t P,
-                            const float* __restrict__ a, const float* __restrict__ b) {
+// `y = max(0, x · a + b)`, or `max(0, x · a + b + r)` with a residual (`kRes`); NaN passes, as
+// ReLU's.
+template <bool kRes, typename T>
+SELFSUP_INLINE void forward(const T* __restrict__ x, const T* __restrict__ r, T* __restrict__ y,
+                            int64_t n, int64_t P, const float* __restrict__ a,
+                            const float* __restrict__ b) {
   for (int64_t i = 0; i < n; i += P) {
     const T* __restrict__ xi = x + i;
     T* __restrict__ yi = y + i;
     const int64_t len = std::min(P, n - i);
 #pragma GCC ivdep
     for (int64_t j = 0; j < len; ++j) {
-      const float v = load(xi + j) * a[j] + b[j];
+      float v = load(xi + j) * a[j] + b[j];
+      if constexpr (kRes) v += load(r + i + j);
       store(yi + j, v < 0.f ? 0.f : v);
     }
   }
 }
 
-// Sums of `g` and of `g · (x - mean)` per position of the period, `g = dy` where `y > 0`,
-// else 0.
-template <typename T>
-SELFSUP_INLINE void grad_sums(const T* __restrict__ dy, const T* __restrict__ x,
-                              const T* __restrict__ y, int64_t n, int64_t P,
-                              const float* __restrict__ mean, float* __restrict__ sg,
+// Sums of `g` and of `g · (x - mean)` per position of the period, `g = dy` (`dy + dy2` with
+// `kTwo`) where `y > 0`, else 0.
+template <bool kTwo, typename T>
+SELFSUP_INLINE void grad_sums(const T* __restrict__ dy, const T* __restrict__ dy2,
+                              const T* __restrict__ x, const T* __restrict__ y, int64_t n,
+                              int64_t P, const float* __restrict__ mean, float* __restrict__ sg,
                               float* __restrict__ sgx) {
   for (int64_t j = 0; j < P; ++j) sg[j] = sgx[j] = 0.f;
   for (int64_t i = 0; i < n; i += P) {
     const int64_t len = std::min(P, n - i);
 #pragma GCC ivdep
     for (int64_t j = 0; j < len; ++j) {
-      const float g = relu_grad(dy + i + j, y + i + j);
+      const float g = relu_grad<kTwo>(dy + i + j, dy2 + i + j, y + i + j);
       sg[j] += g;
       sgx[j] += g * (load(x + i + j) - mean[j]);
     }
   }
 }
 
-// `dx = g · A + x · B + D`, `g` as in `grad_sums`.
-template <typename T>
-SELFSUP_INLINE void grad_input(const T* __restrict__ dy, const T* __restrict__ x,
-                               const T* __restrict__ y, T* __restrict__ dx, int64_t n,
-                               int64_t P, const float* __restrict__ A,
-                               const float* __restrict__ B, const float* __restrict__ D) {
+// `dx = g · A + x · B + D`, `g` as in `grad_sums`; with a residual (`kRes`), also `dr = g`.
+template <bool kRes, bool kTwo, typename T>
+SELFSUP_INLINE void grad_input(const T* __restrict__ dy, const T* __restrict__ dy2,
+                               const T* __restrict__ x, const T* __restrict__ y,
+                               T* __restrict__ dx, T* __restrict__ dr, int64_t n, int64_t P,
+                               const float* __restrict__ A, const float* __restrict__ B,
+                               const float* __restrict__ D) {
   for (int64_t i = 0; i < n; i += P) {
     const int64_t len = std::min(P, n - i);
 #pragma GCC ivdep
     for (int64_t j = 0; j < len; ++j) {
-      const float g = relu_grad(dy + i + j, y + i + j);
+      const float g = relu_grad<kTwo>(dy + i + j, dy2 + i + j, y + i + j);
+      if constexpr (kRes) store(dr + i + j, g);
       store(dx + i + j, g * A[j] + load(x + i + j) * B[j] + D[j]);
     }
   }
@@ -126,18 +138,32 @@ SELFSUP_INLINE void grad_input(const T* __restrict__ dy, const T* __restrict__ x
                                float* q) {                                                      \
     stats(x, n, P, shift, s, q);                                                                \
   }                                                                                             \
-  SELFSUP_CLONES void forward_of(const T* x, T* y, int64_t n, int64_t P, const float* a,        \
-                                 const float* b) {                                              \
-    forward(x, y, n, P, a, b);                                                                  \
+  SELFSUP_CLONES void forward_of(const T* x, const T* r, T* y, int64_t n, int64_t P,           \
+                                 const float* a, const float* b) {                              \
+    if (r)                                                                                      \
+      forward<true>(x, r, y, n, P, a, b);                                                       \
+    else                                                                                        \
+      forward<false>(x, r, y, n, P, a, b);                                                      \
   }                                                                                             \
-  SELFSUP_CLONES void grad_sums_of(const T* dy, const T* x, const T* y, int64_t n, int64_t P,   \
-                                   const float* mean, float* sg, float* sgx) {                  \
-    grad_sums(dy, x, y, n, P, mean, sg, sgx);                                                   \
+  SELFSUP_CLONES void grad_sums_of(const T* dy, const T* dy2, const T* x, const T* y,           \
+                                   int64_t n, int64_t P, const float* mean, float* sg,          \
+                                   float* sgx) {                                                \
+    if (dy2)                                                                                    \
+      grad_sums<true>(dy, dy2, x, y, n, P, mean, sg, sgx);                                      \
+    else                                                                                        \
+      grad_sums<false>(dy, dy2, x, y, n, P, mean, sg, sgx);                                     \
   }                                                                                             \
-  SELFSUP_CLONES void grad_input_of(const T* dy, const T* x, const T* y, T* dx, int64_t n,      \
-                                    int64_t P, const float* A, const float* B,                  \
-                                    const float* D) {                                           \
-    grad_input(dy, x, y, dx, n, P, A, B, D);                                                    \
+  SELFSUP_CLONES void grad_input_of(const T* dy, const T* dy2, const T* x, const T* y, T* dx,  \
+                                    T* dr, int64_t n, int64_t P, const float* A,                \
+                                    const float* B, const float* D) {                           \
+    if (dr && dy2)                                                                              \
+      grad_input<true, true>(dy, dy2, x, y, dx, dr, n, P, A, B, D);                             \
+    else if (dr)                                                                                \
+      grad_input<true, false>(dy, dy2, x, y, dx, dr, n, P, A, B, D);                            \
+    else if (dy2)                                                                               \
+      grad_input<false, true>(dy, dy2, x, y, dx, dr, n, P, A, B, D);                            \
+    else                                                                                        \
+      grad_input<false, false>(dy, dy2, x, y, dx, dr, n, P, A, B, D);                           \
   }
 
 SELFSUP_LOOPS(float)
@@ -153,34 +179,42 @@ using selfsup::load16;
 using selfsup::store16;
 
 // Values are loaded and stored under a mask of the period's remaining lanes; the coefficients
-// are read 16 at a time, padded to whole vectors by `Spread`.
-SELFSUP_NATIVE_BF16 void forward_native(const uint16_t* x, uint16_t* y, int64_t n, int64_t P,
-                                        const float* a, const float* b) {
+// are read 16 at a time, padded to whole vectors by `Spread`. `kRes` as in `forward`.
+template <bool kRes>
+SELFSUP_NATIVE_BF16 void forward_native(const uint16_t* x, const uint16_t* r, uint16_t* y,
+                                        int64_t n, int64_t P, const float* a, const float* b) {
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += P) {
     const int64_t len = std::min(P, n - i);
     for (int64_t j = 0; j < len; j += 16) {
       const __mmask16 m = lanes(len - j);
-      const __m512 v = _mm512_add_ps(_mm512_mul_ps(load16(x + i + j, m), _mm512_loadu_ps(a + j)),
-                                     _mm512_loadu_ps(b + j));
+      __m512 v = _mm512_add_ps(_mm512_mul_ps(load16(x + i + j, m), _mm512_loadu_ps(a + j)),
+                               _mm512_loadu_ps(b + j));
+      if constexpr (kRes) v = _mm512_add_ps(v, load16(r + i + j, m));
       // MAXPS returns its second operand for a NaN or two zeros: NaN and -0 pass, as above.
       store16(y + i + j, _mm512_max_ps(zero, v), m);
     }
   }
 }
 
-SELFSUP_NATIVE_BF16 void grad_input_native(const uint16_t* dy, const uint16_t* x,
-                                           const uint16_t* y, uint16_t* dx, int64_t n, int64_t P,
-                                           const float* A, const float* B, const float* D) {
+// `kRes` and `kTwo` as in `grad_input`.
+template <bool kRes, bool kTwo>
+SELFSUP_NATIVE_BF16 void grad_input_native(const uint16_t* dy, const uint16_t* dy2,
+                                           const uint16_t* x, const uint16_t* y, uint16_t* dx,
+                                           uint16_t* dr, int64_t n, int64_t P, const float* A,
+                                           const float* B, const float* D) {
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += P) {
     const int64_t len = std::min(P, n - i);
     for (int64_t j = 0; j < len; j += 16) {
       const int64_t o = i + j;
       const __mmask16 m = lanes(len - j);
-      // `g = dy` where not `y <= 0` (NaN included), else +0.
+      // `g = dy` (`dy + dy2`) where not `y <= 0` (NaN included), else +0.
       const __mmask16 pass = _mm512_cmp_ps_mask(load16(y + o, m), zero, _CMP_NLE_UQ);
-      const __m512 g = _mm512_maskz_mov_ps(pass, load16(dy + o, m));
+      __m512 d = load16(dy + o, m);
+      if constexpr (kTwo) d = _mm512_add_ps(d, load16(dy2 + o, m));
+      const __m512 g = _mm512_maskz_mov_ps(pass, d);
+      if constexpr (kRes) store16(dr + o, g, m);
       const __m512 gx = _mm512_add_ps(_mm512_mul_ps(g, _mm512_loadu_ps(A + j)),
                                       _mm512_mul_ps(load16(x + o, m), _mm512_loadu_ps(B + j)));
       store16(dx + o, _mm512_add_ps(gx, _mm512_loadu_ps(D + j)), m);
@@ -191,28 +225,38 @@ SELFSUP_NATIVE_BF16 void grad_input_native(const uint16_t* dy, const uint16_t* x
 #endif
 using selfsup::native_bf16;
 
-// The writing loops, bfloat16 through the native conversion where there is one.
-void forward_loop(const float* x, float* y, int64_t n, int64_t P, const float* a,
-                  const float* b) {
-  forward_of(x, y, n, P, a, b);
+// The writing loops, bfloat16 through the native conversion where there is one; a null `r`
+// or `dr`: no residual; a null `dy2`: one gradient of the output.
+void forward_loop(const float* x, const float* r, float* y, int64_t n, int64_t P,
+                  const float* a, const float* b) {
+  forward_of(x, r, y, n, P, a, b);
 }
-void forward_loop(const uint16_t* x, uint16_t* y, int64_t n, int64_t P, const float* a,
-                  const float* b) {
+void forward_loop(const uint16_t* x, const uint16_t* r, uint16_t* y, int64_t n, int64_t P,
+                  const float* a, const float* b) {
 #ifdef SELFSUP_NATIVE_BF16
-  if (native_bf16()) return forward_native(x, y, n, P, a, b);
+  if (native_bf16()) {
+    return r ? forward_native<true>(x, r, y, n, P, a, b)
+             : forward_native<false>(x, r, y, n, P, a, b);
+  }
 #endif
-  forward_of(x, y, n, P, a, b);
+  forward_of(x, r, y, n, P, a, b);
 }
-void grad_input_loop(const float* dy, const float* x, const float* y, float* dx, int64_t n,
-                     int64_t P, const float* A, const float* B, const float* D) {
-  grad_input_of(dy, x, y, dx, n, P, A, B, D);
+void grad_input_loop(const float* dy, const float* dy2, const float* x, const float* y,
+                     float* dx, float* dr, int64_t n, int64_t P, const float* A, const float* B,
+                     const float* D) {
+  grad_input_of(dy, dy2, x, y, dx, dr, n, P, A, B, D);
 }
-void grad_input_loop(const uint16_t* dy, const uint16_t* x, const uint16_t* y, uint16_t* dx,
-                     int64_t n, int64_t P, const float* A, const float* B, const float* D) {
+void grad_input_loop(const uint16_t* dy, const uint16_t* dy2, const uint16_t* x,
+                     const uint16_t* y, uint16_t* dx, uint16_t* dr, int64_t n, int64_t P,
+                     const float* A, const float* B, const float* D) {
 #ifdef SELFSUP_NATIVE_BF16
-  if (native_bf16()) return grad_input_native(dy, x, y, dx, n, P, A, B, D);
+  if (native_bf16()) {
+    const auto run = dr ? (dy2 ? grad_input_native<true, true> : grad_input_native<true, false>)
+                        : (dy2 ? grad_input_native<false, true> : grad_input_native<false, false>);
+    return run(dy, dy2, x, y, dx, dr, n, P, A, B, D);
+  }
 #endif
-  grad_input_of(dy, x, y, dx, n, P, A, B, D);
+  grad_input_of(dy, dy2, x, y, dx, dr, n, P, A, B, D);
 }
 
 // How a `(N, C, H, W)` activation lies in memory, and how the work is cut into `units` pieces
@@ -348,8 +392,10 @@ std::vector<double> total(const std::vector<float>& parts, int64_t C) {
   return t;
 }
 
+// `r`: the residual, or an undefined tensor.
 template <typename T>
-at::Tensor forward_typed(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+at::Tensor forward_typed(const at::Tensor& x, const at::Tensor& r, const at::Tensor& weight,
+                         const at::Tensor& bias,
                          const at::Tensor& running_mean, const at::Tensor& running_var,
                          double momentum, double eps, at::Tensor& mean_out,
                          at::Tensor& invstd_out) {
@@ -388,9 +434,10 @@ at::Tensor forward_typed(const at::Tensor& x, const at::Tensor& weight, const at
   }
   at::Tensor y = at::empty_like(x, L.format());
   T* yp = elements<T>(y);
+  const T* rp = r.defined() ? elements<T>(r) : nullptr;
   const Spread as(L, a), bs(L, shiftb);
   for_units(L, [&](int64_t u, int64_t o, int64_t n) {
-    forward_loop(xp + o, yp + o, n, L.P, as.of(u), bs.of(u));
+    forward_loop(xp + o, rp ? rp + o : nullptr, yp + o, n, L.P, as.of(u), bs.of(u));
   });
   // Through `variable_data()` (`.data` semantics), as ATen's kernel writes the buffers: graphs
   // that saved them are not invalidated.
@@ -399,13 +446,17 @@ at::Tensor forward_typed(const at::Tensor& x, const at::Tensor& weight, const at
   return y;
 }
 
+// `{dx, dw, db}`, and `dr` after them with `residual_grad`, for the output's gradient `dy`, or
+// the sum of `dy` and `dy2` where `dy2` is defined.
 template <typename T>
-std::vector<at::Tensor> backward_typed(const at::Tensor& dy, const at::Tensor& x,
-                                       const at::Tensor& y, const at::Tensor& weight,
-                                       const at::Tensor& mean_t, const at::Tensor& invstd_t) {
+std::vector<at::Tensor> backward_typed(const at::Tensor& dy, const at::Tensor& dy2,
+                                       const at::Tensor& x, const at::Tensor& y,
+                                       const at::Tensor& weight, const at::Tensor& mean_t,
+                                       const at::Tensor& invstd_t, bool residual_grad) {
   const Layout L(x);
   const int64_t C = L.C, M = L.M;
   const T* dyp = elements<T>(dy);
+  const T* dy2p = dy2.defined() ? elements<T>(dy2) : nullptr;
   const T* xp = elements<T>(x);
   const T* yp = elements<T>(y);
   const float* mean = mean_t.data_ptr<float>();
@@ -415,7 +466,8 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& dy, const at::Tensor& x
   const Spread means(L, std::vector<float>(mean, mean + C));
   for_units(L, [&](int64_t u, int64_t o, int64_t n) {
     float* s = scratch(L.P);
-    grad_sums_of(dyp + o, xp + o, yp + o, n, L.P, means.of(u), s, s + L.P);
+    grad_sums_of(dyp + o, dy2p ? dy2p + o : nullptr, xp + o, yp + o, n, L.P, means.of(u), s,
+                 s + L.P);
     L.fold(s, &psg[u * L.width]);
     L.fold(s + L.P, &psgx[u * L.width]);
   });
@@ -438,48 +490,100 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& dy, const at::Tensor& x
   }
   at::Tensor dx = at::empty_like(x, L.format());
   T* dxp = elements<T>(dx);
+  at::Tensor dr = residual_grad ? at::empty_like(x, L.format()) : at::Tensor();
+  T* drp = residual_grad ? elements<T>(dr) : nullptr;
   const Spread As(L, A), Bs(L, B), Ds(L, D);
   for_units(L, [&](int64_t u, int64_t o, int64_t n) {
-    grad_input_loop(dyp + o, xp + o, yp + o, dxp + o, n, L.P, As.of(u), Bs.of(u), Ds.of(u));
+    grad_input_loop(dyp + o, dy2p ? dy2p + o : nullptr, xp + o, yp + o, dxp + o,
+                    drp ? drp + o : nullptr, n, L.P, As.of(u), Bs.of(u), Ds.of(u));
   });
+  if (residual_grad) return {dx, dw, db, dr};
   return {dx, dw, db};
 }
 
-struct BatchNormRelu : public torch::autograd::Function<BatchNormRelu> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The forward of both functions below; `r`: the residual (in `x`'s layout), or an undefined
+// tensor (libtorch's autograd functions take no undefined input, hence two of them).
+//
+// `outputs`: 1, or 2 for an output with two consumers (in a ResNet, a block's output feeds the
+// next block's first convolution and its shortcut): the output and a view of it, as two
+// outputs of the function, so that the consumers' gradients reach the backward apart and are
+// added in its passes, instead of by autograd in a pass of its own before it.
+variable_list fused_forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& r,
                             const at::Tensor& weight, const at::Tensor& bias,
                             const at::Tensor& running_mean, const at::Tensor& running_var,
-                            double momentum, double eps) {
-    at::Tensor mean, invstd;
-    at::Tensor y = x.scalar_type() == at::kFloat
-                       ? forward_typed<float>(x, weight, bias, running_mean, running_var,
-                                              momentum, eps, mean, invstd)
-                       : forward_typed<uint16_t>(x, weight, bias, running_mean, running_var,
-                                                 momentum, eps, mean, invstd);
-    ctx->save_for_backward({x, y, weight, mean, invstd});
-    return y;
+                            double momentum, double eps, int64_t outputs) {
+  at::Tensor mean, invstd;
+  at::Tensor y = x.scalar_type() == at::kFloat
+                     ? forward_typed<float>(x, r, weight, bias, running_mean, running_var,
+                                            momentum, eps, mean, invstd)
+                     : forward_typed<uint16_t>(x, r, weight, bias, running_mean, running_var,
+                                               momentum, eps, mean, invstd);
+  ctx->save_for_backward({x, y, weight, mean, invstd});
+  if (outputs == 2) return {y, y.alias()};
+  return {y};
+}
+
+// `{dx, dw, db}`, and `dr` after them with `residual_grad`, for the sum of the outputs'
+// gradients `grads`; all undefined without one.
+variable_list fused_backward(AutogradContext* ctx, const variable_list& grads,
+                             bool residual_grad) {
+  // The backward is not itself recorded: a gradient of the gradient (`create_graph`) would
+  // come out silently wrong, so it is refused (nothing in selfsup asks for one).
+  TORCH_CHECK(!at::GradMode::is_enabled(),
+              "fused batch norm + ReLU has no double backward (create_graph)");
+  auto s = ctx->get_saved_variables();
+  const at::Tensor &x = s[0], &y = s[1], &weight = s[2], &mean = s[3], &invstd = s[4];
+  at::Tensor dy, dy2;
+  for (const at::Tensor& g : grads) {
+    if (!g.defined()) continue;
+    (dy.defined() ? dy2 : dy) = g.to(x.scalar_type()).contiguous(Layout(x).format());
+  }
+  if (!dy.defined()) return variable_list(4);
+  auto g = x.scalar_type() == at::kFloat
+               ? backward_typed<float>(dy, dy2, x, y, weight, mean, invstd, residual_grad)
+               : backward_typed<uint16_t>(dy, dy2, x, y, weight, mean, invstd, residual_grad);
+  g.resize(4);
+  return g;
+}
+
+// `relu(batch_norm(x))`.
+struct BatchNormRelu : public torch::autograd::Function<BatchNormRelu> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
+                               const at::Tensor& weight, const at::Tensor& bias,
+                               const at::Tensor& running_mean, const at::Tensor& running_var,
+                               double momentum, double eps, int64_t outputs) {
+    return fused_forward(ctx, x, at::Tensor(), weight, bias, running_mean, running_var,
+                         momentum, eps, outputs);
   }
 
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    // The backward is not itself recorded: a gradient of the gradient (`create_graph`) would
-    // come out silently wrong, so it is refused (nothing in selfsup asks for one).
-    TORCH_CHECK(!at::GradMode::is_enabled(),
-                "fused batch norm + ReLU has no double backward (create_graph)");
-    auto s = ctx->get_saved_variables();
-    const at::Tensor &x = s[0], &y = s[1], &weight = s[2], &mean = s[3], &invstd = s[4];
-    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-                                     at::Tensor(), at::Tensor(), at::Tensor()};
-    at::Tensor dy = grads[0].to(x.scalar_type()).contiguous(Layout(x).format());
-    auto g = x.scalar_type() == at::kFloat
-                 ? backward_typed<float>(dy, x, y, weight, mean, invstd)
-                 : backward_typed<uint16_t>(dy, x, y, weight, mean, invstd);
-    return {g[0], g[1], g[2], at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto g = fused_backward(ctx, grads, false);
+    return {g[0], g[1], g[2], {}, {}, {}, {}, {}};
   }
 };
 
-void check(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& rm,
-           const at::Tensor& rv) {
+// `relu(batch_norm(x) + r)`.
+struct BatchNormAddRelu : public torch::autograd::Function<BatchNormAddRelu> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& r,
+                               const at::Tensor& weight, const at::Tensor& bias,
+                               const at::Tensor& running_mean, const at::Tensor& running_var,
+                               double momentum, double eps, int64_t outputs) {
+    return fused_forward(ctx, x, r, weight, bias, running_mean, running_var, momentum, eps,
+                         outputs);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    // The residual's gradient only where it is wanted.
+    const auto g = fused_backward(ctx, grads, ctx->needs_input_grad(1));
+    return {g[0], g[3], g[1], g[2], {}, {}, {}, {}, {}};
+  }
+};
+
+void check(const at::Tensor& x, const at::Tensor* r, const at::Tensor& w, const at::Tensor& b,
+           const at::Tensor& rm, const at::Tensor& rv) {
   TORCH_CHECK(x.dim() == 4 && x.device().is_cpu(),
               "fused batch norm + ReLU: expected a 4-d CPU input, got ", x.sizes(), " on ",
               x.device());
@@ -498,21 +602,39 @@ void check(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const 
                 "fused batch norm + ReLU: weight, bias and running statistics must be ", C,
                 " contiguous float32 values on the CPU");
   }
+  if (r) {
+    TORCH_CHECK(r->sizes() == x.sizes() && r->scalar_type() == x.scalar_type() &&
+                    r->device().is_cpu(),
+                "fused batch norm + add + ReLU: the residual (", r->sizes(), ", ",
+                r->scalar_type(), ") must have the input's shape and dtype (", x.sizes(), ", ",
+                x.scalar_type(), ") on the CPU");
+  }
 }
 
 }  // namespace
 
 extern "C" {
 
-// `*out` = a new handle to `relu(batch_norm(x))` in training mode (see the file header), with
-// the running statistics `rm` and `rv` updated; differentiable in `x`, `w` and `b`. Returns 0,
-// or -1 with libtorch's message in `err`.
-int selfsup_batch_norm_relu(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b,
-                            const at::Tensor* rm, const at::Tensor* rv, double momentum,
-                            double eps, at::Tensor** out, char* err, size_t err_len) {
+// `*out` = a new handle to `relu(batch_norm(x))` in training mode, or to
+// `relu(batch_norm(x) + r)` where the residual `r` is not null (see the file header), with the
+// running statistics `rm` and `rv` updated; differentiable in `x`, `r`, `w` and `b`. Where
+// `out2` is not null, `*out2` = a new handle to a view of the same output, a second output of
+// the function for a second consumer (see `fused_forward`). Returns 0, or -1 with libtorch's
+// message in `err`.
+int selfsup_batch_norm_relu(const at::Tensor* x, const at::Tensor* r, const at::Tensor* w,
+                            const at::Tensor* b, const at::Tensor* rm, const at::Tensor* rv,
+                            double momentum, double eps, at::Tensor** out, at::Tensor** out2,
+                            char* err, size_t err_len) {
   return selfsup::guarded(err, err_len, [&] {
-    check(*x, *w, *b, *rm, *rv);
-    *out = new at::Tensor(BatchNormRelu::apply(*x, *w, *b, *rm, *rv, momentum, eps));
+    check(*x, r, *w, *b, *rm, *rv);
+    const int64_t outputs = out2 ? 2 : 1;
+    // The residual in `x`'s layout (a recorded copy where it is not).
+    const variable_list y =
+        r ? BatchNormAddRelu::apply(*x, r->contiguous(Layout(*x).format()), *w, *b, *rm, *rv,
+                                    momentum, eps, outputs)
+          : BatchNormRelu::apply(*x, *w, *b, *rm, *rv, momentum, eps, outputs);
+    *out = new at::Tensor(y[0]);
+    if (out2) *out2 = new at::Tensor(y[1]);
   });
 }
 

@@ -203,6 +203,7 @@ impl nn::ModuleT for BatchNorm {
 extern "C" {
     fn selfsup_batch_norm_relu(
         x: *const c_void,
+        r: *const c_void,
         w: *const c_void,
         b: *const c_void,
         rm: *const c_void,
@@ -210,6 +211,7 @@ extern "C" {
         momentum: f64,
         eps: f64,
         out: *mut *mut c_void,
+        out2: *mut *mut c_void,
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
@@ -234,8 +236,9 @@ impl BatchNorm {
     pub fn forward_relu_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let fused = |xs: &Tensor, w: &Tensor, b: &Tensor| {
             let (rm, rv) = (&self.inner.running_mean, &self.inner.running_var);
-            self.f_fused_relu(xs, w, b, rm, rv)
+            self.f_fused_relu(xs, None, w, b, rm, rv, false)
                 .unwrap_or_else(|e| panic!("fused batch norm + ReLU: {e}"))
+                .0
         };
         if let (Some(w), Some(b), &[n, c]) = (&self.inner.ws, &self.inner.bs, &xs.size()[..]) {
             if train && xs.is_contiguous() {
@@ -252,6 +255,68 @@ impl BatchNorm {
                 self.forward_split(xs, split, true)
             }
             _ => nn::ModuleT::forward_t(self, xs, train).relu(),
+        }
+    }
+
+    /// `relu(self.forward_t(xs, train) + residual)`, the end of a residual block (He et al.
+    /// 2016). In training, where [`Self::forward_relu_t`] takes the fused kernel and the
+    /// residual has `xs`'s shape and kind, the add is fused into it too (`csrc/bn_relu.cpp`:
+    /// the residual read once forward, its gradient written in the pass that writes `xs`'s, no
+    /// separate add and ReLU, and no rounding of the norm's output to bfloat16 before the add);
+    /// a residual in another layout is copied into `xs`'s first. Anything else takes tch's
+    /// batch norm, the add and ReLU.
+    ///
+    /// # Shapes
+    /// `xs`, `residual`: `(N, C, H, W)` (any `(N, C, ...)` off the fused path); returns the
+    /// same shape.
+    pub fn forward_add_relu_t(&self, xs: &Tensor, residual: &Tensor, train: bool) -> Tensor {
+        self.relu_out(xs, Some(residual), train, false).0
+    }
+
+    /// `relu(self.forward_t(xs, train) [+ residual])` for an output that two consumers take
+    /// (in a ResNet, a block's output feeds the next block's first convolution and its
+    /// shortcut): two handles to the same values, one for each. On the fused path of
+    /// [`Self::forward_relu_t`] / [`Self::forward_add_relu_t`] they are two outputs of the
+    /// kernel's autograd function, whose backward adds the two consumers' gradients in its own
+    /// passes (autograd would add them in a pass of its own before it, reading both and writing
+    /// the sum); elsewhere the same tensor twice. Neither may be modified in place.
+    ///
+    /// # Shapes
+    /// As [`Self::forward_add_relu_t`]; both outputs have `xs`'s shape.
+    pub fn forward_relu_pair_t(
+        &self,
+        xs: &Tensor,
+        residual: Option<&Tensor>,
+        train: bool,
+    ) -> (Tensor, Tensor) {
+        let (y, second) = self.relu_out(xs, residual, train, true);
+        let second = second.unwrap_or_else(|| y.shallow_clone());
+        (y, second)
+    }
+
+    /// `relu(bn(xs) [+ residual])`, fused where the kernel takes it, with the output's second
+    /// handle (see [`Self::forward_relu_pair_t`]) when `twice` and the kernel made one.
+    fn relu_out(
+        &self,
+        xs: &Tensor,
+        residual: Option<&Tensor>,
+        train: bool,
+        twice: bool,
+    ) -> (Tensor, Option<Tensor>) {
+        if let (Some(w), Some(b)) = (&self.inner.ws, &self.inner.bs) {
+            let matches = |r: &Tensor| {
+                r.size() == xs.size() && r.kind() == xs.kind() && r.device() == xs.device()
+            };
+            if train && self.fusable(xs) && residual.is_none_or(matches) {
+                let (rm, rv) = (&self.inner.running_mean, &self.inner.running_var);
+                return self
+                    .f_fused_relu(xs, residual, w, b, rm, rv, twice)
+                    .unwrap_or_else(|e| panic!("fused batch norm (+ add) + ReLU: {e}"));
+            }
+        }
+        match residual {
+            Some(r) => ((nn::ModuleT::forward_t(self, xs, train) + r).relu(), None),
+            None => (self.forward_relu_t(xs, train), None),
         }
     }
 
@@ -275,21 +340,28 @@ impl BatchNorm {
                 .all(|t| t.is_some_and(|t| t.kind() == Kind::Float))
     }
 
-    /// The fused batch norm + ReLU of `xs` with weight `w`, bias `b` and running statistics
-    /// `rm`, `rv` (updated in place), this layer's momentum and eps.
+    /// The fused batch norm + ReLU of `xs` (+ `residual` before the ReLU) with weight `w`, bias
+    /// `b` and running statistics `rm`, `rv` (updated in place), this layer's momentum and eps;
+    /// with `twice`, also the output's second handle (see [`Self::forward_relu_pair_t`]).
+    #[allow(clippy::too_many_arguments)]
     fn f_fused_relu(
         &self,
         xs: &Tensor,
+        residual: Option<&Tensor>,
         w: &Tensor,
         b: &Tensor,
         rm: &Tensor,
         rv: &Tensor,
-    ) -> Result<Tensor, String> {
+        twice: bool,
+    ) -> Result<(Tensor, Option<Tensor>), String> {
+        let mut second: *mut c_void = std::ptr::null_mut();
+        let out2: *mut *mut c_void = if twice { &mut second } else { std::ptr::null_mut() };
         // SAFETY: every handle is a live tensor (tch's `C_tensor` is an `at::Tensor`); `out` and
-        // `err` are `shim_tensor`'s, valid for the call.
-        crate::ops::shim_tensor(|out, err, len| unsafe {
+        // `err` are `shim_tensor`'s, valid for the call, and `out2` is null or `second`.
+        let y = crate::ops::shim_tensor(|out, err, len| unsafe {
             selfsup_batch_norm_relu(
                 xs.as_ptr().cast(),
+                residual.map_or(std::ptr::null(), |r| r.as_ptr().cast()),
                 w.as_ptr().cast(),
                 b.as_ptr().cast(),
                 rm.as_ptr().cast(),
@@ -297,11 +369,15 @@ impl BatchNorm {
                 self.momentum,
                 self.eps,
                 out,
+                out2,
                 err,
                 len,
             )
         })?
-        .ok_or_else(|| "the shim made no tensor".to_string())
+        .ok_or_else(|| "the shim made no tensor".to_string())?;
+        // SAFETY: a non-null `second` is a new `at::Tensor` handle the shim made, now ours.
+        let second = (!second.is_null()).then(|| unsafe { Tensor::from_ptr(second.cast()) });
+        Ok((y, second))
     }
 }
 
@@ -342,9 +418,11 @@ impl BatchNorm {
                 .map(|(i, x)| {
                     let (mi, vi) = (m.get(i as i64), v.get(i as i64));
                     match fused {
-                        Some((w, b)) => self
-                            .f_fused_relu(x, w, b, &mi, &vi)
-                            .unwrap_or_else(|e| panic!("fused batch norm + ReLU: {e}")),
+                        Some((w, b)) => {
+                            self.f_fused_relu(x, None, w, b, &mi, &vi, false)
+                                .unwrap_or_else(|e| panic!("fused batch norm + ReLU: {e}"))
+                                .0
+                        }
                         None => bn(x, ws, bs, &mi, &vi),
                     }
                 })
@@ -431,6 +509,34 @@ mod tests {
     /// on an `x` of `kind` (channels-last or NCHW), over `c` channels (weight and bias varied per channel
     /// so that some channels are mostly cut by the ReLU), loss `Σ g ⊙ y`.
     fn relu_pair(kind: Kind, shape: &[i64], channels_last: bool) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        fused_pair(kind, shape, channels_last, None, Uses::One)
+    }
+
+    /// How the output of [`fused_pair`] is taken: as one output, or as the two of
+    /// `forward_relu_pair_t` (against one output taken twice by tch's ops): both, loss
+    /// `Σ g ⊙ a + Σ b² / 2`; the first only, `Σ g ⊙ a`; the second only, `Σ g ⊙ b`.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Uses {
+        One,
+        Both,
+        First,
+        Second,
+    }
+
+    /// As [`relu_pair`], with a residual added before the ReLU (`forward_add_relu_t` against
+    /// tch's batch norm, add and ReLU) when `residual` is `Some(channels_last)`: the residual's
+    /// layout. The residual's gradient comes last. The reference with a residual or two uses
+    /// runs in float on the same values: tch's bfloat16 path rounds the norm's output before
+    /// the add, which moves the ReLU's cut for sums near 0 (the kernel adds in float), and a
+    /// value on either side of it has a gradient of `dy` or 0; it rounds the sum of the two
+    /// uses' gradients too (the kernel adds them in float).
+    fn fused_pair(
+        kind: Kind,
+        shape: &[i64],
+        channels_last: bool,
+        residual: Option<bool>,
+        uses: Uses,
+    ) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
         let c = shape[1];
         // Values from a formula, not libtorch's generator, which the tests running beside this
         // one draw from at the same time.
@@ -439,7 +545,17 @@ mod tests {
         let x = (wave(0.7) * 2.0 + wave(0.013) + 0.5).to_kind(kind);
         let x = if channels_last { crate::precision::to_channels_last(&x).unwrap() } else { x };
         let g = (wave(1.3) + wave(0.05) * 0.5).to_kind(kind);
+        let r = residual.map(|cl| {
+            let r = (wave(0.31) * 1.5 - wave(0.021) * 0.5).to_kind(kind);
+            if cl {
+                crate::precision::to_channels_last(&r).unwrap()
+            } else {
+                r
+            }
+        });
         let run_one = |fused: bool| {
+            let in_float = !fused && (residual.is_some() || uses != Uses::One);
+            let float = |t: &Tensor| if in_float { t.to_kind(Kind::Float) } else { t.copy() };
             let vs = nn::VarStore::new(Device::Cpu);
             let bn = match shape.len() {
                 2 => batch_norm1d(vs.root() / "bn", c),
@@ -450,31 +566,59 @@ mod tests {
                 bn.inner.ws.as_ref().unwrap().shallow_clone().copy_(&(&ramp + 0.5));
                 bn.inner.bs.as_ref().unwrap().shallow_clone().copy_(&(ramp - 0.6));
             });
-            let xg = x.copy().set_requires_grad(true);
+            let xg = float(&x).set_requires_grad(true);
             // Features go through the kernel as (N, C, 1, 1).
             let x4 =
                 if shape.len() == 2 { xg.view([shape[0], c, 1, 1]) } else { xg.shallow_clone() };
             assert!(!fused || bn.fusable(&x4), "the fused path is taken");
-            let y =
-                if fused { bn.forward_relu_t(&xg, true) } else { bn.forward_t(&xg, true).relu() };
-            assert_eq!(y.kind(), kind);
-            (&y * &g).sum(Kind::Float).backward();
+            let rg = r.as_ref().map(|r| float(r).set_requires_grad(true));
+            let (y, second) = match (&rg, fused) {
+                _ if fused && uses != Uses::One => {
+                    let (a, b) = bn.forward_relu_pair_t(&xg, rg.as_ref(), true);
+                    assert!(a.equal(&b), "two handles to the same values");
+                    (a, b)
+                }
+                (None, true) => (bn.forward_relu_t(&xg, true), xg.shallow_clone()),
+                (None, false) => (bn.forward_t(&xg, true).relu(), xg.shallow_clone()),
+                (Some(r), true) => (bn.forward_add_relu_t(&xg, r, true), xg.shallow_clone()),
+                (Some(r), false) => ((bn.forward_t(&xg, true) + r).relu(), xg.shallow_clone()),
+            };
+            // The reference takes its one output twice.
+            let second = if fused && uses != Uses::One { second } else { y.shallow_clone() };
+            assert_eq!(y.kind(), if in_float { Kind::Float } else { kind });
+            let g = float(&g);
+            let loss = match uses {
+                Uses::One | Uses::First => (&y * &g).sum(Kind::Float),
+                Uses::Both => (&y * &g).sum(Kind::Float) + second.square().sum(Kind::Float) * 0.5,
+                Uses::Second => (&second * &g).sum(Kind::Float),
+            };
+            loss.backward();
             let (w, b) = (bn.inner.ws.as_ref().unwrap(), bn.inner.bs.as_ref().unwrap());
-            vec![
+            let mut out = vec![
                 values(&y),
                 values(&xg.grad()),
                 values(&w.grad()),
                 values(&b.grad()),
                 values(bn.running_mean()),
                 values(bn.running_var()),
-            ]
+            ];
+            out.extend(rg.map(|r| values(&r.grad())));
+            out
         };
         (run_one(true), run_one(false))
     }
 
     fn assert_close(got: &[Vec<f32>], want: &[Vec<f32>], tol: f32, what: &str) {
-        let names =
-            ["output", "input grad", "weight grad", "bias grad", "running mean", "running var"];
+        let names = [
+            "output",
+            "input grad",
+            "weight grad",
+            "bias grad",
+            "running mean",
+            "running var",
+            "residual grad",
+        ];
+        assert_eq!(got.len(), want.len(), "{what}");
         for ((g, w), name) in got.iter().zip(want).zip(names) {
             assert_eq!(g.len(), w.len());
             let scale = w.iter().fold(1f32, |m, v| m.max(v.abs()));
@@ -507,6 +651,62 @@ mod tests {
         assert_close(&fused, &reference, 2e-5, "float, NCHW planes");
         let (fused, reference) = relu_pair(Kind::BFloat16, &[3, 5, 17, 19], false);
         assert_close(&fused, &reference, 1.0 / 128.0, "bfloat16, NCHW planes");
+    }
+
+    #[test]
+    fn fused_batch_norm_add_relu_matches_batch_norm_add_then_relu() {
+        // Both layouts, the residual in the input's layout and in the other (copied into the
+        // input's); NCHW planes and images; shapes with tails as above.
+        for (shape, channels_last) in
+            [([6, 19, 9, 11], true), ([6, 19, 9, 11], false), ([3, 5, 17, 19], false)]
+        {
+            for residual_cl in [channels_last, !channels_last] {
+                let what = format!("{shape:?}, channels-last {channels_last}/{residual_cl}");
+                let (fused, reference) =
+                    fused_pair(Kind::Float, &shape, channels_last, Some(residual_cl), Uses::One);
+                assert_close(&fused, &reference, 2e-5, &format!("float {what}"));
+                // bfloat16 against float on the same values: one rounding on the way out.
+                let (fused, reference) =
+                    fused_pair(Kind::BFloat16, &shape, channels_last, Some(residual_cl), Uses::One);
+                assert_close(&fused, &reference, 1.0 / 128.0, &format!("bfloat16 {what}"));
+            }
+        }
+        // Off the fused path (evaluation, another kind of residual, a split scope), it is tch's
+        // batch norm, add and ReLU.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let bn = layer(&vs);
+        let x = Tensor::randn([2, 3, 4, 4], (Kind::Float, Device::Cpu));
+        let r = Tensor::randn([2, 3, 4, 4], (Kind::Float, Device::Cpu));
+        let want = (bn.forward_t(&x, false) + &r).relu();
+        assert!(bn.forward_add_relu_t(&x, &r, false).equal(&want), "evaluation");
+        let r64 = r.to_kind(Kind::Double);
+        let y = bn.forward_add_relu_t(&x, &r64, true);
+        assert_eq!(y.kind(), Kind::Double, "a double residual promotes, as tch's add");
+        let _split = split_batch_norm(2);
+        let y = bn.forward_add_relu_t(&x, &r, true);
+        assert!(y.min().double_value(&[]) >= 0.0);
+    }
+
+    #[test]
+    fn a_forked_output_gets_both_consumers_gradients() {
+        for residual in [None, Some(true)] {
+            for uses in [Uses::Both, Uses::First, Uses::Second] {
+                let what = format!("residual {residual:?}, {uses:?}");
+                let (fused, reference) =
+                    fused_pair(Kind::Float, &[6, 19, 9, 11], true, residual, uses);
+                assert_close(&fused, &reference, 2e-5, &format!("float, {what}"));
+                // bfloat16: the two gradients added in float, not rounded to bfloat16 first.
+                let (fused, reference) =
+                    fused_pair(Kind::BFloat16, &[4, 32, 8, 10], false, residual, uses);
+                assert_close(&fused, &reference, 1.0 / 128.0, &format!("bfloat16, {what}"));
+            }
+        }
+        // Off the fused path, the same tensor twice.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let bn = layer(&vs);
+        let x = Tensor::randn([2, 3, 4, 4], (Kind::Float, Device::Cpu));
+        let (a, b) = bn.forward_relu_pair_t(&x, None, false);
+        assert!(a.equal(&bn.forward_relu_t(&x, false)) && a.equal(&b));
     }
 
     #[test]
@@ -545,16 +745,24 @@ mod tests {
             &[70, 24],
         ];
         for shape in shapes {
-            for channels_last in [true, false] {
-                let native = relu_pair(Kind::BFloat16, shape, channels_last).0;
+            for (channels_last, residual) in
+                [(true, None), (false, None), (true, Some(true)), (false, Some(false))]
+            {
+                if residual.is_some() && shape.len() == 2 {
+                    continue;
+                }
+                let native =
+                    fused_pair(Kind::BFloat16, shape, channels_last, residual, Uses::Both).0;
                 native_bf16_rounding(Some(false));
-                let software = relu_pair(Kind::BFloat16, shape, channels_last).0;
+                let software =
+                    fused_pair(Kind::BFloat16, shape, channels_last, residual, Uses::Both).0;
                 assert!(native_bf16_rounding(Some(true)));
                 for (i, (a, b)) in native.iter().zip(&software).enumerate() {
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert!(
                         bits(a) == bits(b),
-                        "{shape:?} channels-last {channels_last}: part {i} differs"
+                        "{shape:?} channels-last {channels_last}, residual {residual:?}: part \
+                         {i} differs"
                     );
                 }
             }
@@ -568,14 +776,17 @@ mod tests {
         for (shape, channels_last) in
             [([8, 16, 12, 12], true), ([8, 16, 12, 12], false), ([4, 6, 16, 17], false)]
         {
-            tch::set_num_threads(1);
-            let one = relu_pair(Kind::Float, &shape, channels_last).0;
-            tch::set_num_threads(3);
-            let three = relu_pair(Kind::Float, &shape, channels_last).0;
-            for (i, (a, b)) in one.iter().zip(&three).enumerate() {
-                let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-                let what = format!("{shape:?}, channels-last {channels_last}");
-                assert!(a == b, "{what}: part {i} differs by {worst}");
+            // Without and with a residual.
+            for residual in [None, Some(channels_last)] {
+                tch::set_num_threads(1);
+                let one = fused_pair(Kind::Float, &shape, channels_last, residual, Uses::Both).0;
+                tch::set_num_threads(3);
+                let three = fused_pair(Kind::Float, &shape, channels_last, residual, Uses::Both).0;
+                for (i, (a, b)) in one.iter().zip(&three).enumerate() {
+                    let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                    let what = format!("{shape:?}, channels-last {channels_last}, {residual:?}");
+                    assert!(a == b, "{what}: part {i} differs by {worst}");
+                }
             }
         }
         tch::set_num_threads(threads);
