@@ -316,7 +316,10 @@ mod tests {
     /// A training step (loss `Σ c ⊙ block4`) of a float ResNet-18, which takes the fused batch
     /// norm + add + ReLU kernels and the forked block outputs, against the same network in
     /// double, which takes tch's ops (the kernels take float and bfloat16 only): the same
-    /// output, gradients and running statistics. (ResNet-50's bottleneck blocks run through the
+    /// output, gradients and running statistics, within 1e-3 of each one's largest value (float
+    /// against double: 2e-4 at most, fused or not, in the runs seen; the network and input
+    /// come from libtorch's generator, which tests beside this one draw from too, so they
+    /// vary from run to run). (ResNet-50's bottleneck blocks run through the
     /// same `Block::forward_t`; at a test's batch of 4 its float step is too far from the double
     /// one, fused or not, for the comparison to say anything: 3% on some gradients.)
     #[test]
@@ -354,7 +357,7 @@ mod tests {
                 let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
                 let scale = b.abs().max().double_value(&[]).max(1e-3);
                 let worst = (&a - &b).abs().max().double_value(&[]);
-                assert!(worst <= 5e-4 * scale, "{what}: {name} differs by {worst} (scale {scale})");
+                assert!(worst <= 1e-3 * scale, "{what}: {name} differs by {worst} (scale {scale})");
             };
             close(&y, &y64, "output");
             let (v, v64) = (vs.variables(), vs64.variables());
