@@ -11,13 +11,18 @@
 // With a residual `r` of the same shape and type (the end of a ResNet block, He et al. 2016:
 // `relu(bn2(conv2(h)) + shortcut)`), `y = max(0, bn(x) + r)`: the forward reads `r` once more,
 // the backward writes `r`'s gradient (`dy` where `y > 0`) in the pass that writes `dx`; ATen's
-// separate add and its bfloat16 rounding of `bn(x)` before it are gone.
+// separate add and its bfloat16 rounding of `bn(x)` before it are gone. An output with two
+// consumers (a ResNet block's, taken by the next block's convolution and its shortcut) can be
+// returned twice, as two outputs of the autograd function (see `fused_forward`): the backward
+// then reads the two gradients and adds them in float, where autograd would have added them in
+// a pass of its own.
 //
 // The work is cut into pieces that do not depend on the thread count (blocks of `kRows` pixels
 // of a channels-last tensor; whole images of an NCHW tensor with small maps, else the `H·W`
 // plane of one image and channel), each a run of contiguous values whose per-channel
-// coefficients repeat with a fixed period (see `Layout`); each piece's per-channel sums are computed by one thread and the pieces are added in
-// order, so the result is the same whatever the thread count. The loops are compiled for
+// coefficients repeat with a fixed period (see `Layout`); each piece's per-channel sums are
+// computed by one thread and the pieces are added in order, so the result is the same whatever
+// the thread count. The loops are compiled for
 // AVX-512, AVX2 and baseline x86-64, picked at load time, and the sums are taken in the same
 // order by each; the two that write bfloat16 use the CPU's own rounding where it has one.
 #include <ATen/ATen.h>
@@ -44,7 +49,7 @@ using selfsup::load;
 using selfsup::store;
 
 // ReLU's backward: `dy` where the output `y` is positive, else 0 (NaN passes, as ATen's); with
-// two gradients of the output (`kTwo`: its two consumers', see `BatchNormRelu`), of their sum.
+// two gradients of the output (`kTwo`: its two consumers', see `fused_forward`), of their sum.
 template <bool kTwo, typename T>
 SELFSUP_INLINE float relu_grad(const T* dy, const T* dy2, const T* y) {
   float d = load(dy);
