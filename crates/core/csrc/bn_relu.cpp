@@ -22,9 +22,9 @@
 // plane of one image and channel), each a run of contiguous values whose per-channel
 // coefficients repeat with a fixed period (see `Layout`); each piece's per-channel sums are
 // computed by one thread and the pieces are added in order, so the result is the same whatever
-// the thread count. The loops are compiled for
-// AVX-512, AVX2 and baseline x86-64, picked at load time, and the sums are taken in the same
-// order by each; the two that write bfloat16 use the CPU's own rounding where it has one.
+// the thread count. The loops are compiled for AVX-512, AVX2 and baseline x86-64, picked at
+// load time, and the sums are taken in the same order by each; the two that write bfloat16 use
+// the CPU's own rounding where it has one.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
