@@ -400,8 +400,8 @@ std::vector<double> total(const std::vector<float>& parts, int64_t C) {
 // `r`: the residual, or an undefined tensor.
 template <typename T>
 at::Tensor forward_typed(const at::Tensor& x, const at::Tensor& r, const at::Tensor& weight,
-                         const at::Tensor& bias,
-                         const at::Tensor& running_mean, const at::Tensor& running_var,
+                         const at::Tensor& bias, const at::Tensor& running_mean,
+                         const at::Tensor& running_var,
                          double momentum, double eps, at::Tensor& mean_out,
                          at::Tensor& invstd_out) {
   const Layout L(x);
