@@ -5,8 +5,8 @@
 // kernel (a handful of launches a step instead of several per parameter).
 //
 // Tensors arrive as arrays of `at::Tensor*` (tch's `C_tensor` is `at::Tensor`), all of one
-// device and dtype, each parameter's gradient and state with the parameter's strides (the
-// caller checks), called under the caller's no-grad guard. Every function returns 0, or -1 with
+// device and dtype, each parameter dense (one run of memory, in any order of dimensions), its
+// gradient and state with its strides (the caller checks), called under the caller's no-grad guard. Every function returns 0, or -1 with
 // libtorch's message in `err`.
 #include <ATen/ATen.h>
 #include <ATen/ops/_fused_adamw.h>
@@ -19,10 +19,21 @@
 
 namespace {
 
+// A dense CPU tensor that is not contiguous (a channels-last weight, its gradient and state)
+// as one flat run of its memory. ATen's CPU kernels (`fused_sgd_kernel`, `fused_adam_kernel`)
+// copy each such gradient into a contiguous tensor and then never read the copy: they walk the
+// tensors' own memory, which the caller's check that all of a parameter's tensors share its
+// strides allows. Seen flat, the gradient is contiguous and the wasted copy (a pass over every
+// channels-last weight's gradient a step) is skipped; the update is the same, value for value.
+at::Tensor flat(const at::Tensor& t) {
+  if (!t.is_cpu() || t.is_contiguous() || !t.is_non_overlapping_and_dense()) return t;
+  return t.as_strided({t.numel()}, {1});
+}
+
 std::vector<at::Tensor> list(const at::Tensor* const* ts, size_t n) {
   std::vector<at::Tensor> out;
   out.reserve(n);
-  for (size_t i = 0; i < n; ++i) out.push_back(*ts[i]);
+  for (size_t i = 0; i < n; ++i) out.push_back(flat(*ts[i]));
   return out;
 }
 

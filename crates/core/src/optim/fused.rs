@@ -6,9 +6,10 @@
 //! [`super::AdamW`].
 //!
 //! A kernel walks each parameter, its gradient and its state as flat memory, so a tensor joins a
-//! [`Group`] only when all of them share the parameter's strides (autograd's gradient-layout
-//! contract gives a gradient the parameter's layout, and state made by `zeros_like` has it), the
-//! group's device and floating dtype; anything else takes the single-tensor path.
+//! [`Group`] only when it is dense (one run of memory without gaps, in any order of dimensions)
+//! and all of them share the parameter's strides (autograd's gradient-layout contract gives a
+//! gradient the parameter's layout, and state made by `zeros_like` has it), the group's device
+//! and floating dtype; anything else takes the single-tensor path.
 use std::os::raw::{c_char, c_int, c_void};
 
 use tch::{Device, Kind, Tensor};
@@ -118,9 +119,25 @@ fn fusable(p: &Tensor, grad: &Tensor, state: &[&Tensor]) -> bool {
     let strides = p.stride();
     floating
         && p.numel() > 0
+        && dense(&p.size(), &strides)
         && std::iter::once(grad)
             .chain(state.iter().copied())
             .all(|t| t.kind() == p.kind() && t.device() == p.device() && t.stride() == strides)
+}
+
+/// Whether a tensor of `size` and `stride` covers one run of `numel` values, each once: its
+/// dimensions of more than one value, ordered by stride, have the strides of a contiguous
+/// tensor (NCHW, channels-last or any other order).
+fn dense(size: &[i64], stride: &[i64]) -> bool {
+    let mut dims: Vec<(i64, i64)> =
+        stride.iter().zip(size).filter(|(_, &n)| n != 1).map(|(&s, &n)| (s, n)).collect();
+    dims.sort_unstable();
+    let mut run = 1;
+    dims.into_iter().all(|(s, n)| {
+        let ok = s == run;
+        run *= n;
+        ok
+    })
 }
 
 fn ptrs(ts: &[Tensor]) -> Vec<Handle> {
@@ -211,6 +228,16 @@ mod tests {
         assert!(!fusable(&p, &same, &[&transposed]), "state with other strides");
         assert!(!fusable(&p, &double, &[]), "gradient of another dtype");
         assert!(!fusable(&int, &int, &[]), "integer parameter");
+        let wide = Tensor::zeros([3, 8], (Kind::Float, Device::Cpu));
+        let gappy = wide.slice(1, 0, 8, 2);
+        assert!(!fusable(&gappy, &wide.slice(1, 1, 8, 2), &[]), "every other column: gaps");
+        let cl = Tensor::zeros([2, 3, 4, 5], (Kind::Float, Device::Cpu))
+            .permute([0, 2, 3, 1])
+            .contiguous()
+            .permute([0, 3, 1, 2]);
+        assert!(fusable(&cl, &cl.zeros_like(), &[&cl.zeros_like()]), "channels-last");
+        assert!(dense(&[1, 4], &[1, 1]) && dense(&[4, 1], &[1, 7]), "size-1 dimensions");
+        assert!(!dense(&[2, 2], &[1, 1]), "overlapping");
         let mut g = Groups::default();
         assert_eq!(g.push(&p, &same, &[], 0.1), Some(0));
         assert_eq!(g.push(&p, &same, &[], 0.0), Some(1), "another weight decay");
@@ -220,8 +247,9 @@ mod tests {
         assert_eq!(g.0[0].params.len(), 2);
     }
 
-    /// Channels-last weights (strides other than contiguous, shared by gradient and state):
-    /// the fused SGD and AdamW steps give the single-tensor formulas' values.
+    /// Channels-last weights (strides other than contiguous, shared by gradient and state,
+    /// which the shim hands to the kernels flat): the fused SGD and AdamW steps give the
+    /// single-tensor formulas' values.
     #[test]
     fn fused_steps_follow_the_formulas_on_channels_last_weights() {
         tch::manual_seed(3);
