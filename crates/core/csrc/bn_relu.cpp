@@ -6,7 +6,9 @@
 // libtorch runs them as separate kernels (statistics, normalisation, ReLU, ReLU's backward, the
 // norm's two backward passes), each reading and writing the whole activation; here the forward
 // reads `x` twice and writes `y` once, the backward reads `dy`, `x` and `y` twice and writes
-// `dx` once, and no ReLU input is materialised beside `y`.
+// `dx` once, and no ReLU input is materialised beside `y`. Where bfloat16 goes through the
+// CPU's own conversion, the forward also writes ReLU's mask (a bit a value), which the
+// backward reads instead of `y`.
 //
 // With a residual `r` of the same shape and type (the end of a ResNet block, He et al. 2016:
 // `relu(bn2(conv2(h)) + shortcut)`), `y = max(0, bn(x) + r)`: the forward reads `r` once more,
@@ -185,9 +187,14 @@ using selfsup::store16;
 
 // Values are loaded and stored under a mask of the period's remaining lanes; the coefficients
 // are read 16 at a time, padded to whole vectors by `Spread`. `kRes` as in `forward`.
-template <bool kRes>
+//
+// With `kMask`, the loop also writes ReLU's mask for the backward to `mw`, one 16-bit word per
+// vector in loop order (the lanes where not `y <= 0`, NaN included, `y` as stored in
+// bfloat16): the backward's loops then read 2 bytes per 16 values instead of `y`'s 32, twice.
+template <bool kRes, bool kMask>
 SELFSUP_NATIVE_BF16 void forward_native(const uint16_t* x, const uint16_t* r, uint16_t* y,
-                                        int64_t n, int64_t P, const float* a, const float* b) {
+                                        uint16_t* mw, int64_t n, int64_t P, const float* a,
+                                        const float* b) {
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += P) {
     const int64_t len = std::min(P, n - i);
@@ -197,28 +204,64 @@ SELFSUP_NATIVE_BF16 void forward_native(const uint16_t* x, const uint16_t* r, ui
                                _mm512_loadu_ps(b + j));
       if constexpr (kRes) v = _mm512_add_ps(v, load16(r + i + j, m));
       // MAXPS returns its second operand for a NaN or two zeros: NaN and -0 pass, as above.
-      store16(y + i + j, _mm512_max_ps(zero, v), m);
+      const __m256i bits = (__m256i)_mm512_cvtneps_pbh(_mm512_max_ps(zero, v));
+      _mm256_mask_storeu_epi16(y + i + j, m, bits);
+      if constexpr (kMask) {
+        const __m512 stored =
+            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+        *mw++ = _mm512_mask_cmp_ps_mask(m, stored, zero, _CMP_NLE_UQ);
+      }
     }
   }
 }
 
-// `kRes` and `kTwo` as in `grad_input`.
-template <bool kRes, bool kTwo>
-SELFSUP_NATIVE_BF16 void grad_input_native(const uint16_t* dy, const uint16_t* dy2,
-                                           const uint16_t* x, const uint16_t* y, uint16_t* dx,
-                                           uint16_t* dr, int64_t n, int64_t P, const float* A,
-                                           const float* B, const float* D) {
-  const __m512 zero = _mm512_setzero_ps();
+// ReLU's backward on 16 lanes: `g = dy` (`dy + dy2` with `kTwo`) where not `y <= 0` (NaN
+// included), else +0; with `kMask`, where the forward's mask word `pass` says so (`y` unread).
+template <bool kTwo, bool kMask>
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE __m512 relu_grad16(const uint16_t* dy, const uint16_t* dy2,
+                                                      const uint16_t* y, __mmask16 pass,
+                                                      __mmask16 m) {
+  if constexpr (!kMask) pass = _mm512_cmp_ps_mask(load16(y, m), _mm512_setzero_ps(), _CMP_NLE_UQ);
+  __m512 d = load16(dy, m);
+  if constexpr (kTwo) d = _mm512_add_ps(d, load16(dy2, m));
+  return _mm512_maskz_mov_ps(pass, d);
+}
+
+// `grad_sums` on the forward's mask words `mw` (see `forward_native`). The sums are taken in
+// the order and arithmetic of `grad_sums` (a product, then a sum: no fused multiply-add), so
+// they are the same bits.
+template <bool kTwo>
+SELFSUP_NATIVE_BF16 void grad_sums_native(const uint16_t* dy, const uint16_t* dy2,
+                                          const uint16_t* x, const uint16_t* mw, int64_t n,
+                                          int64_t P, const float* mean, float* sg, float* sgx) {
+  for (int64_t j = 0; j < P; ++j) sg[j] = sgx[j] = 0.f;
   for (int64_t i = 0; i < n; i += P) {
     const int64_t len = std::min(P, n - i);
     for (int64_t j = 0; j < len; j += 16) {
       const int64_t o = i + j;
       const __mmask16 m = lanes(len - j);
-      // `g = dy` (`dy + dy2`) where not `y <= 0` (NaN included), else +0.
-      const __mmask16 pass = _mm512_cmp_ps_mask(load16(y + o, m), zero, _CMP_NLE_UQ);
-      __m512 d = load16(dy + o, m);
-      if constexpr (kTwo) d = _mm512_add_ps(d, load16(dy2 + o, m));
-      const __m512 g = _mm512_maskz_mov_ps(pass, d);
+      const __m512 g = relu_grad16<kTwo, true>(dy + o, dy2 + o, nullptr, *mw++, m);
+      const __m512 xm = _mm512_sub_ps(load16(x + o, m), _mm512_loadu_ps(mean + j));
+      _mm512_mask_storeu_ps(sg + j, m, _mm512_add_ps(_mm512_loadu_ps(sg + j), g));
+      _mm512_mask_storeu_ps(sgx + j, m,
+                            _mm512_add_ps(_mm512_loadu_ps(sgx + j), _mm512_mul_ps(g, xm)));
+    }
+  }
+}
+
+// `kRes` and `kTwo` as in `grad_input`, `kMask` as in `relu_grad16` (`mw`: the mask words).
+template <bool kRes, bool kTwo, bool kMask>
+SELFSUP_NATIVE_BF16 void grad_input_native(const uint16_t* dy, const uint16_t* dy2,
+                                           const uint16_t* x, const uint16_t* y,
+                                           const uint16_t* mw, uint16_t* dx, uint16_t* dr,
+                                           int64_t n, int64_t P, const float* A, const float* B,
+                                           const float* D) {
+  for (int64_t i = 0; i < n; i += P) {
+    const int64_t len = std::min(P, n - i);
+    for (int64_t j = 0; j < len; j += 16) {
+      const int64_t o = i + j;
+      const __mmask16 m = lanes(len - j);
+      const __m512 g = relu_grad16<kTwo, kMask>(dy + o, dy2 + o, y + o, kMask ? *mw++ : 0, m);
       if constexpr (kRes) store16(dr + o, g, m);
       const __m512 gx = _mm512_add_ps(_mm512_mul_ps(g, _mm512_loadu_ps(A + j)),
                                       _mm512_mul_ps(load16(x + o, m), _mm512_loadu_ps(B + j)));
@@ -230,36 +273,68 @@ SELFSUP_NATIVE_BF16 void grad_input_native(const uint16_t* dy, const uint16_t* d
 #endif
 using selfsup::native_bf16;
 
-// The writing loops, bfloat16 through the native conversion where there is one; a null `r`
-// or `dr`: no residual; a null `dy2`: one gradient of the output.
-void forward_loop(const float* x, const float* r, float* y, int64_t n, int64_t P,
+// The loops by element type, bfloat16 through the native conversion where there is one; a
+// null `r` or `dr`: no residual; a null `dy2`: one gradient of the output; `mw`: ReLU's mask
+// words (see `forward_native`), written and read only by the native bfloat16 loops, else null.
+void forward_loop(const float* x, const float* r, float* y, uint16_t*, int64_t n, int64_t P,
                   const float* a, const float* b) {
   forward_of(x, r, y, n, P, a, b);
 }
-void forward_loop(const uint16_t* x, const uint16_t* r, uint16_t* y, int64_t n, int64_t P,
-                  const float* a, const float* b) {
+void forward_loop(const uint16_t* x, const uint16_t* r, uint16_t* y, uint16_t* mw, int64_t n,
+                  int64_t P, const float* a, const float* b) {
 #ifdef SELFSUP_NATIVE_BF16
+  if (mw) {
+    return r ? forward_native<true, true>(x, r, y, mw, n, P, a, b)
+             : forward_native<false, true>(x, r, y, mw, n, P, a, b);
+  }
   if (native_bf16()) {
-    return r ? forward_native<true>(x, r, y, n, P, a, b)
-             : forward_native<false>(x, r, y, n, P, a, b);
+    return r ? forward_native<true, false>(x, r, y, mw, n, P, a, b)
+             : forward_native<false, false>(x, r, y, mw, n, P, a, b);
   }
 #endif
   forward_of(x, r, y, n, P, a, b);
 }
+void grad_sums_loop(const float* dy, const float* dy2, const float* x, const float* y,
+                    const uint16_t*, int64_t n, int64_t P, const float* mean, float* sg,
+                    float* sgx) {
+  grad_sums_of(dy, dy2, x, y, n, P, mean, sg, sgx);
+}
+void grad_sums_loop(const uint16_t* dy, const uint16_t* dy2, const uint16_t* x,
+                    const uint16_t* y, const uint16_t* mw, int64_t n, int64_t P,
+                    const float* mean, float* sg, float* sgx) {
+#ifdef SELFSUP_NATIVE_BF16
+  if (mw) {
+    return dy2 ? grad_sums_native<true>(dy, dy2, x, mw, n, P, mean, sg, sgx)
+               : grad_sums_native<false>(dy, dy2, x, mw, n, P, mean, sg, sgx);
+  }
+#endif
+  grad_sums_of(dy, dy2, x, y, n, P, mean, sg, sgx);
+}
 void grad_input_loop(const float* dy, const float* dy2, const float* x, const float* y,
-                     float* dx, float* dr, int64_t n, int64_t P, const float* A, const float* B,
-                     const float* D) {
+                     const uint16_t*, float* dx, float* dr, int64_t n, int64_t P,
+                     const float* A, const float* B, const float* D) {
   grad_input_of(dy, dy2, x, y, dx, dr, n, P, A, B, D);
 }
-void grad_input_loop(const uint16_t* dy, const uint16_t* dy2, const uint16_t* x,
-                     const uint16_t* y, uint16_t* dx, uint16_t* dr, int64_t n, int64_t P,
-                     const float* A, const float* B, const float* D) {
 #ifdef SELFSUP_NATIVE_BF16
-  if (native_bf16()) {
-    const auto run = dr ? (dy2 ? grad_input_native<true, true> : grad_input_native<true, false>)
-                        : (dy2 ? grad_input_native<false, true> : grad_input_native<false, false>);
-    return run(dy, dy2, x, y, dx, dr, n, P, A, B, D);
-  }
+template <bool kMask>
+void grad_input_native_of(const uint16_t* dy, const uint16_t* dy2, const uint16_t* x,
+                          const uint16_t* y, const uint16_t* mw, uint16_t* dx, uint16_t* dr,
+                          int64_t n, int64_t P, const float* A, const float* B,
+                          const float* D) {
+  const auto run = dr ? (dy2 ? grad_input_native<true, true, kMask>
+                             : grad_input_native<true, false, kMask>)
+                      : (dy2 ? grad_input_native<false, true, kMask>
+                             : grad_input_native<false, false, kMask>);
+  run(dy, dy2, x, y, mw, dx, dr, n, P, A, B, D);
+}
+#endif
+void grad_input_loop(const uint16_t* dy, const uint16_t* dy2, const uint16_t* x,
+                     const uint16_t* y, const uint16_t* mw, uint16_t* dx, uint16_t* dr,
+                     int64_t n, int64_t P, const float* A, const float* B, const float* D) {
+#ifdef SELFSUP_NATIVE_BF16
+  if (mw) return grad_input_native_of<true>(dy, dy2, x, y, mw, dx, dr, n, P, A, B, D);
+  if (native_bf16())
+    return grad_input_native_of<false>(dy, dy2, x, y, mw, dx, dr, n, P, A, B, D);
 #endif
   grad_input_of(dy, dy2, x, y, dx, dr, n, P, A, B, D);
 }
@@ -312,6 +387,10 @@ struct Layout {
   }
 
   bool channels_last() const { return mode == Mode::Rows; }
+
+  // The most vectors the native loops take in one piece (periods of whole vectors, the last
+  // one masked): its number of ReLU mask words (see `forward_native`).
+  int64_t vectors() const { return (n + P - 1) / P * ((P + 15) / 16); }
 
   at::MemoryFormat format() const {
     return channels_last() ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
@@ -397,13 +476,13 @@ std::vector<double> total(const std::vector<float>& parts, int64_t C) {
   return t;
 }
 
-// `r`: the residual, or an undefined tensor.
+// `r`: the residual, or an undefined tensor. `mask_out`: ReLU's mask words for the backward
+// where the native bfloat16 loops run (piece `u`'s from word `u · vectors()`), else undefined.
 template <typename T>
 at::Tensor forward_typed(const at::Tensor& x, const at::Tensor& r, const at::Tensor& weight,
                          const at::Tensor& bias, const at::Tensor& running_mean,
-                         const at::Tensor& running_var,
-                         double momentum, double eps, at::Tensor& mean_out,
-                         at::Tensor& invstd_out) {
+                         const at::Tensor& running_var, double momentum, double eps,
+                         at::Tensor& mean_out, at::Tensor& invstd_out, at::Tensor& mask_out) {
   const Layout L(x);
   const int64_t C = L.C, M = L.M, HW = L.HW;
   const T* xp = elements<T>(x);
@@ -440,9 +519,15 @@ at::Tensor forward_typed(const at::Tensor& x, const at::Tensor& r, const at::Ten
   at::Tensor y = at::empty_like(x, L.format());
   T* yp = elements<T>(y);
   const T* rp = r.defined() ? elements<T>(r) : nullptr;
+  uint16_t* mw = nullptr;
+  if (std::is_same<T, uint16_t>::value && native_bf16()) {
+    mask_out = at::empty({L.units * L.vectors()}, fopts.dtype(at::kShort));
+    mw = reinterpret_cast<uint16_t*>(mask_out.data_ptr<int16_t>());
+  }
   const Spread as(L, a), bs(L, shiftb);
   for_units(L, [&](int64_t u, int64_t o, int64_t n) {
-    forward_loop(xp + o, rp ? rp + o : nullptr, yp + o, n, L.P, as.of(u), bs.of(u));
+    forward_loop(xp + o, rp ? rp + o : nullptr, yp + o, mw ? mw + u * L.vectors() : nullptr, n,
+                 L.P, as.of(u), bs.of(u));
   });
   // Through `variable_data()` (`.data` semantics), as ATen's kernel writes the buffers: graphs
   // that saved them are not invalidated.
@@ -453,17 +538,22 @@ at::Tensor forward_typed(const at::Tensor& x, const at::Tensor& r, const at::Ten
 
 // `{dx, dw, db}`, and `dr` after them with `residual_grad`, for the output's gradient `dy`, or
 // the sum of `dy` and `dy2` where `dy2` is defined.
+// `mask`: the forward's ReLU mask words, or undefined (the loops then read `y`).
 template <typename T>
 std::vector<at::Tensor> backward_typed(const at::Tensor& dy, const at::Tensor& dy2,
                                        const at::Tensor& x, const at::Tensor& y,
-                                       const at::Tensor& weight, const at::Tensor& mean_t,
-                                       const at::Tensor& invstd_t, bool residual_grad) {
+                                       const at::Tensor& mask, const at::Tensor& weight,
+                                       const at::Tensor& mean_t, const at::Tensor& invstd_t,
+                                       bool residual_grad) {
   const Layout L(x);
   const int64_t C = L.C, M = L.M;
   const T* dyp = elements<T>(dy);
   const T* dy2p = dy2.defined() ? elements<T>(dy2) : nullptr;
   const T* xp = elements<T>(x);
   const T* yp = elements<T>(y);
+  const uint16_t* mw =
+      mask.defined() ? reinterpret_cast<const uint16_t*>(mask.data_ptr<int16_t>()) : nullptr;
+  const auto words = [&](int64_t u) { return mw ? mw + u * L.vectors() : nullptr; };
   const float* mean = mean_t.data_ptr<float>();
   const float* invstd = invstd_t.data_ptr<float>();
   const float* w = weight.data_ptr<float>();
@@ -471,8 +561,8 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& dy, const at::Tensor& d
   const Spread means(L, std::vector<float>(mean, mean + C));
   for_units(L, [&](int64_t u, int64_t o, int64_t n) {
     float* s = scratch(L.P);
-    grad_sums_of(dyp + o, dy2p ? dy2p + o : nullptr, xp + o, yp + o, n, L.P, means.of(u), s,
-                 s + L.P);
+    grad_sums_loop(dyp + o, dy2p ? dy2p + o : nullptr, xp + o, yp + o, words(u), n, L.P,
+                   means.of(u), s, s + L.P);
     L.fold(s, &psg[u * L.width]);
     L.fold(s + L.P, &psgx[u * L.width]);
   });
@@ -499,7 +589,7 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& dy, const at::Tensor& d
   T* drp = residual_grad ? elements<T>(dr) : nullptr;
   const Spread As(L, A), Bs(L, B), Ds(L, D);
   for_units(L, [&](int64_t u, int64_t o, int64_t n) {
-    grad_input_loop(dyp + o, dy2p ? dy2p + o : nullptr, xp + o, yp + o, dxp + o,
+    grad_input_loop(dyp + o, dy2p ? dy2p + o : nullptr, xp + o, yp + o, words(u), dxp + o,
                     drp ? drp + o : nullptr, n, L.P, As.of(u), Bs.of(u), Ds.of(u));
   });
   if (residual_grad) return {dx, dw, db, dr};
@@ -520,13 +610,13 @@ variable_list fused_forward(AutogradContext* ctx, const at::Tensor& x, const at:
                             const at::Tensor& weight, const at::Tensor& bias,
                             const at::Tensor& running_mean, const at::Tensor& running_var,
                             double momentum, double eps, int64_t outputs) {
-  at::Tensor mean, invstd;
+  at::Tensor mean, invstd, mask;
   at::Tensor y = x.scalar_type() == at::kFloat
                      ? forward_typed<float>(x, r, weight, bias, running_mean, running_var,
-                                            momentum, eps, mean, invstd)
+                                            momentum, eps, mean, invstd, mask)
                      : forward_typed<uint16_t>(x, r, weight, bias, running_mean, running_var,
-                                               momentum, eps, mean, invstd);
-  ctx->save_for_backward({x, y, weight, mean, invstd});
+                                               momentum, eps, mean, invstd, mask);
+  ctx->save_for_backward({x, y, weight, mean, invstd, mask});
   if (outputs == 2) return {y, y.alias()};
   return {y};
 }
@@ -540,7 +630,8 @@ variable_list fused_backward(AutogradContext* ctx, const variable_list& grads,
   TORCH_CHECK(!at::GradMode::is_enabled(),
               "fused batch norm + ReLU has no double backward (create_graph)");
   auto s = ctx->get_saved_variables();
-  const at::Tensor &x = s[0], &y = s[1], &weight = s[2], &mean = s[3], &invstd = s[4];
+  const at::Tensor &x = s[0], &y = s[1], &weight = s[2], &mean = s[3], &invstd = s[4],
+                   &mask = s[5];
   at::Tensor dy, dy2;
   for (const at::Tensor& g : grads) {
     if (!g.defined()) continue;
@@ -548,8 +639,9 @@ variable_list fused_backward(AutogradContext* ctx, const variable_list& grads,
   }
   if (!dy.defined()) return variable_list(4);
   auto g = x.scalar_type() == at::kFloat
-               ? backward_typed<float>(dy, dy2, x, y, weight, mean, invstd, residual_grad)
-               : backward_typed<uint16_t>(dy, dy2, x, y, weight, mean, invstd, residual_grad);
+               ? backward_typed<float>(dy, dy2, x, y, mask, weight, mean, invstd, residual_grad)
+               : backward_typed<uint16_t>(dy, dy2, x, y, mask, weight, mean, invstd,
+                                          residual_grad);
   g.resize(4);
   return g;
 }
