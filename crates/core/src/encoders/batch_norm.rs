@@ -776,15 +776,20 @@ mod tests {
         for (shape, channels_last) in
             [([8, 16, 12, 12], true), ([8, 16, 12, 12], false), ([4, 6, 16, 17], false)]
         {
-            // Without and with a residual.
-            for residual in [None, Some(channels_last)] {
+            // Without and with a residual; bfloat16 as well (with the CPU's conversion, the
+            // ReLU mask's words are laid out by piece).
+            for (residual, kind) in [None, Some(channels_last)]
+                .into_iter()
+                .flat_map(|r| [(r, Kind::Float), (r, Kind::BFloat16)])
+            {
                 tch::set_num_threads(1);
-                let one = fused_pair(Kind::Float, &shape, channels_last, residual, Uses::Both).0;
+                let one = fused_pair(kind, &shape, channels_last, residual, Uses::Both).0;
                 tch::set_num_threads(3);
-                let three = fused_pair(Kind::Float, &shape, channels_last, residual, Uses::Both).0;
+                let three = fused_pair(kind, &shape, channels_last, residual, Uses::Both).0;
                 for (i, (a, b)) in one.iter().zip(&three).enumerate() {
                     let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-                    let what = format!("{shape:?}, channels-last {channels_last}, {residual:?}");
+                    let what =
+                        format!("{kind:?} {shape:?}, channels-last {channels_last}, {residual:?}");
                     assert!(a == b, "{what}: part {i} differs by {worst}");
                 }
             }
