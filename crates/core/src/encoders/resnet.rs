@@ -389,7 +389,7 @@ mod tests {
                 let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
                 let scale = b.abs().max().double_value(&[]).max(1e-3);
                 let worst = (&a - &b).abs().max().double_value(&[]);
-                assert!(worst <= 1e9 * scale, "{what}: {name} differs by {worst} (scale {scale})");
+                assert!(worst <= 1e-3 * scale, "{what}: {name} differs by {worst} (scale {scale})");
             };
             close(&y, &y64, "output");
             let (v, v64) = (vs.variables(), vs64.variables());
