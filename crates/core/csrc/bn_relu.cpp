@@ -59,6 +59,12 @@ SELFSUP_INLINE float relu_grad(const T* dy, const T* dy2, const T* y) {
   return load(y) <= 0.f ? 0.f : d;
 }
 
+// The residual a loop adds before the ReLU (a template argument): none; `r` as it is (a ResNet
+// block's identity shortcut); or `r · ra + rb`, `r` through a batch norm of its own (the 1×1
+// convolution's output of a downsampling shortcut), whose coefficients repeat as the main
+// ones do.
+enum Res : int { kNone, kPlain, kNormed };
+
 // The loops run over `n` contiguous values whose per-channel coefficients repeat with period
 // `P` (see `Layout`): coefficient `j` of a period applies to the values at
 // `j, j + P, j + 2P, ...`. Sums are kept per position of the period, each added in memory
@@ -82,12 +88,12 @@ SELFSUP_INLINE void stats(const T* __restrict__ x, int64_t n, int64_t P,
   }
 }
 
-// `y = max(0, x · a + b)`, or `max(0, x · a + b + r)` with a residual (`kRes`); NaN passes, as
-// ReLU's.
-template <bool kRes, typename T>
+// `y = max(0, x · a + b [+ residual])`, the residual as `R` says; NaN passes, as ReLU's.
+template <Res R, typename T>
 SELFSUP_INLINE void forward(const T* __restrict__ x, const T* __restrict__ r, T* __restrict__ y,
                             int64_t n, int64_t P, const float* __restrict__ a,
-                            const float* __restrict__ b) {
+                            const float* __restrict__ b, const float* __restrict__ ra,
+                            const float* __restrict__ rb) {
   for (int64_t i = 0; i < n; i += P) {
     const T* __restrict__ xi = x + i;
     T* __restrict__ yi = y + i;
@@ -95,20 +101,26 @@ SELFSUP_INLINE void forward(const T* __restrict__ x, const T* __restrict__ r, T*
 #pragma GCC ivdep
     for (int64_t j = 0; j < len; ++j) {
       float v = load(xi + j) * a[j] + b[j];
-      if constexpr (kRes) v += load(r + i + j);
+      if constexpr (R == kPlain) v += load(r + i + j);
+      if constexpr (R == kNormed) v += load(r + i + j) * ra[j] + rb[j];
       store(yi + j, v < 0.f ? 0.f : v);
     }
   }
 }
 
 // Sums of `g` and of `g · (x - mean)` per position of the period, `g = dy` (`dy + dy2` with
-// `kTwo`) where `y > 0`, else 0.
-template <bool kTwo, typename T>
+// `kTwo`) where `y > 0`, else 0; with a normed residual (`kNormed`), also of
+// `g · (r - rmean)`.
+template <bool kTwo, bool kNormed, typename T>
 SELFSUP_INLINE void grad_sums(const T* __restrict__ dy, const T* __restrict__ dy2,
-                              const T* __restrict__ x, const T* __restrict__ y, int64_t n,
-                              int64_t P, const float* __restrict__ mean, float* __restrict__ sg,
-                              float* __restrict__ sgx) {
+                              const T* __restrict__ x, const T* __restrict__ y,
+                              const T* __restrict__ r, int64_t n, int64_t P,
+                              const float* __restrict__ mean, const float* __restrict__ rmean,
+                              float* __restrict__ sg, float* __restrict__ sgx,
+                              float* __restrict__ sgr) {
   for (int64_t j = 0; j < P; ++j) sg[j] = sgx[j] = 0.f;
+  if constexpr (kNormed)
+    for (int64_t j = 0; j < P; ++j) sgr[j] = 0.f;
   for (int64_t i = 0; i < n; i += P) {
     const int64_t len = std::min(P, n - i);
 #pragma GCC ivdep
@@ -116,93 +128,128 @@ SELFSUP_INLINE void grad_sums(const T* __restrict__ dy, const T* __restrict__ dy
       const float g = relu_grad<kTwo>(dy + i + j, dy2 + i + j, y + i + j);
       sg[j] += g;
       sgx[j] += g * (load(x + i + j) - mean[j]);
+      if constexpr (kNormed) sgr[j] += g * (load(r + i + j) - rmean[j]);
     }
   }
 }
 
-// `dx = g · A + x · B + D`, `g` as in `grad_sums`; with a residual (`kRes`), also `dr = g`.
-template <bool kRes, bool kTwo, typename T>
+// `dx = g · A + x · B + D`, `g` as in `grad_sums`; with a residual, also its gradient `dr`:
+// `g` (`kPlain`), or `g · RA + r · RB + RD` through its norm (`kNormed`).
+template <Res R, bool kTwo, typename T>
 SELFSUP_INLINE void grad_input(const T* __restrict__ dy, const T* __restrict__ dy2,
                                const T* __restrict__ x, const T* __restrict__ y,
-                               T* __restrict__ dx, T* __restrict__ dr, int64_t n, int64_t P,
-                               const float* __restrict__ A, const float* __restrict__ B,
-                               const float* __restrict__ D) {
+                               const T* __restrict__ r, T* __restrict__ dx, T* __restrict__ dr,
+                               int64_t n, int64_t P, const float* __restrict__ A,
+                               const float* __restrict__ B, const float* __restrict__ D,
+                               const float* __restrict__ RA, const float* __restrict__ RB,
+                               const float* __restrict__ RD) {
   for (int64_t i = 0; i < n; i += P) {
     const int64_t len = std::min(P, n - i);
 #pragma GCC ivdep
     for (int64_t j = 0; j < len; ++j) {
       const float g = relu_grad<kTwo>(dy + i + j, dy2 + i + j, y + i + j);
-      if constexpr (kRes) store(dr + i + j, g);
+      if constexpr (R == kPlain) store(dr + i + j, g);
+      if constexpr (R == kNormed)
+        store(dr + i + j, g * RA[j] + load(r + i + j) * RB[j] + RD[j]);
       store(dx + i + j, g * A[j] + load(x + i + j) * B[j] + D[j]);
     }
   }
 }
 
+// What the loops of a piece take beyond its streams: its periods of coefficients (see
+// `Spread`), null where the loop has no use for them. The residual's kind follows from which
+// are set: `ra` (forward) and `RA` (backward) for a normed one, `rmean` for its sums.
+struct Coefs {
+  const float *a = nullptr, *b = nullptr, *ra = nullptr, *rb = nullptr;
+  const float *mean = nullptr, *rmean = nullptr;
+  const float *A = nullptr, *B = nullptr, *D = nullptr, *RA = nullptr, *RB = nullptr,
+              *RD = nullptr;
+};
+
 // The loops above for each element type (bfloat16 as its bits), each compiled once per
-// instruction set.
+// instruction set; a null `r`: no residual; a null `dy2`: one gradient of the output.
 #define SELFSUP_LOOPS(T)                                                                        \
   SELFSUP_CLONES void stats_of(const T* x, int64_t n, int64_t P, const float* shift, float* s, \
                                float* q) {                                                      \
     stats(x, n, P, shift, s, q);                                                                \
   }                                                                                             \
   SELFSUP_CLONES void forward_of(const T* x, const T* r, T* y, int64_t n, int64_t P,           \
-                                 const float* a, const float* b) {                              \
-    if (r)                                                                                      \
-      forward<true>(x, r, y, n, P, a, b);                                                       \
+                                 const Coefs& c) {                                              \
+    if (c.ra)                                                                                   \
+      forward<kNormed>(x, r, y, n, P, c.a, c.b, c.ra, c.rb);                                    \
+    else if (r)                                                                                 \
+      forward<kPlain>(x, r, y, n, P, c.a, c.b, c.ra, c.rb);                                     \
     else                                                                                        \
-      forward<false>(x, r, y, n, P, a, b);                                                      \
+      forward<kNone>(x, r, y, n, P, c.a, c.b, c.ra, c.rb);                                      \
   }                                                                                             \
   SELFSUP_CLONES void grad_sums_of(const T* dy, const T* dy2, const T* x, const T* y,           \
-                                   int64_t n, int64_t P, const float* mean, float* sg,          \
-                                   float* sgx) {                                                \
-    if (dy2)                                                                                    \
-      grad_sums<true>(dy, dy2, x, y, n, P, mean, sg, sgx);                                      \
-    else                                                                                        \
-      grad_sums<false>(dy, dy2, x, y, n, P, mean, sg, sgx);                                     \
-  }                                                                                             \
-  SELFSUP_CLONES void grad_input_of(const T* dy, const T* dy2, const T* x, const T* y, T* dx,  \
-                                    T* dr, int64_t n, int64_t P, const float* A,                \
-                                    const float* B, const float* D) {                           \
-    if (dr && dy2)                                                                              \
-      grad_input<true, true>(dy, dy2, x, y, dx, dr, n, P, A, B, D);                             \
-    else if (dr)                                                                                \
-      grad_input<true, false>(dy, dy2, x, y, dx, dr, n, P, A, B, D);                            \
+                                   const T* r, int64_t n, int64_t P, const Coefs& c, float* sg, \
+                                   float* sgx, float* sgr) {                                    \
+    if (c.rmean && dy2)                                                                         \
+      grad_sums<true, true>(dy, dy2, x, y, r, n, P, c.mean, c.rmean, sg, sgx, sgr);             \
+    else if (c.rmean)                                                                           \
+      grad_sums<false, true>(dy, dy2, x, y, r, n, P, c.mean, c.rmean, sg, sgx, sgr);            \
     else if (dy2)                                                                               \
-      grad_input<false, true>(dy, dy2, x, y, dx, dr, n, P, A, B, D);                            \
+      grad_sums<true, false>(dy, dy2, x, y, r, n, P, c.mean, c.rmean, sg, sgx, sgr);            \
     else                                                                                        \
-      grad_input<false, false>(dy, dy2, x, y, dx, dr, n, P, A, B, D);                           \
+      grad_sums<false, false>(dy, dy2, x, y, r, n, P, c.mean, c.rmean, sg, sgx, sgr);           \
+  }                                                                                             \
+  template <bool kTwo>                                                                          \
+  SELFSUP_INLINE void grad_input_two(const T* dy, const T* dy2, const T* x, const T* y,        \
+                                     const T* r, T* dx, T* dr, int64_t n, int64_t P,            \
+                                     const Coefs& c) {                                          \
+    if (c.RA)                                                                                   \
+      grad_input<kNormed, kTwo>(dy, dy2, x, y, r, dx, dr, n, P, c.A, c.B, c.D, c.RA, c.RB,      \
+                                c.RD);                                                          \
+    else if (dr)                                                                                \
+      grad_input<kPlain, kTwo>(dy, dy2, x, y, r, dx, dr, n, P, c.A, c.B, c.D, c.RA, c.RB,       \
+                               c.RD);                                                           \
+    else                                                                                        \
+      grad_input<kNone, kTwo>(dy, dy2, x, y, r, dx, dr, n, P, c.A, c.B, c.D, c.RA, c.RB, c.RD); \
+  }                                                                                             \
+  SELFSUP_CLONES void grad_input_of(const T* dy, const T* dy2, const T* x, const T* y,          \
+                                    const T* r, T* dx, T* dr, int64_t n, int64_t P,             \
+                                    const Coefs& c) {                                           \
+    if (dy2)                                                                                    \
+      grad_input_two<true>(dy, dy2, x, y, r, dx, dr, n, P, c);                                  \
+    else                                                                                        \
+      grad_input_two<false>(dy, dy2, x, y, r, dx, dr, n, P, c);                                 \
   }
 
 SELFSUP_LOOPS(float)
 SELFSUP_LOOPS(uint16_t)
 #undef SELFSUP_LOOPS
 
-// The two loops that write bfloat16, with the CPU's own conversion (see `elementwise.h`)
-// instead of the rounding in integer arithmetic above, which costs several instructions a
-// vector.
+// The loops with bfloat16 through the CPU's own conversion (see `elementwise.h`) instead of the
+// rounding in integer arithmetic above, which costs several instructions a vector.
 #ifdef SELFSUP_NATIVE_BF16
 using selfsup::lanes;
 using selfsup::load16;
 using selfsup::store16;
 
 // Values are loaded and stored under a mask of the period's remaining lanes; the coefficients
-// are read 16 at a time, padded to whole vectors by `Spread`. `kRes` as in `forward`.
+// are read 16 at a time, padded to whole vectors by `Spread`. `R` as in `forward`.
 //
 // With `kMask`, the loop also writes ReLU's mask for the backward to `mw`, one 16-bit word per
 // vector in loop order (the lanes where not `y <= 0`, NaN included, `y` as stored in
 // bfloat16): the backward's loops then read 2 bytes per 16 values instead of `y`'s 32, twice.
-template <bool kRes, bool kMask>
+template <Res R, bool kMask>
 SELFSUP_NATIVE_BF16 void forward_native(const uint16_t* x, const uint16_t* r, uint16_t* y,
-                                        uint16_t* mw, int64_t n, int64_t P, const float* a,
-                                        const float* b) {
+                                        uint16_t* mw, int64_t n, int64_t P, const Coefs& c) {
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += P) {
     const int64_t len = std::min(P, n - i);
     for (int64_t j = 0; j < len; j += 16) {
       const __mmask16 m = lanes(len - j);
-      __m512 v = _mm512_add_ps(_mm512_mul_ps(load16(x + i + j, m), _mm512_loadu_ps(a + j)),
-                               _mm512_loadu_ps(b + j));
-      if constexpr (kRes) v = _mm512_add_ps(v, load16(r + i + j, m));
+      __m512 v = _mm512_add_ps(_mm512_mul_ps(load16(x + i + j, m), _mm512_loadu_ps(c.a + j)),
+                               _mm512_loadu_ps(c.b + j));
+      if constexpr (R == kPlain) v = _mm512_add_ps(v, load16(r + i + j, m));
+      if constexpr (R == kNormed) {
+        const __m512 rn = _mm512_add_ps(
+            _mm512_mul_ps(load16(r + i + j, m), _mm512_loadu_ps(c.ra + j)),
+            _mm512_loadu_ps(c.rb + j));
+        v = _mm512_add_ps(v, rn);
+      }
       // MAXPS returns its second operand for a NaN or two zeros: NaN and -0 pass, as above.
       const __m256i bits = (__m256i)_mm512_cvtneps_pbh(_mm512_max_ps(zero, v));
       _mm256_mask_storeu_epi16(y + i + j, m, bits);
@@ -227,45 +274,62 @@ SELFSUP_NATIVE_BF16 SELFSUP_INLINE __m512 relu_grad16(const uint16_t* dy, const 
   return _mm512_maskz_mov_ps(pass, d);
 }
 
+// `sums[j..j+16] += g · (v - mean[j..j+16])` under the lanes `m`, a product then a sum.
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE void add_moment(float* sums, __m512 g, const uint16_t* v,
+                                                   const float* mean, __mmask16 m) {
+  const __m512 d = _mm512_sub_ps(load16(v, m), _mm512_loadu_ps(mean));
+  _mm512_mask_storeu_ps(sums, m, _mm512_add_ps(_mm512_loadu_ps(sums), _mm512_mul_ps(g, d)));
+}
+
 // `grad_sums` on the forward's mask words `mw` (see `forward_native`). The sums are taken in
 // the order and arithmetic of `grad_sums` (a product, then a sum: no fused multiply-add), so
 // they are the same bits.
-template <bool kTwo>
+template <bool kTwo, bool kNormed>
 SELFSUP_NATIVE_BF16 void grad_sums_native(const uint16_t* dy, const uint16_t* dy2,
-                                          const uint16_t* x, const uint16_t* mw, int64_t n,
-                                          int64_t P, const float* mean, float* sg, float* sgx) {
+                                          const uint16_t* x, const uint16_t* r,
+                                          const uint16_t* mw, int64_t n, int64_t P,
+                                          const Coefs& c, float* sg, float* sgx, float* sgr) {
   for (int64_t j = 0; j < P; ++j) sg[j] = sgx[j] = 0.f;
+  if constexpr (kNormed)
+    for (int64_t j = 0; j < P; ++j) sgr[j] = 0.f;
   for (int64_t i = 0; i < n; i += P) {
     const int64_t len = std::min(P, n - i);
     for (int64_t j = 0; j < len; j += 16) {
       const int64_t o = i + j;
       const __mmask16 m = lanes(len - j);
       const __m512 g = relu_grad16<kTwo, true>(dy + o, dy2 + o, nullptr, *mw++, m);
-      const __m512 xm = _mm512_sub_ps(load16(x + o, m), _mm512_loadu_ps(mean + j));
       _mm512_mask_storeu_ps(sg + j, m, _mm512_add_ps(_mm512_loadu_ps(sg + j), g));
-      _mm512_mask_storeu_ps(sgx + j, m,
-                            _mm512_add_ps(_mm512_loadu_ps(sgx + j), _mm512_mul_ps(g, xm)));
+      add_moment(sgx + j, g, x + o, c.mean + j, m);
+      if constexpr (kNormed) add_moment(sgr + j, g, r + o, c.rmean + j, m);
     }
   }
 }
 
-// `kRes` and `kTwo` as in `grad_input`, `kMask` as in `relu_grad16` (`mw`: the mask words).
-template <bool kRes, bool kTwo, bool kMask>
+// `g · A + v · B + D` on 16 lanes, as `grad_input` takes it.
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE __m512 input_grad16(__m512 g, const uint16_t* v,
+                                                       const float* A, const float* B,
+                                                       const float* D, __mmask16 m) {
+  const __m512 gv = _mm512_add_ps(_mm512_mul_ps(g, _mm512_loadu_ps(A)),
+                                  _mm512_mul_ps(load16(v, m), _mm512_loadu_ps(B)));
+  return _mm512_add_ps(gv, _mm512_loadu_ps(D));
+}
+
+// `R` and `kTwo` as in `grad_input`, `kMask` as in `relu_grad16` (`mw`: the mask words).
+template <Res R, bool kTwo, bool kMask>
 SELFSUP_NATIVE_BF16 void grad_input_native(const uint16_t* dy, const uint16_t* dy2,
                                            const uint16_t* x, const uint16_t* y,
-                                           const uint16_t* mw, uint16_t* dx, uint16_t* dr,
-                                           int64_t n, int64_t P, const float* A, const float* B,
-                                           const float* D) {
+                                           const uint16_t* r, const uint16_t* mw, uint16_t* dx,
+                                           uint16_t* dr, int64_t n, int64_t P, const Coefs& c) {
   for (int64_t i = 0; i < n; i += P) {
     const int64_t len = std::min(P, n - i);
     for (int64_t j = 0; j < len; j += 16) {
       const int64_t o = i + j;
       const __mmask16 m = lanes(len - j);
       const __m512 g = relu_grad16<kTwo, kMask>(dy + o, dy2 + o, y + o, kMask ? *mw++ : 0, m);
-      if constexpr (kRes) store16(dr + o, g, m);
-      const __m512 gx = _mm512_add_ps(_mm512_mul_ps(g, _mm512_loadu_ps(A + j)),
-                                      _mm512_mul_ps(load16(x + o, m), _mm512_loadu_ps(B + j)));
-      store16(dx + o, _mm512_add_ps(gx, _mm512_loadu_ps(D + j)), m);
+      if constexpr (R == kPlain) store16(dr + o, g, m);
+      if constexpr (R == kNormed)
+        store16(dr + o, input_grad16(g, r + o, c.RA + j, c.RB + j, c.RD + j, m), m);
+      store16(dx + o, input_grad16(g, x + o, c.A + j, c.B + j, c.D + j, m), m);
     }
   }
 }
@@ -274,69 +338,75 @@ SELFSUP_NATIVE_BF16 void grad_input_native(const uint16_t* dy, const uint16_t* d
 using selfsup::native_bf16;
 
 // The loops by element type, bfloat16 through the native conversion where there is one; a
-// null `r` or `dr`: no residual; a null `dy2`: one gradient of the output; `mw`: ReLU's mask
-// words (see `forward_native`), written and read only by the native bfloat16 loops, else null.
+// null `r` (`dr`): no residual (gradient); a null `dy2`: one gradient of the output; the
+// residual's norm where `c` has its coefficients (see `Coefs`); `mw`: ReLU's mask words (see
+// `forward_native`), written and read only by the native bfloat16 loops, else null.
 void forward_loop(const float* x, const float* r, float* y, uint16_t*, int64_t n, int64_t P,
-                  const float* a, const float* b) {
-  forward_of(x, r, y, n, P, a, b);
+                  const Coefs& c) {
+  forward_of(x, r, y, n, P, c);
 }
 void forward_loop(const uint16_t* x, const uint16_t* r, uint16_t* y, uint16_t* mw, int64_t n,
-                  int64_t P, const float* a, const float* b) {
+                  int64_t P, const Coefs& c) {
 #ifdef SELFSUP_NATIVE_BF16
-  if (mw) {
-    return r ? forward_native<true, true>(x, r, y, mw, n, P, a, b)
-             : forward_native<false, true>(x, r, y, mw, n, P, a, b);
-  }
-  if (native_bf16()) {
-    return r ? forward_native<true, false>(x, r, y, mw, n, P, a, b)
-             : forward_native<false, false>(x, r, y, mw, n, P, a, b);
+  if (mw || native_bf16()) {
+    const auto run = [&](auto mask) {
+      constexpr bool kMask = decltype(mask)::value;
+      if (c.ra) return forward_native<kNormed, kMask>(x, r, y, mw, n, P, c);
+      if (r) return forward_native<kPlain, kMask>(x, r, y, mw, n, P, c);
+      forward_native<kNone, kMask>(x, r, y, mw, n, P, c);
+    };
+    return mw ? run(std::true_type()) : run(std::false_type());
   }
 #endif
-  forward_of(x, r, y, n, P, a, b);
+  forward_of(x, r, y, n, P, c);
 }
 void grad_sums_loop(const float* dy, const float* dy2, const float* x, const float* y,
-                    const uint16_t*, int64_t n, int64_t P, const float* mean, float* sg,
-                    float* sgx) {
-  grad_sums_of(dy, dy2, x, y, n, P, mean, sg, sgx);
+                    const float* r, const uint16_t*, int64_t n, int64_t P, const Coefs& c,
+                    float* sg, float* sgx, float* sgr) {
+  grad_sums_of(dy, dy2, x, y, r, n, P, c, sg, sgx, sgr);
 }
 void grad_sums_loop(const uint16_t* dy, const uint16_t* dy2, const uint16_t* x,
-                    const uint16_t* y, const uint16_t* mw, int64_t n, int64_t P,
-                    const float* mean, float* sg, float* sgx) {
+                    const uint16_t* y, const uint16_t* r, const uint16_t* mw, int64_t n,
+                    int64_t P, const Coefs& c, float* sg, float* sgx, float* sgr) {
 #ifdef SELFSUP_NATIVE_BF16
   if (mw) {
-    return dy2 ? grad_sums_native<true>(dy, dy2, x, mw, n, P, mean, sg, sgx)
-               : grad_sums_native<false>(dy, dy2, x, mw, n, P, mean, sg, sgx);
+    const auto run = c.rmean
+                         ? (dy2 ? grad_sums_native<true, true> : grad_sums_native<false, true>)
+                         : (dy2 ? grad_sums_native<true, false> : grad_sums_native<false, false>);
+    return run(dy, dy2, x, r, mw, n, P, c, sg, sgx, sgr);
   }
 #endif
-  grad_sums_of(dy, dy2, x, y, n, P, mean, sg, sgx);
+  grad_sums_of(dy, dy2, x, y, r, n, P, c, sg, sgx, sgr);
 }
 void grad_input_loop(const float* dy, const float* dy2, const float* x, const float* y,
-                     const uint16_t*, float* dx, float* dr, int64_t n, int64_t P,
-                     const float* A, const float* B, const float* D) {
-  grad_input_of(dy, dy2, x, y, dx, dr, n, P, A, B, D);
+                     const float* r, const uint16_t*, float* dx, float* dr, int64_t n, int64_t P,
+                     const Coefs& c) {
+  grad_input_of(dy, dy2, x, y, r, dx, dr, n, P, c);
 }
 #ifdef SELFSUP_NATIVE_BF16
-template <bool kMask>
+template <bool kTwo, bool kMask>
 void grad_input_native_of(const uint16_t* dy, const uint16_t* dy2, const uint16_t* x,
-                          const uint16_t* y, const uint16_t* mw, uint16_t* dx, uint16_t* dr,
-                          int64_t n, int64_t P, const float* A, const float* B,
-                          const float* D) {
-  const auto run = dr ? (dy2 ? grad_input_native<true, true, kMask>
-                             : grad_input_native<true, false, kMask>)
-                      : (dy2 ? grad_input_native<false, true, kMask>
-                             : grad_input_native<false, false, kMask>);
-  run(dy, dy2, x, y, mw, dx, dr, n, P, A, B, D);
+                          const uint16_t* y, const uint16_t* r, const uint16_t* mw, uint16_t* dx,
+                          uint16_t* dr, int64_t n, int64_t P, const Coefs& c) {
+  const auto run = c.RA ? grad_input_native<kNormed, kTwo, kMask>
+                        : (dr ? grad_input_native<kPlain, kTwo, kMask>
+                              : grad_input_native<kNone, kTwo, kMask>);
+  run(dy, dy2, x, y, r, mw, dx, dr, n, P, c);
 }
 #endif
 void grad_input_loop(const uint16_t* dy, const uint16_t* dy2, const uint16_t* x,
-                     const uint16_t* y, const uint16_t* mw, uint16_t* dx, uint16_t* dr,
-                     int64_t n, int64_t P, const float* A, const float* B, const float* D) {
+                     const uint16_t* y, const uint16_t* r, const uint16_t* mw, uint16_t* dx,
+                     uint16_t* dr, int64_t n, int64_t P, const Coefs& c) {
 #ifdef SELFSUP_NATIVE_BF16
-  if (mw) return grad_input_native_of<true>(dy, dy2, x, y, mw, dx, dr, n, P, A, B, D);
-  if (native_bf16())
-    return grad_input_native_of<false>(dy, dy2, x, y, mw, dx, dr, n, P, A, B, D);
+  if (mw || native_bf16()) {
+    const auto run = mw ? (dy2 ? grad_input_native_of<true, true>
+                               : grad_input_native_of<false, true>)
+                        : (dy2 ? grad_input_native_of<true, false>
+                               : grad_input_native_of<false, false>);
+    return run(dy, dy2, x, y, r, mw, dx, dr, n, P, c);
+  }
 #endif
-  grad_input_of(dy, dy2, x, y, dx, dr, n, P, A, B, D);
+  grad_input_of(dy, dy2, x, y, r, dx, dr, n, P, c);
 }
 
 // How a `(N, C, H, W)` activation lies in memory, and how the work is cut into `units` pieces
@@ -460,10 +530,10 @@ void for_units(const Layout& L, F unit) {
   });
 }
 
-// Two scratch rows of `P` sums each, per thread.
+// Three scratch rows of `P` sums each, per thread.
 float* scratch(int64_t P) {
   thread_local std::vector<float> s;
-  if (int64_t(s.size()) < 2 * P) s.resize(2 * P);
+  if (int64_t(s.size()) < 3 * P) s.resize(3 * P);
   return s.data();
 }
 
@@ -476,14 +546,23 @@ std::vector<double> total(const std::vector<float>& parts, int64_t C) {
   return t;
 }
 
-// `r`: the residual, or an undefined tensor. `mask_out`: ReLU's mask words for the backward
-// where the native bfloat16 loops run (piece `u`'s from word `u · vectors()`), else undefined.
+// A batch norm's parameters and running statistics (`C` float values each) and settings.
+struct NormArgs {
+  at::Tensor weight, bias, running_mean, running_var;
+  double momentum, eps;
+};
+
+// A batch norm in training applied to an activation: its batch statistics, and the
+// coefficients of `x · a + b` it computes.
+struct Normed {
+  at::Tensor mean, invstd;
+  std::vector<float> a, b;
+};
+
+// The batch statistics of `x` (laid out as `L`) under the norm `p`, whose running statistics
+// are updated.
 template <typename T>
-at::Tensor forward_typed(const at::Tensor& x, const at::Tensor& r, const at::Tensor& weight,
-                         const at::Tensor& bias, const at::Tensor& running_mean,
-                         const at::Tensor& running_var, double momentum, double eps,
-                         at::Tensor& mean_out, at::Tensor& invstd_out, at::Tensor& mask_out) {
-  const Layout L(x);
+Normed normalise(const Layout& L, const at::Tensor& x, const NormArgs& p) {
   const int64_t C = L.C, M = L.M, HW = L.HW;
   const T* xp = elements<T>(x);
   // Sums shifted by the first pixel's values, for a variance without cancellation.
@@ -498,80 +577,85 @@ at::Tensor forward_typed(const at::Tensor& x, const at::Tensor& r, const at::Ten
   });
   const std::vector<double> S = total(ps, C), Q = total(pq, C);
   auto fopts = x.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous);
-  mean_out = at::empty({C}, fopts);
-  invstd_out = at::empty({C}, fopts);
+  Normed out{at::empty({C}, fopts), at::empty({C}, fopts), std::vector<float>(C),
+             std::vector<float>(C)};
   at::Tensor unbiased = at::empty({C}, fopts);
-  const float* w = weight.data_ptr<float>();
-  const float* b = bias.data_ptr<float>();
-  float* mean = mean_out.data_ptr<float>();
-  float* invstd = invstd_out.data_ptr<float>();
+  const float* w = p.weight.data_ptr<float>();
+  const float* b = p.bias.data_ptr<float>();
+  float* mean = out.mean.data_ptr<float>();
+  float* invstd = out.invstd.data_ptr<float>();
   float* uvar = unbiased.data_ptr<float>();
-  std::vector<float> a(C), shiftb(C);
   for (int64_t c = 0; c < C; ++c) {
     const double m = S[c] / double(M);
     const double var = std::max(Q[c] / double(M) - m * m, 0.0);
     mean[c] = float(shift[c] + m);
-    invstd[c] = float(1.0 / std::sqrt(var + eps));
+    invstd[c] = float(1.0 / std::sqrt(var + p.eps));
     uvar[c] = float(var * double(M) / double(M - 1));
-    a[c] = w[c] * invstd[c];
-    shiftb[c] = b[c] - mean[c] * a[c];
+    out.a[c] = w[c] * invstd[c];
+    out.b[c] = b[c] - mean[c] * out.a[c];
   }
-  at::Tensor y = at::empty_like(x, L.format());
-  T* yp = elements<T>(y);
-  const T* rp = r.defined() ? elements<T>(r) : nullptr;
-  uint16_t* mw = nullptr;
-  if (std::is_same<T, uint16_t>::value && native_bf16()) {
-    mask_out = at::empty({L.units * L.vectors()}, fopts.dtype(at::kShort));
-    mw = reinterpret_cast<uint16_t*>(mask_out.data_ptr<int16_t>());
-  }
-  const Spread as(L, a), bs(L, shiftb);
-  for_units(L, [&](int64_t u, int64_t o, int64_t n) {
-    forward_loop(xp + o, rp ? rp + o : nullptr, yp + o, mw ? mw + u * L.vectors() : nullptr, n,
-                 L.P, as.of(u), bs.of(u));
-  });
   // Through `variable_data()` (`.data` semantics), as ATen's kernel writes the buffers: graphs
   // that saved them are not invalidated.
-  running_mean.variable_data().mul_(1.0 - momentum).add_(mean_out, momentum);
-  running_var.variable_data().mul_(1.0 - momentum).add_(unbiased, momentum);
+  p.running_mean.variable_data().mul_(1.0 - p.momentum).add_(out.mean, p.momentum);
+  p.running_var.variable_data().mul_(1.0 - p.momentum).add_(unbiased, p.momentum);
+  return out;
+}
+
+// `r`: the residual, or an undefined tensor; `rp`: the residual's own norm, or null. `xn`,
+// `rn`: the norms' statistics (`rn` only with `rp`). `mask_out`: ReLU's mask words for the
+// backward where the native bfloat16 loops run (piece `u`'s from word `u · vectors()`), else
+// undefined.
+template <typename T>
+at::Tensor forward_typed(const at::Tensor& x, const NormArgs& p, const at::Tensor& r,
+                         const NormArgs* rp, Normed& xn, Normed& rn, at::Tensor& mask_out) {
+  const Layout L(x);
+  xn = normalise<T>(L, x, p);
+  if (rp) rn = normalise<T>(L, r, *rp);
+  at::Tensor y = at::empty_like(x, L.format());
+  const T* xp = elements<T>(x);
+  T* yp = elements<T>(y);
+  const T* resp = r.defined() ? elements<T>(r) : nullptr;
+  uint16_t* mw = nullptr;
+  if (std::is_same<T, uint16_t>::value && native_bf16()) {
+    mask_out = at::empty({L.units * L.vectors()}, x.options().dtype(at::kShort));
+    mw = reinterpret_cast<uint16_t*>(mask_out.data_ptr<int16_t>());
+  }
+  const Spread as(L, xn.a), bs(L, xn.b);
+  const Spread ras(L, rp ? rn.a : xn.a), rbs(L, rp ? rn.b : xn.b);
+  for_units(L, [&](int64_t u, int64_t o, int64_t n) {
+    Coefs c;
+    c.a = as.of(u);
+    c.b = bs.of(u);
+    if (rp) {
+      c.ra = ras.of(u);
+      c.rb = rbs.of(u);
+    }
+    forward_loop(xp + o, resp ? resp + o : nullptr, yp + o, mw ? mw + u * L.vectors() : nullptr,
+                 n, L.P, c);
+  });
   return y;
 }
 
-// `{dx, dw, db}`, and `dr` after them with `residual_grad`, for the output's gradient `dy`, or
-// the sum of `dy` and `dy2` where `dy2` is defined.
-// `mask`: the forward's ReLU mask words, or undefined (the loops then read `y`).
-template <typename T>
-std::vector<at::Tensor> backward_typed(const at::Tensor& dy, const at::Tensor& dy2,
-                                       const at::Tensor& x, const at::Tensor& y,
-                                       const at::Tensor& mask, const at::Tensor& weight,
-                                       const at::Tensor& mean_t, const at::Tensor& invstd_t,
-                                       bool residual_grad) {
-  const Layout L(x);
-  const int64_t C = L.C, M = L.M;
-  const T* dyp = elements<T>(dy);
-  const T* dy2p = dy2.defined() ? elements<T>(dy2) : nullptr;
-  const T* xp = elements<T>(x);
-  const T* yp = elements<T>(y);
-  const uint16_t* mw =
-      mask.defined() ? reinterpret_cast<const uint16_t*>(mask.data_ptr<int16_t>()) : nullptr;
-  const auto words = [&](int64_t u) { return mw ? mw + u * L.vectors() : nullptr; };
+// A batch norm's backward from the sums of its input's gradient `g` and of
+// `g · (x - mean)`: the gradients of its weight and bias, and the coefficients of
+// `dx = g · A + x · B + D`.
+struct NormGrads {
+  at::Tensor dw, db;
+  std::vector<float> A, B, D;
+};
+
+NormGrads norm_grads(const std::vector<double>& SG, const std::vector<double>& SGX,
+                     const at::Tensor& weight, const at::Tensor& mean_t,
+                     const at::Tensor& invstd_t, int64_t M) {
+  const int64_t C = int64_t(SG.size());
+  auto fopts = weight.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous);
+  NormGrads out{at::empty({C}, fopts), at::empty({C}, fopts), std::vector<float>(C),
+                std::vector<float>(C), std::vector<float>(C)};
+  const float* w = weight.data_ptr<float>();
   const float* mean = mean_t.data_ptr<float>();
   const float* invstd = invstd_t.data_ptr<float>();
-  const float* w = weight.data_ptr<float>();
-  std::vector<float> psg(L.units * L.width), psgx(L.units * L.width);
-  const Spread means(L, std::vector<float>(mean, mean + C));
-  for_units(L, [&](int64_t u, int64_t o, int64_t n) {
-    float* s = scratch(L.P);
-    grad_sums_loop(dyp + o, dy2p ? dy2p + o : nullptr, xp + o, yp + o, words(u), n, L.P,
-                   means.of(u), s, s + L.P);
-    L.fold(s, &psg[u * L.width]);
-    L.fold(s + L.P, &psgx[u * L.width]);
-  });
-  const std::vector<double> SG = total(psg, C), SGX = total(psgx, C);
-  auto fopts = x.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous);
-  at::Tensor dw = at::empty({C}, fopts), db = at::empty({C}, fopts);
-  float* dwp = dw.data_ptr<float>();
-  float* dbp = db.data_ptr<float>();
-  std::vector<float> A(C), B(C), D(C);
+  float* dwp = out.dw.data_ptr<float>();
+  float* dbp = out.db.data_ptr<float>();
   for (int64_t c = 0; c < C; ++c) {
     const double is = invstd[c];
     dwp[c] = float(SGX[c] * is);
@@ -579,71 +663,132 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& dy, const at::Tensor& d
     // dx = w·is·(g − mean(g) − x̂·mean(g·x̂)), x̂ = (x − mean)·is.
     const double a = double(w[c]) * is;
     const double bcoef = -a * is * is * SGX[c] / double(M);
-    A[c] = float(a);
-    B[c] = float(bcoef);
-    D[c] = float(-a * SG[c] / double(M) - bcoef * double(mean[c]));
+    out.A[c] = float(a);
+    out.B[c] = float(bcoef);
+    out.D[c] = float(-a * SG[c] / double(M) - bcoef * double(mean[c]));
   }
-  at::Tensor dx = at::empty_like(x, L.format());
-  T* dxp = elements<T>(dx);
-  at::Tensor dr = residual_grad ? at::empty_like(x, L.format()) : at::Tensor();
-  T* drp = residual_grad ? elements<T>(dr) : nullptr;
-  const Spread As(L, A), Bs(L, B), Ds(L, D);
+  return out;
+}
+
+// What the forward saved for the backward (see `fused_forward`).
+struct Saved {
+  at::Tensor x, y, weight, mean, invstd, mask;
+  // The normed residual, its norm's weight and statistics: undefined without one.
+  at::Tensor r, rweight, rmean, rinvstd;
+};
+
+// `{dx, dw, db, dr, dwr, dbr}` for the output's gradient `dy`, or the sum of `dy` and `dy2`
+// where `dy2` is defined: `dr` with `residual_grad` or a normed residual, `dwr` and `dbr` (its
+// norm's) with a normed residual, else undefined.
+template <typename T>
+std::vector<at::Tensor> backward_typed(const at::Tensor& dy, const at::Tensor& dy2,
+                                       const Saved& s, bool residual_grad) {
+  const Layout L(s.x);
+  const int64_t C = L.C, M = L.M;
+  const bool normed = s.r.defined();
+  const T* dyp = elements<T>(dy);
+  const T* dy2p = dy2.defined() ? elements<T>(dy2) : nullptr;
+  const T* xp = elements<T>(s.x);
+  const T* yp = elements<T>(s.y);
+  const T* rp = normed ? elements<T>(s.r) : nullptr;
+  const uint16_t* mw =
+      s.mask.defined() ? reinterpret_cast<const uint16_t*>(s.mask.data_ptr<int16_t>()) : nullptr;
+  const auto words = [&](int64_t u) { return mw ? mw + u * L.vectors() : nullptr; };
+  const float* mean = s.mean.data_ptr<float>();
+  const float* rmean = normed ? s.rmean.data_ptr<float>() : nullptr;
+  const int64_t cells = L.units * L.width;
+  std::vector<float> psg(cells), psgx(cells), psgr(normed ? cells : 0);
+  const Spread means(L, std::vector<float>(mean, mean + C));
+  const Spread rmeans(L, std::vector<float>(normed ? rmean : mean, (normed ? rmean : mean) + C));
   for_units(L, [&](int64_t u, int64_t o, int64_t n) {
-    grad_input_loop(dyp + o, dy2p ? dy2p + o : nullptr, xp + o, yp + o, words(u), dxp + o,
-                    drp ? drp + o : nullptr, n, L.P, As.of(u), Bs.of(u), Ds.of(u));
+    float* sums = scratch(L.P);
+    Coefs c;
+    c.mean = means.of(u);
+    if (normed) c.rmean = rmeans.of(u);
+    grad_sums_loop(dyp + o, dy2p ? dy2p + o : nullptr, xp + o, yp + o, rp ? rp + o : nullptr,
+                   words(u), n, L.P, c, sums, sums + L.P, sums + 2 * L.P);
+    L.fold(sums, &psg[u * L.width]);
+    L.fold(sums + L.P, &psgx[u * L.width]);
+    if (normed) L.fold(sums + 2 * L.P, &psgr[u * L.width]);
   });
-  if (residual_grad) return {dx, dw, db, dr};
-  return {dx, dw, db};
+  const std::vector<double> SG = total(psg, C);
+  const NormGrads xg = norm_grads(SG, total(psgx, C), s.weight, s.mean, s.invstd, M);
+  NormGrads rg;
+  if (normed) rg = norm_grads(SG, total(psgr, C), s.rweight, s.rmean, s.rinvstd, M);
+  at::Tensor dx = at::empty_like(s.x, L.format());
+  T* dxp = elements<T>(dx);
+  at::Tensor dr = residual_grad || normed ? at::empty_like(s.x, L.format()) : at::Tensor();
+  T* drp = dr.defined() ? elements<T>(dr) : nullptr;
+  const Spread As(L, xg.A), Bs(L, xg.B), Ds(L, xg.D);
+  const Spread RAs(L, normed ? rg.A : xg.A), RBs(L, normed ? rg.B : xg.B),
+      RDs(L, normed ? rg.D : xg.D);
+  for_units(L, [&](int64_t u, int64_t o, int64_t n) {
+    Coefs c;
+    c.A = As.of(u);
+    c.B = Bs.of(u);
+    c.D = Ds.of(u);
+    if (normed) {
+      c.RA = RAs.of(u);
+      c.RB = RBs.of(u);
+      c.RD = RDs.of(u);
+    }
+    grad_input_loop(dyp + o, dy2p ? dy2p + o : nullptr, xp + o, yp + o, rp ? rp + o : nullptr,
+                    words(u), dxp + o, drp ? drp + o : nullptr, n, L.P, c);
+  });
+  return {dx, xg.dw, xg.db, dr, rg.dw, rg.db};
 }
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// The forward of both functions below; `r`: the residual (in `x`'s layout), or an undefined
-// tensor (libtorch's autograd functions take no undefined input, hence two of them).
+// The forward of the functions below; `r`: the residual (in `x`'s layout), or an undefined
+// tensor; `rp`: the residual's own norm (a downsampling shortcut's), or null (libtorch's
+// autograd functions take no undefined input, hence three of them).
 //
 // `outputs`: 1, or 2 for an output with two consumers (in a ResNet, a block's output feeds the
 // next block's first convolution and its shortcut): the output and a view of it, as two
 // outputs of the function, so that the consumers' gradients reach the backward apart and are
 // added in its passes, instead of by autograd in a pass of its own before it.
-variable_list fused_forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& r,
-                            const at::Tensor& weight, const at::Tensor& bias,
-                            const at::Tensor& running_mean, const at::Tensor& running_var,
-                            double momentum, double eps, int64_t outputs) {
-  at::Tensor mean, invstd, mask;
+variable_list fused_forward(AutogradContext* ctx, const at::Tensor& x, const NormArgs& p,
+                            const at::Tensor& r, const NormArgs* rp, int64_t outputs) {
+  Normed xn, rn;
+  at::Tensor mask;
   at::Tensor y = x.scalar_type() == at::kFloat
-                     ? forward_typed<float>(x, r, weight, bias, running_mean, running_var,
-                                            momentum, eps, mean, invstd, mask)
-                     : forward_typed<uint16_t>(x, r, weight, bias, running_mean, running_var,
-                                               momentum, eps, mean, invstd, mask);
-  ctx->save_for_backward({x, y, weight, mean, invstd, mask});
+                     ? forward_typed<float>(x, p, r, rp, xn, rn, mask)
+                     : forward_typed<uint16_t>(x, p, r, rp, xn, rn, mask);
+  if (rp)
+    ctx->save_for_backward(
+        {x, y, p.weight, xn.mean, xn.invstd, mask, r, rp->weight, rn.mean, rn.invstd});
+  else
+    ctx->save_for_backward({x, y, p.weight, xn.mean, xn.invstd, mask});
   if (outputs == 2) return {y, y.alias()};
   return {y};
 }
 
-// `{dx, dw, db}`, and `dr` after them with `residual_grad`, for the sum of the outputs'
-// gradients `grads`; all undefined without one.
+// `{dx, dw, db, dr, dwr, dbr}` (see `backward_typed`) for the sum of the outputs' gradients
+// `grads`; all undefined without one.
 variable_list fused_backward(AutogradContext* ctx, const variable_list& grads,
                              bool residual_grad) {
   // The backward is not itself recorded: a gradient of the gradient (`create_graph`) would
   // come out silently wrong, so it is refused (nothing in selfsup asks for one).
   TORCH_CHECK(!at::GradMode::is_enabled(),
               "fused batch norm + ReLU has no double backward (create_graph)");
-  auto s = ctx->get_saved_variables();
-  const at::Tensor &x = s[0], &y = s[1], &weight = s[2], &mean = s[3], &invstd = s[4],
-                   &mask = s[5];
+  auto v = ctx->get_saved_variables();
+  Saved s{v[0], v[1], v[2], v[3], v[4], v[5]};
+  if (v.size() > 6) {
+    s.r = v[6];
+    s.rweight = v[7];
+    s.rmean = v[8];
+    s.rinvstd = v[9];
+  }
   at::Tensor dy, dy2;
   for (const at::Tensor& g : grads) {
     if (!g.defined()) continue;
-    (dy.defined() ? dy2 : dy) = g.to(x.scalar_type()).contiguous(Layout(x).format());
+    (dy.defined() ? dy2 : dy) = g.to(s.x.scalar_type()).contiguous(Layout(s.x).format());
   }
-  if (!dy.defined()) return variable_list(4);
-  auto g = x.scalar_type() == at::kFloat
-               ? backward_typed<float>(dy, dy2, x, y, mask, weight, mean, invstd, residual_grad)
-               : backward_typed<uint16_t>(dy, dy2, x, y, mask, weight, mean, invstd,
-                                          residual_grad);
-  g.resize(4);
-  return g;
+  if (!dy.defined()) return variable_list(6);
+  return s.x.scalar_type() == at::kFloat ? backward_typed<float>(dy, dy2, s, residual_grad)
+                                         : backward_typed<uint16_t>(dy, dy2, s, residual_grad);
 }
 
 // `relu(batch_norm(x))`.
@@ -652,8 +797,8 @@ struct BatchNormRelu : public torch::autograd::Function<BatchNormRelu> {
                                const at::Tensor& weight, const at::Tensor& bias,
                                const at::Tensor& running_mean, const at::Tensor& running_var,
                                double momentum, double eps, int64_t outputs) {
-    return fused_forward(ctx, x, at::Tensor(), weight, bias, running_mean, running_var,
-                         momentum, eps, outputs);
+    return fused_forward(ctx, x, {weight, bias, running_mean, running_var, momentum, eps},
+                         at::Tensor(), nullptr, outputs);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -668,8 +813,8 @@ struct BatchNormAddRelu : public torch::autograd::Function<BatchNormAddRelu> {
                                const at::Tensor& weight, const at::Tensor& bias,
                                const at::Tensor& running_mean, const at::Tensor& running_var,
                                double momentum, double eps, int64_t outputs) {
-    return fused_forward(ctx, x, r, weight, bias, running_mean, running_var, momentum, eps,
-                         outputs);
+    return fused_forward(ctx, x, {weight, bias, running_mean, running_var, momentum, eps}, r,
+                         nullptr, outputs);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -678,6 +823,36 @@ struct BatchNormAddRelu : public torch::autograd::Function<BatchNormAddRelu> {
     return {g[0], g[3], g[1], g[2], {}, {}, {}, {}, {}};
   }
 };
+
+// `relu(batch_norm(x) + batch_norm_r(r))`: a downsampling block's end, the shortcut's norm
+// (weight `wr`, bias `br`, running statistics `rmr`, `rvr`) in the same passes.
+struct BatchNormAddNormRelu : public torch::autograd::Function<BatchNormAddNormRelu> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& r,
+                               const at::Tensor& weight, const at::Tensor& bias,
+                               const at::Tensor& running_mean, const at::Tensor& running_var,
+                               const at::Tensor& wr, const at::Tensor& br, const at::Tensor& rmr,
+                               const at::Tensor& rvr, double momentum, double eps,
+                               double momentum_r, double eps_r, int64_t outputs) {
+    const NormArgs rp{wr, br, rmr, rvr, momentum_r, eps_r};
+    return fused_forward(ctx, x, {weight, bias, running_mean, running_var, momentum, eps}, r,
+                         &rp, outputs);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto g = fused_backward(ctx, grads, true);
+    return {g[0], g[3], g[1], g[2], {}, {}, g[4], g[5], {}, {}, {}, {}, {}, {}, {}};
+  }
+};
+
+void check_norm(const at::Tensor& w, const at::Tensor& b, const at::Tensor& rm,
+                const at::Tensor& rv, int64_t C) {
+  for (const at::Tensor* t : {&w, &b, &rm, &rv}) {
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == C &&
+                    t->device().is_cpu(),
+                "fused batch norm + ReLU: weight, bias and running statistics must be ", C,
+                " contiguous float32 values on the CPU");
+  }
+}
 
 void check(const at::Tensor& x, const at::Tensor* r, const at::Tensor& w, const at::Tensor& b,
            const at::Tensor& rm, const at::Tensor& rv) {
@@ -693,12 +868,7 @@ void check(const at::Tensor& x, const at::Tensor* r, const at::Tensor& w, const 
   TORCH_CHECK(x.numel() / std::max<int64_t>(C, 1) > 1,
               "fused batch norm + ReLU: expected more than 1 value per channel, got input ",
               x.sizes());
-  for (const at::Tensor* t : {&w, &b, &rm, &rv}) {
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == C &&
-                    t->device().is_cpu(),
-                "fused batch norm + ReLU: weight, bias and running statistics must be ", C,
-                " contiguous float32 values on the CPU");
-  }
+  check_norm(w, b, rm, rv, C);
   if (r) {
     TORCH_CHECK(r->sizes() == x.sizes() && r->scalar_type() == x.scalar_type() &&
                     r->device().is_cpu(),
@@ -715,21 +885,29 @@ extern "C" {
 // `*out` = a new handle to `relu(batch_norm(x))` in training mode, or to
 // `relu(batch_norm(x) + r)` where the residual `r` is not null (see the file header), with the
 // running statistics `rm` and `rv` updated; differentiable in `x`, `r`, `w` and `b`. Where
-// `out2` is not null, `*out2` = a new handle to a view of the same output, a second output of
-// the function for a second consumer (see `fused_forward`). Returns 0, or -1 with libtorch's
-// message in `err`.
+// `wr` is not null (with `r`), the residual goes through a batch norm of its own first
+// (weight `wr`, bias `br`, running statistics `rmr` and `rvr`, updated; `momentum_r`, `eps_r`),
+// differentiable in `wr` and `br` too. Where `out2` is not null, `*out2` = a new handle to a
+// view of the same output, a second output of the function for a second consumer (see
+// `fused_forward`). Returns 0, or -1 with libtorch's message in `err`.
 int selfsup_batch_norm_relu(const at::Tensor* x, const at::Tensor* r, const at::Tensor* w,
                             const at::Tensor* b, const at::Tensor* rm, const at::Tensor* rv,
-                            double momentum, double eps, at::Tensor** out, at::Tensor** out2,
-                            char* err, size_t err_len) {
+                            double momentum, double eps, const at::Tensor* wr,
+                            const at::Tensor* br, const at::Tensor* rmr, const at::Tensor* rvr,
+                            double momentum_r, double eps_r, at::Tensor** out,
+                            at::Tensor** out2, char* err, size_t err_len) {
   return selfsup::guarded(err, err_len, [&] {
     check(*x, r, *w, *b, *rm, *rv);
+    TORCH_CHECK(!wr || r, "fused batch norm + ReLU: the residual's norm without a residual");
+    if (wr) check_norm(*wr, *br, *rmr, *rvr, x->size(1));
     const int64_t outputs = out2 ? 2 : 1;
     // The residual in `x`'s layout (a recorded copy where it is not).
+    const at::Tensor res = r ? r->contiguous(Layout(*x).format()) : at::Tensor();
     const variable_list y =
-        r ? BatchNormAddRelu::apply(*x, r->contiguous(Layout(*x).format()), *w, *b, *rm, *rv,
-                                    momentum, eps, outputs)
-          : BatchNormRelu::apply(*x, *w, *b, *rm, *rv, momentum, eps, outputs);
+        wr  ? BatchNormAddNormRelu::apply(*x, res, *w, *b, *rm, *rv, *wr, *br, *rmr, *rvr,
+                                          momentum, eps, momentum_r, eps_r, outputs)
+        : r ? BatchNormAddRelu::apply(*x, res, *w, *b, *rm, *rv, momentum, eps, outputs)
+            : BatchNormRelu::apply(*x, *w, *b, *rm, *rv, momentum, eps, outputs);
     *out = new at::Tensor(y[0]);
     if (out2) *out2 = new at::Tensor(y[1]);
   });

@@ -210,6 +210,12 @@ extern "C" {
         rv: *const c_void,
         momentum: f64,
         eps: f64,
+        wr: *const c_void,
+        br: *const c_void,
+        rmr: *const c_void,
+        rvr: *const c_void,
+        momentum_r: f64,
+        eps_r: f64,
         out: *mut *mut c_void,
         out2: *mut *mut c_void,
         err: *mut c_char,
@@ -270,7 +276,7 @@ impl BatchNorm {
     /// `xs`, `residual`: `(N, C, H, W)` (any `(N, C, ...)` off the fused path); returns the
     /// same shape.
     pub fn forward_add_relu_t(&self, xs: &Tensor, residual: &Tensor, train: bool) -> Tensor {
-        self.relu_out(xs, Some(residual), train, false).0
+        self.relu_out(xs, Some((residual, None)), train, false).0
     }
 
     /// `relu(self.forward_t(xs, train) [+ residual])` for an output that two consumers take
@@ -289,23 +295,50 @@ impl BatchNorm {
         residual: Option<&Tensor>,
         train: bool,
     ) -> (Tensor, Tensor) {
-        let (y, second) = self.relu_out(xs, residual, train, true);
+        let (y, second) = self.relu_out(xs, residual.map(|r| (r, None)), train, true);
         let second = second.unwrap_or_else(|| y.shallow_clone());
         (y, second)
     }
 
-    /// `relu(bn(xs) [+ residual])`, fused where the kernel takes it, with the output's second
-    /// handle (see [`Self::forward_relu_pair_t`]) when `twice` and the kernel made one.
+    /// `relu(self.forward_t(xs, train) + shortcut_bn.forward_t(shortcut, train))` as the
+    /// output pair of [`Self::forward_relu_pair_t`]: the end of a downsampling ResNet block,
+    /// whose shortcut (a strided 1×1 convolution's output) has a batch norm of its own. Where
+    /// both norms take the fused kernel and `shortcut` has `xs`'s shape and kind, the
+    /// shortcut's norm runs in the same passes (`csrc/bn_relu.cpp`: its statistics, running
+    /// statistics and gradients as its own forward and backward would make them, without its
+    /// output and that output's gradient written and read back); anything else takes
+    /// `shortcut_bn`'s forward, then [`Self::forward_relu_pair_t`].
+    ///
+    /// # Shapes
+    /// `xs`, `shortcut`: `(N, C, H, W)`; both outputs have `xs`'s shape.
+    pub fn forward_add_normed_relu_pair_t(
+        &self,
+        xs: &Tensor,
+        shortcut_bn: &BatchNorm,
+        shortcut: &Tensor,
+        train: bool,
+    ) -> (Tensor, Tensor) {
+        let (y, second) = self.relu_out(xs, Some((shortcut, Some(shortcut_bn))), train, true);
+        let second = second.unwrap_or_else(|| y.shallow_clone());
+        (y, second)
+    }
+
+    /// `relu(bn(xs) [+ residual])`, the residual through its own norm where one comes with it,
+    /// fused where the kernel takes it, with the output's second handle (see
+    /// [`Self::forward_relu_pair_t`]) when `twice` and the kernel made one.
     fn relu_out(
         &self,
         xs: &Tensor,
-        residual: Option<&Tensor>,
+        residual: Option<(&Tensor, Option<&BatchNorm>)>,
         train: bool,
         twice: bool,
     ) -> (Tensor, Option<Tensor>) {
         if let (Some(w), Some(b)) = (&self.inner.ws, &self.inner.bs) {
-            let matches = |r: &Tensor| {
-                r.size() == xs.size() && r.kind() == xs.kind() && r.device() == xs.device()
+            let matches = |(r, bn): (&Tensor, Option<&BatchNorm>)| {
+                r.size() == xs.size()
+                    && r.kind() == xs.kind()
+                    && r.device() == xs.device()
+                    && bn.is_none_or(|bn| bn.affine().is_some() && bn.fusable(r))
             };
             if train && self.fusable(xs) && residual.is_none_or(matches) {
                 let (rm, rv) = (&self.inner.running_mean, &self.inner.running_var);
@@ -315,9 +348,18 @@ impl BatchNorm {
             }
         }
         match residual {
-            Some(r) => ((nn::ModuleT::forward_t(self, xs, train) + r).relu(), None),
+            Some((r, None)) => ((nn::ModuleT::forward_t(self, xs, train) + r).relu(), None),
+            Some((r, Some(bn))) => {
+                let r = nn::ModuleT::forward_t(bn, r, train);
+                self.relu_out(xs, Some((&r, None)), train, twice)
+            }
             None => (self.forward_relu_t(xs, train), None),
         }
+    }
+
+    /// The weight and bias, where the layer has them.
+    fn affine(&self) -> Option<(&Tensor, &Tensor)> {
+        self.inner.ws.as_ref().zip(self.inner.bs.as_ref())
     }
 
     /// Whether a training-mode forward of `xs` may take the fused batch norm + ReLU.
@@ -340,14 +382,15 @@ impl BatchNorm {
                 .all(|t| t.is_some_and(|t| t.kind() == Kind::Float))
     }
 
-    /// The fused batch norm + ReLU of `xs` (+ `residual` before the ReLU) with weight `w`, bias
-    /// `b` and running statistics `rm`, `rv` (updated in place), this layer's momentum and eps;
-    /// with `twice`, also the output's second handle (see [`Self::forward_relu_pair_t`]).
+    /// The fused batch norm + ReLU of `xs` (+ `residual` before the ReLU, through its own norm
+    /// where one comes with it, which has its affine parameters) with weight `w`, bias `b` and
+    /// running statistics `rm`, `rv` (updated in place), this layer's momentum and eps; with
+    /// `twice`, also the output's second handle (see [`Self::forward_relu_pair_t`]).
     #[allow(clippy::too_many_arguments)]
     fn f_fused_relu(
         &self,
         xs: &Tensor,
-        residual: Option<&Tensor>,
+        residual: Option<(&Tensor, Option<&BatchNorm>)>,
         w: &Tensor,
         b: &Tensor,
         rm: &Tensor,
@@ -356,18 +399,31 @@ impl BatchNorm {
     ) -> Result<(Tensor, Option<Tensor>), String> {
         let mut second: *mut c_void = std::ptr::null_mut();
         let out2: *mut *mut c_void = if twice { &mut second } else { std::ptr::null_mut() };
+        let (r, rbn) = residual.unzip();
+        let rbn = rbn.flatten();
+        let rnorm = match rbn {
+            Some(bn) => Some(bn.affine().ok_or("the shortcut's norm has no affine parameters")?),
+            None => None,
+        };
+        let ptr = |t: Option<&Tensor>| t.map_or(std::ptr::null(), |t| t.as_ptr().cast());
         // SAFETY: every handle is a live tensor (tch's `C_tensor` is an `at::Tensor`); `out` and
         // `err` are `shim_tensor`'s, valid for the call, and `out2` is null or `second`.
         let y = crate::ops::shim_tensor(|out, err, len| unsafe {
             selfsup_batch_norm_relu(
                 xs.as_ptr().cast(),
-                residual.map_or(std::ptr::null(), |r| r.as_ptr().cast()),
+                ptr(r),
                 w.as_ptr().cast(),
                 b.as_ptr().cast(),
                 rm.as_ptr().cast(),
                 rv.as_ptr().cast(),
                 self.momentum,
                 self.eps,
+                ptr(rnorm.map(|(w, _)| w)),
+                ptr(rnorm.map(|(_, b)| b)),
+                ptr(rbn.map(|bn| &bn.inner.running_mean)),
+                ptr(rbn.map(|bn| &bn.inner.running_var)),
+                rbn.map_or(0.0, |bn| bn.momentum),
+                rbn.map_or(0.0, |bn| bn.eps),
                 out,
                 out2,
                 err,
@@ -523,18 +579,28 @@ mod tests {
         Second,
     }
 
-    /// As [`relu_pair`], with a residual added before the ReLU (`forward_add_relu_t` against
-    /// tch's batch norm, add and ReLU) when `residual` is `Some(channels_last)`: the residual's
-    /// layout. The residual's gradient comes last. The reference with a residual or two uses
-    /// runs in float on the same values: tch's bfloat16 path rounds the norm's output before
-    /// the add, which moves the ReLU's cut for sums near 0 (the kernel adds in float), and a
-    /// value on either side of it has a gradient of `dy` or 0; it rounds the sum of the two
-    /// uses' gradients too (the kernel adds them in float).
+    /// The residual [`fused_pair`] adds before the ReLU, in the given layout (channels-last or
+    /// not): as it is, or through a batch norm of its own (a downsampling shortcut's).
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Residual {
+        Plain(bool),
+        Normed(bool),
+    }
+
+    /// As [`relu_pair`], with a residual added before the ReLU when there is one:
+    /// `forward_add_relu_t` against tch's batch norm, add and ReLU, or for a normed one
+    /// `forward_add_normed_relu_pair_t` against tch's two batch norms, add and ReLU. The
+    /// residual's gradient comes last, after its norm's weight and bias gradients and running
+    /// statistics where it has one. The reference with a residual or two uses runs in float on
+    /// the same values: tch's bfloat16 path rounds the norms' outputs before the add, which
+    /// moves the ReLU's cut for sums near 0 (the kernel adds in float), and a value on either
+    /// side of it has a gradient of `dy` or 0; it rounds the sum of the two uses' gradients
+    /// too (the kernel adds them in float).
     fn fused_pair(
         kind: Kind,
         shape: &[i64],
         channels_last: bool,
-        residual: Option<bool>,
+        residual: Option<Residual>,
         uses: Uses,
     ) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
         let c = shape[1];
@@ -545,7 +611,7 @@ mod tests {
         let x = (wave(0.7) * 2.0 + wave(0.013) + 0.5).to_kind(kind);
         let x = if channels_last { crate::precision::to_channels_last(&x).unwrap() } else { x };
         let g = (wave(1.3) + wave(0.05) * 0.5).to_kind(kind);
-        let r = residual.map(|cl| {
+        let r = residual.map(|(Residual::Plain(cl) | Residual::Normed(cl))| {
             let r = (wave(0.31) * 1.5 - wave(0.021) * 0.5).to_kind(kind);
             if cl {
                 crate::precision::to_channels_last(&r).unwrap()
@@ -572,16 +638,34 @@ mod tests {
                 if shape.len() == 2 { xg.view([shape[0], c, 1, 1]) } else { xg.shallow_clone() };
             assert!(!fused || bn.fusable(&x4), "the fused path is taken");
             let rg = r.as_ref().map(|r| float(r).set_requires_grad(true));
-            let (y, second) = match (&rg, fused) {
+            // The shortcut's norm, with other weights and biases.
+            let rbn = matches!(residual, Some(Residual::Normed(_))).then(|| {
+                let bn = batch_norm2d(vs.root() / "shortcut", c);
+                tch::no_grad(|| {
+                    let ramp = Tensor::arange(c, (Kind::Float, Device::Cpu)) / c as f64;
+                    bn.inner.ws.as_ref().unwrap().shallow_clone().copy_(&(&ramp * 0.5 + 0.8));
+                    bn.inner.bs.as_ref().unwrap().shallow_clone().copy_(&(0.2 - ramp));
+                });
+                bn
+            });
+            let (y, second) = match (&rg, &rbn, fused) {
+                (Some(r), Some(rbn), true) => {
+                    assert!(rbn.fusable(r), "the shortcut's norm is fused");
+                    let (a, b) = bn.forward_add_normed_relu_pair_t(&xg, rbn, r, true);
+                    (a, (uses != Uses::One).then_some(b))
+                }
+                (Some(r), Some(rbn), false) => {
+                    ((bn.forward_t(&xg, true) + rbn.forward_t(r, true)).relu(), None)
+                }
                 _ if fused && uses != Uses::One => {
                     let (a, b) = bn.forward_relu_pair_t(&xg, rg.as_ref(), true);
                     assert!(a.equal(&b), "two handles to the same values");
                     (a, Some(b))
                 }
-                (None, true) => (bn.forward_relu_t(&xg, true), None),
-                (None, false) => (bn.forward_t(&xg, true).relu(), None),
-                (Some(r), true) => (bn.forward_add_relu_t(&xg, r, true), None),
-                (Some(r), false) => ((bn.forward_t(&xg, true) + r).relu(), None),
+                (None, _, true) => (bn.forward_relu_t(&xg, true), None),
+                (None, _, false) => (bn.forward_t(&xg, true).relu(), None),
+                (Some(r), _, true) => (bn.forward_add_relu_t(&xg, r, true), None),
+                (Some(r), _, false) => ((bn.forward_t(&xg, true) + r).relu(), None),
             };
             // The reference (and the one-output kernel) takes its one output twice.
             let second = second.unwrap_or_else(|| y.shallow_clone());
@@ -602,6 +686,12 @@ mod tests {
                 values(bn.running_mean()),
                 values(bn.running_var()),
             ];
+            if let Some(rbn) = &rbn {
+                let (w, b) = (rbn.inner.ws.as_ref().unwrap(), rbn.inner.bs.as_ref().unwrap());
+                out.extend(
+                    [&w.grad(), &b.grad(), rbn.running_mean(), rbn.running_var()].map(values),
+                );
+            }
             out.extend(rg.map(|r| values(&r.grad())));
             out
         };
@@ -609,15 +699,13 @@ mod tests {
     }
 
     fn assert_close(got: &[Vec<f32>], want: &[Vec<f32>], tol: f32, what: &str) {
-        let names = [
-            "output",
-            "input grad",
-            "weight grad",
-            "bias grad",
-            "running mean",
-            "running var",
-            "residual grad",
-        ];
+        let mut names =
+            vec!["output", "input grad", "weight grad", "bias grad", "running mean", "running var"];
+        if got.len() == 11 {
+            names.extend(["shortcut weight grad", "shortcut bias grad"]);
+            names.extend(["shortcut running mean", "shortcut running var"]);
+        }
+        names.push("residual grad");
         assert_eq!(got.len(), want.len(), "{what}");
         for ((g, w), name) in got.iter().zip(want).zip(names) {
             assert_eq!(g.len(), w.len());
@@ -656,18 +744,22 @@ mod tests {
     #[test]
     fn fused_batch_norm_add_relu_matches_batch_norm_add_then_relu() {
         // Both layouts, the residual in the input's layout and in the other (copied into the
-        // input's); NCHW planes and images; shapes with tails as above.
+        // input's), as it is and through a norm of its own (a downsampling shortcut's); NCHW
+        // planes and images; shapes with tails as above.
         for (shape, channels_last) in
             [([6, 19, 9, 11], true), ([6, 19, 9, 11], false), ([3, 5, 17, 19], false)]
         {
-            for residual_cl in [channels_last, !channels_last] {
-                let what = format!("{shape:?}, channels-last {channels_last}/{residual_cl}");
+            for residual in [channels_last, !channels_last]
+                .into_iter()
+                .flat_map(|cl| [Residual::Plain(cl), Residual::Normed(cl)])
+            {
+                let what = format!("{shape:?}, channels-last {channels_last}, {residual:?}");
                 let (fused, reference) =
-                    fused_pair(Kind::Float, &shape, channels_last, Some(residual_cl), Uses::One);
+                    fused_pair(Kind::Float, &shape, channels_last, Some(residual), Uses::One);
                 assert_close(&fused, &reference, 2e-5, &format!("float {what}"));
                 // bfloat16 against float on the same values: one rounding on the way out.
                 let (fused, reference) =
-                    fused_pair(Kind::BFloat16, &shape, channels_last, Some(residual_cl), Uses::One);
+                    fused_pair(Kind::BFloat16, &shape, channels_last, Some(residual), Uses::One);
                 assert_close(&fused, &reference, 1.0 / 128.0, &format!("bfloat16 {what}"));
             }
         }
@@ -689,7 +781,7 @@ mod tests {
 
     #[test]
     fn a_forked_output_gets_both_consumers_gradients() {
-        for residual in [None, Some(true)] {
+        for residual in [None, Some(Residual::Plain(true)), Some(Residual::Normed(true))] {
             for uses in [Uses::Both, Uses::First, Uses::Second] {
                 let what = format!("residual {residual:?}, {uses:?}");
                 let (fused, reference) =
@@ -747,6 +839,16 @@ mod tests {
         for shape in shapes {
             for (channels_last, residual) in
                 [(true, None), (false, None), (true, Some(true)), (false, Some(false))]
+                    .into_iter()
+                    .flat_map(|(cl, r)| match r {
+                        None => vec![(cl, None)],
+                        Some(rcl) => {
+                            vec![
+                                (cl, Some(Residual::Plain(rcl))),
+                                (cl, Some(Residual::Normed(rcl))),
+                            ]
+                        }
+                    })
             {
                 if residual.is_some() && shape.len() == 2 {
                     continue;
@@ -778,9 +880,10 @@ mod tests {
         {
             // Without and with a residual; bfloat16 as well (with the CPU's conversion, the
             // ReLU mask's words are laid out by piece).
-            for (residual, kind) in [None, Some(channels_last)]
-                .into_iter()
-                .flat_map(|r| [(r, Kind::Float), (r, Kind::BFloat16)])
+            for (residual, kind) in
+                [None, Some(Residual::Plain(channels_last)), Some(Residual::Normed(channels_last))]
+                    .into_iter()
+                    .flat_map(|r| [(r, Kind::Float), (r, Kind::BFloat16)])
             {
                 tch::set_num_threads(1);
                 let one = fused_pair(kind, &shape, channels_last, residual, Uses::Both).0;

@@ -98,8 +98,9 @@ impl Block {
         })
     }
 
-    /// `relu(convs(x) + shortcut(x))`, the last batch norm, the add and the ReLU fused where
-    /// they can be ([`BatchNorm::forward_relu_pair_t`]). `xs` is the block's input twice (see
+    /// `relu(convs(x) + shortcut(x))`, the last batch norm, the add and the ReLU (and the
+    /// shortcut's batch norm) fused where they can be ([`BatchNorm::forward_relu_pair_t`],
+    /// [`BatchNorm::forward_add_normed_relu_pair_t`]). `xs` is the block's input twice (see
     /// [`Forked`]): the first for the convolutions, the second for the shortcut; so is the
     /// output.
     fn forward_t(&self, xs: &Forked, train: bool) -> Forked {
@@ -108,11 +109,13 @@ impl Block {
         for c in inner {
             y = c.forward_relu_t(&y, train);
         }
-        let shortcut = match &self.downsample {
-            Some((conv, bn)) => xs.1.apply(conv).apply_t(bn, train),
-            None => xs.1.shallow_clone(),
-        };
-        last.bn.forward_relu_pair_t(&y.apply(&last.conv), Some(&shortcut), train)
+        let y = y.apply(&last.conv);
+        match &self.downsample {
+            Some((conv, bn)) => {
+                last.bn.forward_add_normed_relu_pair_t(&y, bn, &xs.1.apply(conv), train)
+            }
+            None => last.bn.forward_relu_pair_t(&y, Some(&xs.1), train),
+        }
     }
 }
 
