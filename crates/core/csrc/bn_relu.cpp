@@ -17,7 +17,10 @@
 // consumers (a ResNet block's, taken by the next block's convolution and its shortcut) can be
 // returned twice, as two outputs of the autograd function (see `fused_forward`): the backward
 // then reads the two gradients and adds them in float, where autograd would have added them in
-// a pass of its own.
+// a pass of its own. A downsampling block's shortcut has a batch norm of its own, `relu(bn(x) +
+// bn_r(r))`: its statistics are taken beside `bn`'s, `r · ra + rb` is added in float without
+// being written, its sums are taken in the backward's first pass beside `bn`'s (the same
+// masked gradient) and `r`'s gradient is written in the pass that writes `dx`.
 //
 // The work is cut into pieces that do not depend on the thread count (blocks of `kRows` pixels
 // of a channels-last tensor; whole images of an NCHW tensor with small maps, else the `H·W`

@@ -652,6 +652,7 @@ mod tests {
                 (Some(r), Some(rbn), true) => {
                     assert!(rbn.fusable(r), "the shortcut's norm is fused");
                     let (a, b) = bn.forward_add_normed_relu_pair_t(&xg, rbn, r, true);
+                    assert!(a.equal(&b), "two handles to the same values");
                     (a, (uses != Uses::One).then_some(b))
                 }
                 (Some(r), Some(rbn), false) => {
