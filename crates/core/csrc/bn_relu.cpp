@@ -28,8 +28,8 @@
 // coefficients repeat with a fixed period (see `Layout`); each piece's per-channel sums are
 // computed by one thread and the pieces are added in order, so the result is the same whatever
 // the thread count. The loops are compiled for AVX-512, AVX2 and baseline x86-64, picked at
-// load time, and the sums are taken in the same order by each; the two that write bfloat16 use
-// the CPU's own rounding where it has one.
+// load time, and the sums are taken in the same order by each; in bfloat16 the loops take the
+// CPU's own rounding where it has one (and ReLU's mask with it, see `forward_native`).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -39,6 +39,7 @@
 #include <cstdint>
 #include <cstring>
 #include <numeric>
+#include <optional>
 #include <vector>
 
 #include "elementwise.h"
@@ -233,10 +234,10 @@ using selfsup::store16;
 // Values are loaded and stored under a mask of the period's remaining lanes; the coefficients
 // are read 16 at a time, padded to whole vectors by `Spread`. `R` as in `forward`.
 //
-// With `kMask`, the loop also writes ReLU's mask for the backward to `mw`, one 16-bit word per
-// vector in loop order (the lanes where not `y <= 0`, NaN included, `y` as stored in
-// bfloat16): the backward's loops then read 2 bytes per 16 values instead of `y`'s 32, twice.
-template <Res R, bool kMask>
+// The loop also writes ReLU's mask for the backward to `mw`, one 16-bit word per vector in loop
+// order (the lanes where not `y <= 0`, NaN included, `y` as stored in bfloat16): the backward's
+// native loops then read 2 bytes per 16 values instead of `y`'s 32, twice.
+template <Res R>
 SELFSUP_NATIVE_BF16 void forward_native(const uint16_t* x, const uint16_t* r, uint16_t* y,
                                         uint16_t* mw, int64_t n, int64_t P, const Coefs& c) {
   const __m512 zero = _mm512_setzero_ps();
@@ -256,22 +257,18 @@ SELFSUP_NATIVE_BF16 void forward_native(const uint16_t* x, const uint16_t* r, ui
       // MAXPS returns its second operand for a NaN or two zeros: NaN and -0 pass, as above.
       const __m256i bits = (__m256i)_mm512_cvtneps_pbh(_mm512_max_ps(zero, v));
       _mm256_mask_storeu_epi16(y + i + j, m, bits);
-      if constexpr (kMask) {
-        const __m512 stored =
-            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-        *mw++ = _mm512_mask_cmp_ps_mask(m, stored, zero, _CMP_NLE_UQ);
-      }
+      const __m512 stored =
+          _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+      *mw++ = _mm512_mask_cmp_ps_mask(m, stored, zero, _CMP_NLE_UQ);
     }
   }
 }
 
-// ReLU's backward on 16 lanes: `g = dy` (`dy + dy2` with `kTwo`) where not `y <= 0` (NaN
-// included), else +0; with `kMask`, where the forward's mask word `pass` says so (`y` unread).
-template <bool kTwo, bool kMask>
+// ReLU's backward on 16 lanes: `g = dy` (`dy + dy2` with `kTwo`) where the forward's mask word
+// `pass` says the output was not `<= 0` (NaN included), else +0.
+template <bool kTwo>
 SELFSUP_NATIVE_BF16 SELFSUP_INLINE __m512 relu_grad16(const uint16_t* dy, const uint16_t* dy2,
-                                                      const uint16_t* y, __mmask16 pass,
-                                                      __mmask16 m) {
-  if constexpr (!kMask) pass = _mm512_cmp_ps_mask(load16(y, m), _mm512_setzero_ps(), _CMP_NLE_UQ);
+                                                      __mmask16 pass, __mmask16 m) {
   __m512 d = load16(dy, m);
   if constexpr (kTwo) d = _mm512_add_ps(d, load16(dy2, m));
   return _mm512_maskz_mov_ps(pass, d);
@@ -300,7 +297,7 @@ SELFSUP_NATIVE_BF16 void grad_sums_native(const uint16_t* dy, const uint16_t* dy
     for (int64_t j = 0; j < len; j += 16) {
       const int64_t o = i + j;
       const __mmask16 m = lanes(len - j);
-      const __m512 g = relu_grad16<kTwo, true>(dy + o, dy2 + o, nullptr, *mw++, m);
+      const __m512 g = relu_grad16<kTwo>(dy + o, dy2 + o, *mw++, m);
       _mm512_mask_storeu_ps(sg + j, m, _mm512_add_ps(_mm512_loadu_ps(sg + j), g));
       add_moment(sgx + j, g, x + o, c.mean + j, m);
       if constexpr (kNormed) add_moment(sgr + j, g, r + o, c.rmean + j, m);
@@ -317,18 +314,18 @@ SELFSUP_NATIVE_BF16 SELFSUP_INLINE __m512 input_grad16(__m512 g, const uint16_t*
   return _mm512_add_ps(gv, _mm512_loadu_ps(D));
 }
 
-// `R` and `kTwo` as in `grad_input`, `kMask` as in `relu_grad16` (`mw`: the mask words).
-template <Res R, bool kTwo, bool kMask>
+// `grad_input` on the forward's mask words `mw`; `R` and `kTwo` as there.
+template <Res R, bool kTwo>
 SELFSUP_NATIVE_BF16 void grad_input_native(const uint16_t* dy, const uint16_t* dy2,
-                                           const uint16_t* x, const uint16_t* y,
-                                           const uint16_t* r, const uint16_t* mw, uint16_t* dx,
-                                           uint16_t* dr, int64_t n, int64_t P, const Coefs& c) {
+                                           const uint16_t* x, const uint16_t* r,
+                                           const uint16_t* mw, uint16_t* dx, uint16_t* dr,
+                                           int64_t n, int64_t P, const Coefs& c) {
   for (int64_t i = 0; i < n; i += P) {
     const int64_t len = std::min(P, n - i);
     for (int64_t j = 0; j < len; j += 16) {
       const int64_t o = i + j;
       const __mmask16 m = lanes(len - j);
-      const __m512 g = relu_grad16<kTwo, kMask>(dy + o, dy2 + o, y + o, kMask ? *mw++ : 0, m);
+      const __m512 g = relu_grad16<kTwo>(dy + o, dy2 + o, *mw++, m);
       if constexpr (R == kPlain) store16(dr + o, g, m);
       if constexpr (R == kNormed)
         store16(dr + o, input_grad16(g, r + o, c.RA + j, c.RB + j, c.RD + j, m), m);
@@ -340,10 +337,11 @@ SELFSUP_NATIVE_BF16 void grad_input_native(const uint16_t* dy, const uint16_t* d
 #endif
 using selfsup::native_bf16;
 
-// The loops by element type, bfloat16 through the native conversion where there is one; a
-// null `r` (`dr`): no residual (gradient); a null `dy2`: one gradient of the output; the
-// residual's norm where `c` has its coefficients (see `Coefs`); `mw`: ReLU's mask words (see
-// `forward_native`), written and read only by the native bfloat16 loops, else null.
+// The loops by element type; a null `r` (`dr`): no residual (gradient); a null `dy2`: one
+// gradient of the output; the residual's norm where `c` has its coefficients (see `Coefs`).
+// `mw`: ReLU's mask words (see `forward_native`), which the forward allocates exactly where
+// bfloat16 goes through the CPU's conversion; with them the native loops run, without them
+// the generic ones (reading `y` in the backward).
 void forward_loop(const float* x, const float* r, float* y, uint16_t*, int64_t n, int64_t P,
                   const Coefs& c) {
   forward_of(x, r, y, n, P, c);
@@ -351,14 +349,10 @@ void forward_loop(const float* x, const float* r, float* y, uint16_t*, int64_t n
 void forward_loop(const uint16_t* x, const uint16_t* r, uint16_t* y, uint16_t* mw, int64_t n,
                   int64_t P, const Coefs& c) {
 #ifdef SELFSUP_NATIVE_BF16
-  if (mw || native_bf16()) {
-    const auto run = [&](auto mask) {
-      constexpr bool kMask = decltype(mask)::value;
-      if (c.ra) return forward_native<kNormed, kMask>(x, r, y, mw, n, P, c);
-      if (r) return forward_native<kPlain, kMask>(x, r, y, mw, n, P, c);
-      forward_native<kNone, kMask>(x, r, y, mw, n, P, c);
-    };
-    return mw ? run(std::true_type()) : run(std::false_type());
+  if (mw) {
+    if (c.ra) return forward_native<kNormed>(x, r, y, mw, n, P, c);
+    if (r) return forward_native<kPlain>(x, r, y, mw, n, P, c);
+    return forward_native<kNone>(x, r, y, mw, n, P, c);
   }
 #endif
   forward_of(x, r, y, n, P, c);
@@ -387,26 +381,22 @@ void grad_input_loop(const float* dy, const float* dy2, const float* x, const fl
   grad_input_of(dy, dy2, x, y, r, dx, dr, n, P, c);
 }
 #ifdef SELFSUP_NATIVE_BF16
-template <bool kTwo, bool kMask>
+template <bool kTwo>
 void grad_input_native_of(const uint16_t* dy, const uint16_t* dy2, const uint16_t* x,
-                          const uint16_t* y, const uint16_t* r, const uint16_t* mw, uint16_t* dx,
-                          uint16_t* dr, int64_t n, int64_t P, const Coefs& c) {
-  const auto run = c.RA ? grad_input_native<kNormed, kTwo, kMask>
-                        : (dr ? grad_input_native<kPlain, kTwo, kMask>
-                              : grad_input_native<kNone, kTwo, kMask>);
-  run(dy, dy2, x, y, r, mw, dx, dr, n, P, c);
+                          const uint16_t* r, const uint16_t* mw, uint16_t* dx, uint16_t* dr,
+                          int64_t n, int64_t P, const Coefs& c) {
+  const auto run = c.RA ? grad_input_native<kNormed, kTwo>
+                        : (dr ? grad_input_native<kPlain, kTwo> : grad_input_native<kNone, kTwo>);
+  run(dy, dy2, x, r, mw, dx, dr, n, P, c);
 }
 #endif
 void grad_input_loop(const uint16_t* dy, const uint16_t* dy2, const uint16_t* x,
                      const uint16_t* y, const uint16_t* r, const uint16_t* mw, uint16_t* dx,
                      uint16_t* dr, int64_t n, int64_t P, const Coefs& c) {
 #ifdef SELFSUP_NATIVE_BF16
-  if (mw || native_bf16()) {
-    const auto run = mw ? (dy2 ? grad_input_native_of<true, true>
-                               : grad_input_native_of<false, true>)
-                        : (dy2 ? grad_input_native_of<true, false>
-                               : grad_input_native_of<false, false>);
-    return run(dy, dy2, x, y, r, mw, dx, dr, n, P, c);
+  if (mw) {
+    const auto run = dy2 ? grad_input_native_of<true> : grad_input_native_of<false>;
+    return run(dy, dy2, x, r, mw, dx, dr, n, P, c);
   }
 #endif
   grad_input_of(dy, dy2, x, y, r, dx, dr, n, P, c);
@@ -624,14 +614,15 @@ at::Tensor forward_typed(const at::Tensor& x, const NormArgs& p, const at::Tenso
     mw = reinterpret_cast<uint16_t*>(mask_out.data_ptr<int16_t>());
   }
   const Spread as(L, xn.a), bs(L, xn.b);
-  const Spread ras(L, rp ? rn.a : xn.a), rbs(L, rp ? rn.b : xn.b);
+  std::optional<Spread> ras, rbs;
+  if (rp) ras.emplace(L, rn.a), rbs.emplace(L, rn.b);
   for_units(L, [&](int64_t u, int64_t o, int64_t n) {
     Coefs c;
     c.a = as.of(u);
     c.b = bs.of(u);
     if (rp) {
-      c.ra = ras.of(u);
-      c.rb = rbs.of(u);
+      c.ra = ras->of(u);
+      c.rb = rbs->of(u);
     }
     forward_loop(xp + o, resp ? resp + o : nullptr, yp + o, mw ? mw + u * L.vectors() : nullptr,
                  n, L.P, c);
@@ -702,12 +693,13 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& dy, const at::Tensor& d
   const int64_t cells = L.units * L.width;
   std::vector<float> psg(cells), psgx(cells), psgr(normed ? cells : 0);
   const Spread means(L, std::vector<float>(mean, mean + C));
-  const Spread rmeans(L, std::vector<float>(normed ? rmean : mean, (normed ? rmean : mean) + C));
+  std::optional<Spread> rmeans;
+  if (normed) rmeans.emplace(L, std::vector<float>(rmean, rmean + C));
   for_units(L, [&](int64_t u, int64_t o, int64_t n) {
     float* sums = scratch(L.P);
     Coefs c;
     c.mean = means.of(u);
-    if (normed) c.rmean = rmeans.of(u);
+    if (normed) c.rmean = rmeans->of(u);
     grad_sums_loop(dyp + o, dy2p ? dy2p + o : nullptr, xp + o, yp + o, rp ? rp + o : nullptr,
                    words(u), n, L.P, c, sums, sums + L.P, sums + 2 * L.P);
     L.fold(sums, &psg[u * L.width]);
@@ -723,17 +715,17 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& dy, const at::Tensor& d
   at::Tensor dr = residual_grad || normed ? at::empty_like(s.x, L.format()) : at::Tensor();
   T* drp = dr.defined() ? elements<T>(dr) : nullptr;
   const Spread As(L, xg.A), Bs(L, xg.B), Ds(L, xg.D);
-  const Spread RAs(L, normed ? rg.A : xg.A), RBs(L, normed ? rg.B : xg.B),
-      RDs(L, normed ? rg.D : xg.D);
+  std::optional<Spread> RAs, RBs, RDs;
+  if (normed) RAs.emplace(L, rg.A), RBs.emplace(L, rg.B), RDs.emplace(L, rg.D);
   for_units(L, [&](int64_t u, int64_t o, int64_t n) {
     Coefs c;
     c.A = As.of(u);
     c.B = Bs.of(u);
     c.D = Ds.of(u);
     if (normed) {
-      c.RA = RAs.of(u);
-      c.RB = RBs.of(u);
-      c.RD = RDs.of(u);
+      c.RA = RAs->of(u);
+      c.RB = RBs->of(u);
+      c.RD = RDs->of(u);
     }
     grad_input_loop(dyp + o, dy2p ? dy2p + o : nullptr, xp + o, yp + o, rp ? rp + o : nullptr,
                     words(u), dxp + o, drp ? drp + o : nullptr, n, L.P, c);

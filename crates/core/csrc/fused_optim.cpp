@@ -6,8 +6,8 @@
 //
 // Tensors arrive as arrays of `at::Tensor*` (tch's `C_tensor` is `at::Tensor`), all of one
 // device and dtype, each parameter dense (one run of memory, in any order of dimensions), its
-// gradient and state with its strides (the caller checks), called under the caller's no-grad guard. Every function returns 0, or -1 with
-// libtorch's message in `err`.
+// gradient and state with its strides (the caller checks), called under the caller's no-grad
+// guard. Every function returns 0, or -1 with libtorch's message in `err`.
 #include <ATen/ATen.h>
 #include <ATen/ops/_fused_adamw.h>
 #include <ATen/ops/_fused_sgd.h>
