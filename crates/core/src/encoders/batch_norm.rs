@@ -838,19 +838,14 @@ mod tests {
             &[70, 24],
         ];
         for shape in shapes {
-            for (channels_last, residual) in
-                [(true, None), (false, None), (true, Some(true)), (false, Some(false))]
-                    .into_iter()
-                    .flat_map(|(cl, r)| match r {
-                        None => vec![(cl, None)],
-                        Some(rcl) => {
-                            vec![
-                                (cl, Some(Residual::Plain(rcl))),
-                                (cl, Some(Residual::Normed(rcl))),
-                            ]
-                        }
-                    })
-            {
+            for (channels_last, residual) in [
+                (true, None),
+                (false, None),
+                (true, Some(Residual::Plain(true))),
+                (false, Some(Residual::Plain(false))),
+                (true, Some(Residual::Normed(true))),
+                (false, Some(Residual::Normed(false))),
+            ] {
                 if residual.is_some() && shape.len() == 2 {
                     continue;
                 }
