@@ -1,12 +1,14 @@
-//! Build script of `selfsup-core`: compiles the C++ shims over autocast (`csrc/autocast.cpp`),
-//! the determinism switches (`csrc/determinism.cpp`), the fused optimizer steps
+//! Build script of `selfsup-core`: compiles the C++ shims over autocast (`csrc/autocast.cpp`), the
+//! determinism switches (`csrc/determinism.cpp`), the fused optimizer steps
 //! (`csrc/fused_optim.cpp`), the fused batch norm + ReLU (`csrc/bn_relu.cpp`) and ReLU + dropout
 //! (`csrc/relu_dropout.cpp`, both over `csrc/elementwise.h`), the Winograd 3×3 convolution
-//! (`csrc/winograd.cpp`), the ops tch binds only with default arguments (`csrc/ops.cpp`) and the
-//! device-side prefetch of batches (`csrc/stream.cpp`) against libtorch's headers (see `selfsup-shim-build`). Linking against
-//! libtorch itself is done by `torch-sys`. The crate's own test binaries keep
-//! `libtorch_cuda.so` linked (the linker's `--as-needed` drops it, leaving CUDA unavailable), so
-//! that its CUDA tests (`--ignored`) can run on a GPU machine.
+//! (`csrc/winograd.cpp`) and the convolution as matrix products over im2col columns
+//! (`csrc/conv_gemm.cpp`, both bounded by `csrc/pieces.h`), the ops tch binds only with default
+//! arguments (`csrc/ops.cpp`) and the device-side prefetch of batches (`csrc/stream.cpp`) against
+//! libtorch's headers (see `selfsup-shim-build`). Linking against libtorch itself is done by
+//! `torch-sys`. The crate's own test binaries keep `libtorch_cuda.so` linked (the linker's
+//! `--as-needed` drops it, leaving CUDA unavailable), so that its CUDA tests (`--ignored`) can run
+//! on a GPU machine.
 fn main() {
     selfsup_shim_build::compile(
         "selfsup-core",
@@ -20,7 +22,9 @@ fn main() {
             "csrc/stream.cpp",
             "csrc/relu_dropout.cpp",
             "csrc/winograd.cpp",
+            "csrc/conv_gemm.cpp",
             "csrc/elementwise.h",
+            "csrc/pieces.h",
         ],
         "selfsup_autocast",
     );

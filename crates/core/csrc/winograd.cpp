@@ -45,6 +45,7 @@
 #include <atomic>
 
 #include "elementwise.h"
+#include "pieces.h"
 #include "selfsup/guard.h"
 
 namespace {
@@ -367,11 +368,7 @@ at::Tensor products(const at::Tensor& a, const at::Tensor& b) {
   return out;
 }
 
-// Bytes of transformed tiles a piece of a pass may hold (64 MiB; tests set less).
-std::atomic<int64_t>& piece_bytes() {
-  static std::atomic<int64_t> bytes{int64_t{64} << 20};
-  return bytes;
-}
+using selfsup::piece_bytes;
 
 // Images per piece of a pass: the transformed tiles of a piece, α² values a tile for each of
 // `channels` (the larger side of the products), stay within `piece_bytes()`, so the pass's
@@ -611,8 +608,8 @@ int selfsup_conv_winograd(const at::Tensor* x, const at::Tensor* w, int bits, at
   return rc != 0 ? rc : took;
 }
 
-// Sets the bytes of transformed tiles one piece of a pass may hold when `bytes` > 0; returns
-// the setting before.
+// Sets the bytes one piece of a pass may hold (Winograd's transformed tiles and
+// `conv_gemm.cpp`'s im2col columns: `pieces.h`) when `bytes` > 0; returns the setting before.
 int64_t selfsup_winograd_piece_bytes(int64_t bytes) {
   return bytes > 0 ? piece_bytes().exchange(bytes) : piece_bytes().load();
 }

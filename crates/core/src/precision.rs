@@ -77,12 +77,25 @@ pub fn cpu_supports_bf16() -> bool {
     })
 }
 
+/// Whether this CPU has AMX for bfloat16: `/proc/cpuinfo` lists `amx_bf16` (false where that
+/// file does not exist).
+pub fn cpu_has_amx() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|info| cpuinfo_has_any(&info, &["amx_bf16"]))
+        .unwrap_or(false)
+}
+
 /// Whether a `/proc/cpuinfo` text lists a bf16 instruction set among its flags.
 fn cpuinfo_has_bf16(info: &str) -> bool {
+    cpuinfo_has_any(info, &["amx_bf16", "avx512_bf16"])
+}
+
+/// Whether a `/proc/cpuinfo` text lists one of `flags` among its flags.
+fn cpuinfo_has_any(info: &str, flags: &[&str]) -> bool {
     info.lines()
         .filter(|line| line.starts_with("flags"))
         .flat_map(|line| line.split_whitespace())
-        .any(|flag| flag == "amx_bf16" || flag == "avx512_bf16")
+        .any(|flag| flags.contains(&flag))
 }
 
 extern "C" {

@@ -24,6 +24,17 @@
 //! `SELFSUP_WINOGRAD=off` turns it off, `=all` takes it for every pass of every layer it can
 //! take (for measuring), `=auto` is the default.
 //!
+//! On CPUs with AVX-512 the small maps take another path: matrix products over im2col columns
+//! ([`conv_gemm`], `csrc/conv_gemm.cpp`), every pass at 4×4 outputs from 256 channels and, in
+//! bf16 on AMX, the backward pass to the weights at 8×8 outputs from 128 channels and of the
+//! 1×1 stride-2 shortcuts ([`plan_gemm`]). There oneDNN's kernels re-read the whole filter
+//! bank for every image (3-4× slower than the products at ResNet-18's `layer4` in bf16); one
+//! product over the batch's output positions reads it once. Every output is still one sum,
+//! rounded once (bf16: fp32 accumulation, as oneDNN's), in another order; under bf16 autocast
+//! the inputs are cast as autocast's convolution casts them. Deterministic runs, NCHW
+//! activations, CUDA and other layers stay libtorch's; `SELFSUP_CONV_GEMM=off` turns it off,
+//! `=all` takes every pass of every layer it can.
+//!
 //! The 4×4 convolution with stride 2 and padding 1 of DCGAN's discriminator (the context
 //! encoder's adversary) is, on the space-to-depth form of its padded input, a valid 2×2
 //! convolution of 4C channels: its backward pass to the weights, where oneDNN's kernel runs at
@@ -44,6 +55,16 @@ extern "C" {
         err_len: usize,
     ) -> c_int;
     fn selfsup_winograd_piece_bytes(bytes: i64) -> i64;
+    fn selfsup_conv_gemm(
+        x: *const c_void,
+        w: *const c_void,
+        stride: i64,
+        padding: i64,
+        bits: c_int,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
 }
 
 /// Sets how many bytes of transformed tiles one piece of a Winograd pass may hold (default
@@ -85,19 +106,31 @@ pub enum Mode {
     All,
 }
 
-/// The mode of this process: `SELFSUP_WINOGRAD` (`auto`, `off`, `all`), read once; any other
-/// value is reported once and taken as `auto`.
+/// The mode of this process for Winograd: `SELFSUP_WINOGRAD` (`auto`, `off`, `all`), read
+/// once; any other value is reported once and taken as `auto`.
 pub fn mode() -> Mode {
     static MODE: OnceLock<Mode> = OnceLock::new();
-    *MODE.get_or_init(|| match std::env::var("SELFSUP_WINOGRAD").as_deref() {
+    *MODE.get_or_init(|| mode_from_env("SELFSUP_WINOGRAD"))
+}
+
+/// The mode of this process for the convolutions as matrix products ([`plan_gemm`]):
+/// `SELFSUP_CONV_GEMM` (`auto`, `off`, `all`: every pass of every layer it can take), read
+/// once as [`mode`].
+pub fn gemm_mode() -> Mode {
+    static MODE: OnceLock<Mode> = OnceLock::new();
+    *MODE.get_or_init(|| mode_from_env("SELFSUP_CONV_GEMM"))
+}
+
+fn mode_from_env(var: &str) -> Mode {
+    match std::env::var(var).as_deref() {
         Err(_) | Ok("auto") | Ok("") => Mode::Auto,
         Ok("off") => Mode::Off,
         Ok("all") => Mode::All,
         Ok(other) => {
-            tracing::warn!("SELFSUP_WINOGRAD={other:?}: expected auto, off or all; taking auto");
+            tracing::warn!("{var}={other:?}: expected auto, off or all; taking auto");
             Mode::Auto
         }
-    })
+    }
 }
 
 /// The passes of an `r×r` stride-1 convolution from `c` to `k` channels at `h × w` that run by
@@ -215,6 +248,12 @@ fn avx512() -> bool {
     *AVX512.get_or_init(has_avx512)
 }
 
+/// Whether this CPU has AMX for bfloat16 (`/proc/cpuinfo`'s `amx_bf16`; read once).
+fn amx() -> bool {
+    static AMX: OnceLock<bool> = OnceLock::new();
+    *AMX.get_or_init(crate::precision::cpu_has_amx)
+}
+
 fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -244,8 +283,90 @@ pub fn conv_winograd(xs: &Tensor, ws: &Tensor, plan: Plan) -> Result<Option<Tens
     })
 }
 
+/// What a CPU convolution's products run on, for [`plan_gemm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arith {
+    /// bfloat16 (autocast or bf16 tensors) on a CPU with AMX.
+    Bf16Amx,
+    /// float32 on a CPU with AVX-512.
+    Fp32Avx512,
+    /// Anything else (bf16 without AMX, fp32 without AVX-512: there [`plan`] applies).
+    Other,
+}
+
+/// The passes of a bias-free `r×r` convolution with stride `s` from `c` to `k` channels onto an
+/// `ho × wo` output map that run as matrix products over im2col columns ([`conv_gemm`]).
+///
+/// Measured on 2 cores of an Intel Xeon with AMX (family 6, model 167), batch 128,
+/// channels-last, against libtorch 2.11's oneDNN (`cargo run --release -p selfsup-core
+/// --example conv_gemm_probe [-- 2 fp32]`; `bench/README.md`, "Small maps as matrix
+/// products"). In bf16 with AMX, oneDNN's kernels re-read the filter bank for every image, so
+/// the products, which read it once, win where the maps are small and the filters many:
+/// - every pass at a 4×4 output map from 256 channels (ResNet-18's `layer4` with the CIFAR
+///   stem, 512→512: forward 11.2 → 5.1 ms, to the input 12.0 → 6.7, to the weights
+///   34.6 → 7.8; its 3×3 stride-2 256→512 layer: forward 4.3 → 2.5, weights 18.7 → 4.4; the
+///   backward pass to the input as products only at stride 1);
+/// - the backward pass to the weights of 3×3 layers at 8×8 outputs from 128 channels
+///   (256→256: 10.5 → 7.1; 128→256 stride 2: 7.8 → 4.5; the NIN-192's 192→192: 6.3 → 5.1)
+///   and of the 1×1 stride-2 shortcuts from 64 channels (2.7 → 1.7, 2.6 → 1.0, 2.8 → 0.6);
+/// - left to oneDNN: larger maps (3×3 at 16×16 and 32×32 outputs: 1.4-3× slower as products),
+///   fewer channels (96 and under at 8×8: 1.3-1.5× slower), 1×1 stride-1 and 5×5 layers
+///   (1.3-3× slower), and the forward passes at 8×8 outputs (1.1-1.7× slower).
+///
+/// In fp32 with AVX-512 (MKL's products) only the 4×4 outputs from 256 channels gain (512→512:
+/// forward 37.2 → 25.3, to the input 38.8 → 26.4, to the weights 37.0 → 26.9; 256→512 stride
+/// 2: forward 19.5 → 12.4, weights 21.4 → 13.3); elsewhere the products ran 1.0-2× slower.
+/// Without AVX-512 fp32 layers take Winograd ([`plan`]) instead.
+pub fn plan_gemm(r: i64, s: i64, c: i64, k: i64, ho: i64, wo: i64, arith: Arith) -> Plan {
+    let (channels, positions) = (c.min(k), ho * wo);
+    let small = r == 3 && positions <= 16 && channels >= 256;
+    let weight = match (arith, r, s) {
+        (Arith::Bf16Amx, 3, _) => positions <= 64 && channels >= 128,
+        (Arith::Bf16Amx, 1, s) => s > 1 && channels >= 64,
+        (Arith::Fp32Avx512, ..) => small,
+        _ => false,
+    };
+    let small = small && arith != Arith::Other;
+    Plan { forward: small, input: small && s == 1, weight }
+}
+
+/// The convolution (no bias, one group, no dilation) of `xs` with `ws`, stride `stride` and
+/// padding `padding`, with the passes of `plan` as matrix products over im2col columns
+/// (`csrc/conv_gemm.cpp`; the backward pass to the input only at stride 1) and the others by
+/// libtorch, as one autograd function. Under the CPU's bf16 autocast both are cast as
+/// autocast's convolution casts them. `Ok(None)` when it does not take the convolution (an
+/// empty plan; `xs` not a channels-last CPU tensor; not float or bf16; another autocast dtype;
+/// oneDNN off), `Err` with libtorch's message when it refuses the shapes.
+///
+/// # Shapes
+/// `xs`: `(N, C, H, W)` channels-last; `ws`: `(K, C, r, r)`; returns `(N, K, Ho, Wo)`
+/// channels-last, `Ho = (H + 2 padding - r) / stride + 1` (`Wo` alike).
+pub fn conv_gemm(
+    xs: &Tensor,
+    ws: &Tensor,
+    stride: i64,
+    padding: i64,
+    plan: Plan,
+) -> Result<Option<Tensor>, String> {
+    // SAFETY: both handles are live tensors (tch's `C_tensor` is an `at::Tensor`); `out` and
+    // `err` are `shim_tensor`'s, valid for the call (the shim sets `out` only when it returns 1).
+    crate::ops::shim_tensor(|out, err, len| unsafe {
+        selfsup_conv_gemm(
+            xs.as_ptr().cast(),
+            ws.as_ptr().cast(),
+            stride,
+            padding,
+            plan.bits(),
+            out,
+            err,
+            len,
+        )
+    })
+}
+
 /// A convolution of an encoder: `nn::Conv2D`, with Winograd where [`plan`] (or
-/// `SELFSUP_WINOGRAD`) takes it (see the module docs).
+/// `SELFSUP_WINOGRAD`) takes it and as matrix products where [`plan_gemm`] (or
+/// `SELFSUP_CONV_GEMM`) does (see the module docs).
 #[derive(Debug)]
 pub struct Conv2d {
     /// The layer: its `ws` `(K, C, k, k)` and optional `bs`.
@@ -253,6 +374,9 @@ pub struct Conv2d {
     /// Whether it is a 1×1, 3×3 or 5×5 convolution with stride 1, padding `(k - 1) / 2`, no
     /// dilation, one group and no bias (tch keeps the configuration private).
     winograd_shaped: bool,
+    /// Its stride and padding when it has no dilation, one group and no bias (the shape
+    /// [`conv_gemm`] takes).
+    gemm_shaped: Option<(i64, i64)>,
 }
 
 impl Conv2d {
@@ -265,7 +389,9 @@ impl Conv2d {
             && cfg.dilation == 1
             && cfg.groups == 1
             && !cfg.bias;
-        Conv2d { inner: nn::conv2d(p, c_in, c_out, k, cfg), winograd_shaped }
+        let gemm_shaped = (cfg.dilation == 1 && cfg.groups == 1 && !cfg.bias)
+            .then_some((cfg.stride, cfg.padding));
+        Conv2d { inner: nn::conv2d(p, c_in, c_out, k, cfg), winograd_shaped, gemm_shaped }
     }
 
     /// The Winograd passes for an input `(N, C, H, W)`.
@@ -281,6 +407,34 @@ impl Conv2d {
             Mode::Auto => plan(k[2], s[1], k[0], s[2], s[3], avx512()),
         }
     }
+
+    /// The passes as matrix products for an input `(N, C, H, W)`, with its stride and padding.
+    fn gemm_plan_for(&self, xs: &Tensor) -> Option<(Plan, i64, i64)> {
+        let (stride, padding) = self.gemm_shaped?;
+        if xs.dim() != 4 || xs.device() != tch::Device::Cpu {
+            return None;
+        }
+        let plan = match gemm_mode() {
+            Mode::Off => return None,
+            Mode::All => Plan::ALL,
+            Mode::Auto => {
+                let (k, s) = (self.inner.ws.size(), xs.size());
+                let out = |side: i64| (side + 2 * padding - k[2]) / stride + 1;
+                let bf16 = xs.kind() == tch::Kind::BFloat16
+                    || matches!(
+                        crate::precision::autocast_dtype(tch::Device::Cpu),
+                        Ok(Some(tch::Kind::BFloat16))
+                    );
+                let arith = match (bf16, xs.kind() == tch::Kind::Float) {
+                    (true, _) if amx() => Arith::Bf16Amx,
+                    (false, true) if avx512() => Arith::Fp32Avx512,
+                    _ => Arith::Other,
+                };
+                plan_gemm(k[2], stride, s[1], k[0], out(s[2]), out(s[3]), arith)
+            }
+        };
+        (plan != Plan::default()).then_some((plan, stride, padding))
+    }
 }
 
 impl nn::Module for Conv2d {
@@ -292,6 +446,14 @@ impl nn::Module for Conv2d {
                 Ok(None) => {}
                 // The module interface has no error path; libtorch's message says what.
                 Err(e) => panic!("Winograd convolution: {e}"),
+            }
+        }
+        if let Some((plan, stride, padding)) = self.gemm_plan_for(xs) {
+            match conv_gemm(xs, &self.inner.ws, stride, padding, plan) {
+                Ok(Some(y)) => return y,
+                Ok(None) => {}
+                // The module interface has no error path; libtorch's message says what.
+                Err(e) => panic!("{e}"),
             }
         }
         xs.apply(&self.inner)
@@ -564,5 +726,213 @@ mod tests {
         }
         assert_eq!(conv("e", 512, 512, 1, 2, 0).plan_for(&x), Plan::default(), "1x1 stride 2");
         assert_eq!(conv("d", 512, 512, 3, 1, 0).plan_for(&x), Plan::default(), "padding 0");
+        // As matrix products: by the arithmetic the step runs in on this CPU.
+        let (a, b) = (conv("a", 512, 512, 3, 1, 1), conv("b", 512, 512, 3, 2, 1));
+        let fp32 = if gemm_mode() == Mode::Auto && avx512() { Some(Plan::ALL) } else { None };
+        if gemm_mode() != Mode::All {
+            assert_eq!(a.gemm_plan_for(&x).map(|g| g.0), fp32, "fp32");
+            let bf16 = crate::precision::Precision::Bf16;
+            let under_autocast = crate::precision::autocast(Device::Cpu, bf16, || {
+                (a.gemm_plan_for(&x), b.gemm_plan_for(&x.to_kind(Kind::BFloat16)))
+            });
+            let forward = Plan { forward: true, weight: true, ..Plan::default() };
+            let want = if gemm_mode() == Mode::Auto && amx() {
+                (Some((Plan::ALL, 1, 1)), Some((forward, 2, 1)))
+            } else {
+                (None, None)
+            };
+            assert_eq!(under_autocast, want, "bf16 autocast; bf16 input (4x4 -> 2x2 at stride 2)");
+        }
+        let biased = Conv2d::new(
+            vs.root() / "f",
+            512,
+            512,
+            3,
+            nn::ConvConfig { padding: 1, ..Default::default() },
+        );
+        assert_eq!(biased.gemm_plan_for(&x), None, "with a bias");
+    }
+
+    /// The direct convolution with stride `s` and padding `p` (libtorch's).
+    fn direct(s: i64, p: i64) -> impl Fn(&Tensor, &Tensor) -> Tensor {
+        move |x: &Tensor, w: &Tensor| x.conv2d(w, None::<&Tensor>, [s, s], [p, p], [1, 1], 1)
+    }
+
+    /// The passes of [`conv_gemm`] with `plan`, which must take the convolution.
+    fn gemm(s: i64, p: i64, plan: Plan) -> impl Fn(&Tensor, &Tensor) -> Tensor {
+        move |x: &Tensor, w: &Tensor| conv_gemm(x, w, s, p, plan).unwrap().expect("taken")
+    }
+
+    #[test]
+    fn the_products_match_the_direct_convolution_whole_and_in_pieces() {
+        tch::manual_seed(3);
+        let opts = (Kind::Float, Device::Cpu);
+        let cl = |t: Tensor| crate::precision::to_channels_last(&t).unwrap();
+        let weight = Plan { weight: true, ..Plan::default() };
+        let forward = Plan { forward: true, ..Plan::default() };
+        let input = Plan { input: true, ..Plan::default() };
+        // (r, stride, padding, N, C, K, H, W, pieces): 3x3 same and valid at strides 1 and 2,
+        // the 1x1 stride-2 shortcut, 5x5, the 4x4 stride-2 discriminator layer, odd sides and
+        // channel counts; pieces of one image (forward passes) and one filter row (weights).
+        for (r, s, p, n, c, k, h, w, piece) in [
+            (3, 1, 1, 3, 8, 16, 6, 6, None),
+            (3, 1, 1, 2, 5, 7, 7, 5, None),
+            (3, 2, 1, 3, 6, 4, 7, 8, None),
+            (3, 1, 0, 2, 4, 6, 6, 5, None),
+            (1, 2, 0, 3, 6, 10, 8, 7, None),
+            (1, 1, 0, 2, 5, 3, 4, 4, None),
+            (5, 1, 2, 2, 3, 8, 9, 9, None),
+            (4, 2, 1, 2, 6, 5, 8, 6, None),
+            (3, 1, 1, 4, 6, 9, 5, 6, Some(1)),
+            (3, 2, 1, 3, 7, 5, 9, 9, Some(1)),
+        ] {
+            let x = cl(Tensor::randn([n, c, h, w], opts));
+            let wt = cl(Tensor::randn([k, c, r, r], opts)) * 0.2;
+            let (ho, wo) = ((h + 2 * p - r) / s + 1, (w + 2 * p - r) / s + 1);
+            let dy = cl(Tensor::randn([n, k, ho, wo], opts));
+            let want = passes(&x, &wt, &dy, direct(s, p));
+            // The input pass alone at stride 2 is nothing to take (tested below).
+            let plans = if s == 1 {
+                vec![Plan::ALL, forward, input, weight]
+            } else {
+                vec![Plan::ALL, forward, weight]
+            };
+            for plan in plans {
+                let before = piece.map(|b| piece_bytes(Some(b)));
+                let got = passes(&x, &wt, &dy, gemm(s, p, plan));
+                if let Some(b) = before {
+                    piece_bytes(Some(b));
+                }
+                let what =
+                    format!("{r}x{r} s{s} p{p}, {n}x{c}x{h}x{w} -> {k}, {piece:?}, {plan:?}");
+                assert_eq!(got.0.size(), [n, k, ho, wo], "{what}");
+                assert!(crate::precision::is_channels_last(&got.0), "{what}: channels-last");
+                assert_eq!(got.2.size(), [k, c, r, r], "{what}");
+                for (name, taken, a, b) in [
+                    ("output", plan.forward, &got.0, &want.0),
+                    ("input gradient", plan.input && s == 1, &got.1, &want.1),
+                    ("weight gradient", plan.weight, &got.2, &want.2),
+                ] {
+                    let e = max_rel(a, b);
+                    // Another order of the same sums; libtorch's own passes as they are.
+                    let tol = if taken { 1e-5 } else { 1e-7 };
+                    assert!(e < tol, "{what}: {name} off by {e:e} of its largest value");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_products_round_once_and_autocast_casts_as_for_libtorchs_convolution() {
+        tch::manual_seed(4);
+        let opts = (Kind::Float, Device::Cpu);
+        let cl = |t: Tensor| crate::precision::to_channels_last(&t).unwrap();
+        for (r, s, p, c, k, side) in
+            [(3, 1, 1, 32, 48, 4), (3, 2, 1, 16, 32, 8), (1, 2, 0, 24, 40, 8)]
+        {
+            let bf = |t: Tensor| t.to_kind(Kind::BFloat16);
+            let x = cl(Tensor::randn([6, c, side, side], opts));
+            let wt = cl(Tensor::randn([k, c, r, r], opts)) * 0.1;
+            let ho = (side + 2 * p - r) / s + 1;
+            let dy = cl(Tensor::randn([6, k, ho, ho], opts));
+            let what = format!("{r}x{r} s{s}, {c} -> {k} at {side}");
+            // bf16 tensors: against the same values in fp32, within one bf16 rounding (2^-8 of
+            // a value; the largest value's scale as the bound).
+            let exact = passes(
+                &bf(x.copy()).to_kind(Kind::Float),
+                &bf(wt.copy()).to_kind(Kind::Float),
+                &bf(dy.copy()).to_kind(Kind::Float),
+                direct(s, p),
+            );
+            let got = passes(&bf(x.copy()), &bf(wt.copy()), &bf(dy.copy()), gemm(s, p, Plan::ALL));
+            assert_eq!(got.0.kind(), Kind::BFloat16, "{what}");
+            assert_eq!(got.2.kind(), Kind::BFloat16, "{what}");
+            for (name, a, b) in [
+                ("output", &got.0, &exact.0),
+                ("input gradient", &got.1, &exact.1),
+                ("weight gradient", &got.2, &exact.2),
+            ] {
+                let e = max_rel(&a.to_kind(Kind::Float), b);
+                assert!(e < 1.0 / 256.0, "{what}: bf16 {name} off by {e:e}");
+            }
+            // Under autocast: bf16 output, fp32 gradients to fp32 leaves, as libtorch's own.
+            let bf16 = crate::precision::Precision::Bf16;
+            let [ours, theirs] = [true, false].map(|products| {
+                crate::precision::autocast(Device::Cpu, bf16, || {
+                    let xl = x.detach().set_requires_grad(true);
+                    let wl = wt.detach().set_requires_grad(true);
+                    let y = if products {
+                        gemm(s, p, Plan::ALL)(&xl, &wl)
+                    } else {
+                        direct(s, p)(&xl, &wl)
+                    };
+                    (y.to_kind(Kind::Float) * &dy).sum(Kind::Float).backward();
+                    (y.detach(), xl.grad(), wl.grad())
+                })
+            });
+            assert_eq!(ours.0.kind(), Kind::BFloat16, "{what}: autocast output");
+            assert_eq!((ours.1.kind(), ours.2.kind()), (Kind::Float, Kind::Float), "{what}");
+            for (name, a, b) in [
+                ("output", &ours.0, &theirs.0),
+                ("input gradient", &ours.1, &theirs.1),
+                ("weight gradient", &ours.2, &theirs.2),
+            ] {
+                let e = max_rel(&a.to_kind(Kind::Float), &b.to_kind(Kind::Float));
+                assert!(e < 1.0 / 128.0, "{what}: autocast {name} off libtorch's by {e:e}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_products_leave_what_they_do_not_take_and_name_bad_shapes() {
+        let opts = (Kind::Float, Device::Cpu);
+        let w = crate::precision::to_channels_last(&Tensor::randn([4, 3, 3, 3], opts)).unwrap();
+        let nchw = Tensor::randn([2, 3, 5, 5], opts);
+        let x = crate::precision::to_channels_last(&nchw).unwrap();
+        assert!(conv_gemm(&nchw, &w, 1, 1, Plan::ALL).unwrap().is_none(), "NCHW");
+        assert!(conv_gemm(&x, &w, 1, 1, Plan::default()).unwrap().is_none(), "empty plan");
+        let input = Plan { input: true, ..Plan::default() };
+        assert!(conv_gemm(&x, &w, 2, 1, input).unwrap().is_none(), "input pass at stride 2");
+        let double = |t: &Tensor| t.to_kind(Kind::Double);
+        assert!(conv_gemm(&double(&x), &double(&w), 1, 1, Plan::ALL).unwrap().is_none(), "f64");
+        let err = conv_gemm(&x, &w.narrow(1, 0, 2), 1, 1, Plan::ALL).unwrap_err();
+        assert!(err.contains("convolution by matrix products: input [2, 3, 5, 5]"), "{err}");
+        let err = conv_gemm(&x, &w, 1, 3, Plan::ALL).unwrap_err();
+        assert!(err.contains("padding 3"), "{err}");
+        // Weights held constant: the input's gradient only.
+        let xg = x.set_requires_grad(true);
+        conv_gemm(&xg, &w, 1, 1, Plan::ALL).unwrap().unwrap().sum(Kind::Float).backward();
+        assert!(xg.grad().defined() && !w.grad().defined());
+    }
+
+    #[test]
+    fn the_products_take_small_maps_with_many_channels() {
+        let weight = Plan { weight: true, ..Plan::default() };
+        let forward = Plan { forward: true, ..weight };
+        let amx = |r, s, c, k, side| plan_gemm(r, s, c, k, side, side, Arith::Bf16Amx);
+        // ResNet-18 (CIFAR stem) at 32 px, by output side: layer1..layer4's 3x3 stride 1, the
+        // 3x3 stride-2 and 1x1 stride-2 layers opening layer2..layer4.
+        assert_eq!(amx(3, 1, 64, 64, 32), Plan::default());
+        assert_eq!(amx(3, 1, 128, 128, 16), Plan::default());
+        assert_eq!(amx(3, 1, 256, 256, 8), weight);
+        assert_eq!(amx(3, 1, 512, 512, 4), Plan::ALL);
+        assert_eq!(amx(3, 2, 64, 128, 16), Plan::default());
+        assert_eq!(amx(3, 2, 128, 256, 8), weight);
+        assert_eq!(amx(3, 2, 256, 512, 4), forward, "its input pass: libtorch's at stride 2");
+        for (c, k, side) in [(64, 128, 16), (128, 256, 8), (256, 512, 4)] {
+            assert_eq!(amx(1, 2, c, k, side), weight, "1x1 stride 2, {c} -> {k}");
+        }
+        // The NIN-192: 3x3 blocks 3-4, its 1x1 and 5x5 layers; the cpu profiles' AlexNet-24.
+        assert_eq!(amx(3, 1, 192, 192, 8), weight);
+        assert_eq!(amx(1, 1, 192, 192, 8), Plan::default());
+        assert_eq!(amx(5, 1, 96, 192, 16), Plan::default());
+        assert_eq!(amx(3, 1, 96, 96, 8), Plan::default());
+        // fp32 with AVX-512: the 4x4 maps from 256 channels only; nothing elsewhere.
+        let fp32 = |r, s, c, k, side| plan_gemm(r, s, c, k, side, side, Arith::Fp32Avx512);
+        assert_eq!(fp32(3, 1, 512, 512, 4), Plan::ALL);
+        assert_eq!(fp32(3, 2, 256, 512, 4), forward);
+        assert_eq!(fp32(3, 1, 256, 256, 8), Plan::default());
+        assert_eq!(fp32(1, 2, 256, 512, 4), Plan::default());
+        assert_eq!(plan_gemm(3, 1, 512, 512, 4, 4, Arith::Other), Plan::default());
     }
 }

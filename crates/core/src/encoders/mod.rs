@@ -188,7 +188,8 @@ pub(crate) const CONV_INIT: nn::Init = nn::Init::Kaiming {
     non_linearity: nn::init::NonLinearity::ReLU,
 };
 
-/// A bias-free `k×k` conv with [`CONV_INIT`] (Winograd where [`conv::plan`] takes it).
+/// A bias-free `k×k` conv with [`CONV_INIT`] (Winograd where [`conv::plan`] takes it, matrix
+/// products where [`conv::plan_gemm`] does).
 pub(crate) fn conv2d(
     p: nn::Path,
     c_in: i64,

@@ -1,0 +1,105 @@
+//! Times each pass of a bias-free convolution (channels-last, batch 128, bf16 and fp32 tensors
+//! without autocast) by libtorch (oneDNN) and as matrix products over im2col columns
+//! (`selfsup_core::encoders::conv::conv_gemm`), at the layer shapes of ResNet-18 with the CIFAR
+//! stem (stride 1 and 2, the 1×1 downsampling shortcuts), the NIN-192's 3×3 blocks and the cpu
+//! profiles' AlexNet-24: the measurements behind [`selfsup_core::encoders::conv::plan_gemm`].
+//! Milliseconds, medians of 7 calls after 2; the backward passes timed alone on a kept graph,
+//! each and both (as in training; the backward pass to the input as products only at stride
+//! 1: at other strides it stays libtorch's).
+//!
+//! Run: `cargo run --release -p selfsup-core --example conv_gemm_probe [-- THREADS [KIND]]`
+//! (default 2 threads; KIND `bf16` (default) or `fp32`).
+use selfsup_core::encoders::conv::{conv_gemm, Plan};
+use selfsup_core::precision::to_channels_last;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+// The C allocator the `selfsup` binary runs on (jemalloc, freed pages kept): crates/alloc.
+selfsup_alloc::install!();
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn median_ms(mut f: impl FnMut()) -> f64 {
+    f();
+    f();
+    let mut runs: Vec<f64> = (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[3]
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let threads = args.next().map(|t| t.parse()).transpose()?.unwrap_or(2);
+    let kind = match args.next().as_deref() {
+        None | Some("bf16") => Kind::BFloat16,
+        Some("fp32") => Kind::Float,
+        Some(other) => return Err(format!("kind {other:?}: expected bf16 or fp32").into()),
+    };
+    tch::set_num_threads(threads);
+    tch::manual_seed(0);
+    println!("{threads} threads, {kind:?} channels-last, batch 128; ms per call, oneDNN / GEMM\n");
+    println!("| filter, stride, channels, input side | forward | to input | to weights | both |");
+    println!("|---|---:|---:|---:|---:|");
+    // (filter side, stride, channels in, out, input side): ResNet-18 (CIFAR stem): layer1..4's
+    // stride-1 3x3, the first block of layer2..4 (3x3 stride 2 and the 1x1 stride-2 shortcut);
+    // the NIN-192's 3x3 blocks 3-4; the cpu profiles' AlexNet-24 conv3..5; the NIN-192's 1x1
+    // layers (block 1 at 32x32, 2 at 16x16, 3-4 at 8x8) and 5x5 layers (blocks 2 and 1).
+    let shapes = [
+        (3, 1, 64, 64, 32),
+        (3, 1, 128, 128, 16),
+        (3, 1, 256, 256, 8),
+        (3, 1, 512, 512, 4),
+        (3, 2, 64, 128, 32),
+        (3, 2, 128, 256, 16),
+        (3, 2, 256, 512, 8),
+        (1, 2, 64, 128, 32),
+        (1, 2, 128, 256, 16),
+        (1, 2, 256, 512, 8),
+        (3, 1, 192, 192, 8),
+        (3, 1, 64, 96, 8),
+        (3, 1, 96, 96, 8),
+        (3, 1, 96, 64, 8),
+        (1, 1, 192, 160, 32),
+        (1, 1, 160, 96, 32),
+        (1, 1, 192, 192, 16),
+        (1, 1, 192, 192, 8),
+        (5, 1, 96, 192, 16),
+        (5, 1, 3, 192, 32),
+    ];
+    for (r, stride, c, k, side) in shapes {
+        let opts = (kind, Device::Cpu);
+        let x =
+            to_channels_last(&Tensor::randn([128, c, side, side], opts))?.set_requires_grad(true);
+        let w = to_channels_last(&Tensor::randn([k, c, r, r], opts))?.set_requires_grad(true);
+        let pad = (r - 1) / 2;
+        let mut cells = [String::new(), String::new(), String::new(), String::new()];
+        for gemm in [false, true] {
+            let conv = || -> Result<Tensor> {
+                Ok(if gemm {
+                    conv_gemm(&x, &w, stride, pad, Plan::ALL)?
+                        .ok_or("the shim did not take the convolution")?
+                } else {
+                    x.conv2d(&w, None::<&Tensor>, [stride, stride], [pad, pad], [1, 1], 1)
+                })
+            };
+            let y = conv()?;
+            let forward = median_ms(|| drop(tch::no_grad(conv)));
+            let input = median_ms(|| drop(Tensor::run_backward(&[&y], &[&x], true, false)));
+            let weight = median_ms(|| drop(Tensor::run_backward(&[&y], &[&w], true, false)));
+            let both = median_ms(|| drop(Tensor::run_backward(&[&y], &[&x, &w], true, false)));
+            for (cell, ms) in cells.iter_mut().zip([forward, input, weight, both]) {
+                let sep = if gemm { " / " } else { "" };
+                cell.push_str(&format!("{sep}{ms:.1}"));
+            }
+        }
+        let layer = format!("{r}×{r} s{stride}, {c}→{k}, {side}×{side}");
+        println!("| {layer} | {} | {} | {} | {} |", cells[0], cells[1], cells[2], cells[3]);
+    }
+    Ok(())
+}
