@@ -10,27 +10,13 @@
 //! Run: `cargo run --release -p selfsup-core --example winograd_probe [-- THREADS]` (default 2).
 use selfsup_core::encoders::conv::{conv_down_winograd, conv_winograd, Plan};
 use selfsup_core::precision::to_channels_last;
-use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 // The C allocator the `selfsup` binary runs on (jemalloc, freed pages kept): crates/alloc.
 selfsup_alloc::install!();
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
-
-fn median_ms(mut f: impl FnMut()) -> f64 {
-    f();
-    f();
-    let mut runs: Vec<f64> = (0..7)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    runs.sort_by(f64::total_cmp);
-    runs[3]
-}
+mod common;
+use common::{median_ms, Result};
 
 fn main() -> Result<()> {
     let threads = std::env::args().nth(1).map(|t| t.parse()).transpose()?.unwrap_or(2);

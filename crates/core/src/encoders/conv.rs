@@ -25,15 +25,15 @@
 //! take (for measuring), `=auto` is the default.
 //!
 //! On CPUs with AVX-512 the small maps take another path: matrix products over im2col columns
-//! ([`conv_gemm`], `csrc/conv_gemm.cpp`), every pass at 4×4 outputs from 256 channels and, in
-//! bf16 on AMX, the backward pass to the weights at 8×8 outputs from 128 channels and of the
-//! 1×1 stride-2 shortcuts ([`plan_gemm`]). There oneDNN's kernels re-read the whole filter
-//! bank for every image (3-4× slower than the products at ResNet-18's `layer4` in bf16); one
-//! product over the batch's output positions reads it once. Every output is still one sum,
-//! rounded once (bf16: fp32 accumulation, as oneDNN's), in another order; under bf16 autocast
-//! the inputs are cast as autocast's convolution casts them. Deterministic runs, NCHW
-//! activations, CUDA and other layers stay libtorch's; `SELFSUP_CONV_GEMM=off` turns it off,
-//! `=all` takes every pass of every layer it can.
+//! ([`conv_gemm`], `csrc/conv_gemm.cpp`), every pass at 4×4 outputs from 256 channels and, in bf16
+//! on AMX, the backward pass to the weights at 8×8 outputs from 128 channels and of the 1×1
+//! stride-2 shortcuts ([`plan_gemm`]). There oneDNN's kernels run far from the machine (1.8-4.4×
+//! slower than the products at ResNet-18's `layer4` in bf16; by our reading they walk the whole
+//! filter bank image by image), while one product over the batch's output positions reads it once.
+//! Every output is still one sum, rounded once (bf16: fp32 accumulation, as oneDNN's), in another
+//! order; under bf16 autocast the inputs are cast as autocast's convolution casts them.
+//! Deterministic runs, NCHW activations, CUDA and other layers stay libtorch's;
+//! `SELFSUP_CONV_GEMM=off` turns it off, `=all` takes every pass of every layer it can.
 //!
 //! The 4×4 convolution with stride 2 and padding 1 of DCGAN's discriminator (the context
 //! encoder's adversary) is, on the space-to-depth form of its padded input, a valid 2×2
@@ -300,8 +300,8 @@ pub enum Arith {
 /// Measured on 2 cores of an Intel Xeon with AMX (family 6, model 167), batch 128,
 /// channels-last, against libtorch 2.11's oneDNN (`cargo run --release -p selfsup-core
 /// --example conv_gemm_probe [-- 2 fp32]`; `bench/README.md`, "Small maps as matrix
-/// products"). In bf16 with AMX, oneDNN's kernels re-read the filter bank for every image, so
-/// the products, which read it once, win where the maps are small and the filters many:
+/// products"). In bf16 with AMX the products, which read the filter bank once for the whole
+/// batch, win where the maps are small and the filters many:
 /// - every pass at a 4×4 output map from 256 channels (ResNet-18's `layer4` with the CIFAR
 ///   stem, 512→512: forward 11.2 → 5.1 ms, to the input 12.0 → 6.7, to the weights
 ///   34.6 → 7.8; its 3×3 stride-2 256→512 layer: forward 4.3 → 2.5, weights 18.7 → 4.4; the
