@@ -67,9 +67,10 @@ extern "C" {
     ) -> c_int;
 }
 
-/// Sets how many bytes of transformed tiles one piece of a Winograd pass may hold (default
-/// 64 MiB: a pass runs over the batch in pieces of as many images as fit, so its temporaries do
-/// not grow with the batch) when `bytes` is given; returns the setting before.
+/// Sets how many bytes of transformed tiles one piece of a Winograd pass, or of im2col columns
+/// one piece of a [`conv_gemm`] pass, may hold (default 64 MiB: a pass runs over the batch, or
+/// the filter's rows, in pieces that fit, so its temporaries do not grow with the batch) when
+/// `bytes` is given; returns the setting before.
 pub fn piece_bytes(bytes: Option<i64>) -> i64 {
     // SAFETY: reads or swaps an atomic; no pointers.
     unsafe { selfsup_winograd_piece_bytes(bytes.filter(|&b| b > 0).unwrap_or(0)) }
