@@ -3,7 +3,7 @@
 //! (`csrc/fused_optim.cpp`), the fused batch norm + ReLU (`csrc/bn_relu.cpp`) and ReLU + dropout
 //! (`csrc/relu_dropout.cpp`, both over `csrc/elementwise.h`), the Winograd 3×3 convolution
 //! (`csrc/winograd.cpp`) and the convolution as matrix products over im2col columns
-//! (`csrc/conv_gemm.cpp`, both bounded by `csrc/pieces.h`), the ops tch binds only with default
+//! (`csrc/conv_gemm.cpp`, both over `csrc/conv_passes.h`), the ops tch binds only with default
 //! arguments (`csrc/ops.cpp`) and the device-side prefetch of batches (`csrc/stream.cpp`) against
 //! libtorch's headers (see `selfsup-shim-build`). Linking against libtorch itself is done by
 //! `torch-sys`. The crate's own test binaries keep `libtorch_cuda.so` linked (the linker's
@@ -24,7 +24,7 @@ fn main() {
             "csrc/winograd.cpp",
             "csrc/conv_gemm.cpp",
             "csrc/elementwise.h",
-            "csrc/pieces.h",
+            "csrc/conv_passes.h",
         ],
         "selfsup_autocast",
     );

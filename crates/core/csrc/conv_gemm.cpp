@@ -18,7 +18,7 @@
 //   transposed (w'[c, k, i, j] = w[k, c, r - 1 - i, r - 1 - j]) and padding r - 1 - p.
 // Every output value is one product's sum over all of its terms (the product's own
 // accumulator: fp32 for bf16 operands, rounded once), as in the direct kernels, only in
-// another order. The columns are built in pieces within `piece_bytes()` (`pieces.h`): of
+// another order. The columns are built in pieces within `piece_bytes()` (`conv_passes.h`): of
 // images for the forward passes (rows of the product), of filter rows for the weights (columns
 // of the product), so no sum is split. The other passes, and deterministic runs (oneDNN off),
 // are libtorch's.
@@ -30,7 +30,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "pieces.h"
+#include "conv_passes.h"
 #include "selfsup/guard.h"
 
 namespace {
@@ -144,12 +144,8 @@ at::Tensor weight_grad_gemm(const at::Tensor& x, const at::Tensor& dy, const Geo
   return dw.permute({0, 3, 1, 2});
 }
 
-// Which passes run as products (bit 0 forward, 1 to the input, 2 to the weights); the others
-// call libtorch's convolution.
-struct Plan {
-  bool forward, input, weight;
-  explicit Plan(int64_t bits) : forward(bits & 1), input(bits & 2), weight(bits & 4) {}
-};
+// Which passes run as products; the others call libtorch's convolution.
+using Plan = selfsup::ConvPlan;
 
 struct GemmConv : public torch::autograd::Function<GemmConv> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
@@ -162,8 +158,7 @@ struct GemmConv : public torch::autograd::Function<GemmConv> {
       return forward_gemm(x, filter_columns(w),
                           Geometry(x, w.size(0), w.size(2), stride, padding));
     }
-    return at::convolution(x, w, {}, {stride, stride}, {padding, padding}, {1, 1}, false, {0, 0},
-                           1);
+    return selfsup::libtorch_conv(x, w, stride, padding);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -188,13 +183,7 @@ struct GemmConv : public torch::autograd::Function<GemmConv> {
       dw = weight_grad_gemm(x, dy, Geometry(x, w.size(0), r, s, p))
                .contiguous(w.suggest_memory_format());
     }
-    const bool rest_x = want_x && !plan.input, rest_w = want_w && !plan.weight;
-    if (rest_x || rest_w) {
-      auto g = at::convolution_backward(dy, x, w, std::nullopt, {s, s}, {p, p}, {1, 1}, false,
-                                        {0, 0}, 1, {rest_x, rest_w, false});
-      if (rest_x) dx = std::get<0>(g);
-      if (rest_w) dw = std::get<1>(g);
-    }
+    selfsup::libtorch_backward_rest(dy, x, w, s, p, plan, want_x, want_w, dx, dw);
     return {dx, dw, none, none, none};
   }
 };

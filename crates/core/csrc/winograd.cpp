@@ -45,7 +45,7 @@
 #include <atomic>
 
 #include "elementwise.h"
-#include "pieces.h"
+#include "conv_passes.h"
 #include "selfsup/guard.h"
 
 namespace {
@@ -499,12 +499,8 @@ at::Tensor weight_grad_down(const at::Tensor& x, const at::Tensor& dy, at::Memor
   return gw.permute({5, 4, 0, 2, 1, 3}).reshape({K, C, 4, 4}).contiguous(format);
 }
 
-// Which passes run by Winograd (bit 0 forward, 1 to the input, 2 to the weights); the others
-// call libtorch's convolution.
-struct Plan {
-  bool forward, input, weight;
-  explicit Plan(int bits) : forward(bits & 1), input(bits & 2), weight(bits & 4) {}
-};
+// Which passes run by Winograd; the others call libtorch's convolution.
+using Plan = selfsup::ConvPlan;
 
 // The convolution of an r x r filter: stride 1 and padding (r - 1) / 2 (r = 1, 3, 5), or stride
 // 2 and padding 1 (r = 4).
@@ -522,14 +518,14 @@ at::Tensor fast_forward(const at::Tensor& x, const at::Tensor& w, at::MemoryForm
 }
 
 at::Tensor libtorch_forward(const at::Tensor& x, const at::Tensor& w) {
-  const int64_t r = w.size(2), s = stride_of(r), p = padding_of(r);
-  return at::convolution(x, w, {}, {s, s}, {p, p}, {1, 1}, false, {0, 0}, 1);
+  const int64_t r = w.size(2);
+  return selfsup::libtorch_conv(x, w, stride_of(r), padding_of(r));
 }
 
 struct WinogradConv : public torch::autograd::Function<WinogradConv> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
                             const at::Tensor& w, int64_t bits) {
-    const Plan plan(static_cast<int>(bits));
+    const Plan plan(bits);
     ctx->save_for_backward({x, w});
     ctx->saved_data["bits"] = bits;
     return plan.forward ? fast_forward(x, w, x.suggest_memory_format()) : libtorch_forward(x, w);
@@ -541,7 +537,7 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
                 "Winograd convolution has no double backward (create_graph)");
     auto s = ctx->get_saved_variables();
     const at::Tensor &x = s[0], &w = s[1];
-    const Plan plan(static_cast<int>(ctx->saved_data["bits"].toInt()));
+    const Plan plan(ctx->saved_data["bits"].toInt());
     if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
     const at::MemoryFormat format = x.suggest_memory_format();
     const at::Tensor dy = grads[0].contiguous(format);
@@ -557,13 +553,7 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
            : r == 4 ? weight_grad_down(x, dy, w_format)
                     : weight_grad_winograd(x, dy, r, w_format);
     }
-    const bool rest_x = want_x && !plan.input, rest_w = want_w && !plan.weight;
-    if (rest_x || rest_w) {
-      auto g = at::convolution_backward(dy, x, w, std::nullopt, {st, st}, {p, p}, {1, 1}, false,
-                                        {0, 0}, 1, {rest_x, rest_w, false});
-      if (rest_x) dx = std::get<0>(g);
-      if (rest_w) dw = std::get<1>(g);
-    }
+    selfsup::libtorch_backward_rest(dy, x, w, st, p, plan, want_x, want_w, dx, dw);
     return {dx, dw, at::Tensor()};
   }
 };
@@ -609,7 +599,7 @@ int selfsup_conv_winograd(const at::Tensor* x, const at::Tensor* w, int bits, at
 }
 
 // Sets the bytes one piece of a pass may hold (Winograd's transformed tiles and
-// `conv_gemm.cpp`'s im2col columns: `pieces.h`) when `bytes` > 0; returns the setting before.
+// `conv_gemm.cpp`'s im2col columns: `conv_passes.h`) when `bytes` > 0; returns the setting before.
 int64_t selfsup_winograd_piece_bytes(int64_t bytes) {
   return bytes > 0 ? piece_bytes().exchange(bytes) : piece_bytes().load();
 }

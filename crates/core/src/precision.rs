@@ -78,11 +78,14 @@ pub fn cpu_supports_bf16() -> bool {
 }
 
 /// Whether this CPU has AMX for bfloat16: `/proc/cpuinfo` lists `amx_bf16` (false where that
-/// file does not exist).
+/// file does not exist). Read once per process.
 pub fn cpu_has_amx() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .map(|info| cpuinfo_has_any(&info, &["amx_bf16"]))
-        .unwrap_or(false)
+    static AMX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AMX.get_or_init(|| {
+        std::fs::read_to_string("/proc/cpuinfo")
+            .map(|info| cpuinfo_has_any(&info, &["amx_bf16"]))
+            .unwrap_or(false)
+    })
 }
 
 /// Whether a `/proc/cpuinfo` text lists a bf16 instruction set among its flags.

@@ -249,12 +249,6 @@ fn avx512() -> bool {
     *AVX512.get_or_init(has_avx512)
 }
 
-/// Whether this CPU has AMX for bfloat16 (`/proc/cpuinfo`'s `amx_bf16`; read once).
-fn amx() -> bool {
-    static AMX: OnceLock<bool> = OnceLock::new();
-    *AMX.get_or_init(crate::precision::cpu_has_amx)
-}
-
 fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -427,7 +421,7 @@ impl Conv2d {
                         Ok(Some(tch::Kind::BFloat16))
                     );
                 let arith = match (bf16, xs.kind() == tch::Kind::Float) {
-                    (true, _) if amx() => Arith::Bf16Amx,
+                    (true, _) if crate::precision::cpu_has_amx() => Arith::Bf16Amx,
                     (false, true) if avx512() => Arith::Fp32Avx512,
                     _ => Arith::Other,
                 };
@@ -737,7 +731,7 @@ mod tests {
                 (a.gemm_plan_for(&x), b.gemm_plan_for(&x.to_kind(Kind::BFloat16)))
             });
             let forward = Plan { forward: true, weight: true, ..Plan::default() };
-            let want = if gemm_mode() == Mode::Auto && amx() {
+            let want = if gemm_mode() == Mode::Auto && crate::precision::cpu_has_amx() {
                 (Some((Plan::ALL, 1, 1)), Some((forward, 2, 1)))
             } else {
                 (None, None)
