@@ -32,7 +32,12 @@ pub fn reads() -> u64 {
 pub fn upload(t: &Tensor, device: Device) -> Tensor {
     match device {
         Device::Cpu => t.shallow_clone(),
-        Device::Cuda(_) => t.pin_memory(device).to_device_(device, t.kind(), true, false),
+        // `_pin_memory`: `pin_memory(device)` (tch's only binding) warns on every call that
+        // its device argument is deprecated.
+        Device::Cuda(_) if t.device() == Device::Cpu => {
+            t.internal_pin_memory(device).to_device_(device, t.kind(), true, false)
+        }
+        Device::Cuda(_) => t.to_device(device),
         other => t.to_device(other),
     }
 }

@@ -54,8 +54,12 @@ impl Batch {
         // To CUDA from pinned memory with non-blocking copies: the host goes on (to the step's
         // kernels, the next batch) while the copies run; libtorch's pinned-memory allocator
         // keeps each buffer until its copy is done.
+        // (`_pin_memory`: tch's `pin_memory(device)` warns on every call that its device
+        // argument is deprecated.)
         let put = |t: &Tensor| match device {
-            Device::Cuda(_) => t.pin_memory(device).to_device_(device, t.kind(), true, false),
+            Device::Cuda(_) if t.device() == Device::Cpu => {
+                t.internal_pin_memory(device).to_device_(device, t.kind(), true, false)
+            }
             _ => t.to_device(device),
         };
         Batch {

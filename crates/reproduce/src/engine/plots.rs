@@ -1,5 +1,7 @@
 //! PNG charts of a reproduction (plotters, bitmap backend): the training curves of every
 //! training from its `metrics.jsonl`, and the plan's charts of probe scores (per block, say).
+//! The text is drawn in DejaVu Sans, embedded in the binary (`assets/`, its licence beside it),
+//! so that charts draw on machines without fonts or fontconfig (GPU servers, containers).
 use super::plan::{Chart, Scatter};
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
@@ -7,6 +9,22 @@ use std::path::{Path, PathBuf};
 
 fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("plotting: {e}")
+}
+
+/// DejaVu Sans, the one face of every chart.
+static SANS: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+
+/// Registers [`SANS`] as plotters' `sans-serif` (once per process).
+fn fonts() -> Result<()> {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| {
+        plotters::style::register_font("sans-serif", FontStyle::Normal, SANS).is_ok()
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(anyhow!("plotting: the embedded DejaVu Sans is not a font plotters can read"))
+    }
 }
 
 /// `(step, loss, accuracy)` of the `"kind": "step"` lines of a metrics file; the accuracy is
@@ -31,6 +49,7 @@ fn read_curve(path: &Path) -> Result<Curve> {
 
 /// Loss (left) and accuracy (right) against the optimizer step, one line per run.
 pub fn training_curves(runs: &[(String, PathBuf)], out: &Path) -> Result<()> {
+    fonts()?;
     let curves: Vec<(String, Curve)> =
         runs.iter().map(|(n, p)| Ok((n.clone(), read_curve(p)?))).collect::<Result<_>>()?;
     let root = BitMapBackend::new(out, (1200, 480)).into_drawing_area();
@@ -83,6 +102,7 @@ pub fn training_curves(runs: &[(String, PathBuf)], out: &Path) -> Result<()> {
 /// `chart` with its series' values (`None` where a score is missing; a series with none is
 /// left out), one point per x position, on a 0–100 % axis.
 pub fn chart(chart: &Chart, values: &[(String, Vec<Option<f64>>)], out: &Path) -> Result<()> {
+    fonts()?;
     let n = chart.x_labels.len().max(1);
     let root = BitMapBackend::new(out, (800, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
@@ -131,6 +151,7 @@ pub fn chart(chart: &Chart, values: &[(String, Vec<Option<f64>>)], out: &Path) -
 /// `scatter`'s labelled points `(label, x, y)`, each a dot with its label beside it, on axes
 /// fitted to the points.
 pub fn scatter(scatter: &Scatter, points: &[(String, f64, f64)], out: &Path) -> Result<()> {
+    fonts()?;
     let root = BitMapBackend::new(out, (800, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let fit = |vals: Vec<f64>| {
@@ -168,4 +189,30 @@ pub fn scatter(scatter: &Scatter, points: &[(String, f64, f64)], out: &Path) -> 
     }
     root.present().map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The captions are drawn (dark pixels in the band above the left chart) with no system
+    /// font at hand: the face is the embedded one.
+    #[test]
+    fn charts_draw_their_text_with_the_embedded_font() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = dir.path().join("metrics.jsonl");
+        std::fs::write(
+            &metrics,
+            "{\"kind\":\"step\",\"step\":1,\"loss\":2.0,\"rotation_acc\":0.3}\n\
+             {\"kind\":\"step\",\"step\":2,\"loss\":1.5,\"rotation_acc\":0.5}\n",
+        )
+        .unwrap();
+        let png = dir.path().join("curves.png");
+        training_curves(&[("run".into(), metrics)], &png).unwrap();
+        let img = image::open(&png).unwrap().to_luma8();
+        assert_eq!(img.dimensions(), (1200, 480));
+        let dark = (0..600).flat_map(|x| (0..30).map(move |y| (x, y)));
+        let dark = dark.filter(|&(x, y)| img.get_pixel(x, y).0[0] < 128).count();
+        assert!(dark > 100, "{dark} dark pixels where the caption goes");
+    }
 }
