@@ -1,9 +1,13 @@
-"""Reference for `cargo xtask bench train`: the PyTorch training step of a selfsup method on CPU.
+"""Reference for `cargo xtask bench train`: the PyTorch training step of a selfsup method on CPU
+(or, with `--device cuda`, on a GPU: the steps of `cargo xtask gpu-check`'s comparison).
 
 Runs the step described by a selfsup config file (the file `selfsup train --config` runs in the
 same benchmark): its `method`, `encoder`, `train.batch_size`, `train.optimizer`,
 `method_config`, `train.threads`, `train.channels_last` (network and batch in channels-last) and
-`train.precision` (`bf16`: the forward pass under `torch.autocast("cpu", torch.bfloat16)`).
+`train.precision` (`bf16`: the forward pass under `torch.autocast(device, torch.bfloat16)`).
+On CUDA `train.deterministic` is applied as selfsup applies it: true makes cuDNN deterministic
+with its autotuner off and TF32 off in cuDNN and cuBLAS; false turns the autotuner on and keeps
+PyTorch's defaults (TF32 in cuDNN convolutions, not in matmuls).
 Each method's step is `reference/<method>.py`, written as a PyTorch user would write it with the
 same networks and losses; `--fused` gives its optimizers `fused=True`; `--compile` compiles the
 step's loss with `torch.compile` (inductor; the compilation falls in the untimed warm-up steps).
@@ -11,6 +15,7 @@ step's loss with `torch.compile` (inductor; the compilation falls in the untimed
 The batch is drawn once (no data loading is timed); the first `--warmup` steps are not timed.
 Prints one JSON line: source images per second and seconds per step.
 Usage: python bench/train_step.py --config run.json [--steps 5] [--warmup 2] [--fused] [--compile]
+       [--device cpu|cuda]
 """
 import argparse
 import importlib
@@ -32,11 +37,25 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--fused", action="store_true")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     a = ap.parse_args()
     with open(a.config) as f:
         cfg = json.load(f)
     train = cfg["train"]
-    torch.set_num_threads(train.get("threads") or os.cpu_count())
+    cuda = a.device == "cuda"
+    if cuda:
+        if not torch.cuda.is_available():
+            raise SystemExit("train_step.py: --device cuda, but torch sees no CUDA device")
+        torch.set_default_device("cuda")
+        common.DEVICE_TYPE = "cuda"
+        det = train.get("deterministic", True)
+        torch.backends.cudnn.deterministic = det
+        torch.backends.cudnn.benchmark = not det
+        if det:
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+    else:
+        torch.set_num_threads(train.get("threads") or os.cpu_count())
     torch.manual_seed(cfg.get("seed", 0))
     method = cfg["method"]
     try:
@@ -48,6 +67,8 @@ def main():
     step = module.build(cfg, ctx)
     for i in range(a.warmup + a.steps):
         if i == a.warmup:
+            if cuda:
+                torch.cuda.synchronize()
             start = time.perf_counter()
         loss = step()
     loss.item()

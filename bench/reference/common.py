@@ -15,6 +15,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+# The device type the steps run on: "cpu", or "cuda" where `train_step.py --device cuda` made
+# CUDA torch's default device (every tensor and module the references create lands there).
+DEVICE_TYPE = "cpu"
+
+
+def no_autocast():
+    """Autocast off, for the parts a method computes in fp32 (similarities, logits)."""
+    return torch.autocast(DEVICE_TYPE, enabled=False)
+
+
 class Ctx:
     """How the step runs: memory format, autocast, fused optimizers, and whether the loss
     (forward, and through AOTAutograd its backward) is compiled with `torch.compile`."""
@@ -30,7 +40,7 @@ class Ctx:
         return torch.compile(f) if self.compiled else f
 
     def autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+        return torch.autocast(DEVICE_TYPE, dtype=torch.bfloat16, enabled=self.bf16)
 
 
 def conv_bn_relu(i, o, k, stride=1, pad=None):

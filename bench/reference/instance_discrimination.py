@@ -45,7 +45,7 @@ class InstDisc(nn.Module):
     def loss(self, x, idx):
         v = F.normalize(self.head_bn(self.head(self.encoder(x).mean((2, 3)))).float(), dim=1)
         self.pending = (idx, v.detach())
-        with torch.autocast("cpu", enabled=False):
+        with common.no_autocast():
             if self.objective == "softmax":
                 return F.cross_entropy(v @ self.memory.t() / self.t, idx)
             n, b, k = self.memory.shape[0], v.shape[0], self.nce_k

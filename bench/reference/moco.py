@@ -129,7 +129,7 @@ class Moco(nn.Module):
             # `randperm` ("Not all inputs to pattern found in match.kwargs").
             perm = torch.argsort(torch.rand(xk.shape[0]))
             k = self.encoder_k(xk[perm])[torch.argsort(perm)]
-        with torch.autocast("cpu", enabled=False):
+        with common.no_autocast():
             l_pos = (q * k).sum(1, keepdim=True)
             l_neg = q @ self.queue.t()
             logits = torch.cat([l_pos, l_neg], 1) / self.t

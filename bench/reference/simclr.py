@@ -28,7 +28,7 @@ class SimClr(nn.Module):
     def loss(self, x1, x2):
         h = torch.cat([self.embed(x1), self.embed(x2)])
         # The similarities in fp32 outside autocast, as selfsup's `nt_xent_logits`.
-        with torch.autocast("cpu", enabled=False):
+        with common.no_autocast():
             z = F.normalize(h.float(), dim=1)
             n = z.shape[0] // 2
             sim = z @ z.t() / self.t

@@ -1,22 +1,35 @@
 //! `cargo xtask gpu-check` (issue 18): the one prepared command for a machine with a GPU. It
 //! builds the release `selfsup` binary (or takes one built elsewhere with `--binary`), asks
 //! `selfsup reproduce <method> --profile paper --configs-only` for the paper profile's
-//! pretraining config of RotNet and SimCLR, trains each for a few epochs on CUDA, and prints
-//! seconds per epoch, images per second, the GPU memory the process held (sampled from
-//! `nvidia-smi`) and the full protocol's pretraining time extrapolated from the steady epochs,
-//! against the issue's targets on one H100/H200 (RotNet's 200-epoch pretraining under 15
-//! minutes; SimCLR ResNet-18 on CIFAR-10 under 5 s an epoch at batch 512). These runs take the
-//! CUDA path of every training: batches prefetched to the device on a side stream
-//! (`selfsup_core::stage`), cuDNN's autotuner, the fused optimizers. Unless `--no-job`,
-//! each method also trains as the one rank of a data-parallel job (`selfsup launch --nproc 1`,
-//! on NCCL when the binary was built with `--features nccl`), and the cost of the distributed
-//! wrapper is printed against issue 19's target (under 3%). Writes
-//! `results/bench/gpu-check.json`.
+//! pretraining config of RotNet and SimCLR, trains each for a few epochs on CUDA in two
+//! variants, and prints seconds per epoch, milliseconds per step, images per second, the GPU
+//! memory the process held (sampled from `nvidia-smi`) and the full protocol's pretraining time
+//! extrapolated from the steady epochs, against the issue's targets on one H100/H200 (RotNet's
+//! 200-epoch pretraining under 15 minutes; SimCLR ResNet-18 on CIFAR-10 under 5 s an epoch at
+//! batch 512). The variants ([`VARIANTS`], `--variants`): `configured`, the paper config as it
+//! is (`train.deterministic = true`: cuDNN's deterministic algorithms, its autotuner and TF32
+//! off, fp32: bit-reproducible on one GPU model), and `fast` (autotuner and TF32 convolutions,
+//! bf16 autocast, channels-last); `--set KEY=VALUE` overrides more for both. Every run takes
+//! the CUDA path of training: batches prefetched to the device on a side stream
+//! (`selfsup_core::stage`), the fused optimizers. Unless `--no-job`, each also trains as the one
+//! rank of a data-parallel job (`selfsup launch --nproc 1`, on NCCL when the binary was built
+//! with `--features nccl`; the backend is read from the rank's log), and the distributed
+//! wrapper's cost is printed against issue 19's target (under 3%). Unless `--no-pytorch`,
+//! PyTorch's step on the same saved config runs beside it (`bench/train_step.py --device cuda
+//! --fused`: its batch drawn once, no data loading, the same determinism switches), and its
+//! time a step is set against selfsup's step inside training (from the step lines' clock within
+//! the steady epochs, so loading overlaps it but the epoch boundaries are left out). Ends with a
+//! table; writes `results/bench/gpu-check.json` (or `--out`).
 //!
 //! The data is CIFAR-10 when `$SELFSUP_DATA` (or `--data-dir`) holds it, else generated
 //! images of the same number and size (`synthetic:50000:32`): speed does not depend on the
 //! pixels, and a device machine may not carry the dataset. On a CPU, `--device cpu --profile
-//! smoke` runs the same path in seconds.
+//! smoke` runs the same path in seconds (PyTorch then has no step for SimCLR's tiny encoder,
+//! and says so).
+//!
+//! First run (2026-12-04, one H200, binary built on the CPU machine and carried; before the
+//! variants and the PyTorch step were built in, two invocations, the second with the fast
+//! overrides as `--set`): see `bench/README.md`, "On a GPU".
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -27,7 +40,8 @@ use std::time::{Duration, Instant};
 
 pub(crate) const USAGE: &str = "usage: cargo xtask gpu-check [--binary PATH] [--epochs 3] \
     [--methods rotnet,simclr] [--device cuda] [--profile paper] [--data SPEC] [--data-dir DIR] \
-    [--no-job]";
+    [--no-job] [--variants configured,fast] [--set KEY=VALUE]... [--pytorch-steps 40 | \
+    --no-pytorch] [--out FILE]";
 
 #[derive(Debug, PartialEq)]
 struct Opts {
@@ -41,6 +55,16 @@ struct Opts {
     /// Also train each method as the one rank of a data-parallel job (`selfsup launch
     /// --nproc 1`) and report the distributed wrapper's cost (issue 19: under 3%).
     job: bool,
+    /// Config overrides for every run (`selfsup train --set`), e.g. the fast variant
+    /// `train.deterministic=false`, `train.precision=bf16`, `train.channels_last=true`.
+    sets: Vec<String>,
+    /// The report's path (default `results/bench/gpu-check.json`).
+    out: PathBuf,
+    /// The [`VARIANTS`] to run, by name (default both).
+    variants: Vec<String>,
+    /// Timed steps of PyTorch's step on each config (`bench/train_step.py`); `None`: not run
+    /// (`--no-pytorch`).
+    pytorch_steps: Option<u64>,
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
@@ -53,6 +77,10 @@ fn parse(args: &[String]) -> Result<Opts> {
         data: None,
         data_dir: None,
         job: true,
+        sets: Vec::new(),
+        out: PathBuf::from("results/bench/gpu-check.json"),
+        variants: VARIANTS.iter().map(|(n, _)| n.to_string()).collect(),
+        pytorch_steps: Some(40),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -76,6 +104,29 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--data" => o.data = Some(value()?.clone()),
             "--data-dir" => o.data_dir = Some(PathBuf::from(value()?)),
             "--no-job" => o.job = false,
+            "--set" => {
+                let v = value()?;
+                if !v.contains('=') {
+                    bail!("--set {v}: not KEY=VALUE\n{USAGE}");
+                }
+                o.sets.push(v.clone());
+            }
+            "--out" => o.out = PathBuf::from(value()?),
+            "--variants" => {
+                let v = value()?;
+                o.variants = v.split(',').map(|x| x.trim().to_string()).collect();
+                if let Some(bad) = o.variants.iter().find(|x| !VARIANTS.iter().any(|(n, _)| n == x))
+                {
+                    bail!("--variants {v}: no variant `{bad}` (configured, fast)\n{USAGE}");
+                }
+            }
+            "--pytorch-steps" => {
+                let v = value()?;
+                o.pytorch_steps = Some(v.parse().ok().filter(|&n| n >= 1).with_context(|| {
+                    format!("--pytorch-steps {v}: not a whole number of at least 1\n{USAGE}")
+                })?);
+            }
+            "--no-pytorch" => o.pytorch_steps = None,
             other => bail!("unknown option `{other}`\n{USAGE}"),
         }
     }
@@ -93,8 +144,8 @@ fn epoch_lines(metrics: &str) -> Vec<(u64, u64, f64)> {
 }
 
 /// `(seconds per epoch, steps per epoch)` of the steady epochs: the median over every epoch
-/// but the first (start-up, cuDNN's algorithm search, allocator growth), or the first alone
-/// when it is the only one.
+/// but the first (start-up, cuDNN's algorithm search, allocator growth), the mean of the middle
+/// two for an even count, or the first alone when it is the only one.
 fn steady(epochs: &[(u64, u64, f64)]) -> Option<(f64, u64)> {
     let mut per: Vec<(f64, u64)> = Vec::new();
     let mut last_step = 0;
@@ -103,9 +154,19 @@ fn steady(epochs: &[(u64, u64, f64)]) -> Option<(f64, u64)> {
         last_step = step;
     }
     let steady = if per.len() > 1 { &per[1..] } else { &per[..] };
-    let mut sorted = steady.to_vec();
-    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
-    sorted.get(sorted.len() / 2).copied()
+    // Full epochs all take the same number of steps.
+    Some((median(steady.iter().map(|p| p.0).collect())?, steady[0].1))
+}
+
+/// The median of `v`: the mean of the middle two for an even count; `None` when empty.
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n.is_multiple_of(2) => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+        _ => Some(v[n / 2]),
+    }
 }
 
 /// The largest memory (MiB) `nvidia-smi --query-compute-apps=pid,used_memory
@@ -163,6 +224,32 @@ fn run_sampled(mut cmd: Command, log: &Path, sample: bool) -> Result<Option<u64>
     Ok(peak)
 }
 
+/// The collectives' backend a rank logged (`backend=nccl` in its `data-parallel` line), its
+/// terminal colours left out.
+fn backend_in(log: &str) -> Option<String> {
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An escape sequence `ESC [ ... m`.
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    let at = plain.find("backend=")? + "backend=".len();
+    let word: String = plain[at..]
+        .trim_start_matches('"')
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    (!word.is_empty()).then_some(word)
+}
+
 /// The issue's target for `method` on one H100/H200, and whether it is met.
 fn target(method: &str, s_per_epoch: f64, full_s: f64, batch: u64) -> Option<(String, bool)> {
     match method {
@@ -172,6 +259,64 @@ fn target(method: &str, s_per_epoch: f64, full_s: f64, batch: u64) -> Option<(St
         }
         _ => None,
     }
+}
+
+/// The ways each method trains (`--variants`): `configured`, the paper profile's config as it
+/// is (`deterministic`: cuDNN's deterministic algorithms with its autotuner and TF32 off, fp32),
+/// and `fast`, the GPU path at full speed (cuDNN's autotuner and TF32 convolutions, bf16
+/// autocast, channels-last).
+const VARIANTS: [(&str, &[&str]); 2] = [
+    ("configured", &[]),
+    ("fast", &["train.deterministic=false", "train.precision=bf16", "train.channels_last=true"]),
+];
+
+/// Seconds a step takes in the steady epochs (every epoch but the first), from the `elapsed_s`
+/// of the step lines inside each epoch (so the epoch's start and its checkpoint are left out):
+/// the median over those epochs.
+fn step_seconds(metrics: &str) -> Option<f64> {
+    let mut per_epoch: std::collections::BTreeMap<u64, Vec<(u64, f64)>> = Default::default();
+    for v in metrics.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+        if v["kind"] == "step" {
+            if let (Some(e), Some(st), Some(t)) =
+                (v["epoch"].as_u64(), v["step"].as_u64(), v["elapsed_s"].as_f64())
+            {
+                per_epoch.entry(e).or_default().push((st, t));
+            }
+        }
+    }
+    let rates: Vec<f64> = per_epoch
+        .iter()
+        .skip(usize::from(per_epoch.len() > 1))
+        .filter_map(|(_, pts)| {
+            let (first, last) = (pts.first()?, pts.last()?);
+            (last.0 > first.0).then(|| (last.1 - first.1) / (last.0 - first.0) as f64)
+        })
+        .collect();
+    median(rates)
+}
+
+/// PyTorch's step for the same config (`bench/train_step.py --device <device> --fused`, its
+/// batch drawn once, no data loading): seconds a step, or the failure's last line.
+fn pytorch_step(python: &Path, config: &Path, device: &str, steps: u64) -> Result<f64, String> {
+    let out = Command::new(python)
+        .arg("bench/train_step.py")
+        .arg("--config")
+        .arg(config)
+        .args(["--device", if device.starts_with("cuda") { "cuda" } else { "cpu" }, "--fused"])
+        .args(["--steps", &steps.to_string(), "--warmup", "10"])
+        .output()
+        .map_err(|e| format!("{}: {e}", python.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().rev().find(|l| l.trim_start().starts_with('{'));
+    if let Some(s) = line
+        .filter(|_| out.status.success())
+        .and_then(|l| serde_json::from_str::<Value>(l).ok())
+        .and_then(|v| v["seconds_per_step"].as_f64())
+    {
+        return Ok(s);
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    Err(err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().to_string())
 }
 
 /// Runs the check.
@@ -215,6 +360,7 @@ pub fn run(args: &[String]) -> Result<()> {
         c
     };
     let mut rows = Vec::new();
+    let mut summary = Vec::new();
     for m in &o.methods {
         let plans = tmp.join("plans");
         let mut c = selfsup(&["reproduce", m, "--profile", &o.profile, "--configs-only"]);
@@ -240,73 +386,152 @@ pub fn run(args: &[String]) -> Result<()> {
             bail!("the {m} plan's profile `{}` trains no `{m}` run", o.profile);
         };
         let full_epochs = v["train"]["epochs"].as_u64().context("config without train.epochs")?;
-        let batch = v["train"]["batch_size"].as_u64().context("config without batch_size")?;
         let epochs = format!("train.epochs={}", o.epochs);
-        // Trains the config for `o.epochs` epochs (`launch`: as the one rank of a data-parallel
-        // job, the distributed wrapper's path) and returns (s/epoch, steps, GPU MiB, wall s).
-        let train = |name: &str, launch: bool| -> Result<(f64, u64, Option<u64>, f64)> {
-            let run_dir = tmp.join("runs").join(name);
-            let head: &[&str] =
-                if launch { &["launch", "--nproc", "1", "train"] } else { &["train"] };
-            let mut c = selfsup(head);
-            c.args(["--no-progress", "--device", &o.device, "--data", &data]);
-            c.arg("--config").arg(&config).arg("--out").arg(&run_dir);
-            c.arg("--data-dir").arg(&data_dir).args(["--set", &epochs]);
-            let started = Instant::now();
-            let log = tmp.join(format!("{name}.log"));
-            let gpu_mib = run_sampled(c, &log, on_gpu && gpu.is_some())?;
-            let wall = started.elapsed().as_secs_f64();
-            let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl"))?;
-            let (s, steps) = steady(&epoch_lines(&metrics)).context("no epoch lines in metrics")?;
-            Ok((s, steps, gpu_mib, wall))
-        };
-        let (s, steps, gpu_mib, wall) = train(m, false)?;
-        let job = if o.job {
-            let (js, ..) = train(&format!("{m}-job"), true)?;
+        for variant in &o.variants {
+            let sets: Vec<String> = VARIANTS
+                .iter()
+                .find(|(n, _)| n == variant)
+                .map(|(_, s)| s.iter().map(|kv| kv.to_string()).collect::<Vec<_>>())
+                .unwrap_or_default()
+                .into_iter()
+                .chain(o.sets.iter().cloned())
+                .collect();
+            // Trains the config for `o.epochs` epochs (`launch`: as the one rank of a
+            // data-parallel job, the distributed wrapper's path) and returns (s/epoch, steps,
+            // GPU MiB, wall s).
+            let train = |name: &str, launch: bool| -> Result<(f64, u64, Option<u64>, f64)> {
+                let run_dir = tmp.join("runs").join(name);
+                let head: &[&str] =
+                    if launch { &["launch", "--nproc", "1", "train"] } else { &["train"] };
+                let mut c = selfsup(head);
+                c.args(["--no-progress", "--device", &o.device, "--data", &data]);
+                c.arg("--config").arg(&config).arg("--out").arg(&run_dir);
+                c.arg("--data-dir").arg(&data_dir).args(["--set", &epochs]);
+                for kv in &sets {
+                    c.args(["--set", kv]);
+                }
+                let started = Instant::now();
+                let log = tmp.join(format!("{name}.log"));
+                let gpu_mib = run_sampled(c, &log, on_gpu && gpu.is_some())?;
+                let wall = started.elapsed().as_secs_f64();
+                let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl"))?;
+                let (s, steps) =
+                    steady(&epoch_lines(&metrics)).context("no epoch lines in metrics")?;
+                Ok((s, steps, gpu_mib, wall))
+            };
+            let name = format!("{m}-{variant}");
+            let (s, steps, gpu_mib, wall) = train(&name, false)?;
+            let run_dir = tmp.join("runs").join(&name);
+            // The config as run, the variant's and `--set`'s overrides applied (the trainer
+            // saves it beside the run).
+            let saved = run_dir.join("config.json");
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(&saved)?)
+                .with_context(|| format!("{}", saved.display()))?;
+            let batch = v["train"]["batch_size"].as_u64().context("config without batch_size")?;
+            let step_s = step_seconds(&std::fs::read_to_string(run_dir.join("metrics.jsonl"))?);
+            let images_s = (steps * batch) as f64 / s;
+            let full_s = s * full_epochs as f64;
+            // The targets are the paper protocols'; a smoke or cpu profile has none.
+            let t = if o.profile == "paper" { target(m, s, full_s, batch) } else { None };
             println!(
-                "{m:<8} as a 1-rank data-parallel job ({} backend): {js:.2} s/epoch, {:+.1}% \
-                 against the plain run (target under 3%)",
-                if on_gpu { "nccl when built with --features nccl, else store" } else { "store" },
-                100.0 * (js / s - 1.0)
+                "{m:<8} {variant:<10} {s:.2} s/epoch ({steps} steps of {batch}; a step {}), \
+                 {images_s:.0} images/s, GPU memory {}, {o_epochs} epochs in {wall:.0} s; the \
+                 full {full_epochs} epochs: {:.1} min{}",
+                step_s.map_or("?".into(), |x| format!("{:.1} ms", 1e3 * x)),
+                gpu_mib.map_or("not sampled".into(), |m| format!("{m} MiB")),
+                full_s / 60.0,
+                t.as_ref().map_or(String::new(), |(what, ok)| format!(
+                    " (target: {what}: {})",
+                    if *ok { "met" } else { "NOT met" }
+                )),
+                o_epochs = o.epochs,
             );
-            Some(js)
-        } else {
-            None
-        };
-        let images_s = (steps * batch) as f64 / s;
-        let full_s = s * full_epochs as f64;
-        // The targets are the paper protocols'; a smoke or cpu profile has none.
-        let t = if o.profile == "paper" { target(m, s, full_s, batch) } else { None };
-        println!(
-            "{m:<8} {}: {s:.2} s/epoch ({} steps of {batch}), {images_s:.0} images/s, GPU \
-             memory {}, {o_epochs} epochs in {wall:.0} s; the full {full_epochs} epochs: {:.1} \
-             min{}",
-            config.file_stem().unwrap_or_default().to_string_lossy(),
-            steps,
-            gpu_mib.map_or("not sampled".into(), |m| format!("{m} MiB")),
-            full_s / 60.0,
-            t.as_ref().map_or(String::new(), |(what, ok)| format!(
-                " (target: {what}: {})",
-                if *ok { "met" } else { "NOT met" }
-            )),
-            o_epochs = o.epochs,
-        );
-        rows.push(json!({
-            "method": m, "config": v, "epochs_run": o.epochs, "wall_s": wall,
-            "s_per_epoch": s, "steps_per_epoch": steps, "batch_size": batch,
-            "images_per_s": images_s, "gpu_memory_mib": gpu_mib,
-            "full_epochs": full_epochs, "full_pretraining_min": full_s / 60.0,
-            "target": t.as_ref().map(|(w, _)| w.clone()), "target_met": t.map(|(_, ok)| ok),
-            "job_s_per_epoch": job, "job_overhead": job.map(|js| js / s - 1.0),
-        }));
+            let job = if o.job {
+                let job_name = format!("{name}-job");
+                let (js, ..) = train(&job_name, true)?;
+                let log = std::fs::read_to_string(tmp.join(format!("{job_name}.log")))
+                    .unwrap_or_default();
+                let backend = backend_in(&log).unwrap_or_else(|| "not in the log".into());
+                println!(
+                    "{m:<8} {variant:<10} as a 1-rank data-parallel job (backend {backend}): \
+                     {js:.2} s/epoch, {:+.1}% against the plain run (target under 3%)",
+                    100.0 * (js / s - 1.0)
+                );
+                Some((js, backend))
+            } else {
+                None
+            };
+            // PyTorch's step on the same config, against selfsup's step inside training.
+            let pytorch =
+                o.pytorch_steps.map(|n| pytorch_step(&torch.python, &saved, &o.device, n));
+            let pytorch_json = match &pytorch {
+                Some(Ok(p)) => {
+                    let ratio = step_s.map(|x| p / x);
+                    println!(
+                        "{m:<8} {variant:<10} PyTorch's step (fused SGD, one batch, no loading): \
+                         {:.1} ms, {:.0} images/s; selfsup's step in training {}: {}",
+                        1e3 * p,
+                        batch as f64 / p,
+                        step_s.map_or("?".into(), |x| format!("{:.1} ms", 1e3 * x)),
+                        ratio.map_or("?".into(), |r| format!("{r:.2}x PyTorch's speed")),
+                    );
+                    json!({"seconds_per_step": p, "images_per_s": batch as f64 / p,
+                           "ratio": ratio})
+                }
+                Some(Err(e)) => {
+                    println!("{m:<8} {variant:<10} PyTorch's step failed: {e}");
+                    json!({"error": e})
+                }
+                None => Value::Null,
+            };
+            summary.push(format!(
+                "| {m} | {variant} | {s:.2} | {} | {images_s:.0} | {} | {:.1} | {} | {} | {} |",
+                step_s.map_or("?".into(), |x| format!("{:.1}", 1e3 * x)),
+                gpu_mib.map_or("–".into(), |m| m.to_string()),
+                full_s / 60.0,
+                t.as_ref().map_or("–", |(_, ok)| if *ok { "met" } else { "NOT met" }),
+                job.as_ref().map_or("–".into(), |(js, b)| format!(
+                    "{:+.1}% ({b})",
+                    100.0 * (js / s - 1.0)
+                )),
+                match &pytorch {
+                    Some(Ok(p)) => step_s.map_or("?".into(), |x| format!("{:.2}x", p / x)),
+                    Some(Err(_)) => "failed".into(),
+                    None => "–".into(),
+                },
+            ));
+            rows.push(json!({
+                "method": m, "variant": variant, "set": sets, "config": v,
+                "epochs_run": o.epochs, "wall_s": wall,
+                "s_per_epoch": s, "steps_per_epoch": steps, "batch_size": batch,
+                "s_per_step": step_s, "images_per_s": images_s, "gpu_memory_mib": gpu_mib,
+                "full_epochs": full_epochs, "full_pretraining_min": full_s / 60.0,
+                "target": t.as_ref().map(|(w, _)| w.clone()), "target_met": t.map(|(_, ok)| ok),
+                "job_s_per_epoch": job.as_ref().map(|j| j.0),
+                "job_backend": job.as_ref().map(|j| j.1.clone()),
+                "job_overhead": job.as_ref().map(|j| j.0 / s - 1.0),
+                "pytorch_step": pytorch_json,
+            }));
+        }
+    }
+    println!(
+        "\n| method | variant | s/epoch | ms/step | images/s | GPU MiB | full min | target | \
+         1-rank job | vs PyTorch's step |\n|---|---|---:|---:|---:|---:|---:|---|---|---:|"
+    );
+    for line in &summary {
+        println!("{line}");
     }
     let report = json!({
         "device": o.device, "gpu": gpu, "cpu": crate::bench_memory::cpu_name(),
-        "profile": o.profile, "data": data, "binary": bin.display().to_string(), "runs": rows,
+        "profile": o.profile, "set": o.sets, "data": data, "binary": bin.display().to_string(),
+        "runs": rows,
     });
-    let out = Path::new("results/bench/gpu-check.json");
-    std::fs::create_dir_all("results/bench")?;
-    std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")?;
+    let out = o.out.as_path();
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", out.display()))?;
     println!("wrote {}", out.display());
     Ok(())
 }
@@ -327,6 +552,10 @@ mod tests {
         assert!(parse(&s(&["--methods", "rotnet,"])).is_err());
         assert!(parse(&s(&["--epoch", "2"])).unwrap_err().to_string().contains("`--epoch`"));
         assert!(parse(&s(&["--binary"])).unwrap_err().to_string().contains("needs a value"));
+        let o = parse(&s(&["--set", "train.precision=bf16", "--set", "a=1", "--out", "f.json"]));
+        let o = o.unwrap();
+        assert_eq!((o.sets.len(), o.out), (2, PathBuf::from("f.json")));
+        assert!(parse(&s(&["--set", "bf16"])).unwrap_err().to_string().contains("--set bf16"));
     }
 
     #[test]
@@ -340,7 +569,53 @@ mod tests {
         assert_eq!(e.len(), 4);
         assert_eq!(steady(&e), Some((2.5, 10)));
         assert_eq!(steady(&e[..1]), Some((9.0, 10)));
+        // Two steady epochs: their mean, not the slower of the two.
+        assert_eq!(steady(&e[..3]), Some((2.5, 10)));
         assert_eq!(steady(&[]), None);
+    }
+
+    #[test]
+    fn variants_and_pytorch_steps() {
+        let o = parse(&[]).unwrap();
+        assert_eq!(
+            (o.variants, o.pytorch_steps),
+            (vec!["configured".into(), "fast".into()], Some(40))
+        );
+        let o = parse(&s(&["--variants", "fast", "--pytorch-steps", "5"])).unwrap();
+        assert_eq!((o.variants, o.pytorch_steps), (vec!["fast".to_string()], Some(5)));
+        assert_eq!(parse(&s(&["--no-pytorch"])).unwrap().pytorch_steps, None);
+        let e = parse(&s(&["--variants", "fast,quick"])).unwrap_err().to_string();
+        assert!(e.contains("no variant `quick`"), "{e}");
+        assert!(parse(&s(&["--pytorch-steps", "0"])).is_err());
+    }
+
+    #[test]
+    fn a_step_is_timed_inside_the_steady_epochs() {
+        // Epoch 0 (left out): slow start. Epochs 1 and 2: 10 ms and 12 ms a step between their
+        // first and last step lines; the gap between epochs (checkpoint, loader) is left out.
+        let m = "{\"kind\":\"step\",\"epoch\":0,\"step\":10,\"elapsed_s\":5.0}\n\
+                 {\"kind\":\"step\",\"epoch\":0,\"step\":20,\"elapsed_s\":6.0}\n\
+                 {\"kind\":\"epoch\",\"epoch\":1,\"step\":20,\"seconds\":6.5}\n\
+                 {\"kind\":\"step\",\"epoch\":1,\"step\":30,\"elapsed_s\":7.0}\n\
+                 {\"kind\":\"step\",\"epoch\":1,\"step\":40,\"elapsed_s\":7.1}\n\
+                 {\"kind\":\"step\",\"epoch\":2,\"step\":50,\"elapsed_s\":8.0}\n\
+                 {\"kind\":\"step\",\"epoch\":2,\"step\":60,\"elapsed_s\":8.12}\n";
+        let s = step_seconds(m).unwrap();
+        assert!((s - 0.011).abs() < 1e-9, "{s}");
+        // One line an epoch: no rate.
+        assert_eq!(
+            step_seconds("{\"kind\":\"step\",\"epoch\":0,\"step\":8,\"elapsed_s\":1.0}"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_backend_a_rank_logged() {
+        let log =
+            "\u{1b}[32m INFO\u{1b}[0m \u{1b}[3mbackend\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"nccl\" data";
+        assert_eq!(backend_in(log).as_deref(), Some("nccl"));
+        assert_eq!(backend_in("INFO rank=0 backend=store data-parallel").as_deref(), Some("store"));
+        assert_eq!(backend_in("no such line"), None);
     }
 
     #[test]

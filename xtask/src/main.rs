@@ -43,9 +43,13 @@ Commands:
                      peak resident memory of a RotNet cpu-profile epoch; the loader's memory
                      over a generated dataset 10x CIFAR-10 (must stay flat)
   gpu-check [--binary PATH] [--epochs 3] [--methods rotnet,simclr] [--device cuda]
+            [--variants configured,fast] [--set KEY=VALUE]... [--no-job]
+            [--pytorch-steps 40 | --no-pytorch] [--out FILE]
                      on a GPU machine: a few epochs of the RotNet and SimCLR paper profiles'
-                     pretraining; s/epoch, images/s, GPU memory, full-protocol time against
-                     the targets; writes results/bench/gpu-check.json
+                     pretraining as configured (deterministic fp32) and fast (autotuner, bf16,
+                     channels-last); s/epoch, ms/step, images/s, GPU memory, full-protocol time
+                     against the targets, a 1-rank job's overhead, PyTorch's step on the same
+                     config; writes results/bench/gpu-check.json (or --out)
   fuzz [--seconds 60] [TARGET ...]
                      the cargo-fuzz targets of fuzz/ (dataset readers, images, .npy bins,
                      checkpoints, configs) for N seconds each; writes results/bench/fuzz.json
