@@ -22,6 +22,9 @@ pub struct Args {
     pub force: bool,
     /// `--set PROFILE_KEY=VALUE`, in order.
     pub sets: Vec<String>,
+    /// `--train-set train.KEY=VALUE`, in order: overrides of every training's run config
+    /// (e.g. the GPU's fast path), after the plan is built.
+    pub train_sets: Vec<String>,
     /// `--configs-only`: write the plan and its trainings' run configs, train nothing.
     pub configs_only: bool,
 }
@@ -37,6 +40,7 @@ pub fn parse_args(args: &[String], usage: &str) -> Result<Option<Args>> {
         results_dir: PathBuf::from("results"),
         force: false,
         sets: Vec::new(),
+        train_sets: Vec::new(),
         configs_only: false,
     };
     let mut it = args.iter();
@@ -61,6 +65,16 @@ pub fn parse_args(args: &[String], usage: &str) -> Result<Option<Args>> {
             "--force" => a.force = true,
             "--configs-only" => a.configs_only = true,
             "--set" => a.sets.push(value("--set")?),
+            "--train-set" => {
+                let kv = value("--train-set")?;
+                if !kv.starts_with("train.") || !kv.contains('=') {
+                    bail!(
+                        "--train-set {kv}: takes train.KEY=VALUE (the run config's `train` \
+                         settings; the plan fixes the method, encoder and data)\n{usage}"
+                    );
+                }
+                a.train_sets.push(kv);
+            }
             // The zoo's choice of methods, as the profile key it sets.
             "--methods" => {
                 let list: Vec<String> = value("--methods")?
@@ -157,7 +171,8 @@ pub fn usage(plan: &str) -> String {
     format!(
         "usage: selfsup reproduce {plan} [--profile smoke|cpu|paper] [--dataset cifar10] \
          [--data-dir DIR] [--device auto|cpu|cuda:N] [--runs-dir DIR] [--results-dir DIR] \
-         [--set PROFILE_KEY=VALUE]... [--methods a,b,... (zoo)] [--force] [--configs-only]"
+         [--set PROFILE_KEY=VALUE]... [--train-set train.KEY=VALUE]... [--methods a,b,... (zoo)] \
+         [--force] [--configs-only]"
     )
 }
 
@@ -189,6 +204,17 @@ mod tests {
             .to_string()
             .contains("needs a value"));
         assert!(parse_args(&s(&["--help"]), &usage).unwrap().is_none());
+    }
+
+    #[test]
+    fn train_sets_take_train_keys_only() {
+        let usage = usage("rotnet");
+        let a = parse_args(&s(&["--train-set", "train.precision=bf16"]), &usage).unwrap().unwrap();
+        assert_eq!(a.train_sets, ["train.precision=bf16"]);
+        for bad in ["encoder.width=96", "train.precision"] {
+            let e = parse_args(&s(&["--train-set", bad]), &usage).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--train-set {bad}: takes train.KEY=VALUE")), "{e}");
+        }
     }
 
     #[test]

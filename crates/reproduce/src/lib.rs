@@ -44,7 +44,8 @@ pub fn run(args: &[String], registry: &selfsup_core::Registry) -> Result<()> {
         device: selfsup_core::device::device_name(device),
         registered: registry.names().iter().map(|n| n.to_string()).collect(),
     };
-    let plan = (entry.build)(&input)?;
+    let mut plan = (entry.build)(&input)?;
+    plan.apply_train_sets(&args.train_sets)?;
     if args.configs_only {
         // What `cargo xtask gpu-check` trains a few epochs of, and what a user reads before a
         // long run: the plan and each training's run config, nothing trained.

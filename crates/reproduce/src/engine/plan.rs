@@ -252,6 +252,29 @@ pub struct Scatter {
 }
 
 impl Plan {
+    /// Applies `selfsup reproduce --train-set train.KEY=VALUE` to every training's run config
+    /// in order (e.g. the GPU's fast path: `train.deterministic=false`, `train.precision=bf16`,
+    /// `train.channels_last=true`). An unknown key or a bad value fails with the override named.
+    pub fn apply_train_sets(&mut self, sets: &[String]) -> anyhow::Result<()> {
+        if sets.is_empty() {
+            return Ok(());
+        }
+        for t in &mut self.trainings {
+            let mut v = serde_json::to_value(&t.config)?;
+            for kv in sets {
+                selfsup_core::config::apply_override(&mut v, kv)
+                    .map_err(|e| anyhow::anyhow!("--train-set {kv}: {e}"))?;
+            }
+            let config: RunConfig = serde_json::from_value(v)
+                .map_err(|e| anyhow::anyhow!("--train-set {}: {e}", sets.join(" ")))?;
+            config
+                .validate()
+                .map_err(|e| anyhow::anyhow!("--train-set {}: {e}", sets.join(" ")))?;
+            t.config = config;
+        }
+        Ok(())
+    }
+
     /// The training called `name`.
     pub fn training(&self, name: &str) -> Option<&Training> {
         self.trainings.iter().find(|t| t.name == name)

@@ -779,6 +779,43 @@ mod tests {
     use crate::engine::report::Context;
     use crate::engine::Scores;
 
+    fn input(profile: &str) -> PlanInput {
+        PlanInput {
+            name: "rotnet".into(),
+            profile: profile.into(),
+            sets: Vec::new(),
+            dataset: "cifar10".into(),
+            data_dir: "datasets".into(),
+            device: "cpu".into(),
+            registered: Vec::new(),
+        }
+    }
+
+    /// `--train-set`: the GPU's fast path on every training of the paper plan (the RotNets
+    /// and the supervised NIN); a misspelt key or a bad value fails naming the override.
+    #[test]
+    fn train_sets_reach_every_training() {
+        let mut p = plan(&input("paper")).unwrap();
+        let fast =
+            ["train.deterministic=false", "train.precision=bf16", "train.channels_last=true"];
+        p.apply_train_sets(&fast.map(String::from)).unwrap();
+        assert!(p.trainings.len() > 1);
+        for t in &p.trainings {
+            let tr = &t.config.train;
+            assert_eq!(tr.precision, selfsup_core::precision::Precision::Bf16, "{}", t.name);
+            assert!(tr.channels_last && !tr.deterministic, "{}", t.name);
+            assert_eq!(tr.epochs, 200, "{}: the rest of the config kept", t.name);
+        }
+        let mut p = plan(&input("paper")).unwrap();
+        let e = p.apply_train_sets(&["train.precison=bf16".into()]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--train-set train.precison=bf16: ") && e.contains("precison"),
+            "{e}"
+        );
+        let e = p.apply_train_sets(&["train.batch_size=0".into()]).unwrap_err().to_string();
+        assert!(e.starts_with("--train-set train.batch_size=0: "), "{e}");
+    }
+
     fn markdown(profile: &str) -> String {
         let input = PlanInput {
             name: "rotnet".into(),
