@@ -817,16 +817,7 @@ mod tests {
     }
 
     fn markdown(profile: &str) -> String {
-        let input = PlanInput {
-            name: "rotnet".into(),
-            profile: profile.into(),
-            sets: Vec::new(),
-            dataset: "cifar10".into(),
-            data_dir: "datasets".into(),
-            device: "cpu".into(),
-            registered: Vec::new(),
-        };
-        let plan = plan(&input).unwrap();
+        let plan = plan(&input(profile)).unwrap();
         plan.validate().unwrap();
         let (scores, trainings) = (Scores::default(), std::collections::BTreeMap::new());
         plan.report.markdown(&Context { scores: &scores, trainings: &trainings, command: "" })
