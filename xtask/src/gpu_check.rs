@@ -398,8 +398,9 @@ pub fn run(args: &[String]) -> Result<()> {
                 .collect();
             // Trains the config for `o.epochs` epochs (`launch`: as the one rank of a
             // data-parallel job, the distributed wrapper's path) and returns (s/epoch, steps,
-            // GPU MiB, wall s).
-            let train = |name: &str, launch: bool| -> Result<(f64, u64, Option<u64>, f64)> {
+            // s/step, GPU MiB, wall s).
+            type Timed = (f64, u64, Option<f64>, Option<u64>, f64);
+            let train = |name: &str, launch: bool| -> Result<Timed> {
                 let run_dir = tmp.join("runs").join(name);
                 let head: &[&str] =
                     if launch { &["launch", "--nproc", "1", "train"] } else { &["train"] };
@@ -417,18 +418,16 @@ pub fn run(args: &[String]) -> Result<()> {
                 let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl"))?;
                 let (s, steps) =
                     steady(&epoch_lines(&metrics)).context("no epoch lines in metrics")?;
-                Ok((s, steps, gpu_mib, wall))
+                Ok((s, steps, step_seconds(&metrics), gpu_mib, wall))
             };
             let name = format!("{m}-{variant}");
-            let (s, steps, gpu_mib, wall) = train(&name, false)?;
-            let run_dir = tmp.join("runs").join(&name);
+            let (s, steps, step_s, gpu_mib, wall) = train(&name, false)?;
             // The config as run, the variant's and `--set`'s overrides applied (the trainer
             // saves it beside the run).
-            let saved = run_dir.join("config.json");
+            let saved = tmp.join("runs").join(&name).join("config.json");
             let v: Value = serde_json::from_str(&std::fs::read_to_string(&saved)?)
                 .with_context(|| format!("{}", saved.display()))?;
             let batch = v["train"]["batch_size"].as_u64().context("config without batch_size")?;
-            let step_s = step_seconds(&std::fs::read_to_string(run_dir.join("metrics.jsonl"))?);
             let images_s = (steps * batch) as f64 / s;
             let full_s = s * full_epochs as f64;
             // The targets are the paper protocols'; a smoke or cpu profile has none.
@@ -449,24 +448,29 @@ pub fn run(args: &[String]) -> Result<()> {
             let job = if o.job {
                 let job_name = format!("{name}-job");
                 let (js, ..) = train(&job_name, true)?;
+                let overhead = js / s - 1.0;
                 let log = std::fs::read_to_string(tmp.join(format!("{job_name}.log")))
                     .unwrap_or_default();
                 let backend = backend_in(&log).unwrap_or_else(|| "not in the log".into());
                 println!(
                     "{m:<8} {variant:<10} as a 1-rank data-parallel job (backend {backend}): \
                      {js:.2} s/epoch, {:+.1}% against the plain run (target under 3%)",
-                    100.0 * (js / s - 1.0)
+                    100.0 * overhead
                 );
-                Some((js, backend))
+                Some((js, backend, overhead))
             } else {
                 None
             };
             // PyTorch's step on the same config, against selfsup's step inside training.
             let pytorch =
                 o.pytorch_steps.map(|n| pytorch_step(&torch.python, &saved, &o.device, n));
+            // PyTorch's time a step over selfsup's: above 1, selfsup is ahead.
+            let ratio = match &pytorch {
+                Some(Ok(p)) => step_s.map(|x| p / x),
+                _ => None,
+            };
             let pytorch_json = match &pytorch {
                 Some(Ok(p)) => {
-                    let ratio = step_s.map(|x| p / x);
                     println!(
                         "{m:<8} {variant:<10} PyTorch's step (fused SGD, one batch, no loading): \
                          {:.1} ms, {:.0} images/s; selfsup's step in training {}: {}",
@@ -490,14 +494,15 @@ pub fn run(args: &[String]) -> Result<()> {
                 gpu_mib.map_or("–".into(), |m| m.to_string()),
                 full_s / 60.0,
                 t.as_ref().map_or("–", |(_, ok)| if *ok { "met" } else { "NOT met" }),
-                job.as_ref().map_or("–".into(), |(js, b)| format!(
+                job.as_ref().map_or("–".into(), |(_, b, overhead)| format!(
                     "{:+.1}% ({b})",
-                    100.0 * (js / s - 1.0)
+                    100.0 * overhead
                 )),
-                match &pytorch {
-                    Some(Ok(p)) => step_s.map_or("?".into(), |x| format!("{:.2}x", p / x)),
-                    Some(Err(_)) => "failed".into(),
-                    None => "–".into(),
+                match (&pytorch, ratio) {
+                    (Some(Ok(_)), Some(r)) => format!("{r:.2}x"),
+                    (Some(Ok(_)), None) => "?".into(),
+                    (Some(Err(_)), _) => "failed".into(),
+                    (None, _) => "–".into(),
                 },
             ));
             rows.push(json!({
@@ -509,7 +514,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 "target": t.as_ref().map(|(w, _)| w.clone()), "target_met": t.map(|(_, ok)| ok),
                 "job_s_per_epoch": job.as_ref().map(|j| j.0),
                 "job_backend": job.as_ref().map(|j| j.1.clone()),
-                "job_overhead": job.as_ref().map(|j| j.0 / s - 1.0),
+                "job_overhead": job.as_ref().map(|j| j.2),
                 "pytorch_step": pytorch_json,
             }));
         }
