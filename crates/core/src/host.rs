@@ -8,7 +8,7 @@
 //! - [`upload`] copies a small host tensor (indices, a permutation, a matrix) to the device
 //!   from pinned memory without blocking on CUDA; on the CPU it is the tensor itself.
 use std::cell::Cell;
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 thread_local! {
     static READS: Cell<u64> = const { Cell::new(0) };
@@ -27,20 +27,9 @@ pub fn reads() -> u64 {
 }
 
 /// `t` (a host tensor) on `device`: on CUDA copied from pinned memory with a non-blocking
-/// copy, so the host does not wait for the kernels already queued (libtorch's pinned-memory
-/// allocator keeps the buffer until the copy is done); on the CPU, `t` itself.
-pub fn upload(t: &Tensor, device: Device) -> Tensor {
-    match device {
-        Device::Cpu => t.shallow_clone(),
-        // `_pin_memory`: `pin_memory(device)` (tch's only binding) warns on every call that
-        // its device argument is deprecated.
-        Device::Cuda(_) if t.device() == Device::Cpu => {
-            t.internal_pin_memory(device).to_device_(device, t.kind(), true, false)
-        }
-        Device::Cuda(_) => t.to_device(device),
-        other => t.to_device(other),
-    }
-}
+/// copy, so the host does not wait for the kernels already queued; on the CPU, `t` itself.
+/// The loader's batches take the same path ([`selfsup_data::loader::upload`]).
+pub use selfsup_data::loader::upload;
 
 #[cfg(test)]
 mod tests {
@@ -66,7 +55,7 @@ mod tests {
         assert!(read(&Tensor::from_slice(&[1.0f32, 2.0])).is_err());
 
         let idx = Tensor::from_slice(&[3i64, 1, 2]);
-        let up = upload(&idx, Device::Cpu);
+        let up = upload(&idx, tch::Device::Cpu);
         assert!(up.equal(&idx));
         assert_eq!(up.data_ptr(), idx.data_ptr(), "no copy on the CPU");
     }

@@ -34,6 +34,21 @@ pub struct Batch {
     pub indices: Tensor,
 }
 
+/// `t` on `device`: a host tensor goes to CUDA from pinned memory with a non-blocking copy, so
+/// the host goes on (to the step's kernels, the next batch) while the copy runs (libtorch's
+/// pinned-memory allocator keeps the buffer until the copy is done); on the CPU, `t` itself.
+/// (`_pin_memory`: tch's only `pin_memory` binding passes a device, which libtorch warns on
+/// every call is deprecated.)
+pub fn upload(t: &Tensor, device: Device) -> Tensor {
+    match device {
+        Device::Cpu if t.device() == Device::Cpu => t.shallow_clone(),
+        Device::Cuda(_) if t.device() == Device::Cpu => {
+            t.internal_pin_memory(device).to_device_(device, t.kind(), true, false)
+        }
+        _ => t.to_device(device),
+    }
+}
+
 impl Batch {
     /// One view of unlabeled images (labels `-1`, indices `0..B`), on the images' device: a
     /// batch built by hand, as method tests feed one.
@@ -49,19 +64,9 @@ impl Batch {
         }
     }
 
-    /// Copies the batch to `device`.
+    /// Copies the batch to `device` ([`upload`]: to CUDA without the host waiting).
     pub fn to_device(&self, device: Device) -> Batch {
-        // To CUDA from pinned memory with non-blocking copies: the host goes on (to the step's
-        // kernels, the next batch) while the copies run; libtorch's pinned-memory allocator
-        // keeps each buffer until its copy is done.
-        // (`_pin_memory`: tch's `pin_memory(device)` warns on every call that its device
-        // argument is deprecated.)
-        let put = |t: &Tensor| match device {
-            Device::Cuda(_) if t.device() == Device::Cpu => {
-                t.internal_pin_memory(device).to_device_(device, t.kind(), true, false)
-            }
-            _ => t.to_device(device),
-        };
+        let put = |t: &Tensor| upload(t, device);
         Batch {
             views: self.views.iter().map(put).collect(),
             labels: put(&self.labels),
