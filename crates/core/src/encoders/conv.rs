@@ -19,13 +19,16 @@
 //!
 //! Left to libtorch: CUDA, bf16 and autocast (Winograd's transforms lose precision in bf16),
 //! deterministic runs (`train.deterministic` switches oneDNN off for thread-count-independent
-//! sums; the Winograd products are MKL's, whose sums are not), CPUs with AVX-512 (not measured
-//! there; [`plan`]'s thresholds are an AVX2 machine's), strides, dilations, groups and biases.
+//! sums; the Winograd products are MKL's, whose sums are not), strides, dilations, groups and
+//! biases. On CPUs with AVX-512 [`plan`] takes only the 3×3 layers at maps of 8×8 and less from
+//! 128 channels (measured on an AVX-512 Xeon without AMX; its thresholds otherwise are an AVX2
+//! machine's).
 //! `SELFSUP_WINOGRAD=off` turns it off, `=all` takes it for every pass of every layer it can
 //! take (for measuring), `=auto` is the default.
 //!
-//! On CPUs with AVX-512 the small maps take another path: matrix products over im2col columns
-//! ([`conv_gemm`], `csrc/conv_gemm.cpp`), every pass at 4×4 outputs from 256 channels and, in bf16
+//! On CPUs with AVX-512 the small maps also take another path: matrix products over im2col
+//! columns ([`conv_gemm`], `csrc/conv_gemm.cpp`), every pass at 4×4 outputs from 256 channels
+//! (in fp32 where Winograd does not take the layer first: at stride 2) and, in bf16
 //! on AMX, the backward pass to the weights at 8×8 outputs from 128 channels and of the 1×1
 //! stride-2 shortcuts ([`plan_gemm`]). There oneDNN's kernels run far from the machine (1.8-4.4×
 //! slower than the products at ResNet-18's `layer4` in bf16; by our reading they walk the whole
@@ -135,10 +138,22 @@ fn mode_from_env(var: &str) -> Mode {
 }
 
 /// The passes of an `r×r` stride-1 convolution from `c` to `k` channels at `h × w` that run by
-/// Winograd (r = 3, 5) or as matrix products (r = 1) on a CPU without AVX-512 (`avx512`: whether
-/// it has it: then none).
+/// Winograd (r = 3, 5) or as matrix products (r = 1), on a CPU with AVX-512 (`avx512`) or
+/// without.
 ///
-/// Measured on 2 cores of an AMD EPYC Zen 3 (AVX2), fp32 channels-last, batch 128, on jemalloc,
+/// With AVX-512: every pass of the 3×3 layers at maps of 8×8 and less from 128 channels
+/// (ResNet-18's `layer3` and `layer4` with the CIFAR stem, the NIN-192's blocks 3 and 4), nothing
+/// else. Measured on 2 cores of an Intel Xeon (family 6, model 207; AVX-512 with BF16, no AMX),
+/// fp32 channels-last, batch 128, two runs of `winograd_probe`, oneDNN / Winograd ms: 256→256 at
+/// 8×8 forward 36.8-43.8 / 20.8-21.5, to the input 28.3-44.3 / 21.7-23.4, to the weights
+/// 31.0-34.4 / 25.1-25.2; 512→512 at 4×4 38.1-42.1 / 22.1-22.9, 38.9-43.4 / 27.4-30.0,
+/// 41.7-44.1 / 27.4-30.8 (also ahead of [`plan_gemm`]'s products there: 34.7, 36.0, 35.3);
+/// 192→192 at 8×8 15.2-15.3 / 11.8-15.7, 15.6-22.1 / 13.0-16.4, 17.3-23.4 / 14.7-17.6. Left to
+/// oneDNN there: 128 channels at 16×16 (faster in one run, slower in the other: 28.5-32.3 /
+/// 26.3-34.2 forward), 64 at 32×32 (slower in every pass of both runs but one), the 5×5 layers
+/// (0.9-1.2×) and the 1×1 layers (on par or slower at every NIN-192 1×1 layer but 192→160).
+///
+/// Without AVX-512: measured on 2 cores of an AMD EPYC Zen 3 (AVX2), fp32 channels-last, batch 128, on jemalloc,
 /// against libtorch 2.11's oneDNN (`cargo run --release -p selfsup-core --example
 /// winograd_probe`, three runs after the transforms became vectorized loops over the tiles;
 /// `bench/README.md`, "Winograd at the small maps" and "The transforms as loops"). The
@@ -163,8 +178,12 @@ fn mode_from_env(var: &str) -> Mode {
 /// itself), and at the cpu profiles' widths (16, 32) all three are slower.
 pub fn plan(r: i64, c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
     let channels = c.min(k);
-    if avx512 || channels < 64 || c * k * h * w < 1 << 21 {
+    if channels < 64 || c * k * h * w < 1 << 21 {
         return Plan::default();
+    }
+    if avx512 {
+        let small = r == 3 && h * w <= 64 && channels >= 128;
+        return Plan { forward: small, input: small, weight: small };
     }
     let small = match r {
         3 => h * w <= 256 && channels >= 128,
@@ -699,8 +718,16 @@ mod tests {
         assert_eq!(plan(1, 128, 128, 16, 16, false), weight);
         assert_eq!(plan(1, 128, 128, 8, 8, false), Plan::default());
         assert_eq!(plan(1, 32, 27, 32, 32, false), Plan::default());
-        // Not measured with AVX-512.
-        assert_eq!(plan(3, 512, 512, 4, 4, true), Plan::default());
+        // With AVX-512: the 3x3 layers at 8x8 and less from 128 channels, every pass; no other.
+        for (c, k, side) in [(512, 512, 4), (256, 512, 4), (256, 256, 8), (192, 192, 8)] {
+            assert_eq!(plan(3, c, k, side, side, true), Plan::ALL, "{c} -> {k} at {side}");
+        }
+        assert_eq!(plan(3, 128, 128, 16, 16, true), Plan::default());
+        assert_eq!(plan(3, 64, 64, 32, 32, true), Plan::default());
+        assert_eq!(plan(3, 96, 96, 8, 8, true), Plan::default());
+        assert_eq!(plan(5, 96, 192, 16, 16, true), Plan::default());
+        assert_eq!(plan(1, 192, 160, 32, 32, true), Plan::default());
+        assert_eq!(plan(1, 192, 192, 8, 8, true), Plan::default());
     }
 
     #[test]
@@ -710,7 +737,7 @@ mod tests {
             super::super::conv2d(vs.root() / name, c, k, size, stride, padding)
         };
         let x = Tensor::zeros([2, 512, 4, 4], (Kind::Float, Device::Cpu));
-        let want = if mode() == Mode::Auto && !has_avx512() { Plan::ALL } else { Plan::default() };
+        let want = if mode() == Mode::Auto { Plan::ALL } else { Plan::default() };
         if mode() != Mode::All {
             assert_eq!(conv("a", 512, 512, 3, 1, 1).plan_for(&x), want);
         }
