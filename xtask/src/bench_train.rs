@@ -209,14 +209,35 @@ pub(crate) const MODES: [Mode; 3] = [
     Mode { name: "channels-last + bf16", channels_last: true, bf16: true },
 ];
 
-/// Whether `/proc/cpuinfo`'s flags include `amx_bf16` or `avx512_bf16` (the rule of
-/// `selfsup_core::precision::cpu_supports_bf16`, which refuses bf16 elsewhere).
-fn cpu_has_bf16(cpuinfo: &str) -> bool {
-    cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .flat_map(|l| l.split_whitespace())
-        .any(|f| f == "amx_bf16" || f == "avx512_bf16")
+/// The bf16 arithmetic `/proc/cpuinfo`'s flags name: `"AMX"` with `amx_bf16`, `"AVX512-BF16,
+/// no AMX"` with `avx512_bf16` alone (the same model number comes with and without AMX exposed,
+/// and bf16 runs at different rates on the two), `None` with neither (the rule of
+/// `selfsup_core::precision::cpu_supports_bf16`, which refuses bf16 there).
+fn cpu_bf16(cpuinfo: &str) -> Option<&'static str> {
+    let has = |flag: &str| {
+        cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("flags"))
+            .flat_map(|l| l.split_whitespace())
+            .any(|f| f == flag)
+    };
+    if has("amx_bf16") {
+        Some("AMX")
+    } else if has("avx512_bf16") {
+        Some("AVX512-BF16, no AMX")
+    } else {
+        None
+    }
+}
+
+/// The record's name for the CPU: its model name, family and model, and ", no AMX" where it has
+/// AVX512-BF16 without AMX, since one family and model comes both ways and bf16 runs at
+/// different rates on the two (a kind of machine of its own in `results/bench/train.json`).
+fn record_cpu(name: &str, bf16: Option<&str>) -> String {
+    match bf16 {
+        Some(isa) if isa != "AMX" => format!("{name}, no AMX"),
+        _ => name.to_string(),
+    }
 }
 
 /// The reproduction whose cpu plan holds `method`'s benchmarked training: its own, except for
@@ -569,9 +590,10 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
     let o = parse(args)?;
     let bin = crate::tasks::build_release()?;
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let bf16 = cpu_has_bf16(&info);
+    let bf16_isa = cpu_bf16(&info);
+    let bf16 = bf16_isa.is_some();
     let modes: Vec<Mode> = MODES.iter().copied().filter(|m| bf16 || !m.bf16).collect();
-    let cpu = cpu_name();
+    let cpu = record_cpu(&cpu_name(), bf16_isa);
     let tmp = std::env::temp_dir().join(format!("selfsup-bench-train-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     let backbone = if o.large { "large" } else { "cpu" };
@@ -679,8 +701,10 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
                 Steps::Seconds(s) => json!(format!("about {s} s a run")),
             },
             "repeats": o.repeats,
-            "bf16": if bf16 { "measured (the CPU has AMX or AVX512-BF16)" }
-                    else { "skipped: the CPU has neither AMX nor AVX512-BF16" },
+            "bf16": match bf16_isa {
+                Some(isa) => format!("measured (the CPU has {isa})"),
+                None => "skipped: the CPU has neither AMX nor AVX512-BF16".to_string(),
+            },
             "jemalloc": if Path::new(JEMALLOC).exists() {
                             format!("PyTorch also ran on {JEMALLOC}")
                         } else {
@@ -937,9 +961,17 @@ mod tests {
 
     #[test]
     fn bf16_follows_the_cpu_flags() {
-        assert!(cpu_has_bf16("flags\t\t: fpu avx512f amx_bf16 amx_tile\n"));
-        assert!(cpu_has_bf16("flags\t\t: fpu avx512_bf16\n"));
-        assert!(!cpu_has_bf16("flags\t\t: fpu avx2 avx512f\nbugs\t: amx_bf16\n"));
+        let amx = "flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n";
+        assert_eq!(cpu_bf16(amx), Some("AMX"));
+        assert_eq!(cpu_bf16("flags\t\t: fpu avx512f avx512_bf16\n"), Some("AVX512-BF16, no AMX"));
+        assert_eq!(cpu_bf16("flags\t\t: fpu avx2 avx512f\nbugs\t: amx_bf16\n"), None);
+        let xeon = "Intel(R) Xeon(R) Processor (family 6, model 207)";
+        assert_eq!(record_cpu(xeon, cpu_bf16(amx)), xeon);
+        assert_eq!(record_cpu(xeon, Some("AVX512-BF16, no AMX")), format!("{xeon}, no AMX"));
+        assert_eq!(
+            record_cpu("AMD EPYC (family 23, model 1)", None),
+            "AMD EPYC (family 23, model 1)"
+        );
     }
 
     #[test]
