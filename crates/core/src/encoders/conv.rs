@@ -153,10 +153,10 @@ fn mode_from_env(var: &str) -> Mode {
 /// 26.3-34.2 forward), 64 at 32×32 (slower in every pass of both runs but one), the 5×5 layers
 /// (0.9-1.2×) and the 1×1 layers (on par or slower at every NIN-192 1×1 layer but 192→160).
 ///
-/// Without AVX-512: measured on 2 cores of an AMD EPYC Zen 3 (AVX2), fp32 channels-last, batch 128, on jemalloc,
-/// against libtorch 2.11's oneDNN (`cargo run --release -p selfsup-core --example
-/// winograd_probe`, three runs after the transforms became vectorized loops over the tiles;
-/// `bench/README.md`, "Winograd at the small maps" and "The transforms as loops"). The
+/// Without AVX-512: measured on 2 cores of an AMD EPYC Zen 3 (AVX2), fp32 channels-last, batch
+/// 128, on jemalloc, against libtorch 2.11's oneDNN (`cargo run --release -p selfsup-core
+/// --example winograd_probe`, three runs after the transforms became vectorized loops over the
+/// tiles; `bench/README.md`, "Winograd at the small maps" and "The transforms as loops"). The
 /// backward pass to the weights, where oneDNN's kernel runs at half the rate of its forward one,
 /// is faster by Winograd at every 3×3 layer of ResNet-18 and the NIN-192 (64 to 512 channels,
 /// 32×32 to 4×4 maps: 1.2-3.1×) and at the NIN-192's 5×5 layer from 96 to 192 channels at 16×16
