@@ -209,11 +209,28 @@ pub(crate) const MODES: [Mode; 3] = [
     Mode { name: "channels-last + bf16", channels_last: true, bf16: true },
 ];
 
-/// The bf16 arithmetic `/proc/cpuinfo`'s flags name: `"AMX"` with `amx_bf16`, `"AVX512-BF16,
-/// no AMX"` with `avx512_bf16` alone (the same model number comes with and without AMX exposed,
-/// and bf16 runs at different rates on the two), `None` with neither (the rule of
+/// The bf16 arithmetic of a CPU (the same family and model comes with and without AMX exposed,
+/// and bf16 runs at different rates on the two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bf16 {
+    Amx,
+    Avx512NoAmx,
+}
+
+impl Bf16 {
+    /// The record's words for it.
+    fn label(self) -> &'static str {
+        match self {
+            Bf16::Amx => "AMX",
+            Bf16::Avx512NoAmx => "AVX512-BF16, no AMX",
+        }
+    }
+}
+
+/// The bf16 arithmetic `/proc/cpuinfo`'s flags name: AMX with `amx_bf16`, AVX512-BF16 without
+/// AMX with `avx512_bf16` alone, `None` with neither (the rule of
 /// `selfsup_core::precision::cpu_supports_bf16`, which refuses bf16 there).
-fn cpu_bf16(cpuinfo: &str) -> Option<&'static str> {
+fn cpu_bf16(cpuinfo: &str) -> Option<Bf16> {
     let has = |flag: &str| {
         cpuinfo
             .lines()
@@ -222,9 +239,9 @@ fn cpu_bf16(cpuinfo: &str) -> Option<&'static str> {
             .any(|f| f == flag)
     };
     if has("amx_bf16") {
-        Some("AMX")
+        Some(Bf16::Amx)
     } else if has("avx512_bf16") {
-        Some("AVX512-BF16, no AMX")
+        Some(Bf16::Avx512NoAmx)
     } else {
         None
     }
@@ -233,9 +250,9 @@ fn cpu_bf16(cpuinfo: &str) -> Option<&'static str> {
 /// The record's name for the CPU: its model name, family and model, and ", no AMX" where it has
 /// AVX512-BF16 without AMX, since one family and model comes both ways and bf16 runs at
 /// different rates on the two (a kind of machine of its own in `results/bench/train.json`).
-fn record_cpu(name: &str, bf16: Option<&str>) -> String {
+fn record_cpu(name: &str, bf16: Option<Bf16>) -> String {
     match bf16 {
-        Some(isa) if isa != "AMX" => format!("{name}, no AMX"),
+        Some(Bf16::Avx512NoAmx) => format!("{name}, no AMX"),
         _ => name.to_string(),
     }
 }
@@ -702,7 +719,7 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
             },
             "repeats": o.repeats,
             "bf16": match bf16_isa {
-                Some(isa) => format!("measured (the CPU has {isa})"),
+                Some(isa) => format!("measured (the CPU has {})", isa.label()),
                 None => "skipped: the CPU has neither AMX nor AVX512-BF16".to_string(),
             },
             "jemalloc": if Path::new(JEMALLOC).exists() {
@@ -962,12 +979,13 @@ mod tests {
     #[test]
     fn bf16_follows_the_cpu_flags() {
         let amx = "flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n";
-        assert_eq!(cpu_bf16(amx), Some("AMX"));
-        assert_eq!(cpu_bf16("flags\t\t: fpu avx512f avx512_bf16\n"), Some("AVX512-BF16, no AMX"));
+        assert_eq!(cpu_bf16(amx).map(Bf16::label), Some("AMX"));
+        let no_amx = cpu_bf16("flags\t\t: fpu avx512f avx512_bf16\n");
+        assert_eq!(no_amx.map(Bf16::label), Some("AVX512-BF16, no AMX"));
         assert_eq!(cpu_bf16("flags\t\t: fpu avx2 avx512f\nbugs\t: amx_bf16\n"), None);
         let xeon = "Intel(R) Xeon(R) Processor (family 6, model 207)";
         assert_eq!(record_cpu(xeon, cpu_bf16(amx)), xeon);
-        assert_eq!(record_cpu(xeon, Some("AVX512-BF16, no AMX")), format!("{xeon}, no AMX"));
+        assert_eq!(record_cpu(xeon, no_amx), format!("{xeon}, no AMX"));
         assert_eq!(
             record_cpu("AMD EPYC (family 23, model 1)", None),
             "AMD EPYC (family 23, model 1)"
