@@ -77,6 +77,19 @@ int selfsup_hand_over(void* event, const at::Tensor* const* ts, size_t n, char* 
   });
 }
 
+// `*out` = a new uninitialised float tensor of shape `sizes[0..n]` in page-locked host memory
+// (libtorch's caching host allocator for the current accelerator), for the loader to write a
+// batch into on its own thread: `selfsup_stage` then copies it to the device as it is, with no
+// staging copy into pinned memory on the training thread. Needs a GPU.
+int selfsup_empty_pinned(const int64_t* sizes, size_t n, at::Tensor** out, char* err,
+                         size_t err_len) {
+  return selfsup::guarded(err, err_len, [&] {
+    at::Tensor t = at::empty(c10::IntArrayRef(sizes, n),
+                             at::TensorOptions().dtype(at::kFloat).pinned_memory(true));
+    *out = new at::Tensor(std::move(t));
+  });
+}
+
 // Frees an event of `selfsup_stage` whose tensors were never handed over.
 void selfsup_event_free(void* event) { delete static_cast<c10::Event*>(event); }
 

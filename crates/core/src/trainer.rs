@@ -464,7 +464,7 @@ impl<'a> Trainer<'a> {
             .map(|(e, p)| e.optimizer.build(p))
             .collect::<Result<_>>()?;
 
-        let loader = Loader::new(
+        let loader = Loader::with_host_alloc(
             dataset.clone(),
             method.views(),
             LoaderConfig {
@@ -477,6 +477,7 @@ impl<'a> Trainer<'a> {
                 world_size,
                 rank,
             },
+            crate::stage::host_alloc(device),
         )?;
         let steps_per_epoch = loader.batches_per_epoch() as u64;
         if steps_per_epoch == 0 {

@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 
 pub use dataset::{ImageDataset, LabeledSubset};
 pub use error::DataError;
-pub use loader::{Batch, Loader, LoaderConfig};
+pub use loader::{Batch, HostAlloc, Loader, LoaderConfig};
 pub use pipeline::{Op, Pipeline};
 
 /// A dataset split.

@@ -129,6 +129,14 @@ impl Default for LoaderConfig {
     }
 }
 
+/// Allocates the host tensor of one view of a batch, `(B, C, H, W)` float, whose contents the
+/// loader then overwrites: e.g. in page-locked memory, so that the copy to a GPU needs no
+/// staging copy on the training thread (`selfsup_core::stage`). It must return a new tensor
+/// whose memory nothing else holds (the loader writes it through a raw pointer); the loader
+/// checks its shape, kind, device and layout. Called on the producer thread; an error names
+/// what failed.
+pub type HostAlloc = Arc<dyn Fn(&[i64]) -> std::result::Result<Tensor, String> + Send + Sync>;
+
 /// Everything the producer thread needs, shared by `Arc`.
 struct Shared {
     dataset: ImageDataset,
@@ -136,6 +144,8 @@ struct Shared {
     shapes: Vec<(usize, usize, usize)>,
     cfg: LoaderConfig,
     pool: rayon::ThreadPool,
+    /// Where the views' tensors are allocated; `None`: ordinary CPU memory.
+    alloc: Option<HostAlloc>,
 }
 
 /// Iterates over a dataset in batches of augmented views. See the module docs.
@@ -156,6 +166,17 @@ impl std::fmt::Debug for Loader {
 impl Loader {
     /// Checks the view pipelines against the dataset's image shape and builds the worker pool.
     pub fn new(dataset: ImageDataset, views: Vec<Pipeline>, cfg: LoaderConfig) -> Result<Self> {
+        Self::with_host_alloc(dataset, views, cfg, None)
+    }
+
+    /// [`Loader::new`], with the views' host tensors allocated by `alloc` (see [`HostAlloc`])
+    /// rather than in ordinary CPU memory; `None` is [`Loader::new`].
+    pub fn with_host_alloc(
+        dataset: ImageDataset,
+        views: Vec<Pipeline>,
+        cfg: LoaderConfig,
+        alloc: Option<HostAlloc>,
+    ) -> Result<Self> {
         if cfg.batch_size == 0 {
             return Err(DataError::config("loader batch_size must be positive"));
         }
@@ -199,7 +220,7 @@ impl Loader {
             .thread_name(|i| format!("selfsup-data-{i}"))
             .build()
             .map_err(|e| DataError::config(format!("loader thread pool: {e}")))?;
-        Ok(Loader { shared: Arc::new(Shared { dataset, views, shapes, cfg, pool }) })
+        Ok(Loader { shared: Arc::new(Shared { dataset, views, shapes, cfg, pool, alloc }) })
     }
 
     /// The dataset.
@@ -340,11 +361,32 @@ impl Shared {
             let shape = [idx.len() as i64, oc as i64, oh as i64, ow as i64];
             // Written in place: `Tensor::from_slice` would zero-fill a new tensor through
             // libtorch's OpenMP pool (whose spinning threads then compete with ours) and copy.
-            let t = Tensor::f_empty(shape, (Kind::Float, Device::Cpu))?;
+            let t = match &self.alloc {
+                None => Tensor::f_empty(shape, (Kind::Float, Device::Cpu))?,
+                Some(alloc) => {
+                    let t = alloc(&shape).map_err(|e| {
+                        DataError::config(format!("allocating view {v} of batch {b}: {e}"))
+                    })?;
+                    let want = (Kind::Float, Device::Cpu);
+                    if t.size() != shape || (t.kind(), t.device()) != want || !t.is_contiguous() {
+                        return Err(DataError::config(format!(
+                            "the host allocator gave view {v} of batch {b} a {:?} {:?} tensor \
+                             of shape {:?} (contiguous: {}), not a contiguous float CPU \
+                             tensor of shape {shape:?}",
+                            t.kind(),
+                            t.device(),
+                            t.size(),
+                            t.is_contiguous()
+                        )));
+                    }
+                    t
+                }
+            };
             let len = idx.len() * per;
-            // SAFETY: `t` is a new contiguous CPU float tensor of exactly `len` elements that
-            // nothing else references until this function returns it; the slice does not
-            // outlive this block.
+            // SAFETY: `t` is a new contiguous CPU float tensor of exactly `len` elements (checked
+            // above where an allocator made it, whose contract is that nothing else holds its
+            // memory) that nothing else references until this function returns it; the slice
+            // does not outlive this block.
             let buf = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, len) };
             self.pool.install(|| {
                 buf.par_chunks_mut(per).zip(idx.par_iter()).for_each(|(out, &i)| {

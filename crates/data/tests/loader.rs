@@ -164,3 +164,47 @@ fn shards_of_a_batch_are_the_single_process_batch_split_by_rank() {
         .to_string();
     assert!(e.contains("(sharding needs drop_last)"), "{e}");
 }
+
+/// A host allocator (as the trainer gives on CUDA, for pinned memory) gets the views written
+/// into its tensors, the same values as the loader's own allocation; one that hands out a
+/// tensor of the wrong shape, or fails, stops the epoch with an error naming the view and batch.
+#[test]
+fn a_host_allocator_gets_the_same_batches_and_a_bad_one_is_named() {
+    use selfsup_data::HostAlloc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let ds = synthetic(30);
+    let cfg = LoaderConfig { batch_size: 8, threads: 2, seed: 3, ..Default::default() };
+    let plain = Loader::new(ds.clone(), views(), cfg.clone()).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let alloc: HostAlloc = Arc::new(move |shape: &[i64]| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        // Not zeroed: the loader must overwrite every element.
+        Ok(Tensor::full(shape, f64::NAN, (tch::Kind::Float, tch::Device::Cpu)))
+    });
+    let with = Loader::with_host_alloc(ds.clone(), views(), cfg.clone(), Some(alloc)).unwrap();
+    let (mut a, mut b) = (plain.epoch(1), with.epoch(1));
+    let mut n = 0;
+    while let (Some(x), Some(y)) = (a.next(), b.next()) {
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert_eq!(indices(&x), indices(&y));
+        for (u, v) in x.views.iter().zip(&y.views) {
+            assert_eq!(flat(u), flat(v), "batch {n}");
+        }
+        n += 1;
+    }
+    assert_eq!(n, plain.batches_per_epoch());
+    assert_eq!(calls.load(Ordering::SeqCst), 2 * n, "one allocation per view and batch");
+
+    let wrong: HostAlloc = Arc::new(|shape: &[i64]| {
+        Ok(Tensor::zeros([shape[0], 1], (tch::Kind::Float, tch::Device::Cpu)))
+    });
+    let bad = Loader::with_host_alloc(ds.clone(), views(), cfg.clone(), Some(wrong)).unwrap();
+    let e = bad.epoch(0).next().unwrap().unwrap_err().to_string();
+    assert!(e.contains("view 0 of batch 0") && e.contains("[8, 3, 12, 12]"), "{e}");
+    let failing: HostAlloc = Arc::new(|_: &[i64]| Err("no GPU".to_string()));
+    let bad = Loader::with_host_alloc(ds, views(), cfg, Some(failing)).unwrap();
+    let e = bad.epoch(0).next().unwrap().unwrap_err().to_string();
+    assert!(e.contains("allocating view 0 of batch 0: no GPU"), "{e}");
+}
