@@ -57,24 +57,17 @@ extern "C" {
 /// A new uninitialised float tensor of `shape` in page-locked host memory (libtorch's caching
 /// host allocator), which [`ToDevice`] copies to the GPU as it is. Needs a GPU.
 pub fn empty_pinned(shape: &[i64]) -> Result<Tensor> {
-    let mut out = std::ptr::null_mut();
-    let mut err = [0u8; 1024];
-    // SAFETY: `shape` is readable for its length, `out` receives a new handle on success (which
-    // we then own), `err` is writable for its length.
-    let rc = unsafe {
-        selfsup_empty_pinned(
-            shape.as_ptr(),
-            shape.len(),
-            &mut out,
-            err.as_mut_ptr().cast(),
-            err.len(),
-        )
-    };
-    if rc != 0 {
-        return Err(shim_error(&format!("a pinned host tensor of shape {shape:?}"), &err));
+    let what = format!("a pinned host tensor of shape {shape:?}");
+    // SAFETY: `shape` is readable for its length; `out` and `err` are `shim_tensor`'s, valid for
+    // the call.
+    let made = crate::ops::shim_tensor(|out, err, len| unsafe {
+        selfsup_empty_pinned(shape.as_ptr(), shape.len(), out, err, len)
+    });
+    match made {
+        Ok(Some(t)) => Ok(t),
+        Ok(None) => Err(CoreError::Device(format!("{what}: the shim made no tensor"))),
+        Err(e) => Err(CoreError::Device(format!("{what}: {e}"))),
     }
-    // SAFETY: a new `at::Tensor` handle that we now own.
-    Ok(unsafe { Tensor::from_ptr(out.cast()) })
 }
 
 /// The loader's allocator for batches bound for `device`: on CUDA the views are written straight
