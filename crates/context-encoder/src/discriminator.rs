@@ -10,8 +10,8 @@
 //!
 //! Its 4×4 stride-2 convolutions are `selfsup_core`'s [`conv_down`]: on the CPU, the backward
 //! pass to the weights of the layers from 64 channels on (and their forward pass from 16×16
-//! inputs or 256 channels on) by Winograd's F(2×2, 2×2) on the space-to-depth form of the
-//! input, the rest libtorch's.
+//! inputs or 256 channels on; with AVX-512, at all of them) by Winograd's F(2×2, 2×2) on the
+//! space-to-depth form of the input, the rest libtorch's.
 //!
 //! Its batch norm always uses the batch's statistics and keeps no running ones (PyTorch's
 //! `track_running_stats=False`): the discriminator is only ever run on training batches, and

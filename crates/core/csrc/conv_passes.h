@@ -22,10 +22,13 @@ inline std::atomic<int64_t>& piece_bytes() {
 }
 
 // Which passes a shim takes (bit 0 forward, 1 backward to the input, 2 backward to the
-// weights); libtorch's convolution runs the others.
+// weights); libtorch's convolution runs the others. Bit 3: Winograd's output tiles of 4 x 4
+// instead of 2 x 2 (`winograd.cpp`; the matrix products ignore it).
 struct ConvPlan {
-  bool forward, input, weight;
-  explicit ConvPlan(int64_t bits) : forward(bits & 1), input(bits & 2), weight(bits & 4) {}
+  bool forward, input, weight, tile4;
+  explicit ConvPlan(int64_t bits)
+      : forward(bits & 1), input(bits & 2), weight(bits & 4), tile4(bits & 8) {}
+  int64_t tile() const { return tile4 ? 4 : 2; }
 };
 
 // libtorch's convolution of `x` with `w`: no bias, one group, no dilation, stride `s`, padding

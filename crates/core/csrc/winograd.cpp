@@ -1,25 +1,28 @@
 // Stride-1 3x3 and 5x5 convolutions (padding (r - 1) / 2, no bias, one group) by Winograd's
-// minimal filtering F(2x2, r x r) (Lavin & Gray, "Fast Algorithms for Convolutional Neural
-// Networks", CVPR 2016), forward and both backward passes, for dense 4-d float CPU tensors (NCHW
-// or channels-last).
+// minimal filtering F(m x m, r x r) with output tiles of m = 2 or 4 (Lavin & Gray, "Fast
+// Algorithms for Convolutional Neural Networks", CVPR 2016), forward and both backward passes,
+// for dense 4-d float CPU tensors (NCHW or channels-last).
 //
-// Each 2x2 tile t of the output is `Aᵀ [Σ_c (G g_kc Gᵀ) ⊙ (Bᵀ d_tc B)] A`, with d_tc the α x α
-// input patch of the tile (α = r + 1) and g_kc the r x r filter: the α² positions ξ of the
+// Each m x m tile t of the output is `Aᵀ [Σ_c (G g_kc Gᵀ) ⊙ (Bᵀ d_tc B)] A`, with d_tc the α x α
+// input patch of the tile (α = m + r - 1) and g_kc the r x r filter: the α² positions ξ of the
 // transformed tile become α² independent matrix products `U_ξ (T, C) · V_ξ (C, K)` (T tiles),
-// with 2.25x (3x3) and 2.8x (5x5) fewer multiplications than the direct convolution. The
-// input and output transforms are loops over the tiles (libtorch's threads), each tile's α x α
-// patch read once from the NHWC activations and written once to `(α², T, C)` (and back), eight
-// channels at a time; the filter transform is a matrix product with a Kronecker matrix. Backward:
+// with 2.25x (F(2x2, 3x3)), 4x (F(4x4, 3x3)), 2.8x (F(2x2, 5x5)) and 6.25x (F(4x4, 5x5)) fewer
+// multiplications than the direct convolution; tiles of 4 x 4 also write (α / m)² = 2.25
+// (3x3) and 4 (5x5) transformed values an output against 4 and 9 for tiles of 2 x 2, at a larger
+// rounding error (their transforms' entries reach 8 and 21/4, and 1/90 in G). The input and
+// output transforms are loops over the tiles (libtorch's threads), each tile's α x α patch read
+// once from the NHWC activations and written once to `(α², T, C)` (and back), eight channels at a
+// time; the filter transform is a matrix product with a Kronecker matrix. Backward:
 // - to the input: the same forward with the filters flipped and transposed (a stride-1
 //   convolution padded by (r - 1) / 2 has one as its transpose);
 // - to the weights: with `Y = Aᵀ (Q ⊙ Z) A`, Q = G g Gᵀ, Z = Bᵀ d B, the gradient is
 //   `Gᵀ [Σ_t Z_t ⊙ (A dY_t Aᵀ)] G`: α² products `U_ξᵀ (C, T) · (A dY Aᵀ)_ξ (T, K)`.
-// Each pass is taken here or left to libtorch's own convolution (`plan`, chosen by the caller
-// from the layer's shape: oneDNN's forward kernels are faster at large maps, Winograd's products
-// at small maps with many channels, and oneDNN's backward to the weights is slower at every
-// measured 3x3 shape). The sums are libtorch's matrix products (MKL), whose reduction order may
-// depend on the thread count, as oneDNN's convolution's does; the caller leaves deterministic
-// runs (oneDNN switched off) to libtorch.
+// Each pass is taken here, in tiles of 2 x 2 or 4 x 4, or left to libtorch's own convolution
+// (`plan`, chosen by the caller from the layer's shape: oneDNN's forward kernels are faster at
+// large maps, Winograd's products at small maps with many channels, and oneDNN's backward to the
+// weights is slower at every measured 3x3 shape). The sums are libtorch's matrix products (MKL),
+// whose reduction order may depend on the thread count, as oneDNN's convolution's does; the
+// caller leaves deterministic runs (oneDNN switched off) to libtorch.
 //
 // 1x1 convolutions (F(1, 1): no transforms) take the same path as plain matrix products over
 // views of the activations, the passes oneDNN's 1x1 kernels run slower than MKL's GEMM
@@ -50,18 +53,39 @@
 
 namespace {
 
-// The filter transform of F(2, r), r = 2, 3 or 5 (α = r + 1 points: 0, ±1, then ±2, and ∞; for
-// r = 2: 0, 1 and ∞), as a Kronecker product for row-major vec: vec(G g Gᵀ) = kG vec(g) (α² x
-// r²); Bᵀ and Aᵀ are `Points` below. F(2x2, 3x3) is Lavin & Gray's; F(2x2, 5x5) the Cook-Toom
-// construction over the same points as their F(4x4, 3x3) (its Bᵀ is theirs); F(2x2, 2x2) is
+// The filter transform of F(m, r), m = 2 with r = 2, 3 or 5, m = 4 with r = 3 or 5 (α = m + r - 1
+// points: 0, ±1, then ±2, then ±1/2, and ∞; for F(2, 2): 0, 1 and ∞), as a Kronecker product for
+// row-major vec: vec(G g Gᵀ) = kG vec(g) (α² x r²); Bᵀ and Aᵀ are `Points` below. F(2x2, 3x3)
+// and F(4x4, 3x3) are Lavin & Gray's; F(2x2, 5x5) and F(4x4, 5x5) the Cook-Toom construction
+// over the same points as their F(4x4, 3x3) and as F(6x6, 3x3) (α = 6 and 8: their Bᵀ are
+// those), derived exactly (rational arithmetic) with Aᵀ[i][j] = p_jⁱ, G[j][k] = p_jᵏ / Π_l≠j (p_j
+// - p_l), the first rows of G and Bᵀ of F(4, 5) negated together; F(2x2, 2x2) is
 // y0 = (d0 - d1) g0 + d1 (g0 + g1), y1 = d1 (g0 + g1) + (d2 - d1) g1. All checked against the
 // direct convolution by the tests.
 struct Transforms {
   at::Tensor kG;
-  explicit Transforms(int64_t r) {
+  Transforms(int64_t m, int64_t r) {
     auto f = at::TensorOptions().dtype(at::kDouble);
     at::Tensor G;
-    if (r == 2) {
+    if (m == 4 && r == 3) {
+      const double s = 1.0 / 6, t = 1.0 / 24, u = 1.0 / 12;
+      G = at::tensor({0.25, 0.0, 0.0, -s, -s, -s, -s, s, -s, t, u, s, t, -u, s, 0.0, 0.0, 1.0}, f)
+              .view({6, 3});
+    } else if (m == 4) {
+      TORCH_CHECK(r == 5, "Winograd convolution: F(4x4, ", r, "x", r, ") (3x3 or 5x5 only)");
+      const double a = 2.0 / 9, b = 1.0 / 90, c = 1.0 / 45, d = 2.0 / 45, e = 4.0 / 45,
+                   f8 = 8.0 / 45, g = 16.0 / 45, h = 32.0 / 45;
+      G = at::tensor({1.0, 0.0, 0.0, 0.0, 0.0,  //
+                      -a,  -a,  -a,  -a,  -a,   //
+                      -a,  a,   -a,  a,   -a,   //
+                      b,   c,   d,   e,   f8,   //
+                      b,   -c,  d,   -e,  f8,   //
+                      h,   g,   f8,  e,   d,    //
+                      h,   -g,  f8,  -e,  d,    //
+                      0.0, 0.0, 0.0, 0.0, 1.0},
+                     f)
+              .view({8, 5});
+    } else if (r == 2) {
       G = at::tensor({1.0, 0.0, 1.0, 1.0, 0.0, 1.0}, f).view({3, 2});
     } else if (r == 3) {
       G = at::tensor({1.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5, -0.5, 0.5, 0.0, 0.0, 1.0}, f).view({4, 3});
@@ -81,33 +105,54 @@ struct Transforms {
   }
 };
 
-const Transforms& transforms(int64_t r) {
-  static const Transforms t2(2), t3(3), t5(5);
+const Transforms& transforms(int64_t m, int64_t r) {
+  static const Transforms t2(2, 2), t3(2, 3), t5(2, 5), t43(4, 3), t45(4, 5);
+  if (m == 4) return r == 3 ? t43 : t45;
   return r == 2 ? t2 : r == 3 ? t3 : t5;
 }
 
-// Tiles of one side: ceil(side / 2).
-int64_t tiles(int64_t side) { return (side + 1) / 2; }
+// Tiles of one side: ceil(side / m).
+int64_t tiles(int64_t side, int64_t m) { return (side + m - 1) / m; }
 
-// Bᵀ and Aᵀ of F(2, r) as constants for the transform loops (`Transforms` holds G).
-template <int R>
+// Bᵀ (α x α) and Aᵀ (m x α) of F(m, r) as constants for the transform loops (`Transforms`
+// holds G). F(4, 3) has F(2, 5)'s points, so its Bᵀ; F(4, 5)'s α = 8 points add ±1/2 (the
+// points of F(6, 3) in NNPACK and oneDNN).
+template <int M, int R>
 struct Points;
 template <>
-struct Points<2> {
+struct Points<2, 2> {
   static constexpr float BT[3][3] = {{1, -1, 0}, {0, 1, 0}, {0, -1, 1}};
   static constexpr float AT[2][3] = {{1, 1, 0}, {0, 1, 1}};
 };
 template <>
-struct Points<3> {
+struct Points<2, 3> {
   static constexpr float BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
   static constexpr float AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
 };
 template <>
-struct Points<5> {
+struct Points<2, 5> {
   static constexpr float BT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0},
                                      {0, 4, -4, -1, 1, 0}, {0, -2, -1, 2, 1, 0},
                                      {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
   static constexpr float AT[2][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 1}};
+};
+template <>
+struct Points<4, 3> {
+  static constexpr auto& BT = Points<2, 5>::BT;
+  static constexpr float AT[4][6] = {
+      {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+};
+template <>
+struct Points<4, 5> {
+  static constexpr float BT[8][8] = {
+      {1, 0, -5.25f, 0, 5.25f, 0, -1, 0},        {0, 1, 1, -4.25f, -4.25f, 1, 1, 0},
+      {0, -1, 1, 4.25f, -4.25f, -1, 1, 0},       {0, 0.5f, 0.25f, -2.5f, -1.25f, 2, 1, 0},
+      {0, -0.5f, 0.25f, 2.5f, -1.25f, -2, 1, 0}, {0, 2, 4, -2.5f, -5, 0.5f, 1, 0},
+      {0, -2, 4, 2.5f, -5, -0.5f, 1, 0},         {0, -1, 0, 5.25f, 0, -5.25f, 0, 1}};
+  static constexpr float AT[4][8] = {{1, 1, 1, 1, 1, 1, 1, 0},
+                                     {0, 1, -1, 2, -2, 0.5f, -0.5f, 0},
+                                     {0, 1, 1, 4, 4, 0.25f, 0.25f, 0},
+                                     {0, 1, -1, 8, -8, 0.125f, -0.125f, 1}};
 };
 
 // Eight channels of one tile entry: the transform loops hold a tile's α x α values of eight
@@ -146,7 +191,7 @@ SELFSUP_INLINE v8 combine(const float (&m)[J], const v8 (&v)[J]) {
   return s;
 }
 
-// `out = L in Lᵀ` (`in` J x J, `out` I x I; L is Bᵀ: α x α, or Aᵀ: 2 x α) on eight channels.
+// `out = L in Lᵀ` (`in` J x J, `out` I x I; L is Bᵀ: α x α, or Aᵀ: m x α) on eight channels.
 template <int I, int J>
 SELFSUP_INLINE void transform(const float (&L)[I][J], const v8 (&in)[J][J], v8 (&out)[I][I]) {
   v8 mid[I][J];
@@ -165,7 +210,7 @@ SELFSUP_INLINE void transform(const float (&L)[I][J], const v8 (&in)[J][J], v8 (
   }
 }
 
-// `out = Lᵀ in L` (`in` I x I, `out` J x J; L is Aᵀ: 2 x α) on eight channels: `transform`
+// `out = Lᵀ in L` (`in` I x I, `out` J x J; L is Aᵀ: m x α) on eight channels: `transform`
 // with the transposed constants.
 template <int I, int J>
 SELFSUP_INLINE void transform_t(const float (&L)[I][J], const v8 (&in)[I][I],
@@ -179,19 +224,20 @@ SELFSUP_INLINE void transform_t(const float (&L)[I][J], const v8 (&in)[I][I],
   transform(Lt, in, out);
 }
 
-// The layout of a pass's tiles: `n` images of `H x W` in `th x tw` tiles of 2 x 2.
+// The layout of a pass's tiles: `n` images of `H x W` in `th x tw` tiles of m x m.
 struct Tiling {
   int64_t n, H, W, th, tw;
   int64_t count() const { return n * th * tw; }
 };
 
 // Tiles [t0, t1) of `x` (n, H, W, C), NHWC: `u` (α², T, C) gets the transform of each tile's
-// S x S patch (rows and columns from 2·ty - P and 2·tx - P, zero outside the image), α = R + 1:
-// Bᵀ d B of an α x α input patch (S = α), A dY Aᵀ of a 2 x 2 gradient (S = 2).
-template <int R, int S, int P>
+// S x S patch (rows and columns from M·ty - P and M·tx - P, zero outside the image) for
+// F(M x M, R x R), α = M + R - 1: Bᵀ d B of an α x α input patch (S = α), A dY Aᵀ of an M x M
+// gradient (S = M).
+template <int M, int R, int S, int P>
 SELFSUP_INLINE void patch_tiles(const float* x, int64_t C, Tiling g, float* u, int64_t t0,
                                 int64_t t1) {
-  constexpr int A = R + 1;
+  constexpr int A = M + R - 1;
   const int64_t T = g.count();
   v8 d[S][S], v[A][A];
   for (int64_t t = t0; t < t1; ++t) {
@@ -200,18 +246,18 @@ SELFSUP_INLINE void patch_tiles(const float* x, int64_t C, Tiling g, float* u, i
       const int64_t cb = std::min<int64_t>(8, C - c0);
 #pragma GCC unroll 8
       for (int i = 0; i < S; ++i) {
-        const int64_t h = 2 * ty - P + i;
+        const int64_t h = M * ty - P + i;
 #pragma GCC unroll 8
         for (int j = 0; j < S; ++j) {
-          const int64_t w = 2 * tx - P + j;
+          const int64_t w = M * tx - P + j;
           const bool inside = h >= 0 && h < g.H && w >= 0 && w < g.W;
           d[i][j] = inside ? load8(x + ((img * g.H + h) * g.W + w) * C + c0, cb) : v8{};
         }
       }
       if constexpr (S == A) {
-        transform(Points<R>::BT, d, v);
+        transform(Points<M, R>::BT, d, v);
       } else {
-        transform_t(Points<R>::AT, d, v);
+        transform_t(Points<M, R>::AT, d, v);
       }
 #pragma GCC unroll 8
       for (int i = 0; i < A; ++i) {
@@ -222,13 +268,13 @@ SELFSUP_INLINE void patch_tiles(const float* x, int64_t C, Tiling g, float* u, i
   }
 }
 
-// Tiles [t0, t1) of `m` (α², T, K): `y` (n, 2·th, 2·tw, K), NHWC, gets Aᵀ m A of each tile.
-template <int R>
+// Tiles [t0, t1) of `m` (α², T, K): `y` (n, M·th, M·tw, K), NHWC, gets Aᵀ m A of each tile.
+template <int M, int R>
 SELFSUP_INLINE void output_tiles_body(const float* m, int64_t K, Tiling g, float* y, int64_t t0,
                                       int64_t t1) {
-  constexpr int A = R + 1;
-  const int64_t T = g.count(), Wy = 2 * g.tw, Hy = 2 * g.th;
-  v8 v[A][A], o[2][2];
+  constexpr int A = M + R - 1;
+  const int64_t T = g.count(), Wy = M * g.tw, Hy = M * g.th;
+  v8 v[A][A], o[M][M];
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t img = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
     for (int64_t c0 = 0; c0 < K; c0 += 8) {
@@ -238,40 +284,42 @@ SELFSUP_INLINE void output_tiles_body(const float* m, int64_t K, Tiling g, float
 #pragma GCC unroll 8
         for (int j = 0; j < A; ++j) v[i][j] = load8(m + ((i * A + j) * T + t) * K + c0, cb);
       }
-      transform(Points<R>::AT, v, o);
-      for (int i = 0; i < 2; ++i) {
-        for (int j = 0; j < 2; ++j) {
-          store8(y + ((img * Hy + 2 * ty + i) * Wy + 2 * tx + j) * K + c0, o[i][j], cb);
+      transform(Points<M, R>::AT, v, o);
+      for (int i = 0; i < M; ++i) {
+        for (int j = 0; j < M; ++j) {
+          store8(y + ((img * Hy + M * ty + i) * Wy + M * tx + j) * K + c0, o[i][j], cb);
         }
       }
     }
   }
 }
 
-// The loops of filter size R as plain functions (GCC's `target_clones` takes no templates),
-// each compiled per instruction set: `input_tiles_R`, Bᵀ d B of each tile's α x α patch of
-// `x`, padding (R - 1) / 2; `output_tiles_R`, Aᵀ m A into the NHWC output; `grad_tiles_R`,
-// A dY Aᵀ of each tile's 2 x 2 gradient dY of `dy` (n, H, W, K) (zero past the image's last
-// row and column). The 2x2 filters (the 4x4 stride-2 convolution's space-to-depth form) read
-// their input patches by `down_input_tiles` below.
-#define SELFSUP_OUTPUT_AND_GRAD_LOOPS(R)                                                           \
-  SELFSUP_CLONES void output_tiles_##R(const float* m, int64_t K, Tiling g, float* y,              \
-                                       int64_t t0, int64_t t1) {                                   \
-    output_tiles_body<R>(m, K, g, y, t0, t1);                                                      \
+// The loops of F(M x M, R x R) as plain functions (GCC's `target_clones` takes no templates),
+// each compiled per instruction set: `input_tiles_M_R`, Bᵀ d B of each tile's α x α patch of
+// `x`, padding (R - 1) / 2; `output_tiles_M_R`, Aᵀ m A into the NHWC output;
+// `grad_tiles_M_R`, A dY Aᵀ of each tile's M x M gradient dY of `dy` (n, H, W, K) (zero past
+// the image's last row and column). The 2x2 filters (the 4x4 stride-2 convolution's
+// space-to-depth form) read their input patches by `down_input_tiles` below.
+#define SELFSUP_OUTPUT_AND_GRAD_LOOPS(M, R)                                                        \
+  SELFSUP_CLONES void output_tiles_##M##_##R(const float* m, int64_t K, Tiling g, float* y,        \
+                                             int64_t t0, int64_t t1) {                             \
+    output_tiles_body<M, R>(m, K, g, y, t0, t1);                                                   \
   }                                                                                                \
-  SELFSUP_CLONES void grad_tiles_##R(const float* dy, int64_t K, Tiling g, float* v,               \
-                                     int64_t t0, int64_t t1) {                                     \
-    patch_tiles<R, 2, 0>(dy, K, g, v, t0, t1);                                                     \
+  SELFSUP_CLONES void grad_tiles_##M##_##R(const float* dy, int64_t K, Tiling g, float* v,         \
+                                           int64_t t0, int64_t t1) {                               \
+    patch_tiles<M, R, M, 0>(dy, K, g, v, t0, t1);                                                  \
   }
-#define SELFSUP_TILE_LOOPS(R)                                                                      \
-  SELFSUP_CLONES void input_tiles_##R(const float* x, int64_t C, Tiling g, float* u,               \
-                                      int64_t t0, int64_t t1) {                                    \
-    patch_tiles<R, R + 1, (R - 1) / 2>(x, C, g, u, t0, t1);                                        \
+#define SELFSUP_TILE_LOOPS(M, R)                                                                   \
+  SELFSUP_CLONES void input_tiles_##M##_##R(const float* x, int64_t C, Tiling g, float* u,         \
+                                            int64_t t0, int64_t t1) {                              \
+    patch_tiles<M, R, M + R - 1, (R - 1) / 2>(x, C, g, u, t0, t1);                                 \
   }                                                                                                \
-  SELFSUP_OUTPUT_AND_GRAD_LOOPS(R)
-SELFSUP_OUTPUT_AND_GRAD_LOOPS(2)
-SELFSUP_TILE_LOOPS(3)
-SELFSUP_TILE_LOOPS(5)
+  SELFSUP_OUTPUT_AND_GRAD_LOOPS(M, R)
+SELFSUP_OUTPUT_AND_GRAD_LOOPS(2, 2)
+SELFSUP_TILE_LOOPS(2, 3)
+SELFSUP_TILE_LOOPS(2, 5)
+SELFSUP_TILE_LOOPS(4, 3)
+SELFSUP_TILE_LOOPS(4, 5)
 
 // Tiles [t0, t1) of the 4x4 stride-2 convolution (padding 1) of `x` (n, H, W, C), NHWC, `g` its
 // output's tiling: `u` (9, T, 4C) gets Bᵀ d B of F(2x2, 2x2) of each tile's 3 x 3 patch of the
@@ -296,7 +344,7 @@ SELFSUP_CLONES void down_input_tiles(const float* x, int64_t C, Tiling g, float*
             d[i][j] = inside ? load8(x + ((img * g.H + h) * g.W + w) * C + c0, cb) : v8{};
           }
         }
-        transform(Points<2>::BT, d, v);
+        transform(Points<2, 2>::BT, d, v);
 #pragma GCC unroll 8
         for (int i = 0; i < 3; ++i) {
 #pragma GCC unroll 8
@@ -310,6 +358,23 @@ SELFSUP_CLONES void down_input_tiles(const float* x, int64_t C, Tiling g, float*
 }
 
 using TileLoop = void (*)(const float*, int64_t, Tiling, float*, int64_t, int64_t);
+
+// The three loops of F(m x m, r x r): m = 2 with r = 2 (no input loop: `down_input_tiles`), 3 or
+// 5; m = 4 with r = 3 or 5.
+struct Loops {
+  TileLoop input, output, grad;
+};
+Loops loops(int64_t m, int64_t r) {
+  if (m == 4) {
+    return r == 3 ? Loops{input_tiles_4_3, output_tiles_4_3, grad_tiles_4_3}
+                  : Loops{input_tiles_4_5, output_tiles_4_5, grad_tiles_4_5};
+  }
+  switch (r) {
+    case 2: return Loops{nullptr, output_tiles_2_2, grad_tiles_2_2};
+    case 3: return Loops{input_tiles_2_3, output_tiles_2_3, grad_tiles_2_3};
+    default: return Loops{input_tiles_2_5, output_tiles_2_5, grad_tiles_2_5};
+  }
+}
 
 // Runs `loop` over the tiles of `g` with libtorch's threads, from `src` (its last dimension
 // the channels the loop reads) into the dense float tensor `dst`.
@@ -332,28 +397,32 @@ at::Tensor run_tiles(TileLoop loop, const at::Tensor& src, Tiling g, int64_t row
 // `x` (n, C, H, W) as a dense NHWC tensor (n, H, W, C): a view when it is channels-last.
 at::Tensor nhwc(const at::Tensor& x) { return x.permute({0, 2, 3, 1}).contiguous(); }
 
-Tiling tiling(const at::Tensor& x) {
-  return Tiling{x.size(0), x.size(2), x.size(3), tiles(x.size(2)), tiles(x.size(3))};
+// The m x m tiles of `x` (n, C, H, W).
+Tiling tiling(const at::Tensor& x, int64_t m) {
+  return Tiling{x.size(0), x.size(2), x.size(3), tiles(x.size(2), m), tiles(x.size(3), m)};
 }
 
-// `(α², T, C)`: the transformed α x α input patches Bᵀ d B of every 2 x 2 output tile of `x`
-// (N, C, H, W) for an r x r filter with padding (r - 1) / 2.
-at::Tensor input_tiles(const at::Tensor& x, int64_t r) {
-  return run_tiles(r == 3 ? input_tiles_3 : input_tiles_5, nhwc(x), tiling(x), (r + 1) * (r + 1),
-                   x.size(1));
+// `(α², T, C)`: the transformed α x α input patches Bᵀ d B of every m x m output tile of `x`
+// (N, C, H, W) for an r x r filter with padding (r - 1) / 2, α = m + r - 1.
+at::Tensor input_tiles(const at::Tensor& x, int64_t m, int64_t r) {
+  const int64_t a = m + r - 1;
+  return run_tiles(loops(m, r).input, nhwc(x), tiling(x, m), a * a, x.size(1));
 }
 
-// `(α², C, K)`: the transformed filters G g Gᵀ of `w` (K, C, r, r).
-at::Tensor filter_tiles(const at::Tensor& w) {
-  const int64_t K = w.size(0), C = w.size(1), r = w.size(2), a = r + 1;
-  return transforms(r).kG.mm(w.reshape({K * C, r * r}).t()).view({a * a, K, C}).transpose(1, 2);
+// `(α², C, K)`: the transformed filters G g Gᵀ of `w` (K, C, r, r) for F(m x m, r x r).
+at::Tensor filter_tiles(const at::Tensor& w, int64_t m) {
+  const int64_t K = w.size(0), C = w.size(1), r = w.size(2), a = m + r - 1;
+  return transforms(m, r)
+      .kG.mm(w.reshape({K * C, r * r}).t())
+      .view({a * a, K, C})
+      .transpose(1, 2);
 }
 
-// Writes into `y` (n, 2·th, 2·tw, K), NHWC and dense, the output tiles Aᵀ m A of the products
-// `m` (α², n·th·tw, K) of n images.
-void output_of_tiles(const at::Tensor& m, int64_t r, at::Tensor y) {
-  const Tiling g{y.size(0), y.size(1), y.size(2), y.size(1) / 2, y.size(2) / 2};
-  for_tiles(r == 2 ? output_tiles_2 : r == 3 ? output_tiles_3 : output_tiles_5, m, g, y);
+// Writes into `y` (n, m·th, m·tw, K), NHWC and dense, the output tiles Aᵀ p A of the products
+// `p` (α², n·th·tw, K) of n images.
+void output_of_tiles(const at::Tensor& p, int64_t m, int64_t r, at::Tensor y) {
+  const Tiling g{y.size(0), y.size(1), y.size(2), y.size(1) / m, y.size(2) / m};
+  for_tiles(loops(m, r).output, p, g, y);
 }
 
 // `(B, M, N)`: the products `a[i] b[i]` of `a` (B, M, L) and `b` (B, L, N), one matrix product
@@ -375,53 +444,61 @@ using selfsup::piece_bytes;
 // temporaries do not grow with the batch (at the NIN-192's 5x5 layer, batch 512, whole-batch
 // tiles took 0.9 GB). The pieces depend on the shapes only, so the sums' order does not change
 // from run to run.
-int64_t images_per_piece(int64_t r, int64_t H, int64_t W, int64_t channels) {
-  const int64_t per_image = (r + 1) * (r + 1) * tiles(H) * tiles(W) * channels * 4;
+int64_t images_per_piece(int64_t m, int64_t r, int64_t H, int64_t W, int64_t channels) {
+  const int64_t a = m + r - 1;
+  const int64_t per_image = a * a * tiles(H, m) * tiles(W, m) * channels * 4;
   return std::max<int64_t>(1, piece_bytes().load() / std::max<int64_t>(per_image, 1));
 }
 
-// The forward pass by F(2x2, r x r) of N images into their output (N, K, Ho, Wo), in `format`:
-// `patches(n0, n)` gives the transformed input patches (α², T, C) of images [n0, n0 + n)
-// (`input_tiles`, `down_tiles`), `v` the transformed filters (α², C, K); the images in pieces.
+// The forward pass by F(m x m, r x r) of N images into their output (N, K, Ho, Wo), in
+// `format`: `patches(n0, n)` gives the transformed input patches (α², T, C) of images
+// [n0, n0 + n) (`input_tiles`, `down_tiles`), `v` the transformed filters (α², C, K); the images
+// in pieces.
 template <typename Patches>
-at::Tensor tiled_forward(int64_t r, int64_t N, int64_t Ho, int64_t Wo, const at::Tensor& v,
-                         Patches patches, at::MemoryFormat format) {
-  const int64_t th = tiles(Ho), tw = tiles(Wo), K = v.size(2);
-  at::Tensor y = at::empty({N, 2 * th, 2 * tw, K}, v.options());
-  const int64_t step = images_per_piece(r, Ho, Wo, std::max(v.size(1), K));
+at::Tensor tiled_forward(int64_t m, int64_t r, int64_t N, int64_t Ho, int64_t Wo,
+                         const at::Tensor& v, Patches patches, at::MemoryFormat format) {
+  const int64_t th = tiles(Ho, m), tw = tiles(Wo, m), K = v.size(2);
+  at::Tensor y = at::empty({N, m * th, m * tw, K}, v.options());
+  const int64_t step = images_per_piece(m, r, Ho, Wo, std::max(v.size(1), K));
   for (int64_t n0 = 0; n0 < N; n0 += step) {
     const int64_t n = std::min(step, N - n0);
-    output_of_tiles(products(patches(n0, n), v), r, y.narrow(0, n0, n));
+    output_of_tiles(products(patches(n0, n), v), m, r, y.narrow(0, n0, n));
   }
   at::Tensor out = y.permute({0, 3, 1, 2});
-  if (2 * th != Ho || 2 * tw != Wo) out = out.slice(2, 0, Ho).slice(3, 0, Wo);
+  if (m * th != Ho || m * tw != Wo) out = out.slice(2, 0, Ho).slice(3, 0, Wo);
   return out.contiguous(format);
 }
 
-// The gradient (r, r, C, K) of an r x r filter by F(2x2, r x r), given `dy` (N, K, Ho, Wo) and
-// the transformed input patches (α², T, C) from `patches` as in `tiled_forward`: the sum over
-// the pieces' tiles of U_ξᵀ (C, T) · (A dY Aᵀ)_ξ (T, K), piece after piece, then Gᵀ · G.
+// The gradient (r, r, C, K) of an r x r filter by F(m x m, r x r), given `dy` (N, K, Ho, Wo)
+// and the transformed input patches (α², T, C) from `patches` as in `tiled_forward`: the sum
+// over the pieces' tiles of U_ξᵀ (C, T) · (A dY Aᵀ)_ξ (T, K), piece after piece, then Gᵀ · G.
 template <typename Patches>
-at::Tensor tiled_weight_grad(int64_t r, int64_t C, const at::Tensor& dy, Patches patches) {
-  const int64_t N = dy.size(0), K = dy.size(1), a = r + 1;
-  const TileLoop loop = r == 2 ? grad_tiles_2 : r == 3 ? grad_tiles_3 : grad_tiles_5;
+at::Tensor tiled_weight_grad(int64_t m, int64_t r, int64_t C, const at::Tensor& dy,
+                             Patches patches) {
+  const int64_t N = dy.size(0), K = dy.size(1), a = m + r - 1;
+  const TileLoop loop = loops(m, r).grad;
   at::Tensor p = at::zeros({a * a, C, K}, dy.options());
-  const int64_t step = images_per_piece(r, dy.size(2), dy.size(3), std::max(C, K));
+  const int64_t step = images_per_piece(m, r, dy.size(2), dy.size(3), std::max(C, K));
   for (int64_t n0 = 0; n0 < N; n0 += step) {
     const int64_t n = std::min(step, N - n0);
     const at::Tensor dyn = dy.narrow(0, n0, n);
-    const at::Tensor v = run_tiles(loop, nhwc(dyn), tiling(dyn), a * a, K);
+    const at::Tensor v = run_tiles(loop, nhwc(dyn), tiling(dyn, m), a * a, K);
     const at::Tensor u = patches(n0, n);
     for (int64_t i = 0; i < a * a; ++i) p[i].addmm_(u[i].t(), v[i]);
   }
-  return transforms(r).kG.t().mm(p.view({a * a, C * K})).view({r, r, C, K});
+  return transforms(m, r).kG.t().mm(p.view({a * a, C * K})).view({r, r, C, K});
 }
 
-// The convolution of `x` (N, C, H, W) with `w` (K, C, r, r), padding (r - 1) / 2, by Winograd.
-at::Tensor forward_winograd(const at::Tensor& x, const at::Tensor& w, at::MemoryFormat format) {
+// The convolution of `x` (N, C, H, W) with `w` (K, C, r, r), padding (r - 1) / 2, by
+// F(m x m, r x r).
+at::Tensor forward_winograd(const at::Tensor& x, const at::Tensor& w, int64_t m,
+                            at::MemoryFormat format) {
   const int64_t r = w.size(2);
-  const auto patches = [&](int64_t n0, int64_t n) { return input_tiles(x.narrow(0, n0, n), r); };
-  return tiled_forward(r, x.size(0), x.size(2), x.size(3), filter_tiles(w), patches, format);
+  const auto patches = [&](int64_t n0, int64_t n) {
+    return input_tiles(x.narrow(0, n0, n), m, r);
+  };
+  return tiled_forward(m, r, x.size(0), x.size(2), x.size(3), filter_tiles(w, m), patches,
+                       format);
 }
 
 // The 1x1 convolution of `x` (N, C, H, W) with `w` (K, C, 1, 1) as matrix products (a 1x1
@@ -461,18 +538,23 @@ at::Tensor weight_grad_pointwise(const at::Tensor& x, const at::Tensor& dy,
   return g.view({K, C, 1, 1}).contiguous(w_format);
 }
 
-// The gradient to `w` (K, C, r, r) of the convolution of `x` given `dy` (N, K, H, W).
-at::Tensor weight_grad_winograd(const at::Tensor& x, const at::Tensor& dy, int64_t r,
+// The gradient to `w` (K, C, r, r) of the convolution of `x` given `dy` (N, K, H, W), by
+// F(m x m, r x r).
+at::Tensor weight_grad_winograd(const at::Tensor& x, const at::Tensor& dy, int64_t m, int64_t r,
                                 at::MemoryFormat format) {
-  const auto patches = [&](int64_t n0, int64_t n) { return input_tiles(x.narrow(0, n0, n), r); };
-  return tiled_weight_grad(r, x.size(1), dy, patches).permute({3, 2, 0, 1}).contiguous(format);
+  const auto patches = [&](int64_t n0, int64_t n) {
+    return input_tiles(x.narrow(0, n0, n), m, r);
+  };
+  return tiled_weight_grad(m, r, x.size(1), dy, patches)
+      .permute({3, 2, 0, 1})
+      .contiguous(format);
 }
 
 // `(9, T, 4C)`: the transformed 3 x 3 patches Bᵀ d B of every 2 x 2 output tile of `x` (n, C,
 // H, W), H and W even, in the space-to-depth form of the 4x4 stride-2 convolution.
 at::Tensor down_tiles(const at::Tensor& x) {
   const int64_t H = x.size(2), W = x.size(3);
-  const Tiling g{x.size(0), H, W, tiles(H / 2), tiles(W / 2)};
+  const Tiling g{x.size(0), H, W, tiles(H / 2, 2), tiles(W / 2, 2)};
   return run_tiles(down_input_tiles, nhwc(x), g, 9, 4 * x.size(1));
 }
 
@@ -484,8 +566,8 @@ at::Tensor forward_down(const at::Tensor& x, const at::Tensor& w, at::MemoryForm
   const at::Tensor wd =
       w.reshape({K, C, 2, 2, 2, 2}).permute({0, 3, 5, 1, 2, 4}).reshape({K, 4 * C, 2, 2});
   const auto patches = [&](int64_t n0, int64_t n) { return down_tiles(x.narrow(0, n0, n)); };
-  return tiled_forward(2, x.size(0), x.size(2) / 2, x.size(3) / 2, filter_tiles(wd), patches,
-                       format);
+  return tiled_forward(2, 2, x.size(0), x.size(2) / 2, x.size(3) / 2, filter_tiles(wd, 2),
+                       patches, format);
 }
 
 // The gradient to `w` (K, C, 4, 4) of the convolution of `x` (N, C, H, W), H and W even, with
@@ -495,7 +577,7 @@ at::Tensor weight_grad_down(const at::Tensor& x, const at::Tensor& dy, at::Memor
   const int64_t C = x.size(1), K = dy.size(1);
   const auto patches = [&](int64_t n0, int64_t n) { return down_tiles(x.narrow(0, n0, n)); };
   // The 2x2 filter's (p, q, (a, b, c), k) -> w[k, c, 2p + a, 2q + b].
-  const at::Tensor gw = tiled_weight_grad(2, 4 * C, dy, patches).view({2, 2, 2, 2, C, K});
+  const at::Tensor gw = tiled_weight_grad(2, 2, 4 * C, dy, patches).view({2, 2, 2, 2, C, K});
   return gw.permute({5, 4, 0, 2, 1, 3}).reshape({K, C, 4, 4}).contiguous(format);
 }
 
@@ -507,13 +589,14 @@ using Plan = selfsup::ConvPlan;
 int64_t stride_of(int64_t r) { return r == 4 ? 2 : 1; }
 int64_t padding_of(int64_t r) { return r == 4 ? 1 : (r - 1) / 2; }
 
-// The forward pass by Winograd (3x3, 5x5; 4x4 stride 2 on the space-to-depth form) or as
-// matrix products (1x1), in `format`.
-at::Tensor fast_forward(const at::Tensor& x, const at::Tensor& w, at::MemoryFormat format) {
+// The forward pass by Winograd (3x3, 5x5: output tiles of m x m; 4x4 stride 2 on the
+// space-to-depth form) or as matrix products (1x1), in `format`.
+at::Tensor fast_forward(const at::Tensor& x, const at::Tensor& w, int64_t m,
+                        at::MemoryFormat format) {
   switch (w.size(2)) {
     case 1: return forward_pointwise(x, w, format);
     case 4: return forward_down(x, w, format);
-    default: return forward_winograd(x, w, format);
+    default: return forward_winograd(x, w, m, format);
   }
 }
 
@@ -528,7 +611,8 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
     const Plan plan(bits);
     ctx->save_for_backward({x, w});
     ctx->saved_data["bits"] = bits;
-    return plan.forward ? fast_forward(x, w, x.suggest_memory_format()) : libtorch_forward(x, w);
+    return plan.forward ? fast_forward(x, w, plan.tile(), x.suggest_memory_format())
+                        : libtorch_forward(x, w);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -544,14 +628,14 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
     const bool want_x = ctx->needs_input_grad(0), want_w = ctx->needs_input_grad(1);
     at::Tensor dx, dw;
     if (want_x && plan.input) {
-      dx = fast_forward(dy, w.flip({2, 3}).transpose(0, 1), format);
+      dx = fast_forward(dy, w.flip({2, 3}).transpose(0, 1), plan.tile(), format);
     }
     const int64_t r = w.size(2), st = stride_of(r), p = padding_of(r);
     if (want_w && plan.weight) {
       const at::MemoryFormat w_format = w.suggest_memory_format();
       dw = r == 1   ? weight_grad_pointwise(x, dy, format, w_format)
            : r == 4 ? weight_grad_down(x, dy, w_format)
-                    : weight_grad_winograd(x, dy, r, w_format);
+                    : weight_grad_winograd(x, dy, plan.tile(), r, w_format);
     }
     selfsup::libtorch_backward_rest(dy, x, w, st, p, plan, want_x, want_w, dx, dw);
     return {dx, dw, at::Tensor()};
@@ -574,11 +658,12 @@ extern "C" {
 // `*out` = a new handle to the convolution (no bias) of `x` (N, C, H, W) with `w` (K, C, r, r):
 // r = 1, 3 or 5 with stride 1 and padding (r - 1) / 2, or r = 4 with stride 2 and padding 1;
 // the passes in `bits` (1 forward, 2 backward to the input, 4 backward to the weights) by
-// Winograd F(2x2, r x r) (r = 1: matrix products; r = 4: F(2x2, 2x2) on the space-to-depth
-// form, its backward pass to the input never) and the others by libtorch; differentiable in
-// both. Returns 1 when it took the convolution, 0 when it left it to the caller (nothing in
-// `bits` it can take, not dense float CPU tensors, autocast on for the CPU, oneDNN off:
-// deterministic runs, or r = 4 with an odd side), or -1 with libtorch's message in `err`.
+// Winograd F(2x2, r x r), or F(4x4, r x r) with bit 8 (r = 3, 5; ignored at the others) (r = 1:
+// matrix products; r = 4: F(2x2, 2x2) on the space-to-depth form, its backward pass to the input
+// never) and the others by libtorch; differentiable in both. Returns 1 when it took the
+// convolution, 0 when it left it to the caller (nothing in `bits` it can take, not dense float
+// CPU tensors, autocast on for the CPU, oneDNN off: deterministic runs, or r = 4 with an odd
+// side), or -1 with libtorch's message in `err`.
 int selfsup_conv_winograd(const at::Tensor* x, const at::Tensor* w, int bits, at::Tensor** out,
                           char* err, size_t err_len) {
   int took = 0;
@@ -587,12 +672,13 @@ int selfsup_conv_winograd(const at::Tensor* x, const at::Tensor* w, int bits, at
     // The 4x4 stride-2 convolution's backward pass to the input is always libtorch's.
     const int passes = bits & (r == 4 ? 5 : 7);
     if (passes == 0 || !takes(*x, *w)) return;
+    const int tile4 = (r == 3 || r == 5) ? bits & 8 : 0;
     TORCH_CHECK(x->dim() == 4 && (r == 1 || r == 3 || r == 4 || r == 5) && w->size(3) == r &&
                     w->size(1) == x->size(1),
                 "Winograd convolution: input ", x->sizes(), " and weight ", w->sizes(),
                 " (expected (N, C, H, W) and (K, C, r, r), r = 1, 3, 5, or 4 with stride 2)");
     if (r == 4 && (x->size(2) % 2 != 0 || x->size(3) % 2 != 0)) return;
-    *out = new at::Tensor(WinogradConv::apply(*x, *w, static_cast<int64_t>(passes)));
+    *out = new at::Tensor(WinogradConv::apply(*x, *w, static_cast<int64_t>(passes | tile4)));
     took = 1;
   });
   return rc != 0 ? rc : took;

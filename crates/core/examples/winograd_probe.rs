@@ -1,7 +1,8 @@
 //! Times each pass of a stride-1 1×1, 3×3 or 5×5 convolution (fp32, channels-last, batch 128) by
-//! libtorch (oneDNN) and by selfsup's Winograd F(2×2, r×r) (1×1: matrix products;
-//! `selfsup_core::encoders::conv`), at the layer shapes of ResNet-18 (CIFAR stem), the NIN-192,
-//! the cpu profiles' AlexNet-24 and NINs: the measurements behind
+//! libtorch (oneDNN) and by selfsup's Winograd F(2×2, r×r) and F(4×4, r×r) (1×1: matrix
+//! products; `selfsup_core::encoders::conv`), at the layer shapes of ResNet-18 (CIFAR stem), the
+//! NIN-192, the cpu profiles' AlexNet-24 and NINs, the ImageNet AlexNet's 13×13 layers: the
+//! measurements behind
 //! [`selfsup_core::encoders::conv::plan`]; then the forward pass and the backward pass to the
 //! weights of the 4×4 stride-2 convolutions of the context encoder's discriminator, by oneDNN
 //! and by F(2×2, 2×2) on the space-to-depth form (`conv_down_winograd`, [`selfsup_core::encoders::conv::plan_down`]).
@@ -22,7 +23,10 @@ fn main() -> Result<()> {
     let threads = std::env::args().nth(1).map(|t| t.parse()).transpose()?.unwrap_or(2);
     tch::set_num_threads(threads);
     tch::manual_seed(0);
-    println!("{threads} threads, fp32 channels-last, batch 128; ms per call, oneDNN / Winograd\n");
+    println!(
+        "{threads} threads, fp32 channels-last, batch 128; ms per call, oneDNN / Winograd \
+         F(2×2, r×r) / F(4×4, r×r) (1×1: oneDNN / matrix products)\n"
+    );
     println!("| filter, channels, side | forward | backward to input | backward to weights |");
     println!("|---|---:|---:|---:|");
     // (filter side, channels in, out, map side): ResNet-18's layer1..4, the NIN-192's 3x3
@@ -39,6 +43,11 @@ fn main() -> Result<()> {
         (3, 64, 96, 8),
         (3, 96, 96, 8),
         (3, 96, 64, 8),
+        // The AlexNet-24's conv2; the paper profiles' ImageNet AlexNet: conv3, conv4, conv5.
+        (5, 24, 64, 16),
+        (3, 256, 384, 13),
+        (3, 384, 384, 13),
+        (3, 384, 256, 13),
         // 1x1: the NIN-192's (block 1 at 32x32, block 2 at 16x16, blocks 3-4 at 8x8), a
         // width of 128, and the cpu profiles' NIN-32 and NIN-16 (block 1, block 2).
         (1, 192, 160, 32),
@@ -58,13 +67,16 @@ fn main() -> Result<()> {
         let w = to_channels_last(&Tensor::randn([k, c, r, r], opts))?.set_requires_grad(true);
         let pad = (r - 1) / 2;
         let mut cells = [String::new(), String::new(), String::new()];
-        for winograd in [false, true] {
+        // oneDNN, then Winograd in tiles of 2×2 and (3×3, 5×5) of 4×4.
+        let tiles: &[Option<bool>] =
+            if r == 1 { &[None, Some(false)] } else { &[None, Some(false), Some(true)] };
+        for &tile4 in tiles {
+            let winograd = tile4.is_some();
             let conv = || -> Result<Tensor> {
-                Ok(if winograd {
-                    conv_winograd(&x, &w, Plan::ALL)?
-                        .ok_or("Winograd did not take the convolution")?
-                } else {
-                    x.conv2d(&w, None::<&Tensor>, [1, 1], [pad, pad], [1, 1], 1)
+                Ok(match tile4 {
+                    Some(tile4) => conv_winograd(&x, &w, Plan { tile4, ..Plan::ALL })?
+                        .ok_or("Winograd did not take the convolution")?,
+                    None => x.conv2d(&w, None::<&Tensor>, [1, 1], [pad, pad], [1, 1], 1),
                 })
             };
             let y = conv()?;
