@@ -170,10 +170,10 @@ fn mode_from_env(var: &str) -> Mode {
 /// 9.2-12.6; one run at the AlexNet's 13×13 layers (tiles past the map's edge: 16×16 computed
 /// for 13×13), 1.1-1.8× in every pass (384→384: 160.7 / 105.5, 164.0 / 120.0, 193.7 / 118.4).
 /// Left to oneDNN there: 64 channels at 32×32 (on par: 30.3-37.4 / 28.5-30.0 forward,
-/// 34.2-45.2 / 34.3-36.0 to the weights), the 5×5 layers under 96 channels (3 in: 4× slower; the
+/// 34.2-45.2 / 34.3-36.0 to the weights), the 5×5 layers under 96 channels (3 in: 1.4-4.3× slower; the
 /// AlexNet-24's 24→64 at 16×16: the weight pass 1.9× slower), the 1×1 layers (on par or slower
 /// at every NIN-192 1×1 layer but 192→160), and the layers under the `C·K·H·W` bound (the
-/// AlexNet-24's 3×3 at 8×8 ran 1.0-1.3× faster by F(4×4); its cpu profiles were measured
+/// AlexNet-24's 3×3 at 8×8 ran 1.0-1.4× faster by F(4×4); its cpu profiles were measured
 /// without). F(4×4)'s rounding at the large widths, against the float64 convolution, stays
 /// within 1.1e-5 of each pass's largest value (F(2×2) 5×5's: 1.2e-5; the test
 /// `tiles_of_4x4_stay_near_the_float64_convolution_at_full_width`).
@@ -237,7 +237,7 @@ pub fn plan(r: i64, c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
 /// from 64 channels on, forward 6.1 / 6.0 and 7.6 / 7.1 at 64→128 on 16×16, 7.7 / 6.7 and
 /// 8.0 / 7.3 at 128→256 on 8×8, 74.5-116.6 / 50.2-106.9 at the paper profile's four (1.1-1.5×);
 /// to the weights 8.3 / 6.9 and 9.1 / 7.2, 8.5 / 8.0 and 8.8 / 8.7, 91.4-129.2 /
-/// 70.4-115.5 (1.1-1.4×); the first layer (3 channels in) 4-5× slower.
+/// 70.4-115.5 (1.1-1.4×); the first layer (3 channels in) 4.1-5.2× slower.
 pub fn plan_down(c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
     let channels = c.min(k);
     if channels < 64 || c * k * h * w < 1 << 21 {
