@@ -489,16 +489,19 @@ at::Tensor tiled_weight_grad(int64_t m, int64_t r, int64_t C, const at::Tensor& 
   return transforms(m, r).kG.t().mm(p.view({a * a, C * K})).view({r, r, C, K});
 }
 
+// `patches(n0, n)` for `tiled_forward` and `tiled_weight_grad`: the transformed input patches
+// of images [n0, n0 + n) of `x` for F(m x m, r x r) (`x` outlives the pass).
+auto input_patches(const at::Tensor& x, int64_t m, int64_t r) {
+  return [&x, m, r](int64_t n0, int64_t n) { return input_tiles(x.narrow(0, n0, n), m, r); };
+}
+
 // The convolution of `x` (N, C, H, W) with `w` (K, C, r, r), padding (r - 1) / 2, by
 // F(m x m, r x r).
 at::Tensor forward_winograd(const at::Tensor& x, const at::Tensor& w, int64_t m,
                             at::MemoryFormat format) {
   const int64_t r = w.size(2);
-  const auto patches = [&](int64_t n0, int64_t n) {
-    return input_tiles(x.narrow(0, n0, n), m, r);
-  };
-  return tiled_forward(m, r, x.size(0), x.size(2), x.size(3), filter_tiles(w, m), patches,
-                       format);
+  return tiled_forward(m, r, x.size(0), x.size(2), x.size(3), filter_tiles(w, m),
+                       input_patches(x, m, r), format);
 }
 
 // The 1x1 convolution of `x` (N, C, H, W) with `w` (K, C, 1, 1) as matrix products (a 1x1
@@ -542,10 +545,7 @@ at::Tensor weight_grad_pointwise(const at::Tensor& x, const at::Tensor& dy,
 // F(m x m, r x r).
 at::Tensor weight_grad_winograd(const at::Tensor& x, const at::Tensor& dy, int64_t m, int64_t r,
                                 at::MemoryFormat format) {
-  const auto patches = [&](int64_t n0, int64_t n) {
-    return input_tiles(x.narrow(0, n0, n), m, r);
-  };
-  return tiled_weight_grad(m, r, x.size(1), dy, patches)
+  return tiled_weight_grad(m, r, x.size(1), dy, input_patches(x, m, r))
       .permute({3, 2, 0, 1})
       .contiguous(format);
 }
