@@ -9,7 +9,9 @@
 //! batch 512). The variants ([`VARIANTS`], `--variants`): `configured`, the paper config as it
 //! is (`train.deterministic = true`: cuDNN's deterministic algorithms, its autotuner and TF32
 //! off, fp32: bit-reproducible on one GPU model), and `fast` (autotuner and TF32 convolutions,
-//! bf16 autocast, channels-last); `--set KEY=VALUE` overrides more for both. Every run takes
+//! bf16 autocast, channels-last); `--variants configured,tf32,fast` adds `tf32` (fp32 as
+//! configured, with PyTorch's CUDA defaults: autotuner, TF32 convolutions, and channels-last);
+//! `--set KEY=VALUE` overrides more for all. Every run takes
 //! the CUDA path of training: batches prefetched to the device on a side stream
 //! (`selfsup_core::stage`), the fused optimizers. Unless `--no-job`, each also trains as the one
 //! rank of a data-parallel job (`selfsup launch --nproc 1`, on NCCL when the binary was built
@@ -43,7 +45,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) const USAGE: &str = "usage: cargo xtask gpu-check [--binary PATH] [--epochs 3] \
     [--methods rotnet,simclr] [--device cuda] [--profile paper] [--data SPEC] [--data-dir DIR] \
-    [--no-job] [--variants configured,fast] [--set KEY=VALUE]... [--pytorch-steps 40 | \
+    [--no-job] [--variants configured,fast[,tf32]] [--set KEY=VALUE]... [--pytorch-steps 40 | \
     --no-pytorch] [--out FILE]";
 
 #[derive(Debug, PartialEq)]
@@ -63,7 +65,7 @@ struct Opts {
     sets: Vec<String>,
     /// The report's path (default `results/bench/gpu-check.json`).
     out: PathBuf,
-    /// The [`VARIANTS`] to run, by name (default both).
+    /// The [`VARIANTS`] to run, by name (default [`DEFAULT_VARIANTS`]).
     variants: Vec<String>,
     /// Timed steps of PyTorch's step on each config (`bench/train_step.py`); `None`: not run
     /// (`--no-pytorch`).
@@ -82,7 +84,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         job: true,
         sets: Vec::new(),
         out: PathBuf::from("results/bench/gpu-check.json"),
-        variants: VARIANTS.iter().map(|(n, _)| n.to_string()).collect(),
+        variants: DEFAULT_VARIANTS.iter().map(|n| n.to_string()).collect(),
         pytorch_steps: Some(40),
     };
     let mut it = args.iter();
@@ -120,7 +122,7 @@ fn parse(args: &[String]) -> Result<Opts> {
                 o.variants = v.split(',').map(|x| x.trim().to_string()).collect();
                 if let Some(bad) = o.variants.iter().find(|x| !VARIANTS.iter().any(|(n, _)| n == x))
                 {
-                    bail!("--variants {v}: no variant `{bad}` (configured, fast)\n{USAGE}");
+                    bail!("--variants {v}: no variant `{bad}` (configured, fast, tf32)\n{USAGE}");
                 }
             }
             "--pytorch-steps" => {
@@ -266,12 +268,19 @@ fn target(method: &str, s_per_epoch: f64, full_s: f64, batch: u64) -> Option<(St
 
 /// The ways each method trains (`--variants`): `configured`, the paper profile's config as it
 /// is (`deterministic`: cuDNN's deterministic algorithms with its autotuner and TF32 off, fp32),
-/// and `fast`, the GPU path at full speed (cuDNN's autotuner and TF32 convolutions, bf16
-/// autocast, channels-last).
-const VARIANTS: [(&str, &[&str]); 2] = [
+/// `fast`, the GPU path at full speed (cuDNN's autotuner and TF32 convolutions, bf16
+/// autocast, channels-last), and `tf32`, between the two: fp32 weights and activations as
+/// configured, with PyTorch's own CUDA defaults (cuDNN's autotuner, TF32 in its convolutions, not
+/// in cuBLAS matmuls) and channels-last, no autocast. `tf32` runs only when asked for
+/// (`--variants configured,tf32,fast`): the default two fit the 10 minutes of one device call.
+const VARIANTS: [(&str, &[&str]); 3] = [
     ("configured", &[]),
     ("fast", &["train.deterministic=false", "train.precision=bf16", "train.channels_last=true"]),
+    ("tf32", &["train.deterministic=false", "train.channels_last=true"]),
 ];
+
+/// The [`VARIANTS`] `gpu-check` runs without `--variants`.
+const DEFAULT_VARIANTS: [&str; 2] = ["configured", "fast"];
 
 /// Seconds a step takes in the steady epochs (every epoch but the first), from the `elapsed_s`
 /// of the step lines inside each epoch (so the epoch's start and its checkpoint are left out):
@@ -591,6 +600,8 @@ mod tests {
         );
         let o = parse(&s(&["--variants", "fast", "--pytorch-steps", "5"])).unwrap();
         assert_eq!((o.variants, o.pytorch_steps), (vec!["fast".to_string()], Some(5)));
+        let o = parse(&s(&["--variants", "tf32,configured"])).unwrap();
+        assert_eq!(o.variants, ["tf32", "configured"]);
         assert_eq!(parse(&s(&["--no-pytorch"])).unwrap().pytorch_steps, None);
         let e = parse(&s(&["--variants", "fast,quick"])).unwrap_err().to_string();
         assert!(e.contains("no variant `quick`"), "{e}");

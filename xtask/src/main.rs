@@ -43,11 +43,11 @@ Commands:
                      peak resident memory of a RotNet cpu-profile epoch; the loader's memory
                      over a generated dataset 10x CIFAR-10 (must stay flat)
   gpu-check [--binary PATH] [--epochs 3] [--methods rotnet,simclr] [--device cuda]
-            [--variants configured,fast] [--set KEY=VALUE]... [--no-job]
+            [--variants configured,fast[,tf32]] [--set KEY=VALUE]... [--no-job]
             [--pytorch-steps 40 | --no-pytorch] [--out FILE]
                      on a GPU machine: a few epochs of the RotNet and SimCLR paper profiles'
                      pretraining as configured (deterministic fp32) and fast (autotuner, bf16,
-                     channels-last); s/epoch, ms/step, images/s, GPU memory, full-protocol time
+                     channels-last), tf32 on request (autotuner, TF32, channels-last); s/epoch, ms/step, images/s, GPU memory, full-protocol time
                      against the targets, a 1-rank job's overhead, PyTorch's step on the same
                      config; writes results/bench/gpu-check.json (or --out)
   fuzz [--seconds 60] [TARGET ...]

@@ -25,8 +25,9 @@
 //! sums; the Winograd products are MKL's, whose sums are not), strides, dilations, groups and
 //! biases. On CPUs with AVX-512 [`plan`] takes, in tiles of 4×4, the 3×3 layers at maps of 16×16
 //! and less from 128 channels and the 5×5 layers there from 96 (measured on an AVX-512 Xeon
-//! without AMX); without AVX-512, in tiles of 2×2, by an AVX2 machine's thresholds (tiles of 4×4
-//! not measured there).
+//! without AMX); without AVX-512, in tiles of 4×4, the 3×3 layers at 32×32 and less from 64
+//! channels and the same 5×5 layers (measured on that Xeon with every kernel held to AVX2; no
+//! AVX2 machine has run tiles of 4×4), and the backward pass to the weights of other layers.
 //! `SELFSUP_WINOGRAD=off` turns it off, `=all` takes it for every pass of every layer it can
 //! take (for measuring), `=auto` is the default.
 //!
@@ -178,22 +179,33 @@ fn mode_from_env(var: &str) -> Mode {
 /// within 1.1e-5 of each pass's largest value (F(2×2) 5×5's: 1.2e-5; the test
 /// `tiles_of_4x4_stay_near_the_float64_convolution_at_full_width`).
 ///
-/// Without AVX-512: measured on 2 cores of an AMD EPYC Zen 3 (AVX2), fp32 channels-last, batch
-/// 128, on jemalloc, against libtorch 2.11's oneDNN (`cargo run --release -p selfsup-core
-/// --example winograd_probe`, three runs after the transforms became vectorized loops over the
-/// tiles; `bench/README.md`, "Winograd at the small maps" and "The transforms as loops"). The
-/// backward pass to the weights, where oneDNN's kernel runs at half the rate of its forward one,
-/// is faster by Winograd at every 3×3 layer of ResNet-18 and the NIN-192 (64 to 512 channels,
-/// 32×32 to 4×4 maps: 1.2-3.1×) and at the NIN-192's 5×5 layer from 96 to 192 channels at 16×16
-/// (1.4-2.0×), all with `C·K·H·W` of 2²¹ and more (the products per image and filter tap). The
-/// forward pass and the backward pass to the input are faster at 3×3 with 128 channels and more
-/// from 16×16 maps down (ResNet-18's `layer2` to `layer4`, the NIN-192's blocks 3 and 4:
-/// 1.1-1.7×) and at that 5×5 layer (1.3-1.9×), on par at 64 channels on 32×32 (ResNet-18's
-/// `layer1`: left to oneDNN). Left to oneDNN as well: layers under 64 channels (the cpu
-/// profiles' NINs; the 5×5 first layers, 3 channels in, where Winograd is 4-7× slower), and the
-/// cpu profiles' AlexNet of width 24 (3×3, 64 to 96 channels at 8×8: `C·K·H·W` under 2²⁰),
-/// where Winograd's passes came out 0.9-1.5× oneDNN's after the change but whose records were
-/// measured without it.
+/// Without AVX-512: every pass, in tiles of 4×4, of the 3×3 layers at maps of 32×32 and less
+/// from 64 channels (ResNet-18's `layer1` to `layer4` with the CIFAR stem, the NIN-192's blocks 3
+/// and 4) and of the 5×5 layers at 16×16 and less from 96 channels (the NIN-192's block 2); of
+/// the other layers from 64 channels (and `C·K·H·W` of 2²¹) the backward pass to the weights
+/// alone, in tiles of 2×2 (3×3 and 5×5 at larger maps) or as a matrix product (1×1). First
+/// measured on 2 cores of an AMD EPYC Zen 3 (AVX2), fp32 channels-last, batch 128, on jemalloc,
+/// against libtorch 2.11's oneDNN (`cargo run --release -p selfsup-core --example
+/// winograd_probe`, three runs; `bench/README.md`, "Winograd at the small maps" and "The
+/// transforms as loops"), in tiles of 2×2: the backward pass to the weights, where oneDNN's
+/// kernel runs at half the rate of its forward one, faster at every 3×3 layer of ResNet-18 and
+/// the NIN-192 (64 to 512 channels, 32×32 to 4×4 maps: 1.2-3.1×) and at the 5×5 layer from 96
+/// to 192 channels at 16×16 (1.4-2.0×); the forward pass and the backward pass to the input
+/// faster at 3×3 from 128 channels at 16×16 and less (1.1-1.7×) and at that 5×5 layer
+/// (1.3-1.9×), on par at 64 channels on 32×32. Tiles of 4×4 were measured on no AVX2 machine:
+/// on 2 cores of an Intel Xeon (family 6, model 207) with every kernel held to AVX2 (libtorch's
+/// `ATEN_CPU_CAPABILITY=avx2`, oneDNN's `ONEDNN_MAX_CPU_ISA=AVX2`, MKL's
+/// `MKL_ENABLE_INSTRUCTIONS=AVX2`, the shim's loops built for AVX2 alone; two runs,
+/// oneDNN / F(2×2) / F(4×4) ms forward; `bench/README.md`, "Tiles of 4×4 without AVX-512"):
+/// 64→64 at 32×32 47.6-51.7 / 40.8-47.0 / 29.3-33.7, 128→128 at 16×16 45.4-51.7 / 33.3-37.5 /
+/// 20.6-25.1, 512→512 at 4×4 49.6-53.6 / 28.6-31.5 / 18.8-21.8, 192→192 at 8×8 25.8-28.6 /
+/// 17.7-18.8 / 10.9-11.6, 5×5 96→192 at 16×16 179.5-199.9 / 85.0-92.4 / 45.6-48.7, and the
+/// other two passes alike (1.5-4.1× oneDNN's speed at every one of these layers). The 3×3 layers at
+/// 32×32 with more than 64 channels are taken by extrapolation (no network here has one).
+/// Left to oneDNN: layers under 64 channels (the cpu profiles' NINs; the 5×5 first layers, 3
+/// channels in, where tiles of 4×4 are 1.3-2.4× slower), and the cpu profiles' AlexNet of width
+/// 24 (3×3, 64 to 96 channels at 8×8: `C·K·H·W` under 2²⁰; in tiles of 4×4 1.3-1.9× faster there
+/// under the AVX2 cap, but their records were measured without it).
 ///
 /// 1×1 layers by the same rule, measured in the same probe: MKL's matrix product for the
 /// backward pass to the weights beats oneDNN's 1×1 kernel at every NIN-192 1×1 layer (192→160
@@ -210,12 +222,15 @@ pub fn plan(r: i64, c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
         let take = h * w <= 256 && (r == 3 && channels >= 128 || r == 5 && channels >= 96);
         return Plan { forward: take, input: take, weight: take, tile4: take };
     }
-    let small = match r {
-        3 => h * w <= 256 && channels >= 128,
+    let take = match r {
+        3 => h * w <= 1024,
         5 => h * w <= 256 && channels >= 96,
         _ => false,
     };
-    Plan { forward: small, input: small, weight: true, ..Plan::default() }
+    if take {
+        return Plan { forward: true, input: true, weight: true, tile4: true };
+    }
+    Plan { weight: true, ..Plan::default() }
 }
 
 /// The passes of a 4×4 convolution with stride 2 and padding 1 from `c` to `k` channels at an
@@ -773,16 +788,21 @@ mod tests {
     #[test]
     fn the_plan_takes_the_small_maps_with_many_channels() {
         let weight = Plan { weight: true, ..Plan::default() };
+        let tile4 = Plan { tile4: true, ..Plan::ALL };
+        // Without AVX-512: every pass in tiles of 4x4 of the 3x3 layers at 32x32 and less from
+        // 64 channels and of the 5x5 ones at 16x16 and less from 96; F(2x2)'s weight pass of
+        // the others from 64 channels (and the 1x1 layers' as matrix products).
         // ResNet-18 (CIFAR stem) at 32 px: layer1..layer4.
-        assert_eq!(plan(3, 64, 64, 32, 32, false), weight);
-        assert_eq!(plan(3, 128, 128, 16, 16, false), Plan::ALL);
-        assert_eq!(plan(3, 256, 256, 8, 8, false), Plan::ALL);
-        assert_eq!(plan(3, 512, 512, 4, 4, false), Plan::ALL);
-        // The NIN-192's blocks 3 and 4, and its 5x5 blocks' maps; the cpu profiles' narrow
-        // networks.
-        assert_eq!(plan(3, 192, 192, 8, 8, false), Plan::ALL);
-        assert_eq!(plan(3, 192, 192, 16, 16, false), Plan::ALL);
-        assert_eq!(plan(3, 128, 128, 32, 32, false), weight);
+        assert_eq!(plan(3, 64, 64, 32, 32, false), tile4);
+        assert_eq!(plan(3, 128, 128, 16, 16, false), tile4);
+        assert_eq!(plan(3, 256, 256, 8, 8, false), tile4);
+        assert_eq!(plan(3, 512, 512, 4, 4, false), tile4);
+        // The NIN-192's blocks 3 and 4, and its 5x5 blocks' maps; larger maps; the cpu
+        // profiles' narrow networks.
+        assert_eq!(plan(3, 192, 192, 8, 8, false), tile4);
+        assert_eq!(plan(3, 192, 192, 16, 16, false), tile4);
+        assert_eq!(plan(3, 128, 128, 32, 32, false), tile4);
+        assert_eq!(plan(3, 64, 64, 56, 56, false), weight);
         assert_eq!(plan(3, 32, 32, 8, 8, false), Plan::default());
         assert_eq!(plan(3, 48, 96, 16, 16, false), Plan::default());
         // The cpu profiles' AlexNet of width 24: conv3, conv4, conv5 (under the 2^21 bound: left).
@@ -790,7 +810,7 @@ mod tests {
         assert_eq!(plan(3, 96, 96, 8, 8, false), Plan::default());
         assert_eq!(plan(3, 96, 64, 8, 8, false), Plan::default());
         // The NIN-192's 5x5 layers: block 2's, and block 1's first (3 channels in).
-        assert_eq!(plan(5, 96, 192, 16, 16, false), Plan::ALL);
+        assert_eq!(plan(5, 96, 192, 16, 16, false), tile4);
         assert_eq!(plan(5, 96, 192, 32, 32, false), weight);
         assert_eq!(plan(5, 3, 192, 32, 32, false), Plan::default());
         // 1x1: the NIN-192's (blocks 1, 2, 3-4), 128 channels, the cpu profiles' NIN-32.
@@ -803,7 +823,6 @@ mod tests {
         assert_eq!(plan(1, 32, 27, 32, 32, false), Plan::default());
         // With AVX-512: the 3x3 layers at 16x16 and less from 128 channels and the 5x5 ones
         // from 96, every pass in tiles of 4x4; no other.
-        let tile4 = Plan { tile4: true, ..Plan::ALL };
         for (r, c, k, side) in [
             (3, 512, 512, 4),
             (3, 256, 512, 4),
@@ -831,7 +850,7 @@ mod tests {
         };
         let x = Tensor::zeros([2, 512, 4, 4], (Kind::Float, Device::Cpu));
         let want = match mode() {
-            Mode::Auto => Plan { tile4: avx512(), ..Plan::ALL },
+            Mode::Auto => Plan { tile4: true, ..Plan::ALL },
             _ => Plan::default(),
         };
         if mode() != Mode::All {
