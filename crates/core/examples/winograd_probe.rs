@@ -43,8 +43,16 @@ fn main() -> Result<()> {
         (3, 64, 96, 8),
         (3, 96, 96, 8),
         (3, 96, 64, 8),
-        // The AlexNet-24's conv2; the paper profiles' ImageNet AlexNet: conv3, conv4, conv5.
+        // The AlexNet-24's conv2; its conv2 to conv5 on the 16-px tiles of jigsaw and CPC, and
+        // on relative-patch's 8-px patches; the paper profiles' ImageNet AlexNet: conv3, conv4,
+        // conv5.
         (5, 24, 64, 16),
+        (5, 24, 64, 8),
+        (3, 64, 96, 4),
+        (3, 96, 96, 4),
+        (3, 96, 64, 4),
+        (5, 24, 64, 4),
+        (3, 96, 96, 2),
         (3, 256, 384, 13),
         (3, 384, 384, 13),
         (3, 384, 256, 13),

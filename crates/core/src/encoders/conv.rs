@@ -25,9 +25,10 @@
 //! sums; the Winograd products are MKL's, whose sums are not), strides, dilations, groups and
 //! biases. On CPUs with AVX-512 [`plan`] takes, in tiles of 4×4, the 3×3 layers at maps of 16×16
 //! and less from 128 channels and the 5×5 layers there from 96 (measured on an AVX-512 Xeon
-//! without AMX); without AVX-512, in tiles of 4×4, the 3×3 layers at 32×32 and less from 64
-//! channels and the same 5×5 layers (measured on that Xeon with every kernel held to AVX2; no
-//! AVX2 machine has run tiles of 4×4), and the backward pass to the weights of other layers.
+//! without AMX); without AVX-512, in tiles of 4×4, the 3×3 layers at 4×4 to 32×32 from 64
+//! channels and the 5×5 layers at 8×8 to 16×16 from 24, the cpu profiles' AlexNet of width 24
+//! included (measured on that Xeon with every kernel held to AVX2; no AVX2 machine has run tiles
+//! of 4×4), and the backward pass to the weights of other large layers.
 //! `SELFSUP_WINOGRAD=off` turns it off, `=all` takes it for every pass of every layer it can
 //! take (for measuring), `=auto` is the default.
 //!
@@ -179,33 +180,37 @@ fn mode_from_env(var: &str) -> Mode {
 /// within 1.1e-5 of each pass's largest value (F(2×2) 5×5's: 1.2e-5; the test
 /// `tiles_of_4x4_stay_near_the_float64_convolution_at_full_width`).
 ///
-/// Without AVX-512: every pass, in tiles of 4×4, of the 3×3 layers at maps of 32×32 and less
+/// Without AVX-512: every pass, in tiles of 4×4, of the 3×3 layers at maps of 4×4 to 32×32
 /// from 64 channels (ResNet-18's `layer1` to `layer4` with the CIFAR stem, the NIN-192's blocks 3
-/// and 4) and of the 5×5 layers at 16×16 and less from 96 channels (the NIN-192's block 2); of
-/// the other layers from 64 channels (and `C·K·H·W` of 2²¹) the backward pass to the weights
-/// alone, in tiles of 2×2 (3×3 and 5×5 at larger maps) or as a matrix product (1×1). First
-/// measured on 2 cores of an AMD EPYC Zen 3 (AVX2), fp32 channels-last, batch 128, on jemalloc,
-/// against libtorch 2.11's oneDNN (`cargo run --release -p selfsup-core --example
+/// and 4, the AlexNet-24's conv3 to conv5 on 32-px images and 16-px tiles) and of the 5×5 layers
+/// at 8×8 to 16×16 from 24 channels (the NIN-192's block 2, the AlexNet-24's conv2), whatever
+/// `C·K·H·W`; of the other layers from 64 channels and `C·K·H·W` of 2²¹ the backward pass to the
+/// weights alone, in tiles of 2×2 (3×3 and 5×5 at larger maps) or as a matrix product (1×1).
+/// First measured on 2 cores of an AMD EPYC Zen 3 (AVX2), fp32 channels-last, batch 128, on
+/// jemalloc, against libtorch 2.11's oneDNN (`cargo run --release -p selfsup-core --example
 /// winograd_probe`, three runs; `bench/README.md`, "Winograd at the small maps" and "The
 /// transforms as loops"), in tiles of 2×2: the backward pass to the weights, where oneDNN's
 /// kernel runs at half the rate of its forward one, faster at every 3×3 layer of ResNet-18 and
 /// the NIN-192 (64 to 512 channels, 32×32 to 4×4 maps: 1.2-3.1×) and at the 5×5 layer from 96
 /// to 192 channels at 16×16 (1.4-2.0×); the forward pass and the backward pass to the input
 /// faster at 3×3 from 128 channels at 16×16 and less (1.1-1.7×) and at that 5×5 layer
-/// (1.3-1.9×), on par at 64 channels on 32×32. Tiles of 4×4 were measured on no AVX2 machine:
-/// on 2 cores of an Intel Xeon (family 6, model 207) with every kernel held to AVX2 (libtorch's
-/// `ATEN_CPU_CAPABILITY=avx2`, oneDNN's `ONEDNN_MAX_CPU_ISA=AVX2`, MKL's
-/// `MKL_ENABLE_INSTRUCTIONS=AVX2`, the shim's loops built for AVX2 alone; two runs,
-/// oneDNN / F(2×2) / F(4×4) ms forward; `bench/README.md`, "Tiles of 4×4 without AVX-512"):
-/// 64→64 at 32×32 47.6-51.7 / 40.8-47.0 / 29.3-33.7, 128→128 at 16×16 45.4-51.7 / 33.3-37.5 /
-/// 20.6-25.1, 512→512 at 4×4 49.6-53.6 / 28.6-31.5 / 18.8-21.8, 192→192 at 8×8 25.8-28.6 /
-/// 17.7-18.8 / 10.9-11.6, 5×5 96→192 at 16×16 179.5-199.9 / 85.0-92.4 / 45.6-48.7, and the
-/// other two passes alike (1.5-4.1× oneDNN's speed at every one of these layers). The 3×3 layers at
-/// 32×32 with more than 64 channels are taken by extrapolation (no network here has one).
-/// Left to oneDNN: layers under 64 channels (the cpu profiles' NINs; the 5×5 first layers, 3
-/// channels in, where tiles of 4×4 are 1.3-2.4× slower), and the cpu profiles' AlexNet of width
-/// 24 (3×3, 64 to 96 channels at 8×8: `C·K·H·W` under 2²⁰; in tiles of 4×4 1.3-1.9× faster there
-/// under the AVX2 cap, but their records were measured without it).
+/// (1.3-1.9×), on par at 64 channels on 32×32; the AlexNet-24's layers 0.9-1.5×. Tiles of 4×4
+/// were measured on no AVX2 machine: on 2 cores of an Intel Xeon (family 6, model 207) with
+/// every kernel held to AVX2 (libtorch's `ATEN_CPU_CAPABILITY=avx2`, oneDNN's
+/// `ONEDNN_MAX_CPU_ISA=AVX2`, MKL's `MKL_ENABLE_INSTRUCTIONS=AVX2`, the shim's loops built for
+/// AVX2 alone; `bench/README.md`, "Tiles of 4×4 without AVX-512"), three runs, oneDNN / F(2×2) /
+/// F(4×4) ms forward: 64→64 at 32×32 47.6-57.5 / 40.8-49.4 / 29.3-36.0, 128→128 at 16×16
+/// 45.4-54.9 / 33.3-41.8 / 20.6-26.6, 512→512 at 4×4 49.6-53.6 / 28.6-31.8 / 18.8-21.8, 5×5
+/// 96→192 at 16×16 179.5-201.2 / 85.0-95.7 / 45.6-52.0, the AlexNet-24's 96→96 at 8×8
+/// 6.5-7.1 / 5.3-5.4 / 3.5-3.6 and 5×5 24→64 at 16×16 15.8-16.9 / 12.2-13.5 / 6.0-6.6; the other
+/// two passes alike (F(4×4) 1.5-4.1× oneDNN's speed at every one of these layers). One run at
+/// the 16-px tiles' maps: 3×3 at 4×4 1.1-1.4× in every pass, 5×5 24→64 at 8×8 2.0× forward,
+/// 1.25× to the input, 1.03× to the weights. The 3×3 layers at 32×32 with more than 64 channels
+/// are taken by extrapolation (no network here has one). Left to oneDNN: the 3×3 layers at 2×2
+/// (relative-patch's 8-px patches: F(4×4) up to 3× slower) and the 5×5 ones at 4×4 (slower to the
+/// input), layers under 64 channels (3×3) or 24 (5×5: the NINs' 5×5 first layers, 3 channels in,
+/// where tiles of 4×4 are 1.9-2.4× slower forward and to the weights; the cpu profiles' NIN-16
+/// and NIN-32).
 ///
 /// 1×1 layers by the same rule, measured in the same probe: MKL's matrix product for the
 /// backward pass to the weights beats oneDNN's 1×1 kernel at every NIN-192 1×1 layer (192→160
@@ -215,20 +220,24 @@ fn mode_from_env(var: &str) -> Mode {
 /// itself), and at the cpu profiles' widths (16, 32) all three are slower.
 pub fn plan(r: i64, c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
     let channels = c.min(k);
+    let tile4 = Plan { forward: true, input: true, weight: true, tile4: true };
+    if !avx512 {
+        // Tiles of 4×4 whatever `C·K·H·W`: from 4×4 maps (3×3) and 8×8 (5×5) up.
+        let take = match r {
+            3 => channels >= 64 && (16..=1024).contains(&(h * w)),
+            5 => channels >= 24 && (64..=256).contains(&(h * w)),
+            _ => false,
+        };
+        if take {
+            return tile4;
+        }
+    }
     if channels < 64 || c * k * h * w < 1 << 21 {
         return Plan::default();
     }
     if avx512 {
         let take = h * w <= 256 && (r == 3 && channels >= 128 || r == 5 && channels >= 96);
-        return Plan { forward: take, input: take, weight: take, tile4: take };
-    }
-    let take = match r {
-        3 => h * w <= 1024,
-        5 => h * w <= 256 && channels >= 96,
-        _ => false,
-    };
-    if take {
-        return Plan { forward: true, input: true, weight: true, tile4: true };
+        return if take { tile4 } else { Plan::default() };
     }
     Plan { weight: true, ..Plan::default() }
 }
@@ -789,9 +798,9 @@ mod tests {
     fn the_plan_takes_the_small_maps_with_many_channels() {
         let weight = Plan { weight: true, ..Plan::default() };
         let tile4 = Plan { tile4: true, ..Plan::ALL };
-        // Without AVX-512: every pass in tiles of 4x4 of the 3x3 layers at 32x32 and less from
-        // 64 channels and of the 5x5 ones at 16x16 and less from 96; F(2x2)'s weight pass of
-        // the others from 64 channels (and the 1x1 layers' as matrix products).
+        // Without AVX-512: every pass in tiles of 4x4 of the 3x3 layers at 4x4 to 32x32 from 64
+        // channels and of the 5x5 ones at 8x8 to 16x16 from 24, whatever C·K·H·W; F(2x2)'s
+        // weight pass of the others from 64 channels and 2^21 (the 1x1 layers' as products).
         // ResNet-18 (CIFAR stem) at 32 px: layer1..layer4.
         assert_eq!(plan(3, 64, 64, 32, 32, false), tile4);
         assert_eq!(plan(3, 128, 128, 16, 16, false), tile4);
@@ -805,14 +814,22 @@ mod tests {
         assert_eq!(plan(3, 64, 64, 56, 56, false), weight);
         assert_eq!(plan(3, 32, 32, 8, 8, false), Plan::default());
         assert_eq!(plan(3, 48, 96, 16, 16, false), Plan::default());
-        // The cpu profiles' AlexNet of width 24: conv3, conv4, conv5 (under the 2^21 bound: left).
-        assert_eq!(plan(3, 64, 96, 8, 8, false), Plan::default());
-        assert_eq!(plan(3, 96, 96, 8, 8, false), Plan::default());
-        assert_eq!(plan(3, 96, 64, 8, 8, false), Plan::default());
-        // The NIN-192's 5x5 layers: block 2's, and block 1's first (3 channels in).
+        // The cpu profiles' AlexNet of width 24, conv2 to conv5: on 32-px images, on jigsaw's
+        // and CPC's 16-px tiles, on relative-patch's 8-px patches (left: 5x5 at 4x4, 3x3 at 2x2).
+        for side in [8, 4] {
+            assert_eq!(plan(3, 64, 96, side, side, false), tile4, "{side}");
+            assert_eq!(plan(3, 96, 96, side, side, false), tile4, "{side}");
+            assert_eq!(plan(3, 96, 64, side, side, false), tile4, "{side}");
+            assert_eq!(plan(5, 24, 64, 2 * side, 2 * side, false), tile4, "{side}");
+        }
+        assert_eq!(plan(5, 24, 64, 4, 4, false), Plan::default());
+        assert_eq!(plan(3, 96, 96, 2, 2, false), Plan::default());
+        // The NIN-192's 5x5 layers: block 2's, and block 1's first (3 channels in); the
+        // NIN-32's block 2 (16 channels in).
         assert_eq!(plan(5, 96, 192, 16, 16, false), tile4);
         assert_eq!(plan(5, 96, 192, 32, 32, false), weight);
         assert_eq!(plan(5, 3, 192, 32, 32, false), Plan::default());
+        assert_eq!(plan(5, 16, 32, 16, 16, false), Plan::default());
         // 1x1: the NIN-192's (blocks 1, 2, 3-4), 128 channels, the cpu profiles' NIN-32.
         assert_eq!(plan(1, 192, 160, 32, 32, false), weight);
         assert_eq!(plan(1, 160, 96, 32, 32, false), weight);
@@ -836,6 +853,7 @@ mod tests {
         assert_eq!(plan(3, 64, 64, 32, 32, true), Plan::default());
         assert_eq!(plan(3, 128, 128, 32, 32, true), Plan::default());
         assert_eq!(plan(3, 96, 96, 8, 8, true), Plan::default());
+        assert_eq!(plan(5, 24, 64, 16, 16, true), Plan::default());
         assert_eq!(plan(5, 96, 192, 32, 32, true), Plan::default());
         assert_eq!(plan(5, 3, 192, 32, 32, true), Plan::default());
         assert_eq!(plan(1, 192, 160, 32, 32, true), Plan::default());
