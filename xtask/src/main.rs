@@ -4,6 +4,7 @@
 //! checkout, then runs cargo with `LIBTORCH`, `LIBTORCH_CXX11_ABI=1` and the library path set.
 //!
 //! xtask itself never links libtorch: it is the tool that installs it.
+mod avx2;
 mod bench_data;
 mod bench_memory;
 mod bench_report;
@@ -50,6 +51,10 @@ Commands:
                      channels-last), tf32 on request (autotuner, TF32, channels-last); s/epoch, ms/step, images/s, GPU memory, full-protocol time
                      against the targets, a 1-rank job's overhead, PyTorch's step on the same
                      config; writes results/bench/gpu-check.json (or --out)
+  avx2 [--no-build] -- CMD [ARGS...]
+                     on an AVX-512 machine, run CMD as an AVX2 CPU runs selfsup and PyTorch:
+                     selfsup's shims and plans built for AVX2 (target/avx2/), libtorch,
+                     oneDNN and MKL held to AVX2 (for measuring; not an AVX2 machine)
   fuzz [--seconds 60] [TARGET ...]
                      the cargo-fuzz targets of fuzz/ (dataset readers, images, .npy bins,
                      checkpoints, configs) for N seconds each; writes results/bench/fuzz.json
@@ -108,6 +113,7 @@ fn run() -> Result<()> {
         "fetch" => tasks::fetch(rest),
         "fuzz" => fuzz::run(&libtorch::ensure()?, rest),
         "gpu-check" => gpu_check::run(rest),
+        "avx2" => avx2::run(&root, rest),
         "tables" => tables::run(&root),
         "new-method" => new_method::run(&root, rest),
         other => anyhow::bail!("unknown command `{other}`; `cargo xtask help` lists them"),
@@ -126,6 +132,7 @@ fn usage(cmd: &str, rest: &[String]) -> Option<&'static str> {
         ("bench", Some("memory")) => Some(bench_memory::USAGE),
         ("bench", _) => Some("usage: cargo xtask bench data|train|memory [--help]"),
         ("gpu-check", _) => Some(gpu_check::USAGE),
+        ("avx2", _) => Some(avx2::USAGE),
         ("fuzz", _) => Some(fuzz::USAGE),
         ("new-method", _) => Some(new_method::USAGE),
         _ => None,
