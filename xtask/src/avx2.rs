@@ -12,7 +12,10 @@
 //! project root with that build's `release/` and `release/examples/` first on `PATH` and every
 //! library held to AVX2 ([`CAPS`]): libtorch's own kernels (`ATEN_CPU_CAPABILITY=avx2`), oneDNN's
 //! (`ONEDNN_MAX_CPU_ISA=AVX2`) and MKL's (`MKL_ENABLE_INSTRUCTIONS=AVX2`). PyTorch run under it
-//! (`$SELFSUP_PYTHON bench/train_step.py ...`) reads the same three.
+//! (`$SELFSUP_PYTHON bench/train_step.py ...`) reads the same three. `cargo xtask bench train`
+//! run under it (`cargo xtask avx2 -- cargo xtask bench train ...`) takes the AVX2 build's
+//! `selfsup` ([`BINARY`]) and records its figures as a kind of machine of its own, "<CPU>, held
+//! to AVX2", bf16 skipped ([`MARKER`]).
 //!
 //! What it is not: an AVX2 machine. The caches, clock and memory stay this machine's, and the
 //! bf16 paths (refused on CPUs without AVX512-BF16 or AMX) still see this CPU's flags: measure
@@ -25,7 +28,9 @@ use std::process::Command;
 pub(crate) const USAGE: &str = "usage: cargo xtask avx2 [--no-build] -- CMD [ARGS...]\n\
     e.g. cargo xtask avx2 -- winograd_probe\n\
     \x20    cargo xtask avx2 -- selfsup train --config C --data synthetic:2560:32 --out R\n\
-    \x20    cargo xtask avx2 --no-build -- sh -c '$SELFSUP_PYTHON bench/train_step.py --config C --fused'";
+    \x20    cargo xtask avx2 --no-build -- sh -c '$SELFSUP_PYTHON bench/train_step.py --config C --fused'\n\
+    \x20    cargo xtask avx2 -- cargo xtask bench train --methods supervised (recorded as a kind\n\
+    \x20    of its own, \"<CPU>, held to AVX2\")";
 
 /// The environment that holds libtorch, oneDNN and MKL to AVX2.
 pub(crate) const CAPS: [(&str, &str); 3] = [
@@ -33,6 +38,13 @@ pub(crate) const CAPS: [(&str, &str); 3] = [
     ("ONEDNN_MAX_CPU_ISA", "AVX2"),
     ("MKL_ENABLE_INSTRUCTIONS", "AVX2"),
 ];
+
+/// Set to `1` for CMD: `cargo xtask bench train` run under it records its figures as a kind
+/// of machine of its own, "<CPU>, held to AVX2", with bf16 skipped.
+pub(crate) const MARKER: &str = "SELFSUP_HELD_TO_AVX2";
+
+/// Set for CMD to the AVX2 build's `selfsup`, which `cargo xtask bench train` then runs.
+pub(crate) const BINARY: &str = "SELFSUP_AVX2_BINARY";
 
 /// The edits of the copied tree: (file, text, its replacement); each text must occur exactly
 /// once, or the copy is refused (the code moved: the edit is to be written again).
@@ -161,6 +173,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     for (k, v) in CAPS {
         c.env(k, v);
     }
+    c.env(MARKER, "1").env(BINARY, release.join("selfsup"));
     eprintln!("xtask avx2: {}", CAPS.map(|(k, v)| format!("{k}={v}")).join(" "));
     let st = c.status().with_context(|| format!("cannot start {}", o.cmd[0]))?;
     if !st.success() {

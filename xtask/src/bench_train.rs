@@ -118,14 +118,17 @@ struct Opts {
     repeats: usize,
     /// Also run PyTorch's step compiled with `torch.compile`.
     compiled: bool,
+    /// Run by `cargo xtask avx2` ([`held_to_avx2`]): the record says so.
+    held: bool,
 }
 
 impl Opts {
     /// The command that measures `method` as these options do (recorded with its figures).
     fn command(&self, method: &str, backbone: &str) -> String {
         format!(
-            "cargo xtask bench train --methods {method} --backbone {backbone} {} --threads {} \
+            "{}cargo xtask bench train --methods {method} --backbone {backbone} {} --threads {} \
              --repeats {}{}",
+            if self.held { "cargo xtask avx2 -- " } else { "" },
             match self.steps {
                 Steps::Fixed(n) => format!("--steps {n}"),
                 Steps::Seconds(s) => format!("--seconds {s}"),
@@ -145,6 +148,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         threads: 2,
         repeats: 3,
         compiled: false,
+        held: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -250,11 +254,21 @@ fn cpu_bf16(cpuinfo: &str) -> Option<Bf16> {
 /// The record's name for the CPU: its model name, family and model, and ", no AMX" where it has
 /// AVX512-BF16 without AMX, since one family and model comes both ways and bf16 runs at
 /// different rates on the two (a kind of machine of its own in `results/bench/train.json`).
-fn record_cpu(name: &str, bf16: Option<Bf16>) -> String {
+/// Under `cargo xtask avx2` (`held`), ", held to AVX2" instead: a kind of its own, whatever
+/// the CPU's bf16.
+fn record_cpu(name: &str, bf16: Option<Bf16>, held: bool) -> String {
     match bf16 {
+        _ if held => format!("{name}, held to AVX2"),
         Some(Bf16::Avx512NoAmx) => format!("{name}, no AMX"),
         _ => name.to_string(),
     }
+}
+
+/// Whether this run is `cargo xtask avx2`'s: its marker and every switch of
+/// [`crate::avx2::CAPS`] set in `env`. Its `selfsup` binary is then [`crate::avx2::BINARY`]'s.
+fn held_to_avx2(env: impl Fn(&str) -> Option<String>) -> bool {
+    env(crate::avx2::MARKER).as_deref() == Some("1")
+        && crate::avx2::CAPS.iter().all(|(k, v)| env(k).as_deref() == Some(*v))
 }
 
 /// The reproduction whose cpu plan holds `method`'s benchmarked training: its own, except for
@@ -604,13 +618,18 @@ fn round(x: f64, digits: i32) -> f64 {
 
 /// Runs the benchmark, prints the tables and writes `results/bench/train.json`.
 pub fn run(t: &Torch, args: &[String]) -> Result<()> {
-    let o = parse(args)?;
-    let bin = crate::tasks::build_release()?;
+    let mut o = parse(args)?;
+    o.held = held_to_avx2(|k| std::env::var(k).ok());
+    let bin = match std::env::var_os(crate::avx2::BINARY) {
+        Some(b) if o.held => PathBuf::from(b),
+        _ => crate::tasks::build_release()?,
+    };
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let bf16_isa = cpu_bf16(&info);
+    let cpu = record_cpu(&cpu_name(), cpu_bf16(&info), o.held);
+    // Held to AVX2, bf16 is skipped as on a CPU without AVX512-BF16 or AMX.
+    let bf16_isa = cpu_bf16(&info).filter(|_| !o.held);
     let bf16 = bf16_isa.is_some();
     let modes: Vec<Mode> = MODES.iter().copied().filter(|m| bf16 || !m.bf16).collect();
-    let cpu = record_cpu(&cpu_name(), bf16_isa);
     let tmp = std::env::temp_dir().join(format!("selfsup-bench-train-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     let backbone = if o.large { "large" } else { "cpu" };
@@ -720,6 +739,7 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
             "repeats": o.repeats,
             "bf16": match bf16_isa {
                 Some(isa) => format!("measured (the CPU has {})", isa.label()),
+                None if o.held => "skipped: held to AVX2 (cargo xtask avx2)".to_string(),
                 None => "skipped: the CPU has neither AMX nor AVX512-BF16".to_string(),
             },
             "jemalloc": if Path::new(JEMALLOC).exists() {
@@ -984,12 +1004,31 @@ mod tests {
         assert_eq!(no_amx.map(Bf16::label), Some("AVX512-BF16, no AMX"));
         assert_eq!(cpu_bf16("flags\t\t: fpu avx2 avx512f\nbugs\t: amx_bf16\n"), None);
         let xeon = "Intel(R) Xeon(R) Processor (family 6, model 207)";
-        assert_eq!(record_cpu(xeon, cpu_bf16(amx)), xeon);
-        assert_eq!(record_cpu(xeon, no_amx), format!("{xeon}, no AMX"));
+        assert_eq!(record_cpu(xeon, cpu_bf16(amx), false), xeon);
+        assert_eq!(record_cpu(xeon, no_amx, false), format!("{xeon}, no AMX"));
         assert_eq!(
-            record_cpu("AMD EPYC (family 23, model 1)", None),
+            record_cpu("AMD EPYC (family 23, model 1)", None, false),
             "AMD EPYC (family 23, model 1)"
         );
+        assert_eq!(record_cpu(xeon, no_amx, true), format!("{xeon}, held to AVX2"));
+        assert_eq!(record_cpu(xeon, cpu_bf16(amx), true), format!("{xeon}, held to AVX2"));
+    }
+
+    #[test]
+    fn a_run_held_to_avx2_is_cargo_xtask_avx2s_and_says_so() {
+        let all: Vec<(&str, &str)> =
+            crate::avx2::CAPS.iter().copied().chain([(crate::avx2::MARKER, "1")]).collect();
+        let env = |vars: Vec<(&'static str, &'static str)>| {
+            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        assert!(held_to_avx2(env(all.clone())));
+        // The switches alone (set by hand, selfsup's own shims not built for AVX2): not held.
+        assert!(!held_to_avx2(env(all[..3].to_vec())));
+        let mut other = all.clone();
+        other[1].1 = "AVX512_CORE";
+        assert!(!held_to_avx2(env(other)));
+        let o = Opts { held: true, ..parse(&[]).unwrap() };
+        assert!(o.command("cpc", "cpu").starts_with("cargo xtask avx2 -- cargo xtask bench train"));
     }
 
     #[test]
