@@ -96,7 +96,7 @@ pub(crate) fn apply(file: &str, text: &str, (from, to): (&str, &str)) -> Result<
 }
 
 /// Copies the working tree into `dst` with [`EDITS`], writing only the files whose content
-/// differs from the copy's.
+/// differs from the copy's, and removes the copy's files the tree no longer has.
 fn copy_tree(root: &Path, dst: &Path) -> Result<()> {
     let out = Command::new("git")
         .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
@@ -107,12 +107,14 @@ fn copy_tree(root: &Path, dst: &Path) -> Result<()> {
         bail!("git ls-files: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     let mut edited = 0;
+    let mut kept = std::collections::HashSet::new();
     for rel in out.stdout.split(|&b| b == 0).filter(|p| !p.is_empty()) {
         let rel = std::str::from_utf8(rel).context("a path that is not UTF-8")?;
         let src = root.join(rel);
         if !src.is_file() {
             continue; // deleted in the working tree, or a submodule
         }
+        kept.insert(dst.join(rel));
         let mut bytes = std::fs::read(&src).with_context(|| format!("reading {rel}"))?;
         if let Some((file, from, to)) = EDITS.iter().find(|(f, _, _)| *f == rel) {
             let text = String::from_utf8(bytes).with_context(|| format!("{rel}: not UTF-8"))?;
@@ -128,27 +130,39 @@ fn copy_tree(root: &Path, dst: &Path) -> Result<()> {
     if edited != EDITS.len() {
         bail!("the working tree lacks a file the AVX2 edits change ({edited} of {})", EDITS.len());
     }
+    prune(dst, &kept)
+}
+
+/// Removes the files under `dir` that are not in `kept`.
+fn prune(dir: &Path, kept: &std::collections::HashSet<PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = e?.path();
+        if path.is_dir() {
+            prune(&path, kept)?;
+        } else if !kept.contains(&path) {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
     Ok(())
 }
 
-/// Builds the AVX2 copy's `selfsup` and `winograd_probe`; returns its target folder.
-fn build(t: &Torch, root: &Path) -> Result<PathBuf> {
-    let base = root.join("target").join("avx2");
-    let (src, target) = (base.join("src"), base.join("target"));
+/// Builds the AVX2 copy's `selfsup` and `winograd_probe` (in `target/avx2/src`) into `target`.
+fn build(t: &Torch, root: &Path, target: &Path) -> Result<()> {
+    let src = root.join("target").join("avx2").join("src");
     copy_tree(root, &src)?;
     for args in [
         &["build", "--release", "--bin", "selfsup"][..],
         &["build", "--release", "-p", "selfsup-core", "--example", "winograd_probe"],
     ] {
         let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        c.args(args).current_dir(&src).env("CARGO_TARGET_DIR", &target);
+        c.args(args).current_dir(&src).env("CARGO_TARGET_DIR", target);
         t.apply(&mut c);
         let st = c.status().context("running cargo")?;
         if !st.success() {
             bail!("cargo {} in {} failed ({st})", args.join(" "), src.display());
         }
     }
-    Ok(target)
+    Ok(())
 }
 
 /// `cargo xtask avx2`.
@@ -157,7 +171,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let t = libtorch::ensure()?;
     let target = root.join("target").join("avx2").join("target");
     if o.build {
-        build(&t, root)?;
+        build(&t, root, &target)?;
     }
     let release = target.join("release");
     if !release.join("selfsup").exists() {
@@ -197,6 +211,43 @@ mod tests {
         assert!(!parse(&s(&["--no-build", "--", "winograd_probe"])).unwrap().build);
         assert!(parse(&s(&["--"])).unwrap_err().to_string().contains("no command"));
         assert!(parse(&s(&["--fast", "--", "x"])).unwrap_err().to_string().contains("--fast"));
+    }
+
+    #[test]
+    fn the_copy_follows_the_tree_with_the_edits_made() {
+        let repo = tempfile::tempdir().unwrap();
+        let root = repo.path();
+        let git = |args: &[&str]| {
+            let st = Command::new("git").args(args).current_dir(root).status().unwrap();
+            assert!(st.success(), "git {args:?}");
+        };
+        git(&["init", "-q"]);
+        for (file, from, _) in EDITS {
+            std::fs::create_dir_all(root.join(file).parent().unwrap()).unwrap();
+            std::fs::write(root.join(file), format!("before {from} after\n")).unwrap();
+        }
+        std::fs::write(root.join("kept.txt"), "kept").unwrap();
+        std::fs::write(root.join(".gitignore"), "ignored.txt\n").unwrap();
+        std::fs::write(root.join("ignored.txt"), "no").unwrap();
+        git(&["add", "."]);
+        let out = tempfile::tempdir().unwrap();
+        let dst = out.path().join("copy");
+        std::fs::create_dir_all(dst.join("old")).unwrap();
+        std::fs::write(dst.join("old").join("gone.rs"), "stale").unwrap();
+        copy_tree(root, &dst).unwrap();
+        for (file, _, to) in EDITS {
+            assert_eq!(
+                std::fs::read_to_string(dst.join(file)).unwrap(),
+                format!("before {to} after\n")
+            );
+        }
+        assert_eq!(std::fs::read_to_string(dst.join("kept.txt")).unwrap(), "kept");
+        assert!(!dst.join("ignored.txt").exists(), "ignored files stay out");
+        assert!(!dst.join("old").join("gone.rs").exists(), "files the tree lacks are removed");
+        // A tree whose edited text moved is refused, naming the file.
+        std::fs::write(root.join(EDITS[0].0), "moved").unwrap();
+        let e = copy_tree(root, &dst).unwrap_err().to_string();
+        assert!(e.contains(EDITS[0].0) && e.contains("0 times"), "{e}");
     }
 
     #[test]

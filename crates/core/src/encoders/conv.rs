@@ -203,8 +203,8 @@ fn mode_from_env(var: &str) -> Mode {
 /// 45.4-54.9 / 33.3-41.8 / 20.6-26.6, 512→512 at 4×4 49.6-53.6 / 28.6-31.8 / 18.8-21.8, 5×5
 /// 96→192 at 16×16 179.5-201.2 / 85.0-95.7 / 45.6-52.0, the AlexNet-24's 96→96 at 8×8
 /// 6.5-7.1 / 5.3-5.4 / 3.5-3.6 and 5×5 24→64 at 16×16 15.8-16.9 / 12.2-13.5 / 6.0-6.6; the other
-/// two passes alike (F(4×4) 1.5-4.1× oneDNN's speed at every one of these layers). One run at
-/// the 16-px tiles' maps: 3×3 at 4×4 1.1-1.4× in every pass, 5×5 24→64 at 8×8 2.0× forward,
+/// two passes alike (F(4×4) 1.5-4.1× oneDNN's speed at every one of these layers). Two runs at
+/// the 16-px tiles' maps: 3×3 at 4×4 1.1-1.4× in every pass, 5×5 24→64 at 8×8 1.5-2.0× forward,
 /// 1.25× to the input, 1.03× to the weights. The 3×3 layers at 32×32 with more than 64 channels
 /// are taken by extrapolation (no network here has one). Left to oneDNN: the 3×3 layers at 2×2
 /// (relative-patch's 8-px patches: F(4×4) up to 3× slower) and the 5×5 ones at 4×4 (slower to the
