@@ -456,8 +456,8 @@ int64_t images_per_piece(int64_t m, int64_t r, int64_t H, int64_t W, int64_t cha
 // in pieces. The tiles write NHWC: channels-last outputs whose sides the tiles cover exactly
 // take them in place; any other (NCHW, or tiles past the map's edge) takes each piece's tiles
 // from a buffer of that piece (at most `piece_bytes()`), not from a whole-batch NHWC output
-// copied after (the NIN-192's fp32 NCHW step, batch 128 x 4, on the model-207 Xeon: peak 4,289
-// -> 4,248 MB, the same losses, the step 3.27, 3.16 -> 3.13, 3.14 s).
+// copied after (the NIN-192's fp32 NCHW step, batch 128 x 4, on the model-207 Xeon: peak 4,189
+// -> 4,148 MiB, the same losses, the step 3.27, 3.16 -> 3.13, 3.14 s).
 template <typename Patches>
 at::Tensor tiled_forward(int64_t m, int64_t r, int64_t N, int64_t Ho, int64_t Wo,
                          const at::Tensor& v, Patches patches, at::MemoryFormat format) {
