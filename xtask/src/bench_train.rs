@@ -620,9 +620,13 @@ fn round(x: f64, digits: i32) -> f64 {
 pub fn run(t: &Torch, args: &[String]) -> Result<()> {
     let mut o = parse(args)?;
     o.held = held_to_avx2(|k| std::env::var(k).ok());
-    let bin = match std::env::var_os(crate::avx2::BINARY) {
-        Some(b) if o.held => PathBuf::from(b),
-        _ => crate::tasks::build_release()?,
+    let bin = if o.held {
+        let b = std::env::var_os(crate::avx2::BINARY);
+        PathBuf::from(b.with_context(|| {
+            format!("{} unset: held to AVX2 without its build", crate::avx2::BINARY)
+        })?)
+    } else {
+        crate::tasks::build_release()?
     };
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = record_cpu(&cpu_name(), cpu_bf16(&info), o.held);
