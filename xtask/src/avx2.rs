@@ -21,6 +21,7 @@
 //! bf16 paths (refused on CPUs without AVX512-BF16 or AMX) still see this CPU's flags: measure
 //! fp32 and channels-last only.
 use crate::libtorch::{self, Torch};
+use crate::tasks;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -146,21 +147,18 @@ fn prune(dir: &Path, kept: &std::collections::HashSet<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Builds the AVX2 copy's `selfsup` and `winograd_probe` (in `target/avx2/src`) into `target`.
-fn build(t: &Torch, root: &Path, target: &Path) -> Result<()> {
-    let src = root.join("target").join("avx2").join("src");
+/// Copies the tree at `root` into `base/src` and builds its `selfsup` and `winograd_probe` into
+/// `base/target`.
+fn build(t: &Torch, root: &Path, base: &Path) -> Result<()> {
+    let src = base.join("src");
     copy_tree(root, &src)?;
     for args in [
         &["build", "--release", "--bin", "selfsup"][..],
         &["build", "--release", "-p", "selfsup-core", "--example", "winograd_probe"],
     ] {
-        let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        c.args(args).current_dir(&src).env("CARGO_TARGET_DIR", target);
-        t.apply(&mut c);
-        let st = c.status().context("running cargo")?;
-        if !st.success() {
-            bail!("cargo {} in {} failed ({st})", args.join(" "), src.display());
-        }
+        let mut c = tasks::cargo(t);
+        c.args(args).current_dir(&src).env("CARGO_TARGET_DIR", base.join("target"));
+        tasks::run(c)?;
     }
     Ok(())
 }
@@ -169,11 +167,11 @@ fn build(t: &Torch, root: &Path, target: &Path) -> Result<()> {
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let o = parse(args)?;
     let t = libtorch::ensure()?;
-    let target = root.join("target").join("avx2").join("target");
+    let base = root.join("target").join("avx2");
     if o.build {
-        build(&t, root, &target)?;
+        build(&t, root, &base)?;
     }
-    let release = target.join("release");
+    let release = base.join("target").join("release");
     if !release.join("selfsup").exists() {
         bail!("{}: no AVX2 build (run without --no-build)", release.display());
     }
@@ -189,20 +187,13 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     }
     c.env(MARKER, "1").env(BINARY, release.join("selfsup"));
     eprintln!("xtask avx2: {}", CAPS.map(|(k, v)| format!("{k}={v}")).join(" "));
-    let st = c.status().with_context(|| format!("cannot start {}", o.cmd[0]))?;
-    if !st.success() {
-        bail!("{} failed ({st})", o.cmd.join(" "));
-    }
-    Ok(())
+    tasks::run(c)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn s(v: &[&str]) -> Vec<String> {
-        v.iter().map(|x| x.to_string()).collect()
-    }
+    use crate::args as s;
 
     #[test]
     fn options_and_command() {

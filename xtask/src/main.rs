@@ -132,7 +132,12 @@ fn usage(cmd: &str, rest: &[String]) -> Option<&'static str> {
         ("bench", Some("memory")) => Some(bench_memory::USAGE),
         ("bench", _) => Some("usage: cargo xtask bench data|train|memory [--help]"),
         ("gpu-check", _) => Some(gpu_check::USAGE),
-        ("avx2", _) => Some(avx2::USAGE),
+        // Options after `--` are CMD's own.
+        ("avx2", _)
+            if rest.iter().take_while(|a| *a != "--").any(|a| a == "-h" || a == "--help") =>
+        {
+            Some(avx2::USAGE)
+        }
         ("fuzz", _) => Some(fuzz::USAGE),
         ("new-method", _) => Some(new_method::USAGE),
         _ => None,
@@ -169,6 +174,8 @@ mod tests {
         assert_eq!(usage("gpu-check", &args(&["--epochs", "1", "--help"])), Some(gpu_check::USAGE));
         assert_eq!(usage("fuzz", &args(&["-h"])), Some(fuzz::USAGE));
         assert_eq!(usage("new-method", &args(&["--help"])), Some(new_method::USAGE));
+        assert_eq!(usage("avx2", &args(&["--help"])), Some(avx2::USAGE));
+        assert_eq!(usage("avx2", &args(&["--", "selfsup", "train", "-h"])), None);
         assert!(usage("bench", &args(&["--help"])).unwrap().contains("data|train|memory"));
         // Without a help flag the command runs; `reproduce` and `run` pass `--help` to selfsup.
         assert_eq!(usage("bench", &args(&["train", "--steps", "3"])), None);

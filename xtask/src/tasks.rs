@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Runs a command to completion, failing with its command line on a non-zero exit.
-fn run(mut cmd: Command) -> Result<()> {
+pub(crate) fn run(mut cmd: Command) -> Result<()> {
     let shown = format!("{cmd:?}");
     let st = cmd.status().with_context(|| format!("cannot start {shown}"))?;
     if !st.success() {
@@ -16,7 +16,7 @@ fn run(mut cmd: Command) -> Result<()> {
 }
 
 /// `cargo` with the libtorch environment.
-fn cargo(t: &Torch) -> Command {
+pub(crate) fn cargo(t: &Torch) -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     t.apply(&mut c);
     c
