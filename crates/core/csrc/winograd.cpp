@@ -464,20 +464,18 @@ at::Tensor tiled_forward(int64_t m, int64_t r, int64_t N, int64_t Ho, int64_t Wo
   const int64_t th = tiles(Ho, m), tw = tiles(Wo, m), K = v.size(2);
   const int64_t step = images_per_piece(m, r, Ho, Wo, std::max(v.size(1), K));
   const bool in_place = format == at::MemoryFormat::ChannelsLast && m * th == Ho && m * tw == Wo;
-  if (in_place) {
-    at::Tensor y = at::empty({N, Ho, Wo, K}, v.options());
-    for (int64_t n0 = 0; n0 < N; n0 += step) {
-      const int64_t n = std::min(step, N - n0);
-      output_of_tiles(products(patches(n0, n), v), m, r, y.narrow(0, n0, n));
-    }
-    return y.permute({0, 3, 1, 2});
-  }
-  at::Tensor out = at::empty({N, K, Ho, Wo}, v.options().memory_format(format));
+  // In place: `y` (N, Ho, Wo, K) NHWC, whose (N, K, Ho, Wo) view is the channels-last output.
+  const at::Tensor y = in_place ? at::empty({N, Ho, Wo, K}, v.options()) : at::Tensor();
+  at::Tensor out = in_place ? y.permute({0, 3, 1, 2})
+                            : at::empty({N, K, Ho, Wo}, v.options().memory_format(format));
   for (int64_t n0 = 0; n0 < N; n0 += step) {
     const int64_t n = std::min(step, N - n0);
-    at::Tensor piece = at::empty({n, m * th, m * tw, K}, v.options());
+    at::Tensor piece =
+        in_place ? y.narrow(0, n0, n) : at::empty({n, m * th, m * tw, K}, v.options());
     output_of_tiles(products(patches(n0, n), v), m, r, piece);
-    out.narrow(0, n0, n).copy_(piece.permute({0, 3, 1, 2}).slice(2, 0, Ho).slice(3, 0, Wo));
+    if (!in_place) {
+      out.narrow(0, n0, n).copy_(piece.permute({0, 3, 1, 2}).slice(2, 0, Ho).slice(3, 0, Wo));
+    }
   }
   return out;
 }
