@@ -132,9 +132,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "selfsup_raw": ours,
         "torchvision_raw": theirs,
     });
-    std::fs::create_dir_all("results/bench").context("cannot create results/bench")?;
-    std::fs::write("results/bench/data.json", serde_json::to_string_pretty(&report)? + "\n")
-        .context("cannot write results/bench/data.json")?;
+    crate::tasks::write_json(std::path::Path::new("results/bench/data.json"), &report)?;
     eprintln!("bench data: wrote results/bench/data.json");
     Ok(())
 }

@@ -214,8 +214,7 @@ pub fn run(args: &[String]) -> Result<()> {
     });
     let _ = std::fs::remove_dir_all(&tmp);
     let out = Path::new("results/bench/memory.json");
-    std::fs::create_dir_all("results/bench")?;
-    std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")?;
+    crate::tasks::write_json(out, &report)?;
     println!("wrote {}", out.display());
     if !flat {
         bail!("the loader's memory grew by {grew:.0} MiB over one epoch (more than {FLAT_MIB})");

@@ -121,7 +121,7 @@ fn row(method: &str, e: &Value) -> String {
     };
     let cells: Vec<String> = MODES.iter().map(|m| mode_cell(e, m.name)).collect();
     format!(
-        "| {method} | {}, {} | {} | {} ({}) | {} ({}) | {ratio} | {target} | {} | {} × {} |\n",
+        "| {method} | {}, {} | {} | {} ({}) | {} ({}) | {ratio} | {target} | {} | {} × {} | {} |\n",
         encoder.trim(),
         count(&e["batch_size"]),
         cells.join(" | "),
@@ -132,7 +132,32 @@ fn row(method: &str, e: &Value) -> String {
         compiled(e),
         steps(e),
         count(&e["repeats"]),
+        measured(e),
     )
+}
+
+/// When and on which commit a record was measured (`measured` in the record: the date, and
+/// the commit's first 7 digits with `+changes` kept; `added <date> in <commit>` for the
+/// records stamped from git history, `from` set), `–` for records without it.
+fn measured(e: &Value) -> String {
+    let m = &e["measured"];
+    match (m["date"].as_str(), m["commit"].as_str()) {
+        (Some(d), Some(c)) => {
+            let (hash, rest) = c.split_at(c.find('+').unwrap_or(c.len()));
+            let short = if hash.len() > 7 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                &hash[..7]
+            } else {
+                hash
+            };
+            if m["from"].is_null() {
+                format!("{d}, `{short}{rest}`")
+            } else {
+                // Stamped afterwards from git history: the commit that added the row.
+                format!("added {d} in `{short}{rest}`")
+            }
+        }
+        _ => "–".into(),
+    }
 }
 
 /// The page for the record `all` (`{cpu: {backbone: {method: entry}}}`).
@@ -148,8 +173,11 @@ pub fn render(all: &Value) -> String {
          second, `(compiled)` where that was PyTorch's `torch.compile` step; ratio: selfsup's best\n\
          mode against PyTorch's best variant and mode; `torch.compile`: whether PyTorch's compiled\n\
          variant ran (`--compiled`); runs: timed steps × interleaved runs a side (steps a mode, as\n\
-         `--seconds` chose them, where they differ). Absolute speeds do not carry from one machine\n\
-         to another, nor between sessions on one kind; ratios do.\n",
+         `--seconds` chose them, where they differ); measured: the date and the commit of the code\n\
+         measured (`+changes`: with uncommitted changes), or, for the rows measured before the\n\
+         bench kept them, \"added\" with the date and commit that added the row to the\n\
+         record. Absolute speeds do not carry from one machine to another, nor between sessions\n\
+         on one kind; ratios do.\n",
     );
     for (cpu, backbones) in all.as_object().into_iter().flatten() {
         for (backbone, methods) in backbones.as_object().into_iter().flatten() {
@@ -165,7 +193,7 @@ pub fn render(all: &Value) -> String {
             let modes: Vec<&str> = MODES.iter().map(|m| m.name).collect();
             s += &format!(
                 "| method | encoder, batch | {} | selfsup best | PyTorch best | ratio | target \
-                 | `torch.compile` | runs |\n|---|---|{}---:|---:|---:|---|---|---|\n",
+                 | `torch.compile` | runs | measured |\n|---|---|{}---:|---:|---:|---|---|---|---|\n",
                 modes.join(" | "),
                 "---:|".repeat(modes.len())
             );
@@ -240,8 +268,16 @@ mod tests {
         assert_eq!(
             row("rotnet", &entry),
             "| rotnet | nin 16, 64 | 90.0 / 95.5 (compiled) | 120 / 100 | skipped | 120 \
-             (channels-last) | 100 (channels-last, fused) | **1.20×** | 1.2× met | failed | 10 × 3 |\n"
+             (channels-last) | 100 (channels-last, fused) | **1.20×** | 1.2× met | failed | 10 × 3 \
+             | – |\n"
         );
+        let mut dated = entry.clone();
+        dated["measured"] = json!({"date": "2026-12-05", "commit": "6f2010d4f3a1+changes"});
+        assert!(row("rotnet", &dated).ends_with("| 10 × 3 | 2026-12-05, `6f2010d+changes` |\n"));
+        dated["measured"]["commit"] = json!("unknown");
+        assert!(row("rotnet", &dated).ends_with("| 2026-12-05, `unknown` |\n"));
+        dated["measured"] = json!({"date": "2026-12-02", "commit": "9dea24e50b0b", "from": "git"});
+        assert!(row("rotnet", &dated).ends_with("| added 2026-12-02 in `9dea24e` |\n"));
         let mut slow = entry.clone();
         slow["best"]["ratio"] = json!(0.89);
         slow["best"]["selfsup_images_per_s"] = json!(89.0);

@@ -734,6 +734,7 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
         ));
         let case = json!({
             "command": o.command(method, backbone),
+            "measured": crate::tasks::measured(Path::new(".")),
             "cpu": cpu,
             "threads": o.threads,
             "steps": match o.steps {
@@ -825,11 +826,7 @@ fn write_case(path: &Path, cpu: &str, backbone: &str, method: &str, case: Value)
         machine[backbone] = json!({});
     }
     machine[backbone][method] = case;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(path, serde_json::to_string_pretty(&all)? + "\n")
-        .with_context(|| format!("writing {}", path.display()))?;
+    crate::tasks::write_json(path, &all)?;
     eprintln!("bench train: wrote {} ({cpu}, {backbone}, {method})", path.display());
     Ok(())
 }

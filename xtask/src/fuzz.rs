@@ -132,7 +132,7 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
             "found": o.found,
         })).collect::<Vec<_>>(),
     });
-    std::fs::write("results/bench/fuzz.json", serde_json::to_string_pretty(&json)? + "\n")?;
+    crate::tasks::write_json(std::path::Path::new("results/bench/fuzz.json"), &json)?;
     println!("wrote results/bench/fuzz.json");
     if outcomes.iter().any(|o| o.found != "nothing") {
         bail!("a fuzz target found a failing input (see above)");

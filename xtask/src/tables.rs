@@ -212,7 +212,7 @@ pub fn write_if_changed(path: &Path, text: &str) -> Result<bool> {
     if std::fs::read_to_string(path).ok().as_deref() == Some(text) {
         return Ok(false);
     }
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    crate::tasks::write_atomic(path, text)?;
     Ok(true)
 }
 
