@@ -6,22 +6,24 @@
 //! memory the process held (sampled from `nvidia-smi`) and the full protocol's pretraining time
 //! extrapolated from the steady epochs, against the issue's targets on one H100/H200 (RotNet's
 //! 200-epoch pretraining under 15 minutes; SimCLR ResNet-18 on CIFAR-10 under 5 s an epoch at
-//! batch 512). The variants ([`VARIANTS`], `--variants`): `configured`, the paper config as it
-//! is (`train.deterministic = true`: cuDNN's deterministic algorithms, its autotuner and TF32
-//! off, fp32: bit-reproducible on one GPU model), and `fast` (autotuner and TF32 convolutions,
-//! bf16 autocast, channels-last); `--variants configured,tf32,fast` adds `tf32` (fp32 as
-//! configured, with PyTorch's CUDA defaults: autotuner, TF32 convolutions, and channels-last);
-//! `--set KEY=VALUE` overrides more for all. Every run takes
-//! the CUDA path of training: batches prefetched to the device on a side stream
-//! (`selfsup_core::stage`), the fused optimizers. Unless `--no-job`, each also trains as the one
-//! rank of a data-parallel job (`selfsup launch --nproc 1`, on NCCL when the binary was built
-//! with `--features nccl`; the backend is read from the rank's log), and the distributed
-//! wrapper's cost is printed against issue 19's target (under 3%). Unless `--no-pytorch`,
-//! PyTorch's step on the same saved config runs beside it (`bench/train_step.py --device cuda
-//! --fused`: its batch drawn once, no data loading, the same determinism switches), and its
-//! time a step is set against selfsup's step inside training (from the step lines' clock within
-//! the steady epochs, so loading overlaps it but the epoch boundaries are left out). Ends with a
-//! table; writes `results/bench/gpu-check.json` (or `--out`).
+//! batch 512). The variants ([`VARIANTS`], `--variants`, all three by default): `configured`,
+//! the paper config as it is (`train.deterministic = true`: cuDNN's deterministic algorithms,
+//! its autotuner and TF32 off, fp32: bit-reproducible on one GPU model), `tf32` (fp32 as
+//! configured, with PyTorch's CUDA defaults: autotuner, TF32 convolutions, and channels-last)
+//! and `fast` (autotuner and TF32 convolutions, bf16 autocast, channels-last); `--set
+//! KEY=VALUE` overrides more for all. Every run takes the CUDA path of training: batches
+//! prefetched to the device on a side stream (`selfsup_core::stage`), the fused optimizers.
+//! Unless `--no-job`, one variant ([`job_variant`]: `fast` when it runs, else the first) also
+//! trains as the one rank of a data-parallel job (`selfsup launch --nproc 1`, on NCCL when the
+//! binary was built with `--features nccl`; the backend is read from the rank's log), and the
+//! distributed wrapper's cost is printed against issue 19's target (under 3%). Unless
+//! `--no-pytorch`, PyTorch's step on the same saved config runs beside it
+//! (`bench/train_step.py --device cuda --fused`: its batch drawn once, no data loading, the
+//! same determinism switches), and its time a step is set against selfsup's step inside
+//! training (from the step lines' clock within the steady epochs, so loading overlaps it but
+//! the epoch boundaries are left out). Ends with a table; writes
+//! `results/bench/gpu-check.json` (or `--out`) after every run, so a call cut short still
+//! leaves the runs it finished (`"complete": false` until the last).
 //!
 //! The data is CIFAR-10 when `$SELFSUP_DATA` (or `--data-dir`) holds it, else generated
 //! images of the same number and size (`synthetic:50000:32`): speed does not depend on the
@@ -45,7 +47,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) const USAGE: &str = "usage: cargo xtask gpu-check [--binary PATH] [--epochs 3] \
     [--methods rotnet,simclr] [--device cuda] [--profile paper] [--data SPEC] [--data-dir DIR] \
-    [--no-job] [--variants configured,fast[,tf32]] [--set KEY=VALUE]... [--pytorch-steps 40 | \
+    [--no-job] [--variants configured,tf32,fast] [--set KEY=VALUE]... [--pytorch-steps 40 | \
     --no-pytorch] [--out FILE]";
 
 #[derive(Debug, PartialEq)]
@@ -57,8 +59,9 @@ struct Opts {
     profile: String,
     data: Option<String>,
     data_dir: Option<PathBuf>,
-    /// Also train each method as the one rank of a data-parallel job (`selfsup launch
-    /// --nproc 1`) and report the distributed wrapper's cost (issue 19: under 3%).
+    /// Also train each method, in one variant ([`job_variant`]), as the one rank of a
+    /// data-parallel job (`selfsup launch --nproc 1`) and report the distributed wrapper's cost
+    /// (issue 19: under 3%).
     job: bool,
     /// Config overrides for every run (`selfsup train --set`), e.g. the fast variant
     /// `train.deterministic=false`, `train.precision=bf16`, `train.channels_last=true`.
@@ -268,19 +271,26 @@ fn target(method: &str, s_per_epoch: f64, full_s: f64, batch: u64) -> Option<(St
 
 /// The ways each method trains (`--variants`): `configured`, the paper profile's config as it
 /// is (`deterministic`: cuDNN's deterministic algorithms with its autotuner and TF32 off, fp32),
-/// `fast`, the GPU path at full speed (cuDNN's autotuner and TF32 convolutions, bf16
-/// autocast, channels-last), and `tf32`, between the two: fp32 weights and activations as
-/// configured, with PyTorch's own CUDA defaults (cuDNN's autotuner, TF32 in its convolutions, not
-/// in cuBLAS matmuls) and channels-last, no autocast. `tf32` runs only when asked for
-/// (`--variants configured,tf32,fast`): the default two fit the 10 minutes of one device call.
+/// `tf32`, fp32 weights and activations as configured, with PyTorch's own CUDA defaults (cuDNN's
+/// autotuner, TF32 in its convolutions, not in cuBLAS matmuls) and channels-last, no autocast,
+/// and `fast`, the GPU path at full speed (cuDNN's autotuner and TF32 convolutions, bf16
+/// autocast, channels-last).
 const VARIANTS: [(&str, &[&str]); 3] = [
     ("configured", &[]),
-    ("fast", &["train.deterministic=false", "train.precision=bf16", "train.channels_last=true"]),
     ("tf32", &["train.deterministic=false", "train.channels_last=true"]),
+    ("fast", &["train.deterministic=false", "train.precision=bf16", "train.channels_last=true"]),
 ];
 
-/// The [`VARIANTS`] `gpu-check` runs without `--variants`.
-const DEFAULT_VARIANTS: [&str; 2] = ["configured", "fast"];
+/// The [`VARIANTS`] `gpu-check` runs without `--variants`: all three. By the second H200 run's
+/// times (334 s for `configured` and `fast` with a 1-rank job each and PyTorch's step), adding
+/// `tf32` and keeping one job ([`job_variant`]) stays well inside one device call's 10 minutes.
+const DEFAULT_VARIANTS: [&str; 3] = ["configured", "tf32", "fast"];
+
+/// The variant that also trains as a 1-rank job: `fast` when it runs (the shortest steps, where
+/// the wrapper's cost a step weighs most), else the first asked for.
+fn job_variant(variants: &[String]) -> Option<&str> {
+    variants.iter().find(|v| *v == "fast").or(variants.first()).map(String::as_str)
+}
 
 /// Seconds a step takes in the steady epochs (every epoch but the first), from the `elapsed_s`
 /// of the step lines inside each epoch (so the epoch's start and its checkpoint are left out):
@@ -371,6 +381,19 @@ pub fn run(args: &[String]) -> Result<()> {
         torch.apply(&mut c);
         c
     };
+    // The report, written after every run (whole or not at all), so that a device call cut
+    // short still brings back the runs it finished.
+    let cpu = crate::bench_memory::cpu_name();
+    let measured = crate::tasks::measured(Path::new("."));
+    let write = |rows: &[Value], complete: bool| {
+        let report = json!({
+            "measured": measured,
+            "device": o.device, "gpu": gpu, "cpu": cpu, "profile": o.profile, "set": o.sets,
+            "data": data, "binary": bin.display().to_string(), "complete": complete,
+            "runs": rows,
+        });
+        crate::tasks::write_json(&o.out, &report)
+    };
     let mut rows = Vec::new();
     let mut summary = Vec::new();
     for m in &o.methods {
@@ -457,7 +480,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 )),
                 o_epochs = o.epochs,
             );
-            let job = if o.job {
+            let job = if o.job && job_variant(&o.variants) == Some(variant.as_str()) {
                 let job_name = format!("{name}-job");
                 let (js, ..) = train(&job_name, true)?;
                 let overhead = js / s - 1.0;
@@ -529,6 +552,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 "job_overhead": job.as_ref().map(|j| j.2),
                 "pytorch_step": pytorch_json,
             }));
+            write(&rows, false)?;
         }
     }
     println!(
@@ -538,18 +562,8 @@ pub fn run(args: &[String]) -> Result<()> {
     for line in &summary {
         println!("{line}");
     }
-    let report = json!({
-        "device": o.device, "gpu": gpu, "cpu": crate::bench_memory::cpu_name(),
-        "profile": o.profile, "set": o.sets, "data": data, "binary": bin.display().to_string(),
-        "runs": rows,
-    });
-    let out = o.out.as_path();
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")
-        .with_context(|| format!("writing {}", out.display()))?;
-    println!("wrote {}", out.display());
+    write(&rows, true)?;
+    println!("wrote {}", o.out.display());
     Ok(())
 }
 
@@ -596,8 +610,13 @@ mod tests {
         let o = parse(&[]).unwrap();
         assert_eq!(
             (o.variants, o.pytorch_steps),
-            (vec!["configured".into(), "fast".into()], Some(40))
+            (vec!["configured".into(), "tf32".into(), "fast".into()], Some(40))
         );
+        // One variant also trains as a 1-rank job: `fast` when it runs, else the first.
+        assert_eq!(job_variant(&parse(&[]).unwrap().variants), Some("fast"));
+        assert_eq!(job_variant(&s(&["tf32", "configured"])), Some("tf32"));
+        assert_eq!(job_variant(&s(&["configured", "fast"])), Some("fast"));
+        assert_eq!(job_variant(&[]), None);
         let o = parse(&s(&["--variants", "fast", "--pytorch-steps", "5"])).unwrap();
         assert_eq!((o.variants, o.pytorch_steps), (vec!["fast".to_string()], Some(5)));
         let o = parse(&s(&["--variants", "tf32,configured"])).unwrap();

@@ -12,6 +12,7 @@ mod bench_train;
 mod fetch;
 mod fuzz;
 mod gpu_check;
+mod gpu_pack;
 mod libtorch;
 mod new_method;
 mod tables;
@@ -44,13 +45,18 @@ Commands:
                      peak resident memory of a RotNet cpu-profile epoch; the loader's memory
                      over a generated dataset 10x CIFAR-10 (must stay flat)
   gpu-check [--binary PATH] [--epochs 3] [--methods rotnet,simclr] [--device cuda]
-            [--variants configured,fast[,tf32]] [--set KEY=VALUE]... [--no-job]
+            [--variants configured,tf32,fast] [--set KEY=VALUE]... [--no-job]
             [--pytorch-steps 40 | --no-pytorch] [--out FILE]
                      on a GPU machine: a few epochs of the RotNet and SimCLR paper profiles'
-                     pretraining as configured (deterministic fp32) and fast (autotuner, bf16,
-                     channels-last), tf32 on request (autotuner, TF32, channels-last); s/epoch, ms/step, images/s, GPU memory, full-protocol time
-                     against the targets, a 1-rank job's overhead, PyTorch's step on the same
-                     config; writes results/bench/gpu-check.json (or --out)
+                     pretraining as configured (deterministic fp32), tf32 (autotuner, TF32,
+                     channels-last) and fast (autotuner, bf16, channels-last); s/epoch,
+                     ms/step, images/s, GPU memory, full-protocol time against the targets,
+                     a 1-rank job's overhead, PyTorch's step on the same config; writes
+                     results/bench/gpu-check.json (or --out) after every run
+  gpu-pack [--out target/gpu-pack] [--no-nccl]
+                     build here what a GPU machine without cargo needs for the CUDA checks:
+                     selfsup, xtask and the CUDA test binaries, stripped, and run.sh (the
+                     CUDA tests, then gpu-check) for that machine
   avx2 [--no-build] -- CMD [ARGS...]
                      on an AVX-512 machine, run CMD as an AVX2 CPU runs selfsup and PyTorch:
                      selfsup's shims and plans built for AVX2 (target/avx2/), libtorch,
@@ -113,6 +119,7 @@ fn run() -> Result<()> {
         "fetch" => tasks::fetch(rest),
         "fuzz" => fuzz::run(&libtorch::ensure()?, rest),
         "gpu-check" => gpu_check::run(rest),
+        "gpu-pack" => gpu_pack::run(rest),
         "avx2" => avx2::run(&root, rest),
         "tables" => tables::run(&root),
         "new-method" => new_method::run(&root, rest),
@@ -132,6 +139,7 @@ fn usage(cmd: &str, rest: &[String]) -> Option<&'static str> {
         ("bench", Some("memory")) => Some(bench_memory::USAGE),
         ("bench", _) => Some("usage: cargo xtask bench data|train|memory [--help]"),
         ("gpu-check", _) => Some(gpu_check::USAGE),
+        ("gpu-pack", _) => Some(gpu_pack::USAGE),
         // Options after `--` are CMD's own.
         ("avx2", _)
             if rest.iter().take_while(|a| *a != "--").any(|a| a == "-h" || a == "--help") =>
@@ -172,6 +180,7 @@ mod tests {
         assert_eq!(usage("bench", &args(&["data", "-h"])), Some(bench_data::USAGE));
         assert_eq!(usage("bench", &args(&["memory", "--help"])), Some(bench_memory::USAGE));
         assert_eq!(usage("gpu-check", &args(&["--epochs", "1", "--help"])), Some(gpu_check::USAGE));
+        assert_eq!(usage("gpu-pack", &args(&["-h"])), Some(gpu_pack::USAGE));
         assert_eq!(usage("fuzz", &args(&["-h"])), Some(fuzz::USAGE));
         assert_eq!(usage("new-method", &args(&["--help"])), Some(new_method::USAGE));
         assert_eq!(usage("avx2", &args(&["--help"])), Some(avx2::USAGE));
