@@ -18,6 +18,15 @@ int selfsup_set_mkldnn_enabled(int enabled) {
   }
 }
 
+// Whether oneDNN kernels are enabled (1) or not (0: a deterministic run), or -1 on error.
+int selfsup_mkldnn_enabled() {
+  try {
+    return at::globalContext().userEnabledMkldnn() ? 1 : 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
 // The CUDA switches of `train.deterministic` (they are global flags of ATen's context, so they
 // can be set and read back on a CPU-only machine too). `deterministic`: cuDNN picks
 // deterministic convolution algorithms, ATen's deterministic implementations are used where they

@@ -23,6 +23,7 @@ use std::os::raw::c_int;
 
 extern "C" {
     fn selfsup_set_mkldnn_enabled(enabled: c_int) -> c_int;
+    fn selfsup_mkldnn_enabled() -> c_int;
     fn selfsup_set_cuda_determinism(deterministic: c_int, benchmark: c_int) -> c_int;
     fn selfsup_get_cuda_determinism(
         cudnn_deterministic: *mut c_int,
@@ -66,9 +67,7 @@ pub fn switches(deterministic: bool) -> crate::Result<Switches> {
     if rc != 0 {
         return Err(crate::CoreError::Config("reading libtorch's determinism switches".into()));
     }
-    // The mkldnn flag: set it to itself to read it.
-    let mkldnn = set_mkldnn_enabled(true);
-    set_mkldnn_enabled(mkldnn);
+    let mkldnn = mkldnn_enabled();
     Ok(Switches {
         deterministic,
         mkldnn,
@@ -98,6 +97,12 @@ pub fn apply(deterministic: bool) -> crate::Result<Switches> {
         return Err(crate::CoreError::Config("setting libtorch's determinism switches".into()));
     }
     switches(deterministic)
+}
+
+/// Whether oneDNN (mkldnn) kernels are enabled: off in a deterministic CPU run ([`apply`]).
+pub fn mkldnn_enabled() -> bool {
+    // SAFETY: a plain call into the shim, which catches every C++ exception.
+    unsafe { selfsup_mkldnn_enabled() == 1 }
 }
 
 /// Enables or disables oneDNN (mkldnn) kernels process-wide; returns the previous setting.

@@ -44,6 +44,17 @@
 //! Deterministic runs, NCHW activations, CUDA and other layers stay libtorch's;
 //! `SELFSUP_CONV_GEMM=off` turns it off, `=all` takes every pass of every layer it can.
 //!
+//! The smallest maps take a third path, on every CPU: a 3×3 layer at a 2×2 map (or smaller)
+//! and a 5×5 one at 4×4 (or smaller), with stride 1 and padding `(r - 1) / 2`, is one dense
+//! linear map from the map's `H·W·C` inputs to its `H·W·K` outputs (every output sees every
+//! input, or at 5×5 on 4×4 most of them), so the whole pass is one matrix product of the
+//! channels-last activations `(N, H·W·C)` with a `(H·W·C, H·W·K)` matrix gathered from the
+//! filters ([`conv_dense`], [`plan_dense`]): relative patch's 8-px patches through the
+//! AlexNet-24 (conv2 to conv5). oneDNN's kernels run far from the machine at such maps (the
+//! three 3×3 layers: 7.2 → 3.1 ms a step with AVX-512, 12.1 → 4.6 held to AVX2). As the other
+//! paths it leaves deterministic runs, NCHW activations, autocast and CUDA to libtorch;
+//! `SELFSUP_CONV_GEMM=off` turns it off too.
+//!
 //! The 4×4 convolution with stride 2 and padding 1 of DCGAN's discriminator (the context
 //! encoder's adversary) is, on the space-to-depth form of its padded input, a valid 2×2
 //! convolution of 4C channels: its backward pass to the weights, where oneDNN's kernel runs at
@@ -434,6 +445,92 @@ pub fn conv_gemm(
     })
 }
 
+/// Whether a bias-free `r×r` convolution with stride 1 and padding `(r - 1) / 2` from `c` to `k`
+/// channels at an `h × w` map runs as one dense matrix product ([`conv_dense`]): the 3×3 layers
+/// at maps of 2×2 and less (each output sees every input: no product by a padding zero) and the
+/// 5×5 ones at 4×4 and less (12.25 of the 16 inputs an output on average), while the gathered
+/// matrix (`(h·w)²·c·k` floats) stays within 64 MiB.
+///
+/// Measured with PyTorch's ops on 2 cores of an Intel Xeon (family 6, model 207, no AMX),
+/// batch 256, channels-last fp32, one run each, oneDNN / the product, forward + both backward
+/// passes, ms (`bench/README.md`, "The smallest maps as one product"): with AVX-512, 3×3 at
+/// 2×2 96→96 3.28 / 1.24, 64→96 2.01 / 0.91, 96→64 1.95 / 0.91 (relative patch's conv3 to
+/// conv5), 12→32 0.42 / 0.23, 256→256 24.2 / 8.4, 384→384 77.6 / 20.9, at 1×1 96→96
+/// 0.93 / 0.32; 5×5 at 4×4 24→64 3.46 / 3.23 (relative patch's conv2), 48→48 4.71 / 3.87,
+/// 12→24 1.17 / 0.79. Held to AVX2 (as [`plan`]): 3×3 at 2×2 4.97 / 1.90, 3.41 / 1.32,
+/// 3.71 / 1.33, 0.72 / 0.25, 35.0 / 12.3, 94.7 / 27.3, at 1×1 2.50 / 0.34; 5×5 at 4×4
+/// 6.47 / 4.67, 9.88 / 6.26, 2.34 / 1.05. Left out: 3×3 at 4×4 (2.56× the products of the
+/// direct convolution; 1.69 / 4.00 at 64→64, batch 128) and 5×5 at 8×8 (1.89 / 2.33).
+pub fn plan_dense(r: i64, c: i64, k: i64, h: i64, w: i64) -> bool {
+    let reach = match r {
+        3 => 2,
+        5 => 4,
+        _ => return false,
+    };
+    let s = h * w;
+    h >= 1 && w >= 1 && h <= reach && w <= reach && s * s * c * k <= 1 << 24
+}
+
+/// For every (input position `q`, output position `p`) pair of an `h × w` map, `q`-major, the
+/// tap `ty·r + tx` of the `r×r` filter that links them (stride 1, padding `(r - 1) / 2`), or
+/// `r·r` where the filter does not reach.
+fn dense_taps(r: i64, h: i64, w: i64) -> Vec<i64> {
+    let pad = (r - 1) / 2;
+    let mut taps = Vec::with_capacity((h * w * h * w) as usize);
+    for (qy, qx) in (0..h).flat_map(|y| (0..w).map(move |x| (y, x))) {
+        for (py, px) in (0..h).flat_map(|y| (0..w).map(move |x| (y, x))) {
+            let (ty, tx) = (qy - py + pad, qx - px + pad);
+            let inside = (0..r).contains(&ty) && (0..r).contains(&tx);
+            taps.push(if inside { ty * r + tx } else { r * r });
+        }
+    }
+    taps
+}
+
+/// The `r×r` convolution (stride 1, padding `(r - 1) / 2`, no bias) of `xs` with `ws` as one
+/// matrix product: `Y = X W̃`, `X` the activations `(N, H·W·C)` (a view of channels-last
+/// memory), `W̃` `(H·W·C, H·W·K)` with `W̃[(q, c), (p, k)] = ws[k, c, tap(q, p)]` (zero where
+/// the filter does not reach) gathered from the filters by one `index_select`. Built of
+/// libtorch's differentiable ops: the backward passes are the two products `dX = dY W̃ᵀ`,
+/// `dW̃ = Xᵀ dY` and the gather's sum back onto the taps. Each output is one sum of its terms
+/// in another order than oneDNN's (relative 1e-6). `None` when it does not take the
+/// convolution: `xs` not a 4-d channels-last float CPU tensor, `ws` not float `(K, C, r, r)`
+/// with `r` odd, autocast on for the CPU, oneDNN off (a deterministic run: MKL's sums are not
+/// the same at every thread count).
+///
+/// # Shapes
+/// `xs`: `(N, C, H, W)` channels-last; `ws`: `(K, C, r, r)`; returns `(N, K, H, W)`
+/// channels-last.
+pub fn conv_dense(xs: &Tensor, ws: &Tensor) -> Option<Tensor> {
+    let float_cpu = |t: &Tensor| t.kind() == tch::Kind::Float && t.device() == tch::Device::Cpu;
+    let (xsz, wsz) = (xs.size(), ws.size());
+    let (&[n, c, h, w], &[k, wc, r, r2]) = (&xsz[..], &wsz[..]) else { return None };
+    if !float_cpu(xs) || !float_cpu(ws) || wc != c || r != r2 || r % 2 == 0 {
+        return None;
+    }
+    // A view of `xs` as `(N, H·W·C)` needs the channels-last strides themselves.
+    if xs.stride() != [h * w * c, 1, w * c, c]
+        || !matches!(crate::precision::autocast_dtype(tch::Device::Cpu), Ok(None))
+        || !crate::determinism::mkldnn_enabled()
+    {
+        return None;
+    }
+    let s = h * w;
+    let taps = dense_taps(r, h, w);
+    let mut filters = ws.permute([2, 3, 1, 0]).reshape([r * r, c, k]);
+    if taps.contains(&(r * r)) {
+        let zero = Tensor::zeros([1, c, k], (tch::Kind::Float, tch::Device::Cpu));
+        filters = Tensor::cat(&[filters, zero], 0);
+    }
+    let dense = filters
+        .index_select(0, &Tensor::from_slice(&taps))
+        .view([s, s, c, k])
+        .permute([0, 2, 1, 3])
+        .reshape([s * c, s * k]);
+    let x = xs.permute([0, 2, 3, 1]).view([n, s * c]);
+    Some(x.mm(&dense).view([n, h, w, k]).permute([0, 3, 1, 2]))
+}
+
 /// A convolution of an encoder: `nn::Conv2D`, with Winograd where [`plan`] (or
 /// `SELFSUP_WINOGRAD`) takes it and as matrix products where [`plan_gemm`] (or
 /// `SELFSUP_CONV_GEMM`) does (see the module docs).
@@ -478,6 +575,16 @@ impl Conv2d {
         }
     }
 
+    /// Whether the layer runs as one dense product ([`plan_dense`]) for an input `(N, C, H, W)`:
+    /// 3×3 and 5×5 layers of [`Conv2d::plan_for`]'s shape unless `SELFSUP_CONV_GEMM=off`.
+    fn dense_for(&self, xs: &Tensor) -> bool {
+        if !self.winograd_shaped || xs.dim() != 4 || gemm_mode() == Mode::Off {
+            return false;
+        }
+        let (k, s) = (self.inner.ws.size(), xs.size());
+        plan_dense(k[2], s[1], k[0], s[2], s[3])
+    }
+
     /// The passes as matrix products for an input `(N, C, H, W)`, with its stride and padding.
     fn gemm_plan_for(&self, xs: &Tensor) -> Option<(Plan, i64, i64)> {
         let (stride, padding) = self.gemm_shaped?;
@@ -509,6 +616,11 @@ impl Conv2d {
 
 impl nn::Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Tensor {
+        if self.dense_for(xs) {
+            if let Some(y) = conv_dense(xs, &self.inner.ws) {
+                return y;
+            }
+        }
         let plan = self.plan_for(xs);
         if plan != Plan::default() {
             match conv_winograd(xs, &self.inner.ws, plan) {
@@ -1089,5 +1201,108 @@ mod tests {
         assert_eq!(fp32(3, 1, 256, 256, 8), Plan::default());
         assert_eq!(fp32(1, 2, 256, 512, 4), Plan::default());
         assert_eq!(plan_gemm(3, 1, 512, 512, 4, 4, Arith::Other), Plan::default());
+    }
+
+    #[test]
+    fn the_dense_product_matches_the_direct_convolution_in_every_pass() {
+        tch::manual_seed(5);
+        let opts = (Kind::Float, Device::Cpu);
+        let cl = |t: Tensor| crate::precision::to_channels_last(&t).unwrap();
+        // 3x3 at 2x2, 2x1 and 1x1, 5x5 at 4x4, 3x4 and 2x2; channel counts off the blocks of
+        // eight; filters channels-last (as training makes them) and contiguous.
+        for (r, h, w, c, k, cl_weights) in [
+            (3, 2, 2, 5, 7, true),
+            (3, 2, 2, 24, 16, false),
+            (3, 2, 1, 3, 4, true),
+            (3, 1, 1, 6, 5, true),
+            (5, 4, 4, 3, 9, true),
+            (5, 3, 4, 8, 6, false),
+            (5, 2, 2, 4, 4, true),
+        ] {
+            let x = cl(Tensor::randn([3, c, h, w], opts));
+            let mut ws = Tensor::randn([k, c, r, r], opts);
+            if cl_weights {
+                ws = cl(ws);
+            }
+            let dy = cl(Tensor::randn([3, k, h, w], opts));
+            let dense = |x: &Tensor, w: &Tensor| conv_dense(x, w).expect("taken");
+            let want = passes(&x, &ws, &dy, direct(1, (r - 1) / 2));
+            let got = passes(&x, &ws, &dy, dense);
+            let what = format!("{r}x{r} at {h}x{w}, {c}->{k}");
+            for (name, a, b) in [("output", &got.0, &want.0), ("input", &got.1, &want.1)] {
+                assert!(max_rel(a, b) < 1e-5, "{what}: {name} {}", max_rel(a, b));
+            }
+            assert!(
+                max_rel(&got.2, &want.2) < 1e-5,
+                "{what}: weights {}",
+                max_rel(&got.2, &want.2)
+            );
+            // Channels-last out, and gradients in their variables' layouts (the weight's is what
+            // the fused optimizer step needs).
+            assert!(crate::precision::is_channels_last(&got.0), "{what}: output layout");
+            assert_eq!(got.1.stride(), x.stride(), "{what}: input gradient layout");
+            assert_eq!(got.2.stride(), ws.stride(), "{what}: weight gradient layout");
+        }
+    }
+
+    #[test]
+    fn the_dense_product_leaves_what_it_does_not_take_and_takes_the_smallest_maps() {
+        let opts = (Kind::Float, Device::Cpu);
+        let x = crate::precision::to_channels_last(&Tensor::randn([2, 4, 2, 2], opts)).unwrap();
+        let w = Tensor::randn([4, 4, 3, 3], opts);
+        assert!(conv_dense(&x, &w).is_some());
+        assert!(conv_dense(&x.contiguous(), &w).is_none(), "NCHW");
+        assert!(conv_dense(&x.to_kind(Kind::Double), &w.to_kind(Kind::Double)).is_none(), "f64");
+        assert!(conv_dense(&x, &w.narrow(1, 0, 3)).is_none(), "channels disagree");
+        assert!(conv_dense(&x, &Tensor::randn([4, 4, 2, 2], opts)).is_none(), "even filter");
+        let bf16 = crate::precision::Precision::Bf16;
+        if crate::precision::cpu_supports_bf16() {
+            let taken = crate::precision::autocast(Device::Cpu, bf16, || conv_dense(&x, &w));
+            assert!(taken.is_none(), "autocast");
+        }
+        // The rule: 3x3 at 2x2 and less, 5x5 at 4x4 and less, the gathered matrix within 64 MiB.
+        assert!(plan_dense(3, 96, 96, 2, 2) && plan_dense(3, 64, 96, 2, 2));
+        assert!(plan_dense(3, 12, 32, 1, 1) && plan_dense(5, 24, 64, 4, 4));
+        assert!(plan_dense(3, 384, 384, 2, 2));
+        assert!(!plan_dense(3, 64, 64, 4, 4) && !plan_dense(3, 64, 64, 2, 3));
+        assert!(!plan_dense(5, 3, 24, 8, 8) && !plan_dense(1, 96, 96, 2, 2));
+        assert!(!plan_dense(5, 512, 512, 4, 4), "(16·16)·512·512 floats: 256 MiB");
+        assert!(plan_dense(5, 128, 128, 4, 4), "(16·16)·128·128 floats: 16 MiB");
+        // Relative patch's AlexNet-24 on 8-px patches (conv2 at 4x4, conv3-5 at 2x2) takes it
+        // through the encoder's layers; a larger map, a stride, a bias or `off` do not.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let conv = |name: &str, c, k, size, stride, padding| {
+            super::super::conv2d(vs.root() / name, c, k, size, stride, padding)
+        };
+        let on = gemm_mode() != Mode::Off;
+        let at = |c, side| Tensor::zeros([2, c, side, side], opts);
+        assert_eq!(conv("a", 64, 96, 3, 1, 1).dense_for(&at(64, 2)), on);
+        assert_eq!(conv("b", 24, 64, 5, 1, 2).dense_for(&at(24, 4)), on);
+        assert!(!conv("c", 64, 96, 3, 1, 1).dense_for(&at(64, 4)), "4x4 map");
+        assert!(!conv("d", 64, 96, 3, 2, 1).dense_for(&at(64, 2)), "stride 2");
+        assert!(!conv("e", 64, 96, 1, 1, 0).dense_for(&at(64, 2)), "1x1");
+        let biased = Conv2d::new(
+            vs.root() / "f",
+            64,
+            96,
+            3,
+            nn::ConvConfig { padding: 1, ..Default::default() },
+        );
+        assert!(!biased.dense_for(&at(64, 2)), "with a bias");
+    }
+
+    #[test]
+    fn the_dense_taps_link_each_input_to_each_output() {
+        // 3x3 at 2x2: input (0, 0) reaches outputs (0, 0), (0, 1), (1, 0), (1, 1) by the taps
+        // (1, 1), (1, 0), (0, 1), (0, 0); every pair linked.
+        let t = dense_taps(3, 2, 2);
+        assert_eq!(t.len(), 16);
+        assert_eq!(t[..4], [4, 3, 1, 0]);
+        assert_eq!(t[12..], [8, 7, 5, 4], "input (1, 1)");
+        // 5x5 at 4x4: input (0, 0) and output (3, 3) are 3 apart, past the filter's reach of 2.
+        let t = dense_taps(5, 4, 4);
+        assert_eq!(t[15], 25);
+        assert_eq!(t[0], 12, "the centre tap");
+        assert_eq!(t.iter().filter(|&&x| x < 25).count(), 196, "12.25 inputs an output");
     }
 }
