@@ -39,7 +39,8 @@ pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 }
 
 /// When and on which code a figure was measured: `{"date": "YYYY-MM-DD" (UTC), "commit": the
-/// checkout's `HEAD` at `root`, with `+changes` when its tracked files differ from it}`; the
+/// checkout's `HEAD` at `root`, with `+changes` when its tracked files outside `results/` differ
+/// from it}`; the
 /// commit is `unknown` outside a git checkout. Records keep it beside each figure, so a table
 /// shows which rows predate a change.
 pub(crate) fn measured(root: &Path) -> serde_json::Value {
@@ -54,8 +55,9 @@ pub(crate) fn measured(root: &Path) -> serde_json::Value {
     };
     let commit = match git(&["rev-parse", "--short=12", "HEAD"]) {
         Some(c) if !c.is_empty() => {
-            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty());
+            // The records under `results/` are what a bench writes, not code it measures.
+            let status = ["status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"];
+            let dirty = git(&status).is_some_and(|s| !s.is_empty());
             if dirty {
                 format!("{c}+changes")
             } else {
@@ -225,6 +227,28 @@ mod tests {
         );
         let outside = tempfile::tempdir().unwrap();
         assert_eq!(measured(outside.path())["commit"], "unknown");
+        // A scratch checkout: a changed record under `results/` is not a change of the code
+        // measured; a changed source file is.
+        let repo = outside.path();
+        let git = |args: &[&str]| {
+            let st = Command::new("git")
+                .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"])
+                .args(args)
+                .current_dir(repo)
+                .output();
+            st.is_ok_and(|o| o.status.success())
+        };
+        std::fs::create_dir_all(repo.join("results")).unwrap();
+        std::fs::write(repo.join("results/train.json"), "{}").unwrap();
+        std::fs::write(repo.join("code.rs"), "a").unwrap();
+        if git(&["init", "-q"]) && git(&["add", "."]) && git(&["commit", "-qm", "c"]) {
+            let clean = measured(repo)["commit"].as_str().unwrap().to_string();
+            assert_eq!(clean.len(), 12, "{clean}");
+            std::fs::write(repo.join("results/train.json"), "{\"a\": 1}").unwrap();
+            assert_eq!(measured(repo)["commit"], clean.as_str(), "a record written");
+            std::fs::write(repo.join("code.rs"), "b").unwrap();
+            assert_eq!(measured(repo)["commit"], format!("{clean}+changes"), "code changed");
+        }
     }
 
     #[test]

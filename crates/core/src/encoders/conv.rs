@@ -51,7 +51,7 @@
 //! channels-last activations `(N, H·W·C)` with a `(H·W·C, H·W·K)` matrix gathered from the
 //! filters ([`conv_dense`], [`plan_dense`]): relative patch's 8-px patches through the
 //! AlexNet-24 (conv2 to conv5). oneDNN's kernels run far from the machine at such maps (the
-//! three 3×3 layers: 7.2 → 3.1 ms a step with AVX-512, 12.1 → 4.6 held to AVX2). As the other
+//! three 3×3 layers: 7.1 → 3.2 ms a step with AVX-512, 12.0 → 4.6 held to AVX2). As the other
 //! paths it leaves deterministic runs, NCHW activations, autocast and CUDA to libtorch;
 //! `SELFSUP_CONV_GEMM=off` turns it off too.
 //!
@@ -452,15 +452,16 @@ pub fn conv_gemm(
 /// matrix (`(h·w)²·c·k` floats) stays within 64 MiB.
 ///
 /// Measured with PyTorch's ops on 2 cores of an Intel Xeon (family 6, model 207, no AMX),
-/// batch 256, channels-last fp32, one run each, oneDNN / the product, forward + both backward
-/// passes, ms (`bench/README.md`, "The smallest maps as one product"): with AVX-512, 3×3 at
-/// 2×2 96→96 3.28 / 1.24, 64→96 2.01 / 0.91, 96→64 1.95 / 0.91 (relative patch's conv3 to
-/// conv5), 12→32 0.42 / 0.23, 256→256 24.2 / 8.4, 384→384 77.6 / 20.9, at 1×1 96→96
-/// 0.93 / 0.32; 5×5 at 4×4 24→64 3.46 / 3.23 (relative patch's conv2), 48→48 4.71 / 3.87,
-/// 12→24 1.17 / 0.79. Held to AVX2 (as [`plan`]): 3×3 at 2×2 4.97 / 1.90, 3.41 / 1.32,
-/// 3.71 / 1.33, 0.72 / 0.25, 35.0 / 12.3, 94.7 / 27.3, at 1×1 2.50 / 0.34; 5×5 at 4×4
-/// 6.47 / 4.67, 9.88 / 6.26, 2.34 / 1.05. Left out: 3×3 at 4×4 (2.56× the products of the
-/// direct convolution; 1.69 / 4.00 at 64→64, batch 128) and 5×5 at 8×8 (1.89 / 2.33).
+/// channels-last fp32, batch 256 (`bench/dense_probe.py`, medians of 30 calls; `bench/README.md`,
+/// "The smallest maps as one product"), oneDNN / the product, forward + both backward passes,
+/// ms: with AVX-512, 3×3 at 2×2 96→96 3.08 / 1.35, 64→96 2.03 / 0.90, 96→64 2.03 / 0.91
+/// (relative patch's conv3 to conv5), 12→32 0.39 / 0.21, 256→256 23.3 / 8.4, 384→384
+/// 76.6 / 19.7, at 1×1 96→96 0.87 / 0.28; 5×5 at 4×4 24→64 3.52 / 3.33 (relative patch's
+/// conv2; its forward pass alone 0.71 / 1.77), 48→48 4.56 / 3.83, 12→24 1.15 / 0.73. Held to
+/// AVX2 (as [`plan`]): 3×3 at 2×2 4.82 / 1.90, 3.45 / 1.37, 3.76 / 1.36, 0.67 / 0.23,
+/// 33.1 / 13.0, 92.9 / 29.1, at 1×1 2.53 / 0.34; 5×5 at 4×4 6.54 / 5.13, 9.90 / 6.39,
+/// 2.45 / 1.08. Left out: 3×3 at 4×4 (2.56× the products of the direct convolution; 64→64,
+/// batch 128: 1.70 / 4.07, AVX2 2.96 / 6.49) and 5×5 at 8×8 (3→24: 1.98 / 2.40, 2.84 / 4.08).
 pub fn plan_dense(r: i64, c: i64, k: i64, h: i64, w: i64) -> bool {
     let reach = match r {
         3 => 2,
