@@ -217,9 +217,10 @@ fn mode_from_env(var: &str) -> Mode {
 /// two passes alike (F(4×4) 1.5-4.1× oneDNN's speed at every one of these layers). Two runs at
 /// the 16-px tiles' maps: 3×3 at 4×4 1.1-1.4× in every pass, 5×5 24→64 at 8×8 1.5-2.0× forward,
 /// 1.25× to the input, 1.03× to the weights. The 3×3 layers at 32×32 with more than 64 channels
-/// are taken by extrapolation (no network here has one). Left to oneDNN: the 3×3 layers at 2×2
+/// are taken by extrapolation (no network here has one). Left out: the 3×3 layers at 2×2
 /// (relative-patch's 8-px patches: F(4×4) up to 3× slower) and the 5×5 ones at 4×4 (slower to the
-/// input), layers under 64 channels (3×3) or 24 (5×5: the NINs' 5×5 first layers, 3 channels in,
+/// input), which [`plan_dense`] takes instead; left to oneDNN: layers under 64 channels (3×3) or
+/// 24 (5×5: the NINs' 5×5 first layers, 3 channels in,
 /// where tiles of 4×4 are 1.9-2.4× slower forward and to the weights; the cpu profiles' NIN-16
 /// and NIN-32).
 ///
