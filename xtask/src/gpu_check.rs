@@ -281,9 +281,10 @@ const VARIANTS: [(&str, &[&str]); 3] = [
     ("fast", &["train.deterministic=false", "train.precision=bf16", "train.channels_last=true"]),
 ];
 
-/// The [`VARIANTS`] `gpu-check` runs without `--variants`: all three. By the second H200 run's
-/// times (334 s for `configured` and `fast` with a 1-rank job each and PyTorch's step), adding
-/// `tf32` and keeping one job ([`job_variant`]) stays well inside one device call's 10 minutes.
+/// The [`VARIANTS`] `gpu-check` runs without `--variants`: all three. An estimate from the
+/// second H200 run's times, not yet run so: 334 s for `configured` and `fast` with a 1-rank job
+/// each and PyTorch's step; `tf32` added and one job dropped ([`job_variant`]) about the same,
+/// inside one device call's 10 minutes.
 const DEFAULT_VARIANTS: [&str; 3] = ["configured", "tf32", "fast"];
 
 /// The variant that also trains as a 1-rank job: `fast` when it runs (the shortest steps, where
