@@ -26,8 +26,9 @@ pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<()> {
     let mut tmp_name = name.to_os_string();
     tmp_name.push(format!(".tmp{}", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| {
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    written.with_context(|| {
+        // Neither a half-written temporary file nor the record is left changed.
         let _ = std::fs::remove_file(&tmp);
         format!("writing {}", path.display())
     })
