@@ -30,6 +30,9 @@ use std::process::{Command, Stdio};
 pub(crate) const USAGE: &str = "usage: cargo xtask gpu-pack [--out target/gpu-pack] [--no-nccl]\n\
     then on the GPU machine, from the checkout's root: target/gpu-pack/run.sh [gpu-check options]";
 
+/// The files a pack holds.
+const PACK_FILES: [&str; 5] = ["selfsup", "xtask", "core-tests", "nccl-tests", "run.sh"];
+
 /// What the device tool carries at most, in bytes.
 const CARRY_LIMIT: u64 = 64 << 20;
 
@@ -150,8 +153,12 @@ pub fn run(args: &[String]) -> Result<()> {
         None
     };
     let xtask = std::env::current_exe().context("locating the xtask binary")?;
-    let _ = std::fs::remove_dir_all(&o.out);
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+    // The pack's own files only (a previous pack's `nccl-tests` among them): `--out` may name a
+    // folder that holds other things.
+    for name in PACK_FILES {
+        let _ = std::fs::remove_file(o.out.join(name));
+    }
     let mut parts = vec![
         (PathBuf::from("target/release/selfsup"), "selfsup"),
         (xtask, "xtask"),

@@ -41,9 +41,8 @@ pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 
 /// When and on which code a figure was measured: `{"date": "YYYY-MM-DD" (UTC), "commit": the
 /// checkout's `HEAD` at `root`, with `+changes` when its tracked files outside `results/` differ
-/// from it}`; the
-/// commit is `unknown` outside a git checkout. Records keep it beside each figure, so a table
-/// shows which rows predate a change.
+/// from it}`; the commit is `unknown` outside a git checkout. Records keep it beside each
+/// figure, so a table shows which rows predate a change.
 pub(crate) fn measured(root: &Path) -> serde_json::Value {
     let git = |args: &[&str]| {
         Command::new("git")
