@@ -628,10 +628,13 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
     } else {
         crate::tasks::build_release()?
     };
+    // The code measured: the checkout as the binary was built, the same for every method.
+    let measured = crate::tasks::measured(Path::new("."));
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = record_cpu(&cpu_name(), cpu_bf16(&info), o.held);
+    let cpu_isa = cpu_bf16(&info);
+    let cpu = record_cpu(&cpu_name(), cpu_isa, o.held);
     // Held to AVX2, bf16 is skipped as on a CPU without AVX512-BF16 or AMX.
-    let bf16_isa = cpu_bf16(&info).filter(|_| !o.held);
+    let bf16_isa = cpu_isa.filter(|_| !o.held);
     let bf16 = bf16_isa.is_some();
     let modes: Vec<Mode> = MODES.iter().copied().filter(|m| bf16 || !m.bf16).collect();
     let tmp = std::env::temp_dir().join(format!("selfsup-bench-train-{}", std::process::id()));
@@ -734,7 +737,7 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
         ));
         let case = json!({
             "command": o.command(method, backbone),
-            "measured": crate::tasks::measured(Path::new(".")),
+            "measured": measured,
             "cpu": cpu,
             "threads": o.threads,
             "steps": match o.steps {
