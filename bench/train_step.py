@@ -13,9 +13,12 @@ same networks and losses; `--fused` gives its optimizers `fused=True`; `--compil
 step's loss with `torch.compile` (inductor; the compilation falls in the untimed warm-up steps).
 
 The batch is drawn once (no data loading is timed); the first `--warmup` steps are not timed.
+`--op-counts FILE` counts the operators of the timed steps by name with PyTorch's profiler (the
+same `RecordFunction` events `SELFSUP_OP_COUNTS` counts in selfsup's trainer); the times are
+then the profiler's, not the bench's.
 Prints one JSON line: source images per second and seconds per step.
 Usage: python bench/train_step.py --config run.json [--steps 5] [--warmup 2] [--fused] [--compile]
-       [--device cpu|cuda]
+       [--device cpu|cuda] [--op-counts FILE]
 """
 import argparse
 import importlib
@@ -38,6 +41,8 @@ def main():
     ap.add_argument("--fused", action="store_true")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--op-counts", metavar="FILE",
+                    help="write the operators of the timed steps, counted by name, to FILE")
     a = ap.parse_args()
     with open(a.config) as f:
         cfg = json.load(f)
@@ -65,12 +70,21 @@ def main():
     ctx = common.Ctx(train.get("channels_last", False), train.get("precision") == "bf16", a.fused,
                      a.compile)
     step = module.build(cfg, ctx)
+    prof = None
     for i in range(a.warmup + a.steps):
         if i == a.warmup:
             if cuda:
                 torch.cuda.synchronize()
+            if a.op_counts:
+                prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                prof.__enter__()
             start = time.perf_counter()
         loss = step()
+    if prof is not None:
+        prof.__exit__(None, None, None)
+        ops = {e.key: e.count for e in prof.key_averages()}
+        with open(a.op_counts, "w") as f:
+            json.dump({"steps": a.steps, "ops": ops}, f)
     loss.item()
     secs = (time.perf_counter() - start) / a.steps
     print(json.dumps({"images_per_s": train["batch_size"] / secs, "seconds_per_step": secs}))

@@ -4,8 +4,9 @@
 //! (`csrc/relu_dropout.cpp`, both over `csrc/elementwise.h`), the Winograd 3×3 convolution
 //! (`csrc/winograd.cpp`) and the convolution as matrix products over im2col columns
 //! (`csrc/conv_gemm.cpp`, both over `csrc/conv_passes.h`), the ops tch binds only with default
-//! arguments (`csrc/ops.cpp`) and the device-side prefetch of batches (`csrc/stream.cpp`) against
-//! libtorch's headers (see `selfsup-shim-build`). Linking against libtorch itself is done by
+//! arguments (`csrc/ops.cpp`), the operator counts (`csrc/op_counts.cpp`) and the device-side
+//! prefetch of batches (`csrc/stream.cpp`) against libtorch's headers (see
+//! `selfsup-shim-build`). Linking against libtorch itself is done by
 //! `torch-sys`. The crate's own test binaries keep `libtorch_cuda.so` linked (the linker's
 //! `--as-needed` drops it, leaving CUDA unavailable), so that its CUDA tests (`--ignored`) can run
 //! on a GPU machine.
@@ -19,6 +20,7 @@ fn main() {
             "csrc/fused_optim.cpp",
             "csrc/bn_relu.cpp",
             "csrc/ops.cpp",
+            "csrc/op_counts.cpp",
             "csrc/stream.cpp",
             "csrc/relu_dropout.cpp",
             "csrc/winograd.cpp",

@@ -60,7 +60,7 @@ pub(crate) const USAGE: &str = "usage: cargo xtask bench train [--methods rotnet
 
 /// The registered methods, each with a PyTorch reference step in
 /// `bench/reference/<method>.py`.
-const METHODS: [&str; 12] = [
+pub(crate) const METHODS: [&str; 12] = [
     "rotnet",
     "simclr",
     "moco",
@@ -79,7 +79,7 @@ const METHODS: [&str; 12] = [
 const BACKBONES: [&str; 2] = ["cpu", "large"];
 
 /// The methods with a `--backbone large` network.
-const LARGE: [&str; 2] = ["rotnet", "simclr"];
+pub(crate) const LARGE: [&str; 2] = ["rotnet", "simclr"];
 
 /// How many steps a run times.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -284,7 +284,7 @@ fn plan_source(method: &str) -> &str {
 
 /// The first training of `method` in the plan of `plan_source(method)`'s cpu reproduction
 /// (`selfsup reproduce <m> --profile cpu --configs-only`, written in `tmp`).
-fn cpu_profile_config(bin: &Path, t: &Torch, method: &str, tmp: &Path) -> Result<Value> {
+pub(crate) fn cpu_profile_config(bin: &Path, t: &Torch, method: &str, tmp: &Path) -> Result<Value> {
     let source = plan_source(method);
     let mut c = Command::new(bin);
     t.apply(&mut c);
@@ -323,7 +323,13 @@ fn training_config(plan: &Value, method: &str) -> Result<Value> {
 
 /// The benchmarked config: `base` with `--backbone large`'s network when asked, oneDNN on,
 /// the thread count, and the mode's memory format and precision.
-fn step_config(base: &Value, method: &str, large: bool, threads: usize, mode: Mode) -> Value {
+pub(crate) fn step_config(
+    base: &Value,
+    method: &str,
+    large: bool,
+    threads: usize,
+    mode: Mode,
+) -> Value {
     let mut c = base.clone();
     if large {
         c["encoder"] = match method {
@@ -390,14 +396,14 @@ struct Measured {
 /// the run (`WARMUP` + `steps` steps) with a batch to spare. Both selfsup and the PyTorch
 /// reference see this count (as `data.max_images`; instance discrimination's memory bank has a
 /// row per image).
-fn bench_images(cfg: &Value, steps: usize) -> Result<u64> {
+pub(crate) fn bench_images(cfg: &Value, steps: usize) -> Result<u64> {
     let batch = cfg["train"]["batch_size"].as_u64().context("train.batch_size")?;
     Ok(batch * ((WARMUP + steps) as u64 + 1))
 }
 
 /// Untimed steps at the start of every run, on both sides (`bench/train_step.py --warmup`): the
 /// first steps pick kernels and fill the allocator's caches.
-const WARMUP: usize = 2;
+pub(crate) const WARMUP: usize = 2;
 
 /// One run of `selfsup train` on `cfg` for `WARMUP + steps` steps, logging every step: its
 /// steady-state step is the wall time between the step lines of steps `WARMUP` and
@@ -465,7 +471,7 @@ struct Variant {
 }
 
 /// Where Debian's `libjemalloc2` puts the library (`apt-get install libjemalloc2`).
-const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+pub(crate) const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
 
 /// PyTorch's variants: as a new user runs it, with `fused=True`, and with `fused=True` on
 /// jemalloc (preloaded, as Intel's CPU tuning guide advises) where `jemalloc` exists; with

@@ -7,6 +7,7 @@
 mod avx2;
 mod bench_data;
 mod bench_memory;
+mod bench_ops;
 mod bench_report;
 mod bench_train;
 mod fetch;

@@ -195,8 +195,12 @@ pub fn bench(args: &[String]) -> Result<()> {
             let t = libtorch::ensure()?;
             crate::bench_train::run(&t, &args[1..])
         }
-        Some(other) => bail!("unknown benchmark `{other}` (known: data, train, memory)"),
-        None => bail!("usage: cargo xtask bench data|train|memory"),
+        Some("ops") => {
+            let t = libtorch::ensure()?;
+            crate::bench_ops::run(&t, &args[1..])
+        }
+        Some(other) => bail!("unknown benchmark `{other}` (known: data, train, memory, ops)"),
+        None => bail!("usage: cargo xtask bench data|train|memory|ops"),
     }
 }
 

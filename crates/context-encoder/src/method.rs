@@ -10,7 +10,7 @@
 //! - the fake image is `x` with `F(input)` pasted into the hole and its border;
 //!   `L_adv = −log D(fake)` (the non-saturating generator loss of the official code), scored
 //!   with D's variables held constant ([`Discriminator::forward_frozen`]: the backward computes
-//!   no gradient for D, which its own step would zero);
+//!   no gradient for D, which its own step would clear);
 //! - the step's loss, for the run's optimizer (encoder, bottleneck, decoder), is
 //!   `λ_rec · L_rec + λ_adv · L_adv` (0.999 / 0.001), or `L_rec` alone without the adversary.
 //!

@@ -19,9 +19,9 @@
 //! With `eager = true` (the memory-saving mode) the micro-batches `0..M−1` are backpropagated
 //! inside this function, one at a time, each graph freed before the next is built; only the
 //! last micro-batch's graph is left in the surrogate. Parameter gradients then accumulate in
-//! `.grad()` before the trainer's `backward()`, which is correct when the trainer zeroes
-//! gradients before `step()` and backpropagates the returned loss unscaled. With
-//! `eager = false` every micro-batch stays in the surrogate (exact whatever the trainer does
+//! `.grad()` before the trainer's `backward()`, which is correct when the trainer clears
+//! gradients (zeroes or drops them) before `step()` and backpropagates the returned loss
+//! unscaled. With `eager = false` every micro-batch stays in the surrogate (exact whatever the trainer does
 //! with the loss, e.g. fp16 loss scaling, but the memory of the whole batch).
 //!
 //! # What is exact and what is not

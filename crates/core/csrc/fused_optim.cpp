@@ -2,7 +2,8 @@
 // `at::_fused_adamw_`, the kernels behind `torch.optim.SGD(fused=True)` and
 // `torch.optim.AdamW(fused=True)`. One call updates a whole list of parameters: on the CPU a
 // vectorised loop per tensor without a dispatch per arithmetic op, on CUDA a multi-tensor
-// kernel (a handful of launches a step instead of several per parameter).
+// kernel (a handful of launches a step instead of several per parameter). And the trainer's
+// `zero_grad(set_to_none=True)`, which tch does not bind either.
 //
 // Tensors arrive as arrays of `at::Tensor*` (tch's `C_tensor` is `at::Tensor`), all of one
 // device and dtype, each parameter dense (one run of memory, in any order of dimensions), its
@@ -68,6 +69,15 @@ int selfsup_fused_adamw(const at::Tensor* const* params, const at::Tensor* const
     at::_fused_adamw_(list(params, n), list(grads, n), list(exp_avgs, n), list(exp_avg_sqs, n),
                       {}, s, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
                       /*maximize=*/false);
+  });
+}
+
+// Drops the gradients of `n` parameters (`optimizer.zero_grad(set_to_none=True)`, PyTorch's
+// default): the next backward pass hands each parameter its gradient buffer as computed,
+// instead of adding it into a zeroed one (on CUDA one fill and one add kernel a parameter).
+int selfsup_drop_grads(const at::Tensor* const* params, size_t n, char* err, size_t err_len) {
+  return selfsup::guarded(err, err_len, [&] {
+    for (size_t i = 0; i < n; ++i) params[i]->mutable_grad().reset();
   });
 }
 

@@ -15,6 +15,7 @@ pub mod error;
 pub mod export;
 pub mod host;
 pub mod method;
+pub mod op_counts;
 pub mod ops;
 pub mod optim;
 pub mod precision;

@@ -156,7 +156,7 @@ pub trait PretextMethod {
     /// called after the main step and [`PretextMethod::after_optimizer_step`], under the same
     /// autocast as [`PretextMethod::step`] (a GAN's discriminator loss, on the generator output
     /// the step kept, detached). An optimizer whose name is missing skips this step. The
-    /// trainer zeroes the optimizer's gradients, back-propagates its loss, steps it at its own
+    /// trainer clears the optimizer's gradients, back-propagates its loss, steps it at its own
     /// rate (under the run's schedule) and logs the loss as `<name>_loss`.
     fn extra_losses(&mut self, _batch: &Batch) -> Result<Vec<(String, Tensor)>> {
         Ok(Vec::new())

@@ -212,11 +212,26 @@ fn check_extra_optimizers(
     Ok(())
 }
 
-fn zero_grads(params: &[(String, Tensor)]) {
-    for (_, t) in params {
-        let mut t = t.shallow_clone();
-        t.zero_grad();
-    }
+/// The first global step whose operators `SELFSUP_OP_COUNTS` counts: the steps before pick
+/// kernels and fill caches (`cargo xtask bench train`'s warm-up steps, and PyTorch's).
+const OP_COUNTS_FROM: u64 = 2;
+
+/// Writes the operators counted over `steps` steps to `path` ([`crate::op_counts`]): JSON
+/// `{"steps": n, "ops": {name: count, ...}}`, written whole or not at all.
+fn write_op_counts(path: &Path, steps: u64) -> Result<()> {
+    let counts = crate::op_counts::take().map_err(CoreError::Training)?;
+    let ops: serde_json::Map<String, serde_json::Value> =
+        counts.into_iter().map(|(name, n)| (name, n.into())).collect();
+    let text = serde_json::json!({ "steps": steps, "ops": ops }).to_string();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| CoreError::io(path, e))
+}
+
+/// Drops the gradients of `params` before a backward pass ([`crate::optim::drop_grads`]).
+fn drop_grads(params: &[(String, Tensor)]) -> Result<()> {
+    crate::optim::drop_grads(params.iter().map(|(_, t)| t))
 }
 
 /// Appends JSON lines to `metrics.jsonl`. A step line (`"kind": "step"`) holds `epoch`, `step`,
@@ -721,7 +736,7 @@ impl<'a> Trainer<'a> {
         let frac = epoch as f64 + batch_in_epoch as f64 / self.steps_per_epoch as f64;
         let lr = cfg.train.schedule.lr_at(cfg.train.optimizer.lr(), frac, cfg.train.epochs as f64);
 
-        zero_grads(&self.params);
+        drop_grads(&self.params)?;
         let method = &mut self.method;
         let out = autocast(self.device, cfg.train.precision, || method.step(batch, true))?;
         // Not read back here: the loss sums are checked for NaN and infinity by
@@ -762,7 +777,7 @@ impl<'a> Trainer<'a> {
             let losses = autocast(self.device, cfg.train.precision, || method.extra_losses(batch))?;
             for (i, e) in self.extras.iter().enumerate() {
                 if let Some((_, l)) = losses.iter().find(|(n, _)| n == &e.name) {
-                    zero_grads(&self.extra_params[i]);
+                    drop_grads(&self.extra_params[i])?;
                     l.f_backward()?;
                     let value = l.detach();
                     if let Some(g) = &self.group {
@@ -867,6 +882,8 @@ impl<'a> Trainer<'a> {
             self.run_dir.display()
         );
 
+        let op_counts = crate::op_counts::from_env();
+        let mut counted_steps = 0u64;
         let mut last_save = Instant::now();
         // The global step after the last finiteness check, and the last step's rate.
         let (mut checked, mut last_lr) = (self.pos.global_step, f64::NAN);
@@ -889,12 +906,22 @@ impl<'a> Trainer<'a> {
             let mut batches = ToDevice::new(batches, self.device, cfg.train.channels_last)?;
             while let Some(batch) = batches.next_with(|b| self.method.check_batch(b)) {
                 let batch: Batch = batch?;
+                // `SELFSUP_OP_COUNTS`: the operators of the steps after the first two (which
+                // pick kernels), log lines and checkpoints left out.
+                let counting = op_counts.is_some() && self.pos.global_step >= OP_COUNTS_FROM;
+                if counting {
+                    crate::op_counts::enable(true).map_err(CoreError::Training)?;
+                    counted_steps += 1;
+                }
                 let r = self.step(&batch)?;
                 batches.prefetch(|b| self.method.check_batch(b));
                 epoch_inputs += r.inputs;
                 inputs_done += r.inputs;
                 images_done += cfg.train.batch_size as u64;
                 means.add(&r.loss, &r.metrics)?;
+                if counting {
+                    crate::op_counts::enable(false).map_err(CoreError::Training)?;
+                }
                 last_lr = r.lr;
 
                 // The host reads values back only here, every `log_every` steps.
@@ -981,6 +1008,9 @@ impl<'a> Trainer<'a> {
         }
         pb.finish_and_clear();
         let seconds = started.elapsed().as_secs_f64();
+        if let Some(path) = op_counts {
+            write_op_counts(&path, counted_steps)?;
+        }
         Ok(TrainSummary {
             run_dir: self.run_dir.to_path_buf(),
             global_step: self.pos.global_step,

@@ -7,7 +7,7 @@
 //! ([`selfsup_contrastive::grad_cache`]): micro-batches `1..M−1` are backpropagated inside
 //! [`PretextMethod::step`] one at a time and the returned loss is a surrogate whose value is the
 //! full-batch loss and whose `backward()` adds the last micro-batch's share, so memory is that
-//! of one micro-batch. This needs a trainer that zeroes gradients before `step` and
+//! of one micro-batch. This needs a trainer that clears gradients before `step` and
 //! backpropagates the returned loss unscaled (no fp16 loss scaling); with `grad_cache: false`
 //! the micro-batches are kept in one graph (exact under any trainer, memory of the full batch).
 //!

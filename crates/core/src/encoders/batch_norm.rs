@@ -223,6 +223,12 @@ extern "C" {
     ) -> c_int;
 }
 
+/// Whether the fused batch norm + ReLU may run: not with `SELFSUP_FUSED_BN=off` (read once).
+fn fused_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SELFSUP_FUSED_BN").as_deref() != Ok("off"))
+}
+
 impl BatchNorm {
     /// `relu(self.forward_t(xs, train))`. In training, on a dense (NCHW or channels-last) 4-d
     /// CPU input of float or bfloat16, for a layer that is not synchronised and has its affine
@@ -232,6 +238,8 @@ impl BatchNorm {
     /// pieces, so the result does not depend on the thread count. Inside a
     /// [`split_batch_norm`] scope each sub-batch takes it. Anything else takes tch's batch norm
     /// and ReLU. It has no double backward (`create_graph`: an error, not a wrong gradient).
+    /// `SELFSUP_FUSED_BN=off` leaves every layer to tch's batch norm and ReLU (for measuring,
+    /// and for counting the operators a CUDA step runs: `cargo xtask bench ops --cuda-paths`).
     ///
     /// A contiguous 2-d input (`BatchNorm1d` on features: the projection heads) takes the
     /// same kernel as `(N, C, 1, 1)`, which is channels-last: rows of `C` values.
@@ -374,6 +382,7 @@ impl BatchNorm {
         !self.is_synchronised()
             && size.len() == 4
             && xs.device() == tch::Device::Cpu
+            && fused_enabled()
             && kind_ok
             && size[0] * size[2] * size[3] > 1
             && (crate::precision::is_channels_last(xs) || xs.is_contiguous())

@@ -20,6 +20,12 @@ use crate::{CoreError, Result};
 type Handle = *const c_void;
 
 extern "C" {
+    fn selfsup_drop_grads(
+        params: *const Handle,
+        n: usize,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
     fn selfsup_fused_sgd(
         params: *const Handle,
         grads: *const Handle,
@@ -151,6 +157,21 @@ fn check(rc: c_int, err: &[u8], what: &str) -> Result<()> {
         return Ok(());
     }
     Err(CoreError::Optimizer(format!("{what}: {}", selfsup_dist::shim_message(err))))
+}
+
+/// Drops the gradients of `params` (PyTorch's `zero_grad(set_to_none=True)`): the next
+/// backward pass gives each parameter its gradient as computed, rather than adding it into a
+/// zeroed buffer (a fill and an add a parameter, each a kernel on CUDA); a parameter the pass
+/// does not reach is left without a gradient, and the optimizers skip it.
+pub fn drop_grads<'a>(params: impl IntoIterator<Item = &'a Tensor>) -> Result<()> {
+    let handles: Vec<Handle> = params.into_iter().map(|t| t.as_ptr().cast::<c_void>()).collect();
+    let mut err = [0u8; 512];
+    // SAFETY: `handles` holds live tensors borrowed for the call; the shim only resets their
+    // gradients.
+    let rc = unsafe {
+        selfsup_drop_grads(handles.as_ptr(), handles.len(), err.as_mut_ptr().cast(), err.len())
+    };
+    check(rc, &err, "dropping gradients")
 }
 
 /// `torch.optim.SGD(fused=True)`'s step over `g` (state column 0 = momentum buffers, absent

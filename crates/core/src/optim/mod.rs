@@ -29,6 +29,7 @@ mod sgd;
 mod tests;
 
 pub use adamw::AdamW;
+pub use fused::drop_grads;
 pub use lars::Lars;
 pub use sgd::Sgd;
 

@@ -328,3 +328,33 @@ fn clip_grad_norm_matches_pytorch_formula() {
     let none = vec![("d".to_owned(), Tensor::zeros([2], (Kind::Float, Device::Cpu)))];
     assert_eq!(clip_grad_norm(&none, 1.0).unwrap().double_value(&[]), 0.0);
 }
+
+#[test]
+fn dropped_gradients_are_the_next_pass_alone_and_an_unreached_parameter_is_skipped() {
+    let a = Tensor::from_slice(&[1.0f32, -2.0, 3.0]).set_requires_grad(true);
+    let b = Tensor::from_slice(&[0.5f32, 0.5]).set_requires_grad(true);
+    let params = vec![("a".to_string(), a.shallow_clone()), ("b".to_string(), b.shallow_clone())];
+    // A first pass reaches both; dropped, a second pass reaching `a` alone leaves `a` with that
+    // pass's gradient (not the sum of both) and `b` without one.
+    ((&a * 2.0).sum(Kind::Float) + (&b * 3.0).sum(Kind::Float)).backward();
+    super::drop_grads(params.iter().map(|(_, t)| t)).unwrap();
+    assert!(!a.grad().defined() && !b.grad().defined());
+    (&a * &a).sum(Kind::Float).backward();
+    assert_eq!(Vec::<f32>::try_from(&a.grad()).unwrap(), [2.0, -4.0, 6.0]);
+    assert!(!b.grad().defined());
+    // SGD with momentum and weight decay moves `a` and leaves `b`, whose gradient is undefined,
+    // as it was (a zeroed gradient would have decayed it).
+    let mut opt = OptimizerConfig::Sgd {
+        lr: 0.1,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 0.5,
+        exclude_bias_and_norm: false,
+    }
+    .build(&params)
+    .unwrap();
+    opt.step(&params, 0.1).unwrap();
+    assert_eq!(Vec::<f32>::try_from(&b).unwrap(), [0.5, 0.5]);
+    // a - 0.1 · (g + 0.5 a) = a - 0.1 · (2a + 0.5a) = 0.75 a
+    assert!(max_abs_diff(&a, &[0.75, -1.5, 2.25]) < 1e-6);
+}
