@@ -14,7 +14,8 @@
 //! operators a CUDA step runs (less the batch's copies to the device; jigsaw's and relative
 //! patch's fused ReLU + dropout stay).
 use crate::bench_train::{
-    bench_images, cpu_profile_config, step_config, Mode, LARGE, METHODS, MODES, WARMUP,
+    backbone_arg, bench_images, cpu_profile_config, methods_arg, methods_or_all, step_config, Mode,
+    MODES, WARMUP,
 };
 use crate::libtorch::Torch;
 use anyhow::{bail, Context, Result};
@@ -54,18 +55,8 @@ fn parse(args: &[String]) -> Result<Opts> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--methods" => {
-                let v = it.next().with_context(|| format!("--methods needs a value; {USAGE}"))?;
-                o.methods = v.split(',').map(|m| m.trim().to_string()).collect();
-                if let Some(m) = o.methods.iter().find(|m| !METHODS.contains(&m.as_str())) {
-                    bail!("--methods: `{m}` has no PyTorch reference step (have {METHODS:?})");
-                }
-            }
-            "--backbone" => match it.next().map(String::as_str) {
-                Some("cpu") => o.large = false,
-                Some("large") => o.large = true,
-                other => bail!("--backbone {}: expected cpu or large", other.unwrap_or("")),
-            },
+            "--methods" => o.methods = methods_arg(it.next(), USAGE)?,
+            "--backbone" => o.large = backbone_arg(it.next())?,
             "--mode" => {
                 o.mode = match it.next().map(String::as_str) {
                     Some("fp32") => "fp32",
@@ -83,15 +74,7 @@ fn parse(args: &[String]) -> Result<Opts> {
             other => bail!("unknown option `{other}`; {USAGE}"),
         }
     }
-    if o.methods.is_empty() {
-        let all: &[&str] = if o.large { &LARGE } else { &METHODS };
-        o.methods = all.iter().map(|m| m.to_string()).collect();
-    }
-    if o.large {
-        if let Some(m) = o.methods.iter().find(|m| !LARGE.contains(&m.as_str())) {
-            bail!("--backbone large: `{m}` has no large network (have {LARGE:?})");
-        }
-    }
+    o.methods = methods_or_all(std::mem::take(&mut o.methods), o.large)?;
     if o.steps == 0 {
         bail!("--steps must be at least 1");
     }

@@ -140,6 +140,40 @@ impl Opts {
     }
 }
 
+/// `--methods`' value: registered methods with a PyTorch reference step, comma-separated.
+pub(crate) fn methods_arg(v: Option<&String>, usage: &str) -> Result<Vec<String>> {
+    let v = v.with_context(|| format!("--methods needs a value; {usage}"))?;
+    let methods: Vec<String> = v.split(',').map(|m| m.trim().to_string()).collect();
+    if let Some(m) = methods.iter().find(|m| !METHODS.contains(&m.as_str())) {
+        bail!("--methods: `{m}` has no PyTorch reference step (have {METHODS:?})");
+    }
+    Ok(methods)
+}
+
+/// `--backbone`'s value: whether it is `large` (else `cpu`).
+pub(crate) fn backbone_arg(v: Option<&String>) -> Result<bool> {
+    match v.map(String::as_str) {
+        Some("cpu") => Ok(false),
+        Some("large") => Ok(true),
+        other => bail!("--backbone {}: expected cpu or large", other.unwrap_or("")),
+    }
+}
+
+/// The methods asked for, or every method of the backbone where none were; with the large
+/// backbone, only methods that have a large network.
+pub(crate) fn methods_or_all(methods: Vec<String>, large: bool) -> Result<Vec<String>> {
+    if methods.is_empty() {
+        let all: &[&str] = if large { &LARGE } else { &METHODS };
+        return Ok(all.iter().map(|m| m.to_string()).collect());
+    }
+    if large {
+        if let Some(m) = methods.iter().find(|m| !LARGE.contains(&m.as_str())) {
+            bail!("--backbone large: `{m}` has no large network (have {LARGE:?})");
+        }
+    }
+    Ok(methods)
+}
+
 fn parse(args: &[String]) -> Result<Opts> {
     let mut o = Opts {
         methods: Vec::new(),
@@ -169,30 +203,12 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--threads" => o.threads = crate::bench_data::number(&mut it, a, USAGE)?,
             "--repeats" => o.repeats = crate::bench_data::number(&mut it, a, USAGE)?,
             "--compiled" => o.compiled = true,
-            "--methods" => {
-                let v = it.next().with_context(|| format!("--methods needs a value; {USAGE}"))?;
-                o.methods = v.split(',').map(|m| m.trim().to_string()).collect();
-                if let Some(m) = o.methods.iter().find(|m| !METHODS.contains(&m.as_str())) {
-                    bail!("--methods: `{m}` has no PyTorch reference step (have {METHODS:?})");
-                }
-            }
-            "--backbone" => match it.next().map(String::as_str) {
-                Some("cpu") => o.large = false,
-                Some("large") => o.large = true,
-                other => bail!("--backbone {}: expected cpu or large", other.unwrap_or("")),
-            },
+            "--methods" => o.methods = methods_arg(it.next(), USAGE)?,
+            "--backbone" => o.large = backbone_arg(it.next())?,
             other => bail!("unknown option `{other}`; {USAGE}"),
         }
     }
-    if o.methods.is_empty() {
-        let all: &[&str] = if o.large { &LARGE } else { &METHODS };
-        o.methods = all.iter().map(|m| m.to_string()).collect();
-    }
-    if o.large {
-        if let Some(m) = o.methods.iter().find(|m| !LARGE.contains(&m.as_str())) {
-            bail!("--backbone large: `{m}` has no large network (have {LARGE:?})");
-        }
-    }
+    o.methods = methods_or_all(std::mem::take(&mut o.methods), o.large)?;
     if o.threads == 0 || o.repeats == 0 {
         bail!("--threads and --repeats must be at least 1");
     }

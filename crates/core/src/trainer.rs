@@ -1008,7 +1008,8 @@ impl<'a> Trainer<'a> {
         }
         pb.finish_and_clear();
         let seconds = started.elapsed().as_secs_f64();
-        if let Some(path) = op_counts {
+        // In a job, rank 0's counts (every rank would write the same file).
+        if let Some(path) = op_counts.filter(|_| self.writer()) {
             write_op_counts(&path, counted_steps)?;
         }
         Ok(TrainSummary {
