@@ -171,26 +171,34 @@ pub fn random_blocks<R: Rng + ?Sized>(
     rects
 }
 
-/// One random-region mask (see [`MaskConfig::RandomRegions`]), 1 where hidden, row-major.
-fn random_region<R: Rng + ?Sized>(
-    height: usize,
-    width: usize,
-    coverage: f64,
-    cells: usize,
-    rng: &mut R,
-) -> Vec<u8> {
+/// The noise grid of a random-region mask (see [`MaskConfig::RandomRegions`]): its rows and
+/// columns, `cells` along the shorter image side.
+fn region_grid(height: usize, width: usize, cells: usize) -> (usize, usize) {
     let short = height.min(width) as f64;
     let gh = ((cells as f64 * height as f64 / short).round() as usize).max(1);
     let gw = ((cells as f64 * width as f64 / short).round() as usize).max(1);
-    let noise: Vec<f32> = (0..gh * gw).map(|_| rng.random::<f32>()).collect();
-    let field = Tensor::from_slice(&noise).view([1, 1, gh as i64, gw as i64]).upsample_bicubic2d(
-        [height as i64, width as i64],
-        false,
-        None,
-        None,
-    );
-    let values = Vec::<f32>::try_from(field.flatten(0, -1)).expect("a float field");
-    let n = height * width;
+    (gh, gw)
+}
+
+/// The bicubic upsampling of `n` noise grids `(n, 1, gh, gw)` (row-major, one after another)
+/// to `height × width` fields, row-major, one after another: one libtorch call for all of them
+/// (each output is computed from its own grid alone, so a batch gives each grid's field).
+fn region_fields(
+    noise: &[f32],
+    n: usize,
+    gh: usize,
+    gw: usize,
+    height: usize,
+    width: usize,
+) -> Vec<f32> {
+    let grids = Tensor::from_slice(noise).view([n as i64, 1, gh as i64, gw as i64]);
+    let fields = grids.upsample_bicubic2d([height as i64, width as i64], false, None, None);
+    Vec::<f32>::try_from(fields.flatten(0, -1)).expect("a float field")
+}
+
+/// The mask of one field: its `round(coverage · n)` lowest values hidden (1), row-major.
+fn region_of_field(values: &[f32], coverage: f64) -> Vec<u8> {
+    let n = values.len();
     let k = ((coverage * n as f64).round() as usize).clamp(1, n - 1);
     // The k lowest values (ties broken by position, so the mask is a function of the draws).
     let mut order: Vec<usize> = (0..n).collect();
@@ -200,6 +208,19 @@ fn random_region<R: Rng + ?Sized>(
         mask[i] = 1;
     }
     mask
+}
+
+/// One random-region mask (see [`MaskConfig::RandomRegions`]), 1 where hidden, row-major.
+fn random_region<R: Rng + ?Sized>(
+    height: usize,
+    width: usize,
+    coverage: f64,
+    cells: usize,
+    rng: &mut R,
+) -> Vec<u8> {
+    let (gh, gw) = region_grid(height, width, cells);
+    let noise: Vec<f32> = (0..gh * gw).map(|_| rng.random::<f32>()).collect();
+    region_of_field(&region_fields(&noise, 1, gh, gw, height, width), coverage)
 }
 
 /// One mask of `cfg` for an `height × width` image, 1 where hidden, row-major.
@@ -230,7 +251,9 @@ pub fn draw_mask<R: Rng + ?Sized>(
     })
 }
 
-/// `n` masks of `cfg`, one per image (the random kinds draw each image's own).
+/// `n` masks of `cfg`, one per image (the random kinds draw each image's own): the masks
+/// [`draw_mask`] draws image after image from `rng`, random regions with one upsampling of the
+/// batch's noise.
 ///
 /// # Shapes
 /// Returns `(n, 1, height, width)` f32 on the CPU, 1 where hidden.
@@ -242,8 +265,23 @@ pub fn draw_masks<R: Rng + ?Sized>(
     rng: &mut R,
 ) -> Result<Tensor> {
     let mut all = Vec::with_capacity(n * height * width);
-    for _ in 0..n {
-        all.extend(draw_mask(cfg, height, width, rng)?.into_iter().map(f32::from));
+    match *cfg {
+        // The images' noise drawn in order (as `draw_mask` would draw it, image after image),
+        // then upsampled in one call rather than one an image.
+        MaskConfig::RandomRegions { coverage, cells } if n > 0 && height > 0 && width > 0 => {
+            cfg.check().map_err(DataError::config)?;
+            let (gh, gw) = region_grid(height, width, cells);
+            let noise: Vec<f32> = (0..n * gh * gw).map(|_| rng.random::<f32>()).collect();
+            let fields = region_fields(&noise, n, gh, gw, height, width);
+            for field in fields.chunks_exact(height * width) {
+                all.extend(region_of_field(field, coverage).into_iter().map(f32::from));
+            }
+        }
+        _ => {
+            for _ in 0..n {
+                all.extend(draw_mask(cfg, height, width, rng)?.into_iter().map(f32::from));
+            }
+        }
     }
     Ok(Tensor::from_slice(&all).view([n as i64, 1, height as i64, width as i64]))
 }
@@ -486,6 +524,27 @@ mod tests {
         }
         // The same stream draws the same masks.
         assert!(m.equal(&draw_masks(&cfg, 4, 32, 32, &mut rng(3)).unwrap()));
+    }
+
+    #[test]
+    fn random_regions_of_a_batch_are_the_masks_drawn_image_by_image() {
+        // The batch's noise is upsampled in one call: each mask is still the one `draw_mask`
+        // draws from the same stream, image after image (square and oblong images, grids of
+        // one and several cells).
+        for (h, w, cells, n) in [(32, 32, 8, 16), (24, 40, 5, 7), (32, 32, 1, 3)] {
+            let cfg = MaskConfig::RandomRegions { coverage: 0.3, cells };
+            let batch = draw_masks(&cfg, n, h, w, &mut rng(11)).unwrap();
+            let mut r = rng(11);
+            for i in 0..n {
+                let one = draw_mask(&cfg, h, w, &mut r).unwrap();
+                let got: Vec<u8> = Vec::<f32>::try_from(batch.get(i as i64).flatten(0, -1))
+                    .unwrap()
+                    .into_iter()
+                    .map(|v| v as u8)
+                    .collect();
+                assert_eq!(got, one, "{h}x{w}, {cells} cells, image {i}");
+            }
+        }
     }
 
     #[test]
