@@ -223,6 +223,21 @@ fn random_region<R: Rng + ?Sized>(
     region_of_field(&region_fields(&noise, 1, gh, gw, height, width), coverage)
 }
 
+/// `cfg` checked, for an `height × width` image: not empty, and for random regions (whose
+/// coverage hides at least one pixel and keeps one) at least two pixels.
+fn check_mask(cfg: &MaskConfig, height: usize, width: usize) -> Result<()> {
+    cfg.check().map_err(DataError::config)?;
+    if height == 0 || width == 0 {
+        return Err(DataError::config(format!("mask of an empty {height}x{width} image")));
+    }
+    if matches!(cfg, MaskConfig::RandomRegions { .. }) && height * width < 2 {
+        return Err(DataError::config(format!(
+            "random-region mask of a {height}x{width} image: it needs 2 pixels or more"
+        )));
+    }
+    Ok(())
+}
+
 /// One mask of `cfg` for an `height × width` image, 1 where hidden, row-major.
 pub fn draw_mask<R: Rng + ?Sized>(
     cfg: &MaskConfig,
@@ -230,10 +245,7 @@ pub fn draw_mask<R: Rng + ?Sized>(
     width: usize,
     rng: &mut R,
 ) -> Result<Vec<u8>> {
-    cfg.check().map_err(DataError::config)?;
-    if height == 0 || width == 0 {
-        return Err(DataError::config(format!("mask of an empty {height}x{width} image")));
-    }
+    check_mask(cfg, height, width)?;
     Ok(match *cfg {
         MaskConfig::Central { fraction } => crate::pretext::central_mask(height, width, fraction),
         MaskConfig::RandomBlocks { coverage, min_side, max_side } => {
@@ -268,8 +280,8 @@ pub fn draw_masks<R: Rng + ?Sized>(
     match *cfg {
         // The images' noise drawn in order (as `draw_mask` would draw it, image after image),
         // then upsampled in one call rather than one an image.
-        MaskConfig::RandomRegions { coverage, cells } if n > 0 && height > 0 && width > 0 => {
-            cfg.check().map_err(DataError::config)?;
+        MaskConfig::RandomRegions { coverage, cells } if n > 0 => {
+            check_mask(cfg, height, width)?;
             let (gh, gw) = region_grid(height, width, cells);
             let noise: Vec<f32> = (0..n * gh * gw).map(|_| rng.random::<f32>()).collect();
             let fields = region_fields(&noise, n, gh, gw, height, width);
@@ -544,6 +556,13 @@ mod tests {
                     .collect();
                 assert_eq!(got, one, "{h}x{w}, {cells} cells, image {i}");
             }
+        }
+        // Too small an image is an error naming it, not a panic.
+        let cfg = MaskConfig::RandomRegions { coverage: 0.3, cells: 1 };
+        for (h, w) in [(1, 1), (0, 5)] {
+            let e = draw_masks(&cfg, 2, h, w, &mut rng(0)).unwrap_err().to_string();
+            assert!(e.contains(&format!("{h}x{w} image")), "{e}");
+            assert!(draw_mask(&cfg, h, w, &mut rng(0)).is_err());
         }
     }
 
