@@ -183,6 +183,10 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
         std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg)?)?;
         let (ours_path, theirs_path) = (tmp.join("selfsup-ops.json"), tmp.join("pytorch-ops.json"));
         let run_dir = tmp.join("run");
+        // Nothing of the method before may be read as this one's.
+        for p in [&ours_path, &theirs_path] {
+            let _ = std::fs::remove_file(p);
+        }
         let _ = std::fs::remove_dir_all(&run_dir);
         let mut c = Command::new(&bin);
         t.apply(&mut c);
