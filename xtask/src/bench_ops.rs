@@ -13,16 +13,17 @@
 //! (`SELFSUP_FUSED_BN=off`, `SELFSUP_WINOGRAD=off`, `SELFSUP_CONV_GEMM=off`), leaving the
 //! operators a CUDA step runs (less the batch's copies to the device; jigsaw's and relative
 //! patch's fused ReLU + dropout stay).
+use crate::bench_memory::watch;
 use crate::bench_train::{
-    backbone_arg, bench_images, cpu_profile_config, methods_arg, methods_or_all, step_config, Mode,
-    MODES, WARMUP,
+    backbone_arg, bench_images, cpu_profile_config, methods_arg, methods_or_all, python_args,
+    step_config, train_command, Mode, MODES, WARMUP,
 };
 use crate::libtorch::Torch;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 const USAGE: &str = "usage: cargo xtask bench ops [--methods rotnet,simclr,...] \
                      [--backbone cpu|large] [--mode fp32|channels-last|bf16] [--steps 4] \
@@ -142,22 +143,6 @@ fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-/// Runs `c`, its output to `log`; fails naming `what` and the log's last lines.
-fn run_logged(mut c: Command, log: &Path, what: &str) -> Result<()> {
-    let f = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let status =
-        c.stdout(f.try_clone()?).stderr(f).status().with_context(|| format!("starting {what}"))?;
-    if !status.success() {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(3).collect();
-        bail!(
-            "{what} failed ({status}): {}",
-            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
-        );
-    }
-    Ok(())
-}
-
 pub fn run(t: &Torch, args: &[String]) -> Result<()> {
     let o = parse(args)?;
     let bin = crate::tasks::build_release()?;
@@ -180,7 +165,6 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
         cfg["train"]["max_steps"] = json!(WARMUP + o.steps);
         let images = cfg["data"]["max_images"].as_u64().context("data.max_images")?;
         let cfg_path = tmp.join("config.json");
-        std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg)?)?;
         let (ours_path, theirs_path) = (tmp.join("selfsup-ops.json"), tmp.join("pytorch-ops.json"));
         let run_dir = tmp.join("run");
         // Nothing of the method before may be read as this one's.
@@ -188,27 +172,17 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
             let _ = std::fs::remove_file(p);
         }
         let _ = std::fs::remove_dir_all(&run_dir);
-        let mut c = Command::new(&bin);
-        t.apply(&mut c);
-        c.args(["train", "--no-progress", "--config"])
-            .arg(&cfg_path)
-            .args(["--data", &format!("synthetic:{images}:32")])
-            .arg("--out")
-            .arg(&run_dir)
-            .env("RUST_LOG", "warn")
-            .env("SELFSUP_OP_COUNTS", &ours_path);
+        // Writes the config that both sides run.
+        let py = python_args(&cfg, o.steps, &cfg_path)?;
+        let mut c = train_command(&bin, t, &cfg_path, images, &run_dir);
+        c.env("SELFSUP_OP_COUNTS", &ours_path);
         if o.cuda_paths {
             c.envs(CUDA_PATHS);
         }
-        run_logged(c, &tmp.join("selfsup.log"), &format!("selfsup train ({method})"))?;
+        watch(c, &tmp.join("selfsup.log"), Stdio::null())?;
         let mut c = Command::new(&t.python);
-        c.arg("bench/train_step.py")
-            .arg(format!("--config={}", cfg_path.display()))
-            .arg(format!("--steps={}", o.steps))
-            .arg(format!("--warmup={WARMUP}"))
-            .arg("--fused")
-            .arg(format!("--op-counts={}", theirs_path.display()));
-        run_logged(c, &tmp.join("python.log"), &format!("bench/train_step.py ({method})"))?;
+        c.args(&py).arg("--fused").arg(format!("--op-counts={}", theirs_path.display()));
+        watch(c, &tmp.join("python.log"), Stdio::null())?;
         let ours = per_step(&read_json(&ours_path)?, "selfsup's counts")?;
         let theirs = per_step(&read_json(&theirs_path)?, "PyTorch's counts")?;
         println!("{}", row(method, &ours, &theirs, o.top));

@@ -364,7 +364,7 @@ pub(crate) fn step_config(
 
 /// `bench/train_step.py`'s arguments for the step of `cfg`, written to `path` (the same
 /// config `selfsup train` runs, less `max_steps`).
-fn python_args(cfg: &Value, steps: usize, path: &Path) -> Result<Vec<String>> {
+pub(crate) fn python_args(cfg: &Value, steps: usize, path: &Path) -> Result<Vec<String>> {
     std::fs::write(path, serde_json::to_string_pretty(cfg)?)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(vec![
@@ -435,14 +435,7 @@ fn selfsup_step(bin: &Path, t: &Torch, cfg: &Value, steps: usize, dir: &Path) ->
     let images = cfg["data"]["max_images"].as_u64().context("data.max_images")?;
     let cfg_path = dir.join("config.json");
     std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg)?)?;
-    let mut c = Command::new(bin);
-    t.apply(&mut c);
-    c.args(["train", "--no-progress", "--config"])
-        .arg(&cfg_path)
-        .args(["--data", &format!("synthetic:{images}:32")])
-        .arg("--out")
-        .arg(&run)
-        .env("RUST_LOG", "warn");
+    let c = train_command(bin, t, &cfg_path, images, &run);
     let w = watch(c, &dir.join("selfsup.log"), Stdio::null())?;
     let log_path = run.join("metrics.jsonl");
     let log = std::fs::read_to_string(&log_path)
@@ -456,6 +449,26 @@ fn selfsup_step(bin: &Path, t: &Torch, cfg: &Value, steps: usize, dir: &Path) ->
         seconds_per_step: step,
         peak_mib: w.peak_kb as f64 / 1024.0,
     })
+}
+
+/// `selfsup train` of the config at `cfg_path` on `images` generated 32-pixel images (the
+/// benchmarks' data), into the run folder `run`, logging warnings only.
+pub(crate) fn train_command(
+    bin: &Path,
+    t: &Torch,
+    cfg_path: &Path,
+    images: u64,
+    run: &Path,
+) -> Command {
+    let mut c = Command::new(bin);
+    t.apply(&mut c);
+    c.args(["train", "--no-progress", "--config"])
+        .arg(cfg_path)
+        .args(["--data", &format!("synthetic:{images}:32")])
+        .arg("--out")
+        .arg(run)
+        .env("RUST_LOG", "warn");
+    c
 }
 
 /// The mean seconds of steps `from + 1 ..= from + steps` in a `metrics.jsonl` text: the

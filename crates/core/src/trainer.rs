@@ -223,10 +223,7 @@ fn write_op_counts(path: &Path, steps: u64) -> Result<()> {
     let ops: serde_json::Map<String, serde_json::Value> =
         counts.into_iter().map(|(name, n)| (name, n.into())).collect();
     let text = serde_json::json!({ "steps": steps, "ops": ops }).to_string();
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| CoreError::io(path, e))
+    checkpoint::write_atomic(path, text.as_bytes())
 }
 
 /// Drops the gradients of `params` before a backward pass ([`crate::optim::drop_grads`]).
