@@ -14,8 +14,9 @@ step's loss with `torch.compile` (inductor; the compilation falls in the untimed
 
 The batch is drawn once (no data loading is timed); the first `--warmup` steps are not timed.
 `--op-counts FILE` counts the operators of the timed steps by name with PyTorch's profiler (the
-same `RecordFunction` events `SELFSUP_OP_COUNTS` counts in selfsup's trainer); the times are
-then the profiler's, not the bench's.
+same `RecordFunction` events `SELFSUP_OP_COUNTS` counts in selfsup's trainer), with each name's
+self time (the profiler's `self_cpu_time_total`, microseconds); the step's times are then the
+profiler's, not the bench's.
 Prints one JSON line: source images per second and seconds per step.
 Usage: python bench/train_step.py --config run.json [--steps 5] [--warmup 2] [--fused] [--compile]
        [--device cpu|cuda] [--op-counts FILE]
@@ -42,7 +43,8 @@ def main():
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--op-counts", metavar="FILE",
-                    help="write the operators of the timed steps, counted by name, to FILE")
+                    help="write the operators of the timed steps, counted by name, and their self "
+                         "times to FILE")
     a = ap.parse_args()
     with open(a.config) as f:
         cfg = json.load(f)
@@ -82,9 +84,11 @@ def main():
         loss = step()
     if prof is not None:
         prof.__exit__(None, None, None)
-        ops = {e.key: e.count for e in prof.key_averages()}
+        events = prof.key_averages()
+        ops = {e.key: e.count for e in events}
+        self_us = {e.key: e.self_cpu_time_total for e in events}
         with open(a.op_counts, "w") as f:
-            json.dump({"steps": a.steps, "ops": ops}, f)
+            json.dump({"steps": a.steps, "ops": ops, "self_us": self_us}, f)
     loss.item()
     secs = (time.perf_counter() - start) / a.steps
     print(json.dumps({"images_per_s": train["batch_size"] / secs, "seconds_per_step": secs}))

@@ -7,8 +7,12 @@
 //!
 //! Every operator is a dispatch on the CPU and, on CUDA, most are a kernel launch, so an
 //! operator selfsup runs and PyTorch does not is overhead in a step whatever the device; the
-//! table shows the operators a step and the names whose counts differ most. Nothing is timed.
-//! selfsup's CPU kernels (the fused batch norm + ReLU, the Winograd, matrix-product and dense
+//! table shows the operators a step and the names whose counts differ most. With `--times` it
+//! shows instead the milliseconds a step by operator: each name's self time (its wall time less
+//! that of the operators it ran on its thread; on either side as PyTorch's profiler counts it),
+//! the totals and the names whose times differ most. The times are taken under the counting
+//! callbacks, whose cost (PyTorch's profiler's the larger) falls in them; selfsup's totals hold
+//! its loader threads' operators too, which run beside the step. selfsup's CPU kernels (the fused batch norm + ReLU, the Winograd, matrix-product and dense
 //! convolutions) count as what they call; `--cuda-paths` turns them off
 //! (`SELFSUP_FUSED_BN=off`, `SELFSUP_WINOGRAD=off`, `SELFSUP_CONV_GEMM=off`), leaving the
 //! operators a CUDA step runs (less the batch's copies to the device; jigsaw's and relative
@@ -27,7 +31,7 @@ use std::process::{Command, Stdio};
 
 const USAGE: &str = "usage: cargo xtask bench ops [--methods rotnet,simclr,...] \
                      [--backbone cpu|large] [--mode fp32|channels-last|bf16] [--steps 4] \
-                     [--top 8] [--cuda-paths]";
+                     [--top 8] [--times] [--cuda-paths]";
 
 #[derive(Debug, PartialEq)]
 struct Opts {
@@ -36,6 +40,8 @@ struct Opts {
     mode: &'static str,
     steps: usize,
     top: usize,
+    /// Milliseconds a step by operator (self times), not counts.
+    times: bool,
     /// selfsup's CPU-only kernels off: the operators of a CUDA step.
     cuda_paths: bool,
 }
@@ -51,6 +57,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         mode: "channels-last",
         steps: 4,
         top: 8,
+        times: false,
         cuda_paths: false,
     };
     let mut it = args.iter();
@@ -71,6 +78,7 @@ fn parse(args: &[String]) -> Result<Opts> {
             }
             "--steps" => o.steps = crate::bench_data::number(&mut it, a, USAGE)?,
             "--top" => o.top = crate::bench_data::number(&mut it, a, USAGE)?,
+            "--times" => o.times = true,
             "--cuda-paths" => o.cuda_paths = true,
             other => bail!("unknown option `{other}`; {USAGE}"),
         }
@@ -82,24 +90,59 @@ fn parse(args: &[String]) -> Result<Opts> {
     Ok(o)
 }
 
-/// A counts file of either side (`{"steps": n, "ops": {name: count}}`) as counts a step.
-fn per_step(v: &Value, what: &str) -> Result<BTreeMap<String, f64>> {
+/// What the table shows: operators a step, or their self times in milliseconds a step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Measure {
+    Calls,
+    Millis,
+}
+
+impl Measure {
+    /// The field of a counts file, and its unit to one of the table's.
+    fn field(self) -> (&'static str, f64) {
+        match self {
+            Measure::Calls => ("ops", 1.0),
+            Measure::Millis => ("self_us", 1e-3),
+        }
+    }
+
+    /// The smallest difference a step shown: half an operator, or 0.05 ms.
+    fn least(self) -> f64 {
+        match self {
+            Measure::Calls => 0.5,
+            Measure::Millis => 0.05,
+        }
+    }
+
+    fn show(self, v: f64) -> String {
+        match self {
+            Measure::Calls => format!("{v:.0}"),
+            Measure::Millis => format!("{v:.1}"),
+        }
+    }
+}
+
+/// A counts file of either side (`{"steps": n, "ops": {name: calls}, "self_us": {name:
+/// microseconds}}`) as `measure` a step.
+fn per_step(v: &Value, measure: Measure, what: &str) -> Result<BTreeMap<String, f64>> {
     let steps = v["steps"].as_u64().filter(|&n| n > 0);
     let steps = steps.with_context(|| format!("{what}: no counted steps"))? as f64;
-    let ops = v["ops"].as_object().with_context(|| format!("{what}: no `ops` object"))?;
+    let (field, unit) = measure.field();
+    let ops = v[field].as_object().with_context(|| format!("{what}: no `{field}` object"))?;
     ops.iter()
         .map(|(k, n)| {
-            let n = n.as_f64().with_context(|| format!("{what}: `{k}` is not a count"))?;
-            Ok((k.clone(), n / steps))
+            let n = n.as_f64().with_context(|| format!("{what}: `{field}.{k}` is not a number"))?;
+            Ok((k.clone(), n * unit / steps))
         })
         .collect()
 }
 
-/// The operators whose counts a step differ most between `ours` and `theirs` (at least half an
-/// operator a step), largest difference first, ties by name: (name, ours, theirs).
+/// The operators whose `measure` a step differs most between `ours` and `theirs` (at least
+/// [`Measure::least`]), largest difference first, ties by name: (name, ours, theirs).
 fn differences(
     ours: &BTreeMap<String, f64>,
     theirs: &BTreeMap<String, f64>,
+    measure: Measure,
     top: usize,
 ) -> Vec<(String, f64, f64)> {
     let mut d: Vec<(String, f64, f64)> = ours
@@ -110,7 +153,7 @@ fn differences(
         .map(|k| {
             (k.clone(), ours.get(k).copied().unwrap_or(0.0), theirs.get(k).copied().unwrap_or(0.0))
         })
-        .filter(|(_, a, b)| (a - b).abs() >= 0.5)
+        .filter(|(_, a, b)| (a - b).abs() >= measure.least())
         .collect();
     d.sort_by(|x, y| (y.1 - y.2).abs().total_cmp(&(x.1 - x.2).abs()).then(x.0.cmp(&y.0)));
     d.truncate(top);
@@ -122,15 +165,16 @@ fn row(
     method: &str,
     ours: &BTreeMap<String, f64>,
     theirs: &BTreeMap<String, f64>,
+    measure: Measure,
     top: usize,
 ) -> String {
-    let total = |m: &BTreeMap<String, f64>| m.values().sum::<f64>();
-    let diffs: Vec<String> = differences(ours, theirs, top)
+    let total = |m: &BTreeMap<String, f64>| measure.show(m.values().sum::<f64>());
+    let diffs: Vec<String> = differences(ours, theirs, measure, top)
         .into_iter()
-        .map(|(k, a, b)| format!("`{k}` {a:.0}/{b:.0}"))
+        .map(|(k, a, b)| format!("`{k}` {}/{}", measure.show(a), measure.show(b)))
         .collect();
     format!(
-        "| {method} | {:.0} | {:.0} | {} |",
+        "| {method} | {} | {} | {} |",
         total(ours),
         total(theirs),
         if diffs.is_empty() { "none".to_string() } else { diffs.join(", ") }
@@ -150,9 +194,15 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
     let tmp = std::env::temp_dir().join(format!("selfsup-bench-ops-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     let backbone = if o.large { "large" } else { "cpu" };
+    let measure = if o.times { Measure::Millis } else { Measure::Calls };
     println!(
-        "Operators a step ({} steps after {WARMUP}), backbone `{backbone}`, {}{}: selfsup / \
-         PyTorch (fused optimizer); the differences as `name` selfsup/PyTorch.\n",
+        "{} ({} steps after {WARMUP}), backbone `{backbone}`, {}{}: selfsup / PyTorch (fused \
+         optimizer); the differences as `name` selfsup/PyTorch.\n",
+        if o.times {
+            "Milliseconds a step by operator, self times under each side's profiler"
+        } else {
+            "Operators a step"
+        },
         o.steps,
         mode.name,
         if o.cuda_paths { ", selfsup's CPU kernels off (`--cuda-paths`)" } else { "" }
@@ -183,9 +233,9 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
         let mut c = Command::new(&t.python);
         c.args(&py).arg("--fused").arg(format!("--op-counts={}", theirs_path.display()));
         watch(c, &tmp.join("python.log"), Stdio::null())?;
-        let ours = per_step(&read_json(&ours_path)?, "selfsup's counts")?;
-        let theirs = per_step(&read_json(&theirs_path)?, "PyTorch's counts")?;
-        println!("{}", row(method, &ours, &theirs, o.top));
+        let ours = per_step(&read_json(&ours_path)?, measure, "selfsup's counts")?;
+        let theirs = per_step(&read_json(&theirs_path)?, measure, "PyTorch's counts")?;
+        println!("{}", row(method, &ours, &theirs, measure, o.top));
         let _ = std::fs::remove_dir_all(&run_dir);
     }
     let _ = std::fs::remove_dir_all(&tmp);
@@ -207,12 +257,23 @@ mod tests {
             (o.methods.len(), o.large, o.mode, o.steps, o.top),
             (12, false, "channels-last", 4, 8)
         );
-        assert!(!o.cuda_paths);
-        let o =
-            parse(&s(&["--backbone", "large", "--mode", "bf16", "--steps", "3", "--cuda-paths"]))
-                .unwrap();
+        assert!(!o.cuda_paths && !o.times);
+        let o = parse(&s(&[
+            "--backbone",
+            "large",
+            "--mode",
+            "bf16",
+            "--steps",
+            "3",
+            "--cuda-paths",
+            "--times",
+        ]))
+        .unwrap();
         assert_eq!(o.methods, s(&["rotnet", "simclr"]));
-        assert_eq!((o.mode, o.steps, o.cuda_paths), ("channels-last + bf16", 3, true));
+        assert_eq!(
+            (o.mode, o.steps, o.cuda_paths, o.times),
+            ("channels-last + bf16", 3, true, true)
+        );
         assert!(MODES.iter().any(|m| m.name == o.mode));
         for bad in [
             &["--methods", "nope"][..],
@@ -229,13 +290,16 @@ mod tests {
 
     #[test]
     fn counts_a_step_and_the_largest_differences() {
+        let c = Measure::Calls;
         let ours = per_step(
             &json!({"steps": 4, "ops": {"aten::add_": 8, "aten::conv2d": 12, "aten::zero_": 40}}),
+            c,
             "ours",
         )
         .unwrap();
         let theirs = per_step(
             &json!({"steps": 2, "ops": {"aten::conv2d": 6, "aten::relu_": 6, "aten::add_": 3}}),
+            c,
             "theirs",
         )
         .unwrap();
@@ -243,26 +307,54 @@ mod tests {
         assert_eq!(theirs["aten::relu_"], 3.0);
         // zero_ 10/0, relu_ 0/3, add_ 2/1.5 (a difference of half an operator); conv2d equal.
         assert_eq!(
-            differences(&ours, &theirs, 8),
+            differences(&ours, &theirs, c, 8),
             vec![
                 ("aten::zero_".to_string(), 10.0, 0.0),
                 ("aten::relu_".to_string(), 0.0, 3.0),
                 ("aten::add_".to_string(), 2.0, 1.5),
             ]
         );
-        assert_eq!(differences(&ours, &theirs, 1).len(), 1);
+        assert_eq!(differences(&ours, &theirs, c, 1).len(), 1);
         assert_eq!(
-            row("rotnet", &ours, &theirs, 2),
+            row("rotnet", &ours, &theirs, c, 2),
             "| rotnet | 15 | 8 | `aten::zero_` 10/0, `aten::relu_` 0/3 |"
         );
-        assert!(row("rotnet", &ours, &ours, 2).ends_with("| none |"));
+        assert!(row("rotnet", &ours, &ours, c, 2).ends_with("| none |"));
         for (bad, want) in [
             (json!({"steps": 0, "ops": {}}), "no counted steps"),
             (json!({"steps": 2}), "no `ops`"),
-            (json!({"steps": 2, "ops": {"x": "y"}}), "`x` is not a count"),
+            (json!({"steps": 2, "ops": {"x": "y"}}), "`ops.x` is not a number"),
         ] {
-            let e = per_step(&bad, "ours").unwrap_err().to_string();
+            let e = per_step(&bad, c, "ours").unwrap_err().to_string();
             assert!(e.contains(want), "{e}");
         }
+    }
+
+    #[test]
+    fn self_times_a_step_in_milliseconds() {
+        let m = Measure::Millis;
+        let file = |us: Value| json!({"steps": 2, "ops": {"aten::mm": 1}, "self_us": us});
+        let ours = per_step(
+            &file(json!({"aten::mm": 9000.0, "aten::copy_": 3000.0, "aten::add_": 60.0})),
+            m,
+            "ours",
+        )
+        .unwrap();
+        let theirs =
+            per_step(&file(json!({"aten::mm": 10000.0, "aten::add_": 100.0})), m, "theirs")
+                .unwrap();
+        assert_eq!((ours["aten::mm"], ours["aten::copy_"]), (4.5, 1.5));
+        // copy_ 1.5/0 ms, mm 4.5/5.0; add_ 0.03/0.05 differs by under 0.05 ms.
+        assert_eq!(
+            differences(&ours, &theirs, m, 8),
+            vec![("aten::copy_".to_string(), 1.5, 0.0), ("aten::mm".to_string(), 4.5, 5.0)]
+        );
+        assert_eq!(
+            row("rotnet", &ours, &theirs, m, 8),
+            "| rotnet | 6.0 | 5.0 | `aten::copy_` 1.5/0.0, `aten::mm` 4.5/5.0 |"
+        );
+        // A counts file from before the self times: a clear error, not an empty row.
+        let e = per_step(&json!({"steps": 2, "ops": {}}), m, "PyTorch's counts").unwrap_err();
+        assert!(e.to_string().contains("no `self_us` object"), "{e}");
     }
 }

@@ -106,7 +106,9 @@ impl Discriminator {
                     false,
                 );
             }
-            h = selfsup_core::ops::leaky_relu(&h, 0.2);
+            // In place, as the reference's `nn.LeakyReLU(0.2, inplace=True)`: neither the
+            // convolution's nor the batch norm's backward pass reads its output.
+            selfsup_core::ops::leaky_relu_(&mut h, 0.2);
         }
         let n = x.size()[0];
         h.conv2d(&var(&self.out.ws), None::<Tensor>, [1; 2], [0; 2], [1; 2], 1).reshape([n])

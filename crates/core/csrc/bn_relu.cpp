@@ -32,6 +32,7 @@
 // CPU's own rounding where it has one (and ReLU's mask with it, see `forward_native`).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
@@ -896,6 +897,7 @@ int selfsup_batch_norm_relu(const at::Tensor* x, const at::Tensor* r, const at::
     TORCH_CHECK(!wr || r, "fused batch norm + ReLU: the residual's norm without a residual");
     if (wr) check_norm(*wr, *br, *rmr, *rvr, x->size(1));
     const int64_t outputs = out2 ? 2 : 1;
+    RECORD_FUNCTION("selfsup::batch_norm_relu", c10::ArrayRef<const c10::IValue>{});
     // The residual in `x`'s layout (a recorded copy where it is not).
     const at::Tensor res = r ? r->contiguous(Layout(*x).format()) : at::Tensor();
     const variable_list y =

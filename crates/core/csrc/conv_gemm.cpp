@@ -25,6 +25,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
@@ -227,6 +228,7 @@ int selfsup_conv_gemm(const at::Tensor* x, const at::Tensor* w, int64_t stride, 
     }
     const auto kind = xs.scalar_type();
     if (kind != ws.scalar_type() || (kind != at::kFloat && kind != at::kBFloat16)) return;
+    RECORD_FUNCTION("selfsup::conv_gemm", c10::ArrayRef<const c10::IValue>{});
     *out = new at::Tensor(GemmConv::apply(xs, ws, static_cast<int64_t>(passes), stride, padding));
     took = 1;
   });

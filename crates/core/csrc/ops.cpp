@@ -15,6 +15,12 @@ int selfsup_leaky_relu(const at::Tensor* x, double slope, at::Tensor** out, char
   return selfsup::guarded(err, err_len, [&] { *out = new at::Tensor(at::leaky_relu(*x, slope)); });
 }
 
+// `leaky_relu_(*x, slope)`: `x` in place, its backward pass from the result (so for slope > 0
+// only, as libtorch requires of the in-place op under autograd).
+int selfsup_leaky_relu_(at::Tensor* x, double slope, char* err, size_t err_len) {
+  return selfsup::guarded(err, err_len, [&] { at::leaky_relu_(*x, slope); });
+}
+
 // Whether the fused kernels (`bn_relu.cpp`, `relu_dropout.cpp`) round their bfloat16 results
 // with the CPU's own conversion (`elementwise.h`): `enable` < 0 asks, 0 turns it off, 1 turns it
 // on where the CPU has it (the default). Returns whether it is in use now.

@@ -15,6 +15,7 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
@@ -214,6 +215,7 @@ int selfsup_relu_dropout(const at::Tensor* x, double p, int draw, uint64_t key,
       std::lock_guard<std::mutex> lock(gen.mutex());
       key = at::check_generator<at::CPUGeneratorImpl>(gen)->random64();
     }
+    RECORD_FUNCTION("selfsup::relu_dropout", c10::ArrayRef<const c10::IValue>{});
     *out = new at::Tensor(ReluDropout::apply(*x, p, int64_t(key)));
   });
 }

@@ -13,6 +13,7 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+    fn selfsup_leaky_relu_(x: *mut c_void, slope: f64, err: *mut c_char, err_len: usize) -> c_int;
     fn selfsup_relu_dropout(
         x: *const c_void,
         p: f64,
@@ -62,6 +63,27 @@ pub fn leaky_relu(xs: &Tensor, slope: f64) -> Tensor {
     })
     .unwrap_or_else(|e| panic!("leaky_relu: {e}"))
     .expect("leaky_relu: the shim made no tensor")
+}
+
+/// [`leaky_relu`] in place, as `nn.LeakyReLU(slope, inplace=True)`: no new tensor, and its
+/// backward pass reads the result, not the input (libtorch refuses it under autograd where
+/// `slope` ≤ 0). `xs` must not be needed as it was by another op's backward pass (autograd's
+/// version check makes that an error at the backward pass, not a wrong gradient).
+///
+/// # Shapes
+/// `xs`: any; changed in place.
+///
+/// # Panics
+/// As [`leaky_relu`], and where libtorch refuses the op in place (a leaf that requires grad).
+pub fn leaky_relu_(xs: &mut Tensor, slope: f64) {
+    let mut err = [0u8; 1024];
+    // SAFETY: `xs` is a live tensor, borrowed mutably for the call; `err` outlives it.
+    let rc = unsafe {
+        selfsup_leaky_relu_(xs.as_mut_ptr().cast(), slope, err.as_mut_ptr().cast(), err.len())
+    };
+    if rc < 0 {
+        panic!("leaky_relu_: {}", selfsup_dist::shim_message(&err));
+    }
 }
 
 /// `xs.relu().dropout(p, train)` (Srivastava et al. 2014: in training each value kept with
@@ -132,6 +154,32 @@ mod tests {
         assert_eq!(Vec::<f32>::try_from(&x.grad()).unwrap(), [0.2, 0.2, 1.0, 1.0]);
         let b = Tensor::ones([2, 3], (Kind::BFloat16, Device::Cpu)) * -1.0;
         assert_eq!(leaky_relu(&b, 0.2).kind(), Kind::BFloat16);
+    }
+
+    #[test]
+    fn leaky_relu_in_place_gives_the_same_values_and_gradient() {
+        let x = Tensor::from_slice(&[-2.0f32, -0.5, 0.5, 3.0]).set_requires_grad(true);
+        let mut h = &x * 2.0;
+        let before = h.data_ptr();
+        leaky_relu_(&mut h, 0.2);
+        assert_eq!(h.data_ptr(), before, "in place");
+        assert_eq!(Vec::<f32>::try_from(&h).unwrap(), [-0.8, -0.2, 1.0, 6.0]);
+        h.sum(Kind::Float).backward();
+        assert_eq!(Vec::<f32>::try_from(&x.grad()).unwrap(), [0.4, 0.4, 2.0, 2.0]);
+        // Where the input is needed as it was (`exp`'s backward reads its result, here the
+        // tensor changed), the backward pass fails instead of giving a wrong gradient.
+        let y = Tensor::from_slice(&[-1.0f32, 1.0]).set_requires_grad(true);
+        let mut e = y.exp();
+        let keep = e.shallow_clone();
+        leaky_relu_(&mut e, 0.2);
+        let r = std::panic::catch_unwind(|| (&keep + 0.0).sum(Kind::Float).backward());
+        assert!(r.is_err(), "modified in place: autograd refuses");
+        // A leaf that requires grad: libtorch's message, not a wrong result.
+        let mut leaf = Tensor::ones([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let r =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| leaky_relu_(&mut leaf, 0.2)));
+        let msg = *r.unwrap_err().downcast::<String>().unwrap();
+        assert!(msg.starts_with("leaky_relu_: ") && msg.contains("leaf"), "{msg}");
     }
 
     fn floats(t: &Tensor) -> Vec<f32> {

@@ -217,12 +217,15 @@ fn check_extra_optimizers(
 const OP_COUNTS_FROM: u64 = 2;
 
 /// Writes the operators counted over `steps` steps to `path` ([`crate::op_counts`]): JSON
-/// `{"steps": n, "ops": {name: count, ...}}`, written whole or not at all.
+/// `{"steps": n, "ops": {name: calls, ...}, "self_us": {name: microseconds, ...}}`, written
+/// whole or not at all.
 fn write_op_counts(path: &Path, steps: u64) -> Result<()> {
     let counts = crate::op_counts::take().map_err(CoreError::Training)?;
     let ops: serde_json::Map<String, serde_json::Value> =
-        counts.into_iter().map(|(name, n)| (name, n.into())).collect();
-    let text = serde_json::json!({ "steps": steps, "ops": ops }).to_string();
+        counts.iter().map(|c| (c.name.clone(), c.calls.into())).collect();
+    let self_us: serde_json::Map<String, serde_json::Value> =
+        counts.iter().map(|c| (c.name.clone(), (c.self_ns as f64 / 1e3).into())).collect();
+    let text = serde_json::json!({ "steps": steps, "ops": ops, "self_us": self_us }).to_string();
     checkpoint::write_atomic(path, text.as_bytes())
 }
 

@@ -688,7 +688,11 @@ mod tests {
                 x = crate::precision::to_channels_last(&x).unwrap();
                 dy = crate::precision::to_channels_last(&dy).unwrap();
             }
-            let wt = Tensor::randn([k, c, r, r], opts) * 0.2;
+            let mut wt = Tensor::randn([k, c, r, r], opts) * 0.2;
+            // A channels-last network's filters are channels-last too.
+            if cl {
+                wt = crate::precision::to_channels_last(&wt).unwrap();
+            }
             let p = (r - 1) / 2;
             let direct = passes(&x, &wt, &dy, |x, w| {
                 x.conv2d(w, None::<&Tensor>, [1, 1], [p, p], [1, 1], 1)
@@ -710,6 +714,13 @@ mod tests {
                     cl,
                     "{what}: output in the input's memory format"
                 );
+                if r > 1 {
+                    assert_eq!(
+                        crate::precision::is_channels_last(&got.2),
+                        cl,
+                        "{what}: weight gradient in the filters' memory format"
+                    );
+                }
                 for (name, a, b) in [
                     ("output", &got.0, &direct.0),
                     ("input gradient", &got.1, &direct.1),
@@ -835,15 +846,23 @@ mod tests {
             }
             let wt = Tensor::randn([k, c, 4, 4], opts) * 0.2;
             let want = passes(&x, &wt, &dy, direct);
-            for plan in [Plan::ALL, Plan { weight: true, ..Plan::default() }] {
+            // Channels-last inputs with filters in either memory format (a channels-last
+            // network's are channels-last).
+            let wcl = crate::precision::to_channels_last(&wt).unwrap();
+            let filters = if cl { vec![&wt, &wcl] } else { vec![&wt] };
+            let plans = [Plan::ALL, Plan { weight: true, ..Plan::default() }];
+            for (plan, wt) in plans.into_iter().flat_map(|p| filters.iter().map(move |w| (p, *w))) {
                 let before = piece.map(|b| piece_bytes(Some(b)));
-                let got = passes(&x, &wt, &dy, |x, w| {
+                let got = passes(&x, wt, &dy, |x, w| {
                     conv_down_winograd(x, w, plan).unwrap().expect("taken")
                 });
                 if let Some(b) = before {
                     piece_bytes(Some(b));
                 }
-                let what = format!("{n}x{c}x{h}x{w} -> {k}, cl {cl}, pieces {piece:?}, {plan:?}");
+                let wcl = crate::precision::is_channels_last(wt);
+                let what = format!(
+                    "{n}x{c}x{h}x{w} -> {k}, cl {cl}, filters cl {wcl}, pieces {piece:?}, {plan:?}"
+                );
                 assert_eq!(got.0.size(), [n, k, h / 2, w / 2], "{what}");
                 let format = crate::precision::is_channels_last(&got.0);
                 assert_eq!(format, cl, "{what}: output in the input's memory format");
@@ -855,6 +874,8 @@ mod tests {
                 }
                 assert!(got.1.equal(&want.1), "{what}: libtorch's backward pass to the input");
                 assert_eq!(got.2.size(), [k, c, 4, 4], "{what}");
+                let format = crate::precision::is_channels_last(&got.2);
+                assert_eq!(format, wcl, "{what}: weight gradient in the filters' memory format");
                 let e = max_rel(&got.2, &want.2);
                 assert!(e < 1e-5, "{what}: weight gradient off by {e:e} of its largest value");
             }
