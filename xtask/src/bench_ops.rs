@@ -12,11 +12,14 @@
 //! that of the operators it ran on its thread; on either side as PyTorch's profiler counts it),
 //! the totals and the names whose times differ most. The times are taken under the counting
 //! callbacks, whose cost (PyTorch's profiler's the larger) falls in them; selfsup's totals hold
-//! its loader threads' operators too, which run beside the step. selfsup's CPU kernels (the fused batch norm + ReLU, the Winograd, matrix-product and dense
-//! convolutions) count as what they call; `--cuda-paths` turns them off
-//! (`SELFSUP_FUSED_BN=off`, `SELFSUP_WINOGRAD=off`, `SELFSUP_CONV_GEMM=off`), leaving the
-//! operators a CUDA step runs (less the batch's copies to the device; jigsaw's and relative
-//! patch's fused ReLU + dropout stay).
+//! its loader threads' operators too, which run beside the step.
+//!
+//! selfsup's CPU kernels (the fused batch norm + ReLU, the Winograd, matrix-product and dense
+//! convolutions) count as their entry points (`selfsup::batch_norm_relu`,
+//! `selfsup::winograd_conv`, `selfsup::conv_gemm`; the dense product has none) and what they
+//! call; `--cuda-paths` turns them off (`SELFSUP_FUSED_BN=off`, `SELFSUP_WINOGRAD=off`,
+//! `SELFSUP_CONV_GEMM=off`), leaving the operators a CUDA step runs (less the batch's copies to
+//! the device; jigsaw's and relative patch's fused ReLU + dropout stay).
 use crate::bench_memory::watch;
 use crate::bench_train::{
     backbone_arg, bench_images, cpu_profile_config, methods_arg, methods_or_all, python_args,

@@ -76,14 +76,17 @@ void end(const at::RecordFunction& fn, at::ObserverContext* ctx) {
   auto* r = static_cast<Running*>(ctx);
   if (r == nullptr) return;
   const long long wall = now_ns() - r->start;
-  // The innermost, unless an operator ended on another thread than it started on.
+  // The innermost, unless an operator ended on another thread than it started on (then none of
+  // this thread's operators ran it).
+  bool here = false;
   for (auto it = running.rbegin(); it != running.rend(); ++it) {
     if (*it == r) {
       running.erase(std::next(it).base());
+      here = true;
       break;
     }
   }
-  if (!running.empty()) running.back()->children_ns += wall;
+  if (here && !running.empty()) running.back()->children_ns += wall;
   std::lock_guard<std::mutex> lock(counts_mutex());
   Tally& t = counts()[fn.name()];
   ++t.calls;
@@ -108,9 +111,9 @@ int selfsup_op_counts_enable(int on, char* err, size_t err_len) {
   });
 }
 
-// Writes the counts so far as lines `name\tcalls\tself_ns\n` into `buf` (at most `len` bytes with the
-// final NUL) and returns the bytes the whole text needs (without the NUL); `clear` != 0 then
-// clears them. A caller whose buffer was short calls again with a larger one and `clear` as
+// Writes the counts so far as lines `name\tcalls\tself_ns\n` into `buf` (at most `len` bytes
+// with the final NUL) and returns the bytes the whole text needs (without the NUL); `clear` != 0
+// then clears them. A caller whose buffer was short calls again with a larger one and `clear` as
 // before. -1 with libtorch's message in `err` where it fails.
 long long selfsup_op_counts_take(int clear, char* buf, size_t len, char* err, size_t err_len) {
   std::string text;
