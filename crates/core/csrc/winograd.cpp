@@ -577,6 +577,14 @@ at::Tensor down_tiles(const at::Tensor& x) {
   return run_tiles(down_input_tiles, nhwc(x), g, 9, 4 * x.size(1));
 }
 
+// The (K, 2, 2, 2, 2, C) view (k, p, a, q, b, c) of a 4x4 filter `w` (K, C, 4, 4) of any
+// strides, whose element is w[k, c, 2p + a, 2q + b]: the space-to-depth form's indices, in the
+// memory order of a channels-last filter.
+at::Tensor phase_view(const at::Tensor& w) {
+  const int64_t sk = w.stride(0), sc = w.stride(1), si = w.stride(2), sj = w.stride(3);
+  return w.as_strided({w.size(0), 2, 2, 2, 2, w.size(1)}, {sk, 2 * si, si, 2 * sj, sj, sc});
+}
+
 // The 4x4 convolution of `x` (N, C, H, W), H and W even, with `w` (K, C, 4, 4), stride 2 and
 // padding 1: F(2x2, 2x2) on the space-to-depth form, with w'[k, (a, b, c), p, q] = w[k, c, 2p +
 // a, 2q + b], taken from `w` tap by tap: taps[(p, q), (k, a, b, c)], in runs of 2C values from
@@ -584,9 +592,7 @@ at::Tensor down_tiles(const at::Tensor& x) {
 // 4 x 4 channels-last filter on the model-207 Xeon).
 at::Tensor forward_down(const at::Tensor& x, const at::Tensor& w, at::MemoryFormat format) {
   const int64_t C = x.size(1), K = w.size(0);
-  const int64_t sk = w.stride(0), sc = w.stride(1), si = w.stride(2), sj = w.stride(3);
-  const at::Tensor taps =
-      w.as_strided({2, 2, K, 2, 2, C}, {2 * si, 2 * sj, sk, si, sj, sc}).contiguous();
+  const at::Tensor taps = phase_view(w).permute({1, 3, 0, 2, 4, 5}).contiguous();
   const auto patches = [&](int64_t n0, int64_t n) { return down_tiles(x.narrow(0, n0, n)); };
   return tiled_forward(2, 2, x.size(0), x.size(2) / 2, x.size(3) / 2,
                        filter_tiles_of(taps.view({4, K * 4 * C}), 2, 2, K, 4 * C), patches,
@@ -599,13 +605,11 @@ at::Tensor forward_down(const at::Tensor& x, const at::Tensor& w, at::MemoryForm
 at::Tensor weight_grad_down(const at::Tensor& x, const at::Tensor& dy, at::MemoryFormat format) {
   const int64_t C = x.size(1), K = dy.size(1);
   const auto patches = [&](int64_t n0, int64_t n) { return down_tiles(x.narrow(0, n0, n)); };
-  // The 2x2 filter's (p, q, k, (a, b, c)) -> w[k, c, 2p + a, 2q + b]: written through a (k, p,
-  // a, q, b, c) view of the gradient in `format` (channels-last: its memory order).
+  // The 2x2 filter's (p, q, k, (a, b, c)) -> w[k, c, 2p + a, 2q + b]: written through the
+  // gradient's `phase_view` in `format` (channels-last: its memory order).
   const at::Tensor gw = tiled_weight_grad(2, 2, 4 * C, dy, patches).view({2, 2, K, 2, 2, C});
   at::Tensor out = at::empty({K, C, 4, 4}, dy.options().memory_format(format));
-  const int64_t sk = out.stride(0), sc = out.stride(1), si = out.stride(2), sj = out.stride(3);
-  out.as_strided({K, 2, 2, 2, 2, C}, {sk, 2 * si, si, 2 * sj, sj, sc})
-      .copy_(gw.permute({2, 0, 3, 1, 4, 5}));
+  phase_view(out).copy_(gw.permute({2, 0, 3, 1, 4, 5}));
   return out;
 }
 
