@@ -204,14 +204,14 @@ pub fn info_nce(q: &Tensor, k: &Tensor, queue: &Tensor, tau: f64) -> Result<Tens
     Ok(without_autocast(logits.device(), || logits.cross_entropy_for_logits(&targets)))
 }
 
-/// Fraction of rows whose largest logit is at the target index (the pretext accuracy).
+/// Fraction of rows whose largest logit is at the target index (the pretext accuracy, see
+/// [`selfsup_core::method::top1_accuracy`]).
 ///
 /// # Shapes
 /// `logits`: `(M, C)`; `targets`: `(M,)` i64; returns a number in `[0, 1]`.
 pub fn top1_accuracy(logits: &Tensor, targets: &Tensor) -> Tensor {
-    tch::no_grad(|| {
-        logits.argmax(1, false).eq_tensor(targets).to_kind(Kind::Float).mean(Kind::Float)
-    })
+    selfsup_core::method::top1_accuracy(logits, targets)
+        .unwrap_or_else(|e| panic!("top-1 accuracy of logits {:?}: {e}", logits.size()))
 }
 
 #[cfg(test)]

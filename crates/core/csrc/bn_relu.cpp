@@ -41,6 +41,7 @@
 #include <cstring>
 #include <numeric>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "elementwise.h"
@@ -456,6 +457,9 @@ struct Layout {
   // one masked): its number of ReLU mask words (see `forward_native`).
   int64_t vectors() const { return (n + P - 1) / P * ((P + 15) / 16); }
 
+  // The mask words of the whole activation (`vectors()` a piece).
+  int64_t mask_words() const { return units * vectors(); }
+
   at::MemoryFormat format() const {
     return channels_last() ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   }
@@ -598,20 +602,22 @@ Normed normalise(const Layout& L, const at::Tensor& x, const NormArgs& p) {
 // `r`: the residual, or an undefined tensor; `rp`: the residual's own norm, or null. `xn`,
 // `rn`: the norms' statistics (`rn` only with `rp`). `mask_out`: ReLU's mask words for the
 // backward where the native bfloat16 loops run (piece `u`'s from word `u · vectors()`), else
-// undefined.
+// untouched; written where it comes defined (`Layout(x).mask_words()` of them), else made.
+// `y`: where the output goes (dense in `x`'s layout), or undefined for a new tensor.
 template <typename T>
 at::Tensor forward_typed(const at::Tensor& x, const NormArgs& p, const at::Tensor& r,
-                         const NormArgs* rp, Normed& xn, Normed& rn, at::Tensor& mask_out) {
+                         const NormArgs* rp, Normed& xn, Normed& rn, at::Tensor& mask_out,
+                         at::Tensor y = at::Tensor()) {
   const Layout L(x);
   xn = normalise<T>(L, x, p);
   if (rp) rn = normalise<T>(L, r, *rp);
-  at::Tensor y = at::empty_like(x, L.format());
+  if (!y.defined()) y = at::empty_like(x, L.format());
   const T* xp = elements<T>(x);
   T* yp = elements<T>(y);
   const T* resp = r.defined() ? elements<T>(r) : nullptr;
   uint16_t* mw = nullptr;
   if (std::is_same<T, uint16_t>::value && native_bf16()) {
-    mask_out = at::empty({L.units * L.vectors()}, x.options().dtype(at::kShort));
+    if (!mask_out.defined()) mask_out = at::empty({L.mask_words()}, x.options().dtype(at::kShort));
     mw = reinterpret_cast<uint16_t*>(mask_out.data_ptr<int16_t>());
   }
   const Spread as(L, xn.a), bs(L, xn.b);
@@ -675,9 +681,11 @@ struct Saved {
 // `{dx, dw, db, dr, dwr, dbr}` for the output's gradient `dy`, or the sum of `dy` and `dy2`
 // where `dy2` is defined: `dr` with `residual_grad` or a normed residual, `dwr` and `dbr` (its
 // norm's) with a normed residual, else undefined.
+// `dx`: where the input's gradient goes (dense in `x`'s layout), or undefined for a new tensor.
 template <typename T>
 std::vector<at::Tensor> backward_typed(const at::Tensor& dy, const at::Tensor& dy2,
-                                       const Saved& s, bool residual_grad) {
+                                       const Saved& s, bool residual_grad,
+                                       at::Tensor dx = at::Tensor()) {
   const Layout L(s.x);
   const int64_t C = L.C, M = L.M;
   const bool normed = s.r.defined();
@@ -711,7 +719,7 @@ std::vector<at::Tensor> backward_typed(const at::Tensor& dy, const at::Tensor& d
   const NormGrads xg = norm_grads(SG, total(psgx, C), s.weight, s.mean, s.invstd, M);
   NormGrads rg;
   if (normed) rg = norm_grads(SG, total(psgr, C), s.rweight, s.rmean, s.rinvstd, M);
-  at::Tensor dx = at::empty_like(s.x, L.format());
+  if (!dx.defined()) dx = at::empty_like(s.x, L.format());
   T* dxp = elements<T>(dx);
   at::Tensor dr = residual_grad || normed ? at::empty_like(s.x, L.format()) : at::Tensor();
   T* drp = dr.defined() ? elements<T>(dr) : nullptr;
@@ -840,6 +848,101 @@ struct BatchNormAddNormRelu : public torch::autograd::Function<BatchNormAddNormR
   }
 };
 
+// The sub-batches `torch.chunk(x, s, 0)` cuts a batch of `N` into: `{first sample, samples}`
+// of each, all of `ceil(N/s)` samples but the last.
+std::vector<std::pair<int64_t, int64_t>> sub_batches(int64_t N, int64_t s) {
+  const int64_t size = (N + s - 1) / s;
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (int64_t first = 0; first < N; first += size) out.emplace_back(first, std::min(size, N - first));
+  return out;
+}
+
+// `relu(batch_norm(x))` with each of `splits` contiguous sub-batches (`sub_batches`) normalised
+// with its own statistics: MoCo's split batch norm (see `batch_norm.rs`). The sub-batches go
+// through the loops above one after another, each read and written where it lies in `x` and
+// in one output (a sub-batch of a dense NCHW or channels-last batch is itself dense), so no
+// output is concatenated forward and no gradient sliced backward. Each sub-batch updates the
+// running statistics from the same start, and they become the mean of those updates.
+struct SplitBatchNormRelu : public torch::autograd::Function<SplitBatchNormRelu> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
+                               const at::Tensor& weight, const at::Tensor& bias,
+                               const at::Tensor& running_mean, const at::Tensor& running_var,
+                               double momentum, double eps, int64_t splits) {
+    const auto parts = sub_batches(x.size(0), splits);
+    const int64_t k = int64_t(parts.size()), C = x.size(1);
+    at::Tensor y = at::empty_like(x, Layout(x).format());
+    // Row `i`: the running statistics as sub-batch `i` leaves them.
+    const at::Tensor rm = running_mean.detach().repeat({k}).view({k, C});
+    const at::Tensor rv = running_var.detach().repeat({k}).view({k, C});
+    // All sub-batches' mask words, one after another (see `forward_typed`).
+    at::Tensor masks;
+    if (x.scalar_type() == at::kBFloat16 && native_bf16()) {
+      int64_t words = 0;
+      for (const auto& [first, n] : parts) words += Layout(x.narrow(0, first, n)).mask_words();
+      masks = at::empty({words}, x.options().dtype(at::kShort));
+    }
+    std::vector<at::Tensor> means, invstds;
+    int64_t word = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      const auto [first, n] = parts[i];
+      const at::Tensor xi = x.narrow(0, first, n);
+      at::Tensor mask;
+      if (masks.defined()) {
+        const int64_t words = Layout(xi).mask_words();
+        mask = masks.narrow(0, word, words);
+        word += words;
+      }
+      const NormArgs p{weight, bias, rm.select(0, i), rv.select(0, i), momentum, eps};
+      Normed xn, unused;
+      if (x.scalar_type() == at::kFloat)
+        forward_typed<float>(xi, p, {}, nullptr, xn, unused, mask, y.narrow(0, first, n));
+      else
+        forward_typed<uint16_t>(xi, p, {}, nullptr, xn, unused, mask, y.narrow(0, first, n));
+      means.push_back(xn.mean);
+      invstds.push_back(xn.invstd);
+    }
+    // As ATen's kernel writes them (see `normalise`).
+    running_mean.variable_data().copy_(at::mean(rm, {0}, false, at::kFloat));
+    running_var.variable_data().copy_(at::mean(rv, {0}, false, at::kFloat));
+    ctx->save_for_backward({x, y, weight, at::stack(means), at::stack(invstds), masks});
+    ctx->saved_data["splits"] = splits;
+    return {y};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "fused batch norm + ReLU has no double backward (create_graph)");
+    const auto v = ctx->get_saved_variables();
+    const at::Tensor &x = v[0], &y = v[1], &weight = v[2], &masks = v[5];
+    if (!grads[0].defined()) return variable_list(8);
+    const at::MemoryFormat format = Layout(x).format();
+    const at::Tensor dy = grads[0].to(x.scalar_type()).contiguous(format);
+    at::Tensor dx = at::empty_like(x, format), dw, db;
+    const auto parts = sub_batches(x.size(0), ctx->saved_data["splits"].toInt());
+    int64_t word = 0;
+    std::vector<std::vector<at::Tensor>> g(parts.size());
+    for (size_t i = 0; i < parts.size(); ++i) {
+      const auto [first, n] = parts[i];
+      Saved s{x.narrow(0, first, n), y.narrow(0, first, n), weight, v[3][i], v[4][i], {}};
+      if (masks.defined()) {
+        const int64_t words = Layout(s.x).mask_words();
+        s.mask = masks.narrow(0, word, words);
+        word += words;
+      }
+      const at::Tensor dyi = dy.narrow(0, first, n), dxi = dx.narrow(0, first, n);
+      g[i] = x.scalar_type() == at::kFloat ? backward_typed<float>(dyi, {}, s, false, dxi)
+                                           : backward_typed<uint16_t>(dyi, {}, s, false, dxi);
+    }
+    // The parameters' gradients added from the last sub-batch's to the first's, the order in
+    // which autograd adds those of one function a sub-batch.
+    for (size_t i = parts.size(); i-- > 0;) {
+      dw = dw.defined() ? dw + g[i][1] : g[i][1];
+      db = db.defined() ? db + g[i][2] : g[i][2];
+    }
+    return {dx, dw, db, {}, {}, {}, {}, {}};
+  }
+};
+
 void check_norm(const at::Tensor& w, const at::Tensor& b, const at::Tensor& rm,
                 const at::Tensor& rv, int64_t C) {
   for (const at::Tensor* t : {&w, &b, &rm, &rv}) {
@@ -907,6 +1010,30 @@ int selfsup_batch_norm_relu(const at::Tensor* x, const at::Tensor* r, const at::
             : BatchNormRelu::apply(*x, *w, *b, *rm, *rv, momentum, eps, outputs);
     *out = new at::Tensor(y[0]);
     if (out2) *out2 = new at::Tensor(y[1]);
+  });
+}
+
+// `*out` = a new handle to `relu(batch_norm(x))` in training mode with each of `splits`
+// contiguous sub-batches of `x` (`torch.chunk`'s) normalised with its own statistics, the
+// running statistics `rm` and `rv` set to the mean of the sub-batches' updates (see
+// `SplitBatchNormRelu`); differentiable in `x`, `w` and `b`. Returns 0, or -1 with libtorch's
+// message in `err`.
+int selfsup_batch_norm_relu_split(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b,
+                                  const at::Tensor* rm, const at::Tensor* rv, int64_t splits,
+                                  double momentum, double eps, at::Tensor** out, char* err,
+                                  size_t err_len) {
+  return selfsup::guarded(err, err_len, [&] {
+    check(*x, nullptr, *w, *b, *rm, *rv);
+    TORCH_CHECK(splits >= 1 && splits <= x->size(0), "split batch norm + ReLU: ", splits,
+                " sub-batches of a batch of ", x->size(0));
+    for (const auto& [first, n] : sub_batches(x->size(0), splits))
+      TORCH_CHECK(n * x->size(2) * x->size(3) > 1,
+                  "split batch norm + ReLU: expected more than 1 value per channel in each "
+                  "sub-batch, got one of ",
+                  n, " of input ", x->sizes());
+    RECORD_FUNCTION("selfsup::batch_norm_relu", c10::ArrayRef<const c10::IValue>{});
+    *out = new at::Tensor(
+        SplitBatchNormRelu::apply(*x, *w, *b, *rm, *rv, momentum, eps, splits)[0]);
   });
 }
 

@@ -226,9 +226,21 @@ pub fn classification_loss(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, 
         tch::Reduction::Mean,
         -100,
     )?;
-    let correct = logits.f_argmax(-1, false)?.f_eq_tensor(labels)?;
-    let acc = correct.f_to_kind(tch::Kind::Float)?.f_mean(tch::Kind::Float)?;
-    Ok((loss, acc))
+    Ok((loss, top1_accuracy(logits, labels)?))
+}
+
+/// The fraction of rows of `logits` whose largest value is at the row's target: `argmax`'s
+/// top-1 accuracy (a tie goes to the first largest, NaN is the largest), taken from
+/// `max_dim`'s indices, which are `argmax`'s and which ATen's CPU kernels reduce in a third
+/// to a half of `argmax`'s time (1.3 against 2.4 ms in float, 1.1 against 4.5 in bfloat16 at
+/// `(1280, 1600)`, 2 threads). Not differentiated.
+///
+/// # Shapes
+/// `logits`: `(N, K)`; `targets`: `(N,)` i64; returns `()` (a fraction) on the logits' device.
+pub fn top1_accuracy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (_, first_largest) = tch::no_grad(|| logits.f_max_dim(-1, false))?;
+    let correct = first_largest.f_eq_tensor(targets)?;
+    Ok(correct.f_to_kind(tch::Kind::Float)?.f_mean(tch::Kind::Float)?)
 }
 
 /// The random choices a method makes inside its steps (puzzles, patch positions, per-patch
@@ -318,5 +330,49 @@ mod tests {
             (-(2f64.exp() / (2f64.exp() + 1.0)).ln() - (1.0 / (2f64.exp() + 1.0)).ln()) / 2.0;
         assert!((loss.double_value(&[]) - expected).abs() < 1e-6);
         assert_eq!(acc.double_value(&[]), 0.5);
+    }
+
+    /// `top1_accuracy` counts what `argmax` counts: a tie goes to the first largest, a NaN is
+    /// the largest, in float and bfloat16 (whose few bits make ties common), row by row.
+    #[test]
+    fn top1_accuracy_is_argmax_s_including_ties_and_nan() {
+        let argmax_hits = |l: &Tensor, t: &Tensor| -> Vec<bool> {
+            Vec::<bool>::try_from(l.argmax(-1, false).eq_tensor(t)).unwrap()
+        };
+        let hits = |l: &Tensor, t: &Tensor| -> Vec<bool> {
+            let acc = top1_accuracy(l, t).unwrap().double_value(&[]);
+            // Row by row: each row alone.
+            let rows: Vec<bool> = (0..l.size()[0])
+                .map(|i| top1_accuracy(&l.narrow(0, i, 1), &t.narrow(0, i, 1)).unwrap())
+                .map(|a| a.double_value(&[]) == 1.0)
+                .collect();
+            let n = rows.iter().filter(|&&r| r).count() as f64;
+            assert!((acc - n / rows.len() as f64).abs() < 1e-6);
+            rows
+        };
+        // Rows: a tie at 0 and 2 (argmax 0), the target at the later tie; the target at the
+        // earlier tie; a NaN at 1; a plain hit; a plain miss.
+        let nan = f32::NAN;
+        let l = Tensor::from_slice(&[
+            3.0f32, 1.0, 3.0, 0.0, 3.0, 1.0, 3.0, 0.0, 0.0, nan, 5.0, 0.0, 0.0, 1.0, 0.0, 0.5, 0.0,
+            1.0, 0.0, 0.5,
+        ])
+        .view([5, 4]);
+        let t = Tensor::from_slice(&[2i64, 0, 1, 1, 3]);
+        assert_eq!(hits(&l, &t), [false, true, true, true, false]);
+        assert_eq!(hits(&l, &t), argmax_hits(&l, &t));
+        tch::manual_seed(3);
+        for kind in [tch::Kind::Float, tch::Kind::BFloat16] {
+            // Small integers: most rows' largest value comes twice or more.
+            let l = (Tensor::randn([64, 300], (tch::Kind::Float, Device::Cpu)) * 2.0).round();
+            let l = l.to_kind(kind);
+            // The target: the last largest in even rows, the first in odd ones.
+            let last = (l.flip([1]).argmax(-1, false) * -1) + 299;
+            let odd = Tensor::arange(64, (tch::Kind::Int64, Device::Cpu)).remainder(2).eq(1);
+            let t = l.argmax(-1, false).where_self(&odd, &last);
+            let tied = Vec::<bool>::try_from(last.ne_tensor(&l.argmax(-1, false))).unwrap();
+            assert!(tied.iter().filter(|&&x| x).count() > 16, "{kind:?}: ties at the top");
+            assert_eq!(hits(&l, &t), argmax_hits(&l, &t), "{kind:?}");
+        }
     }
 }

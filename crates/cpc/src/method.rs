@@ -9,7 +9,7 @@ use crate::config::CpcConfig;
 use crate::CpcError;
 use rand::Rng;
 use selfsup_core::encoders::{linear, try_build_encoder, Encoder, LinearBias};
-use selfsup_core::method::{single_view, StepRng};
+use selfsup_core::method::{single_view, top1_accuracy, StepRng};
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{patches, Batch, Op, Pipeline};
 use selfsup_dist::Collectives;
@@ -46,7 +46,8 @@ pub fn info_nce(preds: &Tensor, candidates: &Tensor, targets: &Tensor) -> (Tenso
         Reduction::Mean,
         -100,
     );
-    let acc = logits.argmax(-1, false).eq_tensor(targets).to_kind(Kind::Float).mean(Kind::Float);
+    let acc = top1_accuracy(&logits, targets)
+        .unwrap_or_else(|e| panic!("top-1 accuracy of logits {:?}: {e}", logits.size()));
     (loss, acc)
 }
 

@@ -17,8 +17,9 @@
 //! of `s` sub-batches is open on the thread, a training-mode forward normalises each of `s`
 //! contiguous sub-batches of its input with that sub-batch's own statistics, so the network
 //! runs the whole batch at once instead of `s` passes of `N/s`: in one call with the input
-//! viewed as `(N/s, s·C, ...)`, or, for a batch norm followed by ReLU on the CPU, with the
-//! fused kernel on each sub-batch where it lies in memory (no copy, layout kept). The running
+//! viewed as `(N/s, s·C, ...)`, or, for a batch norm followed by ReLU on the CPU, in one fused
+//! autograd function that runs each sub-batch where it lies in memory, into one output (no
+//! copy, layout kept, nothing concatenated). The running
 //! statistics become the mean over the sub-batches of what each would have left,
 //! `(1 − m)·r + m·mean_k(stat_k)`, as the demo's. A layer that
 //! synchronises over a job normalises with the global batch and ignores the split.
@@ -218,6 +219,19 @@ extern "C" {
         eps_r: f64,
         out: *mut *mut c_void,
         out2: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn selfsup_batch_norm_relu_split(
+        x: *const c_void,
+        w: *const c_void,
+        b: *const c_void,
+        rm: *const c_void,
+        rv: *const c_void,
+        splits: i64,
+        momentum: f64,
+        eps: f64,
+        out: *mut *mut c_void,
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
@@ -450,7 +464,9 @@ impl BatchNorm {
     /// Training-mode forward with own statistics for each of `s` contiguous sub-batches of
     /// `xs` (`torch.chunk`'s: all of `ceil(N/s)` samples but the last), running statistics set
     /// to the mean of the sub-batches' updates (see the module docs); with `relu`, followed by
-    /// ReLU, fused into the norm per sub-batch where the kernel takes them.
+    /// ReLU, fused into the norm where the kernel takes every sub-batch: one autograd function
+    /// for the whole batch, each sub-batch read and written where it lies (no copy, layout
+    /// kept, no concatenation).
     ///
     /// # Shapes
     /// `xs`: `(N, C, ...)`; returns the same shape.
@@ -458,42 +474,28 @@ impl BatchNorm {
         let size = xs.size();
         let (n, c) = (size[0], size[1]);
         let (rm, rv) = (&self.inner.running_mean, &self.inner.running_var);
+        let chunks = xs.chunk(s, 0);
+        if let (Some(w), Some(b), true) = (&self.inner.ws, &self.inner.bs, relu) {
+            if self.kernel_takes(xs) && chunks.iter().all(|x| self.kernel_takes(x)) {
+                return self
+                    .f_fused_split_relu(xs, s, w, b)
+                    .unwrap_or_else(|e| panic!("split batch norm + ReLU: {e}"));
+            }
+        }
         let bn = |x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, m: &Tensor, v: &Tensor| {
             Tensor::batch_norm(x, w, b, Some(m), Some(v), true, self.momentum, self.eps, false)
         };
-        let chunks = xs.chunk(s, 0);
-        let k = chunks.len() as i64;
-        let fused = match (&self.inner.ws, &self.inner.bs) {
-            (Some(w), Some(b)) if relu && chunks.iter().all(|x| self.kernel_takes(x)) => {
-                Some((w, b))
-            }
-            _ => None,
-        };
-        let (y, means, vars) = if fused.is_some() || n % s != 0 {
-            // Each sub-batch where it lies (`torch.chunk`'s pieces). With the fused kernel:
-            // a sub-batch of a dense NCHW or channels-last batch is itself dense, so nothing
-            // is copied on the way in (the regrouping below copies the batch twice forward and
-            // twice backward, and leaves a channels-last batch NCHW), and the output keeps the
-            // input's layout.
+        let (y, means, vars) = if n % s != 0 {
+            // Each sub-batch where it lies (`torch.chunk`'s pieces).
+            let k = chunks.len() as i64;
             let (m, v) = (rm.repeat([k]).view([k, c]), rv.repeat([k]).view([k, c]));
             let (ws, bs) = (self.inner.ws.as_ref(), self.inner.bs.as_ref());
             let parts: Vec<Tensor> = chunks
                 .iter()
                 .enumerate()
-                .map(|(i, x)| {
-                    let (mi, vi) = (m.get(i as i64), v.get(i as i64));
-                    match fused {
-                        Some((w, b)) => {
-                            self.f_fused_relu(x, None, w, b, &mi, &vi, false)
-                                .unwrap_or_else(|e| panic!("fused batch norm + ReLU: {e}"))
-                                .0
-                        }
-                        None => bn(x, ws, bs, &mi, &vi),
-                    }
-                })
+                .map(|(i, x)| bn(x, ws, bs, &m.get(i as i64), &v.get(i as i64)))
                 .collect();
-            let y = Tensor::cat(&parts, 0);
-            (if relu && fused.is_none() { y.relu() } else { y }, m, v)
+            (Tensor::cat(&parts, 0), m, v)
         } else {
             // (N, C, ...) → (s, N/s, C, ...) → (N/s, s·C, ...): sub-batch k in channels k·C..
             let mut chunked = vec![s, n / s];
@@ -506,7 +508,6 @@ impl BatchNorm {
             let (m, v) = (rm.repeat([s]).view([s, c]), rv.repeat([s]).view([s, c]));
             let (ms, vs) = (m.view([s * c]), v.view([s * c]));
             let y = bn(&x, w.as_ref(), b.as_ref(), &ms, &vs);
-            let y = if relu { y.relu() } else { y };
             let mut back = vec![n / s, s];
             back.extend_from_slice(&size[1..]);
             (y.reshape(back.as_slice()).transpose(0, 1).reshape(size.as_slice()), m, v)
@@ -517,7 +518,41 @@ impl BatchNorm {
             rm.data().copy_(&means.mean_dim(0, false, Kind::Float));
             rv.data().copy_(&vars.mean_dim(0, false, Kind::Float));
         });
-        y
+        if relu {
+            y.relu()
+        } else {
+            y
+        }
+    }
+
+    /// The fused split batch norm + ReLU of `xs` in `s` sub-batches (`csrc/bn_relu.cpp`,
+    /// `SplitBatchNormRelu`) with weight `w` and bias `b`; the running statistics updated.
+    fn f_fused_split_relu(
+        &self,
+        xs: &Tensor,
+        s: i64,
+        w: &Tensor,
+        b: &Tensor,
+    ) -> Result<Tensor, String> {
+        let (rm, rv) = (&self.inner.running_mean, &self.inner.running_var);
+        // SAFETY: every handle is a live tensor (tch's `C_tensor` is an `at::Tensor`); `out` and
+        // `err` are `shim_tensor`'s, valid for the call.
+        crate::ops::shim_tensor(|out, err, len| unsafe {
+            selfsup_batch_norm_relu_split(
+                xs.as_ptr().cast(),
+                w.as_ptr().cast(),
+                b.as_ptr().cast(),
+                rm.as_ptr().cast(),
+                rv.as_ptr().cast(),
+                s,
+                self.momentum,
+                self.eps,
+                out,
+                err,
+                len,
+            )
+        })?
+        .ok_or_else(|| "the shim made no tensor".to_string())
     }
 }
 
@@ -1081,6 +1116,76 @@ mod tests {
             };
             let what = format!("{n}/{splits}, channels-last {channels_last}");
             assert_close(&pass(true), &pass(false), 2e-5, &what);
+        }
+    }
+
+    /// The fused split kernel gives the bits of the fused kernel run on each sub-batch where it
+    /// lies (a fresh layer each, from the same running statistics), in float and bfloat16
+    /// (ReLU's mask words where the CPU rounds to bfloat16 itself), NCHW and channels-last,
+    /// also when the batch does not divide: outputs, input gradients, the parameters'
+    /// gradients added from the last sub-batch's, the running statistics the mean.
+    #[test]
+    fn the_fused_split_kernel_gives_each_sub_batch_s_fused_bits() {
+        tch::manual_seed(9);
+        for (n, splits, channels_last, kind) in [
+            (8, 4, false, Kind::Float),
+            (8, 2, true, Kind::Float),
+            (7, 3, true, Kind::Float),
+            (8, 4, true, Kind::BFloat16),
+            (9, 4, false, Kind::BFloat16),
+        ] {
+            let x =
+                (Tensor::randn([n, 3, 5, 5], (Kind::Float, Device::Cpu)) * 2.0 + 0.3).to_kind(kind);
+            let x = if channels_last { crate::precision::to_channels_last(&x).unwrap() } else { x };
+            let c = Tensor::randn([n, 3, 5, 5], (Kind::Float, Device::Cpu)).to_kind(kind);
+            let what = format!("{n}/{splits}, channels-last {channels_last}, {kind:?}");
+            let vs = nn::VarStore::new(Device::Cpu);
+            let bn = layer(&vs);
+            let xg = x.copy().set_requires_grad(true);
+            let y = {
+                let _split = split_batch_norm(splits);
+                bn.forward_relu_t(&xg, true)
+            };
+            assert_eq!(crate::precision::is_channels_last(&y), channels_last, "{what}");
+            (&y * &c).sum(Kind::Float).backward();
+            let (w, b) = (bn.inner.ws.as_ref().unwrap(), bn.inner.bs.as_ref().unwrap());
+            let got = [&y, &xg.grad(), &w.grad(), &b.grad(), bn.running_mean(), bn.running_var()]
+                .map(values);
+            // The reference: the unsplit fused kernel on each sub-batch, a fresh layer each.
+            let xr = x.copy().set_requires_grad(true);
+            let layers: Vec<_> = (0..splits).map(|_| nn::VarStore::new(Device::Cpu)).collect();
+            let (mut ys, mut loss) = (Vec::new(), Tensor::zeros([], (Kind::Float, Device::Cpu)));
+            let mut bns = Vec::new();
+            for ((xk, ck), vs) in xr.chunk(splits, 0).iter().zip(c.chunk(splits, 0)).zip(&layers) {
+                let bn = layer(vs);
+                let yk = bn.forward_relu_t(xk, true);
+                loss += (&yk * ck).sum(Kind::Float);
+                ys.push(yk);
+                bns.push(bn);
+            }
+            loss.backward();
+            let grads =
+                |f: fn(&BatchNorm) -> Tensor| bns.iter().rev().map(f).reduce(|a, g| a + g).unwrap();
+            let stat = |f: fn(&BatchNorm) -> Tensor| {
+                Tensor::stack(&bns.iter().map(f).collect::<Vec<_>>(), 0).mean_dim(
+                    0,
+                    false,
+                    Kind::Float,
+                )
+            };
+            let want = [
+                &Tensor::cat(&ys, 0),
+                &xr.grad(),
+                &grads(|bn| bn.inner.ws.as_ref().unwrap().grad()),
+                &grads(|bn| bn.inner.bs.as_ref().unwrap().grad()),
+                &stat(|bn| bn.running_mean().copy()),
+                &stat(|bn| bn.running_var().copy()),
+            ]
+            .map(values);
+            let names = ["output", "input grad", "weight grad", "bias grad", "mean", "var"];
+            for ((g, w), name) in got.iter().zip(&want).zip(names) {
+                assert_eq!(g, w, "{what}: {name}");
+            }
         }
     }
 
