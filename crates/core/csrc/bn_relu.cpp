@@ -988,12 +988,15 @@ extern "C" {
 // (weight `wr`, bias `br`, running statistics `rmr` and `rvr`, updated; `momentum_r`, `eps_r`),
 // differentiable in `wr` and `br` too. Where `out2` is not null, `*out2` = a new handle to a
 // view of the same output, a second output of the function for a second consumer (see
-// `fused_forward`). Returns 0, or -1 with libtorch's message in `err`.
+// `fused_forward`). With `splits` > 1 (no residual, no second handle), each of that many
+// contiguous sub-batches of `x` (`torch.chunk`'s) is normalised with its own statistics and
+// the running statistics become the mean of the sub-batches' updates (see
+// `SplitBatchNormRelu`). Returns 0, or -1 with libtorch's message in `err`.
 int selfsup_batch_norm_relu(const at::Tensor* x, const at::Tensor* r, const at::Tensor* w,
                             const at::Tensor* b, const at::Tensor* rm, const at::Tensor* rv,
                             double momentum, double eps, const at::Tensor* wr,
                             const at::Tensor* br, const at::Tensor* rmr, const at::Tensor* rvr,
-                            double momentum_r, double eps_r, at::Tensor** out,
+                            double momentum_r, double eps_r, int64_t splits, at::Tensor** out,
                             at::Tensor** out2, char* err, size_t err_len) {
   return selfsup::guarded(err, err_len, [&] {
     check(*x, r, *w, *b, *rm, *rv);
@@ -1001,6 +1004,19 @@ int selfsup_batch_norm_relu(const at::Tensor* x, const at::Tensor* r, const at::
     if (wr) check_norm(*wr, *br, *rmr, *rvr, x->size(1));
     const int64_t outputs = out2 ? 2 : 1;
     RECORD_FUNCTION("selfsup::batch_norm_relu", c10::ArrayRef<const c10::IValue>{});
+    if (splits != 1) {
+      TORCH_CHECK(!r && !out2, "split batch norm + ReLU: no residual, one output");
+      TORCH_CHECK(splits > 1 && splits <= x->size(0), "split batch norm + ReLU: ", splits,
+                  " sub-batches of a batch of ", x->size(0));
+      for (const auto& [first, n] : sub_batches(x->size(0), splits))
+        TORCH_CHECK(n * x->size(2) * x->size(3) > 1,
+                    "split batch norm + ReLU: expected more than 1 value per channel in each "
+                    "sub-batch, got one of ",
+                    n, " of input ", x->sizes());
+      *out = new at::Tensor(
+          SplitBatchNormRelu::apply(*x, *w, *b, *rm, *rv, momentum, eps, splits)[0]);
+      return;
+    }
     // The residual in `x`'s layout (a recorded copy where it is not).
     const at::Tensor res = r ? r->contiguous(Layout(*x).format()) : at::Tensor();
     const variable_list y =
@@ -1010,30 +1026,6 @@ int selfsup_batch_norm_relu(const at::Tensor* x, const at::Tensor* r, const at::
             : BatchNormRelu::apply(*x, *w, *b, *rm, *rv, momentum, eps, outputs);
     *out = new at::Tensor(y[0]);
     if (out2) *out2 = new at::Tensor(y[1]);
-  });
-}
-
-// `*out` = a new handle to `relu(batch_norm(x))` in training mode with each of `splits`
-// contiguous sub-batches of `x` (`torch.chunk`'s) normalised with its own statistics, the
-// running statistics `rm` and `rv` set to the mean of the sub-batches' updates (see
-// `SplitBatchNormRelu`); differentiable in `x`, `w` and `b`. Returns 0, or -1 with libtorch's
-// message in `err`.
-int selfsup_batch_norm_relu_split(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b,
-                                  const at::Tensor* rm, const at::Tensor* rv, int64_t splits,
-                                  double momentum, double eps, at::Tensor** out, char* err,
-                                  size_t err_len) {
-  return selfsup::guarded(err, err_len, [&] {
-    check(*x, nullptr, *w, *b, *rm, *rv);
-    TORCH_CHECK(splits >= 1 && splits <= x->size(0), "split batch norm + ReLU: ", splits,
-                " sub-batches of a batch of ", x->size(0));
-    for (const auto& [first, n] : sub_batches(x->size(0), splits))
-      TORCH_CHECK(n * x->size(2) * x->size(3) > 1,
-                  "split batch norm + ReLU: expected more than 1 value per channel in each "
-                  "sub-batch, got one of ",
-                  n, " of input ", x->sizes());
-    RECORD_FUNCTION("selfsup::batch_norm_relu", c10::ArrayRef<const c10::IValue>{});
-    *out = new at::Tensor(
-        SplitBatchNormRelu::apply(*x, *w, *b, *rm, *rv, momentum, eps, splits)[0]);
   });
 }
 

@@ -217,21 +217,9 @@ extern "C" {
         rvr: *const c_void,
         momentum_r: f64,
         eps_r: f64,
+        splits: i64,
         out: *mut *mut c_void,
         out2: *mut *mut c_void,
-        err: *mut c_char,
-        err_len: usize,
-    ) -> c_int;
-    fn selfsup_batch_norm_relu_split(
-        x: *const c_void,
-        w: *const c_void,
-        b: *const c_void,
-        rm: *const c_void,
-        rv: *const c_void,
-        splits: i64,
-        momentum: f64,
-        eps: f64,
-        out: *mut *mut c_void,
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
@@ -262,23 +250,23 @@ impl BatchNorm {
     /// `xs`: `(N, C, H, W)` or `(N, C)` (or any `(N, C, ...)` off the fused path); returns the
     /// same shape.
     pub fn forward_relu_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let fused = |xs: &Tensor, w: &Tensor, b: &Tensor| {
-            let (rm, rv) = (&self.inner.running_mean, &self.inner.running_var);
-            self.f_fused_relu(xs, None, w, b, rm, rv, false)
+        let fused = |xs: &Tensor| {
+            self.f_fused_relu(xs, None, false, 1)
                 .unwrap_or_else(|e| panic!("fused batch norm + ReLU: {e}"))
                 .0
         };
-        if let (Some(w), Some(b), &[n, c]) = (&self.inner.ws, &self.inner.bs, &xs.size()[..]) {
+        let affine = self.affine().is_some();
+        if let (true, &[n, c]) = (affine, &xs.size()[..]) {
             if train && xs.is_contiguous() {
                 let x4 = xs.view([n, c, 1, 1]);
                 if self.fusable(&x4) {
-                    return fused(&x4, w, b).view([n, c]);
+                    return fused(&x4).view([n, c]);
                 }
             }
         }
         let split = SPLITS.with(Cell::get);
-        match (&self.inner.ws, &self.inner.bs) {
-            (Some(w), Some(b)) if train && self.fusable(xs) => fused(xs, w, b),
+        match () {
+            _ if affine && train && self.fusable(xs) => fused(xs),
             _ if train && split > 1 && !self.is_synchronised() && xs.size()[0] >= split => {
                 self.forward_split(xs, split, true)
             }
@@ -355,7 +343,7 @@ impl BatchNorm {
         train: bool,
         twice: bool,
     ) -> (Tensor, Option<Tensor>) {
-        if let (Some(w), Some(b)) = (&self.inner.ws, &self.inner.bs) {
+        if self.affine().is_some() {
             let matches = |(r, bn): (&Tensor, Option<&BatchNorm>)| {
                 r.size() == xs.size()
                     && r.kind() == xs.kind()
@@ -363,9 +351,8 @@ impl BatchNorm {
                     && bn.is_none_or(|bn| bn.affine().is_some() && bn.fusable(r))
             };
             if train && self.fusable(xs) && residual.is_none_or(matches) {
-                let (rm, rv) = (&self.inner.running_mean, &self.inner.running_var);
                 return self
-                    .f_fused_relu(xs, residual, w, b, rm, rv, twice)
+                    .f_fused_relu(xs, residual, twice, 1)
                     .unwrap_or_else(|e| panic!("fused batch norm (+ add) + ReLU: {e}"));
             }
         }
@@ -406,20 +393,20 @@ impl BatchNorm {
     }
 
     /// The fused batch norm + ReLU of `xs` (+ `residual` before the ReLU, through its own norm
-    /// where one comes with it, which has its affine parameters) with weight `w`, bias `b` and
-    /// running statistics `rm`, `rv` (updated in place), this layer's momentum and eps; with
-    /// `twice`, also the output's second handle (see [`Self::forward_relu_pair_t`]).
-    #[allow(clippy::too_many_arguments)]
+    /// where one comes with it, which has its affine parameters) with this layer's weight,
+    /// bias, momentum and eps, its running statistics updated in place; with `twice`, also the
+    /// output's second handle (see [`Self::forward_relu_pair_t`]); with `splits` > 1 (no
+    /// residual, one handle), each of that many sub-batches normalised on its own (see
+    /// [`Self::forward_split`]).
     fn f_fused_relu(
         &self,
         xs: &Tensor,
         residual: Option<(&Tensor, Option<&BatchNorm>)>,
-        w: &Tensor,
-        b: &Tensor,
-        rm: &Tensor,
-        rv: &Tensor,
         twice: bool,
+        splits: i64,
     ) -> Result<(Tensor, Option<Tensor>), String> {
+        let (w, b) = self.affine().ok_or("the norm has no affine parameters")?;
+        let (rm, rv) = (&self.inner.running_mean, &self.inner.running_var);
         let mut second: *mut c_void = std::ptr::null_mut();
         let out2: *mut *mut c_void = if twice { &mut second } else { std::ptr::null_mut() };
         let (r, rbn) = residual.unzip();
@@ -447,6 +434,7 @@ impl BatchNorm {
                 ptr(rbn.map(|bn| &bn.inner.running_var)),
                 rbn.map_or(0.0, |bn| bn.momentum),
                 rbn.map_or(0.0, |bn| bn.eps),
+                splits,
                 out,
                 out2,
                 err,
@@ -475,12 +463,12 @@ impl BatchNorm {
         let (n, c) = (size[0], size[1]);
         let (rm, rv) = (&self.inner.running_mean, &self.inner.running_var);
         let chunks = xs.chunk(s, 0);
-        if let (Some(w), Some(b), true) = (&self.inner.ws, &self.inner.bs, relu) {
-            if self.kernel_takes(xs) && chunks.iter().all(|x| self.kernel_takes(x)) {
-                return self
-                    .f_fused_split_relu(xs, s, w, b)
-                    .unwrap_or_else(|e| panic!("split batch norm + ReLU: {e}"));
-            }
+        let takes = |x: &Tensor| self.kernel_takes(x);
+        if relu && self.affine().is_some() && takes(xs) && chunks.iter().all(takes) {
+            return self
+                .f_fused_relu(xs, None, false, s)
+                .unwrap_or_else(|e| panic!("split batch norm + ReLU: {e}"))
+                .0;
         }
         let bn = |x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, m: &Tensor, v: &Tensor| {
             Tensor::batch_norm(x, w, b, Some(m), Some(v), true, self.momentum, self.eps, false)
@@ -523,36 +511,6 @@ impl BatchNorm {
         } else {
             y
         }
-    }
-
-    /// The fused split batch norm + ReLU of `xs` in `s` sub-batches (`csrc/bn_relu.cpp`,
-    /// `SplitBatchNormRelu`) with weight `w` and bias `b`; the running statistics updated.
-    fn f_fused_split_relu(
-        &self,
-        xs: &Tensor,
-        s: i64,
-        w: &Tensor,
-        b: &Tensor,
-    ) -> Result<Tensor, String> {
-        let (rm, rv) = (&self.inner.running_mean, &self.inner.running_var);
-        // SAFETY: every handle is a live tensor (tch's `C_tensor` is an `at::Tensor`); `out` and
-        // `err` are `shim_tensor`'s, valid for the call.
-        crate::ops::shim_tensor(|out, err, len| unsafe {
-            selfsup_batch_norm_relu_split(
-                xs.as_ptr().cast(),
-                w.as_ptr().cast(),
-                b.as_ptr().cast(),
-                rm.as_ptr().cast(),
-                rv.as_ptr().cast(),
-                s,
-                self.momentum,
-                self.eps,
-                out,
-                err,
-                len,
-            )
-        })?
-        .ok_or_else(|| "the shim made no tensor".to_string())
     }
 }
 
@@ -1187,6 +1145,21 @@ mod tests {
                 assert_eq!(g, w, "{what}: {name}");
             }
         }
+        // The kernel refuses what it does not do, naming it.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let bn = layer(&vs);
+        let x = Tensor::randn([4, 3, 2, 2], (Kind::Float, Device::Cpu));
+        for (residual, splits, want) in [
+            (Some((&x, None)), 2, "no residual, one output"),
+            (None, 5, "5 sub-batches of a batch of 4"),
+            (None, 0, "0 sub-batches"),
+        ] {
+            let e = bn.f_fused_relu(&x, residual, false, splits).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
+        let one = Tensor::randn([3, 3, 1, 1], (Kind::Float, Device::Cpu));
+        let e = bn.f_fused_relu(&one, None, false, 2).unwrap_err();
+        assert!(e.contains("more than 1 value per channel in each sub-batch"), "{e}");
     }
 
     #[test]
