@@ -8,7 +8,7 @@ use crate::net::{l_input, pixel_accuracy, soft_cross_entropy, DenseHead, LInput}
 use crate::pictures::write_grid;
 use crate::ColorizationError;
 use selfsup_core::encoders::{try_build_encoder, Encoder};
-use selfsup_core::method::single_view;
+use selfsup_core::method::{first_largest, single_view};
 use selfsup_core::{BuildContext, InputNormalization, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Op, Pipeline};
 use selfsup_dist::Collectives;
@@ -199,7 +199,7 @@ impl PretextMethod for Colorization {
             let s = lab.size();
             let ab = lab.narrow(1, 1, 2).adaptive_avg_pool2d(self.target_size(s[2], s[3]));
             let targets = self.bins.soft_encode(&ab, self.cfg.neighbours, self.cfg.sigma)?;
-            let classes = targets.argmax(1, false);
+            let classes = first_largest(&targets, 1)?;
             Ok((lab, targets, classes))
         })?;
         let n = images.size()[0];

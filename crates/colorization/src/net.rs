@@ -8,6 +8,7 @@
 //! a probe on a colorization encoder sees exactly what pretraining saw, the lightness, and the
 //! trunk keeps its one input channel.
 use selfsup_core::encoders::{batch_norm2d, BatchNorm, Encoder};
+use selfsup_core::method::first_largest;
 use selfsup_lab::lightness;
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
@@ -130,12 +131,13 @@ pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor, weights: Option<&Te
     }
 }
 
-/// The fraction of pixels whose top-scoring class is the target class.
+/// The fraction of pixels whose top-scoring class is the target class (`argmax`'s, see
+/// [`first_largest`]).
 ///
 /// # Shapes
 /// `logits`: `(N, Q, H, W)`; `classes`: `(N, H, W)` i64.
 pub fn pixel_accuracy(logits: &Tensor, classes: &Tensor) -> Tensor {
-    tch::no_grad(|| {
-        logits.argmax(1, false).eq_tensor(classes).to_kind(Kind::Float).mean(Kind::Float)
-    })
+    let top = first_largest(logits, 1)
+        .unwrap_or_else(|e| panic!("top class of logits {:?}: {e}", logits.size()));
+    tch::no_grad(|| top.eq_tensor(classes).to_kind(Kind::Float).mean(Kind::Float))
 }

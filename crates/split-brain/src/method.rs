@@ -9,7 +9,7 @@ use selfsup_colorization::net::{pixel_accuracy, soft_cross_entropy, DenseHead};
 use selfsup_colorization::pictures::write_grid;
 use selfsup_colorization::{observe_prior, ColorizationError};
 use selfsup_core::encoders::Encoder;
-use selfsup_core::method::single_view;
+use selfsup_core::method::{first_largest, single_view};
 use selfsup_core::{BuildContext, InputNormalization, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Op, Pipeline};
 use selfsup_dist::Collectives;
@@ -211,7 +211,7 @@ impl SplitBrain {
     ) -> Result<Losses, ColorizationError> {
         let (targets, classes) = tch::no_grad(|| -> Result<_, ColorizationError> {
             let t = self.ab_bins.soft_encode(ab_t, self.cfg.neighbours, self.cfg.sigma)?;
-            let c = t.argmax(1, false);
+            let c = first_largest(&t, 1)?;
             Ok((t, c))
         })?;
         let weights = if self.cfg.rebalance {
