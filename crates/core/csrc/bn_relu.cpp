@@ -617,7 +617,8 @@ at::Tensor forward_typed(const at::Tensor& x, const NormArgs& p, const at::Tenso
   const T* resp = r.defined() ? elements<T>(r) : nullptr;
   uint16_t* mw = nullptr;
   if (std::is_same<T, uint16_t>::value && native_bf16()) {
-    if (!mask_out.defined()) mask_out = at::empty({L.mask_words()}, x.options().dtype(at::kShort));
+    if (!mask_out.defined())
+      mask_out = at::empty({L.mask_words()}, x.options().dtype(at::kShort));
     mw = reinterpret_cast<uint16_t*>(mask_out.data_ptr<int16_t>());
   }
   const Spread as(L, xn.a), bs(L, xn.b);
@@ -850,10 +851,32 @@ struct BatchNormAddNormRelu : public torch::autograd::Function<BatchNormAddNormR
 
 // The sub-batches `torch.chunk(x, s, 0)` cuts a batch of `N` into: `{first sample, samples}`
 // of each, all of `ceil(N/s)` samples but the last.
-std::vector<std::pair<int64_t, int64_t>> sub_batches(int64_t N, int64_t s) {
+using SubBatches = std::vector<std::pair<int64_t, int64_t>>;
+SubBatches sub_batches(int64_t N, int64_t s) {
   const int64_t size = (N + s - 1) / s;
-  std::vector<std::pair<int64_t, int64_t>> out;
-  for (int64_t first = 0; first < N; first += size) out.emplace_back(first, std::min(size, N - first));
+  SubBatches out;
+  for (int64_t first = 0; first < N; first += size)
+    out.emplace_back(first, std::min(size, N - first));
+  return out;
+}
+
+// Each sub-batch's ReLU mask words (see `forward_typed`): its piece of `masks`, which holds
+// them all one after another (`words` of them in all, where `masks` is undefined), or an
+// undefined tensor each where the native bfloat16 loops do not run (`native` false).
+std::vector<at::Tensor> mask_pieces(const at::Tensor& x, const SubBatches& parts, bool native,
+                                    at::Tensor& masks) {
+  std::vector<int64_t> words;
+  for (const auto& [first, n] : parts) words.push_back(Layout(x.narrow(0, first, n)).mask_words());
+  std::vector<at::Tensor> out(parts.size());
+  if (!native) return out;
+  if (!masks.defined())
+    masks = at::empty({std::accumulate(words.begin(), words.end(), int64_t(0))},
+                      x.options().dtype(at::kShort));
+  int64_t word = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    out[i] = masks.narrow(0, word, words[i]);
+    word += words[i];
+  }
   return out;
 }
 
@@ -874,30 +897,19 @@ struct SplitBatchNormRelu : public torch::autograd::Function<SplitBatchNormRelu>
     // Row `i`: the running statistics as sub-batch `i` leaves them.
     const at::Tensor rm = running_mean.detach().repeat({k}).view({k, C});
     const at::Tensor rv = running_var.detach().repeat({k}).view({k, C});
-    // All sub-batches' mask words, one after another (see `forward_typed`).
     at::Tensor masks;
-    if (x.scalar_type() == at::kBFloat16 && native_bf16()) {
-      int64_t words = 0;
-      for (const auto& [first, n] : parts) words += Layout(x.narrow(0, first, n)).mask_words();
-      masks = at::empty({words}, x.options().dtype(at::kShort));
-    }
+    std::vector<at::Tensor> mask =
+        mask_pieces(x, parts, x.scalar_type() == at::kBFloat16 && native_bf16(), masks);
     std::vector<at::Tensor> means, invstds;
-    int64_t word = 0;
     for (int64_t i = 0; i < k; ++i) {
       const auto [first, n] = parts[i];
       const at::Tensor xi = x.narrow(0, first, n);
-      at::Tensor mask;
-      if (masks.defined()) {
-        const int64_t words = Layout(xi).mask_words();
-        mask = masks.narrow(0, word, words);
-        word += words;
-      }
       const NormArgs p{weight, bias, rm.select(0, i), rv.select(0, i), momentum, eps};
       Normed xn, unused;
       if (x.scalar_type() == at::kFloat)
-        forward_typed<float>(xi, p, {}, nullptr, xn, unused, mask, y.narrow(0, first, n));
+        forward_typed<float>(xi, p, {}, nullptr, xn, unused, mask[i], y.narrow(0, first, n));
       else
-        forward_typed<uint16_t>(xi, p, {}, nullptr, xn, unused, mask, y.narrow(0, first, n));
+        forward_typed<uint16_t>(xi, p, {}, nullptr, xn, unused, mask[i], y.narrow(0, first, n));
       means.push_back(xn.mean);
       invstds.push_back(xn.invstd);
     }
@@ -913,22 +925,19 @@ struct SplitBatchNormRelu : public torch::autograd::Function<SplitBatchNormRelu>
     TORCH_CHECK(!at::GradMode::is_enabled(),
                 "fused batch norm + ReLU has no double backward (create_graph)");
     const auto v = ctx->get_saved_variables();
-    const at::Tensor &x = v[0], &y = v[1], &weight = v[2], &masks = v[5];
+    const at::Tensor &x = v[0], &y = v[1], &weight = v[2];
+    at::Tensor masks = v[5];
     if (!grads[0].defined()) return variable_list(8);
     const at::MemoryFormat format = Layout(x).format();
     const at::Tensor dy = grads[0].to(x.scalar_type()).contiguous(format);
     at::Tensor dx = at::empty_like(x, format), dw, db;
     const auto parts = sub_batches(x.size(0), ctx->saved_data["splits"].toInt());
-    int64_t word = 0;
+    const std::vector<at::Tensor> mask = mask_pieces(x, parts, masks.defined(), masks);
     std::vector<std::vector<at::Tensor>> g(parts.size());
     for (size_t i = 0; i < parts.size(); ++i) {
       const auto [first, n] = parts[i];
-      Saved s{x.narrow(0, first, n), y.narrow(0, first, n), weight, v[3][i], v[4][i], {}};
-      if (masks.defined()) {
-        const int64_t words = Layout(s.x).mask_words();
-        s.mask = masks.narrow(0, word, words);
-        word += words;
-      }
+      const Saved s{x.narrow(0, first, n), y.narrow(0, first, n), weight, v[3][i], v[4][i],
+                    mask[i]};
       const at::Tensor dyi = dy.narrow(0, first, n), dxi = dx.narrow(0, first, n);
       g[i] = x.scalar_type() == at::kFloat ? backward_typed<float>(dyi, {}, s, false, dxi)
                                            : backward_typed<uint16_t>(dyi, {}, s, false, dxi);
