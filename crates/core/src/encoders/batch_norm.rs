@@ -265,12 +265,12 @@ impl BatchNorm {
             }
         }
         let split = SPLITS.with(Cell::get);
-        match () {
-            _ if affine && train && self.fusable(xs) => fused(xs),
-            _ if train && split > 1 && !self.is_synchronised() && xs.size()[0] >= split => {
-                self.forward_split(xs, split, true)
-            }
-            _ => nn::ModuleT::forward_t(self, xs, train).relu(),
+        if affine && train && self.fusable(xs) {
+            fused(xs)
+        } else if train && split > 1 && !self.is_synchronised() && xs.size()[0] >= split {
+            self.forward_split(xs, split, true)
+        } else {
+            nn::ModuleT::forward_t(self, xs, train).relu()
         }
     }
 
