@@ -933,20 +933,18 @@ struct SplitBatchNormRelu : public torch::autograd::Function<SplitBatchNormRelu>
     at::Tensor dx = at::empty_like(x, format), dw, db;
     const auto parts = sub_batches(x.size(0), ctx->saved_data["splits"].toInt());
     const std::vector<at::Tensor> mask = mask_pieces(x, parts, masks.defined(), masks);
-    std::vector<std::vector<at::Tensor>> g(parts.size());
-    for (size_t i = 0; i < parts.size(); ++i) {
+    // From the last sub-batch to the first: the parameters' gradients are added in the order
+    // in which autograd adds those of one function a sub-batch.
+    for (size_t i = parts.size(); i-- > 0;) {
       const auto [first, n] = parts[i];
       const Saved s{x.narrow(0, first, n), y.narrow(0, first, n), weight, v[3][i], v[4][i],
                     mask[i]};
       const at::Tensor dyi = dy.narrow(0, first, n), dxi = dx.narrow(0, first, n);
-      g[i] = x.scalar_type() == at::kFloat ? backward_typed<float>(dyi, {}, s, false, dxi)
-                                           : backward_typed<uint16_t>(dyi, {}, s, false, dxi);
-    }
-    // The parameters' gradients added from the last sub-batch's to the first's, the order in
-    // which autograd adds those of one function a sub-batch.
-    for (size_t i = parts.size(); i-- > 0;) {
-      dw = dw.defined() ? dw + g[i][1] : g[i][1];
-      db = db.defined() ? db + g[i][2] : g[i][2];
+      const auto g = x.scalar_type() == at::kFloat
+                         ? backward_typed<float>(dyi, {}, s, false, dxi)
+                         : backward_typed<uint16_t>(dyi, {}, s, false, dxi);
+      dw = dw.defined() ? dw + g[1] : g[1];
+      db = db.defined() ? db + g[2] : g[2];
     }
     return {dx, dw, db, {}, {}, {}, {}, {}};
   }

@@ -152,7 +152,9 @@ impl AbBins {
         let pts = ab.to_kind(Kind::Float).permute([0, 2, 3, 1]).reshape([-1, 2]);
         let c = self.centres_t(ab.device()).tr();
         let term = |i: i64| (pts.narrow(1, i, 1) - c.narrow(0, i, 1)).square_();
-        Ok(term(0) + term(1))
+        let mut d = term(0);
+        d += term(1);
+        Ok(d)
     }
 
     /// The index of each ab value's nearest centre (the hard class).
