@@ -13,10 +13,11 @@ use crate::config::RotNetConfig;
 use crate::rotate::rotation_batch;
 use crate::RotNetError;
 use selfsup_core::encoders::{linear, try_build_encoder, Encoder, LinearBias};
+use selfsup_core::method::classification_loss;
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Op, Pipeline};
 use tch::nn::{self, Module};
-use tch::{Kind, Reduction, Tensor};
+use tch::Tensor;
 
 /// RotNet: an encoder plus a linear rotation classifier on its pooled last feature map.
 #[derive(Debug)]
@@ -127,14 +128,7 @@ impl PretextMethod for RotNet {
         };
         let (inputs, labels, logits) = self.forward_batch(images, train)?;
         // Cross-entropy in f32 whatever the autocast kind of the logits.
-        let loss = logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss::<Tensor>(
-            &labels,
-            None,
-            Reduction::Mean,
-            -100,
-        )?;
-        let correct = logits.f_argmax(-1, false)?.f_eq_tensor(&labels)?;
-        let acc = correct.f_to_kind(Kind::Float)?.f_mean(Kind::Float)?;
+        let (loss, acc) = classification_loss(&logits, &labels)?;
         Ok(StepOutput {
             loss,
             metrics: vec![("rotation_acc".to_string(), acc)],
@@ -149,7 +143,7 @@ mod tests {
     use crate::config::RotationSet;
     use selfsup_core::EncoderConfig;
     use tch::nn::OptimizerConfig;
-    use tch::Device;
+    use tch::{Device, Kind};
 
     fn ctx(channels: i64) -> BuildContext {
         BuildContext {
