@@ -9,13 +9,13 @@ use crate::config::CpcConfig;
 use crate::CpcError;
 use rand::Rng;
 use selfsup_core::encoders::{linear, try_build_encoder, Encoder, LinearBias};
-use selfsup_core::method::{single_view, top1_accuracy, StepRng};
+use selfsup_core::method::{classification_loss, single_view, StepRng};
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{patches, Batch, Op, Pipeline};
 use selfsup_dist::Collectives;
 use std::sync::Arc;
 use tch::nn::{self, Module};
-use tch::{Kind, Reduction, Tensor};
+use tch::{Kind, Tensor};
 
 /// CPC: the trunk (the encoder that is evaluated), the patch projection, the context network
 /// and one predictor per row offset.
@@ -40,15 +40,8 @@ pub struct Cpc {
 /// `candidates`.
 pub fn info_nce(preds: &Tensor, candidates: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
     let logits = preds.matmul(&candidates.tr());
-    let loss = logits.log_softmax(-1, Kind::Float).g_nll_loss::<Tensor>(
-        targets,
-        None,
-        Reduction::Mean,
-        -100,
-    );
-    let acc = top1_accuracy(&logits, targets)
-        .unwrap_or_else(|e| panic!("top-1 accuracy of logits {:?}: {e}", logits.size()));
-    (loss, acc)
+    classification_loss(&logits, targets)
+        .unwrap_or_else(|e| panic!("InfoNCE of logits {:?}: {e}", logits.size()))
 }
 
 impl Cpc {

@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 use selfsup_core::encoders::{linear, LinearBias};
+use selfsup_core::method::classification_loss;
 use selfsup_core::{
     build_encoder, BuildContext, CoreError, Encoder, MethodEntry, PretextMethod, Registry,
     StepOutput,
@@ -17,7 +18,7 @@ use selfsup_core::{
 use selfsup_data::{Batch, Op, Pipeline};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
-use tch::{Kind, Reduction, Tensor};
+use tch::{Kind, Tensor};
 
 /// CIFAR-10 per-channel mean of the official RotNet code: `[125.3, 123.0, 113.9] / 255`.
 pub const CIFAR10_MEAN: [f32; 3] = [125.3 / 255.0, 123.0 / 255.0, 113.9 / 255.0];
@@ -219,17 +220,7 @@ impl PretextMethod for Supervised {
             self.check_labels(labels)?;
         }
         let logits = self.logits_t(images, train);
-        let loss = logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss::<Tensor>(
-            labels,
-            None,
-            Reduction::Mean,
-            -100,
-        )?;
-        let acc = logits
-            .f_argmax(-1, false)?
-            .f_eq_tensor(labels)?
-            .f_to_kind(Kind::Float)?
-            .f_mean(Kind::Float)?;
+        let (loss, acc) = classification_loss(&logits, labels)?;
         Ok(StepOutput { loss, metrics: vec![("train_acc".to_string(), acc)], inputs: n })
     }
 }
