@@ -18,6 +18,7 @@ use crate::memory::{nce_loss, MemoryBank};
 use selfsup_contrastive::loss::{l2_normalize, top1_accuracy};
 use selfsup_contrastive::{pooled, views, ContrastiveError};
 use selfsup_core::encoders::{batch_norm1d, build_encoder, linear, BatchNorm, Encoder, LinearBias};
+use selfsup_core::method::classification_loss;
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Pipeline};
 use selfsup_dist::Collectives;
@@ -133,7 +134,8 @@ impl InstanceDiscrimination {
         selfsup_core::precision::without_autocast(v.device(), || match self.cfg.objective {
             Objective::Softmax => {
                 let logits = self.bank.similarities(&v) / tau;
-                Ok((logits.cross_entropy_for_logits(&idx), top1_accuracy(&logits, &idx)))
+                Ok(classification_loss(&logits, &idx)
+                    .unwrap_or_else(|e| panic!("softmax loss of logits {:?}: {e}", logits.size())))
             }
             Objective::Nce => {
                 let (b, k, n) = (v.size()[0], self.cfg.nce_k, self.bank.len());
