@@ -1,7 +1,7 @@
 // Stride-1 3x3 and 5x5 convolutions (padding (r - 1) / 2, no bias, one group) by Winograd's
 // minimal filtering F(m x m, r x r) with output tiles of m = 2 or 4 (Lavin & Gray, "Fast
 // Algorithms for Convolutional Neural Networks", CVPR 2016), forward and both backward passes,
-// for dense 4-d float CPU tensors (NCHW or channels-last).
+// for dense 4-d float CPU tensors (NCHW or channels-last), and bfloat16 ones in tiles of 2 x 2.
 //
 // Each m x m tile t of the output is `Aᵀ [Σ_c (G g_kc Gᵀ) ⊙ (Bᵀ d_tc B)] A`, with d_tc the α x α
 // input patch of the tile (α = m + r - 1) and g_kc the r x r filter: the α² positions ξ of the
@@ -23,6 +23,21 @@
 // weights is slower at every measured 3x3 shape). The sums are libtorch's matrix products (MKL),
 // whose reduction order may depend on the thread count, as oneDNN's convolution's does; the
 // caller leaves deterministic runs (oneDNN switched off) to libtorch.
+//
+// bfloat16 (tensors, or the CPU's bfloat16 autocast): F(2x2, 3x3) in bfloat16, for
+// CPUs whose bfloat16 products run at the machine's peak without AMX (AVX512-BF16: Zen 4), where
+// oneDNN's direct bfloat16 kernels already do too and only fewer multiplications are faster. The
+// transforms run in float on values widened from bfloat16 and round once on the way out: the
+// transformed input patches and filters, and each product's fp32 sums (libtorch's bfloat16
+// matrix product) are rounded to bfloat16, as a direct bfloat16 convolution rounds its inputs
+// and its output (the forward pass's relative RMS error against float64 measured at 5e-3,
+// oneDNN's bfloat16 kernels' 1.7e-3); the weight gradient's transformed sums are added in float
+// over the pieces and rounded once at the end. Larger transforms would carry bfloat16's rounding
+// (2^-9) into the outputs many times over (F(2x2, 5x5), entries up to 5: 3.5e-2 measured;
+// F(4x4, r x r): up to 8 and 21/4), so tiles of 4x4, and every 5x5 filter, run in float on the
+// widened values (bit 8; 4x (3x3) and 6.25x (5x5) fewer multiplications at float's rate, half of
+// bfloat16's), the output rounded once. The errors against the float64 convolution are bounded by
+// the tests.
 //
 // 1x1 convolutions (F(1, 1): no transforms) take the same path as plain matrix products over
 // views of the activations, the passes oneDNN's 1x1 kernels run slower than MKL's GEMM
@@ -176,6 +191,31 @@ SELFSUP_INLINE void store8(float* p, const v8& v, int64_t n) {
   }
 }
 
+// The same for bfloat16 values (as their bits, `elementwise.h`): widened to float on the way in,
+// rounded to nearest even on the way out (NaN stays a quiet NaN), as c10::BFloat16 rounds.
+typedef uint16_t h8 __attribute__((vector_size(16), aligned(2)));
+typedef uint32_t w8 __attribute__((vector_size(32)));
+SELFSUP_INLINE v8 load8(const uint16_t* p, int64_t n) {
+  h8 h = {};
+  if (n == 8) {
+    h = *reinterpret_cast<const h8*>(p);
+  } else {
+    for (int64_t i = 0; i < n; ++i) h[i] = p[i];
+  }
+  return reinterpret_cast<v8>(__builtin_convertvector(h, w8) << 16);
+}
+SELFSUP_INLINE void store8(uint16_t* p, const v8& v, int64_t n) {
+  const w8 u = reinterpret_cast<w8>(v);
+  const w8 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const w8 nan = (u & 0x7fffffffu) > 0x7f800000u;  // all ones where NaN
+  const h8 h = __builtin_convertvector((rounded & ~nan) | (nan & 0x7fc0u), h8);
+  if (n == 8) {
+    *reinterpret_cast<h8*>(p) = h;
+  } else {
+    for (int64_t i = 0; i < n; ++i) p[i] = h[i];
+  }
+}
+
 // `Σ_k m[k] v[k]` over the nonzero constants `m`, without the zero terms (all known after
 // unrolling).
 template <int J>
@@ -235,9 +275,8 @@ struct Tiling {
 // S x S patch (rows and columns from M·ty - P and M·tx - P, zero outside the image) for
 // F(M x M, R x R), α = M + R - 1: Bᵀ d B of an α x α input patch (S = α), A dY Aᵀ of an M x M
 // gradient (S = M).
-template <int M, int R, int S, int P>
-SELFSUP_INLINE void patch_tiles(const float* x, int64_t C, Tiling g, float* u, int64_t t0,
-                                int64_t t1) {
+template <int M, int R, int S, int P, typename E>
+SELFSUP_INLINE void patch_tiles(const E* x, int64_t C, Tiling g, E* u, int64_t t0, int64_t t1) {
   constexpr int A = M + R - 1;
   const int64_t T = g.count();
   v8 d[S][S], v[A][A];
@@ -270,8 +309,8 @@ SELFSUP_INLINE void patch_tiles(const float* x, int64_t C, Tiling g, float* u, i
 }
 
 // Tiles [t0, t1) of `m` (α², T, K): `y` (n, M·th, M·tw, K), NHWC, gets Aᵀ m A of each tile.
-template <int M, int R>
-SELFSUP_INLINE void output_tiles_body(const float* m, int64_t K, Tiling g, float* y, int64_t t0,
+template <int M, int R, typename E>
+SELFSUP_INLINE void output_tiles_body(const E* m, int64_t K, Tiling g, E* y, int64_t t0,
                                       int64_t t1) {
   constexpr int A = M + R - 1;
   const int64_t T = g.count(), Wy = M * g.tw, Hy = M * g.th;
@@ -322,6 +361,23 @@ SELFSUP_TILE_LOOPS(2, 5)
 SELFSUP_TILE_LOOPS(4, 3)
 SELFSUP_TILE_LOOPS(4, 5)
 
+// The three loops of F(2 x 2, 3 x 3) on bfloat16 tensors (`*_bf16_2_3`): each value widened to
+// float, transformed in float, rounded once to bfloat16 on the way out.
+#define SELFSUP_BF16_LOOPS(M, R)                                                                   \
+  SELFSUP_CLONES void input_tiles_bf16_##M##_##R(const uint16_t* x, int64_t C, Tiling g,          \
+                                                 uint16_t* u, int64_t t0, int64_t t1) {           \
+    patch_tiles<M, R, M + R - 1, (R - 1) / 2>(x, C, g, u, t0, t1);                                 \
+  }                                                                                                \
+  SELFSUP_CLONES void output_tiles_bf16_##M##_##R(const uint16_t* m, int64_t K, Tiling g,         \
+                                                  uint16_t* y, int64_t t0, int64_t t1) {          \
+    output_tiles_body<M, R>(m, K, g, y, t0, t1);                                                   \
+  }                                                                                                \
+  SELFSUP_CLONES void grad_tiles_bf16_##M##_##R(const uint16_t* dy, int64_t K, Tiling g,          \
+                                                uint16_t* v, int64_t t0, int64_t t1) {            \
+    patch_tiles<M, R, M, 0>(dy, K, g, v, t0, t1);                                                  \
+  }
+SELFSUP_BF16_LOOPS(2, 3)
+
 // Tiles [t0, t1) of the 4x4 stride-2 convolution (padding 1) of `x` (n, H, W, C), NHWC, `g` its
 // output's tiling: `u` (9, T, 4C) gets Bᵀ d B of F(2x2, 2x2) of each tile's 3 x 3 patch of the
 // space-to-depth form s[I, J, (a, b, c)] = x[2I + a - 1, 2J + b - 1, c] (zero outside), read
@@ -358,32 +414,61 @@ SELFSUP_CLONES void down_input_tiles(const float* x, int64_t C, Tiling g, float*
   }
 }
 
-using TileLoop = void (*)(const float*, int64_t, Tiling, float*, int64_t, int64_t);
+// A tile loop on elements `E` (float, or bfloat16 as its bits).
+template <typename E>
+using TileLoopOf = void (*)(const E*, int64_t, Tiling, E*, int64_t, int64_t);
+using TileLoop = TileLoopOf<float>;
 
 // The three loops of F(m x m, r x r): m = 2 with r = 2 (no input loop: `down_input_tiles`), 3 or
 // 5; m = 4 with r = 3 or 5.
+template <typename E>
 struct Loops {
-  TileLoop input, output, grad;
+  TileLoopOf<E> input, output, grad;
 };
-Loops loops(int64_t m, int64_t r) {
+Loops<float> loops(int64_t m, int64_t r) {
   if (m == 4) {
-    return r == 3 ? Loops{input_tiles_4_3, output_tiles_4_3, grad_tiles_4_3}
-                  : Loops{input_tiles_4_5, output_tiles_4_5, grad_tiles_4_5};
+    return r == 3 ? Loops<float>{input_tiles_4_3, output_tiles_4_3, grad_tiles_4_3}
+                  : Loops<float>{input_tiles_4_5, output_tiles_4_5, grad_tiles_4_5};
   }
   switch (r) {
-    case 2: return Loops{nullptr, output_tiles_2_2, grad_tiles_2_2};
-    case 3: return Loops{input_tiles_2_3, output_tiles_2_3, grad_tiles_2_3};
-    default: return Loops{input_tiles_2_5, output_tiles_2_5, grad_tiles_2_5};
+    case 2: return Loops<float>{nullptr, output_tiles_2_2, grad_tiles_2_2};
+    case 3: return Loops<float>{input_tiles_2_3, output_tiles_2_3, grad_tiles_2_3};
+    default: return Loops<float>{input_tiles_2_5, output_tiles_2_5, grad_tiles_2_5};
   }
+}
+// bfloat16: F(2 x 2, 3 x 3) only (`selfsup_conv_winograd` widens the others to float).
+Loops<uint16_t> bf16_loops(int64_t r) {
+  TORCH_CHECK(r == 3, "Winograd convolution in bfloat16: ", r, "x", r, " filters (3x3 only)");
+  return Loops<uint16_t>{input_tiles_bf16_2_3, output_tiles_bf16_2_3, grad_tiles_bf16_2_3};
 }
 
 // Runs `loop` over the tiles of `g` with libtorch's threads, from `src` (its last dimension
-// the channels the loop reads) into the dense float tensor `dst`.
-void for_tiles(TileLoop loop, const at::Tensor& src, Tiling g, at::Tensor& dst) {
-  const float* in = src.data_ptr<float>();
-  float* o = dst.data_ptr<float>();
+// the channels the loop reads) into the dense tensor `dst` of the same element type.
+template <typename E>
+void for_tiles(TileLoopOf<E> loop, const at::Tensor& src, Tiling g, at::Tensor& dst) {
+  TORCH_CHECK(src.scalar_type() == dst.scalar_type() && src.element_size() == sizeof(E),
+              "Winograd tiles: ", src.scalar_type(), " into ", dst.scalar_type());
+  const E* in = static_cast<const E*>(src.data_ptr());
+  E* o = static_cast<E*>(dst.data_ptr());
   const int64_t C = src.size(-1);
   at::parallel_for(0, g.count(), 16, [&](int64_t t0, int64_t t1) { loop(in, C, g, o, t0, t1); });
+}
+
+// Which loop of `Loops`: the input patches, the output tiles, or the gradient's patches.
+enum class Which { Input, Output, Grad };
+
+// Runs loop `which` of F(m x m, r x r) for the element type of `src` (float; bfloat16: m = 2).
+void for_tiles(Which which, int64_t m, int64_t r, const at::Tensor& src, Tiling g,
+               at::Tensor& dst) {
+  const auto of = [which](const auto& l) {
+    return which == Which::Input ? l.input : which == Which::Output ? l.output : l.grad;
+  };
+  if (src.scalar_type() == at::kBFloat16) {
+    TORCH_CHECK(m == 2, "Winograd convolution in bfloat16: tiles of 2x2 only");
+    for_tiles<uint16_t>(of(bf16_loops(r)), src, g, dst);
+  } else {
+    for_tiles<float>(of(loops(m, r)), src, g, dst);
+  }
 }
 
 // `loop`'s `(rows, T, out_channels)` tiles of `src` (n, H, W, channels) NHWC, `rows` values a
@@ -391,7 +476,14 @@ void for_tiles(TileLoop loop, const at::Tensor& src, Tiling g, at::Tensor& dst) 
 at::Tensor run_tiles(TileLoop loop, const at::Tensor& src, Tiling g, int64_t rows,
                      int64_t out_channels) {
   at::Tensor out = at::empty({rows, g.count(), out_channels}, src.options());
-  for_tiles(loop, src, g, out);
+  for_tiles<float>(loop, src, g, out);
+  return out;
+}
+// The same for loop `which` of F(m x m, r x r) in the element type of `src`.
+at::Tensor run_tiles(Which which, int64_t m, int64_t r, const at::Tensor& src, Tiling g,
+                     int64_t rows, int64_t out_channels) {
+  at::Tensor out = at::empty({rows, g.count(), out_channels}, src.options());
+  for_tiles(which, m, r, src, g, out);
   return out;
 }
 
@@ -407,14 +499,19 @@ Tiling tiling(const at::Tensor& x, int64_t m) {
 // (N, C, H, W) for an r x r filter with padding (r - 1) / 2, α = m + r - 1.
 at::Tensor input_tiles(const at::Tensor& x, int64_t m, int64_t r) {
   const int64_t a = m + r - 1;
-  return run_tiles(loops(m, r).input, nhwc(x), tiling(x, m), a * a, x.size(1));
+  return run_tiles(Which::Input, m, r, nhwc(x), tiling(x, m), a * a, x.size(1));
 }
 
 // `(α², C, K)`: the transformed filters G g Gᵀ for F(m x m, r x r) of the filters `taps`
 // (r², K C), tap by tap (r² rows), each row the K x C filters' values at that tap.
 at::Tensor filter_tiles_of(const at::Tensor& taps, int64_t m, int64_t r, int64_t K, int64_t C) {
   const int64_t a = m + r - 1;
-  return transforms(m, r).kG.mm(taps).view({a * a, K, C}).transpose(1, 2);
+  // In float, whatever the filters' type (bfloat16: rounded once after).
+  return transforms(m, r)
+      .kG.mm(taps.to(at::kFloat))
+      .to(taps.scalar_type())
+      .view({a * a, K, C})
+      .transpose(1, 2);
 }
 
 // `(α², C, K)`: the transformed filters G g Gᵀ of `w` (K, C, r, r) for F(m x m, r x r).
@@ -427,7 +524,7 @@ at::Tensor filter_tiles(const at::Tensor& w, int64_t m) {
 // `p` (α², n·th·tw, K) of n images.
 void output_of_tiles(const at::Tensor& p, int64_t m, int64_t r, at::Tensor y) {
   const Tiling g{y.size(0), y.size(1), y.size(2), y.size(1) / m, y.size(2) / m};
-  for_tiles(loops(m, r).output, p, g, y);
+  for_tiles(Which::Output, m, r, p, g, y);
 }
 
 // `(B, M, N)`: the products `a[i] b[i]` of `a` (B, M, L) and `b` (B, L, N), one matrix product
@@ -491,19 +588,27 @@ at::Tensor tiled_forward(int64_t m, int64_t r, int64_t N, int64_t Ho, int64_t Wo
 // Channels last (K, then C innermost, as a channels-last filter holds them), so that the
 // filter's gradient is copied out in runs of C values (a (C, K) order took 2.1 ms to copy into
 // a 256 x 128 x 4 x 4 channels-last filter on the model-207 Xeon, 0.17 ms from this one).
+// bfloat16: each piece's products (fp32 sums, rounded once) added in float, the gradient in
+// float; the caller rounds it to the filters' type.
 template <typename Patches>
 at::Tensor tiled_weight_grad(int64_t m, int64_t r, int64_t C, const at::Tensor& dy,
                              Patches patches) {
   const int64_t N = dy.size(0), K = dy.size(1), a = m + r - 1;
-  const TileLoop loop = loops(m, r).grad;
-  at::Tensor p = at::zeros({a * a, K, C}, dy.options());
+  const bool bf16 = dy.scalar_type() == at::kBFloat16;
+  at::Tensor p = at::zeros({a * a, K, C}, dy.options().dtype(at::kFloat));
   const int64_t step = images_per_piece(m, r, dy.size(2), dy.size(3), std::max(C, K));
   for (int64_t n0 = 0; n0 < N; n0 += step) {
     const int64_t n = std::min(step, N - n0);
     const at::Tensor dyn = dy.narrow(0, n0, n);
-    const at::Tensor v = run_tiles(loop, nhwc(dyn), tiling(dyn, m), a * a, K);
+    const at::Tensor v = run_tiles(Which::Grad, m, r, nhwc(dyn), tiling(dyn, m), a * a, K);
     const at::Tensor u = patches(n0, n);
-    for (int64_t i = 0; i < a * a; ++i) p[i].addmm_(v[i].t(), u[i]);
+    for (int64_t i = 0; i < a * a; ++i) {
+      if (bf16) {
+        p[i].add_(at::mm(v[i].t(), u[i]));
+      } else {
+        p[i].addmm_(v[i].t(), u[i]);
+      }
+    }
   }
   return transforms(m, r).kG.t().mm(p.view({a * a, K * C})).view({r, r, K, C});
 }
@@ -566,6 +671,7 @@ at::Tensor weight_grad_winograd(const at::Tensor& x, const at::Tensor& dy, int64
                                 at::MemoryFormat format) {
   return tiled_weight_grad(m, r, x.size(1), dy, input_patches(x, m, r))
       .permute({2, 3, 0, 1})
+      .to(x.scalar_type())
       .contiguous(format);
 }
 
@@ -651,6 +757,9 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
                                                  torch::autograd::variable_list grads) {
     TORCH_CHECK(!at::GradMode::is_enabled(),
                 "Winograd convolution has no double backward (create_graph)");
+    // As in the forward pass: the products in the tensors' own types, even where the backward
+    // pass runs under autocast.
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
     auto s = ctx->get_saved_variables();
     const at::Tensor &x = s[0], &w = s[1];
     const Plan plan(ctx->saved_data["bits"].toInt());
@@ -674,12 +783,15 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
   }
 };
 
-// Whether the shim may take a convolution of `x` with `w`: dense float CPU tensors, autocast
-// off for the CPU, oneDNN on (off: a deterministic run, left to libtorch).
-bool takes(const at::Tensor& x, const at::Tensor& w) {
+// Whether the shim may take a convolution of `x` with `w` (after autocast's casts): dense CPU
+// tensors, both float, or both bfloat16 with a 3x3 or 5x5 filter (`r`), oneDNN on (off: a
+// deterministic run, left to libtorch).
+bool takes(const at::Tensor& x, const at::Tensor& w, int64_t r) {
   const bool dense = x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast);
-  return x.device().is_cpu() && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
-         w.device().is_cpu() && dense && !at::autocast::is_autocast_enabled(at::kCPU) &&
+  const auto kind = x.scalar_type();
+  const bool typed = kind == w.scalar_type() &&
+                     (kind == at::kFloat || (kind == at::kBFloat16 && (r == 3 || r == 5)));
+  return x.device().is_cpu() && w.device().is_cpu() && typed && dense &&
          at::globalContext().userEnabledMkldnn();
 }
 
@@ -692,10 +804,14 @@ extern "C" {
 // the passes in `bits` (1 forward, 2 backward to the input, 4 backward to the weights) by
 // Winograd F(2x2, r x r), or F(4x4, r x r) with bit 8 (r = 3, 5; ignored at the others) (r = 1:
 // matrix products; r = 4: F(2x2, 2x2) on the space-to-depth form, its backward pass to the input
-// never) and the others by libtorch; differentiable in both. Returns 1 when it took the
-// convolution, 0 when it left it to the caller (nothing in `bits` it can take, not dense float
-// CPU tensors, autocast on for the CPU, oneDNN off: deterministic runs, or r = 4 with an odd
-// side), or -1 with libtorch's message in `err`.
+// never) and the others by libtorch; differentiable in both. bfloat16 tensors (or float ones
+// under the CPU's bfloat16 autocast, cast as autocast's convolution casts them, the weights
+// through its cache) take r = 3 and 5: r = 3 in tiles of 2x2 in bfloat16, or with bit 8 (r = 5
+// always) in tiles of 4x4 on their values widened to float, the output rounded once to bfloat16
+// (the passes cast back and forth through autograd). Returns 1 when it took
+// the convolution, 0 when it left it to the caller (nothing in `bits` it can take, not dense
+// float or bfloat16 CPU tensors, bfloat16 at r = 1 or 4, another autocast dtype, oneDNN off:
+// deterministic runs, or r = 4 with an odd side), or -1 with libtorch's message in `err`.
 int selfsup_conv_winograd(const at::Tensor* x, const at::Tensor* w, int bits, at::Tensor** out,
                           char* err, size_t err_len) {
   int took = 0;
@@ -703,15 +819,37 @@ int selfsup_conv_winograd(const at::Tensor* x, const at::Tensor* w, int bits, at
     const int64_t r = w->dim() == 4 ? w->size(2) : 0;
     // The 4x4 stride-2 convolution's backward pass to the input is always libtorch's.
     const int passes = bits & (r == 4 ? 5 : 7);
-    if (passes == 0 || !takes(*x, *w)) return;
-    const int tile4 = (r == 3 || r == 5) ? bits & 8 : 0;
+    if (passes == 0) return;
+    at::Tensor xs = *x, ws = *w;
+    if (at::autocast::is_autocast_enabled(at::kCPU)) {
+      if (at::autocast::get_autocast_dtype(at::kCPU) != at::kBFloat16) return;
+      xs = at::autocast::cached_cast(at::kBFloat16, xs, c10::DeviceType::CPU);
+      ws = at::autocast::cached_cast(at::kBFloat16, ws, c10::DeviceType::CPU);
+    }
+    if (!takes(xs, ws, r)) return;
+    // Autocast off inside (its casts are done): the transforms' and products' matrix products
+    // run in the tensors' own types, not autocast's (the widened passes' would be cast back to
+    // bfloat16).
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+    const bool bf16 = xs.scalar_type() == at::kBFloat16;
+    // bfloat16: 5x5 filters always in tiles of 4 x 4 (F(2x2, 5x5)'s transforms, entries up to
+    // 5, came out at 20x oneDNN's rounding error in bfloat16).
+    const int tile4 = (r == 3 || r == 5) ? ((bf16 && r == 5) ? 8 : bits & 8) : 0;
+    // bfloat16 in tiles of 4 x 4: on the values widened to float, the output rounded once.
+    const bool widen = tile4 != 0 && bf16;
     TORCH_CHECK(x->dim() == 4 && (r == 1 || r == 3 || r == 4 || r == 5) && w->size(3) == r &&
                     w->size(1) == x->size(1),
                 "Winograd convolution: input ", x->sizes(), " and weight ", w->sizes(),
                 " (expected (N, C, H, W) and (K, C, r, r), r = 1, 3, 5, or 4 with stride 2)");
     if (r == 4 && (x->size(2) % 2 != 0 || x->size(3) % 2 != 0)) return;
     RECORD_FUNCTION("selfsup::winograd_conv", c10::ArrayRef<const c10::IValue>{});
-    *out = new at::Tensor(WinogradConv::apply(*x, *w, static_cast<int64_t>(passes | tile4)));
+    if (widen) {
+      const at::Tensor y = WinogradConv::apply(xs.to(at::kFloat), ws.to(at::kFloat),
+                                               static_cast<int64_t>(passes | tile4));
+      *out = new at::Tensor(y.to(at::kBFloat16));
+    } else {
+      *out = new at::Tensor(WinogradConv::apply(xs, ws, static_cast<int64_t>(passes | tile4)));
+    }
     took = 1;
   });
   return rc != 0 ? rc : took;

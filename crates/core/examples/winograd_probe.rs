@@ -8,7 +8,14 @@
 //! and by F(2×2, 2×2) on the space-to-depth form (`conv_down_winograd`, [`selfsup_core::encoders::conv::plan_down`]).
 //! Milliseconds, medians of 7 calls after 2; the backward passes timed alone on a kept graph.
 //!
-//! Run: `cargo run --release -p selfsup-core --example winograd_probe [-- THREADS]` (default 2).
+//! With KIND `bf16`: bfloat16 tensors, the 3×3 and 5×5 layers by oneDNN, by F(2×2, 3×3) in
+//! bfloat16 (5×5: –, always widened) and by F(4×4, r×r) in float on the widened values (the output rounded to bfloat16;
+//! the casts timed with it), each with the forward pass's relative RMS error against the
+//! float64 convolution of the same bfloat16 values: the measurements behind
+//! [`selfsup_core::encoders::conv::plan_bf16`].
+//!
+//! Run: `cargo run --release -p selfsup-core --example winograd_probe [-- THREADS [KIND
+//! [PIECE_MIB]]]` (default 2 threads; KIND `fp32` (default) or `bf16`).
 use selfsup_core::encoders::conv::{conv_down_winograd, conv_winograd, Plan};
 use selfsup_core::precision::to_channels_last;
 use tch::{Device, Kind, Tensor};
@@ -20,15 +27,39 @@ mod common;
 use common::{median_ms, Result};
 
 fn main() -> Result<()> {
-    let threads = std::env::args().nth(1).map(|t| t.parse()).transpose()?.unwrap_or(2);
+    let mut args = std::env::args().skip(1);
+    let threads = args.next().map(|t| t.parse()).transpose()?.unwrap_or(2);
+    let kind = match args.next().as_deref() {
+        None | Some("fp32") => Kind::Float,
+        Some("bf16") => Kind::BFloat16,
+        Some(other) => return Err(format!("kind {other:?}: expected fp32 or bf16").into()),
+    };
+    let bf16 = kind == Kind::BFloat16;
+    // A third argument: the bound on a pass's pieces in MiB (`conv::piece_bytes`; 64 unless
+    // given).
+    if let Some(mib) = args.next() {
+        let mib: i64 = mib.parse()?;
+        selfsup_core::encoders::conv::piece_bytes(Some(mib << 20));
+        println!("pieces of at most {mib} MiB");
+    }
     tch::set_num_threads(threads);
     tch::manual_seed(0);
-    println!(
-        "{threads} threads, fp32 channels-last, batch 128; ms per call, oneDNN / Winograd \
-         F(2×2, r×r) / F(4×4, r×r) (1×1: oneDNN / matrix products)\n"
-    );
-    println!("| filter, channels, side | forward | backward to input | backward to weights |");
-    println!("|---|---:|---:|---:|");
+    if bf16 {
+        println!(
+            "{threads} threads, bf16 channels-last, batch 128; ms per call, oneDNN / Winograd \
+             F(2×2, r×r) bf16 / F(4×4, r×r) widened to fp32; forward error: relative RMS against \
+             float64, in the same order\n"
+        );
+        println!("| filter, channels, side | forward | backward to input | backward to weights | forward error |");
+        println!("|---|---:|---:|---:|---:|");
+    } else {
+        println!(
+            "{threads} threads, fp32 channels-last, batch 128; ms per call, oneDNN / Winograd \
+             F(2×2, r×r) / F(4×4, r×r) (1×1: oneDNN / matrix products)\n"
+        );
+        println!("| filter, channels, side | forward | backward to input | backward to weights |");
+        println!("|---|---:|---:|---:|");
+    }
     // (filter side, channels in, out, map side): ResNet-18's layer1..4, the NIN-192's 3x3
     // blocks 3-4 and its 5x5 convolutions of blocks 2 and 1, the cpu profiles' AlexNet of width
     // 24 (CIFAR variant): conv3, conv4, conv5.
@@ -69,7 +100,10 @@ fn main() -> Result<()> {
         (1, 16, 13, 32),
     ];
     for (r, c, k, side) in shapes {
-        let opts = (Kind::Float, Device::Cpu);
+        if bf16 && r == 1 {
+            continue;
+        }
+        let opts = (kind, Device::Cpu);
         let x =
             to_channels_last(&Tensor::randn([128, c, side, side], opts))?.set_requires_grad(true);
         let w = to_channels_last(&Tensor::randn([k, c, r, r], opts))?.set_requires_grad(true);
@@ -78,8 +112,15 @@ fn main() -> Result<()> {
         // oneDNN, then Winograd in tiles of 2×2 and (3×3, 5×5) of 4×4.
         let tiles: &[Option<bool>] =
             if r == 1 { &[None, Some(false)] } else { &[None, Some(false), Some(true)] };
+        let mut errors = Vec::new();
         for &tile4 in tiles {
             let winograd = tile4.is_some();
+            // bf16 5×5 layers run in tiles of 4×4 whatever the plan says (`plan_bf16`).
+            if bf16 && r == 5 && tile4 == Some(false) {
+                cells.iter_mut().for_each(|c| c.push_str(" / –"));
+                errors.push(f64::NAN);
+                continue;
+            }
             let conv = || -> Result<Tensor> {
                 Ok(match tile4 {
                     Some(tile4) => conv_winograd(&x, &w, Plan { tile4, ..Plan::ALL })?
@@ -88,6 +129,12 @@ fn main() -> Result<()> {
                 })
             };
             let y = conv()?;
+            if bf16 {
+                let [x64, w64] = [&x, &w].map(|t| t.detach().to_kind(Kind::Double));
+                let exact = x64.conv2d(&w64, None::<&Tensor>, [1, 1], [pad, pad], [1, 1], 1);
+                let diff = (y.detach().to_kind(Kind::Double) - &exact).square().mean(None);
+                errors.push((diff / exact.square().mean(None)).sqrt().double_value(&[]));
+            }
             let forward = median_ms(|| drop(tch::no_grad(conv)));
             let input = median_ms(|| drop(Tensor::run_backward(&[&y], &[&x], true, false)));
             let weight = median_ms(|| drop(Tensor::run_backward(&[&y], &[&w], true, false)));
@@ -97,7 +144,19 @@ fn main() -> Result<()> {
             }
         }
         let layer = format!("{r}×{r}, {c}→{k}, {side}×{side}");
-        println!("| {layer} | {} | {} | {} |", cells[0], cells[1], cells[2]);
+        if bf16 {
+            let e: Vec<String> = errors
+                .iter()
+                .map(|e| if e.is_nan() { "–".to_string() } else { format!("{e:.1e}") })
+                .collect();
+            let e = e.join(" / ");
+            println!("| {layer} | {} | {} | {} | {e} |", cells[0], cells[1], cells[2]);
+        } else {
+            println!("| {layer} | {} | {} | {} |", cells[0], cells[1], cells[2]);
+        }
+    }
+    if bf16 {
+        return Ok(());
     }
     println!("\n| 4×4 stride 2, channels, side | forward | backward to weights |");
     println!("|---|---:|---:|");

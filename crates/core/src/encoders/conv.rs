@@ -20,9 +20,16 @@
 //! weights, as one matrix product `dYᵀ X` over views of the activations (channels-last; NCHW:
 //! per-image products summed), where MKL's GEMM outruns oneDNN's 1×1 kernel (`plan`).
 //!
-//! Left to libtorch: CUDA, bf16 and autocast (Winograd's transforms lose precision in bf16),
-//! deterministic runs (`train.deterministic` switches oneDNN off for thread-count-independent
-//! sums; the Winograd products are MKL's, whose sums are not), strides, dilations, groups and
+//! In bf16 (bf16 tensors, or the CPU's bf16 autocast) Winograd runs only on CPUs with
+//! AVX512-BF16 and no AMX (AMD Zen 4), where oneDNN's direct bf16 kernels already run at the
+//! machine's peak and only fewer multiplications gain ([`plan_bf16`]): the 3×3 layers from 128
+//! channels at 16×16 and less in bf16 F(2×2, 3×3) (its rounding about 3× oneDNN's: the
+//! transformed tiles and the products' sums are rounded to bf16), the 5×5 ones from 96 channels
+//! in float F(4×4, 5×5) on the widened values, rounded once (as oneDNN's). With AMX, and on
+//! other CPUs, bf16 stays libtorch's (the products below aside).
+//!
+//! Left to libtorch: CUDA, deterministic runs (`train.deterministic` switches oneDNN off for
+//! thread-count-independent sums; the Winograd products are MKL's, whose sums are not), strides, dilations, groups and
 //! biases. On CPUs with AVX-512 [`plan`] takes, in tiles of 4×4, the 3×3 layers at maps of 16×16
 //! and less from 128 channels and the 5×5 layers there from 96 (measured on an AVX-512 Xeon
 //! without AMX); without AVX-512, in tiles of 4×4, the 3×3 layers at 4×4 to 32×32 from 64
@@ -254,6 +261,39 @@ pub fn plan(r: i64, c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
     Plan { weight: true, ..Plan::default() }
 }
 
+/// The passes of a bias-free stride-1 `r×r` convolution from `c` to `k` channels at `h × w` in
+/// bfloat16 (bf16 tensors, or the CPU's bf16 autocast) on a CPU with AVX512-BF16 and no AMX
+/// ([`Arith::Bf16Avx512`]) that run by Winograd: in bf16, F(2×2, 3×3) (with [`Plan::tile4`]
+/// off), or in float on the values widened from bf16, F(4×4, r×r), the output rounded once to
+/// bf16 (`tile4` on; `csrc/winograd.cpp`).
+///
+/// There oneDNN's direct bf16 kernels run at the machine's peak (2 cores of an AMD EPYC Zen 4,
+/// family 25, model 17: about 470 GFLOP/s forward at ResNet-18's 3×3 layers, against 360 for
+/// libtorch's bf16 matrix products), so only fewer multiplications gain. Measured there, batch
+/// 128, channels-last, oneDNN / Winograd ms (`winograd_probe -- 2 bf16`, and the fp32 probe for
+/// F(4×4)'s products; `bench/README.md`, "bf16 Winograd on Zen 4"):
+/// - 3×3 in bf16 F(2×2): 256→256 at 8×8 forward 18.4 / 14.6, to the input 18.5 / 15.2, to the
+///   weights 21.7 / 17.8; 128→128 at 16×16 19.9 / 17.4, 20.3 / 17.8 (the weights 22.4 / 23.9:
+///   left); 192→192 at 8×8 10.2 / 9.0, 10.4 / 9.3, 12.3 / 11.8; 512→512 at 4×4 16.1 / 15.0,
+///   the weights 24.4 / 17.0 (to the input 16.3 / 17.5: left); the AlexNet's 13×13 layers
+///   1.2-1.35× in every pass. Left: 64 channels at 32×32 (1.2× slower) and 96 and under at 8×8
+///   and 4×4 (1.1-1.8× slower). Its rounding: the forward pass's relative RMS error against the
+///   float64 convolution of the same bf16 values 5.0-5.4e-3, oneDNN's 1.7e-3 (the test
+///   `bf16_winograd_stays_within_a_few_roundings_of_float64` bounds it);
+/// - 5×5 from 96 channels in float F(4×4) (bf16 F(2×2, 5×5): 3.5e-2, far from oneDNN; not
+///   used): the NIN-192's 96→192 at 16×16, see `bench/README.md` for the pass times with the
+///   casts; its rounding: float's, then once to bf16.
+pub fn plan_bf16(r: i64, c: i64, k: i64, h: i64, w: i64) -> Plan {
+    let (channels, positions) = (c.min(k), h * w);
+    match r {
+        3 if channels >= 128 && positions <= 256 => {
+            Plan { forward: true, input: positions > 16, weight: positions < 256, tile4: false }
+        }
+        5 if channels >= 96 && positions <= 256 => Plan { tile4: true, ..Plan::ALL },
+        _ => Plan::default(),
+    }
+}
+
 /// The passes of a 4×4 convolution with stride 2 and padding 1 from `c` to `k` channels at an
 /// `h × w` input that run by F(2×2, 2×2) on the space-to-depth form ([`conv_down_winograd`])
 /// on a CPU with AVX-512 (`avx512`) or without; the backward pass to the input is always
@@ -365,15 +405,40 @@ pub fn conv_winograd(xs: &Tensor, ws: &Tensor, plan: Plan) -> Result<Option<Tens
     })
 }
 
-/// What a CPU convolution's products run on, for [`plan_gemm`].
+/// What a CPU convolution's products run on, for [`plan_gemm`] and [`plan_bf16`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arith {
     /// bfloat16 (autocast or bf16 tensors) on a CPU with AMX.
     Bf16Amx,
+    /// bfloat16 on a CPU with AVX512-BF16 and no AMX (AMD Zen 4).
+    Bf16Avx512,
     /// float32 on a CPU with AVX-512.
     Fp32Avx512,
-    /// Anything else (bf16 without AMX, fp32 without AVX-512: there [`plan`] applies).
+    /// Anything else (bf16 on other CPUs, fp32 without AVX-512: there [`plan`] applies).
     Other,
+}
+
+impl Arith {
+    /// What a convolution of `xs` runs on: bfloat16 when `xs` is bf16 or the CPU's autocast
+    /// is on in bf16, float32 when `xs` is float, by this CPU's instruction sets.
+    pub fn of(xs: &Tensor) -> Arith {
+        let bf16 = xs.kind() == tch::Kind::BFloat16
+            || matches!(
+                crate::precision::autocast_dtype(tch::Device::Cpu),
+                Ok(Some(tch::Kind::BFloat16))
+            );
+        match (bf16, xs.kind() == tch::Kind::Float) {
+            (true, _) if crate::precision::cpu_has_amx() => Arith::Bf16Amx,
+            (true, _) if crate::precision::cpu_supports_bf16() => Arith::Bf16Avx512,
+            (false, true) if avx512() => Arith::Fp32Avx512,
+            _ => Arith::Other,
+        }
+    }
+
+    /// Whether the convolution runs in bfloat16.
+    pub fn bf16(self) -> bool {
+        matches!(self, Arith::Bf16Amx | Arith::Bf16Avx512)
+    }
 }
 
 /// The passes of a bias-free `r×r` convolution with stride `s` from `c` to `k` channels onto an
@@ -399,16 +464,25 @@ pub enum Arith {
 /// forward 37.2 → 25.3, to the input 38.8 → 26.4, to the weights 37.0 → 26.9; 256→512 stride
 /// 2: forward 19.5 → 12.4, weights 21.4 → 13.3); elsewhere the products ran 1.0-2× slower.
 /// Without AVX-512 fp32 layers take Winograd ([`plan`]) instead.
+///
+/// In bf16 with AVX512-BF16 and no AMX (2 cores of an AMD EPYC Zen 4, `conv_gemm_probe`;
+/// oneDNN's kernels there at the machine's peak) only the backward pass to the weights of the
+/// 3×3 stride-2 layers at 8×8 outputs and less from 128 channels gains (128→256 at 16×16
+/// inputs: 28.1 → 16.9 ms; 256→512 at 8×8: 22.1 → 15.0); every forward pass and the other
+/// weight passes ran on par or slower (64→128 at 32×32: 25.7 / 25.7; 1×1 shortcuts 0.5-1.9×),
+/// and the stride-1 layers take [`plan_bf16`]'s Winograd instead.
 pub fn plan_gemm(r: i64, s: i64, c: i64, k: i64, ho: i64, wo: i64, arith: Arith) -> Plan {
     let (channels, positions) = (c.min(k), ho * wo);
     let small = r == 3 && positions <= 16 && channels >= 256;
     let weight = match (arith, r, s) {
         (Arith::Bf16Amx, 3, _) => positions <= 64 && channels >= 128,
         (Arith::Bf16Amx, 1, s) => s > 1 && channels >= 64,
+        // Zen 4: the 3×3 stride-2 layers at 8×8 outputs and less from 128 channels.
+        (Arith::Bf16Avx512, 3, s) => s > 1 && positions <= 64 && channels >= 128,
         (Arith::Fp32Avx512, ..) => small,
         _ => false,
     };
-    let small = small && arith != Arith::Other;
+    let small = small && matches!(arith, Arith::Bf16Amx | Arith::Fp32Avx512);
     Plan { forward: small, input: small && s == 1, weight, ..Plan::default() }
 }
 
@@ -573,7 +647,12 @@ impl Conv2d {
         match mode() {
             Mode::Off => Plan::default(),
             Mode::All => Plan::ALL,
-            Mode::Auto => plan(k[2], s[1], k[0], s[2], s[3], avx512()),
+            Mode::Auto => match Arith::of(xs) {
+                Arith::Bf16Avx512 => plan_bf16(k[2], s[1], k[0], s[2], s[3]),
+                // bf16 with AMX: oneDNN's AMX kernels and `plan_gemm`'s products.
+                Arith::Bf16Amx => Plan::default(),
+                _ => plan(k[2], s[1], k[0], s[2], s[3], avx512()),
+            },
         }
     }
 
@@ -599,17 +678,7 @@ impl Conv2d {
             Mode::Auto => {
                 let (k, s) = (self.inner.ws.size(), xs.size());
                 let out = |side: i64| (side + 2 * padding - k[2]) / stride + 1;
-                let bf16 = xs.kind() == tch::Kind::BFloat16
-                    || matches!(
-                        crate::precision::autocast_dtype(tch::Device::Cpu),
-                        Ok(Some(tch::Kind::BFloat16))
-                    );
-                let arith = match (bf16, xs.kind() == tch::Kind::Float) {
-                    (true, _) if crate::precision::cpu_has_amx() => Arith::Bf16Amx,
-                    (false, true) if avx512() => Arith::Fp32Avx512,
-                    _ => Arith::Other,
-                };
-                plan_gemm(k[2], stride, s[1], k[0], out(s[2]), out(s[3]), arith)
+                plan_gemm(k[2], stride, s[1], k[0], out(s[2]), out(s[3]), Arith::of(xs))
             }
         };
         (plan != Plan::default()).then_some((plan, stride, padding))
@@ -773,6 +842,91 @@ mod tests {
         }
     }
 
+    /// `sqrt(mean((a - b)²) / mean(b²))`, in float64.
+    fn rel_rms(a: &Tensor, b: &Tensor) -> f64 {
+        let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
+        let diff = (&a - &b).square().mean(None).double_value(&[]);
+        (diff / b.square().mean(None).double_value(&[])).sqrt()
+    }
+
+    #[test]
+    fn bf16_winograd_stays_within_a_few_roundings_of_float64() {
+        tch::manual_seed(4);
+        // bf16 F(2×2, 3×3), and F(4×4) on the widened values (3×3 asked, 5×5 always), each pass
+        // against the float64 convolution of the same bf16 values, beside oneDNN's bf16
+        // convolution's own error (the NIN-192's layers at a smaller batch, an odd-sided NCHW
+        // layer). Seen on a Zen 4 (`winograd_probe -- 2 bf16`, batch 128): forward 5.0-5.4e-3
+        // in bf16 F(2×2, 3×3), 1.7e-3 widened and by oneDNN.
+        for (r, n, c, k, h, w, cl) in [
+            (3, 2, 192, 192, 8, 8, true),
+            (3, 3, 16, 24, 7, 5, false),
+            (5, 2, 96, 192, 16, 16, true),
+            (5, 2, 8, 12, 5, 7, false),
+        ] {
+            let cl_of = |t: Tensor| {
+                if cl {
+                    crate::precision::to_channels_last(&t).unwrap()
+                } else {
+                    t
+                }
+            };
+            let opts = (Kind::BFloat16, Device::Cpu);
+            let x = cl_of(Tensor::randn([n, c, h, w], opts));
+            let dy = cl_of(Tensor::randn([n, k, h, w], opts));
+            let wt = cl_of(
+                (Tensor::randn([k, c, r, r], opts) * (2.0 / (c * r * r) as f64).sqrt())
+                    .to_kind(Kind::BFloat16),
+            );
+            let p = (r - 1) / 2;
+            let direct =
+                |x: &Tensor, w: &Tensor| x.conv2d(w, None::<&Tensor>, [1, 1], [p, p], [1, 1], 1);
+            let [x64, dy64, w64] = [&x, &dy, &wt].map(|t| t.to_kind(Kind::Double));
+            let want = passes(&x64, &w64, &dy64, direct);
+            let onednn = passes(&x, &wt, &dy, direct);
+            for tile4 in [false, true] {
+                let plan = Plan { tile4, ..Plan::ALL };
+                let got =
+                    passes(&x, &wt, &dy, |x, w| conv_winograd(x, w, plan).unwrap().expect("taken"));
+                let what = format!("{r}x{r}, {n}x{c}x{h}x{w} -> {k}, cl {cl}, tile4 {tile4}");
+                assert_eq!(got.0.kind(), Kind::BFloat16, "{what}: bf16 output");
+                assert_eq!(got.2.kind(), Kind::BFloat16, "{what}: bf16 weight gradient");
+                assert_eq!(crate::precision::is_channels_last(&got.0), cl, "{what}: format");
+                let widened = tile4 || r == 5;
+                for (i, name) in ["output", "input gradient", "weight gradient"].iter().enumerate()
+                {
+                    let pick = |t: &(Tensor, Tensor, Tensor)| match i {
+                        0 => t.0.shallow_clone(),
+                        1 => t.1.shallow_clone(),
+                        _ => t.2.shallow_clone(),
+                    };
+                    let (e, e_onednn) =
+                        (rel_rms(&pick(&got), &pick(&want)), rel_rms(&pick(&onednn), &pick(&want)));
+                    // Widened: float's rounding, then bf16's once, as oneDNN's (seen: the same
+                    // to 1e-5 of it); bf16 F(2×2): a few bf16 roundings (2^-9 each) more (seen:
+                    // 4.8-5.2e-3 against oneDNN's 1.6-1.7e-3 in every pass).
+                    let bound =
+                        if widened { 1.01 * e_onednn + 1e-5 } else { 4.0 * e_onednn + 2e-3 };
+                    assert!(e < bound, "{what}: {name} off by {e:e} (oneDNN's bf16: {e_onednn:e})");
+                }
+            }
+            // Under the CPU's bf16 autocast, from float tensors: bf16 output, float gradients
+            // to the float leaves, the same values as from the bf16 tensors.
+            let [xf, dyf, wf] = [&x, &dy, &wt].map(|t| t.to_kind(Kind::Float));
+            let bf16 = crate::precision::Precision::Bf16;
+            let plan = Plan::ALL;
+            let cast = crate::precision::autocast(Device::Cpu, bf16, || {
+                passes(&xf, &wf, &dyf, |x, w| conv_winograd(x, w, plan).unwrap().expect("taken"))
+            });
+            let exact = passes(&x, &wt, &dy, |x, w| conv_winograd(x, w, plan).unwrap().unwrap());
+            let what = format!("{r}x{r}, {c} -> {k} under autocast");
+            assert_eq!(cast.0.kind(), Kind::BFloat16, "{what}: output");
+            assert_eq!((cast.1.kind(), cast.2.kind()), (Kind::Float, Kind::Float), "{what}");
+            assert!(cast.0.equal(&exact.0), "{what}: the forward pass of the bf16 tensors");
+            assert!(rel_rms(&cast.1, &exact.1) < 1e-3, "{what}: input gradient");
+            assert!(rel_rms(&cast.2, &exact.2) < 1e-3, "{what}: weight gradient");
+        }
+    }
+
     #[test]
     fn a_pass_in_pieces_of_one_image_sums_as_the_whole_batch() {
         tch::manual_seed(1);
@@ -809,16 +963,21 @@ mod tests {
         let x = Tensor::randn([2, 4, 4, 4], (Kind::Float, Device::Cpu));
         let w = Tensor::randn([4, 4, 3, 3], (Kind::Float, Device::Cpu));
         assert!(conv_winograd(&x, &w, Plan::default()).unwrap().is_none(), "empty plan");
-        let xb = x.to_kind(Kind::BFloat16);
-        let wb = w.to_kind(Kind::BFloat16);
-        assert!(conv_winograd(&xb, &wb, Plan::ALL).unwrap().is_none(), "bf16");
+        // bf16: 3×3 and 5×5 only (1×1 and the 4×4 stride-2 layers stay libtorch's).
+        let bf16_of = |t: &Tensor| t.to_kind(Kind::BFloat16);
+        let w1 = Tensor::randn([4, 4, 1, 1], (Kind::Float, Device::Cpu));
+        let w4 = Tensor::randn([4, 4, 4, 4], (Kind::Float, Device::Cpu));
+        assert!(conv_winograd(&bf16_of(&x), &bf16_of(&w1), Plan::ALL).unwrap().is_none(), "1x1");
+        assert!(conv_winograd(&bf16_of(&x), &bf16_of(&w4), Plan::ALL).unwrap().is_none(), "4x4");
+        let mixed = conv_winograd(&bf16_of(&x), &w, Plan::ALL).unwrap();
+        assert!(mixed.is_none(), "bf16 input, float weights");
         let strided = x.transpose(2, 3);
         assert!(conv_winograd(&strided, &w, Plan::ALL).unwrap().is_none(), "not dense");
         let bf16 = crate::precision::Precision::Bf16;
         let under_autocast = crate::precision::autocast(Device::Cpu, bf16, || {
-            conv_winograd(&x, &w, Plan::ALL).unwrap().is_none()
+            conv_winograd(&x, &w1, Plan::ALL).unwrap().is_none()
         });
-        assert!(under_autocast, "autocast");
+        assert!(under_autocast, "autocast, 1x1");
         let err = conv_winograd(&x, &w.narrow(1, 0, 3), Plan::ALL).unwrap_err();
         assert!(err.contains("Winograd convolution: input [2, 4, 4, 4]"), "{err}");
     }
@@ -1008,6 +1167,19 @@ mod tests {
         };
         if mode() != Mode::All {
             assert_eq!(conv("a", 512, 512, 3, 1, 1).plan_for(&x), want);
+            // In bf16: `plan_bf16` on CPUs with AVX512-BF16 and no AMX, nothing elsewhere.
+            let bf16 = crate::precision::Precision::Bf16;
+            let under_autocast = crate::precision::autocast(Device::Cpu, bf16, || {
+                conv("a", 512, 512, 3, 1, 1).plan_for(&x)
+            });
+            let amx = crate::precision::cpu_has_amx();
+            let want = match mode() {
+                Mode::Auto if !amx && crate::precision::cpu_supports_bf16() => {
+                    plan_bf16(3, 512, 512, 4, 4)
+                }
+                _ => Plan::default(),
+            };
+            assert_eq!(under_autocast, want, "bf16 autocast");
         }
         assert_eq!(conv("b", 512, 512, 3, 2, 1).plan_for(&x), Plan::default(), "stride 2");
         let weight = Plan { weight: true, ..Plan::default() };
@@ -1026,10 +1198,13 @@ mod tests {
                 (a.gemm_plan_for(&x), b.gemm_plan_for(&x.to_kind(Kind::BFloat16)))
             });
             let forward = Plan { forward: true, weight: true, ..Plan::default() };
-            let want = if gemm_mode() == Mode::Auto && crate::precision::cpu_has_amx() {
-                (Some((Plan::ALL, 1, 1)), Some((forward, 2, 1)))
-            } else {
-                (None, None)
+            let weight = Plan { weight: true, ..Plan::default() };
+            let want = match gemm_mode() {
+                Mode::Auto if crate::precision::cpu_has_amx() => {
+                    (Some((Plan::ALL, 1, 1)), Some((forward, 2, 1)))
+                }
+                Mode::Auto if crate::precision::cpu_supports_bf16() => (None, Some((weight, 2, 1))),
+                _ => (None, None),
             };
             assert_eq!(under_autocast, want, "bf16 autocast; bf16 input (4x4 -> 2x2 at stride 2)");
         }
@@ -1224,6 +1399,36 @@ mod tests {
         assert_eq!(fp32(3, 1, 256, 256, 8), Plan::default());
         assert_eq!(fp32(1, 2, 256, 512, 4), Plan::default());
         assert_eq!(plan_gemm(3, 1, 512, 512, 4, 4, Arith::Other), Plan::default());
+        // bf16 without AMX (Zen 4): the 3x3 stride-2 layers' weight pass at 8x8 outputs and
+        // less from 128 channels; nothing else (the stride-1 layers: `plan_bf16`).
+        let zen4 = |r, s, c, k, side| plan_gemm(r, s, c, k, side, side, Arith::Bf16Avx512);
+        assert_eq!(zen4(3, 2, 64, 128, 16), Plan::default());
+        assert_eq!(zen4(3, 2, 128, 256, 8), weight);
+        assert_eq!(zen4(3, 2, 256, 512, 4), weight, "no forward pass at 4x4");
+        assert_eq!(zen4(3, 1, 512, 512, 4), Plan::default());
+        assert_eq!(zen4(1, 2, 256, 512, 4), Plan::default());
+    }
+
+    #[test]
+    fn bf16_winograd_takes_the_layers_it_was_measured_faster_at() {
+        let (f, i, wt) = (true, true, true);
+        let plan = |forward, input, weight, tile4| Plan { forward, input, weight, tile4 };
+        // ResNet-18 (CIFAR stem): layer1 left, layer2 without its weight pass, layer3 whole,
+        // layer4 without its input pass.
+        assert_eq!(plan_bf16(3, 64, 64, 32, 32), Plan::default());
+        assert_eq!(plan_bf16(3, 128, 128, 16, 16), plan(f, i, false, false));
+        assert_eq!(plan_bf16(3, 256, 256, 8, 8), plan(f, i, wt, false));
+        assert_eq!(plan_bf16(3, 512, 512, 4, 4), plan(f, false, wt, false));
+        // The NIN-192: 3x3 blocks 3-4 in bf16, the 5x5 layer of block 2 widened to float in
+        // tiles of 4x4, its first layer (3 channels in) and 1x1 layers left.
+        assert_eq!(plan_bf16(3, 192, 192, 8, 8), plan(f, i, wt, false));
+        assert_eq!(plan_bf16(5, 96, 192, 16, 16), plan(f, i, wt, true));
+        assert_eq!(plan_bf16(5, 3, 192, 32, 32), Plan::default());
+        assert_eq!(plan_bf16(1, 192, 192, 8, 8), Plan::default());
+        // The AlexNets: the cpu profiles' width 24 left, the ImageNet one's 13x13 layers taken.
+        assert_eq!(plan_bf16(3, 96, 96, 8, 8), Plan::default());
+        assert_eq!(plan_bf16(5, 24, 64, 16, 16), Plan::default());
+        assert_eq!(plan_bf16(3, 384, 384, 13, 13), plan(f, i, wt, false));
     }
 
     #[test]
