@@ -280,9 +280,14 @@ pub fn plan(r: i64, c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
 ///   and 4×4 (1.1-1.8× slower). Its rounding: the forward pass's relative RMS error against the
 ///   float64 convolution of the same bf16 values 5.0-5.4e-3, oneDNN's 1.7e-3 (the test
 ///   `bf16_winograd_stays_within_a_few_roundings_of_float64` bounds it);
-/// - 5×5 from 96 channels in float F(4×4) (bf16 F(2×2, 5×5): 3.5e-2, far from oneDNN; not
-///   used): the NIN-192's 96→192 at 16×16, see `bench/README.md` for the pass times with the
-///   casts; its rounding: float's, then once to bf16.
+/// - 5×5 from 96 channels in float F(4×4) on the widened values, the casts included: the
+///   NIN-192's 96→192 at 16×16 57.4 / 46.9, 57.2 / 51.7, 66.1 / 49.3; its rounding float's,
+///   then bf16's once (the same error as oneDNN's to the fifth digit). bf16 F(2×2, 5×5) came
+///   out at 3.5e-2 and is not run; 5×5 under 96 channels (the first layer, 3 in; the
+///   AlexNet-24's 24→64) ran 1.5-7× slower widened.
+///
+/// Only this kind was measured: another CPU with AVX512-BF16 and no AMX (a Xeon whose AMX is
+/// not exposed) takes the same plan unmeasured.
 pub fn plan_bf16(r: i64, c: i64, k: i64, h: i64, w: i64) -> Plan {
     let (channels, positions) = (c.min(k), h * w);
     match r {
@@ -422,23 +427,23 @@ impl Arith {
     /// What a convolution of `xs` runs on: bfloat16 when `xs` is bf16 or the CPU's autocast
     /// is on in bf16, float32 when `xs` is float, by this CPU's instruction sets.
     pub fn of(xs: &Tensor) -> Arith {
-        let bf16 = xs.kind() == tch::Kind::BFloat16
-            || matches!(
-                crate::precision::autocast_dtype(tch::Device::Cpu),
-                Ok(Some(tch::Kind::BFloat16))
-            );
-        match (bf16, xs.kind() == tch::Kind::Float) {
+        match (runs_bf16(xs), xs.kind() == tch::Kind::Float) {
             (true, _) if crate::precision::cpu_has_amx() => Arith::Bf16Amx,
             (true, _) if crate::precision::cpu_supports_bf16() => Arith::Bf16Avx512,
             (false, true) if avx512() => Arith::Fp32Avx512,
             _ => Arith::Other,
         }
     }
+}
 
-    /// Whether the convolution runs in bfloat16.
-    pub fn bf16(self) -> bool {
-        matches!(self, Arith::Bf16Amx | Arith::Bf16Avx512)
-    }
+/// Whether a convolution of `xs` runs in bfloat16: `xs` is bf16, or the CPU's autocast is on
+/// in bf16.
+fn runs_bf16(xs: &Tensor) -> bool {
+    xs.kind() == tch::Kind::BFloat16
+        || matches!(
+            crate::precision::autocast_dtype(tch::Device::Cpu),
+            Ok(Some(tch::Kind::BFloat16))
+        )
 }
 
 /// The passes of a bias-free `r×r` convolution with stride `s` from `c` to `k` channels onto an
@@ -649,8 +654,9 @@ impl Conv2d {
             Mode::All => Plan::ALL,
             Mode::Auto => match Arith::of(xs) {
                 Arith::Bf16Avx512 => plan_bf16(k[2], s[1], k[0], s[2], s[3]),
-                // bf16 with AMX: oneDNN's AMX kernels and `plan_gemm`'s products.
-                Arith::Bf16Amx => Plan::default(),
+                // bf16 elsewhere: with AMX, oneDNN's AMX kernels and `plan_gemm`'s products;
+                // without bf16 instructions, libtorch's.
+                _ if runs_bf16(xs) => Plan::default(),
                 _ => plan(k[2], s[1], k[0], s[2], s[3], avx512()),
             },
         }
