@@ -962,6 +962,23 @@ mod tests {
             let e = max_rel(&pieces.2, &direct.2);
             assert!(e < 1e-5, "{what}: and still the convolution's");
         }
+        // bf16 F(2×2, 3×3): the weight gradient's transformed sums added in float piece after
+        // piece, each piece's products rounded to bf16 once, so pieces and the whole batch
+        // differ by bf16 roundings only; the other passes do not sum over images. `direct`
+        // is the float convolution of the float values.
+        let [x, dy, w] = [&x, &dy, &w].map(|t| t.to_kind(Kind::BFloat16));
+        let conv = |x: &Tensor, w: &Tensor| conv_winograd(x, w, Plan::ALL).unwrap().unwrap();
+        let whole = passes(&x, &w, &dy, conv);
+        let before = piece_bytes(Some(1));
+        let pieces = passes(&x, &w, &dy, conv);
+        piece_bytes(Some(before));
+        // (Products of fewer rows may take other kernels: a bf16 rounding apart at most.)
+        assert!(rel_rms(&pieces.0, &whole.0) < 2e-3, "bf16: forward");
+        assert!(rel_rms(&pieces.1, &whole.1) < 2e-3, "bf16: backward to the input");
+        let e = rel_rms(&pieces.2, &whole.2);
+        assert!(e < 1e-2, "bf16: backward to the weights, sums regrouped: {e:e}");
+        let e = rel_rms(&pieces.2, &direct.2);
+        assert!(e < 1e-2, "bf16: and still the convolution's: {e:e}");
     }
 
     #[test]
