@@ -29,12 +29,12 @@
 //! other CPUs, bf16 stays libtorch's (the products below aside).
 //!
 //! Left to libtorch: CUDA, deterministic runs (`train.deterministic` switches oneDNN off for
-//! thread-count-independent sums; the Winograd products are MKL's, whose sums are not), strides, dilations, groups and
-//! biases. On CPUs with AVX-512 [`plan`] takes, in tiles of 4×4, the 3×3 layers at maps of 16×16
-//! and less from 128 channels and the 5×5 layers there from 96 (measured on an AVX-512 Xeon
-//! without AMX); without AVX-512, in tiles of 4×4, the 3×3 layers at 4×4 to 32×32 from 64
-//! channels and the 5×5 layers at 8×8 to 16×16 from 24, the cpu profiles' AlexNet of width 24
-//! included (measured on that Xeon with every kernel held to AVX2; no AVX2 machine has run tiles
+//! thread-count-independent sums; the Winograd products are MKL's, whose sums are not), strides,
+//! dilations, groups and biases. On CPUs with AVX-512 [`plan`] takes, in tiles of 4×4, the 3×3
+//! layers at maps of 16×16 and less from 128 channels and the 5×5 layers there from 96 (measured on
+//! an AVX-512 Xeon without AMX); without AVX-512, in tiles of 4×4, the 3×3 layers at 4×4 to 32×32
+//! from 64 channels and the 5×5 layers at 8×8 to 16×16 from 24, the cpu profiles' AlexNet of width
+//! 24 included (measured on that Xeon with every kernel held to AVX2; no AVX2 machine has run tiles
 //! of 4×4), and the backward pass to the weights of other large layers.
 //! `SELFSUP_WINOGRAD=off` turns it off, `=all` takes it for every pass of every layer it can
 //! take (for measuring), `=auto` is the default.
@@ -270,14 +270,14 @@ pub fn plan(r: i64, c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
 /// There oneDNN's direct bf16 kernels run at the machine's peak (2 cores of an AMD EPYC Zen 4,
 /// family 25, model 17: about 470 GFLOP/s forward at ResNet-18's 3×3 layers, against 360 for
 /// libtorch's bf16 matrix products), so only fewer multiplications gain. Measured there, batch
-/// 128, channels-last, oneDNN / Winograd ms (`winograd_probe -- 2 bf16`, and the fp32 probe for
-/// F(4×4)'s products; `bench/README.md`, "bf16 Winograd on Zen 4"):
+/// 128, channels-last, oneDNN / Winograd ms (`winograd_probe -- 2 bf16`, two runs; later runs
+/// moved by the machine's state, both sides alike: `bench/README.md`, "bf16 Winograd on Zen 4"):
 /// - 3×3 in bf16 F(2×2): 256→256 at 8×8 forward 18.4 / 14.6, to the input 18.5 / 15.2, to the
 ///   weights 21.7 / 17.8; 128→128 at 16×16 19.9 / 17.4, 20.3 / 17.8 (the weights 22.4 / 23.9:
 ///   left); 192→192 at 8×8 10.2 / 9.0, 10.4 / 9.3, 12.3 / 11.8; 512→512 at 4×4 16.1 / 15.0,
 ///   the weights 24.4 / 17.0 (to the input 16.3 / 17.5: left); the AlexNet's 13×13 layers
-///   1.2-1.35× in every pass. Left: 64 channels at 32×32 (1.2× slower) and 96 and under at 8×8
-///   and 4×4 (1.1-1.8× slower). Its rounding: the forward pass's relative RMS error against the
+///   1.2-1.35× in every pass. Left: 64 channels at 32×32 (1.1-1.2× slower) and 96 and under at
+///   8×8 and 4×4 (1.1-2× slower). Its rounding: the forward pass's relative RMS error against the
 ///   float64 convolution of the same bf16 values 5.0-5.4e-3, oneDNN's 1.7e-3 (the test
 ///   `bf16_winograd_stays_within_a_few_roundings_of_float64` bounds it);
 /// - 5×5 from 96 channels in float F(4×4) on the widened values, the casts included: the
@@ -879,10 +879,7 @@ mod tests {
             let opts = (Kind::BFloat16, Device::Cpu);
             let x = cl_of(Tensor::randn([n, c, h, w], opts));
             let dy = cl_of(Tensor::randn([n, k, h, w], opts));
-            let wt = cl_of(
-                (Tensor::randn([k, c, r, r], opts) * (2.0 / (c * r * r) as f64).sqrt())
-                    .to_kind(Kind::BFloat16),
-            );
+            let wt = cl_of(Tensor::randn([k, c, r, r], opts) * (2.0 / (c * r * r) as f64).sqrt());
             let p = (r - 1) / 2;
             let direct =
                 |x: &Tensor, w: &Tensor| x.conv2d(w, None::<&Tensor>, [1, 1], [p, p], [1, 1], 1);
