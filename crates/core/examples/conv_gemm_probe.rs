@@ -20,13 +20,7 @@ mod common;
 use common::{median_ms, Result};
 
 fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let threads = args.next().map(|t| t.parse()).transpose()?.unwrap_or(2);
-    let kind = match args.next().as_deref() {
-        None | Some("bf16") => Kind::BFloat16,
-        Some("fp32") => Kind::Float,
-        Some(other) => return Err(format!("kind {other:?}: expected bf16 or fp32").into()),
-    };
+    let (threads, kind, _) = common::threads_and_kind(Kind::BFloat16)?;
     tch::set_num_threads(threads);
     tch::manual_seed(0);
     println!("{threads} threads, {kind:?} channels-last, batch 128; ms per call, oneDNN / GEMM\n");

@@ -27,13 +27,7 @@ mod common;
 use common::{median_ms, Result};
 
 fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let threads = args.next().map(|t| t.parse()).transpose()?.unwrap_or(2);
-    let kind = match args.next().as_deref() {
-        None | Some("fp32") => Kind::Float,
-        Some("bf16") => Kind::BFloat16,
-        Some(other) => return Err(format!("kind {other:?}: expected fp32 or bf16").into()),
-    };
+    let (threads, kind, mut args) = common::threads_and_kind(Kind::Float)?;
     let bf16 = kind == Kind::BFloat16;
     // A third argument: the bound on a pass's pieces in MiB (`conv::piece_bytes`; 64 unless
     // given).
