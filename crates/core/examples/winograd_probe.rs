@@ -9,10 +9,10 @@
 //! Milliseconds, medians of 7 calls after 2; the backward passes timed alone on a kept graph.
 //!
 //! With KIND `bf16`: bfloat16 tensors, the 3×3 and 5×5 layers by oneDNN, by F(2×2, 3×3) in
-//! bfloat16 (5×5: –, always widened) and by F(4×4, r×r) in float on the widened values (the output rounded to bfloat16;
-//! the casts timed with it), each with the forward pass's relative RMS error against the
-//! float64 convolution of the same bfloat16 values: the measurements behind
-//! [`selfsup_core::encoders::conv::plan_bf16`].
+//! bfloat16 (5×5: –, always widened) and by F(4×4, r×r) in float on the widened values (the
+//! output rounded to bfloat16; the casts timed with it), each with the forward pass's relative
+//! RMS error against the float64 convolution of the same bfloat16 values: the measurements
+//! behind [`selfsup_core::encoders::conv::plan_bf16`].
 //!
 //! Run: `cargo run --release -p selfsup-core --example winograd_probe [-- THREADS [KIND
 //! [PIECE_MIB]]]` (default 2 threads; KIND `fp32` (default) or `bf16`).
@@ -41,10 +41,13 @@ fn main() -> Result<()> {
     if bf16 {
         println!(
             "{threads} threads, bf16 channels-last, batch 128; ms per call, oneDNN / Winograd \
-             F(2×2, r×r) bf16 / F(4×4, r×r) widened to fp32; forward error: relative RMS against \
+             F(2×2, 3×3) bf16 / F(4×4, r×r) widened to fp32; forward error: relative RMS against \
              float64, in the same order\n"
         );
-        println!("| filter, channels, side | forward | backward to input | backward to weights | forward error |");
+        println!(
+            "| filter, channels, side | forward | backward to input | backward to weights | \
+             forward error |"
+        );
         println!("|---|---:|---:|---:|---:|");
     } else {
         println!(
@@ -109,7 +112,8 @@ fn main() -> Result<()> {
         let mut errors = Vec::new();
         for &tile4 in tiles {
             let winograd = tile4.is_some();
-            // bf16 5×5 layers run in tiles of 4×4 whatever the plan says (`plan_bf16`).
+            // bf16 5×5 layers run in tiles of 4×4 whatever the plan says (the shim,
+            // `csrc/winograd.cpp`: bf16 F(2×2, 5×5) rounds far more than oneDNN).
             if bf16 && r == 5 && tile4 == Some(false) {
                 cells.iter_mut().for_each(|c| c.push_str(" / –"));
                 errors.push(f64::NAN);
