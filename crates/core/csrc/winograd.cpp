@@ -24,9 +24,9 @@
 // whose reduction order may depend on the thread count, as oneDNN's convolution's does; the
 // caller leaves deterministic runs (oneDNN switched off) to libtorch.
 //
-// bfloat16 (tensors, or the CPU's bfloat16 autocast): F(2x2, 3x3) in bfloat16, for
-// CPUs whose bfloat16 products run at the machine's peak without AMX (AVX512-BF16: Zen 4), where
-// oneDNN's direct bfloat16 kernels already do too and only fewer multiplications are faster. The
+// bfloat16 (tensors, or the CPU's bfloat16 autocast): F(2x2, 3x3) in bfloat16, for CPUs with
+// AVX512-BF16 and no AMX (Zen 4), where oneDNN's direct bfloat16 kernels run at the machine's
+// peak and only fewer multiplications are faster (the caller's plan: `plan_bf16`). The
 // transforms run in float on values widened from bfloat16 and round once on the way out: the
 // transformed input patches and filters, and each product's fp32 sums (libtorch's bfloat16
 // matrix product) are rounded to bfloat16, as a direct bfloat16 convolution rounds its inputs
@@ -808,10 +808,10 @@ extern "C" {
 // under the CPU's bfloat16 autocast, cast as autocast's convolution casts them, the weights
 // through its cache) take r = 3 and 5: r = 3 in tiles of 2x2 in bfloat16, or with bit 8 (r = 5
 // always) in tiles of 4x4 on their values widened to float, the output rounded once to bfloat16
-// (the passes cast back and forth through autograd). Returns 1 when it took
-// the convolution, 0 when it left it to the caller (nothing in `bits` it can take, not dense
-// float or bfloat16 CPU tensors, bfloat16 at r = 1 or 4, another autocast dtype, oneDNN off:
-// deterministic runs, or r = 4 with an odd side), or -1 with libtorch's message in `err`.
+// (the passes cast back and forth through autograd). Returns 1 when it took the convolution, 0
+// when it left it to the caller (nothing in `bits` it can take, not dense float or bfloat16 CPU
+// tensors, bfloat16 at r = 1 or 4, another autocast dtype, oneDNN off: deterministic runs, or
+// r = 4 with an odd side), or -1 with libtorch's message in `err`.
 int selfsup_conv_winograd(const at::Tensor* x, const at::Tensor* w, int bits, at::Tensor** out,
                           char* err, size_t err_len) {
   int took = 0;
