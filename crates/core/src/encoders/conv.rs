@@ -417,9 +417,11 @@ pub enum Arith {
     Bf16Amx,
     /// bfloat16 on a CPU with AVX512-BF16 and no AMX (AMD Zen 4).
     Bf16Avx512,
+    /// bfloat16 on a CPU with neither (libtorch's convolutions).
+    Bf16Other,
     /// float32 on a CPU with AVX-512.
     Fp32Avx512,
-    /// Anything else (bf16 on other CPUs, fp32 without AVX-512: there [`plan`] applies).
+    /// Anything else (fp32 without AVX-512: there [`plan`] applies).
     Other,
 }
 
@@ -430,6 +432,7 @@ impl Arith {
         match (runs_bf16(xs), xs.kind() == tch::Kind::Float) {
             (true, _) if crate::precision::cpu_has_amx() => Arith::Bf16Amx,
             (true, _) if crate::precision::cpu_supports_bf16() => Arith::Bf16Avx512,
+            (true, _) => Arith::Bf16Other,
             (false, true) if avx512() => Arith::Fp32Avx512,
             _ => Arith::Other,
         }
@@ -656,7 +659,7 @@ impl Conv2d {
                 Arith::Bf16Avx512 => plan_bf16(k[2], s[1], k[0], s[2], s[3]),
                 // bf16 elsewhere: with AMX, oneDNN's AMX kernels and `plan_gemm`'s products;
                 // without bf16 instructions, libtorch's.
-                _ if runs_bf16(xs) => Plan::default(),
+                Arith::Bf16Amx | Arith::Bf16Other => Plan::default(),
                 _ => plan(k[2], s[1], k[0], s[2], s[3], avx512()),
             },
         }
@@ -895,15 +898,12 @@ mod tests {
                 assert_eq!(got.2.kind(), Kind::BFloat16, "{what}: bf16 weight gradient");
                 assert_eq!(crate::precision::is_channels_last(&got.0), cl, "{what}: format");
                 let widened = tile4 || r == 5;
-                for (i, name) in ["output", "input gradient", "weight gradient"].iter().enumerate()
-                {
-                    let pick = |t: &(Tensor, Tensor, Tensor)| match i {
-                        0 => t.0.shallow_clone(),
-                        1 => t.1.shallow_clone(),
-                        _ => t.2.shallow_clone(),
-                    };
-                    let (e, e_onednn) =
-                        (rel_rms(&pick(&got), &pick(&want)), rel_rms(&pick(&onednn), &pick(&want)));
+                for (name, got, onednn, want) in [
+                    ("output", &got.0, &onednn.0, &want.0),
+                    ("input gradient", &got.1, &onednn.1, &want.1),
+                    ("weight gradient", &got.2, &onednn.2, &want.2),
+                ] {
+                    let (e, e_onednn) = (rel_rms(got, want), rel_rms(onednn, want));
                     // Widened: float's rounding, then bf16's once, as oneDNN's (seen: the same
                     // to 1e-5 of it); bf16 F(2×2): a few bf16 roundings (2^-9 each) more (seen:
                     // 4.8-5.2e-3 against oneDNN's 1.6-1.7e-3 in every pass).
