@@ -65,6 +65,8 @@
 
 #include "elementwise.h"
 #include "conv_passes.h"
+#include "winograd_fused.h"
+#include "winograd_points.h"
 #include "selfsup/guard.h"
 
 namespace {
@@ -130,46 +132,7 @@ const Transforms& transforms(int64_t m, int64_t r) {
 // Tiles of one side: ceil(side / m).
 int64_t tiles(int64_t side, int64_t m) { return (side + m - 1) / m; }
 
-// Bᵀ (α x α) and Aᵀ (m x α) of F(m, r) as constants for the transform loops (`Transforms`
-// holds G). F(4, 3) has F(2, 5)'s points, so its Bᵀ; F(4, 5)'s α = 8 points add ±1/2 (the
-// points of F(6, 3) in NNPACK and oneDNN).
-template <int M, int R>
-struct Points;
-template <>
-struct Points<2, 2> {
-  static constexpr float BT[3][3] = {{1, -1, 0}, {0, 1, 0}, {0, -1, 1}};
-  static constexpr float AT[2][3] = {{1, 1, 0}, {0, 1, 1}};
-};
-template <>
-struct Points<2, 3> {
-  static constexpr float BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
-  static constexpr float AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
-};
-template <>
-struct Points<2, 5> {
-  static constexpr float BT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0},
-                                     {0, 4, -4, -1, 1, 0}, {0, -2, -1, 2, 1, 0},
-                                     {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
-  static constexpr float AT[2][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 1}};
-};
-template <>
-struct Points<4, 3> {
-  static constexpr auto& BT = Points<2, 5>::BT;
-  static constexpr float AT[4][6] = {
-      {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
-};
-template <>
-struct Points<4, 5> {
-  static constexpr float BT[8][8] = {
-      {1, 0, -5.25f, 0, 5.25f, 0, -1, 0},        {0, 1, 1, -4.25f, -4.25f, 1, 1, 0},
-      {0, -1, 1, 4.25f, -4.25f, -1, 1, 0},       {0, 0.5f, 0.25f, -2.5f, -1.25f, 2, 1, 0},
-      {0, -0.5f, 0.25f, 2.5f, -1.25f, -2, 1, 0}, {0, 2, 4, -2.5f, -5, 0.5f, 1, 0},
-      {0, -2, 4, 2.5f, -5, -0.5f, 1, 0},         {0, -1, 0, 5.25f, 0, -5.25f, 0, 1}};
-  static constexpr float AT[4][8] = {{1, 1, 1, 1, 1, 1, 1, 0},
-                                     {0, 1, -1, 2, -2, 0.5f, -0.5f, 0},
-                                     {0, 1, 1, 4, 4, 0.25f, 0.25f, 0},
-                                     {0, 1, -1, 8, -8, 0.125f, -0.125f, 1}};
-};
+using selfsup::Points;
 
 // Eight channels of one tile entry: the transform loops hold a tile's α x α values of eight
 // channels (one AVX2 register each) and unroll the constant matrices, so their zero entries
@@ -619,11 +582,28 @@ auto input_patches(const at::Tensor& x, int64_t m, int64_t r) {
   return [&x, m, r](int64_t n0, int64_t n) { return input_tiles(x.narrow(0, n0, n), m, r); };
 }
 
+// The convolution of `x` (N, C, H, W) with `w` (K, C, r, r), padding (r - 1) / 2, by the fused
+// F(m x m, r x r) of `winograd_fused.cpp`, in `format` (channels-last: in place; NCHW: through
+// NHWC copies of the input and the output). The whole batch at once: its temporaries are a
+// group of tiles a thread.
+at::Tensor forward_fused(const at::Tensor& x, const at::Tensor& w, int64_t m,
+                         at::MemoryFormat format) {
+  const at::Tensor vp = selfsup::fused_winograd_filters(filter_tiles(w, m));
+  at::Tensor y = at::empty({x.size(0), x.size(2), x.size(3), w.size(0)}, x.options());
+  selfsup::fused_winograd(nhwc(x), vp, m, y);
+  const at::Tensor out = y.permute({0, 3, 1, 2});
+  return format == at::MemoryFormat::ChannelsLast ? out : out.contiguous();
+}
+
 // The convolution of `x` (N, C, H, W) with `w` (K, C, r, r), padding (r - 1) / 2, by
 // F(m x m, r x r).
 at::Tensor forward_winograd(const at::Tensor& x, const at::Tensor& w, int64_t m,
                             at::MemoryFormat format) {
   const int64_t r = w.size(2);
+  if (selfsup::fused_winograd_takes(x.scalar_type(), m, r, x.size(1), w.size(0), x.size(2),
+                                    x.size(3))) {
+    return forward_fused(x, w, m, format);
+  }
   return tiled_forward(m, r, x.size(0), x.size(2), x.size(3), filter_tiles(w, m),
                        input_patches(x, m, r), format);
 }
@@ -853,6 +833,14 @@ int selfsup_conv_winograd(const at::Tensor* x, const at::Tensor* w, int bits, at
     took = 1;
   });
   return rc != 0 ? rc : took;
+}
+
+// Whether bfloat16 F(2x2, 3x3) and float F(4x4, 5x5) forward passes (and backward passes to the
+// input) run fused (`winograd_fused.cpp`) where the CPU has AVX512-BF16: `enable` < 0 asks, 0 turns it off, 1 on
+// (the default), for the calling thread. Returns the setting now.
+int selfsup_winograd_fused(int enable) {
+  if (enable >= 0) selfsup::fused_winograd_wanted() = enable != 0;
+  return selfsup::fused_winograd_wanted() ? 1 : 0;
 }
 
 // Sets the bytes one piece of a pass may hold (Winograd's transformed tiles and

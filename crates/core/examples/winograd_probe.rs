@@ -10,9 +10,11 @@
 //!
 //! With KIND `bf16`: bfloat16 tensors, the 3×3 and 5×5 layers by oneDNN, by F(2×2, 3×3) in
 //! bfloat16 (5×5: –, always widened) and by F(4×4, r×r) in float on the widened values (the
-//! output rounded to bfloat16; the casts timed with it), each with the forward pass's relative
-//! RMS error against the float64 convolution of the same bfloat16 values: the measurements
-//! behind [`selfsup_core::encoders::conv::plan_bf16`].
+//! output rounded to bfloat16; the casts timed with it), each fused where the CPU has
+//! AVX512-BF16 (`csrc/winograd_fused.cpp`: the forward pass and the pass to the input of bf16
+//! F(2×2, 3×3) and F(4×4, 5×5); F(4×4, 3×3): –), then unfused, each with the forward pass's
+//! relative RMS error against the float64 convolution of the same bfloat16 values: the
+//! measurements behind [`selfsup_core::encoders::conv::plan_bf16`].
 //!
 //! Run: `cargo run --release -p selfsup-core --example winograd_probe [-- THREADS [KIND
 //! [PIECE_MIB]]]` (default 2 threads; KIND `fp32` (default) or `bf16`).
@@ -41,8 +43,8 @@ fn main() -> Result<()> {
     if bf16 {
         println!(
             "{threads} threads, bf16 channels-last, batch 128; ms per call, oneDNN / Winograd \
-             F(2×2, 3×3) bf16 / F(4×4, r×r) widened to fp32; forward error: relative RMS against \
-             float64, in the same order\n"
+             F(2×2, 3×3) bf16 fused / unfused / F(4×4, r×r) widened to fp32 fused / unfused; \
+             forward error: relative RMS against float64, in the same order\n"
         );
         println!(
             "| filter, channels, side | forward | backward to input | backward to weights | \
@@ -106,15 +108,28 @@ fn main() -> Result<()> {
         let w = to_channels_last(&Tensor::randn([k, c, r, r], opts))?.set_requires_grad(true);
         let pad = (r - 1) / 2;
         let mut cells = [String::new(), String::new(), String::new()];
-        // oneDNN, then Winograd in tiles of 2×2 and (3×3, 5×5) of 4×4.
-        let tiles: &[Option<bool>] =
-            if r == 1 { &[None, Some(false)] } else { &[None, Some(false), Some(true)] };
+        // oneDNN, then Winograd in tiles of 2×2 and (3×3, 5×5) of 4×4; bf16: each fused,
+        // then unfused (`conv::fused_bf16`).
+        let tiles: &[(Option<bool>, bool)] = match (r, bf16) {
+            (1, _) => &[(None, false), (Some(false), false)],
+            (_, false) => &[(None, false), (Some(false), false), (Some(true), false)],
+            _ => &[
+                (None, false),
+                (Some(false), true),
+                (Some(false), false),
+                (Some(true), true),
+                (Some(true), false),
+            ],
+        };
         let mut errors = Vec::new();
-        for &tile4 in tiles {
+        for &(tile4, fused) in tiles {
             let winograd = tile4.is_some();
+            selfsup_core::encoders::conv::fused_bf16(Some(fused));
             // bf16 5×5 layers run in tiles of 4×4 whatever the plan says (the shim,
             // `csrc/winograd.cpp`: bf16 F(2×2, 5×5) rounds far more than oneDNN).
-            if bf16 && r == 5 && tile4 == Some(false) {
+            if bf16 && r == 5 && tile4 == Some(false)
+                || bf16 && r == 3 && tile4 == Some(true) && fused
+            {
                 cells.iter_mut().for_each(|c| c.push_str(" / –"));
                 errors.push(f64::NAN);
                 continue;

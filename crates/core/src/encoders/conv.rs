@@ -82,6 +82,7 @@ extern "C" {
         err_len: usize,
     ) -> c_int;
     fn selfsup_winograd_piece_bytes(bytes: i64) -> i64;
+    fn selfsup_winograd_fused(enable: c_int) -> c_int;
     fn selfsup_conv_gemm(
         x: *const c_void,
         w: *const c_void,
@@ -101,6 +102,19 @@ extern "C" {
 pub fn piece_bytes(bytes: Option<i64>) -> i64 {
     // SAFETY: reads or swaps an atomic; no pointers.
     unsafe { selfsup_winograd_piece_bytes(bytes.filter(|&b| b > 0).unwrap_or(0)) }
+}
+
+/// Whether bf16 F(2×2, 3×3) and float F(4×4, 5×5) run their forward passes and backward passes
+/// to the input as one fused loop over small groups of tiles (`csrc/winograd_fused.cpp`; on by
+/// default where the CPU has AVX512-BF16) rather than as separate transforms and matrix
+/// products: `Some(on)` switches it for the calling thread (the thread that runs a convolution,
+/// and on the CPU its backward pass, picks the path), `None` asks; returns the setting now. For
+/// the tests and probes that compare the two.
+#[doc(hidden)]
+pub fn fused_bf16(set: Option<bool>) -> bool {
+    let arg = set.map_or(-1, c_int::from);
+    // SAFETY: reads or stores an atomic flag; no pointers.
+    unsafe { selfsup_winograd_fused(arg) == 1 }
 }
 
 /// The passes of one convolution that run by Winograd.
@@ -291,6 +305,15 @@ pub fn plan(r: i64, c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
 pub fn plan_bf16(r: i64, c: i64, k: i64, h: i64, w: i64) -> Plan {
     let (channels, positions) = (c.min(k), h * w);
     match r {
+        // The fused pass (forward, to the input) from 8×8 maps on; the weights as before.
+        3 if channels >= 64 && (64..=1024).contains(&positions) && c % 2 == 0 && k % 16 == 0 => {
+            Plan {
+                forward: true,
+                input: true,
+                weight: channels >= 128 && positions < 256,
+                tile4: false,
+            }
+        }
         3 if channels >= 128 && positions <= 256 => {
             Plan { forward: true, input: positions > 16, weight: positions < 256, tile4: false }
         }
@@ -866,11 +889,17 @@ mod tests {
         // convolution's own error (the NIN-192's layers at a smaller batch, an odd-sided NCHW
         // layer). Seen on a Zen 4 (`winograd_probe -- 2 bf16`, batch 128): forward 5.0-5.4e-3
         // in bf16 F(2×2, 3×3), 1.7e-3 widened and by oneDNN.
+        // Where the CPU has AVX512-BF16, the forward passes and the passes to the input of the
+        // layers of 64 positions and more (output channels a multiple of 16; bf16 3×3: even
+        // input channels) run fused (`csrc/winograd_fused.cpp`): each layer both ways, the odd
+        // sides' tiles past the map's edge.
         for (r, n, c, k, h, w, cl) in [
             (3, 2, 192, 192, 8, 8, true),
             (3, 3, 16, 24, 7, 5, false),
+            (3, 2, 32, 48, 9, 11, false),
             (5, 2, 96, 192, 16, 16, true),
             (5, 2, 8, 12, 5, 7, false),
+            (5, 2, 16, 32, 9, 10, false),
         ] {
             let cl_of = |t: Tensor| {
                 if cl {
@@ -889,11 +918,15 @@ mod tests {
             let [x64, dy64, w64] = [&x, &dy, &wt].map(|t| t.to_kind(Kind::Double));
             let want = passes(&x64, &w64, &dy64, direct);
             let onednn = passes(&x, &wt, &dy, direct);
-            for tile4 in [false, true] {
+            for (tile4, fused) in [(false, true), (false, false), (true, true), (true, false)] {
                 let plan = Plan { tile4, ..Plan::ALL };
+                fused_bf16(Some(fused));
                 let got =
                     passes(&x, &wt, &dy, |x, w| conv_winograd(x, w, plan).unwrap().expect("taken"));
-                let what = format!("{r}x{r}, {n}x{c}x{h}x{w} -> {k}, cl {cl}, tile4 {tile4}");
+                fused_bf16(Some(true));
+                let what = format!(
+                    "{r}x{r}, {n}x{c}x{h}x{w} -> {k}, cl {cl}, tile4 {tile4}, fused {fused}"
+                );
                 assert_eq!(got.0.kind(), Kind::BFloat16, "{what}: bf16 output");
                 assert_eq!(got.2.kind(), Kind::BFloat16, "{what}: bf16 weight gradient");
                 assert_eq!(crate::precision::is_channels_last(&got.0), cl, "{what}: format");
@@ -1433,9 +1466,9 @@ mod tests {
     fn bf16_winograd_takes_the_layers_it_was_measured_faster_at() {
         let (f, i, wt) = (true, true, true);
         let plan = |forward, input, weight, tile4| Plan { forward, input, weight, tile4 };
-        // ResNet-18 (CIFAR stem): layer1 left, layer2 without its weight pass, layer3 whole,
-        // layer4 without its input pass.
-        assert_eq!(plan_bf16(3, 64, 64, 32, 32), Plan::default());
+        // ResNet-18 (CIFAR stem): layer1 and layer2 without their weight passes (forward and
+        // to the input fused), layer3 whole, layer4 without its input pass (unfused: 4x4).
+        assert_eq!(plan_bf16(3, 64, 64, 32, 32), plan(f, i, false, false));
         assert_eq!(plan_bf16(3, 128, 128, 16, 16), plan(f, i, false, false));
         assert_eq!(plan_bf16(3, 256, 256, 8, 8), plan(f, i, wt, false));
         assert_eq!(plan_bf16(3, 512, 512, 4, 4), plan(f, false, wt, false));
@@ -1445,8 +1478,15 @@ mod tests {
         assert_eq!(plan_bf16(5, 96, 192, 16, 16), plan(f, i, wt, true));
         assert_eq!(plan_bf16(5, 3, 192, 32, 32), Plan::default());
         assert_eq!(plan_bf16(1, 192, 192, 8, 8), Plan::default());
-        // The AlexNets: the cpu profiles' width 24 left, the ImageNet one's 13x13 layers taken.
-        assert_eq!(plan_bf16(3, 96, 96, 8, 8), Plan::default());
+        // The AlexNets: the cpu profiles' width 24 at 8x8 fused, at 4x4 and its 5x5 layers
+        // left; the ImageNet one's 13x13 layers taken.
+        assert_eq!(plan_bf16(3, 96, 96, 8, 8), plan(f, i, false, false));
+        assert_eq!(plan_bf16(3, 64, 96, 8, 8), plan(f, i, false, false));
+        assert_eq!(plan_bf16(3, 96, 96, 4, 4), Plan::default());
+        // Channels the fused pass does not take (output channels off the multiples of 16) and
+        // maps past those measured: left.
+        assert_eq!(plan_bf16(3, 64, 72, 16, 16), Plan::default());
+        assert_eq!(plan_bf16(3, 64, 64, 64, 64), Plan::default());
         assert_eq!(plan_bf16(5, 24, 64, 16, 16), Plan::default());
         assert_eq!(plan_bf16(3, 384, 384, 13, 13), plan(f, i, wt, false));
     }

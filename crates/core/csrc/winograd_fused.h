@@ -1,0 +1,34 @@
+// The fused Winograd passes of `winograd_fused.cpp`, for `winograd.cpp`.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace selfsup {
+
+// Whether the fused passes are to be used where they run (on by default; off, the same layers
+// run unfused: for the tests and probes that compare the two). One flag a thread: the thread
+// that runs a convolution (on the CPU, autograd's backward passes run on the thread that asks
+// for them) picks its path, so tests running beside each other keep theirs.
+inline bool& fused_winograd_wanted() {
+  thread_local bool wanted = true;
+  return wanted;
+}
+
+// Whether `fused_winograd` runs F(m x m, r x r) on `kind` tensors from C to K channels on H x W
+// maps: bfloat16 F(2x2, 3x3) with C even, or float F(4x4, 5x5); K a multiple of 16, 64
+// positions or more, a CPU with AVX512-BF16, and `fused_winograd_wanted`.
+bool fused_winograd_takes(at::ScalarType kind, int64_t m, int64_t r, int64_t C, int64_t K,
+                          int64_t H, int64_t W);
+
+// The transformed filters `v` (α², C, K) (G g Gᵀ, in the input's type) as `fused_winograd`
+// takes them: float (α², C, K) dense; bfloat16 packed in pairs of channels, (α², C/2, K, 2).
+at::Tensor fused_winograd_filters(const at::Tensor& v);
+
+// `y` (n, H, W, K), NHWC, dense: the stride-1 convolution by F(m x m, r x r) (m = 2: r = 3,
+// bfloat16; m = 4: r = 5, float), padding (r - 1) / 2, of `x` (n, H, W, C), NHWC, with the
+// filters `vp` from `fused_winograd_filters`.
+void fused_winograd(const at::Tensor& x, const at::Tensor& vp, int64_t m, at::Tensor& y);
+
+}  // namespace selfsup
