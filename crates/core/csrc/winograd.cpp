@@ -545,6 +545,13 @@ at::Tensor tiled_forward(int64_t m, int64_t r, int64_t N, int64_t Ho, int64_t Wo
   return out;
 }
 
+// The gradient (r, r, K, C) of an r x r filter from its transformed sums `p` (α², K, C), float:
+// Gᵀ p G.
+at::Tensor filter_grad_of_tiles(const at::Tensor& p, int64_t m, int64_t r) {
+  const int64_t a = m + r - 1, K = p.size(1), C = p.size(2);
+  return transforms(m, r).kG.t().mm(p.view({a * a, K * C})).view({r, r, K, C});
+}
+
 // The gradient (r, r, K, C) of an r x r filter by F(m x m, r x r), given `dy` (N, K, Ho, Wo)
 // and the transformed input patches (α², T, C) from `patches` as in `tiled_forward`: the sum
 // over the pieces' tiles of (A dY Aᵀ)_ξᵀ (K, T) · U_ξ (T, C), piece after piece, then Gᵀ · G.
@@ -573,7 +580,7 @@ at::Tensor tiled_weight_grad(int64_t m, int64_t r, int64_t C, const at::Tensor& 
       }
     }
   }
-  return transforms(m, r).kG.t().mm(p.view({a * a, K * C})).view({r, r, K, C});
+  return filter_grad_of_tiles(p, m, r);
 }
 
 // `patches(n0, n)` for `tiled_forward` and `tiled_weight_grad`: the transformed input patches
@@ -649,7 +656,10 @@ at::Tensor weight_grad_pointwise(const at::Tensor& x, const at::Tensor& dy,
 // F(m x m, r x r).
 at::Tensor weight_grad_winograd(const at::Tensor& x, const at::Tensor& dy, int64_t m, int64_t r,
                                 at::MemoryFormat format) {
-  return tiled_weight_grad(m, r, x.size(1), dy, input_patches(x, m, r))
+  const bool fused = selfsup::fused_winograd_weight_takes(x.scalar_type(), m, r, x.size(1),
+                                                          dy.size(1), x.size(2), x.size(3));
+  return (fused ? filter_grad_of_tiles(selfsup::fused_winograd_weight(nhwc(x), nhwc(dy), m), m, r)
+                : tiled_weight_grad(m, r, x.size(1), dy, input_patches(x, m, r)))
       .permute({2, 3, 0, 1})
       .to(x.scalar_type())
       .contiguous(format);

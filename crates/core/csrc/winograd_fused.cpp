@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <memory>
 
+#include "conv_passes.h"
 #include "elementwise.h"
 #include "winograd_points.h"
 
@@ -97,6 +98,20 @@ SELFSUP_NATIVE_BF16 SELFSUP_INLINE void transform(const float (&L)[I][J], const 
 #pragma GCC unroll 8
     for (int j = 0; j < I; ++j) out[i][j] = combine(L[j], mid[i]);
   }
+}
+
+// `out = Lᵀ in L` (`in` I x I, `out` J x J; L is Aᵀ: m x α): `transform` with the transposed
+// constants.
+template <int I, int J>
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE void transform_t(const float (&L)[I][J], const v16 (&in)[I][I],
+                                                    v16 (&out)[J][J]) {
+  float Lt[J][I];
+#pragma GCC unroll 8
+  for (int i = 0; i < I; ++i) {
+#pragma GCC unroll 8
+    for (int k = 0; k < J; ++k) Lt[k][i] = L[i][k];
+  }
+  transform(Lt, in, out);
 }
 
 // Bᵀ d B of F(M x M, R x R) for the `count` tiles from `t0` of `x` (n, H, W, C) NHWC into `u`
@@ -280,9 +295,254 @@ void fused_pass(const at::Tensor& x, const at::Tensor& vp, at::Tensor& y, int64_
   });
 }
 
+// A dY Aᵀ of F(M x M, R x R) for the `count` tiles from `t0` of the gradient `dy` (n, H, W, K)
+// NHWC (each tile's M x M outputs, zero past the map's last row and column) into `v` (α², group,
+// K).
+template <int M, int R, typename In, typename U>
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE void grad_transform(const In* dy, int64_t K, Tiles g,
+                                                       int64_t t0, int64_t count, int64_t group,
+                                                       U* v) {
+  constexpr int A = M + R - 1;
+  for (int64_t l = 0; l < count; ++l) {
+    const int64_t t = t0 + l, img = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
+    for (int64_t k0 = 0; k0 < K; k0 += 16) {
+      const __mmask16 m = lanes(K - k0);
+      v16 d[M][M], o[A][A];
+#pragma GCC unroll 8
+      for (int i = 0; i < M; ++i) {
+        const int64_t h = M * ty + i;
+#pragma GCC unroll 8
+        for (int j = 0; j < M; ++j) {
+          const int64_t w = M * tx + j;
+          const bool inside = h < g.H && w < g.W;
+          d[i][j] = inside ? load(dy + ((img * g.H + h) * g.W + w) * K + k0, m) : v16{};
+        }
+      }
+      transform_t(Points<M, R>::AT, d, o);
+#pragma GCC unroll 8
+      for (int i = 0; i < A; ++i) {
+#pragma GCC unroll 8
+        for (int j = 0; j < A; ++j) store(v + ((i * A + j) * group + l) * K + k0, o[i][j], m);
+      }
+    }
+  }
+}
+
+// The bfloat16 rows `plain` (points, group, n) of `count` tiles as pairs of tiles, `pairs`
+// (points, group / 2, n, 2): each value of tile 2p beside that of tile 2p + 1 (zero past
+// `count`), as `vdpbf16ps` pairs the terms of a sum over the tiles.
+SELFSUP_NATIVE_BF16 void pair_tiles(const uint16_t* plain, int64_t points, int64_t count,
+                                    int64_t group, int64_t n, uint16_t* pairs) {
+  alignas(64) static const uint16_t kInterleave[32] = {0,  16, 1,  17, 2,  18, 3,  19,
+                                                       4,  20, 5,  21, 6,  22, 7,  23,
+                                                       8,  24, 9,  25, 10, 26, 11, 27,
+                                                       12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i order = _mm512_load_si512(kInterleave);
+  for (int64_t xi = 0; xi < points; ++xi) {
+    for (int64_t p = 0; 2 * p < count; ++p) {
+      const uint16_t* a = plain + (xi * group + 2 * p) * n;
+      const bool second = 2 * p + 1 < count;
+      uint16_t* out = pairs + ((xi * (group / 2) + p) * n) * 2;
+      for (int64_t c0 = 0; c0 < n; c0 += 16) {
+        const __mmask16 m = lanes(n - c0);
+        const __m256i lo = _mm256_maskz_loadu_epi16(m, a + c0);
+        const __m256i hi = second ? _mm256_maskz_loadu_epi16(m, a + n + c0) : __m256i{};
+        const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        const __m512i mixed = _mm512_permutexvar_epi16(order, both);
+        const __mmask32 m2 = n - c0 >= 16 ? ~__mmask32(0) : (__mmask32(1) << 2 * (n - c0)) - 1;
+        _mm512_mask_storeu_epi16(out + 2 * c0, m2, mixed);
+      }
+    }
+  }
+}
+
+// `ROWS` output channels' weight sums with 16 `NV` input channels: `dw[r][c]` += Σ_t v[t][r]
+// u[t][c] over the `terms` tiles of one position ξ (`dw`'s rows `C` apart, from the block's
+// first output and input channel). bfloat16 (`U` uint16_t): `v` (terms, K) and `u` (terms, C)
+// as pairs of tiles (`pair_tiles`; `terms` pairs), one `vdpbf16ps` a pair; float: one FMA a
+// tile.
+template <int ROWS, int NV, typename U>
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE void weight_block(const U* v, int64_t K, const U* u, int64_t C,
+                                                     int64_t terms, float* dw) {
+  __m512 acc[ROWS][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < ROWS; ++r) {
+#pragma GCC unroll 4
+    for (int q = 0; q < NV; ++q) acc[r][q] = _mm512_loadu_ps(dw + r * C + 16 * q);
+  }
+  if constexpr (std::is_same<U, uint16_t>::value) {
+    const uint32_t* vp = reinterpret_cast<const uint32_t*>(v);
+    const uint32_t* up = reinterpret_cast<const uint32_t*>(u);
+    for (int64_t p = 0; p < terms; ++p) {
+      __m512i b[NV];
+#pragma GCC unroll 4
+      for (int q = 0; q < NV; ++q) b[q] = _mm512_loadu_si512(up + p * C + 16 * q);
+#pragma GCC unroll 8
+      for (int r = 0; r < ROWS; ++r) {
+        const __m512i a = _mm512_set1_epi32(static_cast<int>(vp[p * K + r]));
+#pragma GCC unroll 4
+        for (int q = 0; q < NV; ++q) {
+          acc[r][q] = _mm512_dpbf16_ps(acc[r][q], reinterpret_cast<const __m512bh&>(a),
+                                       reinterpret_cast<const __m512bh&>(b[q]));
+        }
+      }
+    }
+  } else {
+    for (int64_t t = 0; t < terms; ++t) {
+      __m512 b[NV];
+#pragma GCC unroll 4
+      for (int q = 0; q < NV; ++q) b[q] = _mm512_loadu_ps(u + t * C + 16 * q);
+#pragma GCC unroll 8
+      for (int r = 0; r < ROWS; ++r) {
+        const __m512 a = _mm512_set1_ps(v[t * K + r]);
+#pragma GCC unroll 4
+        for (int q = 0; q < NV; ++q) acc[r][q] = _mm512_fmadd_ps(a, b[q], acc[r][q]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < ROWS; ++r) {
+#pragma GCC unroll 4
+    for (int q = 0; q < NV; ++q) _mm512_storeu_ps(dw + r * C + 16 * q, acc[r][q]);
+  }
+}
+
+// `rows` (1 to kRows) output channels' sums over `NV` x 16 input channels.
+template <int NV, typename U>
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE void weight_rows(int64_t rows, const U* v, int64_t K,
+                                                    const U* u, int64_t C, int64_t terms,
+                                                    float* dw) {
+  switch (rows) {
+    case 1: return weight_block<1, NV>(v, K, u, C, terms, dw);
+    case 2: return weight_block<2, NV>(v, K, u, C, terms, dw);
+    case 3: return weight_block<3, NV>(v, K, u, C, terms, dw);
+    case 4: return weight_block<4, NV>(v, K, u, C, terms, dw);
+    case 5: return weight_block<5, NV>(v, K, u, C, terms, dw);
+    default: return weight_block<kRows, NV>(v, K, u, C, terms, dw);
+  }
+}
+
+// One group's terms of the transformed weight gradient: `dw` (α², K, C) += Σ over the group's
+// tiles of v_ξ[t]ᵀ u_ξ[t], from `v` (α², group, K) and `u` (α², group, C), plain (float: `terms`
+// tiles a position) or as pairs of tiles (bfloat16: `terms` pairs).
+template <typename U>
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE void weight_products(int64_t points, const U* v, int64_t K,
+                                                        const U* u, int64_t C, int64_t terms,
+                                                        int64_t group, float* dw) {
+  for (int64_t xi = 0; xi < points; ++xi) {
+    const U* vx = v + xi * group * K;
+    const U* ux = u + xi * group * C;
+    float* dx = dw + xi * K * C;
+    for (int64_t k0 = 0; k0 < K; k0 += kRows) {
+      const int64_t rows = std::min<int64_t>(kRows, K - k0);
+      // bfloat16 pairs: a row of K (C) pairs is 2 K (2 C) values; `k0` counts pairs.
+      constexpr int64_t per = std::is_same<U, uint16_t>::value ? 2 : 1;
+      for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
+        const U* vk = vx + k0 * per;
+        const U* uc = ux + c0 * per;
+        float* out = dx + k0 * C + c0;
+        switch (std::min<int64_t>(C - c0, kBlock) / 16) {
+          case 1: weight_rows<1>(rows, vk, K, uc, C, terms, out); break;
+          case 2: weight_rows<2>(rows, vk, K, uc, C, terms, out); break;
+          case 3: weight_rows<3>(rows, vk, K, uc, C, terms, out); break;
+          default: weight_rows<4>(rows, vk, K, uc, C, terms, out); break;
+        }
+      }
+    }
+  }
+}
+
+// One group of the weight pass: the input's and the gradient's transformed tiles
+// [t0, t0 + count), then their products added into `dw` (α², K, C). bfloat16: transformed into
+// `plain` rows, then paired into `u` and `v`.
+template <int M, int R, typename E, typename U>
+SELFSUP_NATIVE_BF16 void weight_group(const E* x, int64_t C, const E* dy, int64_t K, Tiles g,
+                                      int64_t t0, int64_t count, int64_t group, U* u, U* v,
+                                      U* plain, float* dw) {
+  constexpr int A = M + R - 1;
+  if constexpr (std::is_same<U, uint16_t>::value) {
+    input_transform<M, R>(x, C, g, t0, count, group, plain);
+    pair_tiles(plain, A * A, count, group, C, u);
+    grad_transform<M, R>(dy, K, g, t0, count, group, plain);
+    pair_tiles(plain, A * A, count, group, K, v);
+    weight_products(A * A, v, K, u, C, (count + 1) / 2, group, dw);
+  } else {
+    input_transform<M, R>(x, C, g, t0, count, group, u);
+    grad_transform<M, R>(dy, K, g, t0, count, group, v);
+    weight_products(A * A, v, K, u, C, count, group, dw);
+  }
+}
+
+// The weight pass over every group of `g`'s tiles (`group` of them, even: bfloat16 pairs them), in `chunks` fixed
+// runs of groups, each summing into its own `(α², K, C)` slice of `parts` (zeroed); libtorch's
+// threads take the chunks.
+template <int M, int R, typename E, typename U>
+void fused_weight_pass(const at::Tensor& x, const at::Tensor& dy, int64_t group, int64_t chunks,
+                       at::Tensor& parts) {
+  constexpr int A = M + R - 1;
+  const int64_t C = x.size(3), K = dy.size(3);
+  const Tiles g{x.size(0), x.size(1), x.size(2), (x.size(1) + M - 1) / M, (x.size(2) + M - 1) / M};
+  const E* in = reinterpret_cast<const E*>(x.data_ptr());
+  const E* grad = reinterpret_cast<const E*>(dy.data_ptr());
+  float* out = parts.data_ptr<float>();
+  const int64_t groups = (g.count() + group - 1) / group;
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    const bool paired = std::is_same<U, uint16_t>::value;
+    const auto u = std::make_unique<U[]>(A * A * group * C);
+    const auto v = std::make_unique<U[]>(A * A * group * K);
+    const auto plain = std::make_unique<U[]>(paired ? A * A * group * std::max(C, K) : 1);
+    for (int64_t chunk = c0; chunk < c1; ++chunk) {
+      float* dw = out + chunk * A * A * K * C;
+      for (int64_t gi = groups * chunk / chunks; gi < groups * (chunk + 1) / chunks; ++gi) {
+        const int64_t t0 = gi * group, count = std::min(group, g.count() - t0);
+        weight_group<M, R>(in, C, grad, K, g, t0, count, group, u.get(), v.get(), plain.get(),
+                           dw);
+      }
+    }
+  });
+}
+
 #endif
 
 }  // namespace
+
+bool fused_winograd_weight_takes(at::ScalarType kind, int64_t m, int64_t r, int64_t C,
+                                 int64_t K, int64_t H, int64_t W) {
+  return fused_winograd_takes(kind, m, r, C, K, H, W) && C % 16 == 0;
+}
+
+at::Tensor fused_winograd_weight(const at::Tensor& x, const at::Tensor& dy, int64_t m) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  const auto kind = x.scalar_type();
+  const int64_t r = m == 2 ? 3 : 5, a = m + r - 1, C = x.size(3), K = dy.size(3);
+  TORCH_CHECK(x.dim() == 4 && dy.dim() == 4 && x.is_contiguous() && dy.is_contiguous() &&
+                  dy.scalar_type() == kind &&
+                  fused_winograd_weight_takes(kind, m, r, C, K, x.size(1), x.size(2)) &&
+                  dy.size(0) == x.size(0) && dy.size(1) == x.size(1) && dy.size(2) == x.size(2),
+              "fused Winograd weight gradient F(", m, "x", m, ", ", r, "x", r, "): input ",
+              x.sizes(), " ", kind, ", gradient ", dy.sizes(), " ", dy.scalar_type());
+  // Chunks of the batch's tiles summed apart, then added in order: as many as 8 whose sums fit
+  // `piece_bytes()` together (2 at least), so the sums' order depends on the shapes only, not
+  // on the thread count.
+  const int64_t part = a * a * K * C * 4;
+  const int64_t chunks = std::clamp<int64_t>(piece_bytes().load() / part, 2, 8);
+  at::Tensor parts = at::zeros({chunks, a * a, K, C}, x.options().dtype(at::kFloat));
+  // Tiles a group: each group adds into the whole (α², K, C) sums of its chunk, so the larger
+  // the sums, the more tiles a group. bfloat16, batch 128, weight pass ms (2 cores of a Zen 4,
+  // `winograd_probe`; groups of 32 / 64 / 128 / 256): 64 -> 64 at 32x32 19.8 / 19.1 / 18.5 /
+  // 19.0; 128 -> 128 at 16x16 16.9 / 15.6 / 15.2 / 15.1; 256 -> 256 at 8x8 19.0 / 20.0 / 17.7
+  // / 16.8; 192 -> 192 at 8x8 12.0 / 11.3 / 9.6 / 9.0.
+  const int64_t group = std::max(C, K) >= 192 ? 256 : 128;
+  if (kind == at::kBFloat16) {
+    fused_weight_pass<2, 3, uint16_t, uint16_t>(x, dy, group, chunks, parts);
+  } else {
+    fused_weight_pass<4, 5, float, float>(x, dy, group, chunks, parts);
+  }
+  return parts.sum(0);
+#else
+  TORCH_CHECK(false, "fused Winograd: x86-64 with AVX512-BF16 only");
+#endif
+}
 
 bool fused_winograd_takes(at::ScalarType kind, int64_t m, int64_t r, int64_t C, int64_t K,
                           int64_t H, int64_t W) {

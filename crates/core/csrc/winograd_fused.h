@@ -31,4 +31,14 @@ at::Tensor fused_winograd_filters(const at::Tensor& v);
 // filters `vp` from `fused_winograd_filters`.
 void fused_winograd(const at::Tensor& x, const at::Tensor& vp, int64_t m, at::Tensor& y);
 
+// Whether `fused_winograd_weight` runs: as `fused_winograd_takes`, and C a multiple of 16.
+bool fused_winograd_weight_takes(at::ScalarType kind, int64_t m, int64_t r, int64_t C,
+                                 int64_t K, int64_t H, int64_t W);
+
+// `(α², K, C)` float: the transformed weight gradient Σ_t (A dY_t Aᵀ) ⊙ (Bᵀ d_t B) of the
+// stride-1 convolution by F(m x m, r x r) (as `fused_winograd`) of `x` (n, H, W, C), NHWC, given
+// its output's gradient `dy` (n, H, W, K), NHWC, both dense in the same type; the caller takes
+// it back through G.
+at::Tensor fused_winograd_weight(const at::Tensor& x, const at::Tensor& dy, int64_t m);
+
 }  // namespace selfsup

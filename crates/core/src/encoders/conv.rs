@@ -305,12 +305,13 @@ pub fn plan(r: i64, c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
 pub fn plan_bf16(r: i64, c: i64, k: i64, h: i64, w: i64) -> Plan {
     let (channels, positions) = (c.min(k), h * w);
     match r {
-        // The fused pass (forward, to the input) from 8×8 maps on; the weights as before.
+        // The fused passes from 8×8 maps on (the weights: input channels a multiple of 16, or
+        // unfused as below).
         3 if channels >= 64 && (64..=1024).contains(&positions) && c % 2 == 0 && k % 16 == 0 => {
             Plan {
                 forward: true,
                 input: true,
-                weight: channels >= 128 && positions < 256,
+                weight: c % 16 == 0 || channels >= 128 && positions < 256,
                 tile4: false,
             }
         }
@@ -1466,10 +1467,10 @@ mod tests {
     fn bf16_winograd_takes_the_layers_it_was_measured_faster_at() {
         let (f, i, wt) = (true, true, true);
         let plan = |forward, input, weight, tile4| Plan { forward, input, weight, tile4 };
-        // ResNet-18 (CIFAR stem): layer1 and layer2 without their weight passes (forward and
-        // to the input fused), layer3 whole, layer4 without its input pass (unfused: 4x4).
-        assert_eq!(plan_bf16(3, 64, 64, 32, 32), plan(f, i, false, false));
-        assert_eq!(plan_bf16(3, 128, 128, 16, 16), plan(f, i, false, false));
+        // ResNet-18 (CIFAR stem): layers 1-3 whole (fused), layer4 without its input pass
+        // (unfused: 4x4).
+        assert_eq!(plan_bf16(3, 64, 64, 32, 32), plan(f, i, wt, false));
+        assert_eq!(plan_bf16(3, 128, 128, 16, 16), plan(f, i, wt, false));
         assert_eq!(plan_bf16(3, 256, 256, 8, 8), plan(f, i, wt, false));
         assert_eq!(plan_bf16(3, 512, 512, 4, 4), plan(f, false, wt, false));
         // The NIN-192: 3x3 blocks 3-4 in bf16, the 5x5 layer of block 2 widened to float in
@@ -1480,8 +1481,9 @@ mod tests {
         assert_eq!(plan_bf16(1, 192, 192, 8, 8), Plan::default());
         // The AlexNets: the cpu profiles' width 24 at 8x8 fused, at 4x4 and its 5x5 layers
         // left; the ImageNet one's 13x13 layers taken.
-        assert_eq!(plan_bf16(3, 96, 96, 8, 8), plan(f, i, false, false));
-        assert_eq!(plan_bf16(3, 64, 96, 8, 8), plan(f, i, false, false));
+        assert_eq!(plan_bf16(3, 96, 96, 8, 8), plan(f, i, wt, false));
+        assert_eq!(plan_bf16(3, 64, 96, 8, 8), plan(f, i, wt, false));
+        assert_eq!(plan_bf16(3, 72, 96, 8, 8), plan(f, i, false, false), "72: unfused weights");
         assert_eq!(plan_bf16(3, 96, 96, 4, 4), Plan::default());
         // Channels the fused pass does not take (output channels off the multiples of 16) and
         // maps past those measured: left.
