@@ -39,6 +39,11 @@
 // bfloat16's), the output rounded once. The errors against the float64 convolution are bounded by
 // the tests.
 //
+// On CPUs with AVX512-BF16, bfloat16 F(2x2, 3x3) and float F(4x4, 5x5) on maps of 64 positions
+// and more run each pass as one fused loop over small groups of tiles instead
+// (`winograd_fused.cpp`: transforms and products in cache, the products by `vdpbf16ps` or FMA),
+// which the passes below hand them (`forward_winograd`, `weight_grad_winograd`).
+//
 // 1x1 convolutions (F(1, 1): no transforms) take the same path as plain matrix products over
 // views of the activations, the passes oneDNN's 1x1 kernels run slower than MKL's GEMM
 // (`plan`; measured in `bench/README.md`, "The transforms as loops, and 1×1 convolutions as

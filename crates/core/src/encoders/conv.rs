@@ -210,7 +210,9 @@ fn mode_from_env(var: &str) -> Mode {
 /// AlexNet-24's 3×3 at 8×8 ran 1.0-1.4× faster by F(4×4); its cpu profiles were measured
 /// without). F(4×4)'s rounding at the large widths, against the float64 convolution, stays
 /// within 1.1e-5 of each pass's largest value (F(2×2) 5×5's: 1.2e-5; the test
-/// `tiles_of_4x4_stay_near_the_float64_convolution_at_full_width`).
+/// `tiles_of_4x4_stay_near_the_float64_convolution_at_full_width`). On a CPU with AVX512-BF16
+/// (Zen 4) the 5×5 layers' F(4×4) passes from 8×8 maps run fused (`csrc/winograd_fused.cpp`;
+/// measured there through bf16's widened path, [`plan_bf16`]: 1.2-1.6× the unfused passes).
 ///
 /// Without AVX-512: every pass, in tiles of 4×4, of the 3×3 layers at maps of 4×4 to 32×32
 /// from 64 channels (ResNet-18's `layer1` to `layer4` with the CIFAR stem, the NIN-192's blocks 3
@@ -279,26 +281,39 @@ pub fn plan(r: i64, c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
 /// bfloat16 (bf16 tensors, or the CPU's bf16 autocast) on a CPU with AVX512-BF16 and no AMX
 /// ([`Arith::Bf16Avx512`]) that run by Winograd: in bf16, F(2×2, 3×3) (with [`Plan::tile4`]
 /// off), or in float on the values widened from bf16, F(4×4, r×r), the output rounded once to
-/// bf16 (`tile4` on; `csrc/winograd.cpp`).
+/// bf16 (`tile4` on; `csrc/winograd.cpp`). There the passes of bf16 F(2×2, 3×3) and of
+/// F(4×4, 5×5) run fused from 8×8 maps on (`csrc/winograd_fused.cpp`: each group of tiles
+/// transformed, multiplied by `vdpbf16ps` or FMA and transformed back in cache), the others as
+/// separate transforms and matrix products.
 ///
 /// There oneDNN's direct bf16 kernels run at the machine's peak (2 cores of an AMD EPYC Zen 4,
 /// family 25, model 17: about 470 GFLOP/s forward at ResNet-18's 3×3 layers, against 360 for
-/// libtorch's bf16 matrix products), so only fewer multiplications gain. Measured there, batch
-/// 128, channels-last, oneDNN / Winograd ms (`winograd_probe -- 2 bf16`, two runs; later runs
-/// moved by the machine's state, both sides alike: `bench/README.md`, "bf16 Winograd on Zen 4"):
-/// - 3×3 in bf16 F(2×2): 256→256 at 8×8 forward 18.4 / 14.6, to the input 18.5 / 15.2, to the
-///   weights 21.7 / 17.8; 128→128 at 16×16 19.9 / 17.4, 20.3 / 17.8 (the weights 22.4 / 23.9:
-///   left); 192→192 at 8×8 10.2 / 9.0, 10.4 / 9.3, 12.3 / 11.8; 512→512 at 4×4 16.1 / 15.0,
-///   the weights 24.4 / 17.0 (to the input 16.3 / 17.5: left); the AlexNet's 13×13 layers
-///   1.2-1.35× in every pass. Left: 64 channels at 32×32 (1.1-1.2× slower) and 96 and under at
-///   8×8 and 4×4 (1.1-2× slower). Its rounding: the forward pass's relative RMS error against the
-///   float64 convolution of the same bf16 values 5.0-5.4e-3, oneDNN's 1.7e-3 (the test
-///   `bf16_winograd_stays_within_a_few_roundings_of_float64` bounds it);
-/// - 5×5 from 96 channels in float F(4×4) on the widened values, the casts included: the
-///   NIN-192's 96→192 at 16×16 57.4 / 46.9, 57.2 / 51.7, 66.1 / 49.3; its rounding float's,
-///   then bf16's once (the same error as oneDNN's to the fifth digit). bf16 F(2×2, 5×5) came
-///   out at 3.5e-2 and is not run; 5×5 under 96 channels (the first layer, 3 in; the
-///   AlexNet-24's 24→64) ran 1.5-7× slower widened.
+/// libtorch's bf16 matrix products), so only fewer multiplications gain, and unfused only where
+/// the transforms' traffic is small beside the products. Measured there, batch 128,
+/// channels-last, oneDNN / fused / unfused ms, forward, to the input, to the weights
+/// (`winograd_probe -- 2 bf16`, three runs, which moved with the machine's state, both sides
+/// alike; `bench/README.md`, "Fused Winograd on Zen 4"):
+/// - 3×3 fused, from 64 channels at 8×8 to 32×32: 64→64 at 32×32 20.8-21.1 / 14.0-16.1 /
+///   24.7-25.7, 20.9-23.7 / 13.8-17.3 / 24.7-27.6, 26.9-32.8 / 18.5-19.1 / 33.8-36.7; 128→128
+///   at 16×16 19.9-20.5 / 11.9-12.9 / 17.7-18.4, 20.0-21.2 / 11.7-13.2, 22.0-23.0 / 15.1-15.6;
+///   256→256 at 8×8 18.4-18.5 / 11.6-12.2, 18.3-19.0 / 11.9-13.2, 21.9-22.2 / 16.8-20.0 /
+///   17.7-18.7; 192→192 at 8×8 10.3-10.7 / 6.7-8.7, 10.4-11.3 / 6.8-8.8, 12.3-14.0 / 9.0-11.3;
+///   the AlexNet-24's 8×8 layers (64→96, 96→96, 96→64) 1.1-1.4× in every pass, the ImageNet
+///   AlexNet's 13×13 layers 1.4-1.6× forward. The weight pass fused needs input channels in
+///   multiples of 16 (else unfused as below). Its rounding: the forward pass's relative RMS error
+///   against the float64 convolution of the same bf16 values 4.2-4.5e-3 (unfused 5.0-5.4e-3,
+///   oneDNN 1.7e-3; the test `bf16_winograd_stays_within_a_few_roundings_of_float64` bounds
+///   both);
+/// - 3×3 at 4×4 (the fused pass slower: each group of tiles streams all the filters' values):
+///   unfused from 128 channels, 512→512 forward 16.1-18.6 / 14.8-22.2 (the machine's states),
+///   the weights 24.4-33.2 / 16.9-26.4 (to the input 16.2-17.3 / 17.5-24.1: left); under 128
+///   channels left (1.1-2× slower);
+/// - 5×5 from 96 channels in float F(4×4) on the widened values, the casts included, fused from
+///   8×8 maps: the NIN-192's 96→192 at 16×16 57.3-57.7 / 34.4-35.6 / 49.0-55.2, 57.0-60.5 /
+///   35.2-35.9 / 54.1-57.7, 67.6-68.4 / 40.4 / 49.3-56.0 (float's rounding, then bf16's once:
+///   oneDNN's error to the fifth digit). bf16 F(2×2, 5×5) came out at 3.5e-2 and is not run;
+///   5×5 under 96 channels (the first layer, 3 in; the AlexNet-24's 24→64) ran 1.5-7× slower
+///   widened.
 ///
 /// Only this kind was measured: another CPU with AVX512-BF16 and no AMX (a Xeon whose AMX is
 /// not exposed) takes the same plan unmeasured.
