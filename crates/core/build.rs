@@ -2,8 +2,9 @@
 //! determinism switches (`csrc/determinism.cpp`), the fused optimizer steps
 //! (`csrc/fused_optim.cpp`), the fused batch norm + ReLU (`csrc/bn_relu.cpp`) and ReLU + dropout
 //! (`csrc/relu_dropout.cpp`, both over `csrc/elementwise.h`), the Winograd 3×3 convolution
-//! (`csrc/winograd.cpp`, its fused passes `csrc/winograd_fused.cpp`) and the convolution as matrix products over im2col columns
-//! (`csrc/conv_gemm.cpp`, both over `csrc/conv_passes.h`), the ops tch binds only with default
+//! (`csrc/winograd.cpp`, its fused passes `csrc/winograd_fused.cpp`) and the convolution as
+//! matrix products over im2col columns (`csrc/conv_gemm.cpp`, both over `csrc/conv_passes.h`),
+//! the ops tch binds only with default
 //! arguments (`csrc/ops.cpp`), the operator counts (`csrc/op_counts.cpp`) and the device-side
 //! prefetch of batches (`csrc/stream.cpp`) against libtorch's headers (see
 //! `selfsup-shim-build`). Linking against libtorch itself is done by

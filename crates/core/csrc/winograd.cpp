@@ -850,8 +850,8 @@ int selfsup_conv_winograd(const at::Tensor* x, const at::Tensor* w, int bits, at
   return rc != 0 ? rc : took;
 }
 
-// Whether bfloat16 F(2x2, 3x3) and float F(4x4, 5x5) forward passes (and backward passes to the
-// input) run fused (`winograd_fused.cpp`) where the CPU has AVX512-BF16: `enable` < 0 asks, 0 turns it off, 1 on
+// Whether the passes of bfloat16 F(2x2, 3x3) and float F(4x4, 5x5) run fused
+// (`winograd_fused.cpp`) where the CPU has AVX512-BF16: `enable` < 0 asks, 0 turns it off, 1 on
 // (the default), for the calling thread. Returns the setting now.
 int selfsup_winograd_fused(int enable) {
   if (enable >= 0) selfsup::fused_winograd_wanted() = enable != 0;

@@ -1,16 +1,17 @@
 // Winograd's minimal filtering (Lavin & Gray, CVPR 2016) as one fused loop over small groups of
 // tiles, for CPUs with AVX512-BF16 (Zen 4; `winograd.cpp` holds the method and the unfused
 // passes): the forward pass of a stride-1 convolution (and so the backward pass to the input,
-// the same convolution with the filters flipped and transposed), two of them:
-// - bfloat16 F(2x2, 3x3): the transformed inputs rounded to bfloat16, the products by
-//   `vdpbf16ps` (pairs of channels, fp32 sums);
+// the same convolution with the filters flipped and transposed) and its backward pass to the
+// weights, two of them:
+// - bfloat16 F(2x2, 3x3): the transformed tiles rounded to bfloat16, the products by
+//   `vdpbf16ps` (pairs of channels, or of tiles in the weight pass; fp32 sums);
 // - float F(4x4, 5x5): the widened path of a bfloat16 5x5 layer (and a float one), the products
 //   by float FMA.
 // `winograd.cpp` runs the transforms and the products as separate passes over a whole piece of
 // the batch, each through memory; at 64 channels on 32x32 maps those passes cost more than the
-// 2.25x fewer multiplications save (23.6 against oneDNN's 21.3 ms, 2 cores of a Zen 4). Here
-// each group of tiles is transformed, multiplied and transformed back while its values are in
-// the core's caches:
+// 2.25x fewer multiplications save (23.6 against oneDNN's 21.3 ms forward, 2 cores of a Zen 4).
+// Here each group of tiles is transformed, multiplied and transformed back while its values are
+// in the core's caches. Forward:
 // - the input transform Bᵀ d B of each tile's α x α patch (α = m + r - 1; rows and columns from
 //   m·ty - (r - 1)/2, zero outside the map), in float, into `u` (α², group, C) (bfloat16:
 //   rounded once);
@@ -20,8 +21,13 @@
 // - the output transform Aᵀ m A in float into the NHWC output (bfloat16: rounded once).
 // Each tile's sums run over the channels in one fixed order, whatever the thread count or the
 // group a tile falls in, so a run is the same from run to run and thread count to thread count.
-// The bfloat16 pass rounds less than the unfused one (its products' sums are not rounded to
-// bfloat16 before the output transform); the tests bound both against float64.
+// To the weights: the group's input tiles Bᵀ d B and gradient tiles A dY Aᵀ transformed, then
+// `Σ_t (A dY Aᵀ)_ξ[t]ᵀ (Bᵀ d B)_ξ[t]` added into (α², K, C) float sums by a kernel of `kRows`
+// output x 64 input channels, in fixed chunks of the batch added in order at the end (so their
+// order depends on the shapes alone); the caller takes the sums back through G.
+// The bfloat16 passes round less than the unfused ones (the products' sums are not rounded to
+// bfloat16 before the output transform; the weight sums stay float to the end); the tests bound
+// both against float64.
 #include "winograd_fused.h"
 
 #include <ATen/Parallel.h>
@@ -36,7 +42,8 @@
 namespace selfsup {
 namespace {
 
-// Rows of the product kernel (tiles) and of its output channels (16 a register).
+// Rows of the product kernels (tiles forward, output channels to the weights) and their
+// columns (channels, 16 a register).
 constexpr int kRows = 6;
 constexpr int kBlock = 64;
 

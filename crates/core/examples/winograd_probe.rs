@@ -11,8 +11,8 @@
 //! With KIND `bf16`: bfloat16 tensors, the 3×3 and 5×5 layers by oneDNN, by F(2×2, 3×3) in
 //! bfloat16 (5×5: –, always widened) and by F(4×4, r×r) in float on the widened values (the
 //! output rounded to bfloat16; the casts timed with it), each fused where the CPU has
-//! AVX512-BF16 (`csrc/winograd_fused.cpp`: the forward pass and the pass to the input of bf16
-//! F(2×2, 3×3) and F(4×4, 5×5); F(4×4, 3×3): –), then unfused, each with the forward pass's
+//! AVX512-BF16 (`csrc/winograd_fused.cpp`: every pass of bf16 F(2×2, 3×3) and of F(4×4, 5×5)
+//! from 8×8 maps; F(4×4, 3×3): –), then unfused, each with the forward pass's
 //! relative RMS error against the float64 convolution of the same bfloat16 values: the
 //! measurements behind [`selfsup_core::encoders::conv::plan_bf16`].
 //!

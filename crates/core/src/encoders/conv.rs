@@ -104,16 +104,15 @@ pub fn piece_bytes(bytes: Option<i64>) -> i64 {
     unsafe { selfsup_winograd_piece_bytes(bytes.filter(|&b| b > 0).unwrap_or(0)) }
 }
 
-/// Whether bf16 F(2×2, 3×3) and float F(4×4, 5×5) run their forward passes and backward passes
-/// to the input as one fused loop over small groups of tiles (`csrc/winograd_fused.cpp`; on by
-/// default where the CPU has AVX512-BF16) rather than as separate transforms and matrix
-/// products: `Some(on)` switches it for the calling thread (the thread that runs a convolution,
+/// Whether bf16 F(2×2, 3×3) and float F(4×4, 5×5) run each of their passes as one fused loop
+/// over small groups of tiles (`csrc/winograd_fused.cpp`; on by default where the CPU has
+/// AVX512-BF16, from 8×8 maps) rather than as separate transforms and matrix products: `Some(on)` switches it for the calling thread (the thread that runs a convolution,
 /// and on the CPU its backward pass, picks the path), `None` asks; returns the setting now. For
 /// the tests and probes that compare the two.
 #[doc(hidden)]
 pub fn fused_bf16(set: Option<bool>) -> bool {
     let arg = set.map_or(-1, c_int::from);
-    // SAFETY: reads or stores an atomic flag; no pointers.
+    // SAFETY: reads or stores the calling thread's flag; no pointers.
     unsafe { selfsup_winograd_fused(arg) == 1 }
 }
 
@@ -298,14 +297,15 @@ pub fn plan(r: i64, c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
 ///   at 16×16 19.9-20.5 / 11.9-12.9 / 17.7-18.4, 20.0-21.2 / 11.7-13.2, 22.0-23.0 / 15.1-15.6;
 ///   256→256 at 8×8 18.4-18.5 / 11.6-12.2, 18.3-19.0 / 11.9-13.2, 21.9-22.2 / 16.8-20.0 /
 ///   17.7-18.7; 192→192 at 8×8 10.3-10.7 / 6.7-8.7, 10.4-11.3 / 6.8-8.8, 12.3-14.0 / 9.0-11.3;
-///   the AlexNet-24's 8×8 layers (64→96, 96→96, 96→64) 1.1-1.4× in every pass, the ImageNet
+///   the AlexNet-24's 8×8 layers (64→96, 96→96, 96→64) 1.05-1.4× in every pass, the ImageNet
 ///   AlexNet's 13×13 layers 1.4-1.6× forward. The weight pass fused needs input channels in
-///   multiples of 16 (else unfused as below). Its rounding: the forward pass's relative RMS error
+///   multiples of 16 (else as below: unfused from 128 channels under 16×16, oneDNN's
+///   otherwise). Its rounding: the forward pass's relative RMS error
 ///   against the float64 convolution of the same bf16 values 4.2-4.5e-3 (unfused 5.0-5.4e-3,
 ///   oneDNN 1.7e-3; the test `bf16_winograd_stays_within_a_few_roundings_of_float64` bounds
 ///   both);
 /// - 3×3 at 4×4 (the fused pass slower: each group of tiles streams all the filters' values):
-///   unfused from 128 channels, 512→512 forward 16.1-18.6 / 14.8-22.2 (the machine's states),
+///   unfused from 128 channels, oneDNN / unfused 512→512 forward 16.1-18.6 / 14.8-22.2 (the machine's states),
 ///   the weights 24.4-33.2 / 16.9-26.4 (to the input 16.2-17.3 / 17.5-24.1: left); under 128
 ///   channels left (1.1-2× slower);
 /// - 5×5 from 96 channels in float F(4×4) on the widened values, the casts included, fused from
@@ -320,8 +320,8 @@ pub fn plan(r: i64, c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
 pub fn plan_bf16(r: i64, c: i64, k: i64, h: i64, w: i64) -> Plan {
     let (channels, positions) = (c.min(k), h * w);
     match r {
-        // The fused passes from 8×8 maps on (the weights: input channels a multiple of 16, or
-        // unfused as below).
+        // The fused passes from 8×8 maps on (the weights: input channels a multiple of 16, else
+        // as below).
         3 if channels >= 64 && (64..=1024).contains(&positions) && c % 2 == 0 && k % 16 == 0 => {
             Plan {
                 forward: true,
@@ -904,11 +904,11 @@ mod tests {
         // against the float64 convolution of the same bf16 values, beside oneDNN's bf16
         // convolution's own error (the NIN-192's layers at a smaller batch, an odd-sided NCHW
         // layer). Seen on a Zen 4 (`winograd_probe -- 2 bf16`, batch 128): forward 5.0-5.4e-3
-        // in bf16 F(2×2, 3×3), 1.7e-3 widened and by oneDNN.
-        // Where the CPU has AVX512-BF16, the forward passes and the passes to the input of the
-        // layers of 64 positions and more (output channels a multiple of 16; bf16 3×3: even
-        // input channels) run fused (`csrc/winograd_fused.cpp`): each layer both ways, the odd
-        // sides' tiles past the map's edge.
+        // in bf16 F(2×2, 3×3) (fused: 4.2-4.5e-3), 1.7e-3 widened and by oneDNN.
+        // Where the CPU has AVX512-BF16, the passes of the layers of 64 positions and more
+        // (output channels a multiple of 16; bf16 3×3: even input channels; the weight pass:
+        // input channels a multiple of 16) run fused (`csrc/winograd_fused.cpp`): each layer both
+        // ways, the odd sides' tiles past the map's edge.
         for (r, n, c, k, h, w, cl) in [
             (3, 2, 192, 192, 8, 8, true),
             (3, 3, 16, 24, 7, 5, false),
@@ -1498,7 +1498,7 @@ mod tests {
         // left; the ImageNet one's 13x13 layers taken.
         assert_eq!(plan_bf16(3, 96, 96, 8, 8), plan(f, i, wt, false));
         assert_eq!(plan_bf16(3, 64, 96, 8, 8), plan(f, i, wt, false));
-        assert_eq!(plan_bf16(3, 72, 96, 8, 8), plan(f, i, false, false), "72: unfused weights");
+        assert_eq!(plan_bf16(3, 72, 96, 8, 8), plan(f, i, false, false), "72 in: weights oneDNN's");
         assert_eq!(plan_bf16(3, 96, 96, 4, 4), Plan::default());
         // Channels the fused pass does not take (output channels off the multiples of 16) and
         // maps past those measured: left.
