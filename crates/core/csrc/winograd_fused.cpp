@@ -180,67 +180,86 @@ SELFSUP_NATIVE_BF16 SELFSUP_INLINE void output_transform(const float* mb, int64_
   }
 }
 
-// `ROWS` tiles' products with 16 `NV` output channels: `out[r][k]` = Σ_c u[r][c] v[c][k] for
-// the rows `u` (ROWS, C) of one position ξ and its filters `v` from output channel 0 of the
-// block, `out`'s rows `K` apart. bfloat16 (`U` uint16_t): `v` packed as (C/2, K) pairs of
-// channels, one `vdpbf16ps` a pair; float: `v` (C, K), one FMA a channel.
-template <int ROWS, int NV, typename U, typename V>
-SELFSUP_NATIVE_BF16 SELFSUP_INLINE void product_block(const U* u, int64_t C, const V* v,
-                                                      int64_t K, float* out) {
+// Each step's value as the product kernels take it: a pair of bfloat16 values (`U` uint16_t) as
+// 32 bits, or a float.
+template <typename U>
+using Step = typename std::conditional<std::is_same<U, uint16_t>::value, uint32_t, float>::type;
+
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE __m512i load_steps(const uint32_t* p) {
+  return _mm512_loadu_si512(p);
+}
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE __m512 load_steps(const float* p) { return _mm512_loadu_ps(p); }
+// `acc` + x·b: a pair of bfloat16 values `x` against 16 pairs of `b` (`vdpbf16ps`: fp32 sums of
+// the two products), or a float against 16 floats (FMA).
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE __m512 multiply_add(__m512 acc, uint32_t x, __m512i b) {
+  const __m512i a = _mm512_set1_epi32(static_cast<int>(x));
+  return _mm512_dpbf16_ps(acc, reinterpret_cast<const __m512bh&>(a),
+                          reinterpret_cast<const __m512bh&>(b));
+}
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE __m512 multiply_add(__m512 acc, float x, __m512 b) {
+  return _mm512_fmadd_ps(_mm512_set1_ps(x), b, acc);
+}
+
+// The register kernel of both passes' products: `out[r][16 q + i]` (+)= Σ_s a[s·as + r·ar] ·
+// b[s·bs + 16 q + i] over `steps` steps, r < ROWS, q < NV, i < 16, in ROWS x NV accumulators
+// (`out`'s rows `os` apart; added to with `add`, else written). Forward, the rows are tiles and
+// the steps channels; to the weights, the rows are output channels and the steps tiles.
+template <int ROWS, int NV, typename T>
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE void product_block(const T* a, int64_t as, int64_t ar,
+                                                      const T* b, int64_t bs, int64_t steps,
+                                                      bool add, float* out, int64_t os) {
+  using Vec = decltype(load_steps(b));
   __m512 acc[ROWS][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < ROWS; ++r) {
 #pragma GCC unroll 4
-    for (int q = 0; q < NV; ++q) acc[r][q] = _mm512_setzero_ps();
-  }
-  if constexpr (std::is_same<U, uint16_t>::value) {
-    const uint32_t* pairs = reinterpret_cast<const uint32_t*>(u);
-    const int64_t half = C / 2;
-    for (int64_t cp = 0; cp < half; ++cp) {
-      __m512i b[NV];
-#pragma GCC unroll 4
-      for (int q = 0; q < NV; ++q) b[q] = _mm512_loadu_si512(v + cp * K + 16 * q);
-#pragma GCC unroll 8
-      for (int r = 0; r < ROWS; ++r) {
-        const __m512i a = _mm512_set1_epi32(static_cast<int>(pairs[r * half + cp]));
-#pragma GCC unroll 4
-        for (int q = 0; q < NV; ++q) {
-          acc[r][q] = _mm512_dpbf16_ps(acc[r][q], reinterpret_cast<const __m512bh&>(a),
-                                       reinterpret_cast<const __m512bh&>(b[q]));
-        }
-      }
+    for (int q = 0; q < NV; ++q) {
+      acc[r][q] = add ? _mm512_loadu_ps(out + r * os + 16 * q) : _mm512_setzero_ps();
     }
-  } else {
-    for (int64_t c = 0; c < C; ++c) {
-      __m512 b[NV];
+  }
+  for (int64_t s = 0; s < steps; ++s) {
+    Vec bv[NV];
 #pragma GCC unroll 4
-      for (int q = 0; q < NV; ++q) b[q] = _mm512_loadu_ps(v + c * K + 16 * q);
+    for (int q = 0; q < NV; ++q) bv[q] = load_steps(b + s * bs + 16 * q);
 #pragma GCC unroll 8
-      for (int r = 0; r < ROWS; ++r) {
-        const __m512 a = _mm512_set1_ps(u[r * C + c]);
+    for (int r = 0; r < ROWS; ++r) {
+      const T x = a[s * as + r * ar];
 #pragma GCC unroll 4
-        for (int q = 0; q < NV; ++q) acc[r][q] = _mm512_fmadd_ps(a, b[q], acc[r][q]);
-      }
+      for (int q = 0; q < NV; ++q) acc[r][q] = multiply_add(acc[r][q], x, bv[q]);
     }
   }
 #pragma GCC unroll 8
   for (int r = 0; r < ROWS; ++r) {
 #pragma GCC unroll 4
-    for (int q = 0; q < NV; ++q) _mm512_storeu_ps(out + r * K + 16 * q, acc[r][q]);
+    for (int q = 0; q < NV; ++q) _mm512_storeu_ps(out + r * os + 16 * q, acc[r][q]);
   }
 }
 
-// `rows` (1 to kRows) tiles' products over `NV` x 16 output channels.
-template <int NV, typename U, typename V>
-SELFSUP_NATIVE_BF16 SELFSUP_INLINE void product_rows(int64_t rows, const U* u, int64_t C,
-                                                     const V* v, int64_t K, float* out) {
+// `product_block` for `rows` (1 to kRows) rows and `nv` (1 to 4) registers of columns.
+template <int NV, typename T>
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE void product_rows(int64_t rows, const T* a, int64_t as,
+                                                     int64_t ar, const T* b, int64_t bs,
+                                                     int64_t steps, bool add, float* out,
+                                                     int64_t os) {
   switch (rows) {
-    case 1: return product_block<1, NV>(u, C, v, K, out);
-    case 2: return product_block<2, NV>(u, C, v, K, out);
-    case 3: return product_block<3, NV>(u, C, v, K, out);
-    case 4: return product_block<4, NV>(u, C, v, K, out);
-    case 5: return product_block<5, NV>(u, C, v, K, out);
-    default: return product_block<kRows, NV>(u, C, v, K, out);
+    case 1: return product_block<1, NV>(a, as, ar, b, bs, steps, add, out, os);
+    case 2: return product_block<2, NV>(a, as, ar, b, bs, steps, add, out, os);
+    case 3: return product_block<3, NV>(a, as, ar, b, bs, steps, add, out, os);
+    case 4: return product_block<4, NV>(a, as, ar, b, bs, steps, add, out, os);
+    case 5: return product_block<5, NV>(a, as, ar, b, bs, steps, add, out, os);
+    default: return product_block<kRows, NV>(a, as, ar, b, bs, steps, add, out, os);
+  }
+}
+template <typename T>
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE void product_kernel(int64_t rows, int64_t nv, const T* a,
+                                                       int64_t as, int64_t ar, const T* b,
+                                                       int64_t bs, int64_t steps, bool add,
+                                                       float* out, int64_t os) {
+  switch (nv) {
+    case 1: return product_rows<1>(rows, a, as, ar, b, bs, steps, add, out, os);
+    case 2: return product_rows<2>(rows, a, as, ar, b, bs, steps, add, out, os);
+    case 3: return product_rows<3>(rows, a, as, ar, b, bs, steps, add, out, os);
+    default: return product_rows<4>(rows, a, as, ar, b, bs, steps, add, out, os);
   }
 }
 
@@ -250,21 +269,15 @@ template <typename U, typename V>
 SELFSUP_NATIVE_BF16 SELFSUP_INLINE void group_products(int64_t points, const U* u, int64_t C,
                                                        const V* vp, int64_t K, int64_t count,
                                                        int64_t group, float* mb) {
-  // Values of `V` a channel row of one position's filters.
-  constexpr int64_t per = std::is_same<U, uint16_t>::value ? 2 : 1;
+  // Steps (channels, or pairs of them) a tile's row.
+  const int64_t steps = std::is_same<U, uint16_t>::value ? C / 2 : C;
   for (int64_t xi = 0; xi < points; ++xi) {
-    const V* vx = vp + xi * (C / per) * K;
+    const V* vx = vp + xi * steps * K;
     for (int64_t k0 = 0; k0 < K; k0 += kBlock) {
       for (int64_t l = 0; l < count; l += kRows) {
-        const U* ux = u + (xi * group + l) * C;
-        float* out = mb + (xi * group + l) * K + k0;
-        const int64_t rows = std::min<int64_t>(kRows, count - l);
-        switch (std::min<int64_t>(K - k0, kBlock) / 16) {
-          case 1: product_rows<1>(rows, ux, C, vx + k0, K, out); break;
-          case 2: product_rows<2>(rows, ux, C, vx + k0, K, out); break;
-          case 3: product_rows<3>(rows, ux, C, vx + k0, K, out); break;
-          default: product_rows<4>(rows, ux, C, vx + k0, K, out); break;
-        }
+        const auto* ux = reinterpret_cast<const Step<U>*>(u + (xi * group + l) * C);
+        product_kernel(std::min<int64_t>(kRows, count - l), std::min<int64_t>(K - k0, kBlock) / 16,
+                       ux, 1, steps, vx + k0, K, steps, false, mb + (xi * group + l) * K + k0, K);
       }
     }
   }
@@ -363,72 +376,6 @@ SELFSUP_NATIVE_BF16 void pair_tiles(const uint16_t* plain, int64_t points, int64
   }
 }
 
-// `ROWS` output channels' weight sums with 16 `NV` input channels: `dw[r][c]` += Σ_t v[t][r]
-// u[t][c] over the `terms` tiles of one position ξ (`dw`'s rows `C` apart, from the block's
-// first output and input channel). bfloat16 (`U` uint16_t): `v` (terms, K) and `u` (terms, C)
-// as pairs of tiles (`pair_tiles`; `terms` pairs), one `vdpbf16ps` a pair; float: one FMA a
-// tile.
-template <int ROWS, int NV, typename U>
-SELFSUP_NATIVE_BF16 SELFSUP_INLINE void weight_block(const U* v, int64_t K, const U* u, int64_t C,
-                                                     int64_t terms, float* dw) {
-  __m512 acc[ROWS][NV];
-#pragma GCC unroll 8
-  for (int r = 0; r < ROWS; ++r) {
-#pragma GCC unroll 4
-    for (int q = 0; q < NV; ++q) acc[r][q] = _mm512_loadu_ps(dw + r * C + 16 * q);
-  }
-  if constexpr (std::is_same<U, uint16_t>::value) {
-    const uint32_t* vp = reinterpret_cast<const uint32_t*>(v);
-    const uint32_t* up = reinterpret_cast<const uint32_t*>(u);
-    for (int64_t p = 0; p < terms; ++p) {
-      __m512i b[NV];
-#pragma GCC unroll 4
-      for (int q = 0; q < NV; ++q) b[q] = _mm512_loadu_si512(up + p * C + 16 * q);
-#pragma GCC unroll 8
-      for (int r = 0; r < ROWS; ++r) {
-        const __m512i a = _mm512_set1_epi32(static_cast<int>(vp[p * K + r]));
-#pragma GCC unroll 4
-        for (int q = 0; q < NV; ++q) {
-          acc[r][q] = _mm512_dpbf16_ps(acc[r][q], reinterpret_cast<const __m512bh&>(a),
-                                       reinterpret_cast<const __m512bh&>(b[q]));
-        }
-      }
-    }
-  } else {
-    for (int64_t t = 0; t < terms; ++t) {
-      __m512 b[NV];
-#pragma GCC unroll 4
-      for (int q = 0; q < NV; ++q) b[q] = _mm512_loadu_ps(u + t * C + 16 * q);
-#pragma GCC unroll 8
-      for (int r = 0; r < ROWS; ++r) {
-        const __m512 a = _mm512_set1_ps(v[t * K + r]);
-#pragma GCC unroll 4
-        for (int q = 0; q < NV; ++q) acc[r][q] = _mm512_fmadd_ps(a, b[q], acc[r][q]);
-      }
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < ROWS; ++r) {
-#pragma GCC unroll 4
-    for (int q = 0; q < NV; ++q) _mm512_storeu_ps(dw + r * C + 16 * q, acc[r][q]);
-  }
-}
-
-// `rows` (1 to kRows) output channels' sums over `NV` x 16 input channels.
-template <int NV, typename U>
-SELFSUP_NATIVE_BF16 SELFSUP_INLINE void weight_rows(int64_t rows, const U* v, int64_t K,
-                                                    const U* u, int64_t C, int64_t terms,
-                                                    float* dw) {
-  switch (rows) {
-    case 1: return weight_block<1, NV>(v, K, u, C, terms, dw);
-    case 2: return weight_block<2, NV>(v, K, u, C, terms, dw);
-    case 3: return weight_block<3, NV>(v, K, u, C, terms, dw);
-    case 4: return weight_block<4, NV>(v, K, u, C, terms, dw);
-    case 5: return weight_block<5, NV>(v, K, u, C, terms, dw);
-    default: return weight_block<kRows, NV>(v, K, u, C, terms, dw);
-  }
-}
-
 // One group's terms of the transformed weight gradient: `dw` (α², K, C) += Σ over the group's
 // tiles of v_ξ[t]ᵀ u_ξ[t], from `v` (α², group, K) and `u` (α², group, C), plain (float: `terms`
 // tiles a position) or as pairs of tiles (bfloat16: `terms` pairs).
@@ -437,23 +384,14 @@ SELFSUP_NATIVE_BF16 SELFSUP_INLINE void weight_products(int64_t points, const U*
                                                         const U* u, int64_t C, int64_t terms,
                                                         int64_t group, float* dw) {
   for (int64_t xi = 0; xi < points; ++xi) {
-    const U* vx = v + xi * group * K;
-    const U* ux = u + xi * group * C;
+    // A position's rows of pairs (bfloat16) or of floats, `K` (`C`) steps a term.
+    const auto* vx = reinterpret_cast<const Step<U>*>(v + xi * group * K);
+    const auto* ux = reinterpret_cast<const Step<U>*>(u + xi * group * C);
     float* dx = dw + xi * K * C;
     for (int64_t k0 = 0; k0 < K; k0 += kRows) {
-      const int64_t rows = std::min<int64_t>(kRows, K - k0);
-      // bfloat16 pairs: a row of K (C) pairs is 2 K (2 C) values; `k0` counts pairs.
-      constexpr int64_t per = std::is_same<U, uint16_t>::value ? 2 : 1;
       for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
-        const U* vk = vx + k0 * per;
-        const U* uc = ux + c0 * per;
-        float* out = dx + k0 * C + c0;
-        switch (std::min<int64_t>(C - c0, kBlock) / 16) {
-          case 1: weight_rows<1>(rows, vk, K, uc, C, terms, out); break;
-          case 2: weight_rows<2>(rows, vk, K, uc, C, terms, out); break;
-          case 3: weight_rows<3>(rows, vk, K, uc, C, terms, out); break;
-          default: weight_rows<4>(rows, vk, K, uc, C, terms, out); break;
-        }
+        product_kernel(std::min<int64_t>(kRows, K - k0), std::min<int64_t>(C - c0, kBlock) / 16,
+                       vx + k0, K, 1, ux + c0, C, terms, true, dx + k0 * C + c0, C);
       }
     }
   }
