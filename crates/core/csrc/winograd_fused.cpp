@@ -121,29 +121,35 @@ SELFSUP_NATIVE_BF16 SELFSUP_INLINE void transform_t(const float (&L)[I][J], cons
   transform(Lt, in, out);
 }
 
-// Bᵀ d B of F(M x M, R x R) for the `count` tiles from `t0` of `x` (n, H, W, C) NHWC into `u`
-// (α², group, C).
-template <int M, int R, typename In, typename U>
-SELFSUP_NATIVE_BF16 SELFSUP_INLINE void input_transform(const In* x, int64_t C, Tiles g,
-                                                        int64_t t0, int64_t count, int64_t group,
-                                                        U* u) {
-  constexpr int A = M + R - 1, P = (R - 1) / 2;
+// The `count` tiles from `t0` of `x` (n, H, W, C), NHWC: `u` (α², group, C) gets the transform
+// of each tile's S x S patch (rows and columns from M·ty - P and M·tx - P, zero outside the map)
+// for F(M x M, R x R), α = M + R - 1: Bᵀ d B of an α x α input patch (S = α, P = (R - 1) / 2:
+// `input_transform`), A dY Aᵀ of an M x M gradient (S = M, P = 0: `grad_transform`). As
+// `winograd.cpp`'s `patch_tiles`, on 16 lanes.
+template <int M, int R, int S, int P, typename In, typename U>
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE void patch_tiles(const In* x, int64_t C, Tiles g, int64_t t0,
+                                                    int64_t count, int64_t group, U* u) {
+  constexpr int A = M + R - 1;
   for (int64_t l = 0; l < count; ++l) {
     const int64_t t = t0 + l, img = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
     for (int64_t c0 = 0; c0 < C; c0 += 16) {
       const __mmask16 m = lanes(C - c0);
-      v16 d[A][A], v[A][A];
+      v16 d[S][S], v[A][A];
 #pragma GCC unroll 8
-      for (int i = 0; i < A; ++i) {
+      for (int i = 0; i < S; ++i) {
         const int64_t h = M * ty - P + i;
 #pragma GCC unroll 8
-        for (int j = 0; j < A; ++j) {
+        for (int j = 0; j < S; ++j) {
           const int64_t w = M * tx - P + j;
           const bool inside = h >= 0 && h < g.H && w >= 0 && w < g.W;
           d[i][j] = inside ? load(x + ((img * g.H + h) * g.W + w) * C + c0, m) : v16{};
         }
       }
-      transform(Points<M, R>::BT, d, v);
+      if constexpr (S == A) {
+        transform(Points<M, R>::BT, d, v);
+      } else {
+        transform_t(Points<M, R>::AT, d, v);
+      }
 #pragma GCC unroll 8
       for (int i = 0; i < A; ++i) {
 #pragma GCC unroll 8
@@ -151,6 +157,15 @@ SELFSUP_NATIVE_BF16 SELFSUP_INLINE void input_transform(const In* x, int64_t C, 
       }
     }
   }
+}
+
+// Bᵀ d B of F(M x M, R x R) for the `count` tiles from `t0` of `x` (n, H, W, C) NHWC into `u`
+// (α², group, C).
+template <int M, int R, typename In, typename U>
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE void input_transform(const In* x, int64_t C, Tiles g,
+                                                        int64_t t0, int64_t count, int64_t group,
+                                                        U* u) {
+  patch_tiles<M, R, M + R - 1, (R - 1) / 2>(x, C, g, t0, count, group, u);
 }
 
 // Aᵀ m A of F(M x M, R x R) for the `count` tiles from `t0`, from `mb` (α², group, K) into `y`
@@ -322,30 +337,7 @@ template <int M, int R, typename In, typename U>
 SELFSUP_NATIVE_BF16 SELFSUP_INLINE void grad_transform(const In* dy, int64_t K, Tiles g,
                                                        int64_t t0, int64_t count, int64_t group,
                                                        U* v) {
-  constexpr int A = M + R - 1;
-  for (int64_t l = 0; l < count; ++l) {
-    const int64_t t = t0 + l, img = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
-    for (int64_t k0 = 0; k0 < K; k0 += 16) {
-      const __mmask16 m = lanes(K - k0);
-      v16 d[M][M], o[A][A];
-#pragma GCC unroll 8
-      for (int i = 0; i < M; ++i) {
-        const int64_t h = M * ty + i;
-#pragma GCC unroll 8
-        for (int j = 0; j < M; ++j) {
-          const int64_t w = M * tx + j;
-          const bool inside = h < g.H && w < g.W;
-          d[i][j] = inside ? load(dy + ((img * g.H + h) * g.W + w) * K + k0, m) : v16{};
-        }
-      }
-      transform_t(Points<M, R>::AT, d, o);
-#pragma GCC unroll 8
-      for (int i = 0; i < A; ++i) {
-#pragma GCC unroll 8
-        for (int j = 0; j < A; ++j) store(v + ((i * A + j) * group + l) * K + k0, o[i][j], m);
-      }
-    }
-  }
+  patch_tiles<M, R, M, 0>(dy, K, g, t0, count, group, v);
 }
 
 // The bfloat16 rows `plain` (points, group, n) of `count` tiles as pairs of tiles, `pairs`
