@@ -12,7 +12,10 @@
 //! that of the operators it ran on its thread; on either side as PyTorch's profiler counts it),
 //! the totals and the names whose times differ most. The times are taken under the counting
 //! callbacks, whose cost (PyTorch's profiler's the larger) falls in them; selfsup's totals hold
-//! its loader threads' operators too, which run beside the step.
+//! its loader threads' operators too, which run beside the step. With `--shapes` each operator
+//! is keyed by its name and arguments (`SELFSUP_OP_SHAPES`, `bench/train_step.py --op-shapes`:
+//! `aten::convolution_backward BFloat16[128, 64, 8, 8]cl ... [True, True, False]`), so that the
+//! same operator on two layers, two layouts or two dtypes shows apart.
 //!
 //! selfsup's CPU kernels (the fused batch norm + ReLU, the Winograd, matrix-product and dense
 //! convolutions) count as their entry points (`selfsup::batch_norm_relu`,
@@ -34,7 +37,7 @@ use std::process::{Command, Stdio};
 
 const USAGE: &str = "usage: cargo xtask bench ops [--methods rotnet,simclr,...] \
                      [--backbone cpu|large] [--mode fp32|channels-last|bf16] [--steps 4] \
-                     [--top 8] [--times] [--cuda-paths]";
+                     [--top 8] [--times] [--shapes] [--cuda-paths]";
 
 #[derive(Debug, PartialEq)]
 struct Opts {
@@ -45,6 +48,8 @@ struct Opts {
     top: usize,
     /// Milliseconds a step by operator (self times), not counts.
     times: bool,
+    /// Operators keyed by name and arguments, not by name alone.
+    shapes: bool,
     /// selfsup's CPU-only kernels off: the operators of a CUDA step.
     cuda_paths: bool,
 }
@@ -61,6 +66,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         steps: 4,
         top: 8,
         times: false,
+        shapes: false,
         cuda_paths: false,
     };
     let mut it = args.iter();
@@ -82,6 +88,7 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--steps" => o.steps = crate::bench_data::number(&mut it, a, USAGE)?,
             "--top" => o.top = crate::bench_data::number(&mut it, a, USAGE)?,
             "--times" => o.times = true,
+            "--shapes" => o.shapes = true,
             "--cuda-paths" => o.cuda_paths = true,
             other => bail!("unknown option `{other}`; {USAGE}"),
         }
@@ -199,13 +206,14 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
     let backbone = if o.large { "large" } else { "cpu" };
     let measure = if o.times { Measure::Millis } else { Measure::Calls };
     println!(
-        "{} ({} steps after {WARMUP}), backbone `{backbone}`, {}{}: selfsup / PyTorch (fused \
+        "{}{} ({} steps after {WARMUP}), backbone `{backbone}`, {}{}: selfsup / PyTorch (fused \
          optimizer); the differences as `name` selfsup/PyTorch.\n",
         if o.times {
             "Milliseconds a step by operator, self times under each side's profiler"
         } else {
             "Operators a step"
         },
+        if o.shapes { ", keyed by name and arguments" } else { "" },
         o.steps,
         mode.name,
         if o.cuda_paths { ", selfsup's CPU kernels off (`--cuda-paths`)" } else { "" }
@@ -229,12 +237,18 @@ pub fn run(t: &Torch, args: &[String]) -> Result<()> {
         let py = python_args(&cfg, o.steps, &cfg_path)?;
         let mut c = train_command(&bin, t, &cfg_path, images, &run_dir);
         c.env("SELFSUP_OP_COUNTS", &ours_path);
+        if o.shapes {
+            c.env("SELFSUP_OP_SHAPES", "1");
+        }
         if o.cuda_paths {
             c.envs(CUDA_PATHS);
         }
         watch(c, &tmp.join("selfsup.log"), Stdio::null())?;
         let mut c = Command::new(&t.python);
         c.args(&py).arg("--fused").arg(format!("--op-counts={}", theirs_path.display()));
+        if o.shapes {
+            c.arg("--op-shapes");
+        }
         watch(c, &tmp.join("python.log"), Stdio::null())?;
         let ours = per_step(&read_json(&ours_path)?, measure, "selfsup's counts")?;
         let theirs = per_step(&read_json(&theirs_path)?, measure, "PyTorch's counts")?;
@@ -260,7 +274,7 @@ mod tests {
             (o.methods.len(), o.large, o.mode, o.steps, o.top),
             (12, false, "channels-last", 4, 8)
         );
-        assert!(!o.cuda_paths && !o.times);
+        assert!(!o.cuda_paths && !o.times && !o.shapes);
         let o = parse(&s(&[
             "--backbone",
             "large",
@@ -270,8 +284,10 @@ mod tests {
             "3",
             "--cuda-paths",
             "--times",
+            "--shapes",
         ]))
         .unwrap();
+        assert!(o.shapes);
         assert_eq!(o.methods, s(&["rotnet", "simclr"]));
         assert_eq!(
             (o.mode, o.steps, o.cuda_paths, o.times),

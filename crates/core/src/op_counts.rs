@@ -12,11 +12,15 @@
 //! `cargo xtask bench ops` sets it and counts PyTorch's step on the same config beside it
 //! (`bench/train_step.py --op-counts`), so that every operator selfsup adds to a step (on CUDA,
 //! most are a kernel launch) shows, and (`--times`) where a step's time goes on either side.
+//! With `SELFSUP_OP_SHAPES` set as well ([`Key::Shapes`]; `bench ops --shapes`), each name is
+//! followed by its tensor arguments' dtypes, sizes and layouts and its list arguments
+//! (`aten::convolution_backward BFloat16[128, 64, 8, 8]cl ... [True, True, False]`), as
+//! PyTorch's side writes them from its profiler's trace, which tells a step's layers apart.
 use std::ffi::{c_char, CStr};
 use std::path::PathBuf;
 
 extern "C" {
-    fn selfsup_op_counts_enable(on: i32, err: *mut c_char, err_len: usize) -> i32;
+    fn selfsup_op_counts_enable(on: i32, shapes: i32, err: *mut c_char, err_len: usize) -> i32;
     fn selfsup_op_counts_take(
         clear: i32,
         buf: *mut c_char,
@@ -29,9 +33,35 @@ extern "C" {
 /// The environment variable naming the file the trainer writes its steps' counts to.
 pub const ENV: &str = "SELFSUP_OP_COUNTS";
 
+/// The environment variable that keys the trainer's counts by shapes ([`Key::Shapes`]) when set
+/// and not empty.
+pub const SHAPES_ENV: &str = "SELFSUP_OP_SHAPES";
+
 /// The file `SELFSUP_OP_COUNTS` names, if set and not empty.
 pub fn from_env() -> Option<PathBuf> {
     std::env::var_os(ENV).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+/// How operators are told apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key {
+    /// By name (`aten::convolution_backward`).
+    Name,
+    /// By name, then each tensor argument as `dtype[sizes]layout` (`BFloat16[128, 64, 8, 8]cl`:
+    /// `cl` channels-last, `s` neither that nor contiguous, nothing when contiguous; `None` for
+    /// an absent one) and each list argument (`[1, 1]`, `[True, False]`), space-separated; other
+    /// scalars left out. Asks libtorch for every operator's inputs: slower.
+    Shapes,
+}
+
+impl Key {
+    /// [`Key::Shapes`] where `SELFSUP_OP_SHAPES` is set and not empty, else [`Key::Name`].
+    pub fn from_env() -> Key {
+        match std::env::var_os(SHAPES_ENV) {
+            Some(v) if !v.is_empty() => Key::Shapes,
+            _ => Key::Name,
+        }
+    }
 }
 
 fn message(err: &[u8]) -> String {
@@ -41,12 +71,21 @@ fn message(err: &[u8]) -> String {
     )
 }
 
-/// Counts the operators run from now on, on every thread (`true`), or stops counting (`false`);
-/// the counts so far are kept.
+/// Counts the operators run from now on by name, on every thread (`true`), or stops counting
+/// (`false`); the counts so far are kept.
 pub fn enable(on: bool) -> Result<(), String> {
+    enable_keyed(on, Key::Name)
+}
+
+/// [`enable`], with operators told apart by `key` (a later call may count by the other key: the
+/// counts so far are kept beside the new ones).
+pub fn enable_keyed(on: bool, key: Key) -> Result<(), String> {
     let mut err = [0u8; 1024];
+    let shapes = i32::from(key == Key::Shapes);
     // SAFETY: the buffer outlives the call and its length is passed with it.
-    let rc = unsafe { selfsup_op_counts_enable(i32::from(on), err.as_mut_ptr().cast(), err.len()) };
+    let rc = unsafe {
+        selfsup_op_counts_enable(i32::from(on), shapes, err.as_mut_ptr().cast(), err.len())
+    };
     if rc < 0 {
         return Err(message(&err));
     }
@@ -152,6 +191,116 @@ mod tests {
         let counts = take().unwrap();
         assert_eq!(count(&counts, "aten::copysign"), 1, "{counts:?}");
         assert_eq!(count(&counts, "aten::hypot"), 0, "{counts:?}");
+    }
+
+    // Keyed by shapes, the same operator on other shapes, dtypes or layouts counts apart, its
+    // list arguments written as PyTorch's trace writes them; then by name again.
+    #[test]
+    fn keyed_by_shapes_each_layout_counts_apart() {
+        let _serial = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
+        let x = Tensor::ones([2, 3, 4, 5], (Kind::Float, tch::Device::Cpu));
+        let cl = crate::precision::to_channels_last(&x).unwrap();
+        enable_keyed(true, Key::Shapes).unwrap();
+        let _ = x.hypot(&x);
+        let _ = cl.hypot(&cl);
+        let _ = cl.hypot(&cl);
+        let _ = x.transpose(0, 1).hypot(&x.transpose(0, 1));
+        let _ = x.to_kind(Kind::BFloat16).hypot(&x.to_kind(Kind::BFloat16));
+        let _ = x.max_pool2d([3, 3], [1, 1], [1, 1], [1, 1], false);
+        enable_keyed(false, Key::Shapes).unwrap();
+        enable(true).unwrap();
+        let _ = x.hypot(&x);
+        enable(false).unwrap();
+        let counts = take().unwrap();
+        let c = |name: &str| count(&counts, name);
+        assert_eq!(c("aten::hypot Float[2, 3, 4, 5] Float[2, 3, 4, 5]"), 1, "{counts:?}");
+        assert_eq!(c("aten::hypot Float[2, 3, 4, 5]cl Float[2, 3, 4, 5]cl"), 2, "{counts:?}");
+        assert_eq!(c("aten::hypot Float[3, 2, 4, 5]s Float[3, 2, 4, 5]s"), 1, "{counts:?}");
+        let bf16 = "aten::hypot BFloat16[2, 3, 4, 5] BFloat16[2, 3, 4, 5]";
+        assert_eq!(c(bf16), 1, "{counts:?}");
+        assert_eq!(c("aten::max_pool2d Float[2, 3, 4, 5] [3, 3] [1, 1] [1, 1] [1, 1]"), 1);
+        assert_eq!(c("aten::hypot"), 1, "{counts:?}");
+    }
+
+    /// Profiles the test's operators in PyTorch and writes the keys `bench/train_step.py
+    /// --op-shapes` gives them, one a line, to `keys.txt` in the folder named by `argv[1]`.
+    const SHAPES_PY: &str = r#"
+import os, sys
+import torch
+import torch.nn.functional as F
+root = os.environ["CARGO_MANIFEST_DIR"]
+sys.path.insert(0, os.path.join(root, "..", "..", "bench"))
+import train_step
+torch.manual_seed(0)
+x = torch.randn(4, 8, 6, 6).to(memory_format=torch.channels_last)
+w = torch.randn(16, 8, 3, 3).to(memory_format=torch.channels_last).requires_grad_()
+with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                            record_shapes=True) as prof:
+    with torch.autocast("cpu", torch.bfloat16):
+        y = F.conv2d(x, w, None, 1, 1)
+    y.float().sum().backward()
+    F.max_pool2d(x.contiguous(), 3, 2, 1)
+    x.transpose(0, 1) * x.transpose(0, 1)
+ops, _ = train_step.shape_counts(prof)
+with open(os.path.join(sys.argv[1], "keys.txt"), "w") as f:
+    f.write("\n".join(sorted(ops)))
+"#;
+
+    /// The operators the test compares: their keys on selfsup's side and PyTorch's.
+    const COMPARED: [&str; 5] = [
+        "aten::convolution ",
+        "aten::convolution_backward ",
+        "aten::max_pool2d ",
+        "aten::mul ",
+        "aten::copy_ ",
+    ];
+
+    // The same operators keyed by shapes here and by `bench/train_step.py --op-shapes` from
+    // PyTorch's profiler (with `SELFSUP_PYTHON` set): the keys of a bf16 channels-last
+    // convolution's forward and backward (the weight's gradient alone), a pooling with list
+    // arguments, a product of transposed views, and autocast's copies, are the same strings.
+    #[test]
+    fn keyed_by_shapes_as_pytorch_s_profiler_keys_them() {
+        let _serial = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(0);
+        let dev = tch::Device::Cpu;
+        let x =
+            crate::precision::to_channels_last(&Tensor::randn([4, 8, 6, 6], (Kind::Float, dev)))
+                .unwrap();
+        let w =
+            crate::precision::to_channels_last(&Tensor::randn([16, 8, 3, 3], (Kind::Float, dev)))
+                .unwrap()
+                .set_requires_grad(true);
+        enable_keyed(true, Key::Shapes).unwrap();
+        let y = crate::precision::autocast(dev, crate::precision::Precision::Bf16, || {
+            x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1)
+        });
+        y.to_kind(Kind::Float).sum(Kind::Float).backward();
+        let _ = x.contiguous().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let _ = x.transpose(0, 1) * x.transpose(0, 1);
+        enable_keyed(false, Key::Shapes).unwrap();
+        let keys = |all: Vec<String>| -> Vec<String> {
+            let mut k: Vec<String> =
+                all.into_iter().filter(|k| COMPARED.iter().any(|c| k.starts_with(c))).collect();
+            k.sort();
+            k
+        };
+        let ours = keys(take().unwrap().into_iter().map(|c| c.name).collect());
+        assert!(
+            ours.iter().any(|k| k.starts_with("aten::convolution_backward BFloat16[4, 16, 6, 6]")
+                && k.ends_with("[False, True, False]")),
+            "{ours:#?}"
+        );
+        let Some(python) = std::env::var_os("SELFSUP_PYTHON") else {
+            eprintln!("skipping the comparison with PyTorch's keys: SELFSUP_PYTHON is not set");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (ok, text) = crate::test_python::run_script(&python, SHAPES_PY, dir.path());
+        assert!(ok, "PyTorch's side failed:\n{text}");
+        let theirs = std::fs::read_to_string(dir.path().join("keys.txt")).unwrap();
+        let theirs = keys(theirs.lines().map(str::to_string).collect());
+        assert_eq!(ours, theirs);
     }
 
     // `cdist` with p = 1 is an operator that calls another, `_cdist_forward`, which does the

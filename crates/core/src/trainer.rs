@@ -883,6 +883,7 @@ impl<'a> Trainer<'a> {
         );
 
         let op_counts = crate::op_counts::from_env();
+        let op_key = crate::op_counts::Key::from_env();
         let mut counted_steps = 0u64;
         let mut last_save = Instant::now();
         // The global step after the last finiteness check, and the last step's rate.
@@ -910,7 +911,7 @@ impl<'a> Trainer<'a> {
                 // pick kernels), log lines and checkpoints left out.
                 let counting = op_counts.is_some() && self.pos.global_step >= OP_COUNTS_FROM;
                 if counting {
-                    crate::op_counts::enable(true).map_err(CoreError::Training)?;
+                    crate::op_counts::enable_keyed(true, op_key).map_err(CoreError::Training)?;
                     counted_steps += 1;
                 }
                 let r = self.step(&batch)?;
@@ -920,7 +921,7 @@ impl<'a> Trainer<'a> {
                 images_done += cfg.train.batch_size as u64;
                 means.add(&r.loss, &r.metrics)?;
                 if counting {
-                    crate::op_counts::enable(false).map_err(CoreError::Training)?;
+                    crate::op_counts::enable_keyed(false, op_key).map_err(CoreError::Training)?;
                 }
                 last_lr = r.lr;
 

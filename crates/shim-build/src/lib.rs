@@ -74,6 +74,11 @@ pub fn compile_with(
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
+        // As libtorch's release builds: some of its classes have members only without NDEBUG
+        // (`RecordFunction::inputs_valid_`), so a shim compiled without it reads them at other
+        // offsets than libtorch writes them, and its debug-only asserts check flags libtorch
+        // never sets (the operator counts' `RecordFunction::inputs()` failed for most operators).
+        .flag("-DNDEBUG")
         // ATen's `at::parallel_for` is a header template over `#pragma omp parallel`: without
         // OpenMP it compiles to a serial loop. libtorch runs on GNU OpenMP, so the shims use
         // the same runtime (one `libgomp.so.1` in the process, libtorch's own).
