@@ -138,6 +138,8 @@ const Transforms& transforms(int64_t m, int64_t r) {
 int64_t tiles(int64_t side, int64_t m) { return (side + m - 1) / m; }
 
 using selfsup::Points;
+using selfsup::transform;
+using selfsup::transform_t;
 
 // Eight channels of one tile entry: the transform loops hold a tile's α x α values of eight
 // channels (one AVX2 register each) and unroll the constant matrices, so their zero entries
@@ -182,55 +184,6 @@ SELFSUP_INLINE void store8(uint16_t* p, const v8& v, int64_t n) {
   } else {
     for (int64_t i = 0; i < n; ++i) p[i] = h[i];
   }
-}
-
-// `Σ_k m[k] v[k]` over the nonzero constants `m`, without the zero terms (all known after
-// unrolling).
-template <int J>
-SELFSUP_INLINE v8 combine(const float (&m)[J], const v8 (&v)[J]) {
-  v8 s = {};
-  bool any = false;
-#pragma GCC unroll 8
-  for (int k = 0; k < J; ++k) {
-    if (m[k] == 0.0f) continue;
-    const v8 t = m[k] == 1.0f ? v[k] : m[k] == -1.0f ? -v[k] : m[k] * v[k];
-    s = any ? s + t : t;
-    any = true;
-  }
-  return s;
-}
-
-// `out = L in Lᵀ` (`in` J x J, `out` I x I; L is Bᵀ: α x α, or Aᵀ: m x α) on eight channels.
-template <int I, int J>
-SELFSUP_INLINE void transform(const float (&L)[I][J], const v8 (&in)[J][J], v8 (&out)[I][I]) {
-  v8 mid[I][J];
-#pragma GCC unroll 8
-  for (int l = 0; l < J; ++l) {
-    v8 col[J];
-#pragma GCC unroll 8
-    for (int k = 0; k < J; ++k) col[k] = in[k][l];
-#pragma GCC unroll 8
-    for (int i = 0; i < I; ++i) mid[i][l] = combine(L[i], col);
-  }
-#pragma GCC unroll 8
-  for (int i = 0; i < I; ++i) {
-#pragma GCC unroll 8
-    for (int j = 0; j < I; ++j) out[i][j] = combine(L[j], mid[i]);
-  }
-}
-
-// `out = Lᵀ in L` (`in` I x I, `out` J x J; L is Aᵀ: m x α) on eight channels: `transform`
-// with the transposed constants.
-template <int I, int J>
-SELFSUP_INLINE void transform_t(const float (&L)[I][J], const v8 (&in)[I][I],
-                                v8 (&out)[J][J]) {
-  float Lt[J][I];
-#pragma GCC unroll 8
-  for (int i = 0; i < I; ++i) {
-#pragma GCC unroll 8
-    for (int k = 0; k < J; ++k) Lt[k][i] = L[i][k];
-  }
-  transform(Lt, in, out);
 }
 
 // The layout of a pass's tiles: `n` images of `H x W` in `th x tw` tiles of m x m.

@@ -71,56 +71,6 @@ SELFSUP_NATIVE_BF16 SELFSUP_INLINE void store(uint16_t* p, const v16& v, __mmask
   store16(p, reinterpret_cast<__m512>(v), m);
 }
 
-// `Σ_k m[k] v[k]` over the nonzero constants `m` (all known after unrolling; ±1 without a
-// multiplication), as `winograd.cpp`'s `combine`.
-template <int J>
-SELFSUP_NATIVE_BF16 SELFSUP_INLINE v16 combine(const float (&m)[J], const v16 (&v)[J]) {
-  v16 s = {};
-  bool any = false;
-#pragma GCC unroll 8
-  for (int k = 0; k < J; ++k) {
-    if (m[k] == 0.0f) continue;
-    const v16 t = m[k] == 1.0f ? v[k] : m[k] == -1.0f ? -v[k] : m[k] * v[k];
-    s = any ? s + t : t;
-    any = true;
-  }
-  return s;
-}
-
-// `out = L in Lᵀ` (`in` J x J, `out` I x I): the rows, then the columns.
-template <int I, int J>
-SELFSUP_NATIVE_BF16 SELFSUP_INLINE void transform(const float (&L)[I][J], const v16 (&in)[J][J],
-                                                  v16 (&out)[I][I]) {
-  v16 mid[I][J];
-#pragma GCC unroll 8
-  for (int l = 0; l < J; ++l) {
-    v16 col[J];
-#pragma GCC unroll 8
-    for (int k = 0; k < J; ++k) col[k] = in[k][l];
-#pragma GCC unroll 8
-    for (int i = 0; i < I; ++i) mid[i][l] = combine(L[i], col);
-  }
-#pragma GCC unroll 8
-  for (int i = 0; i < I; ++i) {
-#pragma GCC unroll 8
-    for (int j = 0; j < I; ++j) out[i][j] = combine(L[j], mid[i]);
-  }
-}
-
-// `out = Lᵀ in L` (`in` I x I, `out` J x J; L is Aᵀ: m x α): `transform` with the transposed
-// constants.
-template <int I, int J>
-SELFSUP_NATIVE_BF16 SELFSUP_INLINE void transform_t(const float (&L)[I][J], const v16 (&in)[I][I],
-                                                    v16 (&out)[J][J]) {
-  float Lt[J][I];
-#pragma GCC unroll 8
-  for (int i = 0; i < I; ++i) {
-#pragma GCC unroll 8
-    for (int k = 0; k < J; ++k) Lt[k][i] = L[i][k];
-  }
-  transform(Lt, in, out);
-}
-
 // The `count` tiles from `t0` of `x` (n, H, W, C), NHWC: `u` (α², group, C) gets the transform
 // of each tile's S x S patch (rows and columns from M·ty - P and M·tx - P, zero outside the map)
 // for F(M x M, R x R), α = M + R - 1: Bᵀ d B of an α x α input patch (S = α, P = (R - 1) / 2:
