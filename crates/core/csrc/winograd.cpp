@@ -58,7 +58,9 @@
 // loops above with r = 2 (`forward_down`, `weight_grad_down`). Its backward pass to the input
 // stays libtorch's (as a full 2x2 correlation its tiles would cover (H/2 + 1)² outputs for
 // (H/2)²). oneDNN's forward kernel runs near the machine's peak at the discriminator's smaller
-// shapes, its backward pass to the weights at half of it (`plan_down` on the Rust side).
+// shapes, its backward pass to the weights at half of it (`plan_down` on the Rust side). In
+// bfloat16 (CPUs with AVX512-BF16) its two passes run fused only (`winograd_fused.cpp`:
+// `fused_down`, `fused_down_weight`; `plan_down_bf16`).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
@@ -644,24 +646,34 @@ at::Tensor phase_view(const at::Tensor& w) {
 // a, 2q + b], taken from `w` tap by tap: taps[(p, q), (k, a, b, c)], in runs of 2C values from
 // a channels-last `w` (w' itself, (k, a, b, c, p, q), took 1.6 ms to copy out of a 256 x 128 x
 // 4 x 4 channels-last filter on the model-207 Xeon).
+// bfloat16: fused (`winograd_fused.cpp`: `selfsup_conv_winograd` takes no other).
 at::Tensor forward_down(const at::Tensor& x, const at::Tensor& w, at::MemoryFormat format) {
   const int64_t C = x.size(1), K = w.size(0);
   const at::Tensor taps = phase_view(w).permute({1, 3, 0, 2, 4, 5}).contiguous();
+  const at::Tensor v = filter_tiles_of(taps.view({4, K * 4 * C}), 2, 2, K, 4 * C);
+  if (x.scalar_type() == at::kBFloat16) {
+    at::Tensor y = at::empty({x.size(0), x.size(2) / 2, x.size(3) / 2, K}, x.options());
+    selfsup::fused_down(nhwc(x), selfsup::fused_winograd_filters(v), y);
+    const at::Tensor out = y.permute({0, 3, 1, 2});
+    return format == at::MemoryFormat::ChannelsLast ? out : out.contiguous();
+  }
   const auto patches = [&](int64_t n0, int64_t n) { return down_tiles(x.narrow(0, n0, n)); };
-  return tiled_forward(2, 2, x.size(0), x.size(2) / 2, x.size(3) / 2,
-                       filter_tiles_of(taps.view({4, K * 4 * C}), 2, 2, K, 4 * C), patches,
-                       format);
+  return tiled_forward(2, 2, x.size(0), x.size(2) / 2, x.size(3) / 2, v, patches, format);
 }
 
 // The gradient to `w` (K, C, 4, 4) of the convolution of `x` (N, C, H, W), H and W even, with
 // stride 2 and padding 1, given `dy` (N, K, H / 2, W / 2): F(2x2, 2x2) on the space-to-depth
-// form of the padded input (see the file's header), in pieces of images as the others.
+// form of the padded input (see the file's header), in pieces of images as the others
+// (bfloat16: fused, the sums in float, rounded once).
 at::Tensor weight_grad_down(const at::Tensor& x, const at::Tensor& dy, at::MemoryFormat format) {
   const int64_t C = x.size(1), K = dy.size(1);
   const auto patches = [&](int64_t n0, int64_t n) { return down_tiles(x.narrow(0, n0, n)); };
   // The 2x2 filter's (p, q, k, (a, b, c)) -> w[k, c, 2p + a, 2q + b]: written through the
   // gradient's `phase_view` in `format` (channels-last: its memory order).
-  const at::Tensor gw = tiled_weight_grad(2, 2, 4 * C, dy, patches).view({2, 2, K, 2, 2, C});
+  const at::Tensor sums = x.scalar_type() == at::kBFloat16
+                              ? filter_grad_of_tiles(selfsup::fused_down_weight(nhwc(x), nhwc(dy)), 2, 2)
+                              : tiled_weight_grad(2, 2, 4 * C, dy, patches);
+  const at::Tensor gw = sums.view({2, 2, K, 2, 2, C});
   at::Tensor out = at::empty({K, C, 4, 4}, dy.options().memory_format(format));
   phase_view(out).copy_(gw.permute({2, 0, 3, 1, 4, 5}));
   return out;
@@ -732,13 +744,17 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
 };
 
 // Whether the shim may take a convolution of `x` with `w` (after autocast's casts): dense CPU
-// tensors, both float, or both bfloat16 with a 3x3 or 5x5 filter (`r`), oneDNN on (off: a
-// deterministic run, left to libtorch).
+// tensors, both float, or both bfloat16 with a 3x3 or 5x5 filter (`r`), or a 4x4 stride-2 one
+// the fused passes take (`fused_down_takes`), oneDNN on (off: a deterministic run, left to
+// libtorch).
 bool takes(const at::Tensor& x, const at::Tensor& w, int64_t r) {
   const bool dense = x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast);
   const auto kind = x.scalar_type();
-  const bool typed = kind == w.scalar_type() &&
-                     (kind == at::kFloat || (kind == at::kBFloat16 && (r == 3 || r == 5)));
+  const bool bf16 =
+      kind == at::kBFloat16 &&
+      (r == 3 || r == 5 ||
+       (r == 4 && x.dim() == 4 && selfsup::fused_down_takes(kind, x.size(1), w.size(0), x.size(2), x.size(3))));
+  const bool typed = kind == w.scalar_type() && (kind == at::kFloat || bf16);
   return x.device().is_cpu() && w.device().is_cpu() && typed && dense &&
          at::globalContext().userEnabledMkldnn();
 }
@@ -756,10 +772,12 @@ extern "C" {
 // under the CPU's bfloat16 autocast, cast as autocast's convolution casts them, the weights
 // through its cache) take r = 3 and 5: r = 3 in tiles of 2x2 in bfloat16, or with bit 8 (r = 5
 // always) in tiles of 4x4 on their values widened to float, the output rounded once to bfloat16
-// (the passes cast back and forth through autograd). Returns 1 when it took the convolution, 0
-// when it left it to the caller (nothing in `bits` it can take, not dense float or bfloat16 CPU
-// tensors, bfloat16 at r = 1 or 4, another autocast dtype, oneDNN off: deterministic runs, or
-// r = 4 with an odd side), or -1 with libtorch's message in `err`.
+// (the passes cast back and forth through autograd); and r = 4 where the fused bfloat16 passes
+// take it (`fused_down_takes`: AVX512-BF16, C a multiple of 4, K of 16). Returns 1 when it took
+// the convolution, 0 when it left it to the caller (nothing in `bits` it can take, not dense
+// float or bfloat16 CPU tensors, bfloat16 at r = 1 or at an r = 4 the fused passes do not take,
+// another autocast dtype, oneDNN off: deterministic runs, or r = 4 with an odd side), or -1 with
+// libtorch's message in `err`.
 int selfsup_conv_winograd(const at::Tensor* x, const at::Tensor* w, int bits, at::Tensor** out,
                           char* err, size_t err_len) {
   int took = 0;

@@ -6,7 +6,11 @@
 // - bfloat16 F(2x2, 3x3): the transformed tiles rounded to bfloat16, the products by
 //   `vdpbf16ps` (pairs of channels, or of tiles in the weight pass; fp32 sums);
 // - float F(4x4, 5x5): the widened path of a bfloat16 5x5 layer (and a float one), the products
-//   by float FMA.
+//   by float FMA;
+// - bfloat16 F(2x2, 2x2) of the 4x4 stride-2 convolution (padding 1) on its space-to-depth form
+//   (`winograd.cpp`'s header; the context encoder's discriminator), forward and to the weights:
+//   the input side reads each tile's 3 x 3 patch of the space-to-depth form from the NHWC input
+//   (`down_transform`), 4C channels into the products; the rest is F(2x2, 3x3)'s with α = 3.
 // `winograd.cpp` runs the transforms and the products as separate passes over a whole piece of
 // the batch, each through memory; at 64 channels on 32x32 maps those passes cost more than the
 // 2.25x fewer multiplications save (23.6 against oneDNN's 21.3 ms forward, 2 cores of a Zen 4).
@@ -116,6 +120,57 @@ SELFSUP_NATIVE_BF16 SELFSUP_INLINE void input_transform(const In* x, int64_t C, 
                                                         int64_t t0, int64_t count, int64_t group,
                                                         U* u) {
   patch_tiles<M, R, M + R - 1, (R - 1) / 2>(x, C, g, t0, count, group, u);
+}
+
+// Bᵀ d B of F(2x2, 2x2) for the `count` tiles from `t0` of the 4x4 stride-2 convolution
+// (padding 1) of `x` (n, 2·g.H, 2·g.W, C), NHWC, `g` the tiling of its output: each tile's 3 x 3
+// patch of the space-to-depth form s[I, J, (a, b, c)] = x[2I + a - 1, 2J + b - 1, c] (zero
+// outside the map) into `u` (9, group, 4C), sixteen channels of one (a, b) at a time. As
+// `winograd.cpp`'s `down_input_tiles`, on 16 lanes.
+template <typename In, typename U>
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE void down_transform(const In* x, int64_t C, Tiles g, int64_t t0,
+                                                       int64_t count, int64_t group, U* u) {
+  const int64_t H = 2 * g.H, W = 2 * g.W, C4 = 4 * C;
+  for (int64_t l = 0; l < count; ++l) {
+    const int64_t t = t0 + l, img = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
+    for (int64_t ab = 0; ab < 4; ++ab) {
+      for (int64_t c0 = 0; c0 < C; c0 += 16) {
+        const __mmask16 m = lanes(C - c0);
+        v16 d[3][3], v[3][3];
+#pragma GCC unroll 8
+        for (int i = 0; i < 3; ++i) {
+          const int64_t h = 2 * (2 * ty + i) + ab / 2 - 1;
+#pragma GCC unroll 8
+          for (int j = 0; j < 3; ++j) {
+            const int64_t w = 2 * (2 * tx + j) + ab % 2 - 1;
+            const bool inside = h >= 0 && h < H && w >= 0 && w < W;
+            d[i][j] = inside ? load(x + ((img * H + h) * W + w) * C + c0, m) : v16{};
+          }
+        }
+        transform(Points<2, 2>::BT, d, v);
+#pragma GCC unroll 8
+        for (int i = 0; i < 3; ++i) {
+#pragma GCC unroll 8
+          for (int j = 0; j < 3; ++j) {
+            store(u + ((i * 3 + j) * group + l) * C4 + ab * C + c0, v[i][j], m);
+          }
+        }
+      }
+    }
+  }
+}
+
+// The input side of a pass: Bᵀ d B of a stride-1 F(M x M, R x R) (`input_transform`), or of the
+// 4x4 stride-2 convolution's F(2x2, 2x2) (`Down`: `down_transform`), into `u` (α², group, C')
+// with C' = C (stride 1) or 4C (`Down`).
+template <int M, int R, bool Down, typename In, typename U>
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE void pass_input(const In* x, int64_t C, Tiles g, int64_t t0,
+                                                   int64_t count, int64_t group, U* u) {
+  if constexpr (Down) {
+    down_transform(x, C, g, t0, count, group, u);
+  } else {
+    input_transform<M, R>(x, C, g, t0, count, group, u);
+  }
 }
 
 // Aᵀ m A of F(M x M, R x R) for the `count` tiles from `t0`, from `mb` (α², group, K) into `y`
@@ -248,34 +303,41 @@ SELFSUP_NATIVE_BF16 SELFSUP_INLINE void group_products(int64_t points, const U* 
   }
 }
 
-// One group: the three steps above over tiles [t0, t0 + count).
-template <int M, int R, typename E, typename U, typename V>
+// One group: the three steps above over tiles [t0, t0 + count) of the output's tiling `g`
+// (`Down`: the input side by `down_transform`, 4C channels into the products).
+template <int M, int R, bool Down, typename E, typename U, typename V>
 SELFSUP_NATIVE_BF16 void fused_group(const E* x, int64_t C, const V* vp, int64_t K, Tiles g,
                                      int64_t t0, int64_t count, int64_t group, U* u, float* mb,
                                      E* y) {
   constexpr int A = M + R - 1;
-  input_transform<M, R>(x, C, g, t0, count, group, u);
-  group_products(A * A, u, C, vp, K, count, group, mb);
+  pass_input<M, R, Down>(x, C, g, t0, count, group, u);
+  group_products(A * A, u, Down ? 4 * C : C, vp, K, count, group, mb);
   output_transform<M, R>(mb, K, g, t0, count, group, y);
 }
 
-// The pass over every group of `g`'s tiles of `group` tiles, with libtorch's threads (each
-// thread its own `u` and `m`).
-template <int M, int R, typename E, typename U, typename V>
+// The m x m output tiles of `y` (n, H, W, K).
+template <int M>
+Tiles output_tiles(const at::Tensor& y) {
+  return Tiles{y.size(0), y.size(1), y.size(2), (y.size(1) + M - 1) / M, (y.size(2) + M - 1) / M};
+}
+
+// The pass over every group of the output `y`'s tiles of `group` tiles, with libtorch's
+// threads (each thread its own `u` and `m`).
+template <int M, int R, bool Down, typename E, typename U, typename V>
 void fused_pass(const at::Tensor& x, const at::Tensor& vp, at::Tensor& y, int64_t group) {
   constexpr int A = M + R - 1;
-  const int64_t C = x.size(3), K = y.size(3);
-  const Tiles g{x.size(0), x.size(1), x.size(2), (x.size(1) + M - 1) / M, (x.size(2) + M - 1) / M};
+  const int64_t C = x.size(3), K = y.size(3), Cu = Down ? 4 * C : C;
+  const Tiles g = output_tiles<M>(y);
   const E* in = reinterpret_cast<const E*>(x.data_ptr());
   const V* filters = reinterpret_cast<const V*>(vp.data_ptr());
   E* out = reinterpret_cast<E*>(y.data_ptr());
   const int64_t groups = (g.count() + group - 1) / group;
   at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-    const auto u = std::make_unique<U[]>(A * A * group * C);
+    const auto u = std::make_unique<U[]>(A * A * group * Cu);
     const auto mb = std::make_unique<float[]>(A * A * group * K);
     for (int64_t gi = g0; gi < g1; ++gi) {
       const int64_t t0 = gi * group, count = std::min(group, g.count() - t0);
-      fused_group<M, R>(in, C, filters, K, g, t0, count, group, u.get(), mb.get(), out);
+      fused_group<M, R, Down>(in, C, filters, K, g, t0, count, group, u.get(), mb.get(), out);
     }
   });
 }
@@ -340,50 +402,52 @@ SELFSUP_NATIVE_BF16 SELFSUP_INLINE void weight_products(int64_t points, const U*
 }
 
 // One group of the weight pass: the input's and the gradient's transformed tiles
-// [t0, t0 + count), then their products added into `dw` (α², K, C). bfloat16: transformed into
-// `plain` rows, then paired into `u` and `v`.
-template <int M, int R, typename E, typename U>
+// [t0, t0 + count) of the output's tiling `g`, then their products added into `dw` (α², K, C')
+// (C' = C, or 4C with `Down`). bfloat16: transformed into `plain` rows, then paired into `u` and
+// `v`.
+template <int M, int R, bool Down, typename E, typename U>
 SELFSUP_NATIVE_BF16 void weight_group(const E* x, int64_t C, const E* dy, int64_t K, Tiles g,
                                       int64_t t0, int64_t count, int64_t group, U* u, U* v,
                                       U* plain, float* dw) {
   constexpr int A = M + R - 1;
+  const int64_t Cu = Down ? 4 * C : C;
   if constexpr (std::is_same<U, uint16_t>::value) {
-    input_transform<M, R>(x, C, g, t0, count, group, plain);
-    pair_tiles(plain, A * A, count, group, C, u);
+    pass_input<M, R, Down>(x, C, g, t0, count, group, plain);
+    pair_tiles(plain, A * A, count, group, Cu, u);
     grad_transform<M, R>(dy, K, g, t0, count, group, plain);
     pair_tiles(plain, A * A, count, group, K, v);
-    weight_products(A * A, v, K, u, C, (count + 1) / 2, group, dw);
+    weight_products(A * A, v, K, u, Cu, (count + 1) / 2, group, dw);
   } else {
-    input_transform<M, R>(x, C, g, t0, count, group, u);
+    pass_input<M, R, Down>(x, C, g, t0, count, group, u);
     grad_transform<M, R>(dy, K, g, t0, count, group, v);
-    weight_products(A * A, v, K, u, C, count, group, dw);
+    weight_products(A * A, v, K, u, Cu, count, group, dw);
   }
 }
 
 // The weight pass over every group of `g`'s tiles (`group` of them, even: bfloat16 pairs them), in `chunks` fixed
 // runs of groups, each summing into its own `(α², K, C)` slice of `parts` (zeroed); libtorch's
 // threads take the chunks.
-template <int M, int R, typename E, typename U>
+template <int M, int R, bool Down, typename E, typename U>
 void fused_weight_pass(const at::Tensor& x, const at::Tensor& dy, int64_t group, int64_t chunks,
                        at::Tensor& parts) {
   constexpr int A = M + R - 1;
-  const int64_t C = x.size(3), K = dy.size(3);
-  const Tiles g{x.size(0), x.size(1), x.size(2), (x.size(1) + M - 1) / M, (x.size(2) + M - 1) / M};
+  const int64_t C = x.size(3), K = dy.size(3), Cu = Down ? 4 * C : C;
+  const Tiles g = output_tiles<M>(dy);
   const E* in = reinterpret_cast<const E*>(x.data_ptr());
   const E* grad = reinterpret_cast<const E*>(dy.data_ptr());
   float* out = parts.data_ptr<float>();
   const int64_t groups = (g.count() + group - 1) / group;
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     const bool paired = std::is_same<U, uint16_t>::value;
-    const auto u = std::make_unique<U[]>(A * A * group * C);
+    const auto u = std::make_unique<U[]>(A * A * group * Cu);
     const auto v = std::make_unique<U[]>(A * A * group * K);
-    const auto plain = std::make_unique<U[]>(paired ? A * A * group * std::max(C, K) : 1);
+    const auto plain = std::make_unique<U[]>(paired ? A * A * group * std::max(Cu, K) : 1);
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
-      float* dw = out + chunk * A * A * K * C;
+      float* dw = out + chunk * A * A * K * Cu;
       for (int64_t gi = groups * chunk / chunks; gi < groups * (chunk + 1) / chunks; ++gi) {
         const int64_t t0 = gi * group, count = std::min(group, g.count() - t0);
-        weight_group<M, R>(in, C, grad, K, g, t0, count, group, u.get(), v.get(), plain.get(),
-                           dw);
+        weight_group<M, R, Down>(in, C, grad, K, g, t0, count, group, u.get(), v.get(),
+                                 plain.get(), dw);
       }
     }
   });
@@ -421,10 +485,64 @@ at::Tensor fused_winograd_weight(const at::Tensor& x, const at::Tensor& dy, int6
   // / 16.8; 192 -> 192 at 8x8 12.0 / 11.3 / 9.6 / 9.0.
   const int64_t group = std::max(C, K) >= 192 ? 256 : 128;
   if (kind == at::kBFloat16) {
-    fused_weight_pass<2, 3, uint16_t, uint16_t>(x, dy, group, chunks, parts);
+    fused_weight_pass<2, 3, false, uint16_t, uint16_t>(x, dy, group, chunks, parts);
   } else {
-    fused_weight_pass<4, 5, float, float>(x, dy, group, chunks, parts);
+    fused_weight_pass<4, 5, false, float, float>(x, dy, group, chunks, parts);
   }
+  return parts.sum(0);
+#else
+  TORCH_CHECK(false, "fused Winograd: x86-64 with AVX512-BF16 only");
+#endif
+}
+
+bool fused_down_takes(at::ScalarType kind, int64_t C, int64_t K, int64_t H, int64_t W) {
+  return kind == at::kBFloat16 && C % 4 == 0 && K % 16 == 0 && H % 2 == 0 && W % 2 == 0 &&
+         cpu_has_native_bf16() && fused_winograd_wanted();
+}
+
+void fused_down(const at::Tensor& x, const at::Tensor& vp, at::Tensor& y) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  const int64_t C = x.size(3), K = y.size(3);
+  TORCH_CHECK(x.dim() == 4 && y.dim() == 4 && x.is_contiguous() && vp.is_contiguous() &&
+                  y.is_contiguous() && vp.scalar_type() == at::kBFloat16 &&
+                  y.scalar_type() == at::kBFloat16 &&
+                  fused_down_takes(x.scalar_type(), C, K, x.size(1), x.size(2)) &&
+                  y.size(0) == x.size(0) && 2 * y.size(1) == x.size(1) &&
+                  2 * y.size(2) == x.size(2) && vp.numel() == 9 * 4 * C * K,
+              "fused 4x4 stride-2 convolution: input ", x.sizes(), " ", x.scalar_type(),
+              ", filters ", vp.sizes(), ", output ", y.sizes());
+  // Groups of 6 tiles (one block of the product kernel's rows): 64 -> 128 at 16x16, batch 128,
+  // 3.4-4.1 ms (12: 4.5-5.2; 24: 3.7-4.3; 48: 4.6; oneDNN 4.5-4.7), 2 cores of a Zen 4.
+  fused_pass<2, 2, true, uint16_t, uint16_t, uint32_t>(x, vp, y, 6);
+#else
+  TORCH_CHECK(false, "fused Winograd: x86-64 with AVX512-BF16 only");
+#endif
+}
+
+at::Tensor fused_down_weight(const at::Tensor& x, const at::Tensor& dy) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  const int64_t C = x.size(3), K = dy.size(3), C4 = 4 * C;
+  TORCH_CHECK(x.dim() == 4 && dy.dim() == 4 && x.is_contiguous() && dy.is_contiguous() &&
+                  dy.scalar_type() == at::kBFloat16 &&
+                  fused_down_takes(x.scalar_type(), C, K, x.size(1), x.size(2)) &&
+                  dy.size(0) == x.size(0) && 2 * dy.size(1) == x.size(1) &&
+                  2 * dy.size(2) == x.size(2),
+              "fused 4x4 stride-2 weight gradient: input ", x.sizes(), " ", x.scalar_type(),
+              ", gradient ", dy.sizes(), " ", dy.scalar_type());
+  // Chunks of the batch's tiles summed apart, then added in order, as `fused_winograd_weight`'s,
+  // but at least 1024 tiles a chunk (2 to 8 chunks): the (9, K, 4C) sums of a chunk, zeroed,
+  // written by each of its groups and added at the end, outweigh fewer tiles' products (batch
+  // 128, 2 cores of a Zen 4, groups of 128 / 256 tiles: 64 -> 128 at 16x16, 2048 tiles, 4.0-4.5
+  // ms in 2 chunks, 6.1 in 8; 128 -> 256 at 8x8, 512 tiles, 4.7-4.9 in 2, 9.9 in 8). The count
+  // depends on the shapes alone, so the sums' order does too.
+  const int64_t tiles = dy.size(0) * ((dy.size(1) + 1) / 2) * ((dy.size(2) + 1) / 2);
+  const int64_t part = 9 * K * C4 * 4;
+  const int64_t chunks =
+      std::clamp<int64_t>(std::min(piece_bytes().load() / part, tiles / 1024), 2, 8);
+  at::Tensor parts = at::zeros({chunks, 9, K, C4}, x.options().dtype(at::kFloat));
+  // Groups of 128 tiles: 128 and 256 alike in 2 chunks (above), 512 at 128 -> 256 on 8x8 9.4 ms
+  // (one group: one thread of two idle).
+  fused_weight_pass<2, 2, true, uint16_t, uint16_t>(x, dy, 128, chunks, parts);
   return parts.sum(0);
 #else
   TORCH_CHECK(false, "fused Winograd: x86-64 with AVX512-BF16 only");
@@ -464,10 +582,10 @@ void fused_winograd(const at::Tensor& x, const at::Tensor& vp, int64_t m, at::Te
   if (kind == at::kBFloat16) {
     // Groups of 12 tiles: 64 -> 64 at 32x32, batch 128, 13.1 ms (24: 13.2; 48: 15.5; 96: 16.7,
     // the group's values out of the first-level cache).
-    fused_pass<2, 3, uint16_t, uint16_t, uint32_t>(x, vp, y, 12);
+    fused_pass<2, 3, false, uint16_t, uint16_t, uint32_t>(x, vp, y, 12);
   } else {
     // Groups of 6 tiles: their 64 positions' values fill the second-level cache.
-    fused_pass<4, 5, float, float, float>(x, vp, y, 6);
+    fused_pass<4, 5, false, float, float, float>(x, vp, y, 6);
   }
 #else
   TORCH_CHECK(false, "fused Winograd: x86-64 with AVX512-BF16 only");

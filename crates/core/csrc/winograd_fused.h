@@ -41,4 +41,19 @@ bool fused_winograd_weight_takes(at::ScalarType kind, int64_t m, int64_t r, int6
 // it back through G.
 at::Tensor fused_winograd_weight(const at::Tensor& x, const at::Tensor& dy, int64_t m);
 
+// Whether `fused_down` and `fused_down_weight` run the 4x4 stride-2 convolution (padding 1) on
+// `kind` tensors from C to K channels at an H x W input: bfloat16, C a multiple of 4, K of 16,
+// H and W even, a CPU with AVX512-BF16, and `fused_winograd_wanted`.
+bool fused_down_takes(at::ScalarType kind, int64_t C, int64_t K, int64_t H, int64_t W);
+
+// `y` (n, H/2, W/2, K), NHWC, dense: the 4x4 stride-2 convolution (padding 1) of `x` (n, H, W,
+// C), NHWC, by F(2x2, 2x2) on its space-to-depth form (`winograd.cpp`'s header), with the
+// transformed filters `vp` of the 2x2 filter of 4C channels from `fused_winograd_filters`.
+void fused_down(const at::Tensor& x, const at::Tensor& vp, at::Tensor& y);
+
+// `(9, K, 4C)` float: the transformed gradient of that 2x2 filter of 4C channels, given `x` (n,
+// H, W, C) and the output's gradient `dy` (n, H/2, W/2, K), both NHWC, dense, bfloat16; the
+// caller takes it back through G.
+at::Tensor fused_down_weight(const at::Tensor& x, const at::Tensor& dy);
+
 }  // namespace selfsup

@@ -16,8 +16,14 @@
 //! relative RMS error against the float64 convolution of the same bfloat16 values: the
 //! measurements behind [`selfsup_core::encoders::conv::plan_bf16`].
 //!
+//! With KIND `bf16` the 4×4 stride-2 table is bfloat16's too: oneDNN against the fused F(2×2,
+//! 2×2) (`csrc/winograd_fused.cpp`, CPUs with AVX512-BF16), with the backward pass to the input
+//! (oneDNN's on both sides) and each pass's relative RMS error against float64: the measurements
+//! behind [`selfsup_core::encoders::conv::plan_down_bf16`].
+//!
 //! Run: `cargo run --release -p selfsup-core --example winograd_probe [-- THREADS [KIND
-//! [PIECE_MIB]]]` (default 2 threads; KIND `fp32` (default) or `bf16`).
+//! [PIECE_MIB]]]` (default 2 threads; KIND `fp32` (default) or `bf16`);
+//! `WINOGRAD_PROBE_TABLE=down` prints the 4×4 stride-2 table alone.
 use selfsup_core::encoders::conv::{conv_down_winograd, conv_winograd, Plan};
 use selfsup_core::precision::to_channels_last;
 use tch::{Device, Kind, Tensor};
@@ -98,8 +104,9 @@ fn main() -> Result<()> {
         (1, 32, 32, 16),
         (1, 16, 13, 32),
     ];
+    let down_only = std::env::var("WINOGRAD_PROBE_TABLE").is_ok_and(|t| t == "down");
     for (r, c, k, side) in shapes {
-        if bf16 && r == 1 {
+        if bf16 && r == 1 || down_only {
             continue;
         }
         let opts = (kind, Device::Cpu);
@@ -169,7 +176,7 @@ fn main() -> Result<()> {
         }
     }
     if bf16 {
-        return Ok(());
+        return down_bf16();
     }
     println!("\n| 4×4 stride 2, channels, side | forward | backward to weights |");
     println!("|---|---:|---:|");
@@ -196,6 +203,84 @@ fn main() -> Result<()> {
         let [a, b] = [direct(), ours()?]
             .map(|y| median_ms(|| drop(Tensor::run_backward(&[&y], &[&w], true, false))));
         println!("| {c}→{k}, {side}×{side} | {f0:.1} / {f1:.1} | {a:.1} / {b:.1} |");
+    }
+    Ok(())
+}
+
+/// The discriminator's layers (as the fp32 table) in bfloat16: oneDNN against the fused F(2×2,
+/// 2×2), each pass's time and relative RMS error against the float64 convolution of the same
+/// bfloat16 values.
+fn down_bf16() -> Result<()> {
+    println!(
+        "\n4×4 stride 2, bf16 channels-last, batch 128; ms per call, oneDNN / fused F(2×2, 2×2); \
+         errors: relative RMS against float64, oneDNN / fused\n"
+    );
+    println!(
+        "| 4×4 stride 2, channels, side | forward | backward to input | backward to weights | \
+         forward error | weight error |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (c, k, side) in [
+        (3, 64, 32),
+        (64, 128, 16),
+        (128, 256, 8),
+        (64, 128, 64),
+        (128, 256, 32),
+        (256, 512, 16),
+        (512, 512, 8),
+    ] {
+        let opts = (Kind::BFloat16, Device::Cpu);
+        let x = to_channels_last(&Tensor::randn([128, c, side, side], opts))?;
+        let x = x.set_requires_grad(true);
+        let w = to_channels_last(&(Tensor::randn([k, c, 4, 4], opts) * 0.1))?;
+        let w = w.set_requires_grad(true);
+        let direct =
+            |x: &Tensor, w: &Tensor| x.conv2d(w, None::<&Tensor>, [2, 2], [1, 1], [1, 1], 1);
+        let [x64, w64] = [&x, &w].map(|t| t.detach().to_kind(Kind::Double));
+        let x64 = x64.set_requires_grad(true);
+        let w64 = w64.set_requires_grad(true);
+        let y64 = direct(&x64, &w64);
+        let gw64 =
+            Tensor::run_backward(&[&y64], &[&w64], false, false).pop().ok_or("no gradient")?;
+        let rel = |a: &Tensor, b: &Tensor| {
+            let a = a.detach().to_kind(Kind::Double);
+            let d = (&a - b).square().mean(None).double_value(&[]);
+            (d / b.square().mean(None).double_value(&[])).sqrt()
+        };
+        let mut cells = [String::new(), String::new(), String::new()];
+        let mut errors = [String::new(), String::new()];
+        for fused in [false, true] {
+            let conv = || -> Result<Tensor> {
+                if fused {
+                    Ok(conv_down_winograd(&x, &w, Plan::ALL)?.ok_or("the shim did not take it")?)
+                } else {
+                    Ok(direct(&x, &w))
+                }
+            };
+            let y = match conv() {
+                Ok(y) => y,
+                Err(e) => {
+                    cells.iter_mut().for_each(|c| c.push_str(" / –"));
+                    errors.iter_mut().for_each(|c| c.push_str(" / –"));
+                    eprintln!("{c}→{k} at {side}: {e}");
+                    continue;
+                }
+            };
+            let forward = median_ms(|| drop(tch::no_grad(conv)));
+            let input = median_ms(|| drop(Tensor::run_backward(&[&y], &[&x], true, false)));
+            let weight = median_ms(|| drop(Tensor::run_backward(&[&y], &[&w], true, false)));
+            let gw = Tensor::run_backward(&[&y], &[&w], true, false).pop().ok_or("no gradient")?;
+            let sep = if fused { " / " } else { "" };
+            for (cell, ms) in cells.iter_mut().zip([forward, input, weight]) {
+                cell.push_str(&format!("{sep}{ms:.1}"));
+            }
+            for (cell, e) in errors.iter_mut().zip([rel(&y, &y64), rel(&gw, &gw64)]) {
+                cell.push_str(&format!("{sep}{e:.1e}"));
+            }
+        }
+        let [f, i, wt] = &cells;
+        let [ef, ew] = &errors;
+        println!("| {c}→{k}, {side}×{side} | {f} | {i} | {wt} | {ef} | {ew} |");
     }
     Ok(())
 }

@@ -67,6 +67,10 @@
 //! convolution of 4C channels: its backward pass to the weights, where oneDNN's kernel runs at
 //! half the rate of its forward one, and from 16×16 inputs or 256 channels on (with AVX-512:
 //! from 64 channels on) its forward pass take F(2×2, 2×2) there ([`conv_down`], [`plan_down`]).
+//! In bf16 on a CPU with AVX512-BF16 and no AMX both passes run as one fused loop in bf16
+//! (`csrc/winograd_fused.cpp`), the backward pass to the weights from 64 channels and the
+//! forward pass from 16×16 inputs ([`plan_down_bf16`]); with AMX, and without bf16 instructions,
+//! a bf16 step leaves the layer to libtorch.
 use std::os::raw::{c_char, c_int, c_void};
 use std::sync::OnceLock;
 
@@ -366,12 +370,37 @@ pub fn plan_down(c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
     Plan { forward: avx512 || h * w >= 256 || channels >= 256, weight: true, ..Plan::default() }
 }
 
+/// The passes of a 4×4 convolution with stride 2 and padding 1 from `c` to `k` channels at an
+/// `h × w` input in bfloat16 on a CPU with AVX512-BF16 and no AMX ([`Arith::Bf16Avx512`]) that
+/// run by the fused bf16 F(2×2, 2×2) on the space-to-depth form (`csrc/winograd_fused.cpp`);
+/// the backward pass to the input is always libtorch's. The shim takes input channels in
+/// multiples of 4 and output channels in multiples of 16 (else the layer stays libtorch's).
+///
+/// Measured on 2 cores of an AMD EPYC Zen 4 (family 25, model 17; `winograd_probe -- 2 bf16`,
+/// batch 128, channels-last, two runs; `bench/README.md`, "The discriminator in bf16 on Zen 4"),
+/// oneDNN / fused ms: the backward pass to the weights, where oneDNN's bf16 kernel runs at half
+/// the rate of its forward one, 7.3-7.4 / 3.8-4.4 at the cpu profile's 64→128 on 16×16 and
+/// 8.8-11.3 / 4.4-5.2 at 128→256 on 8×8, 78-128 / 42-69 at the paper profile's four layers
+/// after the first (1.3-2.0×); the forward pass 4.4 / 3.4 at 64→128 on 16×16 and 70-80 / 49-68
+/// at the paper profile's 16×16 to 64×64 inputs, but on par at 128→256 on 8×8 (4.3 / 4.2-5.3)
+/// and 1.6-3× slower at 512→512 on 8×8 (35-37 / 58-114: at 4×4 outputs each group of tiles
+/// streams every filter value), so from 16×16 inputs only. Rounding: relative RMS error against
+/// the float64 convolution of the same bf16 values 4.6-4.7e-3 forward, 3.8-4.4e-3 to the
+/// weights (oneDNN 1.6-1.7e-3; the fused bf16 F(2×2, 3×3)'s 4.2-4.5e-3).
+pub fn plan_down_bf16(c: i64, k: i64, h: i64, w: i64) -> Plan {
+    if c.min(k) < 64 {
+        return Plan::default();
+    }
+    Plan { forward: h * w >= 256, weight: true, ..Plan::default() }
+}
+
 /// The 4×4 convolution with stride 2, padding 1 and no bias of `xs` with `ws`, with the
 /// forward pass and the backward pass to the weights by F(2×2, 2×2) on the space-to-depth form
 /// of the input where `plan` says (`input` is ignored: always libtorch's) and the others by
 /// libtorch, as one autograd function; `Ok(None)` when it does not take the convolution (no
-/// forward or weight pass in `plan`, not dense float CPU tensors, autocast on, oneDNN off, an
-/// odd side), `Err` with libtorch's message when it refuses the shapes.
+/// forward or weight pass in `plan`, not dense float CPU tensors nor bf16 ones (or autocast's
+/// bf16) the fused bf16 passes take ([`plan_down_bf16`]), oneDNN off, an odd side), `Err` with
+/// libtorch's message when it refuses the shapes.
 ///
 /// # Shapes
 /// `xs`: `(N, C, H, W)`, NCHW or channels-last; `ws`: `(K, C, 4, 4)`; returns
@@ -400,7 +429,12 @@ pub fn conv_down(xs: &Tensor, ws: &Tensor) -> Tensor {
         (Mode::All, true) => Plan::ALL,
         (Mode::Auto, true) => {
             let (s, k) = (xs.size(), ws.size());
-            plan_down(s[1], k[0], s[2], s[3], avx512())
+            match Arith::of(xs) {
+                Arith::Bf16Avx512 => plan_down_bf16(s[1], k[0], s[2], s[3]),
+                // bf16 elsewhere: libtorch's (oneDNN's AMX kernels, or no bf16 instructions).
+                Arith::Bf16Amx | Arith::Bf16Other => Plan::default(),
+                _ => plan_down(s[1], k[0], s[2], s[3], avx512()),
+            }
         }
     };
     if plan != Plan::default() {
@@ -1032,7 +1066,8 @@ mod tests {
         let x = Tensor::randn([2, 4, 4, 4], (Kind::Float, Device::Cpu));
         let w = Tensor::randn([4, 4, 3, 3], (Kind::Float, Device::Cpu));
         assert!(conv_winograd(&x, &w, Plan::default()).unwrap().is_none(), "empty plan");
-        // bf16: 3×3 and 5×5 only (1×1 and the 4×4 stride-2 layers stay libtorch's).
+        // bf16: 3×3 and 5×5 (1×1 layers stay libtorch's, and the 4×4 stride-2 ones but where
+        // the fused bf16 passes take them: output channels in multiples of 16, not these 4).
         let bf16_of = |t: &Tensor| t.to_kind(Kind::BFloat16);
         let w1 = Tensor::randn([4, 4, 1, 1], (Kind::Float, Device::Cpu));
         let w4 = Tensor::randn([4, 4, 4, 4], (Kind::Float, Device::Cpu));
@@ -1123,7 +1158,7 @@ mod tests {
         let xb = x.to_kind(Kind::BFloat16);
         assert!(
             conv_down_winograd(&xb, &w.to_kind(Kind::BFloat16), Plan::ALL).unwrap().is_none(),
-            "bf16"
+            "bf16, 3 channels in and 4 out"
         );
         let err = conv_down_winograd(&x, &w.narrow(1, 0, 2), Plan::ALL).unwrap_err();
         assert!(err.contains("Winograd convolution: input [2, 3, 8, 8]"), "{err}");
@@ -1134,6 +1169,83 @@ mod tests {
         let y = conv_down_winograd(&xg, &w, Plan::ALL).unwrap().unwrap();
         y.sum(Kind::Float).backward();
         assert!(xg.grad().defined() && !w.grad().defined());
+    }
+
+    #[test]
+    fn bf16_stride_2_convolution_stays_within_a_few_roundings_of_float64() {
+        tch::manual_seed(6);
+        // The fused bf16 F(2×2, 2×2) (`csrc/winograd_fused.cpp`, CPUs with AVX512-BF16), each
+        // pass against the float64 convolution of the same bf16 values, beside oneDNN's bf16
+        // convolution's own error: the discriminator's layers at a smaller batch, an NCHW layer
+        // with odd tile counts (3 × 5 outputs: tiles past the map's edge) and input channels off
+        // the blocks of 16, and the weight pass alone. Seen on a Zen 4 (`winograd_probe -- 2
+        // bf16`, batch 128): 4.6e-3 forward, 3.8-4.4e-3 to the weights, oneDNN 1.6-1.7e-3.
+        let direct =
+            |x: &Tensor, w: &Tensor| x.conv2d(w, None::<&Tensor>, [2, 2], [1, 1], [1, 1], 1);
+        let weight = Plan { weight: true, ..Plan::default() };
+        for (n, c, k, h, w, cl, plan) in [
+            (2, 64, 128, 16, 16, true, Plan::ALL),
+            (2, 128, 32, 8, 8, true, Plan::ALL),
+            (3, 12, 16, 6, 10, false, Plan::ALL),
+            (2, 64, 48, 8, 12, true, weight),
+        ] {
+            let cl_of = |t: Tensor| {
+                if cl {
+                    crate::precision::to_channels_last(&t).unwrap()
+                } else {
+                    t
+                }
+            };
+            let opts = (Kind::BFloat16, Device::Cpu);
+            let x = cl_of(Tensor::randn([n, c, h, w], opts));
+            let dy = cl_of(Tensor::randn([n, k, h / 2, w / 2], opts));
+            let wt = cl_of(Tensor::randn([k, c, 4, 4], opts) * (2.0 / (c * 16) as f64).sqrt());
+            let what = format!("{n}x{c}x{h}x{w} -> {k}, cl {cl}, {plan:?}");
+            if conv_down_winograd(&x, &wt, plan).unwrap().is_none() {
+                assert!(!crate::precision::cpu_supports_bf16(), "{what}: not taken");
+                continue;
+            }
+            let [x64, dy64, w64] = [&x, &dy, &wt].map(|t| t.to_kind(Kind::Double));
+            let want = passes(&x64, &w64, &dy64, direct);
+            let onednn = passes(&x, &wt, &dy, direct);
+            let got = passes(&x, &wt, &dy, |x, w| {
+                conv_down_winograd(x, w, plan).unwrap().expect("taken")
+            });
+            assert_eq!(got.0.kind(), Kind::BFloat16, "{what}: bf16 output");
+            assert_eq!(got.2.kind(), Kind::BFloat16, "{what}: bf16 weight gradient");
+            assert_eq!(got.2.size(), [k, c, 4, 4], "{what}");
+            assert_eq!(crate::precision::is_channels_last(&got.0), cl, "{what}: output format");
+            assert_eq!(crate::precision::is_channels_last(&got.2), cl, "{what}: filters' format");
+            assert!(got.1.equal(&onednn.1), "{what}: libtorch's backward pass to the input");
+            if !plan.forward {
+                assert!(got.0.equal(&onednn.0), "{what}: libtorch's forward pass");
+            }
+            for (name, got, onednn, want) in [
+                ("output", &got.0, &onednn.0, &want.0),
+                ("weight gradient", &got.2, &onednn.2, &want.2),
+            ] {
+                let (e, e_onednn) = (rel_rms(got, want), rel_rms(onednn, want));
+                // A few bf16 roundings (2^-9 each) more than oneDNN's: the transformed tiles
+                // rounded to bf16 (F(2×2, 2×2)'s transforms add up to four values).
+                assert!(
+                    e < 4.0 * e_onednn + 2e-3,
+                    "{what}: {name} off by {e:e} (oneDNN's bf16: {e_onednn:e})"
+                );
+            }
+            // Under the CPU's bf16 autocast, from float tensors: bf16 output, the same values
+            // as from the bf16 tensors, float gradients to the float leaves.
+            let [xf, dyf, wf] = [&x, &dy, &wt].map(|t| t.to_kind(Kind::Float));
+            let bf16 = crate::precision::Precision::Bf16;
+            let cast = crate::precision::autocast(Device::Cpu, bf16, || {
+                passes(&xf, &wf, &dyf, |x, w| {
+                    conv_down_winograd(x, w, plan).unwrap().expect("taken")
+                })
+            });
+            assert_eq!(cast.0.kind(), Kind::BFloat16, "{what} under autocast: output");
+            assert_eq!((cast.1.kind(), cast.2.kind()), (Kind::Float, Kind::Float), "{what}");
+            assert!(cast.0.equal(&got.0), "{what} under autocast: the bf16 tensors' forward pass");
+            assert!(rel_rms(&cast.2, &got.2) < 1e-2, "{what} under autocast: weight gradient");
+        }
     }
 
     #[test]
@@ -1155,6 +1267,15 @@ mod tests {
         assert_eq!(plan_down(512, 512, 8, 8, true), both);
         assert_eq!(plan_down(3, 64, 32, 32, true), Plan::default(), "3 channels in, AVX-512");
         assert_eq!(plan_down(32, 64, 16, 16, false), Plan::default(), "narrow");
+        // bf16 on AVX512-BF16 without AMX: the weight pass from 64 channels, the forward pass
+        // from 16×16 inputs.
+        assert_eq!(plan_down_bf16(3, 64, 32, 32), Plan::default(), "bf16, 3 channels in");
+        assert_eq!(plan_down_bf16(64, 128, 16, 16), both);
+        assert_eq!(plan_down_bf16(128, 256, 8, 8), weight);
+        assert_eq!(plan_down_bf16(64, 128, 64, 64), both);
+        assert_eq!(plan_down_bf16(256, 512, 16, 16), both);
+        assert_eq!(plan_down_bf16(512, 512, 8, 8), weight);
+        assert_eq!(plan_down_bf16(32, 64, 16, 16), Plan::default(), "bf16, narrow");
     }
 
     #[test]
