@@ -670,9 +670,10 @@ at::Tensor weight_grad_down(const at::Tensor& x, const at::Tensor& dy, at::Memor
   const auto patches = [&](int64_t n0, int64_t n) { return down_tiles(x.narrow(0, n0, n)); };
   // The 2x2 filter's (p, q, k, (a, b, c)) -> w[k, c, 2p + a, 2q + b]: written through the
   // gradient's `phase_view` in `format` (channels-last: its memory order).
-  const at::Tensor sums = x.scalar_type() == at::kBFloat16
-                              ? filter_grad_of_tiles(selfsup::fused_down_weight(nhwc(x), nhwc(dy)), 2, 2)
-                              : tiled_weight_grad(2, 2, 4 * C, dy, patches);
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  const at::Tensor sums =
+      bf16 ? filter_grad_of_tiles(selfsup::fused_down_weight(nhwc(x), nhwc(dy)), 2, 2)
+           : tiled_weight_grad(2, 2, 4 * C, dy, patches);
   const at::Tensor gw = sums.view({2, 2, K, 2, 2, C});
   at::Tensor out = at::empty({K, C, 4, 4}, dy.options().memory_format(format));
   phase_view(out).copy_(gw.permute({2, 0, 3, 1, 4, 5}));
@@ -750,10 +751,9 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
 bool takes(const at::Tensor& x, const at::Tensor& w, int64_t r) {
   const bool dense = x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast);
   const auto kind = x.scalar_type();
-  const bool bf16 =
-      kind == at::kBFloat16 &&
-      (r == 3 || r == 5 ||
-       (r == 4 && x.dim() == 4 && selfsup::fused_down_takes(kind, x.size(1), w.size(0), x.size(2), x.size(3))));
+  const bool down = r == 4 && x.dim() == 4 &&
+                    selfsup::fused_down_takes(kind, x.size(1), w.size(0), x.size(2), x.size(3));
+  const bool bf16 = kind == at::kBFloat16 && (r == 3 || r == 5 || down);
   const bool typed = kind == w.scalar_type() && (kind == at::kFloat || bf16);
   return x.device().is_cpu() && w.device().is_cpu() && typed && dense &&
          at::globalContext().userEnabledMkldnn();
