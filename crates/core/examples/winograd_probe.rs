@@ -180,17 +180,7 @@ fn main() -> Result<()> {
     }
     println!("\n| 4×4 stride 2, channels, side | forward | backward to weights |");
     println!("|---|---:|---:|");
-    // The discriminator of the context encoder's cpu profile (32 px, width 64) and of its paper
-    // profile (128 px: the layers after the first).
-    for (c, k, side) in [
-        (3, 64, 32),
-        (64, 128, 16),
-        (128, 256, 8),
-        (64, 128, 64),
-        (128, 256, 32),
-        (256, 512, 16),
-        (512, 512, 8),
-    ] {
+    for (c, k, side) in DISCRIMINATOR {
         let opts = (Kind::Float, Device::Cpu);
         let x = to_channels_last(&Tensor::randn([128, c, side, side], opts))?;
         let w = to_channels_last(&Tensor::randn([k, c, 4, 4], opts))?.set_requires_grad(true);
@@ -207,6 +197,19 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The 4×4 stride-2 layers (channels in, out, input side) of the context encoder's
+/// discriminator at its cpu profile (32 px, width 64) and at its paper profile (128 px: the
+/// layers after the first).
+const DISCRIMINATOR: [(i64, i64, i64); 7] = [
+    (3, 64, 32),
+    (64, 128, 16),
+    (128, 256, 8),
+    (64, 128, 64),
+    (128, 256, 32),
+    (256, 512, 16),
+    (512, 512, 8),
+];
+
 /// The discriminator's layers (as the fp32 table) in bfloat16: oneDNN against the fused F(2×2,
 /// 2×2), each pass's time and relative RMS error against the float64 convolution of the same
 /// bfloat16 values.
@@ -220,15 +223,7 @@ fn down_bf16() -> Result<()> {
          forward error | weight error |"
     );
     println!("|---|---:|---:|---:|---:|---:|");
-    for (c, k, side) in [
-        (3, 64, 32),
-        (64, 128, 16),
-        (128, 256, 8),
-        (64, 128, 64),
-        (128, 256, 32),
-        (256, 512, 16),
-        (512, 512, 8),
-    ] {
+    for (c, k, side) in DISCRIMINATOR {
         let opts = (Kind::BFloat16, Device::Cpu);
         let x = to_channels_last(&Tensor::randn([128, c, side, side], opts))?;
         let x = x.set_requires_grad(true);

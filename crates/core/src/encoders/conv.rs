@@ -924,6 +924,15 @@ mod tests {
         }
     }
 
+    /// `t` in channels-last when `cl`, else as it is.
+    fn channels_last_if(cl: bool, t: Tensor) -> Tensor {
+        if cl {
+            crate::precision::to_channels_last(&t).unwrap()
+        } else {
+            t
+        }
+    }
+
     /// `sqrt(mean((a - b)²) / mean(b²))`, in float64.
     fn rel_rms(a: &Tensor, b: &Tensor) -> f64 {
         let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
@@ -951,13 +960,7 @@ mod tests {
             (5, 2, 8, 12, 5, 7, false),
             (5, 2, 16, 32, 9, 10, false),
         ] {
-            let cl_of = |t: Tensor| {
-                if cl {
-                    crate::precision::to_channels_last(&t).unwrap()
-                } else {
-                    t
-                }
-            };
+            let cl_of = |t: Tensor| channels_last_if(cl, t);
             let opts = (Kind::BFloat16, Device::Cpu);
             let x = cl_of(Tensor::randn([n, c, h, w], opts));
             let dy = cl_of(Tensor::randn([n, k, h, w], opts));
@@ -1189,13 +1192,7 @@ mod tests {
             (3, 12, 16, 6, 10, false, Plan::ALL),
             (2, 64, 48, 8, 12, true, weight),
         ] {
-            let cl_of = |t: Tensor| {
-                if cl {
-                    crate::precision::to_channels_last(&t).unwrap()
-                } else {
-                    t
-                }
-            };
+            let cl_of = |t: Tensor| channels_last_if(cl, t);
             let opts = (Kind::BFloat16, Device::Cpu);
             let x = cl_of(Tensor::randn([n, c, h, w], opts));
             let dy = cl_of(Tensor::randn([n, k, h / 2, w / 2], opts));
