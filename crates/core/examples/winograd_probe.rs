@@ -1,9 +1,8 @@
-//! Times each pass of a stride-1 1×1, 3×3 or 5×5 convolution (fp32, channels-last, batch 128) by
-//! libtorch (oneDNN) and by selfsup's Winograd F(2×2, r×r) and F(4×4, r×r) (1×1: matrix
-//! products; `selfsup_core::encoders::conv`), at the layer shapes of ResNet-18 (CIFAR stem), the
-//! NIN-192, the cpu profiles' AlexNet-24 and NINs, the ImageNet AlexNet's 13×13 layers: the
-//! measurements behind
-//! [`selfsup_core::encoders::conv::plan`]; then the forward pass and the backward pass to the
+//! Times each pass of a stride-1 1×1, 3×3 or 5×5 convolution (fp32, channels-last, batch 128
+//! unless set) by libtorch (oneDNN) and by selfsup's Winograd F(2×2, r×r) and F(4×4, r×r) (1×1:
+//! matrix products; `selfsup_core::encoders::conv`), at the layer shapes of ResNet-18 (CIFAR
+//! stem), the NIN-192, the cpu profiles' AlexNet-24 and NINs, the ImageNet AlexNet's 13×13
+//! layers: the measurements behind [`selfsup_core::encoders::conv::plan`]; then the forward pass and the backward pass to the
 //! weights of the 4×4 stride-2 convolutions of the context encoder's discriminator, by oneDNN
 //! and by F(2×2, 2×2) on the space-to-depth form (`conv_down_winograd`, [`selfsup_core::encoders::conv::plan_down`]).
 //! Milliseconds, medians of 7 calls after 2; the backward passes timed alone on a kept graph.
@@ -23,7 +22,9 @@
 //!
 //! Run: `cargo run --release -p selfsup-core --example winograd_probe [-- THREADS [KIND
 //! [PIECE_MIB]]]` (default 2 threads; KIND `fp32` (default) or `bf16`);
-//! `WINOGRAD_PROBE_TABLE=down` prints the 4×4 stride-2 table alone.
+//! `WINOGRAD_PROBE_TABLE=down` prints the 4×4 stride-2 table alone; `WINOGRAD_PROBE_SIDE=S`
+//! keeps the stride-1 rows at maps of `S × S` alone, `WINOGRAD_PROBE_BATCH=N` runs them at batch
+//! `N` (128 unless set; CPC's 16-px patches make 1,600 a step).
 use selfsup_core::encoders::conv::{conv_down_winograd, conv_winograd, Plan};
 use selfsup_core::precision::to_channels_last;
 use tch::{Device, Kind, Tensor};
@@ -46,9 +47,11 @@ fn main() -> Result<()> {
     }
     tch::set_num_threads(threads);
     tch::manual_seed(0);
+    let batch = env_i64("WINOGRAD_PROBE_BATCH")?.unwrap_or(128);
+    let only = env_i64("WINOGRAD_PROBE_SIDE")?;
     if bf16 {
         println!(
-            "{threads} threads, bf16 channels-last, batch 128; ms per call, oneDNN / Winograd \
+            "{threads} threads, bf16 channels-last, batch {batch}; ms per call, oneDNN / Winograd \
              F(2×2, 3×3) bf16 fused / unfused / F(4×4, r×r) widened to fp32 fused / unfused; \
              forward error: relative RMS against float64, in the same order\n"
         );
@@ -59,7 +62,7 @@ fn main() -> Result<()> {
         println!("|---|---:|---:|---:|---:|");
     } else {
         println!(
-            "{threads} threads, fp32 channels-last, batch 128; ms per call, oneDNN / Winograd \
+            "{threads} threads, fp32 channels-last, batch {batch}; ms per call, oneDNN / Winograd \
              F(2×2, r×r) / F(4×4, r×r) (1×1: oneDNN / matrix products)\n"
         );
         println!("| filter, channels, side | forward | backward to input | backward to weights |");
@@ -105,13 +108,16 @@ fn main() -> Result<()> {
         (1, 16, 13, 32),
     ];
     let down_only = std::env::var("WINOGRAD_PROBE_TABLE").is_ok_and(|t| t == "down");
+    // The stride-1 rows switch the fused bf16 passes off and on; the 4×4 stride-2 table takes
+    // the flag as it was.
+    let fused_default = selfsup_core::encoders::conv::fused_bf16(None);
     for (r, c, k, side) in shapes {
-        if bf16 && r == 1 || down_only {
+        if bf16 && r == 1 || down_only || only.is_some_and(|o| o != side) {
             continue;
         }
         let opts = (kind, Device::Cpu);
         let x =
-            to_channels_last(&Tensor::randn([128, c, side, side], opts))?.set_requires_grad(true);
+            to_channels_last(&Tensor::randn([batch, c, side, side], opts))?.set_requires_grad(true);
         let w = to_channels_last(&Tensor::randn([k, c, r, r], opts))?.set_requires_grad(true);
         let pad = (r - 1) / 2;
         let mut cells = [String::new(), String::new(), String::new()];
@@ -175,6 +181,7 @@ fn main() -> Result<()> {
             println!("| {layer} | {} | {} | {} |", cells[0], cells[1], cells[2]);
         }
     }
+    selfsup_core::encoders::conv::fused_bf16(Some(fused_default));
     if bf16 {
         return down_bf16();
     }
@@ -195,6 +202,14 @@ fn main() -> Result<()> {
         println!("| {c}→{k}, {side}×{side} | {f0:.1} / {f1:.1} | {a:.1} / {b:.1} |");
     }
     Ok(())
+}
+
+/// The value of the environment variable `name` as an integer, if set.
+fn env_i64(name: &str) -> Result<Option<i64>> {
+    match std::env::var(name) {
+        Ok(v) => Ok(Some(v.parse().map_err(|e| format!("{name}={v:?}: {e}"))?)),
+        Err(_) => Ok(None),
+    }
 }
 
 /// The 4×4 stride-2 layers (channels in, out, input side) of the context encoder's
