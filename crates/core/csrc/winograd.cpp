@@ -50,17 +50,18 @@
 // matrix products").
 //
 // The 4x4 convolution with stride 2 and padding 1 (DCGAN's discriminator: the context encoder's
-// adversary) takes the same path with r = 4. On the space-to-depth form of its padded input,
-// s[n, I, J, (a, b, c)] = x_pad[n, 2I + a, 2J + b, c], it is the valid 2x2 convolution of 4C
-// channels with w'[k, (a, b, c), p, q] = w[k, c, 2p + a, 2q + b]: its forward pass and its
-// weight gradient are F(2x2, 2x2)'s (α = 3: 9 products a tile against the direct 16), the
-// patches of s read from the NHWC input directly (`down_input_tiles`), the rest by the tile
-// loops above with r = 2 (`forward_down`, `weight_grad_down`). Its backward pass to the input
-// stays libtorch's (as a full 2x2 correlation its tiles would cover (H/2 + 1)² outputs for
-// (H/2)²). oneDNN's forward kernel runs near the machine's peak at the discriminator's smaller
-// shapes, its backward pass to the weights at half of it (`plan_down` on the Rust side). In
-// bfloat16 (CPUs with AVX512-BF16) its two passes run fused only (`winograd_fused.cpp`:
-// `fused_down`, `fused_down_weight`; `plan_down_bf16`).
+// adversary) takes the same path with r = 4. On the space-to-depth form of its padded input, s[n,
+// I, J, (a, b, c)] = x_pad[n, 2I + a, 2J + b, c], it is the valid 2x2 convolution of 4C channels
+// with w'[k, (a, b, c), p, q] = w[k, c, 2p + a, 2q + b]: its forward pass and its weight gradient
+// are F(2x2, 2x2)'s (α = 3: 9 products a tile against the direct 16), the patches of s read from
+// the NHWC input directly (`down_input_tiles`), the rest by the tile loops above with r = 2
+// (`forward_down`, `weight_grad_down`). Its backward pass to the input stays libtorch's in float
+// (as a full 2x2 correlation its tiles would cover (H/2 + 1)² outputs for (H/2)²); in bfloat16 it
+// runs fused as four 2x2 correlations, one a parity of the input's pixels (`input_grad_down`).
+// oneDNN's forward kernel runs near the machine's peak at the discriminator's smaller shapes, its
+// backward pass to the weights at half of it (`plan_down` on the Rust side). In bfloat16 (CPUs
+// with AVX512-BF16) its passes run fused only (`winograd_fused.cpp`: `fused_down`,
+// `fused_down_weight`, `fused_up`; `plan_down_bf16`).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
@@ -661,6 +662,27 @@ at::Tensor forward_down(const at::Tensor& x, const at::Tensor& w, at::MemoryForm
   return tiled_forward(2, 2, x.size(0), x.size(2) / 2, x.size(3) / 2, v, patches, format);
 }
 
+// The gradient to `x` (N, C, H, W) of the 4x4 convolution with stride 2 and padding 1 with `w`
+// (K, C, 4, 4), bfloat16, given `dy` (N, K, H / 2, W / 2): for each parity (a, b) of the input's
+// pixels, dx[2I + a - 1, 2J + b - 1] is the 2x2 correlation of `dy` with the flipped taps
+// w[k, c, 2(1 - p) + a, 2(1 - q) + b], by F(2x2, 2x2), fused (`winograd_fused.cpp`: `fused_up`;
+// the four parities' tiles cover the input once, where the full correlation on the
+// space-to-depth form would cover (H/2 + 1)² outputs for (H/2)²).
+at::Tensor input_grad_down(const at::Tensor& dy, const at::Tensor& w, at::MemoryFormat format) {
+  const int64_t K = w.size(0), C = w.size(1);
+  // (a, b, p, q, c, k) -> w[k, c, 2(1 - p) + a, 2(1 - q) + b]
+  const at::Tensor taps =
+      phase_view(w).flip({1, 3}).permute({2, 4, 1, 3, 5, 0}).contiguous().view({4, 4, C * K});
+  std::vector<at::Tensor> filters;
+  for (int64_t ab = 0; ab < 4; ++ab) {
+    filters.push_back(selfsup::fused_winograd_filters(filter_tiles_of(taps[ab], 2, 2, C, K)));
+  }
+  at::Tensor dx = at::empty({dy.size(0), 2 * dy.size(2), 2 * dy.size(3), C}, dy.options());
+  selfsup::fused_up(nhwc(dy), at::stack(filters), dx);
+  const at::Tensor out = dx.permute({0, 3, 1, 2});
+  return format == at::MemoryFormat::ChannelsLast ? out : out.contiguous();
+}
+
 // The gradient to `w` (K, C, 4, 4) of the convolution of `x` (N, C, H, W), H and W even, with
 // stride 2 and padding 1, given `dy` (N, K, H / 2, W / 2): F(2x2, 2x2) on the space-to-depth
 // form of the padded input (see the file's header), in pieces of images as the others
@@ -729,10 +751,11 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
     const at::Tensor dy = grads[0].contiguous(format);
     const bool want_x = ctx->needs_input_grad(0), want_w = ctx->needs_input_grad(1);
     at::Tensor dx, dw;
-    if (want_x && plan.input) {
-      dx = fast_forward(dy, w.flip({2, 3}).transpose(0, 1), plan.tile(), format);
-    }
     const int64_t r = w.size(2), st = stride_of(r), p = padding_of(r);
+    if (want_x && plan.input) {
+      dx = r == 4 ? input_grad_down(dy, w, format)
+                  : fast_forward(dy, w.flip({2, 3}).transpose(0, 1), plan.tile(), format);
+    }
     if (want_w && plan.weight) {
       const at::MemoryFormat w_format = w.suggest_memory_format();
       dw = r == 1   ? weight_grad_pointwise(x, dy, format, w_format)
@@ -763,18 +786,19 @@ bool takes(const at::Tensor& x, const at::Tensor& w, int64_t r) {
 
 extern "C" {
 
-// `*out` = a new handle to the convolution (no bias) of `x` (N, C, H, W) with `w` (K, C, r, r):
-// r = 1, 3 or 5 with stride 1 and padding (r - 1) / 2, or r = 4 with stride 2 and padding 1;
-// the passes in `bits` (1 forward, 2 backward to the input, 4 backward to the weights) by
-// Winograd F(2x2, r x r), or F(4x4, r x r) with bit 8 (r = 3, 5; ignored at the others) (r = 1:
-// matrix products; r = 4: F(2x2, 2x2) on the space-to-depth form, its backward pass to the input
-// never) and the others by libtorch; differentiable in both. bfloat16 tensors (or float ones
-// under the CPU's bfloat16 autocast, cast as autocast's convolution casts them, the weights
-// through its cache) take r = 3 and 5: r = 3 in tiles of 2x2 in bfloat16, or with bit 8 (r = 5
-// always) in tiles of 4x4 on their values widened to float, the output rounded once to bfloat16
-// (the passes cast back and forth through autograd); and r = 4 where the fused bfloat16 passes
-// take it (`fused_down_takes`: AVX512-BF16, C a multiple of 4, K of 16). Returns 1 when it took
-// the convolution, 0 when it left it to the caller (nothing in `bits` it can take, not dense
+// `*out` = a new handle to the convolution (no bias) of `x` (N, C, H, W) with `w` (K, C, r, r): r
+// = 1, 3 or 5 with stride 1 and padding (r - 1) / 2, or r = 4 with stride 2 and padding 1; the
+// passes in `bits` (1 forward, 2 backward to the input, 4 backward to the weights) by Winograd
+// F(2x2, r x r), or F(4x4, r x r) with bit 8 (r = 3, 5; ignored at the others) (r = 1: matrix
+// products; r = 4: F(2x2, 2x2) on the space-to-depth form, its backward pass to the input in
+// bfloat16 only, where `fused_up_takes`) and the others by libtorch; differentiable in both.
+// bfloat16 tensors (or float ones under the CPU's bfloat16 autocast, cast as autocast's
+// convolution casts them, the weights through its cache) take r = 3 and 5: r = 3 in tiles of 2x2
+// in bfloat16, or with bit 8 (r = 5 always) in tiles of 4x4 on their values widened to float, the
+// output rounded once to bfloat16 (the passes cast back and forth through autograd); and r = 4
+// where the fused bfloat16 passes take it (`fused_down_takes`: AVX512-BF16, C a multiple of 4, K
+// of 16; the backward pass to the input `fused_up_takes`: C a multiple of 16). Returns 1 when it
+// took the convolution, 0 when it left it to the caller (nothing in `bits` it can take, not dense
 // float or bfloat16 CPU tensors, bfloat16 at r = 1 or at an r = 4 the fused passes do not take,
 // another autocast dtype, oneDNN off: deterministic runs, or r = 4 with an odd side), or -1 with
 // libtorch's message in `err`.
@@ -783,8 +807,7 @@ int selfsup_conv_winograd(const at::Tensor* x, const at::Tensor* w, int bits, at
   int took = 0;
   const int rc = selfsup::guarded(err, err_len, [&] {
     const int64_t r = w->dim() == 4 ? w->size(2) : 0;
-    // The 4x4 stride-2 convolution's backward pass to the input is always libtorch's.
-    const int passes = bits & (r == 4 ? 5 : 7);
+    int passes = bits & 7;
     if (passes == 0) return;
     at::Tensor xs = *x, ws = *w;
     if (at::autocast::is_autocast_enabled(at::kCPU)) {
@@ -798,6 +821,13 @@ int selfsup_conv_winograd(const at::Tensor* x, const at::Tensor* w, int bits, at
     // bfloat16).
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
     const bool bf16 = xs.scalar_type() == at::kBFloat16;
+    // The 4x4 stride-2 convolution's backward pass to the input: bfloat16 where `fused_up`
+    // takes it, else libtorch's.
+    if (r == 4 && !(xs.dim() == 4 && selfsup::fused_up_takes(xs.scalar_type(), xs.size(1),
+                                                             ws.size(0), xs.size(2), xs.size(3)))) {
+      passes &= 5;
+      if (passes == 0) return;
+    }
     // bfloat16: 5x5 filters always in tiles of 4 x 4 (F(2x2, 5x5)'s transforms, entries up to
     // 5, came out at 20x oneDNN's rounding error in bfloat16).
     const int tile4 = (r == 3 || r == 5) ? ((bf16 && r == 5) ? 8 : bits & 8) : 0;

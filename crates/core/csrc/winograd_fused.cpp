@@ -173,6 +173,72 @@ SELFSUP_NATIVE_BF16 SELFSUP_INLINE void pass_input(const In* x, int64_t C, Tiles
   }
 }
 
+// The backward pass to the input of the 4x4 stride-2 convolution (padding 1), one parity (a, b)
+// of the input's pixels at a time: dx[2I + a - 1, 2J + b - 1] = Σ_{p, q} dy[I - p, J - q] ·
+// w[:, :, 2p + a, 2q + b], for each (a, b) a stride-1 2x2 correlation of `dy` with the filters
+// flipped, by F(2x2, 2x2). Tile (ty, tx) of `g` (the tiling of `dy` (n, H/2, W/2, K) in 2 x 2)
+// is the input's 4 x 4 block from (4ty, 4tx): parity (a, b) gives its pixels (4ty + 2i + 1 - a,
+// 4tx + 2j + 1 - b), i, j < 2, from the 3 x 3 patch of `dy` from (2ty - a, 2tx - b) (zero
+// outside). Here: Bᵀ d B of the `count` tiles from `t0` into `u` (9, group, K).
+template <typename In, typename U>
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE void up_transform(const In* dy, int64_t K, Tiles g, int64_t a,
+                                                     int64_t b, int64_t t0, int64_t count,
+                                                     int64_t group, U* u) {
+  for (int64_t l = 0; l < count; ++l) {
+    const int64_t t = t0 + l, img = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
+    for (int64_t k0 = 0; k0 < K; k0 += 16) {
+      const __mmask16 m = lanes(K - k0);
+      v16 d[3][3], v[3][3];
+#pragma GCC unroll 8
+      for (int i = 0; i < 3; ++i) {
+        const int64_t h = 2 * ty - a + i;
+#pragma GCC unroll 8
+        for (int j = 0; j < 3; ++j) {
+          const int64_t w = 2 * tx - b + j;
+          const bool inside = h >= 0 && h < g.H && w >= 0 && w < g.W;
+          d[i][j] = inside ? load(dy + ((img * g.H + h) * g.W + w) * K + k0, m) : v16{};
+        }
+      }
+      transform(Points<2, 2>::BT, d, v);
+#pragma GCC unroll 8
+      for (int i = 0; i < 3; ++i) {
+#pragma GCC unroll 8
+        for (int j = 0; j < 3; ++j) store(u + ((i * 3 + j) * group + l) * K + k0, v[i][j], m);
+      }
+    }
+  }
+}
+
+// Aᵀ m A of parity (a, b) (see `up_transform`) for the `count` tiles from `t0`, from `mb` (9,
+// group, C) into those pixels of `dx` (n, 2·g.H, 2·g.W, C), NHWC.
+template <typename Out>
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE void up_output(const float* mb, int64_t C, Tiles g, int64_t a,
+                                                  int64_t b, int64_t t0, int64_t count,
+                                                  int64_t group, Out* dx) {
+  const int64_t H = 2 * g.H, W = 2 * g.W;
+  for (int64_t l = 0; l < count; ++l) {
+    const int64_t t = t0 + l, img = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
+    for (int64_t c0 = 0; c0 < C; c0 += 16) {
+      const __mmask16 m = lanes(C - c0);
+      v16 v[3][3], o[2][2];
+#pragma GCC unroll 8
+      for (int i = 0; i < 3; ++i) {
+#pragma GCC unroll 8
+        for (int j = 0; j < 3; ++j) v[i][j] = load(mb + ((i * 3 + j) * group + l) * C + c0, m);
+      }
+      transform(Points<2, 2>::AT, v, o);
+      for (int i = 0; i < 2; ++i) {
+        const int64_t h = 4 * ty + 2 * i + 1 - a;
+        if (h >= H) break;
+        for (int j = 0; j < 2; ++j) {
+          const int64_t w = 4 * tx + 2 * j + 1 - b;
+          if (w < W) store(dx + ((img * H + h) * W + w) * C + c0, o[i][j], m);
+        }
+      }
+    }
+  }
+}
+
 // Aᵀ m A of F(M x M, R x R) for the `count` tiles from `t0`, from `mb` (α², group, K) into `y`
 // (n, H, W, K) NHWC (a tile's outputs past the map's last row or column dropped).
 template <int M, int R, typename Out>
@@ -338,6 +404,40 @@ void fused_pass(const at::Tensor& x, const at::Tensor& vp, at::Tensor& y, int64_
     for (int64_t gi = g0; gi < g1; ++gi) {
       const int64_t t0 = gi * group, count = std::min(group, g.count() - t0);
       fused_group<M, R, Down>(in, C, filters, K, g, t0, count, group, u.get(), mb.get(), out);
+    }
+  });
+}
+
+// One group of the backward pass to the input of the 4x4 stride-2 convolution: tiles [t0, t0 +
+// count) of `dy`'s tiling `g`, the four parities one after another (`vp`: their filters, (4, 9,
+// K/2, C) pairs).
+SELFSUP_NATIVE_BF16 void up_group(const uint16_t* dy, int64_t K, const uint32_t* vp, int64_t C,
+                                  Tiles g, int64_t t0, int64_t count, int64_t group, uint16_t* u,
+                                  float* mb, uint16_t* dx) {
+  for (int64_t ab = 0; ab < 4; ++ab) {
+    const int64_t a = ab / 2, b = ab % 2;
+    up_transform(dy, K, g, a, b, t0, count, group, u);
+    group_products(9, u, K, vp + ab * 9 * (K / 2) * C, C, count, group, mb);
+    up_output(mb, C, g, a, b, t0, count, group, dx);
+  }
+}
+
+// The backward pass to the input of the 4x4 stride-2 convolution over every group of `group`
+// tiles of `dy`'s tiling in 2 x 2 (each the input's 4 x 4 block), with libtorch's threads (each
+// its own `u` and `m`).
+void fused_up_pass(const at::Tensor& dy, const at::Tensor& vp, at::Tensor& dx, int64_t group) {
+  const int64_t K = dy.size(3), C = dx.size(3);
+  const Tiles g = output_tiles<2>(dy);
+  const uint16_t* in = reinterpret_cast<const uint16_t*>(dy.data_ptr());
+  const uint32_t* filters = reinterpret_cast<const uint32_t*>(vp.data_ptr());
+  uint16_t* out = reinterpret_cast<uint16_t*>(dx.data_ptr());
+  const int64_t groups = (g.count() + group - 1) / group;
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    const auto u = std::make_unique<uint16_t[]>(9 * group * K);
+    const auto mb = std::make_unique<float[]>(9 * group * C);
+    for (int64_t gi = g0; gi < g1; ++gi) {
+      const int64_t t0 = gi * group, count = std::min(group, g.count() - t0);
+      up_group(in, K, filters, C, g, t0, count, group, u.get(), mb.get(), out);
     }
   });
 }
@@ -514,6 +614,29 @@ void fused_down(const at::Tensor& x, const at::Tensor& vp, at::Tensor& y) {
   // Groups of 6 tiles (one block of the product kernel's rows): 64 -> 128 at 16x16, batch 128,
   // 3.4-4.1 ms (12: 4.5-5.2; 24: 3.7-4.3; 48: 4.6; oneDNN 4.5-4.7), 2 cores of a Zen 4.
   fused_pass<2, 2, true, uint16_t, uint16_t, uint32_t>(x, vp, y, 6);
+#else
+  TORCH_CHECK(false, "fused Winograd: x86-64 with AVX512-BF16 only");
+#endif
+}
+
+bool fused_up_takes(at::ScalarType kind, int64_t C, int64_t K, int64_t H, int64_t W) {
+  return fused_down_takes(kind, C, K, H, W) && C % 16 == 0;
+}
+
+void fused_up(const at::Tensor& dy, const at::Tensor& vp, at::Tensor& dx) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  const int64_t C = dx.size(3), K = dy.size(3);
+  TORCH_CHECK(dy.dim() == 4 && dx.dim() == 4 && dy.is_contiguous() && vp.is_contiguous() &&
+                  dx.is_contiguous() && vp.scalar_type() == at::kBFloat16 &&
+                  dx.scalar_type() == at::kBFloat16 &&
+                  fused_up_takes(dy.scalar_type(), C, K, dx.size(1), dx.size(2)) &&
+                  dx.size(0) == dy.size(0) && dx.size(1) == 2 * dy.size(1) &&
+                  dx.size(2) == 2 * dy.size(2) && vp.numel() == 4 * 9 * K * C,
+              "fused 4x4 stride-2 backward pass to the input: gradient ", dy.sizes(), " ",
+              dy.scalar_type(), ", filters ", vp.sizes(), ", input ", dx.sizes());
+  // Groups of 6 tiles, as the forward pass's: 12, 24 and 48 no faster at 64 -> 128 on 16x16 or
+  // 128 -> 256 on 8x8 (batch 128, 2 cores of a Zen 4).
+  fused_up_pass(dy, vp, dx, 6);
 #else
   TORCH_CHECK(false, "fused Winograd: x86-64 with AVX512-BF16 only");
 #endif

@@ -56,4 +56,13 @@ void fused_down(const at::Tensor& x, const at::Tensor& vp, at::Tensor& y);
 // caller takes it back through G.
 at::Tensor fused_down_weight(const at::Tensor& x, const at::Tensor& dy);
 
+// Whether `fused_up` runs the backward pass to the input of that convolution: as
+// `fused_down_takes`, and C a multiple of 16.
+bool fused_up_takes(at::ScalarType kind, int64_t C, int64_t K, int64_t H, int64_t W);
+// `dx` (n, H, W, C), NHWC, dense, bfloat16: the gradient to the input of the 4x4 stride-2
+// convolution (padding 1) from C to K channels, given its output's `dy` (n, H/2, W/2, K), NHWC,
+// by F(2x2, 2x2) for each parity (a, b) of the input's pixels, with the four parities'
+// transformed filters `vp` (4, 9, K/2, C, 2): `fused_winograd_filters` of the flipped 2x2 filters
+// w[k, c, 2(1 - p) + a, 2(1 - q) + b] from K to C channels.
+void fused_up(const at::Tensor& dy, const at::Tensor& vp, at::Tensor& dx);
 }  // namespace selfsup

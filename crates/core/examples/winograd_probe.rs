@@ -16,9 +16,10 @@
 //! measurements behind [`selfsup_core::encoders::conv::plan_bf16`].
 //!
 //! With KIND `bf16` the 4×4 stride-2 table is bfloat16's too: oneDNN against the fused F(2×2,
-//! 2×2) (`csrc/winograd_fused.cpp`, CPUs with AVX512-BF16), with the backward pass to the input
-//! (oneDNN's on both sides) and each pass's relative RMS error against float64: the measurements
-//! behind [`selfsup_core::encoders::conv::plan_down_bf16`].
+//! 2×2) (`csrc/winograd_fused.cpp`, CPUs with AVX512-BF16; the backward pass to the input as
+//! four 2×2 correlations, one a parity of the input's pixels, from 16 input channels), each
+//! pass's time and relative RMS error against float64: the measurements behind
+//! [`selfsup_core::encoders::conv::plan_down_bf16`].
 //!
 //! Run: `cargo run --release -p selfsup-core --example winograd_probe [-- THREADS [KIND
 //! [PIECE_MIB]]]` (default 2 threads; KIND `fp32` (default) or `bf16`);
@@ -235,9 +236,9 @@ fn down_bf16() -> Result<()> {
     );
     println!(
         "| 4×4 stride 2, channels, side | forward | backward to input | backward to weights | \
-         forward error | weight error |"
+         forward error | input error | weight error |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (c, k, side) in DISCRIMINATOR {
         let opts = (Kind::BFloat16, Device::Cpu);
         let x = to_channels_last(&Tensor::randn([128, c, side, side], opts))?;
@@ -250,15 +251,16 @@ fn down_bf16() -> Result<()> {
         let x64 = x64.set_requires_grad(true);
         let w64 = w64.set_requires_grad(true);
         let y64 = direct(&x64, &w64);
-        let gw64 =
-            Tensor::run_backward(&[&y64], &[&w64], false, false).pop().ok_or("no gradient")?;
+        let [gx64, gw64] =
+            <[Tensor; 2]>::try_from(Tensor::run_backward(&[&y64], &[&x64, &w64], false, false))
+                .map_err(|_| "no gradients")?;
         let rel = |a: &Tensor, b: &Tensor| {
             let a = a.detach().to_kind(Kind::Double);
             let d = (&a - b).square().mean(None).double_value(&[]);
             (d / b.square().mean(None).double_value(&[])).sqrt()
         };
         let mut cells = [String::new(), String::new(), String::new()];
-        let mut errors = [String::new(), String::new()];
+        let mut errors = [String::new(), String::new(), String::new()];
         for fused in [false, true] {
             let conv = || -> Result<Tensor> {
                 if fused {
@@ -279,18 +281,22 @@ fn down_bf16() -> Result<()> {
             let forward = median_ms(|| drop(tch::no_grad(conv)));
             let input = median_ms(|| drop(Tensor::run_backward(&[&y], &[&x], true, false)));
             let weight = median_ms(|| drop(Tensor::run_backward(&[&y], &[&w], true, false)));
-            let gw = Tensor::run_backward(&[&y], &[&w], true, false).pop().ok_or("no gradient")?;
+            let [gx, gw] =
+                <[Tensor; 2]>::try_from(Tensor::run_backward(&[&y], &[&x, &w], true, false))
+                    .map_err(|_| "no gradients")?;
             let sep = if fused { " / " } else { "" };
             for (cell, ms) in cells.iter_mut().zip([forward, input, weight]) {
                 cell.push_str(&format!("{sep}{ms:.1}"));
             }
-            for (cell, e) in errors.iter_mut().zip([rel(&y, &y64), rel(&gw, &gw64)]) {
+            for (cell, e) in
+                errors.iter_mut().zip([rel(&y, &y64), rel(&gx, &gx64), rel(&gw, &gw64)])
+            {
                 cell.push_str(&format!("{sep}{e:.1e}"));
             }
         }
         let [f, i, wt] = &cells;
-        let [ef, ew] = &errors;
-        println!("| {c}→{k}, {side}×{side} | {f} | {i} | {wt} | {ef} | {ew} |");
+        let [ef, ei, ew] = &errors;
+        println!("| {c}→{k}, {side}×{side} | {f} | {i} | {wt} | {ef} | {ei} | {ew} |");
     }
     Ok(())
 }

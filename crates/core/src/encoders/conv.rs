@@ -67,10 +67,12 @@
 //! convolution of 4C channels: its backward pass to the weights, where oneDNN's kernel runs at
 //! half the rate of its forward one, and from 16×16 inputs or 256 channels on (with AVX-512:
 //! from 64 channels on) its forward pass take F(2×2, 2×2) there ([`conv_down`], [`plan_down`]).
-//! In bf16 on a CPU with AVX512-BF16 and no AMX both passes run as one fused loop in bf16
-//! (`csrc/winograd_fused.cpp`), the backward pass to the weights from 64 channels and the
-//! forward pass from 16×16 inputs ([`plan_down_bf16`]); with AMX, and without bf16 instructions,
-//! a bf16 step leaves the layer to libtorch.
+//! In bf16 on a CPU with AVX512-BF16 and no AMX the passes run as one fused loop in bf16
+//! (`csrc/winograd_fused.cpp`), the backward pass to the weights from 64 channels, the forward
+//! pass from 16×16 inputs, and the backward pass to the input (four 2×2 correlations, one a
+//! parity of the input's pixels) from 16×16 inputs and input channels in sixteens
+//! ([`plan_down_bf16`]); with AMX, and without bf16 instructions, a bf16 step leaves the layer
+//! to libtorch.
 use std::os::raw::{c_char, c_int, c_void};
 use std::sync::OnceLock;
 
@@ -372,9 +374,12 @@ pub fn plan_down(c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
 
 /// The passes of a 4×4 convolution with stride 2 and padding 1 from `c` to `k` channels at an
 /// `h × w` input in bfloat16 on a CPU with AVX512-BF16 and no AMX ([`Arith::Bf16Avx512`]) that
-/// run by the fused bf16 F(2×2, 2×2) on the space-to-depth form (`csrc/winograd_fused.cpp`);
-/// the backward pass to the input is always libtorch's. The shim takes input channels in
-/// multiples of 4 and output channels in multiples of 16 (else the layer stays libtorch's).
+/// run by the fused bf16 F(2×2, 2×2) (`csrc/winograd_fused.cpp`): forward and to the weights
+/// on the space-to-depth form, to the input as four stride-1 2×2 correlations of the output's
+/// gradient with the flipped filters, one a parity (a, b) of the input's pixels (each 4×4
+/// block of the input from one 2×2 tile of the gradient). The shim takes input channels in
+/// multiples of 4 (the backward pass to the input: of 16) and output channels in multiples of
+/// 16 (else the layer, or that pass, stays libtorch's).
 ///
 /// Measured on 2 cores of an AMD EPYC Zen 4 (family 25, model 17; `winograd_probe -- 2 bf16`,
 /// batch 128, channels-last, two runs; `bench/README.md`, "The discriminator in bf16 on Zen 4"),
@@ -384,20 +389,27 @@ pub fn plan_down(c: i64, k: i64, h: i64, w: i64, avx512: bool) -> Plan {
 /// after the first (1.3-2.0×); the forward pass 4.4 / 3.4 at 64→128 on 16×16 and 70-80 / 49-68
 /// at the paper profile's 16×16 to 64×64 inputs, but on par at 128→256 on 8×8 (4.3 / 4.2-5.3)
 /// and 1.6-3× slower at 512→512 on 8×8 (35-37 / 58-114: at 4×4 outputs each group of tiles
-/// streams every filter value), so from 16×16 inputs only. Rounding: relative RMS error against
-/// the float64 convolution of the same bf16 values 4.6-4.7e-3 forward, 3.8-4.4e-3 to the
-/// weights (oneDNN 1.6-1.7e-3; the fused bf16 F(2×2, 3×3)'s 4.2-4.5e-3).
+/// streams every filter value), so from 16×16 inputs only. The backward pass to the input
+/// (2026-12-06, two runs, the same probe): 5.9 / 4.2 and 4.9 / 4.2 at 64→128 on 16×16,
+/// 73.9-81.4 / 52.9-58.6 at the paper profile's 16×16 to 64×64 inputs (1.3-1.4×), slower at
+/// 8×8 inputs (128→256: 4.6-4.8 / 5.3-5.8; 512→512: 37-38 / 55-60), so from 16×16 inputs as
+/// the forward pass; groups of 12 to 48 tiles rather than 6 no faster. Rounding: relative RMS
+/// error against the float64 convolution of the same bf16 values 4.6-4.7e-3 forward,
+/// 3.8-4.4e-3 to the weights, 4.4-4.7e-3 to the input in the test (oneDNN 1.6-1.7e-3; the fused
+/// bf16 F(2×2, 3×3)'s 4.2-4.5e-3).
 pub fn plan_down_bf16(c: i64, k: i64, h: i64, w: i64) -> Plan {
     if c.min(k) < 64 {
         return Plan::default();
     }
-    Plan { forward: h * w >= 256, weight: true, ..Plan::default() }
+    let wide = h * w >= 256;
+    Plan { forward: wide, input: wide && c % 16 == 0, weight: true, tile4: false }
 }
 
 /// The 4×4 convolution with stride 2, padding 1 and no bias of `xs` with `ws`, with the
 /// forward pass and the backward pass to the weights by F(2×2, 2×2) on the space-to-depth form
-/// of the input where `plan` says (`input` is ignored: always libtorch's) and the others by
-/// libtorch, as one autograd function; `Ok(None)` when it does not take the convolution (no
+/// of the input where `plan` says (`input`: in bf16 where the fused pass takes it, see
+/// [`plan_down_bf16`]; in float always libtorch's) and the others by libtorch, as one autograd
+/// function; `Ok(None)` when it does not take the convolution (no
 /// forward or weight pass in `plan`, not dense float CPU tensors nor bf16 ones (or autocast's
 /// bf16) the fused bf16 passes take ([`plan_down_bf16`]), oneDNN off, an odd side), `Err` with
 /// libtorch's message when it refuses the shapes.
@@ -1179,18 +1191,22 @@ mod tests {
         tch::manual_seed(6);
         // The fused bf16 F(2×2, 2×2) (`csrc/winograd_fused.cpp`, CPUs with AVX512-BF16), each
         // pass against the float64 convolution of the same bf16 values, beside oneDNN's bf16
-        // convolution's own error: the discriminator's layers at a smaller batch, an NCHW layer
-        // with odd tile counts (3 × 5 outputs: tiles past the map's edge) and input channels off
-        // the blocks of 16, and the weight pass alone. Seen on a Zen 4 (`winograd_probe -- 2
-        // bf16`, batch 128): 4.6e-3 forward, 3.8-4.4e-3 to the weights, oneDNN 1.6-1.7e-3.
+        // convolution's own error: the discriminator's layers at a smaller batch, NCHW layers
+        // with odd tile counts (3 × 5 outputs: tiles past the map's edge), input channels off
+        // the blocks of 16 (the backward pass to the input then libtorch's), and the weight pass
+        // alone. Seen on a Zen 4 (`winograd_probe -- 2 bf16`, batch 128): 4.6e-3 forward,
+        // 3.8-4.4e-3 to the weights, 4.5-4.6e-3 to the input, oneDNN 1.6-1.7e-3.
         let direct =
             |x: &Tensor, w: &Tensor| x.conv2d(w, None::<&Tensor>, [2, 2], [1, 1], [1, 1], 1);
         let weight = Plan { weight: true, ..Plan::default() };
+        let input = Plan { input: true, ..Plan::default() };
         for (n, c, k, h, w, cl, plan) in [
             (2, 64, 128, 16, 16, true, Plan::ALL),
             (2, 128, 32, 8, 8, true, Plan::ALL),
             (3, 12, 16, 6, 10, false, Plan::ALL),
+            (3, 16, 32, 6, 10, false, Plan::ALL),
             (2, 64, 48, 8, 12, true, weight),
+            (2, 32, 16, 12, 8, true, input),
         ] {
             let cl_of = |t: Tensor| channels_last_if(cl, t);
             let opts = (Kind::BFloat16, Device::Cpu);
@@ -1213,14 +1229,23 @@ mod tests {
             assert_eq!(got.2.size(), [k, c, 4, 4], "{what}");
             assert_eq!(crate::precision::is_channels_last(&got.0), cl, "{what}: output format");
             assert_eq!(crate::precision::is_channels_last(&got.2), cl, "{what}: filters' format");
-            assert!(got.1.equal(&onednn.1), "{what}: libtorch's backward pass to the input");
-            if !plan.forward {
-                assert!(got.0.equal(&onednn.0), "{what}: libtorch's forward pass");
-            }
-            for (name, got, onednn, want) in [
-                ("output", &got.0, &onednn.0, &want.0),
-                ("weight gradient", &got.2, &onednn.2, &want.2),
+            assert_eq!(got.1.kind(), Kind::BFloat16, "{what}: bf16 input gradient");
+            assert_eq!(crate::precision::is_channels_last(&got.1), cl, "{what}: input's format");
+            // The backward pass to the input fused from 16 input channels on, else libtorch's.
+            let fused_input = plan.input && c % 16 == 0;
+            let mut compared = vec![];
+            for (pass, ours, got, onednn, want) in [
+                ("output", plan.forward, &got.0, &onednn.0, &want.0),
+                ("input gradient", fused_input, &got.1, &onednn.1, &want.1),
+                ("weight gradient", plan.weight, &got.2, &onednn.2, &want.2),
             ] {
+                if ours {
+                    compared.push((pass, got, onednn, want));
+                } else {
+                    assert!(got.equal(onednn), "{what}: libtorch's {pass}");
+                }
+            }
+            for (name, got, onednn, want) in compared {
                 let (e, e_onednn) = (rel_rms(got, want), rel_rms(onednn, want));
                 // A few bf16 roundings (2^-9 each) more than oneDNN's: the transformed tiles
                 // rounded to bf16 (F(2×2, 2×2)'s transforms add up to four values).
@@ -1242,6 +1267,7 @@ mod tests {
             assert_eq!((cast.1.kind(), cast.2.kind()), (Kind::Float, Kind::Float), "{what}");
             assert!(cast.0.equal(&got.0), "{what} under autocast: the bf16 tensors' forward pass");
             assert!(rel_rms(&cast.2, &got.2) < 1e-2, "{what} under autocast: weight gradient");
+            assert!(rel_rms(&cast.1, &got.1) < 1e-2, "{what} under autocast: input gradient");
         }
     }
 
@@ -1265,14 +1291,15 @@ mod tests {
         assert_eq!(plan_down(3, 64, 32, 32, true), Plan::default(), "3 channels in, AVX-512");
         assert_eq!(plan_down(32, 64, 16, 16, false), Plan::default(), "narrow");
         // bf16 on AVX512-BF16 without AMX: the weight pass from 64 channels, the forward pass
-        // from 16×16 inputs.
+        // and the backward pass to the input from 16×16 inputs.
         assert_eq!(plan_down_bf16(3, 64, 32, 32), Plan::default(), "bf16, 3 channels in");
-        assert_eq!(plan_down_bf16(64, 128, 16, 16), both);
+        assert_eq!(plan_down_bf16(64, 128, 16, 16), Plan::ALL);
         assert_eq!(plan_down_bf16(128, 256, 8, 8), weight);
-        assert_eq!(plan_down_bf16(64, 128, 64, 64), both);
-        assert_eq!(plan_down_bf16(256, 512, 16, 16), both);
+        assert_eq!(plan_down_bf16(64, 128, 64, 64), Plan::ALL);
+        assert_eq!(plan_down_bf16(256, 512, 16, 16), Plan::ALL);
         assert_eq!(plan_down_bf16(512, 512, 8, 8), weight);
         assert_eq!(plan_down_bf16(32, 64, 16, 16), Plan::default(), "bf16, narrow");
+        assert_eq!(plan_down_bf16(72, 128, 16, 16), both, "bf16, input channels off the 16s");
     }
 
     #[test]
