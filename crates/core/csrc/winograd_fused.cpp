@@ -76,13 +76,15 @@ SELFSUP_NATIVE_BF16 SELFSUP_INLINE void store(uint16_t* p, const v16& v, __mmask
 }
 
 // The `count` tiles from `t0` of `x` (n, H, W, C), NHWC: `u` (α², group, C) gets the transform
-// of each tile's S x S patch (rows and columns from M·ty - P and M·tx - P, zero outside the map)
-// for F(M x M, R x R), α = M + R - 1: Bᵀ d B of an α x α input patch (S = α, P = (R - 1) / 2:
-// `input_transform`), A dY Aᵀ of an M x M gradient (S = M, P = 0: `grad_transform`). As
-// `winograd.cpp`'s `patch_tiles`, on 16 lanes.
-template <int M, int R, int S, int P, typename In, typename U>
-SELFSUP_NATIVE_BF16 SELFSUP_INLINE void patch_tiles(const In* x, int64_t C, Tiles g, int64_t t0,
-                                                    int64_t count, int64_t group, U* u) {
+// of each tile's S x S patch (rows from M·ty - P, columns from M·tx - Q, zero outside the map)
+// for F(M x M, R x R), α = M + R - 1: Bᵀ d B of an α x α input patch (S = α, P = Q = (R - 1) / 2:
+// `input_transform`; the 4x4 stride-2 convolution's backward pass to the input, parity (a, b):
+// P = a, Q = b, `up_group`), A dY Aᵀ of an M x M gradient (S = M, P = Q = 0: `grad_transform`).
+// As `winograd.cpp`'s `patch_tiles`, on 16 lanes.
+template <int M, int R, int S, typename In, typename U>
+SELFSUP_NATIVE_BF16 SELFSUP_INLINE void patch_tiles(const In* x, int64_t C, Tiles g, int64_t P,
+                                                    int64_t Q, int64_t t0, int64_t count,
+                                                    int64_t group, U* u) {
   constexpr int A = M + R - 1;
   for (int64_t l = 0; l < count; ++l) {
     const int64_t t = t0 + l, img = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
@@ -94,7 +96,7 @@ SELFSUP_NATIVE_BF16 SELFSUP_INLINE void patch_tiles(const In* x, int64_t C, Tile
         const int64_t h = M * ty - P + i;
 #pragma GCC unroll 8
         for (int j = 0; j < S; ++j) {
-          const int64_t w = M * tx - P + j;
+          const int64_t w = M * tx - Q + j;
           const bool inside = h >= 0 && h < g.H && w >= 0 && w < g.W;
           d[i][j] = inside ? load(x + ((img * g.H + h) * g.W + w) * C + c0, m) : v16{};
         }
@@ -119,7 +121,7 @@ template <int M, int R, typename In, typename U>
 SELFSUP_NATIVE_BF16 SELFSUP_INLINE void input_transform(const In* x, int64_t C, Tiles g,
                                                         int64_t t0, int64_t count, int64_t group,
                                                         U* u) {
-  patch_tiles<M, R, M + R - 1, (R - 1) / 2>(x, C, g, t0, count, group, u);
+  patch_tiles<M, R, M + R - 1>(x, C, g, (R - 1) / 2, (R - 1) / 2, t0, count, group, u);
 }
 
 // Bᵀ d B of F(2x2, 2x2) for the `count` tiles from `t0` of the 4x4 stride-2 convolution
@@ -173,79 +175,17 @@ SELFSUP_NATIVE_BF16 SELFSUP_INLINE void pass_input(const In* x, int64_t C, Tiles
   }
 }
 
-// The backward pass to the input of the 4x4 stride-2 convolution (padding 1), one parity (a, b)
-// of the input's pixels at a time: dx[2I + a - 1, 2J + b - 1] = Σ_{p, q} dy[I - p, J - q] ·
-// w[:, :, 2p + a, 2q + b], for each (a, b) a stride-1 2x2 correlation of `dy` with the filters
-// flipped, by F(2x2, 2x2). Tile (ty, tx) of `g` (the tiling of `dy` (n, H/2, W/2, K) in 2 x 2)
-// is the input's 4 x 4 block from (4ty, 4tx): parity (a, b) gives its pixels (4ty + 2i + 1 - a,
-// 4tx + 2j + 1 - b), i, j < 2, from the 3 x 3 patch of `dy` from (2ty - a, 2tx - b) (zero
-// outside). Here: Bᵀ d B of the `count` tiles from `t0` into `u` (9, group, K).
-template <typename In, typename U>
-SELFSUP_NATIVE_BF16 SELFSUP_INLINE void up_transform(const In* dy, int64_t K, Tiles g, int64_t a,
-                                                     int64_t b, int64_t t0, int64_t count,
-                                                     int64_t group, U* u) {
-  for (int64_t l = 0; l < count; ++l) {
-    const int64_t t = t0 + l, img = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
-    for (int64_t k0 = 0; k0 < K; k0 += 16) {
-      const __mmask16 m = lanes(K - k0);
-      v16 d[3][3], v[3][3];
-#pragma GCC unroll 8
-      for (int i = 0; i < 3; ++i) {
-        const int64_t h = 2 * ty - a + i;
-#pragma GCC unroll 8
-        for (int j = 0; j < 3; ++j) {
-          const int64_t w = 2 * tx - b + j;
-          const bool inside = h >= 0 && h < g.H && w >= 0 && w < g.W;
-          d[i][j] = inside ? load(dy + ((img * g.H + h) * g.W + w) * K + k0, m) : v16{};
-        }
-      }
-      transform(Points<2, 2>::BT, d, v);
-#pragma GCC unroll 8
-      for (int i = 0; i < 3; ++i) {
-#pragma GCC unroll 8
-        for (int j = 0; j < 3; ++j) store(u + ((i * 3 + j) * group + l) * K + k0, v[i][j], m);
-      }
-    }
-  }
-}
-
-// Aᵀ m A of parity (a, b) (see `up_transform`) for the `count` tiles from `t0`, from `mb` (9,
-// group, C) into those pixels of `dx` (n, 2·g.H, 2·g.W, C), NHWC.
-template <typename Out>
-SELFSUP_NATIVE_BF16 SELFSUP_INLINE void up_output(const float* mb, int64_t C, Tiles g, int64_t a,
-                                                  int64_t b, int64_t t0, int64_t count,
-                                                  int64_t group, Out* dx) {
-  const int64_t H = 2 * g.H, W = 2 * g.W;
-  for (int64_t l = 0; l < count; ++l) {
-    const int64_t t = t0 + l, img = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
-    for (int64_t c0 = 0; c0 < C; c0 += 16) {
-      const __mmask16 m = lanes(C - c0);
-      v16 v[3][3], o[2][2];
-#pragma GCC unroll 8
-      for (int i = 0; i < 3; ++i) {
-#pragma GCC unroll 8
-        for (int j = 0; j < 3; ++j) v[i][j] = load(mb + ((i * 3 + j) * group + l) * C + c0, m);
-      }
-      transform(Points<2, 2>::AT, v, o);
-      for (int i = 0; i < 2; ++i) {
-        const int64_t h = 4 * ty + 2 * i + 1 - a;
-        if (h >= H) break;
-        for (int j = 0; j < 2; ++j) {
-          const int64_t w = 4 * tx + 2 * j + 1 - b;
-          if (w < W) store(dx + ((img * H + h) * W + w) * C + c0, o[i][j], m);
-        }
-      }
-    }
-  }
-}
-
 // Aᵀ m A of F(M x M, R x R) for the `count` tiles from `t0`, from `mb` (α², group, K) into `y`
-// (n, H, W, K) NHWC (a tile's outputs past the map's last row or column dropped).
+// (n, H, W, K) NHWC (a tile's outputs past the map's last row or column dropped); with `step` 2
+// (the 4x4 stride-2 convolution's backward pass to the input, parity (a, b)) into `y` (n, 2H,
+// 2W, K): output (i, j) of tile (ty, tx) at (2(M·ty + i) + oi, 2(M·tx + j) + oj).
 template <int M, int R, typename Out>
 SELFSUP_NATIVE_BF16 SELFSUP_INLINE void output_transform(const float* mb, int64_t K, Tiles g,
                                                          int64_t t0, int64_t count,
-                                                         int64_t group, Out* y) {
+                                                         int64_t group, Out* y, int64_t step = 1,
+                                                         int64_t oi = 0, int64_t oj = 0) {
   constexpr int A = M + R - 1;
+  const int64_t H = step * g.H, W = step * g.W;
   for (int64_t l = 0; l < count; ++l) {
     const int64_t t = t0 + l, img = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
     for (int64_t k0 = 0; k0 < K; k0 += 16) {
@@ -257,9 +197,10 @@ SELFSUP_NATIVE_BF16 SELFSUP_INLINE void output_transform(const float* mb, int64_
         for (int j = 0; j < A; ++j) v[i][j] = load(mb + ((i * A + j) * group + l) * K + k0, m);
       }
       transform(Points<M, R>::AT, v, o);
-      for (int i = 0; i < M && M * ty + i < g.H; ++i) {
-        for (int j = 0; j < M && M * tx + j < g.W; ++j) {
-          store(y + ((img * g.H + M * ty + i) * g.W + M * tx + j) * K + k0, o[i][j], m);
+      for (int i = 0; i < M && step * (M * ty + i) + oi < H; ++i) {
+        const int64_t h = step * (M * ty + i) + oi;
+        for (int j = 0; j < M && step * (M * tx + j) + oj < W; ++j) {
+          store(y + ((img * H + h) * W + step * (M * tx + j) + oj) * K + k0, o[i][j], m);
         }
       }
     }
@@ -408,17 +349,23 @@ void fused_pass(const at::Tensor& x, const at::Tensor& vp, at::Tensor& y, int64_
   });
 }
 
-// One group of the backward pass to the input of the 4x4 stride-2 convolution: tiles [t0, t0 +
-// count) of `dy`'s tiling `g`, the four parities one after another (`vp`: their filters, (4, 9,
-// K/2, C) pairs).
+// The backward pass to the input of the 4x4 stride-2 convolution (padding 1), one parity (a, b)
+// of the input's pixels at a time: dx[2I + a - 1, 2J + b - 1] = Σ_{p, q} dy[I - p, J - q] ·
+// w[:, :, 2p + a, 2q + b], for each (a, b) a stride-1 2x2 correlation of `dy` with the filters
+// flipped, by F(2x2, 2x2). Tile (ty, tx) of `dy`'s tiling in 2 x 2 is the input's 4 x 4 block
+// from (4ty, 4tx): parity (a, b) gives its pixels (4ty + 2i + 1 - a, 4tx + 2j + 1 - b), i, j < 2,
+// from the 3 x 3 patch of `dy` from (2ty - a, 2tx - b) (zero outside): `patch_tiles` with P = a,
+// Q = b, then `output_transform` with step 2 and offsets (1 - a, 1 - b). Here one group: tiles
+// [t0, t0 + count) of `dy`'s tiling `g`, the four parities one after another (`vp`: their
+// filters, (4, 9, K/2, C) pairs).
 SELFSUP_NATIVE_BF16 void up_group(const uint16_t* dy, int64_t K, const uint32_t* vp, int64_t C,
                                   Tiles g, int64_t t0, int64_t count, int64_t group, uint16_t* u,
                                   float* mb, uint16_t* dx) {
   for (int64_t ab = 0; ab < 4; ++ab) {
     const int64_t a = ab / 2, b = ab % 2;
-    up_transform(dy, K, g, a, b, t0, count, group, u);
+    patch_tiles<2, 2, 3>(dy, K, g, a, b, t0, count, group, u);
     group_products(9, u, K, vp + ab * 9 * (K / 2) * C, C, count, group, mb);
-    up_output(mb, C, g, a, b, t0, count, group, dx);
+    output_transform<2, 2>(mb, C, g, t0, count, group, dx, 2, 1 - a, 1 - b);
   }
 }
 
@@ -449,7 +396,7 @@ template <int M, int R, typename In, typename U>
 SELFSUP_NATIVE_BF16 SELFSUP_INLINE void grad_transform(const In* dy, int64_t K, Tiles g,
                                                        int64_t t0, int64_t count, int64_t group,
                                                        U* v) {
-  patch_tiles<M, R, M, 0>(dy, K, g, t0, count, group, v);
+  patch_tiles<M, R, M>(dy, K, g, 0, 0, t0, count, group, v);
 }
 
 // The bfloat16 rows `plain` (points, group, n) of `count` tiles as pairs of tiles, `pairs`

@@ -346,8 +346,8 @@ pub fn plan_bf16(r: i64, c: i64, k: i64, h: i64, w: i64) -> Plan {
 
 /// The passes of a 4×4 convolution with stride 2 and padding 1 from `c` to `k` channels at an
 /// `h × w` input that run by F(2×2, 2×2) on the space-to-depth form ([`conv_down_winograd`])
-/// on a CPU with AVX-512 (`avx512`) or without; the backward pass to the input is always
-/// libtorch's.
+/// on a CPU with AVX-512 (`avx512`) or without, in float; the backward pass to the input is
+/// always libtorch's there (bf16: [`plan_down_bf16`]).
 ///
 /// Measured as [`plan`] (`winograd_probe`, 2 cores of an AMD EPYC Zen 3, fp32 channels-last,
 /// batch 128; `bench/README.md`, "The discriminator's 4×4 stride-2 convolutions by Winograd"),
