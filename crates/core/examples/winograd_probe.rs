@@ -2,9 +2,10 @@
 //! unless set) by libtorch (oneDNN) and by selfsup's Winograd F(2×2, r×r) and F(4×4, r×r) (1×1:
 //! matrix products; `selfsup_core::encoders::conv`), at the layer shapes of ResNet-18 (CIFAR
 //! stem), the NIN-192, the cpu profiles' AlexNet-24 and NINs, the ImageNet AlexNet's 13×13
-//! layers: the measurements behind [`selfsup_core::encoders::conv::plan`]; then the forward pass and the backward pass to the
-//! weights of the 4×4 stride-2 convolutions of the context encoder's discriminator, by oneDNN
-//! and by F(2×2, 2×2) on the space-to-depth form (`conv_down_winograd`, [`selfsup_core::encoders::conv::plan_down`]).
+//! layers: the measurements behind [`selfsup_core::encoders::conv::plan`]; then the forward
+//! pass and the backward pass to the weights of the 4×4 stride-2 convolutions of the context
+//! encoder's discriminator, by oneDNN and by F(2×2, 2×2) on the space-to-depth form
+//! (`conv_down_winograd`, [`selfsup_core::encoders::conv::plan_down`]).
 //! Milliseconds, medians of 7 calls after 2; the backward passes timed alone on a kept graph.
 //!
 //! With KIND `bf16`: bfloat16 tensors, the 3×3 and 5×5 layers by oneDNN, by F(2×2, 3×3) in

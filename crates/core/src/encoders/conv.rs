@@ -409,10 +409,10 @@ pub fn plan_down_bf16(c: i64, k: i64, h: i64, w: i64) -> Plan {
 /// forward pass and the backward pass to the weights by F(2×2, 2×2) on the space-to-depth form
 /// of the input where `plan` says (`input`: in bf16 where the fused pass takes it, see
 /// [`plan_down_bf16`]; in float always libtorch's) and the others by libtorch, as one autograd
-/// function; `Ok(None)` when it does not take the convolution (no
-/// forward or weight pass in `plan`, not dense float CPU tensors nor bf16 ones (or autocast's
-/// bf16) the fused bf16 passes take ([`plan_down_bf16`]), oneDNN off, an odd side), `Err` with
-/// libtorch's message when it refuses the shapes.
+/// function; `Ok(None)` when it does not take the convolution (no pass in `plan` it takes, not
+/// dense float CPU tensors nor bf16 ones (or autocast's bf16) the fused bf16 passes take
+/// ([`plan_down_bf16`]), oneDNN off, an odd side), `Err` with libtorch's message when it
+/// refuses the shapes.
 ///
 /// # Shapes
 /// `xs`: `(N, C, H, W)`, NCHW or channels-last; `ws`: `(K, C, 4, 4)`; returns
@@ -1195,7 +1195,7 @@ mod tests {
         // with odd tile counts (3 × 5 outputs: tiles past the map's edge), input channels off
         // the blocks of 16 (the backward pass to the input then libtorch's), and the weight pass
         // alone. Seen on a Zen 4 (`winograd_probe -- 2 bf16`, batch 128): 4.6e-3 forward,
-        // 3.8-4.4e-3 to the weights, 4.5-4.6e-3 to the input, oneDNN 1.6-1.7e-3.
+        // 3.8-4.4e-3 to the weights, oneDNN 1.6-1.7e-3; here 4.4-4.7e-3 to the input.
         let direct =
             |x: &Tensor, w: &Tensor| x.conv2d(w, None::<&Tensor>, [2, 2], [1, 1], [1, 1], 1);
         let weight = Plan { weight: true, ..Plan::default() };
