@@ -500,6 +500,18 @@ void fused_weight_pass(const at::Tensor& x, const at::Tensor& dy, int64_t group,
   });
 }
 
+// Whether `big` (n, H, W, C) and `half` (n, H/2, W/2, K), NHWC, dense, bfloat16, and the
+// filters `vp` (36·C·K values, bfloat16, dense) have the shapes of the fused 4x4 stride-2
+// passes: the input and output of `fused_down`, the input's and output's gradients of `fused_up`
+// (the channels and the CPU are the callers' `*_takes`).
+bool down_shapes(const at::Tensor& big, const at::Tensor& half, const at::Tensor& vp) {
+  return big.dim() == 4 && half.dim() == 4 && big.is_contiguous() && half.is_contiguous() &&
+         vp.is_contiguous() && big.scalar_type() == at::kBFloat16 &&
+         half.scalar_type() == at::kBFloat16 && vp.scalar_type() == at::kBFloat16 &&
+         half.size(0) == big.size(0) && 2 * half.size(1) == big.size(1) &&
+         2 * half.size(2) == big.size(2) && vp.numel() == 36 * big.size(3) * half.size(3);
+}
+
 #endif
 
 }  // namespace
@@ -550,12 +562,8 @@ bool fused_down_takes(at::ScalarType kind, int64_t C, int64_t K, int64_t H, int6
 void fused_down(const at::Tensor& x, const at::Tensor& vp, at::Tensor& y) {
 #if defined(__x86_64__) && defined(__GNUC__)
   const int64_t C = x.size(3), K = y.size(3);
-  TORCH_CHECK(x.dim() == 4 && y.dim() == 4 && x.is_contiguous() && vp.is_contiguous() &&
-                  y.is_contiguous() && vp.scalar_type() == at::kBFloat16 &&
-                  y.scalar_type() == at::kBFloat16 &&
-                  fused_down_takes(x.scalar_type(), C, K, x.size(1), x.size(2)) &&
-                  y.size(0) == x.size(0) && 2 * y.size(1) == x.size(1) &&
-                  2 * y.size(2) == x.size(2) && vp.numel() == 9 * 4 * C * K,
+  TORCH_CHECK(down_shapes(x, y, vp) &&
+                  fused_down_takes(x.scalar_type(), C, K, x.size(1), x.size(2)),
               "fused 4x4 stride-2 convolution: input ", x.sizes(), " ", x.scalar_type(),
               ", filters ", vp.sizes(), ", output ", y.sizes());
   // Groups of 6 tiles (one block of the product kernel's rows): 64 -> 128 at 16x16, batch 128,
@@ -573,12 +581,8 @@ bool fused_up_takes(at::ScalarType kind, int64_t C, int64_t K, int64_t H, int64_
 void fused_up(const at::Tensor& dy, const at::Tensor& vp, at::Tensor& dx) {
 #if defined(__x86_64__) && defined(__GNUC__)
   const int64_t C = dx.size(3), K = dy.size(3);
-  TORCH_CHECK(dy.dim() == 4 && dx.dim() == 4 && dy.is_contiguous() && vp.is_contiguous() &&
-                  dx.is_contiguous() && vp.scalar_type() == at::kBFloat16 &&
-                  dx.scalar_type() == at::kBFloat16 &&
-                  fused_up_takes(dy.scalar_type(), C, K, dx.size(1), dx.size(2)) &&
-                  dx.size(0) == dy.size(0) && dx.size(1) == 2 * dy.size(1) &&
-                  dx.size(2) == 2 * dy.size(2) && vp.numel() == 4 * 9 * K * C,
+  TORCH_CHECK(down_shapes(dx, dy, vp) &&
+                  fused_up_takes(dy.scalar_type(), C, K, dx.size(1), dx.size(2)),
               "fused 4x4 stride-2 backward pass to the input: gradient ", dy.sizes(), " ",
               dy.scalar_type(), ", filters ", vp.sizes(), ", input ", dx.sizes());
   // Groups of 6 tiles, as the forward pass's: 12, 24 and 48 no faster at 64 -> 128 on 16x16 or
