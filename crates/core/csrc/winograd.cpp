@@ -12,7 +12,9 @@
 // rounding error (their transforms' entries reach 8 and 21/4, and 1/90 in G). The input and
 // output transforms are loops over the tiles (libtorch's threads), each tile's α x α patch read
 // once from the NHWC activations and written once to `(α², T, C)` (and back), eight channels at a
-// time; the filter transform is a matrix product with a Kronecker matrix. Backward:
+// time; the filter transform is a matrix product with a Kronecker matrix, or, for F(2x2, 3x3),
+// a loop over the filters as they lie in memory writing the layout the products take
+// (`filter_tiles_3`; its inverse for the weight gradient, `filter_grad_3`). Backward:
 // - to the input: the same forward with the filters flipped and transposed (a stride-1
 //   convolution padded by (r - 1) / 2 has one as its transpose);
 // - to the weights: with `Y = Aᵀ (Q ⊙ Z) A`, Q = G g Gᵀ, Z = Bᵀ d B, the gradient is
@@ -70,6 +72,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 
 #include "elementwise.h"
 #include "conv_passes.h"
@@ -177,11 +180,15 @@ SELFSUP_INLINE v8 load8(const uint16_t* p, int64_t n) {
   }
   return reinterpret_cast<v8>(__builtin_convertvector(h, w8) << 16);
 }
-SELFSUP_INLINE void store8(uint16_t* p, const v8& v, int64_t n) {
+// The bfloat16 bits of `v`'s values in the low halves of 32-bit lanes.
+SELFSUP_INLINE w8 bf16_bits(const v8& v) {
   const w8 u = reinterpret_cast<w8>(v);
   const w8 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
   const w8 nan = (u & 0x7fffffffu) > 0x7f800000u;  // all ones where NaN
-  const h8 h = __builtin_convertvector((rounded & ~nan) | (nan & 0x7fc0u), h8);
+  return (rounded & ~nan) | (nan & 0x7fc0u);
+}
+SELFSUP_INLINE void store8(uint16_t* p, const v8& v, int64_t n) {
+  const h8 h = __builtin_convertvector(bf16_bits(v), h8);
   if (n == 8) {
     *reinterpret_cast<h8*>(p) = h;
   } else {
@@ -338,6 +345,176 @@ SELFSUP_CLONES void down_input_tiles(const float* x, int64_t C, Tiling g, float*
   }
 }
 
+// A (K, C, 3, 3) view of 3x3 filters as the filter loops read and write them: element (k, c, i,
+// j) at `k sk + c sc + i si + j sj` from the first (strides in elements; negative where the
+// view flips the taps).
+struct FilterView {
+  int64_t K, C, sk, sc, si, sj;
+};
+
+// `n` <= 8 values `stride` elements apart from `p`, narrowed and rounded where bfloat16 (the
+// filter gradient's writes into NCHW filters).
+template <typename E>
+SELFSUP_INLINE void store_strided8(E* p, int64_t stride, const v8& v, int64_t n) {
+  if (stride == 1) return store8(p, v, n);
+  E lanes[8];
+  store8(lanes, v, 8);
+  for (int64_t l = 0; l < n; ++l) p[l * stride] = lanes[l];
+}
+
+// G g Gᵀ of F(2x2, 3x3) for output channels [k0, k0 + n) of the filter view `f` at input channel
+// c, its output channels contiguous (`f.sk` = 1: one load a tap).
+template <typename E>
+SELFSUP_INLINE void filter_tile8(const E* w, FilterView f, int64_t k0, int64_t n, int64_t c,
+                                 v8 (&v)[4][4]) {
+  v8 g[3][3];
+#pragma GCC unroll 3
+  for (int i = 0; i < 3; ++i) {
+#pragma GCC unroll 3
+    for (int j = 0; j < 3; ++j) g[i][j] = load8(w + k0 + c * f.sc + i * f.si + j * f.sj, n);
+  }
+  transform(Points<2, 3>::G, g, v);
+}
+
+// The blocks of the filter loops: input channels and output channels a block, a block's values
+// staying in the first-level cache (their taps read, their transformed rows written).
+constexpr int64_t kFilterBlockC = 16, kFilterBlockK = 32;
+
+// Runs `block(src, b, k, c)` over the blocks of input channels [c0, c1) (kFilterBlockC apart, so
+// pairs of channels stay together) and every kFilterBlockK output channels of the view `f` of
+// `w`: `b` the block's view over `src` (its K and C the block's), output channels contiguous, as
+// the loops' lanes take them: `w` itself where its output channels are (the backward pass's
+// transposed view of a channels-last filter), else a copy of the block's taps transposed into
+// a buffer (a filter's output channels are its outermost dimension: read lane by lane, eight
+// values each a cache line apart, the loads stalled: at ResNet-18's 512 x 512 filters, 1.07% of
+// a bf16 SimCLR run's CPU samples on a Zen 4 against 0.75% through the buffer).
+template <typename E, typename Block>
+SELFSUP_INLINE void filter_blocks(const E* w, FilterView f, int64_t c0, int64_t c1, Block block) {
+  E stage[kFilterBlockC * 9 * kFilterBlockK];
+  for (int64_t cb = c0; cb < c1; cb += kFilterBlockC) {
+    const int64_t nc = std::min(kFilterBlockC, c1 - cb);
+    for (int64_t kb = 0; kb < f.K; kb += kFilterBlockK) {
+      const int64_t nk = std::min(kFilterBlockK, f.K - kb);
+      if (f.sk == 1) {
+        block(w + kb + cb * f.sc, FilterView{nk, nc, 1, f.sc, f.si, f.sj}, kb, cb);
+        continue;
+      }
+      for (int64_t k = 0; k < nk; ++k) {
+        for (int t = 0; t < 9; ++t) {
+          const E* src = w + (kb + k) * f.sk + cb * f.sc + t / 3 * f.si + t % 3 * f.sj;
+          for (int64_t c = 0; c < nc; ++c) stage[(c * 9 + t) * kFilterBlockK + k] = src[c * f.sc];
+        }
+      }
+      block(stage, FilterView{nk, nc, 1, 9 * kFilterBlockK, 3 * kFilterBlockK, kFilterBlockK}, kb,
+            cb);
+    }
+  }
+}
+
+// Input channels [c0, c1) of the transformed filters G g Gᵀ of F(2x2, 3x3) of the view `f` of
+// `w`, eight output channels at a time, in float on values widened from bfloat16 and rounded
+// once on the way out: into `v` (16, C, K), dense.
+template <typename E>
+SELFSUP_INLINE void filter_tiles_body(const E* w, FilterView f, E* v, int64_t c0, int64_t c1) {
+  v8 t[4][4];
+  filter_blocks(w, f, c0, c1, [&](const E* src, FilterView b, int64_t kb, int64_t cb) {
+    for (int64_t k0 = 0; k0 < b.K; k0 += 8) {
+      const int64_t n = std::min<int64_t>(8, b.K - k0);
+      for (int64_t c = 0; c < b.C; ++c) {
+        filter_tile8(src, b, k0, n, c, t);
+        E* out = v + (cb + c) * f.K + kb + k0;
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {
+#pragma GCC unroll 4
+          for (int j = 0; j < 4; ++j) store8(out + (i * 4 + j) * f.C * f.K, t[i][j], n);
+        }
+      }
+    }
+  });
+}
+
+// The same in bfloat16 for the fused passes (`fused_winograd_filters`' layout, C even): pairs
+// [c0, c1) of input channels into `v` (16, C/2, K, 2), each output channel's values at channels
+// 2i and 2i + 1 side by side, as `vdpbf16ps` pairs them.
+SELFSUP_INLINE void filter_pairs_body(const uint16_t* w, FilterView f, uint16_t* v, int64_t c0,
+                                      int64_t c1) {
+  typedef uint32_t w8u __attribute__((vector_size(32), aligned(4)));
+  v8 lo[4][4], hi[4][4];
+  const auto block = [&](const uint16_t* src, FilterView b, int64_t kb, int64_t cb) {
+    for (int64_t k0 = 0; k0 < b.K; k0 += 8) {
+      const int64_t n = std::min<int64_t>(8, b.K - k0);
+      for (int64_t c = 0; c < b.C; c += 2) {
+        filter_tile8(src, b, k0, n, c, lo);
+        filter_tile8(src, b, k0, n, c + 1, hi);
+        uint16_t* out = v + ((cb + c) / 2 * f.K + kb + k0) * 2;
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {
+#pragma GCC unroll 4
+          for (int j = 0; j < 4; ++j) {
+            const w8u pair = bf16_bits(lo[i][j]) | (bf16_bits(hi[i][j]) << 16);
+            uint16_t* row = out + (i * 4 + j) * f.C * f.K;
+            if (n == 8) {
+              *reinterpret_cast<w8u*>(row) = pair;
+            } else {
+              for (int64_t l = 0; l < n; ++l) std::memcpy(row + 2 * l, &pair[l], 4);
+            }
+          }
+        }
+      }
+    }
+  };
+  filter_blocks(w, f, 2 * c0, 2 * c1, block);
+}
+
+// Output channels [k0, k1) of the gradient Gᵀ p G of F(2x2, 3x3) filters from their transformed
+// sums `p` (16, K, C), float, dense, eight input channels at a time: into the view `f` of `dw`
+// (rounded once where bfloat16).
+template <typename E>
+SELFSUP_INLINE void filter_grad_body(const float* p, FilterView f, E* dw, int64_t k0,
+                                     int64_t k1) {
+  v8 t[4][4], g[3][3];
+  for (int64_t k = k0; k < k1; ++k) {
+    for (int64_t c0 = 0; c0 < f.C; c0 += 8) {
+      const int64_t n = std::min<int64_t>(8, f.C - c0);
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) t[i][j] = load8(p + ((i * 4 + j) * f.K + k) * f.C + c0, n);
+      }
+      transform_t(Points<2, 3>::G, t, g);
+#pragma GCC unroll 3
+      for (int i = 0; i < 3; ++i) {
+#pragma GCC unroll 3
+        for (int j = 0; j < 3; ++j) {
+          store_strided8(dw + k * f.sk + c0 * f.sc + i * f.si + j * f.sj, f.sc, g[i][j], n);
+        }
+      }
+    }
+  }
+}
+
+// The filter loops as plain functions compiled per instruction set (as the tile loops).
+SELFSUP_CLONES void filter_tiles_2_3(const float* w, FilterView f, float* v, int64_t c0,
+                                     int64_t c1) {
+  filter_tiles_body(w, f, v, c0, c1);
+}
+SELFSUP_CLONES void filter_tiles_bf16_2_3(const uint16_t* w, FilterView f, uint16_t* v,
+                                          int64_t c0, int64_t c1) {
+  filter_tiles_body(w, f, v, c0, c1);
+}
+SELFSUP_CLONES void filter_pairs_bf16_2_3(const uint16_t* w, FilterView f, uint16_t* v,
+                                          int64_t c0, int64_t c1) {
+  filter_pairs_body(w, f, v, c0, c1);
+}
+SELFSUP_CLONES void filter_grad_2_3(const float* p, FilterView f, float* dw, int64_t k0,
+                                    int64_t k1) {
+  filter_grad_body(p, f, dw, k0, k1);
+}
+SELFSUP_CLONES void filter_grad_bf16_2_3(const float* p, FilterView f, uint16_t* dw, int64_t k0,
+                                         int64_t k1) {
+  filter_grad_body(p, f, dw, k0, k1);
+}
+
 // A tile loop on elements `E` (float, or bfloat16 as its bits).
 template <typename E>
 using TileLoopOf = void (*)(const E*, int64_t, Tiling, E*, int64_t, int64_t);
@@ -438,10 +615,80 @@ at::Tensor filter_tiles_of(const at::Tensor& taps, int64_t m, int64_t r, int64_t
       .transpose(1, 2);
 }
 
-// `(α², C, K)`: the transformed filters G g Gᵀ of `w` (K, C, r, r) for F(m x m, r x r).
-at::Tensor filter_tiles(const at::Tensor& w, int64_t m) {
-  const int64_t K = w.size(0), C = w.size(1), r = w.size(2);
-  return filter_tiles_of(w.reshape({K * C, r * r}).t(), m, r, K, C);
+// The filter loops' view of `w` (K, C, 3, 3), any strides, and the offset of its first element:
+// as it is, or with `transposed`, the filters of the backward pass to the input, w'[c, k, i, j]
+// = w[k, c, 2 - i, 2 - j] (C, K, 3, 3), read in place (no flipped copy).
+std::pair<FilterView, int64_t> filter_view(const at::Tensor& w, bool transposed) {
+  const int64_t s0 = w.stride(0), s1 = w.stride(1), s2 = w.stride(2), s3 = w.stride(3);
+  if (transposed) return {FilterView{w.size(1), w.size(0), s1, s0, -s2, -s3}, 2 * (s2 + s3)};
+  return {FilterView{w.size(0), w.size(1), s0, s1, s2, s3}, 0};
+}
+
+// Input channels (or pairs of them) a thread's share holds at least: some 32k filter values,
+// so that the small networks' filters take one thread.
+int64_t filter_grain(int64_t per_item) { return std::max<int64_t>(1, 32768 / per_item); }
+
+// `(16, C', K')` in the type of `w` (K, C, 3, 3), any strides: the transformed filters G g Gᵀ of
+// F(2x2, 3x3), by the filter loops (as `filter_tiles_of`'s product did, in float, rounded once to
+// bfloat16; the filters and the transforms' layouts in one pass instead of a transposing copy, a
+// widening copy, the product, a rounding copy and the fused passes' packing copy: 23 ms a step
+// of ResNet-18's at batch 128 for the packing of the 256-channel layers alone on a Zen 4); with
+// `transposed` those of the backward pass to the input (C' = K, K' = C); with `pairs`
+// (bfloat16, C' even), in the fused passes' layout (16, C'/2, K', 2) (`fused_winograd_filters`).
+at::Tensor filter_tiles_3(const at::Tensor& w, bool transposed, bool pairs) {
+  const auto [f, first] = filter_view(w, transposed);
+  const bool bf16 = w.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(w.dim() == 4 && w.size(2) == 3 && w.size(3) == 3 &&
+                  (bf16 || w.scalar_type() == at::kFloat) && (!pairs || (bf16 && f.C % 2 == 0)),
+              "Winograd filters F(2x2, 3x3): ", w.sizes(), " ", w.scalar_type(),
+              pairs ? " in pairs of channels" : "");
+  at::Tensor v = pairs ? at::empty({16, f.C / 2, f.K, 2}, w.options())
+                       : at::empty({16, f.C, f.K}, w.options());
+  const int64_t items = pairs ? f.C / 2 : f.C;
+  at::parallel_for(0, items, filter_grain(9 * f.K * (pairs ? 2 : 1)), [&](int64_t c0, int64_t c1) {
+    if (!bf16) {
+      filter_tiles_2_3(w.data_ptr<float>() + first, f, v.data_ptr<float>(), c0, c1);
+    } else if (pairs) {
+      filter_pairs_bf16_2_3(selfsup::elements<uint16_t>(w) + first, f,
+                            selfsup::elements<uint16_t>(v), c0, c1);
+    } else {
+      filter_tiles_bf16_2_3(selfsup::elements<uint16_t>(w) + first, f,
+                            selfsup::elements<uint16_t>(v), c0, c1);
+    }
+  });
+  return v;
+}
+
+// `(α², C, K)`: the transformed filters G g Gᵀ of `w` (K, C, r, r) for F(m x m, r x r); with
+// `transposed`, those of the backward pass to the input (`w` flipped and transposed: C and K
+// swap).
+at::Tensor filter_tiles(const at::Tensor& w, int64_t m, bool transposed = false) {
+  if (m == 2 && w.size(2) == 3) return filter_tiles_3(w, transposed, false);
+  const at::Tensor wt = transposed ? w.flip({2, 3}).transpose(0, 1) : w;
+  const int64_t K = wt.size(0), C = wt.size(1), r = wt.size(2);
+  return filter_tiles_of(wt.reshape({K * C, r * r}).t(), m, r, K, C);
+}
+
+// The gradient (K, C, 3, 3) of F(2x2, 3x3) filters in `kind` and `format` from their transformed
+// sums `p` (16, K, C), float, dense: Gᵀ p G by the filter loops, written in place in the
+// filters' layout (rounded once to bfloat16), as `filter_grad_of_tiles`' product, permuting
+// copy, rounding copy and layout copy did in four passes.
+at::Tensor filter_grad_3(const at::Tensor& p, at::ScalarType kind, at::MemoryFormat format) {
+  const int64_t K = p.size(1), C = p.size(2);
+  TORCH_CHECK(p.dim() == 3 && p.size(0) == 16 && p.is_contiguous() &&
+                  p.scalar_type() == at::kFloat && (kind == at::kFloat || kind == at::kBFloat16),
+              "Winograd filter gradient F(2x2, 3x3): sums ", p.sizes(), " ", p.scalar_type(),
+              " into ", kind);
+  at::Tensor dw = at::empty({K, C, 3, 3}, p.options().dtype(kind).memory_format(format));
+  const FilterView f = filter_view(dw, false).first;
+  at::parallel_for(0, K, filter_grain(9 * C), [&](int64_t k0, int64_t k1) {
+    if (kind == at::kFloat) {
+      filter_grad_2_3(p.data_ptr<float>(), f, dw.data_ptr<float>(), k0, k1);
+    } else {
+      filter_grad_bf16_2_3(p.data_ptr<float>(), f, selfsup::elements<uint16_t>(dw), k0, k1);
+    }
+  });
+  return dw;
 }
 
 // Writes into `y` (n, m·th, m·tw, K), NHWC and dense, the output tiles Aᵀ p A of the products
@@ -513,16 +760,16 @@ at::Tensor filter_grad_of_tiles(const at::Tensor& p, int64_t m, int64_t r) {
   return transforms(m, r).kG.t().mm(p.view({a * a, K * C})).view({r, r, K, C});
 }
 
-// The gradient (r, r, K, C) of an r x r filter by F(m x m, r x r), given `dy` (N, K, Ho, Wo)
-// and the transformed input patches (α², T, C) from `patches` as in `tiled_forward`: the sum
-// over the pieces' tiles of (A dY Aᵀ)_ξᵀ (K, T) · U_ξ (T, C), piece after piece, then Gᵀ · G.
+// The transformed gradient sums (α², K, C), float, of an r x r filter by F(m x m, r x r), given
+// `dy` (N, K, Ho, Wo) and the transformed input patches (α², T, C) from `patches` as in
+// `tiled_forward`: the sum over the pieces' tiles of (A dY Aᵀ)_ξᵀ (K, T) · U_ξ (T, C), piece
+// after piece; the caller takes them back through G (`filter_grad_of_tiles`, `filter_grad_3`).
 // Channels last (K, then C innermost, as a channels-last filter holds them), so that the
 // filter's gradient is copied out in runs of C values (a (C, K) order took 2.1 ms to copy into
 // a 256 x 128 x 4 x 4 channels-last filter on the model-207 Xeon, 0.17 ms from this one).
-// bfloat16: each piece's products (fp32 sums, rounded once) added in float, the gradient in
-// float; the caller rounds it to the filters' type.
+// bfloat16: each piece's products (fp32 sums, rounded once) added in float.
 template <typename Patches>
-at::Tensor tiled_weight_grad(int64_t m, int64_t r, int64_t C, const at::Tensor& dy,
+at::Tensor tiled_weight_sums(int64_t m, int64_t r, int64_t C, const at::Tensor& dy,
                              Patches patches) {
   const int64_t N = dy.size(0), K = dy.size(1), a = m + r - 1;
   const bool bf16 = dy.scalar_type() == at::kBFloat16;
@@ -541,10 +788,10 @@ at::Tensor tiled_weight_grad(int64_t m, int64_t r, int64_t C, const at::Tensor& 
       }
     }
   }
-  return filter_grad_of_tiles(p, m, r);
+  return p;
 }
 
-// `patches(n0, n)` for `tiled_forward` and `tiled_weight_grad`: the transformed input patches
+// `patches(n0, n)` for `tiled_forward` and `tiled_weight_sums`: the transformed input patches
 // of images [n0, n0 + n) of `x` for F(m x m, r x r) (`x` outlives the pass).
 auto input_patches(const at::Tensor& x, int64_t m, int64_t r) {
   return [&x, m, r](int64_t n0, int64_t n) { return input_tiles(x.narrow(0, n0, n), m, r); };
@@ -552,27 +799,31 @@ auto input_patches(const at::Tensor& x, int64_t m, int64_t r) {
 
 // The convolution of `x` (N, C, H, W) with `w` (K, C, r, r), padding (r - 1) / 2, by the fused
 // F(m x m, r x r) of `winograd_fused.cpp`, in `format` (channels-last: in place; NCHW: through
-// NHWC copies of the input and the output). The whole batch at once: its temporaries are a
-// group of tiles a thread.
+// NHWC copies of the input and the output); with `transposed`, with the flipped and transposed
+// filters of `w` (C, K, r, r): the backward pass to the input. The whole batch at once: its
+// temporaries are a group of tiles a thread.
 at::Tensor forward_fused(const at::Tensor& x, const at::Tensor& w, int64_t m,
-                         at::MemoryFormat format) {
-  const at::Tensor vp = selfsup::fused_winograd_filters(filter_tiles(w, m));
-  at::Tensor y = at::empty({x.size(0), x.size(2), x.size(3), w.size(0)}, x.options());
+                         at::MemoryFormat format, bool transposed) {
+  const bool pairs = m == 2 && x.scalar_type() == at::kBFloat16;
+  const at::Tensor vp = pairs ? filter_tiles_3(w, transposed, true)
+                              : selfsup::fused_winograd_filters(filter_tiles(w, m, transposed));
+  const int64_t K = w.size(transposed ? 1 : 0);
+  at::Tensor y = at::empty({x.size(0), x.size(2), x.size(3), K}, x.options());
   selfsup::fused_winograd(nhwc(x), vp, m, y);
   const at::Tensor out = y.permute({0, 3, 1, 2});
   return format == at::MemoryFormat::ChannelsLast ? out : out.contiguous();
 }
 
 // The convolution of `x` (N, C, H, W) with `w` (K, C, r, r), padding (r - 1) / 2, by
-// F(m x m, r x r).
+// F(m x m, r x r); with `transposed`, with the flipped and transposed filters of `w` (the
+// backward pass to the input).
 at::Tensor forward_winograd(const at::Tensor& x, const at::Tensor& w, int64_t m,
-                            at::MemoryFormat format) {
-  const int64_t r = w.size(2);
-  if (selfsup::fused_winograd_takes(x.scalar_type(), m, r, x.size(1), w.size(0), x.size(2),
-                                    x.size(3))) {
-    return forward_fused(x, w, m, format);
+                            at::MemoryFormat format, bool transposed = false) {
+  const int64_t r = w.size(2), K = w.size(transposed ? 1 : 0);
+  if (selfsup::fused_winograd_takes(x.scalar_type(), m, r, x.size(1), K, x.size(2), x.size(3))) {
+    return forward_fused(x, w, m, format, transposed);
   }
-  return tiled_forward(m, r, x.size(0), x.size(2), x.size(3), filter_tiles(w, m),
+  return tiled_forward(m, r, x.size(0), x.size(2), x.size(3), filter_tiles(w, m, transposed),
                        input_patches(x, m, r), format);
 }
 
@@ -619,8 +870,10 @@ at::Tensor weight_grad_winograd(const at::Tensor& x, const at::Tensor& dy, int64
                                 at::MemoryFormat format) {
   const bool fused = selfsup::fused_winograd_weight_takes(x.scalar_type(), m, r, x.size(1),
                                                           dy.size(1), x.size(2), x.size(3));
-  return (fused ? filter_grad_of_tiles(selfsup::fused_winograd_weight(nhwc(x), nhwc(dy), m), m, r)
-                : tiled_weight_grad(m, r, x.size(1), dy, input_patches(x, m, r)))
+  const at::Tensor sums = fused ? selfsup::fused_winograd_weight(nhwc(x), nhwc(dy), m)
+                                : tiled_weight_sums(m, r, x.size(1), dy, input_patches(x, m, r));
+  if (m == 2 && r == 3) return filter_grad_3(sums, x.scalar_type(), format);
+  return filter_grad_of_tiles(sums, m, r)
       .permute({2, 3, 0, 1})
       .to(x.scalar_type())
       .contiguous(format);
@@ -694,8 +947,9 @@ at::Tensor weight_grad_down(const at::Tensor& x, const at::Tensor& dy, at::Memor
   // gradient's `phase_view` in `format` (channels-last: its memory order).
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   const at::Tensor sums =
-      bf16 ? filter_grad_of_tiles(selfsup::fused_down_weight(nhwc(x), nhwc(dy)), 2, 2)
-           : tiled_weight_grad(2, 2, 4 * C, dy, patches);
+      filter_grad_of_tiles(bf16 ? selfsup::fused_down_weight(nhwc(x), nhwc(dy))
+                                : tiled_weight_sums(2, 2, 4 * C, dy, patches),
+                           2, 2);
   const at::Tensor gw = sums.view({2, 2, K, 2, 2, C});
   at::Tensor out = at::empty({K, C, 4, 4}, dy.options().memory_format(format));
   phase_view(out).copy_(gw.permute({2, 0, 3, 1, 4, 5}));
@@ -753,8 +1007,11 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
     at::Tensor dx, dw;
     const int64_t r = w.size(2), st = stride_of(r), p = padding_of(r);
     if (want_x && plan.input) {
-      dx = r == 4 ? input_grad_down(dy, w, format)
-                  : fast_forward(dy, w.flip({2, 3}).transpose(0, 1), plan.tile(), format);
+      // The flipped and transposed filters read in place (1x1: a view; 3x3, 5x5: the filter
+      // transform reads them so, or copies them for the product).
+      dx = r == 4   ? input_grad_down(dy, w, format)
+           : r == 1 ? forward_pointwise(dy, w.transpose(0, 1), format)
+                    : forward_winograd(dy, w, plan.tile(), format, true);
     }
     if (want_w && plan.weight) {
       const at::MemoryFormat w_format = w.suggest_memory_format();

@@ -19,6 +19,9 @@ template <>
 struct Points<2, 3> {
   static constexpr float BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
   static constexpr float AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+  // G (α x r), as `winograd.cpp`'s `Transforms` has it: the filter loops' constants (its
+  // entries are 0, ±1/2 and 1, so G g Gᵀ and Gᵀ p G in float are sums of exactly scaled terms).
+  static constexpr float G[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
 };
 template <>
 struct Points<2, 5> {
