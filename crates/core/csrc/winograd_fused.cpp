@@ -428,12 +428,12 @@ SELFSUP_NATIVE_BF16 void pair_tiles(const uint16_t* plain, int64_t points, int64
 }
 
 // One group's terms of the transformed weight gradient: `dw` (α², K, C) += Σ over the group's
-// tiles of v_ξ[t]ᵀ u_ξ[t], from `v` (α², group, K) and `u` (α², group, C), plain (float: `terms`
-// tiles a position) or as pairs of tiles (bfloat16: `terms` pairs).
+// tiles of v_ξ[t]ᵀ u_ξ[t] (`add` false: `dw` =), from `v` (α², group, K) and `u` (α², group,
+// C), plain (float: `terms` tiles a position) or as pairs of tiles (bfloat16: `terms` pairs).
 template <typename U>
 SELFSUP_NATIVE_BF16 SELFSUP_INLINE void weight_products(int64_t points, const U* v, int64_t K,
                                                         const U* u, int64_t C, int64_t terms,
-                                                        int64_t group, float* dw) {
+                                                        int64_t group, bool add, float* dw) {
   for (int64_t xi = 0; xi < points; ++xi) {
     // A position's rows of pairs (bfloat16) or of floats, `K` (`C`) steps a term.
     const auto* vx = reinterpret_cast<const Step<U>*>(v + xi * group * K);
@@ -442,7 +442,7 @@ SELFSUP_NATIVE_BF16 SELFSUP_INLINE void weight_products(int64_t points, const U*
     for (int64_t k0 = 0; k0 < K; k0 += kRows) {
       for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
         product_kernel(std::min<int64_t>(kRows, K - k0), std::min<int64_t>(C - c0, kBlock) / 16,
-                       vx + k0, K, 1, ux + c0, C, terms, true, dx + k0 * C + c0, C);
+                       vx + k0, K, 1, ux + c0, C, terms, add, dx + k0 * C + c0, C);
       }
     }
   }
@@ -450,12 +450,12 @@ SELFSUP_NATIVE_BF16 SELFSUP_INLINE void weight_products(int64_t points, const U*
 
 // One group of the weight pass: the input's and the gradient's transformed tiles
 // [t0, t0 + count) of the output's tiling `g`, then their products added into `dw` (α², K, C')
-// (C' = C, or 4C with `Down`). bfloat16: transformed into `plain` rows, then paired into `u` and
-// `v`.
+// (C' = C, or 4C with `Down`; `add` false: written over it). bfloat16: transformed into `plain`
+// rows, then paired into `u` and `v`.
 template <int M, int R, bool Down, typename E, typename U>
 SELFSUP_NATIVE_BF16 void weight_group(const E* x, int64_t C, const E* dy, int64_t K, Tiles g,
                                       int64_t t0, int64_t count, int64_t group, U* u, U* v,
-                                      U* plain, float* dw) {
+                                      U* plain, bool add, float* dw) {
   constexpr int A = M + R - 1;
   const int64_t Cu = Down ? 4 * C : C;
   if constexpr (std::is_same<U, uint16_t>::value) {
@@ -463,17 +463,18 @@ SELFSUP_NATIVE_BF16 void weight_group(const E* x, int64_t C, const E* dy, int64_
     pair_tiles(plain, A * A, count, group, Cu, u);
     grad_transform<M, R>(dy, K, g, t0, count, group, plain);
     pair_tiles(plain, A * A, count, group, K, v);
-    weight_products(A * A, v, K, u, Cu, (count + 1) / 2, group, dw);
+    weight_products(A * A, v, K, u, Cu, (count + 1) / 2, group, add, dw);
   } else {
     pass_input<M, R, Down>(x, C, g, t0, count, group, u);
     grad_transform<M, R>(dy, K, g, t0, count, group, v);
-    weight_products(A * A, v, K, u, Cu, count, group, dw);
+    weight_products(A * A, v, K, u, Cu, count, group, add, dw);
   }
 }
 
-// The weight pass over every group of `g`'s tiles (`group` of them, even: bfloat16 pairs them), in `chunks` fixed
-// runs of groups, each summing into its own `(α², K, C)` slice of `parts` (zeroed); libtorch's
-// threads take the chunks.
+// The weight pass over every group of `g`'s tiles (`group` of them, even: bfloat16 pairs them),
+// in `chunks` fixed runs of groups, each summing into its own `(α², K, C)` slice of `parts`
+// (written over by its first group, zeroed where it has none: not zeroed first, 32 MB at
+// ResNet-18's 256-channel layers' 8 chunks); libtorch's threads take the chunks.
 template <int M, int R, bool Down, typename E, typename U>
 void fused_weight_pass(const at::Tensor& x, const at::Tensor& dy, int64_t group, int64_t chunks,
                        at::Tensor& parts) {
@@ -491,10 +492,12 @@ void fused_weight_pass(const at::Tensor& x, const at::Tensor& dy, int64_t group,
     const auto plain = std::make_unique<U[]>(paired ? A * A * group * std::max(Cu, K) : 1);
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       float* dw = out + chunk * A * A * K * Cu;
-      for (int64_t gi = groups * chunk / chunks; gi < groups * (chunk + 1) / chunks; ++gi) {
+      const int64_t first = groups * chunk / chunks, end = groups * (chunk + 1) / chunks;
+      if (first == end) std::fill(dw, dw + A * A * K * Cu, 0.0f);
+      for (int64_t gi = first; gi < end; ++gi) {
         const int64_t t0 = gi * group, count = std::min(group, g.count() - t0);
         weight_group<M, R, Down>(in, C, grad, K, g, t0, count, group, u.get(), v.get(),
-                                 plain.get(), dw);
+                                 plain.get(), gi != first, dw);
       }
     }
   });
@@ -536,7 +539,7 @@ at::Tensor fused_winograd_weight(const at::Tensor& x, const at::Tensor& dy, int6
   // on the thread count.
   const int64_t part = a * a * K * C * 4;
   const int64_t chunks = std::clamp<int64_t>(piece_bytes().load() / part, 2, 8);
-  at::Tensor parts = at::zeros({chunks, a * a, K, C}, x.options().dtype(at::kFloat));
+  at::Tensor parts = at::empty({chunks, a * a, K, C}, x.options().dtype(at::kFloat));
   // Tiles a group: each group adds into the whole (α², K, C) sums of its chunk, so the larger
   // the sums, the more tiles a group. bfloat16, batch 128, weight pass ms (2 cores of a Zen 4,
   // `winograd_probe`; groups of 32 / 64 / 128 / 256): 64 -> 64 at 32x32 19.8 / 19.1 / 18.5 /
@@ -613,7 +616,7 @@ at::Tensor fused_down_weight(const at::Tensor& x, const at::Tensor& dy) {
   const int64_t part = 9 * K * C4 * 4;
   const int64_t chunks =
       std::clamp<int64_t>(std::min(piece_bytes().load() / part, tiles / 1024), 2, 8);
-  at::Tensor parts = at::zeros({chunks, 9, K, C4}, x.options().dtype(at::kFloat));
+  at::Tensor parts = at::empty({chunks, 9, K, C4}, x.options().dtype(at::kFloat));
   // Groups of 128 tiles: 128 and 256 alike in 2 chunks (above), 512 at 128 -> 256 on 8x8 9.4 ms
   // (one group: one thread of two idle).
   fused_weight_pass<2, 2, true, uint16_t, uint16_t>(x, dy, 128, chunks, parts);
