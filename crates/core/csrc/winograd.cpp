@@ -82,15 +82,16 @@
 
 namespace {
 
-// The filter transform of F(m, r), m = 2 with r = 2, 3 or 5, m = 4 with r = 3 or 5 (α = m + r - 1
+// The filter transform of F(m, r), m = 2 with r = 2 or 5, m = 4 with r = 3 or 5 (α = m + r - 1
 // points: 0, ±1, then ±2, then ±1/2, and ∞; for F(2, 2): 0, 1 and ∞), as a Kronecker product for
-// row-major vec: vec(G g Gᵀ) = kG vec(g) (α² x r²); Bᵀ and Aᵀ are `Points` below. F(2x2, 3x3)
-// and F(4x4, 3x3) are Lavin & Gray's; F(2x2, 5x5) and F(4x4, 5x5) the Cook-Toom construction
-// over the same points as their F(4x4, 3x3) and as F(6x6, 3x3) (α = 6 and 8: their Bᵀ are
-// those), derived exactly (rational arithmetic) with Aᵀ[i][j] = p_jⁱ, G[j][k] = p_jᵏ / Π_l≠j (p_j
-// - p_l), the first rows of G and Bᵀ of F(4, 5) negated together; F(2x2, 2x2) is
-// y0 = (d0 - d1) g0 + d1 (g0 + g1), y1 = d1 (g0 + g1) + (d2 - d1) g1. All checked against the
-// direct convolution by the tests.
+// row-major vec: vec(G g Gᵀ) = kG vec(g) (α² x r²); Bᵀ and Aᵀ are `Points` below. F(2x2, 3x3)'s
+// G is `Points<2, 3>::G`, which the filter loops take instead (`filter_tiles_3`,
+// `filter_grad_3`). F(2x2, 3x3) and F(4x4, 3x3) are Lavin & Gray's; F(2x2, 5x5) and F(4x4, 5x5)
+// the Cook-Toom construction over the same points as their F(4x4, 3x3) and as F(6x6, 3x3) (α = 6
+// and 8: their Bᵀ are those), derived exactly (rational arithmetic) with Aᵀ[i][j] = p_jⁱ,
+// G[j][k] = p_jᵏ / Π_l≠j (p_j - p_l), the first rows of G and Bᵀ of F(4, 5) negated together;
+// F(2x2, 2x2) is y0 = (d0 - d1) g0 + d1 (g0 + g1), y1 = d1 (g0 + g1) + (d2 - d1) g1. All checked
+// against the direct convolution by the tests.
 struct Transforms {
   at::Tensor kG;
   Transforms(int64_t m, int64_t r) {
@@ -116,10 +117,9 @@ struct Transforms {
               .view({8, 5});
     } else if (r == 2) {
       G = at::tensor({1.0, 0.0, 1.0, 1.0, 0.0, 1.0}, f).view({3, 2});
-    } else if (r == 3) {
-      G = at::tensor({1.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5, -0.5, 0.5, 0.0, 0.0, 1.0}, f).view({4, 3});
     } else {
-      TORCH_CHECK(r == 5, "Winograd convolution: ", r, "x", r, " filters (2x2, 3x3 or 5x5 only)");
+      TORCH_CHECK(r == 5, "Winograd convolution: F(2x2, ", r, "x", r,
+                  ") as a product (2x2 or 5x5; 3x3 by the filter loops)");
       const double s = 1.0 / 6, t = 1.0 / 24, u = 1.0 / 12, v = 1.0 / 3;
       G = at::tensor({0.25, 0.0, 0.0, 0.0, 0.0,  //
                       -s,   -s,  -s,  -s,  -s,   //
@@ -135,9 +135,10 @@ struct Transforms {
 };
 
 const Transforms& transforms(int64_t m, int64_t r) {
-  static const Transforms t2(2, 2), t3(2, 3), t5(2, 5), t43(4, 3), t45(4, 5);
+  static const Transforms t2(2, 2), t5(2, 5), t43(4, 3), t45(4, 5);
+  TORCH_CHECK(m == 4 || r != 3, "Winograd convolution: F(2x2, 3x3)'s filters by the loops");
   if (m == 4) return r == 3 ? t43 : t45;
-  return r == 2 ? t2 : r == 3 ? t3 : t5;
+  return r == 2 ? t2 : t5;
 }
 
 // Tiles of one side: ceil(side / m).
@@ -636,12 +637,13 @@ int64_t filter_grain(int64_t per_item) { return std::max<int64_t>(1, 32768 / per
 // `transposed` those of the backward pass to the input (C' = K, K' = C); with `pairs`
 // (bfloat16, C' even), in the fused passes' layout (16, C'/2, K', 2) (`fused_winograd_filters`).
 at::Tensor filter_tiles_3(const at::Tensor& w, bool transposed, bool pairs) {
-  const auto [f, first] = filter_view(w, transposed);
   const bool bf16 = w.scalar_type() == at::kBFloat16;
   TORCH_CHECK(w.dim() == 4 && w.size(2) == 3 && w.size(3) == 3 &&
-                  (bf16 || w.scalar_type() == at::kFloat) && (!pairs || (bf16 && f.C % 2 == 0)),
+                  (bf16 || w.scalar_type() == at::kFloat) &&
+                  (!pairs || (bf16 && w.size(transposed ? 0 : 1) % 2 == 0)),
               "Winograd filters F(2x2, 3x3): ", w.sizes(), " ", w.scalar_type(),
               pairs ? " in pairs of channels" : "");
+  const auto [f, first] = filter_view(w, transposed);
   at::Tensor v = pairs ? at::empty({16, f.C / 2, f.K, 2}, w.options())
                        : at::empty({16, f.C, f.K}, w.options());
   const int64_t items = pairs ? f.C / 2 : f.C;

@@ -428,8 +428,9 @@ SELFSUP_NATIVE_BF16 void pair_tiles(const uint16_t* plain, int64_t points, int64
 }
 
 // One group's terms of the transformed weight gradient: `dw` (α², K, C) += Σ over the group's
-// tiles of v_ξ[t]ᵀ u_ξ[t] (`add` false: `dw` =), from `v` (α², group, K) and `u` (α², group,
-// C), plain (float: `terms` tiles a position) or as pairs of tiles (bfloat16: `terms` pairs).
+// tiles of v_ξ[t]ᵀ u_ξ[t] (`add` false: written over `dw` instead), from `v` (α², group, K) and
+// `u` (α², group, C), plain (float: `terms` tiles a position) or as pairs of tiles (bfloat16:
+// `terms` pairs).
 template <typename U>
 SELFSUP_NATIVE_BF16 SELFSUP_INLINE void weight_products(int64_t points, const U* v, int64_t K,
                                                         const U* u, int64_t C, int64_t terms,
