@@ -133,18 +133,30 @@ impl Measure {
 }
 
 /// A counts file of either side (`{"steps": n, "ops": {name: calls}, "self_us": {name:
-/// microseconds}}`) as `measure` a step.
+/// microseconds}}`) as `measure` a step, keyed by [`key`].
 fn per_step(v: &Value, measure: Measure, what: &str) -> Result<BTreeMap<String, f64>> {
     let steps = v["steps"].as_u64().filter(|&n| n > 0);
     let steps = steps.with_context(|| format!("{what}: no counted steps"))? as f64;
     let (field, unit) = measure.field();
     let ops = v[field].as_object().with_context(|| format!("{what}: no `{field}` object"))?;
-    ops.iter()
-        .map(|(k, n)| {
-            let n = n.as_f64().with_context(|| format!("{what}: `{field}.{k}` is not a number"))?;
-            Ok((k.clone(), n * unit / steps))
-        })
-        .collect()
+    let mut out = BTreeMap::new();
+    for (k, n) in ops {
+        let n = n.as_f64().with_context(|| format!("{what}: `{field}.{k}` is not a number"))?;
+        *out.entry(key(k).to_string()).or_insert(0.0) += n * unit / steps;
+    }
+    Ok(out)
+}
+
+/// An operator's key without its trailing absent arguments: with `--shapes` the two sides list
+/// a factory's optional arguments to different lengths (selfsup's `RecordFunction` inputs
+/// `aten::empty [16] None None`, PyTorch's profiler `aten::empty [16] None None None`), which
+/// would show one operator as two.
+fn key(name: &str) -> &str {
+    let mut k = name;
+    while let Some(rest) = k.strip_suffix(" None") {
+        k = rest;
+    }
+    k
 }
 
 /// The operators whose `measure` a step differs most between `ours` and `theirs` (at least
@@ -265,6 +277,18 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn keys_drop_trailing_absent_arguments() {
+        assert_eq!(key("aten::empty [16] None None None"), "aten::empty [16]");
+        assert_eq!(key("aten::to BFloat16[2] None None"), "aten::to BFloat16[2]");
+        assert_eq!(key("aten::conv2d None [1, 1]"), "aten::conv2d None [1, 1]");
+        assert_eq!(key("aten::relu"), "aten::relu");
+        let v = json!({"steps": 2, "ops": {"aten::empty [16] None None": 4,
+                                            "aten::empty [16] None None None": 2}});
+        let m = per_step(&v, Measure::Calls, "test").unwrap();
+        assert_eq!(m.into_iter().collect::<Vec<_>>(), [("aten::empty [16]".to_string(), 3.0)]);
     }
 
     #[test]
