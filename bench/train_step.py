@@ -5,9 +5,10 @@ Runs the step described by a selfsup config file (the file `selfsup train --conf
 same benchmark): its `method`, `encoder`, `train.batch_size`, `train.optimizer`,
 `method_config`, `train.threads`, `train.channels_last` (network and batch in channels-last) and
 `train.precision` (`bf16`: the forward pass under `torch.autocast(device, torch.bfloat16)`).
-On CUDA `train.deterministic` is applied as selfsup applies it: true makes cuDNN deterministic
-with its autotuner off and TF32 off in cuDNN and cuBLAS; false turns the autotuner on and keeps
-PyTorch's defaults (TF32 in cuDNN convolutions, not in matmuls).
+On CUDA `train.deterministic` and `train.tf32` are applied as selfsup applies them: true makes
+cuDNN deterministic with its autotuner off, false turns the autotuner on; `tf32` (default
+`convolutions`, PyTorch's default) allows TF32 in cuDNN convolutions, `all` in matmuls too,
+`off` in neither.
 Each method's step is `reference/<method>.py`, written as a PyTorch user would write it with the
 same networks and losses; `--fused` gives its optimizers `fused=True`; `--compile` compiles the
 step's loss with `torch.compile` (inductor; the compilation falls in the untimed warm-up steps).
@@ -67,9 +68,13 @@ def main():
         det = train.get("deterministic", True)
         torch.backends.cudnn.deterministic = det
         torch.backends.cudnn.benchmark = not det
-        if det:
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
+        tf32 = train.get("tf32", "convolutions")
+        if tf32 not in ("off", "convolutions", "all"):
+            raise SystemExit(
+                f"train_step.py: {a.config}: train.tf32 = {tf32!r} is not off, convolutions or all"
+            )
+        torch.backends.cudnn.allow_tf32 = tf32 != "off"
+        torch.backends.cuda.matmul.allow_tf32 = tf32 == "all"
     else:
         torch.set_num_threads(train.get("threads") or os.cpu_count())
     torch.manual_seed(cfg.get("seed", 0))

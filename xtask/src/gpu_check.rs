@@ -6,13 +6,15 @@
 //! memory the process held (sampled from `nvidia-smi`) and the full protocol's pretraining time
 //! extrapolated from the steady epochs, against the issue's targets on one H100/H200 (RotNet's
 //! 200-epoch pretraining under 15 minutes; SimCLR ResNet-18 on CIFAR-10 under 5 s an epoch at
-//! batch 512). The variants ([`VARIANTS`], `--variants`, all three by default): `configured`,
-//! the paper config as it is (`train.deterministic = true`: cuDNN's deterministic algorithms,
-//! its autotuner and TF32 off, fp32: bit-reproducible on one GPU model), `tf32` (fp32 as
-//! configured, with PyTorch's CUDA defaults: autotuner, TF32 convolutions, and channels-last)
-//! and `fast` (autotuner and TF32 convolutions, bf16 autocast, channels-last); `--set
-//! KEY=VALUE` overrides more for all. Every run takes the CUDA path of training: batches
-//! prefetched to the device on a side stream (`selfsup_core::stage`), the fused optimizers.
+//! batch 512). The variants ([`VARIANTS`], `--variants`; `configured`, `tuned` and `fast` by
+//! default): `configured`, the paper config as it is (`train.deterministic = true`: cuDNN's
+//! deterministic algorithms with its autotuner off, bit-reproducible on one GPU model; fp32
+//! tensors, TF32 in cuDNN's convolutions as PyTorch's default, `train.tf32`), `strict` (the same
+//! with `train.tf32 = "off"`: fp32 on the FP32 units, what `configured` was until 2026-12-06),
+//! `tuned` (fp32 tensors as configured, cuDNN's autotuner on, channels-last) and `fast`
+//! (autotuner, bf16 autocast, channels-last); `--set KEY=VALUE` overrides more for all. Every
+//! run takes the CUDA path of training: batches prefetched to the device on a side stream
+//! (`selfsup_core::stage`), the fused optimizers.
 //! Unless `--no-job`, one variant ([`job_variant`]: `fast` when it runs, else the first) also
 //! trains as the one rank of a data-parallel job (`selfsup launch --nproc 1`, on NCCL when the
 //! binary was built with `--features nccl`; the backend is read from the rank's log), and the
@@ -47,7 +49,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) const USAGE: &str = "usage: cargo xtask gpu-check [--binary PATH] [--epochs 3] \
     [--methods rotnet,simclr] [--device cuda] [--profile paper] [--data SPEC] [--data-dir DIR] \
-    [--no-job] [--variants configured,tf32,fast] [--set KEY=VALUE]... [--pytorch-steps 40 | \
+    [--no-job] [--variants configured,tuned,fast] [--set KEY=VALUE]... [--pytorch-steps 40 | \
     --no-pytorch] [--out FILE]";
 
 #[derive(Debug, PartialEq)]
@@ -125,7 +127,7 @@ fn parse(args: &[String]) -> Result<Opts> {
                 o.variants = v.split(',').map(|x| x.trim().to_string()).collect();
                 if let Some(bad) = o.variants.iter().find(|x| !VARIANTS.iter().any(|(n, _)| n == x))
                 {
-                    bail!("--variants {v}: no variant `{bad}` (configured, fast, tf32)\n{USAGE}");
+                    bail!("--variants {v}: no variant `{bad}` (configured, strict, tuned, fast)\n{USAGE}");
                 }
             }
             "--pytorch-steps" => {
@@ -270,22 +272,25 @@ fn target(method: &str, s_per_epoch: f64, full_s: f64, batch: u64) -> Option<(St
 }
 
 /// The ways each method trains (`--variants`): `configured`, the paper profile's config as it
-/// is (`deterministic`: cuDNN's deterministic algorithms with its autotuner and TF32 off, fp32),
-/// `tf32`, fp32 weights and activations as configured, with PyTorch's own CUDA defaults (cuDNN's
-/// autotuner, TF32 in its convolutions, not in cuBLAS matmuls) and channels-last, no autocast,
-/// and `fast`, the GPU path at full speed (cuDNN's autotuner and TF32 convolutions, bf16
+/// is (`deterministic`: cuDNN's deterministic algorithms with its autotuner off; fp32 tensors,
+/// TF32 in cuDNN's convolutions, not in cuBLAS's matmuls, PyTorch's default), `strict`, the same
+/// with TF32 off (every product on the FP32 units: `configured` until 2026-12-06, 46.5 and 54.8
+/// minutes on the H200), `tuned`, fp32 tensors as configured with cuDNN's autotuner and
+/// channels-last, no autocast, and `fast`, the GPU path at full speed (cuDNN's autotuner, bf16
 /// autocast, channels-last).
-const VARIANTS: [(&str, &[&str]); 3] = [
+const VARIANTS: [(&str, &[&str]); 4] = [
     ("configured", &[]),
-    ("tf32", &["train.deterministic=false", "train.channels_last=true"]),
+    ("strict", &["train.tf32=off"]),
+    ("tuned", &["train.deterministic=false", "train.channels_last=true"]),
     ("fast", &["train.deterministic=false", "train.precision=bf16", "train.channels_last=true"]),
 ];
 
-/// The [`VARIANTS`] `gpu-check` runs without `--variants`: all three. An estimate from the
-/// second H200 run's times, not yet run so: 334 s for `configured` and `fast` with a 1-rank job
-/// each and PyTorch's step; `tf32` added and one job dropped ([`job_variant`]) about the same,
-/// inside one device call's 10 minutes.
-const DEFAULT_VARIANTS: [&str; 3] = ["configured", "tf32", "fast"];
+/// The [`VARIANTS`] `gpu-check` runs without `--variants`: all but `strict`, measured twice on
+/// the H200 as `configured` before TF32 had its own setting. An estimate from the second H200
+/// run's times, not yet run so: 334 s for the strict `configured` and `fast` with a 1-rank job
+/// each and PyTorch's step; `tuned` added and one job dropped ([`job_variant`]) about the same,
+/// less what TF32 saves `configured`, inside one device call's 10 minutes.
+const DEFAULT_VARIANTS: [&str; 3] = ["configured", "tuned", "fast"];
 
 /// The variant that also trains as a 1-rank job: `fast` when it runs (the shortest steps, where
 /// the wrapper's cost a step weighs most), else the first asked for.
@@ -611,17 +616,17 @@ mod tests {
         let o = parse(&[]).unwrap();
         assert_eq!(
             (o.variants, o.pytorch_steps),
-            (vec!["configured".into(), "tf32".into(), "fast".into()], Some(40))
+            (vec!["configured".into(), "tuned".into(), "fast".into()], Some(40))
         );
         // One variant also trains as a 1-rank job: `fast` when it runs, else the first.
         assert_eq!(job_variant(&parse(&[]).unwrap().variants), Some("fast"));
-        assert_eq!(job_variant(&s(&["tf32", "configured"])), Some("tf32"));
+        assert_eq!(job_variant(&s(&["tuned", "configured"])), Some("tuned"));
         assert_eq!(job_variant(&s(&["configured", "fast"])), Some("fast"));
         assert_eq!(job_variant(&[]), None);
         let o = parse(&s(&["--variants", "fast", "--pytorch-steps", "5"])).unwrap();
         assert_eq!((o.variants, o.pytorch_steps), (vec!["fast".to_string()], Some(5)));
-        let o = parse(&s(&["--variants", "tf32,configured"])).unwrap();
-        assert_eq!(o.variants, ["tf32", "configured"]);
+        let o = parse(&s(&["--variants", "strict,configured"])).unwrap();
+        assert_eq!(o.variants, ["strict", "configured"]);
         assert_eq!(parse(&s(&["--no-pytorch"])).unwrap().pytorch_steps, None);
         let e = parse(&s(&["--variants", "fast,quick"])).unwrap_err().to_string();
         assert!(e.contains("no variant `quick`"), "{e}");

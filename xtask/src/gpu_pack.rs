@@ -62,7 +62,7 @@ fn parse(args: &[String]) -> Result<Opts> {
 /// checkout's root, where the script is run from).
 const RUN_SH: &str = r#"#!/usr/bin/env bash
 # Made by `cargo xtask gpu-pack`. Run from the checkout's root on a machine with a GPU whose
-# python3 has torch 2.11.0: @PACK@/run.sh [gpu-check options], e.g. --variants tf32,fast --no-job.
+# python3 has torch 2.11.0: @PACK@/run.sh [gpu-check options], e.g. --variants tuned,fast --no-job.
 # Writes $OUT/console.log and $OUT/gpu-check.json (OUT defaults to target/gpu-pack-out).
 set -uo pipefail
 P=@PACK@
@@ -285,7 +285,7 @@ not json
         let path = format!("{}:{}", tools.display(), std::env::var("PATH").unwrap_or_default());
         let run = || {
             Command::new("target/gpu-pack/run.sh")
-                .args(["--variants", "tf32"])
+                .args(["--variants", "tuned"])
                 .current_dir(r)
                 .env("PATH", &path)
                 .env("OUT", "out")
@@ -301,7 +301,7 @@ not json
         assert!(at("NVIDIA H200") < at("core-tests --ignored"));
         assert!(at("core-tests --ignored") < at("nccl-tests --ignored"));
         assert!(at("nccl-tests --ignored") < at("xtask gpu-check"));
-        at("xtask gpu-check --binary target/gpu-pack/selfsup --out out/gpu-check.json --variants tf32 \
+        at("xtask gpu-check --binary target/gpu-pack/selfsup --out out/gpu-check.json --variants tuned \
             LD=/opt/torch/lib LT=/opt/torch");
         assert!(console.trim_end().ends_with("== rc 0"), "{console}");
         // A failing CUDA test: gpu-check still runs, and the script fails.

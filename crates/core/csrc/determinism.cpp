@@ -27,23 +27,23 @@ int selfsup_mkldnn_enabled() {
   }
 }
 
-// The CUDA switches of `train.deterministic` (they are global flags of ATen's context, so they
-// can be set and read back on a CPU-only machine too). `deterministic`: cuDNN picks
-// deterministic convolution algorithms, ATen's deterministic implementations are used where they
-// exist (warn_only: an op without one warns instead of failing, as
-// `torch.use_deterministic_algorithms(True, warn_only=True)`), and TF32 is off for cuBLAS
-// matmuls and cuDNN convolutions so that "fp32" is fp32. `benchmark`: cuDNN's autotuner (fast,
-// not reproducible). Returns 0, or -1 when libtorch threw.
-int selfsup_set_cuda_determinism(int deterministic, int benchmark) {
+// The CUDA switches of `train.deterministic` and `train.tf32` (they are global flags of ATen's
+// context, so they can be set and read back on a CPU-only machine too). `deterministic`: cuDNN
+// picks deterministic convolution algorithms and ATen's deterministic implementations are used
+// where they exist (warn_only: an op without one warns instead of failing, as
+// `torch.use_deterministic_algorithms(True, warn_only=True)`). `benchmark`: cuDNN's autotuner
+// (fast, not reproducible). `tf32_cudnn`, `tf32_cublas`: whether cuDNN's convolutions and
+// cuBLAS's matmuls may run fp32 tensors as TF32 (PyTorch's defaults: 1 and 0); set either way,
+// whatever `deterministic`. Returns 0, or -1 when libtorch threw.
+int selfsup_set_cuda_determinism(int deterministic, int benchmark, int tf32_cudnn,
+                                 int tf32_cublas) {
   try {
     auto& ctx = at::globalContext();
     ctx.setDeterministicCuDNN(deterministic != 0);
     ctx.setBenchmarkCuDNN(benchmark != 0);
     ctx.setDeterministicAlgorithms(deterministic != 0, /*warn_only=*/true);
-    if (deterministic != 0) {
-      ctx.setAllowTF32CuBLAS(false);
-      ctx.setAllowTF32CuDNN(false);
-    }
+    ctx.setAllowTF32CuDNN(tf32_cudnn != 0);
+    ctx.setAllowTF32CuBLAS(tf32_cublas != 0);
     return 0;
   } catch (...) {
     return -1;

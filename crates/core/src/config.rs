@@ -1,6 +1,7 @@
 //! Run configuration: one JSON document (serde) with documented defaults, `--set key=value`
 //! overrides, and unknown keys rejected by name. The resolved config is saved as `config.json`
 //! in every run folder, and `selfsup train --config` accepts that file back.
+use crate::determinism::Tf32;
 use crate::encoders::EncoderConfig;
 use crate::optim::OptimizerConfig;
 use crate::precision::Precision;
@@ -178,6 +179,12 @@ pub struct TrainConfig {
     /// (see [`crate::determinism`]). Default true.
     #[serde(default = "default_true")]
     pub deterministic: bool,
+    /// Where CUDA multiplies fp32 tensors as TF32: `"convolutions"` (cuDNN's, not cuBLAS's
+    /// matmuls: PyTorch's default), `"off"` (fp32 everywhere) or `"all"` (see
+    /// [`crate::determinism`]). No effect on the CPU. Default `"convolutions"`; written only
+    /// when not the default.
+    #[serde(default, skip_serializing_if = "Tf32::is_default")]
+    pub tf32: Tf32,
 }
 
 fn default_true() -> bool {
@@ -246,6 +253,7 @@ impl Default for TrainConfig {
             prefetch: default_prefetch(),
             max_steps: None,
             deterministic: true,
+            tf32: Tf32::default(),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Bit-for-bit reproducibility on the CPU whatever the thread count.
+//! Bit-for-bit reproducibility on the CPU whatever the thread count, and the CUDA switches.
 //!
 //! libtorch's forward passes on the CPU give the same bits at any thread count, but oneDNN's
 //! convolution backward splits the weight-gradient sum across threads. With
@@ -11,20 +11,32 @@
 //!
 //! On CUDA ([`apply`]) `deterministic = true` makes cuDNN pick deterministic algorithms with its
 //! autotuner off, switches ATen to its deterministic implementations where it has them (an op
-//! without one logs a warning rather than failing), turns TF32 off in cuBLAS and cuDNN (so
-//! "fp32" convolutions and matmuls are fp32, not TF32) and sets `CUBLAS_WORKSPACE_CONFIG` to
+//! without one logs a warning rather than failing) and sets `CUBLAS_WORKSPACE_CONFIG` to
 //! `:4096:8` unless it is set. What that promises: the same seed, code, GPU model, driver and
 //! libtorch give the same bits; across GPU models, drivers or libtorch versions, no. With
-//! `deterministic = false`, cuDNN's autotuner is on (`benchmark`) and PyTorch's defaults stay
-//! (TF32 in cuDNN convolutions, not in cuBLAS matmuls). The trainer records the switches it set
-//! in the run folder's `determinism.json`.
+//! `deterministic = false`, cuDNN's autotuner is on (`benchmark`).
+//!
+//! TF32 (fp32 tensors multiplied on the tensor cores with a 10-bit mantissa, sums in fp32) is a
+//! matter of precision, not of reproducibility: a TF32 kernel gives the same bits every time as
+//! an fp32 one does. It has its own setting, `train.tf32` ([`Tf32`]): by default in cuDNN's
+//! convolutions and not in cuBLAS's matmuls, which is PyTorch's own default (also under
+//! `torch.backends.cudnn.deterministic = True`), `"off"` for fp32 everywhere (what
+//! `deterministic = true` implied until 2026-12-06: the paper configs were then compute-bound on
+//! the FP32 units of an H200, 3.3× slower than the bf16 path), `"all"` for matmuls too. It has no
+//! effect on the CPU. The trainer records the switches it set in the run folder's
+//! `determinism.json`.
 use serde::{Deserialize, Serialize};
 use std::os::raw::c_int;
 
 extern "C" {
     fn selfsup_set_mkldnn_enabled(enabled: c_int) -> c_int;
     fn selfsup_mkldnn_enabled() -> c_int;
-    fn selfsup_set_cuda_determinism(deterministic: c_int, benchmark: c_int) -> c_int;
+    fn selfsup_set_cuda_determinism(
+        deterministic: c_int,
+        benchmark: c_int,
+        tf32_cudnn: c_int,
+        tf32_cublas: c_int,
+    ) -> c_int;
     fn selfsup_get_cuda_determinism(
         cudnn_deterministic: *mut c_int,
         cudnn_benchmark: *mut c_int,
@@ -32,6 +44,37 @@ extern "C" {
         tf32_cublas: *mut c_int,
         tf32_cudnn: *mut c_int,
     ) -> c_int;
+}
+
+/// Where CUDA runs fp32 tensors' products as TF32 (`train.tf32`: `"convolutions"`, `"off"`,
+/// `"all"`). Default `convolutions`, PyTorch's default. No effect on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tf32 {
+    /// fp32 everywhere: cuDNN's convolutions and cuBLAS's matmuls on the FP32 units.
+    Off,
+    /// TF32 in cuDNN's convolutions, fp32 in cuBLAS's matmuls (PyTorch's default).
+    #[default]
+    Convolutions,
+    /// TF32 in both.
+    All,
+}
+
+impl Tf32 {
+    /// Whether cuDNN's convolutions may run in TF32.
+    pub fn cudnn(self) -> bool {
+        self != Tf32::Off
+    }
+
+    /// Whether cuBLAS's matmuls may run in TF32.
+    pub fn cublas(self) -> bool {
+        self == Tf32::All
+    }
+
+    /// Whether this is the default (configs leave it out then).
+    pub fn is_default(&self) -> bool {
+        *self == Tf32::default()
+    }
 }
 
 /// The determinism switches in force, as recorded in a run's `determinism.json`.
@@ -80,20 +123,21 @@ pub fn switches(deterministic: bool) -> crate::Result<Switches> {
     })
 }
 
-/// Sets every switch of `train.deterministic` (see the module docs) and returns them as now
-/// in force.
+/// Sets every switch of `train.deterministic` and `train.tf32` (see the module docs) and returns
+/// them as now in force.
 ///
 /// # Errors
 /// When libtorch throws setting them.
-pub fn apply(deterministic: bool) -> crate::Result<Switches> {
+pub fn apply(deterministic: bool, tf32: Tf32) -> crate::Result<Switches> {
     set_mkldnn_enabled(!deterministic);
     if deterministic && std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
         // Before cuBLAS's first handle: the trainer calls this before building anything.
         std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
     }
     let d = c_int::from(deterministic);
+    let (cudnn, cublas) = (c_int::from(tf32.cudnn()), c_int::from(tf32.cublas()));
     // SAFETY: a plain call into the shim, which catches every C++ exception.
-    if unsafe { selfsup_set_cuda_determinism(d, 1 - d) } != 0 {
+    if unsafe { selfsup_set_cuda_determinism(d, 1 - d, cudnn, cublas) } != 0 {
         return Err(crate::CoreError::Config("setting libtorch's determinism switches".into()));
     }
     switches(deterministic)
