@@ -6,12 +6,13 @@
 //! memory the process held (sampled from `nvidia-smi`) and the full protocol's pretraining time
 //! extrapolated from the steady epochs, against the issue's targets on one H100/H200 (RotNet's
 //! 200-epoch pretraining under 15 minutes; SimCLR ResNet-18 on CIFAR-10 under 5 s an epoch at
-//! batch 512). The variants ([`VARIANTS`], `--variants`; `configured`, `tuned` and `fast` by
-//! default): `configured`, the paper config as it is (`train.deterministic = true`: cuDNN's
-//! deterministic algorithms with its autotuner off, bit-reproducible on one GPU model; fp32
-//! tensors, TF32 in cuDNN's convolutions as PyTorch's default, `train.tf32`), `strict` (the same
-//! with `train.tf32 = "off"`: fp32 on the FP32 units, what `configured` was until 2026-12-06),
-//! `tuned` (fp32 tensors as configured, cuDNN's autotuner on, channels-last) and `fast`
+//! batch 512). The variants ([`VARIANTS`], `--variants`; `configured`, `channels-last` and
+//! `fast` by default): `configured`, the paper config as it is (`train.deterministic = true`:
+//! cuDNN's deterministic algorithms with its autotuner off, bit-reproducible on one GPU model;
+//! fp32 tensors, TF32 in cuDNN's convolutions as PyTorch's default, `train.tf32`; NCHW),
+//! `channels-last` (the same in channels-last: still deterministic), `strict` (`configured` with
+//! `train.tf32 = "off"`: fp32 on the FP32 units, what `configured` was until 2026-12-06),
+//! `tuned` (fp32 tensors, cuDNN's autotuner on, channels-last) and `fast`
 //! (autotuner, bf16 autocast, channels-last); `--set KEY=VALUE` overrides more for all. Every
 //! run takes the CUDA path of training: batches prefetched to the device on a side stream
 //! (`selfsup_core::stage`), the fused optimizers.
@@ -49,7 +50,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) const USAGE: &str = "usage: cargo xtask gpu-check [--binary PATH] [--epochs 3] \
     [--methods rotnet,simclr] [--device cuda] [--profile paper] [--data SPEC] [--data-dir DIR] \
-    [--no-job] [--variants configured,tuned,fast] [--set KEY=VALUE]... [--pytorch-steps 40 | \
+    [--no-job] [--variants configured,channels-last,fast] [--set KEY=VALUE]... [--pytorch-steps 40 | \
     --no-pytorch] [--out FILE]";
 
 #[derive(Debug, PartialEq)]
@@ -127,7 +128,10 @@ fn parse(args: &[String]) -> Result<Opts> {
                 o.variants = v.split(',').map(|x| x.trim().to_string()).collect();
                 if let Some(bad) = o.variants.iter().find(|x| !VARIANTS.iter().any(|(n, _)| n == x))
                 {
-                    bail!("--variants {v}: no variant `{bad}` (configured, strict, tuned, fast)\n{USAGE}");
+                    bail!(
+                        "--variants {v}: no variant `{bad}` (configured, channels-last, strict, \
+                         tuned, fast)\n{USAGE}"
+                    );
                 }
             }
             "--pytorch-steps" => {
@@ -273,24 +277,28 @@ fn target(method: &str, s_per_epoch: f64, full_s: f64, batch: u64) -> Option<(St
 
 /// The ways each method trains (`--variants`): `configured`, the paper profile's config as it
 /// is (`deterministic`: cuDNN's deterministic algorithms with its autotuner off; fp32 tensors,
-/// TF32 in cuDNN's convolutions, not in cuBLAS's matmuls, PyTorch's default), `strict`, the same
-/// with TF32 off (every product on the FP32 units: `configured` until 2026-12-06, 46.5 and 54.8
-/// minutes on the H200), `tuned`, fp32 tensors as configured with cuDNN's autotuner and
-/// channels-last, no autocast, and `fast`, the GPU path at full speed (cuDNN's autotuner, bf16
-/// autocast, channels-last).
-const VARIANTS: [(&str, &[&str]); 4] = [
+/// TF32 in cuDNN's convolutions, not in cuBLAS's matmuls, PyTorch's default; NCHW, as the paper
+/// profiles are configured), `channels-last`, the same in channels-last (whether the paper
+/// profiles, still deterministic, should train so on CUDA), `strict`, `configured` with TF32 off
+/// (every product on the FP32 units: `configured` until 2026-12-06, 46.5 and 54.8 minutes on
+/// the H200), `tuned`, fp32 tensors with cuDNN's autotuner and channels-last, no autocast, and
+/// `fast`, the GPU path at full speed (cuDNN's autotuner, bf16 autocast, channels-last).
+const VARIANTS: [(&str, &[&str]); 5] = [
     ("configured", &[]),
+    ("channels-last", &["train.channels_last=true"]),
     ("strict", &["train.tf32=off"]),
     ("tuned", &["train.deterministic=false", "train.channels_last=true"]),
     ("fast", &["train.deterministic=false", "train.precision=bf16", "train.channels_last=true"]),
 ];
 
-/// The [`VARIANTS`] `gpu-check` runs without `--variants`: all but `strict`, measured twice on
-/// the H200 as `configured` before TF32 had its own setting. An estimate from the second H200
-/// run's times, not yet run so: 334 s for the strict `configured` and `fast` with a 1-rank job
-/// each and PyTorch's step; `tuned` added and one job dropped ([`job_variant`]) about the same,
-/// less what TF32 saves `configured`, inside one device call's 10 minutes.
-const DEFAULT_VARIANTS: [&str; 3] = ["configured", "tuned", "fast"];
+/// The [`VARIANTS`] `gpu-check` runs without `--variants`: the two a deterministic paper
+/// profile can train in and the fastest. `strict` was measured twice on the H200 as
+/// `configured`, before TF32 had its own setting; `tuned` (non-deterministic fp32) decides no
+/// default. An estimate from the second H200 run's times, not yet run so: 334 s for the strict
+/// `configured` and `fast` with a 1-rank job each and PyTorch's step; `channels-last` added and
+/// one job dropped ([`job_variant`]) about the same, less what TF32 saves the deterministic
+/// runs, inside one device call's 10 minutes.
+const DEFAULT_VARIANTS: [&str; 3] = ["configured", "channels-last", "fast"];
 
 /// The variant that also trains as a 1-rank job: `fast` when it runs (the shortest steps, where
 /// the wrapper's cost a step weighs most), else the first asked for.
@@ -474,7 +482,7 @@ pub fn run(args: &[String]) -> Result<()> {
             // The targets are the paper protocols'; a smoke or cpu profile has none.
             let t = if o.profile == "paper" { target(m, s, full_s, batch) } else { None };
             println!(
-                "{m:<8} {variant:<10} {s:.2} s/epoch ({steps} steps of {batch}; a step {}), \
+                "{m:<8} {variant:<13} {s:.2} s/epoch ({steps} steps of {batch}; a step {}), \
                  {images_s:.0} images/s, GPU memory {}, {o_epochs} epochs in {wall:.0} s; the \
                  full {full_epochs} epochs: {:.1} min{}",
                 step_s.map_or("?".into(), |x| format!("{:.1} ms", 1e3 * x)),
@@ -494,7 +502,7 @@ pub fn run(args: &[String]) -> Result<()> {
                     .unwrap_or_default();
                 let backend = backend_in(&log).unwrap_or_else(|| "not in the log".into());
                 println!(
-                    "{m:<8} {variant:<10} as a 1-rank data-parallel job (backend {backend}): \
+                    "{m:<8} {variant:<13} as a 1-rank data-parallel job (backend {backend}): \
                      {js:.2} s/epoch, {:+.1}% against the plain run (target under 3%)",
                     100.0 * overhead
                 );
@@ -513,7 +521,7 @@ pub fn run(args: &[String]) -> Result<()> {
             let pytorch_json = match &pytorch {
                 Some(Ok(p)) => {
                     println!(
-                        "{m:<8} {variant:<10} PyTorch's step (fused SGD, one batch, no loading): \
+                        "{m:<8} {variant:<13} PyTorch's step (fused SGD, one batch, no loading): \
                          {:.1} ms, {:.0} images/s; selfsup's step in training {}: {}",
                         1e3 * p,
                         batch as f64 / p,
@@ -524,7 +532,7 @@ pub fn run(args: &[String]) -> Result<()> {
                            "ratio": ratio})
                 }
                 Some(Err(e)) => {
-                    println!("{m:<8} {variant:<10} PyTorch's step failed: {e}");
+                    println!("{m:<8} {variant:<13} PyTorch's step failed: {e}");
                     json!({"error": e})
                 }
                 None => Value::Null,
@@ -616,7 +624,7 @@ mod tests {
         let o = parse(&[]).unwrap();
         assert_eq!(
             (o.variants, o.pytorch_steps),
-            (vec!["configured".into(), "tuned".into(), "fast".into()], Some(40))
+            (vec!["configured".into(), "channels-last".into(), "fast".into()], Some(40))
         );
         // One variant also trains as a 1-rank job: `fast` when it runs, else the first.
         assert_eq!(job_variant(&parse(&[]).unwrap().variants), Some("fast"));

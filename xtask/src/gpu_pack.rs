@@ -62,7 +62,7 @@ fn parse(args: &[String]) -> Result<Opts> {
 /// checkout's root, where the script is run from).
 const RUN_SH: &str = r#"#!/usr/bin/env bash
 # Made by `cargo xtask gpu-pack`. Run from the checkout's root on a machine with a GPU whose
-# python3 has torch 2.11.0: @PACK@/run.sh [gpu-check options], e.g. --variants tuned,fast --no-job.
+# python3 has torch 2.11.0: @PACK@/run.sh [gpu-check options], e.g. --variants channels-last,fast --no-job.
 # Writes $OUT/console.log and $OUT/gpu-check.json (OUT defaults to target/gpu-pack-out).
 set -uo pipefail
 P=@PACK@

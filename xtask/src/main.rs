@@ -46,13 +46,13 @@ Commands:
                      peak resident memory of a RotNet cpu-profile epoch; the loader's memory
                      over a generated dataset 10x CIFAR-10 (must stay flat)
   gpu-check [--binary PATH] [--epochs 3] [--methods rotnet,simclr] [--device cuda]
-            [--variants configured,tuned,fast] [--set KEY=VALUE]... [--no-job]
+            [--variants configured,channels-last,fast] [--set KEY=VALUE]... [--no-job]
             [--pytorch-steps 40 | --no-pytorch] [--out FILE]
                      on a GPU machine: a few epochs of the RotNet and SimCLR paper profiles'
-                     pretraining as configured (deterministic, TF32 convolutions), tuned
-                     (autotuner, channels-last) and fast (autotuner, bf16, channels-last);
-                     `strict` (TF32 off) on request; s/epoch, ms/step, images/s, GPU
-                     memory, full-protocol time against the targets,
+                     pretraining as configured (deterministic, TF32 convolutions, NCHW),
+                     the same channels-last, and fast (autotuner, bf16, channels-last);
+                     strict (TF32 off) and tuned (autotuner, fp32) on request; s/epoch,
+                     ms/step, images/s, GPU memory, full-protocol time against the targets,
                      a 1-rank job's overhead, PyTorch's step on the same config; writes
                      results/bench/gpu-check.json (or --out) after every run
   gpu-pack [--out target/gpu-pack] [--no-nccl]
