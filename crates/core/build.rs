@@ -4,7 +4,7 @@
 //! (`csrc/relu_dropout.cpp`, both over `csrc/elementwise.h`), the Winograd 3×3 convolution
 //! (`csrc/winograd.cpp`, its fused passes `csrc/winograd_fused.cpp`) and the convolution as
 //! matrix products over im2col columns (`csrc/conv_gemm.cpp`, both over `csrc/conv_passes.h`),
-//! the ops tch binds only with default
+//! the convolution of deterministic runs (`csrc/conv_det.cpp`), the ops tch binds only with default
 //! arguments (`csrc/ops.cpp`), the operator counts (`csrc/op_counts.cpp`) and the device-side
 //! prefetch of batches (`csrc/stream.cpp`) against libtorch's headers (see
 //! `selfsup-shim-build`). Linking against libtorch itself is done by
@@ -29,6 +29,7 @@ fn main() {
             "csrc/winograd_fused.h",
             "csrc/winograd_points.h",
             "csrc/conv_gemm.cpp",
+            "csrc/conv_det.cpp",
             "csrc/elementwise.h",
             "csrc/conv_passes.h",
         ],

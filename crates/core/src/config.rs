@@ -175,8 +175,8 @@ pub struct TrainConfig {
     /// Stop (with a checkpoint) after this many steps in total; for tests. Default none.
     #[serde(default)]
     pub max_steps: Option<u64>,
-    /// Bit-for-bit identical results on the CPU whatever the thread count, at a cost in speed
-    /// (see [`crate::determinism`]). Default true.
+    /// Bit-for-bit identical results on the CPU whatever the thread count, at some cost in
+    /// speed (see [`crate::determinism`]). Default true.
     #[serde(default = "default_true")]
     pub deterministic: bool,
     /// Where CUDA multiplies fp32 tensors as TF32: `"convolutions"` (cuDNN's, not cuBLAS's

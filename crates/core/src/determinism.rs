@@ -3,11 +3,16 @@
 //! libtorch's forward passes on the CPU give the same bits at any thread count, but oneDNN's
 //! convolution backward splits the weight-gradient sum across threads. With
 //! `train.deterministic = true` (the default) the trainer turns oneDNN off, so a seed
-//! reproduces a run bit for bit at 1, 2 or 16 threads; measured here on 2 cores (3 conv layers
-//! of 96 channels at 32×32, batch 128, forward + backward) that costs about 4× in speed
-//! (36 → 8 images/s), and bf16 autocast loses its AMX kernels. With `deterministic = false` a
-//! run is still bit-for-bit reproducible at the same thread count (which the saved config
-//! records).
+//! reproduces a run bit for bit at 1, 2 or 16 threads. The encoders' convolutions then run
+//! oneDNN's kernels all the same, single-threaded on fixed pieces of 16 images inside one
+//! parallel loop, their weight gradients summed in the pieces' order
+//! ([`crate::encoders::conv::conv_det`]); other layers get libtorch's reference kernels, and
+//! selfsup's own CPU convolutions (Winograd, the matrix products) stay off. Measured on 2 cores
+//! of an AMD EPYC (Zen 4), a step deterministic against not: RotNet's cpu profile 93-100 ms
+//! against 70-72 in fp32, 79-81 against 32 in channels-last bf16; SimCLR's 204-215 against
+//! 163-168, 110 against 69 (with libtorch's reference convolution, as until 2026-12-06:
+//! 623, 467, 871-910 and 1,183 ms). With `deterministic = false` a run is still bit-for-bit
+//! reproducible at the same thread count (which the saved config records).
 //!
 //! On CUDA ([`apply`]) `deterministic = true` makes cuDNN pick deterministic algorithms with its
 //! autotuner off, switches ATen to its deterministic implementations where it has them (an op

@@ -232,6 +232,30 @@ fn thread_count_does_not_change_the_result() {
     assert_same(&a, &b);
 }
 
+/// The same with an encoder whose convolutions take the deterministic runs' pieces
+/// (`encoders::conv::conv_det`: batches of 16 images and more): a NIN, batch 32.
+#[test]
+fn thread_count_does_not_change_a_nin_run() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let nin = |threads| {
+        let mut cfg = config(1, threads);
+        cfg.encoder = EncoderConfig::Nin { blocks: 3, width: 8 };
+        cfg.train.batch_size = 32;
+        assert!(cfg.train.deterministic);
+        cfg
+    };
+    let one = tempfile::tempdir().unwrap();
+    let two = tempfile::tempdir().unwrap();
+    run(&nin(1), one.path(), false).unwrap();
+    run(&nin(2), two.path(), false).unwrap();
+    tch::set_num_threads(1);
+    let mut a = weights(one.path());
+    let mut b = weights(two.path());
+    a.sort_by(|x, y| x.0.cmp(&y.0));
+    b.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_same(&a, &b);
+}
+
 #[test]
 fn loss_falls_and_bad_runs_fail_cleanly() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

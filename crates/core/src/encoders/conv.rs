@@ -28,8 +28,10 @@
 //! in float F(4×4, 5×5) on the widened values, rounded once (as oneDNN's). With AMX, and on
 //! other CPUs, bf16 stays libtorch's (the products below aside).
 //!
-//! Left to libtorch: CUDA, deterministic runs (`train.deterministic` switches oneDNN off for
-//! thread-count-independent sums; the Winograd products are MKL's, whose sums are not), strides,
+//! Deterministic runs (`train.deterministic` switches oneDNN off for thread-count-independent
+//! sums; the Winograd products are MKL's, whose sums are not) take none of these paths: their
+//! convolutions run oneDNN's kernels on fixed pieces of the batch ([`conv_det`],
+//! `csrc/conv_det.cpp`). Left to libtorch: CUDA, strides,
 //! dilations, groups and biases. On CPUs with AVX-512 [`plan`] takes, in tiles of 4×4, the 3×3
 //! layers at maps of 16×16 and less from 128 channels and the 5×5 layers there from 96 (measured on
 //! an AVX-512 Xeon without AMX); without AVX-512, in tiles of 4×4, the 3×3 layers at 4×4 to 32×32
@@ -95,6 +97,19 @@ extern "C" {
         stride: i64,
         padding: i64,
         bits: c_int,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    #[allow(clippy::too_many_arguments)]
+    fn selfsup_conv_det(
+        x: *const c_void,
+        w: *const c_void,
+        b: *const c_void,
+        stride: i64,
+        padding: i64,
+        dilation: i64,
+        groups: i64,
         out: *mut *mut c_void,
         err: *mut c_char,
         err_len: usize,
@@ -167,6 +182,14 @@ pub enum Mode {
 pub fn mode() -> Mode {
     static MODE: OnceLock<Mode> = OnceLock::new();
     *MODE.get_or_init(|| mode_from_env("SELFSUP_WINOGRAD"))
+}
+
+/// Whether a deterministic run's convolutions take [`conv_det`]: `SELFSUP_CONV_DET` (`auto`,
+/// the default, or `off`: libtorch's reference convolution, for measuring), read once as
+/// [`mode`] (`all` is `auto`).
+pub fn det_mode() -> Mode {
+    static MODE: OnceLock<Mode> = OnceLock::new();
+    *MODE.get_or_init(|| mode_from_env("SELFSUP_CONV_DET"))
 }
 
 /// The mode of this process for the convolutions as matrix products ([`plan_gemm`]):
@@ -613,6 +636,50 @@ pub fn conv_gemm(
     })
 }
 
+/// The convolution of a deterministic CPU run (`train.deterministic = true`, oneDNN off):
+/// oneDNN's kernels on fixed pieces of 16 images (the last one with the remainder), run
+/// single-threaded inside one parallel loop over the pieces, the gradients to the weights and
+/// bias summed in the pieces' order, so every pass gives the same bits at any thread count
+/// (`csrc/conv_det.cpp`). In place of libtorch's reference convolution (`slow_conv2d`), which a
+/// deterministic run fell back to: a RotNet cpu-profile step (fp32, NCHW, batch 64 × 4
+/// rotations) took 604 ms with it against 70 ms with oneDNN on 2 cores of an AMD EPYC (Zen 4).
+/// Under the CPU's bf16 autocast the operands are cast as autocast's convolution casts them.
+/// `Ok(None)` when it does not take the convolution (fewer than 16 images, not a 4-d CPU
+/// tensor, not float or bf16, another autocast dtype, libtorch without oneDNN); `Err` with
+/// libtorch's message when it refuses the shapes.
+///
+/// # Shapes
+/// `xs`: `(N, C, H, W)`; `ws`: `(K, C / groups, r, s)`; `bs`: `(K)`; returns `(N, K, Ho, Wo)`
+/// in `xs`'s memory format.
+pub fn conv_det(
+    xs: &Tensor,
+    ws: &Tensor,
+    bs: Option<&Tensor>,
+    stride: i64,
+    padding: i64,
+    dilation: i64,
+    groups: i64,
+) -> Result<Option<Tensor>, String> {
+    let b = bs.map_or(std::ptr::null(), |b| b.as_ptr().cast::<c_void>());
+    // SAFETY: the handles are live tensors (tch's `C_tensor` is an `at::Tensor`) or null for no
+    // bias; `out` and `err` are `shim_tensor`'s, valid for the call (the shim sets `out` only
+    // when it returns 1).
+    crate::ops::shim_tensor(|out, err, len| unsafe {
+        selfsup_conv_det(
+            xs.as_ptr().cast(),
+            ws.as_ptr().cast(),
+            b,
+            stride,
+            padding,
+            dilation,
+            groups,
+            out,
+            err,
+            len,
+        )
+    })
+}
+
 /// Whether a bias-free `r×r` convolution with stride 1 and padding `(r - 1) / 2` from `c` to `k`
 /// channels at an `h × w` map runs as one dense matrix product ([`conv_dense`]): the 3×3 layers
 /// at maps of 2×2 and less (each output sees every input: no product by a padding zero) and the
@@ -713,6 +780,8 @@ pub struct Conv2d {
     /// Its stride and padding when it has no dilation, one group and no bias (the shape
     /// [`conv_gemm`] takes).
     gemm_shaped: Option<(i64, i64)>,
+    /// Its stride, padding, dilation and groups (for [`conv_det`]).
+    geometry: [i64; 4],
 }
 
 impl Conv2d {
@@ -727,7 +796,8 @@ impl Conv2d {
             && !cfg.bias;
         let gemm_shaped = (cfg.dilation == 1 && cfg.groups == 1 && !cfg.bias)
             .then_some((cfg.stride, cfg.padding));
-        Conv2d { inner: nn::conv2d(p, c_in, c_out, k, cfg), winograd_shaped, gemm_shaped }
+        let geometry = [cfg.stride, cfg.padding, cfg.dilation, cfg.groups];
+        Conv2d { inner: nn::conv2d(p, c_in, c_out, k, cfg), winograd_shaped, gemm_shaped, geometry }
     }
 
     /// The Winograd passes for an input `(N, C, H, W)`.
@@ -781,6 +851,16 @@ impl Conv2d {
 
 impl nn::Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Tensor {
+        if det_mode() != Mode::Off && !crate::determinism::mkldnn_enabled() {
+            let [stride, padding, dilation, groups] = self.geometry;
+            let bs = self.inner.bs.as_ref();
+            match conv_det(xs, &self.inner.ws, bs, stride, padding, dilation, groups) {
+                Ok(Some(y)) => return y,
+                Ok(None) => {}
+                // The module interface has no error path; libtorch's message says what.
+                Err(e) => panic!("deterministic convolution: {e}"),
+            }
+        }
         if self.dense_for(xs) {
             if let Some(y) = conv_dense(xs, &self.inner.ws) {
                 return y;

@@ -1,0 +1,252 @@
+// The convolution of a deterministic CPU run (`train.deterministic = true`): oneDNN's kernels,
+// on pieces of the batch whose sums do not depend on the thread count.
+//
+// A deterministic run turns oneDNN off, because its backward pass to the weights splits the sum
+// over the batch's positions across the threads (so the bits depend on their number), and
+// libtorch then falls back to its reference convolution (`slow_conv2d`: an im2col and a small
+// matrix product an image), 8.6x slower over a RotNet step on 2 cores. Here the batch is cut
+// into pieces of `kPiece` images (the last one taking the remainder), fixed by the batch size
+// alone. Every pass runs oneDNN's kernel on each piece inside one `at::parallel_for` over the
+// pieces, where oneDNN runs single-threaded (it asks OpenMP whether it is inside a parallel
+// region; with one thread there is no region and one thread all the same), so a piece's result
+// is the same bits at any thread count. The forward pass and the backward pass to the input
+// write each piece's rows; the gradients to the weights and the bias are one partial sum a
+// piece, added in the pieces' order. Which kernel libtorch picks for a piece depends on its
+// shape, its dtype and whether oneDNN is on, and on the thread count only for a 1 x 1 layer of
+// fewer than 16 images (`ConvParams::use_mkldnn`): pieces hold at least 16, and batches below
+// that are left to the caller (libtorch's reference convolution, as before).
+//
+// oneDNN is turned on for the duration of each pass (libtorch's process-wide switch, restored
+// on every exit); a pass runs on the thread that called it, the autograd engine's on the CPU,
+// while the loader's threads run no convolution.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
+#include <ATen/record_function.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <dlfcn.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "selfsup/guard.h"
+
+namespace {
+
+// Images a piece (the last piece takes up to twice as many: the remainder).
+constexpr int64_t kPiece = 16;
+
+// The pieces of a batch of `n` images (n >= kPiece): (first image, images).
+std::vector<std::pair<int64_t, int64_t>> pieces(int64_t n) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  const int64_t count = n / kPiece;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t first = i * kPiece;
+    out.emplace_back(first, i + 1 == count ? n - first : kPiece);
+  }
+  return out;
+}
+
+// oneDNN on while it lives, the previous setting back after.
+struct MkldnnOn {
+  bool prev;
+  MkldnnOn() : prev(at::globalContext().userEnabledMkldnn()) {
+    at::globalContext().setUserEnabledMkldnn(true);
+  }
+  ~MkldnnOn() { at::globalContext().setUserEnabledMkldnn(prev); }
+  MkldnnOn(const MkldnnOn&) = delete;
+  MkldnnOn& operator=(const MkldnnOn&) = delete;
+};
+
+struct Geometry {
+  int64_t stride, padding, dilation, groups;
+};
+
+// OpenMP's `omp_get_max_threads` and `omp_set_num_threads`, from the OpenMP runtime libtorch
+// loaded (looked up at run time: the shim is not built with OpenMP); null without one.
+struct OmpThreads {
+  int (*get)();
+  void (*set)(int);
+  OmpThreads()
+      : get(reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "omp_get_max_threads"))),
+        set(reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"))) {}
+};
+
+const OmpThreads& omp_threads() {
+  static const OmpThreads t;
+  return t;
+}
+
+// OpenMP's thread count of the calling task held to 1 while it lives, then restored. oneDNN
+// sizes a kernel's work split by `omp_get_max_threads()` when it builds the kernel (inside a
+// parallel region too) and then runs the split's parts in one thread: its backward pass to the
+// weights of 1 x 1 layers waits at a barrier for the parts' other threads and hangs. Held to 1,
+// each piece gets a single-threaded kernel (the same one at any thread count).
+struct OneThread {
+  int prev = 0;
+  OneThread() {
+    const auto& t = omp_threads();
+    if (t.get != nullptr && t.set != nullptr) {
+      prev = t.get();
+      t.set(1);
+    }
+  }
+  ~OneThread() {
+    if (prev > 0) omp_threads().set(prev);
+  }
+  OneThread(const OneThread&) = delete;
+  OneThread& operator=(const OneThread&) = delete;
+};
+
+// `f(i, first, images)` for every piece, over libtorch's threads, one piece a task, each task
+// held to one OpenMP thread.
+template <typename F>
+void each_piece(const std::vector<std::pair<int64_t, int64_t>>& ps, const F& f) {
+  at::parallel_for(0, static_cast<int64_t>(ps.size()), 1, [&](int64_t begin, int64_t end) {
+    OneThread one;
+    for (int64_t i = begin; i < end; ++i) f(i, ps[i].first, ps[i].second);
+  });
+}
+
+at::Tensor forward_pieces(const at::Tensor& x, const at::Tensor& w,
+                          const std::optional<at::Tensor>& b, const Geometry& g) {
+  // The output's side from the input's `in` and the filter's `r`.
+  const auto side = [&](int64_t in, int64_t r) {
+    return (in + 2 * g.padding - g.dilation * (r - 1) - 1) / g.stride + 1;
+  };
+  const int64_t ho = side(x.size(2), w.size(2)), wo = side(x.size(3), w.size(3));
+  TORCH_CHECK(ho > 0 && wo > 0, "convolution: input ", x.sizes(), ", weight ", w.sizes(),
+              ", stride ", g.stride, ", padding ", g.padding, ", dilation ", g.dilation,
+              ": the output would be empty");
+  at::Tensor y = at::empty({x.size(0), w.size(0), ho, wo},
+                           x.options().memory_format(x.suggest_memory_format()));
+  MkldnnOn on;
+  // Each piece's output copied into its rows by the task that made it (still in its cache).
+  each_piece(pieces(x.size(0)), [&](int64_t, int64_t first, int64_t n) {
+    y.narrow(0, first, n)
+        .copy_(at::convolution(x.narrow(0, first, n), w, b, {g.stride, g.stride},
+                               {g.padding, g.padding}, {g.dilation, g.dilation}, false, {0, 0},
+                               g.groups));
+  });
+  return y;
+}
+
+// The autograd function, `Bias` when the layer has one (an undefined tensor cannot be an
+// input of a C++ autograd function, so the bias-free layer is a function of two tensors).
+template <bool Bias>
+struct DetConv : public torch::autograd::Function<DetConv<Bias>> {
+  using Ctx = torch::autograd::AutogradContext;
+
+  static at::Tensor run(Ctx* ctx, const at::Tensor& x, const at::Tensor& w,
+                        const std::optional<at::Tensor>& b, int64_t stride, int64_t padding,
+                        int64_t dilation, int64_t groups) {
+    ctx->save_for_backward({x, w});
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["dilation"] = dilation;
+    ctx->saved_data["groups"] = groups;
+    return forward_pieces(x, w, b, Geometry{stride, padding, dilation, groups});
+  }
+
+  static at::Tensor forward(Ctx* ctx, const at::Tensor& x, const at::Tensor& w,
+                            const at::Tensor& b, int64_t stride, int64_t padding,
+                            int64_t dilation, int64_t groups) {
+    return run(ctx, x, w, b, stride, padding, dilation, groups);
+  }
+
+  static at::Tensor forward(Ctx* ctx, const at::Tensor& x, const at::Tensor& w, int64_t stride,
+                            int64_t padding, int64_t dilation, int64_t groups) {
+    return run(ctx, x, w, std::nullopt, stride, padding, dilation, groups);
+  }
+
+  static torch::autograd::variable_list backward(Ctx* ctx, torch::autograd::variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "the deterministic convolution has no double backward (create_graph)");
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &w = saved[1];
+    const at::Tensor none;
+    // One gradient an input: x, w, (b,) stride, padding, dilation, groups.
+    torch::autograd::variable_list out(Bias ? 7 : 6);
+    if (!grads[0].defined()) return out;
+    const Geometry g{ctx->saved_data["stride"].toInt(), ctx->saved_data["padding"].toInt(),
+                     ctx->saved_data["dilation"].toInt(), ctx->saved_data["groups"].toInt()};
+    const bool want_x = ctx->needs_input_grad(0), want_w = ctx->needs_input_grad(1),
+               want_b = Bias && ctx->needs_input_grad(2);
+    const at::Tensor dy = grads[0].contiguous(x.suggest_memory_format());
+    const auto ps = pieces(x.size(0));
+    std::vector<at::Tensor> dws(ps.size()), dbs(ps.size());
+    const std::array<int64_t, 1> bias_size{w.size(0)};
+    at::Tensor dx = want_x ? at::empty_like(x) : none;
+    {
+      MkldnnOn on;
+      each_piece(ps, [&](int64_t i, int64_t first, int64_t n) {
+        auto r = at::convolution_backward(
+            dy.narrow(0, first, n), x.narrow(0, first, n), w,
+            Bias ? at::OptionalIntArrayRef(bias_size) : at::OptionalIntArrayRef(),
+            {g.stride, g.stride}, {g.padding, g.padding}, {g.dilation, g.dilation}, false,
+            {0, 0}, g.groups, {want_x, want_w, want_b});
+        if (want_x) dx.narrow(0, first, n).copy_(std::get<0>(r));
+        dws[i] = std::get<1>(r);
+        dbs[i] = std::get<2>(r);
+      });
+    }
+    // The partial sums in the pieces' order (elementwise additions: the same bits at any
+    // thread count).
+    const auto in_order = [](std::vector<at::Tensor>& parts) {
+      at::Tensor sum = parts[0];
+      for (size_t i = 1; i < parts.size(); ++i) sum.add_(parts[i]);
+      return sum;
+    };
+    if (want_x) out[0] = dx;
+    if (want_w) out[1] = in_order(dws);
+    if (want_b) out[2] = in_order(dbs);
+    return out;
+  }
+};
+
+}  // namespace
+
+extern "C" {
+
+// `*out` = a new handle to the convolution of `x` (N, C, H, W) with `w` (K, C / groups, r, s)
+// and the bias `b` (K) when not null, square stride, padding and dilation, as one autograd
+// function whose passes run oneDNN's kernels a piece of the batch at a time (see the file's
+// header): for deterministic CPU runs, where oneDNN is off. Under the CPU's bfloat16 autocast
+// the operands are cast as autocast's convolution casts them. Returns 1 when it took the
+// convolution, 0 when it left it to the caller (fewer than 16 images; not a 4-d CPU tensor;
+// not float or bfloat16 after autocast; another autocast dtype; libtorch built without
+// oneDNN), or -1 with libtorch's message in `err`.
+int selfsup_conv_det(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b,
+                     int64_t stride, int64_t padding, int64_t dilation, int64_t groups,
+                     at::Tensor** out, char* err, size_t err_len) {
+  int took = 0;
+  const int rc = selfsup::guarded(err, err_len, [&] {
+    if (x->dim() != 4 || x->size(0) < kPiece || !x->device().is_cpu() || !w->device().is_cpu() ||
+        !at::hasMKLDNN()) {
+      return;
+    }
+    at::Tensor xs = *x, ws = *w, bs = b != nullptr ? *b : at::Tensor();
+    if (at::autocast::is_autocast_enabled(at::kCPU)) {
+      if (at::autocast::get_autocast_dtype(at::kCPU) != at::kBFloat16) return;
+      xs = at::autocast::cached_cast(at::kBFloat16, xs, c10::DeviceType::CPU);
+      ws = at::autocast::cached_cast(at::kBFloat16, ws, c10::DeviceType::CPU);
+      if (bs.defined()) bs = at::autocast::cached_cast(at::kBFloat16, bs, c10::DeviceType::CPU);
+    }
+    const auto kind = xs.scalar_type();
+    if (kind != ws.scalar_type() || (kind != at::kFloat && kind != at::kBFloat16) ||
+        (bs.defined() && bs.scalar_type() != kind)) {
+      return;
+    }
+    RECORD_FUNCTION("selfsup::conv_det", c10::ArrayRef<const c10::IValue>{});
+    *out = new at::Tensor(bs.defined()
+                              ? DetConv<true>::apply(xs, ws, bs, stride, padding, dilation, groups)
+                              : DetConv<false>::apply(xs, ws, stride, padding, dilation, groups));
+    took = 1;
+  });
+  return rc != 0 ? rc : took;
+}
+
+}  // extern "C"

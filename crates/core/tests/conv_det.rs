@@ -1,0 +1,121 @@
+//! The convolution of deterministic runs ([`conv_det`], `csrc/conv_det.cpp`): the same bits at
+//! 1, 2 and 3 threads in every pass, within float rounding of libtorch's float64 convolution,
+//! and batches it leaves to libtorch. Its own process: libtorch's thread count is process-wide.
+use selfsup_core::encoders::conv::conv_det;
+use selfsup_core::precision::{cpu_supports_bf16, is_channels_last, to_channels_last};
+use tch::{Device, Kind, Tensor};
+
+/// A layer: filter side, stride, padding, dilation, groups, channels in and out, input side,
+/// with a bias.
+type Layer = (i64, i64, i64, i64, i64, i64, i64, i64, bool);
+
+const LAYERS: [Layer; 7] = [
+    (1, 1, 0, 1, 1, 13, 8, 8, false),
+    (3, 1, 1, 1, 1, 8, 12, 8, false),
+    (5, 1, 2, 1, 1, 3, 16, 12, false),
+    (3, 2, 1, 1, 1, 8, 16, 9, false),
+    (3, 1, 1, 1, 1, 6, 10, 7, true),
+    (3, 1, 2, 2, 1, 8, 8, 8, false),
+    (3, 1, 1, 1, 2, 8, 12, 6, true),
+];
+
+/// Output, and gradients to the input, weights and bias (undefined without one) of `y · g`,
+/// by `conv_det` on copies of the operands in `kind`.
+fn passes(x: &Tensor, w: &Tensor, b: Option<&Tensor>, l: Layer, kind: Kind) -> Vec<Tensor> {
+    let (_, s, p, d, groups, ..) = l;
+    let x = x.to_kind(kind).detach().set_requires_grad(true);
+    let w = w.to_kind(kind).detach().set_requires_grad(true);
+    let b = b.map(|b| b.to_kind(kind).detach().set_requires_grad(true));
+    let y = conv_det(&x, &w, b.as_ref(), s, p, d, groups).unwrap().expect("taken");
+    let g = Tensor::ones_like(&y).cumsum(1, Kind::Float).to_kind(kind).sin();
+    let mut sources = vec![&x, &w];
+    sources.extend(b.as_ref());
+    let grads = Tensor::run_backward(&[(&y * &g).sum(Kind::Float)], &sources, false, false);
+    std::iter::once(y.detach()).chain(grads).collect()
+}
+
+/// The same passes by libtorch's convolution in float64.
+fn reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>, l: Layer) -> Vec<Tensor> {
+    let (_, s, p, d, groups, ..) = l;
+    let x = x.to_kind(Kind::Double).detach().set_requires_grad(true);
+    let w = w.to_kind(Kind::Double).detach().set_requires_grad(true);
+    let b = b.map(|b| b.to_kind(Kind::Double).detach().set_requires_grad(true));
+    let y = x.conv2d(&w, b.as_ref(), [s, s], [p, p], [d, d], groups);
+    let g = Tensor::ones_like(&y).cumsum(1, Kind::Double).sin();
+    let mut sources = vec![&x, &w];
+    sources.extend(b.as_ref());
+    let grads = Tensor::run_backward(&[(&y * &g).sum(Kind::Double)], &sources, false, false);
+    std::iter::once(y.detach()).chain(grads).collect()
+}
+
+fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_kind(Kind::Double);
+    (&a - b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1e-30)
+}
+
+#[test]
+fn same_bits_at_any_thread_count_and_libtorchs_values() {
+    let mut kinds = vec![(Kind::Float, 2e-5)];
+    if cpu_supports_bf16() {
+        kinds.push((Kind::BFloat16, 3e-2));
+    }
+    for l in LAYERS {
+        let (r, _, _, _, groups, c, k, side, bias) = l;
+        // 16 images: one piece; 40: pieces of 16 and 24 (the remainder joins the last).
+        for n in [16, 40] {
+            tch::manual_seed(n + r);
+            let opts = (Kind::Float, Device::Cpu);
+            for channels_last in [false, true] {
+                let mut x = Tensor::randn([n, c, side, side], opts);
+                let mut w = Tensor::randn([k, c / groups, r, r], opts) * 0.3;
+                if channels_last {
+                    x = to_channels_last(&x).unwrap();
+                    w = to_channels_last(&w).unwrap();
+                }
+                let b = bias.then(|| Tensor::randn([k], opts));
+                let want = reference(&x, &w, b.as_ref(), l);
+                for (kind, tol) in &kinds {
+                    let at = |threads| {
+                        tch::set_num_threads(threads);
+                        passes(&x, &w, b.as_ref(), l, *kind)
+                    };
+                    let one = at(1);
+                    let what = format!("{l:?} n {n} channels-last {channels_last} {kind:?}");
+                    assert_eq!(one.len(), 3 + usize::from(bias), "{what}");
+                    for threads in [2, 3] {
+                        for (i, (a, t)) in one.iter().zip(at(threads)).enumerate() {
+                            assert!(a.equal(&t), "{what}: pass {i} differs at {threads} threads");
+                        }
+                    }
+                    for (i, (a, r)) in one.iter().zip(&want).enumerate() {
+                        let e = max_rel(a, r);
+                        assert!(e < *tol, "{what}: pass {i} off by {e:e} of the largest value");
+                    }
+                    if channels_last {
+                        // The output and the gradient to the input keep the input's layout.
+                        for t in [&one[0], &one[1]] {
+                            assert!(is_channels_last(t), "{what}: {:?}", t.stride());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    tch::set_num_threads(1);
+}
+
+#[test]
+fn leaves_small_batches_and_other_kinds_to_libtorch() {
+    let w = Tensor::randn([4, 3, 3, 3], (Kind::Float, Device::Cpu));
+    let small = Tensor::randn([15, 3, 8, 8], (Kind::Float, Device::Cpu));
+    assert!(conv_det(&small, &w, None, 1, 1, 1, 1).unwrap().is_none());
+    let double = Tensor::randn([16, 3, 8, 8], (Kind::Double, Device::Cpu));
+    let wd = w.to_kind(Kind::Double);
+    assert!(conv_det(&double, &wd, None, 1, 1, 1, 1).unwrap().is_none());
+    // Shapes libtorch refuses: its message, no panic.
+    let x = Tensor::randn([16, 3, 2, 2], (Kind::Float, Device::Cpu));
+    let e = conv_det(&x, &w, None, 1, 0, 1, 1).unwrap_err();
+    assert!(e.contains("empty"), "{e}");
+    let e = conv_det(&double.to_kind(Kind::Float), &w.narrow(1, 0, 2), None, 1, 1, 1, 1);
+    assert!(e.is_err(), "{e:?}");
+}
