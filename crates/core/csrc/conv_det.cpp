@@ -7,9 +7,8 @@
 // matrix product an image), 8.6x slower over a RotNet step on 2 cores. Here the batch is cut
 // into pieces of `kPiece` images (the last one taking the remainder), fixed by the batch size
 // alone. Every pass runs oneDNN's kernel on each piece inside one `at::parallel_for` over the
-// pieces, where oneDNN runs single-threaded (it asks OpenMP whether it is inside a parallel
-// region; with one thread there is no region and one thread all the same), so a piece's result
-// is the same bits at any thread count. The forward pass and the backward pass to the input
+// pieces, each task holding OpenMP's thread count to 1 (`OneThread`), so oneDNN builds and runs
+// a single-threaded kernel and a piece's result is the same bits at any thread count. The forward pass and the backward pass to the input
 // write each piece's rows; the gradients to the weights and the bias are one partial sum a
 // piece, added in the pieces' order. Which kernel libtorch picks for a piece depends on its
 // shape, its dtype and whether oneDNN is on, and on the thread count only for a 1 x 1 layer of
