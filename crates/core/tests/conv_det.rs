@@ -2,7 +2,9 @@
 //! 1, 2 and 3 threads in every pass, within float rounding of libtorch's float64 convolution,
 //! and batches it leaves to libtorch. Its own process: libtorch's thread count is process-wide.
 use selfsup_core::encoders::conv::conv_det;
-use selfsup_core::precision::{cpu_supports_bf16, is_channels_last, to_channels_last};
+use selfsup_core::precision::{
+    autocast, cpu_supports_bf16, is_channels_last, to_channels_last, Precision,
+};
 use tch::{Device, Kind, Tensor};
 
 /// A layer: filter side, stride, padding, dilation, groups, channels in and out, input side,
@@ -101,7 +103,46 @@ fn same_bits_at_any_thread_count_and_libtorchs_values() {
             }
         }
     }
+    if cpu_supports_bf16() {
+        under_autocast();
+    }
     tch::set_num_threads(1);
+}
+
+/// Under the CPU's bf16 autocast: fp32 leaves, a bf16 output, fp32 gradients, the same bits at
+/// 1 and 2 threads, and libtorch's autocast convolution's values.
+fn under_autocast() {
+    let opts = (Kind::Float, Device::Cpu);
+    tch::manual_seed(3);
+    let x = to_channels_last(&Tensor::randn([40, 8, 8, 8], opts)).unwrap();
+    let w = to_channels_last(&(Tensor::randn([16, 8, 3, 3], opts) * 0.3)).unwrap();
+    let run = |det: bool| {
+        let (x, w) = (x.copy().set_requires_grad(true), w.copy().set_requires_grad(true));
+        let y = autocast(Device::Cpu, Precision::Bf16, || {
+            if det {
+                conv_det(&x, &w, None, 1, 1, 1, 1).unwrap().expect("taken")
+            } else {
+                x.conv2d(&w, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1)
+            }
+        });
+        assert_eq!(y.kind(), Kind::BFloat16);
+        let g = Tensor::ones_like(&y).cumsum(1, Kind::Float).sin();
+        let grads = Tensor::run_backward(&[(&y * &g).sum(Kind::Float)], &[&x, &w], false, false);
+        for t in &grads {
+            assert_eq!(t.kind(), Kind::Float);
+        }
+        std::iter::once(y.detach()).chain(grads).collect::<Vec<_>>()
+    };
+    tch::set_num_threads(1);
+    let one = run(true);
+    tch::set_num_threads(2);
+    for (i, (a, b)) in one.iter().zip(run(true)).enumerate() {
+        assert!(a.equal(&b), "autocast: pass {i} differs at 2 threads");
+    }
+    for (i, (a, b)) in one.iter().zip(run(false)).enumerate() {
+        let e = max_rel(a, &b.to_kind(Kind::Double));
+        assert!(e < 1.0 / 64.0, "autocast: pass {i} off by {e:e} of libtorch's largest value");
+    }
 }
 
 #[test]
