@@ -215,45 +215,39 @@ fn a_failing_epoch_hook_loses_no_epoch() {
     assert_eq!((st.epoch, st.batch_in_epoch, st.global_step), (1, 0, 6));
 }
 
-#[test]
-fn thread_count_does_not_change_the_result() {
+/// Trains `cfg(1)` and `cfg(2)` (configs that differ in `train.threads` only) and checks that
+/// they end with the same weights, bit for bit.
+fn same_weights_at_one_and_two_threads(cfg: impl Fn(usize) -> RunConfig) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let one = tempfile::tempdir().unwrap();
     let two = tempfile::tempdir().unwrap();
-    run(&config(1, 1), one.path(), false).unwrap();
-    run(&config(1, 2), two.path(), false).unwrap();
+    run(&cfg(1), one.path(), false).unwrap();
+    run(&cfg(2), two.path(), false).unwrap();
     // Thread counts are process-wide in libtorch; restore the default for other tests.
     tch::set_num_threads(1);
     let mut a = weights(one.path());
     let mut b = weights(two.path());
-    // The configs differ in train.threads only; compare the weights.
     a.sort_by(|x, y| x.0.cmp(&y.0));
     b.sort_by(|x, y| x.0.cmp(&y.0));
     assert_same(&a, &b);
+}
+
+#[test]
+fn thread_count_does_not_change_the_result() {
+    same_weights_at_one_and_two_threads(|threads| config(1, threads));
 }
 
 /// The same with an encoder whose convolutions take the deterministic runs' pieces
 /// (`encoders::conv::conv_det`: batches of 16 images and more): a NIN, batch 32.
 #[test]
 fn thread_count_does_not_change_a_nin_run() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let nin = |threads| {
+    same_weights_at_one_and_two_threads(|threads| {
         let mut cfg = config(1, threads);
         cfg.encoder = EncoderConfig::Nin { blocks: 3, width: 8 };
         cfg.train.batch_size = 32;
         assert!(cfg.train.deterministic);
         cfg
-    };
-    let one = tempfile::tempdir().unwrap();
-    let two = tempfile::tempdir().unwrap();
-    run(&nin(1), one.path(), false).unwrap();
-    run(&nin(2), two.path(), false).unwrap();
-    tch::set_num_threads(1);
-    let mut a = weights(one.path());
-    let mut b = weights(two.path());
-    a.sort_by(|x, y| x.0.cmp(&y.0));
-    b.sort_by(|x, y| x.0.cmp(&y.0));
-    assert_same(&a, &b);
+    });
 }
 
 #[test]
