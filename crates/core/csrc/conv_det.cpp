@@ -8,11 +8,12 @@
 // into pieces of `kPiece` images (the last one taking the remainder), fixed by the batch size
 // alone. Every pass runs oneDNN's kernel on each piece inside one `at::parallel_for` over the
 // pieces, each task holding OpenMP's thread count to 1 (`OneThread`), so oneDNN builds and runs
-// a single-threaded kernel and a piece's result is the same bits at any thread count. The forward pass and the backward pass to the input
-// write each piece's rows; the gradients to the weights and the bias are one partial sum a
-// piece, added in the pieces' order. Which kernel libtorch picks for a piece depends on its
-// shape, its dtype and whether oneDNN is on, and on the thread count only for a 1 x 1 layer of
-// fewer than 16 images (`ConvParams::use_mkldnn`): pieces hold at least 16, and batches below
+// a single-threaded kernel and a piece's result is the same bits at any thread count. The
+// forward pass and the backward pass to the input write each piece's rows; the gradients to the
+// weights and the bias are one partial sum a piece, added in the pieces' order (in float).
+// Which kernel libtorch picks for a piece depends on its shape, its dtype and whether oneDNN is
+// on, and on the thread count only for a 1 x 1 layer of fewer than 16 images
+// (`ConvParams::use_mkldnn`): pieces hold at least 16, and batches below
 // that are left to the caller (libtorch's reference convolution, as before).
 //
 // oneDNN is turned on for the duration of each pass (libtorch's process-wide switch, restored
@@ -193,11 +194,12 @@ struct DetConv : public torch::autograd::Function<DetConv<Bias>> {
       });
     }
     // The partial sums in the pieces' order (elementwise additions: the same bits at any
-    // thread count).
+    // thread count), in float and rounded once to the parameter's dtype at the end, as
+    // oneDNN's bf16 kernels accumulate a gradient over the whole batch.
     const auto in_order = [](std::vector<at::Tensor>& parts) {
-      at::Tensor sum = parts[0];
+      at::Tensor sum = parts[0].to(at::kFloat);
       for (size_t i = 1; i < parts.size(); ++i) sum.add_(parts[i]);
-      return sum;
+      return sum.to(parts[0].scalar_type());
     };
     if (want_x) out[0] = dx;
     if (want_w) out[1] = in_order(dws);

@@ -9,8 +9,8 @@
 //! ([`crate::encoders::conv::conv_det`]); other layers get libtorch's reference kernels, and
 //! selfsup's own CPU convolutions (Winograd, the matrix products) stay off. Measured on 2 cores
 //! of an AMD EPYC (Zen 4), a step deterministic against not: RotNet's cpu profile 93-100 ms
-//! against 70-72 in fp32, 79-81 against 32 in channels-last bf16; SimCLR's 204-215 against
-//! 163-168, 110 against 69 (with libtorch's reference convolution, as until 2026-12-06:
+//! against 70-72 in fp32, 76-81 against 32 in channels-last bf16; SimCLR's 204-215 against
+//! 163-168, 112 against 69 (with libtorch's reference convolution, as until 2026-12-06:
 //! 623, 467, 871-910 and 1,183 ms). With `deterministic = false` a run is still bit-for-bit
 //! reproducible at the same thread count (which the saved config records).
 //!
