@@ -639,10 +639,11 @@ pub fn conv_gemm(
 /// The convolution of a deterministic CPU run (`train.deterministic = true`, oneDNN off):
 /// oneDNN's kernels on fixed pieces of 16 images (the last one with the remainder), run
 /// single-threaded inside one parallel loop over the pieces, the gradients to the weights and
-/// bias summed in the pieces' order, so every pass gives the same bits at any thread count
-/// (`csrc/conv_det.cpp`). In place of libtorch's reference convolution (`slow_conv2d`), which a
-/// deterministic run fell back to: a RotNet cpu-profile step (fp32, NCHW, batch 64 × 4
-/// rotations) took 604 ms with it against 70 ms with oneDNN on 2 cores of an AMD EPYC (Zen 4).
+/// bias summed in the pieces' order (in float, rounded once), so every pass gives the same bits
+/// at any thread count (`csrc/conv_det.cpp`). In place of libtorch's reference convolution
+/// (`slow_conv2d`), which a deterministic run fell back to: a RotNet cpu-profile step (fp32,
+/// NCHW, batch 64 × 4 rotations) took 604-623 ms with it, 93-100 ms with the pieces and 70 ms
+/// with oneDNN free, on 2 cores of an AMD EPYC (Zen 4).
 /// Under the CPU's bf16 autocast the operands are cast as autocast's convolution casts them.
 /// `Ok(None)` when it does not take the convolution (fewer than 16 images, not a 4-d CPU
 /// tensor, not float or bf16, another autocast dtype, libtorch without oneDNN); `Err` with
