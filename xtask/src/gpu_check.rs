@@ -128,10 +128,8 @@ fn parse(args: &[String]) -> Result<Opts> {
                 o.variants = v.split(',').map(|x| x.trim().to_string()).collect();
                 if let Some(bad) = o.variants.iter().find(|x| !VARIANTS.iter().any(|(n, _)| n == x))
                 {
-                    bail!(
-                        "--variants {v}: no variant `{bad}` (configured, channels-last, strict, \
-                         tuned, fast)\n{USAGE}"
-                    );
+                    let names: Vec<&str> = VARIANTS.iter().map(|(n, _)| *n).collect();
+                    bail!("--variants {v}: no variant `{bad}` ({})\n{USAGE}", names.join(", "));
                 }
             }
             "--pytorch-steps" => {

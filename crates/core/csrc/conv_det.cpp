@@ -21,7 +21,6 @@
 // while the loader's threads run no convolution.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/autocast_mode.h>
 #include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -32,6 +31,7 @@
 #include <tuple>
 #include <vector>
 
+#include "conv_passes.h"
 #include "selfsup/guard.h"
 
 namespace {
@@ -230,12 +230,7 @@ int selfsup_conv_det(const at::Tensor* x, const at::Tensor* w, const at::Tensor*
       return;
     }
     at::Tensor xs = *x, ws = *w, bs = b != nullptr ? *b : at::Tensor();
-    if (at::autocast::is_autocast_enabled(at::kCPU)) {
-      if (at::autocast::get_autocast_dtype(at::kCPU) != at::kBFloat16) return;
-      xs = at::autocast::cached_cast(at::kBFloat16, xs, c10::DeviceType::CPU);
-      ws = at::autocast::cached_cast(at::kBFloat16, ws, c10::DeviceType::CPU);
-      if (bs.defined()) bs = at::autocast::cached_cast(at::kBFloat16, bs, c10::DeviceType::CPU);
-    }
+    if (!selfsup::autocast_operands(xs, ws, &bs)) return;
     const auto kind = xs.scalar_type();
     if (kind != ws.scalar_type() || (kind != at::kFloat && kind != at::kBFloat16) ||
         (bs.defined() && bs.scalar_type() != kind)) {

@@ -24,7 +24,6 @@
 // are libtorch's.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/autocast_mode.h>
 #include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -221,11 +220,7 @@ int selfsup_conv_gemm(const at::Tensor* x, const at::Tensor* w, int64_t stride, 
                 " (expected (N, C, H, W), (K, C, r, r), stride >= 1, 0 <= padding < r, and r <= H + ",
                 "2 padding, W + 2 padding)");
     at::Tensor xs = *x, ws = *w;
-    if (at::autocast::is_autocast_enabled(at::kCPU)) {
-      if (at::autocast::get_autocast_dtype(at::kCPU) != at::kBFloat16) return;
-      xs = at::autocast::cached_cast(at::kBFloat16, xs, c10::DeviceType::CPU);
-      ws = at::autocast::cached_cast(at::kBFloat16, ws, c10::DeviceType::CPU);
-    }
+    if (!selfsup::autocast_operands(xs, ws)) return;
     const auto kind = xs.scalar_type();
     if (kind != ws.scalar_type() || (kind != at::kFloat && kind != at::kBFloat16)) return;
     RECORD_FUNCTION("selfsup::conv_gemm", c10::ArrayRef<const c10::IValue>{});

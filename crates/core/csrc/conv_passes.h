@@ -1,9 +1,11 @@
-// What the two convolution shims share, `winograd.cpp` (Winograd's minimal filtering) and
-// `conv_gemm.cpp` (matrix products over im2col columns): which passes a shim takes, libtorch's
-// convolution for the passes it leaves, and the bound on one piece of a pass's temporaries.
+// What the convolution shims share, `winograd.cpp` (Winograd's minimal filtering),
+// `conv_gemm.cpp` (matrix products over im2col columns) and `conv_det.cpp` (deterministic runs):
+// which passes a shim takes, libtorch's convolution for the passes it leaves, the bound on one
+// piece of a pass's temporaries, and the operands' casts under autocast.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 
 #include <atomic>
 #include <cstdint>
@@ -19,6 +21,21 @@ namespace selfsup {
 inline std::atomic<int64_t>& piece_bytes() {
   static std::atomic<int64_t> bytes{int64_t{64} << 20};
   return bytes;
+}
+
+// Under the CPU's bfloat16 autocast, casts the operands `x`, `w` and `b` (when not null and
+// defined) as autocast's convolution casts them (the weights through its cache); false under
+// another autocast dtype, where the shim leaves the convolution to libtorch. Without autocast,
+// true and nothing cast.
+inline bool autocast_operands(at::Tensor& x, at::Tensor& w, at::Tensor* b = nullptr) {
+  if (!at::autocast::is_autocast_enabled(at::kCPU)) return true;
+  if (at::autocast::get_autocast_dtype(at::kCPU) != at::kBFloat16) return false;
+  x = at::autocast::cached_cast(at::kBFloat16, x, c10::DeviceType::CPU);
+  w = at::autocast::cached_cast(at::kBFloat16, w, c10::DeviceType::CPU);
+  if (b != nullptr && b->defined()) {
+    *b = at::autocast::cached_cast(at::kBFloat16, *b, c10::DeviceType::CPU);
+  }
+  return true;
 }
 
 // Which passes a shim takes (bit 0 forward, 1 backward to the input, 2 backward to the

@@ -1069,11 +1069,7 @@ int selfsup_conv_winograd(const at::Tensor* x, const at::Tensor* w, int bits, at
     int passes = bits & 7;
     if (passes == 0) return;
     at::Tensor xs = *x, ws = *w;
-    if (at::autocast::is_autocast_enabled(at::kCPU)) {
-      if (at::autocast::get_autocast_dtype(at::kCPU) != at::kBFloat16) return;
-      xs = at::autocast::cached_cast(at::kBFloat16, xs, c10::DeviceType::CPU);
-      ws = at::autocast::cached_cast(at::kBFloat16, ws, c10::DeviceType::CPU);
-    }
+    if (!selfsup::autocast_operands(xs, ws)) return;
     if (!takes(xs, ws, r)) return;
     // Autocast off inside (its casts are done): the transforms' and products' matrix products
     // run in the tensors' own types, not autocast's (the widened passes' would be cast back to

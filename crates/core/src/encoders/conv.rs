@@ -778,10 +778,7 @@ pub struct Conv2d {
     /// Whether it is a 1×1, 3×3 or 5×5 convolution with stride 1, padding `(k - 1) / 2`, no
     /// dilation, one group and no bias (tch keeps the configuration private).
     winograd_shaped: bool,
-    /// Its stride and padding when it has no dilation, one group and no bias (the shape
-    /// [`conv_gemm`] takes).
-    gemm_shaped: Option<(i64, i64)>,
-    /// Its stride, padding, dilation and groups (for [`conv_det`]).
+    /// Its stride, padding, dilation and groups.
     geometry: [i64; 4],
 }
 
@@ -795,10 +792,15 @@ impl Conv2d {
             && cfg.dilation == 1
             && cfg.groups == 1
             && !cfg.bias;
-        let gemm_shaped = (cfg.dilation == 1 && cfg.groups == 1 && !cfg.bias)
-            .then_some((cfg.stride, cfg.padding));
         let geometry = [cfg.stride, cfg.padding, cfg.dilation, cfg.groups];
-        Conv2d { inner: nn::conv2d(p, c_in, c_out, k, cfg), winograd_shaped, gemm_shaped, geometry }
+        Conv2d { inner: nn::conv2d(p, c_in, c_out, k, cfg), winograd_shaped, geometry }
+    }
+
+    /// Its stride and padding when it has no dilation, one group and no bias (the shape
+    /// [`conv_gemm`] takes).
+    fn gemm_shaped(&self) -> Option<(i64, i64)> {
+        let [stride, padding, dilation, groups] = self.geometry;
+        (dilation == 1 && groups == 1 && self.inner.bs.is_none()).then_some((stride, padding))
     }
 
     /// The Winograd passes for an input `(N, C, H, W)`.
@@ -833,7 +835,7 @@ impl Conv2d {
 
     /// The passes as matrix products for an input `(N, C, H, W)`, with its stride and padding.
     fn gemm_plan_for(&self, xs: &Tensor) -> Option<(Plan, i64, i64)> {
-        let (stride, padding) = self.gemm_shaped?;
+        let (stride, padding) = self.gemm_shaped()?;
         if xs.dim() != 4 || xs.device() != tch::Device::Cpu {
             return None;
         }
