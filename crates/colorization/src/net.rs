@@ -7,6 +7,7 @@
 //! say "none": pixels in `[0, 1]`). [`LInput`] therefore converts RGB to L inside the encoder, so
 //! a probe on a colorization encoder sees exactly what pretraining saw, the lightness, and the
 //! trunk keeps its one input channel.
+use selfsup_core::encoders::conv::Conv2d;
 use selfsup_core::encoders::{batch_norm2d, BatchNorm, Encoder};
 use selfsup_core::method::first_largest;
 use selfsup_lab::lightness;
@@ -86,17 +87,17 @@ impl Encoder for LInput {
 /// is the encoder being evaluated, and the head is kept small.)
 #[derive(Debug)]
 pub struct DenseHead {
-    hidden: nn::Conv2D,
+    hidden: Conv2d,
     bn: BatchNorm,
-    out: nn::Conv2D,
+    out: Conv2d,
 }
 
 impl DenseHead {
     /// Builds `hidden`, `bn` and `out` under `p`.
     pub fn new(p: &nn::Path, in_channels: i64, width: i64, classes: i64) -> Self {
-        let hidden = nn::conv2d(p / "hidden", in_channels, width, 1, Default::default());
+        let hidden = Conv2d::head(p / "hidden", in_channels, width, 1, Default::default());
         let bn = batch_norm2d(p / "bn", width);
-        let out = nn::conv2d(p / "out", width, classes, 1, Default::default());
+        let out = Conv2d::head(p / "out", width, classes, 1, Default::default());
         DenseHead { hidden, bn, out }
     }
 

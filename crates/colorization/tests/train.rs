@@ -25,6 +25,9 @@ fn config(epochs: u64) -> RunConfig {
     }
 }
 
+/// libtorch's thread count is process-wide: the tests of this file train one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn registry() -> Registry {
     let mut r = Registry::new();
     selfsup_colorization::register(&mut r);
@@ -46,6 +49,7 @@ fn run(dir: &std::path::Path, max_steps: Option<u64>, resume: bool) -> Vec<(Stri
 
 #[test]
 fn trains_writes_samples_and_resumes_bit_for_bit() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let straight = tempfile::tempdir().unwrap();
     let a = run(straight.path(), None, false);
     let metrics = std::fs::read_to_string(straight.path().join("metrics.jsonl")).unwrap();
@@ -65,4 +69,31 @@ fn trains_writes_samples_and_resumes_bit_for_bit() {
     }
     let ck = checkpoint::load(straight.path()).unwrap();
     assert_eq!(ck.state.normalization.unwrap().mean, vec![0.0; 3]);
+}
+
+/// A deterministic run (the default) ends with the same bits at 1 and 2 threads, with batches
+/// of 32 images, which take two pieces of `selfsup_core::encoders::conv::conv_det` in the
+/// trunk's convolutions and the head's 1×1 ones. (With pieces sized by the thread count, it
+/// fails.)
+#[test]
+fn thread_count_does_not_change_a_deterministic_run() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let at = |threads: usize| {
+        let mut cfg = config(1);
+        cfg.data.dataset = "synthetic:64:32".into();
+        cfg.train.batch_size = 32;
+        cfg.train.threads = threads;
+        cfg.method_config["samples"] = 0.into();
+        assert!(cfg.train.deterministic);
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = TrainOptions { progress: false, ..TrainOptions::default() };
+        train(&cfg, &registry(), dir.path(), &mut opts).unwrap();
+        checkpoint::load(dir.path()).unwrap().model
+    };
+    let (one, two) = (at(1), at(2));
+    assert_eq!(one.len(), two.len());
+    assert!(one.iter().any(|(n, _)| n.contains("out.weight")), "the head's variables");
+    for ((name, x), (_, y)) in one.iter().zip(&two) {
+        assert!(x.equal(y), "{name} differs at 2 threads");
+    }
 }

@@ -7,6 +7,7 @@
 //!
 //! Variables: `weight` `(C, hw, hw)` and `bias` `(C, hw)`, uniform in `±1/√(hw)` as PyTorch's
 //! `nn.Linear`; `mix.{weight, bias}`, the 1×1 convolution.
+use selfsup_core::encoders::conv::Conv2d;
 use tch::nn;
 use tch::Tensor;
 
@@ -15,7 +16,7 @@ use tch::Tensor;
 pub struct ChannelwiseFc {
     weight: Tensor,
     bias: Tensor,
-    mix: nn::Conv2D,
+    mix: Conv2d,
     shape: [i64; 3],
 }
 
@@ -28,7 +29,7 @@ impl ChannelwiseFc {
         let init = nn::Init::Uniform { lo: -bound, up: bound };
         let weight = p.var("weight", &[c, hw, hw], init);
         let bias = p.var("bias", &[c, hw], init);
-        let mix = nn::conv2d(p / "mix", c, c, 1, Default::default());
+        let mix = Conv2d::head(p / "mix", c, c, 1, Default::default());
         ChannelwiseFc { weight, bias, mix, shape }
     }
 
@@ -60,8 +61,8 @@ mod tests {
         // The 1x1 convolution as the identity, so that its ReLU cannot zero every output
         // (and the gradients compared below) whatever the random init.
         tch::no_grad(|| {
-            fc.mix.ws.copy_(&Tensor::eye(2, (Kind::Float, Device::Cpu)).view([2, 2, 1, 1]));
-            if let Some(b) = &mut fc.mix.bs {
+            fc.mix.inner.ws.copy_(&Tensor::eye(2, (Kind::Float, Device::Cpu)).view([2, 2, 1, 1]));
+            if let Some(b) = &mut fc.mix.inner.bs {
                 let _ = b.zero_();
             }
         });

@@ -11,7 +11,8 @@
 //! Its 4×4 stride-2 convolutions are `selfsup_core`'s [`conv_down`]: on the CPU, the backward
 //! pass to the weights of the layers from 64 channels on (and their forward pass from 16×16
 //! inputs or 256 channels on; with AVX-512, at all of them) by Winograd's F(2×2, 2×2) on the
-//! space-to-depth form of the input, the rest libtorch's.
+//! space-to-depth form of the input, the rest libtorch's; in deterministic CPU runs, as its last
+//! convolution, oneDNN's kernels in fixed pieces of the batch ([`convolution`]).
 //!
 //! Its batch norm always uses the batch's statistics and keeps no running ones (PyTorch's
 //! `track_running_stats=False`): the discriminator is only ever run on training batches, and
@@ -20,7 +21,7 @@
 //! Variables (under the `discriminator.` prefix the method builds it on): `conv{i}.weight`
 //! (normal with std 0.02, no bias), `bn{i}.{weight, bias}` for `i ≥ 2` (1 and 0), and
 //! `out.weight`.
-use selfsup_core::encoders::conv::conv_down;
+use selfsup_core::encoders::conv::{conv_down, convolution, Geometry};
 use selfsup_reconstruction::decoder::DCGAN_INIT;
 use tch::nn;
 use tch::Tensor;
@@ -111,7 +112,7 @@ impl Discriminator {
             selfsup_core::ops::leaky_relu_(&mut h, 0.2);
         }
         let n = x.size()[0];
-        h.conv2d(&var(&self.out.ws), None::<Tensor>, [1; 2], [0; 2], [1; 2], 1).reshape([n])
+        convolution(&h, &var(&self.out.ws), None, Geometry::conv(1, 0)).reshape([n])
     }
 }
 

@@ -14,7 +14,12 @@
 // Which kernel libtorch picks for a piece depends on its shape, its dtype and whether oneDNN is
 // on, and on the thread count only for a 1 x 1 layer of fewer than 16 images
 // (`ConvParams::use_mkldnn`): pieces hold at least 16, and batches below
-// that are left to the caller (libtorch's reference convolution, as before).
+// that are left to the caller (libtorch's reference convolution, as before). Transposed
+// convolutions (a decoder's up-convolutions) take the same pieces, on oneDNN's transposed
+// kernels. oneDNN refuses a transposed convolution whose output padding is not below its stride
+// (then possible with a dilation): libtorch's reference kernel for it gives other bits at other
+// thread counts even on one piece (its products are MKL's, threaded outside a parallel region),
+// so those are left to the caller too.
 //
 // oneDNN is turned on for the duration of each pass (libtorch's process-wide switch, restored
 // on every exit); a pass runs on the thread that called it, the autograd engine's on the CPU,
@@ -26,6 +31,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <array>
 #include <optional>
 #include <tuple>
@@ -63,6 +69,8 @@ struct MkldnnOn {
 
 struct Geometry {
   int64_t stride, padding, dilation, groups;
+  bool transposed;
+  int64_t output_padding;  // of a transposed convolution (0 otherwise)
 };
 
 // OpenMP's `omp_get_max_threads` and `omp_set_num_threads`, from the OpenMP runtime libtorch
@@ -115,21 +123,25 @@ at::Tensor forward_pieces(const at::Tensor& x, const at::Tensor& w,
                           const std::optional<at::Tensor>& b, const Geometry& g) {
   // The output's side from the input's `in` and the filter's `r`.
   const auto side = [&](int64_t in, int64_t r) {
-    return (in + 2 * g.padding - g.dilation * (r - 1) - 1) / g.stride + 1;
+    return g.transposed ? (in - 1) * g.stride - 2 * g.padding + g.dilation * (r - 1) +
+                              g.output_padding + 1
+                        : (in + 2 * g.padding - g.dilation * (r - 1) - 1) / g.stride + 1;
   };
   const int64_t ho = side(x.size(2), w.size(2)), wo = side(x.size(3), w.size(3));
-  TORCH_CHECK(ho > 0 && wo > 0, "convolution: input ", x.sizes(), ", weight ", w.sizes(),
-              ", stride ", g.stride, ", padding ", g.padding, ", dilation ", g.dilation,
-              ": the output would be empty");
-  at::Tensor y = at::empty({x.size(0), w.size(0), ho, wo},
-                           x.options().memory_format(x.suggest_memory_format()));
+  TORCH_CHECK(ho > 0 && wo > 0, g.transposed ? "transposed convolution" : "convolution",
+              ": input ", x.sizes(), ", weight ", w.sizes(), ", stride ", g.stride, ", padding ",
+              g.padding, ", dilation ", g.dilation, ": the output would be empty");
+  // A transposed convolution's weight is (C, K / groups, r, s).
+  const int64_t k = g.transposed ? w.size(1) * g.groups : w.size(0);
+  at::Tensor y =
+      at::empty({x.size(0), k, ho, wo}, x.options().memory_format(x.suggest_memory_format()));
   MkldnnOn on;
   // Each piece's output copied into its rows by the task that made it (still in its cache).
   each_piece(pieces(x.size(0)), [&](int64_t, int64_t first, int64_t n) {
     y.narrow(0, first, n)
         .copy_(at::convolution(x.narrow(0, first, n), w, b, {g.stride, g.stride},
-                               {g.padding, g.padding}, {g.dilation, g.dilation}, false, {0, 0},
-                               g.groups));
+                               {g.padding, g.padding}, {g.dilation, g.dilation}, g.transposed,
+                               {g.output_padding, g.output_padding}, g.groups));
   });
   return y;
 }
@@ -140,26 +152,36 @@ template <bool Bias>
 struct DetConv : public torch::autograd::Function<DetConv<Bias>> {
   using Ctx = torch::autograd::AutogradContext;
 
+  // `output_padding` is -1 for a convolution, the output padding of a transposed one.
   static at::Tensor run(Ctx* ctx, const at::Tensor& x, const at::Tensor& w,
                         const std::optional<at::Tensor>& b, int64_t stride, int64_t padding,
-                        int64_t dilation, int64_t groups) {
+                        int64_t dilation, int64_t groups, int64_t output_padding) {
     ctx->save_for_backward({x, w});
     ctx->saved_data["stride"] = stride;
     ctx->saved_data["padding"] = padding;
     ctx->saved_data["dilation"] = dilation;
     ctx->saved_data["groups"] = groups;
-    return forward_pieces(x, w, b, Geometry{stride, padding, dilation, groups});
+    ctx->saved_data["output_padding"] = output_padding;
+    return forward_pieces(x, w, b, geometry(ctx));
   }
 
   static at::Tensor forward(Ctx* ctx, const at::Tensor& x, const at::Tensor& w,
                             const at::Tensor& b, int64_t stride, int64_t padding,
-                            int64_t dilation, int64_t groups) {
-    return run(ctx, x, w, b, stride, padding, dilation, groups);
+                            int64_t dilation, int64_t groups, int64_t output_padding) {
+    return run(ctx, x, w, b, stride, padding, dilation, groups, output_padding);
   }
 
   static at::Tensor forward(Ctx* ctx, const at::Tensor& x, const at::Tensor& w, int64_t stride,
-                            int64_t padding, int64_t dilation, int64_t groups) {
-    return run(ctx, x, w, std::nullopt, stride, padding, dilation, groups);
+                            int64_t padding, int64_t dilation, int64_t groups,
+                            int64_t output_padding) {
+    return run(ctx, x, w, std::nullopt, stride, padding, dilation, groups, output_padding);
+  }
+
+  static Geometry geometry(Ctx* ctx) {
+    const int64_t output_padding = ctx->saved_data["output_padding"].toInt();
+    return Geometry{ctx->saved_data["stride"].toInt(),   ctx->saved_data["padding"].toInt(),
+                    ctx->saved_data["dilation"].toInt(), ctx->saved_data["groups"].toInt(),
+                    output_padding >= 0,                 std::max<int64_t>(output_padding, 0)};
   }
 
   static torch::autograd::variable_list backward(Ctx* ctx, torch::autograd::variable_list grads) {
@@ -168,17 +190,16 @@ struct DetConv : public torch::autograd::Function<DetConv<Bias>> {
     auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &w = saved[1];
     const at::Tensor none;
-    // One gradient an input: x, w, (b,) stride, padding, dilation, groups.
-    torch::autograd::variable_list out(Bias ? 7 : 6);
+    // One gradient an input: x, w, (b,) stride, padding, dilation, groups, output padding.
+    torch::autograd::variable_list out(Bias ? 8 : 7);
     if (!grads[0].defined()) return out;
-    const Geometry g{ctx->saved_data["stride"].toInt(), ctx->saved_data["padding"].toInt(),
-                     ctx->saved_data["dilation"].toInt(), ctx->saved_data["groups"].toInt()};
+    const Geometry g = geometry(ctx);
     const bool want_x = ctx->needs_input_grad(0), want_w = ctx->needs_input_grad(1),
                want_b = Bias && ctx->needs_input_grad(2);
     const at::Tensor dy = grads[0].contiguous(x.suggest_memory_format());
     const auto ps = pieces(x.size(0));
     std::vector<at::Tensor> dws(ps.size()), dbs(ps.size());
-    const std::array<int64_t, 1> bias_size{w.size(0)};
+    const std::array<int64_t, 1> bias_size{g.transposed ? w.size(1) * g.groups : w.size(0)};
     at::Tensor dx = want_x ? at::empty_like(x) : none;
     {
       MkldnnOn on;
@@ -186,8 +207,8 @@ struct DetConv : public torch::autograd::Function<DetConv<Bias>> {
         auto r = at::convolution_backward(
             dy.narrow(0, first, n), x.narrow(0, first, n), w,
             Bias ? at::OptionalIntArrayRef(bias_size) : at::OptionalIntArrayRef(),
-            {g.stride, g.stride}, {g.padding, g.padding}, {g.dilation, g.dilation}, false,
-            {0, 0}, g.groups, {want_x, want_w, want_b});
+            {g.stride, g.stride}, {g.padding, g.padding}, {g.dilation, g.dilation}, g.transposed,
+            {g.output_padding, g.output_padding}, g.groups, {want_x, want_w, want_b});
         if (want_x) dx.narrow(0, first, n).copy_(std::get<0>(r));
         dws[i] = std::get<1>(r);
         dbs[i] = std::get<2>(r);
@@ -215,18 +236,20 @@ extern "C" {
 // `*out` = a new handle to the convolution of `x` (N, C, H, W) with `w` (K, C / groups, r, s)
 // and the bias `b` (K) when not null, square stride, padding and dilation, as one autograd
 // function whose passes run oneDNN's kernels a piece of the batch at a time (see the file's
-// header): for deterministic CPU runs, where oneDNN is off. Under the CPU's bfloat16 autocast
+// header): for deterministic CPU runs, where oneDNN is off. With `output_padding` >= 0 it is
+// the transposed convolution with that output padding (`w`: (C, K / groups, r, s)), taken when
+// the output padding is below the stride; -1 for a convolution. Under the CPU's bfloat16 autocast
 // the operands are cast as autocast's convolution casts them. Returns 1 when it took the
 // convolution, 0 when it left it to the caller (fewer than 16 images; not a 4-d CPU tensor;
 // not float or bfloat16 after autocast; another autocast dtype; libtorch built without
 // oneDNN), or -1 with libtorch's message in `err`.
 int selfsup_conv_det(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b,
                      int64_t stride, int64_t padding, int64_t dilation, int64_t groups,
-                     at::Tensor** out, char* err, size_t err_len) {
+                     int64_t output_padding, at::Tensor** out, char* err, size_t err_len) {
   int took = 0;
   const int rc = selfsup::guarded(err, err_len, [&] {
     if (x->dim() != 4 || x->size(0) < kPiece || !x->device().is_cpu() || !w->device().is_cpu() ||
-        !at::hasMKLDNN()) {
+        !at::hasMKLDNN() || (output_padding >= 0 && output_padding >= stride)) {
       return;
     }
     at::Tensor xs = *x, ws = *w, bs = b != nullptr ? *b : at::Tensor();
@@ -237,9 +260,10 @@ int selfsup_conv_det(const at::Tensor* x, const at::Tensor* w, const at::Tensor*
       return;
     }
     RECORD_FUNCTION("selfsup::conv_det", c10::ArrayRef<const c10::IValue>{});
-    *out = new at::Tensor(bs.defined()
-                              ? DetConv<true>::apply(xs, ws, bs, stride, padding, dilation, groups)
-                              : DetConv<false>::apply(xs, ws, stride, padding, dilation, groups));
+    const int64_t op = std::max<int64_t>(output_padding, -1);
+    *out = new at::Tensor(
+        bs.defined() ? DetConv<true>::apply(xs, ws, bs, stride, padding, dilation, groups, op)
+                     : DetConv<false>::apply(xs, ws, stride, padding, dilation, groups, op));
     took = 1;
   });
   return rc != 0 ? rc : took;

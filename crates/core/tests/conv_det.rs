@@ -1,34 +1,43 @@
 //! The convolution of deterministic runs ([`conv_det`], `csrc/conv_det.cpp`): the same bits at
-//! 1, 2 and 3 threads in every pass, within float rounding of libtorch's float64 convolution,
-//! and batches it leaves to libtorch. Its own process: libtorch's thread count is process-wide.
-use selfsup_core::encoders::conv::conv_det;
+//! 1, 2 and 3 threads in every pass, of convolutions and transposed ones, within float rounding
+//! of libtorch's float64 convolution, and batches it leaves to libtorch. Its own process: libtorch's thread count is process-wide.
+use selfsup_core::encoders::conv::{conv_det, Geometry};
 use selfsup_core::precision::{
     autocast, cpu_supports_bf16, is_channels_last, to_channels_last, Precision,
 };
 use tch::{Device, Kind, Tensor};
 
 /// A layer: filter side, stride, padding, dilation, groups, channels in and out, input side,
-/// with a bias.
-type Layer = (i64, i64, i64, i64, i64, i64, i64, i64, bool);
+/// with a bias, and the output padding of a transposed one.
+type Layer = (i64, i64, i64, i64, i64, i64, i64, i64, bool, Option<i64>);
 
-const LAYERS: [Layer; 7] = [
-    (1, 1, 0, 1, 1, 13, 8, 8, false),
-    (3, 1, 1, 1, 1, 8, 12, 8, false),
-    (5, 1, 2, 1, 1, 3, 16, 12, false),
-    (3, 2, 1, 1, 1, 8, 16, 9, false),
-    (3, 1, 1, 1, 1, 6, 10, 7, true),
-    (3, 1, 2, 2, 1, 8, 8, 8, false),
-    (3, 1, 1, 1, 2, 8, 12, 6, true),
+const LAYERS: [Layer; 10] = [
+    (1, 1, 0, 1, 1, 13, 8, 8, false, None),
+    (3, 1, 1, 1, 1, 8, 12, 8, false, None),
+    (5, 1, 2, 1, 1, 3, 16, 12, false, None),
+    (3, 2, 1, 1, 1, 8, 16, 9, false, None),
+    (3, 1, 1, 1, 1, 6, 10, 7, true, None),
+    (3, 1, 2, 2, 1, 8, 8, 8, false, None),
+    (3, 1, 1, 1, 2, 8, 12, 6, true, None),
+    // Transposed: DCGAN's up-convolution (4×4, stride 2, padding 1), one with an output
+    // padding and a bias, one of two groups with a dilation.
+    (4, 2, 1, 1, 1, 8, 12, 6, false, Some(0)),
+    (3, 2, 1, 1, 1, 6, 8, 5, true, Some(1)),
+    (3, 1, 2, 2, 2, 8, 12, 6, true, Some(0)),
 ];
+
+fn geometry(l: Layer) -> Geometry {
+    let (_, stride, padding, dilation, groups, .., transposed) = l;
+    Geometry { stride, padding, dilation, groups, transposed }
+}
 
 /// Output, and gradients to the input, weights and bias (undefined without one) of `y · g`,
 /// by `conv_det` on copies of the operands in `kind`.
 fn passes(x: &Tensor, w: &Tensor, b: Option<&Tensor>, l: Layer, kind: Kind) -> Vec<Tensor> {
-    let (_, s, p, d, groups, ..) = l;
     let x = x.to_kind(kind).detach().set_requires_grad(true);
     let w = w.to_kind(kind).detach().set_requires_grad(true);
     let b = b.map(|b| b.to_kind(kind).detach().set_requires_grad(true));
-    let y = conv_det(&x, &w, b.as_ref(), s, p, d, groups).unwrap().expect("taken");
+    let y = conv_det(&x, &w, b.as_ref(), geometry(l)).unwrap().expect("taken");
     let g = Tensor::ones_like(&y).cumsum(1, Kind::Float).to_kind(kind).sin();
     let mut sources = vec![&x, &w];
     sources.extend(b.as_ref());
@@ -38,11 +47,12 @@ fn passes(x: &Tensor, w: &Tensor, b: Option<&Tensor>, l: Layer, kind: Kind) -> V
 
 /// The same passes by libtorch's convolution in float64.
 fn reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>, l: Layer) -> Vec<Tensor> {
-    let (_, s, p, d, groups, ..) = l;
+    let Geometry { stride: s, padding: p, dilation: d, groups, transposed } = geometry(l);
     let x = x.to_kind(Kind::Double).detach().set_requires_grad(true);
     let w = w.to_kind(Kind::Double).detach().set_requires_grad(true);
     let b = b.map(|b| b.to_kind(Kind::Double).detach().set_requires_grad(true));
-    let y = x.conv2d(&w, b.as_ref(), [s, s], [p, p], [d, d], groups);
+    let (up, op) = (transposed.is_some(), transposed.unwrap_or(0));
+    let y = x.convolution(&w, b.as_ref(), [s, s], [p, p], [d, d], up, [op, op], groups);
     let g = Tensor::ones_like(&y).cumsum(1, Kind::Double).sin();
     let mut sources = vec![&x, &w];
     sources.extend(b.as_ref());
@@ -62,14 +72,18 @@ fn same_bits_at_any_thread_count_and_libtorchs_values() {
         kinds.push((Kind::BFloat16, 3e-2));
     }
     for l in LAYERS {
-        let (r, _, _, _, groups, c, k, side, bias) = l;
+        let (r, _, _, _, groups, c, k, side, bias, transposed) = l;
         // 16 images: one piece; 40: pieces of 16 and 24 (the remainder joins the last).
         for n in [16, 40] {
             tch::manual_seed(n + r);
             let opts = (Kind::Float, Device::Cpu);
             for channels_last in [false, true] {
                 let mut x = Tensor::randn([n, c, side, side], opts);
-                let mut w = Tensor::randn([k, c / groups, r, r], opts) * 0.3;
+                let shape = match transposed {
+                    None => [k, c / groups, r, r],
+                    Some(_) => [c, k / groups, r, r],
+                };
+                let mut w = Tensor::randn(shape, opts) * 0.3;
                 if channels_last {
                     x = to_channels_last(&x).unwrap();
                     w = to_channels_last(&w).unwrap();
@@ -90,8 +104,12 @@ fn same_bits_at_any_thread_count_and_libtorchs_values() {
                         }
                     }
                     for (i, (a, r)) in one.iter().zip(&want).enumerate() {
+                        // The bias gradient sums a whole output channel (40 × 11 × 11 values of
+                        // one sign at the transposed stride-2 layer): libtorch's own fp32 one is
+                        // 5.0e-5 off there (PyTorch 2.11, 1 and 2 threads), this one 2.8e-5.
+                        let tol = if i == 3 { f64::max(*tol, 1e-4) } else { *tol };
                         let e = max_rel(a, r);
-                        assert!(e < *tol, "{what}: pass {i} off by {e:e} of the largest value");
+                        assert!(e < tol, "{what}: pass {i} off by {e:e} of the largest value");
                     }
                     if channels_last {
                         // The output and the gradient to the input keep the input's layout.
@@ -120,7 +138,7 @@ fn under_autocast() {
         let (x, w) = (x.copy().set_requires_grad(true), w.copy().set_requires_grad(true));
         let y = autocast(Device::Cpu, Precision::Bf16, || {
             if det {
-                conv_det(&x, &w, None, 1, 1, 1, 1).unwrap().expect("taken")
+                conv_det(&x, &w, None, Geometry::conv(1, 1)).unwrap().expect("taken")
             } else {
                 x.conv2d(&w, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1)
             }
@@ -149,14 +167,21 @@ fn under_autocast() {
 fn leaves_small_batches_and_other_kinds_to_libtorch() {
     let w = Tensor::randn([4, 3, 3, 3], (Kind::Float, Device::Cpu));
     let small = Tensor::randn([15, 3, 8, 8], (Kind::Float, Device::Cpu));
-    assert!(conv_det(&small, &w, None, 1, 1, 1, 1).unwrap().is_none());
+    assert!(conv_det(&small, &w, None, Geometry::conv(1, 1)).unwrap().is_none());
     let double = Tensor::randn([16, 3, 8, 8], (Kind::Double, Device::Cpu));
     let wd = w.to_kind(Kind::Double);
-    assert!(conv_det(&double, &wd, None, 1, 1, 1, 1).unwrap().is_none());
+    assert!(conv_det(&double, &wd, None, Geometry::conv(1, 1)).unwrap().is_none());
+    // A transposed convolution whose output padding is not below its stride: oneDNN refuses
+    // it, and libtorch's reference kernel gives other bits at other thread counts.
+    let big = Geometry { stride: 1, padding: 1, dilation: 2, groups: 1, transposed: Some(1) };
+    let x = Tensor::randn([16, 4, 6, 6], (Kind::Float, Device::Cpu));
+    assert!(conv_det(&x, &w, None, big).unwrap().is_none());
+    let fine = Geometry { stride: 2, ..big };
+    assert_eq!(conv_det(&x, &w, None, fine).unwrap().expect("taken").size(), [16, 3, 14, 14]);
     // Shapes libtorch refuses: its message, no panic.
     let x = Tensor::randn([16, 3, 2, 2], (Kind::Float, Device::Cpu));
-    let e = conv_det(&x, &w, None, 1, 0, 1, 1).unwrap_err();
+    let e = conv_det(&x, &w, None, Geometry::conv(1, 0)).unwrap_err();
     assert!(e.contains("empty"), "{e}");
-    let e = conv_det(&double.to_kind(Kind::Float), &w.narrow(1, 0, 2), None, 1, 1, 1, 1);
+    let e = conv_det(&double.to_kind(Kind::Float), &w.narrow(1, 0, 2), None, Geometry::conv(1, 1));
     assert!(e.is_err(), "{e:?}");
 }

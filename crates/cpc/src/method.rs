@@ -8,6 +8,7 @@
 use crate::config::CpcConfig;
 use crate::CpcError;
 use rand::Rng;
+use selfsup_core::encoders::conv::{convolution, Geometry};
 use selfsup_core::encoders::{linear, try_build_encoder, Encoder, LinearBias};
 use selfsup_core::method::{classification_loss, single_view, StepRng};
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
@@ -146,7 +147,9 @@ impl Cpc {
         for conv in &self.context {
             // Pad (left, right, top, bottom).
             let padded = x.constant_pad_nd([1, 1, k - 1, 0]);
-            x = &x + conv.forward(&padded).relu();
+            // `conv.forward`, on oneDNN's kernels in fixed pieces in deterministic CPU runs.
+            let y = convolution(&padded, &conv.ws, conv.bs.as_ref(), Geometry::conv(1, 0));
+            x = &x + y.relu();
         }
         x
     }

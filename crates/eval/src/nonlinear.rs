@@ -30,6 +30,7 @@ use crate::linear::{
 use crate::probe::{eval_loop, seeded_normal, train_loop_with, LoopSpec, Sgd};
 use crate::report::{open_report, BestEpoch, EvalReport, ResultRow};
 use crate::{EvalError, Result};
+use selfsup_core::encoders::conv::Conv2d;
 use selfsup_core::encoders::{batch_norm1d, batch_norm2d, BatchNorm};
 use selfsup_core::schedule::ScheduleConfig;
 use selfsup_core::Encoder;
@@ -148,7 +149,7 @@ impl NonLinearProbeConfig {
 #[derive(Debug)]
 pub struct NonLinearHead {
     kind: HeadKind,
-    convs: Vec<(nn::Conv2D, BatchNorm)>,
+    convs: Vec<(Conv2d, BatchNorm)>,
     hidden: Vec<(nn::Linear, BatchNorm)>,
     out: nn::Linear,
 }
@@ -181,7 +182,7 @@ impl NonLinearHead {
                     let cfg =
                         nn::ConvConfig { padding: (ks - 1) / 2, bias: false, ..Default::default() };
                     convs.push((
-                        nn::conv2d(p / format!("block{}", i + 1) / "conv", cin, width, ks, cfg),
+                        Conv2d::head(p / format!("block{}", i + 1) / "conv", cin, width, ks, cfg),
                         batch_norm2d(p / format!("block{}", i + 1) / "bn", width),
                     ));
                 }
@@ -226,8 +227,8 @@ impl NonLinearHead {
                 i += 1;
             };
             for (conv, _) in &self.convs {
-                let s = conv.ws.size();
-                normal(&conv.ws, (2.0 / (s[2] * s[3] * s[0]) as f64).sqrt());
+                let s = conv.inner.ws.size();
+                normal(&conv.inner.ws, (2.0 / (s[2] * s[3] * s[0]) as f64).sqrt());
             }
             for (lin, _) in &self.hidden {
                 normal(&lin.ws, (2.0 / lin.ws.size()[0] as f64).sqrt());

@@ -10,10 +10,13 @@
 //! next (at least [`MIN_CHANNELS`]); a bilinear resize to the exact image size where the
 //! doublings do not land on it; a 3×3 convolution to the image channels, with bias and no
 //! activation (the targets are normalised pixels, not `[-1, 1]` as under the paper's tanh).
-//! Weights as the official code: normal with std 0.02, BN weight 1 and bias 0.
+//! Weights as the official code: normal with std 0.02, BN weight 1 and bias 0. The convolutions
+//! are `selfsup_core`'s [`ConvTranspose2d`] and [`Conv2d::head`]: libtorch's, on oneDNN's kernels
+//! in fixed pieces of the batch in deterministic CPU runs.
 //!
 //! Variables: `up{i}.weight`, `bn{i}.{weight, bias, running_mean, running_var}` for `i` in
 //! `1..=ups`, `out.{weight, bias}`.
+use selfsup_core::encoders::conv::{Conv2d, ConvTranspose2d};
 use selfsup_core::encoders::{batch_norm2d, BatchNorm};
 use tch::nn;
 use tch::Tensor;
@@ -27,8 +30,8 @@ pub const DCGAN_INIT: nn::Init = nn::Init::Randn { mean: 0.0, stdev: 0.02 };
 /// The up-convolution decoder; see the module docs.
 #[derive(Debug)]
 pub struct UpDecoder {
-    ups: Vec<(nn::ConvTranspose2D, BatchNorm)>,
-    out: nn::Conv2D,
+    ups: Vec<(ConvTranspose2d, BatchNorm)>,
+    out: Conv2d,
     channels: Vec<i64>,
 }
 
@@ -62,7 +65,7 @@ impl UpDecoder {
                 ws_init: DCGAN_INIT,
                 ..Default::default()
             };
-            let up = nn::conv_transpose2d(p / format!("up{}", i + 1), c_in, c_out, 4, cfg);
+            let up = ConvTranspose2d::new(p / format!("up{}", i + 1), c_in, c_out, 4, cfg);
             let bn = batch_norm2d(p / format!("bn{}", i + 1), c_out);
             blocks.push((up, bn));
             channels.push(c_out);
@@ -74,7 +77,7 @@ impl UpDecoder {
             bs_init: nn::Init::Const(0.0),
             ..Default::default()
         };
-        let out = nn::conv2d(p / "out", c_in, out_channels, 3, cfg);
+        let out = Conv2d::head(p / "out", c_in, out_channels, 3, cfg);
         UpDecoder { ups: blocks, out, channels }
     }
 

@@ -31,7 +31,9 @@
 //! Deterministic runs (`train.deterministic` switches oneDNN off for thread-count-independent
 //! sums; the Winograd products are MKL's, whose sums are not) take none of these paths: their
 //! convolutions run oneDNN's kernels on fixed pieces of the batch ([`conv_det`],
-//! `csrc/conv_det.cpp`). Left to libtorch: CUDA, strides,
+//! `csrc/conv_det.cpp`), and so do those of the layers outside the encoders, built as
+//! [`Conv2d::head`], [`ConvTranspose2d`] or run by [`convolution`] (heads, decoders, the
+//! discriminator), which otherwise run libtorch's. Left to libtorch: CUDA, strides,
 //! dilations, groups and biases. On CPUs with AVX-512 [`plan`] takes, in tiles of 4×4, the 3×3
 //! layers at maps of 16×16 and less from 128 channels and the 5×5 layers there from 96 (measured on
 //! an AVX-512 Xeon without AMX); without AVX-512, in tiles of 4×4, the 3×3 layers at 4×4 to 32×32
@@ -110,6 +112,7 @@ extern "C" {
         padding: i64,
         dilation: i64,
         groups: i64,
+        output_padding: i64,
         out: *mut *mut c_void,
         err: *mut c_char,
         err_len: usize,
@@ -451,7 +454,7 @@ pub fn conv_down_winograd(xs: &Tensor, ws: &Tensor, plan: Plan) -> Result<Option
 
 /// The 4×4 convolution with stride 2, padding 1 and no bias of `xs` with `ws`: the passes
 /// `SELFSUP_WINOGRAD` and [`plan_down`] give by [`conv_down_winograd`] where it takes them, the
-/// rest libtorch's.
+/// rest libtorch's; in deterministic CPU runs [`conv_det`]'s pieces.
 ///
 /// # Shapes
 /// `xs`: `(N, C, H, W)`; `ws`: `(K, C, 4, 4)`; returns `(N, K, ⌊H / 2⌋, ⌊W / 2⌋)`.
@@ -459,6 +462,9 @@ pub fn conv_down_winograd(xs: &Tensor, ws: &Tensor, plan: Plan) -> Result<Option
 /// # Panics
 /// When libtorch refuses the shapes, with its message (as `nn::Module::forward`).
 pub fn conv_down(xs: &Tensor, ws: &Tensor) -> Tensor {
+    if let Some(y) = det_pieces(xs, ws, None, Geometry::conv(2, 1)) {
+        return y;
+    }
     let plan = match (mode(), xs.dim() == 4 && ws.dim() == 4) {
         (Mode::Off, _) | (_, false) => Plan::default(),
         (Mode::All, true) => Plan::ALL,
@@ -636,30 +642,71 @@ pub fn conv_gemm(
     })
 }
 
+/// How a convolution runs over its input: square stride, padding and dilation, its groups, and
+/// whether it is transposed (an up-convolution), with its output padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// The step between the filter's positions (of a transposed convolution: between the input's
+    /// pixels in the output).
+    pub stride: i64,
+    /// Zeros around the input (of a transposed convolution: rows and columns cut off the output).
+    pub padding: i64,
+    /// The step between the filter's taps.
+    pub dilation: i64,
+    /// Groups of channels convolved apart.
+    pub groups: i64,
+    /// `Some(output padding)` for a transposed convolution: the extra rows and columns on the
+    /// output's far side.
+    pub transposed: Option<i64>,
+}
+
+impl Geometry {
+    /// A convolution with `stride` and `padding`, no dilation and one group.
+    pub const fn conv(stride: i64, padding: i64) -> Self {
+        Geometry { stride, padding, dilation: 1, groups: 1, transposed: None }
+    }
+
+    /// The geometry of tch's `nn::conv2d` with `cfg`.
+    pub fn of_conv(cfg: &nn::ConvConfig) -> Self {
+        let (stride, padding) = (cfg.stride, cfg.padding);
+        Geometry { stride, padding, dilation: cfg.dilation, groups: cfg.groups, transposed: None }
+    }
+
+    /// The geometry of tch's `nn::conv_transpose2d` with `cfg`.
+    pub fn of_transpose(cfg: &nn::ConvTransposeConfig) -> Self {
+        Geometry {
+            stride: cfg.stride,
+            padding: cfg.padding,
+            dilation: cfg.dilation,
+            groups: cfg.groups,
+            transposed: Some(cfg.output_padding),
+        }
+    }
+}
+
 /// The convolution of a deterministic CPU run (`train.deterministic = true`, oneDNN off):
 /// oneDNN's kernels on fixed pieces of 16 images (the last one with the remainder), run
 /// single-threaded inside one parallel loop over the pieces, the gradients to the weights and
 /// bias summed in the pieces' order (in float, rounded once), so every pass gives the same bits
 /// at any thread count (`csrc/conv_det.cpp`). In place of libtorch's reference convolution
-/// (`slow_conv2d`), which a deterministic run fell back to: a RotNet cpu-profile step (fp32,
-/// NCHW, batch 64 × 4 rotations) took 604-623 ms with it, 93-100 ms with the pieces and 70 ms
-/// with oneDNN free, on 2 cores of an AMD EPYC (Zen 4).
+/// (`slow_conv2d`, or NNPACK's forward pass), which a deterministic run fell back to: a RotNet
+/// cpu-profile step (fp32, NCHW, batch 64 × 4 rotations) took 604-623 ms with it, 93-100 ms
+/// with the pieces and 70 ms with oneDNN free, on 2 cores of an AMD EPYC (Zen 4). A transposed
+/// `g` takes the same pieces (oneDNN's transposed kernels, libtorch's reference one where oneDNN
+/// refuses an output padding as large as the stride or the dilation).
 /// Under the CPU's bf16 autocast the operands are cast as autocast's convolution casts them.
 /// `Ok(None)` when it does not take the convolution (fewer than 16 images, not a 4-d CPU
 /// tensor, not float or bf16, another autocast dtype, libtorch without oneDNN); `Err` with
 /// libtorch's message when it refuses the shapes.
 ///
 /// # Shapes
-/// `xs`: `(N, C, H, W)`; `ws`: `(K, C / groups, r, s)`; `bs`: `(K)`; returns `(N, K, Ho, Wo)`
-/// in `xs`'s memory format.
+/// `xs`: `(N, C, H, W)`; `ws`: `(K, C / groups, r, s)` (transposed: `(C, K / groups, r, s)`);
+/// `bs`: `(K)`; returns `(N, K, Ho, Wo)` in `xs`'s memory format.
 pub fn conv_det(
     xs: &Tensor,
     ws: &Tensor,
     bs: Option<&Tensor>,
-    stride: i64,
-    padding: i64,
-    dilation: i64,
-    groups: i64,
+    g: Geometry,
 ) -> Result<Option<Tensor>, String> {
     let b = bs.map_or(std::ptr::null(), |b| b.as_ptr().cast::<c_void>());
     // SAFETY: the handles are live tensors (tch's `C_tensor` is an `at::Tensor`) or null for no
@@ -670,15 +717,50 @@ pub fn conv_det(
             xs.as_ptr().cast(),
             ws.as_ptr().cast(),
             b,
-            stride,
-            padding,
-            dilation,
-            groups,
+            g.stride,
+            g.padding,
+            g.dilation,
+            g.groups,
+            g.transposed.map_or(-1, |p| p.max(0)),
             out,
             err,
             len,
         )
     })
+}
+
+/// [`conv_det`]'s convolution when this is a deterministic CPU run (oneDNN off, and
+/// `SELFSUP_CONV_DET` not `off`) and it takes it; `None` otherwise.
+///
+/// # Panics
+/// When libtorch refuses the shapes, with its message (as `nn::Module::forward`).
+fn det_pieces(xs: &Tensor, ws: &Tensor, bs: Option<&Tensor>, g: Geometry) -> Option<Tensor> {
+    if det_mode() == Mode::Off || crate::determinism::mkldnn_enabled() {
+        return None;
+    }
+    match conv_det(xs, ws, bs, g) {
+        Ok(y) => y,
+        // The module interface has no error path; libtorch's message says what.
+        Err(e) => panic!("deterministic convolution: {e}"),
+    }
+}
+
+/// The convolution (or, with `g.transposed`, the transposed convolution) of `xs` with `ws` and
+/// `bs`: [`conv_det`]'s pieces in a deterministic CPU run, libtorch's `convolution` otherwise,
+/// for the layers outside the encoders (heads, decoders, discriminators).
+///
+/// # Shapes
+/// As [`conv_det`].
+///
+/// # Panics
+/// When libtorch refuses the shapes, with its message (as `nn::Module::forward`).
+pub fn convolution(xs: &Tensor, ws: &Tensor, bs: Option<&Tensor>, g: Geometry) -> Tensor {
+    if let Some(y) = det_pieces(xs, ws, bs, g) {
+        return y;
+    }
+    let [s, p, d] = [[g.stride; 2], [g.padding; 2], [g.dilation; 2]];
+    let op = [g.transposed.unwrap_or(0); 2];
+    xs.convolution(ws, bs, s, p, d, g.transposed.is_some(), op, g.groups)
 }
 
 /// Whether a bias-free `r×r` convolution with stride 1 and padding `(r - 1) / 2` from `c` to `k`
@@ -776,31 +858,45 @@ pub struct Conv2d {
     /// The layer: its `ws` `(K, C, k, k)` and optional `bs`.
     pub inner: nn::Conv2D,
     /// Whether it is a 1×1, 3×3 or 5×5 convolution with stride 1, padding `(k - 1) / 2`, no
-    /// dilation, one group and no bias (tch keeps the configuration private).
+    /// dilation, one group and no bias (tch keeps the configuration private) that may take
+    /// selfsup's kernels.
     winograd_shaped: bool,
-    /// Its stride, padding, dilation and groups.
-    geometry: [i64; 4],
+    /// Whether it may take selfsup's own CPU kernels (Winograd, the products): an encoder's.
+    own_kernels: bool,
+    geometry: Geometry,
 }
 
 impl Conv2d {
     /// A bias-free `k×k` convolution of one group and no dilation on `p` (see
     /// [`super::conv2d`]).
     pub(crate) fn new(p: nn::Path, c_in: i64, c_out: i64, k: i64, cfg: nn::ConvConfig) -> Self {
-        let winograd_shaped = (k == 1 || k == 3 || k == 5)
+        let mut conv = Conv2d::head(p, c_in, c_out, k, cfg);
+        conv.own_kernels = true;
+        conv.winograd_shaped = (k == 1 || k == 3 || k == 5)
             && cfg.stride == 1
             && cfg.padding == (k - 1) / 2
             && cfg.dilation == 1
             && cfg.groups == 1
             && !cfg.bias;
-        let geometry = [cfg.stride, cfg.padding, cfg.dilation, cfg.groups];
-        Conv2d { inner: nn::conv2d(p, c_in, c_out, k, cfg), winograd_shaped, geometry }
+        conv
     }
 
-    /// Its stride and padding when it has no dilation, one group and no bias (the shape
-    /// [`conv_gemm`] takes).
+    /// tch's `nn::conv2d(p, c_in, c_out, k, cfg)` (the same variables) for a layer outside the
+    /// encoders: a head's, a decoder's or a discriminator's. It runs libtorch's convolution, and
+    /// in deterministic CPU runs [`conv_det`]'s pieces in place of libtorch's reference kernels;
+    /// none of selfsup's own kernels, whose plans were measured at the encoders' shapes.
+    pub fn head(p: nn::Path, c_in: i64, c_out: i64, k: i64, cfg: nn::ConvConfig) -> Self {
+        let geometry = Geometry::of_conv(&cfg);
+        let inner = nn::conv2d(p, c_in, c_out, k, cfg);
+        Conv2d { inner, winograd_shaped: false, own_kernels: false, geometry }
+    }
+
+    /// Its stride and padding when it may take selfsup's kernels and has no dilation, one group
+    /// and no bias (the shape [`conv_gemm`] takes).
     fn gemm_shaped(&self) -> Option<(i64, i64)> {
-        let [stride, padding, dilation, groups] = self.geometry;
-        (dilation == 1 && groups == 1 && self.inner.bs.is_none()).then_some((stride, padding))
+        let Geometry { stride, padding, dilation, groups, .. } = self.geometry;
+        (self.own_kernels && dilation == 1 && groups == 1 && self.inner.bs.is_none())
+            .then_some((stride, padding))
     }
 
     /// The Winograd passes for an input `(N, C, H, W)`.
@@ -854,15 +950,8 @@ impl Conv2d {
 
 impl nn::Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Tensor {
-        if det_mode() != Mode::Off && !crate::determinism::mkldnn_enabled() {
-            let [stride, padding, dilation, groups] = self.geometry;
-            let bs = self.inner.bs.as_ref();
-            match conv_det(xs, &self.inner.ws, bs, stride, padding, dilation, groups) {
-                Ok(Some(y)) => return y,
-                Ok(None) => {}
-                // The module interface has no error path; libtorch's message says what.
-                Err(e) => panic!("deterministic convolution: {e}"),
-            }
+        if let Some(y) = det_pieces(xs, &self.inner.ws, self.inner.bs.as_ref(), self.geometry) {
+            return y;
         }
         if self.dense_for(xs) {
             if let Some(y) = conv_dense(xs, &self.inner.ws) {
@@ -887,6 +976,33 @@ impl nn::Module for Conv2d {
             }
         }
         xs.apply(&self.inner)
+    }
+}
+
+/// A transposed convolution outside the encoders (a decoder's up-convolution): tch's
+/// `nn::ConvTranspose2D`, run by libtorch, and in deterministic CPU runs by [`conv_det`]'s
+/// pieces in place of libtorch's reference kernels.
+#[derive(Debug)]
+pub struct ConvTranspose2d {
+    /// The layer: its `ws` `(C, K / groups, k, k)` and optional `bs` `(K)`.
+    pub inner: nn::ConvTranspose2D,
+    geometry: Geometry,
+}
+
+impl ConvTranspose2d {
+    /// tch's `nn::conv_transpose2d(p, c_in, c_out, k, cfg)`, the same variables.
+    pub fn new(p: nn::Path, c_in: i64, c_out: i64, k: i64, cfg: nn::ConvTransposeConfig) -> Self {
+        let geometry = Geometry::of_transpose(&cfg);
+        ConvTranspose2d { inner: nn::conv_transpose2d(p, c_in, c_out, k, cfg), geometry }
+    }
+}
+
+impl nn::Module for ConvTranspose2d {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        match det_pieces(xs, &self.inner.ws, self.inner.bs.as_ref(), self.geometry) {
+            Some(y) => y,
+            None => xs.apply(&self.inner),
+        }
     }
 }
 

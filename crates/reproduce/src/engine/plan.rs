@@ -22,8 +22,8 @@ pub struct Plan {
     pub summary: String,
     /// The resolved profile settings (`results.json`'s `profile`, `configs/profile.json`).
     pub settings: Value,
-    /// Bit-for-bit CPU determinism of the probes (oneDNN off but for the encoders'
-    /// convolutions on fixed pieces of the batch); each training follows its own config.
+    /// Bit-for-bit CPU determinism of the probes (oneDNN off but for the
+    /// convolutions, on fixed pieces of the batch); each training follows its own config.
     pub deterministic: bool,
     /// Test images scored by every probe: a seeded subset (stream `test_images`, seed
     /// `seed`); `None` is the whole test split.

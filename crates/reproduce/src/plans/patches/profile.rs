@@ -77,8 +77,8 @@ pub struct Profile {
     pub probe_seeds: Vec<u64>,
     /// Published layer-wise rows shown beside ours (another dataset: marked as such).
     pub references: Vec<ReferenceRow>,
-    /// Bit-for-bit CPU determinism across thread counts (oneDNN off but for the encoders'
-    /// convolutions on fixed pieces of the batch; see `selfsup_core::determinism`).
+    /// Bit-for-bit CPU determinism across thread counts (oneDNN off but for the
+    /// convolutions, on fixed pieces of the batch; see `selfsup_core::determinism`).
     pub deterministic: bool,
     /// Run seed.
     pub seed: u64,

@@ -121,8 +121,8 @@ pub struct Profile {
     pub references: Vec<ReferenceRow>,
     /// The seed's PASCAL VOC 2007 classification figures, where it gives them.
     pub pascal: Vec<PascalRow>,
-    /// Bit-for-bit CPU determinism across thread counts (oneDNN off but for the encoders'
-    /// convolutions on fixed pieces of the batch; see `selfsup_core::determinism`).
+    /// Bit-for-bit CPU determinism across thread counts (oneDNN off but for the
+    /// convolutions, on fixed pieces of the batch; see `selfsup_core::determinism`).
     pub deterministic: bool,
     /// Run seed.
     pub seed: u64,

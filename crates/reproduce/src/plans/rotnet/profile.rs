@@ -86,8 +86,8 @@ pub struct Profile {
     /// encoder fine-tuned end to end with a linear head on its pooled output (official: 200
     /// epochs of 50,000 samples, ×0.2 at 60, 120, 160).
     pub few_supervised: FineTuneConfig,
-    /// Bit-for-bit CPU determinism (oneDNN off but for the encoders' convolutions, which run
-    /// it on fixed pieces of the batch: `selfsup_core::encoders::conv::conv_det`).
+    /// Bit-for-bit CPU determinism (oneDNN off but for the convolutions, which run it
+    /// on fixed pieces of the batch: `selfsup_core::encoders::conv::conv_det`).
     pub deterministic: bool,
     /// Channels-last memory format in training.
     pub channels_last: bool,
