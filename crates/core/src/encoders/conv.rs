@@ -692,12 +692,13 @@ impl Geometry {
 /// (`slow_conv2d`, or NNPACK's forward pass), which a deterministic run fell back to: a RotNet
 /// cpu-profile step (fp32, NCHW, batch 64 × 4 rotations) took 604-623 ms with it, 93-100 ms
 /// with the pieces and 70 ms with oneDNN free, on 2 cores of an AMD EPYC (Zen 4). A transposed
-/// `g` takes the same pieces (oneDNN's transposed kernels, libtorch's reference one where oneDNN
-/// refuses an output padding as large as the stride or the dilation).
+/// `g` takes the same pieces, on oneDNN's transposed kernels.
 /// Under the CPU's bf16 autocast the operands are cast as autocast's convolution casts them.
 /// `Ok(None)` when it does not take the convolution (fewer than 16 images, not a 4-d CPU
-/// tensor, not float or bf16, another autocast dtype, libtorch without oneDNN); `Err` with
-/// libtorch's message when it refuses the shapes.
+/// tensor, not float or bf16, another autocast dtype, libtorch without oneDNN, a transposed
+/// convolution whose output padding is not below its stride: oneDNN refuses it, and libtorch's
+/// reference kernel for it gives other bits at other thread counts); `Err` with libtorch's
+/// message when it refuses the shapes.
 ///
 /// # Shapes
 /// `xs`: `(N, C, H, W)`; `ws`: `(K, C / groups, r, s)` (transposed: `(C, K / groups, r, s)`);
