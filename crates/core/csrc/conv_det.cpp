@@ -5,21 +5,21 @@
 // over the batch's positions across the threads (so the bits depend on their number), and
 // libtorch then falls back to its reference convolution (`slow_conv2d`: an im2col and a small
 // matrix product an image), 8.6x slower over a RotNet step on 2 cores. Here the batch is cut
-// into pieces of `kPiece` images (the last one taking the remainder), fixed by the batch size
-// alone. Every pass runs oneDNN's kernel on each piece inside one `at::parallel_for` over the
-// pieces, each task holding OpenMP's thread count to 1 (`OneThread`), so oneDNN builds and runs
-// a single-threaded kernel and a piece's result is the same bits at any thread count. The
-// forward pass and the backward pass to the input write each piece's rows; the gradients to the
-// weights and the bias are one partial sum a piece, added in the pieces' order (in float).
-// Which kernel libtorch picks for a piece depends on its shape, its dtype and whether oneDNN is
-// on, and on the thread count only for a 1 x 1 layer of fewer than 16 images
-// (`ConvParams::use_mkldnn`): pieces hold at least 16, and batches below
-// that are left to the caller (libtorch's reference convolution, as before). Transposed
-// convolutions (a decoder's up-convolutions) take the same pieces, on oneDNN's transposed
-// kernels. oneDNN refuses a transposed convolution whose output padding is not below its stride
-// (then possible with a dilation): libtorch's reference kernel for it gives other bits at other
-// thread counts even on one piece (its products are MKL's, threaded outside a parallel region),
-// so those are left to the caller too.
+// into pieces of `kPiece` images (the last one taking the remainder; a batch of fewer is one
+// piece), fixed by the batch size alone. Every pass runs oneDNN's kernel on each piece inside
+// one `at::parallel_for` over the pieces, each task holding OpenMP's and MKL's thread counts to
+// 1 (`OneThread`), so oneDNN builds and runs a single-threaded kernel and a piece's result is
+// the same bits at any thread count. The forward pass and the backward pass to the input write
+// each piece's rows; the gradients to the weights and the bias are one partial sum a piece,
+// added in the pieces' order (in float). Which kernel libtorch picks for a piece depends on its
+// shape, its dtype and whether oneDNN is on, and on the thread count only for a 1 x 1 layer of
+// fewer than 16 images (`ConvParams::use_mkldnn`), which inside a task always sees one thread.
+// Where libtorch picks its reference kernel for a piece (that 1 x 1 layer; a transposed
+// convolution whose output padding is not below its stride, which oneDNN refuses), the
+// kernel's matrix products are MKL's, which keeps a thread count of its own: on a batch of one
+// piece (no parallel region) they ran on every thread and gave other bits at other thread
+// counts, hence MKL's count held to 1 too. Transposed convolutions (a decoder's
+// up-convolutions) take the same pieces, on oneDNN's transposed kernels.
 //
 // oneDNN is turned on for the duration of each pass (libtorch's process-wide switch, restored
 // on every exit); a pass runs on the thread that called it, the autograd engine's on the CPU,
@@ -42,13 +42,14 @@
 
 namespace {
 
-// Images a piece (the last piece takes up to twice as many: the remainder).
+// Images a piece (the last piece takes up to twice as many: the remainder; a batch of fewer is
+// one piece).
 constexpr int64_t kPiece = 16;
 
-// The pieces of a batch of `n` images (n >= kPiece): (first image, images).
+// The pieces of a batch of `n` images (n >= 1): (first image, images).
 std::vector<std::pair<int64_t, int64_t>> pieces(int64_t n) {
   std::vector<std::pair<int64_t, int64_t>> out;
-  const int64_t count = n / kPiece;
+  const int64_t count = std::max<int64_t>(n / kPiece, 1);
   for (int64_t i = 0; i < count; ++i) {
     const int64_t first = i * kPiece;
     out.emplace_back(first, i + 1 == count ? n - first : kPiece);
@@ -74,13 +75,18 @@ struct Geometry {
 };
 
 // OpenMP's `omp_get_max_threads` and `omp_set_num_threads`, from the OpenMP runtime libtorch
-// loaded (looked up at run time: the shim is not built with OpenMP); null without one.
+// loaded (looked up at run time: the shim is not built with OpenMP), and MKL's
+// `mkl_set_num_threads_local` (exported by libtorch_cpu, into which the wheels link MKL, as
+// `MKL_Set_Num_Threads_Local`: the lower-case symbol is the Fortran binding, which takes a
+// pointer); null without them.
 struct OmpThreads {
   int (*get)();
   void (*set)(int);
+  int (*mkl_local)(int);
   OmpThreads()
       : get(reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "omp_get_max_threads"))),
-        set(reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"))) {}
+        set(reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"))),
+        mkl_local(reinterpret_cast<int (*)(int)>(dlsym(RTLD_DEFAULT, "MKL_Set_Num_Threads_Local"))) {}
 };
 
 const OmpThreads& omp_threads() {
@@ -88,22 +94,29 @@ const OmpThreads& omp_threads() {
   return t;
 }
 
-// OpenMP's thread count of the calling task held to 1 while it lives, then restored. oneDNN
-// sizes a kernel's work split by `omp_get_max_threads()` when it builds the kernel (inside a
-// parallel region too) and then runs the split's parts in one thread: its backward pass to the
-// weights of 1 x 1 layers waits at a barrier for the parts' other threads and hangs. Held to 1,
-// each piece gets a single-threaded kernel (the same one at any thread count).
+// OpenMP's and MKL's thread counts of the calling task held to 1 while it lives, then
+// restored. oneDNN sizes a kernel's work split by `omp_get_max_threads()` when it builds the
+// kernel (inside a parallel region too) and then runs the split's parts in one thread: its
+// backward pass to the weights of 1 x 1 layers waits at a barrier for the parts' other threads
+// and hangs. Held to 1, each piece gets a single-threaded kernel (the same one at any thread
+// count). MKL keeps a thread count of its own (`at::set_num_threads` sets it too), which a
+// piece's matrix products (libtorch's reference kernels, where a piece takes them) would use
+// outside a parallel region, on a batch of one piece: its thread-local count is held to 1 too.
 struct OneThread {
   int prev = 0;
+  int prev_mkl = -1;
   OneThread() {
     const auto& t = omp_threads();
     if (t.get != nullptr && t.set != nullptr) {
       prev = t.get();
       t.set(1);
     }
+    if (t.mkl_local != nullptr) prev_mkl = t.mkl_local(1);
   }
   ~OneThread() {
     if (prev > 0) omp_threads().set(prev);
+    // 0: back to MKL's global count.
+    if (prev_mkl >= 0) omp_threads().mkl_local(prev_mkl);
   }
   OneThread(const OneThread&) = delete;
   OneThread& operator=(const OneThread&) = delete;
@@ -248,8 +261,8 @@ int selfsup_conv_det(const at::Tensor* x, const at::Tensor* w, const at::Tensor*
                      int64_t output_padding, at::Tensor** out, char* err, size_t err_len) {
   int took = 0;
   const int rc = selfsup::guarded(err, err_len, [&] {
-    if (x->dim() != 4 || x->size(0) < kPiece || !x->device().is_cpu() || !w->device().is_cpu() ||
-        !at::hasMKLDNN() || (output_padding >= 0 && output_padding >= stride)) {
+    if (x->dim() != 4 || x->size(0) == 0 || !x->device().is_cpu() || !w->device().is_cpu() ||
+        !at::hasMKLDNN()) {
       return;
     }
     at::Tensor xs = *x, ws = *w, bs = b != nullptr ? *b : at::Tensor();

@@ -685,8 +685,9 @@ impl Geometry {
 }
 
 /// The convolution of a deterministic CPU run (`train.deterministic = true`, oneDNN off):
-/// oneDNN's kernels on fixed pieces of 16 images (the last one with the remainder), run
-/// single-threaded inside one parallel loop over the pieces, the gradients to the weights and
+/// oneDNN's kernels on fixed pieces of 16 images (the last one with the remainder; fewer images
+/// are one piece), run single-threaded inside one parallel loop over the pieces (OpenMP's and
+/// MKL's thread counts held to 1 in each), the gradients to the weights and
 /// bias summed in the pieces' order (in float, rounded once), so every pass gives the same bits
 /// at any thread count (`csrc/conv_det.cpp`). In place of libtorch's reference convolution
 /// (`slow_conv2d`, or NNPACK's forward pass), which a deterministic run fell back to: a RotNet
@@ -694,11 +695,11 @@ impl Geometry {
 /// with the pieces and 70 ms with oneDNN free, on 2 cores of an AMD EPYC (Zen 4). A transposed
 /// `g` takes the same pieces, on oneDNN's transposed kernels.
 /// Under the CPU's bf16 autocast the operands are cast as autocast's convolution casts them.
-/// `Ok(None)` when it does not take the convolution (fewer than 16 images, not a 4-d CPU
-/// tensor, not float or bf16, another autocast dtype, libtorch without oneDNN, a transposed
-/// convolution whose output padding is not below its stride: oneDNN refuses it, and libtorch's
-/// reference kernel for it gives other bits at other thread counts); `Err` with libtorch's
-/// message when it refuses the shapes.
+/// `Ok(None)` when it does not take the convolution (an empty batch, not a 4-d CPU tensor, not
+/// float or bf16, another autocast dtype, libtorch without oneDNN); `Err` with libtorch's
+/// message when it refuses the shapes. Until 2026-12-07 batches under 16 images were left to
+/// libtorch's reference kernels, with which a context-encoder run of batch 8 trained at 1 and
+/// then at 2 threads in one process ended with other weights.
 ///
 /// # Shapes
 /// `xs`: `(N, C, H, W)`; `ws`: `(K, C / groups, r, s)` (transposed: `(C, K / groups, r, s)`);
