@@ -4,7 +4,9 @@
 //! `block2`: conv3×3(w→2w) + BN + ReLU, `(N, 2w, H/2, W/2)`.
 //!
 //! Without batch norm ([`Tiny::with_batch_norm`]) the convs have biases instead, and no sample's
-//! gradient depends on the rest of its batch (what the data-parallel tests need).
+//! gradient depends on the rest of its batch (what the data-parallel tests need). The convs are
+//! libtorch's ([`Conv2d::head`]: on oneDNN's pieces in deterministic CPU runs).
+use super::conv::Conv2d;
 use super::{batch_norm2d, BatchNorm, Encoder};
 use tch::{nn, nn::ModuleT, Tensor};
 
@@ -16,9 +18,9 @@ pub fn default_width() -> i64 {
 /// The tiny encoder.
 #[derive(Debug)]
 pub struct Tiny {
-    conv1: nn::Conv2D,
+    conv1: Conv2d,
     bn1: Option<BatchNorm>,
-    conv2: nn::Conv2D,
+    conv2: Conv2d,
     bn2: Option<BatchNorm>,
     width: i64,
 }
@@ -33,9 +35,9 @@ impl Tiny {
     pub fn with_batch_norm(p: &nn::Path, in_channels: i64, width: i64, batch_norm: bool) -> Self {
         let c = nn::ConvConfig { padding: 1, bias: !batch_norm, ..Default::default() };
         Tiny {
-            conv1: nn::conv2d(p / "conv1", in_channels, width, 3, c),
+            conv1: Conv2d::head(p / "conv1", in_channels, width, 3, c),
             bn1: batch_norm.then(|| batch_norm2d(p / "bn1", width)),
-            conv2: nn::conv2d(p / "conv2", width, 2 * width, 3, c),
+            conv2: Conv2d::head(p / "conv2", width, 2 * width, 3, c),
             bn2: batch_norm.then(|| batch_norm2d(p / "bn2", 2 * width)),
             width,
         }
