@@ -2,23 +2,23 @@
 // on pieces of the batch whose sums do not depend on the thread count.
 //
 // A deterministic run turns oneDNN off, because its backward pass to the weights splits the sum
-// over the batch's positions across the threads (so the bits depend on their number), and
-// libtorch then falls back to its reference convolution (`slow_conv2d`: an im2col and a small
-// matrix product an image), 8.6x slower over a RotNet step on 2 cores. Here the batch is cut
-// into pieces of `kPiece` images (the last one taking the remainder; a batch of fewer is one
-// piece), fixed by the batch size alone. Every pass runs oneDNN's kernel on each piece inside
-// one `at::parallel_for` over the pieces, each task holding OpenMP's and MKL's thread counts to
-// 1 (`OneThread`), so oneDNN builds and runs a single-threaded kernel and a piece's result is
-// the same bits at any thread count. The forward pass and the backward pass to the input write
-// each piece's rows; the gradients to the weights and the bias are one partial sum a piece,
-// added in the pieces' order (in float). Which kernel libtorch picks for a piece depends on its
-// shape, its dtype and whether oneDNN is on, and on the thread count only for a 1 x 1 layer of
-// fewer than 16 images (`ConvParams::use_mkldnn`), which inside a task always sees one thread.
-// Where libtorch picks its reference kernel for a piece (that 1 x 1 layer; a transposed
-// convolution whose output padding is not below its stride, which oneDNN refuses), the
-// kernel's matrix products are MKL's, which keeps a thread count of its own: on a batch of one
-// piece (no parallel region) they ran on every thread and gave other bits at other thread
-// counts, hence MKL's count held to 1 too. Transposed convolutions (a decoder's
+// over the batch's positions across the threads (so the bits depend on their number), and libtorch
+// then falls back to its reference convolution (`slow_conv2d`: an im2col and a small matrix product
+// an image), 8.6x slower over a RotNet step on 2 cores. Here the batch is cut into pieces of
+// `kPiece` images (the last one taking the remainder; a batch of fewer is one piece), fixed by the
+// batch size alone. Every pass runs oneDNN's kernel on each piece inside one `at::parallel_for`
+// over the pieces, each task holding OpenMP's and MKL's thread counts to 1 (`OneThread`), so oneDNN
+// builds and runs a single-threaded kernel and a piece's result is the same bits at any thread
+// count. The forward pass and the backward pass to the input write each piece's rows; the gradients
+// to the weights and the bias are one partial sum a piece, added in the pieces' order (in float).
+// Which kernel libtorch picks for a piece depends on its shape, its dtype and whether oneDNN is on,
+// and on the thread count only for a 1 x 1 layer of fewer than 16 images
+// (`ConvParams::use_mkldnn`), which inside a task always sees one thread. Where libtorch picks its
+// reference kernel for a piece (that 1 x 1 layer; a transposed convolution whose output padding is
+// not below its stride, which oneDNN refuses), the kernel's matrix products are MKL's, which keeps
+// a thread count of its own (`at::set_num_threads` sets the calling thread's): on a batch of one
+// piece (its task inline on the calling thread) they ran on every thread and gave other bits at
+// other thread counts, hence MKL's count held to 1 too. Transposed convolutions (a decoder's
 // up-convolutions) take the same pieces, on oneDNN's transposed kernels.
 //
 // oneDNN is turned on for the duration of each pass (libtorch's process-wide switch, restored
@@ -86,7 +86,8 @@ struct OmpThreads {
   OmpThreads()
       : get(reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "omp_get_max_threads"))),
         set(reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"))),
-        mkl_local(reinterpret_cast<int (*)(int)>(dlsym(RTLD_DEFAULT, "MKL_Set_Num_Threads_Local"))) {}
+        mkl_local(
+            reinterpret_cast<int (*)(int)>(dlsym(RTLD_DEFAULT, "MKL_Set_Num_Threads_Local"))) {}
 };
 
 const OmpThreads& omp_threads() {

@@ -1,6 +1,7 @@
 //! The convolution of deterministic runs ([`conv_det`], `csrc/conv_det.cpp`): the same bits at
 //! 1, 2 and 3 threads in every pass, of convolutions and transposed ones, within float rounding
-//! of libtorch's float64 convolution, at 7, 16 and 40 images, and what it leaves to libtorch. Its own process: libtorch's thread count is process-wide.
+//! of libtorch's float64 convolution, at 7, 16 and 40 images, and what it leaves to libtorch.
+//! Its own process: libtorch's thread count is process-wide.
 use selfsup_core::encoders::conv::{conv_det, Geometry};
 use selfsup_core::precision::{
     autocast, cpu_supports_bf16, is_channels_last, to_channels_last, Precision,
