@@ -125,7 +125,7 @@ fn reconstruction_only_trains_without_a_discriminator() {
 /// both optimizers' states, in one process: with batches of 32 images, which take two pieces of
 /// `selfsup_core::encoders::conv::conv_det` in every convolution (the trunk's, the bottleneck's
 /// 1×1, the decoder's up-convolutions and output layer, and the discriminator's), and of 8,
-/// one piece. (With the up-convolutions' weight gradients taken in one piece at 2 threads, the
+/// two halves. (With the up-convolutions' weight gradients taken in one piece at 2 threads, the
 /// first fails; on libtorch's reference kernels, `SELFSUP_CONV_DET=off`, both fail, as the
 /// batches of 8 did until 2026-12-07.)
 #[test]

@@ -5,21 +5,21 @@
 // over the batch's positions across the threads (so the bits depend on their number), and libtorch
 // then falls back to its reference convolution (`slow_conv2d`: an im2col and a small matrix product
 // an image), 8.6x slower over a RotNet step on 2 cores. Here the batch is cut into pieces of
-// `kPiece` images (the last one taking the remainder; a batch of fewer is one piece), fixed by the
-// batch size alone. Every pass runs oneDNN's kernel on each piece inside one `at::parallel_for`
-// over the pieces, each task holding OpenMP's and MKL's thread counts to 1 (`OneThread`), so oneDNN
-// builds and runs a single-threaded kernel and a piece's result is the same bits at any thread
-// count. The forward pass and the backward pass to the input write each piece's rows; the gradients
-// to the weights and the bias are one partial sum a piece, added in the pieces' order (in float).
-// Which kernel libtorch picks for a piece depends on its shape, its dtype and whether oneDNN is on,
-// and on the thread count only for a 1 x 1 layer of fewer than 16 images
-// (`ConvParams::use_mkldnn`), which inside a task always sees one thread. Where libtorch picks its
-// reference kernel for a piece (that 1 x 1 layer; a transposed convolution whose output padding is
-// not below its stride, which oneDNN refuses), the kernel's matrix products are MKL's, which keeps
-// a thread count of its own (`at::set_num_threads` sets the calling thread's): on a batch of one
-// piece (its task inline on the calling thread) they ran on every thread and gave other bits at
-// other thread counts, hence MKL's count held to 1 too. Transposed convolutions (a decoder's
-// up-convolutions) take the same pieces, on oneDNN's transposed kernels.
+// `kPiece` images (the last one taking the remainder; a batch of fewer than `2 * kPiece` is two
+// halves), fixed by the batch size alone. Every pass runs oneDNN's kernel on each piece inside one
+// `at::parallel_for` over the pieces, each task holding OpenMP's and MKL's thread counts to 1
+// (`OneThread`), so oneDNN builds and runs a single-threaded kernel and a piece's result is the
+// same bits at any thread count. The forward pass and the backward pass to the input write each
+// piece's rows; the gradients to the weights and the bias are one partial sum a piece, added in the
+// pieces' order (in float). Which kernel libtorch picks for a piece depends on its shape, its dtype
+// and whether oneDNN is on, and on the thread count only for a 1 x 1 layer of a piece under 16
+// images (`ConvParams::use_mkldnn`), which inside a task always sees one thread. Where libtorch
+// picks its reference kernel for a piece (that 1 x 1 layer; a transposed convolution whose output
+// padding is not below its stride, which oneDNN refuses), the kernel's matrix products are MKL's,
+// which keeps a thread count of its own (`at::set_num_threads` sets the calling thread's): in a
+// task run inline on the calling thread (a batch of one piece) they ran on every thread and gave
+// other bits at other thread counts, hence MKL's count held to 1 too. Transposed convolutions (a
+// decoder's up-convolutions) take the same pieces, on oneDNN's transposed kernels.
 //
 // oneDNN is turned on for the duration of each pass (libtorch's process-wide switch, restored
 // on every exit); a pass runs on the thread that called it, the autograd engine's on the CPU,
@@ -42,12 +42,16 @@
 
 namespace {
 
-// Images a piece (the last piece takes up to twice as many: the remainder; a batch of fewer is
-// one piece).
+// Images a piece (the last piece takes up to twice as many: the remainder). A batch of fewer
+// than twice as many is two halves (one image: one piece), so that two cores share it.
 constexpr int64_t kPiece = 16;
 
 // The pieces of a batch of `n` images (n >= 1): (first image, images).
 std::vector<std::pair<int64_t, int64_t>> pieces(int64_t n) {
+  if (n < 2 * kPiece) {
+    if (n < 2) return {{0, n}};
+    return {{0, n / 2}, {n / 2, n - n / 2}};
+  }
   std::vector<std::pair<int64_t, int64_t>> out;
   const int64_t count = std::max<int64_t>(n / kPiece, 1);
   for (int64_t i = 0; i < count; ++i) {

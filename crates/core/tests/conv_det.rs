@@ -77,7 +77,7 @@ fn same_bits_at_any_thread_count_and_libtorchs_values() {
     }
     for l in LAYERS {
         let (r, _, _, _, groups, c, k, side, bias, transposed) = l;
-        // 7 and 16 images: one piece; 40: pieces of 16 and 24 (the remainder joins the last).
+        // 7 and 16 images: two halves; 40: pieces of 16 and 24 (the remainder joins the last).
         for n in [7, 16, 40] {
             tch::manual_seed(n + r);
             let opts = (Kind::Float, Device::Cpu);

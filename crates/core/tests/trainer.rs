@@ -238,7 +238,7 @@ fn thread_count_does_not_change_the_result() {
 }
 
 /// The same with an encoder whose convolutions take the deterministic runs' pieces
-/// (`encoders::conv::conv_det`: batches of 16 images and more): a NIN, batch 32.
+/// (`encoders::conv::conv_det`): a NIN, batch 32.
 #[test]
 fn thread_count_does_not_change_a_nin_run() {
     same_weights_at_one_and_two_threads(|threads| {

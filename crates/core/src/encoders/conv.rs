@@ -685,8 +685,8 @@ impl Geometry {
 }
 
 /// The convolution of a deterministic CPU run (`train.deterministic = true`, oneDNN off):
-/// oneDNN's kernels on fixed pieces of 16 images (the last one with the remainder; fewer images
-/// are one piece), run single-threaded inside one parallel loop over the pieces (OpenMP's and
+/// oneDNN's kernels on fixed pieces of 16 images (the last one with the remainder; a batch under
+/// 32 is two halves), run single-threaded inside one parallel loop over the pieces (OpenMP's and
 /// MKL's thread counts held to 1 in each), the gradients to the weights and
 /// bias summed in the pieces' order (in float, rounded once), so every pass gives the same bits
 /// at any thread count (`csrc/conv_det.cpp`). In place of libtorch's reference convolution
