@@ -34,9 +34,14 @@ fn registry() -> Registry {
     r
 }
 
-fn run(dir: &std::path::Path, max_steps: Option<u64>, resume: bool) -> Vec<(String, tch::Tensor)> {
+fn run(
+    cfg: &RunConfig,
+    dir: &std::path::Path,
+    max_steps: Option<u64>,
+    resume: bool,
+) -> Vec<(String, tch::Tensor)> {
     let mut opts = TrainOptions { resume, progress: false, ..TrainOptions::default() };
-    let mut cfg = config(2);
+    let mut cfg = cfg.clone();
     cfg.train.max_steps = max_steps;
     let summary = train(&cfg, &registry(), dir, &mut opts).unwrap();
     assert!(summary.last_epoch_loss.is_finite());
@@ -47,11 +52,19 @@ fn run(dir: &std::path::Path, max_steps: Option<u64>, resume: bool) -> Vec<(Stri
     vars
 }
 
+fn assert_same(a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)], what: &str) {
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (other, y)) in a.iter().zip(b) {
+        assert_eq!(name, other);
+        assert!(x.equal(y), "{name} differs {what}");
+    }
+}
+
 #[test]
 fn trains_writes_samples_and_resumes_bit_for_bit() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let straight = tempfile::tempdir().unwrap();
-    let a = run(straight.path(), None, false);
+    let a = run(&config(2), straight.path(), None, false);
     let metrics = std::fs::read_to_string(straight.path().join("metrics.jsonl")).unwrap();
     assert!(metrics.contains("\"ab_acc\""), "{metrics}");
     for e in [1, 2] {
@@ -61,12 +74,9 @@ fn trains_writes_samples_and_resumes_bit_for_bit() {
     assert!(a.iter().any(|(n, _)| n == "method.colorization.prior.counts"));
     let split = tempfile::tempdir().unwrap();
     // 3 steps an epoch: stop in the middle of the second, then resume to the end.
-    run(split.path(), Some(4), false);
-    let b = run(split.path(), None, true);
-    assert_eq!(a.len(), b.len());
-    for ((name, x), (_, y)) in a.iter().zip(&b) {
-        assert!(x.equal(y), "{name} differs after resuming");
-    }
+    run(&config(2), split.path(), Some(4), false);
+    let b = run(&config(2), split.path(), None, true);
+    assert_same(&a, &b, "after resuming");
     let ck = checkpoint::load(straight.path()).unwrap();
     assert_eq!(ck.state.normalization.unwrap().mean, vec![0.0; 3]);
 }
@@ -86,14 +96,9 @@ fn thread_count_does_not_change_a_deterministic_run() {
         cfg.method_config["samples"] = 0.into();
         assert!(cfg.train.deterministic);
         let dir = tempfile::tempdir().unwrap();
-        let mut opts = TrainOptions { progress: false, ..TrainOptions::default() };
-        train(&cfg, &registry(), dir.path(), &mut opts).unwrap();
-        checkpoint::load(dir.path()).unwrap().model
+        run(&cfg, dir.path(), None, false)
     };
     let (one, two) = (at(1), at(2));
-    assert_eq!(one.len(), two.len());
     assert!(one.iter().any(|(n, _)| n.contains("out.weight")), "the head's variables");
-    for ((name, x), (_, y)) in one.iter().zip(&two) {
-        assert!(x.equal(y), "{name} differs at 2 threads");
-    }
+    assert_same(&one, &two, "at 2 threads");
 }

@@ -53,7 +53,7 @@ std::vector<std::pair<int64_t, int64_t>> pieces(int64_t n) {
     return {{0, n / 2}, {n / 2, n - n / 2}};
   }
   std::vector<std::pair<int64_t, int64_t>> out;
-  const int64_t count = std::max<int64_t>(n / kPiece, 1);
+  const int64_t count = n / kPiece;
   for (int64_t i = 0; i < count; ++i) {
     const int64_t first = i * kPiece;
     out.emplace_back(first, i + 1 == count ? n - first : kPiece);
@@ -76,6 +76,12 @@ struct Geometry {
   int64_t stride, padding, dilation, groups;
   bool transposed;
   int64_t output_padding;  // of a transposed convolution (0 otherwise)
+
+  // The output's channels for the weight `w`: (K, C / groups, r, s), or a transposed
+  // convolution's (C, K / groups, r, s).
+  int64_t out_channels(const at::Tensor& w) const {
+    return transposed ? w.size(1) * groups : w.size(0);
+  }
 };
 
 // OpenMP's `omp_get_max_threads` and `omp_set_num_threads`, from the OpenMP runtime libtorch
@@ -104,9 +110,9 @@ const OmpThreads& omp_threads() {
 // kernel (inside a parallel region too) and then runs the split's parts in one thread: its
 // backward pass to the weights of 1 x 1 layers waits at a barrier for the parts' other threads
 // and hangs. Held to 1, each piece gets a single-threaded kernel (the same one at any thread
-// count). MKL keeps a thread count of its own (`at::set_num_threads` sets it too), which a
-// piece's matrix products (libtorch's reference kernels, where a piece takes them) would use
-// outside a parallel region, on a batch of one piece: its thread-local count is held to 1 too.
+// count). MKL keeps a thread count of its own (`at::set_num_threads` sets the calling thread's),
+// which a piece's matrix products (libtorch's reference kernels, where a piece takes them) would
+// use in a task run inline on the calling thread: its thread-local count is held to 1 too.
 struct OneThread {
   int prev = 0;
   int prev_mkl = -1;
@@ -128,7 +134,7 @@ struct OneThread {
 };
 
 // `f(i, first, images)` for every piece, over libtorch's threads, one piece a task, each task
-// held to one OpenMP thread.
+// held to one thread (`OneThread`).
 template <typename F>
 void each_piece(const std::vector<std::pair<int64_t, int64_t>>& ps, const F& f) {
   at::parallel_for(0, static_cast<int64_t>(ps.size()), 1, [&](int64_t begin, int64_t end) {
@@ -149,10 +155,8 @@ at::Tensor forward_pieces(const at::Tensor& x, const at::Tensor& w,
   TORCH_CHECK(ho > 0 && wo > 0, g.transposed ? "transposed convolution" : "convolution",
               ": input ", x.sizes(), ", weight ", w.sizes(), ", stride ", g.stride, ", padding ",
               g.padding, ", dilation ", g.dilation, ": the output would be empty");
-  // A transposed convolution's weight is (C, K / groups, r, s).
-  const int64_t k = g.transposed ? w.size(1) * g.groups : w.size(0);
-  at::Tensor y =
-      at::empty({x.size(0), k, ho, wo}, x.options().memory_format(x.suggest_memory_format()));
+  at::Tensor y = at::empty({x.size(0), g.out_channels(w), ho, wo},
+                           x.options().memory_format(x.suggest_memory_format()));
   MkldnnOn on;
   // Each piece's output copied into its rows by the task that made it (still in its cache).
   each_piece(pieces(x.size(0)), [&](int64_t, int64_t first, int64_t n) {
@@ -217,7 +221,7 @@ struct DetConv : public torch::autograd::Function<DetConv<Bias>> {
     const at::Tensor dy = grads[0].contiguous(x.suggest_memory_format());
     const auto ps = pieces(x.size(0));
     std::vector<at::Tensor> dws(ps.size()), dbs(ps.size());
-    const std::array<int64_t, 1> bias_size{g.transposed ? w.size(1) * g.groups : w.size(0)};
+    const std::array<int64_t, 1> bias_size{g.out_channels(w)};
     at::Tensor dx = want_x ? at::empty_like(x) : none;
     {
       MkldnnOn on;
@@ -255,12 +259,11 @@ extern "C" {
 // and the bias `b` (K) when not null, square stride, padding and dilation, as one autograd
 // function whose passes run oneDNN's kernels a piece of the batch at a time (see the file's
 // header): for deterministic CPU runs, where oneDNN is off. With `output_padding` >= 0 it is
-// the transposed convolution with that output padding (`w`: (C, K / groups, r, s)), taken when
-// the output padding is below the stride; -1 for a convolution. Under the CPU's bfloat16 autocast
-// the operands are cast as autocast's convolution casts them. Returns 1 when it took the
-// convolution, 0 when it left it to the caller (fewer than 16 images; not a 4-d CPU tensor;
-// not float or bfloat16 after autocast; another autocast dtype; libtorch built without
-// oneDNN), or -1 with libtorch's message in `err`.
+// the transposed convolution with that output padding (`w`: (C, K / groups, r, s)); negative
+// (-1) for a convolution. Under the CPU's bfloat16 autocast the operands are cast as autocast's
+// convolution casts them. Returns 1 when it took the convolution, 0 when it left it to the
+// caller (an empty batch; not a 4-d CPU tensor; not float or bfloat16 after autocast; another
+// autocast dtype; libtorch built without oneDNN), or -1 with libtorch's message in `err`.
 int selfsup_conv_det(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b,
                      int64_t stride, int64_t padding, int64_t dilation, int64_t groups,
                      int64_t output_padding, at::Tensor** out, char* err, size_t err_len) {
@@ -278,10 +281,10 @@ int selfsup_conv_det(const at::Tensor* x, const at::Tensor* w, const at::Tensor*
       return;
     }
     RECORD_FUNCTION("selfsup::conv_det", c10::ArrayRef<const c10::IValue>{});
-    const int64_t op = std::max<int64_t>(output_padding, -1);
-    *out = new at::Tensor(
-        bs.defined() ? DetConv<true>::apply(xs, ws, bs, stride, padding, dilation, groups, op)
-                     : DetConv<false>::apply(xs, ws, stride, padding, dilation, groups, op));
+    *out = new at::Tensor(bs.defined() ? DetConv<true>::apply(xs, ws, bs, stride, padding,
+                                                            dilation, groups, output_padding)
+                                       : DetConv<false>::apply(xs, ws, stride, padding, dilation,
+                                                               groups, output_padding));
     took = 1;
   });
   return rc != 0 ? rc : took;
