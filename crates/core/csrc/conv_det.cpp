@@ -134,11 +134,15 @@ struct OneThread {
 };
 
 // `f(i, first, images)` for every piece, over libtorch's threads, one piece a task, each task
-// held to one thread (`OneThread`).
+// held to one thread (`OneThread`) and with autograd's recording off: grad mode is a setting of
+// each thread, on in libtorch's worker threads whatever the calling thread's, so a piece's ops
+// there would record a graph of their own (and an out= product refuses operands that require
+// gradients).
 template <typename F>
 void each_piece(const std::vector<std::pair<int64_t, int64_t>>& ps, const F& f) {
   at::parallel_for(0, static_cast<int64_t>(ps.size()), 1, [&](int64_t begin, int64_t end) {
     OneThread one;
+    at::NoGradGuard no_grad;
     for (int64_t i = begin; i < end; ++i) f(i, ps[i].first, ps[i].second);
   });
 }
@@ -251,6 +255,60 @@ struct DetConv : public torch::autograd::Function<DetConv<Bias>> {
   }
 };
 
+// Columns a block of a deterministic product's output.
+constexpr int64_t kColumns = 64;
+
+// `out = a b` (a: (M, K), b: (K, N), out: (M, N)) in fixed blocks of `kColumns` of the
+// output's columns, one MKL product a block over libtorch's threads (`each_piece`: MKL held to
+// one thread in a task). Every output is one single-threaded sum over all of `K`, in a block
+// fixed by the shapes alone: the same bits at any thread count.
+void blocked_mm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  std::vector<std::pair<int64_t, int64_t>> blocks;
+  for (int64_t first = 0; first < out.size(1); first += kColumns) {
+    blocks.emplace_back(first, std::min(kColumns, out.size(1) - first));
+  }
+  each_piece(blocks, [&](int64_t, int64_t first, int64_t n) {
+    at::Tensor cols = out.narrow(1, first, n);
+    at::mm_out(cols, a, b.narrow(1, first, n));
+  });
+}
+
+// The product `x w` (x: (N, A), w: (A, B)) of a deterministic run, every pass one
+// `blocked_mm`: `y = x w`, `dx = dy wᵀ`, `dw = xᵀ dy`. For the dense form of the convolutions
+// at the smallest maps (`conv_dense`), whose whole-batch product `dW = Xᵀ dY` MKL splits over
+// the threads along the batch. (Partial sums over pieces of the batch, as the convolutions'
+// weight gradients, cost a whole `(A, B)` matrix a piece here: a relative-patch step took
+// longer than with the convolutions' pieces.)
+struct DetMm : public torch::autograd::Function<DetMm> {
+  using Ctx = torch::autograd::AutogradContext;
+
+  static at::Tensor forward(Ctx* ctx, const at::Tensor& x, const at::Tensor& w) {
+    ctx->save_for_backward({x, w});
+    at::Tensor y = at::empty({x.size(0), w.size(1)}, x.options());
+    blocked_mm(y, x, w);
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(Ctx* ctx, torch::autograd::variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "the deterministic product has no double backward (create_graph)");
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &w = saved[1];
+    torch::autograd::variable_list out(2);
+    if (!grads[0].defined()) return out;
+    const at::Tensor dy = grads[0].contiguous();
+    if (ctx->needs_input_grad(0)) {
+      out[0] = at::empty({x.size(0), x.size(1)}, x.options());
+      blocked_mm(out[0], dy, w.t());
+    }
+    if (ctx->needs_input_grad(1)) {
+      out[1] = at::empty({w.size(0), w.size(1)}, w.options());
+      blocked_mm(out[1], x.t(), dy);
+    }
+    return out;
+  }
+};
+
 }  // namespace
 
 extern "C" {
@@ -285,6 +343,32 @@ int selfsup_conv_det(const at::Tensor* x, const at::Tensor* w, const at::Tensor*
                                                             dilation, groups, output_padding)
                                        : DetConv<false>::apply(xs, ws, stride, padding, dilation,
                                                                groups, output_padding));
+    took = 1;
+  });
+  return rc != 0 ? rc : took;
+}
+
+// `*out` = a new handle to the product `x w` of the float matrices `x` (N, A) and `w` (A, B) on
+// the CPU, as one autograd function whose passes run MKL's products on fixed blocks of their
+// outputs' columns (`DetMm`): the same bits at any thread count. Returns 1 when it took the product, 0 when
+// it left it to the caller (an empty `x`; not 2-d float CPU tensors; no
+// `MKL_Set_Num_Threads_Local` to hold MKL to one thread in a piece, as in a libtorch without
+// MKL), or -1 with libtorch's message in `err` (mismatched inner sizes).
+int selfsup_mm_det(const at::Tensor* x, const at::Tensor* w, at::Tensor** out, char* err,
+                   size_t err_len) {
+  int took = 0;
+  const int rc = selfsup::guarded(err, err_len, [&] {
+    const auto float_cpu = [](const at::Tensor& t) {
+      return t.dim() == 2 && t.device().is_cpu() && t.scalar_type() == at::kFloat;
+    };
+    if (!float_cpu(*x) || !float_cpu(*w) || x->size(0) == 0 ||
+        omp_threads().mkl_local == nullptr) {
+      return;
+    }
+    TORCH_CHECK(x->size(1) == w->size(0), "deterministic product: ", x->sizes(), " by ",
+                w->sizes());
+    RECORD_FUNCTION("selfsup::mm_det", c10::ArrayRef<const c10::IValue>{});
+    *out = new at::Tensor(DetMm::apply(*x, *w));
     took = 1;
   });
   return rc != 0 ? rc : took;

@@ -3,6 +3,7 @@
 //! uninterrupted run does (the step count that seeds the pairs travels
 //! with the checkpoint).
 use selfsup_core::config::{DataConfig, RunConfig, TrainConfig};
+use selfsup_core::encoders::AlexnetVariant;
 use selfsup_core::trainer::{train, TrainOptions};
 use selfsup_core::{checkpoint, EncoderConfig, Registry};
 use selfsup_data::Split;
@@ -31,11 +32,18 @@ fn registry() -> Registry {
     r
 }
 
+/// libtorch's thread count is process-wide: the tests of this file train one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run(dir: &std::path::Path, max_steps: Option<u64>, resume: bool) -> Vec<(String, tch::Tensor)> {
-    let mut opts = TrainOptions { resume, progress: false, ..TrainOptions::default() };
     let mut cfg = config(2);
     cfg.train.max_steps = max_steps;
-    let summary = train(&cfg, &registry(), dir, &mut opts).unwrap();
+    run_config(&cfg, dir, resume)
+}
+
+fn run_config(cfg: &RunConfig, dir: &std::path::Path, resume: bool) -> Vec<(String, tch::Tensor)> {
+    let mut opts = TrainOptions { resume, progress: false, ..TrainOptions::default() };
+    let summary = train(cfg, &registry(), dir, &mut opts).unwrap();
     assert!(summary.last_epoch_loss.is_finite());
     let ck = checkpoint::load(dir).unwrap();
     let mut vars = ck.model;
@@ -45,6 +53,7 @@ fn run(dir: &std::path::Path, max_steps: Option<u64>, resume: bool) -> Vec<(Stri
 
 #[test]
 fn trains_and_resumes_bit_for_bit() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let straight = tempfile::tempdir().unwrap();
     let a = run(straight.path(), None, false);
     let metrics = std::fs::read_to_string(straight.path().join("metrics.jsonl")).unwrap();
@@ -56,5 +65,36 @@ fn trains_and_resumes_bit_for_bit() {
     assert_eq!(a.len(), b.len());
     for ((name, x), (_, y)) in a.iter().zip(&b) {
         assert!(x.equal(y), "{name} differs after resuming");
+    }
+}
+
+/// A deterministic run (the default) of the cpu profile's network, the AlexNet on 8-px patches,
+/// ends with the same bits at 1 and 2 threads: conv2 (5×5 at 4×4) to conv5 (3×3 at 2×2) run as
+/// dense products (`selfsup_core::encoders::conv::conv_dense`) on `mm_det`'s blocks, conv1 on
+/// `conv_det`'s pieces, the fc layers on libtorch's products. NCHW and channels-last.
+#[test]
+fn thread_count_does_not_change_a_deterministic_run_of_the_alexnet() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for channels_last in [false, true] {
+        let at = |threads: usize| {
+            let mut cfg = config(1);
+            cfg.data.dataset = "synthetic:64:32".into();
+            cfg.encoder = EncoderConfig::Alexnet { variant: AlexnetVariant::Cifar, width: 12 };
+            cfg.method_config["crop"] = 32.into();
+            cfg.method_config["gap"] = 3.into();
+            cfg.train.batch_size = 32;
+            cfg.train.threads = threads;
+            cfg.train.channels_last = channels_last;
+            assert!(cfg.train.deterministic);
+            let dir = tempfile::tempdir().unwrap();
+            run_config(&cfg, dir.path(), false)
+        };
+        let (one, two) = (at(1), at(2));
+        assert!(one.iter().any(|(n, _)| n.contains("conv5")), "the AlexNet's variables");
+        assert_eq!(one.len(), two.len());
+        for ((name, x), (other, y)) in one.iter().zip(&two) {
+            assert_eq!(name, other);
+            assert!(x.equal(y), "{name} differs at 2 threads (channels-last {channels_last})");
+        }
     }
 }

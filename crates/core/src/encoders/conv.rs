@@ -29,7 +29,8 @@
 //! other CPUs, bf16 stays libtorch's (the products below aside).
 //!
 //! Deterministic runs (`train.deterministic` switches oneDNN off for thread-count-independent
-//! sums; the Winograd products are MKL's, whose sums are not) take none of these paths: their
+//! sums; the Winograd products are MKL's, whose sums are not) take none of these paths but the
+//! dense products below: their
 //! convolutions run oneDNN's kernels on fixed pieces of the batch ([`conv_det`],
 //! `csrc/conv_det.cpp`), and so do those of the layers outside the encoders, built as
 //! [`Conv2d::head`], [`ConvTranspose2d`] or run by [`convolution`] (heads, decoders, the
@@ -62,9 +63,12 @@
 //! channels-last activations `(N, H·W·C)` with a `(H·W·C, H·W·K)` matrix gathered from the
 //! filters ([`conv_dense`], [`plan_dense`]): relative patch's 8-px patches through the
 //! AlexNet-24 (conv2 to conv5). oneDNN's kernels run far from the machine at such maps (the
-//! three 3×3 layers: 7.1 → 3.2 ms a step with AVX-512, 12.0 → 4.6 held to AVX2). As the other
-//! paths it leaves deterministic runs, NCHW activations, autocast and CUDA to libtorch;
-//! `SELFSUP_CONV_GEMM=off` turns it off too.
+//! three 3×3 layers: 7.1 → 3.2 ms a step with AVX-512, 12.0 → 4.6 held to AVX2). NCHW
+//! activations are copied into that order (since 2026-12-07; the copies are a few hundred KiB a
+//! layer). In a deterministic run its products are [`mm_det`]'s, fixed blocks of the output's
+//! columns a single-threaded MKL product each, in place of [`conv_det`]'s pieces, where
+//! oneDNN's single-threaded kernels on 16 images of 2×2 maps ran slower than the products. It
+//! leaves autocast and CUDA to libtorch; `SELFSUP_CONV_GEMM=off` turns it off too.
 //!
 //! The 4×4 convolution with stride 2 and padding 1 of DCGAN's discriminator (the context
 //! encoder's adversary) is, on the space-to-depth form of its padded input, a valid 2×2
@@ -113,6 +117,13 @@ extern "C" {
         dilation: i64,
         groups: i64,
         output_padding: i64,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn selfsup_mm_det(
+        x: *const c_void,
+        w: *const c_void,
         out: *mut *mut c_void,
         err: *mut c_char,
         err_len: usize,
@@ -765,6 +776,25 @@ pub fn convolution(xs: &Tensor, ws: &Tensor, bs: Option<&Tensor>, g: Geometry) -
     xs.convolution(ws, bs, s, p, d, g.transposed.is_some(), op, g.groups)
 }
 
+/// The product `xs ws` of a deterministic CPU run: each pass (`Y = X W`, `dX = dY Wᵀ`,
+/// `dW = Xᵀ dY`) one MKL product a fixed block of 64 of its output's columns, single-threaded
+/// and over libtorch's threads (MKL held to one thread in each), so every output is one sum in
+/// an order fixed by the shapes and every pass gives the same bits at any thread count
+/// (`csrc/conv_det.cpp`, `DetMm`). libtorch's whole-batch product splits the sum `Xᵀ dY` over
+/// the threads along the batch. `Ok(None)` when it does not take the product (an empty `xs`,
+/// not 2-d float CPU tensors, a libtorch without MKL); `Err` with libtorch's message when the
+/// inner sizes differ.
+///
+/// # Shapes
+/// `xs`: `(N, A)`; `ws`: `(A, B)`; returns `(N, B)`.
+pub fn mm_det(xs: &Tensor, ws: &Tensor) -> Result<Option<Tensor>, String> {
+    // SAFETY: the handles are live tensors (tch's `C_tensor` is an `at::Tensor`); `out` and
+    // `err` are `shim_tensor`'s, valid for the call.
+    crate::ops::shim_tensor(|out, err, len| unsafe {
+        selfsup_mm_det(xs.as_ptr().cast(), ws.as_ptr().cast(), out, err, len)
+    })
+}
+
 /// Whether a bias-free `r×r` convolution with stride 1 and padding `(r - 1) / 2` from `c` to `k`
 /// channels at an `h × w` map runs as one dense matrix product ([`conv_dense`]): the 3×3 layers
 /// at maps of 2×2 and less (each output sees every input: no product by a padding zero) and the
@@ -810,18 +840,20 @@ fn dense_taps(r: i64, h: i64, w: i64) -> Vec<i64> {
 
 /// The `r×r` convolution (stride 1, padding `(r - 1) / 2`, no bias) of `xs` with `ws` as one
 /// matrix product: `Y = X W̃`, `X` the activations `(N, H·W·C)` (a view of channels-last
-/// memory), `W̃` `(H·W·C, H·W·K)` with `W̃[(q, c), (p, k)] = ws[k, c, tap(q, p)]` (zero where
-/// the filter does not reach) gathered from the filters by one `index_select`. Built of
-/// libtorch's differentiable ops: the backward passes are the two products `dX = dY W̃ᵀ`,
-/// `dW̃ = Xᵀ dY` and the gather's sum back onto the taps. Each output is one sum of its terms
-/// in another order than oneDNN's (relative 1e-6). `None` when it does not take the
-/// convolution: `xs` not a 4-d channels-last float CPU tensor, `ws` not float `(K, C, r, r)`
-/// with `r` odd, autocast on for the CPU, oneDNN off (a deterministic run: MKL's sums are not
-/// the same at every thread count).
+/// memory; NCHW activations are copied into that order, and the output back into theirs), `W̃`
+/// `(H·W·C, H·W·K)` with `W̃[(q, c), (p, k)] = ws[k, c, tap(q, p)]` (zero where the filter does
+/// not reach) gathered from the filters by one `index_select`. Built of libtorch's
+/// differentiable ops: the backward passes are the two products `dX = dY W̃ᵀ`, `dW̃ = Xᵀ dY`
+/// and the gather's sum back onto the taps. Each output is one sum of its terms in another
+/// order than oneDNN's (relative 1e-6). In a deterministic run (oneDNN off) the products are
+/// [`mm_det`]'s pieces, unless `SELFSUP_CONV_DET=off`. `None` when it does not take the
+/// convolution: `xs` not a 4-d float CPU tensor, `ws` not float `(K, C, r, r)` with `r` odd,
+/// autocast on for the CPU, a deterministic run that [`mm_det`] declines.
 ///
 /// # Shapes
-/// `xs`: `(N, C, H, W)` channels-last; `ws`: `(K, C, r, r)`; returns `(N, K, H, W)`
-/// channels-last.
+/// `xs`: `(N, C, H, W)`; `ws`: `(K, C, r, r)`; returns `(N, K, H, W)` in `xs`'s memory format
+/// (channels-last or NCHW). The gradient to `xs` is channels-last either way (for NCHW `xs`,
+/// the backward pass of the copy).
 pub fn conv_dense(xs: &Tensor, ws: &Tensor) -> Option<Tensor> {
     let float_cpu = |t: &Tensor| t.kind() == tch::Kind::Float && t.device() == tch::Device::Cpu;
     let (xsz, wsz) = (xs.size(), ws.size());
@@ -829,11 +861,11 @@ pub fn conv_dense(xs: &Tensor, ws: &Tensor) -> Option<Tensor> {
     if !float_cpu(xs) || !float_cpu(ws) || wc != c || r != r2 || r % 2 == 0 {
         return None;
     }
-    // A view of `xs` as `(N, H·W·C)` needs the channels-last strides themselves.
-    if xs.stride() != [h * w * c, 1, w * c, c]
-        || !matches!(crate::precision::autocast_dtype(tch::Device::Cpu), Ok(None))
-        || !crate::determinism::mkldnn_enabled()
-    {
+    if !matches!(crate::precision::autocast_dtype(tch::Device::Cpu), Ok(None)) {
+        return None;
+    }
+    let det = !crate::determinism::mkldnn_enabled();
+    if det && det_mode() == Mode::Off {
         return None;
     }
     let s = h * w;
@@ -848,8 +880,21 @@ pub fn conv_dense(xs: &Tensor, ws: &Tensor) -> Option<Tensor> {
         .view([s, s, c, k])
         .permute([0, 2, 1, 3])
         .reshape([s * c, s * k]);
-    let x = xs.permute([0, 2, 3, 1]).view([n, s * c]);
-    Some(x.mm(&dense).view([n, h, w, k]).permute([0, 3, 1, 2]))
+    // A view where `xs` has the channels-last strides themselves, a copy otherwise.
+    let channels_last = xs.stride() == [h * w * c, 1, w * c, c];
+    let x = xs.permute([0, 2, 3, 1]).reshape([n, s * c]);
+    let y = if det {
+        match mm_det(&x, &dense) {
+            Ok(Some(y)) => y,
+            Ok(None) => return None,
+            // The module interface has no error path; libtorch's message says what.
+            Err(e) => panic!("dense convolution: {e}"),
+        }
+    } else {
+        x.mm(&dense)
+    };
+    let y = y.view([n, h, w, k]).permute([0, 3, 1, 2]);
+    Some(if channels_last { y } else { y.contiguous() })
 }
 
 /// A convolution of an encoder: `nn::Conv2D`, with Winograd where [`plan`] (or
@@ -952,13 +997,13 @@ impl Conv2d {
 
 impl nn::Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Tensor {
-        if let Some(y) = det_pieces(xs, &self.inner.ws, self.inner.bs.as_ref(), self.geometry) {
-            return y;
-        }
         if self.dense_for(xs) {
             if let Some(y) = conv_dense(xs, &self.inner.ws) {
                 return y;
             }
+        }
+        if let Some(y) = det_pieces(xs, &self.inner.ws, self.inner.bs.as_ref(), self.geometry) {
+            return y;
         }
         let plan = self.plan_for(xs);
         if plan != Plan::default() {
@@ -1889,6 +1934,14 @@ mod tests {
             assert!(crate::precision::is_channels_last(&got.0), "{what}: output layout");
             assert_eq!(got.1.stride(), x.stride(), "{what}: input gradient layout");
             assert_eq!(got.2.stride(), ws.stride(), "{what}: weight gradient layout");
+            // NCHW activations: copied in, the output back in NCHW, the same sums.
+            let (x, dy) = (x.contiguous(), dy.contiguous());
+            let nchw = passes(&x, &ws, &dy, dense);
+            assert!(nchw.0.is_contiguous(), "{what}: NCHW output layout");
+            for (name, a, b) in [("output", &nchw.0, &got.0), ("input", &nchw.1, &got.1)] {
+                assert!(a.equal(b), "{what}: NCHW {name} differs from channels-last");
+            }
+            assert!(nchw.2.equal(&got.2), "{what}: NCHW weights differ from channels-last");
         }
     }
 
@@ -1898,7 +1951,8 @@ mod tests {
         let x = crate::precision::to_channels_last(&Tensor::randn([2, 4, 2, 2], opts)).unwrap();
         let w = Tensor::randn([4, 4, 3, 3], opts);
         assert!(conv_dense(&x, &w).is_some());
-        assert!(conv_dense(&x.contiguous(), &w).is_none(), "NCHW");
+        assert!(conv_dense(&x.contiguous(), &w).is_some(), "NCHW");
+        assert!(conv_dense(&x.get(0), &w).is_none(), "3-d");
         assert!(conv_dense(&x.to_kind(Kind::Double), &w.to_kind(Kind::Double)).is_none(), "f64");
         assert!(conv_dense(&x, &w.narrow(1, 0, 3)).is_none(), "channels disagree");
         assert!(conv_dense(&x, &Tensor::randn([4, 4, 2, 2], opts)).is_none(), "even filter");
