@@ -34,14 +34,18 @@ int selfsup_mkldnn_enabled() {
 // `torch.use_deterministic_algorithms(True, warn_only=True)`). `benchmark`: cuDNN's autotuner
 // (fast, not reproducible). `tf32_cudnn`, `tf32_cublas`: whether cuDNN's convolutions and
 // cuBLAS's matmuls may run fp32 tensors as TF32 (PyTorch's defaults: 1 and 0); set either way,
-// whatever `deterministic`. Returns 0, or -1 when libtorch threw.
+// whatever `deterministic`. `fill_uninitialized`: whether, with the deterministic
+// implementations on, every new tensor that an op leaves uninitialized (`empty`) is first
+// filled with NaN (PyTorch's default, `torch.utils.deterministic.fill_uninitialized_memory`),
+// so that a read of it gives the same bits every time. Returns 0, or -1 when libtorch threw.
 int selfsup_set_cuda_determinism(int deterministic, int benchmark, int tf32_cudnn,
-                                 int tf32_cublas) {
+                                 int tf32_cublas, int fill_uninitialized) {
   try {
     auto& ctx = at::globalContext();
     ctx.setDeterministicCuDNN(deterministic != 0);
     ctx.setBenchmarkCuDNN(benchmark != 0);
     ctx.setDeterministicAlgorithms(deterministic != 0, /*warn_only=*/true);
+    ctx.setDeterministicFillUninitializedMemory(fill_uninitialized != 0);
     ctx.setAllowTF32CuDNN(tf32_cudnn != 0);
     ctx.setAllowTF32CuBLAS(tf32_cublas != 0);
     return 0;
@@ -51,9 +55,11 @@ int selfsup_set_cuda_determinism(int deterministic, int benchmark, int tf32_cudn
 }
 
 // Reads the switches back: cuDNN deterministic, cuDNN benchmark, deterministic algorithms,
-// TF32 in cuBLAS, TF32 in cuDNN (each 0 or 1). Returns 0, or -1 when libtorch threw.
+// TF32 in cuBLAS, TF32 in cuDNN, uninitialized memory filled (each 0 or 1). Returns 0, or -1
+// when libtorch threw.
 int selfsup_get_cuda_determinism(int* cudnn_deterministic, int* cudnn_benchmark,
-                                 int* algorithms, int* tf32_cublas, int* tf32_cudnn) {
+                                 int* algorithms, int* tf32_cublas, int* tf32_cudnn,
+                                 int* fill_uninitialized) {
   try {
     auto& ctx = at::globalContext();
     *cudnn_deterministic = ctx.deterministicCuDNN() ? 1 : 0;
@@ -61,6 +67,8 @@ int selfsup_get_cuda_determinism(int* cudnn_deterministic, int* cudnn_benchmark,
     *algorithms = ctx.deterministicAlgorithms() ? 1 : 0;
     *tf32_cublas = ctx.allowTF32CuBLAS() ? 1 : 0;
     *tf32_cudnn = ctx.allowTF32CuDNN() ? 1 : 0;
+    *fill_uninitialized =
+        ctx.deterministicAlgorithms() && ctx.deterministicFillUninitializedMemory() ? 1 : 0;
     return 0;
   } catch (...) {
     return -1;

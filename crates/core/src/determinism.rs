@@ -17,8 +17,22 @@
 //! convolutions on the pieces as well (since 2026-12-07), the cpu-profile steps of the context
 //! encoder, the denoising autoencoder, split-brain and colorization take 1.06-1.20× their time
 //! without determinism, against 4.20, 2.12, 2.24 and 1.49× on the reference kernels (the context
-//! encoder's 1,593 ms → 388). With `deterministic = false` a run is still bit-for-bit
-//! reproducible at the same thread count (which the saved config records).
+//! encoder's 1,593 ms → 388). The smallest maps' dense products (relative patch's conv2 to
+//! conv5) run on [`crate::encoders::conv::mm_det`]'s fixed blocks. With `deterministic = false`
+//! a run is still bit-for-bit reproducible at the same thread count (which the saved config
+//! records).
+//!
+//! ATen's deterministic implementations (`setDeterministicAlgorithms`, set below on the CPU too;
+//! there they change a few index and scatter kernels, such as `index_select`'s backward pass)
+//! come with a debugging aid, on by default in PyTorch: every tensor an op creates
+//! uninitialized (`empty`) is first filled with NaN, so that a kernel reading memory it never
+//! wrote gives the same bits every time. A deterministic CPU run turns that fill off (since
+//! 2026-12-07; `fill_uninitialized_memory` in `determinism.json`): it cost a full write of every
+//! new activation and gradient, and the tests that compare every weight across thread counts
+//! and across a resume pass without it. Measured on 2 cores of an AMD EPYC
+//! (Zen 4), the cpu-profile steps deterministic with the fill against without, ms:
+//! RotNet 120 → 101, SimCLR 227 → 168, MoCo 392 → 268 (see `bench/README.md`, "The NaN fill of
+//! deterministic runs"). CUDA runs keep it, as PyTorch does.
 //!
 //! On CUDA ([`apply`]) `deterministic = true` makes cuDNN pick deterministic algorithms with its
 //! autotuner off, switches ATen to its deterministic implementations where it has them (an op
@@ -47,6 +61,7 @@ extern "C" {
         benchmark: c_int,
         tf32_cudnn: c_int,
         tf32_cublas: c_int,
+        fill_uninitialized: c_int,
     ) -> c_int;
     fn selfsup_get_cuda_determinism(
         cudnn_deterministic: *mut c_int,
@@ -54,6 +69,7 @@ extern "C" {
         algorithms: *mut c_int,
         tf32_cublas: *mut c_int,
         tf32_cudnn: *mut c_int,
+        fill_uninitialized: *mut c_int,
     ) -> c_int;
 }
 
@@ -107,6 +123,12 @@ pub struct Switches {
     pub tf32_cudnn: bool,
     /// `CUBLAS_WORKSPACE_CONFIG` as the process sees it.
     pub cublas_workspace_config: Option<String>,
+    /// Whether new tensors an op leaves uninitialized are filled with NaN first (ATen does so
+    /// under its deterministic implementations unless told not to): in deterministic CUDA runs,
+    /// not in deterministic CPU runs (see the module docs). Absent (false) in records written
+    /// before 2026-12-07.
+    #[serde(default)]
+    pub fill_uninitialized_memory: bool,
 }
 
 /// The switches in force now.
@@ -114,10 +136,10 @@ pub struct Switches {
 /// # Errors
 /// When libtorch throws reading them (never seen).
 pub fn switches(deterministic: bool) -> crate::Result<Switches> {
-    let mut v = [0 as c_int; 5];
-    let [a, b, c, d, e] = &mut v;
-    // SAFETY: five valid out-pointers; the shim catches every C++ exception.
-    let rc = unsafe { selfsup_get_cuda_determinism(a, b, c, d, e) };
+    let mut v = [0 as c_int; 6];
+    let [a, b, c, d, e, f] = &mut v;
+    // SAFETY: six valid out-pointers; the shim catches every C++ exception.
+    let rc = unsafe { selfsup_get_cuda_determinism(a, b, c, d, e, f) };
     if rc != 0 {
         return Err(crate::CoreError::Config("reading libtorch's determinism switches".into()));
     }
@@ -131,15 +153,16 @@ pub fn switches(deterministic: bool) -> crate::Result<Switches> {
         tf32_cublas: v[3] == 1,
         tf32_cudnn: v[4] == 1,
         cublas_workspace_config: std::env::var("CUBLAS_WORKSPACE_CONFIG").ok(),
+        fill_uninitialized_memory: v[5] == 1,
     })
 }
 
-/// Sets every switch of `train.deterministic` and `train.tf32` (see the module docs) and returns
-/// them as now in force.
+/// Sets every switch of `train.deterministic` and `train.tf32` for a run on `device` (see the
+/// module docs) and returns them as now in force.
 ///
 /// # Errors
 /// When libtorch throws setting them.
-pub fn apply(deterministic: bool, tf32: Tf32) -> crate::Result<Switches> {
+pub fn apply(deterministic: bool, tf32: Tf32, device: tch::Device) -> crate::Result<Switches> {
     set_mkldnn_enabled(!deterministic);
     if deterministic && std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
         // Before cuBLAS's first handle: the trainer calls this before building anything.
@@ -147,8 +170,9 @@ pub fn apply(deterministic: bool, tf32: Tf32) -> crate::Result<Switches> {
     }
     let d = c_int::from(deterministic);
     let (cudnn, cublas) = (c_int::from(tf32.cudnn()), c_int::from(tf32.cublas()));
+    let fill = c_int::from(deterministic && device.is_cuda());
     // SAFETY: a plain call into the shim, which catches every C++ exception.
-    if unsafe { selfsup_set_cuda_determinism(d, 1 - d, cudnn, cublas) } != 0 {
+    if unsafe { selfsup_set_cuda_determinism(d, 1 - d, cudnn, cublas, fill) } != 0 {
         return Err(crate::CoreError::Config("setting libtorch's determinism switches".into()));
     }
     switches(deterministic)

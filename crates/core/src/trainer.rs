@@ -441,7 +441,7 @@ impl<'a> Trainer<'a> {
         if cfg.train.threads > 0 {
             tch::set_num_threads(cfg.train.threads as i32);
         }
-        let switches = crate::determinism::apply(cfg.train.deterministic, cfg.train.tf32)?;
+        let switches = crate::determinism::apply(cfg.train.deterministic, cfg.train.tf32, device)?;
         let group = opts.group.clone();
         let (rank, world_size) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.world_size()));
         if !cfg.train.batch_size.is_multiple_of(world_size) {
