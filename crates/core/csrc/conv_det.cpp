@@ -26,6 +26,7 @@
 // while the loader's threads run no convolution.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/native/ConvUtils.h>
 #include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -147,6 +148,16 @@ void each_piece(const std::vector<std::pair<int64_t, int64_t>>& ps, const F& f) 
   });
 }
 
+// The memory format of the output and of the gradients, as libtorch's oneDNN convolution picks
+// it: channels-last when the input or the weight is (`mkldnn_conv_use_channels_last`), else
+// contiguous. (The input's own format, as until 2026-12-07, turned a channels-last network NCHW
+// after its first layer, whose input, the batch of images, is NCHW: every piece's input and
+// output were then copied between the formats, and the layers after ran NCHW.)
+at::MemoryFormat memory_format(const at::Tensor& x, const at::Tensor& w) {
+  return at::native::mkldnn_conv_use_channels_last(x, w) ? at::MemoryFormat::ChannelsLast
+                                                          : at::MemoryFormat::Contiguous;
+}
+
 at::Tensor forward_pieces(const at::Tensor& x, const at::Tensor& w,
                           const std::optional<at::Tensor>& b, const Geometry& g) {
   // The output's side from the input's `in` and the filter's `r`.
@@ -160,7 +171,7 @@ at::Tensor forward_pieces(const at::Tensor& x, const at::Tensor& w,
               ": input ", x.sizes(), ", weight ", w.sizes(), ", stride ", g.stride, ", padding ",
               g.padding, ", dilation ", g.dilation, ": the output would be empty");
   at::Tensor y = at::empty({x.size(0), g.out_channels(w), ho, wo},
-                           x.options().memory_format(x.suggest_memory_format()));
+                           x.options().memory_format(memory_format(x, w)));
   MkldnnOn on;
   // Each piece's output copied into its rows by the task that made it (still in its cache).
   each_piece(pieces(x.size(0)), [&](int64_t, int64_t first, int64_t n) {
@@ -222,11 +233,12 @@ struct DetConv : public torch::autograd::Function<DetConv<Bias>> {
     const Geometry g = geometry(ctx);
     const bool want_x = ctx->needs_input_grad(0), want_w = ctx->needs_input_grad(1),
                want_b = Bias && ctx->needs_input_grad(2);
-    const at::Tensor dy = grads[0].contiguous(x.suggest_memory_format());
+    const at::MemoryFormat format = memory_format(x, w);
+    const at::Tensor dy = grads[0].contiguous(format);
     const auto ps = pieces(x.size(0));
     std::vector<at::Tensor> dws(ps.size()), dbs(ps.size());
     const std::array<int64_t, 1> bias_size{g.out_channels(w)};
-    at::Tensor dx = want_x ? at::empty_like(x) : none;
+    at::Tensor dx = want_x ? at::empty(x.sizes(), x.options().memory_format(format)) : none;
     {
       MkldnnOn on;
       each_piece(ps, [&](int64_t i, int64_t first, int64_t n) {

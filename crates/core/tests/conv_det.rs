@@ -81,7 +81,9 @@ fn same_bits_at_any_thread_count_and_libtorchs_values() {
         for n in [7, 16, 40] {
             tch::manual_seed(n + r);
             let opts = (Kind::Float, Device::Cpu);
-            for channels_last in [false, true] {
+            // NCHW, channels-last, and an NCHW input (a batch of images) with channels-last
+            // weights.
+            for (channels_last, x_channels_last) in [(false, false), (true, true), (true, false)] {
                 let mut x = Tensor::randn([n, c, side, side], opts);
                 let shape = match transposed {
                     None => [k, c / groups, r, r],
@@ -89,8 +91,10 @@ fn same_bits_at_any_thread_count_and_libtorchs_values() {
                 };
                 let mut w = Tensor::randn(shape, opts) * 0.3;
                 if channels_last {
-                    x = to_channels_last(&x).unwrap();
                     w = to_channels_last(&w).unwrap();
+                }
+                if x_channels_last {
+                    x = to_channels_last(&x).unwrap();
                 }
                 let b = bias.then(|| Tensor::randn([k], opts));
                 let want = reference(&x, &w, b.as_ref(), l);
@@ -100,7 +104,10 @@ fn same_bits_at_any_thread_count_and_libtorchs_values() {
                         passes(&x, &w, b.as_ref(), l, *kind)
                     };
                     let one = at(1);
-                    let what = format!("{l:?} n {n} channels-last {channels_last} {kind:?}");
+                    let what = format!(
+                        "{l:?} n {n} channels-last {channels_last} (input {x_channels_last}) \
+                         {kind:?}"
+                    );
                     assert_eq!(one.len(), 3 + usize::from(bias), "{what}");
                     for threads in [2, 3] {
                         for (i, (a, t)) in one.iter().zip(at(threads)).enumerate() {
@@ -116,10 +123,13 @@ fn same_bits_at_any_thread_count_and_libtorchs_values() {
                         assert!(e < tol, "{what}: pass {i} off by {e:e} of the largest value");
                     }
                     if channels_last {
-                        // The output and the gradient to the input keep the input's layout.
+                        // The output and the gradient to the input channels-last when the input
+                        // or the weights are, as libtorch's oneDNN convolution makes them.
                         for t in [&one[0], &one[1]] {
                             assert!(is_channels_last(t), "{what}: {:?}", t.stride());
                         }
+                    } else {
+                        assert!(one[0].is_contiguous() && one[1].is_contiguous(), "{what}");
                     }
                 }
             }

@@ -250,6 +250,29 @@ fn thread_count_does_not_change_a_nin_run() {
     });
 }
 
+/// The same in channels-last, fp32 and (where the CPU has bf16) bf16 autocast. The first
+/// layer's input, the batch of images, is NCHW; its pieces' output is channels-last (as
+/// libtorch's oneDNN convolution makes it), so the batch norms, pools and later layers run
+/// channels-last.
+#[test]
+fn thread_count_does_not_change_a_channels_last_nin_run() {
+    use selfsup_core::precision::{cpu_supports_bf16, Precision};
+    let mut precisions = vec![Precision::Fp32];
+    if cpu_supports_bf16() {
+        precisions.push(Precision::Bf16);
+    }
+    for precision in precisions {
+        same_weights_at_one_and_two_threads(|threads| {
+            let mut cfg = config(1, threads);
+            cfg.encoder = EncoderConfig::Nin { blocks: 3, width: 8 };
+            cfg.train.batch_size = 32;
+            cfg.train.channels_last = true;
+            cfg.train.precision = precision;
+            cfg
+        });
+    }
+}
+
 #[test]
 fn loss_falls_and_bad_runs_fail_cleanly() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

@@ -714,7 +714,9 @@ impl Geometry {
 ///
 /// # Shapes
 /// `xs`: `(N, C, H, W)`; `ws`: `(K, C / groups, r, s)` (transposed: `(C, K / groups, r, s)`);
-/// `bs`: `(K)`; returns `(N, K, Ho, Wo)` in `xs`'s memory format.
+/// `bs`: `(K)`; returns `(N, K, Ho, Wo)` channels-last when `xs` or `ws` is (as libtorch's
+/// oneDNN convolution: a channels-last network's first layer takes NCHW images), else
+/// contiguous; the gradient to `xs` likewise.
 pub fn conv_det(
     xs: &Tensor,
     ws: &Tensor,
