@@ -14,7 +14,8 @@
 //! against 70-72 in fp32, 76-81 against 32 in channels-last bf16; SimCLR's 204-215 against
 //! 163-168, 112 against 69 (with libtorch's reference convolution, as until 2026-12-06:
 //! 623, 467, 871-910 and 1,183 ms). Without ATen's NaN fill (below), RotNet's 80.5 against
-//! 72.4-74.6 in fp32 and 66.5 against 36.1-37.6 in channels-last bf16. With the heads', decoders' and discriminator's
+//! 72.4-74.6 in fp32; in channels-last bf16, with the pieces' outputs channels-last from the
+//! first layer on (until 2026-12-07 they followed the NCHW images), 39.8-55.3 against 31.4-40.2. With the heads', decoders' and discriminator's
 //! convolutions on the pieces as well (since 2026-12-07), the cpu-profile steps of the context
 //! encoder, the denoising autoencoder, split-brain and colorization take 1.06-1.20× their time
 //! without determinism, against 4.20, 2.12, 2.24 and 1.49× on the reference kernels (the context
