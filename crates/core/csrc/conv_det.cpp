@@ -24,6 +24,10 @@
 // oneDNN is turned on for the duration of each pass (libtorch's process-wide switch, restored
 // on every exit); a pass runs on the thread that called it, the autograd engine's on the CPU,
 // while the loader's threads run no convolution.
+//
+// The matrix products of the smallest maps' dense convolutions (`conv_dense`) take a path of
+// their own here (`DetMm`): fixed blocks of the output's columns, one single-threaded MKL product
+// each, over the same tasks.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/ConvUtils.h>
@@ -362,9 +366,9 @@ int selfsup_conv_det(const at::Tensor* x, const at::Tensor* w, const at::Tensor*
 
 // `*out` = a new handle to the product `x w` of the float matrices `x` (N, A) and `w` (A, B) on
 // the CPU, as one autograd function whose passes run MKL's products on fixed blocks of their
-// outputs' columns (`DetMm`): the same bits at any thread count. Returns 1 when it took the product, 0 when
-// it left it to the caller (an empty `x`; not 2-d float CPU tensors; no
-// `MKL_Set_Num_Threads_Local` to hold MKL to one thread in a piece, as in a libtorch without
+// outputs' columns (`DetMm`): the same bits at any thread count. Returns 1 when it took the
+// product, 0 when it left it to the caller (an empty `x`; not 2-d float CPU tensors; no
+// `MKL_Set_Num_Threads_Local` to hold MKL to one thread in a block, as in a libtorch without
 // MKL), or -1 with libtorch's message in `err` (mismatched inner sizes).
 int selfsup_mm_det(const at::Tensor* x, const at::Tensor* w, at::Tensor** out, char* err,
                    size_t err_len) {

@@ -30,7 +30,7 @@
 //!
 //! Deterministic runs (`train.deterministic` switches oneDNN off for thread-count-independent
 //! sums; the Winograd products are MKL's, whose sums are not) take none of these paths but the
-//! dense products below: their
+//! smallest maps' dense products (below, on [`mm_det`]): their
 //! convolutions run oneDNN's kernels on fixed pieces of the batch ([`conv_det`],
 //! `csrc/conv_det.cpp`), and so do those of the layers outside the encoders, built as
 //! [`Conv2d::head`], [`ConvTranspose2d`] or run by [`convolution`] (heads, decoders, the
@@ -848,7 +848,7 @@ fn dense_taps(r: i64, h: i64, w: i64) -> Vec<i64> {
 /// differentiable ops: the backward passes are the two products `dX = dY W̃ᵀ`, `dW̃ = Xᵀ dY`
 /// and the gather's sum back onto the taps. Each output is one sum of its terms in another
 /// order than oneDNN's (relative 1e-6). In a deterministic run (oneDNN off) the products are
-/// [`mm_det`]'s pieces, unless `SELFSUP_CONV_DET=off`. `None` when it does not take the
+/// [`mm_det`]'s blocks, unless `SELFSUP_CONV_DET=off`. `None` when it does not take the
 /// convolution: `xs` not a 4-d float CPU tensor, `ws` not float `(K, C, r, r)` with `r` odd,
 /// autocast on for the CPU, a deterministic run that [`mm_det`] declines.
 ///
