@@ -15,7 +15,8 @@
 //! 163-168, 112 against 69 (with libtorch's reference convolution, as until 2026-12-06:
 //! 623, 467, 871-910 and 1,183 ms). Without ATen's NaN fill (below), RotNet's 80.5 against
 //! 72.4-74.6 in fp32; in channels-last bf16, with the pieces' outputs channels-last from the
-//! first layer on (until 2026-12-07 they followed the NCHW images), 39.8-55.3 against 31.4-40.2. With the heads', decoders' and discriminator's
+//! first layer on (until 2026-12-07 they followed the NCHW images), 39.8-55.3 against
+//! 31.4-40.2. With the heads', decoders' and discriminator's
 //! convolutions on the pieces as well (since 2026-12-07), the cpu-profile steps of the context
 //! encoder, the denoising autoencoder, split-brain and colorization take 1.06-1.20× their time
 //! without determinism, against 4.20, 2.12, 2.24 and 1.49× on the reference kernels (the context
@@ -33,8 +34,8 @@
 //! new activation and gradient, and the tests that compare every weight across thread counts
 //! and across a resume pass without it. Measured on 2 cores of an AMD EPYC
 //! (Zen 4), the cpu-profile steps deterministic with the fill against without, ms:
-//! RotNet 120 → 101, SimCLR 227 → 168, MoCo 392 → 268 (see `bench/README.md`, "The NaN fill of
-//! deterministic runs"). CUDA runs keep it, as PyTorch does.
+//! RotNet 120 → 101, SimCLR 227 → 168, MoCo 392 → 268 (see `bench/README.md`, "Deterministic runs:
+//! ATen's NaN fill, and the smallest maps as products"). CUDA runs keep it, as PyTorch does.
 //!
 //! On CUDA ([`apply`]) `deterministic = true` makes cuDNN pick deterministic algorithms with its
 //! autotuner off, switches ATen to its deterministic implementations where it has them (an op
