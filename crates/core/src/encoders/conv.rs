@@ -761,8 +761,12 @@ fn det_pieces(xs: &Tensor, ws: &Tensor, bs: Option<&Tensor>, g: Geometry) -> Opt
 }
 
 /// The convolution (or, with `g.transposed`, the transposed convolution) of `xs` with `ws` and
-/// `bs`: [`conv_det`]'s pieces in a deterministic CPU run, libtorch's `convolution` otherwise,
-/// for the layers outside the encoders (heads, decoders, discriminators).
+/// `bs`: [`conv_det`]'s pieces in a deterministic CPU run, libtorch's `conv2d` (or
+/// `conv_transpose2d`) otherwise, for the layers outside the encoders (heads, decoders,
+/// discriminators). Those two are the ops autocast casts; libtorch's `convolution`, which this
+/// called from 2026-12-07 until the same day's fix, is not, and a bf16 step of the context
+/// encoder or CPC stopped at it ("Input type (CPUBFloat16Type) and weight type
+/// (CPUFloatType) should be the same").
 ///
 /// # Shapes
 /// As [`conv_det`].
@@ -774,8 +778,10 @@ pub fn convolution(xs: &Tensor, ws: &Tensor, bs: Option<&Tensor>, g: Geometry) -
         return y;
     }
     let [s, p, d] = [[g.stride; 2], [g.padding; 2], [g.dilation; 2]];
-    let op = [g.transposed.unwrap_or(0); 2];
-    xs.convolution(ws, bs, s, p, d, g.transposed.is_some(), op, g.groups)
+    match g.transposed {
+        None => xs.conv2d(ws, bs, s, p, d, g.groups),
+        Some(op) => xs.conv_transpose2d(ws, bs, s, p, [op; 2], g.groups, d),
+    }
 }
 
 /// The product `xs ws` of a deterministic CPU run: each pass (`Y = X W`, `dX = dY Wᵀ`,
@@ -1895,6 +1901,34 @@ mod tests {
         assert_eq!(plan_bf16(3, 64, 64, 64, 64), Plan::default());
         assert_eq!(plan_bf16(5, 24, 64, 16, 16), Plan::default());
         assert_eq!(plan_bf16(3, 384, 384, 13, 13), plan(f, i, wt, false));
+    }
+
+    /// [`convolution`] outside a deterministic run, under the CPU's bf16 autocast: a bf16 input
+    /// (an earlier layer's output) with float weights and bias, as the context encoder's
+    /// discriminator and CPC's context network meet it, is cast as `conv2d` and
+    /// `conv_transpose2d` cast it (libtorch's `convolution` refused it).
+    #[test]
+    fn convolution_runs_under_bf16_autocast_with_a_bf16_input() {
+        if !crate::precision::cpu_supports_bf16() {
+            return;
+        }
+        let opts = (Kind::Float, Device::Cpu);
+        let x = Tensor::randn([2, 4, 6, 6], opts);
+        let b = Tensor::randn([3], opts);
+        let bf16 = crate::precision::Precision::Bf16;
+        for g in [Geometry::conv(1, 0), Geometry { transposed: Some(1), ..Geometry::conv(2, 1) }] {
+            let w = match g.transposed {
+                None => Tensor::randn([3, 4, 3, 3], opts),
+                Some(_) => Tensor::randn([4, 3, 3, 3], opts),
+            };
+            let want = convolution(&x, &w, Some(&b), g);
+            let got = crate::precision::autocast(Device::Cpu, bf16, || {
+                convolution(&x.to_kind(Kind::BFloat16), &w, Some(&b), g)
+            });
+            assert_eq!(got.kind(), Kind::BFloat16, "{g:?}");
+            assert_eq!(got.size(), want.size(), "{g:?}");
+            assert!(max_rel(&got.to_kind(Kind::Float), &want) < 0.05, "{g:?}");
+        }
     }
 
     #[test]
