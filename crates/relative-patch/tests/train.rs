@@ -51,6 +51,14 @@ fn run_config(cfg: &RunConfig, dir: &std::path::Path, resume: bool) -> Vec<(Stri
     vars
 }
 
+fn assert_same(a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)], what: &str) {
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (other, y)) in a.iter().zip(b) {
+        assert_eq!(name, other);
+        assert!(x.equal(y), "{name} differs {what}");
+    }
+}
+
 #[test]
 fn trains_and_resumes_bit_for_bit() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -62,10 +70,7 @@ fn trains_and_resumes_bit_for_bit() {
     // 3 steps an epoch: stop in the middle of the second, then resume to the end.
     run(split.path(), Some(4), false);
     let b = run(split.path(), None, true);
-    assert_eq!(a.len(), b.len());
-    for ((name, x), (_, y)) in a.iter().zip(&b) {
-        assert!(x.equal(y), "{name} differs after resuming");
-    }
+    assert_same(&a, &b, "after resuming");
 }
 
 /// A deterministic run (the default) of the cpu profile's network, the AlexNet on 8-px patches,
@@ -91,10 +96,6 @@ fn thread_count_does_not_change_a_deterministic_run_of_the_alexnet() {
         };
         let (one, two) = (at(1), at(2));
         assert!(one.iter().any(|(n, _)| n.contains("conv5")), "the AlexNet's variables");
-        assert_eq!(one.len(), two.len());
-        for ((name, x), (other, y)) in one.iter().zip(&two) {
-            assert_eq!(name, other);
-            assert!(x.equal(y), "{name} differs at 2 threads (channels-last {channels_last})");
-        }
+        assert_same(&one, &two, &format!("at 2 threads (channels-last {channels_last})"));
     }
 }

@@ -889,7 +889,7 @@ pub fn conv_dense(xs: &Tensor, ws: &Tensor) -> Option<Tensor> {
         .permute([0, 2, 1, 3])
         .reshape([s * c, s * k]);
     // A view where `xs` has the channels-last strides themselves, a copy otherwise.
-    let channels_last = xs.stride() == [h * w * c, 1, w * c, c];
+    let channels_last = crate::precision::has_channels_last_strides(xs);
     let x = xs.permute([0, 2, 3, 1]).reshape([n, s * c]);
     let y = if det {
         match mm_det(&x, &dense) {
