@@ -4,7 +4,7 @@
 //! both linear layers and drops their biases; MoCo v2 (Chen et al. 2020b) uses
 //! `Linear → ReLU → Linear` without BN; solo-learn's MoCo v2+ adds BN after the hidden layer.
 //! The head sits on the pooled encoder features and is thrown away after training.
-use selfsup_core::encoders::{batch_norm1d, linear, BatchNorm, LinearBias};
+use selfsup_core::encoders::{batch_norm1d, linear, BatchNorm, Linear, LinearBias};
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::ModuleT, Tensor};
 
@@ -49,9 +49,9 @@ impl HeadConfig {
 /// The projection MLP.
 #[derive(Debug)]
 pub struct ProjectionHead {
-    fc1: nn::Linear,
+    fc1: Linear,
     bn1: Option<BatchNorm>,
-    fc2: nn::Linear,
+    fc2: Linear,
     bn2: Option<BatchNorm>,
 }
 

@@ -25,9 +25,11 @@
 // on every exit); a pass runs on the thread that called it, the autograd engine's on the CPU,
 // while the loader's threads run no convolution.
 //
-// The matrix products of the smallest maps' dense convolutions (`conv_dense`) take a path of
-// their own here (`DetMm`): fixed blocks of the output's columns, one single-threaded MKL product
-// each, over the same tasks.
+// The matrix products of the smallest maps' dense convolutions (`conv_dense`), and the bfloat16
+// products of the layers outside the convolutions (fully connected layers, a head's scores), take
+// a path of their own here (`DetMm`): fixed blocks of the output's columns, one single-threaded
+// product each, over the same tasks: MKL's in float, oneDNN's in bfloat16 (libtorch's bfloat16
+// product with oneDNN off is its reference loop: 142.7 of a 214 ms relative-patch step).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/ConvUtils.h>
@@ -275,14 +277,19 @@ struct DetConv : public torch::autograd::Function<DetConv<Bias>> {
 constexpr int64_t kColumns = 64;
 
 // `out = a b` (a: (M, K), b: (K, N), out: (M, N)) in fixed blocks of `kColumns` of the
-// output's columns, one MKL product a block over libtorch's threads (`each_piece`: MKL held to
-// one thread in a task). Every output is one single-threaded sum over all of `K`, in a block
-// fixed by the shapes alone: the same bits at any thread count.
+// output's columns, one product a block over libtorch's threads (`each_piece`: OpenMP and MKL
+// held to one thread in a task). Every output is one single-threaded sum over all of `K`, in a
+// block fixed by the shapes alone: the same bits at any thread count. Float blocks are MKL's
+// products. Bfloat16 blocks are oneDNN's (libtorch's bfloat16 product takes oneDNN's kernel when
+// oneDNN is on, as it is for the pass, and the product is over 16³; below, its reference loop),
+// summing in float and rounding each output once.
 void blocked_mm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   std::vector<std::pair<int64_t, int64_t>> blocks;
   for (int64_t first = 0; first < out.size(1); first += kColumns) {
     blocks.emplace_back(first, std::min(kColumns, out.size(1) - first));
   }
+  std::optional<MkldnnOn> on;
+  if (out.scalar_type() == at::kBFloat16) on.emplace();
   each_piece(blocks, [&](int64_t, int64_t first, int64_t n) {
     at::Tensor cols = out.narrow(1, first, n);
     at::mm_out(cols, a, b.narrow(1, first, n));
@@ -364,27 +371,34 @@ int selfsup_conv_det(const at::Tensor* x, const at::Tensor* w, const at::Tensor*
   return rc != 0 ? rc : took;
 }
 
-// `*out` = a new handle to the product `x w` of the float matrices `x` (N, A) and `w` (A, B) on
-// the CPU, as one autograd function whose passes run MKL's products on fixed blocks of their
-// outputs' columns (`DetMm`): the same bits at any thread count. Returns 1 when it took the
-// product, 0 when it left it to the caller (an empty `x`; not 2-d float CPU tensors; no
-// `MKL_Set_Num_Threads_Local` to hold MKL to one thread in a block, as in a libtorch without
-// MKL), or -1 with libtorch's message in `err` (mismatched inner sizes).
+// `*out` = a new handle to the product `x w` of the matrices `x` (N, A) and `w` (A, B) on the
+// CPU, both float or both bfloat16 (under the CPU's bfloat16 autocast both are cast to bfloat16
+// first, as autocast's `mm` casts them), as one autograd function whose passes run MKL's
+// (float) or oneDNN's (bfloat16) products on fixed blocks of their outputs' columns (`DetMm`):
+// the same bits at any thread count. Returns 1 when it took the product, 0 when it left it to
+// the caller (an empty `x`; not 2-d CPU tensors of one of those dtypes; another autocast dtype;
+// no `MKL_Set_Num_Threads_Local` to hold MKL to one thread in a block, as in a libtorch without
+// MKL; bfloat16 in a libtorch without oneDNN), or -1 with libtorch's message in `err`
+// (mismatched inner sizes).
 int selfsup_mm_det(const at::Tensor* x, const at::Tensor* w, at::Tensor** out, char* err,
                    size_t err_len) {
   int took = 0;
   const int rc = selfsup::guarded(err, err_len, [&] {
-    const auto float_cpu = [](const at::Tensor& t) {
-      return t.dim() == 2 && t.device().is_cpu() && t.scalar_type() == at::kFloat;
-    };
-    if (!float_cpu(*x) || !float_cpu(*w) || x->size(0) == 0 ||
-        omp_threads().mkl_local == nullptr) {
+    const auto cpu_2d = [](const at::Tensor& t) { return t.dim() == 2 && t.device().is_cpu(); };
+    if (!cpu_2d(*x) || !cpu_2d(*w) || x->size(0) == 0 || omp_threads().mkl_local == nullptr) {
       return;
     }
-    TORCH_CHECK(x->size(1) == w->size(0), "deterministic product: ", x->sizes(), " by ",
-                w->sizes());
+    at::Tensor xs = *x, ws = *w;
+    if (!selfsup::autocast_operands(xs, ws)) return;
+    const auto kind = xs.scalar_type();
+    if (kind != ws.scalar_type() || (kind != at::kFloat && kind != at::kBFloat16) ||
+        (kind == at::kBFloat16 && !at::hasMKLDNN())) {
+      return;
+    }
+    TORCH_CHECK(xs.size(1) == ws.size(0), "deterministic product: ", xs.sizes(), " by ",
+                ws.sizes());
     RECORD_FUNCTION("selfsup::mm_det", c10::ArrayRef<const c10::IValue>{});
-    *out = new at::Tensor(DetMm::apply(*x, *w));
+    *out = new at::Tensor(DetMm::apply(xs, ws));
     took = 1;
   });
   return rc != 0 ? rc : took;

@@ -1,12 +1,20 @@
-//! The matrix products of deterministic runs ([`mm_det`], `csrc/conv_det.cpp`'s `DetMm`) and the
+//! The matrix products of deterministic runs ([`mm_det`], `csrc/conv_det.cpp`'s `DetMm`), the
 //! dense form of the smallest maps' convolutions on them ([`conv_dense`] with oneDNN off, as in
-//! a deterministic run): the same bits at 1, 2 and 3 threads in every pass, within float
-//! rounding of float64, and what they leave to the caller. Its own process: libtorch's thread
-//! count and oneDNN's switch are process-wide.
+//! a deterministic run) and the fully connected layers of a deterministic bf16 run
+//! ([`Linear`], [`product`]): the same bits at 1, 2 and 3 threads in every pass, within float
+//! (or bfloat16) rounding of float64, and what they leave to the caller. Its own process:
+//! libtorch's thread count and oneDNN's switch are process-wide.
 use selfsup_core::determinism::set_mkldnn_enabled;
 use selfsup_core::encoders::conv::{conv_dense, mm_det};
-use selfsup_core::precision::{is_channels_last, to_channels_last};
-use tch::{Device, Kind, Tensor};
+use selfsup_core::encoders::{linear, product, LinearBias};
+use selfsup_core::precision::Precision;
+use selfsup_core::precision::{autocast, cpu_supports_bf16, is_channels_last, to_channels_last};
+use std::sync::Mutex;
+use tch::nn::Module;
+use tch::{nn, Device, Kind, Tensor};
+
+/// The tests set the process's thread count and oneDNN's switch: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
     let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
@@ -19,19 +27,22 @@ fn passes(x: &Tensor, w: &Tensor, f: impl Fn(&Tensor, &Tensor) -> Tensor) -> Vec
     let x = x.detach().set_requires_grad(true);
     let w = w.detach().set_requires_grad(true);
     let y = f(&x, &w);
-    let g = Tensor::ones_like(&y).cumsum(1, y.kind()).sin();
+    // Made in float (a bf16 count stops at 256), then in `y`'s kind.
+    let g = Tensor::ones(y.size(), (Kind::Float, y.device())).cumsum(1, Kind::Float);
+    let g = g.sin().to_kind(y.kind());
     let grads = Tensor::run_backward(&[(&y * &g).sum(y.kind())], &[&x, &w], false, false);
     std::iter::once(y.detach()).chain(grads).collect()
 }
 
 /// `passes` of `f` at 1 thread, checked to give the same bits at 2 and 3, and to stay within
-/// `1e-5` of the largest value of the same passes of `reference` in float64.
+/// `tol` of the largest value of the same passes of `reference` in float64.
 fn same_bits_and_values(
     what: &str,
     x: &Tensor,
     w: &Tensor,
     f: impl Fn(&Tensor, &Tensor) -> Tensor,
     reference: impl Fn(&Tensor, &Tensor) -> Tensor,
+    tol: f64,
 ) -> Vec<Tensor> {
     let at = |threads| {
         tch::set_num_threads(threads);
@@ -46,13 +57,14 @@ fn same_bits_and_values(
     let want = passes(&x.to_kind(Kind::Double), &w.to_kind(Kind::Double), reference);
     for (i, (a, r)) in one.iter().zip(&want).enumerate() {
         let e = max_rel(a, r);
-        assert!(e < 1e-5, "{what}: pass {i} off by {e:e} of the largest value");
+        assert!(e < tol, "{what}: pass {i} off by {e:e} of the largest value");
     }
     one
 }
 
 #[test]
 fn same_bits_at_any_thread_count_and_float64s_values() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let opts = (Kind::Float, Device::Cpu);
     // Relative patch's conv3 and conv2 as products (256 patches), sizes off the blocks of 64
     // columns, one row, fewer columns than a block.
@@ -61,7 +73,8 @@ fn same_bits_at_any_thread_count_and_float64s_values() {
         let x = Tensor::randn([n, a], opts);
         let w = Tensor::randn([a, b], opts) * 0.1;
         let det = |x: &Tensor, w: &Tensor| mm_det(x, w).unwrap().expect("taken");
-        let got = same_bits_and_values(&format!("{n}x{a} by {a}x{b}"), &x, &w, det, |x, w| x.mm(w));
+        let what = format!("{n}x{a} by {a}x{b}");
+        let got = same_bits_and_values(&what, &x, &w, det, |x, w| x.mm(w), 1e-5);
         assert_eq!(got[0].size(), [n, b]);
     }
     // The dense convolutions of a deterministic run: 3×3 at 2×2 and 1×1, 5×5 at 4×4 and 3×3,
@@ -85,12 +98,68 @@ fn same_bits_at_any_thread_count_and_float64s_values() {
         let dense = |x: &Tensor, w: &Tensor| conv_dense(x, w).expect("taken");
         let pad = (r - 1) / 2;
         let direct = |x: &Tensor, w: &Tensor| x.conv2d(w, None::<Tensor>, 1, pad, 1, 1);
-        let got = same_bits_and_values(&what, &x, &w, dense, direct);
+        let got = same_bits_and_values(&what, &x, &w, dense, direct, 1e-5);
         // The output keeps the input's layout (the input's gradient is channels-last either
         // way: the backward pass of NCHW's copy into that order).
         assert_eq!(is_channels_last(&got[0]) && side > 1, channels_last && side > 1, "{what}");
     }
     set_mkldnn_enabled(true);
+    tch::set_num_threads(1);
+}
+
+/// Bfloat16: [`mm_det`] on bf16 operands (oneDNN's products in the blocks), and on float ones
+/// under the CPU's bf16 autocast (cast first, as autocast's `mm` casts), gives the same bits at
+/// 1, 2 and 3 threads in every pass, within bf16 rounding of float64. In a deterministic run
+/// (oneDNN off) under bf16 autocast, [`Linear`](selfsup_core::encoders::Linear) and [`product`]
+/// give `mm_det`'s bits; with oneDNN on (a free run) and for float outside autocast, libtorch's
+/// `linear` and `matmul` bits.
+#[test]
+fn bf16_products_take_fixed_blocks_on_onednn() {
+    if !cpu_supports_bf16() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let opts = (Kind::Float, Device::Cpu);
+    let bf16 = |f: &dyn Fn() -> Tensor| autocast(Device::Cpu, Precision::Bf16, f);
+    set_mkldnn_enabled(false);
+    // Relative patch's `dX = dY W` of fc7 (the reference loop took 142.7 ms of its step), a
+    // last block of 8 columns, a product under 16³ (libtorch's reference loop in the block).
+    for (n, a, b) in [(128, 512, 1024), (96, 128, 200), (5, 7, 9)] {
+        tch::manual_seed(n + a);
+        let x = Tensor::randn([n, a], opts);
+        let w = Tensor::randn([a, b], opts) * 0.1;
+        let det = |x: &Tensor, w: &Tensor| mm_det(x, w).unwrap().expect("taken");
+        let what = format!("bf16 {n}x{a} by {a}x{b}");
+        let (xb, wb) = (x.to_kind(Kind::BFloat16), w.to_kind(Kind::BFloat16));
+        let got = same_bits_and_values(&what, &xb, &wb, det, |x, w| x.mm(w), 1e-2);
+        assert!(got.iter().all(|t| t.kind() == Kind::BFloat16), "{what}");
+        let cast = |x: &Tensor, w: &Tensor| bf16(&|| det(x, w));
+        let what = format!("autocast {n}x{a} by {a}x{b}");
+        let got = same_bits_and_values(&what, &x, &w, cast, |x, w| x.mm(w), 1e-2);
+        let kinds: Vec<Kind> = got.iter().map(Tensor::kind).collect();
+        assert_eq!(kinds, [Kind::BFloat16, Kind::Float, Kind::Float], "{what}");
+    }
+    tch::set_num_threads(2);
+    tch::manual_seed(7);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let fc = linear(vs.root() / "fc", 300, 70, LinearBias::Default);
+    let x = Tensor::randn([40, 300], opts);
+    let c = Tensor::randn([300, 50], opts);
+    let y = bf16(&|| fc.forward(&x));
+    let bias = fc.bs.as_ref().unwrap();
+    let want = bf16(&|| mm_det(&x, &fc.ws.tr()).unwrap().unwrap()) + bias.to_kind(Kind::BFloat16);
+    assert_eq!(y.kind(), Kind::BFloat16);
+    assert!(y.equal(&want), "Linear in a deterministic bf16 run");
+    let y3 = bf16(&|| fc.forward(&x.view([4, 10, 300])));
+    assert_eq!(y3.size(), [4, 10, 70]);
+    assert!(y3.view([40, 70]).equal(&y), "Linear on (4, 10, 300)");
+    let p = bf16(&|| product(&x, &c));
+    assert!(p.equal(&bf16(&|| mm_det(&x, &c).unwrap().unwrap())), "product, deterministic");
+    assert!(fc.forward(&x).equal(&x.linear(&fc.ws, Some(bias))), "float, deterministic");
+    set_mkldnn_enabled(true);
+    let y = bf16(&|| fc.forward(&x));
+    assert!(y.equal(&bf16(&|| x.linear(&fc.ws, Some(bias)))), "Linear, oneDNN on");
+    assert!(bf16(&|| product(&x, &c)).equal(&bf16(&|| x.matmul(&c))), "product, oneDNN on");
     tch::set_num_threads(1);
 }
 
@@ -101,6 +170,8 @@ fn leaves_other_kinds_and_shapes_to_the_caller_and_names_bad_sizes() {
     assert!(mm_det(&x, &w).unwrap().is_some());
     let double = (x.to_kind(Kind::Double), w.to_kind(Kind::Double));
     assert!(mm_det(&double.0, &double.1).unwrap().is_none(), "float64");
+    let half = x.to_kind(Kind::BFloat16);
+    assert!(mm_det(&half, &w).unwrap().is_none(), "bf16 by float, no autocast");
     assert!(mm_det(&x.narrow(0, 0, 0), &w).unwrap().is_none(), "no rows");
     assert!(mm_det(&x.unsqueeze(0), &w).unwrap().is_none(), "3-d");
     let e = mm_det(&x, &w.narrow(0, 0, 2)).unwrap_err();

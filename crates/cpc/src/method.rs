@@ -9,7 +9,7 @@ use crate::config::CpcConfig;
 use crate::CpcError;
 use rand::Rng;
 use selfsup_core::encoders::conv::{convolution, Geometry};
-use selfsup_core::encoders::{linear, try_build_encoder, Encoder, LinearBias};
+use selfsup_core::encoders::{linear, product, try_build_encoder, Encoder, Linear, LinearBias};
 use selfsup_core::method::{classification_loss, single_view, StepRng};
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{patches, Batch, Op, Pipeline};
@@ -23,9 +23,9 @@ use tch::{Kind, Tensor};
 #[derive(Debug)]
 pub struct Cpc {
     encoder: Box<dyn Encoder>,
-    project: nn::Linear,
+    project: Linear,
     context: Vec<nn::Conv2D>,
-    predict: Vec<nn::Linear>,
+    predict: Vec<Linear>,
     cfg: CpcConfig,
     /// Seeds each step's augmentation; checkpointed, so a resumed run draws the same.
     pub(crate) rng: StepRng,
@@ -34,13 +34,14 @@ pub struct Cpc {
 }
 
 /// InfoNCE: for each prediction (a row of `preds`), the cross-entropy of picking its target
-/// among all `candidates` by dot product; returns the mean loss and the accuracy.
+/// among all `candidates` by dot product (`encoders::product`: in a deterministic bf16 CPU run,
+/// fixed blocks on oneDNN); returns the mean loss and the accuracy.
 ///
 /// # Shapes
 /// `preds`: `(M, D)`; `candidates`: `(N, D)`; `targets`: `(M,)` i64 indices into
 /// `candidates`.
 pub fn info_nce(preds: &Tensor, candidates: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
-    let logits = preds.matmul(&candidates.tr());
+    let logits = product(preds, &candidates.tr());
     classification_loss(&logits, targets)
         .unwrap_or_else(|e| panic!("InfoNCE of logits {:?}: {e}", logits.size()))
 }

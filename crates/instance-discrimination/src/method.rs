@@ -17,7 +17,9 @@ use crate::config::{InstDiscConfig, Objective};
 use crate::memory::{nce_loss, MemoryBank};
 use selfsup_contrastive::loss::{l2_normalize, top1_accuracy};
 use selfsup_contrastive::{pooled, views, ContrastiveError};
-use selfsup_core::encoders::{batch_norm1d, build_encoder, linear, BatchNorm, Encoder, LinearBias};
+use selfsup_core::encoders::{
+    batch_norm1d, build_encoder, linear, BatchNorm, Encoder, Linear, LinearBias,
+};
 use selfsup_core::method::classification_loss;
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Pipeline};
@@ -31,7 +33,7 @@ use tch::{Kind, Tensor};
 #[derive(Debug)]
 pub struct InstanceDiscrimination {
     encoder: Box<dyn Encoder>,
-    head: nn::Linear,
+    head: Linear,
     head_bn: Option<BatchNorm>,
     bank: MemoryBank,
     cfg: InstDiscConfig,

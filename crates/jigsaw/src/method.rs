@@ -7,7 +7,7 @@ use crate::config::{JigsawConfig, Pool5Op};
 use crate::permutations::{maximal_hamming, Perm, TILES};
 use crate::puzzle::make_puzzles;
 use crate::JigsawError;
-use selfsup_core::encoders::{linear, try_build_encoder, Encoder, LinearBias};
+use selfsup_core::encoders::{linear, try_build_encoder, Encoder, Linear, LinearBias};
 use selfsup_core::method::{classification_loss, single_view, StepRng};
 use selfsup_core::ops::relu_dropout;
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
@@ -19,9 +19,9 @@ use tch::Tensor;
 #[derive(Debug)]
 pub struct Jigsaw {
     encoder: Box<dyn Encoder>,
-    fc6: nn::Linear,
-    fc7: nn::Linear,
-    fc8: nn::Linear,
+    fc6: Linear,
+    fc7: Linear,
+    fc8: Linear,
     cfg: JigsawConfig,
     perms: Vec<Perm>,
     /// Seeds each step's puzzles; checkpointed, so a resumed run draws the same.

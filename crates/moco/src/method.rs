@@ -54,7 +54,7 @@ use selfsup_contrastive::head::ProjectionHead;
 use selfsup_contrastive::loss::{info_nce_logits, l2_normalize, top1_accuracy};
 use selfsup_contrastive::{pooled, views, ContrastiveError};
 use selfsup_core::encoders::{
-    build_encoder, is_running_stat, linear, split_batch_norm, Encoder, LinearBias,
+    build_encoder, is_running_stat, linear, split_batch_norm, Encoder, Linear, LinearBias,
 };
 use selfsup_core::seed::{derive_seed, name_hash};
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
@@ -67,7 +67,7 @@ use tch::{Kind, Tensor};
 /// The head on the pooled features: one linear layer (v1) or an MLP (v2).
 #[derive(Debug)]
 enum Head {
-    Linear(nn::Linear),
+    Linear(Linear),
     Mlp(Box<ProjectionHead>),
 }
 

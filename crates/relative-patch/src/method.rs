@@ -5,7 +5,7 @@
 use crate::config::RelativePatchConfig;
 use crate::pairs::make_pairs;
 use crate::RelativePatchError;
-use selfsup_core::encoders::{linear, try_build_encoder, Encoder, LinearBias};
+use selfsup_core::encoders::{linear, try_build_encoder, Encoder, Linear, LinearBias};
 use selfsup_core::method::{classification_loss, single_view, StepRng};
 use selfsup_core::ops::relu_dropout;
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
@@ -17,9 +17,9 @@ use tch::Tensor;
 #[derive(Debug)]
 pub struct RelativePatch {
     encoder: Box<dyn Encoder>,
-    fc6: nn::Linear,
-    fc7: nn::Linear,
-    fc8: nn::Linear,
+    fc6: Linear,
+    fc7: Linear,
+    fc8: Linear,
     cfg: RelativePatchConfig,
     /// Seeds each step's pairs; checkpointed, so a resumed run draws the same.
     pub(crate) rng: StepRng,

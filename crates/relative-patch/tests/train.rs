@@ -4,6 +4,7 @@
 //! with the checkpoint).
 use selfsup_core::config::{DataConfig, RunConfig, TrainConfig};
 use selfsup_core::encoders::AlexnetVariant;
+use selfsup_core::precision::{cpu_supports_bf16, Precision};
 use selfsup_core::trainer::{train, TrainOptions};
 use selfsup_core::{checkpoint, EncoderConfig, Registry};
 use selfsup_data::Split;
@@ -76,11 +77,17 @@ fn trains_and_resumes_bit_for_bit() {
 /// A deterministic run (the default) of the cpu profile's network, the AlexNet on 8-px patches,
 /// ends with the same bits at 1 and 2 threads: conv2 (5×5 at 4×4) to conv5 (3×3 at 2×2) run as
 /// dense products (`selfsup_core::encoders::conv::conv_dense`) on `mm_det`'s blocks, conv1 on
-/// `conv_det`'s pieces, the fc layers on libtorch's products. NCHW and channels-last.
+/// `conv_det`'s pieces, the fc layers on libtorch's products. NCHW and channels-last; and in
+/// channels-last bf16 where the CPU has bf16, where the convolutions are `conv_det`'s pieces
+/// and the fc layers `mm_det`'s blocks on oneDNN (`selfsup_core::encoders::Linear`).
 #[test]
 fn thread_count_does_not_change_a_deterministic_run_of_the_alexnet() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    for channels_last in [false, true] {
+    let mut cases = vec![(false, Precision::Fp32), (true, Precision::Fp32)];
+    if cpu_supports_bf16() {
+        cases.push((true, Precision::Bf16));
+    }
+    for (channels_last, precision) in cases {
         let at = |threads: usize| {
             let mut cfg = config(1);
             cfg.data.dataset = "synthetic:64:32".into();
@@ -90,12 +97,14 @@ fn thread_count_does_not_change_a_deterministic_run_of_the_alexnet() {
             cfg.train.batch_size = 32;
             cfg.train.threads = threads;
             cfg.train.channels_last = channels_last;
+            cfg.train.precision = precision;
             assert!(cfg.train.deterministic);
             let dir = tempfile::tempdir().unwrap();
             run_config(&cfg, dir.path(), false)
         };
         let (one, two) = (at(1), at(2));
         assert!(one.iter().any(|(n, _)| n.contains("conv5")), "the AlexNet's variables");
-        assert_same(&one, &two, &format!("at 2 threads (channels-last {channels_last})"));
+        let what = format!("at 2 threads (channels-last {channels_last}, {precision:?})");
+        assert_same(&one, &two, &what);
     }
 }

@@ -12,7 +12,7 @@
 use crate::config::RotNetConfig;
 use crate::rotate::rotation_batch;
 use crate::RotNetError;
-use selfsup_core::encoders::{linear, try_build_encoder, Encoder, LinearBias};
+use selfsup_core::encoders::{linear, try_build_encoder, Encoder, Linear, LinearBias};
 use selfsup_core::method::classification_loss;
 use selfsup_core::{BuildContext, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Op, Pipeline};
@@ -23,7 +23,7 @@ use tch::Tensor;
 #[derive(Debug)]
 pub struct RotNet {
     encoder: Box<dyn Encoder>,
-    head: nn::Linear,
+    head: Linear,
     cfg: RotNetConfig,
     image_size: i64,
 }

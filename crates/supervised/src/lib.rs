@@ -9,7 +9,7 @@
 //! Registered as `supervised` by [`register`]; config [`SupervisedConfig`].
 #![deny(missing_docs)]
 
-use selfsup_core::encoders::{linear, LinearBias};
+use selfsup_core::encoders::{linear, Linear, LinearBias};
 use selfsup_core::method::classification_loss;
 use selfsup_core::{
     build_encoder, BuildContext, CoreError, Encoder, MethodEntry, PretextMethod, Registry,
@@ -98,7 +98,7 @@ impl Default for SupervisedConfig {
 #[derive(Debug)]
 pub struct Supervised {
     encoder: Box<dyn Encoder>,
-    head: nn::Linear,
+    head: Linear,
     cfg: SupervisedConfig,
     image_size: i64,
 }

@@ -198,9 +198,9 @@ pub fn mode() -> Mode {
     *MODE.get_or_init(|| mode_from_env("SELFSUP_WINOGRAD"))
 }
 
-/// Whether a deterministic run's convolutions take [`conv_det`]: `SELFSUP_CONV_DET` (`auto`,
-/// the default, or `off`: libtorch's reference convolution, for measuring), read once as
-/// [`mode`] (`all` is `auto`).
+/// Whether a deterministic run's convolutions take [`conv_det`] (and its dense products and
+/// bf16 fully connected layers [`mm_det`]): `SELFSUP_CONV_DET` (`auto`, the default, or `off`:
+/// libtorch's reference kernels, for measuring), read once as [`mode`] (`all` is `auto`).
 pub fn det_mode() -> Mode {
     static MODE: OnceLock<Mode> = OnceLock::new();
     *MODE.get_or_init(|| mode_from_env("SELFSUP_CONV_DET"))
@@ -785,16 +785,19 @@ pub fn convolution(xs: &Tensor, ws: &Tensor, bs: Option<&Tensor>, g: Geometry) -
 }
 
 /// The product `xs ws` of a deterministic CPU run: each pass (`Y = X W`, `dX = dY Wᵀ`,
-/// `dW = Xᵀ dY`) one MKL product a fixed block of 64 of its output's columns, single-threaded
-/// and over libtorch's threads (MKL held to one thread in each), so every output is one sum in
-/// an order fixed by the shapes and every pass gives the same bits at any thread count
-/// (`csrc/conv_det.cpp`, `DetMm`). libtorch's whole-batch product splits the sum `Xᵀ dY` over
-/// the threads along the batch. `Ok(None)` when it does not take the product (an empty `xs`,
-/// not 2-d float CPU tensors, a libtorch without MKL); `Err` with libtorch's message when the
-/// inner sizes differ.
+/// `dW = Xᵀ dY`) one product a fixed block of 64 of its output's columns, single-threaded and
+/// over libtorch's threads (OpenMP and MKL held to one thread in each), so every output is one
+/// sum in an order fixed by the shapes and every pass gives the same bits at any thread count
+/// (`csrc/conv_det.cpp`, `DetMm`). Float blocks are MKL's products: libtorch's whole-batch
+/// product splits the sum `Xᵀ dY` over the threads along the batch. Bf16 blocks are oneDNN's
+/// (switched on for the pass; libtorch's bf16 product with oneDNN off, as a deterministic run
+/// has it, is its reference loop): under the CPU's bf16 autocast, float operands are cast to
+/// bf16 first, as autocast's `mm`. `Ok(None)` when it does not take the product (an empty `xs`,
+/// not 2-d CPU tensors both float or both bf16, another autocast dtype, a libtorch without MKL,
+/// or without oneDNN for bf16); `Err` with libtorch's message when the inner sizes differ.
 ///
 /// # Shapes
-/// `xs`: `(N, A)`; `ws`: `(A, B)`; returns `(N, B)`.
+/// `xs`: `(N, A)`; `ws`: `(A, B)`; returns `(N, B)` in their (or autocast's) dtype.
 pub fn mm_det(xs: &Tensor, ws: &Tensor) -> Result<Option<Tensor>, String> {
     // SAFETY: the handles are live tensors (tch's `C_tensor` is an `at::Tensor`); `out` and
     // `err` are `shim_tensor`'s, valid for the call.

@@ -19,6 +19,7 @@ use tch::{nn, Tensor};
 pub mod alexnet;
 pub mod batch_norm;
 pub mod conv;
+pub mod linear;
 pub mod nin;
 pub mod resnet;
 pub mod tiny;
@@ -29,6 +30,7 @@ pub use batch_norm::{
     SplitBatchNormScope, SyncBatchNormScope,
 };
 pub use conv::Conv2d;
+pub use linear::{linear, product, Linear, LinearBias};
 pub use nin::{BasicBlock, Nin};
 pub use resnet::{ResNet, ResnetStem};
 
@@ -203,39 +205,6 @@ pub(crate) fn conv2d(
     Conv2d::new(p, c_in, c_out, k, cfg)
 }
 
-/// Bias of a [`linear`] layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinearBias {
-    /// No bias (a batch norm follows and would cancel it).
-    None,
-    /// PyTorch's default: uniform in `±1/√fan_in`.
-    Default,
-    /// All zeros (the official RotNet code zeroes every `nn.Linear` bias).
-    Zero,
-}
-
-/// `nn.Linear(in_dim, out_dim)` as PyTorch builds it: weight uniform in `±1/√fan_in`
-/// (`kaiming_uniform_(a=√5)`), bias as `bias` says. tch's default weight bound is
-/// `√6/√fan_in`, 2.45× PyTorch's, which changes the start of training wherever a PyTorch
-/// reference is the comparison. Values come from libtorch's generator (seeded by the trainer).
-///
-/// # Shapes
-/// `(N, in_dim)` → `(N, out_dim)`.
-pub fn linear(p: nn::Path, in_dim: i64, out_dim: i64, bias: LinearBias) -> nn::Linear {
-    let bound = 1.0 / (in_dim.max(1) as f64).sqrt();
-    let uniform = nn::Init::Uniform { lo: -bound, up: bound };
-    let cfg = nn::LinearConfig {
-        ws_init: uniform,
-        bs_init: match bias {
-            LinearBias::None => None,
-            LinearBias::Default => Some(uniform),
-            LinearBias::Zero => Some(nn::Init::Const(0.0)),
-        },
-        bias: bias != LinearBias::None,
-    };
-    nn::linear(p, in_dim, out_dim, cfg)
-}
-
 /// The variable `name` (dotted, relative to `root`, e.g. `encoder.block1.bn.weight`) of the
 /// var store `root` belongs to, if it exists. An `nn::Path` cannot list its variables; methods
 /// that keep a second copy of a network (MoCo's key network) pair variables by name this way.
@@ -291,24 +260,6 @@ mod tests {
         let back: EncoderConfig =
             serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
-    }
-
-    #[test]
-    fn linear_has_pytorch_init() {
-        tch::manual_seed(0);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let a = linear(vs.root() / "a", 400, 300, LinearBias::Default);
-        let b = linear(vs.root() / "b", 400, 10, LinearBias::Zero);
-        let c = linear(vs.root() / "c", 400, 10, LinearBias::None);
-        let bound = 1.0 / 20.0; // 1/sqrt(400)
-        let max = a.ws.abs().max().double_value(&[]);
-        // 120,000 draws from U(-0.05, 0.05) come within 1e-3 of the bound; tch's default
-        // (sqrt(6/400) = 0.122) does not stay under it.
-        assert!(max <= bound && max > 0.99 * bound, "weight bound {max}");
-        let bmax = a.bs.as_ref().unwrap().abs().max().double_value(&[]);
-        assert!(bmax <= bound && bmax > 0.5 * bound, "bias bound {bmax}");
-        assert_eq!(b.bs.as_ref().unwrap().abs().sum(Kind::Float).double_value(&[]), 0.0);
-        assert!(c.bs.is_none());
     }
 
     #[test]
