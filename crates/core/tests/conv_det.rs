@@ -191,4 +191,8 @@ fn leaves_other_kinds_and_empty_batches_to_libtorch() {
     assert!(e.contains("empty"), "{e}");
     let e = conv_det(&double.to_kind(Kind::Float), &w.narrow(1, 0, 2), None, Geometry::conv(1, 1));
     assert!(e.is_err(), "{e:?}");
+    // A negative output padding is named, not read as "not transposed" or as 0.
+    let up = Geometry { transposed: Some(-1), ..Geometry::conv(2, 1) };
+    let e = conv_det(&double.to_kind(Kind::Float), &w, None, up).unwrap_err();
+    assert!(e.contains("output padding -1"), "{e}");
 }

@@ -708,7 +708,7 @@ impl Geometry {
 /// Under the CPU's bf16 autocast the operands are cast as autocast's convolution casts them.
 /// `Ok(None)` when it does not take the convolution (an empty batch, not a 4-d CPU tensor, not
 /// float or bf16, another autocast dtype, libtorch without oneDNN); `Err` with libtorch's
-/// message when it refuses the shapes. Until 2026-12-07 batches under 16 images were left to
+/// message when it refuses the shapes, or naming a negative output padding. Until 2026-12-07 batches under 16 images were left to
 /// libtorch's reference kernels, with which a context-encoder run of batch 8 trained at 1 and
 /// then at 2 threads in one process ended with other weights.
 ///
@@ -723,6 +723,10 @@ pub fn conv_det(
     bs: Option<&Tensor>,
     g: Geometry,
 ) -> Result<Option<Tensor>, String> {
+    // The shim reads a negative output padding as "not transposed".
+    if let Some(op) = g.transposed.filter(|&op| op < 0) {
+        return Err(format!("transposed convolution: output padding {op} is negative"));
+    }
     let b = bs.map_or(std::ptr::null(), |b| b.as_ptr().cast::<c_void>());
     // SAFETY: the handles are live tensors (tch's `C_tensor` is an `at::Tensor`) or null for no
     // bias; `out` and `err` are `shim_tensor`'s, valid for the call (the shim sets `out` only
@@ -736,7 +740,7 @@ pub fn conv_det(
             g.padding,
             g.dilation,
             g.groups,
-            g.transposed.map_or(-1, |p| p.max(0)),
+            g.transposed.unwrap_or(-1),
             out,
             err,
             len,
