@@ -7,6 +7,7 @@
 //!
 //! Variables: `weight` `(C, hw, hw)` and `bias` `(C, hw)`, uniform in `±1/√(hw)` as PyTorch's
 //! `nn.Linear`; `mix.{weight, bias}`, the 1×1 convolution.
+use selfsup_core::encoders::batched_product;
 use selfsup_core::encoders::conv::Conv2d;
 use tch::nn;
 use tch::Tensor;
@@ -41,8 +42,10 @@ impl ChannelwiseFc {
         let n = x.size()[0];
         // One `(N, hw)·(hw, hw)` product per channel. (The broadcast `(N, C, 1, hw)` by
         // `(C, hw, hw)` matmul copies the weight N times, multiplies N·C vectors, and sums N
-        // copies of the weight's gradient.)
-        let y = x.reshape([n, c, h * w]).transpose(0, 1).bmm(&self.weight).transpose(0, 1);
+        // copies of the weight's gradient.) In a deterministic bf16 CPU run, one oneDNN product
+        // a channel (`batched_product`).
+        let y = batched_product(&x.reshape([n, c, h * w]).transpose(0, 1), &self.weight);
+        let y = y.transpose(0, 1);
         let y = (y + &self.bias).relu().reshape([n, c, h, w]);
         y.apply(&self.mix).relu()
     }

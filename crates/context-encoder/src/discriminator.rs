@@ -21,6 +21,7 @@
 //! Variables (under the `discriminator.` prefix the method builds it on): `conv{i}.weight`
 //! (normal with std 0.02, no bias), `bn{i}.{weight, bias}` for `i ≥ 2` (1 and 0), and
 //! `out.weight`.
+use selfsup_core::encoders::batch_norm::deterministic_layout;
 use selfsup_core::encoders::conv::{conv_down, convolution, Geometry};
 use selfsup_reconstruction::decoder::DCGAN_INIT;
 use tch::nn;
@@ -96,16 +97,19 @@ impl Discriminator {
             // Winograd on the CPU in the passes where that is faster (`plan_down`).
             h = conv_down(&h, &var(&c.ws));
             if let Some((w, b)) = norm {
-                h = h.batch_norm(
-                    Some(var(w)),
-                    Some(var(b)),
-                    None::<Tensor>,
-                    None::<Tensor>,
-                    true,
-                    0.1,
-                    1e-5,
-                    false,
-                );
+                // Channels-last in a deterministic CPU run: as NCHW (`deterministic_layout`).
+                h = deterministic_layout(&h, true, |h| {
+                    h.batch_norm(
+                        Some(var(w)),
+                        Some(var(b)),
+                        None::<Tensor>,
+                        None::<Tensor>,
+                        true,
+                        0.1,
+                        1e-5,
+                        false,
+                    )
+                });
             }
             // In place, as the reference's `nn.LeakyReLU(0.2, inplace=True)`: neither the
             // convolution's nor the batch norm's backward pass reads its output.

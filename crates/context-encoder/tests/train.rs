@@ -6,6 +6,7 @@
 use selfsup_core::config::{DataConfig, RunConfig, TrainConfig};
 use selfsup_core::encoders::AlexnetVariant;
 use selfsup_core::optim::OptimizerConfig;
+use selfsup_core::precision::{cpu_supports_bf16, Precision};
 use selfsup_core::trainer::{train, TrainOptions};
 use selfsup_core::{checkpoint, EncoderConfig, Registry};
 use selfsup_data::Split;
@@ -127,15 +128,26 @@ fn reconstruction_only_trains_without_a_discriminator() {
 /// 1×1, the decoder's up-convolutions and output layer, and the discriminator's), and of 8,
 /// two halves. (With the up-convolutions' weight gradients taken in one piece at 2 threads, the
 /// first fails; on libtorch's reference kernels, `SELFSUP_CONV_DET=off`, both fail, as the
-/// batches of 8 did until 2026-12-07.)
+/// batches of 8 did until 2026-12-07.) Channels-last at batch 8, and where the CPU has bf16,
+/// channels-last bf16 at batch 32, where the channel-wise layer's products are
+/// `selfsup_core::encoders::conv::bmm_det`'s: both failed (`discriminator.bn2.bias`) until the
+/// discriminator's batch norms ran as NCHW in deterministic runs
+/// (`selfsup_core::encoders::batch_norm::deterministic_layout`).
 #[test]
 fn thread_count_does_not_change_a_deterministic_run() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    for batch in [32, 8] {
+    let mut cases = vec![(32, Precision::Fp32, false), (8, Precision::Fp32, false)];
+    cases.push((8, Precision::Fp32, true));
+    if cpu_supports_bf16() {
+        cases.push((32, Precision::Bf16, true));
+    }
+    for (batch, precision, channels_last) in cases {
         let mut cfg = config(serde_json::json!({"kind": "random_regions", "cells": 4}));
         cfg.data.dataset = format!("synthetic:{}:32", 2 * batch);
         cfg.train.epochs = 1;
         cfg.train.batch_size = batch;
+        cfg.train.precision = precision;
+        cfg.train.channels_last = channels_last;
         cfg.method_config["sample_every"] = 0.into();
         assert!(cfg.train.deterministic);
         let at = |threads: usize| {
@@ -146,7 +158,7 @@ fn thread_count_does_not_change_a_deterministic_run() {
         };
         let (one, two) = (at(1), at(2));
         assert!(one.model.iter().any(|(n, _)| n.starts_with("discriminator.")));
-        let what = format!("at 2 threads, batch {batch}");
+        let what = format!("at 2 threads, batch {batch}, {precision:?}, cl {channels_last}");
         assert_same(&one.model, &two.model, &what);
         assert_same(&one.trainer, &two.trainer, &what);
     }

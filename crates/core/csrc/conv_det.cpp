@@ -332,6 +332,68 @@ struct DetMm : public torch::autograd::Function<DetMm> {
   }
 };
 
+// `out[g] = a[g] b[g]` for every entry `g` of the batched product (a: (G, M, K), b: (G, K, N),
+// out: (G, M, N)), one single-threaded product an entry over libtorch's threads (`each_piece`),
+// MKL's in float and oneDNN's in bfloat16 as in `blocked_mm`: each entry's sums in an order
+// fixed by its shapes.
+void batched_mm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  std::vector<std::pair<int64_t, int64_t>> entries;
+  for (int64_t g = 0; g < out.size(0); ++g) entries.emplace_back(g, 1);
+  std::optional<MkldnnOn> on;
+  if (out.scalar_type() == at::kBFloat16) on.emplace();
+  each_piece(entries, [&](int64_t, int64_t g, int64_t) {
+    at::Tensor o = out.select(0, g);
+    at::mm_out(o, a.select(0, g), b.select(0, g));
+  });
+}
+
+// The batched product `x w` (x: (G, N, A), w: (G, A, B)) of a deterministic run, every pass one
+// `batched_mm`: `y = x w`, `dx = dy wᵀ`, `dw = xᵀ dy`, entry by entry. For the context encoder's
+// channel-wise fully connected layer (one entry a channel), whose bfloat16 `bmm` libtorch runs
+// with its reference loop when oneDNN is off.
+struct DetBmm : public torch::autograd::Function<DetBmm> {
+  using Ctx = torch::autograd::AutogradContext;
+
+  static at::Tensor forward(Ctx* ctx, const at::Tensor& x, const at::Tensor& w) {
+    ctx->save_for_backward({x, w});
+    at::Tensor y = at::empty({x.size(0), x.size(1), w.size(2)}, x.options());
+    batched_mm(y, x, w);
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(Ctx* ctx, torch::autograd::variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "the deterministic batched product has no double backward (create_graph)");
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &w = saved[1];
+    torch::autograd::variable_list out(2);
+    if (!grads[0].defined()) return out;
+    const at::Tensor dy = grads[0].contiguous();
+    if (ctx->needs_input_grad(0)) {
+      out[0] = at::empty(x.sizes(), x.options());
+      batched_mm(out[0], dy, w.transpose(1, 2));
+    }
+    if (ctx->needs_input_grad(1)) {
+      out[1] = at::empty(w.sizes(), w.options());
+      batched_mm(out[1], x.transpose(1, 2), dy);
+    }
+    return out;
+  }
+};
+
+// The operands of a deterministic product after autocast's cast (`autocast_operands`): false
+// when the product is left to the caller (not `dim`-d CPU tensors both float or both bfloat16,
+// another autocast dtype, an empty `x`, no `MKL_Set_Num_Threads_Local`, bfloat16 without
+// oneDNN).
+bool det_operands(at::Tensor& x, at::Tensor& w, int64_t dim) {
+  const auto cpu = [dim](const at::Tensor& t) { return t.dim() == dim && t.device().is_cpu(); };
+  if (!cpu(x) || !cpu(w) || x.numel() == 0 || omp_threads().mkl_local == nullptr) return false;
+  if (!selfsup::autocast_operands(x, w)) return false;
+  const auto kind = x.scalar_type();
+  return kind == w.scalar_type() && (kind == at::kFloat || kind == at::kBFloat16) &&
+         (kind == at::kFloat || at::hasMKLDNN());
+}
+
 }  // namespace
 
 extern "C" {
@@ -384,21 +446,31 @@ int selfsup_mm_det(const at::Tensor* x, const at::Tensor* w, at::Tensor** out, c
                    size_t err_len) {
   int took = 0;
   const int rc = selfsup::guarded(err, err_len, [&] {
-    const auto cpu_2d = [](const at::Tensor& t) { return t.dim() == 2 && t.device().is_cpu(); };
-    if (!cpu_2d(*x) || !cpu_2d(*w) || x->size(0) == 0 || omp_threads().mkl_local == nullptr) {
-      return;
-    }
     at::Tensor xs = *x, ws = *w;
-    if (!selfsup::autocast_operands(xs, ws)) return;
-    const auto kind = xs.scalar_type();
-    if (kind != ws.scalar_type() || (kind != at::kFloat && kind != at::kBFloat16) ||
-        (kind == at::kBFloat16 && !at::hasMKLDNN())) {
-      return;
-    }
+    if (!det_operands(xs, ws, 2)) return;
     TORCH_CHECK(xs.size(1) == ws.size(0), "deterministic product: ", xs.sizes(), " by ",
                 ws.sizes());
     RECORD_FUNCTION("selfsup::mm_det", c10::ArrayRef<const c10::IValue>{});
     *out = new at::Tensor(DetMm::apply(xs, ws));
+    took = 1;
+  });
+  return rc != 0 ? rc : took;
+}
+
+// `*out` = a new handle to the batched product `x w` of `x` (G, N, A) and `w` (G, A, B) on the
+// CPU, as `selfsup_mm_det` (the same operands, casts and cases left to the caller), one
+// single-threaded product an entry (`DetBmm`). Returns 1 when it took it, 0 when it left it to
+// the caller, or -1 with libtorch's message in `err` (mismatched sizes).
+int selfsup_bmm_det(const at::Tensor* x, const at::Tensor* w, at::Tensor** out, char* err,
+                    size_t err_len) {
+  int took = 0;
+  const int rc = selfsup::guarded(err, err_len, [&] {
+    at::Tensor xs = *x, ws = *w;
+    if (!det_operands(xs, ws, 3)) return;
+    TORCH_CHECK(xs.size(0) == ws.size(0) && xs.size(2) == ws.size(1),
+                "deterministic batched product: ", xs.sizes(), " by ", ws.sizes());
+    RECORD_FUNCTION("selfsup::bmm_det", c10::ArrayRef<const c10::IValue>{});
+    *out = new at::Tensor(DetBmm::apply(xs, ws));
     took = 1;
   });
   return rc != 0 ? rc : took;

@@ -1,12 +1,12 @@
 //! The matrix products of deterministic runs ([`mm_det`], `csrc/conv_det.cpp`'s `DetMm`), the
 //! dense form of the smallest maps' convolutions on them ([`conv_dense`] with oneDNN off, as in
-//! a deterministic run) and the fully connected layers of a deterministic bf16 run
-//! ([`Linear`], [`product`]): the same bits at 1, 2 and 3 threads in every pass, within float
+//! a deterministic run), the batched product ([`bmm_det`]) and the fully connected layers of a
+//! deterministic bf16 run ([`Linear`], [`product`], [`batched_product`]): the same bits at 1, 2 and 3 threads in every pass, within float
 //! (or bfloat16) rounding of float64, and what they leave to the caller. Its own process:
 //! libtorch's thread count and oneDNN's switch are process-wide.
 use selfsup_core::determinism::set_mkldnn_enabled;
-use selfsup_core::encoders::conv::{conv_dense, mm_det};
-use selfsup_core::encoders::{linear, product, LinearBias};
+use selfsup_core::encoders::conv::{bmm_det, conv_dense, mm_det};
+use selfsup_core::encoders::{batched_product, linear, product, LinearBias};
 use selfsup_core::precision::Precision;
 use selfsup_core::precision::{autocast, cpu_supports_bf16, is_channels_last, to_channels_last};
 use std::sync::Mutex;
@@ -109,10 +109,7 @@ fn same_bits_at_any_thread_count_and_float64s_values() {
 
 /// Bfloat16: [`mm_det`] on bf16 operands (oneDNN's products in the blocks), and on float ones
 /// under the CPU's bf16 autocast (cast first, as autocast's `mm` casts), gives the same bits at
-/// 1, 2 and 3 threads in every pass, within bf16 rounding of float64. In a deterministic run
-/// (oneDNN off) under bf16 autocast, [`Linear`](selfsup_core::encoders::Linear) and [`product`]
-/// give `mm_det`'s bits; with oneDNN on (a free run) and for float outside autocast, libtorch's
-/// `linear` and `matmul` bits.
+/// 1, 2 and 3 threads in every pass, within bf16 rounding of float64.
 #[test]
 fn bf16_products_take_fixed_blocks_on_onednn() {
     if !cpu_supports_bf16() {
@@ -139,27 +136,81 @@ fn bf16_products_take_fixed_blocks_on_onednn() {
         let kinds: Vec<Kind> = got.iter().map(Tensor::kind).collect();
         assert_eq!(kinds, [Kind::BFloat16, Kind::Float, Kind::Float], "{what}");
     }
+    set_mkldnn_enabled(true);
+    tch::set_num_threads(1);
+}
+
+/// In a deterministic run (oneDNN off), [`Linear`](selfsup_core::encoders::Linear),
+/// [`product`] and [`batched_product`] give [`mm_det`]'s (and `bmm_det`'s) bits, in float and,
+/// where the CPU has bf16, under bf16 autocast; with oneDNN on (a free run), libtorch's
+/// `linear`, `matmul` and `bmm` bits.
+#[test]
+fn layers_take_the_deterministic_products_in_deterministic_runs_only() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let opts = (Kind::Float, Device::Cpu);
     tch::set_num_threads(2);
     tch::manual_seed(7);
     let vs = nn::VarStore::new(Device::Cpu);
     let fc = linear(vs.root() / "fc", 300, 70, LinearBias::Default);
+    let bias = fc.bs.as_ref().unwrap();
     let x = Tensor::randn([40, 300], opts);
     let c = Tensor::randn([300, 50], opts);
-    let y = bf16(&|| fc.forward(&x));
-    let bias = fc.bs.as_ref().unwrap();
-    let want = bf16(&|| mm_det(&x, &fc.ws.tr()).unwrap().unwrap()) + bias.to_kind(Kind::BFloat16);
-    assert_eq!(y.kind(), Kind::BFloat16);
-    assert!(y.equal(&want), "Linear in a deterministic bf16 run");
-    let y3 = bf16(&|| fc.forward(&x.view([4, 10, 300])));
-    assert_eq!(y3.size(), [4, 10, 70]);
-    assert!(y3.view([40, 70]).equal(&y), "Linear on (4, 10, 300)");
-    let p = bf16(&|| product(&x, &c));
-    assert!(p.equal(&bf16(&|| mm_det(&x, &c).unwrap().unwrap())), "product, deterministic");
-    assert!(fc.forward(&x).equal(&x.linear(&fc.ws, Some(bias))), "float, deterministic");
+    let (xs, ws) = (Tensor::randn([4, 40, 30], opts), Tensor::randn([4, 30, 20], opts));
+    let mut precisions = vec![Precision::Fp32];
+    if cpu_supports_bf16() {
+        precisions.push(Precision::Bf16);
+    }
+    for precision in precisions {
+        let run = |f: &dyn Fn() -> Tensor| autocast(Device::Cpu, precision, f);
+        set_mkldnn_enabled(false);
+        let y = run(&|| fc.forward(&x));
+        let want = run(&|| mm_det(&x, &fc.ws.tr()).unwrap().unwrap());
+        let want = &want + bias.to_kind(want.kind());
+        assert!(y.equal(&want), "Linear in a deterministic run ({precision:?})");
+        let y3 = run(&|| fc.forward(&x.view([4, 10, 300])));
+        assert_eq!(y3.size(), [4, 10, 70]);
+        assert!(y3.view([40, 70]).equal(&y), "Linear on (4, 10, 300) ({precision:?})");
+        let p = run(&|| product(&x, &c));
+        assert!(p.equal(&run(&|| mm_det(&x, &c).unwrap().unwrap())), "product ({precision:?})");
+        let got = run(&|| batched_product(&xs, &ws));
+        let want = run(&|| bmm_det(&xs, &ws).unwrap().unwrap());
+        assert!(got.equal(&want), "batched_product ({precision:?})");
+        set_mkldnn_enabled(true);
+        let y = run(&|| fc.forward(&x));
+        let want = run(&|| x.linear(&fc.ws, Some(bias)));
+        assert!(y.equal(&want), "Linear, oneDNN on ({precision:?})");
+        let p = run(&|| product(&x, &c));
+        assert!(p.equal(&run(&|| x.matmul(&c))), "product, oneDNN on ({precision:?})");
+        let got = run(&|| batched_product(&xs, &ws));
+        assert!(got.equal(&run(&|| xs.bmm(&ws))), "batched_product, oneDNN on ({precision:?})");
+    }
+    tch::set_num_threads(1);
+}
+
+/// [`bmm_det`], one single-threaded product an entry of the batch: the same bits at 1, 2 and
+/// 3 threads in every pass, float and (where the CPU has it) bf16, on the context encoder's
+/// channel-wise layer (64 channels of 4×4 maps, 128 images, its input a transposed view);
+/// mismatched sizes are named.
+#[test]
+fn batched_products_one_entry_a_task() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let opts = (Kind::Float, Device::Cpu);
+    set_mkldnn_enabled(false);
+    tch::manual_seed(3);
+    let x = Tensor::randn([128, 64, 16], opts).transpose(0, 1);
+    let w = Tensor::randn([64, 16, 16], opts) * 0.25;
+    let det = |x: &Tensor, w: &Tensor| bmm_det(x, w).unwrap().expect("taken");
+    let kinds: &[Kind] =
+        if cpu_supports_bf16() { &[Kind::Float, Kind::BFloat16] } else { &[Kind::Float] };
+    for &kind in kinds {
+        let (xk, wk) = (x.to_kind(kind), w.to_kind(kind));
+        let tol = if kind == Kind::Float { 1e-5 } else { 1e-2 };
+        let got = same_bits_and_values("bmm", &xk, &wk, det, |x, w| x.bmm(w), tol);
+        assert_eq!(got[0].size(), [64, 128, 16]);
+    }
+    let e = bmm_det(&x, &w.narrow(1, 0, 8)).unwrap_err();
+    assert!(e.contains("deterministic batched product"), "{e}");
     set_mkldnn_enabled(true);
-    let y = bf16(&|| fc.forward(&x));
-    assert!(y.equal(&bf16(&|| x.linear(&fc.ws, Some(bias)))), "Linear, oneDNN on");
-    assert!(bf16(&|| product(&x, &c)).equal(&bf16(&|| x.matmul(&c))), "product, oneDNN on");
     tch::set_num_threads(1);
 }
 

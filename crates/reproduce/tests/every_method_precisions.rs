@@ -1,10 +1,14 @@
 //! Every registered method trains two steps of its cpu-profile run (its own backbone, heads and
-//! batch recipe, on a smaller batch of synthetic images) channels-last and in bf16 autocast
-//! where the CPU has bf16 (fp32 where it does not), once free and once deterministic: the loss
-//! is finite and both steps are done. `cargo xtask bench train` runs these configurations;
-//! nothing else trains the method-specific layers (context encoder's discriminator, CPC's
-//! context network, the colorization heads) under autocast, and a layer that does not take
-//! autocast's bf16 input stops the run at its first step.
+//! batch recipe, on a smaller batch of synthetic images) channels-last, in fp32 and, where the
+//! CPU has bf16, in bf16 autocast, once free and deterministic at 1 and at 2 threads: the loss
+//! is finite, both steps are done, and the two deterministic runs end with the same weights and
+//! running statistics. `cargo xtask bench train` runs these configurations. Nothing else trained
+//! the method-specific layers (context encoder's discriminator, CPC's context network, the
+//! colorization heads) under autocast, where a layer that does not take autocast's bf16 input
+//! stops the run at its first step (a662be1's parent); nor compared every method's
+//! channels-last deterministic runs across thread counts, which found libtorch's channels-last
+//! and 1-d batch norms and MKL's fully connected products depending on the thread count.
+use selfsup_core::checkpoint;
 use selfsup_core::config::{read_json, RunConfig};
 use selfsup_core::precision::{cpu_supports_bf16, Precision};
 use selfsup_core::trainer::{train, TrainOptions};
@@ -45,7 +49,7 @@ fn cpu_profile_runs(dir: &std::path::Path) -> Vec<(String, Value)> {
 }
 
 #[test]
-fn every_method_trains_channels_last_in_bf16_free_and_deterministic() {
+fn every_method_trains_channels_last_free_and_deterministic_at_any_thread_count() {
     let base = tempfile::tempdir().unwrap();
     let runs = cpu_profile_runs(&base.path().join("results"));
     let registry = selfsup_methods::registry();
@@ -54,9 +58,15 @@ fn every_method_trains_channels_last_in_bf16_free_and_deterministic() {
     let mut registered = registry.names();
     registered.sort_unstable();
     assert_eq!(methods, registered, "a registered method has no plan that trains it");
-    let precision = if cpu_supports_bf16() { "bf16" } else { "fp32" };
-    for (method, config) in &runs {
-        for deterministic in [false, true] {
+    let mut precisions = vec!["fp32"];
+    if cpu_supports_bf16() {
+        precisions.push("bf16");
+    }
+    for (precision, (method, config)) in
+        precisions.iter().flat_map(|p| runs.iter().map(move |r| (*p, r)))
+    {
+        let mut weights = Vec::new();
+        for (deterministic, threads) in [(false, 0), (true, 1), (true, 2)] {
             let sets = [
                 "data.max_images=48".to_string(),
                 "train.batch_size=16".to_string(),
@@ -64,10 +74,12 @@ fn every_method_trains_channels_last_in_bf16_free_and_deterministic() {
                 "train.channels_last=true".to_string(),
                 format!("train.precision=\"{precision}\""),
                 format!("train.deterministic={deterministic}"),
+                format!("train.threads={threads}"),
             ];
             let cfg = RunConfig::resolve(&registry, Some(config), &sets, None).unwrap();
             assert_eq!(cfg.train.precision == Precision::Bf16, precision == "bf16");
-            let dir = base.path().join(format!("runs/{method}-{deterministic}"));
+            let dir =
+                base.path().join(format!("runs/{method}-{precision}-{deterministic}-{threads}"));
             let mut opts = TrainOptions { progress: false, ..TrainOptions::default() };
             let what =
                 format!("{method}, {precision}, channels-last, deterministic {deterministic}");
@@ -75,6 +87,17 @@ fn every_method_trains_channels_last_in_bf16_free_and_deterministic() {
                 train(&cfg, &registry, &dir, &mut opts).unwrap_or_else(|e| panic!("{what}: {e}"));
             assert_eq!(summary.global_step, 2, "{what}");
             assert!(summary.last_epoch_loss.is_finite(), "{what}: {}", summary.last_epoch_loss);
+            if deterministic {
+                let mut vars = checkpoint::load(&dir).unwrap().model;
+                vars.sort_by(|a, b| a.0.cmp(&b.0));
+                weights.push(vars);
+            }
+        }
+        let [one, two] = &weights[..] else { unreachable!("two deterministic runs") };
+        assert_eq!(one.len(), two.len(), "{method}");
+        for ((name, a), (_, b)) in one.iter().zip(two) {
+            let what = format!("{method} ({precision}, channels-last)");
+            assert!(a.equal(b), "{what}: {name} differs at 2 threads");
         }
     }
 }

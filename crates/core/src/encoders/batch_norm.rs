@@ -195,9 +195,50 @@ impl nn::ModuleT for BatchNorm {
             }
             _ => match SPLITS.with(Cell::get) {
                 s if train && s > 1 && xs.size()[0] >= s => self.forward_split(xs, s, false),
-                _ => self.inner.forward_t(xs, train),
+                _ => deterministic_layout(xs, train, |xs| self.inner.forward_t(xs, train)),
             },
         }
+    }
+}
+
+/// `norm(xs)`, libtorch's batch norm of `xs` (or a function of it), except in training in a
+/// deterministic CPU run (oneDNN off, see `determinism`), where a 4-d `xs` that is not contiguous
+/// is normalised as a contiguous (NCHW) copy and the output returned in `xs`'s channels-last
+/// format, and a 2-d `(N, C)` one as `(1, C, N)`. libtorch's channels-last batch norm sums every
+/// channel in per-thread partial sums (a `threads × C` buffer, forward and backward), so its
+/// bits depend on the thread count, and it takes `(N, C)` (an `(N, C, 1, 1)` map) as
+/// channels-last: a channels-last context encoder (its discriminator's norms) and SimCLR's and
+/// instance discrimination's heads (1-d norms) trained at 1 and at 2 threads ended with other
+/// weights. Its NCHW kernels take one channel a task, each summed in one order. The fused batch
+/// norm + ReLU ([`BatchNorm::forward_relu_t`]) fixes its sums by blocks and takes both formats
+/// as they are.
+///
+/// # Shapes
+/// `xs`: `(N, C, ...)`; returns `norm`'s output, `(N, C, H, W)` channels-last where `xs` is,
+/// `(N, C)` contiguous for `(N, C)`.
+pub fn deterministic_layout(
+    xs: &Tensor,
+    train: bool,
+    norm: impl FnOnce(&Tensor) -> Tensor,
+) -> Tensor {
+    if !train || xs.device() != tch::Device::Cpu || crate::determinism::mkldnn_enabled() {
+        return norm(xs);
+    }
+    if let &[n, c] = &xs.size()[..] {
+        // `(1, C, N)`: the same statistics (over the `N` values of each channel, the running
+        // variance with `N - 1`), on the NCHW kernels.
+        let y = norm(&xs.tr().unsqueeze(0).contiguous());
+        return y.squeeze_dim(0).tr().contiguous().view([n, c]);
+    }
+    if xs.dim() != 4 || xs.is_contiguous() {
+        return norm(xs);
+    }
+    let y = norm(&xs.contiguous());
+    if crate::precision::is_channels_last(xs) {
+        // A 4-d tensor: not an error.
+        crate::precision::to_channels_last(&y).unwrap_or(y)
+    } else {
+        y
     }
 }
 
@@ -471,7 +512,9 @@ impl BatchNorm {
                 .0;
         }
         let bn = |x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, m: &Tensor, v: &Tensor| {
-            Tensor::batch_norm(x, w, b, Some(m), Some(v), true, self.momentum, self.eps, false)
+            deterministic_layout(x, true, |x| {
+                Tensor::batch_norm(x, w, b, Some(m), Some(v), true, self.momentum, self.eps, false)
+            })
         };
         let (y, means, vars) = if n % s != 0 {
             // Each sub-batch where it lies (`torch.chunk`'s pieces).

@@ -128,6 +128,13 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+    fn selfsup_bmm_det(
+        x: *const c_void,
+        w: *const c_void,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
 }
 
 /// Sets how many bytes of transformed tiles one piece of a Winograd pass, or of im2col columns
@@ -807,6 +814,21 @@ pub fn mm_det(xs: &Tensor, ws: &Tensor) -> Result<Option<Tensor>, String> {
     // `err` are `shim_tensor`'s, valid for the call.
     crate::ops::shim_tensor(|out, err, len| unsafe {
         selfsup_mm_det(xs.as_ptr().cast(), ws.as_ptr().cast(), out, err, len)
+    })
+}
+
+/// The batched product `xs ws` of a deterministic CPU run, as [`mm_det`] (the same dtypes,
+/// autocast cast and cases left to the caller): each pass (`Y = X W`, `dX = dY Wᵀ`,
+/// `dW = Xᵀ dY`) one single-threaded product an entry of the batch, over libtorch's threads
+/// (`csrc/conv_det.cpp`, `DetBmm`). For the context encoder's channel-wise fully connected
+/// layer, one entry a channel. `Err` with libtorch's message when the sizes do not match.
+///
+/// # Shapes
+/// `xs`: `(G, N, A)`; `ws`: `(G, A, B)`; returns `(G, N, B)`.
+pub fn bmm_det(xs: &Tensor, ws: &Tensor) -> Result<Option<Tensor>, String> {
+    // SAFETY: as `mm_det`.
+    crate::ops::shim_tensor(|out, err, len| unsafe {
+        selfsup_bmm_det(xs.as_ptr().cast(), ws.as_ptr().cast(), out, err, len)
     })
 }
 

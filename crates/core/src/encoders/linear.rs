@@ -1,23 +1,27 @@
 //! Fully connected layers, and the plain products of the layers outside the encoders, with
-//! the deterministic path of a bf16 CPU run.
+//! the deterministic path of a CPU run.
 //!
 //! [`linear`] builds `nn.Linear` as PyTorch initializes it. [`Linear`] is tch's `nn::Linear`
 //! (the same fields and variable names, `weight` `(out, in)` and `bias` `(out)`) with one
-//! difference: in a deterministic CPU run under bf16 autocast, its product takes
-//! [`conv::mm_det`]'s fixed blocks of output columns, each one single-threaded oneDNN product,
-//! instead of libtorch's. A deterministic run turns oneDNN off (see `determinism`), and
-//! libtorch then multiplies bf16 matrices with its reference loop: in a relative-patch step at
-//! the cpu profile's batch, `dX = dY W` of the 1,024 → 512 layer (`BFloat16[128, 512] ×
-//! [512, 1024]`) took 142.7 ms of 214 (2 cores of an AMD EPYC, Zen 4, 2026-12-07). [`product`]
-//! is the same choice for a plain `a b`, as CPC scores its predictions against the candidates.
-//! Outside deterministic bf16 CPU runs both are libtorch's `linear` and `matmul`, bit for bit;
-//! `SELFSUP_CONV_DET=off` (which turns the deterministic convolutions off) turns this path off
-//! too. The bias is added after the product, rounded to bf16 once more (libtorch's `addmm`
-//! adds it inside the product). A float deterministic run keeps libtorch's product, MKL's (the
-//! thread-count tests of the trainer and of relative patch, colorization and the context
-//! encoder compare every weight at 1 and 2 threads).
+//! difference: in a deterministic CPU run its product takes [`conv::mm_det`]'s fixed blocks of
+//! output columns, each one single-threaded product (MKL's in float, oneDNN's in bf16), instead
+//! of libtorch's, whose bits depend on the thread count in both:
+//! - in float, MKL's product: a supervised cpu-profile run (AlexNet-24, channels-last, batch 16)
+//!   ended two steps with another `head.weight` at 2 threads than at 1 (the loss's gradient,
+//!   and `head.bias`, the same);
+//! - in bf16, a deterministic run turns oneDNN off (see `determinism`), and libtorch then
+//!   multiplies with its reference loop: in a relative-patch step at the cpu profile's batch,
+//!   `dX = dY W` of the 1,024 → 512 layer (`BFloat16[128, 512] × [512, 1024]`) took 142.7 ms of
+//!   214 (2 cores of an AMD EPYC, Zen 4, 2026-12-07).
+//!
+//! [`product`] is the same choice for a plain `a b`, as CPC scores its predictions against the
+//! candidates, and [`batched_product`] for a batched one (the context encoder's channel-wise
+//! layer, one product a channel: [`conv::bmm_det`]). Outside deterministic CPU runs they are
+//! libtorch's `linear`, `matmul` and `bmm`, bit for bit; `SELFSUP_CONV_DET=off` (which turns
+//! the deterministic convolutions off) turns this path off too. The bias is added after the
+//! product, rounded once more (libtorch's `addmm` adds it inside the product).
 use crate::encoders::conv::{self, Mode};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device, Tensor};
 
 /// Bias of a [`linear`] layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,8 +57,7 @@ pub fn linear(p: nn::Path, in_dim: i64, out_dim: i64, bias: LinearBias) -> Linea
     Linear { ws, bs }
 }
 
-/// A fully connected layer: `y = x Wᵀ + b` (see the module docs for the deterministic bf16
-/// path).
+/// A fully connected layer: `y = x Wᵀ + b` (see the module docs for the deterministic path).
 ///
 /// # Shapes
 /// `ws`: `(out, in)`; `bs`: `(out)`; input `(…, in)` → `(…, out)`.
@@ -69,7 +72,7 @@ pub struct Linear {
 impl nn::Module for Linear {
     fn forward(&self, xs: &Tensor) -> Tensor {
         let size = xs.size();
-        if let (Some((&last, lead)), true) = (size.split_last(), det_bf16(xs, &self.ws)) {
+        if let (Some((&last, lead)), true) = (size.split_last(), det_cpu(xs, &self.ws)) {
             if let Some(y) = det_mm(&xs.reshape([-1, last]), &self.ws.tr()) {
                 let y = match &self.bs {
                     Some(b) => {
@@ -86,12 +89,12 @@ impl nn::Module for Linear {
 }
 
 /// The product `a b` of a layer outside the encoders: libtorch's `matmul`, or in a
-/// deterministic bf16 CPU run [`conv::mm_det`]'s blocks (see the module docs).
+/// deterministic CPU run [`conv::mm_det`]'s blocks (see the module docs).
 ///
 /// # Shapes
 /// `a`: `(N, A)`; `b`: `(A, B)`; returns `(N, B)`. Other ranks take `matmul` always.
 pub fn product(a: &Tensor, b: &Tensor) -> Tensor {
-    if a.dim() == 2 && b.dim() == 2 && det_bf16(a, b) {
+    if a.dim() == 2 && b.dim() == 2 && det_cpu(a, b) {
         if let Some(y) = det_mm(a, b) {
             return y;
         }
@@ -99,13 +102,27 @@ pub fn product(a: &Tensor, b: &Tensor) -> Tensor {
     a.matmul(b)
 }
 
-/// Whether a product of `a` and `b` takes the deterministic bf16 path: CPU operands in a
-/// deterministic run (oneDNN off) with `SELFSUP_CONV_DET` not `off`, under the CPU's bf16
-/// autocast or with both operands bf16.
-fn det_bf16(a: &Tensor, b: &Tensor) -> bool {
-    let bf16 = matches!(crate::precision::autocast_dtype(Device::Cpu), Ok(Some(Kind::BFloat16)))
-        || (a.kind() == Kind::BFloat16 && b.kind() == Kind::BFloat16);
-    bf16 && a.device() == Device::Cpu
+/// The batched product `a b` of a layer outside the encoders: libtorch's `bmm`, or in a
+/// deterministic CPU run [`conv::bmm_det`]'s one product an entry (see the module docs).
+///
+/// # Shapes
+/// `a`: `(G, N, A)`; `b`: `(G, A, B)`; returns `(G, N, B)`.
+pub fn batched_product(a: &Tensor, b: &Tensor) -> Tensor {
+    if a.dim() == 3 && b.dim() == 3 && det_cpu(a, b) {
+        match conv::bmm_det(a, b) {
+            Ok(Some(y)) => return y,
+            Ok(None) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    a.bmm(b)
+}
+
+/// Whether a product of `a` and `b` takes the deterministic path: CPU operands in a
+/// deterministic run (oneDNN off) with `SELFSUP_CONV_DET` not `off` ([`conv::mm_det`] and
+/// [`conv::bmm_det`] then take float and bf16 operands and leave others to libtorch).
+fn det_cpu(a: &Tensor, b: &Tensor) -> bool {
+    a.device() == Device::Cpu
         && b.device() == Device::Cpu
         && !crate::determinism::mkldnn_enabled()
         && conv::det_mode() != Mode::Off
@@ -123,6 +140,7 @@ fn det_mm(a: &Tensor, b: &Tensor) -> Option<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Kind;
 
     #[test]
     fn linear_has_pytorch_init() {
