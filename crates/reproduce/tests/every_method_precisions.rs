@@ -1,13 +1,15 @@
 //! Every registered method trains two steps of its cpu-profile run (its own backbone, heads and
-//! batch recipe, on a smaller batch of synthetic images) channels-last, in fp32 and, where the
-//! CPU has bf16, in bf16 autocast, once free and deterministic at 1 and at 2 threads: the loss
-//! is finite, both steps are done, and the two deterministic runs end with the same weights and
-//! running statistics. `cargo xtask bench train` runs these configurations. Nothing else trained
-//! the method-specific layers (context encoder's discriminator, CPC's context network, the
-//! colorization heads) under autocast, where a layer that does not take autocast's bf16 input
-//! stops the run at its first step (a662be1's parent); nor compared every method's
-//! channels-last deterministic runs across thread counts, which found libtorch's channels-last
-//! and 1-d batch norms and MKL's fully connected products depending on the thread count.
+//! batch recipe, on a smaller batch of synthetic images) in fp32, NCHW and channels-last, and,
+//! where the CPU has bf16, channels-last in bf16 autocast, once free and deterministic at 1 and
+//! at 2 threads: the loss is finite, both steps are done, and the two deterministic runs end
+//! with the same weights and running statistics. `cargo xtask bench train` runs these
+//! configurations. Nothing else trained the method-specific layers (context encoder's
+//! discriminator, CPC's context network, the colorization heads) under autocast, where a layer
+//! that does not take autocast's bf16 input stops the run at its first step (a662be1's parent);
+//! nor compared every method's deterministic runs across thread counts, which found libtorch's
+//! channels-last and 1-d batch norms and MKL's fully connected products depending on the thread
+//! count (the parent of d5ed797). Tried once at 1 against 3, 4 and 8 threads (channels-last)
+//! and 3 (NCHW): the same.
 use selfsup_core::checkpoint;
 use selfsup_core::config::{read_json, RunConfig};
 use selfsup_core::precision::{cpu_supports_bf16, Precision};
@@ -49,7 +51,7 @@ fn cpu_profile_runs(dir: &std::path::Path) -> Vec<(String, Value)> {
 }
 
 #[test]
-fn every_method_trains_channels_last_free_and_deterministic_at_any_thread_count() {
+fn every_method_trains_free_and_deterministic_at_any_thread_count() {
     let base = tempfile::tempdir().unwrap();
     let runs = cpu_profile_runs(&base.path().join("results"));
     let registry = selfsup_methods::registry();
@@ -58,12 +60,13 @@ fn every_method_trains_channels_last_free_and_deterministic_at_any_thread_count(
     let mut registered = registry.names();
     registered.sort_unstable();
     assert_eq!(methods, registered, "a registered method has no plan that trains it");
-    let mut precisions = vec!["fp32"];
+    // (precision, channels-last): NCHW fp32 is every run config's default.
+    let mut cases = vec![("fp32", false), ("fp32", true)];
     if cpu_supports_bf16() {
-        precisions.push("bf16");
+        cases.push(("bf16", true));
     }
-    for (precision, (method, config)) in
-        precisions.iter().flat_map(|p| runs.iter().map(move |r| (*p, r)))
+    for ((precision, channels_last), (method, config)) in
+        cases.iter().flat_map(|c| runs.iter().map(move |r| (*c, r)))
     {
         let mut weights = Vec::new();
         for (deterministic, threads) in [(false, 0), (true, 1), (true, 2)] {
@@ -71,18 +74,19 @@ fn every_method_trains_channels_last_free_and_deterministic_at_any_thread_count(
                 "data.max_images=48".to_string(),
                 "train.batch_size=16".to_string(),
                 "train.max_steps=2".to_string(),
-                "train.channels_last=true".to_string(),
+                format!("train.channels_last={channels_last}"),
                 format!("train.precision=\"{precision}\""),
                 format!("train.deterministic={deterministic}"),
                 format!("train.threads={threads}"),
             ];
             let cfg = RunConfig::resolve(&registry, Some(config), &sets, None).unwrap();
             assert_eq!(cfg.train.precision == Precision::Bf16, precision == "bf16");
-            let dir =
-                base.path().join(format!("runs/{method}-{precision}-{deterministic}-{threads}"));
+            let dir = base.path().join(format!(
+                "runs/{method}-{precision}-{channels_last}-{deterministic}-{threads}"
+            ));
             let mut opts = TrainOptions { progress: false, ..TrainOptions::default() };
             let what =
-                format!("{method}, {precision}, channels-last, deterministic {deterministic}");
+                format!("{method}, {precision}, channels-last {channels_last}, deterministic {deterministic}");
             let summary =
                 train(&cfg, &registry, &dir, &mut opts).unwrap_or_else(|e| panic!("{what}: {e}"));
             assert_eq!(summary.global_step, 2, "{what}");
@@ -96,7 +100,7 @@ fn every_method_trains_channels_last_free_and_deterministic_at_any_thread_count(
         let [one, two] = &weights[..] else { unreachable!("two deterministic runs") };
         assert_eq!(one.len(), two.len(), "{method}");
         for ((name, a), (_, b)) in one.iter().zip(two) {
-            let what = format!("{method} ({precision}, channels-last)");
+            let what = format!("{method} ({precision}, channels-last {channels_last})");
             assert!(a.equal(b), "{what}: {name} differs at 2 threads");
         }
     }
