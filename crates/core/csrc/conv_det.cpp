@@ -25,11 +25,13 @@
 // on every exit); a pass runs on the thread that called it, the autograd engine's on the CPU,
 // while the loader's threads run no convolution.
 //
-// The matrix products of the smallest maps' dense convolutions (`conv_dense`), and the bfloat16
-// products of the layers outside the convolutions (fully connected layers, a head's scores), take
-// a path of their own here (`DetMm`): fixed blocks of the output's columns, one single-threaded
-// product each, over the same tasks: MKL's in float, oneDNN's in bfloat16 (libtorch's bfloat16
-// product with oneDNN off is its reference loop: 142.7 of a 214 ms relative-patch step).
+// The matrix products of the smallest maps' dense convolutions (`conv_dense`) and of the layers
+// outside the convolutions (fully connected layers, a head's scores, the context encoder's
+// channel-wise layer) take a path of their own here (`DetProduct`): fixed blocks of the output's
+// columns (or one entry of a batched product), one single-threaded product each, over the same
+// tasks: MKL's in float (whose own product depends on the thread count), oneDNN's in bfloat16
+// (libtorch's bfloat16 product with oneDNN off is its reference loop: 142.7 of a 214 ms
+// relative-patch step).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/ConvUtils.h>
@@ -296,42 +298,6 @@ void blocked_mm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   });
 }
 
-// The product `x w` (x: (N, A), w: (A, B)) of a deterministic run, every pass one
-// `blocked_mm`: `y = x w`, `dx = dy wᵀ`, `dw = xᵀ dy`. For the dense form of the convolutions
-// at the smallest maps (`conv_dense`), whose whole-batch product `dW = Xᵀ dY` MKL splits over
-// the threads along the batch. (Partial sums over pieces of the batch, as the convolutions'
-// weight gradients, cost a whole `(A, B)` matrix a piece here: a relative-patch step took
-// longer than with the convolutions' pieces.)
-struct DetMm : public torch::autograd::Function<DetMm> {
-  using Ctx = torch::autograd::AutogradContext;
-
-  static at::Tensor forward(Ctx* ctx, const at::Tensor& x, const at::Tensor& w) {
-    ctx->save_for_backward({x, w});
-    at::Tensor y = at::empty({x.size(0), w.size(1)}, x.options());
-    blocked_mm(y, x, w);
-    return y;
-  }
-
-  static torch::autograd::variable_list backward(Ctx* ctx, torch::autograd::variable_list grads) {
-    TORCH_CHECK(!at::GradMode::is_enabled(),
-                "the deterministic product has no double backward (create_graph)");
-    auto saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &w = saved[1];
-    torch::autograd::variable_list out(2);
-    if (!grads[0].defined()) return out;
-    const at::Tensor dy = grads[0].contiguous();
-    if (ctx->needs_input_grad(0)) {
-      out[0] = at::empty({x.size(0), x.size(1)}, x.options());
-      blocked_mm(out[0], dy, w.t());
-    }
-    if (ctx->needs_input_grad(1)) {
-      out[1] = at::empty({w.size(0), w.size(1)}, w.options());
-      blocked_mm(out[1], x.t(), dy);
-    }
-    return out;
-  }
-};
-
 // `out[g] = a[g] b[g]` for every entry `g` of the batched product (a: (G, M, K), b: (G, K, N),
 // out: (G, M, N)), one single-threaded product an entry over libtorch's threads (`each_piece`),
 // MKL's in float and oneDNN's in bfloat16 as in `blocked_mm`: each entry's sums in an order
@@ -347,23 +313,39 @@ void batched_mm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   });
 }
 
-// The batched product `x w` (x: (G, N, A), w: (G, A, B)) of a deterministic run, every pass one
-// `batched_mm`: `y = x w`, `dx = dy wᵀ`, `dw = xᵀ dy`, entry by entry. For the context encoder's
-// channel-wise fully connected layer (one entry a channel), whose bfloat16 `bmm` libtorch runs
-// with its reference loop when oneDNN is off.
-struct DetBmm : public torch::autograd::Function<DetBmm> {
+// The product `x w` of a deterministic run, every pass one `blocked_mm` (x: (N, A), w: (A, B))
+// or, `Batched`, one `batched_mm` (x: (G, N, A), w: (G, A, B), entry by entry): `y = x w`,
+// `dx = dy wᵀ`, `dw = xᵀ dy`. The plain product is the dense form of the convolutions at the
+// smallest maps (`conv_dense`), whose whole-batch product `dW = Xᵀ dY` MKL splits over the
+// threads along the batch (partial sums over pieces of the batch, as the convolutions' weight
+// gradients, cost a whole `(A, B)` matrix a piece here: a relative-patch step took longer than
+// with the convolutions' pieces), and the fully connected layers; the batched one the context
+// encoder's channel-wise layer (one entry a channel), whose bfloat16 `bmm` libtorch runs with its
+// reference loop when oneDNN is off.
+template <bool Batched>
+struct DetProduct : public torch::autograd::Function<DetProduct<Batched>> {
   using Ctx = torch::autograd::AutogradContext;
+
+  static void mm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+    if constexpr (Batched) {
+      batched_mm(out, a, b);
+    } else {
+      blocked_mm(out, a, b);
+    }
+  }
 
   static at::Tensor forward(Ctx* ctx, const at::Tensor& x, const at::Tensor& w) {
     ctx->save_for_backward({x, w});
-    at::Tensor y = at::empty({x.size(0), x.size(1), w.size(2)}, x.options());
-    batched_mm(y, x, w);
+    std::vector<int64_t> size = x.sizes().vec();
+    size.back() = w.size(-1);
+    at::Tensor y = at::empty(size, x.options());
+    mm(y, x, w);
     return y;
   }
 
   static torch::autograd::variable_list backward(Ctx* ctx, torch::autograd::variable_list grads) {
     TORCH_CHECK(!at::GradMode::is_enabled(),
-                "the deterministic batched product has no double backward (create_graph)");
+                "the deterministic product has no double backward (create_graph)");
     auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &w = saved[1];
     torch::autograd::variable_list out(2);
@@ -371,11 +353,11 @@ struct DetBmm : public torch::autograd::Function<DetBmm> {
     const at::Tensor dy = grads[0].contiguous();
     if (ctx->needs_input_grad(0)) {
       out[0] = at::empty(x.sizes(), x.options());
-      batched_mm(out[0], dy, w.transpose(1, 2));
+      mm(out[0], dy, w.mT());
     }
     if (ctx->needs_input_grad(1)) {
       out[1] = at::empty(w.sizes(), w.options());
-      batched_mm(out[1], x.transpose(1, 2), dy);
+      mm(out[1], x.mT(), dy);
     }
     return out;
   }
@@ -392,6 +374,26 @@ bool det_operands(at::Tensor& x, at::Tensor& w, int64_t dim) {
   const auto kind = x.scalar_type();
   return kind == w.scalar_type() && (kind == at::kFloat || kind == at::kBFloat16) &&
          (kind == at::kFloat || at::hasMKLDNN());
+}
+
+// `*out` = `DetProduct<Batched>` of `x` and `w` when `det_operands` takes them (1), else 0; -1
+// with libtorch's message in `err` when their sizes do not match.
+template <bool Batched>
+int det_product(const at::Tensor* x, const at::Tensor* w, at::Tensor** out, char* err,
+                size_t err_len) {
+  int took = 0;
+  const int rc = selfsup::guarded(err, err_len, [&] {
+    at::Tensor xs = *x, ws = *w;
+    if (!det_operands(xs, ws, Batched ? 3 : 2)) return;
+    const bool fit = xs.size(-1) == ws.size(-2) && (!Batched || xs.size(0) == ws.size(0));
+    TORCH_CHECK(fit, Batched ? "deterministic batched product: " : "deterministic product: ",
+                xs.sizes(), " by ", ws.sizes());
+    RECORD_FUNCTION(Batched ? "selfsup::bmm_det" : "selfsup::mm_det",
+                    c10::ArrayRef<const c10::IValue>{});
+    *out = new at::Tensor(DetProduct<Batched>::apply(xs, ws));
+    took = 1;
+  });
+  return rc != 0 ? rc : took;
 }
 
 }  // namespace
@@ -433,47 +435,27 @@ int selfsup_conv_det(const at::Tensor* x, const at::Tensor* w, const at::Tensor*
   return rc != 0 ? rc : took;
 }
 
-// `*out` = a new handle to the product `x w` of the matrices `x` (N, A) and `w` (A, B) on the
-// CPU, both float or both bfloat16 (under the CPU's bfloat16 autocast both are cast to bfloat16
-// first, as autocast's `mm` casts them), as one autograd function whose passes run MKL's
-// (float) or oneDNN's (bfloat16) products on fixed blocks of their outputs' columns (`DetMm`):
-// the same bits at any thread count. Returns 1 when it took the product, 0 when it left it to
-// the caller (an empty `x`; not 2-d CPU tensors of one of those dtypes; another autocast dtype;
-// no `MKL_Set_Num_Threads_Local` to hold MKL to one thread in a block, as in a libtorch without
-// MKL; bfloat16 in a libtorch without oneDNN), or -1 with libtorch's message in `err`
-// (mismatched inner sizes).
+// `*out` = a new handle to the product `x w` of the matrices `x` (N, A) and `w` (A, B) on the CPU,
+// both float or both bfloat16 (under the CPU's bfloat16 autocast both are cast to bfloat16 first,
+// as autocast's `mm` casts them), as one autograd function whose passes run MKL's (float) or
+// oneDNN's (bfloat16) products on fixed blocks of their outputs' columns (`DetProduct`): the same
+// bits at any thread count. Returns 1 when it took the product, 0 when it left it to the caller (an
+// empty `x`; not 2-d CPU tensors of one of those dtypes; another autocast dtype; no
+// `MKL_Set_Num_Threads_Local` to hold MKL to one thread in a block, as in a libtorch without MKL;
+// bfloat16 in a libtorch without oneDNN), or -1 with libtorch's message in `err` (mismatched inner
+// sizes).
 int selfsup_mm_det(const at::Tensor* x, const at::Tensor* w, at::Tensor** out, char* err,
                    size_t err_len) {
-  int took = 0;
-  const int rc = selfsup::guarded(err, err_len, [&] {
-    at::Tensor xs = *x, ws = *w;
-    if (!det_operands(xs, ws, 2)) return;
-    TORCH_CHECK(xs.size(1) == ws.size(0), "deterministic product: ", xs.sizes(), " by ",
-                ws.sizes());
-    RECORD_FUNCTION("selfsup::mm_det", c10::ArrayRef<const c10::IValue>{});
-    *out = new at::Tensor(DetMm::apply(xs, ws));
-    took = 1;
-  });
-  return rc != 0 ? rc : took;
+  return det_product<false>(x, w, out, err, err_len);
 }
 
 // `*out` = a new handle to the batched product `x w` of `x` (G, N, A) and `w` (G, A, B) on the
 // CPU, as `selfsup_mm_det` (the same operands, casts and cases left to the caller), one
-// single-threaded product an entry (`DetBmm`). Returns 1 when it took it, 0 when it left it to
-// the caller, or -1 with libtorch's message in `err` (mismatched sizes).
+// single-threaded product an entry (`DetProduct<true>`). Returns 1 when it took it, 0 when it
+// left it to the caller, or -1 with libtorch's message in `err` (mismatched sizes).
 int selfsup_bmm_det(const at::Tensor* x, const at::Tensor* w, at::Tensor** out, char* err,
                     size_t err_len) {
-  int took = 0;
-  const int rc = selfsup::guarded(err, err_len, [&] {
-    at::Tensor xs = *x, ws = *w;
-    if (!det_operands(xs, ws, 3)) return;
-    TORCH_CHECK(xs.size(0) == ws.size(0) && xs.size(2) == ws.size(1),
-                "deterministic batched product: ", xs.sizes(), " by ", ws.sizes());
-    RECORD_FUNCTION("selfsup::bmm_det", c10::ArrayRef<const c10::IValue>{});
-    *out = new at::Tensor(DetBmm::apply(xs, ws));
-    took = 1;
-  });
-  return rc != 0 ? rc : took;
+  return det_product<true>(x, w, out, err, err_len);
 }
 
 }  // extern "C"

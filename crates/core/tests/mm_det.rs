@@ -1,9 +1,9 @@
-//! The matrix products of deterministic runs ([`mm_det`], `csrc/conv_det.cpp`'s `DetMm`), the
-//! dense form of the smallest maps' convolutions on them ([`conv_dense`] with oneDNN off, as in
-//! a deterministic run), the batched product ([`bmm_det`]) and the fully connected layers of a
-//! deterministic bf16 run ([`Linear`], [`product`], [`batched_product`]): the same bits at 1, 2 and 3 threads in every pass, within float
-//! (or bfloat16) rounding of float64, and what they leave to the caller. Its own process:
-//! libtorch's thread count and oneDNN's switch are process-wide.
+//! The matrix products of deterministic runs ([`mm_det`], `csrc/conv_det.cpp`'s `DetProduct`), the
+//! dense form of the smallest maps' convolutions on them ([`conv_dense`] with oneDNN off, as in a
+//! deterministic run), the batched product ([`bmm_det`]) and the fully connected layers of a
+//! deterministic run ([`Linear`], [`product`], [`batched_product`]): the same bits at 1, 2 and
+//! 3 threads in every pass, within float (or bfloat16) rounding of float64, and what they leave to
+//! the caller. Its own process: libtorch's thread count and oneDNN's switch are process-wide.
 use selfsup_core::determinism::set_mkldnn_enabled;
 use selfsup_core::encoders::conv::{bmm_det, conv_dense, mm_det};
 use selfsup_core::encoders::{batched_product, linear, product, LinearBias};

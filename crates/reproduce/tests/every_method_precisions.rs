@@ -85,8 +85,8 @@ fn every_method_trains_free_and_deterministic_at_any_thread_count() {
                 "runs/{method}-{precision}-{channels_last}-{deterministic}-{threads}"
             ));
             let mut opts = TrainOptions { progress: false, ..TrainOptions::default() };
-            let what =
-                format!("{method}, {precision}, channels-last {channels_last}, deterministic {deterministic}");
+            let layout = if channels_last { "channels-last" } else { "NCHW" };
+            let what = format!("{method}, {precision}, {layout}, deterministic {deterministic}");
             let summary =
                 train(&cfg, &registry, &dir, &mut opts).unwrap_or_else(|e| panic!("{what}: {e}"));
             assert_eq!(summary.global_step, 2, "{what}");

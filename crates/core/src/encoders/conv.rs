@@ -702,22 +702,22 @@ impl Geometry {
     }
 }
 
-/// The convolution of a deterministic CPU run (`train.deterministic = true`, oneDNN off):
-/// oneDNN's kernels on fixed pieces of 16 images (the last one with the remainder; a batch under
-/// 32 is two halves), run single-threaded inside one parallel loop over the pieces (OpenMP's and
-/// MKL's thread counts held to 1 in each), the gradients to the weights and
-/// bias summed in the pieces' order (in float, rounded once), so every pass gives the same bits
-/// at any thread count (`csrc/conv_det.cpp`). In place of libtorch's reference convolution
-/// (`slow_conv2d`, or NNPACK's forward pass), which a deterministic run fell back to: a RotNet
-/// cpu-profile step (fp32, NCHW, batch 64 × 4 rotations) took 604-623 ms with it, 93-100 ms
-/// with the pieces and 70 ms with oneDNN free, on 2 cores of an AMD EPYC (Zen 4). A transposed
-/// `g` takes the same pieces, on oneDNN's transposed kernels.
-/// Under the CPU's bf16 autocast the operands are cast as autocast's convolution casts them.
-/// `Ok(None)` when it does not take the convolution (an empty batch, not a 4-d CPU tensor, not
-/// float or bf16, another autocast dtype, libtorch without oneDNN); `Err` with libtorch's
-/// message when it refuses the shapes, or naming a negative output padding. Until 2026-12-07 batches under 16 images were left to
-/// libtorch's reference kernels, with which a context-encoder run of batch 8 trained at 1 and
-/// then at 2 threads in one process ended with other weights.
+/// The convolution of a deterministic CPU run (`train.deterministic = true`, oneDNN off): oneDNN's
+/// kernels on fixed pieces of 16 images (the last one with the remainder; a batch under 32 is two
+/// halves), run single-threaded inside one parallel loop over the pieces (OpenMP's and MKL's thread
+/// counts held to 1 in each), the gradients to the weights and bias summed in the pieces' order (in
+/// float, rounded once), so every pass gives the same bits at any thread count
+/// (`csrc/conv_det.cpp`). In place of libtorch's reference convolution (`slow_conv2d`, or NNPACK's
+/// forward pass), which a deterministic run fell back to: a RotNet cpu-profile step (fp32, NCHW,
+/// batch 64 × 4 rotations) took 604-623 ms with it, 93-100 ms with the pieces and 70 ms with oneDNN
+/// free, on 2 cores of an AMD EPYC (Zen 4). A transposed `g` takes the same pieces, on oneDNN's
+/// transposed kernels. Under the CPU's bf16 autocast the operands are cast as autocast's
+/// convolution casts them. `Ok(None)` when it does not take the convolution (an empty batch, not a
+/// 4-d CPU tensor, not float or bf16, another autocast dtype, libtorch without oneDNN); `Err` with
+/// libtorch's message when it refuses the shapes, or naming a negative output padding. Until
+/// 2026-12-07 batches under 16 images were left to libtorch's reference kernels, with which a
+/// context-encoder run of batch 8 trained at 1 and then at 2 threads in one process ended with
+/// other weights.
 ///
 /// # Shapes
 /// `xs`: `(N, C, H, W)`; `ws`: `(K, C / groups, r, s)` (transposed: `(C, K / groups, r, s)`);
@@ -799,7 +799,7 @@ pub fn convolution(xs: &Tensor, ws: &Tensor, bs: Option<&Tensor>, g: Geometry) -
 /// `dW = Xᵀ dY`) one product a fixed block of 64 of its output's columns, single-threaded and
 /// over libtorch's threads (OpenMP and MKL held to one thread in each), so every output is one
 /// sum in an order fixed by the shapes and every pass gives the same bits at any thread count
-/// (`csrc/conv_det.cpp`, `DetMm`). Float blocks are MKL's products: libtorch's whole-batch
+/// (`csrc/conv_det.cpp`, `DetProduct`). Float blocks are MKL's products: libtorch's whole-batch
 /// product splits the sum `Xᵀ dY` over the threads along the batch. Bf16 blocks are oneDNN's
 /// (switched on for the pass; libtorch's bf16 product with oneDNN off, as a deterministic run
 /// has it, is its reference loop): under the CPU's bf16 autocast, float operands are cast to
@@ -817,11 +817,11 @@ pub fn mm_det(xs: &Tensor, ws: &Tensor) -> Result<Option<Tensor>, String> {
     })
 }
 
-/// The batched product `xs ws` of a deterministic CPU run, as [`mm_det`] (the same dtypes,
-/// autocast cast and cases left to the caller): each pass (`Y = X W`, `dX = dY Wᵀ`,
-/// `dW = Xᵀ dY`) one single-threaded product an entry of the batch, over libtorch's threads
-/// (`csrc/conv_det.cpp`, `DetBmm`). For the context encoder's channel-wise fully connected
-/// layer, one entry a channel. `Err` with libtorch's message when the sizes do not match.
+/// The batched product `xs ws` of a deterministic CPU run, as [`mm_det`] (the same dtypes, autocast
+/// cast and cases left to the caller): each pass (`Y = X W`, `dX = dY Wᵀ`, `dW = Xᵀ dY`) one
+/// single-threaded product an entry of the batch, over libtorch's threads (`csrc/conv_det.cpp`,
+/// `DetProduct<true>`). For the context encoder's channel-wise fully connected layer, one entry a
+/// channel. `Err` with libtorch's message when the sizes do not match.
 ///
 /// # Shapes
 /// `xs`: `(G, N, A)`; `ws`: `(G, A, B)`; returns `(G, N, B)`.
