@@ -42,8 +42,8 @@ impl ChannelwiseFc {
         let n = x.size()[0];
         // One `(N, hw)·(hw, hw)` product per channel. (The broadcast `(N, C, 1, hw)` by
         // `(C, hw, hw)` matmul copies the weight N times, multiplies N·C vectors, and sums N
-        // copies of the weight's gradient.) In a deterministic bf16 CPU run, one oneDNN product
-        // a channel (`batched_product`).
+        // copies of the weight's gradient.) In a deterministic CPU run, one single-threaded
+        // product a channel (`batched_product`): the same bits at any thread count.
         let y = batched_product(&x.reshape([n, c, h * w]).transpose(0, 1), &self.weight);
         let y = y.transpose(0, 1);
         let y = (y + &self.bias).relu().reshape([n, c, h, w]);

@@ -1,10 +1,11 @@
-//! The plain (unfused) batch norm of a deterministic CPU run on channels-last activations
-//! ([`BatchNorm`]'s forward and [`deterministic_layout`]): the same bits at 1, 2 and 3 threads
-//! in the output, the running statistics and the gradients, the output channels-last. Its own
+//! The plain (unfused) batch norm of a deterministic CPU run on channels-last activations and on
+//! inputs without a map ([`BatchNorm`]'s forward and [`deterministic_layout`]): the same bits at
+//! 1, 2 and 3 threads in the output, the running statistics and the gradients, the output
+//! channels-last where the input is. Its own
 //! process: libtorch's thread count and oneDNN's switch are process-wide.
 use selfsup_core::determinism::set_mkldnn_enabled;
 use selfsup_core::encoders::batch_norm::deterministic_layout;
-use selfsup_core::encoders::{batch_norm2d, BatchNorm};
+use selfsup_core::encoders::{batch_norm1d, batch_norm2d, BatchNorm};
 use selfsup_core::precision::{is_channels_last, to_channels_last};
 use tch::nn::ModuleT;
 use tch::{nn, Device, Kind, Tensor};
@@ -30,6 +31,26 @@ fn pass(x: &Tensor, threads: i32, kind: Kind) -> Vec<Tensor> {
     out
 }
 
+/// [`pass`]'s outputs for a norm over `nd`-d maps (1: `(N, C)`, 2: `(N, C, 1, 1)`).
+fn no_map(x: &Tensor, nd: usize, threads: i32) -> Vec<Tensor> {
+    tch::set_num_threads(threads);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let c = x.size()[1];
+    let bn: BatchNorm =
+        if nd == 1 { batch_norm1d(vs.root() / "bn", c) } else { batch_norm2d(vs.root() / "bn", c) };
+    let x = x.detach().set_requires_grad(true);
+    let y = bn.forward_t(&x, true);
+    let g = Tensor::ones(y.size(), (Kind::Float, Device::Cpu)).cumsum(1, Kind::Float).sin();
+    let vars = vs.variables();
+    let (w, b) = (&vars["bn.weight"], &vars["bn.bias"]);
+    let grads = Tensor::run_backward(&[(&y * g).sum(Kind::Float)], &[&x, w, b], false, false);
+    let mut out = vec![y.detach()];
+    out.extend(grads);
+    out.push(vars["bn.running_mean"].copy());
+    out.push(vars["bn.running_var"].copy());
+    out
+}
+
 #[test]
 fn channels_last_batch_norm_gives_the_same_bits_at_any_thread_count() {
     set_mkldnn_enabled(false);
@@ -44,6 +65,20 @@ fn channels_last_batch_norm_gives_the_same_bits_at_any_thread_count() {
                 assert!(a.equal(&b), "{kind:?}: output {i} differs at {threads} threads");
             }
         }
+    }
+    // Inputs without a map, which libtorch also takes as channels-last: a 1-d norm's `(N, C)`
+    // (the projection heads') and a 2-d norm's `(N, C, 1, 1)`.
+    for (x, nd) in [
+        (Tensor::randn([64, 12], (Kind::Float, Device::Cpu)), 1),
+        (x.mean_dim([2i64, 3].as_slice(), true, Kind::Float), 2),
+    ] {
+        let one = no_map(&x, nd, 1);
+        for threads in [2, 3] {
+            for (i, (a, b)) in one.iter().zip(no_map(&x, nd, threads)).enumerate() {
+                assert!(a.equal(&b), "{:?}: output {i} differs at {threads} threads", x.size());
+            }
+        }
+        assert_eq!(one[0].size(), x.size());
     }
     // The norm sees an NCHW copy; its output comes back channels-last.
     let y = deterministic_layout(&x, true, |t| {

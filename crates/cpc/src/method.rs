@@ -34,8 +34,8 @@ pub struct Cpc {
 }
 
 /// InfoNCE: for each prediction (a row of `preds`), the cross-entropy of picking its target
-/// among all `candidates` by dot product (`encoders::product`: in a deterministic bf16 CPU run,
-/// fixed blocks on oneDNN); returns the mean loss and the accuracy.
+/// among all `candidates` by dot product (`encoders::product`: in a deterministic CPU run, fixed
+/// blocks of single-threaded products); returns the mean loss and the accuracy.
 ///
 /// # Shapes
 /// `preds`: `(M, D)`; `candidates`: `(N, D)`; `targets`: `(M,)` i64 indices into

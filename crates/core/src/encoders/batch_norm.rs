@@ -204,10 +204,11 @@ impl nn::ModuleT for BatchNorm {
 /// `norm(xs)`, libtorch's batch norm of `xs` (or a function of it), except in training in a
 /// deterministic CPU run (oneDNN off, see `determinism`), where a 4-d `xs` that is not contiguous
 /// is normalised as a contiguous (NCHW) copy and the output returned in `xs`'s channels-last
-/// format, and a 2-d `(N, C)` one as `(1, C, N)`. libtorch's channels-last batch norm sums every
-/// channel in per-thread partial sums (a `threads × C` buffer, forward and backward), so its
-/// bits depend on the thread count, and it takes `(N, C)` (an `(N, C, 1, 1)` map) as
-/// channels-last: a channels-last context encoder (its discriminator's norms) and SimCLR's and
+/// format, and one without a map, `(N, C)` or `(N, C, 1, 1)`, as `(1, C, N)` (or `(1, C, N, 1)`).
+/// libtorch's channels-last batch norm sums every channel in per-thread partial sums (a
+/// `threads × C` buffer, forward and backward), so its bits depend on the thread count, and it
+/// takes every input without a map as channels-last ("NC11 is also channels last",
+/// `aten/src/ATen/native/cpu/batch_norm_kernel.cpp`): a channels-last context encoder (its discriminator's norms) and SimCLR's and
 /// instance discrimination's heads (1-d norms) trained at 1 and at 2 threads ended with other
 /// weights. Its NCHW kernels take one channel a task, each summed in one order. The fused batch
 /// norm + ReLU ([`BatchNorm::forward_relu_t`]) fixes its sums by blocks and takes both formats
@@ -215,7 +216,7 @@ impl nn::ModuleT for BatchNorm {
 ///
 /// # Shapes
 /// `xs`: `(N, C, ...)`; returns `norm`'s output, `(N, C, H, W)` channels-last where `xs` is,
-/// `(N, C)` contiguous for `(N, C)`.
+/// contiguous for an input without a map.
 pub fn deterministic_layout(
     xs: &Tensor,
     train: bool,
@@ -224,11 +225,15 @@ pub fn deterministic_layout(
     if !train || xs.device() != tch::Device::Cpu || crate::determinism::mkldnn_enabled() {
         return norm(xs);
     }
-    if let &[n, c] = &xs.size()[..] {
-        // `(1, C, N)`: the same statistics (over the `N` values of each channel, the running
-        // variance with `N - 1`), on the NCHW kernels.
-        let y = norm(&xs.tr().unsqueeze(0).contiguous());
-        return y.squeeze_dim(0).tr().contiguous().view([n, c]);
+    let size = xs.size();
+    if size.len() >= 2 && size[2..].iter().all(|&s| s == 1) {
+        // `(1, C, N, 1, ...)`: the same statistics (over the `N` values of each channel, the
+        // running variance with `N - 1`), on the NCHW kernels; the same rank, but `(N, C)`'s.
+        let (n, c) = (size[0], size[1]);
+        let mut wide = vec![1, c, n];
+        wide.resize(size.len().max(3), 1);
+        let y = norm(&xs.reshape([n, c]).tr().contiguous().view(wide.as_slice()));
+        return y.view([c, n]).tr().contiguous().view(size.as_slice());
     }
     if xs.dim() != 4 || xs.is_contiguous() {
         return norm(xs);
