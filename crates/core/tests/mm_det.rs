@@ -7,8 +7,9 @@
 use selfsup_core::determinism::set_mkldnn_enabled;
 use selfsup_core::encoders::conv::{bmm_det, conv_dense, mm_det};
 use selfsup_core::encoders::{batched_product, linear, product, LinearBias};
-use selfsup_core::precision::Precision;
-use selfsup_core::precision::{autocast, cpu_supports_bf16, is_channels_last, to_channels_last};
+use selfsup_core::precision::{
+    autocast, cpu_supports_bf16, is_channels_last, to_channels_last, Precision,
+};
 use std::sync::Mutex;
 use tch::nn::Module;
 use tch::{nn, Device, Kind, Tensor};

@@ -205,9 +205,10 @@ pub fn mode() -> Mode {
     *MODE.get_or_init(|| mode_from_env("SELFSUP_WINOGRAD"))
 }
 
-/// Whether a deterministic run's convolutions take [`conv_det`] (and its dense products and
-/// bf16 fully connected layers [`mm_det`]): `SELFSUP_CONV_DET` (`auto`, the default, or `off`:
-/// libtorch's reference kernels, for measuring), read once as [`mode`] (`all` is `auto`).
+/// Whether a deterministic run's convolutions take [`conv_det`], and its products (the dense
+/// convolutions', the fully connected layers') [`mm_det`] and [`bmm_det`]: `SELFSUP_CONV_DET`
+/// (`auto`, the default, or `off`: libtorch's own kernels, for measuring), read once as [`mode`]
+/// (`all` is `auto`).
 pub fn det_mode() -> Mode {
     static MODE: OnceLock<Mode> = OnceLock::new();
     *MODE.get_or_init(|| mode_from_env("SELFSUP_CONV_DET"))
@@ -800,7 +801,8 @@ pub fn convolution(xs: &Tensor, ws: &Tensor, bs: Option<&Tensor>, g: Geometry) -
 /// over libtorch's threads (OpenMP and MKL held to one thread in each), so every output is one
 /// sum in an order fixed by the shapes and every pass gives the same bits at any thread count
 /// (`csrc/conv_det.cpp`, `DetProduct`). Float blocks are MKL's products: libtorch's whole-batch
-/// product splits the sum `Xᵀ dY` over the threads along the batch. Bf16 blocks are oneDNN's
+/// product splits the sum `Xᵀ dY` over the threads along the batch, and its fully connected
+/// layers' products gave other bits at 2 threads than at 1 (`encoders::linear`). Bf16 blocks are oneDNN's
 /// (switched on for the pass; libtorch's bf16 product with oneDNN off, as a deterministic run
 /// has it, is its reference loop): under the CPU's bf16 autocast, float operands are cast to
 /// bf16 first, as autocast's `mm`. `Ok(None)` when it does not take the product (an empty `xs`,
