@@ -21,9 +21,13 @@
 //! encoder, the denoising autoencoder, split-brain and colorization take 1.06-1.20× their time
 //! without determinism, against 4.20, 2.12, 2.24 and 1.49× on the reference kernels (the context
 //! encoder's 1,593 ms → 388). The smallest maps' dense products (relative patch's conv2 to
-//! conv5) run on [`crate::encoders::conv::mm_det`]'s fixed blocks. With `deterministic = false`
-//! a run is still bit-for-bit reproducible at the same thread count (which the saved config
-//! records).
+//! conv5), the fully connected layers ([`crate::encoders::Linear`]) and the heads' products run
+//! on [`crate::encoders::conv::mm_det`]'s fixed blocks (MKL's own product depends on the thread
+//! count; libtorch's bf16 product with oneDNN off is its slow reference loop), and the batch
+//! norms outside the fused batch norm + ReLU on libtorch's NCHW kernels
+//! ([`crate::encoders::batch_norm::deterministic_layout`]: its channels-last kernels sum in
+//! per-thread parts), both since 2026-12-07. With `deterministic = false` a run is still
+//! bit-for-bit reproducible at the same thread count (which the saved config records).
 //!
 //! ATen's deterministic implementations (`setDeterministicAlgorithms`, set below on the CPU too;
 //! there they change a few index and scatter kernels, such as `index_select`'s backward pass)

@@ -214,6 +214,13 @@ pub fn det_mode() -> Mode {
     *MODE.get_or_init(|| mode_from_env("SELFSUP_CONV_DET"))
 }
 
+/// Whether this is a deterministic CPU run (oneDNN off) whose convolutions and products take the
+/// deterministic paths ([`det_mode`] not `off`): [`conv_det`]'s pieces, [`mm_det`]'s and
+/// [`bmm_det`]'s blocks.
+pub fn det_paths_on() -> bool {
+    det_mode() != Mode::Off && !crate::determinism::mkldnn_enabled()
+}
+
 /// The mode of this process for the convolutions as matrix products ([`plan_gemm`]):
 /// `SELFSUP_CONV_GEMM` (`auto`, `off`, `all`: every pass of every layer it can take), read
 /// once as [`mode`].
@@ -762,7 +769,7 @@ pub fn conv_det(
 /// # Panics
 /// When libtorch refuses the shapes, with its message (as `nn::Module::forward`).
 fn det_pieces(xs: &Tensor, ws: &Tensor, bs: Option<&Tensor>, g: Geometry) -> Option<Tensor> {
-    if det_mode() == Mode::Off || crate::determinism::mkldnn_enabled() {
+    if !det_paths_on() {
         return None;
     }
     match conv_det(xs, ws, bs, g) {

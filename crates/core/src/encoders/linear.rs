@@ -20,7 +20,7 @@
 //! libtorch's `linear`, `matmul` and `bmm`, bit for bit; `SELFSUP_CONV_DET=off` (which turns
 //! the deterministic convolutions off) turns this path off too. The bias is added after the
 //! product, rounded once more (libtorch's `addmm` adds it inside the product).
-use crate::encoders::conv::{self, Mode};
+use crate::encoders::conv;
 use tch::{nn, Device, Tensor};
 
 /// Bias of a [`linear`] layer.
@@ -122,10 +122,7 @@ pub fn batched_product(a: &Tensor, b: &Tensor) -> Tensor {
 /// deterministic run (oneDNN off) with `SELFSUP_CONV_DET` not `off` ([`conv::mm_det`] and
 /// [`conv::bmm_det`] then take float and bf16 operands and leave others to libtorch).
 fn det_cpu(a: &Tensor, b: &Tensor) -> bool {
-    a.device() == Device::Cpu
-        && b.device() == Device::Cpu
-        && !crate::determinism::mkldnn_enabled()
-        && conv::det_mode() != Mode::Off
+    a.device() == Device::Cpu && b.device() == Device::Cpu && conv::det_paths_on()
 }
 
 /// [`conv::mm_det`], `None` where it declines; libtorch's message (mismatched sizes) as a
