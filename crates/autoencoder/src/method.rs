@@ -8,6 +8,7 @@ use crate::config::AutoencoderConfig;
 use crate::AutoencoderError;
 use selfsup_core::encoders::{try_build_encoder, Encoder};
 use selfsup_core::method::{single_view, StepRng};
+use selfsup_core::reduce::mean_all;
 use selfsup_core::{BuildContext, InputNormalization, PretextMethod, StepOutput};
 use selfsup_data::masks::corrupt;
 use selfsup_data::{Batch, Op, Pipeline};
@@ -87,9 +88,10 @@ impl Autoencoder {
     }
 }
 
-/// The mean squared error, in f32 whatever the kind of `a`.
+/// The mean squared error, in f32 whatever the kind of `a` (`reduce::mean_all`: the same bits
+/// at any thread count in a deterministic CPU run).
 fn mse(a: &Tensor, b: &Tensor) -> Tensor {
-    (a.to_kind(Kind::Float) - b.to_kind(Kind::Float)).square().mean(Kind::Float)
+    mean_all(&(a.to_kind(Kind::Float) - b.to_kind(Kind::Float)).square())
 }
 
 impl PretextMethod for Autoencoder {

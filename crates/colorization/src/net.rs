@@ -10,6 +10,7 @@
 use selfsup_core::encoders::conv::Conv2d;
 use selfsup_core::encoders::{batch_norm2d, BatchNorm, Encoder};
 use selfsup_core::method::first_largest;
+use selfsup_core::reduce::mean_all;
 use selfsup_lab::lightness;
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
@@ -127,8 +128,8 @@ pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor, weights: Option<&Te
     let log_p = logits.log_softmax(1, Kind::Float);
     let ce = -(log_p * targets).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
     match weights {
-        Some(w) => (ce * w).mean(Kind::Float),
-        None => ce.mean(Kind::Float),
+        Some(w) => mean_all(&(ce * w)),
+        None => mean_all(&ce),
     }
 }
 

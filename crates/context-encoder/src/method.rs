@@ -26,6 +26,7 @@ use crate::discriminator::Discriminator;
 use crate::ContextEncoderError;
 use selfsup_core::encoders::{try_build_encoder, Encoder};
 use selfsup_core::method::{single_view, ExtraOptimizer, StepRng};
+use selfsup_core::reduce::sum_all;
 use selfsup_core::{BuildContext, InputNormalization, PretextMethod, StepOutput};
 use selfsup_data::masks::{dilate, draw_masks, fill_masked};
 use selfsup_data::{Batch, Op, Pipeline};
@@ -63,7 +64,7 @@ pub fn reconstruction_loss(pred: &Tensor, target: &Tensor, weights: &Tensor) -> 
     let c = pred.size()[1] as f64;
     let err = (pred.to_kind(Kind::Float) - target.to_kind(Kind::Float)).square() * weights;
     let counted = weights.gt(0.0).sum(Kind::Float).clamp_min(1.0) * c;
-    err.sum(Kind::Float) / counted
+    sum_all(&err) / counted
 }
 
 /// The context encoder: generator (trunk, bottleneck, decoder) and discriminator.

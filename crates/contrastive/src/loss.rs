@@ -19,6 +19,7 @@
 //! `torch.autocast` block (a bf16 similarity matrix has only 8 significant bits, an error of
 //! ~1e-2 that the temperature then multiplies).
 use crate::{ContrastiveError, Result};
+use selfsup_core::encoders::product;
 use selfsup_core::precision::without_autocast;
 use tch::{Kind, Tensor};
 
@@ -70,7 +71,7 @@ pub fn nt_xent_logits(z: &Tensor, tau: f64) -> Result<(Tensor, Tensor)> {
     let device = z.device();
     let logits = without_autocast(device, || {
         let z = l2_normalize(z);
-        let sim = z.matmul(&z.tr()) / tau;
+        let sim = product(&z, &z.tr()) / tau;
         let self_mask = Tensor::eye(two_n, (Kind::Bool, device));
         sim.masked_fill(&self_mask, f64::NEG_INFINITY)
     });
@@ -133,7 +134,7 @@ pub fn nt_xent_gathered(
     let logits = without_autocast(device, || -> Result<Tensor> {
         let z = l2_normalize(&z);
         let anchors = z.f_index_select(0, &rows)?;
-        let sim = anchors.f_matmul(&z.f_tr()?)?.f_div_scalar(tau)?;
+        let sim = product(&anchors, &z.f_tr()?).f_div_scalar(tau)?;
         let cols = Tensor::arange(2 * n, (Kind::Int64, device));
         let self_mask = rows.f_unsqueeze(1)?.f_eq_tensor(&cols.f_unsqueeze(0)?)?;
         Ok(sim.f_masked_fill(&self_mask, f64::NEG_INFINITY)?)
@@ -188,7 +189,7 @@ pub fn info_nce_logits(q: &Tensor, k: &Tensor, queue: &Tensor, tau: f64) -> Resu
         let q = l2_normalize(q);
         let k = l2_normalize(k);
         let l_pos = (&q * &k).sum_dim_intlist([1i64].as_slice(), true, Kind::Float);
-        let l_neg = q.matmul(&queue.to_kind(Kind::Float).tr());
+        let l_neg = product(&q, &queue.to_kind(Kind::Float).tr());
         Tensor::cat(&[l_pos, l_neg], 1) / tau
     }))
 }

@@ -19,6 +19,7 @@ pub mod op_counts;
 pub mod ops;
 pub mod optim;
 pub mod precision;
+pub mod reduce;
 pub mod registry;
 pub mod schedule;
 pub mod seed;

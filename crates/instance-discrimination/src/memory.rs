@@ -7,6 +7,7 @@
 //! is fp32 throughout; a bf16 `v·m` would have an error of ~1e-2 before the division by τ).
 use selfsup_contrastive::loss::l2_normalize;
 use selfsup_contrastive::ContrastiveError;
+use selfsup_core::encoders::{batched_product, product};
 use selfsup_core::precision::without_autocast;
 use tch::{Device, Kind, Tensor};
 
@@ -60,18 +61,22 @@ impl MemoryBank {
     }
 
     /// The similarities `v·m_j` of features `v` with every bank row (the non-parametric
-    /// softmax's logits before the division by τ), in fp32 outside autocast.
+    /// softmax's logits before the division by τ), in fp32 outside autocast; in a deterministic
+    /// CPU run on fixed blocks (`encoders::product`), the same bits at any thread count.
     ///
     /// # Shapes
     /// `v`: `(B, dim)`; returns `(B, N)` (f32).
     pub fn similarities(&self, v: &Tensor) -> Tensor {
         without_autocast(v.device(), || {
-            v.to_kind(Kind::Float).matmul(&self.bank.to_kind(Kind::Float).tr())
+            product(&v.to_kind(Kind::Float), &self.bank.to_kind(Kind::Float).tr())
         })
     }
 
     /// The similarities `v_b·m_{c_bj}` of each feature with its own candidate rows (NCE's data
-    /// sample and noise samples), in fp32 outside autocast.
+    /// sample and noise samples), in fp32 outside autocast. In a deterministic CPU run one
+    /// single-threaded product an image (`encoders::batched_product`): libtorch's `bmm` gave the
+    /// gradient of `v` (a sum over the 4,097 candidates) other bits at 2 threads than at 1 on a
+    /// Xeon with AMX (family 6, model 167; 2026-12-07).
     ///
     /// # Shapes
     /// `v`: `(B, dim)`; `candidates`: `(B, C)` i64 bank rows; returns `(B, C)` (f32).
@@ -79,7 +84,8 @@ impl MemoryBank {
         let (b, c) = (candidates.size()[0], candidates.size()[1]);
         without_autocast(v.device(), || {
             let rows = self.bank.to_kind(Kind::Float).index_select(0, &candidates.view([-1]));
-            rows.view([b, c, -1]).bmm(&v.to_kind(Kind::Float).unsqueeze(2)).squeeze_dim(2)
+            batched_product(&rows.view([b, c, -1]), &v.to_kind(Kind::Float).unsqueeze(2))
+                .squeeze_dim(2)
         })
     }
 

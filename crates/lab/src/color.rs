@@ -10,8 +10,42 @@
 //!
 //! The 3 × 3 colour matrices are applied as per-channel weighted sums (element-wise ops), not a
 //! matmul, so autocast never lowers their precision.
+//!
+//! On the CPU a conversion runs on pieces of at most 32,768 values ([`by_pieces`]), so its bits
+//! do not depend on the thread count. libtorch splits an element-wise op on a larger tensor into
+//! one range a thread and computes the last values of each range, short of a whole vector, with
+//! its scalar `pow` rather than its vectorized one; the two differ in the last bit for some
+//! inputs. With 3 threads the ranges end off the vector boundaries that 1, 2 and 4 threads land
+//! on, and a deterministic colorization run (cpu profile, batch 128, 32 pixels) trained other
+//! weights from its first step at 3 threads than at 1 or 2 (2 cores of a Xeon with AMX, family
+//! 6, model 167, 2026-12-07).
 use crate::{LabError, Result};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
+
+/// The most values libtorch runs an element-wise op on in one thread (`at::internal::GRAIN_SIZE`).
+const GRAIN: i64 = 32_768;
+
+/// `f` applied to pieces of `x` (`(N, C, H, W)`) of at most [`GRAIN`] values, whole images or,
+/// for an image larger than that, bands of rows, and the results concatenated: on the CPU each
+/// piece runs on one thread, its values split between the vector loop and the scalar tail by the
+/// piece alone. Elsewhere (and for a small tensor) `f(x)`. `f` must act on each pixel alone.
+fn by_pieces(x: &Tensor, f: &dyn Fn(&Tensor) -> Tensor) -> Tensor {
+    let s = x.size();
+    let numel = x.numel() as i64;
+    if x.device() != Device::Cpu || numel <= GRAIN || s.len() != 4 {
+        return f(x);
+    }
+    let per_image = numel / s[0].max(1);
+    let (dim, step) = if s[0] > 1 && per_image <= GRAIN {
+        (0, GRAIN / per_image)
+    } else if s[0] > 1 {
+        (0, 1)
+    } else {
+        (2, (GRAIN / (per_image / s[2].max(1))).max(1))
+    };
+    let parts: Vec<Tensor> = x.split(step, dim).iter().map(|p| by_pieces(p, f)).collect();
+    Tensor::cat(&parts, dim)
+}
 
 /// Linear sRGB → XYZ for the sRGB primaries under D65 (rows sum to [`WHITE`]).
 pub const RGB_TO_XYZ: [[f64; 3]; 3] = [
@@ -97,13 +131,16 @@ pub fn rgb_to_lab(rgb: &Tensor) -> Result<Tensor> {
     check_three(rgb, "rgb")?;
     let kind = rgb.kind();
     let x = rgb.to_kind(if kind == Kind::Double { Kind::Double } else { Kind::Float });
-    let xyz = mix(&RGB_TO_XYZ, &srgb_to_linear(&x));
-    let f: Vec<Tensor> =
-        (0..3).map(|c| lab_f(&(xyz.narrow(1, c, 1) / WHITE[c as usize]))).collect();
-    let l = &f[1] * 116.0 - 16.0;
-    let a = (&f[0] - &f[1]) * 500.0;
-    let b = (&f[1] - &f[2]) * 200.0;
-    Ok(Tensor::cat(&[l, a, b], 1).to_kind(kind))
+    let lab = by_pieces(&x, &|x| {
+        let xyz = mix(&RGB_TO_XYZ, &srgb_to_linear(x));
+        let f: Vec<Tensor> =
+            (0..3).map(|c| lab_f(&(xyz.narrow(1, c, 1) / WHITE[c as usize]))).collect();
+        let l = &f[1] * 116.0 - 16.0;
+        let a = (&f[0] - &f[1]) * 500.0;
+        let b = (&f[1] - &f[2]) * 200.0;
+        Tensor::cat(&[l, a, b], 1)
+    });
+    Ok(lab.to_kind(kind))
 }
 
 /// CIE Lab → sRGB, not clipped: out-of-gamut Lab values give components outside `[0, 1]`
@@ -115,15 +152,17 @@ pub fn lab_to_rgb(lab: &Tensor) -> Result<Tensor> {
     check_three(lab, "lab")?;
     let kind = lab.kind();
     let x = lab.to_kind(if kind == Kind::Double { Kind::Double } else { Kind::Float });
-    let fy = (x.narrow(1, 0, 1) + 16.0) / 116.0;
-    let fx = &fy + x.narrow(1, 1, 1) / 500.0;
-    let fz = &fy - x.narrow(1, 2, 1) / 200.0;
-    let xyz = Tensor::cat(
-        &[lab_f_inv(&fx) * WHITE[0], lab_f_inv(&fy) * WHITE[1], lab_f_inv(&fz) * WHITE[2]],
-        1,
-    );
-    let lin = mix(&xyz_to_rgb_matrix(), &xyz);
-    Ok(linear_to_srgb(&lin).to_kind(kind))
+    let rgb = by_pieces(&x, &|x| {
+        let fy = (x.narrow(1, 0, 1) + 16.0) / 116.0;
+        let fx = &fy + x.narrow(1, 1, 1) / 500.0;
+        let fz = &fy - x.narrow(1, 2, 1) / 200.0;
+        let xyz = Tensor::cat(
+            &[lab_f_inv(&fx) * WHITE[0], lab_f_inv(&fy) * WHITE[1], lab_f_inv(&fz) * WHITE[2]],
+            1,
+        );
+        linear_to_srgb(&mix(&xyz_to_rgb_matrix(), &xyz))
+    });
+    Ok(rgb.to_kind(kind))
 }
 
 /// The lightness L alone (what the colorization network sees), from sRGB in `[0, 1]`; a
@@ -140,14 +179,17 @@ pub fn lightness(rgb: &Tensor) -> Result<Tensor> {
     }
     let kind = rgb.kind();
     let x = rgb.to_kind(if kind == Kind::Double { Kind::Double } else { Kind::Float });
-    let lin = srgb_to_linear(&x);
-    let y = if s[1] == 3 {
-        let r = &RGB_TO_XYZ[1];
-        lin.narrow(1, 0, 1) * r[0] + lin.narrow(1, 1, 1) * r[1] + lin.narrow(1, 2, 1) * r[2]
-    } else {
-        lin * RGB_TO_XYZ[1].iter().sum::<f64>()
-    };
-    Ok((lab_f(&y) * 116.0 - 16.0).to_kind(kind))
+    let l = by_pieces(&x, &|x| {
+        let lin = srgb_to_linear(x);
+        let y = if s[1] == 3 {
+            let r = &RGB_TO_XYZ[1];
+            lin.narrow(1, 0, 1) * r[0] + lin.narrow(1, 1, 1) * r[1] + lin.narrow(1, 2, 1) * r[2]
+        } else {
+            lin * RGB_TO_XYZ[1].iter().sum::<f64>()
+        };
+        lab_f(&y) * 116.0 - 16.0
+    });
+    Ok(l.to_kind(kind))
 }
 
 #[cfg(test)]

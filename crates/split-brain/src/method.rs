@@ -10,6 +10,7 @@ use selfsup_colorization::pictures::write_grid;
 use selfsup_colorization::{observe_prior, ColorizationError};
 use selfsup_core::encoders::Encoder;
 use selfsup_core::method::{first_largest, single_view};
+use selfsup_core::reduce::mean_all;
 use selfsup_core::{BuildContext, InputNormalization, PretextMethod, StepOutput};
 use selfsup_data::{Batch, Op, Pipeline};
 use selfsup_dist::Collectives;
@@ -282,8 +283,8 @@ impl PretextMethod for SplitBrain {
             SplitLoss::Classification => self.classification(&p, &ab_t, &l_t, n, train)?,
             SplitLoss::Regression => {
                 let (l_in, ab_in) = SplitEncoder::inputs(&Tensor::cat(&[&l_t, &ab_t], 1));
-                let ab_loss = (p.ab.to_kind(Kind::Float) - ab_in).square().mean(Kind::Float);
-                let l_loss = (p.l.to_kind(Kind::Float) - l_in).square().mean(Kind::Float);
+                let ab_loss = mean_all(&(p.ab.to_kind(Kind::Float) - ab_in).square());
+                let l_loss = mean_all(&(p.l.to_kind(Kind::Float) - l_in).square());
                 (ab_loss, l_loss, Vec::new())
             }
         };
