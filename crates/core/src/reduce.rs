@@ -10,8 +10,9 @@
 //!
 //! [`sum_all`] sums such a tensor in rows of [`ROW`] values instead: a sum over the last dimension
 //! of `(n / ROW, ROW)`, which ATen splits among threads by rows, each row summed whole by one
-//! thread, then the row sums and the `n % ROW` values left over, each under 32,768 values and so
-//! summed on one thread. The order is a function of the size alone. Outside deterministic CPU
+//! thread; then the row sums (by `sum_all` again where they are more than 32,768) and the
+//! `n % ROW` values left over (fewer than 32,768, summed on one thread). The order is a function
+//! of the size alone. Outside deterministic CPU
 //! runs (and with `SELFSUP_CONV_DET=off`, as for the products) it is libtorch's `sum`, bit for
 //! bit; so is a tensor of at most 32,768 values, which libtorch sums on one thread.
 use crate::encoders::conv;

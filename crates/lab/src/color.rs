@@ -11,7 +11,7 @@
 //! The 3 × 3 colour matrices are applied as per-channel weighted sums (element-wise ops), not a
 //! matmul, so autocast never lowers their precision.
 //!
-//! On the CPU a conversion runs on pieces of at most 32,768 values ([`by_pieces`]), so its bits
+//! On the CPU a conversion runs on pieces of at most 32,768 values (`by_pieces`), so its bits
 //! do not depend on the thread count. libtorch splits an element-wise op on a larger tensor into
 //! one range a thread and computes the last values of each range, short of a whole vector, with
 //! its scalar `pow` rather than its vectorized one; the two differ in the last bit for some
