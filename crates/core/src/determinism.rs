@@ -27,8 +27,9 @@
 //! norms outside the fused batch norm + ReLU on libtorch's NCHW kernels
 //! ([`crate::encoders::batch_norm::deterministic_layout`]: its channels-last kernels sum in
 //! per-thread parts), both since 2026-12-07. So do MoCo's, SimCLR's and instance
-//! discrimination's similarities ([`crate::encoders::product`], [`crate::encoders::batched_product`]:
-//! MKL's gradients of these depended on the thread count on a Xeon with AMX), and losses that
+//! discrimination's similarities ([`crate::encoders::product`],
+//! [`crate::encoders::batched_product`]: MKL's gradients of these depended on the thread count on
+//! a Xeon with AMX), and losses that
 //! sum more than 32,768 values take [`crate::reduce::sum_all`]'s fixed rows (libtorch sums those
 //! in per-thread parts). Element-wise ops are the same bits at any thread count only where
 //! libtorch's scalar and vector code agree: its last values of each thread's range take the

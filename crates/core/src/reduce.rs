@@ -31,10 +31,10 @@ pub const ROW: i64 = 4_096;
 /// # Shapes
 /// Any shape; returns a scalar (f32).
 pub fn sum_all(x: &Tensor) -> Tensor {
-    let n = x.numel() as i64;
-    if n <= GRAIN || x.device() != Device::Cpu || !conv::det_paths_on() {
+    if !in_rows(x) {
         return x.sum(Kind::Float);
     }
+    let n = x.numel() as i64;
     let flat = x.reshape([-1]);
     let rows = n / ROW;
     let row_sums = flat.narrow(0, 0, rows * ROW).view([rows, ROW]).sum_dim_intlist(
@@ -55,9 +55,14 @@ pub fn sum_all(x: &Tensor) -> Tensor {
 /// # Shapes
 /// Any shape; returns a scalar (f32).
 pub fn mean_all(x: &Tensor) -> Tensor {
-    let n = x.numel() as i64;
-    if n <= GRAIN || x.device() != Device::Cpu || !conv::det_paths_on() {
+    if !in_rows(x) {
         return x.mean(Kind::Float);
     }
-    sum_all(x) / n as f64
+    sum_all(x) / x.numel() as f64
+}
+
+/// Whether [`sum_all`] sums `x` in rows: more than [`GRAIN`] values on the CPU in a
+/// deterministic run with the deterministic paths on.
+fn in_rows(x: &Tensor) -> bool {
+    x.numel() as i64 > GRAIN && x.device() == Device::Cpu && conv::det_paths_on()
 }

@@ -53,6 +53,23 @@ fn cpu_profile_runs(dir: &std::path::Path) -> (Vec<(String, Value)>, Vec<String>
     (runs, failed)
 }
 
+/// The model variables a run saved in `dir`, sorted by name.
+fn model_vars(dir: &std::path::Path) -> Vec<(String, tch::Tensor)> {
+    let mut vars = checkpoint::load(dir).unwrap().model;
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+/// Every run's variables (`runs[t]` at `t + 1` threads) equal to the first run's, name by name.
+fn assert_same_vars(runs: &[Vec<(String, tch::Tensor)>], what: &str) {
+    for (t, vars) in runs.iter().enumerate().skip(1) {
+        assert_eq!(vars.len(), runs[0].len(), "{what}");
+        for ((name, a), (_, b)) in runs[0].iter().zip(vars) {
+            assert!(a.equal(b), "{what}: {name} differs at {} threads", t + 1);
+        }
+    }
+}
+
 #[test]
 fn every_method_trains_free_and_deterministic_at_any_thread_count() {
     let base = tempfile::tempdir().unwrap();
@@ -95,17 +112,14 @@ fn every_method_trains_free_and_deterministic_at_any_thread_count() {
             assert_eq!(summary.global_step, 2, "{what}");
             assert!(summary.last_epoch_loss.is_finite(), "{what}: {}", summary.last_epoch_loss);
             if deterministic {
-                let mut vars = checkpoint::load(&dir).unwrap().model;
-                vars.sort_by(|a, b| a.0.cmp(&b.0));
-                weights.push(vars);
+                weights.push(model_vars(&dir));
             }
         }
-        let [one, two] = &weights[..] else { unreachable!("two deterministic runs") };
-        assert_eq!(one.len(), two.len(), "{method}");
-        for ((name, a), (_, b)) in one.iter().zip(two) {
-            let what = format!("{method} ({precision}, channels-last {channels_last})");
-            assert!(a.equal(b), "{what}: {name} differs at 2 threads");
-        }
+        assert_eq!(weights.len(), 2, "two deterministic runs");
+        assert_same_vars(
+            &weights,
+            &format!("{method} ({precision}, channels-last {channels_last})"),
+        );
     }
     // The cpu profile's own batch, one deterministic step as configured (NCHW fp32) at 1, 2
     // and 3 threads, on 4,096 images. Found on a Xeon with AMX (family 6, model 167), each
@@ -127,15 +141,8 @@ fn every_method_trains_free_and_deterministic_at_any_thread_count() {
             let dir = base.path().join(format!("runs/{method}-batch-{threads}"));
             let mut opts = TrainOptions { progress: false, ..TrainOptions::default() };
             train(&cfg, &registry, &dir, &mut opts).unwrap_or_else(|e| panic!("{method}: {e}"));
-            let mut vars = checkpoint::load(&dir).unwrap().model;
-            vars.sort_by(|a, b| a.0.cmp(&b.0));
-            weights.push(vars);
+            weights.push(model_vars(&dir));
         }
-        for (t, vars) in weights.iter().enumerate().skip(1) {
-            for ((name, a), (_, b)) in weights[0].iter().zip(vars) {
-                let what = format!("{method}, batch as configured");
-                assert!(a.equal(b), "{what}: {name} differs at {} threads", t + 1);
-            }
-        }
+        assert_same_vars(&weights, &format!("{method}, batch as configured"));
     }
 }

@@ -208,9 +208,9 @@ impl nn::ModuleT for BatchNorm {
 /// libtorch's channels-last batch norm sums every channel in per-thread partial sums (a
 /// `threads × C` buffer, forward and backward), so its bits depend on the thread count, and it
 /// takes every input without a map as channels-last ("NC11 is also channels last",
-/// `aten/src/ATen/native/cpu/batch_norm_kernel.cpp`): a channels-last context encoder (its discriminator's norms) and SimCLR's and
-/// instance discrimination's heads (1-d norms) trained at 1 and at 2 threads ended with other
-/// weights. Its NCHW kernels take one channel a task, each summed in one order. The fused batch
+/// `aten/src/ATen/native/cpu/batch_norm_kernel.cpp`): a channels-last context encoder (its
+/// discriminator's norms) and SimCLR's and instance discrimination's heads (1-d norms) trained
+/// at 1 and at 2 threads ended with other weights. Its NCHW kernels take one channel a task, each summed in one order. The fused batch
 /// norm + ReLU ([`BatchNorm::forward_relu_t`]) fixes its sums by blocks and takes both formats
 /// as they are.
 ///

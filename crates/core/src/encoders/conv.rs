@@ -809,8 +809,8 @@ pub fn convolution(xs: &Tensor, ws: &Tensor, bs: Option<&Tensor>, g: Geometry) -
 /// sum in an order fixed by the shapes and every pass gives the same bits at any thread count
 /// (`csrc/conv_det.cpp`, `DetProduct`). Float blocks are MKL's products: libtorch's whole-batch
 /// product splits the sum `Xᵀ dY` over the threads along the batch, and its fully connected
-/// layers' products gave other bits at 2 threads than at 1 (`encoders::linear`). Bf16 blocks are oneDNN's
-/// (switched on for the pass; libtorch's bf16 product with oneDNN off, as a deterministic run
+/// layers' products gave other bits at 2 threads than at 1 (`encoders::linear`). Bf16 blocks are
+/// oneDNN's (switched on for the pass; libtorch's bf16 product with oneDNN off, as a deterministic run
 /// has it, is its reference loop): under the CPU's bf16 autocast, float operands are cast to
 /// bf16 first, as autocast's `mm`. `Ok(None)` when it does not take the product (an empty `xs`,
 /// not 2-d CPU tensors both float or both bf16, another autocast dtype, a libtorch without MKL,
