@@ -11,8 +11,11 @@
 //! Its 4×4 stride-2 convolutions are `selfsup_core`'s [`conv_down`]: on the CPU, the backward
 //! pass to the weights of the layers from 64 channels on (and their forward pass from 16×16
 //! inputs or 256 channels on; with AVX-512, at all of them) by Winograd's F(2×2, 2×2) on the
-//! space-to-depth form of the input, the rest libtorch's; in deterministic CPU runs, as its last
-//! convolution, oneDNN's kernels in fixed pieces of the batch ([`convolution`]).
+//! space-to-depth form of the input (in bf16 with AMX, as one matrix product over the batch's
+//! im2col columns instead), the rest libtorch's; in deterministic CPU runs, as its last
+//! convolution, oneDNN's kernels in fixed pieces of the batch ([`convolution`]). The last
+//! convolution, over the whole remaining map, is a matrix-vector product, and runs as one in
+//! bf16 with AMX and in fp32 with AVX-512 (`selfsup_core::encoders::conv::plan_gemm`).
 //!
 //! Its batch norm always uses the batch's statistics and keeps no running ones (PyTorch's
 //! `track_running_stats=False`): the discriminator is only ever run on training batches, and

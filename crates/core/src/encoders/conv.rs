@@ -47,8 +47,9 @@
 //! On CPUs with AVX-512 the small maps also take another path: matrix products over im2col
 //! columns ([`conv_gemm`], `csrc/conv_gemm.cpp`), every pass at 4×4 outputs from 256 channels
 //! (in fp32 where Winograd does not take the layer first: at stride 2) and, in bf16
-//! on AMX, the backward pass to the weights at 8×8 outputs from 128 channels and of the 1×1
-//! stride-2 shortcuts ([`plan_gemm`]). There oneDNN's kernels run far from the machine (1.8-4.4×
+//! on AMX, the backward pass to the weights at 8×8 outputs from 128 channels, at 4×4 outputs
+//! from 64, of the 1×1 stride-2 shortcuts and of the discriminator's 4×4 stride-2 layers from
+//! 64 channels; a filter over the whole map (one output position) every pass ([`plan_gemm`]). There oneDNN's kernels run far from the machine (1.8-4.4×
 //! slower than the products at ResNet-18's `layer4` in bf16; by our reading they walk the whole
 //! filter bank image by image), while one product over the batch's output positions reads it once.
 //! Every output is still one sum, rounded once (bf16: fp32 accumulation, as oneDNN's), in another
@@ -479,8 +480,9 @@ pub fn conv_down_winograd(xs: &Tensor, ws: &Tensor, plan: Plan) -> Result<Option
 }
 
 /// The 4×4 convolution with stride 2, padding 1 and no bias of `xs` with `ws`: the passes
-/// `SELFSUP_WINOGRAD` and [`plan_down`] give by [`conv_down_winograd`] where it takes them, the
-/// rest libtorch's; in deterministic CPU runs [`conv_det`]'s pieces.
+/// `SELFSUP_WINOGRAD` and [`plan_down`] give by [`conv_down_winograd`] where it takes them, else
+/// those of [`plan_gemm`] (bf16 with AMX) as matrix products ([`conv_gemm`]), the rest
+/// libtorch's; in deterministic CPU runs [`conv_det`]'s pieces.
 ///
 /// # Shapes
 /// `xs`: `(N, C, H, W)`; `ws`: `(K, C, 4, 4)`; returns `(N, K, ⌊H / 2⌋, ⌊W / 2⌋)`.
@@ -498,7 +500,8 @@ pub fn conv_down(xs: &Tensor, ws: &Tensor) -> Tensor {
             let (s, k) = (xs.size(), ws.size());
             match Arith::of(xs) {
                 Arith::Bf16Avx512 => plan_down_bf16(s[1], k[0], s[2], s[3]),
-                // bf16 elsewhere: libtorch's (oneDNN's AMX kernels, or no bf16 instructions).
+                // bf16 elsewhere: with AMX, `plan_gemm`'s products and oneDNN's AMX kernels;
+                // without bf16 instructions, libtorch's.
                 Arith::Bf16Amx | Arith::Bf16Other => Plan::default(),
                 _ => plan_down(s[1], k[0], s[2], s[3], avx512()),
             }
@@ -511,6 +514,9 @@ pub fn conv_down(xs: &Tensor, ws: &Tensor) -> Tensor {
             // The module interface has no error path; libtorch's message says what.
             Err(e) => panic!("{e}"),
         }
+    }
+    if let Some(y) = gemm_or_none(xs, ws, 2, 1) {
+        return y;
     }
     xs.conv2d(ws, None::<&Tensor>, [2, 2], [1, 1], [1, 1], 1)
 }
@@ -604,9 +610,14 @@ fn runs_bf16(xs: &Tensor) -> bool {
 /// - the backward pass to the weights of 3×3 layers at 8×8 outputs from 128 channels
 ///   (256→256: 10.5 → 7.1; 128→256 stride 2: 7.8 → 4.5; the NIN-192's 192→192: 6.3 → 5.1)
 ///   and of the 1×1 stride-2 shortcuts from 64 channels (2.7 → 1.7, 2.6 → 1.0, 2.8 → 0.6);
+/// - the backward pass to the weights of 3×3 layers at 4×4 outputs from 64 channels (the
+///   AlexNet-24's conv3..conv5 on CPC's 16-px patches, batch 1,600: 64→96 11.3-12.2 → 5.3-5.5,
+///   96→96 11.8-12.8 → 5.9, 96→64 8.5 → 5.4; at batch 128: 1.0 → 0.5, 0.7 → 0.4; 2026-12-07);
 /// - left to oneDNN: larger maps (3×3 at 16×16 and 32×32 outputs: 1.4-3× slower as products),
 ///   fewer channels (96 and under at 8×8: 1.3-1.5× slower), 1×1 stride-1 and 5×5 layers
-///   (1.3-3× slower), and the forward passes at 8×8 outputs (1.1-1.7× slower).
+///   (1.3-3× slower; 24→64 at 8×8, batch 1,600: weights 10.9 / 20.6), the forward passes at
+///   8×8 outputs (1.1-1.7× slower) and the forward and input passes of the 4×4 maps under 256
+///   channels (1.5-2× slower).
 ///
 /// In fp32 with AVX-512 (MKL's products) only the 4×4 outputs from 256 channels gain (512→512:
 /// forward 37.2 → 25.3, to the input 38.8 → 26.4, to the weights 37.0 → 26.9; 256→512 stride
@@ -619,19 +630,76 @@ fn runs_bf16(xs: &Tensor) -> bool {
 /// inputs: 28.1 → 16.9 ms; 256→512 at 8×8: 22.1 → 15.0); every forward pass and the other
 /// weight passes ran on par or slower (64→128 at 32×32: 25.7 / 25.7; 1×1 shortcuts 0.5-1.9×),
 /// and the stride-1 layers take [`plan_bf16`]'s Winograd instead.
+///
+/// The 4×4 stride-2 layers of DCGAN's discriminator ([`conv_down`]; 2026-12-07, the same Xeon
+/// with AMX, `conv_gemm_probe`, oneDNN / products, ms): in bf16 the backward pass to the weights
+/// from 64 channels at 8×8 outputs and less (64→128 at 16×16 inputs: 3.8 → 2.5; 128→256 at
+/// 8×8: 7.1 → 2.1; at 16×16: 12.7 → 8.3; 256→512 at 8×8: 37.6 → 8.3), every forward pass at
+/// 4×4 outputs from 256 channels as for 3×3 (256→512: 10.7 → 5.8; 128→256 on par, 1.3 / 1.3);
+/// left to oneDNN: 16×16 outputs (64→128 at 32×32: weights 8.3 / 12.9, forward 2.9 / 9.0) and
+/// the first layer (3 channels in: 0.7 / 1.6). In fp32 those layers take Winograd's
+/// [`plan_down`] before this plan.
+///
+/// A filter that covers the whole (padded) map, one output position (the discriminator's last
+/// layer, 4×4 over a 4×4 map to one logit), is one matrix-vector product a pass: every pass as
+/// products, in bf16 with AMX and in fp32 with AVX-512 (the same Xeon, 256 and 512 channels in:
+/// bf16 forward and both backward passes 1.1-2.1 → 0.3-0.4 ms, fp32 1.0-2.0 → 0.3-0.5).
 pub fn plan_gemm(r: i64, s: i64, c: i64, k: i64, ho: i64, wo: i64, arith: Arith) -> Plan {
     let (channels, positions) = (c.min(k), ho * wo);
-    let small = r == 3 && positions <= 16 && channels >= 256;
+    let fast = matches!(arith, Arith::Bf16Amx | Arith::Fp32Avx512);
+    if fast && positions == 1 && r > 1 {
+        return Plan { forward: true, input: s == 1, weight: true, ..Plan::default() };
+    }
+    let small = (r == 3 || r == 4) && positions <= 16 && channels >= 256;
     let weight = match (arith, r, s) {
-        (Arith::Bf16Amx, 3, _) => positions <= 64 && channels >= 128,
+        (Arith::Bf16Amx, 3, _) => {
+            positions <= 64 && channels >= 128 || positions <= 16 && channels >= 64
+        }
+        (Arith::Bf16Amx, 4, 2) => positions <= 64 && channels >= 64,
         (Arith::Bf16Amx, 1, s) => s > 1 && channels >= 64,
         // Zen 4: the 3×3 stride-2 layers at 8×8 outputs and less from 128 channels.
         (Arith::Bf16Avx512, 3, s) => s > 1 && positions <= 64 && channels >= 128,
         (Arith::Fp32Avx512, ..) => small,
         _ => false,
     };
-    let small = small && matches!(arith, Arith::Bf16Amx | Arith::Fp32Avx512);
+    let small = small && fast;
     Plan { forward: small, input: small && s == 1, weight, ..Plan::default() }
+}
+
+/// The passes of the bias-free convolution of `xs` with `ws` (stride `stride`, padding
+/// `padding`, square filters) that run as matrix products: [`plan_gemm`]'s, or every pass with
+/// `SELFSUP_CONV_GEMM=all`; `None` when none does (`off`, not a 4-d CPU input, no pass).
+fn gemm_plan(xs: &Tensor, ws: &Tensor, stride: i64, padding: i64) -> Option<Plan> {
+    if xs.dim() != 4 || ws.dim() != 4 || xs.device() != tch::Device::Cpu {
+        return None;
+    }
+    let (k, s) = (ws.size(), xs.size());
+    if k[2] != k[3] || stride < 1 {
+        return None;
+    }
+    let plan = match gemm_mode() {
+        Mode::Off => return None,
+        Mode::All => Plan::ALL,
+        Mode::Auto => {
+            let out = |side: i64| (side + 2 * padding - k[2]) / stride + 1;
+            plan_gemm(k[2], stride, s[1], k[0], out(s[2]), out(s[3]), Arith::of(xs))
+        }
+    };
+    (plan != Plan::default()).then_some(plan)
+}
+
+/// The convolution of `xs` with `ws` by [`conv_gemm`] with [`gemm_plan`]'s passes; `None` where
+/// it does not take it.
+///
+/// # Panics
+/// When libtorch refuses the shapes, with its message (as `nn::Module::forward`).
+fn gemm_or_none(xs: &Tensor, ws: &Tensor, stride: i64, padding: i64) -> Option<Tensor> {
+    let plan = gemm_plan(xs, ws, stride, padding)?;
+    match conv_gemm(xs, ws, stride, padding, plan) {
+        Ok(y) => y,
+        // The module interface has no error path; libtorch's message says what.
+        Err(e) => panic!("{e}"),
+    }
 }
 
 /// The convolution (no bias, one group, no dilation) of `xs` with `ws`, stride `stride` and
@@ -780,8 +848,10 @@ fn det_pieces(xs: &Tensor, ws: &Tensor, bs: Option<&Tensor>, g: Geometry) -> Opt
 }
 
 /// The convolution (or, with `g.transposed`, the transposed convolution) of `xs` with `ws` and
-/// `bs`: [`conv_det`]'s pieces in a deterministic CPU run, libtorch's `conv2d` (or
-/// `conv_transpose2d`) otherwise, for the layers outside the encoders (heads, decoders,
+/// `bs`: [`conv_det`]'s pieces in a deterministic CPU run, otherwise [`plan_gemm`]'s passes as
+/// matrix products where it takes a bias-free, ungrouped one ([`conv_gemm`]; the
+/// discriminator's last layer, over its whole map) and libtorch's `conv2d` (or
+/// `conv_transpose2d`), for the layers outside the encoders (heads, decoders,
 /// discriminators). Those two are the ops autocast casts; libtorch's `convolution`, which this
 /// called from 2026-12-07 until the same day's fix, is not, and a bf16 step of the context
 /// encoder or CPC stopped at it ("Input type (CPUBFloat16Type) and weight type
@@ -795,6 +865,11 @@ fn det_pieces(xs: &Tensor, ws: &Tensor, bs: Option<&Tensor>, g: Geometry) -> Opt
 pub fn convolution(xs: &Tensor, ws: &Tensor, bs: Option<&Tensor>, g: Geometry) -> Tensor {
     if let Some(y) = det_pieces(xs, ws, bs, g) {
         return y;
+    }
+    if bs.is_none() && g.transposed.is_none() && g.dilation == 1 && g.groups == 1 {
+        if let Some(y) = gemm_or_none(xs, ws, g.stride, g.padding) {
+            return y;
+        }
     }
     let [s, p, d] = [[g.stride; 2], [g.padding; 2], [g.dilation; 2]];
     match g.transposed {
@@ -1023,21 +1098,10 @@ impl Conv2d {
     }
 
     /// The passes as matrix products for an input `(N, C, H, W)`, with its stride and padding.
+    #[cfg(test)]
     fn gemm_plan_for(&self, xs: &Tensor) -> Option<(Plan, i64, i64)> {
         let (stride, padding) = self.gemm_shaped()?;
-        if xs.dim() != 4 || xs.device() != tch::Device::Cpu {
-            return None;
-        }
-        let plan = match gemm_mode() {
-            Mode::Off => return None,
-            Mode::All => Plan::ALL,
-            Mode::Auto => {
-                let (k, s) = (self.inner.ws.size(), xs.size());
-                let out = |side: i64| (side + 2 * padding - k[2]) / stride + 1;
-                plan_gemm(k[2], stride, s[1], k[0], out(s[2]), out(s[3]), Arith::of(xs))
-            }
-        };
-        (plan != Plan::default()).then_some((plan, stride, padding))
+        Some((gemm_plan(xs, &self.inner.ws, stride, padding)?, stride, padding))
     }
 }
 
@@ -1060,12 +1124,9 @@ impl nn::Module for Conv2d {
                 Err(e) => panic!("Winograd convolution: {e}"),
             }
         }
-        if let Some((plan, stride, padding)) = self.gemm_plan_for(xs) {
-            match conv_gemm(xs, &self.inner.ws, stride, padding, plan) {
-                Ok(Some(y)) => return y,
-                Ok(None) => {}
-                // The module interface has no error path; libtorch's message says what.
-                Err(e) => panic!("{e}"),
+        if let Some((stride, padding)) = self.gemm_shaped() {
+            if let Some(y) = gemm_or_none(xs, &self.inner.ws, stride, padding) {
+                return y;
             }
         }
         xs.apply(&self.inner)
@@ -1740,7 +1801,8 @@ mod tests {
         let input = Plan { input: true, ..Plan::default() };
         // (r, stride, padding, N, C, K, H, W, pieces): 3x3 same and valid at strides 1 and 2,
         // the 1x1 stride-2 shortcut, 5x5, the 4x4 stride-2 discriminator layer, odd sides and
-        // channel counts; pieces of one image (forward passes) and one filter row (weights).
+        // channel counts, filters over the whole 4x4 map (the discriminator's last layer);
+        // pieces of one image (forward passes) and one filter row (weights).
         for (r, s, p, n, c, k, h, w, piece) in [
             (3, 1, 1, 3, 8, 16, 6, 6, None),
             (3, 1, 1, 2, 5, 7, 7, 5, None),
@@ -1750,6 +1812,8 @@ mod tests {
             (1, 1, 0, 2, 5, 3, 4, 4, None),
             (5, 1, 2, 2, 3, 8, 9, 9, None),
             (4, 2, 1, 2, 6, 5, 8, 6, None),
+            (4, 1, 0, 3, 6, 1, 4, 4, None),
+            (4, 1, 0, 2, 5, 3, 4, 4, None),
             (3, 1, 1, 4, 6, 9, 5, 6, Some(1)),
             (3, 2, 1, 3, 7, 5, 9, 9, Some(1)),
         ] {
@@ -1894,6 +1958,11 @@ mod tests {
         assert_eq!(amx(1, 1, 192, 192, 8), Plan::default());
         assert_eq!(amx(5, 1, 96, 192, 16), Plan::default());
         assert_eq!(amx(3, 1, 96, 96, 8), Plan::default());
+        // The AlexNet-24's conv3..conv5 at 4x4 maps (CPC's 16-px patches, jigsaw's tiles): the
+        // weight pass from 64 channels; narrower, nothing.
+        assert_eq!(amx(3, 1, 64, 96, 4), weight);
+        assert_eq!(amx(3, 1, 96, 64, 4), weight);
+        assert_eq!(amx(3, 1, 48, 64, 4), Plan::default());
         // fp32 with AVX-512: the 4x4 maps from 256 channels only; nothing elsewhere.
         let fp32 = |r, s, c, k, side| plan_gemm(r, s, c, k, side, side, Arith::Fp32Avx512);
         assert_eq!(fp32(3, 1, 512, 512, 4), Plan::ALL);
@@ -1909,6 +1978,69 @@ mod tests {
         assert_eq!(zen4(3, 2, 256, 512, 4), weight, "no forward pass at 4x4");
         assert_eq!(zen4(3, 1, 512, 512, 4), Plan::default());
         assert_eq!(zen4(1, 2, 256, 512, 4), Plan::default());
+        // DCGAN's discriminator (4x4 stride 2, by output side) at the cpu profile (32 px, width
+        // 64) and wider: with AMX the weight pass from 64 channels at 8x8 outputs and less, the
+        // forward pass too at 4x4 from 256; fp32 and Zen 4 leave them (`plan_down` first).
+        assert_eq!(amx(4, 2, 3, 64, 16), Plan::default(), "3 channels in");
+        assert_eq!(amx(4, 2, 64, 128, 8), weight);
+        assert_eq!(amx(4, 2, 128, 256, 4), weight);
+        assert_eq!(amx(4, 2, 128, 256, 8), weight);
+        assert_eq!(amx(4, 2, 64, 128, 16), Plan::default(), "16x16 outputs");
+        assert_eq!(amx(4, 2, 256, 512, 4), forward);
+        assert_eq!(zen4(4, 2, 128, 256, 4), Plan::default());
+        // Its last layer, a filter over the whole 4x4 map: every pass, with AMX or AVX-512.
+        assert_eq!(amx(4, 1, 256, 1, 1), Plan::ALL);
+        assert_eq!(fp32(4, 1, 512, 1, 1), Plan::ALL);
+        assert_eq!(zen4(4, 1, 256, 1, 1), Plan::default());
+        assert_eq!(plan_gemm(4, 1, 256, 1, 1, 1, Arith::Other), Plan::default());
+        assert_eq!(amx(1, 1, 256, 10, 1), Plan::default(), "1x1 filters on 1x1 maps");
+    }
+
+    #[test]
+    fn the_discriminators_layers_take_the_products_where_planned() {
+        tch::manual_seed(8);
+        // conv_down (4x4 stride 2) and `convolution` (the last layer over the whole map), each
+        // pass: conv_gemm's where `gemm_plan` takes the layer on this CPU (the same bits), else
+        // libtorch's; against libtorch's convolution in either case.
+        let down = |x: &Tensor, w: &Tensor| conv_down(x, w);
+        let last = |x: &Tensor, w: &Tensor| convolution(x, w, None, Geometry::conv(1, 0));
+        for kind in [Kind::Float, Kind::BFloat16] {
+            if kind == Kind::BFloat16 && !crate::precision::cpu_supports_bf16() {
+                continue;
+            }
+            let opts = (kind, Device::Cpu);
+            let cl = |t: Tensor| crate::precision::to_channels_last(&t).unwrap();
+            for (c, k, side, stride, padding) in [(128, 256, 8, 2, 1), (256, 1, 4, 1, 0)] {
+                let x = cl(Tensor::randn([3, c, side, side], opts));
+                let wt = cl(Tensor::randn([k, c, 4, 4], opts) * (1.0 / (c * 16) as f64).sqrt());
+                let out = (side + 2 * padding - 4) / stride + 1;
+                let dy = cl(Tensor::randn([3, k, out, out], opts));
+                let what = format!("{kind:?} {c} -> {k} at {side}");
+                let f = if stride == 2 { down } else { last };
+                let got = passes(&x, &wt, &dy, f);
+                let want = passes(&x, &wt, &dy, direct(stride, padding));
+                let tol = if kind == Kind::Float { 1e-5 } else { 1.0 / 64.0 };
+                for (name, a, b) in [
+                    ("output", &got.0, &want.0),
+                    ("input gradient", &got.1, &want.1),
+                    ("weight gradient", &got.2, &want.2),
+                ] {
+                    let e = max_rel(&a.to_kind(Kind::Float), &b.to_kind(Kind::Float));
+                    assert!(e < tol, "{what}: {name} off libtorch's by {e:e}");
+                }
+                // (Where `plan_down`'s Winograd takes a 4x4 stride-2 layer first, the products
+                // take none of it: fp32, and bf16 without AMX.)
+                let Some(plan) = gemm_plan(&x, &wt, stride, padding) else { continue };
+                let ours = passes(&x, &wt, &dy, gemm(stride, padding, plan));
+                for (name, a, b) in [
+                    ("output", &got.0, &ours.0),
+                    ("input gradient", &got.1, &ours.1),
+                    ("weight gradient", &got.2, &ours.2),
+                ] {
+                    assert!(a.equal(b), "{what}: {name} not the products' ({plan:?})");
+                }
+            }
+        }
     }
 
     #[test]
