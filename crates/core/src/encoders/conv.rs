@@ -69,7 +69,8 @@
 //! layer). In a deterministic run its products are [`mm_det`]'s, fixed blocks of the output's
 //! columns a single-threaded MKL product each, in place of [`conv_det`]'s pieces, where
 //! oneDNN's single-threaded kernels on 16 images of 2×2 maps ran slower than the products. It
-//! leaves autocast and CUDA to libtorch; `SELFSUP_CONV_GEMM=off` turns it off too.
+//! leaves CUDA, and bf16 autocast on CPUs without AMX, to libtorch; `SELFSUP_CONV_GEMM=off`
+//! turns it off too.
 //!
 //! The 4×4 convolution with stride 2 and padding 1 of DCGAN's discriminator (the context
 //! encoder's adversary) is, on the space-to-depth form of its padded input, a valid 2×2
@@ -959,6 +960,14 @@ fn dense_taps(r: i64, h: i64, w: i64) -> Vec<i64> {
     taps
 }
 
+/// Whether [`conv_dense`] takes layers under the CPU's bf16 autocast: on CPUs with AMX (since
+/// 2026-12-07; on 2 cores of an Intel Xeon, family 6, model 167, relative patch's cpu-profile
+/// step in channels-last bf16 took 11.1-11.8 ms against 12.7-12.8 with oneDNN's bf16 kernels at
+/// its 2×2 and 4×4 maps); without AMX unmeasured, left to libtorch.
+fn bf16_dense() -> bool {
+    crate::precision::cpu_has_amx()
+}
+
 /// The `r×r` convolution (stride 1, padding `(r - 1) / 2`, no bias) of `xs` with `ws` as one
 /// matrix product: `Y = X W̃`, `X` the activations `(N, H·W·C)` (a view of channels-last
 /// memory; NCHW activations are copied into that order, and the output back into theirs), `W̃`
@@ -967,22 +976,36 @@ fn dense_taps(r: i64, h: i64, w: i64) -> Vec<i64> {
 /// differentiable ops: the backward passes are the two products `dX = dY W̃ᵀ`, `dW̃ = Xᵀ dY`
 /// and the gather's sum back onto the taps. Each output is one sum of its terms in another
 /// order than oneDNN's (relative 1e-6). In a deterministic run (oneDNN off) the products are
-/// [`mm_det`]'s blocks, unless `SELFSUP_CONV_DET=off`. `None` when it does not take the
-/// convolution: `xs` not a 4-d float CPU tensor, `ws` not float `(K, C, r, r)` with `r` odd,
-/// autocast on for the CPU, a deterministic run that [`mm_det`] declines.
+/// [`mm_det`]'s blocks, unless `SELFSUP_CONV_DET=off`. Under the CPU's bf16 autocast on a CPU
+/// with AMX ([`bf16_dense`]) the product is autocast's bf16 one (fp32 sums, the output bf16),
+/// from a float or bf16 `xs`. `None` when it does not take the convolution: `xs` not a 4-d float
+/// CPU tensor (or bf16 under that autocast), `ws` not float `(K, C, r, r)` with `r` odd,
+/// another autocast (or bf16 autocast without AMX), a deterministic run that [`mm_det`]
+/// declines.
 ///
 /// # Shapes
 /// `xs`: `(N, C, H, W)`; `ws`: `(K, C, r, r)`; returns `(N, K, H, W)` in `xs`'s memory format
 /// (channels-last or NCHW). The gradient to `xs` is channels-last either way (for NCHW `xs`,
 /// the backward pass of the copy).
 pub fn conv_dense(xs: &Tensor, ws: &Tensor) -> Option<Tensor> {
-    let float_cpu = |t: &Tensor| t.kind() == tch::Kind::Float && t.device() == tch::Device::Cpu;
+    let cpu = |t: &Tensor, kinds: &[tch::Kind]| {
+        kinds.contains(&t.kind()) && t.device() == tch::Device::Cpu
+    };
     let (xsz, wsz) = (xs.size(), ws.size());
     let (&[n, c, h, w], &[k, wc, r, r2]) = (&xsz[..], &wsz[..]) else { return None };
-    if !float_cpu(xs) || !float_cpu(ws) || wc != c || r != r2 || r % 2 == 0 {
+    if wc != c || r != r2 || r % 2 == 0 {
         return None;
     }
-    if !matches!(crate::precision::autocast_dtype(tch::Device::Cpu), Ok(None)) {
+    // Float, or under the CPU's bf16 autocast float filters and a float or bf16 input (the
+    // previous layer's output), whose product autocast runs in bf16.
+    let input_kinds = match crate::precision::autocast_dtype(tch::Device::Cpu) {
+        Ok(None) => &[tch::Kind::Float][..],
+        Ok(Some(tch::Kind::BFloat16)) if bf16_dense() => {
+            &[tch::Kind::Float, tch::Kind::BFloat16][..]
+        }
+        _ => return None,
+    };
+    if !cpu(xs, input_kinds) || !cpu(ws, &[tch::Kind::Float]) {
         return None;
     }
     let det = !crate::determinism::mkldnn_enabled();
@@ -2165,7 +2188,7 @@ mod tests {
         let bf16 = crate::precision::Precision::Bf16;
         if crate::precision::cpu_supports_bf16() {
             let taken = crate::precision::autocast(Device::Cpu, bf16, || conv_dense(&x, &w));
-            assert!(taken.is_none(), "autocast");
+            assert_eq!(taken.is_some(), bf16_dense(), "autocast: taken with AMX only");
         }
         // The rule: 3x3 at 2x2 and less, 5x5 at 4x4 and less, the gathered matrix within 64 MiB.
         assert!(plan_dense(3, 96, 96, 2, 2) && plan_dense(3, 64, 96, 2, 2));
@@ -2196,6 +2219,53 @@ mod tests {
             nn::ConvConfig { padding: 1, ..Default::default() },
         );
         assert!(!biased.dense_for(&at(64, 2)), "with a bias");
+    }
+
+    #[test]
+    fn under_bf16_autocast_the_dense_product_runs_in_bf16_where_it_is_taken() {
+        if !bf16_dense() {
+            return;
+        }
+        tch::manual_seed(9);
+        // Relative patch's conv3 (3x3 at 2x2) and conv2 (5x5 at 4x4), from a float input (the
+        // first product under autocast) and from a bf16 one (a layer's output under autocast):
+        // a bf16 output within bf16's rounding of libtorch's autocast convolution, float
+        // gradients to the float leaves, bf16 to a bf16 input.
+        let opts = (Kind::Float, Device::Cpu);
+        let cl = |t: Tensor| crate::precision::to_channels_last(&t).unwrap();
+        let bf16 = crate::precision::Precision::Bf16;
+        for (r, c, k, side) in [(3, 64, 96, 2), (5, 24, 64, 4)] {
+            let w = Tensor::randn([k, c, r, r], opts) * (1.0 / (c * r * r) as f64).sqrt();
+            let dy = cl(Tensor::randn([8, k, side, side], opts));
+            for input in [Kind::Float, Kind::BFloat16] {
+                let x = cl(Tensor::randn([8, c, side, side], opts)).to_kind(input);
+                let what = format!("{r}x{r} {c} -> {k} at {side}, {input:?} input");
+                let [ours, theirs] = [true, false].map(|dense| {
+                    crate::precision::autocast(Device::Cpu, bf16, || {
+                        let xl = x.detach().set_requires_grad(true);
+                        let wl = w.detach().set_requires_grad(true);
+                        let y = if dense {
+                            conv_dense(&xl, &wl).expect("taken")
+                        } else {
+                            let p = (r - 1) / 2;
+                            xl.conv2d(&wl, None::<&Tensor>, [1, 1], [p, p], [1, 1], 1)
+                        };
+                        (y.to_kind(Kind::Float) * &dy).sum(Kind::Float).backward();
+                        (y.detach(), xl.grad(), wl.grad())
+                    })
+                });
+                assert_eq!(ours.0.kind(), Kind::BFloat16, "{what}: output");
+                assert_eq!((ours.1.kind(), ours.2.kind()), (input, Kind::Float), "{what}");
+                for (name, a, b) in [
+                    ("output", &ours.0, &theirs.0),
+                    ("input gradient", &ours.1, &theirs.1),
+                    ("weight gradient", &ours.2, &theirs.2),
+                ] {
+                    let e = max_rel(&a.to_kind(Kind::Float), &b.to_kind(Kind::Float));
+                    assert!(e < 1.0 / 64.0, "{what}: {name} off libtorch's by {e:e}");
+                }
+            }
+        }
     }
 
     #[test]
