@@ -9,7 +9,9 @@
 //!   [`AbBins::in_gamut`] for how this set compares; [`AbBins::from_npy`] loads that file
 //!   (or any `(Q, 2)` set) instead.
 //! - [`AbBins::soft_encode`]: each target ab spread over its `k` nearest centres with Gaussian
-//!   weights (`k = 5`, `σ = 5` in the paper), summing to 1.
+//!   weights (`k = 5`, `σ = 5` in the paper), summing to 1 (the official `NNEncode`'s nearest
+//!   neighbours; on the CPU one pass over the pixels, each scanning the centres its cell of the
+//!   grid can reach, with ties to the lower class).
 //! - [`annealed_mean`]: the paper's decoding `H(Z) = E[f_T(Z)]`, `f_T(z) ∝ exp(log z / T)`:
 //!   the mean at `T = 1`, the mode as `T → 0`; `T = 0.38` for pictures.
 //! - [`LBins`]: L in `[0, 100]` cut into `n` equal bins (split-brain: 100), for the reverse
@@ -169,6 +171,8 @@ impl AbBins {
 
     /// The soft encoding of each target ab: weights `exp(-d² / 2σ²)` on its `k` nearest
     /// centres, normalised to sum to 1, zero elsewhere (the paper's `H⁻¹_gt`, `k = 5`, `σ = 5`).
+    /// Of centres at equal distances for the last places, the CPU (one pass over the pixels)
+    /// takes the lower classes; on other devices libtorch's `topk` chooses.
     ///
     /// # Shapes
     /// `ab`: `(N, 2, H, W)`; returns `(N, Q, H, W)` f32.

@@ -977,7 +977,7 @@ fn bf16_dense() -> bool {
 /// and the gather's sum back onto the taps. Each output is one sum of its terms in another
 /// order than oneDNN's (relative 1e-6). In a deterministic run (oneDNN off) the products are
 /// [`mm_det`]'s blocks, unless `SELFSUP_CONV_DET=off`. Under the CPU's bf16 autocast on a CPU
-/// with AMX ([`bf16_dense`]) the product is autocast's bf16 one (fp32 sums, the output bf16),
+/// with AMX the product is autocast's bf16 one (fp32 sums, the output bf16),
 /// from a float or bf16 `xs`. `None` when it does not take the convolution: `xs` not a 4-d float
 /// CPU tensor (or bf16 under that autocast), `ws` not float `(K, C, r, r)` with `r` odd,
 /// another autocast (or bf16 autocast without AMX), a deterministic run that [`mm_det`]
