@@ -2042,7 +2042,9 @@ mod tests {
                 let f = if stride == 2 { down } else { last };
                 let got = passes(&x, &wt, &dy, f);
                 let want = passes(&x, &wt, &dy, direct(stride, padding));
-                let tol = if kind == Kind::Float { 1e-5 } else { 1.0 / 64.0 };
+                // bf16: two roundings apart, or a few more where the fused bf16 Winograd of
+                // `plan_down_bf16` takes the layer (AVX512-BF16 without AMX).
+                let tol = if kind == Kind::Float { 1e-5 } else { 1.0 / 32.0 };
                 for (name, a, b) in [
                     ("output", &got.0, &want.0),
                     ("input gradient", &got.1, &want.1),
