@@ -49,9 +49,10 @@
 //! (in fp32 where Winograd does not take the layer first: at stride 2) and, in bf16
 //! on AMX, the backward pass to the weights at 8×8 outputs from 128 channels, at 4×4 outputs
 //! from 64, of the 1×1 stride-2 shortcuts and of the discriminator's 4×4 stride-2 layers from
-//! 64 channels; a filter over the whole map (one output position) every pass ([`plan_gemm`]). There oneDNN's kernels run far from the machine (1.8-4.4×
-//! slower than the products at ResNet-18's `layer4` in bf16; by our reading they walk the whole
-//! filter bank image by image), while one product over the batch's output positions reads it once.
+//! 64 channels; a filter over the whole map (one output position) every pass ([`plan_gemm`]).
+//! There oneDNN's kernels run far from the machine (1.8-4.4× slower than the products at
+//! ResNet-18's `layer4` in bf16; by our reading they walk the whole filter bank image by image),
+//! while one product over the batch's output positions reads it once.
 //! Every output is still one sum, rounded once (bf16: fp32 accumulation, as oneDNN's), in another
 //! order; under bf16 autocast the inputs are cast as autocast's convolution casts them.
 //! Deterministic runs, NCHW activations, CUDA and other layers stay libtorch's;
@@ -977,11 +978,10 @@ fn bf16_dense() -> bool {
 /// and the gather's sum back onto the taps. Each output is one sum of its terms in another
 /// order than oneDNN's (relative 1e-6). In a deterministic run (oneDNN off) the products are
 /// [`mm_det`]'s blocks, unless `SELFSUP_CONV_DET=off`. Under the CPU's bf16 autocast on a CPU
-/// with AMX the product is autocast's bf16 one (fp32 sums, the output bf16),
-/// from a float or bf16 `xs`. `None` when it does not take the convolution: `xs` not a 4-d float
-/// CPU tensor (or bf16 under that autocast), `ws` not float `(K, C, r, r)` with `r` odd,
-/// another autocast (or bf16 autocast without AMX), a deterministic run that [`mm_det`]
-/// declines.
+/// with AMX the product is autocast's bf16 one (fp32 sums, the output bf16), from a float or
+/// bf16 `xs`. `None` when it does not take the convolution: `xs` not a 4-d float CPU tensor (or
+/// bf16 under that autocast), `ws` not float `(K, C, r, r)` with `r` odd, another autocast (or
+/// bf16 autocast without AMX), a deterministic run that [`mm_det`] declines.
 ///
 /// # Shapes
 /// `xs`: `(N, C, H, W)`; `ws`: `(K, C, r, r)`; returns `(N, K, H, W)` in `xs`'s memory format
