@@ -1,5 +1,5 @@
-//! Times each pass of a bias-free convolution (channels-last, batch 128 unless set, bf16 and fp32 tensors
-//! without autocast) by libtorch (oneDNN) and as matrix products over im2col columns
+//! Times each pass of a bias-free convolution (channels-last, batch 128 unless set, bf16 and
+//! fp32 tensors without autocast) by libtorch (oneDNN) and as matrix products over im2col columns
 //! (`selfsup_core::encoders::conv::conv_gemm`), at the layer shapes of ResNet-18 with the CIFAR
 //! stem (stride 1 and 2, the 1×1 downsampling shortcuts), the NIN-192's 3×3 blocks and the cpu
 //! profiles' AlexNet-24: the measurements behind [`selfsup_core::encoders::conv::plan_gemm`].
