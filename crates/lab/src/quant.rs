@@ -147,10 +147,7 @@ impl AbBins {
     /// # Shapes
     /// `ab`: `(N, 2, H, W)`; returns `(N·H·W, Q)` f32, pixels in `(n, h, w)` order.
     fn sq_distances(&self, ab: &Tensor) -> Result<Tensor> {
-        let s = ab.size();
-        if s.len() != 4 || s[1] != 2 {
-            return Err(LabError::Shape(format!("ab has shape {s:?}, expected (N, 2, H, W)")));
-        }
+        ab_shape(ab)?;
         let pts = ab.to_kind(Kind::Float).permute([0, 2, 3, 1]).reshape([-1, 2]);
         let c = self.centres_t(ab.device()).tr();
         let term = |i: i64| (pts.narrow(1, i, 1) - c.narrow(0, i, 1)).square_();
@@ -222,10 +219,7 @@ impl AbBins {
     /// `ab` not `(N, 2, H, W)`; an ab value with no finite distance to any centre (NaN or
     /// infinite), named with its pixel.
     fn soft_encode_cpu(&self, ab: &Tensor, k: usize, sigma: f64) -> Result<Tensor> {
-        let s = ab.size();
-        if s.len() != 4 || s[1] != 2 {
-            return Err(LabError::Shape(format!("ab has shape {s:?}, expected (N, 2, H, W)")));
-        }
+        let s = ab_shape(ab)?;
         let (n, hw, q) = (s[0] as usize, (s[2] * s[3]) as usize, self.len());
         let out = Tensor::zeros([s[0], q as i64, s[2], s[3]], (Kind::Float, Device::Cpu));
         if n * hw == 0 {
@@ -233,8 +227,6 @@ impl AbBins {
         }
         let pts = ab.to_kind(Kind::Float).permute([0, 2, 3, 1]).contiguous().view([-1]);
         let pts = Vec::<f32>::try_from(&pts)?;
-        let centres: Vec<[f32; 2]> =
-            self.centres.iter().map(|c| [c[0] as f32, c[1] as f32]).collect();
         let cells = Cells::cached(&self.centres, self.grid, k);
         let scale = (2.0 * sigma * sigma) as f32;
         // SAFETY: `out` is a new contiguous f32 CPU tensor of `n·q·hw` values that nothing
@@ -250,7 +242,7 @@ impl AbBins {
                 .chunks_mut(per * q * hw)
                 .enumerate()
                 .map(|(t, block)| {
-                    let (pts, centres, cells) = (&pts, &centres, &cells);
+                    let (pts, cells) = (&pts, &cells);
                     scope.spawn(move || {
                         let mut near = vec![(f32::INFINITY, usize::MAX); k];
                         for (i, image) in block.chunks_mut(q * hw).enumerate() {
@@ -258,7 +250,7 @@ impl AbBins {
                             for p in 0..hw {
                                 let at = img * hw + p;
                                 let (a, b) = (pts[2 * at], pts[2 * at + 1]);
-                                nearest_k(a, b, centres, cells.of(a, b), &mut near);
+                                nearest_k(a, b, &cells.centres, cells.of(a, b), &mut near);
                                 if near[k - 1].1 == usize::MAX {
                                     return Some((at, a, b));
                                 }
@@ -305,6 +297,8 @@ impl AbBins {
 /// of 10⁻³ for the rounding of the cell a point falls in, so the lists keep every centre the
 /// scan of all of them would pick, equal distances included.
 struct Cells {
+    /// The centres in f32, index = class.
+    centres: Vec<[f32; 2]>,
     grid: f32,
     side: usize,
     lists: Vec<Vec<usize>>,
@@ -319,44 +313,42 @@ impl Cells {
         let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
         let key = (grid, k, centres.to_vec());
         let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-        let cells = cache.entry(key).or_insert_with(|| {
-            let centres: Vec<[f32; 2]> =
-                centres.iter().map(|c| [c[0] as f32, c[1] as f32]).collect();
-            Arc::new(Cells::new(&centres, grid as f32, k))
-        });
+        let cells = cache.entry(key).or_insert_with(|| Arc::new(Cells::new(centres, grid, k)));
         Arc::clone(cells)
     }
 
-    fn new(centres: &[[f32; 2]], grid: f32, k: usize) -> Cells {
-        let side = (2 * AB_RANGE) as usize / grid as usize;
-        let margin = 1e-3f64;
+    fn new(centres: &[[i64; 2]], grid: i64, k: usize) -> Cells {
+        let side = (2 * AB_RANGE / grid) as usize;
+        let (g, margin) = (grid as f64, 1e-3f64);
         let mut lists = Vec::with_capacity(side * side);
+        // Each centre's greatest squared distance to the cell, reordered by the selection.
         let mut far = vec![0f64; centres.len()];
         for cell in 0..side * side {
-            let lo = |i: usize| -(AB_RANGE as f64) + i as f64 * grid as f64 - margin;
+            let lo = |i: usize| -(AB_RANGE as f64) + i as f64 * g - margin;
             let (a0, b0) = (lo(cell / side), lo(cell % side));
-            let (a1, b1) = (a0 + grid as f64 + 2.0 * margin, b0 + grid as f64 + 2.0 * margin);
-            let near = |c: f64, lo: f64, hi: f64| (lo - c).max(c - hi).max(0.0);
-            let away = |c: f64, lo: f64, hi: f64| (c - lo).abs().max((hi - c).abs());
+            let (a1, b1) = (a0 + g + 2.0 * margin, b0 + g + 2.0 * margin);
+            let near = |c: i64, lo: f64, hi: f64| (lo - c as f64).max(c as f64 - hi).max(0.0);
+            let away = |c: i64, lo: f64, hi: f64| (c as f64 - lo).abs().max((hi - c as f64).abs());
             for (f, &[ca, cb]) in far.iter_mut().zip(centres) {
-                let (ca, cb) = (ca as f64, cb as f64);
                 *f = away(ca, a0, a1).powi(2) + away(cb, b0, b1).powi(2);
             }
-            let mut sorted = far.clone();
-            let reach = *sorted.select_nth_unstable_by(k - 1, f64::total_cmp).1;
+            let reach = *far.select_nth_unstable_by(k - 1, f64::total_cmp).1;
             lists.push(
-                centres
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &[ca, cb])| {
-                        let (ca, cb) = (ca as f64, cb as f64);
+                (0..centres.len())
+                    .filter(|&c| {
+                        let [ca, cb] = centres[c];
                         near(ca, a0, a1).powi(2) + near(cb, b0, b1).powi(2) <= reach
                     })
-                    .map(|(c, _)| c)
                     .collect(),
             );
         }
-        Cells { grid, side, lists, all: (0..centres.len()).collect() }
+        Cells {
+            centres: centres.iter().map(|c| [c[0] as f32, c[1] as f32]).collect(),
+            grid: grid as f32,
+            side,
+            lists,
+            all: (0..centres.len()).collect(),
+        }
     }
 
     /// The classes to scan for a point `(a, b)`.
@@ -370,6 +362,15 @@ impl Cells {
             &self.all
         }
     }
+}
+
+/// The size of `ab`, which must be `(N, 2, H, W)`.
+fn ab_shape(ab: &Tensor) -> Result<Vec<i64>> {
+    let s = ab.size();
+    if s.len() != 4 || s[1] != 2 {
+        return Err(LabError::Shape(format!("ab has shape {s:?}, expected (N, 2, H, W)")));
+    }
+    Ok(s)
 }
 
 /// The `near.len()` centres nearest `(a, b)` among the classes `scan` (ascending) into `near` as
@@ -672,17 +673,16 @@ mod tests {
         // equal distances) and off it: the k nearest from the cell's list are those from every
         // centre, the same classes in the same order.
         let bins = AbBins::in_gamut(10).unwrap();
-        let centres: Vec<[f32; 2]> =
-            bins.centres().iter().map(|c| [c[0] as f32, c[1] as f32]).collect();
         for k in [1, 5, 12] {
             let cells = Cells::cached(bins.centres(), 10, k);
+            let centres = &cells.centres;
             let (mut near, mut want) = (vec![(0f32, 0); k], vec![(0f32, 0); k]);
             let lattice = (0..=88).map(|i| -110.0 + 2.5 * i as f32);
             let odd = [-110.0, -109.99, -0.001, 0.001, 3.3, 47.7, 109.99, 110.0, 120.0];
             for a in lattice.clone().chain(odd) {
                 for b in lattice.clone().chain(odd) {
-                    nearest_k(a, b, &centres, cells.of(a, b), &mut near);
-                    nearest_k(a, b, &centres, &cells.all, &mut want);
+                    nearest_k(a, b, centres, cells.of(a, b), &mut near);
+                    nearest_k(a, b, centres, &cells.all, &mut want);
                     assert_eq!(near, want, "k = {k}, ab ({a}, {b})");
                 }
             }

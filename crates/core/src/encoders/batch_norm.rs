@@ -210,9 +210,9 @@ impl nn::ModuleT for BatchNorm {
 /// takes every input without a map as channels-last ("NC11 is also channels last",
 /// `aten/src/ATen/native/cpu/batch_norm_kernel.cpp`): a channels-last context encoder (its
 /// discriminator's norms) and SimCLR's and instance discrimination's heads (1-d norms) trained
-/// at 1 and at 2 threads ended with other weights. Its NCHW kernels take one channel a task, each summed in one order. The fused batch
-/// norm + ReLU ([`BatchNorm::forward_relu_t`]) fixes its sums by blocks and takes both formats
-/// as they are.
+/// at 1 and at 2 threads ended with other weights. Its NCHW kernels take one channel a task,
+/// each summed in one order. The fused batch norm + ReLU ([`BatchNorm::forward_relu_t`]) fixes
+/// its sums by blocks and takes both formats as they are.
 ///
 /// # Shapes
 /// `xs`: `(N, C, ...)`; returns `norm`'s output, `(N, C, H, W)` channels-last where `xs` is,

@@ -1207,6 +1207,24 @@ mod tests {
         (y.detach(), x.grad(), w.grad())
     }
 
+    /// Asserts each pass of `got` (output, input gradient, weight gradient, as [`passes`] gives
+    /// them) within `tol` of `want`'s largest value, compared in f32.
+    fn assert_passes_within(
+        got: &(Tensor, Tensor, Tensor),
+        want: &(Tensor, Tensor, Tensor),
+        tol: f64,
+        what: &str,
+    ) {
+        for (name, a, b) in [
+            ("output", &got.0, &want.0),
+            ("input gradient", &got.1, &want.1),
+            ("weight gradient", &got.2, &want.2),
+        ] {
+            let e = max_rel(&a.to_kind(Kind::Float), &b.to_kind(Kind::Float));
+            assert!(e < tol, "{what}: {name} off by {e:e} of its largest value (bound {tol:e})");
+        }
+    }
+
     #[test]
     fn every_pass_matches_the_direct_convolution() {
         tch::manual_seed(0);
@@ -1901,39 +1919,18 @@ mod tests {
             let got = passes(&bf(x.copy()), &bf(wt.copy()), &bf(dy.copy()), gemm(s, p, Plan::ALL));
             assert_eq!(got.0.kind(), Kind::BFloat16, "{what}");
             assert_eq!(got.2.kind(), Kind::BFloat16, "{what}");
-            for (name, a, b) in [
-                ("output", &got.0, &exact.0),
-                ("input gradient", &got.1, &exact.1),
-                ("weight gradient", &got.2, &exact.2),
-            ] {
-                let e = max_rel(&a.to_kind(Kind::Float), b);
-                assert!(e < 1.0 / 256.0, "{what}: bf16 {name} off by {e:e}");
-            }
+            assert_passes_within(&got, &exact, 1.0 / 256.0, &format!("{what}, bf16"));
             // Under autocast: bf16 output, fp32 gradients to fp32 leaves, as libtorch's own.
             let bf16 = crate::precision::Precision::Bf16;
-            let [ours, theirs] = [true, false].map(|products| {
-                crate::precision::autocast(Device::Cpu, bf16, || {
-                    let xl = x.detach().set_requires_grad(true);
-                    let wl = wt.detach().set_requires_grad(true);
-                    let y = if products {
-                        gemm(s, p, Plan::ALL)(&xl, &wl)
-                    } else {
-                        direct(s, p)(&xl, &wl)
-                    };
-                    (y.to_kind(Kind::Float) * &dy).sum(Kind::Float).backward();
-                    (y.detach(), xl.grad(), wl.grad())
-                })
+            let ours = crate::precision::autocast(Device::Cpu, bf16, || {
+                passes(&x, &wt, &dy, gemm(s, p, Plan::ALL))
+            });
+            let theirs = crate::precision::autocast(Device::Cpu, bf16, || {
+                passes(&x, &wt, &dy, direct(s, p))
             });
             assert_eq!(ours.0.kind(), Kind::BFloat16, "{what}: autocast output");
             assert_eq!((ours.1.kind(), ours.2.kind()), (Kind::Float, Kind::Float), "{what}");
-            for (name, a, b) in [
-                ("output", &ours.0, &theirs.0),
-                ("input gradient", &ours.1, &theirs.1),
-                ("weight gradient", &ours.2, &theirs.2),
-            ] {
-                let e = max_rel(&a.to_kind(Kind::Float), &b.to_kind(Kind::Float));
-                assert!(e < 1.0 / 128.0, "{what}: autocast {name} off libtorch's by {e:e}");
-            }
+            assert_passes_within(&ours, &theirs, 1.0 / 128.0, &format!("{what}, autocast"));
         }
     }
 
@@ -2045,14 +2042,7 @@ mod tests {
                 // bf16: two roundings apart, or a few more where the fused bf16 Winograd of
                 // `plan_down_bf16` takes the layer (AVX512-BF16 without AMX).
                 let tol = if kind == Kind::Float { 1e-5 } else { 1.0 / 32.0 };
-                for (name, a, b) in [
-                    ("output", &got.0, &want.0),
-                    ("input gradient", &got.1, &want.1),
-                    ("weight gradient", &got.2, &want.2),
-                ] {
-                    let e = max_rel(&a.to_kind(Kind::Float), &b.to_kind(Kind::Float));
-                    assert!(e < tol, "{what}: {name} off libtorch's by {e:e}");
-                }
+                assert_passes_within(&got, &want, tol, &format!("{what} against libtorch's"));
                 // (Where `plan_down`'s Winograd takes a 4x4 stride-2 layer first, the products
                 // take none of it: fp32, and bf16 without AMX.)
                 let Some(plan) = gemm_plan(&x, &wt, stride, padding) else { continue };
@@ -2242,30 +2232,15 @@ mod tests {
             for input in [Kind::Float, Kind::BFloat16] {
                 let x = cl(Tensor::randn([8, c, side, side], opts)).to_kind(input);
                 let what = format!("{r}x{r} {c} -> {k} at {side}, {input:?} input");
-                let [ours, theirs] = [true, false].map(|dense| {
-                    crate::precision::autocast(Device::Cpu, bf16, || {
-                        let xl = x.detach().set_requires_grad(true);
-                        let wl = w.detach().set_requires_grad(true);
-                        let y = if dense {
-                            conv_dense(&xl, &wl).expect("taken")
-                        } else {
-                            let p = (r - 1) / 2;
-                            xl.conv2d(&wl, None::<&Tensor>, [1, 1], [p, p], [1, 1], 1)
-                        };
-                        (y.to_kind(Kind::Float) * &dy).sum(Kind::Float).backward();
-                        (y.detach(), xl.grad(), wl.grad())
-                    })
+                let dense = |x: &Tensor, w: &Tensor| conv_dense(x, w).expect("taken");
+                let ours =
+                    crate::precision::autocast(Device::Cpu, bf16, || passes(&x, &w, &dy, dense));
+                let theirs = crate::precision::autocast(Device::Cpu, bf16, || {
+                    passes(&x, &w, &dy, direct(1, (r - 1) / 2))
                 });
                 assert_eq!(ours.0.kind(), Kind::BFloat16, "{what}: output");
                 assert_eq!((ours.1.kind(), ours.2.kind()), (input, Kind::Float), "{what}");
-                for (name, a, b) in [
-                    ("output", &ours.0, &theirs.0),
-                    ("input gradient", &ours.1, &theirs.1),
-                    ("weight gradient", &ours.2, &theirs.2),
-                ] {
-                    let e = max_rel(&a.to_kind(Kind::Float), &b.to_kind(Kind::Float));
-                    assert!(e < 1.0 / 64.0, "{what}: {name} off libtorch's by {e:e}");
-                }
+                assert_passes_within(&ours, &theirs, 1.0 / 64.0, &format!("{what}, libtorch's"));
             }
         }
     }
