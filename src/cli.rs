@@ -115,6 +115,13 @@ struct EvalArgs {
     /// Evaluate a randomly initialised encoder of the same config instead (the baseline).
     #[arg(long)]
     random_init: bool,
+    /// Deterministic evaluation, as `train.deterministic` (default true): on the CPU oneDNN off,
+    /// so the seed gives the same bits at any thread count (the probes' and fine-tuning's
+    /// convolution gradients otherwise depend on it); on CUDA cuDNN's deterministic algorithms.
+    /// `false`: oneDNN's kernels and cuDNN's autotuner, the same bits only at the same thread
+    /// count. The report records it.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    deterministic: bool,
     /// Folder that receives eval/ (default: the run folder).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -366,6 +373,8 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         }
     }
     let device = selfsup_core::device::parse_device(&a.device)?;
+    let tf32 = selfsup_core::determinism::Tf32::default();
+    selfsup_core::determinism::apply(a.deterministic, tf32, device)?;
     let loaded = selfsup_core::checkpoint::load_encoder(&a.checkpoint, device)?;
     let random;
     let (encoder, vs): (&dyn selfsup_core::Encoder, &tch::nn::VarStore) = if a.random_init {

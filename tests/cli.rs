@@ -170,10 +170,16 @@ fn knn_monitor_eval_and_export() {
     let state = std::fs::read_to_string(dir.path().join("run/checkpoint/trainer.json")).unwrap();
     assert!(state.contains("\"normalization\""), "{state}");
     assert!(dir.path().join("run/eval/knn.md").exists());
+    // Deterministic by default (oneDNN off), recorded beside the thread count.
+    assert_eq!(r["deterministic"], true, "{r}");
+    assert!(r["threads"].as_i64().is_some_and(|t| t >= 1), "{r}");
     // Seeded subsets of the labeled splits, recorded in the report; zero is refused by name.
-    ok(&knn_eval(&["--train-images", "40", "--test-images", "24", "--out", "sub"]));
+    // (`--deterministic false` as well: recorded.)
+    let sub = ["--train-images", "40", "--test-images", "24", "--out", "sub"];
+    ok(&knn_eval(&[&sub[..], &["--deterministic", "false"]].concat()));
     let r = report("sub");
     assert_eq!((r["train"]["len"].as_u64(), r["test"]["len"].as_u64()), (Some(40), Some(24)));
+    assert_eq!(r["deterministic"], false, "{r}");
     let e = err(&knn_eval(&["--train-images", "0", "--out", "sub0"]));
     assert!(e.contains("--train-images"), "{e}");
     assert!(!dir.path().join("sub0").exists(), "a refused eval must not write");

@@ -21,7 +21,8 @@
 //! encoder, the denoising autoencoder, split-brain and colorization take 1.06-1.20× their time
 //! without determinism, against 4.20, 2.12, 2.24 and 1.49× on the reference kernels (the context
 //! encoder's 1,593 ms → 388). The smallest maps' dense products (relative patch's conv2 to
-//! conv5), the fully connected layers ([`crate::encoders::Linear`]) and the heads' products run
+//! conv5), the fully connected layers ([`crate::encoders::Linear`], and
+//! [`crate::encoders::affine`] for the evaluation's probes) and the heads' products run
 //! on [`crate::encoders::conv::mm_det`]'s fixed blocks (MKL's own product depends on the thread
 //! count; libtorch's bf16 product with oneDNN off is its slow reference loop), and the batch
 //! norms outside the fused batch norm + ReLU on libtorch's NCHW kernels

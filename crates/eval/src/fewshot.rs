@@ -22,6 +22,7 @@ use crate::nonlinear::{train_nonlinear, NonLinearProbeConfig};
 use crate::probe::{eval_loop, train_loop, LoopSpec, Sgd};
 use crate::report::{open_report, EvalReport, ResultRow};
 use crate::{EvalError, Result};
+use selfsup_core::encoders::affine;
 use selfsup_core::schedule::ScheduleConfig;
 use selfsup_core::Encoder;
 use selfsup_data::{ImageDataset, LabeledSubset};
@@ -282,7 +283,7 @@ pub fn finetune(
         let x = features::images_on(ds, idx, norm, aug.as_ref(), device)?;
         let f =
             encoder.forward_t(&x, train_mode).mean_dim([2i64, 3].as_slice(), false, Kind::Float);
-        Ok(f.linear(&w, Some(&b)))
+        Ok(affine(&f, &w, Some(&b)))
     };
     let final_loss = train_loop(&ytr, &spec, &mut opt, |r, epoch| {
         let aug = cfg.augment.then_some(Augment {

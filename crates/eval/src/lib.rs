@@ -10,6 +10,12 @@
 //! [`EvalReport::write`] produces `<out>/eval/<protocol>.json` and `.md`. [`run_protocol`]
 //! dispatches by name with a JSON config, for the CLI. During pretraining, [`knn_monitor`] is a
 //! cheap progress signal.
+//!
+//! In a deterministic CPU run (oneDNN off: `selfsup eval` by default, a reproduction by its plan)
+//! the protocols that train give the same bits at any thread count: the non-linear heads'
+//! convolutions and the fine-tuned encoder take `selfsup_core`'s fixed pieces, and every fully
+//! connected product (the heads', the linear probes') `selfsup_core::encoders::affine`'s fixed
+//! blocks. Each report records whether the run was deterministic and its thread count.
 #![deny(missing_docs)]
 
 pub mod baselines;

@@ -11,6 +11,7 @@ use crate::features::{self, Augment, Extraction, Normalization, Pooling, Standar
 use crate::probe::{eval_loop, train_loop, LoopSpec, Sgd};
 use crate::report::{open_report, EvalReport, ResultRow};
 use crate::{EvalError, Result};
+use selfsup_core::encoders::affine;
 use selfsup_core::schedule::ScheduleConfig;
 use selfsup_core::Encoder;
 use selfsup_data::ImageDataset;
@@ -185,10 +186,11 @@ pub fn train_linear(
     };
     let (w, b, mut opt, spec) = classifier(num_classes, d, device, cfg, seed);
     let final_loss =
-        train_loop(train_y, &spec, &mut opt, |r, _| Ok(r.of(&train_x).linear(&w, Some(&b))))?;
+        train_loop(train_y, &spec, &mut opt, |r, _| Ok(affine(&r.of(&train_x), &w, Some(&b))))?;
     let eval_bs = cfg.batch_size.max(256);
-    let (top1, top5) = eval_loop(test_y, eval_bs, |r| Ok(r.of(&test_x).linear(&w, Some(&b))))?;
-    let (train_top1, _) = eval_loop(train_y, eval_bs, |r| Ok(r.of(&train_x).linear(&w, Some(&b))))?;
+    let (top1, top5) = eval_loop(test_y, eval_bs, |r| Ok(affine(&r.of(&test_x), &w, Some(&b))))?;
+    let (train_top1, _) =
+        eval_loop(train_y, eval_bs, |r| Ok(affine(&r.of(&train_x), &w, Some(&b))))?;
     Ok(ProbeScore { top1, top5, train_top1, final_loss, best: None })
 }
 
@@ -329,12 +331,13 @@ fn train_linear_augmented(
         let augment = Some(Augment { seed, epoch, padding: 0, resized_crop: Some(crop.scale) });
         let aug = Extraction { augment, ..ex.clone() };
         let x = features::extract(encoder, train, Some(r.host), &one, &aug)?.remove(0).features;
-        Ok(x.linear(&w, Some(&b)))
+        Ok(affine(&x, &w, Some(&b)))
     })?;
     let eval_bs = cfg.batch_size.max(256);
-    let (top1, top5) = eval_loop(&yte, eval_bs, |r| Ok(r.of(&fte.features).linear(&w, Some(&b))))?;
+    let (top1, top5) =
+        eval_loop(&yte, eval_bs, |r| Ok(affine(&r.of(&fte.features), &w, Some(&b))))?;
     let ftr = features::extract(encoder, train, None, &one, ex)?.remove(0).features;
-    let (train_top1, _) = eval_loop(&ytr, eval_bs, |r| Ok(r.of(&ftr).linear(&w, Some(&b))))?;
+    let (train_top1, _) = eval_loop(&ytr, eval_bs, |r| Ok(affine(&r.of(&ftr), &w, Some(&b))))?;
     Ok((ProbeScore { top1, top5, train_top1, final_loss, best: None }, map_shape, d))
 }
 

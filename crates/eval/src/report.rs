@@ -98,6 +98,15 @@ pub struct EvalReport {
     pub seed: u64,
     /// Device the evaluation ran on (`cpu`, `cuda:0`).
     pub device: String,
+    /// libtorch's thread count when the report was opened (`None` in reports written before
+    /// 2026-12-07).
+    #[serde(default)]
+    pub threads: Option<i64>,
+    /// Whether the run was deterministic: oneDNN off, so that on the CPU the seed gives the same
+    /// bits at any thread count (`selfsup_core::determinism`; `selfsup eval --deterministic`,
+    /// on by default, or the reproduction's plan). `None` in reports written before 2026-12-07.
+    #[serde(default)]
+    pub deterministic: Option<bool>,
     /// Training split.
     pub train: DatasetInfo,
     /// Test split.
@@ -117,7 +126,8 @@ pub struct EvalReport {
 }
 
 impl EvalReport {
-    /// An empty report of `protocol` over `train`/`test`.
+    /// An empty report of `protocol` over `train`/`test`, recording libtorch's thread count and
+    /// whether oneDNN is off (a deterministic run) as they are now.
     pub fn new(
         protocol: &str,
         seed: u64,
@@ -130,6 +140,8 @@ impl EvalReport {
             protocol: protocol.to_string(),
             seed,
             device: selfsup_core::device::device_name(device),
+            threads: Some(i64::from(tch::get_num_threads())),
+            deterministic: Some(!selfsup_core::determinism::mkldnn_enabled()),
             train: DatasetInfo::of(train),
             test: DatasetInfo::of(test),
             checkpoint: None,
@@ -156,7 +168,18 @@ impl EvalReport {
             self.test.len,
             &self.test.checksum.get(..12).unwrap_or(&self.test.checksum),
         );
-        s += &format!("Seed: {}, device: {}, {:.1} s\n\n", self.seed, self.device, self.seconds);
+        let mut how = Vec::new();
+        if let Some(t) = self.threads {
+            how.push(format!("{t} threads"));
+        }
+        if let Some(d) = self.deterministic {
+            how.push(if d { "deterministic" } else { "not deterministic" }.to_string());
+        }
+        let how = if how.is_empty() { String::new() } else { format!(" ({})", how.join(", ")) };
+        s += &format!(
+            "Seed: {}, device: {}{how}, {:.1} s\n\n",
+            self.seed, self.device, self.seconds
+        );
         s += "| tap | variant | map | dim | train images | top-1 (%) | top-5 (%) |\n";
         s += "|---|---|---|---:|---:|---:|---:|\n";
         for r in &self.rows {

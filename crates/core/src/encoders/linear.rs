@@ -14,9 +14,11 @@
 //!   `dX = dY W` of the 1,024 → 512 layer (`BFloat16[128, 512] × [512, 1024]`) took 142.7 ms of
 //!   214 (2 cores of an AMD EPYC, Zen 4, 2026-12-07).
 //!
-//! [`product`] is the same choice for a plain `a b`, as CPC scores its predictions against the
-//! candidates, and [`batched_product`] for a batched one (the context encoder's channel-wise
-//! layer, one product a channel: [`conv::bmm_det`]). Outside deterministic CPU runs they are
+//! [`affine`] is [`Linear`]'s forward pass for a weight and bias kept outside a layer (the
+//! evaluation's linear probes and fine-tuning heads), [`product`] the same choice for a plain
+//! `a b`, as CPC scores its predictions against the candidates, and [`batched_product`] for a
+//! batched one (the context encoder's channel-wise layer, one product a channel:
+//! [`conv::bmm_det`]). Outside deterministic CPU runs they are
 //! libtorch's `linear`, `matmul` and `bmm`, bit for bit; `SELFSUP_CONV_DET=off` (which turns
 //! the deterministic convolutions off) turns this path off too. The bias is added after the
 //! product, rounded once more (libtorch's `addmm` adds it inside the product).
@@ -71,21 +73,30 @@ pub struct Linear {
 
 impl nn::Module for Linear {
     fn forward(&self, xs: &Tensor) -> Tensor {
-        let size = xs.size();
-        if let (Some((&last, lead)), true) = (size.split_last(), det_cpu(xs, &self.ws)) {
-            if let Some(y) = det_mm(&xs.reshape([-1, last]), &self.ws.tr()) {
-                let y = match &self.bs {
-                    Some(b) => {
-                        let b = b.to_kind(y.kind());
-                        y + b
-                    }
-                    None => y,
-                };
-                return y.reshape([lead, &[self.ws.size()[0]]].concat());
-            }
-        }
-        xs.linear(&self.ws, self.bs.as_ref())
+        affine(xs, &self.ws, self.bs.as_ref())
     }
+}
+
+/// `xs Wᵀ + b`: [`Linear`]'s forward pass for a weight and bias held outside a layer (the
+/// evaluation's probes), with the same choice of path.
+///
+/// # Shapes
+/// `xs`: `(…, in)`; `ws`: `(out, in)`; `bs`: `(out)`; returns `(…, out)`.
+pub fn affine(xs: &Tensor, ws: &Tensor, bs: Option<&Tensor>) -> Tensor {
+    let size = xs.size();
+    if let (Some((&last, lead)), true) = (size.split_last(), det_cpu(xs, ws)) {
+        if let Some(y) = det_mm(&xs.reshape([-1, last]), &ws.tr()) {
+            let y = match bs {
+                Some(b) => {
+                    let b = b.to_kind(y.kind());
+                    y + b
+                }
+                None => y,
+            };
+            return y.reshape([lead, &[ws.size()[0]]].concat());
+        }
+    }
+    xs.linear(ws, bs)
 }
 
 /// The product `a b` of a layer outside the encoders: libtorch's `matmul`, or in a

@@ -30,7 +30,7 @@ pub use batch_norm::{
     SplitBatchNormScope, SyncBatchNormScope,
 };
 pub use conv::Conv2d;
-pub use linear::{batched_product, linear, product, Linear, LinearBias};
+pub use linear::{affine, batched_product, linear, product, Linear, LinearBias};
 pub use nin::{BasicBlock, Nin};
 pub use resnet::{ResNet, ResnetStem};
 
