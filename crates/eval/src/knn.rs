@@ -105,7 +105,8 @@ pub fn knn_classify(
         for start in (0..m).step_by(chunk_size.max(1)) {
             let len = (chunk_size as i64).min(m - start);
             let q = normalize_rows(&test_x.narrow(0, start, len));
-            let sim = q.mm(&train_t); // (B, N)
+            // (B, N); in a deterministic CPU run on fixed blocks, as the probes' products.
+            let sim = selfsup_core::encoders::product(&q, &train_t);
             let (top_sim, top_idx) = sim.topk(k, 1, true, true); // (B, k)
             let neigh_y = train_y.index_select(0, &top_idx.flatten(0, -1)).reshape([len, k]);
             let w = (top_sim / temperature).exp();
