@@ -4,12 +4,8 @@
 //! 167); it now takes `encoders::product`'s fixed blocks, as SimCLR's similarities do.
 //! Its own process: libtorch's thread count and oneDNN's switch are process-wide.
 use selfsup_contrastive::loss::{info_nce, nt_xent};
-use selfsup_core::determinism::set_mkldnn_enabled;
+use selfsup_core::determinism::{same_bits, set_mkldnn_enabled};
 use tch::{Device, Kind, Tensor};
-
-fn same_bits(a: &Tensor, b: &Tensor) -> bool {
-    a.size() == b.size() && a.view_dtype(Kind::Int).equal(&b.view_dtype(Kind::Int))
-}
 
 /// The loss and its gradients to the inputs, at `threads` threads.
 fn grads(inputs: &[Tensor], loss: impl Fn(&[Tensor]) -> Tensor, threads: i32) -> Vec<Tensor> {

@@ -194,6 +194,23 @@ pub fn apply(deterministic: bool, tf32: Tf32, device: tch::Device) -> crate::Res
     switches(deterministic)
 }
 
+/// Whether `a` and `b` hold the same bits: the same dtype and sizes, and every element's bit
+/// pattern equal (so `0.0` and `-0.0` differ and a NaN equals itself, where comparing values
+/// would not tell). The tests across thread counts and resumes compare with it.
+pub fn same_bits(a: &tch::Tensor, b: &tch::Tensor) -> bool {
+    use tch::Kind;
+    if a.kind() != b.kind() || a.size() != b.size() {
+        return false;
+    }
+    let bits = match a.kind().elt_size_in_bytes() {
+        1 => Kind::Uint8,
+        2 => Kind::Int16,
+        4 => Kind::Int,
+        _ => Kind::Int64,
+    };
+    a.view_dtype(bits).equal(&b.view_dtype(bits))
+}
+
 /// Whether oneDNN (mkldnn) kernels are enabled: off in a deterministic CPU run ([`apply`]).
 pub fn mkldnn_enabled() -> bool {
     // SAFETY: a plain call into the shim, which catches every C++ exception.
@@ -205,4 +222,24 @@ pub fn set_mkldnn_enabled(enabled: bool) -> bool {
     // SAFETY: a plain call into the shim, which catches every C++ exception.
     let prev = unsafe { selfsup_set_mkldnn_enabled(c_int::from(enabled)) };
     prev == 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_bits;
+    use tch::{Kind, Tensor};
+
+    #[test]
+    fn same_bits_compares_bit_patterns_of_any_width() {
+        let a = Tensor::from_slice(&[0.0f32, f32::NAN, 1.5]);
+        assert!(same_bits(&a, &a.copy()), "a NaN is its own bits");
+        assert!(!same_bits(&a, &Tensor::from_slice(&[-0.0f32, f32::NAN, 1.5])), "-0.0");
+        assert!(!same_bits(&a, &a.to_kind(Kind::Double)), "another dtype");
+        assert!(!same_bits(&a, &a.narrow(0, 0, 2)), "other sizes");
+        let h = a.to_kind(Kind::BFloat16);
+        assert!(same_bits(&h, &h.copy()));
+        assert!(!same_bits(&h, &(&h * 1.01).to_kind(Kind::BFloat16)));
+        let d = a.to_kind(Kind::Double);
+        assert!(same_bits(&d, &d.copy()));
+    }
 }

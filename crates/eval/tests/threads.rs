@@ -4,7 +4,7 @@
 //! over the batch, which oneDNN and MKL split across threads; deterministic runs take
 //! `selfsup_core`'s fixed pieces and blocks instead.
 //! Its own process: libtorch's thread count and oneDNN's switch are process-wide.
-use selfsup_core::determinism::set_mkldnn_enabled;
+use selfsup_core::determinism::{same_bits, set_mkldnn_enabled};
 use selfsup_core::EncoderConfig;
 use selfsup_data::{open_dataset, ImageDataset, Split};
 use selfsup_eval::baselines::random_encoder;
@@ -14,10 +14,6 @@ use selfsup_eval::nonlinear::train_nonlinear;
 use selfsup_eval::*;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
-
-fn same_bits(a: &Tensor, b: &Tensor) -> bool {
-    a.size() == b.size() && a.view_dtype(Kind::Int).equal(&b.view_dtype(Kind::Int))
-}
 
 /// Everything a probe's training leaves that its seed should fix.
 fn fingerprint(s: &ProbeScore) -> [u64; 4] {

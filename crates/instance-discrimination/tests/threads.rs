@@ -6,13 +6,9 @@
 //! the old `bmm` too (the gradients here, unlike the trainer's, came out the same): the run that
 //! caught it is the cpu-profile step of `every_method_precisions` in the `reproduce` crate.
 //! Its own process: libtorch's thread count and oneDNN's switch are process-wide.
-use selfsup_core::determinism::set_mkldnn_enabled;
+use selfsup_core::determinism::{same_bits, set_mkldnn_enabled};
 use selfsup_instance_discrimination::MemoryBank;
 use tch::{Device, Kind, Tensor};
-
-fn same_bits(a: &Tensor, b: &Tensor) -> bool {
-    a.size() == b.size() && a.view_dtype(Kind::Int).equal(&b.view_dtype(Kind::Int))
-}
 
 #[test]
 fn similarities_gradients_give_the_same_bits_at_any_thread_count() {
