@@ -13,9 +13,10 @@
 //!
 //! In a deterministic CPU run (oneDNN off: `selfsup eval` by default, a reproduction by its plan)
 //! the protocols that train give the same bits at any thread count: the non-linear heads'
-//! convolutions and the fine-tuned encoder take `selfsup_core`'s fixed pieces, and every fully
+//! convolutions and the fine-tuned encoder take `selfsup_core`'s fixed pieces, every fully
 //! connected product (the heads', the linear probes') `selfsup_core::encoders::affine`'s fixed
-//! blocks. Each report records whether the run was deterministic and its thread count.
+//! blocks, and kNN's similarities `selfsup_core::encoders::product`'s. Each report records
+//! whether the run was deterministic and its thread count.
 #![deny(missing_docs)]
 
 pub mod baselines;

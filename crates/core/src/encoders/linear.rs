@@ -16,12 +16,12 @@
 //!
 //! [`affine`] is [`Linear`]'s forward pass for a weight and bias kept outside a layer (the
 //! evaluation's linear probes and fine-tuning heads), [`product`] the same choice for a plain
-//! `a b`, as CPC scores its predictions against the candidates, and [`batched_product`] for a
-//! batched one (the context encoder's channel-wise layer, one product a channel:
-//! [`conv::bmm_det`]). Outside deterministic CPU runs they are
-//! libtorch's `linear`, `matmul` and `bmm`, bit for bit; `SELFSUP_CONV_DET=off` (which turns
-//! the deterministic convolutions off) turns this path off too. The bias is added after the
-//! product, rounded once more (libtorch's `addmm` adds it inside the product).
+//! `a b` (CPC scoring its predictions against the candidates, the kNN evaluation's
+//! similarities), and [`batched_product`] for a batched one (the context encoder's channel-wise
+//! layer, one product a channel: [`conv::bmm_det`]). Outside deterministic CPU runs they are
+//! libtorch's `linear`, `matmul` and `bmm`, bit for bit; `SELFSUP_CONV_DET=off` (which turns the
+//! deterministic convolutions off) turns this path off too. The bias is added after the product,
+//! rounded once more (libtorch's `addmm` adds it inside the product).
 use crate::encoders::conv;
 use tch::{nn, Device, Tensor};
 
