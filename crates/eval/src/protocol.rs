@@ -18,7 +18,7 @@ pub enum Protocol {
     Nonlinear,
     /// Weighted kNN ([`knn_probe`]).
     Knn,
-    /// Few labels, frozen and fine-tuned ([`fewshot`]).
+    /// Few labels, frozen and fine-tuned ([`fewshot()`]).
     Fewshot,
 }
 
