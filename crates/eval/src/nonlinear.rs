@@ -31,7 +31,7 @@ use crate::probe::{eval_loop, seeded_normal, train_loop_with, LoopSpec, Sgd};
 use crate::report::{open_report, BestEpoch, EvalReport, ResultRow};
 use crate::{EvalError, Result};
 use selfsup_core::encoders::conv::Conv2d;
-use selfsup_core::encoders::{batch_norm1d, batch_norm2d, BatchNorm, Linear};
+use selfsup_core::encoders::{batch_norm1d, batch_norm2d, linear, BatchNorm, Linear, LinearBias};
 use selfsup_core::schedule::ScheduleConfig;
 use selfsup_core::Encoder;
 use selfsup_data::ImageDataset;
@@ -186,7 +186,7 @@ impl NonLinearHead {
                         batch_norm2d(p / format!("block{}", i + 1) / "bn", width),
                     ));
                 }
-                let out = fc(p / "fc", width, classes, Default::default());
+                let out = linear(p / "fc", width, classes, LinearBias::Default);
                 NonLinearHead { kind, convs, hidden: Vec::new(), out }
             }
             HeadKind::Mlp => {
@@ -196,13 +196,13 @@ impl NonLinearHead {
                         "MLP hidden width {h} must be positive"
                     )));
                 }
-                let nobias = nn::LinearConfig { bias: false, ..Default::default() };
+                let nobias = LinearBias::None;
                 let d = map.iter().product();
                 let hidden = vec![
-                    (fc(p / "fc1", d, h, nobias), batch_norm1d(p / "bn1", h)),
-                    (fc(p / "fc2", h, h, nobias), batch_norm1d(p / "bn2", h)),
+                    (linear(p / "fc1", d, h, nobias), batch_norm1d(p / "bn1", h)),
+                    (linear(p / "fc2", h, h, nobias), batch_norm1d(p / "bn2", h)),
                 ];
-                let out = fc(p / "fc3", h, classes, Default::default());
+                let out = linear(p / "fc3", h, classes, LinearBias::Default);
                 NonLinearHead { kind, convs: Vec::new(), hidden, out }
             }
         };
@@ -239,13 +239,6 @@ impl NonLinearHead {
             }
         });
     }
-}
-
-/// tch's `nn::linear` (its initialisation is overwritten by `NonLinearHead::init`) as
-/// `selfsup_core`'s [`Linear`], whose product takes the fixed blocks in a deterministic CPU run.
-fn fc(p: nn::Path, input: i64, output: i64, cfg: nn::LinearConfig) -> Linear {
-    let nn::Linear { ws, bs } = nn::linear(p, input, output, cfg);
-    Linear { ws, bs }
 }
 
 impl ModuleT for NonLinearHead {
