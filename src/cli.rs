@@ -39,7 +39,7 @@ enum Command {
         /// Run folder or checkpoint folder.
         checkpoint: PathBuf,
     },
-    /// Evaluate a run's frozen (or fine-tuned) encoder; writes <out>/eval/<protocol>.json and .md.
+    /// Evaluate a run's frozen (or fine-tuned) encoder; writes `<out>/eval/<protocol>.json` and `.md`.
     Eval(EvalArgs),
     /// Export a run's encoder weights (ResNets with torchvision's tensor names).
     Export(ExportArgs),
@@ -140,7 +140,7 @@ struct ExportArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = ExportFormat::Safetensors)]
     format: ExportFormat,
-    /// Output file (default: <run>/encoder.safetensors).
+    /// Output file (default: `<run>/encoder.safetensors`).
     #[arg(long)]
     out: Option<PathBuf>,
 }

@@ -3,6 +3,9 @@
 //! convolutions, fine-tuning's encoder and the probes' products have weight gradients summed
 //! over the batch, which oneDNN and MKL split across threads; deterministic runs take
 //! `selfsup_core`'s fixed pieces and blocks instead.
+//! Fine-tuning runs on all three encoder families (NIN, AlexNet, ResNet-18 with CIFAR stems):
+//! their batch norms, max-pools, strided convolutions and residual sums each have a backward
+//! pass of their own.
 //! Its own process: libtorch's thread count and oneDNN's switch are process-wide.
 use selfsup_core::determinism::{same_bits, set_mkldnn_enabled};
 use selfsup_core::EncoderConfig;
@@ -77,6 +80,26 @@ fn run(train: &ImageDataset, test: &ImageDataset, threads: i32) -> Run {
     Run { scores, finetuned }
 }
 
+/// Fine-tunes a fresh `cfg` encoder for one epoch at `threads` threads; its variables after,
+/// sorted by name, with the score's fingerprint.
+fn finetune_run(
+    cfg: &EncoderConfig,
+    train: &ImageDataset,
+    test: &ImageDataset,
+    threads: i32,
+) -> ([u64; 4], Vec<(String, Tensor)>) {
+    tch::set_num_threads(threads);
+    let enc = random_encoder(cfg, 3, 5, Device::Cpu);
+    let norm = Normalization::from_dataset(train, 1000);
+    let idx: Vec<i64> = (0..train.len() as i64).collect();
+    let ft = FineTuneConfig { epochs: 1, batch_size: 32, ..Default::default() };
+    let s = finetune(enc.encoder.as_ref(), &enc.vs, train, &idx, test, 10, &norm, &ft, 9).unwrap();
+    let mut vars: Vec<_> =
+        enc.vs.variables().into_iter().map(|(n, t)| (n, t.detach().copy())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    (fingerprint(&s), vars)
+}
+
 #[test]
 fn probes_and_finetuning_give_the_same_bits_at_any_thread_count() {
     set_mkldnn_enabled(false);
@@ -98,5 +121,37 @@ fn probes_and_finetuning_give_the_same_bits_at_any_thread_count() {
     assert!(moved, "fine-tuning changed no variable");
     for (name, s) in &runs[0].scores {
         assert!(f64::from_bits(s[0]).is_finite(), "{name}: loss");
+    }
+    // Fine-tuning AlexNet (the reconstruction methods' trunk, a quarter wide) and ResNet-18
+    // (SimCLR's paper trunk), both at 32 pixels.
+    let small_train = open_dataset("synthetic:64:32", Split::Train, dir).unwrap();
+    let small_test = open_dataset("synthetic:32:32", Split::Test, dir).unwrap();
+    let families: [(&str, EncoderConfig); 2] = [
+        (
+            "alexnet",
+            serde_json::from_value(
+                serde_json::json!({"kind": "alexnet", "variant": "cifar", "width": 24}),
+            )
+            .unwrap(),
+        ),
+        (
+            "resnet18",
+            serde_json::from_value(serde_json::json!({"kind": "resnet18", "stem": "cifar"}))
+                .unwrap(),
+        ),
+    ];
+    for (family, cfg) in &families {
+        let runs: Vec<_> =
+            (1..=3).map(|t| finetune_run(cfg, &small_train, &small_test, t)).collect();
+        assert!(f64::from_bits(runs[0].0[0]).is_finite(), "{family}: loss");
+        let fresh = random_encoder(cfg, 3, 5, Device::Cpu).vs.variables();
+        assert!(runs[0].1.iter().any(|(n, t)| !t.equal(&fresh[n])), "{family}: nothing moved");
+        for (t, (score, vars)) in runs.iter().enumerate().skip(1) {
+            assert_eq!(score, &runs[0].0, "{family} fine-tuning's score at {} threads", t + 1);
+            assert_eq!(vars.len(), runs[0].1.len());
+            for ((name, a), (_, b)) in vars.iter().zip(&runs[0].1) {
+                assert!(same_bits(a, b), "{family}: fine-tuned {name} at {} threads", t + 1);
+            }
+        }
     }
 }
