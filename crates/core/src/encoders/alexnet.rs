@@ -114,7 +114,7 @@ impl AlexNet {
             AlexnetVariant::Imagenet => 0,
             AlexnetVariant::Cifar => 1,
         };
-        x.max_pool2d([3, 3], [2, 2], [pad, pad], [1, 1], false)
+        crate::ops::max_pool2d(x, 3, 2, pad)
     }
 
     fn run(&self, xs: &Tensor, train: bool, stop: Option<&str>) -> Vec<(String, Tensor)> {

@@ -117,7 +117,7 @@ impl Stage {
         }
         match self.pool {
             Pool::None => x,
-            Pool::Max => x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false),
+            Pool::Max => crate::ops::max_pool2d(&x, 3, 2, 1),
             Pool::Avg => x.avg_pool2d([3, 3], [2, 2], [1, 1], false, true, None::<i64>),
         }
     }

@@ -189,7 +189,7 @@ impl ResNet {
         let mut x = match self.stem {
             ResnetStem::Imagenet => {
                 let y = self.stem_bn.forward_relu_t(&stem, train);
-                let y = y.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+                let y = crate::ops::max_pool2d(&y, 3, 2, 1);
                 (y.shallow_clone(), y)
             }
             ResnetStem::Cifar => self.stem_bn.forward_relu_pair_t(&stem, None, train),
