@@ -143,7 +143,8 @@ fn fused_relu_dropout(xs: &Tensor, p: f64, train: bool, key: Option<u64>) -> Ten
 /// of the NIN, AlexNet and ResNet's stem).
 ///
 /// On a contiguous (NCHW) float CPU tensor this is `csrc/max_pool.cpp`'s kernel: a map a
-/// piece of work, the rows' maxima then the columns', branch-free (libtorch's NCHW kernel took
+/// piece of work, each row's maxima over the windows' columns, then down the windows' rows,
+/// branch-free (libtorch's NCHW kernel took
 /// 7.9 ms for `(256, 8, 32, 32)` on 2 cores of an AMX Xeon, 5.6× its channels-last one). Its
 /// values and indices are libtorch's bit for bit (the first maximum in row-major order, the last
 /// NaN where there is one), and its backward pass is libtorch's on those indices. Anything else
@@ -153,8 +154,8 @@ fn fused_relu_dropout(xs: &Tensor, p: f64, train: bool, key: Option<u64>) -> Ten
 /// `xs`: `(N, C, H, W)`; returns `(N, C, (H + 2p - k) / s + 1, (W + 2p - k) / s + 1)`.
 ///
 /// # Panics
-/// As libtorch's `max_pool2d` where the window does not fit (`2p > k`, a map smaller than the
-/// window); the module interface this serves has no error path.
+/// Where the window does not fit (`2p > k`, a map smaller than the window), with the shim's or
+/// libtorch's message; the module interface this serves has no error path.
 pub fn max_pool2d(xs: &Tensor, k: i64, s: i64, p: i64) -> Tensor {
     let own = xs.device() == Device::Cpu
         && xs.kind() == Kind::Float
@@ -310,7 +311,8 @@ mod tests {
         }
     }
 
-    /// libtorch's own `max_pool2d` and its gradient, as floats and indices of the maxima.
+    /// The pooled values of `x` and the gradient of `Σ g ⊙ y` for a random `g` (drawn from the
+    /// seed set before the call), by [`max_pool2d`] (`ours`) or by libtorch's `max_pool2d`.
     fn pooled(x: &Tensor, k: i64, s: i64, p: i64, ours: bool) -> (Tensor, Tensor) {
         let x = x.detach().set_requires_grad(true);
         let y = if ours {
