@@ -1,12 +1,13 @@
-// Max pooling of contiguous (NCHW) float CPU maps: `k × k` windows, stride `s`, zero-free
-// padding `p` (windows clipped to the map), no dilation, floor mode, as the pools of the
-// Network-In-Network (Lin et al. 2014, RotNet's trunk), AlexNet (Krizhevsky et al. 2012) and
-// ResNet's stem (He et al. 2016). libtorch's NCHW kernel takes a data-dependent branch per
-// value and walks every window with generic strides: 7.9 ms for `(256, 8, 32, 32)`, 3×3/2,
-// on 2 cores of an AMX Xeon, against 1.4 ms for the same map channels-last (the RotNet cpu
-// profile's fp32 step spent 7% of its time there). Here each map is one piece of work: the
-// maxima of each window's rows first (`k` values a row, branch-free selects), then of those
-// row maxima down the window, on one thread.
+// Max pooling of contiguous (NCHW) float CPU maps: `k × k` windows, stride `s`, padding `p`
+// that no value comes from (windows clipped to the map), no dilation, floor mode: the pools of
+// the Network-In-Network (Lin et al. 2014, RotNet's trunk), AlexNet (Krizhevsky et al. 2012)
+// and ResNet's stem (He et al. 2016). libtorch's NCHW kernel took 7.9 ms for
+// `(256, 8, 32, 32)`, 3×3/2, on 2 cores of an AMX Xeon, against 1.4 ms for the same map
+// channels-last (the RotNet cpu profile's fp32 step spent 7% of its time there). Here each
+// map is one piece of work, on one thread: each input row's maxima over the windows' columns
+// first, then those row maxima down the windows' rows, with branch-free selects, tap by tap
+// over all the windows so that the loops over them vectorize; where the width is `Wo · s`, all
+// rows of a map as one loop (`pool_map`).
 //
 // Values and indices are libtorch's bit for bit: the index (flat in the map, as
 // `max_pool2d_with_indices` writes it) of the first maximum in row-major order, or of the last
