@@ -196,11 +196,10 @@ impl NonLinearHead {
                         "MLP hidden width {h} must be positive"
                     )));
                 }
-                let nobias = LinearBias::None;
                 let d = map.iter().product();
                 let hidden = vec![
-                    (linear(p / "fc1", d, h, nobias), batch_norm1d(p / "bn1", h)),
-                    (linear(p / "fc2", h, h, nobias), batch_norm1d(p / "bn2", h)),
+                    (linear(p / "fc1", d, h, LinearBias::None), batch_norm1d(p / "bn1", h)),
+                    (linear(p / "fc2", h, h, LinearBias::None), batch_norm1d(p / "bn2", h)),
                 ];
                 let out = linear(p / "fc3", h, classes, LinearBias::Default);
                 NonLinearHead { kind, convs: Vec::new(), hidden, out }
