@@ -1,7 +1,7 @@
 //! Build script of `selfsup-core`: compiles the C++ shims over autocast (`csrc/autocast.cpp`), the
 //! determinism switches (`csrc/determinism.cpp`), the fused optimizer steps
 //! (`csrc/fused_optim.cpp`), the fused batch norm + ReLU (`csrc/bn_relu.cpp`) and ReLU + dropout
-//! (`csrc/relu_dropout.cpp`, both over `csrc/elementwise.h`), the NCHW max pool
+//! (`csrc/relu_dropout.cpp`, both over `csrc/elementwise.h`), the max pool
 //! (`csrc/max_pool.cpp`), the Winograd 3×3 convolution
 //! (`csrc/winograd.cpp`, its fused passes `csrc/winograd_fused.cpp`) and the convolution as
 //! matrix products over im2col columns (`csrc/conv_gemm.cpp`, both over `csrc/conv_passes.h`),

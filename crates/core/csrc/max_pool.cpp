@@ -1,19 +1,35 @@
-// Max pooling of contiguous (NCHW) float CPU maps: `k × k` windows, stride `s`, padding `p`
-// that no value comes from (windows clipped to the map), no dilation, floor mode: the pools of
-// the Network-In-Network (Lin et al. 2014, RotNet's trunk), AlexNet (Krizhevsky et al. 2012)
-// and ResNet's stem (He et al. 2016). libtorch's NCHW kernel took 7.9 ms for
-// `(256, 8, 32, 32)`, 3×3/2, on 2 cores of an AMX Xeon, against 1.4 ms for the same map
-// channels-last (the RotNet cpu profile's fp32 step spent 7% of its time there). Here each
-// map is one piece of work, on one thread: each input row's maxima over the windows' columns
-// first, then those row maxima down the windows' rows, with branch-free selects, tap by tap
-// over all the windows so that the loops over them vectorize; where the width is `Wo · s`, all
-// rows of a map as one loop (`pool_map`).
+// Max pooling of float and bfloat16 CPU maps, NCHW or channels-last (NHWC), forward and
+// backward: `k × k` windows, stride `s`, padding `p` that no value comes from (windows clipped
+// to the map), no dilation, floor mode: the pools of the Network-In-Network (Lin et al. 2014,
+// RotNet's trunk), AlexNet (Krizhevsky et al. 2012) and ResNet's stem (He et al. 2016).
+// libtorch's NCHW kernel, one window at a time, took 7.9 ms for `(256, 8, 32, 32)` float,
+// 3×3/2, on 2 cores of an AMX Xeon, against 1.4 ms channels-last; its channels-last kernel
+// vectorizes over whole vectors of channels only (32 in bfloat16 on AVX-512), so a map of 8 or
+// 16 channels in bfloat16 ran one value at a time (2.1 ms for the same map, the RotNet cpu
+// profile's bf16 step spending 7% of its time there), and both backward passes scatter one
+// value at a time into a gradient zeroed before.
 //
-// Values and indices are libtorch's bit for bit: the index (flat in the map, as
-// `max_pool2d_with_indices` writes it) of the first maximum in row-major order, or of the last
-// NaN where the window holds one (libtorch's `val > max || isnan(val)` update); a window of
-// `-inf` alone points at its first position. The backward pass is libtorch's
-// `max_pool2d_with_indices_backward` on these indices, so gradients are its own too.
+// Forward: each input row's maxima over every window's columns first, then those row maxima
+// down the windows' rows, with branch-free selects, so that the loops vectorize: over the
+// windows of a row (NCHW; where the width is `Wo · s`, all rows of a map as one loop,
+// `pool_map`) or over the channels (NHWC, in blocks of 16 and 8 lanes, `pool_image`). A map
+// (NCHW) or an image (NHWC) is one piece of work.
+//
+// Values and indices are libtorch's bit for bit: the first maximum in row-major order, or the
+// last NaN where the window holds one (libtorch's `val > max || isnan(val)` update); a window
+// of `-inf` alone points at its first position. The indices stay inside the autograd node:
+// NCHW each maximum's flat position in its map (as `max_pool2d_with_indices` writes it, here
+// as `int32`), NHWC its tap in its window (`jh · k + jw`, one byte, an eighth of libtorch's
+// `int64`).
+//
+// Backward: NCHW as libtorch, each map's gradient zeroed and the output gradients added at
+// their indices in row-major order, but while the map is in cache; NHWC row by row of the
+// input, the sums of the row in cache: for each window covering the row, in row-major order,
+// tap by tap its gradient added (over 8 channels at a time) where its maximum is that tap, a
+// zero elsewhere. The sums are libtorch's bit for bit: the same additions in the same order,
+// in bfloat16 each rounded to nearest even as `c10::BFloat16`'s `+=` rounds it (adding the zero
+// of a window that did not pick the tap leaves a sum unchanged: a sum starting at +0 is never
+// -0).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
@@ -21,6 +37,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -29,6 +46,9 @@
 
 namespace {
 
+using selfsup::load;
+using selfsup::store;
+
 struct Pool {
   int64_t H, W, k, s, p, Ho, Wo;
 };
@@ -36,24 +56,38 @@ struct Pool {
 // Where `v` replaces the running maximum `m`: greater, or NaN (libtorch's rule).
 SELFSUP_INLINE bool takes(float v, float m) { return (v > m) | (v != v); }
 
+// `v` rounded as a `T` stores it (bfloat16: to nearest even) and read back as a float.
+template <typename T>
+SELFSUP_INLINE float rounded(float v) {
+  if constexpr (std::is_same<T, float>::value) {
+    return v;
+  } else {
+    uint16_t b;
+    store(&b, v);
+    return load(&b);
+  }
+}
+
+// ---- NCHW ----
+
 // The maxima over the windows' columns of input rows, for windows `[ow0, ow1)` all inside
 // their row: `rm[ow]` and its position in the map, `rc[ow]`, where window `ow` starts at
 // `base + ow · S - p`. One row (`base` its start), or, where the map's width is `Wo · S`, all
 // rows as one (`base` 0, `ow` running over `H · Wo`). Tap by tap over all the windows, so that
 // the loop over `ow` (stride `S` through the values) is branch-free and vectorizes.
-template <int S>
-SELFSUP_INLINE void rows_inside(const float* __restrict__ x, int64_t base,
-                                float* __restrict__ rm, int32_t* __restrict__ rc, int64_t ow0,
-                                int64_t ow1, int64_t k, int64_t p) {
-  const float* first = x + base - p;
+template <int S, typename T>
+SELFSUP_INLINE void rows_inside(const T* __restrict__ x, int64_t base, float* __restrict__ rm,
+                                int32_t* __restrict__ rc, int64_t ow0, int64_t ow1, int64_t k,
+                                int64_t p) {
+  const T* first = x + base - p;
   for (int64_t ow = ow0; ow < ow1; ++ow) {
-    rm[ow] = first[ow * S];
+    rm[ow] = load(first + ow * S);
     rc[ow] = int32_t(base - p + ow * S);
   }
   for (int64_t j = 1; j < k; ++j) {
-    const float* tap = first + j;
+    const T* tap = first + j;
     for (int64_t ow = ow0; ow < ow1; ++ow) {
-      const float v = tap[ow * S];
+      const float v = load(tap + ow * S);
       const bool t = takes(v, rm[ow]);
       rm[ow] = t ? v : rm[ow];
       rc[ow] = t ? int32_t(base - p + j + ow * S) : rc[ow];
@@ -62,32 +96,88 @@ SELFSUP_INLINE void rows_inside(const float* __restrict__ x, int64_t base,
 }
 
 // The same for window `ow` of row `ih`, reaching past the row's ends (clipped to it).
-SELFSUP_INLINE void row_edge(const float* __restrict__ x, int64_t ih, int64_t ow,
+template <typename T>
+SELFSUP_INLINE void row_edge(const T* __restrict__ x, int64_t ih, int64_t ow,
                              float* __restrict__ rows, int32_t* __restrict__ cols,
                              const Pool& g) {
   const int64_t start = ow * g.s - g.p;
   const int64_t iw0 = std::max<int64_t>(start, 0), iw1 = std::min(start + g.k, g.W);
-  const float* row = x + ih * g.W;
-  float m = row[iw0];
+  const T* row = x + ih * g.W;
+  float m = load(row + iw0);
   int64_t a = iw0;
   for (int64_t iw = iw0 + 1; iw < iw1; ++iw) {
-    const bool t = takes(row[iw], m);
-    m = t ? row[iw] : m;
+    const float v = load(row + iw);
+    const bool t = takes(v, m);
+    m = t ? v : m;
     a = t ? iw : a;
   }
   rows[ih * g.Wo + ow] = m;
   cols[ih * g.Wo + ow] = int32_t(ih * g.W + a);
 }
 
-// One map: `x` (H, W) to `y` (Ho, Wo) and, where `idx` is not null, its indices. `rows` and
-// `cols` are scratch of `H · Wo` values (and `cols` `Wo` more): each input row's maxima over
-// every window's columns and where they are in the map. Starting each maximum at the
-// window's first value is libtorch's start at `-inf` with the first position: a first value
-// of `-inf` is kept only by a window of `-inf` alone, which points at its first position
-// either way.
-SELFSUP_CLONES void pool_map(const float* __restrict__ x, float* __restrict__ y,
-                             int64_t* __restrict__ idx, const Pool g, float* __restrict__ rows,
-                             int32_t* __restrict__ cols) {
+// Scratch of one piece of work: each input row's maxima over every window's columns and where
+// they are (`H · Wo · C` each), an output row's maxima and the rows they came from (`Wo · C`).
+struct Scratch {
+  std::vector<float> rows, out;
+  std::vector<int32_t> cols, best;
+  Scratch(const Pool& g, int64_t C)
+      : rows(g.H * g.Wo * C), out(g.Wo * C), cols(g.H * g.Wo * C), best(g.Wo * C) {}
+};
+
+// Down each window's rows (clipped to the map), `n` values a row: the row maxima `rows` to `y`
+// and, where `idx` is not null, where the maxima kept are. `I = int32_t` (NCHW): `cols` holds
+// the row maxima's flat positions in the map, and so does `idx`. `I = uint8_t` (NHWC): `cols`
+// holds their columns in their windows, `jw`, and `idx` each maximum's tap in its window,
+// `jh · k + jw`.
+template <typename T, typename I>
+SELFSUP_INLINE void down_windows(T* __restrict__ y, I* __restrict__ idx, const Pool& g,
+                                 int64_t n, Scratch& w) {
+  const float* __restrict__ rows = w.rows.data();
+  const int32_t* __restrict__ cols = w.cols.data();
+  float* __restrict__ out = w.out.data();
+  int32_t* __restrict__ best = w.best.data();
+  for (int64_t oh = 0; oh < g.Ho; ++oh) {
+    const int64_t start = oh * g.s - g.p;
+    const int64_t ih0 = std::max<int64_t>(start, 0), ih1 = std::min(start + g.k, g.H);
+    std::copy(rows + ih0 * n, rows + (ih0 + 1) * n, out);
+    if (idx) {
+      for (int64_t j = 0; j < n; ++j) best[j] = int32_t(ih0);
+    }
+    for (int64_t ih = ih0 + 1; ih < ih1; ++ih) {
+      const float* r = rows + ih * n;
+      if (idx) {
+        for (int64_t j = 0; j < n; ++j) {
+          const bool t = takes(r[j], out[j]);
+          out[j] = t ? r[j] : out[j];
+          best[j] = t ? int32_t(ih) : best[j];
+        }
+      } else {
+        for (int64_t j = 0; j < n; ++j) out[j] = takes(r[j], out[j]) ? r[j] : out[j];
+      }
+    }
+    // A maximum is one of the input's values: stored back exactly.
+    T* yo = y + oh * n;
+    for (int64_t j = 0; j < n; ++j) store(yo + j, out[j]);
+    if (idx) {
+      I* at = idx + oh * n;
+      for (int64_t j = 0; j < n; ++j) {
+        const int32_t c = cols[int64_t(best[j]) * n + j];
+        if constexpr (std::is_same<I, int32_t>::value) {
+          at[j] = c;
+        } else {
+          at[j] = uint8_t((best[j] - int32_t(start)) * int32_t(g.k) + c);
+        }
+      }
+    }
+  }
+}
+
+// One map: `x` (H, W) to `y` (Ho, Wo) and, where `idx` is not null, its indices.
+template <typename T>
+SELFSUP_INLINE void pool_map(const T* __restrict__ x, T* __restrict__ y,
+                             int32_t* __restrict__ idx, const Pool& g, Scratch& w) {
+  float* rows = w.rows.data();
+  int32_t* cols = w.cols.data();
   // The windows wholly inside a row: `ow` in `[inner0, inner1)`.
   const int64_t inner0 = std::min(g.Wo, (g.p + g.s - 1) / g.s);
   const int64_t inner1 =
@@ -123,68 +213,323 @@ SELFSUP_CLONES void pool_map(const float* __restrict__ x, float* __restrict__ y,
       for (int64_t ow = inner1; ow < g.Wo; ++ow) row_edge(x, ih, ow, rows, cols, g);
     }
   }
-  // Down each window's rows (clipped to the map), row by row across the output row.
-  for (int64_t oh = 0; oh < g.Ho; ++oh) {
-    const int64_t start = oh * g.s - g.p;
-    const int64_t ih0 = std::max<int64_t>(start, 0), ih1 = std::min(start + g.k, g.H);
-    float* __restrict__ out = y + oh * g.Wo;
-    std::copy(rows + ih0 * g.Wo, rows + (ih0 + 1) * g.Wo, out);
-    if (!idx) {
-      for (int64_t ih = ih0 + 1; ih < ih1; ++ih) {
-        const float* r = rows + ih * g.Wo;
-        for (int64_t ow = 0; ow < g.Wo; ++ow) out[ow] = takes(r[ow], out[ow]) ? r[ow] : out[ow];
-      }
-      continue;
-    }
-    // With the indices: the row each output kept (scratch past the row maxima), then its
-    // column there.
-    int32_t* __restrict__ best = cols + g.H * g.Wo;
-    for (int64_t ow = 0; ow < g.Wo; ++ow) best[ow] = int32_t(ih0);
-    for (int64_t ih = ih0 + 1; ih < ih1; ++ih) {
-      const float* r = rows + ih * g.Wo;
-      for (int64_t ow = 0; ow < g.Wo; ++ow) {
-        const bool t = takes(r[ow], out[ow]);
-        out[ow] = t ? r[ow] : out[ow];
-        best[ow] = t ? int32_t(ih) : best[ow];
-      }
-    }
-    int64_t* __restrict__ at = idx + oh * g.Wo;
-    for (int64_t ow = 0; ow < g.Wo; ++ow) {
-      at[ow] = cols[int64_t(best[ow]) * g.Wo + ow];
+  down_windows(y, idx, g, g.Wo, w);
+}
+
+// One map's gradient: `dx` (H, W) zeroed, then each output's gradient added at its index, in
+// row-major order (libtorch's order).
+template <typename T>
+SELFSUP_INLINE void unpool_map(const T* __restrict__ dy, const int32_t* __restrict__ idx,
+                               T* __restrict__ dx, const Pool& g) {
+  std::fill(dx, dx + g.H * g.W, T(0));
+  for (int64_t o = 0; o < g.Ho * g.Wo; ++o) {
+    T* at = dx + idx[o];
+    if constexpr (std::is_same<T, float>::value) {
+      *at += dy[o];
+    } else {
+      store(at, load(at) + load(dy + o));
     }
   }
 }
 
-// `x` (N, C, H, W) contiguous float: the pooled maps and, when `indices`, their indices.
-std::pair<at::Tensor, at::Tensor> pool(const at::Tensor& x, const Pool& g, bool indices) {
-  const int64_t planes = x.size(0) * x.size(1);
-  at::Tensor y = at::empty({x.size(0), x.size(1), g.Ho, g.Wo}, x.options());
-  at::Tensor idx = indices ? at::empty(y.sizes(), x.options().dtype(at::kLong)) : at::Tensor();
-  const float* xp = x.const_data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  int64_t* ip = indices ? idx.data_ptr<int64_t>() : nullptr;
-  at::parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
-    std::vector<float> rows(g.H * g.Wo);
-    std::vector<int32_t> cols((g.H + 1) * g.Wo);
-    for (int64_t q = p0; q < p1; ++q) {
-      pool_map(xp + q * g.H * g.W, yp + q * g.Ho * g.Wo, ip ? ip + q * g.Ho * g.Wo : nullptr, g,
-               rows.data(), cols.data());
+// ---- NHWC ----
+
+// Eight lanes as GCC's vector types, which each instruction set's clone compiles to its own
+// registers (one AVX2 or AVX-512 register, two SSE ones): the channels-last loops run over
+// blocks of eight channels, the rest of the channels one at a time.
+typedef float f8 __attribute__((vector_size(32)));
+typedef int32_t i8 __attribute__((vector_size(32)));
+typedef uint32_t u8 __attribute__((vector_size(32)));
+typedef uint16_t h8 __attribute__((vector_size(16)));
+
+SELFSUP_INLINE f8 load8(const float* p) {
+  f8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+SELFSUP_INLINE f8 load8(const uint16_t* p) {
+  h8 h;
+  std::memcpy(&h, p, sizeof h);
+  const u8 u = __builtin_convertvector(h, u8) << 16;
+  f8 v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+}
+SELFSUP_INLINE i8 load8(const int32_t* p) {
+  i8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+SELFSUP_INLINE void store8(float* p, f8 v) { std::memcpy(p, &v, sizeof v); }
+SELFSUP_INLINE void store8(int32_t* p, i8 v) { std::memcpy(p, &v, sizeof v); }
+// The bits of `v` rounded to bfloat16 as `store` rounds them (to nearest even, NaN to 0x7fc0),
+// in the high half of each lane.
+SELFSUP_INLINE u8 bf16_bits(f8 v) {
+  u8 u;
+  std::memcpy(&u, &v, sizeof u);
+  const u8 r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  const i8 nan = (u & 0x7fffffffu) > 0x7f800000u;
+  return nan ? u8{} + 0x7fc00000u : r;
+}
+SELFSUP_INLINE void store8(uint16_t* p, f8 v) {
+  const h8 h = __builtin_convertvector(bf16_bits(v) >> 16, h8);
+  std::memcpy(p, &h, sizeof h);
+}
+// `v` rounded as a `T` stores it, read back as floats.
+template <typename T>
+SELFSUP_INLINE f8 rounded8(f8 v) {
+  if constexpr (std::is_same<T, float>::value) {
+    return v;
+  } else {
+    const u8 u = bf16_bits(v);
+    f8 f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+  }
+}
+SELFSUP_INLINE i8 takes8(f8 v, f8 m) { return (v > m) | (v != v); }
+
+// Row `ih` of an image `x` (H, W, C): the maxima over each window's columns of channels
+// `[c0, c0 + 8)`, into `rows` (H, Wo, C), with their columns in their windows, `jw`, in
+// `cols`.
+template <typename T>
+SELFSUP_INLINE void row_windows8(const T* __restrict__ x, int64_t ih, int64_t C, int64_t c0,
+                                 const Pool& g, float* __restrict__ rows,
+                                 int32_t* __restrict__ cols) {
+  const T* row = x + ih * g.W * C + c0;
+  for (int64_t ow = 0; ow < g.Wo; ++ow) {
+    const int64_t start = ow * g.s - g.p;
+    const int64_t iw0 = std::max<int64_t>(start, 0), iw1 = std::min(start + g.k, g.W);
+    f8 m = load8(row + iw0 * C);
+    i8 a = i8{} + int32_t(iw0 - start);
+    for (int64_t iw = iw0 + 1; iw < iw1; ++iw) {
+      const f8 v = load8(row + iw * C);
+      const i8 t = takes8(v, m);
+      m = t ? v : m;
+      a = t ? i8{} + int32_t(iw - start) : a;
     }
-  });
+    const int64_t at = (ih * g.Wo + ow) * C + c0;
+    store8(rows + at, m);
+    store8(cols + at, a);
+  }
+}
+
+// The same for the one channel `c0`.
+template <typename T>
+SELFSUP_INLINE void row_windows1(const T* __restrict__ x, int64_t ih, int64_t C, int64_t c0,
+                                 const Pool& g, float* __restrict__ rows,
+                                 int32_t* __restrict__ cols) {
+  const T* row = x + ih * g.W * C + c0;
+  for (int64_t ow = 0; ow < g.Wo; ++ow) {
+    const int64_t start = ow * g.s - g.p;
+    const int64_t iw0 = std::max<int64_t>(start, 0), iw1 = std::min(start + g.k, g.W);
+    float m = load(row + iw0 * C);
+    int64_t a = iw0;
+    for (int64_t iw = iw0 + 1; iw < iw1; ++iw) {
+      const float v = load(row + iw * C);
+      const bool t = takes(v, m);
+      m = t ? v : m;
+      a = t ? iw : a;
+    }
+    const int64_t at = (ih * g.Wo + ow) * C + c0;
+    rows[at] = m;
+    cols[at] = int32_t(a - start);
+  }
+}
+
+// One image: `x` (H, W, C) to `y` (Ho, Wo, C) and, where `idx` is not null, each maximum's tap
+// in its window.
+template <typename T>
+SELFSUP_INLINE void pool_image(const T* __restrict__ x, T* __restrict__ y,
+                               uint8_t* __restrict__ idx, const Pool& g, int64_t C,
+                               Scratch& w) {
+  for (int64_t ih = 0; ih < g.H; ++ih) {
+    int64_t c = 0;
+    for (; c + 8 <= C; c += 8) row_windows8(x, ih, C, c, g, w.rows.data(), w.cols.data());
+    for (; c < C; ++c) row_windows1(x, ih, C, c, g, w.rows.data(), w.cols.data());
+  }
+  down_windows(y, idx, g, g.Wo * C, w);
+}
+
+// Channels `[c0, c0 + 8)`: `acc` (a row's sums) at each window's tap `code` of one row of
+// windows `ow ∈ [ow0, ow1]`, plus the window's gradient where its maximum is that tap, each
+// sum rounded as a `T`; the tap's column is `ow · s + shift`.
+template <typename T>
+SELFSUP_INLINE void add_tap8(const T* __restrict__ dy, const uint8_t* __restrict__ idx,
+                             float* __restrict__ acc, int64_t C, int64_t c0, int32_t code,
+                             int64_t ow0, int64_t ow1, int64_t s, int64_t shift) {
+  const i8 tap = i8{} + code;
+  for (int64_t ow = ow0; ow <= ow1; ++ow) {
+    const int64_t o = ow * C + c0;
+    uint8_t b[8];
+    std::memcpy(b, idx + o, sizeof b);
+    i8 is;
+    for (int l = 0; l < 8; ++l) is[l] = b[l];
+    float* at = acc + (ow * s + shift) * C + c0;
+    const f8 v = is == tap ? load8(dy + o) : f8{};
+    store8(at, rounded8<T>(load8(at) + v));
+  }
+}
+
+// The same for the one channel `c0`.
+template <typename T>
+SELFSUP_INLINE void add_tap1(const T* __restrict__ dy, const uint8_t* __restrict__ idx,
+                             float* __restrict__ acc, int64_t C, int64_t c0, int32_t code,
+                             int64_t ow0, int64_t ow1, int64_t s, int64_t shift) {
+  for (int64_t ow = ow0; ow <= ow1; ++ow) {
+    const int64_t o = ow * C + c0;
+    float* at = acc + (ow * s + shift) * C + c0;
+    *at = rounded<T>(*at + (idx[o] == code ? load(dy + o) : 0.0f));
+  }
+}
+
+// One image's gradient: `dx` (H, W, C) from `dy` (Ho, Wo, C) and each maximum's tap, `idx`.
+// Row by row of `dx`, its sums in `acc` (`W · C`): the windows covering the row in row-major
+// order (output rows ascending; in each, taps from the last column to the first, so that a
+// column covered by two windows takes the left one's gradient first), libtorch's order.
+template <typename T>
+SELFSUP_INLINE void unpool_image(const T* __restrict__ dy, const uint8_t* __restrict__ idx,
+                                 T* __restrict__ dx, const Pool& g, int64_t C,
+                                 float* __restrict__ acc) {
+  const int64_t row = g.W * C, orow = g.Wo * C;
+  for (int64_t ih = 0; ih < g.H; ++ih) {
+    std::fill(acc, acc + row, 0.0f);
+    // Output rows `oh` whose windows hold row `ih`: `oh · s - p ≤ ih < oh · s - p + k`.
+    const int64_t oh0 = ih + g.p - g.k < 0 ? 0 : (ih + g.p - g.k) / g.s + 1;
+    const int64_t oh1 = std::min(g.Ho - 1, (ih + g.p) / g.s);
+    for (int64_t oh = oh0; oh <= oh1; ++oh) {
+      const int64_t jh = ih - (oh * g.s - g.p);
+      for (int64_t jw = g.k - 1; jw >= 0; --jw) {
+        // Windows whose tap `jw` is a column of the map: `0 ≤ ow · s - p + jw < W`.
+        const int64_t shift = jw - g.p;
+        const int64_t ow0 = shift >= 0 ? 0 : (-shift + g.s - 1) / g.s;
+        const int64_t ow1 = std::min(g.Wo - 1, (g.W - 1 - shift) / g.s);
+        const int32_t code = int32_t(jh * g.k + jw);
+        const T* d = dy + oh * orow;
+        const uint8_t* i = idx + oh * orow;
+        int64_t c = 0;
+        for (; c + 8 <= C; c += 8) add_tap8(d, i, acc, C, c, code, ow0, ow1, g.s, shift);
+        for (; c < C; ++c) add_tap1(d, i, acc, C, c, code, ow0, ow1, g.s, shift);
+      }
+    }
+    T* out = dx + ih * row;
+    int64_t j = 0;
+    for (; j + 8 <= row; j += 8) store8(out + j, load8(acc + j));
+    for (; j < row; ++j) store(out + j, acc[j]);
+  }
+}
+
+// The loops for each element type, each compiled for AVX-512, AVX2 and baseline x86-64.
+#define SELFSUP_POOL_LOOPS(T)                                                                 \
+  SELFSUP_CLONES void pool_maps(const T* x, T* y, int32_t* idx, const Pool& g, int64_t q0,    \
+                                int64_t q1, Scratch& w) {                                     \
+    for (int64_t q = q0; q < q1; ++q) {                                                       \
+      pool_map(x + q * g.H * g.W, y + q * g.Ho * g.Wo, idx ? idx + q * g.Ho * g.Wo : nullptr, \
+               g, w);                                                                         \
+    }                                                                                         \
+  }                                                                                           \
+  SELFSUP_CLONES void pool_images(const T* x, T* y, uint8_t* idx, const Pool& g, int64_t C,   \
+                                  int64_t n0, int64_t n1, Scratch& w) {                       \
+    const int64_t in = g.H * g.W * C, out = g.Ho * g.Wo * C;                                  \
+    for (int64_t n = n0; n < n1; ++n) {                                                       \
+      pool_image(x + n * in, y + n * out, idx ? idx + n * out : nullptr, g, C, w);            \
+    }                                                                                         \
+  }                                                                                           \
+  SELFSUP_CLONES void unpool_maps(const T* dy, const int32_t* idx, T* dx, const Pool& g,      \
+                                  int64_t q0, int64_t q1) {                                   \
+    for (int64_t q = q0; q < q1; ++q) {                                                       \
+      unpool_map(dy + q * g.Ho * g.Wo, idx + q * g.Ho * g.Wo, dx + q * g.H * g.W, g);         \
+    }                                                                                         \
+  }                                                                                           \
+  SELFSUP_CLONES void unpool_images(const T* dy, const uint8_t* idx, T* dx, const Pool& g,    \
+                                    int64_t C, int64_t n0, int64_t n1, float* acc) {          \
+    const int64_t in = g.H * g.W * C, out = g.Ho * g.Wo * C;                                  \
+    for (int64_t n = n0; n < n1; ++n) {                                                       \
+      unpool_image(dy + n * out, idx + n * out, dx + n * in, g, C, acc);                      \
+    }                                                                                         \
+  }
+SELFSUP_POOL_LOOPS(float)
+SELFSUP_POOL_LOOPS(uint16_t)
+#undef SELFSUP_POOL_LOOPS
+
+// Which layout a 4-d tensor's values lie in: NCHW, NHWC, or neither (`None`: left to libtorch).
+enum class Layout { Nchw, Nhwc, None };
+Layout layout_of(const at::Tensor& t) {
+  if (t.is_contiguous()) return Layout::Nchw;
+  if (t.is_contiguous(at::MemoryFormat::ChannelsLast)) return Layout::Nhwc;
+  return Layout::None;
+}
+
+at::MemoryFormat format_of(Layout l) {
+  return l == Layout::Nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// `x` (N, C, H, W) in `l`: the pooled maps (same layout) and, when `indices`, where each maximum
+// is: its flat position in its map (NCHW, `int32`), or its tap in its window (NHWC, `uint8`).
+template <typename T>
+std::pair<at::Tensor, at::Tensor> pool(const at::Tensor& x, const Pool& g, Layout l,
+                                       bool indices) {
+  const int64_t N = x.size(0), C = x.size(1);
+  const auto format = format_of(l);
+  at::Tensor y = at::empty({N, C, g.Ho, g.Wo}, x.options().memory_format(format));
+  const auto index = l == Layout::Nchw ? at::kInt : at::kByte;
+  at::Tensor idx = indices ? at::empty(y.sizes(), x.options().dtype(index).memory_format(format))
+                           : at::Tensor();
+  const T* xp = selfsup::elements<T>(x);
+  T* yp = selfsup::elements<T>(y);
+  if (l == Layout::Nchw) {
+    int32_t* ip = indices ? idx.data_ptr<int32_t>() : nullptr;
+    at::parallel_for(0, N * C, 1, [&](int64_t q0, int64_t q1) {
+      Scratch w(g, 1);
+      pool_maps(xp, yp, ip, g, q0, q1, w);
+    });
+  } else {
+    uint8_t* ip = indices ? idx.data_ptr<uint8_t>() : nullptr;
+    at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+      Scratch w(g, C);
+      pool_images(xp, yp, ip, g, C, n0, n1, w);
+    });
+  }
   return {y, idx};
 }
+
+// The gradient of `x` (N, C, H, W) from that of the pooled maps, `dy`, and `pool`'s indices,
+// all in `l`.
+template <typename T>
+at::Tensor unpool(const at::Tensor& dy, const at::Tensor& idx, const Pool& g, Layout l) {
+  const int64_t N = dy.size(0), C = dy.size(1);
+  at::Tensor dx = at::empty({N, C, g.H, g.W}, dy.options().memory_format(format_of(l)));
+  const T* gp = selfsup::elements<T>(dy);
+  T* dp = selfsup::elements<T>(dx);
+  if (l == Layout::Nchw) {
+    const int32_t* ip = idx.const_data_ptr<int32_t>();
+    at::parallel_for(0, N * C, 1,
+                     [&](int64_t q0, int64_t q1) { unpool_maps(gp, ip, dp, g, q0, q1); });
+  } else {
+    const uint8_t* ip = idx.const_data_ptr<uint8_t>();
+    at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+      std::vector<float> acc(g.W * C);
+      unpool_images(gp, ip, dp, g, C, n0, n1, acc.data());
+    });
+  }
+  return dx;
+}
+
+bool is_float(const at::Tensor& t) { return t.scalar_type() == at::kFloat; }
 
 struct MaxPool : public torch::autograd::Function<MaxPool> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
                             int64_t k, int64_t s, int64_t p) {
     const int64_t H = x.size(2), W = x.size(3);
     const Pool g{H, W, k, s, p, (H + 2 * p - k) / s + 1, (W + 2 * p - k) / s + 1};
-    auto [y, idx] = pool(x, g, x.requires_grad());
-    if (x.requires_grad()) {
-      ctx->save_for_backward({x, idx});
-      ctx->saved_data["k"] = k;
-      ctx->saved_data["s"] = s;
-      ctx->saved_data["p"] = p;
+    const Layout l = layout_of(x);
+    const bool grad = x.requires_grad();
+    auto [y, idx] = is_float(x) ? pool<float>(x, g, l, grad) : pool<uint16_t>(x, g, l, grad);
+    if (grad) {
+      ctx->save_for_backward({idx});
+      ctx->saved_data["g"] = std::vector<int64_t>{H, W, k, s, p, g.Ho, g.Wo};
+      ctx->saved_data["nhwc"] = l == Layout::Nhwc;
+      ctx->saved_data["float"] = is_float(x);
     }
     return y;
   }
@@ -193,12 +538,14 @@ struct MaxPool : public torch::autograd::Function<MaxPool> {
                                                  torch::autograd::variable_list grads) {
     TORCH_CHECK(!at::GradMode::is_enabled(), "selfsup's max pool has no double backward");
     if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-    const auto saved = ctx->get_saved_variables();
-    const int64_t k = ctx->saved_data["k"].toInt(), s = ctx->saved_data["s"].toInt(),
-                  p = ctx->saved_data["p"].toInt();
-    at::Tensor dx = at::max_pool2d_with_indices_backward(grads[0].contiguous(), saved[0], {k, k},
-                                                         {s, s}, {p, p}, {1, 1}, false,
-                                                         saved[1]);
+    const at::Tensor idx = ctx->get_saved_variables()[0];
+    const auto v = ctx->saved_data["g"].toIntVector();
+    const Pool g{v[0], v[1], v[2], v[3], v[4], v[5], v[6]};
+    const Layout l = ctx->saved_data["nhwc"].toBool() ? Layout::Nhwc : Layout::Nchw;
+    const bool f = ctx->saved_data["float"].toBool();
+    const at::Tensor dy =
+        grads[0].to(f ? at::kFloat : at::kBFloat16).contiguous(format_of(l));
+    at::Tensor dx = f ? unpool<float>(dy, idx, g, l) : unpool<uint16_t>(dy, idx, g, l);
     return {dx, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -208,14 +555,16 @@ struct MaxPool : public torch::autograd::Function<MaxPool> {
 extern "C" {
 
 // `*out` = a new handle to `max_pool2d(*x, k, stride s, padding p)` (see the file header),
-// differentiable in `x`. Returns 0, or -1 with libtorch's message in `err`.
+// differentiable in `x`; `*out` left null where `x` is not a float or bfloat16 CPU tensor of 4
+// dimensions in NCHW or NHWC order, or the window is wider than 16 (the caller then takes
+// libtorch's). Returns 0, or -1 with
+// the message in `err`.
 int selfsup_max_pool2d(const at::Tensor* x, int64_t k, int64_t s, int64_t p, at::Tensor** out,
                        char* err, size_t err_len) {
   return selfsup::guarded(err, err_len, [&] {
-    TORCH_CHECK(x->device().is_cpu() && x->dim() == 4 && x->is_contiguous() &&
-                    x->scalar_type() == at::kFloat,
-                "selfsup's max pool: expected a contiguous 4-d float CPU tensor, got ",
-                x->scalar_type(), " ", x->sizes(), " on ", x->device());
+    const bool kind = x->scalar_type() == at::kFloat || x->scalar_type() == at::kBFloat16;
+    if (!x->device().is_cpu() || x->dim() != 4 || !kind || layout_of(*x) == Layout::None) return;
+    if (k > 16) return;  // A window's taps as one byte (channels-last): libtorch's beyond.
     TORCH_CHECK(k >= 1 && s >= 1 && p >= 0 && 2 * p <= k, "selfsup's max pool: kernel ", k,
                 ", stride ", s, ", padding ", p, " (padding at most half the kernel)");
     TORCH_CHECK(x->size(2) + 2 * p >= k && x->size(3) + 2 * p >= k,

@@ -1,7 +1,7 @@
 //! Tensor ops through the C++ shim: ops that tch 0.24 binds only with PyTorch's default
 //! arguments (`csrc/ops.cpp`: each one dispatched libtorch op, with its autograd and autocast
 //! rules), the fused ReLU + dropout of the patch methods' heads (`csrc/relu_dropout.cpp`) and
-//! the encoders' max pool on NCHW float maps (`csrc/max_pool.cpp`).
+//! the encoders' max pool on CPU maps (`csrc/max_pool.cpp`).
 use std::os::raw::{c_char, c_int, c_void};
 
 use tch::{Device, Kind, Tensor};
@@ -142,35 +142,38 @@ fn fused_relu_dropout(xs: &Tensor, p: f64, train: bool, key: Option<u64>) -> Ten
 /// at stride `s`, windows clipped to the map where they reach into the padding `p` (the pools
 /// of the NIN, AlexNet and ResNet's stem).
 ///
-/// On a contiguous (NCHW) float CPU tensor this is `csrc/max_pool.cpp`'s kernel: a map a
-/// piece of work, each row's maxima over the windows' columns, then down the windows' rows,
-/// branch-free (libtorch's NCHW kernel took
-/// 7.9 ms for `(256, 8, 32, 32)` on 2 cores of an AMX Xeon, 5.6× its channels-last one). Its
-/// values and indices are libtorch's bit for bit (the first maximum in row-major order, the last
-/// NaN where there is one), and its backward pass is libtorch's on those indices. Anything else
-/// (channels-last, bfloat16, CUDA) is libtorch's `max_pool2d`. No double backward.
+/// On a float or bfloat16 CPU tensor in NCHW or channels-last order this is
+/// `csrc/max_pool.cpp`'s kernel, forward and backward: each row's maxima over the windows'
+/// columns, then down the windows' rows, branch-free, vectorized over the windows of a row
+/// (NCHW) or over the channels (channels-last); the backward pass in cache, channels-last as a
+/// gather over the windows covering each position. On 2 cores of an AMX Xeon libtorch's NCHW
+/// kernel took 7.9 ms for a float `(256, 8, 32, 32)`, and its channels-last one 2.1 ms in
+/// bfloat16 (a value at a time below 32 channels). Values, indices and gradients are
+/// libtorch's bit for bit (the first maximum in row-major order, the last NaN where there is
+/// one; the gradients' sums in libtorch's order and rounding). Anything else (CUDA, other
+/// kinds, other strides) is libtorch's `max_pool2d`. No double backward.
 ///
 /// # Shapes
-/// `xs`: `(N, C, H, W)`; returns `(N, C, (H + 2p - k) / s + 1, (W + 2p - k) / s + 1)`.
+/// `xs`: `(N, C, H, W)`; returns `(N, C, (H + 2p - k) / s + 1, (W + 2p - k) / s + 1)`, in the
+/// memory order of `xs`.
 ///
 /// # Panics
 /// Where the window does not fit (`2p > k`, a map smaller than the window), with the shim's or
 /// libtorch's message; the module interface this serves has no error path.
 pub fn max_pool2d(xs: &Tensor, k: i64, s: i64, p: i64) -> Tensor {
-    let own = xs.device() == Device::Cpu
-        && xs.kind() == Kind::Float
-        && xs.dim() == 4
-        && xs.is_contiguous()
-        && !crate::precision::has_channels_last_strides(xs);
-    if !own {
-        return xs.max_pool2d([k, k], [s, s], [p, p], [1, 1], false);
+    let own = xs.device() == Device::Cpu && matches!(xs.kind(), Kind::Float | Kind::BFloat16);
+    if own {
+        // SAFETY: as in `leaky_relu`.
+        let ours = shim_tensor(|out, err, len| unsafe {
+            selfsup_max_pool2d(xs.as_ptr().cast(), k, s, p, out, err, len)
+        })
+        .unwrap_or_else(|e| panic!("max_pool2d: {e}"));
+        // None: strides in neither order, left to libtorch.
+        if let Some(y) = ours {
+            return y;
+        }
     }
-    // SAFETY: as in `leaky_relu`.
-    shim_tensor(|out, err, len| unsafe {
-        selfsup_max_pool2d(xs.as_ptr().cast(), k, s, p, out, err, len)
-    })
-    .unwrap_or_else(|e| panic!("max_pool2d: {e}"))
-    .expect("max_pool2d: the shim made no tensor")
+    xs.max_pool2d([k, k], [s, s], [p, p], [1, 1], false)
 }
 
 /// Whether the fused CPU kernels (batch norm + ReLU, ReLU + dropout) round their bfloat16
@@ -311,8 +314,9 @@ mod tests {
         }
     }
 
-    /// The pooled values of `x` and the gradient of `Σ g ⊙ y` for a random `g` (drawn from the
-    /// seed set before the call), by [`max_pool2d`] (`ours`) or by libtorch's `max_pool2d`.
+    /// The pooled values of `x` and the gradient of `Σ g ⊙ y` for a random `g` (drawn in float
+    /// from the seed set before the call; it reaches the pool in `x`'s kind), by
+    /// [`max_pool2d`] (`ours`) or by libtorch's `max_pool2d`.
     fn pooled(x: &Tensor, k: i64, s: i64, p: i64, ours: bool) -> (Tensor, Tensor) {
         let x = x.detach().set_requires_grad(true);
         let y = if ours {
@@ -328,8 +332,10 @@ mod tests {
     #[test]
     fn max_pool_gives_libtorchs_values_and_gradients_bit_for_bit() {
         use crate::determinism::same_bits;
+        use crate::precision::{is_channels_last, to_channels_last};
         tch::manual_seed(3);
-        // Odd and even sides, every padding the kernels allow, maps the size of the window.
+        // Odd and even sides, every padding the kernels allow, maps the size of the window;
+        // channel counts that take every block of the channels-last loops (16, 8, one).
         let cases = [
             ([2, 3, 32, 32], 3, 2, 1),
             ([3, 2, 15, 17], 3, 2, 0),
@@ -342,6 +348,11 @@ mod tests {
             ([2, 2, 6, 10], 3, 1, 1),
             ([1, 2, 55, 55], 3, 2, 0),
             ([4, 3, 16, 16], 3, 2, 1),
+            ([2, 8, 12, 12], 3, 2, 1),
+            ([2, 13, 9, 10], 3, 2, 1),
+            ([1, 40, 8, 8], 3, 2, 1),
+            ([2, 24, 7, 7], 3, 1, 1),
+            ([2, 16, 11, 11], 5, 3, 2),
         ];
         for (case, (size, k, s, p)) in cases.into_iter().enumerate() {
             let x = Tensor::randn(size, (Kind::Float, Device::Cpu));
@@ -359,13 +370,31 @@ mod tests {
             if size[3] > 1 {
                 let _ = x.narrow(3, size[3] - 1, 1).fill_(f64::NEG_INFINITY);
             }
-            tch::manual_seed(4);
-            let (y0, g0) = pooled(&x, k, s, p, false);
-            tch::manual_seed(4);
-            let (y1, g1) = pooled(&x, k, s, p, true);
-            assert!(same_bits(&y0, &y1), "values, {size:?} k {k} s {s} p {p}");
-            // A random weight a window: the gradient lands where each window's index points.
-            assert!(same_bits(&g0, &g1), "gradient, {size:?} k {k} s {s} p {p}");
+            for kind in [Kind::Float, Kind::BFloat16] {
+                for cl in [false, true] {
+                    let x = x.to_kind(kind);
+                    let x = if cl { to_channels_last(&x).unwrap() } else { x };
+                    let what = format!("{size:?} k {k} s {s} p {p}, {kind:?}, channels-last {cl}");
+                    tch::manual_seed(4);
+                    let (y0, g0) = pooled(&x, k, s, p, false);
+                    tch::manual_seed(4);
+                    let (y1, g1) = pooled(&x, k, s, p, true);
+                    // NaN where libtorch has NaN, the same bits elsewhere: libtorch's NaN
+                    // bits in bfloat16 channels-last depend on the lane (0xffff in its
+                    // vectors of 32 channels, 0x7fc0 past them); ours is the input's.
+                    let nan = y0.isnan();
+                    assert!(nan.equal(&y1.isnan()), "NaNs, {what}");
+                    assert!(
+                        same_bits(&y0.masked_fill(&nan, 0.0), &y1.masked_fill(&nan, 0.0)),
+                        "values, {what}"
+                    );
+                    // A random weight a window: the gradient lands where each window's index
+                    // points, summed where windows overlap (rounded each time in bfloat16).
+                    assert!(same_bits(&g0, &g1), "gradient, {what}");
+                    assert_eq!(is_channels_last(&y1), is_channels_last(&y0), "{what}");
+                    assert_eq!(is_channels_last(&g1), is_channels_last(&g0), "{what}");
+                }
+            }
         }
         // Without gradients (evaluation) and across thread counts: the same values.
         let x = Tensor::randn([8, 16, 32, 32], (Kind::Float, Device::Cpu));
@@ -376,10 +405,25 @@ mod tests {
         tch::set_num_threads(threads);
         assert!(same_bits(&y1, &y3));
         assert!(same_bits(&y1, &x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)));
-        // Channels-last and bfloat16 are libtorch's: the layout and kind come back as given.
-        let cl = crate::precision::to_channels_last(&x).unwrap();
-        assert!(crate::precision::is_channels_last(&max_pool2d(&cl, 3, 2, 1)));
+        let xb = to_channels_last(&x.to_kind(Kind::BFloat16)).unwrap();
+        tch::manual_seed(5);
+        let (yb1, gb1) = pooled(&xb, 3, 2, 1, true);
+        tch::set_num_threads(3);
+        tch::manual_seed(5);
+        let (yb3, gb3) = pooled(&xb, 3, 2, 1, true);
+        tch::set_num_threads(threads);
+        assert!(same_bits(&yb1, &yb3) && same_bits(&gb1, &gb3));
+        // The layout and kind come back as given; other strides and kinds are libtorch's.
+        let cl = to_channels_last(&x).unwrap();
+        assert!(is_channels_last(&max_pool2d(&cl, 3, 2, 1)));
         assert_eq!(max_pool2d(&x.to_kind(Kind::BFloat16), 3, 2, 1).kind(), Kind::BFloat16);
+        let strided = x.transpose(2, 3);
+        assert!(same_bits(
+            &max_pool2d(&strided, 3, 2, 1),
+            &strided.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
+        ));
+        let double = x.to_kind(Kind::Double);
+        assert_eq!(max_pool2d(&double, 3, 2, 1).kind(), Kind::Double);
         // A window that does not fit: libtorch's message, through the shim.
         let r = std::panic::catch_unwind(|| max_pool2d(&x, 3, 2, 2));
         let msg = *r.unwrap_err().downcast::<String>().unwrap();
