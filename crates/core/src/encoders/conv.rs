@@ -1130,6 +1130,24 @@ impl Conv2d {
 
 impl nn::Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Tensor {
+        // An encoder's first layer in a channels-last run gets the images in NCHW: laid out
+        // channels-last here, once, rather than by libtorch's convolution in its forward pass
+        // and again in its backward pass (under bf16 autocast after its cast to bf16, which
+        // keeps the layout: 0.6 ms each for RotNet's cpu batch of 256 images on an AMX Xeon).
+        let nhwc;
+        let xs = if self.own_kernels
+            && xs.device() == tch::Device::Cpu
+            && xs.dim() == 4
+            && xs.size()[1] > 1
+            && crate::precision::has_channels_last_strides(&self.inner.ws)
+            && !crate::precision::is_channels_last(xs)
+        {
+            nhwc = crate::precision::to_channels_last(xs)
+                .unwrap_or_else(|e| panic!("channels-last input of a convolution: {e}"));
+            &nhwc
+        } else {
+            xs
+        };
         if self.dense_for(xs) {
             if let Some(y) = conv_dense(xs, &self.inner.ws) {
                 return y;
