@@ -1,8 +1,8 @@
 //! Build script of `selfsup-core`: compiles the C++ shims over autocast (`csrc/autocast.cpp`), the
 //! determinism switches (`csrc/determinism.cpp`), the fused optimizer steps
 //! (`csrc/fused_optim.cpp`), the fused batch norm + ReLU (`csrc/bn_relu.cpp`) and ReLU + dropout
-//! (`csrc/relu_dropout.cpp`, both over `csrc/elementwise.h`), the max pool
-//! (`csrc/max_pool.cpp`), the Winograd 3×3 convolution
+//! (`csrc/relu_dropout.cpp`, both over `csrc/elementwise.h`), the max and average pools
+//! (`csrc/max_pool.cpp`, `csrc/avg_pool.cpp`, over `csrc/lanes.h`), the Winograd 3×3 convolution
 //! (`csrc/winograd.cpp`, its fused passes `csrc/winograd_fused.cpp`) and the convolution as
 //! matrix products over im2col columns (`csrc/conv_gemm.cpp`, both over `csrc/conv_passes.h`),
 //! the convolution of deterministic runs (`csrc/conv_det.cpp`), the ops tch binds only with default
@@ -26,6 +26,8 @@ fn main() {
             "csrc/stream.cpp",
             "csrc/relu_dropout.cpp",
             "csrc/max_pool.cpp",
+            "csrc/avg_pool.cpp",
+            "csrc/lanes.h",
             "csrc/winograd.cpp",
             "csrc/winograd_fused.cpp",
             "csrc/winograd_fused.h",

@@ -1,7 +1,7 @@
 //! Tensor ops through the C++ shim: ops that tch 0.24 binds only with PyTorch's default
 //! arguments (`csrc/ops.cpp`: each one dispatched libtorch op, with its autograd and autocast
 //! rules), the fused ReLU + dropout of the patch methods' heads (`csrc/relu_dropout.cpp`) and
-//! the encoders' max pool on CPU maps (`csrc/max_pool.cpp`).
+//! the encoders' max and average pools on CPU maps (`csrc/max_pool.cpp`, `csrc/avg_pool.cpp`).
 use std::os::raw::{c_char, c_int, c_void};
 
 use tch::{Device, Kind, Tensor};
@@ -29,6 +29,16 @@ extern "C" {
         k: i64,
         s: i64,
         p: i64,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn selfsup_avg_pool2d(
+        x: *const c_void,
+        k: i64,
+        s: i64,
+        p: i64,
+        include_pad: c_int,
         out: *mut *mut c_void,
         err: *mut c_char,
         err_len: usize,
@@ -176,6 +186,43 @@ pub fn max_pool2d(xs: &Tensor, k: i64, s: i64, p: i64) -> Tensor {
     xs.max_pool2d([k, k], [s, s], [p, p], [1, 1], false)
 }
 
+/// `xs.avg_pool2d([k, k], [s, s], [p, p], false, count_include_pad, None)`: the mean of each
+/// `k × k` window at stride `s`, the divisor counting the padding `p` or not (the NIN's second
+/// pool, `nn.AvgPool2d(3, 2, 1)`).
+///
+/// On a float or bfloat16 channels-last CPU tensor this is `csrc/avg_pool.cpp`'s kernel,
+/// forward and backward: output row by output row, tap by tap over all the row's windows,
+/// vectorized over the channels, the backward pass input row by input row in cache
+/// (libtorch's channels-last kernel goes a value at a time below 32 bfloat16 channels, and
+/// its backward pass took 4 ms for a bfloat16 `(256, 16, 16, 16)` on 2 cores of an AMX Xeon).
+/// Values and gradients are libtorch's bit for bit (its sums' order, its divisions, its
+/// bfloat16 rounding of each addition in the backward pass). Anything else (NCHW, CUDA, other
+/// kinds, other strides) is libtorch's `avg_pool2d`. No double backward.
+///
+/// # Shapes
+/// `xs`: `(N, C, H, W)`; returns `(N, C, (H + 2p - k) / s + 1, (W + 2p - k) / s + 1)`, in the
+/// memory order of `xs`.
+///
+/// # Panics
+/// Where the window does not fit (`2p > k`, a map smaller than the window), with the shim's or
+/// libtorch's message; the module interface this serves has no error path.
+pub fn avg_pool2d(xs: &Tensor, k: i64, s: i64, p: i64, count_include_pad: bool) -> Tensor {
+    let own = xs.device() == Device::Cpu && matches!(xs.kind(), Kind::Float | Kind::BFloat16);
+    if own {
+        let pad = c_int::from(count_include_pad);
+        // SAFETY: as in `leaky_relu`.
+        let ours = shim_tensor(|out, err, len| unsafe {
+            selfsup_avg_pool2d(xs.as_ptr().cast(), k, s, p, pad, out, err, len)
+        })
+        .unwrap_or_else(|e| panic!("avg_pool2d: {e}"));
+        // None: strides in neither order, left to libtorch.
+        if let Some(y) = ours {
+            return y;
+        }
+    }
+    xs.avg_pool2d([k, k], [s, s], [p, p], false, count_include_pad, None::<i64>)
+}
+
 /// Whether the fused CPU kernels (batch norm + ReLU, ReLU + dropout) round their bfloat16
 /// results with the CPU's own conversion (AVX512-BF16's `vcvtneps2bf16`, on by default where
 /// the CPU has it) rather than in integer arithmetic: `Some(on)` switches it for the whole
@@ -314,19 +361,104 @@ mod tests {
         }
     }
 
-    /// The pooled values of `x` and the gradient of `Σ g ⊙ y` for a random `g` (drawn in float
-    /// from the seed set before the call; it reaches the pool in `x`'s kind), by
-    /// [`max_pool2d`] (`ours`) or by libtorch's `max_pool2d`.
-    fn pooled(x: &Tensor, k: i64, s: i64, p: i64, ours: bool) -> (Tensor, Tensor) {
+    /// The pooled values of `x` and the gradient of `Σ g ⊙ y` for an irregular float `g` of
+    /// magnitude up to 3 (a function of the position, so that tests running beside each other
+    /// do not draw from the same generator; it reaches the pool in `x`'s kind), `y = pool(x)`.
+    fn pooled_by(x: &Tensor, pool: impl Fn(&Tensor) -> Tensor) -> (Tensor, Tensor) {
         let x = x.detach().set_requires_grad(true);
-        let y = if ours {
-            max_pool2d(&x, k, s, p)
-        } else {
-            x.max_pool2d([k, k], [s, s], [p, p], [1, 1], false)
-        };
-        let g = Tensor::randn(y.size(), (Kind::Float, Device::Cpu));
+        let y = pool(&x);
+        let n = y.numel() as i64;
+        let g = (Tensor::arange(n, (Kind::Float, Device::Cpu)) * 0.7311)
+            .sin()
+            .view(y.size().as_slice())
+            * 3.0;
         (&y * &g).sum(Kind::Float).backward();
         (y.detach(), x.grad())
+    }
+
+    /// [`pooled_by`] [`max_pool2d`] (`ours`) or libtorch's `max_pool2d`.
+    fn pooled(x: &Tensor, k: i64, s: i64, p: i64, ours: bool) -> (Tensor, Tensor) {
+        pooled_by(x, |x| {
+            if ours {
+                max_pool2d(x, k, s, p)
+            } else {
+                x.max_pool2d([k, k], [s, s], [p, p], [1, 1], false)
+            }
+        })
+    }
+
+    /// Whether `a` and `b` have NaN at the same places and the same bits elsewhere.
+    fn same_bits_but_nan(a: &Tensor, b: &Tensor) -> bool {
+        use crate::determinism::same_bits;
+        let nan = a.isnan();
+        nan.equal(&b.isnan()) && same_bits(&a.masked_fill(&nan, 0.0), &b.masked_fill(&nan, 0.0))
+    }
+
+    #[test]
+    fn avg_pool_gives_libtorchs_values_and_gradients_bit_for_bit() {
+        use crate::determinism::same_bits;
+        use crate::precision::{is_channels_last, to_channels_last};
+        tch::manual_seed(13);
+        // The NIN's pool, odd and even sides, every padding the kernels allow, windows clipped
+        // at the map's ends (where the two divisors differ), every block of channels.
+        let cases = [
+            ([2, 16, 16, 16], 3, 2, 1),
+            ([3, 2, 15, 17], 3, 2, 0),
+            ([1, 4, 13, 13], 3, 2, 1),
+            ([2, 2, 7, 9], 2, 2, 1),
+            ([2, 3, 3, 3], 3, 1, 1),
+            ([1, 1, 1, 1], 3, 2, 1),
+            ([2, 3, 11, 8], 5, 3, 2),
+            ([2, 13, 9, 10], 3, 2, 1),
+            ([1, 40, 8, 8], 3, 2, 1),
+            ([2, 24, 7, 7], 4, 1, 2),
+        ];
+        for (size, k, s, p) in cases {
+            let x = Tensor::randn(size, (Kind::Float, Device::Cpu));
+            // A NaN and an infinity: where they reach, the same NaN and infinities.
+            let n = x.numel() as i64;
+            let flat = x.view([-1]);
+            for (i, v) in [(n / 3, f64::NAN), (n / 2, f64::INFINITY)] {
+                if n > 8 {
+                    let _ = flat.narrow(0, i, 1).fill_(v);
+                }
+            }
+            for (kind, cl, pad) in [
+                (Kind::Float, false, true),
+                (Kind::Float, true, true),
+                (Kind::BFloat16, false, true),
+                (Kind::BFloat16, true, true),
+                (Kind::Float, false, false),
+                (Kind::BFloat16, true, false),
+            ] {
+                let x = x.to_kind(kind);
+                let x = if cl { to_channels_last(&x).unwrap() } else { x };
+                let what = format!("{size:?} k {k} s {s} p {p}, {kind:?}, cl {cl}, pad {pad}");
+                let theirs =
+                    |x: &Tensor| x.avg_pool2d([k, k], [s, s], [p, p], false, pad, None::<i64>);
+                let (y0, g0) = pooled_by(&x, theirs);
+                let (y1, g1) = pooled_by(&x, |x| avg_pool2d(x, k, s, p, pad));
+                // libtorch's NaN bits in bfloat16 channels-last depend on the lane.
+                assert!(same_bits_but_nan(&y0, &y1), "values, {what}");
+                assert!(same_bits_but_nan(&g0, &g1), "gradient, {what}");
+                if kind == Kind::Float {
+                    assert!(same_bits(&y0, &y1) && same_bits(&g0, &g1), "NaN bits, {what}");
+                }
+                assert_eq!(is_channels_last(&y1), is_channels_last(&y0), "{what}");
+                assert_eq!(is_channels_last(&g1), is_channels_last(&g0), "{what}");
+            }
+        }
+        // NCHW, other strides and other kinds are libtorch's; a window that does not fit, the
+        // shim's message.
+        let x = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
+        let strided = x.transpose(2, 3);
+        let theirs = strided.avg_pool2d([3, 3], [2, 2], [1, 1], false, true, None::<i64>);
+        assert!(same_bits(&avg_pool2d(&strided, 3, 2, 1, true), &theirs));
+        assert_eq!(avg_pool2d(&x.to_kind(Kind::Double), 3, 2, 1, true).kind(), Kind::Double);
+        let cl = to_channels_last(&x).unwrap();
+        let r = std::panic::catch_unwind(|| avg_pool2d(&cl, 3, 2, 2, true));
+        let msg = *r.unwrap_err().downcast::<String>().unwrap();
+        assert!(msg.starts_with("avg_pool2d: ") && msg.contains("padding"), "{msg}");
     }
 
     #[test]
@@ -375,19 +507,12 @@ mod tests {
                     let x = x.to_kind(kind);
                     let x = if cl { to_channels_last(&x).unwrap() } else { x };
                     let what = format!("{size:?} k {k} s {s} p {p}, {kind:?}, channels-last {cl}");
-                    tch::manual_seed(4);
                     let (y0, g0) = pooled(&x, k, s, p, false);
-                    tch::manual_seed(4);
                     let (y1, g1) = pooled(&x, k, s, p, true);
                     // NaN where libtorch has NaN, the same bits elsewhere: libtorch's NaN
                     // bits in bfloat16 channels-last depend on the lane (0xffff in its
-                    // vectors of 32 channels, 0x7fc0 past them); ours is the input's.
-                    let nan = y0.isnan();
-                    assert!(nan.equal(&y1.isnan()), "NaNs, {what}");
-                    assert!(
-                        same_bits(&y0.masked_fill(&nan, 0.0), &y1.masked_fill(&nan, 0.0)),
-                        "values, {what}"
-                    );
+                    // vectors of 32 channels, 0x7fc0 past them), ours are 0x7fc0.
+                    assert!(same_bits_but_nan(&y0, &y1), "values, {what}");
                     // A random weight a window: the gradient lands where each window's index
                     // points, summed where windows overlap (rounded each time in bfloat16).
                     assert!(same_bits(&g0, &g1), "gradient, {what}");
@@ -406,10 +531,8 @@ mod tests {
         assert!(same_bits(&y1, &y3));
         assert!(same_bits(&y1, &x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)));
         let xb = to_channels_last(&x.to_kind(Kind::BFloat16)).unwrap();
-        tch::manual_seed(5);
         let (yb1, gb1) = pooled(&xb, 3, 2, 1, true);
         tch::set_num_threads(3);
-        tch::manual_seed(5);
         let (yb3, gb3) = pooled(&xb, 3, 2, 1, true);
         tch::set_num_threads(threads);
         assert!(same_bits(&yb1, &yb3) && same_bits(&gb1, &gb3));

@@ -118,7 +118,7 @@ impl Stage {
         match self.pool {
             Pool::None => x,
             Pool::Max => crate::ops::max_pool2d(&x, 3, 2, 1),
-            Pool::Avg => x.avg_pool2d([3, 3], [2, 2], [1, 1], false, true, None::<i64>),
+            Pool::Avg => crate::ops::avg_pool2d(&x, 3, 2, 1, true),
         }
     }
 }
