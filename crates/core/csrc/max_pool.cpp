@@ -12,8 +12,8 @@
 // Forward: each input row's maxima over every window's columns first, then those row maxima
 // down the windows' rows, with branch-free selects, so that the loops vectorize: over the
 // windows of a row (NCHW; where the width is `Wo · s`, all rows of a map as one loop,
-// `pool_map`) or over the channels (NHWC, in blocks of 16 and 8 lanes, `pool_image`). A map
-// (NCHW) or an image (NHWC) is one piece of work.
+// `pool_map`) or over the channels (NHWC, 8 at a time as GCC's vector types, `pool_image`). A
+// map (NCHW) or an image (NHWC) is one piece of work.
 //
 // Values and indices are libtorch's bit for bit: the first maximum in row-major order, or the
 // last NaN where the window holds one (libtorch's `val > max || isnan(val)` update); a window
