@@ -143,6 +143,11 @@ pub fn take() -> Result<Vec<OpCount>, String> {
         .collect())
 }
 
+/// Held by each test that counts: counting is global, and one test's `enable(false)` or `take`
+/// would stop or clear another's counts.
+#[cfg(test)]
+pub(crate) static COUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,10 +160,6 @@ mod tests {
     fn count(counts: &[OpCount], name: &str) -> u64 {
         find(counts, name).map_or(0, |c| c.calls)
     }
-
-    /// Held by each test here: counting is global, and one test's `enable(false)` or `take`
-    /// would stop or clear another's counts.
-    static COUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     // The counts are global and the test harness runs other tests beside this one, so it
     // counts operators no other test of the crate runs (`hypot`, `copysign`, `cdist`).
