@@ -51,14 +51,6 @@ SELFSUP_INLINE int64_t extent(int64_t o, int64_t n, const Avg& g) {
   return std::min(i1, n) - std::max<int64_t>(i0, 0);
 }
 
-// The windows of a row whose tap `jw` is a column of the map: `ow ∈ [*ow0, *ow1]`, the column
-// `ow · s + shift` with `shift = jw - p`.
-SELFSUP_INLINE void tap_range(int64_t jw, const Avg& g, int64_t* ow0, int64_t* ow1) {
-  const int64_t shift = jw - g.p;
-  *ow0 = shift >= 0 ? 0 : (-shift + g.s - 1) / g.s;
-  *ow1 = g.W - 1 - shift < 0 ? -1 : std::min(g.Wo - 1, (g.W - 1 - shift) / g.s);
-}
-
 // `acc[(ow · s + shift) · C + c] (+)= src[ow · C + c]` for `ow ∈ [ow0, ow1]`, each sum rounded
 // as a `R` (float: not at all).
 template <typename R, typename T>
@@ -84,7 +76,7 @@ SELFSUP_INLINE void pool_image(const T* __restrict__ x, T* __restrict__ y, const
     for (int64_t ih = ih0; ih < ih1; ++ih) {
       for (int64_t jw = 0; jw < g.k; ++jw) {
         int64_t ow0, ow1;
-        tap_range(jw, g, &ow0, &ow1);
+        tap_windows(jw, g.W, g.s, g.p, g.Wo, &ow0, &ow1);
         add_row<float>(x + ih * g.W * C, sum, C, ow0, ow1, g.s, jw - g.p, false);
       }
     }
@@ -120,13 +112,12 @@ SELFSUP_INLINE void unpool_image(const T* __restrict__ dy, T* __restrict__ dx, c
   const int64_t row = g.W * C;
   for (int64_t ih = 0; ih < g.H; ++ih) {
     std::fill(acc, acc + row, 0.0f);
-    // Output rows whose windows hold row `ih`: `oh · s - p ≤ ih < oh · s - p + k`.
-    const int64_t oh0 = ih + g.p - g.k < 0 ? 0 : (ih + g.p - g.k) / g.s + 1;
-    const int64_t oh1 = std::min(g.Ho - 1, (ih + g.p) / g.s);
+    int64_t oh0, oh1;
+    covering(ih, g.k, g.s, g.p, g.Ho, &oh0, &oh1);
     for (int64_t oh = oh0; oh <= oh1; ++oh) {
       for (int64_t jw = g.k - 1; jw >= 0; --jw) {
         int64_t ow0, ow1;
-        tap_range(jw, g, &ow0, &ow1);
+        tap_windows(jw, g.W, g.s, g.p, g.Wo, &ow0, &ow1);
         add_row<T>(share + oh * g.Wo * C, acc, C, ow0, ow1, g.s, jw - g.p, true);
       }
     }

@@ -1,8 +1,10 @@
 // What the pooling kernels (`max_pool.cpp`, `avg_pool.cpp`) share: eight float lanes as GCC's
-// vector types, their loads and stores from float and bfloat16 (as its bits) and the rounding
-// of a sum as a float or bfloat16 tensor stores it.
+// vector types, their loads and stores from float and bfloat16 (as its bits), the rounding
+// of a sum as a float or bfloat16 tensor stores it, and which windows cover an input row or
+// column (their backward passes).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -74,6 +76,24 @@ SELFSUP_INLINE float rounded(float v) {
     store(&b, v);
     return load(&b);
   }
+}
+
+// The windows (`m` of them along an axis, `k` wide, stride `s`, padding `p`) that hold input
+// position `i`: `[*o0, *o1]`, where `o · s - p ≤ i < o · s - p + k`.
+SELFSUP_INLINE void covering(int64_t i, int64_t k, int64_t s, int64_t p, int64_t m, int64_t* o0,
+                             int64_t* o1) {
+  *o0 = i + p - k < 0 ? 0 : (i + p - k) / s + 1;
+  *o1 = std::min(m - 1, (i + p) / s);
+}
+
+// The windows (`m` along an axis of `n` positions, stride `s`, padding `p`) whose tap `j` is a
+// position of the axis, `o · s + j - p ∈ [0, n)`: `[*o0, *o1]`, empty (`*o1 < *o0`) where the
+// tap lies past the axis's end for every window.
+SELFSUP_INLINE void tap_windows(int64_t j, int64_t n, int64_t s, int64_t p, int64_t m,
+                                int64_t* o0, int64_t* o1) {
+  const int64_t shift = j - p;
+  *o0 = shift >= 0 ? 0 : (-shift + s - 1) / s;
+  *o1 = n - 1 - shift < 0 ? -1 : std::min(m - 1, (n - 1 - shift) / s);
 }
 
 }  // namespace selfsup::vec8

@@ -331,16 +331,14 @@ SELFSUP_INLINE void unpool_image(const T* __restrict__ dy, const uint8_t* __rest
   const int64_t row = g.W * C, orow = g.Wo * C;
   for (int64_t ih = 0; ih < g.H; ++ih) {
     std::fill(acc, acc + row, 0.0f);
-    // Output rows `oh` whose windows hold row `ih`: `oh · s - p ≤ ih < oh · s - p + k`.
-    const int64_t oh0 = ih + g.p - g.k < 0 ? 0 : (ih + g.p - g.k) / g.s + 1;
-    const int64_t oh1 = std::min(g.Ho - 1, (ih + g.p) / g.s);
+    int64_t oh0, oh1;
+    covering(ih, g.k, g.s, g.p, g.Ho, &oh0, &oh1);
     for (int64_t oh = oh0; oh <= oh1; ++oh) {
       const int64_t jh = ih - (oh * g.s - g.p);
       for (int64_t jw = g.k - 1; jw >= 0; --jw) {
-        // Windows whose tap `jw` is a column of the map: `0 ≤ ow · s - p + jw < W`.
         const int64_t shift = jw - g.p;
-        const int64_t ow0 = shift >= 0 ? 0 : (-shift + g.s - 1) / g.s;
-        const int64_t ow1 = std::min(g.Wo - 1, (g.W - 1 - shift) / g.s);
+        int64_t ow0, ow1;
+        tap_windows(jw, g.W, g.s, g.p, g.Wo, &ow0, &ow1);
         const int32_t code = int32_t(jh * g.k + jw);
         const T* d = dy + oh * orow;
         const uint8_t* i = idx + oh * orow;

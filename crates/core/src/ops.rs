@@ -412,6 +412,7 @@ mod tests {
             ([2, 13, 9, 10], 3, 2, 1),
             ([1, 40, 8, 8], 3, 2, 1),
             ([2, 24, 7, 7], 4, 1, 2),
+            ([2, 8, 1, 2], 5, 3, 2),
         ];
         for (size, k, s, p) in cases {
             let x = Tensor::randn(size, (Kind::Float, Device::Cpu));
@@ -485,6 +486,9 @@ mod tests {
             ([1, 40, 8, 8], 3, 2, 1),
             ([2, 24, 7, 7], 3, 1, 1),
             ([2, 16, 11, 11], 5, 3, 2),
+            // Narrower than the window's taps past the padding: taps beyond the map's end in
+            // every window (the channels-last backward pass's column range empty).
+            ([2, 8, 1, 2], 5, 3, 2),
         ];
         for (case, (size, k, s, p)) in cases.into_iter().enumerate() {
             let x = Tensor::randn(size, (Kind::Float, Device::Cpu));
