@@ -16,6 +16,7 @@ mod gpu_check;
 mod gpu_pack;
 mod libtorch;
 mod new_method;
+mod sanitize;
 mod tables;
 mod tasks;
 
@@ -66,6 +67,10 @@ Commands:
   fuzz [--seconds 60] [TARGET ...]
                      the cargo-fuzz targets of fuzz/ (dataset readers, images, .npy bins,
                      checkpoints, configs) for N seconds each; writes results/bench/fuzz.json
+  sanitize [--all] [-- TEST ARGS]
+                     the tests of selfsup-core and selfsup-dist (the crates with C++ shims),
+                     or with --all of every library crate, release, with the shims under
+                     AddressSanitizer (target/asan/)
   fetch <dataset>    download and verify a dataset listed in datasets/manifest.json
   build              build the release `selfsup` binary (rpath set: runs as is)
   run -- <args>      build, then run `selfsup <args>`
@@ -120,6 +125,7 @@ fn run() -> Result<()> {
         "bench" => tasks::bench(rest),
         "fetch" => tasks::fetch(rest),
         "fuzz" => fuzz::run(&libtorch::ensure()?, rest),
+        "sanitize" => sanitize::run(&root, rest),
         "gpu-check" => gpu_check::run(rest),
         "gpu-pack" => gpu_pack::run(rest),
         "avx2" => avx2::run(&root, rest),
@@ -149,6 +155,12 @@ fn usage(cmd: &str, rest: &[String]) -> Option<&'static str> {
             Some(avx2::USAGE)
         }
         ("fuzz", _) => Some(fuzz::USAGE),
+        // Options after `--` are the tests'.
+        ("sanitize", _)
+            if rest.iter().take_while(|a| *a != "--").any(|a| a == "-h" || a == "--help") =>
+        {
+            Some(sanitize::USAGE)
+        }
         ("new-method", _) => Some(new_method::USAGE),
         _ => None,
     }
@@ -184,6 +196,8 @@ mod tests {
         assert_eq!(usage("gpu-check", &args(&["--epochs", "1", "--help"])), Some(gpu_check::USAGE));
         assert_eq!(usage("gpu-pack", &args(&["-h"])), Some(gpu_pack::USAGE));
         assert_eq!(usage("fuzz", &args(&["-h"])), Some(fuzz::USAGE));
+        assert_eq!(usage("sanitize", &args(&["--help"])), Some(sanitize::USAGE));
+        assert_eq!(usage("sanitize", &args(&["--", "--help"])), None);
         assert_eq!(usage("new-method", &args(&["--help"])), Some(new_method::USAGE));
         assert_eq!(usage("avx2", &args(&["--help"])), Some(avx2::USAGE));
         assert_eq!(usage("avx2", &args(&["--", "selfsup", "train", "-h"])), None);

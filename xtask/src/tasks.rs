@@ -95,7 +95,7 @@ pub(crate) fn cargo(t: &Torch) -> Command {
 }
 
 /// Points `SELFSUP_DATA` at `../shared/datasets` when it is unset and that folder exists.
-fn default_data_dir() {
+pub(crate) fn default_data_dir() {
     if std::env::var_os("SELFSUP_DATA").is_some() {
         return;
     }

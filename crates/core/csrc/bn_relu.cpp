@@ -528,10 +528,13 @@ void for_units(const Layout& L, F unit) {
   });
 }
 
-// Three scratch rows of `P` sums each, per thread.
+// Three scratch rows of `P` sums each, per thread, and 15 floats past the last: the native
+// loops read a row's last vector whole (and store it under a mask), which past a period that
+// is not a whole number of vectors reaches into the next row, or past the third row's end
+// (found by `cargo xtask sanitize`).
 float* scratch(int64_t P) {
   thread_local std::vector<float> s;
-  if (int64_t(s.size()) < 3 * P) s.resize(3 * P);
+  if (int64_t(s.size()) < 3 * P + 15) s.resize(3 * P + 15);
   return s.data();
 }
 

@@ -5,7 +5,8 @@
 //! where `selfsup/guard.h` keeps C++ exceptions from crossing the C boundary.
 //!
 //! Reads `LIBTORCH` (the torch install, as for `torch-sys`; `cargo xtask env` prints it),
-//! optionally `LIBTORCH_INCLUDE` (a different header root) and `LIBTORCH_CXX11_ABI` (default 1).
+//! optionally `LIBTORCH_INCLUDE` (a different header root), `LIBTORCH_CXX11_ABI` (default 1) and
+//! `SELFSUP_SHIM_SANITIZE` (`address`: the shims under AddressSanitizer, `cargo xtask sanitize`).
 use std::path::PathBuf;
 
 /// The libtorch install `LIBTORCH_INCLUDE` or `LIBTORCH` names (the folder holding
@@ -102,9 +103,33 @@ pub fn compile_with(
     for d in defines {
         build.flag(format!("-D{d}"));
     }
+    let sanitize = sanitizer();
+    if let Some(flag) = &sanitize {
+        build.flag(flag).flag("-fno-omit-frame-pointer");
+    }
     for s in sources.iter().filter(|s| s.ends_with(".cpp")) {
         build.file(s);
     }
     build.compile(lib);
     println!("cargo:rustc-link-lib=dylib=gomp");
+    if sanitize.is_some() {
+        println!("cargo:rustc-link-lib=dylib=asan");
+    }
+}
+
+/// `-fsanitize=address` where `SELFSUP_SHIM_SANITIZE=address`: the shims' C++ checked by
+/// AddressSanitizer (every load and store of the kernels against the bounds of libtorch's
+/// allocations, which reach `malloc`), for `cargo xtask sanitize`. libtorch itself is not
+/// instrumented; the runtime must come first in the process (`LD_PRELOAD` of GCC's
+/// `libasan.so`, which `cargo xtask sanitize` sets).
+///
+/// # Panics
+/// On another value (a build script's way of failing), naming it.
+fn sanitizer() -> Option<String> {
+    println!("cargo:rerun-if-env-changed=SELFSUP_SHIM_SANITIZE");
+    match std::env::var("SELFSUP_SHIM_SANITIZE").ok()?.as_str() {
+        "" => None,
+        "address" => Some("-fsanitize=address".to_owned()),
+        other => panic!("SELFSUP_SHIM_SANITIZE={other}: expected `address` or nothing"),
+    }
 }
