@@ -390,9 +390,12 @@ SELFSUP_POOL_LOOPS(uint16_t)
 // Which layout a 4-d tensor's values lie in: NCHW, NHWC, or neither (`None`: left to libtorch).
 enum class Layout { Nchw, Nhwc, None };
 Layout layout_of(const at::Tensor& t) {
-  if (t.is_contiguous()) return Layout::Nchw;
-  if (t.is_contiguous(at::MemoryFormat::ChannelsLast)) return Layout::Nhwc;
-  return Layout::None;
+  // As libtorch's pool chooses the output's layout: a map whose strides fit both orders (one
+  // pixel, or one channel) is channels-last where its strides look it.
+  if (t.suggest_memory_format() == at::MemoryFormat::ChannelsLast) {
+    return t.is_contiguous(at::MemoryFormat::ChannelsLast) ? Layout::Nhwc : Layout::None;
+  }
+  return t.is_contiguous() ? Layout::Nchw : Layout::None;
 }
 
 at::MemoryFormat format_of(Layout l) {

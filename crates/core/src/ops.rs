@@ -489,6 +489,9 @@ mod tests {
             // Narrower than the window's taps past the padding: taps beyond the map's end in
             // every window (the channels-last backward pass's column range empty).
             ([2, 8, 1, 2], 5, 3, 2),
+            // One pixel: strides of both orders; the output's layout is libtorch's choice
+            // (channels-last where the input's strides look it; found by `pool_props`).
+            ([1, 2, 1, 1], 4, 1, 2),
         ];
         for (case, (size, k, s, p)) in cases.into_iter().enumerate() {
             let x = Tensor::randn(size, (Kind::Float, Device::Cpu));
