@@ -176,13 +176,16 @@ SELFSUP_INLINE void pool_map(const T* __restrict__ x, T* __restrict__ y,
   if (vector && g.W == g.Wo * g.s) {
     // All rows as one: every window from the first that starts in the map to the last that
     // ends in it, then the windows at the rows' ends again, clipped.
+    // The first starts at `t0 · s - p ≥ 0`: not `inner0`, which stops at `Wo` and, in a map
+    // narrower than the padding, would start before the map (found by `cargo xtask sanitize`).
     const int64_t n = g.H * g.Wo;
+    const int64_t t0 = (g.p + g.s - 1) / g.s;
     const int64_t last = g.H * g.W - g.k + g.p;
     const int64_t t1 = last >= 0 ? std::min(n, last / g.s + 1) : 0;
     if (g.s == 2) {
-      rows_inside<2>(x, 0, rows, cols, inner0, t1, g.k, g.p);
+      rows_inside<2>(x, 0, rows, cols, t0, t1, g.k, g.p);
     } else {
-      rows_inside<1>(x, 0, rows, cols, inner0, t1, g.k, g.p);
+      rows_inside<1>(x, 0, rows, cols, t0, t1, g.k, g.p);
     }
     for (int64_t ih = 0; ih < g.H; ++ih) {
       for (int64_t ow = 0; ow < inner0; ++ow) row_edge(x, ih, ow, rows, cols, g);

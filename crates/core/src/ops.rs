@@ -492,6 +492,10 @@ mod tests {
             // One pixel: strides of both orders; the output's layout is libtorch's choice
             // (channels-last where the input's strides look it; found by `pool_props`).
             ([1, 2, 1, 1], 4, 1, 2),
+            // Rows as one (width Wo · s) narrower than the padding: the first whole window
+            // is past the first row (read before the map before; `cargo xtask sanitize`).
+            ([2, 3, 3, 1], 5, 1, 2),
+            ([2, 3, 4, 2], 7, 2, 3),
         ];
         for (case, (size, k, s, p)) in cases.into_iter().enumerate() {
             let x = Tensor::randn(size, (Kind::Float, Device::Cpu));
